@@ -1,0 +1,81 @@
+"""The post record every source writes to `data/raw/posts.jsonl`, so later stages never care
+where the data came from."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from taglens.atomic import atomic_write_jsonl, read_jsonl
+
+POSTS_FILE = "posts.jsonl"
+REJECTED_FILE = "rejected.jsonl"
+IMAGES_DIR = "images"
+_HASHTAG = re.compile(r"#(\w+)", re.UNICODE)
+
+
+class Post(BaseModel):
+    """One accepted image with its metadata.
+
+    `image` is relative to the raw data directory; `sha256` is the hash of the stored image
+    file, which is what features, splits and batch predictions are keyed on.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)  # shortcode for Instagram, a stable file-derived id otherwise
+    label: str = Field(min_length=1)  # the class (the hashtag searched or the folder name)
+    image: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    caption: str = ""
+    hashtags: tuple[str, ...] = ()
+    likes: int | None = Field(default=None, ge=0)
+    comments: int | None = Field(default=None, ge=0)
+    date: str | None = None  # ISO 8601, UTC
+    owner: str | None = None  # salted hash of the owner id; never a username
+    source: str = Field(min_length=1)
+
+
+def normalize_hashtag(tag: str) -> str:
+    """Lower-case a hashtag and strip its `#`: `#Food` and `food` are the same tag."""
+    return tag.strip().lstrip("#").strip().lower()
+
+
+def hashtags_in(caption: str) -> tuple[str, ...]:
+    """The normalized hashtags of a caption, first occurrence order, without repeats."""
+    seen: dict[str, None] = {}
+    for match in _HASHTAG.finditer(caption or ""):
+        seen.setdefault(normalize_hashtag(match.group(1)), None)
+    return tuple(seen)
+
+
+def write_posts(path: Path, posts: list[Post]) -> Path:
+    """Write posts atomically as JSON lines."""
+    return atomic_write_jsonl(path, (post.model_dump(mode="json") for post in posts))
+
+
+def read_posts(path: Path) -> list[Post]:
+    """Read and validate posts.jsonl.
+
+    Raises:
+        ValueError: a line does not match the schema (its line number and field are named).
+    """
+    posts = []
+    for number, row in enumerate(read_jsonl(path), start=1):
+        try:
+            posts.append(Post.model_validate(row))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "record"
+            raise ValueError(f"{path}:{number}: {field}: {first['msg']}") from None
+    return posts
+
+
+def post_dict(post: Post) -> dict[str, Any]:
+    """A JSON-ready dict of a post."""
+    return post.model_dump(mode="json")

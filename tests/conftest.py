@@ -1,0 +1,100 @@
+"""Test-wide set-up: no network, quiet tools, a throwaway MLflow store, shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from taglens.params import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED = ROOT.parent / "shared"
+FLOWERS = SHARED / "datasets" / "flowers"
+WEIGHTS = SHARED / "weights"
+
+os.environ.update(
+    {
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+)
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self, address):
+    """Refuse any connection that leaves this machine: tests must never touch the network."""
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        if host not in ("localhost", "::1") and not str(host).startswith("127."):
+            raise ConnectionRefusedError(f"tests may not reach the network (tried {host})")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _loopback_only
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_mlflow_store(tmp_path_factory):
+    """Every test logs to a session-wide throwaway store unless it asks for a fresh one."""
+    store = tmp_path_factory.mktemp("mlruns")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    yield store
+
+
+@pytest.fixture
+def fresh_mlflow(tmp_path, monkeypatch) -> Path:
+    """A brand-new, empty MLflow store for this test (creating one costs a few seconds)."""
+    store = tmp_path / "mlruns"
+    store.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    yield store
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    """The tiny test configuration (32 px, random weights, few epochs)."""
+    return load_params(FIXTURES / "params.yaml")
+
+
+@pytest.fixture
+def flowers_dir() -> Path:
+    """The shared real-photo set, or skip: a fresh clone has no ../shared."""
+    if not FLOWERS.is_dir():
+        pytest.skip(f"real photos not available at {FLOWERS}")
+    return FLOWERS
+
+
+@pytest.fixture
+def mobilenet_weights() -> Path:
+    """Pretrained MobileNet 1.0 weights from ../shared, or skip."""
+    path = WEIGHTS / "mobilenet_v1_1.0_imagenet_no_top.weights.h5"
+    if not path.is_file():
+        pytest.skip(f"pretrained weights not available at {path}")
+    return path
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """A copy of the repository's tracked layout (no data, no venv) in a fresh git repo."""
+    dest = tmp_path / "repo"
+    ignore = shutil.ignore_patterns(
+        ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
+        ".pytest_cache", ".ruff_cache", "test-results", ".prefect",
+    )  # fmt: skip
+    shutil.copytree(ROOT, dest, ignore=ignore)
+    (dest / "mlruns").mkdir()
+    return dest

@@ -1,0 +1,92 @@
+"""The params loader: valid files load, typos and bad values fail naming the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from taglens.params import ParamsError, flatten, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", [ROOT / "params.yaml", ROOT / "tests/fixtures/params.yaml"])
+def test_shipped_params_files_load(path):
+    params = load_params(path)
+    assert len(params.base.classes) == 10
+    assert params.register.model_name == "taglens"
+
+
+def test_fixture_params_are_tiny():
+    params = load_params(ROOT / "tests/fixtures/params.yaml")
+    assert params.model.image_size == 32
+    assert params.model.weights is None
+
+
+def _raw():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_unknown_key_is_named():
+    raw = _raw()
+    raw["train"]["learnig_rate"] = 0.1
+    with pytest.raises(ParamsError, match=r"train\.learnig_rate is not a known key"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "message"),
+    [
+        ("train.learning_rate", -1, r"train\.learning_rate must be > 0(\.0)?, got -1"),
+        ("train.epochs", 0, r"train\.epochs must be >= 1, got 0"),
+        ("clean.k_std", 0, r"clean\.k_std must be > 0"),
+        ("hashtags.top_k", 31, r"hashtags\.top_k must be <= 30, got 31"),
+        ("model.backbone", "alexnet", r"model\.backbone: .*got 'alexnet'"),
+        ("serve.port", 70000, r"serve\.port must be <= 65535"),
+    ],
+)
+def test_bad_values_are_named(dotted, value, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(ROOT / "params.yaml", {dotted: value})
+
+
+def test_missing_section_is_named():
+    raw = _raw()
+    del raw["clean"]
+    with pytest.raises(ParamsError, match=r"clean is missing"):
+        parse_params(raw)
+
+
+def test_split_fractions_must_leave_training_data():
+    with pytest.raises(ParamsError, match=r"val_fraction \+ clean\.test_fraction must be < 0\.9"):
+        load_params(ROOT / "params.yaml", {"clean.val_fraction": 0.5, "clean.test_fraction": 0.45})
+
+
+def test_folder_source_needs_a_folder():
+    with pytest.raises(ParamsError, match="scrape.folder must name a directory"):
+        load_params(ROOT / "params.yaml", {"scrape.source": "folder", "scrape.folder": None})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- just a list\n")
+    with pytest.raises(ParamsError, match="mapping of sections"):
+        load_params(bad)
+
+
+def test_params_are_frozen():
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(Exception):
+        params.train.epochs = 3
+
+
+def test_flatten_uses_section_names():
+    flat = flatten(load_params(ROOT / "params.yaml"))
+    assert flat["train.learning_rate"] == 0.001
+    assert flat["train.fine_tune.enabled"] is False
+    assert flat["base.classes"].startswith("animals,art,")
