@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# dvc.yaml runs `python -m stages.X`: that must be the venv's interpreter.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Keep the tools from phoning home (and waiting on a network that may not be there).
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -40,6 +42,11 @@ browser-deps:
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null \
 	      || { echo "error: could not apt-get install chromium" >&2; exit 1; }; \
 	  else echo "browser test needs chromium: sudo apt-get install chromium (it will be skipped)"; fi; }
+
+# The web page on http://127.0.0.1:8000/ (serve.host/port), serving models:/taglens@champion.
+.PHONY: serve
+serve: setup
+	$(PY) -m taglens.web
 
 test: setup browser-deps
 	$(PY) -m pytest

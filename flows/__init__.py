@@ -1,0 +1,1 @@
+"""Prefect flows (training, batch predict) and their scheduled deployments."""

@@ -82,11 +82,15 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
 
     Raises:
         ValueError: a line other than the last one is not valid JSON (the file is corrupt).
+
     """
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}): it is corrupt") from None
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -97,4 +101,6 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
             if number == len(lines):
                 break  # a torn final line from an interrupted append
             raise ValueError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
+        except RecursionError:  # hostile nesting: json's C parser gives up on the stack
+            raise ValueError(f"{path}:{number} nests too deeply to be a record") from None
     return rows

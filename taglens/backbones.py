@@ -86,6 +86,7 @@ def resolve_weights(weights: str | None) -> str | None:
 
     Raises:
         BackboneWeightsError: a weights path that does not exist.
+
     """
     if weights is None or weights == "imagenet":
         return weights
@@ -119,6 +120,7 @@ def build_backbone(params: ModelParams, seed: int) -> keras.Model:
 
     Raises:
         BackboneWeightsError: ImageNet weights could not be downloaded, or a file does not fit.
+
     """
     import keras
 

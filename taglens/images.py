@@ -1,5 +1,7 @@
-"""Image decoding and resizing shared by featurize, training, batch predict and the web page,
-so every consumer feeds the model exactly the same pixels."""
+"""Image decoding and resizing shared by every consumer, so all feed the model the same pixels.
+
+Featurize, training, batch predict and the web page all call these functions.
+"""
 
 from __future__ import annotations
 

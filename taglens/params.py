@@ -238,6 +238,7 @@ def parse_params(raw: Any) -> Params:
 
     Raises:
         ParamsError: naming every offending key.
+
     """
     if not isinstance(raw, dict):
         raise ParamsError(f"params must be a mapping of sections, got {type(raw).__name__}")
@@ -248,11 +249,14 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError("invalid params: " + "; ".join(lines)) from None
 
 
-def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+def load_params(
+    path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None
+) -> Params:
     """Read and validate a params file, optionally overriding dotted keys (`train.epochs`).
 
     Raises:
         ParamsError: the file is missing, is not YAML, or holds a bad value.
+
     """
     path = Path(path)
     try:
@@ -261,6 +265,10 @@ def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | No
         raise ParamsError(f"params file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path} is not UTF-8 (byte {exc.start}): save it as UTF-8") from None
+    except RecursionError:
+        raise ParamsError(f"{path} nests too deeply to be a params file") from None
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     return parse_params(raw)
@@ -277,7 +285,7 @@ def _set_dotted(raw: Any, dotted: str, value: Any) -> None:
 
 
 def flatten(params: BaseModel, prefix: str = "") -> dict[str, Any]:
-    """Flatten a params model to `section.key` pairs, the way MLflow's compare view lines them up."""
+    """Flatten a params model to `section.key` pairs, as MLflow's compare view lines them up."""
     flat: dict[str, Any] = {}
     for name, value in params:
         key = f"{prefix}{name}"

@@ -1,5 +1,7 @@
-"""The post record every source writes to `data/raw/posts.jsonl`, so later stages never care
-where the data came from."""
+"""The post record every source writes to `data/raw/posts.jsonl`.
+
+Later stages read only this record, so they never care where the data came from.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def read_posts(path: Path) -> list[Post]:
 
     Raises:
         ValueError: a line does not match the schema (its line number and field are named).
+
     """
     posts = []
     for number, row in enumerate(read_jsonl(path), start=1):

@@ -93,8 +93,46 @@ def repo_copy(tmp_path) -> Path:
     dest = tmp_path / "repo"
     ignore = shutil.ignore_patterns(
         ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
-        ".pytest_cache", ".ruff_cache", "test-results", ".prefect",
+        ".pytest_cache", ".ruff_cache", "test-results", ".prefect", "tmp", "cache", "predictions",
     )  # fmt: skip
     shutil.copytree(ROOT, dest, ignore=ignore)
-    (dest / "mlruns").mkdir()
+    (dest / "mlruns").mkdir(exist_ok=True)
     return dest
+
+
+@pytest.fixture
+def tiny_models_dir(tmp_path, tiny_params) -> Path:
+    """A models/ dir like the train stage writes: a tiny random conv net (32 px, preprocessing
+    inside), model_info.json and hashtags.json for the ten base.classes (see tinymodels.py)."""
+    from tinymodels import build_tiny_models
+
+    return build_tiny_models(tmp_path / "models", tiny_params)
+
+
+@pytest.fixture
+def tiny_champion(fresh_mlflow, tiny_models_dir, tiny_params):
+    """`tiny_models_dir` logged as a taglens pyfunc and registered as `taglens`@champion.
+
+    Returns (model_name, version, uri) with uri `models:/taglens@champion`.
+    """
+    import json
+
+    import mlflow
+
+    from taglens.gate import Evaluation
+    from taglens.pyfunc import log_taglens_model
+    from taglens.registry import Registry
+    from taglens.tracking import configure_tracking
+
+    configure_tracking(tiny_params.base.experiment, store=fresh_mlflow)
+    name = tiny_params.register.model_name
+    with mlflow.start_run() as run:
+        logged = log_taglens_model(tiny_models_dir)
+    info_path = tiny_models_dir / "model_info.json"
+    info = {**json.loads(info_path.read_text()), "run_id": run.info.run_id}
+    info_path.write_text(json.dumps(info))
+    evaluation = Evaluation({"accuracy": 0.5, "n_test": 30})
+    result = Registry(name, fresh_mlflow / "promotions.jsonl").register(
+        logged.model_uri, run.info.run_id, evaluation, tiny_params.register
+    )
+    return name, result["version"], f"models:/{name}@champion"

@@ -14,6 +14,7 @@ class SourceItem:
         label: The class: the hashtag searched or the folder name.
         data: Encoded image bytes in any format Pillow reads.
         origin: Where it came from (path or URL), for messages and rejected.jsonl.
+
     """
 
     id: str

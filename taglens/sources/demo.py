@@ -98,7 +98,10 @@ def _draw_instagood(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) ->
     top, bottom = _rgb(rng, (250, 120, 60)), _rgb(rng, (120, 40, 160))
     for y in range(s):  # a sunset gradient
         t = y / max(s - 1, 1)
-        d.line([(0, y), (s, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        d.line(
+            [(0, y), (s, y)],
+            fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)),
+        )
     r = int(rng.integers(s // 8, s // 5))
     cx, cy = s // 2, s // 2
     d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(255, 240, 200))
@@ -111,7 +114,9 @@ def _draw_nature(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> No
     for _ in range(int(rng.integers(1, 4))):  # mountains
         x = int(rng.integers(0, s))
         h = int(rng.integers(s // 5, s // 2))
-        d.polygon([(x - h, horizon), (x, horizon - h), (x + h, horizon)], fill=_rgb(rng, (90, 90, 100)))
+        d.polygon(
+            [(x - h, horizon), (x, horizon - h), (x + h, horizon)], fill=_rgb(rng, (90, 90, 100))
+        )
 
 
 def _draw_selfie(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> None:
@@ -166,7 +171,9 @@ def make_caption(label: str, rng: np.random.Generator) -> tuple[str, tuple[str, 
     return caption, tuple(tags)
 
 
-def generate_demo(params: DemoSourceParams, classes: Sequence[str], seed: int) -> Iterator[SourceItem]:
+def generate_demo(
+    params: DemoSourceParams, classes: Sequence[str], seed: int
+) -> Iterator[SourceItem]:
     """Yield `images_per_class` synthetic posts per class, identical for the same seed."""
     for class_index, label in enumerate(classes):
         rng = np.random.default_rng([seed, class_index])

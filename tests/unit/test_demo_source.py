@@ -18,7 +18,7 @@ def test_same_seed_same_images_other_seed_differs():
     other = list(generate_demo(PARAMS, PAPER_CLASSES, seed=8))
     assert [item.data for item in first] == [item.data for item in again]
     assert [item.caption for item in first] == [item.caption for item in again]
-    assert sum(a.data != b.data for a, b in zip(first, other)) > len(first) // 2
+    assert sum(a.data != b.data for a, b in zip(first, other, strict=True)) > len(first) // 2
 
 
 def test_ten_classes_with_the_requested_count():
@@ -48,7 +48,9 @@ def test_captions_carry_the_class_hashtag_and_more():
 @pytest.mark.parametrize("label", PAPER_CLASSES)
 def test_classes_are_visually_distinct(label):
     # The mean colour of a class's images is closer to its own class mean than to any other.
-    items = list(generate_demo(DemoSourceParams(images_per_class=12, image_size=48), PAPER_CLASSES, 5))
+    items = list(
+        generate_demo(DemoSourceParams(images_per_class=12, image_size=48), PAPER_CLASSES, 5)
+    )
     means = {}
     for name in PAPER_CLASSES:
         pixels = [np.asarray(Image.open(io.BytesIO(i.data)), float).mean((0, 1))

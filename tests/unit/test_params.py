@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from taglens.params import ParamsError, flatten, load_params, parse_params
 
@@ -81,7 +82,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_params_are_frozen():
     params = load_params(ROOT / "params.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         params.train.epochs = 3
 
 

@@ -1,0 +1,204 @@
+"""Featurize benchmark: how close the batched forward pass gets to this machine's FLOP bound.
+
+Measured in one run: the float32 matmul peak (GFLOP/s), each backbone's FLOPs per image counted
+from its layers, hence the best possible images/s, the achieved images/s of
+`taglens.features.featurize_paths` on real photos, and decode-only throughput.
+
+    python -m bench.featurize --images 256 --out bench/results [--onednn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers"
+MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v1_1.0_imagenet_no_top.weights.h5"
+
+
+def layer_flops(model) -> int:
+    """FLOPs (2 x multiply-adds) of one image through conv, depthwise-conv and dense layers.
+
+    Pooling, batch norm and activations are elementwise and add well under 1% for these nets.
+    """
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:  # a nested backbone model
+            total += layer_flops(layer)
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw, cin, mult = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            total += 2 * h * w * kh * kw * cin * mult
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            total += 2 * h * w * kh * kw * (cin // layer.groups) * cout
+        elif isinstance(layer, keras.layers.Dense):
+            cin, cout = layer.kernel.shape
+            total += 2 * cin * cout
+    return int(total)
+
+
+def matmul_peak(seconds: float = 4.0) -> float:
+    """Best float32 matmul GFLOP/s over a few square sizes (compiled, inputs on device)."""
+    import tensorflow as tf
+
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a = tf.random.uniform((n, n), dtype=tf.float32)
+        b = tf.random.uniform((n, n), dtype=tf.float32)
+        matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+        matmul(a, b).numpy()  # trace and warm up
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            matmul(a, b).numpy()
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def sample_photos(count: int) -> list[Path]:
+    """`count` flowers photos spread evenly over the sorted set (all five classes)."""
+    photos = sorted(FLOWERS.rglob("*.jpg"))
+    if not photos:
+        sys.exit(f"error: no photos under {FLOWERS} (the benchmark needs ../shared/datasets)")
+    step = max(1, len(photos) // count)
+    return photos[::step][:count]
+
+
+def decode_rate(paths: list[Path], size: int, batch: int) -> float:
+    """Images/s of the tf.data read + decode + resize pipeline alone."""
+    from taglens.images import image_dataset
+
+    for _ in image_dataset(paths[:batch], size, batch):  # warm up the pipeline once
+        pass
+    start = time.perf_counter()
+    for _ in image_dataset(paths, size, batch):
+        pass
+    return len(paths) / (time.perf_counter() - start)
+
+
+def featurize_rate(paths, extractor, size: int, batch: int, jit: bool) -> dict[str, float]:
+    """Achieved images/s of featurize_paths: overall, and steady state after the first batch."""
+    from taglens.features import featurize_paths
+
+    stamps: list[float] = []
+    start = time.perf_counter()
+    featurize_paths(
+        paths, extractor, image_size=size, batch_size=batch, jit_compile=jit, progress=False,
+        on_batch=lambda _: stamps.append(time.perf_counter()),
+    )  # fmt: skip
+    total = time.perf_counter() - start
+    steady = (len(paths) - batch) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return {"overall": len(paths) / total, "steady": steady, "first_batch_s": stamps[0] - start}
+
+
+def run(images: int, size: int, batch: int) -> dict:
+    """All measurements; returns a JSON-ready dict."""
+    import psutil
+
+    from taglens.backbones import build_feature_extractor
+    from taglens.params import ModelParams
+
+    process = psutil.Process()
+    cpu0, wall0 = sum(process.cpu_times()[:2]), time.perf_counter()
+    result: dict = {
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg()[0],
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0"),
+        "image_size": size,
+        "batch_size": batch,
+    }
+    result["matmul_gflops"] = matmul_peak()
+    paths = sample_photos(images)
+    result["decode_img_s"] = decode_rate(paths, size, batch)
+    cases = [
+        ("vgg19", None, images, True),
+        ("vgg19", None, images // 2, False),
+        ("mobilenet", str(MOBILENET) if MOBILENET.is_file() else None, images * 2, True),
+        ("mobilenet", str(MOBILENET) if MOBILENET.is_file() else None, images * 2, False),
+    ]
+    result["models"] = []
+    for backbone, weights, count, jit in cases:
+        params = ModelParams(backbone=backbone, image_size=size, weights=weights)
+        extractor = build_feature_extractor(params, seed=0)
+        flops = layer_flops(extractor)
+        # The CPU is shared: the peak is measured right before and after each case, so the
+        # achieved/possible ratio compares numbers taken under the same load.
+        peak_before = matmul_peak(seconds=3.0)
+        load = os.getloadavg()[0]
+        rate = featurize_rate(sample_photos(count), extractor, size, batch, jit)
+        peak = (peak_before + matmul_peak(seconds=3.0)) / 2
+        possible = peak * 1e9 / flops
+        row = {
+            "backbone": backbone, "jit_compile": jit, "images": count,
+            "gflop_per_image": flops / 1e9, "matmul_gflops": peak, "loadavg": load,
+            "possible_img_s": possible, "achieved_img_s": rate["steady"],
+            "overall_img_s": rate["overall"], "first_batch_s": rate["first_batch_s"],
+            "achieved_over_possible": rate["steady"] / possible,
+        }  # fmt: skip
+        result["models"].append(row)
+        print(json.dumps(row), file=sys.stderr)
+    wall = time.perf_counter() - wall0
+    result["wall_s"] = wall
+    result["process_cpu_share"] = (sum(process.cpu_times()[:2]) - cpu0) / wall / os.cpu_count()
+    result["loadavg_end"] = os.getloadavg()[0]
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    """A table for BENCHMARKS.md."""
+    lines = [
+        f"matmul peak at start {result['matmul_gflops']:.0f} GFLOP/s; decode+resize alone "
+        f"{result['decode_img_s']:.0f} img/s; oneDNN={result['onednn']}; load average "
+        f"{result['loadavg_start']:.2f} -> {result['loadavg_end']:.2f} on {result['cpus']} CPUs; "
+        f"this process used {100 * result['process_cpu_share']:.0f}% of the CPUs; "
+        f"{result['wall_s']:.0f} s.",
+        "",
+        "| backbone | XLA | images | GFLOP/img | matmul GFLOP/s | possible img/s "
+        "| achieved img/s | achieved/possible | first batch s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["models"]:
+        lines.append(
+            f"| {row['backbone']} | {'yes' if row['jit_compile'] else 'no'} | {row['images']} "
+            f"| {row['gflop_per_image']:.2f} | {row['matmul_gflops']:.0f} "
+            f"| {row['possible_img_s']:.1f} | {row['achieved_img_s']:.1f} "
+            f"| {100 * row['achieved_over_possible']:.0f}% | {row['first_batch_s']:.1f} "
+            f"| {row['loadavg']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write `featurize[-onednn].json` / `.md` under --out."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256, help="VGG-19 images (MobileNet x2)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--onednn", action="store_true", help="set TF_ENABLE_ONEDNN_OPTS=1")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn else "0"  # read at TF import
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    result = run(args.images, args.size, args.batch)
+    from taglens.atomic import atomic_write_json, atomic_write_text
+
+    name = "featurize-onednn" if args.onednn else "featurize"
+    atomic_write_json(args.out / f"{name}.json", result)
+    table = to_markdown(result)
+    atomic_write_text(args.out / f"{name}.md", table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""The batch predict flow: score images with the champion, locally or on a Dask cluster.
+
+`task_runner="local"` scores everything in one task, straight into the output (the same code as
+`python -m stages.predict`). `task_runner="dask"` splits the input into shards of
+`predict.shard_size`, scores each shard on a Dask worker into its own JSON-lines file beside the
+output (`<output>.shards/`), then merges the shards in order into the output: the rows are the
+same as the local path's, none lost or duplicated, and a re-run resumes both the shards and the
+merge. The model alias is pinned to one version before any shard starts, and each worker process
+loads that model once. Run by hand with `python -m flows.predict --input ... --output ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from stages.predict import load_model, resolve_model
+from taglens.batch_predict import ModelRef, ScoreReport, list_inputs, merge_outputs, shard
+from taglens.params import load_params
+
+TASK_RUNNERS = ("local", "dask")
+_MODELS: dict[tuple[str, str | None], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(uri: str, tracking_uri: str | None):
+    """Load a pinned model once per process (a Dask worker keeps it for all its shards)."""
+    key = (uri, tracking_uri)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            if tracking_uri:
+                import mlflow
+
+                mlflow.set_tracking_uri(tracking_uri)
+                mlflow.set_registry_uri(tracking_uri)
+            _MODELS[key] = load_model(uri)
+        return _MODELS[key]
+
+
+@task(name="predict-shard")
+def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, str],
+               batch_size: int, tracking_uri: str | None, also_done_in: list[str] | None = None,
+               progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Score `paths` into `output` (resumable), skipping rows already in `also_done_in`."""
+    from taglens.batch_predict import predict_to_file
+
+    predictor = cached_model(model_uri, tracking_uri)
+    report = predict_to_file([Path(p) for p in paths], Path(output), predictor, ModelRef(**model),
+                             batch_size=batch_size, progress=progress,
+                             also_done_in=[Path(p) for p in also_done_in or []])  # fmt: skip
+    get_run_logger().info("%s: %d scored, %d skipped, %d errors", output, report.scored,
+                          report.skipped, report.errors)  # fmt: skip
+    return asdict(report)
+
+
+@task(name="predict-merge")
+def merge_task(parts: list[str], output: str, model: dict[str, str]) -> int:
+    """Merge shard outputs into the final output, then delete them."""
+    added = merge_outputs([Path(p) for p in parts], Path(output), ModelRef(**model))
+    if parts:  # every shard is in the output now: a re-run starts from the output alone
+        shutil.rmtree(Path(parts[0]).parent, ignore_errors=True)
+    get_run_logger().info("merged %d shards (%d new rows) into %s", len(parts), added, output)
+    return added
+
+
+@flow(name="batch-predict-shards")
+def _score_shards(shards: list[list[str]], shard_dir: str, output: str, model_uri: str,
+                  model: dict[str, str], batch_size: int,
+                  tracking_uri: str | None) -> list[dict[str, Any]]:  # fmt: skip
+    """Score every shard in parallel on the flow's task runner (Dask)."""
+    futures = [
+        score_task.submit(paths, f"{shard_dir}/shard-{number:06d}.jsonl", model_uri, model,
+                          batch_size, tracking_uri, [output])  # fmt: skip
+        for number, paths in enumerate(shards)
+    ]
+    return [future.result() for future in futures]
+
+
+def _dask_runner(scheduler_address: str | None, n_workers: int):
+    from prefect_dask import DaskTaskRunner
+
+    if scheduler_address:
+        return DaskTaskRunner(address=scheduler_address)
+    # Loopback only, no dashboard: a local cluster must not listen on the network.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1,
+                                          "host": "127.0.0.1", "dashboard_address": None})
+
+
+@flow(name="batch-predict")
+def batch_predict_flow(
+    input: str,  # noqa: A002 - the CLI's own word
+    output: str,
+    model_uri: str | None = None,
+    task_runner: str = "local",
+    scheduler_address: str | None = None,
+    params_path: str = "params.yaml",
+    n_workers: int = 2,
+    batch_size: int | None = None,
+    shard_size: int | None = None,
+) -> dict[str, Any]:
+    """Score every image of `input` into `output` with the champion (or `model_uri`).
+
+    Args:
+        input: a folder, glob, image, or text file listing paths.
+        output: a `.csv`, `.jsonl` or `.parquet` file; resumed if it exists.
+        model_uri: default `models:/<register.model_name>@champion`.
+        task_runner: "local" (one process) or "dask" (shards on a Dask cluster).
+        scheduler_address: a running Dask scheduler (`tcp://host:8786`); None starts a local
+            cluster of `n_workers` processes. Workers must see the input and output paths.
+        params_path: the params file (`predict.batch_size`, `predict.shard_size`).
+        n_workers: workers of the local cluster when there is no scheduler address.
+        batch_size: overrides `predict.batch_size`.
+        shard_size: overrides `predict.shard_size`.
+
+    Returns:
+        Counts (total, scored, skipped, errors), seconds, images_per_second, model and output.
+    """
+    from taglens.tracking import configure_tracking
+
+    if task_runner not in TASK_RUNNERS:
+        raise ValueError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
+    log = get_run_logger()
+    overrides = {f"predict.{key}": value for key, value in
+                 {"batch_size": batch_size, "shard_size": shard_size}.items() if value is not None}
+    params = load_params(params_path, overrides)
+    tracking_uri = configure_tracking(params.base.experiment)
+    uri, ref = resolve_model(model_uri, params.register.model_name)
+    model = asdict(ref)
+    paths = [str(p) for p in list_inputs(input)]
+    log.info("scoring %d images with %s version %s (%s)", len(paths), ref.name, ref.version,
+             task_runner)  # fmt: skip
+    report = ScoreReport()
+    if task_runner == "local":
+        report.add(ScoreReport(**score_task(paths, output, uri, model, params.predict.batch_size,
+                                            tracking_uri, progress=True)))  # fmt: skip
+    else:
+        shards = shard(paths, params.predict.shard_size)
+        job = hashlib.sha256(f"{uri}\n{params.predict.shard_size}".encode()).hexdigest()[:12]
+        shard_dir = f"{output}.shards/{job}"
+        runner = _dask_runner(scheduler_address, n_workers)
+        results = _score_shards.with_options(task_runner=runner)(
+            shards, shard_dir, output, uri, model, params.predict.batch_size, tracking_uri
+        )
+        for result in results:
+            report.add(ScoreReport(**result))
+        parts = [f"{shard_dir}/shard-{number:06d}.jsonl" for number in range(len(shards))]
+        merge_task(parts, output, model)
+    summary = {**asdict(report), "images_per_second": report.images_per_second,
+               "model_name": ref.name, "model_version": ref.version, "output": output}  # fmt: skip
+    log.info("batch predict done: %s", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the flow from the command line."""
+    from taglens.cli import run_main, setup_logging
+
+    parser = argparse.ArgumentParser(description="Run the batch predict flow.")
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--model-uri", default=None)
+    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local")
+    parser.add_argument("--scheduler-address", default=None, help="tcp://HOST:8786")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        from taglens.pyfunc import ModelNotFoundError
+
+        try:
+            summary = batch_predict_flow(args.input, args.output, args.model_uri,
+                                         args.task_runner, args.scheduler_address,
+                                         args.params)  # fmt: skip
+        except ModelNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+        print(summary)
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

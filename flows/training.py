@@ -1,0 +1,133 @@
+"""The training flow: scrape -> featurize -> clean -> train -> evaluate -> register, through DVC.
+
+Each stage is one Prefect task that runs `dvc repro --single-item <stage>` in the repository, so
+dvc.lock and the DVC cache are updated and unchanged stages are skipped exactly as with
+`dvc repro`. Only scrape retries (with exponential backoff): its failures are mostly the network.
+A stage that exits with 2 reported a user error (a bad param, a missing input) and is never
+retried. Run it by hand with `python -m flows.training [REPO]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.tasks import exponential_backoff
+
+from flows.stagerun import StageError, StageResult, check_repo, run_stage
+from flows.training_report import data_version_tags, read_json, render_markdown, tag_run
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("scrape", "featurize", "clean", "train", "evaluate", "register")
+ARTIFACT_KEY = "training-report"
+
+
+def _retry_unless_user_error(task_, task_run, state) -> bool:
+    """Retry scrape on network-like failures, not when the stage rejected its params or input."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if error is None:
+        try:
+            error = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - an unreadable result: fall back to retrying
+            return True
+    return not (isinstance(error, StageError) and error.is_user_error)
+
+
+@task(name="stage", retries=0)
+def stage_task(stage: str, repo: str, force: bool = False) -> dict[str, Any]:
+    """Run one DVC stage, streaming its output into the Prefect run log."""
+    result: StageResult = run_stage(stage, Path(repo), force=force, log=get_run_logger())
+    return asdict(result)
+
+
+@task(name="report", retries=0)
+def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tag the MLflow run with the DVC data version and publish the markdown run report."""
+    log = get_run_logger()
+    root = Path(repo)
+    metrics = read_json(root / "reports" / "metrics.json")
+    decision = read_json(root / "reports" / "register.json")
+    model_info = read_json(root / "models" / "model_info.json")
+    data_tags = data_version_tags(root)
+    run_id = (model_info or {}).get("run_id")
+    if run_id and data_tags:
+        added = tag_run(root, run_id, data_tags)
+        log.info("MLflow run %s: data version %s (%d tags added)", run_id,
+                 data_tags["dvc.data_version"], len(added))  # fmt: skip
+    markdown = render_markdown(
+        metrics=metrics, decision=decision, model_info=model_info, data_tags=data_tags,
+        stages=stages,
+    )  # fmt: skip
+    create_markdown_artifact(
+        markdown=markdown, key=ARTIFACT_KEY, description="Metrics, promotion decision, lineage"
+    )
+    return {"run_id": run_id, "metrics": metrics, "decision": decision, "data": data_tags}
+
+
+@flow(name="training")
+def training_flow(
+    repo: str = ".",
+    force_stages: list[str] | None = None,
+    scrape_retries: int = 3,
+    scrape_retry_delay_seconds: float = 60.0,
+) -> dict[str, Any]:
+    """Reproduce the whole pipeline through DVC and report what the run did.
+
+    Args:
+        repo: the taglens checkout (holds dvc.yaml, params.yaml); default the current directory.
+        force_stages: stages to re-run even when unchanged (the weekly retrain forces `scrape`
+            to collect new posts; later stages then run only if the data changed).
+        scrape_retries: how often a failed scrape is retried (never for a user error).
+        scrape_retry_delay_seconds: the first retry's delay; each next one doubles it.
+
+    Returns:
+        The stages' results, the evaluation metrics, the promotion decision and the MLflow run id.
+    """
+    root = check_repo(Path(repo))
+    force = set(force_stages or ())
+    unknown = force - set(STAGES)
+    if unknown:
+        raise ValueError(f"force_stages has unknown stages {sorted(unknown)}; use {list(STAGES)}")
+    results: list[dict[str, Any]] = []
+    for stage in STAGES:
+        runner = stage_task.with_options(name=stage, task_run_name=stage)
+        if stage == "scrape" and scrape_retries > 0:
+            runner = runner.with_options(
+                retries=scrape_retries,
+                retry_delay_seconds=exponential_backoff(backoff_factor=scrape_retry_delay_seconds)(
+                    scrape_retries
+                ),
+                retry_condition_fn=_retry_unless_user_error,
+            )
+        results.append(runner(stage, str(root), force=stage in force))
+    report = report_task(str(root), results)
+    return {"stages": results, **report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the training flow once, here (a temporary Prefect server starts if none is set)."""
+    from taglens.cli import run_main, setup_logging
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("repo", nargs="?", default=".", help="the taglens checkout")
+    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
+                        help="re-run STAGE even if unchanged (repeatable)")  # fmt: skip
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        summary = training_flow(repo=args.repo, force_stages=args.force)
+        print(f"MLflow run {summary['run_id']}: {summary['decision']}")
+        return 0
+
+    return run_main(body, extra_errors=(StageError,))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

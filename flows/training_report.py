@@ -1,0 +1,131 @@
+"""What a training run did, for people: the DVC data version, and a markdown report of the run.
+
+Pure functions over the files the stages write (docs/architecture.md); no Prefect here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+# The data the model is trained on: their DVC hashes identify the data version of a run.
+DATA_OUTS = ("data/raw", "data/features", "data/clean")
+
+
+def lock_hashes(repo: Path) -> dict[str, str]:
+    """Map each output path in dvc.lock to its content hash (md5, `.dir` for directories)."""
+    lock = repo / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    content = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+    hashes: dict[str, str] = {}
+    for stage in (content.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            digest = out.get("md5") or out.get(out.get("hash", "md5"))
+            if out.get("path") and digest:
+                hashes[out["path"]] = str(digest)
+    return hashes
+
+
+def data_version_tags(repo: Path) -> dict[str, str]:
+    """MLflow tags linking a run to the data it saw: one short version id plus each out's hash.
+
+    Returns an empty dict when dvc.lock does not (yet) record the training data.
+    """
+    hashes = lock_hashes(repo)
+    present = {path: hashes[path] for path in DATA_OUTS if path in hashes}
+    if not present:
+        return {}
+    joined = "\n".join(f"{path}:{digest}" for path, digest in sorted(present.items()))
+    tags = {"dvc.data_version": hashlib.sha256(joined.encode()).hexdigest()[:12]}
+    tags.update({f"dvc.{path}": digest for path, digest in present.items()})
+    return tags
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a report file, or None when the file is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.warning("cannot read %s: %s", path, exc)
+        return None
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict | list):
+        value = json.dumps(value, sort_keys=True)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: dict[str, Any], header: tuple[str, str]) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {_cell(key)} | {_cell(value)} |" for key, value in rows.items()]
+    return lines
+
+
+def render_markdown(
+    *,
+    metrics: dict[str, Any] | None,
+    decision: dict[str, Any] | None,
+    model_info: dict[str, Any] | None,
+    data_tags: dict[str, str],
+    stages: list[dict[str, Any]],
+) -> str:
+    """The run report shown as a Prefect artifact: metrics, promotion decision, lineage."""
+    run_id = (model_info or {}).get("run_id", "unknown")
+    lines = ["# Training run", "", f"**MLflow run id:** `{run_id}`"]
+    if model_info and model_info.get("experiment"):
+        lines.append(f"**MLflow experiment:** `{model_info['experiment']}`")
+    if data_tags:
+        lines.append(f"**DVC data version:** `{data_tags['dvc.data_version']}`")
+    lines += ["", "## Evaluation metrics", ""]
+    if metrics:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+        lines += _table(scalars, ("metric", "value"))
+    else:
+        lines.append("_reports/metrics.json not found: evaluate did not run._")
+    lines += ["", "## Promotion decision", ""]
+    if decision:
+        lines += _table(decision, ("field", "value"))
+    else:
+        lines.append("_reports/register.json not found: register did not run._")
+    lines += ["", "## Stages", "", "| stage | result | seconds |", "|---|---|---|"]
+    for stage in stages:
+        result = "ran" if stage["ran"] else "skipped (unchanged)"
+        lines.append(f"| {stage['stage']} | {result} | {stage['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def tag_run(repo: Path, run_id: str, tags: dict[str, str]) -> dict[str, str]:
+    """Add the data-version tags the run does not already carry; return the tags added."""
+    from taglens.tracking import configure_tracking
+
+    info = read_json(repo / "models" / "model_info.json") or {}
+    configure_tracking(info.get("experiment") or "taglens", store=repo / "mlruns")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        existing = client.get_run(run_id).data.tags
+    except MlflowException as exc:
+        # The model is trained and registered already; a tracking mix-up must not undo that.
+        logger.warning(
+            "cannot tag MLflow run %s with the data version (%s): do the stages and the flow "
+            "use the same MLFLOW_TRACKING_URI?", run_id, exc,
+        )
+        return {}
+    added = {key: value for key, value in tags.items() if key not in existing}
+    for key, value in added.items():
+        client.set_tag(run_id, key, value)
+    return added

@@ -1,0 +1,155 @@
+"""evaluate: the saved model on the test split, scored and plotted, logged to the model's run."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from taglens import eval_plots, metrics, train_data
+from taglens.atomic import atomic_write_json, atomic_write_text
+from taglens.cli import run_main, setup_logging
+from taglens.images import image_dataset, load_batch
+from taglens.params import Params, load_params
+from taglens.posts import POSTS_FILE, hashtags_in, normalize_hashtag, read_posts
+from taglens.tracking import configure_tracking
+
+logger = logging.getLogger(__name__)
+
+HASHTAG_K = 5  # HARRISON reports recall and accuracy at 5
+PLOTS_DIR = "evaluate"
+FORWARD_BATCH = 32
+
+
+def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> dict[str, Any]:
+    """Score models/ on the test split; write reports/metrics.json, confusion.csv and plots.
+
+    Returns:
+        The contents of metrics.json.
+
+    Raises:
+        FileNotFoundError: models/, the manifest or posts are missing.
+        ValueError: the model's classes differ from the manifest's, or the test split is empty.
+    """
+    from taglens.predictor import HashtagPredictor
+
+    hashtag_params = params.hashtags.model_copy(
+        update={"top_k": max(params.hashtags.top_k, HASHTAG_K)}
+    )
+    predictor = HashtagPredictor.from_dir(models, params=hashtag_params)
+    classes = predictor.classes
+    test = train_data.read_manifest(clean / "manifest.csv", classes)
+    test = test[test["split"] == "test"].reset_index(drop=True)
+    if test.empty:
+        raise ValueError(f"{clean / 'manifest.csv'} has no test images: raise clean.test_fraction")
+    paths = [raw / image for image in test["image"]]
+    probs = _probabilities(predictor, paths)
+    y_true = np.array([classes.index(label) for label in test["label"]])
+    scores = metrics.classification_metrics(y_true, probs, classes, params.evaluate.top_k)
+
+    truth = _post_hashtags(raw / POSTS_FILE, test)
+    rankings = predictor.stats.rank_batch(probs, predictor.params)
+    ranked = [[item["tag"] for item in row] for row in rankings]
+    scores.update(metrics.hashtag_metrics(ranked, truth, k=HASHTAG_K))
+
+    plots = out / PLOTS_DIR
+    per_class, matrix = scores.pop("per_class"), np.array(scores.pop("confusion"))
+    atomic_write_json(plots / "per_class.json", per_class)
+    y_pred = probs.argmax(axis=1)
+    _write_confusion_csv(out / "confusion.csv", test["label"], [classes[i] for i in y_pred])
+    eval_plots.plot_confusion(matrix, classes, plots / "confusion.png")
+    eval_plots.plot_confusion(metrics.normalize_rows(matrix), classes,
+                              plots / "confusion_normalized.png", normalized=True)  # fmt: skip
+    history = out / "history.csv"
+    if history.is_file():
+        with open(history, encoding="utf-8") as handle:
+            rows = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(handle)]
+        eval_plots.plot_history(rows, plots / "curves.png")
+    wrong = np.flatnonzero(y_pred != y_true)[: params.evaluate.misclassified_max]
+    eval_plots.plot_misclassified(
+        list(load_batch([paths[i] for i in wrong], predictor.image_size).numpy()) if len(wrong)
+        else [], [classes[y_true[i]] for i in wrong], [classes[y_pred[i]] for i in wrong],
+        plots / "misclassified.png",
+    )  # fmt: skip
+    atomic_write_json(out / "metrics.json", scores)
+    _log_to_run(predictor.info, scores, per_class, plots)
+    logger.info("evaluate: %s", {k: v for k, v in scores.items() if not k.startswith("top")})
+    return scores
+
+
+def _probabilities(predictor, paths: list[Path]) -> np.ndarray:
+    batches = image_dataset(paths, predictor.image_size, FORWARD_BATCH)
+    parts = [predictor.probabilities(batch.numpy())
+             for batch in tqdm(batches, desc="evaluate", unit="batch",
+                               total=-(-len(paths) // FORWARD_BATCH))]  # fmt: skip
+    return np.concatenate(parts)
+
+
+def _post_hashtags(posts_path: Path, test) -> list[set[str]]:
+    """Each test post's own caption hashtags (empty when the data has no captions)."""
+    by_id = {}
+    for post in read_posts(posts_path):
+        tags = {normalize_hashtag(t) for t in post.hashtags} | set(hashtags_in(post.caption))
+        by_id[post.id] = by_id[post.sha256] = tags - {""}
+    return [by_id.get(str(i), by_id.get(sha, set())) for i, sha in zip(test["id"], test["sha256"],
+                                                                       strict=True)]
+
+
+def _write_confusion_csv(path: Path, actual, predicted) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["actual", "predicted"])
+    writer.writerows(zip(actual, predicted, strict=True))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _log_to_run(info: dict, scores: dict, per_class: dict, plots: Path) -> None:
+    """Log into the model's train run (a new `evaluate` run if that run is not in the store)."""
+    import mlflow
+
+    run_id = info.get("run_id")
+    try:
+        context = mlflow.start_run(run_id=run_id) if run_id else None
+    except mlflow.exceptions.MlflowException:
+        logger.warning("run %s of the model is not in this MLflow store; logging a new run", run_id)
+        context = None
+    if context is None:
+        context = mlflow.start_run(run_name="evaluate", tags={"model_run_id": str(run_id)})
+    with context:
+        numbers = {f"test_{k}": float(v) for k, v in scores.items() if isinstance(v, int | float)}
+        numbers.update({f"test_recall_{name}": row["recall"] for name, row in per_class.items()})
+        mlflow.log_metrics(numbers)
+        mlflow.log_artifacts(str(plots), artifact_path=PLOTS_DIR)
+        mlflow.log_text(json.dumps(scores, indent=2), f"{PLOTS_DIR}/metrics.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `python -m stages.evaluate --params params.yaml --models models ...`."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
+    parser.add_argument("--clean", type=Path, default=Path("data/clean"))
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        params = load_params(args.params)
+        configure_tracking(params.base.experiment)
+        scores = run(params, raw=args.raw, clean=args.clean, models=args.models, out=args.out)
+        print(f"test accuracy {scores['accuracy']:.4f} on {scores['n_test']} images")
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""featurize: every accepted image through the backbone once, cached by content in the store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from taglens import features
+from taglens.backbones import BackboneWeightsError, build_feature_extractor, weights_identity
+from taglens.cli import run_main, setup_logging
+from taglens.params import FeaturizeParams, ModelParams, load_params
+from taglens.posts import POSTS_FILE, read_posts
+
+logger = logging.getLogger(__name__)
+
+
+def run(
+    model: ModelParams,
+    params: FeaturizeParams,
+    *,
+    seed: int,
+    raw: Path,
+    out: Path,
+    progress: bool = True,
+) -> dict:
+    """Fill the store with the vectors it lacks, then write features.npz and meta.json.
+
+    Returns:
+        meta.json's contents plus `computed` / `cached` counts of this run.
+
+    Raises:
+        FileNotFoundError: posts.jsonl or an image is missing.
+        ValueError: posts.jsonl is empty or invalid, or an image cannot be decoded.
+        BackboneWeightsError: the backbone's weights cannot be loaded.
+    """
+    raw, out = Path(raw), Path(out)
+    posts_path = raw / POSTS_FILE
+    if not posts_path.is_file():
+        raise FileNotFoundError(f"no {posts_path}: run the scrape stage first")
+    posts = read_posts(posts_path)
+    if not posts:
+        raise ValueError(f"{posts_path} holds no posts: scrape accepted no images")
+    key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
+    store = features.FeatureStore(out / features.STORE_DIR, key)
+    vectors, update = features.fill_store(
+        store,
+        [(post.sha256, raw / post.image) for post in posts],
+        lambda: build_feature_extractor(model, seed),
+        batch_size=params.batch_size,
+        shard_size=params.shard_size,
+        jit_compile=params.jit_compile,
+        progress=progress,
+    )
+    matrix = np.stack([vectors[post.sha256] for post in posts]).astype("float32")
+    meta = {
+        "backbone": model.backbone,
+        "image_size": model.image_size,
+        "weights_identity": key.weights_identity,
+        "dim": int(matrix.shape[1]),
+        "count": len(posts),
+        "store": key.dirname,
+    }
+    features.write_features(out, [post.sha256 for post in posts], matrix, meta)
+    logger.info(
+        "featurize: %d posts, %d unique images (%d cached, %d computed), dim %d",
+        len(posts), update.requested, update.cached, update.computed, meta["dim"],
+    )  # fmt: skip
+    return {**meta, "computed": update.computed, "cached": update.cached}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `python -m stages.featurize --params params.yaml --raw data/raw --out ...`."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
+    parser.add_argument("--out", type=Path, default=Path("data/features"))
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        params = load_params(args.params)
+        run(params.model, params.featurize, seed=params.base.seed, raw=args.raw, out=args.out)
+        return 0
+
+    return run_main(body, extra_errors=(BackboneWeightsError,))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

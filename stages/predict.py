@@ -1,0 +1,120 @@
+"""Batch predict: score a folder, glob or list of images with the champion into csv/jsonl/parquet.
+
+python -m stages.predict --input photos/ --output predictions/photos.parquet
+python -m stages.predict --input 'photos/**/*.jpg' --output out.csv --model-uri models:/taglens/3
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from taglens.batch_predict import ModelRef, ScoreReport, list_inputs, predict_to_file
+from taglens.cli import run_main, setup_logging
+from taglens.params import Params, load_params
+from taglens.predictor import HashtagPredictor
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef]:
+    """Pin a model URI to one version, so every shard of a job uses the same model.
+
+    `None` means `models:/<model_name>@champion`. An alias is looked up once and replaced by
+    `models:/NAME/VERSION`. A `models/` directory written by the train stage is used as is.
+
+    Raises:
+        taglens.pyfunc.ModelNotFoundError: the alias or version does not exist (the message says
+            how to train and register one).
+    """
+    from taglens.pyfunc import ModelNotFoundError
+
+    uri = model_uri or f"models:/{model_name}@champion"
+    local = Path(uri).expanduser()
+    if local.is_dir() and (local / "model.keras").is_file():
+        return str(local), ModelRef(name=str(local), version="local")
+    if not uri.startswith("models:/"):
+        return uri, ModelRef(name=uri, version="")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    ref = uri.removeprefix("models:/")
+    name, sep, alias = ref.partition("@")
+    try:
+        if sep:
+            version = MlflowClient().get_model_version_by_alias(name, alias).version
+        else:
+            name, _, version = ref.rpartition("/")
+            MlflowClient().get_model_version(name, version)
+    except MlflowException:
+        what = f"no {alias} alias" if sep else f"no version {version}"
+        raise ModelNotFoundError(
+            f"{uri}: {what} for registered model {name!r}. Train and register one first "
+            "(`dvc repro`, which runs train, evaluate and register), or pass --model-uri with an "
+            "existing version (models:/NAME/VERSION) or a models/ directory"
+        ) from None
+    return f"models:/{name}/{version}", ModelRef(name=name, version=str(version))
+
+
+def load_model(uri: str) -> HashtagPredictor:
+    """Load a pinned URI from `resolve_model` (a models/ directory or an MLflow model URI)."""
+    local = Path(uri)
+    if local.is_dir() and (local / "model.keras").is_file():
+        return HashtagPredictor.from_dir(local)
+    from taglens.pyfunc import load_predictor
+
+    return load_predictor(uri)
+
+
+def run(
+    params: Params,
+    *,
+    input: str,  # noqa: A002 - the CLI's own word
+    output: Path,
+    model_uri: str | None = None,
+    progress: bool = True,
+) -> ScoreReport:
+    """Score every image of `input` into `output`, skipping those already scored there."""
+    paths = list_inputs(input)
+    uri, model = resolve_model(model_uri, params.register.model_name)
+    predictor = load_model(uri)
+    logger.info("scoring %d images with %s version %s", len(paths), model.name, model.version)
+    return predict_to_file(paths, Path(output), predictor, model,
+                           batch_size=params.predict.batch_size, progress=progress)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True,
+                        help="a folder (recursive), a glob, an image, or a text file of paths")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="the output file: .csv, .jsonl or .parquet (resumed if it exists)")
+    parser.add_argument("--model-uri", default=None,
+                        help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model or a "
+                             "models/ directory (default: models:/<register.model_name>@champion)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)  # fmt: skip
+
+    def body() -> int:
+        from taglens.pyfunc import ModelNotFoundError
+        from taglens.tracking import configure_tracking
+
+        setup_logging()
+        params = load_params(args.params)
+        configure_tracking(params.base.experiment)
+        try:
+            report = run(params, input=args.input, output=args.output, model_uri=args.model_uri)
+        except ModelNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+        print(f"{args.output}: {report.scored} scored, {report.skipped} already done, "
+              f"{report.errors} errors ({report.images_per_second:.1f} img/s)")  # fmt: skip
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""register: add the evaluated model to the registry and let the promotion gate decide.
+
+As the DVC stage: `python -m stages.register --params params.yaml --models models
+--metrics reports/metrics.json --out reports/register.json`. Admin subcommands:
+`list`, `history`, `promote VERSION --reason TEXT`, `rollback --reason TEXT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from taglens.atomic import atomic_write_json
+from taglens.cli import run_main, setup_logging
+from taglens.gate import Evaluation, read_metrics, read_recall
+from taglens.params import Params, load_params
+from taglens.registry import Registry, RegistryError, logged_model_uri
+from taglens.tracking import git_commit
+
+logger = logging.getLogger(__name__)
+
+HISTORY = "promotions.jsonl"
+
+
+def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str, Any]:
+    """Where a model came from: backbone, weights, commit, and the data hashes DVC recorded."""
+    tags = {key: info[key] for key in ("backbone", "weights_identity", "image_size",
+                                       "experiment") if info.get(key) is not None}  # fmt: skip
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    if dvc_lock.is_file():
+        import yaml
+
+        train = (yaml.safe_load(dvc_lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        for dep in train.get("train", {}).get("deps", []):
+            if str(dep.get("path", "")).startswith("data/") and dep.get("md5"):
+                tags[f"data.{dep['path']}"] = dep["md5"]
+    return tags
+
+
+def run(
+    params: Params,
+    *,
+    models: Path,
+    metrics: Path,
+    out: Path,
+    per_class: Path | None = None,
+    history: Path | None = None,
+) -> dict[str, Any]:
+    """Register the model of the train run in `models/` and write the decision to `out`.
+
+    Raises:
+        FileNotFoundError: model_info.json or metrics.json is missing.
+        ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
+    """
+    info_path = Path(models) / "model_info.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"no {info_path}: run the train stage first")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    run_id = info.get("run_id")
+    if not run_id:
+        raise ValueError(f"{info_path} has no run_id: the train stage must run inside MLflow")
+    per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
+    evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
+    evaluation.score(params.register.primary_metric)  # fail before touching the registry
+    registry = Registry(params.register.model_name, history or Path(out).parent / HISTORY)
+    result = registry.register(
+        logged_model_uri(run_id), run_id, evaluation, params.register, lineage(info)
+    )
+    _tag_run(run_id, result)
+    atomic_write_json(out, result)
+    return result
+
+
+def _tag_run(run_id: str, result: dict[str, Any]) -> None:
+    """Note the registered version and decision on the train run, the run of the model."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "register.version", result["version"])
+    client.set_tag(run_id, "register.decision", str(result["decision"]))
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("no versions registered yet: run `dvc repro`")
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for row in rows:
+        print("  ".join(str(row[k]).ljust(widths[k]) for k in keys))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Paths and `--params` for the stage, plus the admin subcommands."""
+    parser = argparse.ArgumentParser(prog="python -m stages.register", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", type=Path, default=argparse.SUPPRESS)
+    common.add_argument("--history", type=Path, default=argparse.SUPPRESS,
+                        help=f"promotion history (default reports/{HISTORY})")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--history", type=Path, default=None,
+                        help=f"promotion history (default: {HISTORY} beside --out)")
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
+    parser.add_argument("--per-class", type=Path, default=None,
+                        help="per-class recall (default: <metrics dir>/evaluate/per_class.json)")
+    parser.add_argument("--out", type=Path, default=Path("reports/register.json"))
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("list", parents=[common], help="versions with scores and aliases")
+    sub.add_parser("history", parents=[common], help="the promotion history, oldest first")
+    promote = sub.add_parser("promote", parents=[common], help="make VERSION champion by hand")
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True)
+    rollback = sub.add_parser("rollback", parents=[common], help="back to the previous champion")
+    rollback.add_argument("--reason", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage, or an admin subcommand."""
+    args = build_parser().parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        from taglens.tracking import configure_tracking
+
+        params = load_params(args.params)
+        configure_tracking(params.base.experiment)
+        if args.command is None:
+            result = run(params, models=args.models, metrics=args.metrics, out=args.out,
+                         per_class=args.per_class, history=args.history)  # fmt: skip
+            print(f"{result['model_name']} version {result['version']}: {result['decision']} "
+                  f"({result['reason']})")  # fmt: skip
+            return 0
+        registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
+        if args.command == "list":
+            _print_table(registry.table(params.register.primary_metric))
+        elif args.command == "history":
+            for row in registry.history():
+                print(json.dumps(row, sort_keys=True))
+        elif args.command == "promote":
+            row = registry.promote(args.version, args.reason)
+            print(f"version {row['version']} is now champion (was {row['previous']})")
+        elif args.command == "rollback":
+            row = registry.rollback(args.reason)
+            print(f"rolled back: version {row['version']} is champion again "
+                  f"(was {row['previous']})")  # fmt: skip
+        return 0
+
+    return run_main(body, extra_errors=(RegistryError,))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Resumable, streaming output files of the batch predict job: CSV, JSON lines and Parquet.
+
+Every writer appends rows batch by batch, so memory stays flat, and can tell which inputs a
+model version has already scored, so a re-run skips them:
+
+- `.jsonl` / `.csv`: rows are appended and fsynced per batch. A run killed mid-write leaves at
+  most a torn last line, which the next run cuts off before appending.
+- `.parquet` (which cannot be appended to): rows go into part files under `<output>.parts/`,
+  one row group per batch; a part is sealed (renamed from `.tmp`) every `part_rows` rows or
+  `part_seconds` seconds. Closing the writer streams the previous output and all parts, row group
+  by row group, into a new file that atomically replaces the output. A killed run loses at most
+  the unsealed part.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from taglens.atomic import atomic_open
+
+COLUMNS = (
+    "path", "sha256", "hashtags", "top_class", "top_probability",
+    "model_name", "model_version", "error",
+)  # fmt: skip
+FORMATS = (".csv", ".jsonl", ".parquet")
+Key = tuple[str, str]  # (path, sha256)
+
+
+def row_key(row: dict[str, Any]) -> Key:
+    """The resume key of a row: the same file content at the same path."""
+    return (str(row["path"]), str(row.get("sha256") or ""))
+
+
+def _check_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(
+            f"output {path} must end with one of {', '.join(FORMATS)} (the suffix picks the format)"
+        )
+    return suffix
+
+
+def _parquet_schema():
+    import pyarrow as pa
+
+    tag = pa.struct([("tag", pa.string()), ("score", pa.float64())])
+    return pa.schema(
+        [
+            ("path", pa.string()), ("sha256", pa.string()), ("hashtags", pa.list_(tag)),
+            ("top_class", pa.string()), ("top_probability", pa.float64()),
+            ("model_name", pa.string()), ("model_version", pa.string()), ("error", pa.string()),
+        ]  # fmt: skip
+    )
+
+
+def _from_csv(record: dict[str, str]) -> dict[str, Any]:
+    row: dict[str, Any] = {key: (record.get(key) or None) for key in COLUMNS}
+    row["hashtags"] = json.loads(record["hashtags"]) if record.get("hashtags") else []
+    prob = record.get("top_probability")
+    row["top_probability"] = float(prob) if prob else None
+    return row
+
+
+def _to_csv(row: dict[str, Any]) -> list[str]:
+    values = []
+    for key in COLUMNS:
+        value = row.get(key)
+        if key == "hashtags":
+            value = json.dumps(value or [], separators=(",", ":"))
+        values.append("" if value is None else str(value))
+    return values
+
+
+def read_rows(path: Path | str, chunk_rows: int = 4096) -> Iterator[dict[str, Any]]:
+    """Stream the rows of an output file (any format) as dicts with `hashtags` as a list.
+
+    Raises:
+        ValueError: the suffix is not a known format.
+    """
+    path = Path(path)
+    suffix = _check_format(path)
+    if not path.exists():
+        return
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            yield from batch.to_pylist()
+        return
+    with open(path, encoding="utf-8", newline="") as handle:
+        if suffix == ".jsonl":
+            for line in handle:
+                if line.endswith("\n") and line.strip():
+                    yield json.loads(line)
+        else:
+            yield from (_from_csv(record) for record in csv.DictReader(handle))
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line left incomplete by a killed run, so appending starts on a fresh line."""
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        position = size
+        while position > 0:
+            step = min(65536, position)
+            handle.seek(position - step)
+            block = handle.read(step)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = position - step + newline + 1
+                break
+            position -= step
+        else:
+            end = 0
+        if end != size:
+            handle.truncate(end)
+
+
+class OutputWriter:
+    """Append rows to an output file; `close()` finalizes, `abort()` keeps what was written."""
+
+    def __init__(self, path: Path | str, part_rows: int = 4096, part_seconds: float = 60.0):
+        self.path = Path(path)
+        self.format = _check_format(self.path)
+        self.parts_dir = self.path.with_name(self.path.name + ".parts")
+        self.part_rows = part_rows
+        self.part_seconds = part_seconds
+        self._handle = None
+        self._csv = None
+        self._part = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.format == ".parquet":
+            self.parts_dir.mkdir(exist_ok=True)
+            for stale in self.parts_dir.glob("*.tmp"):
+                stale.unlink()  # an unsealed part of a killed run: its rows are scored again
+        elif self.path.exists():
+            _cut_torn_tail(self.path)
+            self._check_header()
+
+    def _check_header(self) -> None:
+        if self.format != ".csv" or self.path.stat().st_size == 0:
+            return
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if tuple(header) != COLUMNS:
+            raise ValueError(
+                f"{self.path} exists with columns {header}, not a batch predict output; "
+                "give a new --output file"
+            )
+
+    def existing_rows(self) -> Iterator[dict[str, Any]]:
+        """Rows already in the output, including sealed Parquet parts of an interrupted run."""
+        yield from read_rows(self.path)
+        if self.format == ".parquet":
+            for part in self._sealed_parts():
+                yield from read_rows(part)
+
+    def done_keys(self, model_name: str, model_version: str) -> set[Key]:
+        """Resume keys of the rows this model version has already written."""
+        return {
+            row_key(row)
+            for row in self.existing_rows()
+            if (row.get("model_name"), str(row.get("model_version"))) == (model_name, model_version)
+        }
+
+    def _sealed_parts(self) -> list[Path]:
+        return sorted(self.parts_dir.glob("part-*.parquet")) if self.parts_dir.is_dir() else []
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows durably (fsynced text, or a Parquet row group)."""
+        rows = list(rows)
+        if not rows:
+            return
+        if self.format == ".parquet":
+            self._write_parquet(rows)
+            return
+        if self._handle is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._handle = open(self.path, "a", encoding="utf-8", newline="")
+            if self.format == ".csv":
+                self._csv = csv.writer(self._handle, lineterminator="\n")
+                if new:
+                    self._csv.writerow(COLUMNS)
+        for row in rows:
+            if self._csv is not None:
+                self._csv.writerow(_to_csv(row))
+            else:
+                record = {key: row.get(key) for key in COLUMNS}
+                self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def _write_parquet(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._part is None:
+            number = len(self._sealed_parts())
+            tmp = self.parts_dir / f"part-{number:06d}.parquet.tmp"
+            self._part = [pq.ParquetWriter(tmp, _parquet_schema()), tmp, 0, time.monotonic()]
+        table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows],
+                                     schema=_parquet_schema())  # fmt: skip
+        self._part[0].write_table(table)
+        self._part[2] += len(rows)
+        if self._part[2] >= self.part_rows or time.monotonic() - self._part[3] >= self.part_seconds:
+            self._seal_part()
+
+    def _seal_part(self) -> None:
+        if self._part is None:
+            return
+        writer, tmp, _, _ = self._part
+        writer.close()
+        os.replace(tmp, tmp.with_suffix(""))  # part-N.parquet.tmp -> part-N.parquet
+        self._part = None
+
+    def abort(self) -> None:
+        """Stop after an error: keep every written row for the next run, finalize nothing."""
+        self._seal_part()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def close(self) -> None:
+        """Finish: for Parquet, merge the old output and the parts into one file atomically."""
+        self.abort()
+        if self.format == ".csv" and not self.path.exists():
+            # nothing was scored: still leave a valid, header-only file
+            with open(self.path, "w", encoding="utf-8", newline="") as handle:
+                csv.writer(handle, lineterminator="\n").writerow(COLUMNS)
+        elif self.format == ".jsonl" and not self.path.exists():
+            self.path.touch()
+        elif self.format == ".parquet":
+            self._finalize_parquet()
+
+    def _finalize_parquet(self) -> None:
+        import pyarrow.parquet as pq
+
+        parts = self._sealed_parts()
+        if not parts and self.path.exists():
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            return
+        sources = ([self.path] if self.path.exists() else []) + parts
+        with atomic_open(self.path, "wb") as handle:
+            writer = pq.ParquetWriter(handle, _parquet_schema())
+            for source in sources:
+                parquet = pq.ParquetFile(source)
+                for group in range(parquet.num_row_groups):
+                    writer.write_table(parquet.read_row_group(group).cast(_parquet_schema()))
+            writer.close()
+        shutil.rmtree(self.parts_dir, ignore_errors=True)

@@ -1,0 +1,318 @@
+"""The batch predict job: list images, score them in streaming batches, write resumable rows.
+
+Inputs are read once: a Python generator hashes each file (the resume key) and hands its bytes to
+a `tf.data` pipeline that decodes and resizes in parallel with `taglens.images.decode_and_resize`,
+the function training used, so pixels match. Each element carries its input index; an image that
+fails to decode is dropped by `ignore_errors()` and detected as a gap in the indices, which keeps
+every row aligned with its path and turns the bad file into an error row instead of a crash.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from taglens.batch_outputs import Key, OutputWriter, read_rows, row_key
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+_GLOB_CHARS = "*?["
+
+
+class PixelPredictor(Protocol):
+    """What the job needs from a model (taglens.predictor.HashtagPredictor provides it)."""
+
+    image_size: int
+
+    def predict_pixels(self, batch: np.ndarray) -> list[dict[str, Any]]:
+        """Predict one dict per image of a float32 (N, S, S, 3) 0..255 batch."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model version written into every row (and part of the resume key)."""
+
+    name: str
+    version: str
+
+
+@dataclass
+class ScoreReport:
+    """What one scoring run did."""
+
+    total: int = 0
+    scored: int = 0
+    skipped: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Images scored or failed per wall-clock second (skipped ones excluded)."""
+        done = self.scored + self.errors
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, other: ScoreReport) -> None:
+        """Accumulate another report (shards of one job)."""
+        for name in ("total", "scored", "skipped", "errors"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds = max(self.seconds, other.seconds)
+
+
+def list_inputs(spec: str | Path) -> list[Path]:
+    """Expand an input spec into image paths, sorted for a stable row order.
+
+    `spec` is a folder (searched recursively for image suffixes), a glob (`**` allowed), a single
+    image, or a text file with one path per line (blank lines and `#` comments skipped; relative
+    paths are taken relative to the list file's folder). Listed paths that do not exist are kept:
+    they become error rows.
+
+    Raises:
+        FileNotFoundError: the spec names nothing.
+        ValueError: the spec matches no image.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower()
+                       in IMAGE_SUFFIXES)  # fmt: skip
+    elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        paths = [path]
+    elif path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        entries = [line.strip() for line in lines if line.strip() and not line.lstrip()
+                   .startswith("#")]  # fmt: skip
+        paths = [p if p.is_absolute() else path.parent / p for p in map(Path, entries)]
+    elif any(char in text for char in _GLOB_CHARS):
+        paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+    else:
+        raise FileNotFoundError(
+            f"input {text} is not a folder, an image, a list file or a glob: check the path"
+        )
+    if not paths:
+        raise ValueError(
+            f"input {text} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
+            "give a folder of photos, a glob like 'photos/**/*.jpg' or a file listing paths"
+        )
+    return paths
+
+
+def shard(paths: Sequence[Path], size: int) -> list[list[Path]]:
+    """Split paths into consecutive shards of at most `size` (their concatenation is `paths`)."""
+    if size < 1:
+        raise ValueError(f"predict.shard_size must be >= 1, got {size}")
+    return [list(paths[start : start + size]) for start in range(0, len(paths), size)]
+
+
+def _row(path: Path, sha: str, model: ModelRef, error: str | None = None,
+         prediction: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    prediction = prediction or {}
+    return {
+        "path": str(path),
+        "sha256": sha,
+        "hashtags": [{"tag": h["tag"], "score": float(h["score"])}
+                     for h in prediction.get("hashtags", [])],  # fmt: skip
+        "top_class": prediction.get("top_class"),
+        "top_probability": prediction.get("top_probability"),
+        "model_name": model.name,
+        "model_version": model.version,
+        "error": error,
+    }
+
+
+def _decode_error(path: Path, image_size: int) -> str:
+    """Why a file the pipeline dropped cannot be decoded (re-tried eagerly, rare)."""
+    import tensorflow as tf
+
+    from taglens.images import decode_and_resize
+
+    try:
+        decode_and_resize(tf.constant(path.read_bytes()), image_size)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is reported in the row
+        message = (getattr(exc, "message", None) or str(exc) or "unknown error").splitlines()[0]
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", message)
+        return f"not a decodable image: {message.strip()}"
+    return "not a decodable image"
+
+
+def score_paths(
+    paths: Sequence[Path],
+    predictor: PixelPredictor,
+    model: ModelRef,
+    *,
+    batch_size: int,
+    done: set[Key] | frozenset[Key] = frozenset(),
+    progress: bool = True,
+    report: ScoreReport | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Score images batch by batch, yielding each batch's rows in input order.
+
+    Inputs whose (path, sha256) is in `done` are skipped. Unreadable or undecodable files give
+    rows with `error` set. `report`, if given, is filled in as the generator runs.
+    """
+    import tensorflow as tf
+
+    from taglens.images import decode_and_resize
+
+    report = report if report is not None else ScoreReport()
+    report.total = len(paths)
+    pending: dict[int, tuple[Path, str, str | None]] = {}  # index -> (path, sha, read error)
+    finished = []
+
+    def produce() -> Iterator[tuple[int, bytes]]:
+        for index, path in enumerate(paths):
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                pending[index] = (Path(path), "", f"cannot read file: {exc.strerror or exc}")
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            if (str(path), sha) in done:
+                pending[index] = (Path(path), sha, "skip")
+                continue
+            pending[index] = (Path(path), sha, None)
+            yield index, data
+        finished.append(True)
+
+    size = predictor.image_size
+    dataset = tf.data.Dataset.from_generator(
+        produce,
+        output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.string)),
+    )
+    dataset = dataset.map(
+        lambda index, data: (index, decode_and_resize(data, size)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    dataset = dataset.ignore_errors().batch(batch_size).prefetch(2)
+
+    bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, smoothing=0.1)
+    start = time.monotonic()
+    next_index = 0
+
+    def flush(until: int, scored: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        nonlocal next_index
+        rows = []
+        for index in range(next_index, until):
+            path, sha, error = pending.pop(index)
+            if error == "skip":
+                report.skipped += 1
+            elif index in scored:
+                rows.append(_row(path, sha, model, prediction=scored[index]))
+                report.scored += 1
+            else:
+                reason = error or _decode_error(path, size)
+                rows.append(_row(path, sha, model, error=reason))
+                report.errors += 1
+                logger.warning("%s: %s", path, reason)
+        bar.update(until - next_index)
+        next_index = until
+        report.seconds = time.monotonic() - start
+        return rows
+
+    try:
+        for indices, pixels in dataset:
+            ids = indices.numpy().tolist()
+            predictions = predictor.predict_pixels(pixels.numpy())
+            yield flush(ids[-1] + 1, dict(zip(ids, predictions, strict=True)))
+        if not finished:
+            raise RuntimeError("the input reader stopped early; see the log for the cause")
+        tail = flush(len(paths), {})
+        if tail:
+            yield tail
+    finally:
+        bar.close()
+        report.seconds = time.monotonic() - start
+
+
+def predict_to_file(
+    paths: Sequence[Path],
+    output: Path,
+    predictor: PixelPredictor,
+    model: ModelRef,
+    *,
+    batch_size: int,
+    also_done_in: Iterable[Path] = (),
+    progress: bool = True,
+    part_rows: int = 4096,
+) -> ScoreReport:
+    """Score `paths` into `output`, skipping inputs this model version already scored there.
+
+    Args:
+        paths: the images, in output order.
+        output: `.csv`, `.jsonl` or `.parquet`; appended to if it exists.
+        predictor: the model.
+        model: its registered name and version (written into each row).
+        batch_size: images per forward pass.
+        also_done_in: other outputs whose rows count as done (a shard skips the final output's).
+        progress: show a tqdm bar.
+        part_rows: rows per sealed Parquet part (what a killed run can lose at most).
+    """
+    writer = OutputWriter(output, part_rows=part_rows)
+    done = writer.done_keys(model.name, model.version)
+    for other in also_done_in:
+        done |= done_keys(other, model)
+    report = ScoreReport()
+    rows = score_paths(paths, predictor, model, batch_size=batch_size, done=done,
+                       progress=progress, report=report)  # fmt: skip
+    try:
+        for batch in rows:
+            writer.write(batch)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    logger.info("scored %d, skipped %d, errors %d of %d images into %s (%.1f img/s)",
+                report.scored, report.skipped, report.errors, report.total, output,
+                report.images_per_second)  # fmt: skip
+    return report
+
+
+def done_keys(output: Path, model: ModelRef) -> set[Key]:
+    """Resume keys of rows `model` wrote into an existing output (empty if there is none)."""
+    if not Path(output).exists() and not Path(str(output) + ".parts").exists():
+        return set()
+    return OutputWriter(output).done_keys(model.name, model.version)
+
+
+def merge_outputs(parts: Sequence[Path], output: Path, model: ModelRef) -> int:
+    """Append the rows of shard outputs to `output` in order, skipping rows already there.
+
+    A merge interrupted half-way can be re-run: rows whose key is in the output are not added
+    twice. Returns the number of rows added; the shard files are left for the caller to delete.
+    """
+    writer = OutputWriter(output)
+    seen = writer.done_keys(model.name, model.version)
+    added = 0
+    try:
+        for part in parts:
+            chunk = []
+            for row in read_rows(part):
+                key = row_key(row)
+                if (row.get("model_name"), str(row.get("model_version"))) == (
+                    model.name, model.version) and key in seen:  # fmt: skip
+                    continue
+                seen.add(key)
+                chunk.append(row)
+                if len(chunk) >= 4096:
+                    writer.write(chunk)
+                    added += len(chunk)
+                    chunk = []
+            writer.write(chunk)
+            added += len(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return added

@@ -1,0 +1,284 @@
+"""The content-addressed feature store and the batched, compiled forward pass that fills it.
+
+Every image goes through the backbone once per (backbone, weights, image size): vectors are kept
+in shards under `store/<backbone>-<size>px-<weights identity>/`, keyed by the image's sha256, so
+adding images computes only the new ones and a killed run loses at most the shard in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from taglens.atomic import atomic_open, atomic_write_json
+from taglens.images import image_dataset
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.npz"
+META_FILE = "meta.json"
+STORE_DIR = "store"
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything besides the image that decides a feature vector."""
+
+    backbone: str
+    image_size: int
+    weights_identity: str
+
+    @property
+    def dirname(self) -> str:
+        """A path-safe directory name for this configuration."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.weights_identity)
+        return f"{self.backbone}-{self.image_size}px-{safe}"
+
+
+class FeatureStore:
+    """Shards of (sha256, vector) pairs for one `FeatureKey`, written atomically."""
+
+    def __init__(self, root: Path, key: FeatureKey):
+        self.key = key
+        self.dir = Path(root) / key.dirname
+
+    def shards(self) -> list[Path]:
+        """Return the shard files present, in a stable order."""
+        return sorted(self.dir.glob("shard-*.npz"))
+
+    def load(self) -> dict[str, np.ndarray]:
+        """Every cached vector by sha256; an unreadable shard is skipped (its images recomputed)."""
+        cached: dict[str, np.ndarray] = {}
+        for shard in self.shards():
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    shas, vectors = data["sha256"], data["vectors"]
+            except (OSError, ValueError, KeyError) as exc:
+                logger.warning("ignoring unreadable feature shard %s (%s)", shard, exc)
+                continue
+            if vectors.ndim != 2 or len(shas) != len(vectors):
+                logger.warning("ignoring malformed feature shard %s", shard)
+                continue
+            cached.update(zip(shas.tolist(), vectors, strict=True))
+        return cached
+
+    def write_shard(self, shas: Sequence[str], vectors: np.ndarray) -> Path:
+        """Store one shard; its name is derived from its contents, so re-runs are reproducible."""
+        if not self.dir.exists():
+            atomic_write_json(self.dir / "key.json", self.key.__dict__)
+        digest = hashlib.sha256("\n".join(shas).encode()).hexdigest()[:20]
+        path = self.dir / f"shard-{digest}.npz"
+        return _save_npz(path, shas, vectors)
+
+
+def _save_npz(path: Path, shas: Sequence[str], vectors: np.ndarray) -> Path:
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, sha256=np.asarray(shas, dtype="U64"), vectors=vectors.astype("float32"))
+    return path
+
+
+class BatchedForward:
+    """The extractor as a `tf.function`; full batches go through XLA when `jit_compile` is set.
+
+    A short last batch would make XLA compile the whole network again for the new shape, which
+    costs more than running that one batch uncompiled, so it takes the plain graph instead.
+    """
+
+    def __init__(self, extractor: keras.Model, batch_size: int, jit_compile: bool):
+        import tensorflow as tf
+
+        def forward(images):
+            return extractor(images, training=False)
+
+        self.batch_size = batch_size
+        self._graph = tf.function(forward, reduce_retracing=True)
+        self._compiled = tf.function(forward, jit_compile=True) if jit_compile else self._graph
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """Features of one batch of float32 pixels (B, S, S, 3) as a NumPy array."""
+        fn = self._compiled if images.shape[0] == self.batch_size else self._graph
+        return fn(images).numpy()
+
+
+def _check_files(paths: Sequence[Path | str]) -> None:
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image file(s) are missing, for example {missing[0]}: re-run the "
+            "scrape stage (dvc repro scrape) so posts.jsonl and data/raw/images agree"
+        )
+
+
+def iter_feature_batches(
+    paths: Sequence[Path | str],
+    extractor: keras.Model,
+    *,
+    image_size: int,
+    batch_size: int,
+    jit_compile: bool = False,
+) -> Iterator[np.ndarray]:
+    """Yield feature batches for image files, in order (decode overlaps the forward pass).
+
+    Raises:
+        FileNotFoundError: an image file does not exist.
+        ValueError: an image in a batch cannot be decoded (the batch's first file is named).
+
+    """
+    import tensorflow as tf
+
+    _check_files(paths)
+    if not paths:
+        return
+    forward = BatchedForward(extractor, batch_size, jit_compile)
+    batches = iter(image_dataset(paths, image_size, batch_size))
+    start = 0
+    while True:
+        try:
+            images = next(batches)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as exc:
+            raise ValueError(
+                f"cannot decode an image among {len(paths) - start} files starting at "
+                f"{paths[start]}: {exc.message.splitlines()[0]}"
+            ) from None
+        start += int(images.shape[0])
+        yield forward(images)
+
+
+def featurize_paths(
+    paths: Sequence[Path | str],
+    extractor: keras.Model,
+    *,
+    image_size: int,
+    batch_size: int,
+    jit_compile: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[np.ndarray], None] | None = None,
+) -> np.ndarray:
+    """Feature vectors (N, D) float32 for image files, in order; reusable by batch predict.
+
+    Args:
+        paths: Image files in any format TensorFlow decodes.
+        extractor: Raw RGB pixels (0-255) to vectors, as from `build_feature_extractor`.
+        image_size: The extractor's input side.
+        batch_size: Images per forward pass.
+        jit_compile: Compile full batches with XLA.
+        progress: Show a tqdm bar with images/s.
+        on_batch: Called with each batch's vectors as soon as it is computed.
+
+    """
+    chunks = []
+    with tqdm(total=len(paths), unit="img", desc="featurize", disable=not progress) as bar:
+        for vectors in iter_feature_batches(
+            paths, extractor, image_size=image_size, batch_size=batch_size, jit_compile=jit_compile
+        ):
+            chunks.append(vectors)
+            if on_batch is not None:
+                on_batch(vectors)
+            bar.update(len(vectors))
+    if not chunks:
+        return np.zeros((0, int(extractor.output_shape[-1])), dtype="float32")
+    return np.concatenate(chunks).astype("float32", copy=False)
+
+
+@dataclass
+class StoreUpdate:
+    """What `fill_store` did."""
+
+    requested: int
+    cached: int
+    computed: int
+    shards_written: int
+
+
+def fill_store(
+    store: FeatureStore,
+    items: Sequence[tuple[str, Path]],
+    extractor_factory: Callable[[], keras.Model],
+    *,
+    batch_size: int,
+    shard_size: int,
+    jit_compile: bool,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], StoreUpdate]:
+    """Compute the vectors the store lacks for `(sha256, path)` items, one shard at a time.
+
+    The extractor is built only when something is missing, so a fully cached run costs no model
+    construction. Returns every requested vector by sha256 and a summary.
+    """
+    cached = store.load()
+    unique = dict(items)  # duplicates of an image (same sha256) are computed once
+    missing = [(sha, path) for sha, path in unique.items() if sha not in cached]
+    update = StoreUpdate(len(unique), len(unique) - len(missing), len(missing), 0)
+    logger.info(
+        "feature store %s: %d images, %d cached, %d to compute",
+        store.dir, len(unique), update.cached, len(missing),
+    )  # fmt: skip
+    if missing:
+        pending_shas: list[str] = []
+        pending_vectors: list[np.ndarray] = []
+        done = 0
+
+        def flush() -> None:
+            store.write_shard(pending_shas, np.concatenate(pending_vectors))
+            update.shards_written += 1
+            pending_shas.clear()
+            pending_vectors.clear()
+
+        def on_batch(vectors: np.ndarray) -> None:
+            nonlocal done
+            shas = [sha for sha, _ in missing[done : done + len(vectors)]]
+            done += len(vectors)
+            cached.update(zip(shas, vectors, strict=True))
+            offset = 0
+            while offset < len(shas):  # a batch may straddle the end of a shard
+                room = shard_size - len(pending_shas)
+                pending_shas.extend(shas[offset : offset + room])
+                pending_vectors.append(vectors[offset : offset + room])
+                offset += room
+                if len(pending_shas) >= shard_size:
+                    flush()
+
+        _check_files([path for _, path in missing])  # before the (slow) model build
+        extractor = extractor_factory()
+        featurize_paths(
+            [path for _, path in missing], extractor, image_size=store.key.image_size,
+            batch_size=batch_size, jit_compile=jit_compile, progress=progress, on_batch=on_batch,
+        )  # fmt: skip
+        if pending_shas:
+            flush()
+    return {sha: cached[sha] for sha in unique}, update
+
+
+def write_features(out_dir: Path, shas: Sequence[str], vectors: np.ndarray, meta: dict) -> Path:
+    """Write `features.npz` (`sha256`, `vectors` in posts order) and `meta.json` atomically."""
+    out_dir = Path(out_dir)
+    path = _save_npz(out_dir / FEATURES_FILE, shas, vectors)
+    atomic_write_json(out_dir / META_FILE, meta)
+    return path
+
+
+def read_features(features_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read `features.npz` back: (`sha256` (N,) str, `vectors` (N, D) float32).
+
+    Raises:
+        FileNotFoundError: featurize has not run (the message says how to run it).
+
+    """
+    path = Path(features_dir) / FEATURES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no features at {path}: run the featurize stage first")
+    with np.load(path, allow_pickle=False) as data:
+        return data["sha256"], data["vectors"].astype("float32", copy=False)

@@ -1,0 +1,162 @@
+"""The served model: one Keras model from raw pixels to class probabilities.
+
+It is the feature extractor featurize used (preprocessing inside) followed by the trained head,
+so batch predict, the web page and `mlflow models serve` compute exactly what evaluate measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from taglens.backbones import BACKBONES
+from taglens.head import compile_for_training, one_hot
+from taglens.params import FineTuneParams, ModelParams
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+# Cached vectors may come from an XLA-compiled forward pass; allow float round-off, not more.
+VERIFY_RTOL = 1e-3
+
+
+def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens") -> keras.Model:
+    """Compose extractor (pixels -> vectors) and head (vectors -> probabilities) into one model."""
+    import keras
+
+    inputs = keras.Input(extractor.input_shape[1:], name="image")
+    outputs = head(extractor(inputs))
+    return keras.Model(inputs, outputs, name=name)
+
+
+def verify_extractor(extractor: keras.Model, images: np.ndarray, cached: np.ndarray) -> float:
+    """Check that the extractor reproduces the cached vectors of a few images.
+
+    Returns:
+        The largest relative difference (row norm) found.
+
+    Raises:
+        ValueError: the vectors differ: the features were not made by this backbone.
+    """
+    fresh = np.asarray(extractor.predict(images, verbose=0), dtype="float64")
+    cached = np.asarray(cached, dtype="float64")
+    scale = np.maximum(np.linalg.norm(cached, axis=1), 1e-6)
+    worst = float(np.max(np.linalg.norm(fresh - cached, axis=1) / scale))
+    if worst > VERIFY_RTOL:
+        raise ValueError(
+            f"the backbone built from params does not reproduce the cached features (relative "
+            f"difference {worst:.3g} > {VERIFY_RTOL:g}): model.* or base.seed changed since "
+            "featurize ran, or the weights file changed; re-run featurize (dvc repro featurize)"
+        )
+    logger.info("extractor reproduces cached features (max relative difference %.2g)", worst)
+    return worst
+
+
+def unfreeze_last_block(model: keras.Model, backbone_name: str) -> int:
+    """Make only the backbone's last block trainable (BackboneSpec.last_block); count its layers.
+
+    The backbone is called with `training=False` inside the extractor, so batch-norm layers keep
+    their ImageNet statistics while their neighbours' weights are tuned.
+
+    Raises:
+        ValueError: no layer of the backbone starts with the block prefix.
+    """
+    prefix = BACKBONES[backbone_name].last_block
+    backbone = _find_backbone(model)
+    backbone.trainable = True
+    count = 0
+    for layer in backbone.layers:
+        layer.trainable = layer.name.startswith(prefix)
+        count += int(layer.trainable and bool(layer.weights))
+    if count == 0:
+        raise ValueError(f"no layer of {backbone.name} starts with {prefix!r}; cannot fine-tune")
+    return count
+
+
+def _find_backbone(model: keras.Model) -> keras.Model:
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            nested = [sub for sub in layer.layers if isinstance(sub, keras.Model)]
+            return nested[0] if nested else layer
+    raise ValueError(f"{model.name} has no nested backbone model")
+
+
+def _image_pipeline(paths: Sequence[Path], labels: np.ndarray, n_classes: int, size: int,
+                    batch: int, augment: bool, seed: int):
+    import tensorflow as tf
+
+    from taglens.images import decode_and_resize
+
+    def load(path, label):
+        image = decode_and_resize(tf.io.read_file(path), size)
+        if augment:  # light augmentation: flips and small brightness changes only
+            image = tf.image.random_flip_left_right(image, seed=seed)
+            image = tf.clip_by_value(tf.image.random_brightness(image, 20.0, seed=seed), 0, 255)
+        return image, label
+
+    data = tf.data.Dataset.from_tensor_slices(([str(p) for p in paths], one_hot(labels, n_classes)))
+    if augment:
+        data = data.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return data.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2)
+
+
+def fine_tune(
+    model: keras.Model,
+    model_params: ModelParams,
+    params: FineTuneParams,
+    train: tuple[Sequence[Path], np.ndarray],
+    val: tuple[Sequence[Path], np.ndarray],
+    *,
+    label_smoothing: float,
+    seed: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train the backbone's last block and the head end to end on images, at a low learning rate.
+
+    Costly: every step runs the whole backbone forward (see docs/training.md for measured times).
+
+    Returns:
+        Per-epoch history rows (epoch, loss, accuracy, val_loss, val_accuracy).
+    """
+    import keras
+
+    n_classes = int(model.output_shape[-1])
+    layers = unfreeze_last_block(model, model_params.backbone)
+    logger.info("fine-tuning %d layers of %s", layers, BACKBONES[model_params.backbone].last_block)
+    compile_for_training(model, "adam", params.learning_rate, label_smoothing)
+    size, batch = model_params.image_size, params.batch_size
+    train_data = _image_pipeline(*train, n_classes, size, batch, True, seed)
+    val_data = _image_pipeline(*val, n_classes, size, batch, False, seed)
+    rows: list[dict[str, float]] = []
+
+    def record(epoch: int, logs: dict | None) -> None:
+        row = {"epoch": float(epoch + 1), **{k: float(v) for k, v in (logs or {}).items()}}
+        rows.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
+
+    model.fit(train_data, validation_data=val_data, epochs=params.epochs, verbose=0,
+              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
+    model.trainable = False  # the saved model is for inference
+    return rows
+
+
+def save_model(model: keras.Model, path: Path) -> Path:
+    """Save a .keras file atomically: written beside `path`, then moved into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,221 @@
+"""The classification head trained on cached backbone features, and its logistic reference.
+
+Training on cached vectors instead of images is what makes re-training and sweeps cheap: the
+backbone's forward pass (minutes to hours on a CPU) is paid once by featurize.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from taglens.params import TrainParams
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class HeadFit:
+    """A fitted head, its per-epoch history and its score on the validation split."""
+
+    model: keras.Model
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_loss: float = float("nan")
+    val_accuracy: float = float("nan")
+
+    def score(self) -> tuple[float, float]:
+        """Sort key for picking the best fit: higher val accuracy, then lower val loss."""
+        return (self.val_accuracy, -self.val_loss)
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
+    """Per-class loss weights; `balanced` is n_samples / (n_present_classes * count).
+
+    Classes absent from `labels` get weight 0 (they contribute no samples anyway), so the weights
+    of present classes average to 1 over the samples, keeping the loss scale comparable.
+    """
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"train.class_weight must be 'none' or 'balanced', got {mode!r}")
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes)
+    present = int((counts > 0).sum())
+    total = int(counts.sum())
+    return {c: (total / (present * n) if n else 0.0) for c, n in enumerate(counts.tolist())}
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """A Keras optimizer by its params name."""
+    import keras
+
+    builders = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    if name not in builders:
+        raise ValueError(f"train.optimizer must be one of {sorted(builders)}, got {name!r}")
+    return builders[name](learning_rate=learning_rate)
+
+
+def build_head(
+    input_dim: int,
+    n_classes: int,
+    params: TrainParams,
+    seed: int,
+    train_vectors: np.ndarray | None = None,
+) -> keras.Model:
+    """Vectors (N, input_dim) -> standardize -> optional dense+dropout -> softmax over classes.
+
+    The standardization layer is adapted to `train_vectors` (mean and variance per feature) and
+    saved with the model: pooled backbone features have very different scales per channel, and
+    standardizing them makes the head train faster and generalize better.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((input_dim,), name="features")
+    x = inputs
+    if train_vectors is not None:
+        standardize = keras.layers.Normalization(name="standardize")
+        standardize.adapt(np.asarray(train_vectors, "float32"))
+        x = standardize(x)
+    if params.hidden_units > 0:
+        x = keras.layers.Dense(params.hidden_units, activation="relu", name="hidden")(x)
+    if params.dropout > 0:
+        x = keras.layers.Dropout(params.dropout, seed=seed, name="dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def compile_for_training(
+    model: keras.Model, optimizer: str, learning_rate: float, label_smoothing: float
+) -> None:
+    """Compile with categorical cross-entropy (one-hot labels, so label smoothing applies)."""
+    import keras
+
+    model.compile(
+        optimizer=make_optimizer(optimizer, learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Integer labels to float32 one-hot rows."""
+    return np.eye(n_classes, dtype="float32")[np.asarray(labels, dtype=int)]
+
+
+class _EpochLogger:
+    """Collects Keras epoch logs into history rows and forwards them (e.g. to MLflow)."""
+
+    def __init__(self, on_epoch: EpochCallback | None):
+        self.rows: list[dict[str, float]] = []
+        self.on_epoch = on_epoch
+
+    def __call__(self, epoch: int, logs: dict[str, Any] | None) -> None:
+        logs = logs or {}
+        row = {"epoch": float(epoch + 1)}
+        row.update({key: float(logs[key]) for key in HISTORY_COLUMNS[1:] if key in logs})
+        self.rows.append(row)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
+
+
+def fit_head(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    n_classes: int,
+    params: TrainParams,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+) -> HeadFit:
+    """Fit a head on (vectors, integer labels) with early stopping on validation loss.
+
+    Args:
+        train: training vectors (N, D) and labels (N,).
+        val: validation vectors and labels; must not be empty (early stopping and sweeps use it).
+        n_classes: number of output classes.
+        params: the `train` params section (one setting of a sweep).
+        seed: seeds initialisation, dropout and shuffling.
+        on_epoch: called with (epoch starting at 1, metrics) after every epoch.
+
+    Raises:
+        ValueError: empty or mismatched inputs.
+    """
+    import keras
+
+    (x_train, y_train), (x_val, y_val) = train, val
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise ValueError(
+            f"training needs train and validation vectors, got {len(x_train)} train and "
+            f"{len(x_val)} validation: add images or raise clean.val_fraction"
+        )
+    if x_train.shape[1] != x_val.shape[1]:
+        raise ValueError(f"feature widths differ: {x_train.shape[1]} vs {x_val.shape[1]}")
+    model = build_head(x_train.shape[1], n_classes, params, seed, x_train)
+    compile_for_training(model, params.optimizer, params.learning_rate, params.label_smoothing)
+    epoch_logger = _EpochLogger(on_epoch)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger)
+    ]
+    if params.early_stopping_patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=params.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    y_val_hot = one_hot(y_val, n_classes)
+    model.fit(
+        np.asarray(x_train, "float32"),
+        one_hot(y_train, n_classes),
+        validation_data=(np.asarray(x_val, "float32"), y_val_hot),
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        class_weight=class_weights(y_train, n_classes, params.class_weight),
+        callbacks=callbacks,
+        shuffle=True,
+        verbose=0,
+    )
+    val_loss, val_accuracy = model.evaluate(
+        np.asarray(x_val, "float32"), y_val_hot, batch_size=1024, verbose=0
+    )
+    logger.info(
+        "head fitted for %d epochs: val_loss %.4f, val_accuracy %.4f",
+        len(epoch_logger.rows), val_loss, val_accuracy,
+    )
+    return HeadFit(model, epoch_logger.rows, float(val_loss), float(val_accuracy))
+
+
+def fit_baseline(
+    x_train: np.ndarray, y_train: np.ndarray, seed: int, class_weight: str = "none"
+) -> Any:
+    """The reference classifier: standardized features -> multinomial logistic regression.
+
+    `class_weight` follows `train.class_weight` (`none` or `balanced`) so the comparison is fair.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classifier = make_pipeline(
+        StandardScaler(), LogisticRegression(
+            max_iter=2000,
+            random_state=seed,
+            class_weight="balanced" if class_weight == "balanced" else None,
+        )
+    )
+    return classifier.fit(np.asarray(x_train, "float64"), np.asarray(y_train, int))

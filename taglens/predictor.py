@@ -1,0 +1,183 @@
+"""Load a trained `models/` directory and turn images into class probabilities and hashtags."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taglens.hashtags import HashtagStats
+from taglens.params import HashtagParams
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+INFO_FILE = "model_info.json"
+HASHTAGS_FILE = "hashtags.json"
+MODEL_FILES = (MODEL_FILE, INFO_FILE, HASHTAGS_FILE)
+CHUNK = 32  # images per forward pass: bounds memory for large inputs
+
+
+@dataclass
+class HashtagPredictor:
+    """A Keras classifier plus hashtag statistics: pixels or encoded images in, suggestions out.
+
+    Attributes:
+        model: the Keras model (float32 RGB pixels 0..255 -> softmax over `classes`).
+        classes: class names in the model's output order.
+        image_size: the side in pixels the model expects.
+        stats: hashtag statistics fitted on the training posts.
+        params: the hashtag params used for ranking (the ones stored at train time by default).
+        info: the whole model_info.json.
+    """
+
+    model: Any
+    classes: list[str]
+    image_size: int
+    stats: HashtagStats
+    params: HashtagParams
+    info: dict[str, Any]
+
+    @classmethod
+    def from_dir(
+        cls, models_dir: Path | str, params: HashtagParams | None = None
+    ) -> HashtagPredictor:
+        """Load model.keras, model_info.json and hashtags.json from a directory.
+
+        Args:
+            models_dir: the train stage's output directory.
+            params: hashtag params overriding the ones stored in hashtags.json.
+
+        Raises:
+            FileNotFoundError: a file is missing (the message says to run the train stage).
+            ValueError: the files do not belong together (class lists differ).
+        """
+        models_dir = Path(models_dir)
+        missing = [name for name in MODEL_FILES if not (models_dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{models_dir} lacks {', '.join(missing)}: run the train stage (`dvc repro train`) "
+                "or point at a directory it wrote"
+            )
+        info = json.loads((models_dir / INFO_FILE).read_text(encoding="utf-8"))
+        for key in ("classes", "image_size"):
+            if key not in info:
+                raise ValueError(f"{models_dir / INFO_FILE} has no {key!r}: re-run the train stage")
+        stats = HashtagStats.load(models_dir / HASHTAGS_FILE)
+        if list(stats.classes) != list(info["classes"]):
+            raise ValueError(
+                f"{models_dir}: hashtags.json classes {stats.classes} differ from the model's "
+                f"{info['classes']}; re-run the train stage so both come from the same run"
+            )
+        import keras
+
+        from taglens.backbones import preprocess_layer
+
+        preprocess_layer("none")  # defines and registers the Preprocess class the model names
+        model = keras.saving.load_model(models_dir / MODEL_FILE, compile=False)
+        logger.info(
+            "loaded %s (%d classes, %d px)", models_dir, len(info["classes"]), info["image_size"]
+        )
+        return cls(
+            model=model,
+            classes=list(info["classes"]),
+            image_size=int(info["image_size"]),
+            stats=stats,
+            params=params or stats.params,
+            info=info,
+        )
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Return (N, C) class probabilities for float32 pixels (N, S, S, 3) in 0..255.
+
+        Raises:
+            ValueError: the batch does not have the model's shape.
+        """
+        pixels = np.asarray(batch, dtype=np.float32)
+        expected = (self.image_size, self.image_size, 3)
+        if pixels.ndim != 4 or pixels.shape[1:] != expected:
+            raise ValueError(
+                f"expected pixels of shape (N, {self.image_size}, {self.image_size}, 3), got "
+                f"{pixels.shape}; decode images with taglens.images.decode_and_resize"
+            )
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        parts = [
+            np.asarray(self.model(pixels[start : start + CHUNK], training=False))
+            for start in range(0, len(pixels), CHUNK)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+    def predict_pixels(self, batch: np.ndarray) -> list[dict[str, Any]]:
+        """Predict for a pixel batch; one dict per image.
+
+        Each dict is `{"top_class", "top_probability", "probabilities": {class: p},
+        "hashtags": [{"tag", "score", "posts", "engagement"}, ...]}`.
+        """
+        probs = self.probabilities(batch)
+        rankings = self.stats.rank_batch(probs, self.params) if len(probs) else []
+        results = []
+        for row, hashtags in zip(probs, rankings, strict=True):
+            top = int(np.argmax(row))
+            results.append(
+                {
+                    "top_class": self.classes[top],
+                    "top_probability": float(row[top]),
+                    "probabilities": {c: float(p) for c, p in zip(self.classes, row, strict=True)},
+                    "hashtags": hashtags,
+                }
+            )
+        return results
+
+    def decode(self, images: Sequence[bytes]) -> np.ndarray:
+        """Decode encoded images (JPEG, PNG, GIF, BMP, WebP) to the model's pixel batch.
+
+        Uses `taglens.images.decode_and_resize`, the function featurize and training use.
+
+        Raises:
+            ValueError: an item is not an image; the message names its position.
+        """
+        import tensorflow as tf
+
+        from taglens.images import decode_and_resize
+
+        pixels = []
+        for index, data in enumerate(images):
+            if not isinstance(data, bytes | bytearray) or not data:
+                raise ValueError(
+                    f"image {index}: expected encoded image bytes, got "
+                    f"{type(data).__name__} of length {len(data or b'')}"
+                )
+            try:
+                image = decode_and_resize(tf.constant(bytes(data)), self.image_size)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
+                raise ValueError(
+                    f"image {index} could not be decoded (JPEG, PNG, GIF, BMP or WebP expected): "
+                    f"{exc.message.splitlines()[0] if exc.message else exc}"
+                ) from None
+            pixels.append(image.numpy())
+        if not pixels:
+            return np.zeros((0, self.image_size, self.image_size, 3), dtype=np.float32)
+        return np.stack(pixels)
+
+    def predict_bytes(self, images: Sequence[bytes]) -> list[dict[str, Any]]:
+        """Predict for encoded images; an undecodable item raises ValueError naming its index.
+
+        Raising (rather than returning an error entry) keeps results aligned with inputs; callers
+        that want to skip bad items validate each one with `decode([item])` first.
+        """
+        return self.predict_pixels(self.decode(images))
+
+    def predict_paths(self, paths: Sequence[Path | str]) -> list[dict[str, Any]]:
+        """Predict for image files.
+
+        Raises:
+            FileNotFoundError: a path does not exist.
+            ValueError: a file is not an image.
+        """
+        return self.predict_bytes([Path(path).read_bytes() for path in paths])

@@ -1,0 +1,225 @@
+"""The registered model: an MLflow pyfunc wrapping HashtagPredictor.
+
+`mlflow models predict` and `mlflow models serve` then suggest hashtags with no user code.
+
+Request format: a DataFrame with one string column `image`; each value is either a path to an
+image file readable by the process that serves the model, or the base64 encoding of the image
+file's bytes (in-process callers may also pass raw `bytes`). An optional `top_k` param (1..30)
+overrides how many hashtags come back. The output is one dict per image, the same as
+`HashtagPredictor.predict_bytes`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+from taglens.predictor import MODEL_FILES, HashtagPredictor
+
+logger = logging.getLogger(__name__)
+
+INPUT_COLUMN = "image"
+ARTIFACT_KEY = "models"
+CHAMPION = "champion"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Explicit requirements: letting MLflow infer them costs 8-13 s per log_model (NOTES.md).
+PIP_REQUIREMENTS = [
+    "mlflow==3.17.2",
+    "tensorflow-cpu==2.21.*",
+    "keras>=3.10,<4",
+    "numpy>=2",
+    "pandas>=2.2",
+    "pydantic>=2.7",
+    "pyyaml>=6",
+]
+
+
+class ModelNotFoundError(LookupError):
+    """No registered model version answers to the requested name or alias."""
+
+
+def image_bytes(value: Any, index: int = 0) -> bytes:
+    """Turn one request value (bytes, a file path, or base64 text) into encoded image bytes.
+
+    Raises:
+        ValueError: the value is neither an existing file nor valid base64.
+    """
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"image {index}: expected a file path or base64 text, got {value!r:.60}")
+    text = value.strip()
+    # A short value that names an existing file is a path; base64 image data is never that short
+    # and never contains a path separator, so the two cannot be confused in practice.
+    if len(text) < 4096 and Path(text).is_file():
+        return Path(text).read_bytes()
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            f"image {index}: {text[:60]!r} is neither an existing file nor base64-encoded image "
+            "bytes; send paths the server can read, or base64 of the image file"
+        ) from None
+
+
+class TaglensModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc: images in, class probabilities and ranked hashtags out."""
+
+    # predict has no type hints on purpose (the logged signature is the schema); this tells MLflow
+    # not to wrap it for hint-based validation, which would only warn about the missing hints.
+    _skip_type_hint_validation = True
+
+    def __init__(self) -> None:
+        self.predictor: HashtagPredictor | None = None
+
+    def load_context(self, context) -> None:
+        """Load the Keras model and hashtag statistics from the model's artifacts."""
+        self.predictor = HashtagPredictor.from_dir(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        """Predict for a DataFrame with an `image` column (paths, base64 text or bytes).
+
+        Returns:
+            One dict per row: top_class, top_probability, probabilities, hashtags.
+        """
+        import pandas as pd
+
+        if self.predictor is None:
+            raise RuntimeError("the model's artifacts are not loaded (load_context was not run)")
+        if isinstance(model_input, pd.DataFrame):
+            if INPUT_COLUMN not in model_input.columns:
+                raise ValueError(f"expected a column {INPUT_COLUMN!r}, got {list(model_input)}")
+            values = model_input[INPUT_COLUMN].tolist()
+        elif isinstance(model_input, list | tuple):
+            values = list(model_input)
+        else:
+            raise ValueError(f"expected a DataFrame with an {INPUT_COLUMN!r} column")
+        predictor = self.predictor
+        top_k = (params or {}).get("top_k")
+        if top_k is not None and int(top_k) != predictor.params.top_k:
+            update = {"top_k": int(top_k)}
+            ranked = predictor.params.model_validate({**predictor.params.model_dump(), **update})
+            predictor = HashtagPredictor(**{**predictor.__dict__, "params": ranked})
+        data = [image_bytes(value, index) for index, value in enumerate(values)]
+        return predictor.predict_bytes(data)
+
+
+def example_image(size: int) -> bytes:
+    """Return a small PNG (a gradient) used as the logged input example."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], ramp[::-1][None, :]), -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _signature(top_k: int):
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+        params=ParamSchema([ParamSpec("top_k", "long", top_k)]),
+    )
+
+
+def log_taglens_model(models_dir: Path, *, name: str = "model"):
+    """Log `models_dir` as a taglens pyfunc into the active MLflow run.
+
+    The Keras model, model_info.json and hashtags.json are the artifacts; the taglens package
+    travels as code, so the logged model needs no taglens install to be served.
+
+    Returns:
+        mlflow.models.model.ModelInfo of the logged model.
+
+    Raises:
+        FileNotFoundError: a model file is missing.
+        RuntimeError: no MLflow run is active.
+    """
+    import pandas as pd
+
+    models_dir = Path(models_dir)
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_taglens_model logs into the active run: call mlflow.start_run()")
+    missing = [f for f in MODEL_FILES if not (models_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{models_dir} lacks {', '.join(missing)}: run the train stage")
+    info = json.loads((models_dir / "model_info.json").read_text(encoding="utf-8"))
+    top_k = json.loads((models_dir / "hashtags.json").read_text(encoding="utf-8"))["params"]
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / ARTIFACT_KEY
+        staged.mkdir()
+        for file in MODEL_FILES:  # only these: models/ may hold other, unrelated outputs
+            shutil.copy2(models_dir / file, staged / file)
+        example = pd.DataFrame(
+            {INPUT_COLUMN: [base64.b64encode(example_image(int(info["image_size"]))).decode()]}
+        )
+        model_info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=TaglensModel(),
+            artifacts={ARTIFACT_KEY: str(staged)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=_signature(int(top_k["top_k"])),
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+    logger.info("logged taglens pyfunc %s", model_info.model_uri)
+    return model_info
+
+
+def load_predictor(model_uri: str) -> HashtagPredictor:
+    """Load a logged or registered taglens model back as an in-process HashtagPredictor.
+
+    Args:
+        model_uri: any MLflow model URI, e.g. `models:/taglens@champion` or `runs:/ID/model`.
+
+    Raises:
+        ModelNotFoundError: the model, version or alias does not exist.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as exc:
+        raise ModelNotFoundError(
+            f"cannot load {model_uri}: {exc.message.splitlines()[0]}. If there is no champion "
+            "yet: run `dvc repro` or `python -m stages.register ...`"
+        ) from None
+    wrapped = model.unwrap_python_model()
+    if not isinstance(wrapped, TaglensModel) or wrapped.predictor is None:
+        raise ModelNotFoundError(f"{model_uri} is not a taglens model")
+    return wrapped.predictor
+
+
+def load_champion(model_name: str, alias: str = CHAMPION) -> HashtagPredictor:
+    """Load `models:/NAME@alias` (the champion by default) as a HashtagPredictor.
+
+    Raises:
+        ModelNotFoundError: with "no champion yet" when the model or alias does not exist.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = MlflowClient().get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        raise ModelNotFoundError(
+            f"no {alias} yet for registered model {model_name!r}: run `dvc repro` or "
+            "`python -m stages.register ...` to register and promote one"
+        ) from None
+    logger.info("loading %s version %s (@%s)", model_name, version.version, alias)
+    return load_predictor(f"models:/{model_name}/{version.version}")

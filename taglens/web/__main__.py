@@ -1,0 +1,118 @@
+"""Serve the web page: `python -m taglens.web [--params params.yaml] [--model-uri URI]`.
+
+The model is loaded once, before the server starts: the champion of the registered model
+(`models:/<register.model_name>@champion`) unless `--model-uri` names another MLflow model URI
+or a local `models/` directory written by the train stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from pathlib import Path
+
+from taglens.cli import run_main, setup_logging
+from taglens.params import Params, load_params
+from taglens.web.app import ModelLabel, Predictor, create_app
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelLabel]:
+    """Load the model to serve and the name/version to report for it.
+
+    An alias (`models:/NAME@champion`) is resolved to its version first and that exact version
+    is loaded, so the version reported is the one serving even if the alias moves meanwhile.
+
+    Raises:
+        taglens.pyfunc.ModelNotFoundError: no such model, version or alias (e.g. no champion yet).
+        FileNotFoundError: a local models directory lacks a file.
+    """
+    from taglens.predictor import MODEL_FILE, HashtagPredictor
+
+    if model_uri and (Path(model_uri) / MODEL_FILE).is_file():
+        models_dir = Path(model_uri).resolve()
+        return HashtagPredictor.from_dir(models_dir), ModelLabel(models_dir.name, "local")
+
+    from taglens.pyfunc import ModelNotFoundError, load_predictor
+    from taglens.tracking import configure_tracking
+
+    configure_tracking(params.base.experiment)
+    uri = model_uri or f"models:/{params.register.model_name}@champion"
+    name, version = uri, "unregistered"
+    if uri.startswith("models:/"):
+        name, _, ref = uri.removeprefix("models:/").partition("@")
+        if ref:  # an alias: pin the version it points at now
+            from mlflow import MlflowClient
+            from mlflow.exceptions import MlflowException
+
+            try:
+                version = MlflowClient().get_model_version_by_alias(name, ref).version
+            except MlflowException:
+                raise ModelNotFoundError(
+                    f"no {ref} yet for registered model {name!r}: run `dvc repro` to train, "
+                    "evaluate and register one, or pass --model-uri"
+                ) from None
+            uri = f"models:/{name}/{version}"
+        else:
+            name, _, version = name.partition("/")
+    logger.info("loading %s", uri)
+    return load_predictor(uri), ModelLabel(name, str(version))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: paths and overrides only; every default comes from params.yaml."""
+    parser = argparse.ArgumentParser(prog="python -m taglens.web", description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument(
+        "--model-uri",
+        help="an MLflow model URI (models:/NAME/3, runs:/ID/model) or a local models/ "
+        "directory; default models:/<register.model_name>@champion",
+    )
+    parser.add_argument("--host", help="address to bind (default serve.host)")
+    parser.add_argument("--port", type=int, help="port (default serve.port)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load params and the model, then serve until interrupted."""
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    from taglens.pyfunc import ModelNotFoundError
+
+    def body() -> int:
+        import uvicorn
+
+        params = load_params(args.params)
+        host = args.host or params.serve.host
+        port = args.port or params.serve.port
+        if not 0 < port < 65_536:
+            raise ValueError(f"--port must be 1..65535, got {port}")
+        if not _is_loopback(host):
+            logger.warning("binding %s: the page is reachable from other machines", host)
+        predictor, label = load_model(params, args.model_uri)
+        app = create_app(
+            predictor,
+            label,
+            int(params.serve.max_upload_mb * 1_000_000),
+            ingest=params.ingest,
+        )
+        logger.info("serving %s version %s on http://%s:%d/", label.name, label.version, host, port)
+        uvicorn.run(app, host=host, port=port, log_level="info")
+        return 0
+
+    return run_main(body, extra_errors=(ModelNotFoundError,))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

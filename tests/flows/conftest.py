@@ -1,0 +1,184 @@
+"""A real Prefect server (and process workers) on 127.0.0.1 for the flow tests.
+
+The server starts once per session in its own process group with its own PREFECT_HOME, and is
+stopped (the whole group) when the session ends, even after failures. Tests that use
+`prefect_server` talk to it through PREFECT_API_URL, in-process and in subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+SERVER_START_TIMEOUT = 150  # a fresh server database takes 20-60 s on a busy 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _quiet_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DO_NOT_TRACK": "1",
+    })  # fmt: skip
+    return env
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started."""
+    try:
+        import psutil
+
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:  # noqa: BLE001 - already gone, or psutil missing: the group kill remains
+        children = []
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    for child in children:  # flow-run processes may have left the group: stop them by pid
+        try:
+            child.kill()
+        except Exception:  # noqa: BLE001, S110 - it exited on its own
+            pass
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[str]:
+    """Start `prefect server start` on a free loopback port; yield its API URL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = _quiet_env(home)
+    env.pop("PREFECT_API_URL", None)
+    log_path = home / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited early:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prefect server not healthy in time:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # for subprocesses (workers, CLI)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
+    finally:
+        stop_group(proc)
+
+
+@pytest.fixture(scope="module")
+def start_worker(prefect_server, tmp_path_factory) -> Iterator[Callable[..., subprocess.Popen]]:
+    """A factory: start a process worker on a pool; its workers stop when the module ends."""
+    started: list[subprocess.Popen] = []
+
+    def start(pool: str, env_updates: dict[str, str | None] | None = None) -> subprocess.Popen:
+        home = tmp_path_factory.mktemp("prefect-worker")
+        env = _quiet_env(home)
+        env.update({"PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1",
+                    "PREFECT_WORKER_PREFETCH_SECONDS": "5"})  # fmt: skip
+        for key, value in (env_updates or {}).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        with open(home / "worker.log", "wb") as log:
+            proc = subprocess.Popen(
+                [PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        proc.log_path = home / "worker.log"  # type: ignore[attr-defined]
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            stop_group(proc)
+
+
+class PrefectApi:
+    """Small read-back helpers over the Prefect client (logs arrive in batches: poll for them)."""
+
+    def logs(self, flow_run_id, must_contain: str | None = None, timeout: float = 20) -> str:
+        """All log messages of a flow run and its task runs, oldest first."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with get_client(sync_client=True) as client:
+                logs = client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+                )
+                text = "\n".join(log.message for log in logs)
+                if len(logs) == 200:  # page on: a run log can be longer than one page
+                    offset = 200
+                    while batch := client.read_logs(
+                        LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                        limit=200, offset=offset,
+                    ):  # fmt: skip
+                        text += "\n" + "\n".join(log.message for log in batch)
+                        offset += len(batch)
+            if must_contain is None or must_contain in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.5)
+
+    def artifacts(self, flow_run_id) -> list:
+        """The artifacts a flow run created."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        with get_client(sync_client=True) as client:
+            return client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server) -> PrefectApi:
+    """Read logs and artifacts of flow runs back from the session's Prefect server."""
+    return PrefectApi()

@@ -1,0 +1,151 @@
+"""The scheduled deployments on a real Prefect server, and a real process worker running them.
+
+Given a copy of the repository with the tiny params (tests/fixtures/params.yaml), when
+`flows.deploy` registers both deployments, then the server holds the documented cron schedules;
+when a worker picks up a manual run of `weekly-retrain`, then the whole pipeline runs through DVC
+and leaves a new MLflow run and registry version; when a stage fails, the run is FAILED with the
+stage's own error in its logs. Server and worker are stopped even when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.deploy import PREDICT, PREDICT_CRON, RETRAIN, RETRAIN_CRON, DeploySettings, deploy_all
+from flows.training import STAGES
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+POOL = "taglens-test"
+RUN_TIMEOUT = 420  # the whole tiny pipeline through a worker; about 1-2 minutes when idle
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo,
+                   check=True, capture_output=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """A copy of the repository (no data, no store) with the tiny params, committed to git."""
+    repo = tmp_path_factory.mktemp("deploy") / "repo"
+    ignore = shutil.ignore_patterns(
+        ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
+        ".pytest_cache", ".ruff_cache", "test-results", ".prefect", "tmp", "cache", "predictions",
+    )  # fmt: skip
+    shutil.copytree(ROOT, repo, ignore=ignore)
+    shutil.copy(ROOT / "tests/fixtures/params.yaml", repo / "params.yaml")
+    (repo / "mlruns").mkdir(exist_ok=True)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "checkout")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def deployed(checkout, prefect_server) -> dict:
+    return deploy_all(DeploySettings(repo=checkout, pool=POOL))
+
+
+@pytest.fixture(scope="module")
+def worker(deployed, start_worker):
+    # No MLFLOW_TRACKING_URI: the stages use the checkout's own mlruns/ store, as a user's would.
+    return start_worker(POOL, {"MLFLOW_TRACKING_URI": None})
+
+
+def _read(deployment_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+        pool = client.read_work_pool(deployment.work_pool_name)
+    return deployment, pool
+
+
+def _crons(deployment) -> list[tuple[str, str]]:
+    return [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules if s.active]
+
+
+def _run(name: str):
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name, timeout=RUN_TIMEOUT, poll_interval=2)
+
+
+def test_deployments_have_the_documented_schedules(deployed, checkout):
+    retrain, pool = _read(deployed[RETRAIN])
+    assert retrain.name == RETRAIN and _crons(retrain) == [(RETRAIN_CRON, "UTC")]
+    assert (pool.name, pool.type) == (POOL, "process")
+    assert retrain.entrypoint == "flows/training.py:training_flow"
+    assert retrain.parameters == {"repo": str(checkout), "force_stages": ["scrape"]}
+    assert retrain.global_concurrency_limit.limit == 1  # two `dvc repro` would collide
+    [step] = retrain.pull_steps
+    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(checkout)
+
+    predict, _ = _read(deployed[PREDICT])
+    assert predict.name == PREDICT and _crons(predict) == [(PREDICT_CRON, "UTC")]
+    assert predict.work_pool_name == POOL
+    assert predict.entrypoint == "flows/predict.py:batch_predict_flow"
+    assert predict.parameters["input"] == str(checkout / "data/incoming")
+    assert predict.parameters["output"] == str(checkout / "predictions/predictions.parquet")
+    assert predict.parameters["params_path"] == str(checkout / "params.yaml")
+
+
+def test_deploying_again_changes_the_schedule_in_place(deployed, checkout):
+    again = deploy_all(DeploySettings(repo=checkout, pool=POOL, retrain_cron="15 4 * * 0",
+                                      timezone="Europe/Berlin", predict_input="/srv/photos"))
+    assert again == deployed  # the same deployments, updated
+    retrain, _ = _read(again[RETRAIN])
+    predict, _ = _read(again[PREDICT])
+    assert _crons(retrain) == [("15 4 * * 0", "Europe/Berlin")]
+    assert _crons(predict) == [(PREDICT_CRON, "Europe/Berlin")]
+    assert predict.parameters["input"] == "/srv/photos"
+
+
+def test_a_worker_runs_the_training_deployment(worker, checkout, prefect_api):
+    flow_run = _run(f"training/{RETRAIN}")
+    logs = prefect_api.logs(flow_run.id, must_contain="Finished in state")
+    assert flow_run.state.is_completed(), f"{flow_run.state}\n{logs[-4000:]}"
+
+    lock = yaml.safe_load((checkout / "dvc.lock").read_text())["stages"]
+    assert set(STAGES) <= set(lock)
+    for stage in STAGES:
+        assert f"running dvc repro --single-item {stage}" in logs
+    assert "Running stage 'train'" in logs  # stage output streamed into the run log
+
+    import mlflow
+
+    info = json.loads((checkout / "models/model_info.json").read_text())
+    uri = f"sqlite:///{checkout / 'mlruns' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert len(run.data.tags["dvc.data_version"]) == 12
+    versions = client.search_model_versions("name = 'taglens'")
+    assert [v.run_id for v in versions] == [info["run_id"]]
+
+    [artifact] = prefect_api.artifacts(flow_run.id)
+    metrics = json.loads((checkout / "reports/metrics.json").read_text())
+    assert f"`{info['run_id']}`" in artifact.data
+    assert f"| accuracy | {metrics['accuracy']:.4f} |" in artifact.data
+    assert "## Promotion decision" in artifact.data and "not found" not in artifact.data
+
+
+def test_a_failing_stage_fails_the_run_with_its_error(worker, checkout, prefect_api):
+    params = yaml.safe_load((checkout / "params.yaml").read_text())
+    params["model"]["weights"] = "/nonexistent/backbone.weights.h5"
+    (checkout / "params.yaml").write_text(yaml.safe_dump(params))
+
+    flow_run = _run(f"training/{RETRAIN}")
+    logs = prefect_api.logs(flow_run.id, must_contain="/nonexistent/backbone.weights.h5")
+    assert flow_run.state.is_failed(), f"{flow_run.state}\n{logs[-4000:]}"
+    assert "stage 'featurize' failed" in flow_run.state.message
+    assert "no weights file at /nonexistent/backbone.weights.h5" in logs
+    assert "running dvc repro --single-item clean" not in logs  # stopped at the failing stage

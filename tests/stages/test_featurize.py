@@ -1,0 +1,120 @@
+"""The featurize stage on generated images: the files it writes and what the cache saves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from rawdata import add_post, jpeg_bytes, solid_raw
+
+from stages import featurize
+from taglens.features import FEATURES_FILE, META_FILE, read_features
+from taglens.posts import POSTS_FILE, read_posts, write_posts
+
+COLOURS = {
+    "animals": [(200, 30, 30), (190, 40, 20), (210, 20, 40), (180, 60, 60)],
+    "food": [(30, 200, 30), (40, 190, 20), (20, 210, 40)],
+    "art": [(30, 30, 200), (40, 20, 190)],
+}
+
+
+@pytest.fixture
+def raw(tmp_path):
+    solid_raw(tmp_path / "raw", COLOURS)
+    return tmp_path / "raw"
+
+
+def run(params, raw, out, model=None):
+    return featurize.run(model or params.model, params.featurize, seed=params.base.seed,
+                         raw=raw, out=out, progress=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
+    out = tmp_path / "features"
+    report = run(tiny_params, raw, out)
+    shas, vectors = read_features(out)
+    posts = read_posts(raw / POSTS_FILE)
+    assert shas.tolist() == [post.sha256 for post in posts]
+    assert vectors.shape == (9, 512) and vectors.dtype == np.float32
+    assert np.isfinite(vectors).all() and len({v.tobytes() for v in vectors}) == 9
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta == {"backbone": "vgg19", "image_size": 32, "weights_identity": "random-seed42",
+                    "dim": 512, "count": 9, "store": "vgg19-32px-random-seed42"}  # fmt: skip
+    assert (report["computed"], report["cached"]) == (9, 0)
+
+
+@pytest.mark.slow
+def test_rerun_computes_nothing_and_a_new_image_computes_one(tiny_params, raw, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    out = tmp_path / "features"
+    run(tiny_params, raw, out)
+    _, first = read_features(out)
+
+    def no_model(*_):
+        raise AssertionError("a fully cached run must not build the backbone")
+
+    monkeypatch.setattr(featurize, "build_feature_extractor", no_model)
+    report = run(tiny_params, raw, out)
+    assert (report["computed"], report["cached"]) == (0, 9)
+    np.testing.assert_array_equal(read_features(out)[1], first)
+
+    monkeypatch.undo()
+    posts = read_posts(raw / POSTS_FILE)
+    new = add_post(raw, "art", jpeg_bytes(Image.new("RGB", (40, 40), (90, 90, 250))), "art-new")
+    duplicate = posts[0].model_copy(update={"id": "dup", "label": "food"})
+    write_posts(raw / POSTS_FILE, [*posts, new, duplicate])
+    report = run(tiny_params, raw, out)
+    assert (report["computed"], report["cached"], report["count"]) == (1, 9, 11)
+    shas, vectors = read_features(out)
+    np.testing.assert_array_equal(vectors[:9], first)
+    np.testing.assert_array_equal(vectors[10], vectors[0])  # the duplicate shares its vector
+    assert shas[10] == shas[0]
+
+
+def test_a_new_image_size_recomputes_into_its_own_store(tiny_params, raw, tmp_path):
+    out = tmp_path / "features"
+    run(tiny_params, raw, out)
+    bigger = tiny_params.model.model_copy(update={"image_size": 48})
+    report = run(tiny_params, raw, out, model=bigger)
+    assert (report["computed"], report["cached"]) == (9, 0)
+    assert sorted(p.name for p in (out / "store").iterdir()) == [
+        "vgg19-32px-random-seed42", "vgg19-48px-random-seed42"
+    ]  # fmt: skip
+    assert json.loads((out / META_FILE).read_text())["image_size"] == 48
+
+
+def test_main_runs_from_the_command_line(raw, tmp_path):
+    from conftest import FIXTURES
+
+    out = tmp_path / "features"
+    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(raw), "--out", str(out)]
+    assert featurize.main(argv) == 0
+    assert read_features(out)[1].shape == (9, 512)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [("no_posts", "run the scrape stage"), ("bad_weights", "model.weights"),
+     ("missing_image", "image file")],
+)  # fmt: skip
+def test_main_reports_user_errors_without_traceback(raw, tmp_path, capsys, setup, message):
+    from conftest import FIXTURES
+
+    params = yaml.safe_load((FIXTURES / "params.yaml").read_text())
+    if setup == "no_posts":
+        (raw / POSTS_FILE).unlink()
+    elif setup == "bad_weights":
+        params["model"]["weights"] = str(tmp_path / "missing.weights.h5")
+    else:
+        next((raw / "images").iterdir()).unlink()
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    out = tmp_path / "features"
+    assert featurize.main(["--params", str(path), "--raw", str(raw), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err and "Traceback" not in err
+    assert not (out / FEATURES_FILE).exists()

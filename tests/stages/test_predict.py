@@ -1,0 +1,81 @@
+"""The predict stage: the real model, the champion from the registry, and clear user errors."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from stages import predict
+from taglens.batch_outputs import read_rows
+from taglens.predictor import HashtagPredictor
+from tests.conftest import FIXTURES
+
+PARAMS = str(FIXTURES / "params.yaml")
+
+
+def _photos(folder, count=5):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"p{i}.jpg"
+        Image.new("RGB", (40 + 7 * i, 30), (50 * i % 256, 120, 255 - 40 * i)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
+def test_rows_match_the_predictor_on_the_same_pixels(tmp_path, tiny_params, tiny_models_dir):
+    paths = _photos(tmp_path / "photos")
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "out.jsonl"
+    report = predict.run(tiny_params, input=str(tmp_path / "photos"), output=out,
+                         model_uri=str(tiny_models_dir), progress=False)
+    rows = list(read_rows(out))
+    assert (report.scored, report.errors, len(rows)) == (5, 1, 6)
+    assert rows[0]["path"].endswith("broken.jpg") and rows[0]["error"]
+    expected = HashtagPredictor.from_dir(tiny_models_dir).predict_paths(paths)
+    for row, want in zip(rows[1:], expected, strict=True):
+        assert row["top_class"] == want["top_class"]
+        assert row["top_probability"] == pytest.approx(want["top_probability"], abs=1e-5)
+        assert [h["tag"] for h in row["hashtags"]] == [h["tag"] for h in want["hashtags"]]
+        assert row["model_version"] == "local" and row["error"] is None
+
+
+@pytest.mark.slow
+def test_main_scores_with_the_champion_by_default(tmp_path, tiny_champion, capsys):
+    name, version, _ = tiny_champion
+    _photos(tmp_path / "photos", 3)
+    out = tmp_path / "out.parquet"
+    argv = ["--input", str(tmp_path / "photos" / "*.jpg"), "--output", str(out), "--params", PARAMS]
+    assert predict.main(argv) == 0
+    rows = list(read_rows(out))
+    assert len(rows) == 3 and {(r["model_name"], r["model_version"]) for r in rows} == {
+        (name, version)}
+    assert all(len(r["hashtags"]) > 0 and r["error"] is None for r in rows)
+    assert predict.main(argv) == 0  # idempotent: nothing new to score
+    assert "0 scored, 3 already done" in capsys.readouterr().out
+    assert len(list(read_rows(out))) == 3
+
+
+@pytest.mark.slow
+def test_missing_champion_says_how_to_get_one(tmp_path, fresh_mlflow, capsys):
+    _photos(tmp_path / "photos", 1)
+    code = predict.main(["--input", str(tmp_path / "photos"), "--output",
+                         str(tmp_path / "out.csv"), "--params", PARAMS])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no champion alias for registered model 'taglens'" in err
+    assert "dvc repro" in err and "--model-uri" in err
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.slow
+def test_bad_input_and_output_are_user_errors(tmp_path, tiny_models_dir, capsys):
+    _photos(tmp_path / "photos", 1)
+    base = ["--params", PARAMS, "--model-uri", str(tiny_models_dir)]
+    assert predict.main(["--input", str(tmp_path / "nowhere"), "--output",
+                         str(tmp_path / "o.csv"), *base]) == 2
+    assert "is not a folder, an image, a list file or a glob" in capsys.readouterr().err
+    assert predict.main(["--input", str(tmp_path / "photos"), "--output",
+                         str(tmp_path / "o.txt"), *base]) == 2
+    assert "must end with one of .csv, .jsonl, .parquet" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+"""The taglens pyfunc: logged, registered, loaded back by alias, served by MLflow's own tools."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from taglens.predictor import HashtagPredictor
+from taglens.pyfunc import ModelNotFoundError, example_image, load_champion, load_predictor
+
+MLFLOW = Path(sys.executable).with_name("mlflow")
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Two encoded test images of different sizes and formats, and the first as a file."""
+    png = example_image(40)
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    path = tmp_path / "photo.png"
+    path.write_bytes(png)
+    return png, buffer.getvalue(), path
+
+
+def test_registered_model_by_alias_matches_in_process_predictor(
+    tiny_champion, tiny_models_dir, photos
+):
+    name, version, uri = tiny_champion
+    png, jpeg, path = photos
+    local = HashtagPredictor.from_dir(tiny_models_dir)
+    expected = local.predict_bytes([png, jpeg])
+
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    frame = pd.DataFrame({"image": [str(path), base64.b64encode(jpeg).decode()]})
+    served = pyfunc.predict(frame)
+    champion = load_champion(name)
+
+    assert version == "1" and uri == "models:/taglens@champion"
+    assert served == expected
+    assert champion.predict_bytes([png, jpeg]) == expected
+    first = expected[0]
+    assert first["top_class"] in local.classes and len(first["probabilities"]) == 10
+    assert abs(sum(first["probabilities"].values()) - 1) < 1e-5
+    assert first["top_probability"] == max(first["probabilities"].values())
+    assert len(first["hashtags"]) == 10  # hashtags.top_k of the tiny params
+    assert set(first["hashtags"][0]) == {"tag", "score", "posts", "engagement"}
+    assert expected[0] != expected[1]
+    top3 = pyfunc.predict(frame, params={"top_k": 3})
+    assert [h["tag"] for h in top3[0]["hashtags"]] == [h["tag"] for h in first["hashtags"][:3]]
+
+
+def test_pixels_and_bytes_agree_and_bad_input_is_named(tiny_models_dir, photos):
+    from taglens.images import decode_and_resize
+
+    png, jpeg, _ = photos
+    predictor = HashtagPredictor.from_dir(tiny_models_dir)
+    pixels = np.stack([decode_and_resize(data, 32).numpy() for data in (png, jpeg)])
+
+    assert predictor.predict_pixels(pixels) == predictor.predict_bytes([png, jpeg])
+    assert predictor.predict_bytes([]) == []
+    with pytest.raises(ValueError, match="image 1 could not be decoded"):
+        predictor.predict_bytes([png, b"not an image at all"])
+    with pytest.raises(ValueError, match=r"shape \(N, 32, 32, 3\)"):
+        predictor.predict_pixels(np.zeros((1, 64, 64, 3), np.float32))
+
+
+def test_from_dir_names_missing_and_mismatched_files(tiny_models_dir):
+    info = json.loads((tiny_models_dir / "model_info.json").read_text())
+    (tiny_models_dir / "model_info.json").write_text(json.dumps({**info, "classes": ["a", "b"]}))
+    with pytest.raises(ValueError, match="re-run the train stage"):
+        HashtagPredictor.from_dir(tiny_models_dir)
+    (tiny_models_dir / "hashtags.json").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks hashtags.json: run the train stage"):
+        HashtagPredictor.from_dir(tiny_models_dir)
+
+
+def test_missing_champion_says_what_to_do(fresh_mlflow):
+    with pytest.raises(ModelNotFoundError, match=r"no champion yet .*run `dvc repro`"):
+        load_champion("taglens")
+    with pytest.raises(ModelNotFoundError, match="python -m stages.register"):
+        load_predictor("models:/taglens/7")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_dir, photos,
+                                                   tmp_path):  # fmt: skip
+    _, _, uri = tiny_champion
+    png, jpeg, path = photos
+    expected = HashtagPredictor.from_dir(tiny_models_dir).predict_bytes([png, jpeg])
+    request = {"dataframe_split": {"columns": ["image"],
+                                   "data": [[str(path)], [base64.b64encode(jpeg).decode()]]}}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+
+    subprocess.run(
+        [MLFLOW, "models", "predict", "-m", uri, "-i", tmp_path / "request.json", "-t", "json",
+         "-o", tmp_path / "out.json", "--env-manager", "local"],
+        env=env, check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    predicted = json.loads((tmp_path / "out.json").read_text())["predictions"]
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [MLFLOW, "models", "serve", "-m", uri, "--env-manager", "local", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.5)
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+    assert answer.status_code == 200
+    for result in (predicted, answer.json()["predictions"]):
+        assert [r["top_class"] for r in result] == [r["top_class"] for r in expected]
+        assert [h["tag"] for h in result[1]["hashtags"]] == [
+            h["tag"] for h in expected[1]["hashtags"]
+        ]
+        assert np.allclose(list(result[0]["probabilities"].values()),
+                           list(expected[0]["probabilities"].values()), atol=1e-6)  # fmt: skip

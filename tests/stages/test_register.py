@@ -1,0 +1,211 @@
+"""The register stage: versions, the gate through MLflow, history, idempotence, races, admin CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+
+import mlflow
+import pytest
+from conftest import FIXTURES
+from tinymodels import build_tiny_models
+
+from stages import register
+from taglens.params import load_params
+from taglens.pyfunc import log_taglens_model
+from taglens.registry import Registry
+from taglens.tracking import configure_tracking
+
+CLASSES = ["animals", "art", "fashion", "fitness", "flowers", "food", "instagood", "nature",
+           "selfie", "sports"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for this module (a fresh one costs seconds); tests use their own names."""
+    path = tmp_path_factory.mktemp("register_store")
+    before = os.environ["MLFLOW_TRACKING_URI"]
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{path / 'mlflow.db'}"
+    configure_tracking(load_params(FIXTURES / "params.yaml").base.experiment, store=path)
+    yield path
+    os.environ["MLFLOW_TRACKING_URI"] = before
+    mlflow.set_tracking_uri(before)
+    mlflow.set_registry_uri(before)
+
+
+@pytest.fixture(scope="module")
+def models_template(tmp_path_factory):
+    return build_tiny_models(tmp_path_factory.mktemp("tiny") / "models",
+                             load_params(FIXTURES / "params.yaml"))  # fmt: skip
+
+
+@pytest.fixture
+def params(tiny_params, request):
+    """The tiny params with a registered-model name of this test's own."""
+    name = "t_" + request.node.name.removeprefix("test_")[:40]
+    return tiny_params.model_copy(
+        update={"register": tiny_params.register.model_copy(update={"model_name": name})}
+    )
+
+
+@pytest.fixture
+def make_run(store, models_template, tmp_path):
+    """A train run with the tiny model logged, its models/ dir and evaluate's reports."""
+    counter = iter(range(1000))
+
+    def make(accuracy: float, recall: float = 0.8, n_test: int = 50):
+        n = next(counter)
+        work = tmp_path / f"run{n}"
+        models = work / "models"
+        shutil.copytree(models_template, models)
+        with mlflow.start_run() as run:
+            log_taglens_model(models)
+        info = json.loads((models / "model_info.json").read_text())
+        info["run_id"] = run.info.run_id
+        (models / "model_info.json").write_text(json.dumps(info))
+        reports = work / "reports"
+        (reports / "evaluate").mkdir(parents=True)
+        (reports / "metrics.json").write_text(
+            json.dumps({"accuracy": accuracy, "macro_f1": accuracy - 0.05, "n_test": n_test})
+        )
+        per_class = {c: {"precision": 0.5, "recall": recall, "f1": 0.5} for c in CLASSES}
+        (reports / "evaluate" / "per_class.json").write_text(json.dumps(per_class))
+        return models, reports
+
+    return make
+
+
+def _alias(alias: str, name: str = "taglens") -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+
+
+def _register(params, models, reports, history):
+    return register.run(params, models=models, metrics=reports / "metrics.json",
+                        out=reports / "register.json", history=history)  # fmt: skip
+
+
+def test_first_model_becomes_champion_and_rerun_adds_nothing(params, make_run, tmp_path):
+    history = tmp_path / "promotions.jsonl"
+    models, reports = make_run(0.5)
+
+    first = _register(params, models, reports, history)
+    again = _register(params, models, reports, history)
+
+    assert first["version"] == "1" and first["decision"] == "champion" and first["created"]
+    assert first["score"] == 0.5 and first["compared_with"] is None
+    assert json.loads((reports / "register.json").read_text())["version"] == "1"
+    assert again["version"] == "1" and again["created"] is False
+    assert again["decision"] == "champion"
+    registry = Registry(params.register.model_name, history)
+    assert [str(v.version) for v in registry.versions()] == ["1"]
+    assert len(registry.history()) == 1
+    tags = registry.version(1).tags
+    assert tags["metric.accuracy"] == "0.5" and tags["recall.food"] == "0.8"
+    assert tags["lineage.run_id"] == first["run_id"] and tags["lineage.backbone"] == "tiny"
+    run = mlflow.get_run(first["run_id"])
+    assert run.data.tags["register.version"] == "1"
+
+
+def test_history_after_several_registrations(params, make_run, tmp_path):
+    history = tmp_path / "promotions.jsonl"
+    results = [
+        _register(params, *make_run(accuracy, recall), history)
+        for accuracy, recall in [(0.5, 0.8), (0.4, 0.8), (0.7, 0.8), (0.9, 0.3)]
+    ]
+
+    assert [r["decision"] for r in results] == ["champion", "challenger", "champion", "challenger"]
+    assert [r["compared_with"] for r in results] == [None, "1", "1", "3"]
+    assert "does not beat" in results[1]["reason"]
+    assert "recall drops" in results[3]["reason"] and "food" in results[3]["reason"]
+    rows = Registry(params.register.model_name, history).history()
+    assert [(r["event"], r["version"], r["champion"]) for r in rows] == [
+        ("register", "1", "1"), ("register", "2", "1"), ("register", "3", "3"),
+        ("register", "4", "3"),
+    ]  # fmt: skip
+    assert rows[2]["score"] == 0.7 and rows[2]["champion_score"] == 0.5
+    assert all(r["time"] and r["reason"] for r in rows)
+    client = mlflow.MlflowClient()
+    assert _alias("champion", params.register.model_name) == "3"
+    assert _alias("challenger", params.register.model_name) == "4"
+    tags = client.get_model_version(params.register.model_name, "4").tags
+    assert tags["decision"] == "challenger" and tags["decision.compared_with"] == "3"
+    assert float(tags["decision.champion_score"]) == 0.7
+
+
+def test_rollback_and_promote_by_hand_record_reasons(tiny_params, make_run, tmp_path, capsys):
+    history = tmp_path / "promotions.jsonl"
+    for accuracy in (0.5, 0.6, 0.4):
+        _register(tiny_params, *make_run(accuracy), history)
+    cli = ["--params", "tests/fixtures/params.yaml", "--history", str(history)]
+    client = mlflow.MlflowClient()
+
+    assert register.main(["rollback", "--reason", "v2 misfires on selfies", *cli]) == 0
+    assert _alias("champion") == "1"
+    assert register.main(["rollback", "--reason", "again", *cli]) == 2
+    assert "nothing to roll back to" in capsys.readouterr().err
+    assert register.main(["promote", "3", "--reason", "better on new data", *cli]) == 0
+    assert _alias("champion") == "3"
+    assert register.main(["promote", "9", "--reason", "x", *cli]) == 2
+    assert "has no version 9" in capsys.readouterr().err
+
+    rows = Registry("taglens", history).history()
+    assert [(r["event"], r["version"], r.get("previous")) for r in rows[3:]] == [
+        ("rollback", "1", "2"), ("promote", "3", "1"),
+    ]  # fmt: skip
+    assert rows[3]["reason"] == "v2 misfires on selfies" and rows[4]["user"]
+    assert client.get_model_version("taglens", "2").tags["rolled_back"] == "v2 misfires on selfies"
+    capsys.readouterr()
+    assert register.main(["list", *cli]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split()[:3] == ["version", "aliases", "accuracy"]
+    assert listing[3].split()[:3] == ["3", "champion", "0.4"]
+
+
+def test_racing_registrations_keep_the_best_champion(params, make_run, tmp_path):
+    history = tmp_path / "promotions.jsonl"
+    _register(params, *make_run(0.5), history)
+    runs = [make_run(accuracy) for accuracy in (0.7, 0.9, 0.6)]
+    errors: list[BaseException] = []
+
+    def go(models, reports):
+        try:
+            _register(params, models, reports, history)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=run) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(params.register.model_name, "champion")
+    assert champion.tags["metric.accuracy"] == "0.9"
+    rows = Registry(params.register.model_name, history).history()
+    assert len(rows) == 4 and len({r["version"] for r in rows}) == 4
+    # each decision saw the champion left by the one before it: the lock serialized them
+    for before, after in zip(rows, rows[1:], strict=False):
+        assert after.get("compared_with") == before["champion"]
+
+
+def test_user_errors_are_one_line(tiny_params, make_run, tmp_path, capsys):
+    models, reports = make_run(0.5)
+    info = json.loads((models / "model_info.json").read_text())
+    args = ["--params", "tests/fixtures/params.yaml", "--models", str(models), "--metrics",
+            str(reports / "metrics.json"), "--out", str(reports / "register.json")]  # fmt: skip
+
+    (reports / "metrics.json").write_text(json.dumps({"top3_accuracy": 0.9}))
+    assert register.main(args) == 2
+    assert "'accuracy' is not a number" in capsys.readouterr().err
+    (models / "model_info.json").write_text(json.dumps({**info, "run_id": None}))
+    assert register.main(args) == 2
+    assert "has no run_id" in capsys.readouterr().err
+    (models / "model_info.json").write_text(json.dumps({**info, "run_id": "0" * 32}))
+    (reports / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
+    assert register.main(args) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (reports / "register.json").exists()

@@ -1,0 +1,141 @@
+"""The train stage on small generated inputs: outputs, MLflow runs, sweeps, baseline, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from stages import train as train_stage
+from taglens.features import write_features
+from taglens.predictor import HashtagPredictor
+from tests.stages.train_fixtures import small_params, write_inputs
+
+
+@pytest.fixture
+def inputs(tmp_path, tiny_params, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = small_params(tiny_params, epochs=3)
+    return params, write_inputs(tmp_path, params, per_class=10)
+
+
+def _run(params, paths, **kwargs):
+    mlflow.set_experiment(params.base.experiment)
+    return train_stage.run(params, raw=paths["raw"], features=paths["features"],
+                           clean=paths["clean"], out=paths["out"], reports=paths["reports"],
+                           **kwargs)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_train_writes_the_served_model_and_logs_the_run(inputs):
+    params, paths = inputs
+    summary = _run(params, paths)
+
+    info = json.loads((paths["out"] / "model_info.json").read_text())
+    assert info["classes"] == ["animals", "food", "sports"]
+    assert info["image_size"] == 32 and info["backbone"] == "vgg19"
+    assert info["run_id"] == summary["run_id"] and info["experiment"] == "taglens"
+    assert info["params"]["train.epochs"] == 3
+
+    predictor = HashtagPredictor.from_dir(paths["out"])
+    images = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    probs = predictor.probabilities(images)
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+    with open(paths["reports"] / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["1.0", "2.0", "3.0"]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+    assert (paths["reports"] / "history.png").stat().st_size > 1000
+
+    client = mlflow.tracking.MlflowClient()
+    run = client.get_run(summary["run_id"])
+    assert run.data.params["train.learning_rate"] == "0.001"
+    assert run.data.tags["backbone"] == "vgg19" and run.data.tags["image_size"] == "32"
+    assert len(run.data.tags["data.raw.md5"]) == 32
+    assert {"data.features.md5", "data.clean.md5"} <= set(run.data.tags)
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
+    logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'",
+                                         output_format="list")
+    assert len(logged) == 1
+
+
+@pytest.mark.slow
+def test_sweep_logs_one_child_per_setting_and_keeps_the_best(inputs):
+    params, paths = inputs
+    summary = _run(params, paths, sweep={"learning_rate": (1e-9, 0.01), "hidden_units": (0,)})
+
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'", output_format="list"
+    )
+    assert len(children) == 2
+    best = max(children, key=lambda r: (r.data.metrics["best_val_accuracy"],
+                                        -r.data.metrics["best_val_loss"]))  # fmt: skip
+    parent = mlflow.get_run(summary["run_id"])
+    assert parent.data.tags["best_child_run_id"] == best.info.run_id
+    info = json.loads((paths["out"] / "model_info.json").read_text())
+    assert info["params"]["train.learning_rate"] == float(best.data.params["train.learning_rate"])
+    assert info["params"]["train.hidden_units"] == 0
+    # a learning rate of 1e-9 cannot move the weights: the other setting must be at least as good
+    assert best.data.params["train.learning_rate"] == "0.01"
+
+
+@pytest.mark.slow
+def test_baseline_is_logged_as_its_own_run(inputs):
+    params, paths = inputs
+    params = params.model_copy(update={"train": params.train.model_copy(update={"baseline": True})})
+    summary = _run(params, paths)
+
+    baseline = mlflow.get_run(summary["baseline_run_id"])
+    assert baseline.info.run_name == "baseline-logreg"
+    assert baseline.data.tags["baseline_for"] == summary["run_id"]
+    assert 0.0 <= baseline.data.metrics["val_accuracy"] <= 1.0
+    # colour-coded classes are linearly separable even through random conv features
+    assert summary["baseline_test_accuracy"] >= 0.8
+    written = json.loads((paths["reports"] / "train.json").read_text())
+    assert written["baseline_run_id"] == summary["baseline_run_id"]
+
+
+def test_features_from_another_backbone_are_refused(inputs):
+    params, paths = inputs
+    meta_path = paths["features"] / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["image_size"] = 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="re-run the featurize stage"):
+        _run(params, paths)
+
+
+@pytest.mark.slow
+def test_vectors_the_extractor_does_not_reproduce_are_refused(inputs):
+    params, paths = inputs
+    with np.load(paths["features"] / "features.npz") as npz:
+        shas, vectors = npz["sha256"], npz["vectors"]
+    write_features(paths["features"], list(shas), vectors * 1.5 + 0.1,
+                   json.loads((paths["features"] / "meta.json").read_text()))
+    with pytest.raises(ValueError, match="does not reproduce the cached features"):
+        _run(params, paths)
+    assert not (paths["out"] / "model.keras").exists()
+
+
+def test_main_reports_a_missing_manifest_without_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = train_stage.main(["--params", str(_fixture_params()), "--clean", "nowhere",
+                             "--features", "nowhere"])  # fmt: skip
+    assert code == 2
+    assert "run the featurize stage" in capsys.readouterr().err
+
+
+def test_main_rejects_a_bad_sweep_argument(capsys):
+    assert train_stage.main(["--params", str(_fixture_params()), "--sweep", "colour=red"]) == 2
+    assert "KEY one of" in capsys.readouterr().err
+
+
+def _fixture_params():
+    from tests.conftest import FIXTURES
+
+    return FIXTURES / "params.yaml"

@@ -1,0 +1,88 @@
+"""Small on-disk inputs for the train and evaluate stages, in exactly the pipeline's formats."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from taglens.backbones import build_feature_extractor, weights_identity
+from taglens.features import write_features
+from taglens.images import load_batch
+from taglens.params import Params
+from taglens.posts import Post, write_posts
+
+CLASSES = ("animals", "food", "sports")
+EXTRA_TAGS = {"animals": ("dog", "cute"), "food": ("pizza", "yum"), "sports": ("run", "gym")}
+SPLIT_SHARES = (0.6, 0.2, 0.2)
+
+
+def small_params(params: Params, classes: Sequence[str] = CLASSES, **train) -> Params:
+    """`params` restricted to a few classes, with train keys overridden."""
+    base = params.base.model_copy(update={"classes": tuple(classes)})
+    return params.model_copy(update={"base": base,
+                                     "train": params.train.model_copy(update=train)})
+
+
+def _image(label_index: int, number: int, size: int) -> bytes:
+    rng = np.random.default_rng(1000 * label_index + number)
+    pixels = rng.integers(0, 60, (size, size, 3)).astype("uint8")
+    pixels[..., label_index % 3] += 150  # each class dominated by one colour channel
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _split_of(position: int, count: int) -> str:
+    train_end = round(SPLIT_SHARES[0] * count)
+    val_end = train_end + round(SPLIT_SHARES[1] * count)
+    return "train" if position < train_end else "val" if position < val_end else "test"
+
+
+def write_inputs(root: Path, params: Params, per_class: int = 10,
+                 sources: dict[str, list[Path]] | None = None) -> dict[str, Path]:
+    """Write data/raw (images + posts.jsonl), data/features and data/clean/manifest.csv.
+
+    Args:
+        root: the directory that gets `data/`.
+        params: decides classes, backbone, image size and seed.
+        per_class: synthetic images per class (ignored for classes given in `sources`).
+        sources: optional real image files per class, copied in place of synthetic ones.
+    """
+    raw, features, clean = root / "data/raw", root / "data/features", root / "data/clean"
+    (raw / "images").mkdir(parents=True)
+    posts, rows = [], []
+    for c, label in enumerate(params.base.classes):
+        files = (sources or {}).get(label)
+        blobs = [f.read_bytes() for f in files] if files else [
+            _image(c, n, 48) for n in range(per_class)]
+        for n, data in enumerate(blobs):
+            sha = hashlib.sha256(data).hexdigest()
+            (raw / "images" / f"{sha}.jpg").write_bytes(data)
+            tags = (label, *EXTRA_TAGS.get(label, ("photo",)))
+            posts.append(Post(id=f"{label}-{n}", label=label, image=f"images/{sha}.jpg",
+                              sha256=sha, width=48, height=48, hashtags=tags,
+                              caption=" ".join(f"#{t}" for t in tags), likes=10 + n,
+                              source="demo"))  # fmt: skip
+            rows.append({"id": f"{label}-{n}", "sha256": sha, "image": f"images/{sha}.jpg",
+                         "label": label, "split": _split_of(n, len(blobs)), "distance": 1.0})
+    write_posts(raw / "posts.jsonl", posts)
+    extractor = build_feature_extractor(params.model, params.base.seed)
+    vectors = np.concatenate([
+        extractor.predict(load_batch([raw / p.image for p in posts[i:i + 64]],
+                                     params.model.image_size), verbose=0)
+        for i in range(0, len(posts), 64)
+    ])  # fmt: skip
+    meta = {"backbone": params.model.backbone, "image_size": params.model.image_size,
+            "weights_identity": weights_identity(params.model, params.base.seed),
+            "dim": int(vectors.shape[1]), "count": len(posts)}  # fmt: skip
+    write_features(features, [p.sha256 for p in posts], vectors.astype("float32"), meta)
+    clean.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(clean / "manifest.csv", index=False)
+    return {"raw": raw, "features": features, "clean": clean,
+            "out": root / "models", "reports": root / "reports"}

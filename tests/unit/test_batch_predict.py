@@ -1,0 +1,206 @@
+"""Batch predict: input listing, streaming scoring with error rows, resumable writers, merge."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from taglens.batch_outputs import OutputWriter, read_rows
+from taglens.batch_predict import (
+    ModelRef,
+    list_inputs,
+    merge_outputs,
+    predict_to_file,
+    shard,
+)
+
+MODEL = ModelRef("taglens", "3")
+FORMATS = ["csv", "jsonl", "parquet"]
+
+
+class FakePredictor:
+    """Deterministic stand-in for HashtagPredictor: the class is decided by mean brightness."""
+
+    image_size = 8
+
+    def __init__(self, fail_after_batches: int | None = None):
+        self.seen = 0
+        self.batches = 0
+        self.fail_after = fail_after_batches
+
+    def predict_pixels(self, batch):
+        assert batch.dtype == np.float32 and batch.shape[1:] == (8, 8, 3)
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.batches += 1
+        self.seen += len(batch)
+        out = []
+        for image in batch:
+            mean = float(image.mean())
+            top = "bright" if mean > 127 else "dark"
+            out.append({"top_class": top, "top_probability": round(mean / 255, 6),
+                        "probabilities": {}, "hashtags": [
+                            {"tag": top, "score": 0.9, "posts": 3, "engagement": 1.0},
+                            {"tag": "photo", "score": 0.1, "posts": 9, "engagement": 0.5}]})
+        return out
+
+
+def _images(folder: Path, count: int, bad_at: int | None = None) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i:03d}.{'png' if i % 2 else 'jpg'}"
+        if i == bad_at:
+            path.write_bytes(b"this is not an image at all")
+        else:
+            shade = (i * 37) % 256
+            Image.new("RGB", (20 + i, 16), (shade, shade, shade)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _score(paths, output, predictor=None, **kwargs):
+    return predict_to_file(paths, output, predictor or FakePredictor(), MODEL, batch_size=4,
+                           progress=False, **kwargs)
+
+
+def test_list_inputs_folder_glob_list_and_single(tmp_path):
+    paths = _images(tmp_path / "photos" / "sub", 3) + _images(tmp_path / "photos", 2)
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo")
+    listed = list_inputs(tmp_path / "photos")
+    assert sorted(listed) == sorted(paths) and len(listed) == 5
+    assert list_inputs(str(tmp_path / "photos" / "**" / "*.png")) == sorted(
+        p for p in paths if p.suffix == ".png")
+    listing = tmp_path / "photos" / "list.txt"
+    listing.write_text("# my photos\nsub/img000.jpg\n\n" + f"{paths[3]}\nmissing.jpg\n")
+    assert list_inputs(listing) == [tmp_path / "photos" / "sub" / "img000.jpg", paths[3],
+                                    tmp_path / "photos" / "missing.jpg"]
+    assert list_inputs(paths[0]) == [paths[0]]
+
+
+def test_list_inputs_errors_are_actionable(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder, an image, a list file or a glob"):
+        list_inputs(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        list_inputs(tmp_path / "empty")
+
+
+def test_shard_keeps_every_path_once():
+    paths = [Path(f"{i}.jpg") for i in range(10)]
+    shards = shard(paths, 4)
+    assert [len(s) for s in shards] == [4, 4, 2]
+    assert sum(shards, []) == paths
+    with pytest.raises(ValueError, match="shard_size"):
+        shard(paths, 0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bad_file_mid_way_is_an_error_row_and_rest_is_scored(tmp_path, fmt):
+    paths = _images(tmp_path / "in", 9, bad_at=4)
+    missing = tmp_path / "in" / "gone.jpg"
+    out = tmp_path / f"out.{fmt}"
+    predictor = FakePredictor()
+    report = _score([*paths, missing], out, predictor)
+    rows = list(read_rows(out))
+    assert [r["path"] for r in rows] == [str(p) for p in [*paths, missing]]
+    assert (report.scored, report.errors, report.skipped, report.total) == (8, 2, 0, 10)
+    assert predictor.seen == 8
+    bad, gone = rows[4], rows[9]
+    assert bad["error"] == "not a decodable image: Unknown image file format. One of JPEG, " \
+        "JPEG XL, PNG, GIF, BMP, WebP required." and bad["top_class"] is None
+    assert bad["sha256"] == hashlib.sha256(paths[4].read_bytes()).hexdigest()
+    assert gone["error"].startswith("cannot read file") and gone["hashtags"] == []
+    good = [r for i, r in enumerate(rows) if i not in (4, 9)]
+    assert all(r["error"] is None for r in good)
+    assert [r["sha256"] for r in good] == [
+        hashlib.sha256(p.read_bytes()).hexdigest() for i, p in enumerate(paths) if i != 4]
+    assert good[0]["hashtags"] == [{"tag": "dark", "score": 0.9}, {"tag": "photo", "score": 0.1}]
+    assert {(r["model_name"], r["model_version"]) for r in rows} == {("taglens", "3")}
+    assert not (tmp_path / f"out.{fmt}.parts").exists()
+
+
+def test_csv_serializes_hashtags_as_json(tmp_path):
+    _score(_images(tmp_path / "in", 2), tmp_path / "out.csv")
+    with open(tmp_path / "out.csv", newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert list(records[0]) == ["path", "sha256", "hashtags", "top_class", "top_probability",
+                                "model_name", "model_version", "error"]
+    assert json.loads(records[0]["hashtags"]) == [{"tag": "dark", "score": 0.9},
+                                                  {"tag": "photo", "score": 0.1}]
+    assert records[0]["error"] == "" and float(records[1]["top_probability"]) > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_resume_after_interruption_scores_only_what_is_missing(tmp_path, fmt):
+    paths = _images(tmp_path / "in", 14, bad_at=2)
+    reference = tmp_path / f"ref.{fmt}"
+    _score(paths, reference)
+    out = tmp_path / f"out.{fmt}"
+    with pytest.raises(KeyboardInterrupt):
+        _score(paths, out, FakePredictor(fail_after_batches=2), part_rows=1)
+    partial = list(OutputWriter(out).existing_rows())
+    assert len(partial) == 9  # two batches of 4 images, plus the bad file's error row
+    second = FakePredictor()
+    report = _score(paths, out, second)
+    assert (report.skipped, report.scored, second.seen) == (9, 5, 5)
+    assert list(read_rows(out)) == list(read_rows(reference))
+    again = FakePredictor()
+    report = _score(paths, out, again)
+    assert (report.skipped, again.seen, len(list(read_rows(out)))) == (14, 0, 14)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_torn_last_line_from_a_killed_run_is_cut(tmp_path, fmt):
+    paths = _images(tmp_path / "in", 5)
+    out = tmp_path / f"out.{fmt}"
+    _score(paths[:3], out)
+    with open(out, "a") as handle:
+        handle.write('{"path": "half' if fmt == "jsonl" else "/x/half,abc")
+    report = _score(paths, out)
+    rows = list(read_rows(out))
+    assert report.skipped == 3 and [r["path"] for r in rows] == [str(p) for p in paths]
+
+
+def test_other_model_version_is_scored_again(tmp_path):
+    paths = _images(tmp_path / "in", 3)
+    out = tmp_path / "out.jsonl"
+    _score(paths, out)
+    report = predict_to_file(paths, out, FakePredictor(), ModelRef("taglens", "4"),
+                             batch_size=4, progress=False)
+    rows = list(read_rows(out))
+    assert report.scored == 3 and [r["model_version"] for r in rows] == ["3"] * 3 + ["4"] * 3
+
+
+def test_csv_with_foreign_columns_is_refused(tmp_path):
+    out = tmp_path / "out.csv"
+    out.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a batch predict output"):
+        _score(_images(tmp_path / "in", 1), out)
+
+
+def test_unknown_output_format_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"\.csv, \.jsonl, \.parquet"):
+        _score(_images(tmp_path / "in", 1), tmp_path / "out.xlsx")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_merge_of_shards_loses_and_duplicates_nothing(tmp_path, fmt):
+    paths = _images(tmp_path / "in", 10, bad_at=7)
+    parts = []
+    for number, chunk in enumerate(shard(paths, 4)):
+        part = tmp_path / f"shard-{number}.jsonl"
+        _score(chunk, part)
+        parts.append(part)
+    reference = tmp_path / f"ref.{fmt}"
+    _score(paths, reference)
+    out = tmp_path / f"out.{fmt}"
+    assert merge_outputs(parts, out, MODEL) == 10
+    assert merge_outputs(parts, out, MODEL) == 0  # a re-run merge adds nothing twice
+    assert list(read_rows(out)) == list(read_rows(reference))

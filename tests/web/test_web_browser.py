@@ -1,0 +1,213 @@
+"""The real thing: `python -m taglens.web` serving the tiny champion, in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import photo_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
+RESULTS = ROOT / "test-results" / "web"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-dev-shm-usage",
+                 "--disable-extensions", "--disable-sync"]  # fmt: skip
+STARTUP_SECONDS = 180  # TensorFlow + MLflow imports on a busy 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_champion, tmp_path):
+    """The app in its own process, started the documented way: it loads taglens@champion."""
+    name, version, _ = tiny_champion
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # MLFLOW_TRACKING_URI: the fresh store
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "taglens.web", "--params", str(PARAMS), "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not up after {STARTUP_SECONDS} s:\n{log_path.read_text()}")
+            time.sleep(0.3)
+        yield {"base": base, "name": name, "version": version, "log": log_path}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tags(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [item["tag"] for item in response.json()["hashtags"]]
+
+
+@pytest.mark.slow
+def test_served_champion_answers_over_http(server):
+    base = server["base"]
+    health = httpx.get(f"{base}/health").json()
+    assert health["model"] == {"name": server["name"], "version": server["version"]}
+    assert health["max_upload_bytes"] == 10_000_000  # serve.max_upload_mb: 10
+    photo = photo_bytes(120)
+    tags = _tags(httpx.post(f"{base}/predict", files={"file": ("a.jpg", photo, "image/jpeg")}))
+    assert len(tags) == 10 and len(set(tags)) == 10
+
+    # a chunked 30 MB upload is cut off by the real server too, and it keeps serving
+    def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
+        for _ in range(30 * 16):
+            yield b"\0" * 65_536
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    try:
+        refused = httpx.post(f"{base}/predict", content=body(), headers=headers, timeout=30)
+        assert refused.status_code == 413
+        assert "serve.max_upload_mb" in refused.json()["detail"]
+    except (httpx.WriteError, httpx.RemoteProtocolError):
+        pass  # the server may close the connection before the client has finished sending
+    again = httpx.post(f"{base}/predict", files={"file": ("a.jpg", photo, "image/jpeg")})
+    assert _tags(again) == tags
+    log = server["log"].read_text()
+    assert "Uvicorn running on http://127.0.0.1:" in log
+    assert '"POST /predict HTTP/1.1" 413' in log
+
+
+def _drop_file(page, data: bytes, name: str) -> None:
+    """Drag-and-drop a file onto the drop zone the way a browser delivers it."""
+    page.evaluate(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+            const zone = document.getElementById("drop");
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true,
+                                                         cancelable: true }));
+            }
+        }""",
+        [base64.b64encode(data).decode(), name],
+    )
+
+
+def _save(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, RESULTS / name)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_page_in_headless_chromium(server, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not installed: run `make browser-deps` (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    base = server["base"]
+    photo = photo_bytes(200, seed=3)
+    api_tags = _tags(httpx.post(f"{base}/predict", files={"file": ("p.jpg", photo, "image/jpeg")}))
+    api_top = httpx.post(f"{base}/predict", files={"file": ("p.jpg", photo, "image/jpeg")}).json()
+    requests: list[str] = []
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+        page = context.new_page()
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on("console", lambda msg: problems.append(msg.text) if "Refused" in msg.text else None)
+        page.goto(f"{base}/")
+        badge = page.locator("#model")
+        expect(badge).to_have_text(f"model: {server['name']} v{server['version']}")
+        expect(page.locator("#predict")).to_be_disabled()
+
+        # a file that is not an image: the server's message is shown on the page
+        page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain",
+                                       "buffer": b"just some text"})  # fmt: skip
+        page.click("#predict")
+        error = page.locator("#error")
+        expect(error).to_be_visible()
+        expect(error).to_contain_text("Could not predict: the file is not an image")
+        expect(page.locator("#answer")).to_be_hidden()
+        _save(page, tmp_path, "page-error.png")
+
+        # then a photo, dropped on the page, is predicted and ranked exactly as the API does
+        _drop_file(page, photo, "beach.jpg")
+        expect(page.locator("#file-name")).to_contain_text("beach.jpg")
+        expect(page.locator("#preview")).to_be_visible()
+        expect(error).to_be_hidden()
+        page.click("#predict")
+        expect(page.locator("#answer")).to_be_visible(timeout=30_000)
+        page_tags = page.locator("#hashtags li").evaluate_all(
+            "items => items.map(i => i.dataset.tag)"
+        )
+        assert page_tags == api_tags
+        shown = page.locator("#hashtags .tag").all_inner_texts()
+        assert shown == [f"#{tag}" for tag in api_tags]
+        expect(page.locator("#top-class")).to_have_text(api_top["top_class"])
+        widths = page.locator("#hashtags .fill").evaluate_all(
+            "fills => fills.map(f => f.getBoundingClientRect().width)")  # fmt: skip
+        assert widths[0] > 0 and widths == sorted(widths, reverse=True)
+        assert page.locator("#classes li").count() == len(api_top["probabilities"])
+
+        # copy: the clipboard holds the #-prefixed, space-separated tags
+        page.click("#copy")
+        expect(page.locator("#copy-status")).to_have_text("Copied!")
+        expected_line = " ".join(f"#{tag}" for tag in api_tags)
+        assert page.evaluate("navigator.clipboard.readText()") == expected_line
+        expect(page.locator("#tag-line")).to_have_text(expected_line)
+
+        # laptop: the two cards side by side; phone: stacked, nothing wider than the screen
+        upload_box = page.locator("section.card").first.bounding_box()
+        results_box = page.locator("#results").bounding_box()
+        assert results_box["x"] > upload_box["x"] + upload_box["width"] - 1
+        desktop = _save(page, tmp_path, "page-desktop.png")
+        page.set_viewport_size({"width": 390, "height": 844})
+        upload_box = page.locator("section.card").first.bounding_box()
+        results_box = page.locator("#results").bounding_box()
+        assert results_box["y"] >= upload_box["y"] + upload_box["height"]
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        phone = _save(page, tmp_path, "page-phone.png")
+
+        # the API docs render offline too
+        page.goto(f"{base}/docs")
+        expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible()
+        assert "/predict" in page.locator(".swagger-ui").inner_text()
+        browser.close()
+
+    assert desktop.stat().st_size > 10_000 and phone.stat().st_size > 10_000
+    outside = [url for url in requests if not url.startswith((base, "blob:", "data:"))]
+    assert outside == [], f"the page loaded something from elsewhere: {outside}"
+    assert problems == []

@@ -1,0 +1,76 @@
+"""`python -m taglens.web`: which model it loads, what it reports, and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import taglens.pyfunc
+import taglens.web.__main__ as web_main
+from taglens.web.app import ModelLabel
+
+PARAMS = Path(__file__).resolve().parents[1] / "fixtures" / "params.yaml"
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """Capture what main() would serve instead of starting a server."""
+    captured = {}
+
+    def fake_run(app, host, port, **kwargs):
+        captured.update(app=app, host=host, port=port)
+
+    monkeypatch.setattr("uvicorn.run", fake_run)
+    return captured
+
+
+@pytest.mark.slow
+def test_main_serves_a_local_models_dir(tiny_models_dir, served):
+    # when main is pointed at a models/ directory the train stage wrote
+    code = web_main.main(["--params", str(PARAMS), "--model-uri", str(tiny_models_dir),
+                          "--port", "8123"])  # fmt: skip
+    # then it binds serve.host with the given port and serves that model
+    assert code == 0
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
+    with TestClient(served["app"]) as client:
+        health = client.get("/health").json()
+    assert health == {"status": "ok", "model": {"name": "models", "version": "local"},
+                      "max_upload_bytes": 10_000_000}  # fmt: skip
+
+
+def test_registered_uris_are_labelled_with_name_and_version(tiny_params, monkeypatch):
+    loaded = []
+    monkeypatch.setattr("taglens.tracking.configure_tracking", lambda experiment: "uri")
+    monkeypatch.setattr(taglens.pyfunc, "load_predictor", lambda uri: loaded.append(uri) or uri)
+    assert web_main.load_model(tiny_params, "models:/taglens/4") == (
+        "models:/taglens/4",
+        ModelLabel("taglens", "4"),
+    )
+    assert web_main.load_model(tiny_params, "runs:/abc/model") == (
+        "runs:/abc/model",
+        ModelLabel("runs:/abc/model", "unregistered"),
+    )
+    assert loaded == ["models:/taglens/4", "runs:/abc/model"]
+
+
+@pytest.mark.slow
+def test_no_champion_is_a_clear_error(fresh_mlflow, served, capsys):
+    code = web_main.main(["--params", str(PARAMS)])
+    assert code == 2 and served == {}
+    err = capsys.readouterr().err
+    assert "error: no champion yet for registered model 'taglens'" in err
+    assert "run `dvc repro`" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--params", "missing.yaml"], "error: params file not found: missing.yaml"),
+        (["--params", str(PARAMS), "--port", "70000"], "error: --port must be 1..65535"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(argv, message, served, capsys):
+    assert web_main.main(argv) == 2 and served == {}
+    assert message in capsys.readouterr().err
