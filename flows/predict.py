@@ -66,7 +66,10 @@ def merge_task(parts: list[str], output: str, model: dict[str, str]) -> int:
     """Merge shard outputs into the final output, then delete them."""
     added = merge_outputs([Path(p) for p in parts], Path(output), ModelRef(**model))
     if parts:  # every shard is in the output now: a re-run starts from the output alone
-        shutil.rmtree(Path(parts[0]).parent, ignore_errors=True)
+        job_dir = Path(parts[0]).parent
+        shutil.rmtree(job_dir, ignore_errors=True)
+        if job_dir.parent.is_dir() and not any(job_dir.parent.iterdir()):
+            job_dir.parent.rmdir()
     get_run_logger().info("merged %d shards (%d new rows) into %s", len(parts), added, output)
     return added
 
@@ -91,7 +94,7 @@ def _dask_runner(scheduler_address: str | None, n_workers: int):
         return DaskTaskRunner(address=scheduler_address)
     # Loopback only, no dashboard: a local cluster must not listen on the network.
     return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1,
-                                          "host": "127.0.0.1", "dashboard_address": None})
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
 
 
 @flow(name="batch-predict")

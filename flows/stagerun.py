@@ -54,6 +54,14 @@ class StageError(RuntimeError):
         """True when the stage reported an error a retry cannot fix (bad param or input)."""
         return self.stage_exit == USER_ERROR_EXIT
 
+    @property
+    def may_be_transient(self) -> bool:
+        """True when the stage's own command crashed in a way a retry might fix (network).
+
+        DVC's own failures (an invalid dvc.yaml, a missing dependency) and user errors are not.
+        """
+        return self.stage_exit is not None and not self.is_user_error
+
 
 @dataclass(frozen=True)
 class StageResult:

@@ -3,8 +3,9 @@
 Each stage is one Prefect task that runs `dvc repro --single-item <stage>` in the repository, so
 dvc.lock and the DVC cache are updated and unchanged stages are skipped exactly as with
 `dvc repro`. Only scrape retries (with exponential backoff): its failures are mostly the network.
-A stage that exits with 2 reported a user error (a bad param, a missing input) and is never
-retried. Run it by hand with `python -m flows.training [REPO]`.
+A stage that exits with 2 reported a user error (a bad param, a missing input), and DVC's own
+errors (an invalid dvc.yaml) cannot be fixed by waiting either: neither is retried.
+Run it by hand with `python -m flows.training [REPO]`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ ARTIFACT_KEY = "training-report"
 
 
 def _retry_unless_user_error(task_, task_run, state) -> bool:
-    """Retry scrape on network-like failures, not when the stage rejected its params or input."""
+    """Retry scrape when its command crashed, not for a rejected param or input or a DVC error."""
     error = state.data if isinstance(state.data, BaseException) else None
     if error is None:
         try:
             error = state.result(raise_on_failure=False)
         except Exception:  # noqa: BLE001 - an unreadable result: fall back to retrying
             return True
-    return not (isinstance(error, StageError) and error.is_user_error)
+    if isinstance(error, StageError):
+        return error.may_be_transient
+    return True  # an unexpected failure of the task itself (e.g. the process was killed)
 
 
 @task(name="stage", retries=0)

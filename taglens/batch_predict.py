@@ -9,7 +9,6 @@ every row aligned with its path and turns the bad file into an error row instead
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import re
@@ -22,12 +21,14 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from taglens.batch_inputs import IMAGE_SUFFIXES, list_inputs, shard
 from taglens.batch_outputs import Key, OutputWriter, read_rows, row_key
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-_GLOB_CHARS = "*?["
+__all__ = ["IMAGE_SUFFIXES", "ModelRef", "ScoreReport", "list_inputs", "merge_outputs",
+           "predict_to_file", "score_paths", "shard"]
+
 
 
 class PixelPredictor(Protocol):
@@ -68,51 +69,6 @@ class ScoreReport:
         for name in ("total", "scored", "skipped", "errors"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds = max(self.seconds, other.seconds)
-
-
-def list_inputs(spec: str | Path) -> list[Path]:
-    """Expand an input spec into image paths, sorted for a stable row order.
-
-    `spec` is a folder (searched recursively for image suffixes), a glob (`**` allowed), a single
-    image, or a text file with one path per line (blank lines and `#` comments skipped; relative
-    paths are taken relative to the list file's folder). Listed paths that do not exist are kept:
-    they become error rows.
-
-    Raises:
-        FileNotFoundError: the spec names nothing.
-        ValueError: the spec matches no image.
-    """
-    text = str(spec)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower()
-                       in IMAGE_SUFFIXES)  # fmt: skip
-    elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        paths = [path]
-    elif path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        entries = [line.strip() for line in lines if line.strip() and not line.lstrip()
-                   .startswith("#")]  # fmt: skip
-        paths = [p if p.is_absolute() else path.parent / p for p in map(Path, entries)]
-    elif any(char in text for char in _GLOB_CHARS):
-        paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-    else:
-        raise FileNotFoundError(
-            f"input {text} is not a folder, an image, a list file or a glob: check the path"
-        )
-    if not paths:
-        raise ValueError(
-            f"input {text} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
-            "give a folder of photos, a glob like 'photos/**/*.jpg' or a file listing paths"
-        )
-    return paths
-
-
-def shard(paths: Sequence[Path], size: int) -> list[list[Path]]:
-    """Split paths into consecutive shards of at most `size` (their concatenation is `paths`)."""
-    if size < 1:
-        raise ValueError(f"predict.shard_size must be >= 1, got {size}")
-    return [list(paths[start : start + size]) for start in range(0, len(paths), size)]
 
 
 def _row(path: Path, sha: str, model: ModelRef, error: str | None = None,
@@ -175,7 +131,9 @@ def score_paths(
             try:
                 data = Path(path).read_bytes()
             except OSError as exc:
-                pending[index] = (Path(path), "", f"cannot read file: {exc.strerror or exc}")
+                skip = (str(path), "") in done  # the same failure was already reported
+                reason = "skip" if skip else f"cannot read file: {exc.strerror or exc}"
+                pending[index] = (Path(path), "", reason)
                 continue
             sha = hashlib.sha256(data).hexdigest()
             if (str(path), sha) in done:

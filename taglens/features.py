@@ -193,6 +193,31 @@ def featurize_paths(
     return np.concatenate(chunks).astype("float32", copy=False)
 
 
+class _ShardBuffer:
+    """Collects computed vectors and writes a shard each time `shard_size` are pending."""
+
+    def __init__(self, store: FeatureStore, shard_size: int):
+        self.store, self.shard_size, self.written = store, shard_size, 0
+        self.shas: list[str] = []
+        self.vectors: list[np.ndarray] = []
+
+    def add(self, shas: list[str], vectors: np.ndarray) -> None:
+        offset = 0
+        while offset < len(shas):  # a batch may straddle the end of a shard
+            room = self.shard_size - len(self.shas)
+            self.shas.extend(shas[offset : offset + room])
+            self.vectors.append(vectors[offset : offset + room])
+            offset += room
+            if len(self.shas) >= self.shard_size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.shas:
+            self.store.write_shard(self.shas, np.concatenate(self.vectors))
+            self.written += 1
+            self.shas, self.vectors = [], []
+
+
 @dataclass
 class StoreUpdate:
     """What `fill_store` did."""
@@ -227,38 +252,23 @@ def fill_store(
         store.dir, len(unique), update.cached, len(missing),
     )  # fmt: skip
     if missing:
-        pending_shas: list[str] = []
-        pending_vectors: list[np.ndarray] = []
+        _check_files([path for _, path in missing])  # before the (slow) model build
+        buffer = _ShardBuffer(store, shard_size)
         done = 0
-
-        def flush() -> None:
-            store.write_shard(pending_shas, np.concatenate(pending_vectors))
-            update.shards_written += 1
-            pending_shas.clear()
-            pending_vectors.clear()
 
         def on_batch(vectors: np.ndarray) -> None:
             nonlocal done
             shas = [sha for sha, _ in missing[done : done + len(vectors)]]
             done += len(vectors)
             cached.update(zip(shas, vectors, strict=True))
-            offset = 0
-            while offset < len(shas):  # a batch may straddle the end of a shard
-                room = shard_size - len(pending_shas)
-                pending_shas.extend(shas[offset : offset + room])
-                pending_vectors.append(vectors[offset : offset + room])
-                offset += room
-                if len(pending_shas) >= shard_size:
-                    flush()
+            buffer.add(shas, vectors)
 
-        _check_files([path for _, path in missing])  # before the (slow) model build
-        extractor = extractor_factory()
         featurize_paths(
-            [path for _, path in missing], extractor, image_size=store.key.image_size,
+            [path for _, path in missing], extractor_factory(), image_size=store.key.image_size,
             batch_size=batch_size, jit_compile=jit_compile, progress=progress, on_batch=on_batch,
         )  # fmt: skip
-        if pending_shas:
-            flush()
+        buffer.flush()
+        update.shards_written = buffer.written
     return {sha: cached[sha] for sha in unique}, update
 
 

@@ -14,6 +14,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 # Keys whose values must agree for two evaluations to be comparable (same test split).
 SPLIT_KEYS = ("test_fingerprint", "n_test")
+# Metrics are ratios of counts: 0.71 - 0.70 is 0.01000000000000009 in floating point, which must
+# not count as "more than a margin of 0.01".
+EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def decide(candidate: Evaluation, champion: Evaluation | None, params: RegisterP
                 )
             break  # the most specific key present in both decides
     margin = score - best
-    if not margin > params.min_margin:
+    if not margin > params.min_margin + EPS:
         return Decision(
             CHALLENGER,
             f"{metric} {score:.4f} does not beat champion's {best:.4f} by "
@@ -102,7 +105,7 @@ def decide(candidate: Evaluation, champion: Evaluation | None, params: RegisterP
     drops = {
         name: round(old - candidate.recall.get(name, 0.0), 6)
         for name, old in champion.recall.items()
-        if old - candidate.recall.get(name, 0.0) > params.max_recall_drop
+        if old - candidate.recall.get(name, 0.0) > params.max_recall_drop + EPS
     }
     if drops:
         worst = ", ".join(f"{name} -{drop:.3f}" for name, drop in sorted(drops.items()))

@@ -8,6 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -20,6 +23,56 @@ _QUIET_ENV = {
 }
 
 
+# How long to wait for a tracking server to answer before giving up: MLflow's own client would
+# retry a refused connection for about four minutes before failing.
+PING_TIMEOUT_SECONDS = 5.0
+
+
+class TrackingServerUnreachable(ValueError):
+    """MLFLOW_TRACKING_URI names a server that does not answer (a setting the user must fix)."""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password or token in its user-info part, for logs and messages."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.password and not parts.username:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def check_server(uri: str, timeout: float = PING_TIMEOUT_SECONDS) -> None:
+    """Make sure an http(s) tracking server answers at all, before any work depends on it.
+
+    Any HTTP answer counts (a proxy may not serve MLflow's `/health`); only a refused, reset or
+    timed-out connection fails. Other URI schemes (sqlite, file, databricks) are not checked.
+
+    Raises:
+        TrackingServerUnreachable: the server does not answer within `timeout` seconds.
+    """
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    # No credentials are sent: a 401 answer is an answer, which is all this checks.
+    health = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health",
+                                      "", ""))  # fmt: skip
+    try:
+        with urllib.request.urlopen(health, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingServerUnreachable(
+            f"the MLflow tracking server at {redact_uri(uri)} does not answer ({reason}): start "
+            "it, fix MLFLOW_TRACKING_URI, or unset it to log to the local mlruns/ store"
+        ) from None
+
+
 def local_tracking_uri(store: Path = DEFAULT_STORE) -> str:
     """The SQLite tracking URI of a local store directory."""
     return f"sqlite:///{store.resolve() / 'mlflow.db'}"
@@ -30,6 +83,10 @@ def configure_tracking(experiment: str, store: Path = DEFAULT_STORE) -> str:
 
     `MLFLOW_TRACKING_URI` in the environment wins, so a team can use a shared tracking server.
     Artifacts of a local store go under `<store>/artifacts`.
+
+    Raises:
+        TrackingServerUnreachable: a tracking server is named but does not answer; raised within
+            seconds, before any stage spends time on work it could not log.
     """
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -39,6 +96,7 @@ def configure_tracking(experiment: str, store: Path = DEFAULT_STORE) -> str:
     if not uri:
         store.mkdir(parents=True, exist_ok=True)
         uri = local_tracking_uri(store)
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -47,7 +105,7 @@ def configure_tracking(experiment: str, store: Path = DEFAULT_STORE) -> str:
             artifact_location = (store.resolve() / "artifacts").as_uri()
         mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment)
-    logger.info("MLflow tracking at %s, experiment %s", uri, experiment)
+    logger.info("MLflow tracking at %s, experiment %s", redact_uri(uri), experiment)
     return uri
 
 

@@ -61,6 +61,8 @@ def fresh_mlflow(tmp_path, monkeypatch) -> Path:
     import mlflow
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    # configure_tracking() pins the registry URI too: reset it, or aliases leak across tests.
+    mlflow.set_registry_uri(os.environ["MLFLOW_TRACKING_URI"])
     yield store
 
 

@@ -144,6 +144,12 @@ def test_run_stage_runs_then_skips_and_keeps_the_error(stub_repo):
         run_stage("scrape", stub_repo)
     assert caught.value.stage_exit == 2 and caught.value.is_user_error
     assert "error: scrape: params.yaml fail is set, fix it" in str(caught.value)
+    assert not caught.value.may_be_transient
+
+    (stub_repo / "dvc.yaml").write_text("stages:\n  scrape:\n    cmd: [1, 2]\n    outs: 7\n")
+    with pytest.raises(StageError, match="validation failed") as caught:
+        run_stage("scrape", stub_repo)
+    assert caught.value.stage_exit is None and not caught.value.may_be_transient
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,17 @@ def test_main_turns_missing_features_into_a_message(tmp_path, data, capsys, monk
             str(tmp_path / "none"), "--out", str(tmp_path / "clean")]  # fmt: skip
     assert clean.main(argv) == 2
     assert "run the featurize stage first" in capsys.readouterr().err
+
+
+def test_main_writes_every_output(tmp_path, data, monkeypatch):
+    from conftest import FIXTURES
+
+    monkeypatch.chdir(tmp_path)  # a new experiment would keep its artifacts under ./mlruns
+    raw, features = data
+    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(raw), "--features",
+            str(features), "--out", "clean", "--reports", "reports/clean",
+            "--metrics", "reports/clean.json"]  # fmt: skip
+    assert clean.main(argv) == 0
+    assert json.loads(Path("reports/clean.json").read_text())["totals"]["after"] == 35
+    assert len(read_csv("clean/manifest.csv")) == 35 and len(read_csv("clean/dropped.csv")) == 1
+    assert Path("reports/clean/distances.png").stat().st_size > 1000

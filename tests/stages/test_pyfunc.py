@@ -110,7 +110,8 @@ def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_di
     expected = HashtagPredictor.from_dir(tiny_models_dir).predict_bytes([png, jpeg])
     request = {"dataframe_split": {"columns": ["image"],
                                    "data": [[str(path)], [base64.b64encode(jpeg).decode()]]}}
-    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    # `mlflow models serve` starts `uvicorn` from PATH: the venv's bin must be on it
+    env = {**os.environ, "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     (tmp_path / "request.json").write_text(json.dumps(request))
 
     subprocess.run(
@@ -138,8 +139,9 @@ def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_di
             time.sleep(0.5)
         answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=30)
 
     assert answer.status_code == 200
     for result in (predicted, answer.json()["predictions"]):

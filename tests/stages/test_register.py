@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 
 import mlflow
@@ -108,6 +110,7 @@ def test_first_model_becomes_champion_and_rerun_adds_nothing(params, make_run, t
     assert run.data.tags["register.version"] == "1"
 
 
+@pytest.mark.slow
 def test_history_after_several_registrations(params, make_run, tmp_path):
     history = tmp_path / "promotions.jsonl"
     results = [
@@ -134,6 +137,7 @@ def test_history_after_several_registrations(params, make_run, tmp_path):
     assert float(tags["decision.champion_score"]) == 0.7
 
 
+@pytest.mark.slow
 def test_rollback_and_promote_by_hand_record_reasons(tiny_params, make_run, tmp_path, capsys):
     history = tmp_path / "promotions.jsonl"
     for accuracy in (0.5, 0.6, 0.4):
@@ -163,6 +167,7 @@ def test_rollback_and_promote_by_hand_record_reasons(tiny_params, make_run, tmp_
     assert listing[3].split()[:3] == ["3", "champion", "0.4"]
 
 
+@pytest.mark.slow
 def test_racing_registrations_keep_the_best_champion(params, make_run, tmp_path):
     history = tmp_path / "promotions.jsonl"
     _register(params, *make_run(0.5), history)
@@ -209,3 +214,33 @@ def test_user_errors_are_one_line(tiny_params, make_run, tmp_path, capsys):
     assert register.main(args) == 2
     assert "not found" in capsys.readouterr().err
     assert not (reports / "register.json").exists()
+
+
+@pytest.mark.slow
+def test_racing_processes_keep_the_best_champion(make_run, tmp_path, store):
+    """Two `python -m stages.register` processes at once: the lock serializes them."""
+    text = (FIXTURES / "params.yaml").read_text()
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(text.replace("model_name: taglens", "model_name: t_processes"))
+    history = tmp_path / "promotions.jsonl"
+    runs = [make_run(accuracy) for accuracy in (0.9, 0.6)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stages.register", "--params", str(params_file), "--models",
+             str(models), "--metrics", str(reports / "metrics.json"), "--out",
+             str(reports / "register.json"), "--history", str(history)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for models, reports in runs
+    ]
+    outputs = [proc.communicate(timeout=180) for proc in procs]
+
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    decisions = sorted(json.loads((r / "register.json").read_text())["score"] for _, r in runs)
+    assert decisions == [0.6, 0.9]
+    champion = mlflow.MlflowClient().get_model_version_by_alias("t_processes", "champion")
+    assert champion.tags["metric.accuracy"] == "0.9"
+    rows = Registry("t_processes", history).history()
+    assert len(rows) == 2 and rows[1]["compared_with"] == rows[0]["champion"]

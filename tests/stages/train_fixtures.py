@@ -13,7 +13,7 @@ from PIL import Image
 
 from taglens.backbones import build_feature_extractor, weights_identity
 from taglens.features import write_features
-from taglens.images import load_batch
+from taglens.images import image_dataset
 from taglens.params import Params
 from taglens.posts import Post, write_posts
 
@@ -73,11 +73,8 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
                          "label": label, "split": _split_of(n, len(blobs)), "distance": 1.0})
     write_posts(raw / "posts.jsonl", posts)
     extractor = build_feature_extractor(params.model, params.base.seed)
-    vectors = np.concatenate([
-        extractor.predict(load_batch([raw / p.image for p in posts[i:i + 64]],
-                                     params.model.image_size), verbose=0)
-        for i in range(0, len(posts), 64)
-    ])  # fmt: skip
+    dataset = image_dataset([raw / p.image for p in posts], params.model.image_size, 64)
+    vectors = extractor.predict(dataset, verbose=0)
     meta = {"backbone": params.model.backbone, "image_size": params.model.image_size,
             "weights_identity": weights_identity(params.model, params.base.seed),
             "dim": int(vectors.shape[1]), "count": len(posts)}  # fmt: skip

@@ -152,8 +152,10 @@ def test_resume_after_interruption_scores_only_what_is_missing(tmp_path, fmt):
     assert (report.skipped, report.scored, second.seen) == (9, 5, 5)
     assert list(read_rows(out)) == list(read_rows(reference))
     again = FakePredictor()
-    report = _score(paths, out, again)
-    assert (report.skipped, again.seen, len(list(read_rows(out)))) == (14, 0, 14)
+    report = _score([*paths, tmp_path / "gone.jpg"], out, again)
+    assert (report.skipped, report.errors, again.seen) == (14, 1, 0)
+    report = _score([*paths, tmp_path / "gone.jpg"], out, again)  # idempotent, errors included
+    assert (report.skipped, report.errors, len(list(read_rows(out)))) == (15, 0, 15)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])

@@ -1,68 +1,9 @@
-"""Fixtures for the web app tests: photos, bad uploads, and a stand-in model for error paths."""
+"""Fixtures for the web app tests."""
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
-
-import numpy as np
 import pytest
-from PIL import Image
-
-
-def photo_bytes(size: int = 96, fmt: str = "JPEG", seed: int = 0) -> bytes:
-    """A small colourful photo-like image (gradients plus noise), encoded."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 255, size)
-    pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], ramp[::-1][None, :]), -1)
-    pixels = np.clip(pixels + rng.normal(0, 20, pixels.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels: a decompression bomb in 60 bytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-
-
-def real_bomb_png(side: int = 8000) -> bytes:
-    """A real, complete 1-bit PNG of side x side pixels that compresses to a few kilobytes."""
-    buffer = io.BytesIO()
-    Image.new("1", (side, side)).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-class RecordingPredictor:
-    """Stand-in model for paths that must never reach it; counts calls and answers fixed values."""
-
-    classes = ["cats", "dogs"]
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def predict_bytes(self, images: list[bytes]) -> list[dict]:
-        self.calls.append(len(images))
-        return [
-            {
-                "top_class": "dogs",
-                "top_probability": np.float32(0.75),
-                "probabilities": {"cats": np.float32(0.25), "dogs": np.float32(0.75)},
-                "hashtags": [
-                    {"tag": "dogs", "score": 0.7, "posts": 3, "engagement": 1.2},
-                    {"tag": "puppy", "score": 0.4, "posts": 2, "engagement": None},
-                ],
-            }
-            for _ in images
-        ]
+from web_helpers import photo_bytes
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import photo_bytes
+from web_helpers import photo_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
@@ -72,8 +72,8 @@ def _tags(response: httpx.Response) -> list[str]:
     return [item["tag"] for item in response.json()["hashtags"]]
 
 
-@pytest.mark.slow
-def test_served_champion_answers_over_http(server):
+def _check_http(server) -> None:
+    """The served champion over plain HTTP: health, predictions, a cut-off oversize upload."""
     base = server["base"]
     health = httpx.get(f"{base}/health").json()
     assert health["model"] == {"name": server["name"], "version": server["version"]}
@@ -129,7 +129,9 @@ def _save(page, tmp_path: Path, name: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_page_in_headless_chromium(server, tmp_path):
+def test_served_page_over_http_and_in_headless_chromium(server, tmp_path):
+    # One server start for both parts (loading the champion is most of this test's time).
+    _check_http(server)
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not installed: run `make browser-deps` (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
@@ -161,6 +163,8 @@ def test_page_in_headless_chromium(server, tmp_path):
         expect(error).to_be_visible()
         expect(error).to_contain_text("Could not predict: the file is not an image")
         expect(page.locator("#answer")).to_be_hidden()
+        expect(page.locator("#preview")).to_be_hidden()
+        expect(page.locator("#file-name")).to_contain_text("no preview: it may not be an image")
         _save(page, tmp_path, "page-error.png")
 
         # then a photo, dropped on the page, is predicted and ranked exactly as the API does
@@ -188,6 +192,16 @@ def test_page_in_headless_chromium(server, tmp_path):
         expected_line = " ".join(f"#{tag}" for tag in api_tags)
         assert page.evaluate("navigator.clipboard.readText()") == expected_line
         expect(page.locator("#tag-line")).to_have_text(expected_line)
+        # ... and through the textarea fallback where the async clipboard API is missing
+        page.evaluate("navigator.clipboard.writeText('')")
+        page.evaluate("Object.defineProperty(navigator, 'clipboard', { get: () => undefined })")
+        page.locator("#copy-status").evaluate("el => { el.textContent = ''; }")
+        page.click("#copy")
+        expect(page.locator("#copy-status")).to_have_text("Copied!")
+        reader = context.new_page()
+        reader.goto(f"{base}/health")
+        assert reader.evaluate("navigator.clipboard.readText()") == expected_line
+        reader.close()
 
         # laptop: the two cards side by side; phone: stacked, nothing wider than the screen
         upload_box = page.locator("section.card").first.bounding_box()

@@ -193,7 +193,15 @@ function setUpDrop() {
   ["dragover", "drop"].forEach((type) => window.addEventListener(type, (e) => e.preventDefault()));
 }
 
+function previewFailed() {
+  // Not something the browser can show (e.g. not an image): keep the drop zone, say so.
+  $("preview").hidden = true;
+  $("drop-hint").hidden = false;
+  $("file-name").textContent = `${state.file.name} · no preview: it may not be an image`;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $("preview").addEventListener("error", previewFailed);
   $("file").addEventListener("change", (event) => setFile(event.target.files[0]));
   $("form").addEventListener("submit", predict);
   $("copy").addEventListener("click", copyTags);

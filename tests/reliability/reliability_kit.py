@@ -1,0 +1,130 @@
+"""Helpers of the reliability suite: stage subprocesses, seeded kills, params variants.
+
+Stages run as real subprocesses (`python -m stages.NAME`) in a copy of the repository, exactly as
+`dvc repro` runs them, so a SIGKILL hits the same code a user's interrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
+BIN = Path(sys.executable).parent
+IGNORE = shutil.ignore_patterns(
+    ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
+    ".pytest_cache", ".ruff_cache", "test-results", ".prefect", "tmp", "cache", "predictions",
+)  # fmt: skip
+# The reliability pipeline: small, but with enough feature shards (25) that a kill lands between
+# two of them, and 32 px images so a forward pass is quick.
+PIPELINE_OVERRIDES = {
+    ("scrape", "demo", "images_per_class"): 20,
+    ("model", "image_size"): 32,
+    ("featurize", "batch_size"): 8,
+    ("featurize", "shard_size"): 8,
+    ("train", "epochs"): 3,
+}
+STAGE_ARGS = {
+    "scrape": ["--params", "params.yaml", "--out", "data/raw", "--reports", "reports"],
+    "featurize": ["--params", "params.yaml", "--raw", "data/raw", "--out", "data/features"],
+    "clean": ["--params", "params.yaml", "--raw", "data/raw", "--features", "data/features",
+              "--out", "data/clean", "--reports", "reports/clean", "--metrics",
+              "reports/clean.json"],
+    "train": ["--params", "params.yaml", "--raw", "data/raw", "--features", "data/features",
+              "--clean", "data/clean", "--out", "models"],
+}  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stage_env(repo: Path, **extra: str) -> dict[str, str]:
+    """The environment of a stage subprocess: the venv on PATH, the repo's own MLflow store."""
+    env = dict(os.environ)
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONUNBUFFERED": "1",
+    })  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def write_params(repo: Path, overrides: dict[tuple[str, ...], object]) -> Path:
+    """Write the tiny fixture params with some keys changed as the repo's params.yaml."""
+    raw = yaml.safe_load(FIXTURE_PARAMS.read_text(encoding="utf-8"))
+    for path, value in overrides.items():
+        node = raw
+        for key in path[:-1]:
+            node = node[key]
+        assert path[-1] in node, f"unknown params key {'.'.join(path)}"
+        node[path[-1]] = value
+    target = repo / "params.yaml"
+    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def copy_repo(dest: Path) -> Path:
+    """A copy of the repository's tracked layout (no data, no venv) with an empty mlruns/."""
+    shutil.copytree(ROOT, dest, ignore=IGNORE)
+    (dest / "mlruns").mkdir(exist_ok=True)
+    return dest
+
+
+def run_stage(repo: Path, stage: str, *args: str, timeout: float = 600,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run `python -m stages.<stage>` in `repo` to completion (the output is captured)."""
+    cmd = [sys.executable, "-m", f"stages.{stage}", *(args or STAGE_ARGS[stage])]
+    return subprocess.run(cmd, cwd=repo, env=env or stage_env(repo), capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def start_stage(repo: Path, stage: str, *args: str, log: Path,
+                env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+    """Start `python -m stages.<stage>` in `repo`, its output going to `log`."""
+    cmd = [sys.executable, "-m", f"stages.{stage}", *(args or STAGE_ARGS[stage])]
+    handle = open(log, "w")  # noqa: SIM115 - the child owns it; closed by kill_when / the OS
+    return subprocess.Popen(cmd, cwd=repo, env=env or stage_env(repo), stdout=handle,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], *, seed: int,
+              max_delay: float, timeout: float = 600) -> float:  # fmt: skip
+    """SIGKILL `proc` a seeded random delay after `ready()` first holds.
+
+    Returns the delay used. Fails the test if the process ends before it could be killed (the
+    kill point would then not be inside the work, and the test would prove nothing).
+    """
+    delay = random.Random(seed).uniform(0, max_delay)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the process ended (rc {proc.returncode}) before the kill"
+        assert time.monotonic() < deadline, "the kill point was never reached"
+        time.sleep(0.02)
+    time.sleep(delay)
+    assert proc.poll() is None, f"the process ended (rc {proc.returncode}) before the kill"
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: tf.data threads die with it
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    return delay
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """Assert a finished subprocess succeeded, showing its output otherwise."""
+    assert result.returncode == 0, f"rc {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result

@@ -1,0 +1,92 @@
+"""The promotion gate on constructed metric sets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from taglens.gate import CHALLENGER, CHAMPION, Evaluation, decide, read_recall
+from taglens.params import RegisterParams
+
+
+def params(**changes) -> RegisterParams:
+    base = {"model_name": "taglens", "primary_metric": "accuracy", "min_margin": 0.01,
+            "max_recall_drop": 0.1, "min_score": 0.3}  # fmt: skip
+    return RegisterParams(**{**base, **changes})
+
+
+def ev(accuracy: float, n_test: int = 100, **recall: float) -> Evaluation:
+    return Evaluation({"accuracy": accuracy, "n_test": n_test}, recall or {"a": 0.8, "b": 0.7})
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "alias", "reason"),
+    [
+        (ev(0.5), None, CHAMPION, "first model"),
+        (ev(0.2), None, CHALLENGER, "below min_score"),
+        (ev(0.3), None, CHAMPION, ">= min_score"),  # the minimum itself passes
+        (ev(0.80), ev(0.70), CHAMPION, "beats champion's 0.7000 by 0.1000"),
+        (ev(0.60), ev(0.70), CHALLENGER, "does not beat"),
+        (ev(0.705), ev(0.70), CHALLENGER, "more than min_margin 0.01"),  # within the margin
+        (ev(0.71), ev(0.70), CHALLENGER, "does not beat"),  # exactly the margin is not enough
+        (ev(0.90, a=0.95, b=0.55), ev(0.70), CHALLENGER, "recall drops more than"),
+        (ev(0.90, a=0.95, b=0.60), ev(0.70), CHAMPION, "beats"),  # a drop of exactly the limit
+        (ev(0.90, n_test=90), ev(0.70), CHALLENGER, "different test split"),
+    ],
+)
+def test_gate_decisions(candidate, champion, alias, reason):
+    decision = decide(candidate, champion, params())
+    assert decision.alias == alias
+    assert reason in decision.reason
+    assert decision.score == candidate.metrics["accuracy"]
+    assert decision.champion_score == (champion.metrics["accuracy"] if champion else None)
+    assert decision.promoted is (alias == CHAMPION)
+
+
+def test_recall_drop_names_each_class_and_amount():
+    decision = decide(ev(0.9, a=0.5, b=0.4), ev(0.7, a=0.8, b=0.7), params())
+    assert decision.recall_drops == {"a": pytest.approx(0.3), "b": pytest.approx(0.3)}
+    assert "a -0.300, b -0.300" in decision.reason
+
+
+def test_class_missing_from_candidate_counts_as_zero_recall():
+    decision = decide(ev(0.9, a=0.9), ev(0.7, a=0.8, b=0.7), params())
+    assert decision.alias == CHALLENGER and decision.recall_drops == {"b": 0.7}
+
+
+def test_fingerprint_wins_over_n_test():
+    champion = Evaluation({"accuracy": 0.7, "n_test": 100, "test_fingerprint": "abc"})
+    same = Evaluation({"accuracy": 0.8, "n_test": 100, "test_fingerprint": "abc"})
+    other = Evaluation({"accuracy": 0.8, "n_test": 100, "test_fingerprint": "xyz"})
+    assert decide(same, champion, params()).promoted
+    assert "test_fingerprint" in decide(other, champion, params()).reason
+
+
+def test_other_primary_metric_and_missing_metric():
+    champion = Evaluation({"accuracy": 0.9, "macro_f1": 0.5})
+    candidate = Evaluation({"accuracy": 0.8, "macro_f1": 0.6})
+    assert decide(candidate, champion, params(primary_metric="macro_f1")).promoted
+    with pytest.raises(ValueError, match=r"'top3_accuracy' is not a number .*available"):
+        decide(candidate, champion, params(primary_metric="top3_accuracy"))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"a": {"precision": 0.1, "recall": 0.8}, "b": {"recall": 0.7}},
+        {"classes": {"a": {"recall": 0.8}, "b": {"recall": 0.7}}, "macro": {"f1": 0.4}},
+        [{"class": "a", "recall": 0.8}, {"class": "b", "recall": 0.7}],
+    ],
+)
+def test_read_recall_shapes(tmp_path, content):
+    path = tmp_path / "per_class.json"
+    path.write_text(json.dumps(content))
+    assert read_recall(path) == {"a": 0.8, "b": 0.7}
+
+
+def test_read_recall_missing_and_unusable(tmp_path):
+    assert read_recall(tmp_path / "none.json") == {}
+    (tmp_path / "bad.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="no per-class recall"):
+        read_recall(tmp_path / "bad.json")

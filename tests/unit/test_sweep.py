@@ -1,0 +1,79 @@
+"""Sweep grids, CLI parsing, and one nested MLflow run per setting with the best one picked."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from taglens.head import HeadFit
+from taglens.params import ParamsError, SweepParams, load_params
+from taglens.sweep import apply_setting, grid, parse_sweep_arg, run_sweep, setting_name
+from tests.conftest import FIXTURES
+
+
+@pytest.fixture
+def train_params():
+    return load_params(FIXTURES / "params.yaml").train
+
+
+def test_empty_sweep_means_no_grid():
+    assert grid(SweepParams()) == []
+
+
+def test_grid_is_the_product_and_cli_values_replace_params():
+    sweep = SweepParams(learning_rate=(0.1, 0.01), dropout=(0.0, 0.5))
+    assert grid(sweep) == [
+        {"learning_rate": 0.1, "dropout": 0.0}, {"learning_rate": 0.1, "dropout": 0.5},
+        {"learning_rate": 0.01, "dropout": 0.0}, {"learning_rate": 0.01, "dropout": 0.5},
+    ]  # fmt: skip
+    assert grid(sweep, {"dropout": (0.2,)}) == [
+        {"learning_rate": 0.1, "dropout": 0.2}, {"learning_rate": 0.01, "dropout": 0.2},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("learning_rate=0.1,0.01", ("learning_rate", (0.1, 0.01))),
+     ("train.epochs=3, 5", ("epochs", (3, 5))),
+     ("train.sweep.hidden_units=0", ("hidden_units", (0,)))],
+)  # fmt: skip
+def test_cli_sweep_values_are_parsed_with_their_types(text, expected):
+    assert parse_sweep_arg(text) == expected
+
+
+@pytest.mark.parametrize("text", ["colour=red", "epochs", "epochs=a,b", "dropout="])
+def test_bad_cli_sweep_values_are_refused(text):
+    with pytest.raises(ParamsError, match="--sweep"):
+        parse_sweep_arg(text)
+
+
+def test_out_of_range_setting_names_the_key(train_params):
+    assert apply_setting(train_params, {"dropout": 0.5}).dropout == 0.5
+    with pytest.raises(ParamsError, match="train.dropout"):
+        apply_setting(train_params, {"dropout": 1.5})
+
+
+@pytest.mark.slow
+def test_each_setting_gets_a_child_run_and_the_best_is_picked(train_params):
+    scores = {0.1: (0.6, 0.9), 0.01: (0.8, 0.7), 0.001: (0.8, 0.5)}  # acc tie -> lower loss
+
+    def fake_fit(params, on_epoch):
+        accuracy, loss = scores[params.learning_rate]
+        for epoch in (1, 2):
+            on_epoch(epoch, {"val_accuracy": accuracy, "val_loss": loss})
+        return HeadFit(model=None, history=[], val_loss=loss, val_accuracy=accuracy)
+
+    settings = grid(SweepParams(learning_rate=(0.1, 0.01, 0.001)))
+    mlflow.set_experiment("sweep-test")
+    with mlflow.start_run(run_name="parent") as parent:
+        trials, best = run_sweep(train_params, settings, fake_fit, {"base.seed": 42})
+    assert best == 2 and trials[best].params.learning_rate == 0.001
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    assert sorted(c.info.run_name for c in children) == sorted(setting_name(s) for s in settings)
+    child = next(c for c in children if c.info.run_id == trials[0].run_id)
+    assert child.data.params == {"base.seed": "42", "train.learning_rate": "0.1"}
+    assert child.data.metrics["best_val_accuracy"] == 0.6
+    history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2]
