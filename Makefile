@@ -59,3 +59,15 @@ bench: setup
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+# Prefect (docs/prefect.md): a server on 127.0.0.1:4200, the two scheduled deployments, a worker.
+PREFECT_URL ?= http://127.0.0.1:4200/api
+.PHONY: prefect-server deploy worker
+prefect-server: setup
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+deploy: setup
+	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m flows.deploy --repo .
+
+worker: setup
+	PREFECT_API_URL=$(PREFECT_URL) $(VENV)/bin/prefect worker start --pool taglens

@@ -122,9 +122,9 @@ def naive_rate(paths, model, size: int) -> float:
 
 def child(count: int, models: Path, batch: int, fmt: str) -> None:
     """Score `count` images into a fresh output and print rate and peak RSS as JSON."""
-    from taglens.predictor import HashtagPredictor
+    from stages.predict import load_model
 
-    predictor = HashtagPredictor.from_dir(models)
+    predictor = load_model(str(models))  # as the job loads it
     with tempfile.TemporaryDirectory() as tmp:
         rate = predict_rate(photos(count), predictor, Path(tmp) / f"out.{fmt}", batch)["overall"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -145,14 +145,14 @@ def rss_runs(counts, models: Path, batch: int, fmt: str) -> list[dict]:
 def run(args) -> dict:
     import keras
 
-    from taglens.predictor import HashtagPredictor
+    from stages.predict import load_model
 
     result = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
               "image_size": args.size, "batch_size": args.batch, "images": args.images}
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(Path(tmp) / "models", args.size, alpha=1.0)
-        predictor = HashtagPredictor.from_dir(models)
-        model = predictor.model
+        predictor = load_model(str(models))  # as the job loads it (a traced graph)
+        model = predictor.model.model  # the plain Keras model
         # featurize's network: the same preprocessing and backbone (shared weights), no head
         image = keras.Input((args.size, args.size, 3))
         extractor = keras.Model(image, model.layers[-2](model.layers[-3](image)))

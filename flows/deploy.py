@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect import flow
 from prefect.schedules import Cron
@@ -83,6 +84,16 @@ def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
     for entrypoint in (TRAINING_ENTRYPOINT, PREDICT_ENTRYPOINT):
         if not (repo / entrypoint.split(":")[0]).is_file():
             raise ValueError(f"{repo} has no {entrypoint.split(':')[0]}: pass --repo <checkout>")
+    # Checked first: a bad cron or time zone stops here, before anything changes on the server.
+    try:
+        ZoneInfo(settings.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {settings.timezone!r}: use an IANA name such as UTC or "
+            "Europe/Berlin"
+        ) from None
+    retrain_schedule = Cron(settings.retrain_cron, timezone=settings.timezone)
+    predict_schedule = Cron(settings.predict_cron, timezone=settings.timezone)
     ensure_process_pool(settings.pool)
     common = {"work_pool_name": settings.pool, "build": False, "push": False,
               "print_next_steps": False, "ignore_warnings": True,
@@ -91,7 +102,7 @@ def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
     training = flow.from_source(source=str(repo), entrypoint=TRAINING_ENTRYPOINT)
     ids[RETRAIN] = training.deploy(
         name=RETRAIN,
-        schedules=[Cron(settings.retrain_cron, timezone=settings.timezone)],
+        schedules=[retrain_schedule],
         # Scrape is forced so new posts are collected; DVC then re-runs later stages only if
         # the data changed. One run at a time: two `dvc repro` in one checkout would collide.
         parameters={"repo": str(repo), "force_stages": ["scrape"]},
@@ -110,7 +121,7 @@ def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
         parameters["params_path"] = str(repo / "params.yaml")
     ids[PREDICT] = predict.deploy(
         name=PREDICT,
-        schedules=[Cron(settings.predict_cron, timezone=settings.timezone)],
+        schedules=[predict_schedule],
         parameters=parameters,
         concurrency_limit=1,
         description="Score the images under `input` with the champion model into `output`.",

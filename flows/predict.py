@@ -16,6 +16,7 @@ import hashlib
 import shutil
 import sys
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -137,14 +138,21 @@ def batch_predict_flow(
     tracking_uri = configure_tracking(params.base.experiment)
     uri, ref = resolve_model(model_uri, params.register.model_name)
     model = asdict(ref)
-    paths = [str(p) for p in list_inputs(input)]
+    try:
+        paths = [str(p) for p in list_inputs(input)]
+    except ValueError:
+        if not Path(input).is_dir():
+            raise
+        paths = []  # a nightly run over an empty inbox has nothing to do: not a failure
+        log.warning("no images in %s: nothing to score", input)
     log.info("scoring %d images with %s version %s (%s)", len(paths), ref.name, ref.version,
              task_runner)  # fmt: skip
     report = ScoreReport()
-    if task_runner == "local":
+    start = time.monotonic()
+    if paths and task_runner == "local":
         report.add(ScoreReport(**score_task(paths, output, uri, model, params.predict.batch_size,
                                             tracking_uri, progress=True)))  # fmt: skip
-    else:
+    elif paths:
         shards = shard(paths, params.predict.shard_size)
         job = hashlib.sha256(f"{uri}\n{params.predict.shard_size}".encode()).hexdigest()[:12]
         shard_dir = f"{output}.shards/{job}"
@@ -156,6 +164,7 @@ def batch_predict_flow(
             report.add(ScoreReport(**result))
         parts = [f"{shard_dir}/shard-{number:06d}.jsonl" for number in range(len(shards))]
         merge_task(parts, output, model)
+    report.seconds = time.monotonic() - start  # wall time, shards ran in parallel
     summary = {**asdict(report), "images_per_second": report.images_per_second,
                "model_name": ref.name, "model_version": ref.version, "output": output}  # fmt: skip
     log.info("batch predict done: %s", summary)

@@ -29,7 +29,7 @@ STAGES = ("scrape", "featurize", "clean", "train", "evaluate", "register")
 ARTIFACT_KEY = "training-report"
 
 
-def _retry_unless_user_error(task_, task_run, state) -> bool:
+def _retry_if_transient(task_, task_run, state) -> bool:
     """Retry scrape when its command crashed, not for a rejected param or input or a DVC error."""
     error = state.data if isinstance(state.data, BaseException) else None
     if error is None:
@@ -106,7 +106,7 @@ def training_flow(
                 retry_delay_seconds=exponential_backoff(backoff_factor=scrape_retry_delay_seconds)(
                     scrape_retries
                 ),
-                retry_condition_fn=_retry_unless_user_error,
+                retry_condition_fn=_retry_if_transient,
             )
         results.append(runner(stage, str(root), force=stage in force))
     report = report_task(str(root), results)
@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         summary = training_flow(repo=args.repo, force_stages=args.force)
-        print(f"MLflow run {summary['run_id']}: {summary['decision']}")
+        for stage in summary["stages"]:
+            print(f"{stage['stage']:<10} {'ran' if stage['ran'] else 'skipped (unchanged)'}")
+        decision = summary["decision"] or {}
+        print(f"MLflow run {summary['run_id']}: {decision.get('decision', 'no decision')}"
+              f" {decision.get('reason', '')}".rstrip())  # fmt: skip
         return 0
 
     return run_main(body, extra_errors=(StageError,))

@@ -60,6 +60,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, dict | list):
@@ -83,11 +85,17 @@ def render_markdown(
 ) -> str:
     """The run report shown as a Prefect artifact: metrics, promotion decision, lineage."""
     run_id = (model_info or {}).get("run_id", "unknown")
-    lines = ["# Training run", "", f"**MLflow run id:** `{run_id}`"]
-    if model_info and model_info.get("experiment"):
-        lines.append(f"**MLflow experiment:** `{model_info['experiment']}`")
+    lines = ["# Training run", ""]
+    if decision and decision.get("decision"):
+        version = decision.get("version")
+        model = f" ({decision.get('model_name', 'model')} version {version})" if version else ""
+        reason = f": {_cell(decision['reason'])}" if decision.get("reason") else ""
+        lines.append(f"- **Decision:** {_cell(decision['decision'])}{model}{reason}")
+    experiment = (model_info or {}).get("experiment")
+    lines.append(f"- **MLflow run id:** `{run_id}`" + (f" (experiment `{experiment}`)"
+                                                       if experiment else ""))  # fmt: skip
     if data_tags:
-        lines.append(f"**DVC data version:** `{data_tags['dvc.data_version']}`")
+        lines.append(f"- **DVC data version:** `{data_tags['dvc.data_version']}`")
     lines += ["", "## Evaluation metrics", ""]
     if metrics:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
@@ -122,7 +130,9 @@ def tag_run(repo: Path, run_id: str, tags: dict[str, str]) -> dict[str, str]:
         # The model is trained and registered already; a tracking mix-up must not undo that.
         logger.warning(
             "cannot tag MLflow run %s with the data version (%s): do the stages and the flow "
-            "use the same MLFLOW_TRACKING_URI?", run_id, exc,
+            "use the same MLFLOW_TRACKING_URI?",
+            run_id,
+            exc,
         )
         return {}
     added = {key: value for key, value in tags.items() if key not in existing}

@@ -15,6 +15,8 @@ from taglens.params import FeaturizeParams, ModelParams, load_params
 from taglens.posts import POSTS_FILE, read_posts
 
 logger = logging.getLogger(__name__)
+# Built from depthwise convolutions, which XLA runs about 10x slower on CPU (BENCHMARKS.md).
+XLA_SLOW_BACKBONES = frozenset({"mobilenet", "mobilenet_v2", "efficientnet_b0"})
 
 
 def run(
@@ -43,6 +45,11 @@ def run(
     posts = read_posts(posts_path)
     if not posts:
         raise ValueError(f"{posts_path} holds no posts: scrape accepted no images")
+    if params.jit_compile and model.backbone in XLA_SLOW_BACKBONES:
+        logger.warning(
+            "featurize.jit_compile is true, but XLA runs %s's depthwise convolutions about 10x "
+            "slower on CPU: set featurize.jit_compile: false for this backbone", model.backbone
+        )
     key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
     store = features.FeatureStore(out / features.STORE_DIR, key)
     vectors, update = features.fill_store(

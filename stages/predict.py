@@ -11,7 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-from taglens.batch_predict import ModelRef, ScoreReport, list_inputs, predict_to_file
+from taglens.batch_predict import (
+    ModelRef,
+    ScoreReport,
+    graph_predictor,
+    list_inputs,
+    predict_to_file,
+)
 from taglens.cli import run_main, setup_logging
 from taglens.params import Params, load_params
 from taglens.predictor import HashtagPredictor
@@ -59,13 +65,16 @@ def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef
 
 
 def load_model(uri: str) -> HashtagPredictor:
-    """Load a pinned URI from `resolve_model` (a models/ directory or an MLflow model URI)."""
+    """Load a pinned URI from `resolve_model` (a models/ directory or an MLflow model URI).
+
+    The model is wrapped to run as a traced graph, as batch scoring wants.
+    """
     local = Path(uri)
     if local.is_dir() and (local / "model.keras").is_file():
-        return HashtagPredictor.from_dir(local)
+        return graph_predictor(HashtagPredictor.from_dir(local))
     from taglens.pyfunc import load_predictor
 
-    return load_predictor(uri)
+    return graph_predictor(load_predictor(uri))
 
 
 def run(

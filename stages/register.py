@@ -17,7 +17,9 @@ from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
 from taglens.gate import Evaluation, read_metrics, read_recall
 from taglens.params import Params, load_params
-from taglens.registry import Registry, RegistryError, logged_model_uri
+from taglens.pyfunc import ModelNotFoundError, logged_model_uri
+from taglens.registry import Registry, RegistryError
+from taglens.registry_admin import promote, rollback, version_table
 from taglens.tracking import git_commit
 
 logger = logging.getLogger(__name__)
@@ -141,20 +143,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
         if args.command == "list":
-            _print_table(registry.table(params.register.primary_metric))
+            _print_table(version_table(registry, params.register.primary_metric))
         elif args.command == "history":
             for row in registry.history():
                 print(json.dumps(row, sort_keys=True))
         elif args.command == "promote":
-            row = registry.promote(args.version, args.reason)
+            row = promote(registry, args.version, args.reason)
             print(f"version {row['version']} is now champion (was {row['previous']})")
         elif args.command == "rollback":
-            row = registry.rollback(args.reason)
+            row = rollback(registry, args.reason)
             print(f"rolled back: version {row['version']} is champion again "
                   f"(was {row['previous']})")  # fmt: skip
         return 0
 
-    return run_main(body, extra_errors=(RegistryError,))
+    return run_main(body, extra_errors=(RegistryError, ModelNotFoundError))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ COLUMNS = (
 )  # fmt: skip
 FORMATS = (".csv", ".jsonl", ".parquet")
 Key = tuple[str, str]  # (path, sha256)
+_KEY_COLUMNS = ("path", "sha256", "model_name", "model_version")
 
 
 def row_key(row: dict[str, Any]) -> Key:
@@ -78,8 +79,12 @@ def _to_csv(row: dict[str, Any]) -> list[str]:
     return values
 
 
-def read_rows(path: Path | str, chunk_rows: int = 4096) -> Iterator[dict[str, Any]]:
+def read_rows(
+    path: Path | str, chunk_rows: int = 4096, columns: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """Stream the rows of an output file (any format) as dicts with `hashtags` as a list.
+
+    `columns` limits what Parquet reads (the other formats always give every column).
 
     Raises:
         ValueError: the suffix is not a known format.
@@ -92,7 +97,7 @@ def read_rows(path: Path | str, chunk_rows: int = 4096) -> Iterator[dict[str, An
         import pyarrow.parquet as pq
 
         parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
+        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
             yield from batch.to_pylist()
         return
     with open(path, encoding="utf-8", newline="") as handle:
@@ -102,6 +107,30 @@ def read_rows(path: Path | str, chunk_rows: int = 4096) -> Iterator[dict[str, An
                     yield json.loads(line)
         else:
             yield from (_from_csv(record) for record in csv.DictReader(handle))
+
+
+def _sealed_parts(parts_dir: Path) -> list[Path]:
+    return sorted(parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
+
+
+def existing_rows(
+    path: Path | str, columns: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Rows of an output and, for Parquet, of the sealed parts of an unfinished run (read-only)."""
+    path = Path(path)
+    yield from read_rows(path, columns=columns)
+    if path.suffix.lower() == ".parquet":
+        for part in _sealed_parts(path.with_name(path.name + ".parts")):
+            yield from read_rows(part, columns=columns)
+
+
+def done_keys(path: Path | str, model_name: str, model_version: str) -> set[Key]:
+    """Resume keys of the rows `model_name`/`model_version` has written to an output."""
+    return {
+        row_key(row)
+        for row in existing_rows(path, columns=list(_KEY_COLUMNS))
+        if (row.get("model_name"), str(row.get("model_version"))) == (model_name, model_version)
+    }
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -160,21 +189,14 @@ class OutputWriter:
 
     def existing_rows(self) -> Iterator[dict[str, Any]]:
         """Rows already in the output, including sealed Parquet parts of an interrupted run."""
-        yield from read_rows(self.path)
-        if self.format == ".parquet":
-            for part in self._sealed_parts():
-                yield from read_rows(part)
+        return existing_rows(self.path)
 
     def done_keys(self, model_name: str, model_version: str) -> set[Key]:
         """Resume keys of the rows this model version has already written."""
-        return {
-            row_key(row)
-            for row in self.existing_rows()
-            if (row.get("model_name"), str(row.get("model_version"))) == (model_name, model_version)
-        }
+        return done_keys(self.path, model_name, model_version)
 
     def _sealed_parts(self) -> list[Path]:
-        return sorted(self.parts_dir.glob("part-*.parquet")) if self.parts_dir.is_dir() else []
+        return _sealed_parts(self.parts_dir)
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows durably (fsynced text, or a Parquet row group)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -9,6 +10,8 @@ from collections.abc import Callable
 
 from taglens.params import ParamsError
 
+# A full disk or quota is the user's to fix too; other OS errors keep their traceback.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 # Errors a user can fix: shown as one line, without a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, ValueError)
 
@@ -36,4 +39,12 @@ def run_main(body: Callable[[], int], extra_errors: tuple[type[BaseException], .
         return body()
     except USER_ERRORS + extra_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror}{where}: free disk space and run again (outputs are written "
+              "atomically, so finished work is kept and nothing half-written is left)",
+              file=sys.stderr)  # fmt: skip
         return 2

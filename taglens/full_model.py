@@ -90,8 +90,9 @@ def _find_backbone(model: keras.Model) -> keras.Model:
     raise ValueError(f"{model.name} has no nested backbone model")
 
 
-def _image_pipeline(paths: Sequence[Path], labels: np.ndarray, n_classes: int, size: int,
-                    batch: int, augment: bool, seed: int):
+def image_label_dataset(paths: Sequence[Path], labels: np.ndarray, n_classes: int, size: int,
+                        batch: int, augment: bool, seed: int):
+    """A tf.data pipeline of (pixels, one-hot label) batches, optionally lightly augmented."""
     import tensorflow as tf
 
     from taglens.images import decode_and_resize
@@ -132,10 +133,10 @@ def fine_tune(
     n_classes = int(model.output_shape[-1])
     layers = unfreeze_last_block(model, model_params.backbone)
     logger.info("fine-tuning %d layers of %s", layers, BACKBONES[model_params.backbone].last_block)
-    compile_for_training(model, "adam", params.learning_rate, label_smoothing)
+    compile_for_training(model, "adam", params.learning_rate, label_smoothing, "auto")
     size, batch = model_params.image_size, params.batch_size
-    train_data = _image_pipeline(*train, n_classes, size, batch, True, seed)
-    val_data = _image_pipeline(*val, n_classes, size, batch, False, seed)
+    train_data = image_label_dataset(*train, n_classes, size, batch, True, seed)
+    val_data = image_label_dataset(*val, n_classes, size, batch, False, seed)
     rows: list[dict[str, float]] = []
 
     def record(epoch: int, logs: dict | None) -> None:
@@ -144,18 +145,22 @@ def fine_tune(
         if on_epoch is not None:
             on_epoch(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
 
-    model.fit(train_data, validation_data=val_data, epochs=params.epochs, verbose=0,
+    model.fit(train_data, validation_data=val_data, epochs=params.epochs, verbose=0, shuffle=False,
               callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
     model.trainable = False  # the saved model is for inference
     return rows
 
 
 def save_model(model: keras.Model, path: Path) -> Path:
-    """Save a .keras file atomically: written beside `path`, then moved into place."""
+    """Save a .keras file for inference, atomically: written beside `path`, then moved in place."""
+    import keras
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    # a fresh, uncompiled model over the same layers: the file holds no optimizer state
+    export = keras.Model(model.inputs, model.outputs, name=model.name)
     try:
-        model.save(tmp)
+        export.save(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 INSTAGRAM_MAX_TAGS = 30  # Instagram refuses posts with more hashtags than this
 FORMAT_VERSION = 1
+SCORE_CHUNK = 64  # images scored at once: 64 x 20,000 tags is 10 MB of float64
 
 
 def post_tags(post: Post) -> set[str]:
@@ -59,16 +60,19 @@ class HashtagStats:
     counts: np.ndarray
     engagement: list[float | None]
     params: HashtagParams
-    _cache: dict[float, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict[Any, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         shape = (len(self.tags), len(self.classes))
         self.counts = np.asarray(self.counts, dtype=np.int64).reshape(shape)
+        self._support = self.counts.sum(axis=1)
+        # alphabetical position of each tag: an int tie-breaker is far cheaper to sort than strings
+        self._alpha = np.argsort(np.argsort(np.array(self.tags, dtype=object)))
 
     @property
     def support(self) -> np.ndarray:
         """Count posts carrying each tag, over all classes."""
-        return self.counts.sum(axis=1)
+        return self._support
 
     def probability(self, smoothing: float) -> np.ndarray:
         """(T, C) smoothed P(tag | class): the share of a class's posts carrying the tag.
@@ -76,14 +80,20 @@ class HashtagStats:
         Additive (Laplace) smoothing of a per-post Bernoulli: (n_tc + a) / (n_c + 2a), so a tag
         never seen with a class keeps a small probability that shrinks as the class grows.
         """
-        if smoothing not in self._cache:
+        if ("p", smoothing) not in self._cache:
             totals = np.asarray(self.class_posts, dtype=np.float64) + 2.0 * smoothing
             safe = np.where(totals > 0, totals, 1.0)
             prob = (self.counts + smoothing) / safe
-            self._cache[smoothing] = np.where(totals > 0, prob, 0.0)
-        return self._cache[smoothing]
+            self._cache["p", smoothing] = np.where(totals > 0, prob, 0.0)
+        return self._cache["p", smoothing]
 
     def _eligible(self, params: HashtagParams) -> np.ndarray:
+        key = ("eligible", params.denylist, params.min_support)
+        if key not in self._cache:
+            self._cache[key] = self._compute_eligible(params)
+        return self._cache[key]
+
+    def _compute_eligible(self, params: HashtagParams) -> np.ndarray:
         deny = {normalize_hashtag(tag) for tag in params.denylist}
         classes = {normalize_hashtag(c) for c in self.classes}
         support = self.support
@@ -96,11 +106,14 @@ class HashtagStats:
         )
 
     def _weights(self, params: HashtagParams) -> np.ndarray:
-        generic = {normalize_hashtag(tag) for tag in params.generic}
-        return np.array(
-            [params.generic_weight if tag in generic else 1.0 for tag in self.tags],
-            dtype=np.float64,
-        )
+        key = ("weights", params.generic, params.generic_weight)
+        if key not in self._cache:
+            generic = {normalize_hashtag(tag) for tag in params.generic}
+            self._cache[key] = np.array(
+                [params.generic_weight if tag in generic else 1.0 for tag in self.tags],
+                dtype=np.float64,
+            )
+        return self._cache[key]
 
     def scores(self, probabilities: np.ndarray, params: HashtagParams | None = None) -> np.ndarray:
         """(N, T) hashtag scores for (N, C) class probabilities; ineligible tags score -inf."""
@@ -132,16 +145,23 @@ class HashtagStats:
     ) -> list[list[dict[str, Any]]]:
         """`rank` for a batch of (N, C) probabilities."""
         params = params or self.params
-        scores = self.scores(probabilities, params)
-        return [self._top(row, params) for row in scores]
+        probs = np.asarray(probabilities, dtype=np.float64)
+        ranked: list[list[dict[str, Any]]] = []
+        for start in range(0, max(len(probs), 1), SCORE_CHUNK):  # bounds the (N, T) matrix
+            scores = self.scores(probs[start : start + SCORE_CHUNK], params)
+            ranked.extend(self._top(row, params) for row in scores)
+        return ranked
 
     def _top(self, row: np.ndarray, params: HashtagParams) -> list[dict[str, Any]]:
         k = min(params.top_k, INSTAGRAM_MAX_TAGS)
-        support = self.support
-        # lexsort: last key is primary. Highest score, then most posts, then tag name.
-        order = np.lexsort((np.array(self.tags), -support, -row))
+        candidates = np.arange(len(row))
+        if len(row) > k:  # only tags scoring at least the k-th best (ties included) can make it
+            kth = np.partition(row, len(row) - k)[len(row) - k]
+            candidates = np.flatnonzero(row >= kth)
+        # lexsort: the last key is primary. Highest score, then most posts, then tag name.
+        keys = (self._alpha[candidates], -self._support[candidates], -row[candidates])
         ranked = []
-        for i in order:
+        for i in candidates[np.lexsort(keys)]:
             if len(ranked) == k or not np.isfinite(row[i]):
                 break
             ranked.append(self._item(int(i), float(row[i])))
@@ -151,7 +171,7 @@ class HashtagStats:
         return {
             "tag": self.tags[i],
             "score": round(score, 6),
-            "posts": int(self.support[i]),
+            "posts": int(self._support[i]),
             "engagement": self.engagement[i],
         }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import logging
@@ -61,9 +62,7 @@ def image_bytes(value: Any, index: int = 0) -> bytes:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"image {index}: expected a file path or base64 text, got {value!r:.60}")
     text = value.strip()
-    # A short value that names an existing file is a path; base64 image data is never that short
-    # and never contains a path separator, so the two cannot be confused in practice.
-    if len(text) < 4096 and Path(text).is_file():
+    if _names_a_file(text):
         return Path(text).read_bytes()
     try:
         return base64.b64decode(text, validate=True)
@@ -72,6 +71,18 @@ def image_bytes(value: Any, index: int = 0) -> bytes:
             f"image {index}: {text[:60]!r} is neither an existing file nor base64-encoded image "
             "bytes; send paths the server can read, or base64 of the image file"
         ) from None
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether a request value is the path of an existing file (else it is read as base64).
+
+    Base64 text can look like a path (its alphabet has `/`), but base64 of an image file is
+    never also the name of an existing file, so the file check decides.
+    """
+    try:
+        return len(text) < 4096 and Path(text).is_file()
+    except OSError:  # e.g. a path component longer than the file system allows: not a path
+        return False
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):
@@ -111,7 +122,7 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
         if top_k is not None and int(top_k) != predictor.params.top_k:
             update = {"top_k": int(top_k)}
             ranked = predictor.params.model_validate({**predictor.params.model_dump(), **update})
-            predictor = HashtagPredictor(**{**predictor.__dict__, "params": ranked})
+            predictor = dataclasses.replace(predictor, params=ranked)
         data = [image_bytes(value, index) for index, value in enumerate(values)]
         return predictor.predict_bytes(data)
 
@@ -223,3 +234,33 @@ def load_champion(model_name: str, alias: str = CHAMPION) -> HashtagPredictor:
         ) from None
     logger.info("loading %s version %s (@%s)", model_name, version.version, alias)
     return load_predictor(f"models:/{model_name}/{version.version}")
+
+
+def logged_model_uri(run_id: str, name: str = "model") -> str:
+    """Return the URI of the model `name` logged in run `run_id` (`models:/m-...`).
+
+    Raises:
+        ModelNotFoundError: the run does not exist or logged no such model.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.get_run(run_id)
+    except MlflowException:
+        raise ModelNotFoundError(
+            f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}: "
+            "was the train stage run against this tracking store?"
+        ) from None
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        output_format="list",
+    )
+    for model in models:
+        if model.name == name:
+            return f"models:/{model.model_id}"
+    raise ModelNotFoundError(
+        f"run {run_id} logged no model named {name!r}: the train stage must call "
+        "taglens.pyfunc.log_taglens_model inside its run"
+    )

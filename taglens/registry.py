@@ -38,7 +38,8 @@ class RegistryError(ValueError):
     """A registry operation that cannot be done as asked; the message says what to do."""
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """Return the current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -138,10 +139,11 @@ class Registry:
         return read_jsonl(self.history_path)
 
     # ----------------------------------------------------------------- writing
-    def _record(self, event: str, version: Any, reason: str, **extra: Any) -> dict[str, Any]:
+    def record(self, event: str, version: Any, reason: str, **extra: Any) -> dict[str, Any]:
+        """Append one event to the promotion history (with the champion after it) and return it."""
         champion = self.alias(CHAMPION)
         row = {
-            "time": _now(),
+            "time": now_iso(),
             "event": event,
             "model": self.name,
             "version": str(version.version),
@@ -154,7 +156,8 @@ class Registry:
         append_jsonl(self.history_path, row)
         return row
 
-    def _tag(self, version: Any, tags: dict[str, Any]) -> None:
+    def tag(self, version: Any, tags: dict[str, Any]) -> None:
+        """Set tags on a version (values as strings)."""
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, str(version.version), key, str(value))
 
@@ -181,7 +184,7 @@ class Registry:
                 )
                 return self._result(existing, created=False)
             version = existing or self._create(model_uri, run_id, evaluation, lineage or {})
-            decision = self._gate(version, evaluation, params)
+            decision = self._pending(version) or self._gate(version, evaluation, params)
             self._apply(version, decision, params)
             return self._result(self.version(version.version), created=existing is None)
 
@@ -204,7 +207,7 @@ class Registry:
             }
         )
         tags.update({RECALL_TAG + k: v for k, v in evaluation.recall.items()})
-        self._tag(version, tags)
+        self.tag(version, tags)
         logger.info("registered %s version %s from run %s", self.name, str(version.version), run_id)
         return self.version(version.version)
 
@@ -221,39 +224,60 @@ class Registry:
                 break
         return replace(decision, compared_with=str(champion.version) if champion else None)
 
+    @staticmethod
+    def _pending(version: Any) -> Decision | None:
+        """A decision taken before a crash but not yet committed (no `decision` tag)."""
+        tags = version.tags
+        if "decision.alias" not in tags:
+            return None
+        return Decision(
+            alias=tags["decision.alias"],
+            reason=tags["decision.reason"],
+            score=float(tags["decision.score"]),
+            champion_score=_number(tags.get("decision.champion_score")),
+            compared_with=_none(tags.get("decision.compared_with")),
+        )
+
     def _apply(self, version: Any, decision: Decision, params: RegisterParams) -> None:
+        """Record and carry out a decision in an order a crash can resume from.
+
+        The decision's details are tagged first; the `decision` tag, written last, commits it. A
+        re-run finding details without `decision` replays them instead of deciding again (the
+        champion may already have moved to this very version).
+        """
         compared = decision.compared_with
-        self._tag(
+        champion_score = decision.champion_score
+        self.tag(
             version,
             {
-                "decision": decision.alias,
+                "decision.alias": decision.alias,
                 "decision.reason": decision.reason,
                 "decision.metric": params.primary_metric,
                 "decision.score": decision.score,
                 "decision.compared_with": compared or "none",
-                "decision.champion_score": "none"
-                if decision.champion_score is None
-                else decision.champion_score,
-                "decision.time": _now(),
+                "decision.champion_score": "none" if champion_score is None else champion_score,
+                "decision.time": now_iso(),
             },
         )
-        self.client.set_registered_model_alias(self.name, decision.alias, version.version)
-        self._record(
-            "register",
-            version,
-            decision.reason,
-            decision=decision.alias,
-            compared_with=compared,
-            score=decision.score,
-            champion_score=decision.champion_score,
-            metric=params.primary_metric,
-        )
+        if decision.promoted:
+            self.crown(version)
+        else:
+            self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
+        last = (self.history() or [{}])[-1]
+        if (last.get("event"), last.get("version")) != ("register", str(version.version)):
+            self.record(
+                "register",
+                version,
+                decision.reason,
+                decision=decision.alias,
+                compared_with=compared,
+                score=decision.score,
+                champion_score=champion_score,
+                metric=params.primary_metric,
+            )
+        self.tag(version, {"decision": decision.alias})
         logger.info(
-            "%s version %s -> %s: %s",
-            self.name,
-            str(version.version),
-            decision.alias,
-            decision.reason,
+            "%s version %s -> %s: %s", self.name, version.version, decision.alias, decision.reason
         )
 
     def _result(self, version: Any, *, created: bool) -> dict[str, Any]:
@@ -273,86 +297,12 @@ class Registry:
             "champion": str(champion.version) if champion else None,
         }
 
-    # ----------------------------------------------------------- by hand
-    def _crown(self, target: Any) -> None:
+    def crown(self, target: Any) -> None:
         """Give `target` the champion alias; a version is never champion and challenger at once."""
         self.client.set_registered_model_alias(self.name, CHAMPION, target.version)
         challenger = self.alias(CHALLENGER)
         if challenger is not None and str(challenger.version) == str(target.version):
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
-
-    def promote(self, version: str | int, reason: str) -> dict[str, Any]:
-        """Make `version` champion by hand, recording who, when and why."""
-        if not reason.strip():
-            raise RegistryError("a reason is required: --reason 'why this version'")
-        with file_lock(self.lock_path):
-            target = self.version(version)
-            previous = self.alias(CHAMPION)
-            self._crown(target)
-            self._tag(
-                target,
-                {
-                    "decision": CHAMPION,
-                    "decision.reason": f"manual: {reason}",
-                    "decision.time": _now(),
-                },
-            )
-            return self._record(
-                "promote", target, reason, previous=str(previous.version) if previous else None
-            )
-
-    def champion_stack(self) -> list[str]:
-        """Champions in order from the history: promotions push, rollbacks pop."""
-        stack: list[str] = []
-        for row in self.history():
-            if row.get("event") == "promote" or (
-                row.get("event") == "register" and row.get("decision") == CHAMPION
-            ):
-                stack.append(str(row["version"]))
-            elif row.get("event") == "rollback" and stack:
-                stack.pop()
-        return stack
-
-    def rollback(self, reason: str) -> dict[str, Any]:
-        """Give the champion alias back to the previous champion (per the history)."""
-        if not reason.strip():
-            raise RegistryError("a reason is required: --reason 'what went wrong'")
-        with file_lock(self.lock_path):
-            current = self.alias(CHAMPION)
-            stack = self.champion_stack()
-            if current is None or len(stack) < 2 or stack[-1] != str(current.version):
-                raise RegistryError(
-                    f"nothing to roll back to: the history at {self.history_path} has no earlier "
-                    "champion; use `promote VERSION --reason ...` instead"
-                )
-            target = self.version(stack[-2])
-            self._crown(target)
-            self._tag(current, {"rolled_back": reason, "decision.time": _now()})
-            return self._record("rollback", target, reason, previous=str(current.version))
-
-    def table(self, metric: str) -> list[dict[str, Any]]:
-        """Return one row per version: score, aliases, decision, run, date."""
-        versions = self.versions()
-        aliases: dict[str, list[str]] = {}
-        if versions:  # search results carry no aliases: read them from the registered model
-            for alias, number in self.client.get_registered_model(self.name).aliases.items():
-                aliases.setdefault(str(number), []).append(alias)
-        rows = []
-        for version in versions:
-            rows.append(
-                {
-                    "version": str(version.version),
-                    "aliases": ",".join(sorted(aliases.get(str(version.version), []))) or "-",
-                    metric: version.tags.get(METRIC_TAG + metric, "-"),
-                    "decision": version.tags.get("decision", "-"),
-                    "run_id": version.tags.get(LINEAGE_TAG + "run_id", "-"),
-                    "created": datetime.fromtimestamp(
-                        version.creation_timestamp / 1000, UTC
-                    ).isoformat(timespec="seconds"),
-                    "reason": version.tags.get("decision.reason", ""),
-                }
-            )
-        return rows
 
 
 def _number(value: str | None) -> float | None:
@@ -364,33 +314,3 @@ def _number(value: str | None) -> float | None:
 
 def _none(value: str | None) -> str | None:
     return None if value in (None, "none") else value
-
-
-def logged_model_uri(run_id: str, name: str = "model") -> str:
-    """Return the URI of the model `name` logged in run `run_id` (`models:/m-...`).
-
-    Raises:
-        RegistryError: the run does not exist or logged no such model.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = mlflow.get_run(run_id)
-    except MlflowException:
-        raise RegistryError(
-            f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}: "
-            "was the train stage run against this tracking store?"
-        ) from None
-    models = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'",
-        output_format="list",
-    )
-    for model in models:
-        if model.name == name:
-            return f"models:/{model.model_id}"
-    raise RegistryError(
-        f"run {run_id} logged no model named {name!r}: the train stage must call "
-        "taglens.pyfunc.log_taglens_model inside its run"
-    )

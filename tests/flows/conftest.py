@@ -66,6 +66,24 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
             pass
 
 
+def _drain_prefect_clients() -> None:
+    """Send the logs and events still queued in this process before the server goes away."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=10)
+        except Exception:  # noqa: BLE001, S110 - best effort at shutdown
+            pass
+
+
+@pytest.fixture
+def stop_process_group() -> Callable[..., None]:
+    """The stopper the server and worker fixtures use, for tests of the stopper itself."""
+    return stop_group
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory) -> Iterator[str]:
     """Start `prefect server start` on a free loopback port; yield its API URL."""
@@ -100,6 +118,7 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 yield url
+                _drain_prefect_clients()
         finally:
             if previous is None:
                 os.environ.pop("PREFECT_API_URL", None)
@@ -174,7 +193,9 @@ class PrefectApi:
 
         with get_client(sync_client=True) as client:
             return client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
             )
 
 

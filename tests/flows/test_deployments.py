@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,6 @@ import yaml
 
 from flows.deploy import PREDICT, PREDICT_CRON, RETRAIN, RETRAIN_CRON, DeploySettings, deploy_all
 from flows.training import STAGES
-
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = "taglens-test"
@@ -60,6 +60,22 @@ def worker(deployed, start_worker):
     return start_worker(POOL, {"MLFLOW_TRACKING_URI": None})
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("retrain_cron", "every monday", "Invalid cron string"),
+    ("predict_cron", "0 25 * * *", "Invalid cron string"),
+    ("timezone", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+])  # fmt: skip
+def test_bad_schedules_are_refused_before_anything_is_deployed(tmp_path, option, value, message):
+    (tmp_path / "flows").mkdir()
+    for name in ("training.py", "predict.py"):
+        (tmp_path / "flows" / name).write_text("")
+    # No server in this test: reaching it would fail with a connection error instead.
+    with pytest.raises(ValueError, match=message):
+        deploy_all(DeploySettings(repo=tmp_path, **{option: value}))
+    with pytest.raises(ValueError, match="has no flows/training.py: pass --repo"):
+        deploy_all(DeploySettings(repo=tmp_path / "elsewhere"))
+
+
 def _read(deployment_id):
     from prefect.client.orchestration import get_client
 
@@ -73,14 +89,15 @@ def _crons(deployment) -> list[tuple[str, str]]:
     return [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules if s.active]
 
 
-def _run(name: str):
+def _run(name: str, parameters: dict | None = None):
     from prefect.deployments import run_deployment
 
-    # No scrape retries here: the demo source has no network to wait for.
-    return run_deployment(name, parameters={"scrape_retries": 0}, timeout=RUN_TIMEOUT,
-                          poll_interval=2)  # fmt: skip
+    # No scrape retries by default here: the demo source has no network to wait for.
+    parameters = {"scrape_retries": 0} if parameters is None else parameters
+    return run_deployment(name, parameters=parameters, timeout=RUN_TIMEOUT, poll_interval=2)
 
 
+@pytest.mark.slow
 def test_deployments_have_the_documented_schedules(deployed, checkout):
     retrain, pool = _read(deployed[RETRAIN])
     assert retrain.name == RETRAIN and _crons(retrain) == [(RETRAIN_CRON, "UTC")]
@@ -100,9 +117,17 @@ def test_deployments_have_the_documented_schedules(deployed, checkout):
     assert predict.parameters["params_path"] == str(checkout / "params.yaml")
 
 
+@pytest.mark.slow
 def test_deploying_again_changes_the_schedule_in_place(deployed, checkout):
-    again = deploy_all(DeploySettings(repo=checkout, pool=POOL, retrain_cron="15 4 * * 0",
-                                      timezone="Europe/Berlin", predict_input="/srv/photos"))
+    again = deploy_all(
+        DeploySettings(
+            repo=checkout,
+            pool=POOL,
+            retrain_cron="15 4 * * 0",
+            timezone="Europe/Berlin",
+            predict_input="/srv/photos",
+        )
+    )
     assert again == deployed  # the same deployments, updated
     retrain, _ = _read(again[RETRAIN])
     predict, _ = _read(again[PREDICT])
@@ -111,6 +136,8 @@ def test_deploying_again_changes_the_schedule_in_place(deployed, checkout):
     assert predict.parameters["input"] == "/srv/photos"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_worker_runs_the_training_deployment(worker, checkout, prefect_api):
     flow_run = _run(f"training/{RETRAIN}")
     logs = prefect_api.logs(flow_run.id, must_contain="Finished in state")
@@ -121,6 +148,9 @@ def test_a_worker_runs_the_training_deployment(worker, checkout, prefect_api):
     for stage in STAGES:
         assert f"running dvc repro --single-item {stage}" in logs
     assert "Running stage 'train'" in logs  # stage output streamed into the run log
+    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status"], cwd=checkout,
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert "Data and pipelines are up to date" in status.stdout  # the lineage `dvc repro` leaves
 
     import mlflow
 
@@ -137,9 +167,36 @@ def test_a_worker_runs_the_training_deployment(worker, checkout, prefect_api):
     metrics = json.loads((checkout / "reports/metrics.json").read_text())
     assert f"`{info['run_id']}`" in artifact.data
     assert f"| accuracy | {metrics['accuracy']:.4f} |" in artifact.data
+    decision = json.loads((checkout / "reports/register.json").read_text())
+    assert f"- **Decision:** {decision['decision']}" in artifact.data
     assert "## Promotion decision" in artifact.data and "not found" not in artifact.data
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_nightly_deployment_scores_with_the_new_champion(worker, checkout, prefect_api):
+    from taglens.batch_outputs import read_rows
+
+    images = sorted((checkout / "data/raw/images").glob("*.jpg"))[:5]
+    assert images, "the training deployment test must run first (it builds the champion)"
+    inbox = checkout / "data/incoming"
+    inbox.mkdir(parents=True)
+    for image in images:
+        shutil.copy(image, inbox / image.name)
+    output = checkout / "predictions/nightly.csv"
+
+    flow_run = _run(f"batch-predict/{PREDICT}", {"input": str(inbox), "output": str(output)})
+    logs = prefect_api.logs(flow_run.id, must_contain="batch predict done")
+    assert flow_run.state.is_completed(), f"{flow_run.state}\n{logs[-4000:]}"
+    rows = list(read_rows(output))
+    assert sorted(Path(row["path"]).name for row in rows) == [image.name for image in images]
+    classes = yaml.safe_load((checkout / "params.yaml").read_text())["base"]["classes"]
+    assert all(row["top_class"] in classes for row in rows)
+    assert "version 1" in logs  # scored with the version the training run registered
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_failing_stage_fails_the_run_with_its_error(worker, checkout, prefect_api):
     params = yaml.safe_load((checkout / "params.yaml").read_text())
     params["model"]["weights"] = "/nonexistent/backbone.weights.h5"
@@ -151,3 +208,28 @@ def test_a_failing_stage_fails_the_run_with_its_error(worker, checkout, prefect_
     assert "stage 'featurize' failed" in flow_run.state.message
     assert "no weights file at /nonexistent/backbone.weights.h5" in logs
     assert "running dvc repro --single-item clean" not in logs  # stopped at the failing stage
+
+
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if sys.argv[1:] == ["parent"]:  # like a worker whose flow-run process left its process group
+    subprocess.Popen([sys.executable, "-c", __doc__, "child"], start_new_session=True)
+time.sleep(120)
+"""
+
+
+def test_stopping_ends_processes_that_ignore_sigterm_and_left_the_group(stop_process_group):
+    import psutil
+
+    code = f'"""{STUBBORN}"""\n{STUBBORN}'
+    proc = subprocess.Popen([sys.executable, "-c", code, "parent"], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not psutil.Process(proc.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [child] = psutil.Process(proc.pid).children()
+    started = time.monotonic()
+    stop_process_group(proc, timeout=1)
+    assert proc.poll() is not None
+    child.wait(timeout=5)
+    assert not child.is_running() and time.monotonic() - started < 10

@@ -56,3 +56,12 @@ def test_a_process_loads_each_model_once(tiny_models_dir):
     first = cached_model(str(tiny_models_dir), None)
     assert cached_model(str(tiny_models_dir), None) is first
     assert first.image_size == 32
+
+
+@pytest.mark.slow
+def test_an_empty_inbox_is_nothing_to_do(tmp_path, tiny_models_dir, prefect_server):
+    (tmp_path / "inbox").mkdir()
+    summary = batch_predict_flow(str(tmp_path / "inbox"), str(tmp_path / "o.parquet"),
+                                 str(tiny_models_dir), params_path=PARAMS)
+    assert (summary["total"], summary["scored"]) == (0, 0)
+    assert not (tmp_path / "o.parquet").exists()

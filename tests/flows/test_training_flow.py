@@ -57,7 +57,9 @@ STUB = textwrap.dedent('''
         Path("reports").mkdir(exist_ok=True)
         Path("reports/metrics.json").write_text(json.dumps({"accuracy": 0.25, "n_test": 8}))
     if stage == "register":
-        Path("reports/register.json").write_text(json.dumps({"promoted": True, "version": "1"}))
+        Path("reports/register.json").write_text(json.dumps(
+            {"decision": "champion", "model_name": "taglens", "version": "1",
+             "reason": "first model"}))
 ''')
 
 DVC_YAML = {
@@ -121,13 +123,16 @@ def test_report_markdown_and_data_version(tmp_path):
     assert "dvc.models" not in tags and len(tags["dvc.data_version"]) == 12
     markdown = render_markdown(
         metrics={"accuracy": 0.8125, "n_test": 16, "per_class": {"a": 1}},
-        decision={"promoted": False, "reason": "a|b"}, model_info={"run_id": "r1"},
+        decision={"decision": "rejected", "reason": "a|b", "version": "3", "model_name": "tl",
+                  "compared_with": None},
+        model_info={"run_id": "r1", "experiment": "ex"},
         data_tags=tags, stages=[{"stage": "scrape", "ran": False, "seconds": 1.25}],
     )  # fmt: skip
-    assert "**MLflow run id:** `r1`" in markdown
+    assert "- **Decision:** rejected (tl version 3): a\\|b" in markdown
+    assert "- **MLflow run id:** `r1` (experiment `ex`)" in markdown
     assert "| accuracy | 0.8125 |" in markdown and "| n_test | 16 |" in markdown
     assert "per_class" not in markdown  # nested values stay out of the metrics table
-    assert "| reason | a\\|b |" in markdown and "| promoted | False |" in markdown
+    assert "| reason | a\\|b |" in markdown and "| compared_with | - |" in markdown
     assert f"`{tags['dvc.data_version']}`" in markdown
     assert "| scrape | skipped (unchanged) | 1.2 |" in markdown
 
@@ -173,7 +178,7 @@ def test_flow_reproduces_through_dvc_and_reports(stub_repo, prefect_api):
     [artifact] = prefect_api.artifacts(flow_run_id)
     assert artifact.key == "training-report" and artifact.type == "markdown"
     assert f"`{run_id}`" in artifact.data and "| accuracy | 0.2500 |" in artifact.data
-    assert "| promoted | True |" in artifact.data
+    assert "- **Decision:** champion (taglens version 1): first model" in artifact.data
     logs = prefect_api.logs(flow_run_id, must_contain="register says hello")
     for stage in STAGES:
         assert f"[{stage}] {stage} says hello" in logs

@@ -17,5 +17,6 @@ def pipeline(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("reliability") / "repo")
     write_params(repo, PIPELINE_OVERRIDES)
     for stage in ("scrape", "featurize", "clean", "train"):
-        ok(run_stage(repo, stage))
+        result = ok(run_stage(repo, stage))
+        (repo / f"{stage}.log").write_text(result.stdout + result.stderr)  # read by test_security
     return repo

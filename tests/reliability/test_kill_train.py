@@ -29,6 +29,9 @@ MODEL_FILES = ("hashtags.json", "model.keras", "model_info.json")
 def _load_model(models):
     import keras
 
+    from taglens.backbones import preprocess_layer
+
+    preprocess_layer("none")  # registers the custom preprocessing layer the file names
     return keras.saving.load_model(models / "model.keras", compile=False)
 
 

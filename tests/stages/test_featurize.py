@@ -118,3 +118,16 @@ def test_main_reports_user_errors_without_traceback(raw, tmp_path, capsys, setup
     err = capsys.readouterr().err
     assert "error: " in err and message in err and "Traceback" not in err
     assert not (out / FEATURES_FILE).exists()
+
+
+def test_warns_when_xla_would_slow_a_depthwise_backbone(tiny_params, raw, tmp_path, caplog):
+    mobilenet = tiny_params.model.model_copy(update={"backbone": "mobilenet"})
+    jit = tiny_params.featurize.model_copy(update={"jit_compile": True})
+    next((raw / "images").iterdir()).unlink()  # stop before any model is built
+    with pytest.raises(FileNotFoundError):
+        featurize.run(mobilenet, jit, seed=0, raw=raw, out=tmp_path / "f", progress=False)
+    assert "set featurize.jit_compile: false" in caplog.text
+    caplog.clear()
+    with pytest.raises(FileNotFoundError):
+        featurize.run(tiny_params.model, jit, seed=0, raw=raw, out=tmp_path / "f", progress=False)
+    assert "jit_compile" not in caplog.text

@@ -18,7 +18,13 @@ import pandas as pd
 import pytest
 
 from taglens.predictor import HashtagPredictor
-from taglens.pyfunc import ModelNotFoundError, example_image, load_champion, load_predictor
+from taglens.pyfunc import (
+    ModelNotFoundError,
+    example_image,
+    image_bytes,
+    load_champion,
+    load_predictor,
+)
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -89,11 +95,12 @@ def test_from_dir_names_missing_and_mismatched_files(tiny_models_dir):
         HashtagPredictor.from_dir(tiny_models_dir)
 
 
-def test_missing_champion_says_what_to_do(fresh_mlflow):
+def test_missing_champion_says_what_to_do():
+    # the session store has no model of this name (a fresh store would cost seconds to create)
     with pytest.raises(ModelNotFoundError, match=r"no champion yet .*run `dvc repro`"):
-        load_champion("taglens")
+        load_champion("no_such_model")
     with pytest.raises(ModelNotFoundError, match="python -m stages.register"):
-        load_predictor("models:/taglens/7")
+        load_predictor("models:/no_such_model/7")
 
 
 def _free_port() -> int:
@@ -151,3 +158,18 @@ def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_di
         ]
         assert np.allclose(list(result[0]["probabilities"].values()),
                            list(expected[0]["probabilities"].values()), atol=1e-6)  # fmt: skip
+
+
+def test_request_values_paths_base64_and_bytes(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"png-bytes")
+    long_b64 = base64.b64encode(bytes(range(256)) * 2).decode()  # 684 chars, has "/" and "+"
+
+    assert image_bytes(str(path)) == b"png-bytes"
+    assert image_bytes(base64.b64encode(b"raw").decode()) == b"raw"
+    assert image_bytes(long_b64) == bytes(range(256)) * 2
+    assert image_bytes("A" * 300) == bytes(225)  # too long for a file name: no OSError
+    assert image_bytes(b"\x89PNG") == b"\x89PNG"
+    for bad in ("missing/photo.jpg", "", None, 3):
+        with pytest.raises(ValueError, match="image 4"):
+            image_bytes(bad, 4)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 
 import mlflow
@@ -216,31 +214,26 @@ def test_user_errors_are_one_line(tiny_params, make_run, tmp_path, capsys):
     assert not (reports / "register.json").exists()
 
 
-@pytest.mark.slow
-def test_racing_processes_keep_the_best_champion(make_run, tmp_path, store):
-    """Two `python -m stages.register` processes at once: the lock serializes them."""
-    text = (FIXTURES / "params.yaml").read_text()
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(text.replace("model_name: taglens", "model_name: t_processes"))
+def test_crash_after_moving_the_alias_is_finished_by_the_rerun(params, make_run, tmp_path,
+                                                               monkeypatch):  # fmt: skip
     history = tmp_path / "promotions.jsonl"
-    runs = [make_run(accuracy) for accuracy in (0.9, 0.6)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
+    _register(params, *make_run(0.5), history)
+    better = make_run(0.7)
 
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "stages.register", "--params", str(params_file), "--models",
-             str(models), "--metrics", str(reports / "metrics.json"), "--out",
-             str(reports / "register.json"), "--history", str(history)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for models, reports in runs
-    ]
-    outputs = [proc.communicate(timeout=180) for proc in procs]
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
 
-    assert [proc.returncode for proc in procs] == [0, 0], outputs
-    decisions = sorted(json.loads((r / "register.json").read_text())["score"] for _, r in runs)
-    assert decisions == [0.6, 0.9]
-    champion = mlflow.MlflowClient().get_model_version_by_alias("t_processes", "champion")
-    assert champion.tags["metric.accuracy"] == "0.9"
-    rows = Registry("t_processes", history).history()
-    assert len(rows) == 2 and rows[1]["compared_with"] == rows[0]["champion"]
+    with monkeypatch.context() as patch:
+        patch.setattr(Registry, "record", crash)
+        with pytest.raises(KeyboardInterrupt):
+            _register(params, *better, history)
+    name = params.register.model_name
+    assert _alias("champion", name) == "2"  # the alias moved, the decision is not committed
+    assert "decision" not in mlflow.MlflowClient().get_model_version(name, "2").tags
+
+    result = _register(params, *better, history)
+
+    assert result["version"] == "2" and result["decision"] == "champion"
+    assert result["compared_with"] == "1" and result["champion_score"] == 0.5
+    rows = Registry(name, history).history()
+    assert [(r["version"], r["compared_with"]) for r in rows] == [("1", None), ("2", "1")]

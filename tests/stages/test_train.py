@@ -32,6 +32,7 @@ def _run(params, paths, **kwargs):
 @pytest.mark.slow
 def test_train_writes_the_served_model_and_logs_the_run(inputs):
     params, paths = inputs
+    params = params.model_copy(update={"train": params.train.model_copy(update={"baseline": True})})
     summary = _run(params, paths)
 
     info = json.loads((paths["out"] / "model_info.json").read_text())
@@ -63,6 +64,15 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
                                          output_format="list")
     assert len(logged) == 1
 
+    baseline = mlflow.get_run(summary["baseline_run_id"])
+    assert baseline.info.run_name == "baseline-logreg"
+    assert baseline.data.tags["baseline_for"] == summary["run_id"]
+    assert 0.0 <= baseline.data.metrics["val_accuracy"] <= 1.0
+    # colour-coded classes are linearly separable even through random conv features
+    assert summary["baseline_test_accuracy"] >= 0.8
+    written = json.loads((paths["reports"] / "train.json").read_text())
+    assert written["baseline_run_id"] == summary["baseline_run_id"]
+
 
 @pytest.mark.slow
 def test_sweep_logs_one_child_per_setting_and_keeps_the_best(inputs):
@@ -85,19 +95,34 @@ def test_sweep_logs_one_child_per_setting_and_keeps_the_best(inputs):
 
 
 @pytest.mark.slow
-def test_baseline_is_logged_as_its_own_run(inputs):
+def test_fine_tune_trains_the_last_block_and_extends_the_history(inputs):
     params, paths = inputs
-    params = params.model_copy(update={"train": params.train.model_copy(update={"baseline": True})})
+    fine = params.train.fine_tune.model_copy(update={"enabled": True, "epochs": 1,
+                                                     "learning_rate": 0.001})
+    params = params.model_copy(update={"train": params.train.model_copy(
+        update={"fine_tune": fine, "epochs": 2, "early_stopping_patience": 0})})
     summary = _run(params, paths)
 
-    baseline = mlflow.get_run(summary["baseline_run_id"])
-    assert baseline.info.run_name == "baseline-logreg"
-    assert baseline.data.tags["baseline_for"] == summary["run_id"]
-    assert 0.0 <= baseline.data.metrics["val_accuracy"] <= 1.0
-    # colour-coded classes are linearly separable even through random conv features
-    assert summary["baseline_test_accuracy"] >= 0.8
-    written = json.loads((paths["reports"] / "train.json").read_text())
-    assert written["baseline_run_id"] == summary["baseline_run_id"]
+    with open(paths["reports"] / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["1.0", "2.0", "3.0"]  # 2 head epochs + 1 fine-tune
+    run = mlflow.get_run(summary["run_id"])
+    assert {"fine_tune_loss", "fine_tune_val_accuracy"} <= set(run.data.metrics)
+
+    import keras
+
+    from taglens.backbones import build_feature_extractor, preprocess_layer
+    from taglens.full_model import unfreeze_last_block
+
+    preprocess_layer("none")
+    saved = keras.saving.load_model(paths["out"] / "model.keras", compile=False)
+    fresh = build_feature_extractor(params.model, params.base.seed)
+    backbone = saved.get_layer("vgg19_features").get_layer("vgg19")
+    original = fresh.get_layer("vgg19")
+    changed = {layer.name for layer in backbone.layers if layer.weights and not np.allclose(
+        layer.weights[0].numpy(), original.get_layer(layer.name).weights[0].numpy())}
+    assert changed == {"block5_conv1", "block5_conv2", "block5_conv3", "block5_conv4"}
+    assert unfreeze_last_block(fresh, "vgg19") == 4
 
 
 def test_features_from_another_backbone_are_refused(inputs):

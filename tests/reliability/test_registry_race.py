@@ -1,0 +1,87 @@
+"""Two `python -m stages.register` processes racing: the better model always ends up champion."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from reliability_kit import copy_repo, stage_env, write_params
+
+pytestmark = pytest.mark.slow
+
+CLASSES_RECALL = 0.5  # the same per-class recall for both, so only the primary metric decides
+
+
+def _trained(tmp_path, name: str, models_src, accuracy: float, classes) -> tuple:
+    """A models/ dir and metrics like train + evaluate write them, for one logged MLflow run."""
+    import mlflow
+
+    from taglens.pyfunc import log_taglens_model
+
+    with mlflow.start_run(run_name=f"train-{name}") as run:
+        log_taglens_model(models_src)
+    models = tmp_path / f"models_{name}"
+    shutil.copytree(models_src, models)
+    info = json.loads((models / "model_info.json").read_text())
+    (models / "model_info.json").write_text(json.dumps({**info, "run_id": run.info.run_id}))
+    reports = tmp_path / f"reports_{name}"
+    (reports / "evaluate").mkdir(parents=True)
+    (reports / "metrics.json").write_text(json.dumps(
+        {"accuracy": accuracy, "top3_accuracy": accuracy, "macro_f1": accuracy, "n_test": 20}))
+    (reports / "evaluate" / "per_class.json").write_text(
+        json.dumps({c: {"recall": CLASSES_RECALL} for c in classes}))  # fmt: skip
+    return run.info.run_id, models, reports
+
+
+@pytest.mark.parametrize("better_first", [True, False], ids=["better-starts-first",
+                                                           "worse-starts-first"])
+def test_racing_registrations_leave_the_better_model_champion(
+    better_first, tmp_path, fresh_mlflow, tiny_models_dir, tiny_params
+):
+    import mlflow
+
+    from taglens.tracking import configure_tracking
+
+    # Given two evaluated train runs, one clearly better, and no champion yet
+    repo = copy_repo(tmp_path / "repo")
+    write_params(repo, {})
+    configure_tracking(tiny_params.base.experiment, store=fresh_mlflow)
+    classes = tiny_params.base.classes
+    runs = {name: _trained(tmp_path, name, tiny_models_dir, acc, classes)
+            for name, acc in (("worse", 0.40), ("better", 0.80))}  # fmt: skip
+    env = stage_env(repo, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
+
+    # When both register at the same moment
+    order = ["better", "worse"] if better_first else ["worse", "better"]
+    procs = {}
+    for name in order:
+        _, models, reports = runs[name]
+        cmd = [sys.executable, "-m", "stages.register", "--params", "params.yaml",
+               "--models", str(models), "--metrics", str(reports / "metrics.json"),
+               "--out", str(reports / "register.json"),
+               "--history", str(tmp_path / "promotions.jsonl")]  # fmt: skip
+        procs[name] = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for name, proc in procs.items():
+        output = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, f"{name}: {output}"
+
+    # Then the better run's version is champion, the worse one is not, each registered once
+    client = mlflow.MlflowClient()
+    name = tiny_params.register.model_name
+    versions = client.search_model_versions(f"name='{name}'")
+    by_run = {v.run_id: v for v in versions}
+    assert len(versions) == 2 and len(by_run) == 2
+    better = by_run[runs["better"][0]]
+    worse = by_run[runs["worse"][0]]
+    assert client.get_model_version_by_alias(name, "champion").version == better.version
+    results = {n: json.loads((runs[n][2] / "register.json").read_text()) for n in runs}
+    assert results["better"]["decision"] == "champion"
+    # And the promotion history has exactly one register line per version
+    lines = (tmp_path / "promotions.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in lines]
+    registered = sorted(row["version"] for row in history if row["event"] == "register")
+    assert registered == sorted([str(better.version), str(worse.version)])
