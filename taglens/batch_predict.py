@@ -1,10 +1,12 @@
 """The batch predict job: list images, score them in streaming batches, write resumable rows.
 
-Inputs are read once: a Python generator hashes each file (the resume key) and hands its bytes to
-a `tf.data` pipeline that decodes and resizes in parallel with `taglens.images.decode_and_resize`,
-the function training used, so pixels match. Each element carries its input index; an image that
-fails to decode is dropped by `ignore_errors()` and detected as a gap in the indices, which keeps
-every row aligned with its path and turns the bad file into an error row instead of a crash.
+A `tf.data` pipeline reads each file once, in parallel, and decodes and resizes it with
+`taglens.images.decode_and_resize`, the function training used, so pixels match; the file's bytes
+come along so their sha256 (the resume key) costs no second read. Each element carries its input
+index: a file that cannot be read or decoded is dropped by `ignore_errors()` and detected as a
+gap in the indices, which keeps every row aligned with its path and turns the bad file into an
+error row instead of a crash. On resume, only files whose path is already in the output are
+hashed up front to decide whether they can be skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_SUFFIXES", "ModelRef", "ScoreReport", "graph_predictor", "list_inputs",
            "merge_outputs", "predict_to_file", "score_paths", "shard"]
-
 
 
 class PixelPredictor(Protocol):
@@ -120,19 +121,39 @@ def _row(path: Path, sha: str, model: ModelRef, error: str | None = None,
     }
 
 
-def _decode_error(path: Path, image_size: int) -> str:
-    """Why a file the pipeline dropped cannot be decoded (re-tried eagerly, rare)."""
+def _failure(path: Path, image_size: int) -> tuple[str, str]:
+    """(sha256, reason) for a file the pipeline dropped: re-tried eagerly, which is rare."""
     import tensorflow as tf
 
     from taglens.images import decode_and_resize
 
     try:
-        decode_and_resize(tf.constant(path.read_bytes()), image_size)
+        data = path.read_bytes()
+    except OSError as exc:
+        return "", f"cannot read file: {exc.strerror or exc}"
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        decode_and_resize(tf.constant(data), image_size)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is reported in the row
         message = (getattr(exc, "message", None) or str(exc) or "unknown error").splitlines()[0]
         message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", message)
-        return f"not a decodable image: {message.strip()}"
-    return "not a decodable image"
+        return sha, f"not a decodable image: {message.strip()}"
+    return sha, "not a decodable image"
+
+
+def _already_done(paths: Sequence[Path], done: set[Key] | frozenset[Key]) -> np.ndarray:
+    """Which inputs are scored already: only files whose path is in `done` need hashing."""
+    skip = np.zeros(len(paths), dtype=bool)
+    done_paths = {path for path, _ in done}
+    for index, path in enumerate(paths):
+        if str(path) not in done_paths:
+            continue
+        try:
+            sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            sha = ""  # unreadable before and now: its error row is there already
+        skip[index] = (str(path), sha) in done
+    return skip
 
 
 def score_paths(
@@ -156,54 +177,37 @@ def score_paths(
 
     report = report if report is not None else ScoreReport()
     report.total = len(paths)
-    pending: dict[int, tuple[Path, str, str | None]] = {}  # index -> (path, sha, read error)
-    finished = []
-
-    def produce() -> Iterator[tuple[int, bytes]]:
-        for index, path in enumerate(paths):
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                skip = (str(path), "") in done  # the same failure was already reported
-                reason = "skip" if skip else f"cannot read file: {exc.strerror or exc}"
-                pending[index] = (Path(path), "", reason)
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            if (str(path), sha) in done:
-                pending[index] = (Path(path), sha, "skip")
-                continue
-            pending[index] = (Path(path), sha, None)
-            yield index, data
-        finished.append(True)
-
+    skip = _already_done(paths, done) if done else np.zeros(len(paths), dtype=bool)
+    todo = np.flatnonzero(~skip)
     size = predictor.image_size
-    dataset = tf.data.Dataset.from_generator(
-        produce,
-        output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.string)),
+
+    def load(index, path):
+        data = tf.io.read_file(path)
+        return index, data, decode_and_resize(data, size)
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(todo, tf.int64), tf.constant([str(paths[i]) for i in todo], tf.string))
     )
-    dataset = dataset.map(
-        lambda index, data: (index, decode_and_resize(data, size)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors().batch(batch_size).prefetch(2)
 
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, smoothing=0.1)
     start = time.monotonic()
     next_index = 0
 
-    def flush(until: int, scored: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    def flush(until: int, scored: dict[int, tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         nonlocal next_index
         rows = []
         for index in range(next_index, until):
-            path, sha, error = pending.pop(index)
-            if error == "skip":
+            path = Path(paths[index])
+            if skip[index]:
                 report.skipped += 1
             elif index in scored:
-                rows.append(_row(path, sha, model, prediction=scored[index]))
+                sha, prediction = scored[index]
+                rows.append(_row(path, sha, model, prediction=prediction))
                 report.scored += 1
             else:
-                reason = error or _decode_error(path, size)
+                sha, reason = _failure(path, size)
                 rows.append(_row(path, sha, model, error=reason))
                 report.errors += 1
                 logger.warning("%s: %s", path, reason)
@@ -213,12 +217,12 @@ def score_paths(
         return rows
 
     try:
-        for indices, pixels in dataset:
+        for indices, data, pixels in dataset:
             ids = indices.numpy().tolist()
+            shas = [hashlib.sha256(item).hexdigest() for item in data.numpy()]
             predictions = predictor.predict_pixels(pixels.numpy())
-            yield flush(ids[-1] + 1, dict(zip(ids, predictions, strict=True)))
-        if not finished:
-            raise RuntimeError("the input reader stopped early; see the log for the cause")
+            scored = dict(zip(ids, zip(shas, predictions, strict=True), strict=True))
+            yield flush(ids[-1] + 1, scored)
         tail = flush(len(paths), {})
         if tail:
             yield tail

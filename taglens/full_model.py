@@ -32,6 +32,8 @@ def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens") -
     import keras
 
     inputs = keras.Input(extractor.input_shape[1:], name="image")
+    # the head as an uncompiled model over the same layers: no optimizer state is saved with it
+    head = keras.Model(head.input, head.output, name=head.name)
     outputs = head(extractor(inputs))
     return keras.Model(inputs, outputs, name=name)
 
@@ -158,7 +160,7 @@ def save_model(model: keras.Model, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
     # a fresh, uncompiled model over the same layers: the file holds no optimizer state
-    export = keras.Model(model.inputs, model.outputs, name=model.name)
+    export = keras.Model(model.input, model.output, name=model.name)
     try:
         export.save(tmp)
         os.replace(tmp, path)

@@ -38,6 +38,7 @@ from taglens.sources.base import SourceItem
 
 logger = logging.getLogger(__name__)
 
+_JPEG_MAX_SIDE = 65_500  # the JPEG format's limit; Pillow fails to save anything wider
 _BACKGROUND = (255, 255, 255)  # transparent pixels become white, as most viewers show them
 
 
@@ -150,7 +151,16 @@ def normalize_image(data: bytes, params: IngestParams) -> NormalizedImage:
                 f"{width}x{height} = {width * height} pixels > ingest.max_pixels "
                 f"{params.max_pixels} (possible decompression bomb)",
             )
-        frames = getattr(image, "n_frames", 1)
+        if max(width, height) > _JPEG_MAX_SIDE:
+            raise RejectedImage(
+                "too_large", f"{width}x{height}: a side over {_JPEG_MAX_SIDE} pixels cannot be "
+                "stored as JPEG",
+            )  # fmt: skip
+        try:
+            frames = getattr(image, "n_frames", 1)  # walks every frame: a damaged one fails here
+        except Exception as exc:
+            kind = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+            raise RejectedImage(kind, f"cannot read the frames of {image.format}: {exc}") from None
         if frames > 1 and params.animated == "reject":
             raise RejectedImage("animated", f"{frames} frames and ingest.animated is 'reject'")
         try:
