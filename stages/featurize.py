@@ -48,7 +48,8 @@ def run(
     if params.jit_compile and model.backbone in XLA_SLOW_BACKBONES:
         logger.warning(
             "featurize.jit_compile is true, but XLA runs %s's depthwise convolutions about 10x "
-            "slower on CPU: set featurize.jit_compile: false for this backbone", model.backbone
+            "slower on CPU: set featurize.jit_compile: false for this backbone",
+            model.backbone,
         )
     key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
     store = features.FeatureStore(out / features.STORE_DIR, key)

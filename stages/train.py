@@ -50,6 +50,8 @@ def run(
         features, train_data.read_manifest(clean / "manifest.csv", classes), classes
     )
     train, val = splits["train"], splits["val"]
+    if not (raw / POSTS_FILE).is_file():
+        raise FileNotFoundError(f"no posts at {raw / POSTS_FILE}: run the scrape stage first")
     train_shas = set(train.rows["sha256"])
     train_posts = [post for post in read_posts(raw / POSTS_FILE) if post.sha256 in train_shas]
 

@@ -84,9 +84,12 @@ def write_params(repo: Path, overrides: dict[tuple[str, ...], object]) -> Path:
     return target
 
 
-def copy_repo(dest: Path) -> Path:
-    """A copy of the repository's tracked layout (no data, no venv) with an empty mlruns/."""
-    shutil.copytree(ROOT, dest, ignore=IGNORE)
+def copy_repo(dest: Path, source: Path = ROOT) -> Path:
+    """A copy of the repository's tracked layout (no data, no venv) with an empty mlruns/.
+
+    Tests that compare with the `pipeline` fixture copy from it, so both run the same code.
+    """
+    shutil.copytree(source, dest, ignore=IGNORE)
     (dest / "mlruns").mkdir(exist_ok=True)
     return dest
 

@@ -24,6 +24,8 @@ SMALL = 256 * 1024
 
 def _mount_tmpfs(path, size: int) -> bool:
     path.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("TAGLENS_NO_TMPFS"):  # exercise the patched-writer fallback on purpose
+        return False
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
@@ -99,7 +101,7 @@ def test_featurize_on_a_full_disk_fails_clearly_and_resumes(small_disk, pipeline
     if not real:
         pytest.skip("needs root to mount a size-limited tmpfs (the writer tests above still run)")
     # Given raw data, and featurize writing its outputs to a disk too small for all of them
-    repo = copy_repo(tmp_path / "repo")
+    repo = copy_repo(tmp_path / "repo", source=pipeline)
     write_params(repo, PIPELINE_OVERRIDES)
     shutil.copytree(pipeline / "data" / "raw", repo / "data" / "raw")
     out = disk / "features"
@@ -134,3 +136,29 @@ def test_featurize_on_a_full_disk_fails_clearly_and_resumes(small_disk, pipeline
         assert got["sha256"].tolist() == ref["sha256"].tolist()
         np.testing.assert_allclose(got["vectors"], ref["vectors"], rtol=1e-5, atol=1e-6)
     assert json.loads((out / "meta.json").read_text())["count"] == n_images
+
+
+def test_stage_mains_turn_a_full_disk_into_one_line(capsys):
+    from taglens.cli import run_main
+
+    def body() -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "data/features/features.npz")
+
+    assert run_main(body) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: No space left on device while writing data/features/features.npz: free disk "
+        "space and run again (outputs are written atomically, so finished work is kept and "
+        "nothing half-written is left)\n"
+    )
+
+
+def test_other_os_errors_keep_their_traceback():
+    from taglens.cli import run_main
+
+    def body() -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with pytest.raises(OSError) as caught:
+        run_main(body)
+    assert caught.value.errno == errno.EIO

@@ -39,7 +39,7 @@ def _store_rows(shards) -> list[str]:
 def test_killed_featurize_resumes_to_the_uninterrupted_result(pipeline, tmp_path):
     # Given the same raw data as the reference pipeline, and a featurize run killed at a seeded
     # random point after a seeded random number of finished shards
-    repo = copy_repo(tmp_path / "repo")
+    repo = copy_repo(tmp_path / "repo", source=pipeline)
     write_params(repo, PIPELINE_OVERRIDES)
     shutil.copytree(pipeline / "data" / "raw", repo / "data" / "raw")
     n_images = len((pipeline / "data" / "raw" / "posts.jsonl").read_text().splitlines())

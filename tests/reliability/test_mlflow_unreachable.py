@@ -23,7 +23,7 @@ from taglens.tracking import TrackingServerUnreachable, check_server, redact_uri
 @pytest.mark.slow
 def test_train_with_an_unreachable_server_stops_before_training(pipeline, tmp_path):
     # Given featurized, cleaned data and a tracking URI at a closed local port
-    repo = copy_repo(tmp_path / "repo")
+    repo = copy_repo(tmp_path / "repo", source=pipeline)
     write_params(repo, PIPELINE_OVERRIDES)
     shutil.copytree(pipeline / "data", repo / "data")
     uri = f"http://127.0.0.1:{free_port()}"

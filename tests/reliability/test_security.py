@@ -196,3 +196,14 @@ def test_feature_files_are_never_unpickled(tmp_path):
              vectors=np.zeros((1, 4), dtype="float32"))  # fmt: skip
     with pytest.raises(ValueError, match="allow_pickle"):
         features.read_features(out)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False),
+    ("192.168.1.5", False), ("example.org", False),
+])  # fmt: skip
+def test_binding_elsewhere_than_loopback_is_flagged(host, loopback):
+    """SECURITY.md: the server warns when it binds an address reachable from other machines."""
+    from taglens.web.__main__ import _is_loopback
+
+    assert _is_loopback(host) is loopback

@@ -1,0 +1,63 @@
+"""Joining cached features with the clean split, and the data lineage logged with a model."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from taglens.train_data import data_lineage, load_splits, read_manifest
+
+CLASSES = ("cat", "dog")
+
+
+def _manifest(tmp_path, rows):
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(rows, columns=["id", "sha256", "image", "label", "split", "distance"]).to_csv(
+        path, index=False)
+    return path
+
+
+def test_splits_pick_each_rows_vector_by_sha(tmp_path):
+    shas = ["a" * 64, "b" * 64, "c" * 64]
+    np.savez(tmp_path / "features.npz", sha256=np.array(shas), vectors=np.eye(3, dtype="float32"))
+    manifest = read_manifest(_manifest(tmp_path, [
+        ("2", shas[2], "images/c.jpg", "dog", "train", 0.1),
+        ("0", shas[0], "images/a.jpg", "cat", "train", 0.2),
+        ("1", shas[1], "images/b.jpg", "dog", "test", 0.3),
+    ]), CLASSES)  # fmt: skip
+    splits = load_splits(tmp_path, manifest, CLASSES)
+    np.testing.assert_array_equal(splits["train"].vectors, [[0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(splits["train"].labels, [1, 0])
+    assert splits["val"].vectors.shape == (0, 3) and list(splits["test"].labels) == [1]
+
+
+def test_manifest_with_unknown_labels_or_images_without_features_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not in base.classes"):
+        read_manifest(_manifest(tmp_path, [("0", "a" * 64, "x.jpg", "fox", "train", 0)]), CLASSES)
+    manifest = read_manifest(_manifest(tmp_path, [("0", "d" * 64, "x.jpg", "cat", "train", 0)]),
+                             CLASSES)  # fmt: skip
+    np.savez(tmp_path / "features.npz", sha256=np.array(["a" * 64]), vectors=np.ones((1, 2)))
+    with pytest.raises(ValueError, match="re-run featurize and clean"):
+        load_splits(tmp_path, manifest, CLASSES)
+    with pytest.raises(FileNotFoundError, match="run the clean stage"):
+        read_manifest(tmp_path / "missing.csv", CLASSES)
+
+
+def test_lineage_prefers_dvc_lock_hashes_and_falls_back_to_md5(tmp_path):
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "posts.jsonl").write_text("{}\n")
+    (tmp_path / "data" / "clean").mkdir()
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  clean:\n    outs:\n    - path: data/clean\n"
+        "      md5: 0123456789abcdef.dir\n"
+    )
+    data = tmp_path / "data"
+    lineage = data_lineage(tmp_path, {"raw": data / "raw", "clean": data / "clean",
+                                      "features": data / "features"})
+    assert lineage["data.clean.dvc_md5"] == "0123456789abcdef.dir"
+    expected = hashlib.md5(b"raw/posts.jsonl{}\n").hexdigest()
+    assert lineage["data.raw.md5"] == expected
+    assert not any(key.startswith("data.features") for key in lineage)  # absent: not logged
