@@ -30,6 +30,8 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: setup
 	$(VENV)/bin/dvc repro
+	$(PY) -m stages.summary --list-test-images predictions/demo-inputs.txt
+	$(PY) -m stages.predict --input predictions/demo-inputs.txt --output predictions/demo.csv
 	$(PY) -m stages.summary
 
 # Headless Chromium for the browser test (Debian's package; browser downloads do not work offline).

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
+
+from taglens.atomic import atomic_write_text
 
 
 def summarize(root: Path) -> str:
@@ -39,8 +42,10 @@ def summarize(root: Path) -> str:
         lines.append(
             f"  plots        {len(plots)} PNGs under {root / 'reports'}/ (e.g. {plots[0]})"
         )
-    predictions = (
-        sorted((root / "predictions").glob("*")) if (root / "predictions").is_dir() else []
+    predictions = sorted(
+        path
+        for suffix in ("csv", "jsonl", "parquet")
+        for path in (root / "predictions").glob(f"*.{suffix}")
     )
     for path in predictions:
         lines.append(f"  predictions  {path}")
@@ -51,11 +56,34 @@ def summarize(root: Path) -> str:
     return "\n".join(lines)
 
 
+def write_test_image_list(root: Path, out: Path) -> int:
+    """Write the held-out test images of the last run, one path a line; return how many.
+
+    The demo scores these with the champion: images the model has never trained on.
+    """
+    with open(root / "data" / "clean" / "manifest.csv", newline="", encoding="utf-8") as handle:
+        paths = [
+            str(root / "data" / "raw" / row["image"])
+            for row in csv.DictReader(handle)
+            if row["split"] == "test"
+        ]
+    atomic_write_text(out, "".join(f"{path}\n" for path in paths))
+    return len(paths)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the summary for the project in the current directory."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path("."))
+    parser.add_argument(
+        "--list-test-images", type=Path, metavar="FILE",
+        help="instead of the summary, write the test split's image paths to FILE",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.list_test_images:
+        count = write_test_image_list(args.root, args.list_test_images)
+        print(f"{count} test images listed in {args.list_test_images}")
+        return 0
     print(summarize(args.root))
     return 0
 

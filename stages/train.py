@@ -94,6 +94,8 @@ def run(
         summary = {"run_id": run_id, "val_accuracy": fit.val_accuracy, "val_loss": fit.val_loss,
                    "epochs_run": len(fit.history), "n_train": len(train.labels),
                    "n_val": len(val.labels)}  # fmt: skip
+        if params.train.fine_tune.enabled and history:
+            summary["fine_tune_val_accuracy"] = history[-1].get("val_accuracy")
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
         _write_outputs(params, best_params, model, history, train_posts, out, reports, run_id)
     if params.train.baseline:

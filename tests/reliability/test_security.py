@@ -33,6 +33,10 @@ def instagram_scrape(tiny_params, tmp_path, monkeypatch, caplog):
     from tests.fixtures.instagram.fake import SESSION_ID, FakeInstagram, write_session
 
     monkeypatch.setenv(tiny_params.scrape.instagram.owner_salt_env, SALT)
+    # The stage asks instaloader to pause politely between requests; the fake needs no pauses.
+    from instaloader.instaloadercontext import InstaloaderContext
+
+    monkeypatch.setattr(InstaloaderContext, "do_sleep", lambda self: None)
     scrape = tiny_params.scrape.model_copy(update={
         "source": "instagram",
         "instagram": tiny_params.scrape.instagram.model_copy(
