@@ -7,8 +7,24 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
+
+
+@cache
+def _current_umask() -> int:
+    # Linux reports the umask without changing it; os.umask(0) would briefly affect other threads.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -21,6 +37,8 @@ def atomic_open(path: Path | str, mode: str = "w", **kwargs: Any) -> Iterator[IO
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file owner-only; give it the mode a plain open() would have.
+    os.fchmod(fd, 0o666 & ~_current_umask())
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle

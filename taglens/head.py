@@ -69,17 +69,31 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     return builders[name](learning_rate=learning_rate)
 
 
-def build_head(input_dim: int, n_classes: int, params: TrainParams, seed: int) -> keras.Model:
-    """Vectors (N, input_dim) -> optional dense+dropout -> softmax over `n_classes`.
+def feature_scale(vectors: np.ndarray) -> float:
+    """One factor that brings training vectors to unit standard deviation.
 
-    No input scaling: per-feature standardization measured 1-2 points worse on the flowers set,
-    and one global scale made no difference there or on random-weight features.
+    Random-weight backbones give features about 100x smaller than ImageNet ones; unscaled, the
+    head barely moves from its initialisation in a few hundred steps (synthetic demo: test
+    accuracy 0.65 unscaled, 0.95 scaled). Per-feature standardization measured 1-2 points worse
+    on the flowers set, so one global factor is used: well-scaled features stay nearly as they are.
+    """
+    std = float(np.std(vectors))
+    return 1.0 / std if std > 0 else 1.0
+
+
+def build_head(
+    input_dim: int, n_classes: int, params: TrainParams, seed: int, input_scale: float = 1.0
+) -> keras.Model:
+    """Vectors (N, input_dim) -> global rescale -> optional dense+dropout -> softmax.
+
+    The rescale factor (`feature_scale` of the training vectors) lives in the model, so serving
+    scales exactly as training did.
     """
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_dim,), name="features")
-    x = inputs
+    x = keras.layers.Rescaling(input_scale, name="feature_scale")(inputs)
     if params.hidden_units > 0:
         x = keras.layers.Dense(params.hidden_units, activation="relu", name="hidden")(x)
     if params.dropout > 0:
@@ -162,7 +176,7 @@ def fit_head(
         )
     if x_train.shape[1] != x_val.shape[1]:
         raise ValueError(f"feature widths differ: {x_train.shape[1]} vs {x_val.shape[1]}")
-    model = build_head(x_train.shape[1], n_classes, params, seed)
+    model = build_head(x_train.shape[1], n_classes, params, seed, feature_scale(x_train))
     compile_for_training(model, params.optimizer, params.learning_rate, params.label_smoothing)
     epoch_logger = _EpochLogger(on_epoch)
     callbacks: list[keras.callbacks.Callback] = [

@@ -7,9 +7,12 @@ types is a bug (a crash instead of a clear refusal). The same functions serve th
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import io
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +23,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
 CORPUS = Path(__file__).resolve().parent / "corpus"
-_SCRATCH = Path(tempfile.mkdtemp(prefix="taglens-fuzz-"))
+
+
+@functools.cache
+def _scratch() -> Path:
+    """A private temp folder for the file-based parsers, removed when the process exits.
+
+    libFuzzer ends its process without running atexit hooks, so the fuzz runs name a folder of
+    their own in TAGLENS_FUZZ_SCRATCH instead.
+    """
+    if os.environ.get("TAGLENS_FUZZ_SCRATCH"):
+        return Path(os.environ["TAGLENS_FUZZ_SCRATCH"])
+    path = Path(tempfile.mkdtemp(prefix="taglens-fuzz-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 @dataclass(frozen=True)
@@ -36,7 +52,7 @@ def _params_file(data: bytes) -> object:
     """Raw bytes as a whole params.yaml file."""
     from taglens.params import load_params
 
-    path = _SCRATCH / "params.yaml"
+    path = _scratch() / "params.yaml"
     path.write_bytes(data)
     return load_params(path)
 
@@ -101,7 +117,7 @@ def _posts_file(data: bytes) -> object:
     """Raw bytes as data/raw/posts.jsonl."""
     from taglens.posts import read_posts
 
-    path = _SCRATCH / "posts.jsonl"
+    path = _scratch() / "posts.jsonl"
     path.write_bytes(data)
     return read_posts(path)
 
@@ -135,7 +151,7 @@ def _predict_list(data: bytes) -> object:
     """Raw bytes as a batch-predict list file (one path per line)."""
     from taglens.batch_predict import list_inputs
 
-    path = _SCRATCH / "inputs.txt"
+    path = _scratch() / "inputs.txt"
     path.write_bytes(data)
     return list_inputs(path)
 

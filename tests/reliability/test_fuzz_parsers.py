@@ -58,7 +58,9 @@ def test_fuzz_run_finds_no_crash(target, tmp_path):
     args = [sys.executable, str(HARNESS), target, f"-runs={MAX_RUNS}",
             f"-max_total_time={MAX_SECONDS}", "-rss_limit_mb=2048", "-print_final_stats=1",
             f"-artifact_prefix={artifacts}/", str(corpus)]  # fmt: skip
-    result = subprocess.run(args, capture_output=True, text=True, timeout=MAX_SECONDS + 120)
+    env = {**os.environ, "TAGLENS_FUZZ_SCRATCH": str(tmp_path)}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=MAX_SECONDS + 120,
+                            env=env)  # fmt: skip
     crashes = sorted(artifacts.iterdir())
     log = result.stderr[-3000:]
     assert not crashes, (

@@ -131,3 +131,44 @@ def test_warns_when_xla_would_slow_a_depthwise_backbone(tiny_params, raw, tmp_pa
     with pytest.raises(FileNotFoundError):
         featurize.run(tiny_params.model, jit, seed=0, raw=raw, out=tmp_path / "f", progress=False)
     assert "jit_compile" not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_finished_shards(tiny_params, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import FIXTURES, ROOT
+
+    # Given 200 distinct images and a featurize process killed (SIGKILL) after its first shard
+    colours = {"art": [(i % 256, (i * 7) % 256, (i * 13) % 256) for i in range(200)]}
+    raw = tmp_path / "raw"
+    solid_raw(raw, colours, size=36)
+    params = yaml.safe_load((FIXTURES / "params.yaml").read_text())
+    params["featurize"].update(batch_size=4, shard_size=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "features"
+    store = out / "store" / "vgg19-32px-random-seed42"
+    argv = [sys.executable, "-m", "stages.featurize", "--params", str(tmp_path / "params.yaml"),
+            "--raw", str(raw), "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(store.glob("shard-*.npz")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "featurize ended before it could be interrupted"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    # Then no features.npz was left for clean to read, and no half-written file either
+    assert not (out / "features.npz").exists()
+    assert [p.name for p in store.iterdir() if p.suffix != ".npz"] == ["key.json"]
+    done = 8 * len(list(store.glob("shard-*.npz")))
+    assert 8 <= done < 200
+
+    # When it runs again, only the unfinished images are computed
+    report = featurize.run(tiny_params.model, tiny_params.featurize.model_copy(
+        update={"shard_size": 8}), seed=42, raw=raw, out=out, progress=False)  # fmt: skip
+    assert (report["cached"], report["computed"]) == (done, 200 - done)
+    assert read_features(out)[1].shape == (200, 512)

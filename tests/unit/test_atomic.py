@@ -46,5 +46,15 @@ def test_read_refuses_corruption_before_the_last_line(tmp_path):
         read_jsonl(target)
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    expected = 0o666 & ~os.umask(0o022)
+    os.umask(0o666 & ~expected)  # put the umask back
+    target = atomic_write_json(tmp_path / "report.json", {})
+    assert target.stat().st_mode & 0o777 == expected
+    assert expected & 0o044  # group/others can read, unlike mkstemp's 0600
+
+
 def test_missing_file_reads_as_empty(tmp_path):
     assert read_jsonl(tmp_path / "absent.jsonl") == []

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.head import build_head, class_weights, fit_baseline, fit_head, one_hot
+from taglens.head import (
+    build_head,
+    class_weights,
+    feature_scale,
+    fit_baseline,
+    fit_head,
+    one_hot,
+)
 from taglens.params import load_params
 from tests.conftest import FIXTURES
 
@@ -42,6 +49,23 @@ def test_head_reaches_near_perfect_accuracy_on_separable_features():
     assert [row["epoch"] for row in fit.history] == list(range(1, len(fit.history) + 1))
     predicted = fit.model.predict(xv, verbose=0).argmax(axis=1)
     assert np.mean(predicted == yv) == pytest.approx(fit.val_accuracy)
+
+
+def test_feature_scale_brings_vectors_to_unit_std():
+    x, _ = _clusters(20)
+    assert np.std(x * 0.01 * feature_scale(x * 0.01)) == pytest.approx(1.0, rel=1e-5)
+    assert feature_scale(np.zeros((4, 3))) == 1.0
+
+
+@pytest.mark.slow
+def test_head_learns_tiny_features_like_random_backbones_give():
+    # Random-weight backbones emit features ~100x smaller than ImageNet ones.
+    x, y = _clusters(40)
+    xv, yv = _clusters(10, seed=1)
+    fit = fit_head((x * 0.002, y), (xv * 0.002, yv), 3, _train_params(epochs=12), seed=0)
+    assert fit.val_accuracy >= 0.95
+    scale = fit.model.get_layer("feature_scale").scale
+    assert float(scale) == pytest.approx(feature_scale(x * 0.002), rel=1e-5)
 
 
 @pytest.mark.slow
