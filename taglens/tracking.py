@@ -100,13 +100,19 @@ def configure_tracking(experiment: str, store: Path = DEFAULT_STORE) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
-        artifact_location = None
-        if uri.startswith("sqlite:"):
-            artifact_location = (store.resolve() / "artifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=artifact_location)
+        mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
     mlflow.set_experiment(experiment)
     logger.info("MLflow tracking at %s, experiment %s", redact_uri(uri), experiment)
     return uri
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside its database; a server decides for itself."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    database = Path(uri[len(prefix) :])
+    return (database.resolve().parent / "artifacts").as_uri()
 
 
 def git_commit() -> str | None:

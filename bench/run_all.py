@@ -1,0 +1,27 @@
+"""Run every benchmark in turn (`make bench`); each prints its ratios and writes bench/results/.
+
+They need the real photos in ../shared/datasets/flowers. The web load test needs a trained
+models/ directory and is run on its own: `python -m bench.load_web --models models`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench import featurize, predict, train
+
+BENCHMARKS = (("featurize", featurize.main), ("train", train.main), ("predict", predict.main))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; return the first non-zero exit code, or 0."""
+    status = 0
+    for name, bench_main in BENCHMARKS:
+        print(f"== bench.{name}", flush=True)
+        code = bench_main([])
+        status = status or code
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
