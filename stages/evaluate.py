@@ -58,6 +58,11 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
     rankings = predictor.stats.rank_batch(probs, predictor.params)
     ranked = [[item["tag"] for item in row] for row in rankings]
     scores.update(metrics.hashtag_metrics(ranked, truth, k=HASHTAG_K))
+    # The popularity baseline suggests the most used tags to every photo: the ranking must beat it.
+    popular = [item["tag"] for item in predictor.stats.popular(predictor.params)]
+    baseline = metrics.hashtag_metrics([popular] * len(truth), truth, k=HASHTAG_K)
+    scores.update(metrics.with_prefix(baseline, "popularity_"))
+    scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"])
 
     plots = out / PLOTS_DIR
     per_class, matrix = scores.pop("per_class"), np.array(scores.pop("confusion"))

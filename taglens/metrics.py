@@ -116,3 +116,21 @@ def hashtag_metrics(
         f"hashtag_accuracy_at_{k}": float(np.mean(hit)),
         "hashtag_n": len(p1),
     }
+
+
+def split_fingerprint(sha256s: Sequence[str]) -> int:
+    """A number that names a test split: the same images give the same number, in any order.
+
+    Numeric (48 bits, exact in a float) so it travels through metrics.json, MLflow metrics and
+    registry tags like any other metric, and the promotion gate compares only models evaluated on
+    the same split.
+    """
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(sha256s)).encode("ascii")).hexdigest()
+    return int(digest[:12], 16)
+
+
+def with_prefix(scores: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Rename hashtag metric keys for a baseline (`hashtag_recall_at_5` -> `popularity_...`)."""
+    return {f"{prefix}{key}": value for key, value in scores.items() if key != "hashtag_n"}

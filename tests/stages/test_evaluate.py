@@ -52,6 +52,19 @@ def test_metrics_json_holds_every_required_score(evaluated):
 
 
 @pytest.mark.slow
+def test_popularity_baseline_and_split_fingerprint_are_reported(evaluated):
+    import pandas as pd
+
+    from taglens.metrics import split_fingerprint
+
+    _, paths, _, scores = evaluated
+    for key in ("hashtag_precision_at_1", "hashtag_recall_at_5", "hashtag_accuracy_at_5"):
+        assert 0.0 <= scores[f"popularity_{key}"] <= 1.0, key
+    test = pd.read_csv(paths["clean"] / "manifest.csv").query("split == 'test'")
+    assert scores["test_fingerprint"] == split_fingerprint(list(test["sha256"]))
+
+
+@pytest.mark.slow
 def test_accuracy_is_what_the_served_model_computes(evaluated):
     _, paths, _, scores = evaluated
     import pandas as pd

@@ -99,3 +99,25 @@ def test_plots_are_written_and_not_empty(tmp_path):
         assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="no training history"):
         eval_plots.plot_history([], tmp_path / "x.png")
+
+
+def test_split_fingerprint_names_the_set_of_images_not_their_order():
+    from taglens.metrics import split_fingerprint
+
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    assert split_fingerprint([a, b, c]) == split_fingerprint([c, a, b])
+    assert split_fingerprint([a, b]) != split_fingerprint([a, c])
+    value = split_fingerprint([a])
+    assert 0 <= value < 2**48 and float(value) == value
+
+
+def test_popularity_baseline_keys_are_prefixed():
+    from taglens.metrics import hashtag_metrics, with_prefix
+
+    scores = hashtag_metrics([["food", "art"], ["food"]], [{"food"}, {"art"}], k=5)
+    renamed = with_prefix(scores, "popularity_")
+    assert renamed == {
+        "popularity_hashtag_precision_at_1": 0.5,
+        "popularity_hashtag_recall_at_5": 0.5,
+        "popularity_hashtag_accuracy_at_5": 0.5,
+    }
