@@ -29,7 +29,7 @@ class _Section(BaseModel):
 class BaseParams(_Section):
     """Settings shared by every stage."""
 
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=2**32 - 1)  # numpy and Keras accept 32-bit seeds
     classes: tuple[str, ...] = Field(min_length=2)
     experiment: str = Field(min_length=1)
 

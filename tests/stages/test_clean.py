@@ -134,7 +134,7 @@ def test_stale_features_are_refused(tmp_path, tiny_params, data):
 
 
 def test_main_turns_missing_features_into_a_message(tmp_path, data, capsys, monkeypatch):
-    from conftest import FIXTURES
+    from tests.conftest import FIXTURES
 
     monkeypatch.chdir(tmp_path)
     raw, _ = data
@@ -145,7 +145,7 @@ def test_main_turns_missing_features_into_a_message(tmp_path, data, capsys, monk
 
 
 def test_main_writes_every_output(tmp_path, data, monkeypatch):
-    from conftest import FIXTURES
+    from tests.conftest import FIXTURES
 
     monkeypatch.chdir(tmp_path)  # a new experiment would keep its artifacts under ./mlruns
     raw, features = data

@@ -88,7 +88,7 @@ def test_a_new_image_size_recomputes_into_its_own_store(tiny_params, raw, tmp_pa
 
 
 def test_main_runs_from_the_command_line(raw, tmp_path):
-    from conftest import FIXTURES
+    from tests.conftest import FIXTURES
 
     out = tmp_path / "features"
     argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(raw), "--out", str(out)]
@@ -102,7 +102,7 @@ def test_main_runs_from_the_command_line(raw, tmp_path):
      ("missing_image", "image file")],
 )  # fmt: skip
 def test_main_reports_user_errors_without_traceback(raw, tmp_path, capsys, setup, message):
-    from conftest import FIXTURES
+    from tests.conftest import FIXTURES
 
     params = yaml.safe_load((FIXTURES / "params.yaml").read_text())
     if setup == "no_posts":
@@ -139,7 +139,7 @@ def test_a_killed_run_resumes_from_its_finished_shards(tiny_params, tmp_path):
     import sys
     import time
 
-    from conftest import FIXTURES, ROOT
+    from tests.conftest import FIXTURES, ROOT
 
     # Given 200 distinct images and a featurize process killed (SIGKILL) after its first shard
     colours = {"art": [(i % 256, (i * 7) % 256, (i * 13) % 256) for i in range(200)]}

@@ -9,7 +9,7 @@ import threading
 
 import mlflow
 import pytest
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 from tinymodels import build_tiny_models
 
 from stages import register

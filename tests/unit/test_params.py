@@ -44,6 +44,7 @@ def test_unknown_key_is_named():
         ("hashtags.top_k", 31, r"hashtags\.top_k must be <= 30, got 31"),
         ("model.backbone", "alexnet", r"model\.backbone: .*got 'alexnet'"),
         ("serve.port", 70000, r"serve\.port must be <= 65535"),
+        ("base.seed", 2**32, r"base\.seed must be <= 4294967295"),
     ],
 )
 def test_bad_values_are_named(dotted, value, message):
