@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.servers import free_port, wait_until_healthy
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 SERVER_START_TIMEOUT = 150  # a fresh server database takes 20-60 s on a busy 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _quiet_env(home: Path) -> dict[str, str]:
@@ -90,7 +84,7 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = _quiet_env(home)
     env.pop("PREFECT_API_URL", None)
@@ -101,18 +95,8 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited early:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy in time:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_healthy(proc, f"{url}/health", timeout=SERVER_START_TIMEOUT,
+                           log_path=log_path, what="prefect server")  # fmt: skip
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url  # for subprocesses (workers, CLI)
         try:

@@ -10,7 +10,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,13 +46,6 @@ STAGE_ARGS = {
     "train": ["--params", "params.yaml", "--raw", "data/raw", "--features", "data/features",
               "--clean", "data/clean", "--out", "models"],
 }  # fmt: skip
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stage_env(repo: Path, **extra: str) -> dict[str, str]:

@@ -11,13 +11,13 @@ import pytest
 from reliability_kit import (
     PIPELINE_OVERRIDES,
     copy_repo,
-    free_port,
     run_stage,
     stage_env,
     write_params,
 )
 
 from taglens.tracking import TrackingServerUnreachable, check_server, redact_uri
+from tests.servers import free_port
 
 
 @pytest.mark.slow

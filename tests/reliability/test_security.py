@@ -11,12 +11,13 @@ import logging
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_kit import FAKE_SECRET, FIXTURE_PARAMS, ROOT, free_port
+from reliability_kit import FAKE_SECRET, FIXTURE_PARAMS, ROOT
+
+from tests.servers import free_port, wait_until_healthy
 
 SALT = "reliability-salt-" + "x" * 16
 
@@ -120,7 +121,6 @@ def test_pipeline_outputs_and_mlflow_hold_no_secret(pipeline):
 @pytest.mark.slow
 def test_web_app_binds_localhost_by_default(tiny_models_dir, tmp_path):
     """SECURITY.md: `python -m taglens.web` without --host listens on 127.0.0.1 only."""
-    import httpx
     import psutil
 
     port = free_port()
@@ -130,15 +130,7 @@ def test_web_app_binds_localhost_by_default(tiny_models_dir, tmp_path):
     with open(log, "w") as handle:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}/health", timeout=180, log_path=log)
         listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(proc.pid).net_connections()
                      if c.status == psutil.CONN_LISTEN}  # fmt: skip
         assert listening == {("127.0.0.1", port)}

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +23,7 @@ from taglens.pyfunc import (
     load_champion,
     load_predictor,
 )
+from tests.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -103,10 +102,6 @@ def test_missing_champion_says_what_to_do():
         load_predictor("models:/no_such_model/7")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -128,22 +123,15 @@ def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_di
     )  # fmt: skip
     predicted = json.loads((tmp_path / "out.json").read_text())["predictions"]
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [MLFLOW, "models", "serve", "-m", uri, "--env-manager", "local", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.5)
+        wait_until_healthy(server, f"http://127.0.0.1:{port}/ping", timeout=120,
+                           what="mlflow models serve")  # fmt: skip
         answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
     finally:
         if server.poll() is None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from web_helpers import photo_bytes
+
+from tests.servers import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
@@ -25,17 +25,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 STARTUP_SECONDS = 180  # TensorFlow + MLflow imports on a busy 2-core machine
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tiny_champion, tmp_path):
     """The app in its own process, started the documented way: it loads taglens@champion."""
     name, version, _ = tiny_champion
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # MLFLOW_TRACKING_URI: the fresh store
     with log_path.open("w") as log:
@@ -45,18 +39,7 @@ def server(tiny_champion, tmp_path):
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not up after {STARTUP_SECONDS} s:\n{log_path.read_text()}")
-            time.sleep(0.3)
+        wait_until_healthy(process, f"{base}/health", timeout=STARTUP_SECONDS, log_path=log_path)
         yield {"base": base, "name": name, "version": version, "log": log_path}
     finally:
         process.terminate()

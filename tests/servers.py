@@ -1,0 +1,43 @@
+"""Helpers for tests that start a real server in a subprocess: a free port, waiting for health."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _log_tail(log_path: Path | None) -> str:
+    if log_path is None or not log_path.is_file():
+        return "(no log)"
+    return log_path.read_text(errors="replace")[-3000:]
+
+
+def wait_until_healthy(
+    process: subprocess.Popen, url: str, *, timeout: float, log_path: Path | None = None,
+    what: str = "server",
+) -> None:  # fmt: skip
+    """Poll `url` until it answers 200; fail the test with the log if the server exits or stalls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode}:\n{_log_tail(log_path)}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not healthy after {timeout:.0f} s:\n{_log_tail(log_path)}")
+        time.sleep(0.3)
