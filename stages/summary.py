@@ -59,8 +59,10 @@ def summarize(root: Path) -> str:
 def write_test_image_list(root: Path, out: Path) -> int:
     """Write the held-out test images of the last run, one path a line; return how many.
 
-    The demo scores these with the champion: images the model has never trained on.
+    The demo scores these with the champion: images the model has never trained on. Paths are
+    absolute because batch predict reads a list file's relative paths from the list's folder.
     """
+    root = root.resolve()
     with open(root / "data" / "clean" / "manifest.csv", newline="", encoding="utf-8") as handle:
         paths = [
             str(root / "data" / "raw" / row["image"])

@@ -1,6 +1,7 @@
 """The end-of-demo summary and the list of held-out test images it hands to batch predict."""
 
 import json
+from pathlib import Path
 
 from stages.summary import main, summarize, write_test_image_list
 
@@ -48,4 +49,5 @@ def test_test_image_list_holds_only_the_test_split(tmp_path):
         str(tmp_path / "data/raw/images/b.jpg"),
         str(tmp_path / "data/raw/images/c.jpg"),
     ]
+    assert all(Path(line).is_absolute() for line in lines)
     assert main(["--root", str(tmp_path), "--list-test-images", str(out)]) == 0
