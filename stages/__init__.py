@@ -1,0 +1,1 @@
+"""Pipeline stages, one module per DVC stage: `python -m stages.NAME`."""

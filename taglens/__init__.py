@@ -1,0 +1,1 @@
+"""taglens: suggest hashtags for photos with a reproducible transfer-learning pipeline."""

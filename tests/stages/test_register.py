@@ -9,7 +9,6 @@ import threading
 
 import mlflow
 import pytest
-from tests.conftest import FIXTURES
 from tinymodels import build_tiny_models
 
 from stages import register
@@ -17,6 +16,7 @@ from taglens.params import load_params
 from taglens.pyfunc import log_taglens_model
 from taglens.registry import Registry
 from taglens.tracking import configure_tracking
+from tests.conftest import FIXTURES
 
 CLASSES = ["animals", "art", "fashion", "fitness", "flowers", "food", "instagood", "nature",
            "selfie", "sports"]  # fmt: skip
