@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test lint bench browser-deps mlflow-ui clean-outputs
+.PHONY: setup demo test lint bench browser-deps mlflow-ui
 
 setup: $(STAMP)
 
