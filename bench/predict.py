@@ -7,6 +7,10 @@ Measured in one run on real photos (../shared/datasets/flowers), same backbone a
 - peak RSS of the whole job in fresh subprocesses at two input counts (photos repeated).
 
     python -m bench.predict --images 512 --size 128 --rss 1000 10000
+    python -m bench.predict --backbone vgg19 --images 96 --size 224 --batch 16 --no-rss
+
+Any other backbone than MobileNet 1.0 gets random weights (its cost does not depend on them);
+its results go to `predict-<backbone>-<size>px.json` / `.md`.
 """
 
 from __future__ import annotations
@@ -38,28 +42,41 @@ def photos(count: int) -> list[Path]:
     return [found[i % len(found)] for i in range(count)]
 
 
-def build_models(dest: Path, size: int, alpha: float) -> Path:
-    """A models/ dir: MobileNet (ImageNet weights from ../shared) + a softmax over 5 classes."""
+def _backbone(name: str, size: int, alpha: float):
+    """MobileNet with the ImageNet weights from ../shared, or any other backbone, random."""
     import keras
 
-    from taglens.backbones import preprocess_layer
+    from taglens.backbones import BACKBONES
+
+    keras.utils.set_random_seed(0)
+    if name == "mobilenet":
+        weights = WEIGHTS["mobilenet" if alpha == 1.0 else "mobilenet_025"]
+        return keras.applications.MobileNet(
+            input_shape=(size, size, 3), alpha=alpha, include_top=False, pooling="avg",
+            weights=str(weights) if weights.is_file() else None,
+        )  # fmt: skip
+    constructor = getattr(keras.applications, BACKBONES[name].constructor)
+    return constructor(input_shape=(size, size, 3), include_top=False, pooling="avg", weights=None)
+
+
+def build_models(dest: Path, size: int, alpha: float, backbone_name: str = "mobilenet") -> Path:
+    """A models/ dir: the backbone with its preprocessing + a softmax over the 5 flower classes."""
+    import keras
+
+    from taglens.backbones import BACKBONES, preprocess_layer
     from taglens.hashtags import fit_hashtag_stats
     from taglens.params import load_params
     from taglens.posts import Post
 
     classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
-    weights = WEIGHTS["mobilenet" if alpha == 1.0 else "mobilenet_025"]
-    keras.utils.set_random_seed(0)
-    backbone = keras.applications.MobileNet(
-        input_shape=(size, size, 3), alpha=alpha, include_top=False, pooling="avg",
-        weights=str(weights) if weights.is_file() else None,
-    )  # fmt: skip
+    backbone = _backbone(backbone_name, size, alpha)
     inputs = keras.Input((size, size, 3), name="image")
-    x = backbone(preprocess_layer("tf", name="preprocess")(inputs), training=False)
+    mode = BACKBONES[backbone_name].mode
+    x = backbone(preprocess_layer(mode, name="preprocess")(inputs), training=False)
     outputs = keras.layers.Dense(len(classes), activation="softmax")(x)
     dest.mkdir(parents=True, exist_ok=True)
     keras.Model(inputs, outputs).save(dest / "model.keras")
-    info = {"classes": classes, "image_size": size, "backbone": f"mobilenet-{alpha}",
+    info = {"classes": classes, "image_size": size, "backbone": f"{backbone_name}-{alpha}",
             "run_id": None, "weights_identity": "bench", "experiment": "bench", "params": {}}
     (dest / "model_info.json").write_text(json.dumps(info))
     posts = [Post(id=f"{c}{i}", label=c, image=f"images/{i:064x}.jpg", sha256=f"{i:064x}",
@@ -177,7 +194,7 @@ def throughput(args, tmp: Path) -> dict:
     from stages.predict import load_model
 
     result: dict = {}
-    models = build_models(tmp / "models", args.size, alpha=1.0)
+    models = build_models(tmp / "models", args.size, alpha=1.0, backbone_name=args.backbone)
     predictor = load_model(str(models))  # as the job loads it (a traced graph)
     model = predictor.model.model  # the plain Keras model
     # featurize's network: the same preprocessing and backbone (shared weights), no head
@@ -203,17 +220,26 @@ def throughput(args, tmp: Path) -> dict:
 
 def run(args) -> dict:
     result = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
-              "image_size": args.size, "batch_size": args.batch, "images": args.images}
+              "backbone": args.backbone, "image_size": args.size, "batch_size": args.batch,
+              "images": args.images}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         if not args.rss_only:
             result.update(throughput(args, Path(tmp)))
-        small = build_models(Path(tmp) / "small", args.rss_size, alpha=0.25)
-        result["rss"] = rss_runs(args.rss, small, args.batch, args.format)
-    result["rss_size"], result["rss_format"] = args.rss_size, args.format
-    peaks = [row["job_peak_rss_mb"] for row in result["rss"]]
-    result["rss_ratio"] = max(peaks) / min(peaks)
+        if not args.no_rss:
+            small = build_models(Path(tmp) / "small", args.rss_size, alpha=0.25)
+            result["rss"] = rss_runs(args.rss, small, args.batch, args.format)
+    if not args.no_rss:
+        result["rss_size"], result["rss_format"] = args.rss_size, args.format
+        peaks = [row["job_peak_rss_mb"] for row in result["rss"]]
+        result["rss_ratio"] = max(peaks) / min(peaks)
     result["loadavg_end"] = os.getloadavg()[0]
     return result
+
+
+def _describe(backbone: str) -> str:
+    if backbone == "mobilenet":
+        return "MobileNet 1.0 (ImageNet weights)"
+    return f"{backbone} (random weights)"
 
 
 def to_markdown(r: dict) -> str:
@@ -224,8 +250,8 @@ def to_markdown(r: dict) -> str:
         f = r["featurize_img_s"]
         lines += [
             "",
-            f"MobileNet 1.0 (ImageNet weights) + softmax head, {r['image_size']} px, batch "
-            f"{r['batch_size']}, {r['images']} flowers photos, best of the repeats. Steady = "
+            f"{_describe(r.get('backbone', 'mobilenet'))} + softmax head, {r['image_size']} px, "
+            f"batch {r['batch_size']}, {r['images']} flowers photos, best of the repeats. Steady = "
             "after the first batch (no tracing or compiling).",
             "",
             "| job | steady img/s | overall img/s | steady vs featurize |",
@@ -240,6 +266,8 @@ def to_markdown(r: dict) -> str:
             f"| naive loop, `model.predict` per image | {r['naive_img_s']:.1f} | - "
             f"| {r['naive_img_s'] / f:.2f} |",
         ]
+    if "rss" not in r:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         f"Memory of the job (MobileNet 0.25, {r['rss_size']} px, {r['rss_format']} output, a "
@@ -258,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write `predict.json` / `predict.md` under --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--backbone", default="mobilenet", help="a taglens.backbones name")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
@@ -267,9 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="parquet", choices=["csv", "jsonl", "parquet"])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--rss-only", action="store_true", help="only the memory runs")
+    parser.add_argument("--no-rss", action="store_true", help="only the throughput runs")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from taglens.backbones import BACKBONES
+
+    if args.backbone not in BACKBONES:
+        parser.error(f"--backbone must be one of {sorted(BACKBONES)}, got {args.backbone!r}")
+    if args.rss_only and args.no_rss:
+        parser.error("--rss-only and --no-rss exclude each other")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.child:
         child(args.child, args.models, args.batch, args.format)
@@ -277,9 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     from taglens.atomic import atomic_write_json, atomic_write_text
 
-    atomic_write_json(args.out / "predict.json", result)
+    stem = "predict" if args.backbone == "mobilenet" else f"predict-{args.backbone}-{args.size}px"
+    atomic_write_json(args.out / f"{stem}.json", result)
     table = to_markdown(result)
-    atomic_write_text(args.out / "predict.md", table)
+    atomic_write_text(args.out / f"{stem}.md", table)
     print(table)
     return 0
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.runners import dask_runner
 from stages.predict import load_model, resolve_model
 from taglens.batch_predict import ModelRef, ScoreReport, list_inputs, merge_outputs, shard
 from taglens.params import load_params
@@ -88,16 +89,6 @@ def _score_shards(shards: list[list[str]], shard_dir: str, output: str, model_ur
     return [future.result() for future in futures]
 
 
-def _dask_runner(scheduler_address: str | None, n_workers: int):
-    from prefect_dask import DaskTaskRunner
-
-    if scheduler_address:
-        return DaskTaskRunner(address=scheduler_address)
-    # Loopback only, no dashboard: a local cluster must not listen on the network.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1,
-                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
-
-
 @flow(name="batch-predict")
 def batch_predict_flow(
     input: str,  # noqa: A002 - the CLI's own word
@@ -156,7 +147,7 @@ def batch_predict_flow(
         shards = shard(paths, params.predict.shard_size)
         job = hashlib.sha256(f"{uri}\n{params.predict.shard_size}".encode()).hexdigest()[:12]
         shard_dir = f"{output}.shards/{job}"
-        runner = _dask_runner(scheduler_address, n_workers)
+        runner = dask_runner(scheduler_address, n_workers)
         results = _score_shards.with_options(task_runner=runner)(
             shards, shard_dir, output, uri, model, params.predict.batch_size, tracking_uri
         )
@@ -186,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def body() -> int:
+        # Run as `python -m flows.predict`, this file is __main__, whose tasks Dask workers
+        # cannot unpickle by name: use the importable module's flow.
+        from flows.predict import batch_predict_flow as importable_flow
         from taglens.pyfunc import ModelNotFoundError
 
         try:
-            summary = batch_predict_flow(args.input, args.output, args.model_uri,
+            summary = importable_flow(args.input, args.output, args.model_uri,
                                          args.task_runner, args.scheduler_address,
                                          args.params)  # fmt: skip
         except ModelNotFoundError as exc:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,6 +115,31 @@ def weights_identity(params: ModelParams, seed: int) -> str:
     return f"file-{digest[:16]}"
 
 
+@contextmanager
+def private_default_seeds(seed: int) -> Iterator[None]:
+    """Give Keras' unseeded initializers their own `random.Random(seed)` while a model is built.
+
+    Keras draws those seeds from Python's global `random`, which `set_random_seed` re-seeds; but
+    in a Prefect task or on a Dask worker other threads draw from it too, mid-build, so random
+    weights (`model.weights: null`) came out different from the stage's. A private generator
+    seeded the same way gives the draws of an undisturbed process: the same weights everywhere.
+    """
+    try:
+        from keras.src.random import seed_generator
+    except ImportError:  # a Keras without that module: nothing to isolate
+        yield
+        return
+    if not hasattr(seed_generator, "python_random"):
+        yield
+        return
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)  # weights, not secrets
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
+
+
 def build_backbone(params: ModelParams, seed: int) -> keras.Model:
     """The backbone without its top, global-average pooled, on preprocessed pixels.
 
@@ -130,7 +158,10 @@ def build_backbone(params: ModelParams, seed: int) -> keras.Model:
     shape = (params.image_size, params.image_size, 3)
     keras.utils.set_random_seed(seed)
     try:
-        return constructor(include_top=False, weights=weights, input_shape=shape, pooling="avg")
+        with private_default_seeds(seed):
+            return constructor(
+                include_top=False, weights=weights, input_shape=shape, pooling="avg"
+            )
     except Exception as exc:  # keras raises URLError, HTTPError, OSError or ValueError here
         if weights == "imagenet":
             raise BackboneWeightsError(

@@ -1,0 +1,192 @@
+"""The featurize flow: fill the feature store on one machine or on a Dask cluster.
+
+`task_runner="local"` runs the featurize stage itself in one task. `task_runner="dask"` splits
+the images the store does not have yet into shards of `featurize.shard_size` (rounded up to whole
+batches, so every batch holds the same images as in the local stage and the vectors are
+byte-identical), computes each shard on a Dask worker (each worker process builds the extractor
+once) and writes it into the store with the store's own atomic writer. Both then finish exactly
+like `python -m stages.featurize`: `data/features/features.npz` and `meta.json` from the store,
+so `dvc commit featurize` (or `dvc repro`) takes it from there. A killed run keeps its finished
+shards; a re-run computes only the rest. Run by hand with `python -m flows.featurize`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.runners import dask_runner
+from taglens.params import ModelParams, load_params
+
+TASK_RUNNERS = ("local", "dask")
+RAW_DIR = Path("data/raw")
+FEATURES_DIR = Path("data/features")
+_EXTRACTORS: dict[str, Any] = {}
+_EXTRACTORS_LOCK = threading.Lock()
+
+
+def cached_extractor(model: dict[str, Any], seed: int) -> Any:
+    """Build the feature extractor once per process (a Dask worker keeps it for all its shards)."""
+    from taglens.backbones import build_feature_extractor
+
+    key = json.dumps({"model": model, "seed": seed}, sort_keys=True)
+    with _EXTRACTORS_LOCK:
+        if key not in _EXTRACTORS:
+            # build_backbone isolates Keras' seeds from the threads Prefect and Dask run here.
+            _EXTRACTORS[key] = build_feature_extractor(ModelParams(**model), seed)
+        return _EXTRACTORS[key]
+
+
+@task(name="featurize-shard")
+def shard_task(items: list[tuple[str, str]], store_root: str, key: dict[str, Any],
+               model: dict[str, Any], seed: int, batch_size: int,
+               jit_compile: bool) -> int:  # fmt: skip
+    """Compute one shard's vectors and write them into the store as one shard file."""
+    from taglens.features import FeatureKey, FeatureStore, featurize_paths
+
+    store = FeatureStore(Path(store_root), FeatureKey(**key))
+    vectors = featurize_paths([path for _, path in items], cached_extractor(model, seed),
+                              image_size=store.key.image_size, batch_size=batch_size,
+                              jit_compile=jit_compile, progress=False)  # fmt: skip
+    shard = store.write_shard([sha for sha, _ in items], vectors)
+    get_run_logger().info("%d vectors into %s", len(items), shard.name)
+    return len(items)
+
+
+@flow(name="featurize-shards")
+def _compute_shards(shards: list[list[tuple[str, str]]], store_root: str, key: dict[str, Any],
+                    model: dict[str, Any], seed: int, batch_size: int,
+                    jit_compile: bool) -> list[int]:  # fmt: skip
+    """Compute every shard in parallel on the flow's task runner (Dask)."""
+    futures = [shard_task.submit(items, store_root, key, model, seed, batch_size, jit_compile)
+               for items in shards]  # fmt: skip
+    return [future.result() for future in futures]
+
+
+@task(name="featurize-stage")
+def stage_task(model: ModelParams, params: Any, seed: int, raw: str, out: str,
+               progress: bool) -> dict[str, Any]:  # fmt: skip
+    """The featurize stage itself: fill what is missing, write features.npz and meta.json."""
+    from stages.featurize import run
+
+    return run(model, params, seed=seed, raw=Path(raw), out=Path(out), progress=progress)
+
+
+def _missing(model: ModelParams, seed: int, raw: Path, out: Path) -> tuple[Any, list]:
+    """The store and the (sha256, path) items it lacks, in the order the stage computes them."""
+    from taglens import features
+    from taglens.backbones import weights_identity
+    from taglens.posts import POSTS_FILE, read_posts
+
+    posts_path = raw / POSTS_FILE
+    if not posts_path.is_file():
+        raise FileNotFoundError(f"no {posts_path}: run the scrape stage first")
+    key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
+    store = features.FeatureStore(out / features.STORE_DIR, key)
+    cached = store.load()
+    unique = {post.sha256: str(raw / post.image) for post in read_posts(posts_path)}
+    missing = [(sha, path) for sha, path in unique.items() if sha not in cached]
+    absent = [path for _, path in missing if not Path(path).is_file()]
+    if absent:
+        raise FileNotFoundError(
+            f"{len(absent)} image file(s) are missing, for example {absent[0]}: re-run the "
+            "scrape stage (dvc repro scrape) so posts.jsonl and data/raw/images agree"
+        )
+    return store, missing
+
+
+@flow(name="featurize")
+def featurize_flow(
+    repo: str = ".",
+    params_path: str = "params.yaml",
+    task_runner: str = "local",
+    scheduler_address: str | None = None,
+    n_workers: int = 2,
+    shard_size: int | None = None,
+) -> dict[str, Any]:
+    """Compute the feature vectors the store lacks, then write features.npz like the stage.
+
+    Args:
+        repo: the project checkout; reads `data/raw`, writes `data/features` under it.
+        params_path: the params file, relative to `repo` unless absolute.
+        task_runner: "local" (the stage in one process) or "dask" (shards on a Dask cluster).
+        scheduler_address: a running Dask scheduler (`tcp://host:8786`); None starts a local
+            cluster of `n_workers` processes. Workers must see `repo` under the same path.
+        n_workers: workers of the local cluster when there is no scheduler address.
+        shard_size: overrides `featurize.shard_size` (images per Dask task and store file).
+
+    Returns:
+        meta.json's contents plus `computed`, `cached`, `shards` and `seconds`.
+    """
+    if task_runner not in TASK_RUNNERS:
+        raise ValueError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
+    root = Path(repo).resolve()
+    overrides = {"featurize.shard_size": shard_size} if shard_size is not None else {}
+    params = load_params(root / params_path, overrides)
+    model, fparams, seed = params.model, params.featurize, params.base.seed
+    if model.weights not in (None, "imagenet") and not Path(model.weights).is_absolute():
+        # workers run elsewhere: a weights file named relative to the repo must stay found
+        model = model.model_copy(update={"weights": str(root / model.weights)})
+    raw, out = root / RAW_DIR, root / FEATURES_DIR
+    start = time.monotonic()
+    computed, shards = 0, 0
+    if task_runner == "dask":
+        store, missing = _missing(model, seed, raw, out)
+        # whole batches per shard: each batch then holds the images it holds in the local stage
+        size = math.ceil(fparams.shard_size / fparams.batch_size) * fparams.batch_size
+        parts = [missing[i : i + size] for i in range(0, len(missing), size)]
+        get_run_logger().info("featurize: %d images to compute in %d shards of %d (dask)",
+                              len(missing), len(parts), size)  # fmt: skip
+        if parts:
+            runner = dask_runner(scheduler_address, n_workers)
+            done = _compute_shards.with_options(task_runner=runner)(
+                parts, str(store.dir.parent), dict(store.key.__dict__), model.model_dump(), seed,
+                fparams.batch_size, fparams.jit_compile,
+            )  # fmt: skip
+            computed, shards = sum(done), len(parts)
+    # the stage finishes both paths (on dask it finds every vector in the store)
+    result = stage_task(model, fparams, seed, str(raw), str(out), task_runner == "local")
+    summary = {**result, "computed": computed + result["computed"],
+               "cached": result["cached"] - computed, "shards": shards,
+               "seconds": time.monotonic() - start}  # fmt: skip
+    get_run_logger().info("featurize done: %s", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the flow from the command line."""
+    from taglens.backbones import BackboneWeightsError
+    from taglens.cli import run_main, setup_logging
+
+    parser = argparse.ArgumentParser(description="Run the featurize flow.")
+    parser.add_argument("--repo", default=".")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local")
+    parser.add_argument("--scheduler-address", default=None, help="tcp://HOST:8786")
+    parser.add_argument("--n-workers", type=int, default=2)
+    parser.add_argument("--shard-size", type=int, default=None)
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        # Run as `python -m`, this file is `__main__`, whose tasks Dask cannot ship to workers by
+        # name: use the importable module's flow.
+        from flows.featurize import featurize_flow as importable_flow
+
+        print(importable_flow(args.repo, args.params, args.task_runner, args.scheduler_address,
+                              args.n_workers, args.shard_size))  # fmt: skip
+        return 0
+
+    return run_main(body, extra_errors=(BackboneWeightsError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
