@@ -237,13 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"  # read at import
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = run(args.images, args.size, args.batch)
-    from taglens.atomic import atomic_write_json, atomic_write_text
+    from bench.results_io import save_results
 
     name = "featurize" if args.onednn == "default" else f"featurize-onednn-{args.onednn}"
-    atomic_write_json(args.out / f"{name}.json", result)
-    table = to_markdown(result)
-    atomic_write_text(args.out / f"{name}.md", table)
-    print(table)
+    save_results(args.out, name, result, to_markdown(result))
     return 0
 
 

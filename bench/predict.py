@@ -311,13 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.models, args.batch, args.format)
         return 0
     result = run(args)
-    from taglens.atomic import atomic_write_json, atomic_write_text
+    from bench.results_io import save_results
 
     stem = "predict" if args.backbone == "mobilenet" else f"predict-{args.backbone}-{args.size}px"
-    atomic_write_json(args.out / f"{stem}.json", result)
-    table = to_markdown(result)
-    atomic_write_text(args.out / f"{stem}.md", table)
-    print(table)
+    save_results(args.out, stem, result, to_markdown(result))
     return 0
 
 
