@@ -33,6 +33,7 @@ INPUT_COLUMN = "image"
 ARTIFACT_KEY = "models"
 CHAMPION = "champion"
 PACKAGE_DIR = Path(__file__).resolve().parent
+ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
 # Explicit requirements: letting MLflow infer them costs 8-13 s per log_model (NOTES.md).
 PIP_REQUIREMENTS = [
     "mlflow==3.17.2",
@@ -181,7 +182,8 @@ def log_taglens_model(models_dir: Path, *, name: str = "model"):
         )
         model_info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=TaglensModel(),
+            # Models from code: MLflow stores this file instead of a cloudpickle of the object.
+            python_model=str(ENTRY_FILE),
             artifacts={ARTIFACT_KEY: str(staged)},
             code_paths=[str(PACKAGE_DIR)],
             signature=_signature(int(top_k["top_k"])),

@@ -161,3 +161,17 @@ def test_request_values_paths_base64_and_bytes(tmp_path):
     for bad in ("missing/photo.jpg", "", None, 3):
         with pytest.raises(ValueError, match="image 4"):
             image_bytes(bad, 4)
+
+
+def test_registered_model_holds_code_not_a_pickle(tiny_champion):
+    """SECURITY.md: the pyfunc is logged as code (models from code), never cloudpickled."""
+    import mlflow
+    import yaml
+
+    _, _, uri = tiny_champion
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    files = {path.name for path in local.rglob("*")}
+    assert not {name for name in files if name.endswith((".pkl", ".pickle", ".cloudpickle"))}
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("pyfunc_entry.py")
+    assert "python_model" not in flavor
