@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,17 @@ def test_corpus_covers_every_parser_found_crashing():
 
 
 @pytest.mark.slow
+def _rss_limit_mb(headroom_mb: int = 2048) -> int:
+    """libFuzzer's memory limit: `headroom_mb` above the peak RSS the harness starts with.
+
+    libFuzzer reads its peak RSS from getrusage, and Linux carries that peak across fork and exec:
+    a harness started from a pytest process that grew to 2 GB "starts" at 2 GB although it uses
+    under 100 MB. A fixed limit would then flag every run as out of memory.
+    """
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
+    return inherited_mb + headroom_mb
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_fuzz_run_finds_no_crash(target, tmp_path):
     """Given valid seeds, a bounded atheris run ends without an unexpected exception."""
@@ -56,7 +68,8 @@ def test_fuzz_run_finds_no_crash(target, tmp_path):
     for seed in fuzz_targets.seeds(target):
         (corpus / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
     args = [sys.executable, str(HARNESS), target, f"-runs={MAX_RUNS}",
-            f"-max_total_time={MAX_SECONDS}", "-rss_limit_mb=2048", "-print_final_stats=1",
+            f"-max_total_time={MAX_SECONDS}", f"-rss_limit_mb={_rss_limit_mb()}",
+            "-print_final_stats=1",
             f"-artifact_prefix={artifacts}/", str(corpus)]  # fmt: skip
     env = {**os.environ, "TAGLENS_FUZZ_SCRATCH": str(tmp_path)}
     result = subprocess.run(args, capture_output=True, text=True, timeout=MAX_SECONDS + 120,
