@@ -163,7 +163,6 @@ def featurize_flow(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the flow from the command line."""
-    from taglens.backbones import BackboneWeightsError
     from taglens.cli import run_main, setup_logging
 
     parser = argparse.ArgumentParser(description="Run the featurize flow.")
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.n_workers, args.shard_size))  # fmt: skip
         return 0
 
-    return run_main(body, extra_errors=(BackboneWeightsError,))
+    return run_main(body)
 
 
 if __name__ == "__main__":

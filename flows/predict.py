@@ -180,14 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         # Run as `python -m flows.predict`, this file is __main__, whose tasks Dask workers
         # cannot unpickle by name: use the importable module's flow.
         from flows.predict import batch_predict_flow as importable_flow
-        from taglens.pyfunc import ModelNotFoundError
 
-        try:
-            summary = importable_flow(args.input, args.output, args.model_uri,
-                                         args.task_runner, args.scheduler_address,
-                                         args.params)  # fmt: skip
-        except ModelNotFoundError as exc:
-            raise ValueError(str(exc)) from None
+        summary = importable_flow(args.input, args.output, args.model_uri, args.task_runner,
+                                  args.scheduler_address, args.params)  # fmt: skip
         print(summary)
         return 0
 

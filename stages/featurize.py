@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from taglens import features
-from taglens.backbones import BackboneWeightsError, build_feature_extractor, weights_identity
+from taglens.backbones import build_feature_extractor, weights_identity
 from taglens.cli import run_main, setup_logging
 from taglens.params import FeaturizeParams, ModelParams, load_params
 from taglens.posts import POSTS_FILE, read_posts
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         run(params.model, params.featurize, seed=params.base.seed, raw=args.raw, out=args.out)
         return 0
 
-    return run_main(body, extra_errors=(BackboneWeightsError,))
+    return run_main(body)
 
 
 if __name__ == "__main__":

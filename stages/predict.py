@@ -108,16 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # fmt: skip
 
     def body() -> int:
-        from taglens.pyfunc import ModelNotFoundError
         from taglens.tracking import configure_tracking
 
         setup_logging()
         params = load_params(args.params)
         configure_tracking(params.base.experiment)
-        try:
-            report = run(params, input=args.input, output=args.output, model_uri=args.model_uri)
-        except ModelNotFoundError as exc:
-            raise ValueError(str(exc)) from None
+        report = run(params, input=args.input, output=args.output, model_uri=args.model_uri)
         print(f"{args.output}: {report.scored} scored, {report.skipped} already done, "
               f"{report.errors} errors ({report.images_per_second:.1f} img/s)")  # fmt: skip
         return 0

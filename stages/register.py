@@ -17,8 +17,8 @@ from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
 from taglens.gate import Evaluation, read_metrics, read_recall
 from taglens.params import Params, load_params
-from taglens.pyfunc import ModelNotFoundError, logged_model_uri
-from taglens.registry import Registry, RegistryError
+from taglens.pyfunc import logged_model_uri
+from taglens.registry import Registry
 from taglens.registry_admin import promote, rollback, version_table
 from taglens.tracking import git_commit
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(was {row['previous']})")  # fmt: skip
         return 0
 
-    return run_main(body, extra_errors=(RegistryError, ModelNotFoundError))
+    return run_main(body)
 
 
 if __name__ == "__main__":

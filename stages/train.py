@@ -11,7 +11,7 @@ from typing import Any
 
 from taglens import eval_plots, train_data
 from taglens.atomic import atomic_write_json, atomic_write_text
-from taglens.backbones import BackboneWeightsError, build_feature_extractor
+from taglens.backbones import build_feature_extractor
 from taglens.cli import run_main, setup_logging
 from taglens.full_model import assemble, fine_tune, save_model, verify_extractor
 from taglens.head import HISTORY_COLUMNS, HeadFit, fit_baseline, fit_head
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trained: val_accuracy {summary['val_accuracy']:.4f} (run {summary['run_id']})")
         return 0
 
-    return run_main(body, extra_errors=(BackboneWeightsError,))
+    return run_main(body)
 
 
 if __name__ == "__main__":

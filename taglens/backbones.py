@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class BackboneWeightsError(RuntimeError):
-    """The requested backbone weights cannot be loaded."""
+class BackboneWeightsError(ValueError):
+    """The requested backbone weights cannot be loaded (a setting the user must fix)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from taglens.params import ParamsError
 
 # A full disk or quota is the user's to fix too; other OS errors keep their traceback.
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
-# Errors a user can fix: shown as one line, without a traceback.
+# Errors a user can fix: shown as one line, without a traceback. The library's own user errors
+# (ParamsError, BackboneWeightsError, ModelNotFoundError, RegistryError, ...) subclass ValueError,
+# so every entry point treats them alike without registering them one by one.
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, ValueError)
 
 _QUIET_TOOLS = {

@@ -46,8 +46,12 @@ PIP_REQUIREMENTS = [
 ]
 
 
-class ModelNotFoundError(LookupError):
-    """No registered model version answers to the requested name or alias."""
+class ModelNotFoundError(LookupError, ValueError):
+    """No registered model version answers to the requested name or alias.
+
+    A ValueError too: like every error a user fixes by a command or a setting, entry points print
+    it as one line (taglens.cli.run_main).
+    """
 
 
 def image_bytes(value: Any, index: int = 0) -> bytes:

@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     """Load params and the model, then serve until interrupted."""
     args = build_parser().parse_args(argv)
     setup_logging()
-    from taglens.pyfunc import ModelNotFoundError
 
     def body() -> int:
         import uvicorn
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(app, host=host, port=port, log_level="info")
         return 0
 
-    return run_main(body, extra_errors=(ModelNotFoundError,))
+    return run_main(body)
 
 
 def _is_loopback(host: str) -> bool:
