@@ -35,7 +35,7 @@ def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef
         taglens.pyfunc.ModelNotFoundError: the alias or version does not exist (the message says
             how to train and register one).
     """
-    from taglens.pyfunc import ModelNotFoundError
+    from taglens.pyfunc import pin_version
 
     uri = model_uri or f"models:/{model_name}@champion"
     local = Path(uri).expanduser()
@@ -43,25 +43,8 @@ def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef
         return str(local), ModelRef(name=str(local), version="local")
     if not uri.startswith("models:/"):
         return uri, ModelRef(name=uri, version="")
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    ref = uri.removeprefix("models:/")
-    name, sep, alias = ref.partition("@")
-    try:
-        if sep:
-            version = MlflowClient().get_model_version_by_alias(name, alias).version
-        else:
-            name, _, version = ref.rpartition("/")
-            MlflowClient().get_model_version(name, version)
-    except MlflowException:
-        what = f"no {alias} alias" if sep else f"no version {version}"
-        raise ModelNotFoundError(
-            f"{uri}: {what} for registered model {name!r}. Train and register one first "
-            "(`dvc repro`, which runs train, evaluate and register), or pass --model-uri with an "
-            "existing version (models:/NAME/VERSION) or a models/ directory"
-        ) from None
-    return f"models:/{name}/{version}", ModelRef(name=name, version=str(version))
+    pinned, name, version = pin_version(uri)
+    return pinned, ModelRef(name=name, version=version)
 
 
 def load_model(uri: str) -> HashtagPredictor:

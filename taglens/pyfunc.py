@@ -222,24 +222,50 @@ def load_predictor(model_uri: str) -> HashtagPredictor:
     return wrapped.predictor
 
 
+def pin_version(model_uri: str) -> tuple[str, str, str]:
+    """Pin `models:/NAME@ALIAS` or `models:/NAME/VERSION` to one existing registered version.
+
+    A job or a server that pins once keeps using that version even if the alias moves meanwhile,
+    and reports the version it really used.
+
+    Returns:
+        (`models:/NAME/VERSION`, NAME, VERSION).
+
+    Raises:
+        ModelNotFoundError: the model, alias or version does not exist (the message says how to
+            get one).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    ref = model_uri.removeprefix("models:/")
+    name, has_alias, alias = ref.partition("@")
+    if not has_alias:
+        name, _, version = ref.rpartition("/")
+    try:
+        if has_alias:
+            version = MlflowClient().get_model_version_by_alias(name, alias).version
+        else:
+            MlflowClient().get_model_version(name, version)
+    except MlflowException:
+        missing = f"no {alias} yet" if has_alias else f"no version {version}"
+        raise ModelNotFoundError(
+            f"{missing} for registered model {name!r}: run `dvc repro` (train, evaluate and "
+            "register) or `python -m stages.register promote VERSION` to make one, or pass "
+            "--model-uri with an existing version (models:/NAME/VERSION) or a models/ directory"
+        ) from None
+    return f"models:/{name}/{version}", name, str(version)
+
+
 def load_champion(model_name: str, alias: str = CHAMPION) -> HashtagPredictor:
     """Load `models:/NAME@alias` (the champion by default) as a HashtagPredictor.
 
     Raises:
         ModelNotFoundError: with "no champion yet" when the model or alias does not exist.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = MlflowClient().get_model_version_by_alias(model_name, alias)
-    except MlflowException:
-        raise ModelNotFoundError(
-            f"no {alias} yet for registered model {model_name!r}: run `dvc repro` or "
-            "`python -m stages.register ...` to register and promote one"
-        ) from None
-    logger.info("loading %s version %s (@%s)", model_name, version.version, alias)
-    return load_predictor(f"models:/{model_name}/{version.version}")
+    uri, _, version = pin_version(f"models:/{model_name}@{alias}")
+    logger.info("loading %s version %s (@%s)", model_name, version, alias)
+    return load_predictor(uri)
 
 
 def logged_model_uri(run_id: str, name: str = "model") -> str:

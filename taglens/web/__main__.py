@@ -35,28 +35,17 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelL
         models_dir = Path(model_uri).resolve()
         return HashtagPredictor.from_dir(models_dir), ModelLabel(models_dir.name, "local")
 
-    from taglens.pyfunc import ModelNotFoundError, load_predictor
+    from taglens.pyfunc import load_predictor, pin_version
     from taglens.tracking import configure_tracking
 
     configure_tracking(params.base.experiment)
     uri = model_uri or f"models:/{params.register.model_name}@champion"
     name, version = uri, "unregistered"
     if uri.startswith("models:/"):
-        name, _, ref = uri.removeprefix("models:/").partition("@")
-        if ref:  # an alias: pin the version it points at now
-            from mlflow import MlflowClient
-            from mlflow.exceptions import MlflowException
-
-            try:
-                version = MlflowClient().get_model_version_by_alias(name, ref).version
-            except MlflowException:
-                raise ModelNotFoundError(
-                    f"no {ref} yet for registered model {name!r}: run `dvc repro` to train, "
-                    "evaluate and register one, or pass --model-uri"
-                ) from None
-            uri = f"models:/{name}/{version}"
-        else:
-            name, _, version = name.partition("/")
+        if "@" in uri:  # an alias: pin the version it points at now
+            uri, name, version = pin_version(uri)
+        else:  # an explicit version: loading it reports a missing one
+            name, _, version = uri.removeprefix("models:/").partition("/")
     logger.info("loading %s", uri)
     return load_predictor(uri), ModelLabel(name, str(version))
 

@@ -64,7 +64,7 @@ def test_missing_champion_says_how_to_get_one(tmp_path, fresh_mlflow, capsys):
                          str(tmp_path / "out.csv"), "--params", PARAMS])
     err = capsys.readouterr().err
     assert code == 2
-    assert "no champion alias for registered model 'taglens'" in err
+    assert "no champion yet for registered model 'taglens'" in err
     assert "dvc repro" in err and "--model-uri" in err
     assert not (tmp_path / "out.csv").exists()
 

@@ -175,3 +175,15 @@ def test_registered_model_holds_code_not_a_pickle(tiny_champion):
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert flavor["model_code_path"].endswith("pyfunc_entry.py")
     assert "python_model" not in flavor
+
+
+def test_pin_version_resolves_an_alias_and_refuses_a_missing_version(tiny_champion):
+    from taglens.pyfunc import pin_version
+
+    name, version, _ = tiny_champion
+    assert pin_version(f"models:/{name}@champion") == (
+        f"models:/{name}/{version}", name, str(version)
+    )
+    assert pin_version(f"models:/{name}/{version}")[2] == str(version)
+    with pytest.raises(ModelNotFoundError, match=rf"no version 99 for registered model '{name}'"):
+        pin_version(f"models:/{name}/99")
