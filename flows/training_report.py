@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
+from taglens.dvc_lock import out_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -19,27 +19,12 @@ logger = logging.getLogger(__name__)
 DATA_OUTS = ("data/raw", "data/features", "data/clean")
 
 
-def lock_hashes(repo: Path) -> dict[str, str]:
-    """Map each output path in dvc.lock to its content hash (md5, `.dir` for directories)."""
-    lock = repo / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    content = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
-    hashes: dict[str, str] = {}
-    for stage in (content.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            digest = out.get("md5") or out.get(out.get("hash", "md5"))
-            if out.get("path") and digest:
-                hashes[out["path"]] = str(digest)
-    return hashes
-
-
 def data_version_tags(repo: Path) -> dict[str, str]:
     """MLflow tags linking a run to the data it saw: one short version id plus each out's hash.
 
     Returns an empty dict when dvc.lock does not (yet) record the training data.
     """
-    hashes = lock_hashes(repo)
+    hashes = out_hashes(repo / "dvc.lock")
     present = {path: hashes[path] for path in DATA_OUTS if path in hashes}
     if not present:
         return {}

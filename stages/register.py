@@ -15,6 +15,7 @@ from typing import Any
 
 from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
+from taglens.dvc_lock import dep_hashes
 from taglens.gate import Evaluation, read_metrics, read_recall
 from taglens.params import Params, load_params
 from taglens.pyfunc import logged_model_uri
@@ -34,13 +35,9 @@ def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
-    if dvc_lock.is_file():
-        import yaml
-
-        train = (yaml.safe_load(dvc_lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-        for dep in train.get("train", {}).get("deps", []):
-            if str(dep.get("path", "")).startswith("data/") and dep.get("md5"):
-                tags[f"data.{dep['path']}"] = dep["md5"]
+    for path, digest in dep_hashes(dvc_lock, "train").items():
+        if path.startswith("data/"):
+            tags[f"data.{path}"] = digest
     return tags
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from taglens.backbones import weights_identity
+from taglens.dvc_lock import out_hashes
 from taglens.params import ModelParams
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def data_lineage(root: Path, paths: dict[str, Path]) -> dict[str, str]:
     DVC's own hashes from `dvc.lock` when the path is a tracked stage output (so the run points
     at a reproducible data version); otherwise an md5 over the files' bytes.
     """
-    locked = _dvc_lock_hashes(root / "dvc.lock")
+    locked = out_hashes(root / "dvc.lock")
     lineage = {}
     for name, path in paths.items():
         key = _relative(path, root)
@@ -135,20 +136,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return path.as_posix()
-
-
-def _dvc_lock_hashes(lock: Path) -> dict[str, str]:
-    if not lock.is_file():
-        return {}
-    import yaml
-
-    data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
-    hashes = {}
-    for stage in (data.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            if "path" in out and "md5" in out:
-                hashes[str(out["path"]).rstrip("/")] = str(out["md5"])
-    return hashes
 
 
 def _md5_tree(path: Path) -> str:
