@@ -17,10 +17,9 @@ from taglens.features import read_features
 from taglens.outliers import find_outliers
 from taglens.params import BaseParams, CleanParams, flatten, load_params
 from taglens.posts import POSTS_FILE, read_posts
-from taglens.split import SPLITS, stratified_split
+from taglens.split import MANIFEST_COLUMNS, SPLITS, stratified_split
 
 logger = logging.getLogger(__name__)
-MANIFEST_COLUMNS = ("id", "sha256", "image", "label", "split", "distance")
 DROPPED_COLUMNS = ("id", "sha256", "image", "label", "distance", "threshold")
 
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+# data/clean/manifest.csv: the kept images and the split each one is in (clean writes, train reads).
+MANIFEST_COLUMNS = ("id", "sha256", "image", "label", "split", "distance")
 
 
 def _order_key(seed: int, sha256: str) -> str:

@@ -14,10 +14,10 @@ import pandas as pd
 from taglens.backbones import weights_identity
 from taglens.dvc_lock import out_hashes
 from taglens.params import ModelParams
+from taglens.split import MANIFEST_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("id", "sha256", "image", "label", "split", "distance")
 SPLITS = ("train", "val", "test")
 
 
