@@ -1,4 +1,4 @@
-"""clean: drop images far from their class centroid (the paper's rule), then split the rest."""
+"""clean: split by content, then drop training images far from their class centroid."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from taglens.features import read_features
 from taglens.outliers import find_outliers
 from taglens.params import BaseParams, CleanParams, flatten, load_params
 from taglens.posts import POSTS_FILE, read_posts
-from taglens.split import MANIFEST_COLUMNS, SPLITS, stratified_split
+from taglens.split import MANIFEST_COLUMNS, SPLITS, content_split
 
 logger = logging.getLogger(__name__)
 DROPPED_COLUMNS = ("id", "sha256", "image", "label", "distance", "threshold")
@@ -41,7 +41,11 @@ def run(
     reports: Path,
     metrics: Path,
 ) -> dict:
-    """Write the manifest of kept images (with their split), dropped.csv, the report and plots.
+    """Write the manifest (every val/test image, the kept training images), dropped.csv, report.
+
+    The split comes first and depends on each photo alone (taglens.split), so it is stable as
+    data grows. The outlier rule is then fitted on the training split and drops training images
+    only; the report counts, for information, the val/test images it would have flagged.
 
     Returns:
         The contents of `metrics` (reports/clean.json).
@@ -64,18 +68,19 @@ def run(
     unknown = sorted(set(labels) - set(base.classes))
     if unknown:
         logger.warning("labels not in base.classes are kept as classes: %s", ", ".join(unknown))
-    result = find_outliers(
-        vectors, labels, k_std=params.k_std, metric=params.distance, enabled=params.enabled
-    )
-    kept = np.flatnonzero(result.keep)
-    splits = stratified_split(
-        [posts[i].sha256 for i in kept], [labels[i] for i in kept],
+    splits = content_split(
+        [post.sha256 for post in posts], [post.owner for post in posts],
         val_fraction=params.val_fraction, test_fraction=params.test_fraction, seed=base.seed,
     )  # fmt: skip
+    result = find_outliers(
+        vectors, labels, k_std=params.k_std, metric=params.distance, enabled=params.enabled,
+        fit=splits == "train",
+    )  # fmt: skip
+    kept = np.flatnonzero(result.keep)
     manifest = [
         {"id": posts[i].id, "sha256": posts[i].sha256, "image": posts[i].image,
-         "label": labels[i], "split": side, "distance": f"{result.distances[i]:.6g}"}
-        for i, side in zip(kept, splits, strict=True)
+         "label": labels[i], "split": splits[i], "distance": f"{result.distances[i]:.6g}"}
+        for i in kept
     ]  # fmt: skip
     dropped = [
         {"id": posts[i].id, "sha256": posts[i].sha256, "image": posts[i].image,
@@ -86,12 +91,14 @@ def run(
     atomic_write_text(out / "manifest.csv", _csv(manifest, MANIFEST_COLUMNS))
     atomic_write_text(out / "dropped.csv", _csv(dropped, DROPPED_COLUMNS))
 
-    split_counts = {side: int((splits == side).sum()) for side in SPLITS}
+    split_counts = {side: int((splits[kept] == side).sum()) for side in SPLITS}
     report = {
         "enabled": params.enabled, "k_std": params.k_std, "distance": params.distance,
-        "classes": {label: stats.to_dict() for label, stats in result.classes.items()},
+        "fitted_on": "train",
+        "classes": {label: {**stats.to_dict(), **_held_out_flags(result, labels, splits, label)}
+                    for label, stats in result.classes.items()},
         "totals": {"before": len(posts), "after": len(manifest), "dropped": len(dropped),
-                   **split_counts},
+                   **split_counts, **_held_out_flags(result, labels, splits)},
     }  # fmt: skip
     atomic_write_json(metrics, report)
     for stale in reports.glob("dropped_*.png"):  # sheets of classes that now drop nothing
@@ -101,11 +108,22 @@ def run(
         result, labels, [raw / post.image for post in posts], reports, params.contact_sheet_max
     )
     logger.info(
-        "clean: kept %d of %d images (%d dropped); split %s",
+        "clean: kept %d of %d images (%d training images dropped); split %s; val/test images "
+        "beyond the threshold, kept: %d/%d",
         len(manifest), len(posts), len(dropped), split_counts,
+        report["totals"]["flagged_val"], report["totals"]["flagged_test"],
     )  # fmt: skip
     _log_to_mlflow(base, params, report, [metrics, *pngs])
     return report
+
+
+def _held_out_flags(
+    result, labels: list[str], splits: np.ndarray, label: str | None = None
+) -> dict:
+    """How many val / test images (of one class, or all) lie beyond the threshold: kept anyway."""
+    rows = np.ones(len(labels), bool) if label is None else np.asarray(labels) == label
+    return {f"flagged_{side}": int((result.flagged & rows & (splits == side)).sum())
+            for side in ("val", "test")}  # fmt: skip
 
 
 def _log_to_mlflow(base: BaseParams, params: CleanParams, report: dict, files: list[Path]) -> None:

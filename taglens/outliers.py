@@ -39,6 +39,32 @@ class OutlierResult:
     distances: np.ndarray  # (N,) float64
     thresholds: np.ndarray  # (N,) float64, the threshold of the row's class (inf when none)
     classes: dict[str, ClassStats]
+    flagged: np.ndarray  # (N,) bool, beyond the threshold whatever the split (only fit rows drop)
+
+
+def class_centre(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """The centroid of one class's vectors: their mean, or for `cosine` the mean direction."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if metric == "euclidean":
+        return x.mean(axis=0)
+    if metric == "cosine":
+        centre = _unit(x).mean(axis=0)
+        return centre / max(float(np.linalg.norm(centre)), _EPS)
+    raise ValueError(f"clean.distance must be 'euclidean' or 'cosine', got {metric!r}")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+
+
+def distances_to(vectors: np.ndarray, centre: np.ndarray, metric: str) -> np.ndarray:
+    """Distance of each row to a centre from `class_centre` (cosine: 1 - cosine similarity)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if metric == "euclidean":
+        return np.linalg.norm(x - centre, axis=1)
+    if metric == "cosine":
+        return np.clip(1.0 - _unit(x) @ centre, 0.0, 2.0)
+    raise ValueError(f"clean.distance must be 'euclidean' or 'cosine', got {metric!r}")
 
 
 def centroid_distances(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -47,15 +73,7 @@ def centroid_distances(vectors: np.ndarray, metric: str) -> np.ndarray:
     `euclidean` uses the mean vector; `cosine` compares directions: one minus the cosine
     similarity to the mean of the L2-normalized vectors (a zero vector is at distance 1).
     """
-    x = np.asarray(vectors, dtype=np.float64)
-    if metric == "euclidean":
-        return np.linalg.norm(x - x.mean(axis=0), axis=1)
-    if metric == "cosine":
-        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
-        centre = unit.mean(axis=0)
-        centre /= max(float(np.linalg.norm(centre)), _EPS)
-        return np.clip(1.0 - unit @ centre, 0.0, 2.0)
-    raise ValueError(f"clean.distance must be 'euclidean' or 'cosine', got {metric!r}")
+    return distances_to(vectors, class_centre(vectors, metric), metric)
 
 
 def find_outliers(
@@ -65,15 +83,20 @@ def find_outliers(
     k_std: float,
     metric: str = "euclidean",
     enabled: bool = True,
+    fit: np.ndarray | None = None,
 ) -> OutlierResult:
     """Mark images farther from their class centroid than mean + k_std * std of the class.
 
-    The std is the population std of the class's distances. Classes with fewer than
-    `MIN_CLASS_SIZE` images keep everything; `enabled=False` keeps everything but still reports
-    distances, so the report shows what the rule would see.
+    Centroids, means and stds come from the `fit` rows only (the training split), and only `fit`
+    rows are dropped: validation and test stay whole, as users' uploads are never filtered, so
+    the reported scores are not flattered. Every row is still measured against its class's
+    threshold (`flagged`), so a report can say how many held-out images the rule would catch.
+    The std is the population std of the fit rows' distances. Classes with fewer than
+    `MIN_CLASS_SIZE` fit rows keep everything; `enabled=False` keeps everything but still
+    reports distances, so the report shows what the rule would see.
 
     Raises:
-        ValueError: vectors and labels disagree in length, or vectors hold NaN/inf.
+        ValueError: vectors, labels and fit disagree in length, or vectors hold NaN/inf.
     """
     vectors = np.asarray(vectors)
     labels = np.asarray(labels, dtype=str)
@@ -85,20 +108,27 @@ def find_outliers(
     if not np.isfinite(vectors).all():
         raise ValueError("feature vectors contain NaN or inf: re-run featurize")
     n = len(labels)
-    keep = np.ones(n, dtype=bool)
+    fit = np.ones(n, dtype=bool) if fit is None else np.asarray(fit, dtype=bool)
+    if fit.shape != (n,):
+        raise ValueError(f"expected one fit flag per row ({n}), got shape {fit.shape}")
+    flagged = np.zeros(n, dtype=bool)
     distances = np.zeros(n, dtype=np.float64)
     thresholds = np.full(n, np.inf)
     stats: dict[str, ClassStats] = {}
     for label in sorted(set(labels.tolist())):
         rows = np.flatnonzero(labels == label)
-        d = centroid_distances(vectors[rows], metric)
+        fitted = rows[fit[rows]]
+        reference = fitted if len(fitted) else rows  # a class with no training rows: its own
+        d = distances_to(vectors[rows], class_centre(vectors[reference], metric), metric)
         distances[rows] = d
-        mean, std = float(d.mean()), float(d.std())
+        d_fit = distances[reference]
+        mean, std = float(d_fit.mean()), float(d_fit.std())
         threshold = None
-        if enabled and len(rows) >= MIN_CLASS_SIZE:
+        if enabled and len(fitted) >= MIN_CLASS_SIZE:
             threshold = mean + k_std * std
             # a relative tolerance keeps float noise from dropping points of a zero-spread class
-            keep[rows] = d <= threshold + 1e-9 * max(1.0, abs(threshold))
+            flagged[rows] = d > threshold + 1e-9 * max(1.0, abs(threshold))
             thresholds[rows] = threshold
-        stats[label] = ClassStats(label, len(rows), int(keep[rows].sum()), mean, std, threshold)
-    return OutlierResult(keep, distances, thresholds, stats)
+        kept = len(rows) - int((flagged[rows] & fit[rows]).sum())
+        stats[label] = ClassStats(label, len(rows), kept, mean, std, threshold)
+    return OutlierResult(~(flagged & fit), distances, thresholds, stats, flagged)

@@ -1,75 +1,89 @@
-"""The stratified train / val / test split, with exact duplicates always on the same side."""
+"""The train / val / test split: a pure function of each photo's content, stable as data grows.
+
+A photo's side is decided by a keyed hash of its group key (the post's owner when the source
+knows it, else the image's sha256) mapped to [0, 1) and cut at the configured fractions. No
+photo's side depends on any other photo, so adding photos never moves an existing one: last
+week's test photos are this week's test photos, and models trained on different data versions
+are still scored on comparable test sets. Exact duplicates share a key and so a side; posts of
+one owner share a side, so near-identical shots of one account never straddle train and test.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import math
-from collections import Counter, defaultdict
+import hmac
 from collections.abc import Sequence
 
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-# data/clean/manifest.csv: the kept images and the split each one is in (clean writes, train reads).
+# data/clean/manifest.csv: the images train and evaluate read and the split each one is in.
 MANIFEST_COLUMNS = ("id", "sha256", "image", "label", "split", "distance")
+_SCALE = float(1 << 64)
 
 
-def _order_key(seed: int, sha256: str) -> str:
-    # Ordering by a seeded hash rather than a shuffled list keeps each image's side stable when
-    # images are added or dropped elsewhere, so test sets stay comparable across data versions.
-    return hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()
+def group_key(sha256: str, owner: str | None = None) -> str:
+    """The key a photo is split by: its owner when known (same owner, same side), else its bytes."""
+    return f"owner:{owner}" if owner else f"sha256:{sha256}"
 
 
-def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    """Val and test sizes for a class of n groups (rounded half up, training keeps at least 1)."""
-    n_test = math.floor(n * test_fraction + 0.5)
-    n_val = math.floor(n * val_fraction + 0.5)
-    while n_test + n_val >= n and (n_test or n_val):
-        if n_val >= n_test and n_val:
-            n_val -= 1
-        else:
-            n_test -= 1
-    return n_val, n_test
+def unit_position(key: str, seed: int) -> float:
+    """A key's place in [0, 1): the first 64 bits of HMAC-SHA256(seed, key), uniform over keys."""
+    digest = hmac.new(str(seed).encode(), key.encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / _SCALE
 
 
-def stratified_split(
+def side_of(position: float, val_fraction: float, test_fraction: float) -> str:
+    """The split for a place in [0, 1): test below test_fraction, then val, the rest train."""
+    if position < test_fraction:
+        return "test"
+    if position < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def content_split(
     shas: Sequence[str],
-    labels: Sequence[str],
+    owners: Sequence[str | None] | None = None,
     *,
     val_fraction: float,
     test_fraction: float,
     seed: int,
 ) -> np.ndarray:
-    """Assign each row to train/val/test, stratified by label, duplicates (same sha256) together.
+    """Assign each row to train/val/test from its content alone.
 
-    Rows sharing a sha256 form one group; a group whose rows carry different labels is
-    stratified under its most common label (ties: alphabetical). Each class's groups are ordered
-    by a seeded hash of their sha256; the first go to test, the next to val, the rest to train.
+    Rows sharing a sha256 follow the smallest group key among them, so exact duplicates never
+    straddle splits even when they came from different owners (ingest keeps one post per sha256,
+    so this only matters for callers that pass duplicates). Fractions are met in expectation, not
+    exactly per class: exactness would make a photo's side depend on the other photos.
+
+    Args:
+        shas: each row's image sha256.
+        owners: each row's owner (a salted hash) or None when the source does not know it.
+        val_fraction: expected share of validation rows.
+        test_fraction: expected share of test rows.
+        seed: the hash key; another seed gives another (equally stable) split.
 
     Returns:
         (N,) array of "train", "val" or "test".
 
     Raises:
-        ValueError: shas and labels differ in length, or a fraction is out of range.
+        ValueError: shas and owners differ in length, or a fraction is out of range.
     """
-    if len(shas) != len(labels):
-        raise ValueError(f"got {len(shas)} sha256 values for {len(labels)} labels")
+    owners = [None] * len(shas) if owners is None else list(owners)
+    if len(shas) != len(owners):
+        raise ValueError(f"got {len(shas)} sha256 values for {len(owners)} owners")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
             f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction}, "
             f"test={test_fraction}"
         )
-    group_labels: dict[str, Counter] = defaultdict(Counter)
-    for sha, label in zip(shas, labels, strict=True):
-        group_labels[sha][label] += 1
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for sha, votes in group_labels.items():
-        top = max(votes.values())
-        by_class[min(label for label, count in votes.items() if count == top)].append(sha)
-    side: dict[str, str] = {}
-    for groups in by_class.values():
-        groups.sort(key=lambda sha: _order_key(seed, sha))
-        n_val, n_test = _counts(len(groups), val_fraction, test_fraction)
-        for i, sha in enumerate(groups):
-            side[sha] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    key_of: dict[str, str] = {}
+    for sha, owner in zip(shas, owners, strict=True):
+        key = group_key(sha, owner)
+        key_of[sha] = min(key, key_of.get(sha, key))
+    side = {
+        sha: side_of(unit_position(key, seed), val_fraction, test_fraction)
+        for sha, key in key_of.items()
+    }
     return np.array([side[sha] for sha in shas], dtype="<U5")

@@ -12,6 +12,7 @@ from stages import clean, featurize
 from taglens.features import read_features
 from taglens.params import FeaturizeParams, ModelParams
 from taglens.posts import POSTS_FILE, write_posts
+from taglens.split import content_split
 
 PER_CLASS = 20
 
@@ -78,6 +79,11 @@ def test_flowers_featurize_and_clean_counts_add_up(
     for label in classes:
         sides = [row["split"] for row in manifest if row["label"] == label]
         assert len(sides) == per_class[label]["after"]
-        assert sides.count("test") == 3 and sides.count("val") == 3  # 15% of 17-20, rounded
+    # the rule drops training images only: every val/test image of the content split is kept
+    held_out = {row["id"] for row in manifest if row["split"] != "train"}
+    sides = content_split([p.sha256 for p in posts], [p.owner for p in posts],
+                          val_fraction=0.15, test_fraction=0.15, seed=42)  # fmt: skip
+    assert held_out == {p.id for p, side in zip(posts, sides, strict=True) if side != "train"}
+    assert not held_out & {row["id"] for row in dropped}
     sheets = {p.name for p in (tmp_path / "reports" / "clean").glob("dropped_*.png")}
     assert sheets == {f"dropped_{label}.png" for label in {row["label"] for row in dropped}}

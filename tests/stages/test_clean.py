@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from rawdata import solid_raw
 from stages import clean
 from taglens.features import write_features
 from taglens.posts import POSTS_FILE, read_posts, write_posts
+from taglens.split import content_split
 
-SIZES = {"animals": 21, "food": 12, "art": 2}
+SIZES = {"animals": 40, "food": 30, "art": 2}
+SEED = 42  # tests/fixtures/params.yaml's base.seed
 
 
 @pytest.fixture(autouse=True)
@@ -35,26 +38,43 @@ def ring(n: int, radius: float, centre: float) -> np.ndarray:
     return np.stack([np.cos(angles) * radius + centre, np.sin(angles) * radius + centre], axis=1)
 
 
+@dataclass
+class Data:
+    raw: Path
+    features: Path
+    splits: dict[str, str]  # post id -> side, as the content split puts it
+    far_train: str  # the animals post far from its class in the training split
+    far_test: str  # ... and one in the test split
+
+
 @pytest.fixture
-def data(tmp_path):
-    """35 posts (+1 duplicate); animals' last image sits far from the others."""
+def data(tmp_path) -> Data:
+    """72 posts (+1 duplicate); one training and one test animals image sit far from the rest."""
     raw = tmp_path / "raw"
-    colours = {label: [(i * 11 % 256, j * 40, 100) for i in range(n)]
+    colours = {label: [(i * 5 % 256, j * 40, (i * 37) % 256) for i in range(n)]
                for j, (label, n) in enumerate(SIZES.items())}  # fmt: skip
     posts = solid_raw(raw, colours)
     posts.append(posts[3].model_copy(update={"id": "repost"}))  # the same image posted twice
     write_posts(raw / POSTS_FILE, posts)
-    animals = np.vstack([ring(20, 1.0, 0.0), [[40.0, 0.0]]])
-    vectors = np.vstack([animals, ring(12, 2.0, 50.0), ring(2, 1.0, -50.0), animals[3:4]])
+    sides = content_split([p.sha256 for p in posts], val_fraction=0.15, test_fraction=0.15,
+                          seed=SEED)  # fmt: skip
+    splits = {p.id: str(side) for p, side in zip(posts, sides, strict=True)}
+    animals = [i for i, p in enumerate(posts[:40]) if i != 3]
+    far_train = next(i for i in animals if splits[posts[i].id] == "train")
+    far_test = next(i for i in animals if splits[posts[i].id] == "test")
+    vectors = np.vstack([ring(40, 1.0, 0.0), ring(30, 2.0, 50.0), ring(2, 1.0, -50.0)])
+    vectors[far_train], vectors[far_test] = [40.0, 0.0], [-40.0, 0.0]
+    vectors = np.vstack([vectors, vectors[3:4]])
     features = tmp_path / "features"
     write_features(features, [p.sha256 for p in posts], vectors, {"dim": 2})
-    return raw, features
+    return Data(raw, features, splits, posts[far_train].id, posts[far_test].id)
 
 
-def run(tmp_path, params, raw, features):
+def run(tmp_path, params, data: Data):
     return clean.run(
-        params.base, params.clean, raw=raw, features=features, out=tmp_path / "clean",
-        reports=tmp_path / "reports" / "clean", metrics=tmp_path / "reports" / "clean.json",
+        params.base, params.clean, raw=data.raw, features=data.features,
+        out=tmp_path / "clean", reports=tmp_path / "reports" / "clean",
+        metrics=tmp_path / "reports" / "clean.json",
     )  # fmt: skip
 
 
@@ -63,35 +83,31 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
-def test_drops_the_far_image_and_splits_the_rest(tmp_path, tiny_params, data):
-    raw, features = data
-    report = run(tmp_path, tiny_params, raw, features)
-    posts = read_posts(raw / POSTS_FILE)
+def test_drops_only_the_far_training_image(tmp_path, tiny_params, data):
+    report = run(tmp_path, tiny_params, data)
+    posts = read_posts(data.raw / POSTS_FILE)
 
     dropped = read_csv(tmp_path / "clean" / "dropped.csv")
-    assert [row["id"] for row in dropped] == ["animals-20"]
+    assert [row["id"] for row in dropped] == [data.far_train]
     assert float(dropped[0]["distance"]) > float(dropped[0]["threshold"])
     manifest = read_csv(tmp_path / "clean" / "manifest.csv")
     assert list(manifest[0]) == ["id", "sha256", "image", "label", "split", "distance"]
     kept_ids = {row["id"] for row in manifest}
-    assert len(manifest) == 35 and kept_ids == {p.id for p in posts} - {"animals-20"}
-    assert all((raw / row["image"]).is_file() for row in manifest)
+    assert len(manifest) == 72 and kept_ids == {p.id for p in posts} - {data.far_train}
+    assert all((data.raw / row["image"]).is_file() for row in manifest)
     by_id = {row["id"]: row["split"] for row in manifest}
+    assert by_id == {i: side for i, side in data.splits.items() if i != data.far_train}
     assert by_id["animals-3"] == by_id["repost"]
-    assert {by_id["art-0"], by_id["art-1"]} == {"train"}
 
     splits = [row["split"] for row in manifest]
-    assert report["totals"] == {"before": 36, "after": 35, "dropped": 1, **{
-        side: splits.count(side) for side in ("train", "val", "test")}}  # fmt: skip
-    # 20 unique animals (3 test, 3 val), 12 food (2, 2), 2 art (train); the repost follows its twin
-    repost = by_id["repost"]
-    assert splits.count("test") == 5 + (repost == "test")
-    assert splits.count("val") == 5 + (repost == "val")
-    assert report["classes"]["animals"]["before"] == 22  # 21 + the repost
-    assert report["classes"]["animals"]["after"] == 21
-    assert report["classes"]["art"] == pytest.approx(
-        {"before": 2, "after": 2, "dropped": 0, "mean": 1.0, "std": 0.0, "threshold": None}
-    )
+    assert report["totals"] == {
+        "before": 73, "after": 72, "dropped": 1, "flagged_val": 0, "flagged_test": 1,
+        **{side: splits.count(side) for side in ("train", "val", "test")},
+    }  # fmt: skip
+    assert report["fitted_on"] == "train"
+    assert report["classes"]["animals"]["before"] == 41  # 40 + the repost
+    assert report["classes"]["animals"]["after"] == 40
+    assert report["classes"]["animals"]["flagged_test"] == 1
     assert json.loads((tmp_path / "reports" / "clean.json").read_text()) == report
 
     pngs = sorted(p.name for p in (tmp_path / "reports" / "clean").iterdir())
@@ -100,15 +116,31 @@ def test_drops_the_far_image_and_splits_the_rest(tmp_path, tiny_params, data):
         assert sheet.size == (96, 110)
 
 
+def test_the_test_split_keeps_every_image(tmp_path, tiny_params, data):
+    """However strict the rule, it removes training images only: val and test stay whole."""
+    strict = tiny_params.model_copy(
+        update={"clean": tiny_params.clean.model_copy(update={"k_std": 0.01})}
+    )
+    report = run(tmp_path, strict, data)
+    manifest = read_csv(tmp_path / "clean" / "manifest.csv")
+    for side in ("val", "test"):
+        expected = sorted(i for i, s in data.splits.items() if s == side)
+        assert sorted(row["id"] for row in manifest if row["split"] == side) == expected
+    assert data.far_test in {row["id"] for row in manifest}
+    dropped = read_csv(tmp_path / "clean" / "dropped.csv")
+    assert dropped and {data.splits[row["id"]] for row in dropped} == {"train"}
+    assert report["totals"]["flagged_test"] >= 1
+
+
 def test_logs_a_clean_run_to_mlflow(tmp_path, tiny_params, data, experiment):
     import mlflow
 
-    run(tmp_path, tiny_params, *data)
+    run(tmp_path, tiny_params, data)
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     assert [r.info.run_name for r in runs] == ["clean"]
     latest = runs[0]
     assert latest.data.metrics["clean.dropped"] == 1.0
-    assert latest.data.metrics["clean.animals.after"] == 21.0
+    assert latest.data.metrics["clean.animals.after"] == 40.0
     assert latest.data.params["clean.k_std"] == "2.0"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(latest.info.run_id, "clean")}
     assert artifacts == {"clean/clean.json", "clean/distances.png", "clean/dropped_animals.png"}
@@ -118,18 +150,17 @@ def test_disabled_keeps_everything(tmp_path, tiny_params, data):
     off = tiny_params.model_copy(
         update={"clean": tiny_params.clean.model_copy(update={"enabled": False})}
     )
-    report = run(tmp_path, off, *data)
-    assert report["totals"]["after"] == 36 and report["totals"]["dropped"] == 0
+    report = run(tmp_path, off, data)
+    assert report["totals"]["after"] == 73 and report["totals"]["dropped"] == 0
     assert read_csv(tmp_path / "clean" / "dropped.csv") == []
     assert not list((tmp_path / "reports" / "clean").glob("dropped_*.png"))
 
 
 def test_stale_features_are_refused(tmp_path, tiny_params, data):
-    raw, features = data
-    posts = read_posts(raw / POSTS_FILE)
-    write_posts(raw / POSTS_FILE, posts[::-1])
+    posts = read_posts(data.raw / POSTS_FILE)
+    write_posts(data.raw / POSTS_FILE, posts[::-1])
     with pytest.raises(ValueError, match="re-run the featurize stage"):
-        run(tmp_path, tiny_params, raw, features)
+        run(tmp_path, tiny_params, data)
     assert not (tmp_path / "clean" / "manifest.csv").exists()
 
 
@@ -137,8 +168,7 @@ def test_main_turns_missing_features_into_a_message(tmp_path, data, capsys, monk
     from tests.conftest import FIXTURES
 
     monkeypatch.chdir(tmp_path)
-    raw, _ = data
-    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(raw), "--features",
+    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(data.raw), "--features",
             str(tmp_path / "none"), "--out", str(tmp_path / "clean")]  # fmt: skip
     assert clean.main(argv) == 2
     assert "run the featurize stage first" in capsys.readouterr().err
@@ -148,11 +178,10 @@ def test_main_writes_every_output(tmp_path, data, monkeypatch):
     from tests.conftest import FIXTURES
 
     monkeypatch.chdir(tmp_path)  # a new experiment would keep its artifacts under ./mlruns
-    raw, features = data
-    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(raw), "--features",
-            str(features), "--out", "clean", "--reports", "reports/clean",
+    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(data.raw), "--features",
+            str(data.features), "--out", "clean", "--reports", "reports/clean",
             "--metrics", "reports/clean.json"]  # fmt: skip
     assert clean.main(argv) == 0
-    assert json.loads(Path("reports/clean.json").read_text())["totals"]["after"] == 35
-    assert len(read_csv("clean/manifest.csv")) == 35 and len(read_csv("clean/dropped.csv")) == 1
+    assert json.loads(Path("reports/clean.json").read_text())["totals"]["after"] == 72
+    assert len(read_csv("clean/manifest.csv")) == 72 and len(read_csv("clean/dropped.csv")) == 1
     assert Path("reports/clean/distances.png").stat().st_size > 1000

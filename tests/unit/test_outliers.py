@@ -88,3 +88,28 @@ def test_bad_vectors_are_refused(vectors, labels, message):
 def test_unknown_metric_is_refused():
     with pytest.raises(ValueError, match="clean.distance"):
         centroid_distances(np.zeros((3, 2)), "manhattan")
+
+
+def test_fitted_on_training_rows_only_and_only_they_drop():
+    # training rows: a ring of radius 1 plus one far point; held-out rows: one far, one near
+    train = np.vstack([ring(20, 1.0), [[30.0, 0.0]]])
+    held_out = np.array([[25.0, 0.0], [0.5, 0.0]])
+    vectors = np.vstack([train, held_out])
+    fit = np.array([True] * 21 + [False] * 2)
+    result = find_outliers(vectors, ["a"] * 23, k_std=2.0, fit=fit)
+    d_train = centroid_distances(train, "euclidean")
+    assert result.classes["a"].threshold == pytest.approx(d_train.mean() + 2.0 * d_train.std())
+    # the held-out rows are measured from the training centroid, not one that includes them
+    centre = train.mean(axis=0)
+    np.testing.assert_allclose(result.distances[21:], np.linalg.norm(held_out - centre, axis=1))
+    assert result.flagged.tolist() == [False] * 20 + [True, True, False]
+    assert result.keep.tolist() == [True] * 20 + [False, True, True]  # the far test row stays
+    assert result.classes["a"].before == 23 and result.classes["a"].after == 22
+
+
+def test_a_class_without_enough_training_rows_drops_nothing():
+    vectors = np.vstack([ring(10, 1.0), [[50.0, 0.0]]])
+    fit = np.array([True, True] + [False] * 9)
+    result = find_outliers(vectors, ["a"] * 11, k_std=0.1, fit=fit)
+    assert result.keep.all() and not result.flagged.any()
+    assert result.classes["a"].threshold is None

@@ -1,4 +1,4 @@
-"""The split: stratified by class, reproducible from the seed, duplicates never straddling."""
+"""The split: a pure function of each photo's content, stable as data grows, groups together."""
 
 from __future__ import annotations
 
@@ -8,90 +8,81 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from taglens.split import stratified_split
+from taglens.split import content_split, group_key, side_of, unit_position
 
 
 def sha(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
-def dataset(sizes: dict[str, int]) -> tuple[list[str], list[str]]:
-    shas, labels, i = [], [], 0
-    for label, n in sizes.items():
-        for _ in range(n):
-            shas.append(sha(i))
-            labels.append(label)
-            i += 1
-    return shas, labels
+def split(shas, owners=None, seed=42, val=0.15, test=0.15):
+    return content_split(shas, owners, val_fraction=val, test_fraction=test, seed=seed)
 
 
-@pytest.mark.parametrize(
-    ("n", "val", "test"), [(100, 15, 15), (40, 6, 6), (20, 3, 3), (7, 1, 1), (3, 0, 0), (2, 0, 0)]
-)
-def test_each_class_is_split_in_the_given_proportions(n, val, test):
-    shas, labels = dataset({"big": 200, "c": n})
-    splits = stratified_split(shas, labels, val_fraction=0.15, test_fraction=0.15, seed=1)
-    counts = Counter(s for s, label in zip(splits, labels, strict=True) if label == "c")
-    assert (counts["train"], counts["val"], counts["test"]) == (n - val - test, val, test)
-    big = Counter(s for s, label in zip(splits, labels, strict=True) if label == "big")
-    assert (big["train"], big["val"], big["test"]) == (140, 30, 30)
+def test_fractions_are_met_in_expectation():
+    shas = [sha(i) for i in range(20_000)]
+    counts = Counter(split(shas).tolist())
+    # binomial sd for 20k rows at 0.15 is about 50: 4 sd is 200
+    assert abs(counts["test"] - 3000) < 200 and abs(counts["val"] - 3000) < 200
+    assert counts["train"] == 20_000 - counts["test"] - counts["val"]
 
 
-def test_a_single_image_class_goes_to_train():
-    shas, labels = dataset({"a": 30, "solo": 1})
-    splits = stratified_split(shas, labels, val_fraction=0.4, test_fraction=0.4, seed=0)
-    assert splits[-1] == "train"
+def test_adding_photos_never_moves_an_existing_one():
+    week1 = [sha(i) for i in range(300)]
+    week2 = week1 + [sha(i) for i in range(300, 700)]
+    week3 = [sha(i) for i in range(650, 1000)] + week2[::-1]  # more photos, any order
+    one, two, three = split(week1), split(week2), split(week3)
+    assert two[:300].tolist() == one.tolist()
+    where = dict(zip(week3, three.tolist(), strict=True))
+    assert [where[s] for s in week2] == two.tolist()
+
+
+def test_a_photo_side_is_its_keyed_hash_cut_at_the_fractions():
+    shas = [sha(i) for i in range(50)]
+    expected = [side_of(unit_position(group_key(s), 7), 0.2, 0.1) for s in shas]
+    assert split(shas, seed=7, val=0.2, test=0.1).tolist() == expected
+    assert side_of(0.05, 0.2, 0.1) == "test" and side_of(0.25, 0.2, 0.1) == "val"
+    assert side_of(0.31, 0.2, 0.1) == "train"
 
 
 def test_duplicates_never_straddle_splits():
-    unique, labels = dataset({"a": 50, "b": 50})
-    rng = np.random.default_rng(0)
-    picks = rng.integers(0, 100, size=300)  # every image repeated about three times
+    unique = [sha(i) for i in range(100)]
+    picks = np.random.default_rng(0).integers(0, 100, size=300)  # each image about three times
     shas = [unique[i] for i in picks]
-    labels = [labels[i] for i in picks]
-    splits = stratified_split(shas, labels, val_fraction=0.2, test_fraction=0.2, seed=3)
+    owners = [f"o{i % 7}" if i % 2 else None for i in range(300)]  # some copies with an owner
+    splits = split(shas, owners, val=0.2, test=0.2)
     sides: dict[str, set[str]] = {}
     for s, side in zip(shas, splits, strict=True):
         sides.setdefault(s, set()).add(side)
     assert all(len(v) == 1 for v in sides.values())
-    assert {side for v in sides.values() for side in v} == {"train", "val", "test"}
 
 
-def test_a_duplicate_under_two_labels_follows_its_majority_label():
-    shas, labels = dataset({"a": 10, "b": 10})
-    shas += [shas[0], shas[0]]
-    labels += ["b", "b"]  # shas[0] is now 1x "a", 2x "b": it is stratified as "b"
-    splits = stratified_split(shas, labels, val_fraction=0.1, test_fraction=0.1, seed=0)
-    assert len({splits[0], splits[-1], splits[-2]}) == 1
-    # stratified as "b": "a" keeps 9 groups (1 val, 1 test), "b" has 11 (1 val, 1 test)
-    a_sides = Counter(splits[1:10])
-    assert (a_sides["val"], a_sides["test"]) == (1, 1)
+def test_posts_of_one_owner_share_a_side_and_owners_spread_over_sides():
+    shas = [sha(i) for i in range(600)]
+    owners = [f"owner{i % 60}" for i in range(600)]
+    splits = split(shas, owners, val=0.2, test=0.2)
+    by_owner: dict[str, set[str]] = {}
+    for owner, side in zip(owners, splits, strict=True):
+        by_owner.setdefault(owner, set()).add(side)
+    assert all(len(v) == 1 for v in by_owner.values())
+    assert {side for v in by_owner.values() for side in v} == {"train", "val", "test"}
 
 
-def test_the_seed_makes_it_reproducible():
-    shas, labels = dataset({"a": 60, "b": 60})
-    one = stratified_split(shas, labels, val_fraction=0.15, test_fraction=0.15, seed=42)
-    again = stratified_split(shas, labels, val_fraction=0.15, test_fraction=0.15, seed=42)
-    other = stratified_split(shas, labels, val_fraction=0.15, test_fraction=0.15, seed=43)
-    assert one.tolist() == again.tolist()
-    assert one.tolist() != other.tolist()
-
-
-def test_order_of_rows_does_not_change_where_an_image_goes():
-    shas, labels = dataset({"a": 40, "b": 40})
-    splits = stratified_split(shas, labels, val_fraction=0.2, test_fraction=0.2, seed=5)
-    order = np.random.default_rng(1).permutation(80)
-    shuffled = stratified_split([shas[i] for i in order], [labels[i] for i in order],
-                                val_fraction=0.2, test_fraction=0.2, seed=5)  # fmt: skip
-    assert dict(zip(shas, splits, strict=True)) == {
-        shas[i]: side for i, side in zip(order, shuffled, strict=True)
+def test_the_seed_changes_the_split_and_the_row_order_does_not():
+    shas = [sha(i) for i in range(200)]
+    assert split(shas, seed=42).tolist() == split(shas, seed=42).tolist()
+    assert split(shas, seed=42).tolist() != split(shas, seed=43).tolist()
+    order = np.random.default_rng(1).permutation(200)
+    shuffled = split([shas[i] for i in order])
+    assert dict(zip(shas, split(shas).tolist(), strict=True)) == {
+        shas[i]: side for i, side in zip(order, shuffled.tolist(), strict=True)
     }
 
 
 @pytest.mark.parametrize(
-    ("shas", "labels", "val", "test", "message"),
-    [(["x"], [], 0.1, 0.1, "sha256"), (["x"], ["a"], 0.5, 0.5, "fractions")],
+    ("shas", "owners", "val", "test", "message"),
+    [(["x"], [], 0.1, 0.1, "owners"), (["x"], None, 0.5, 0.5, "fractions")],
 )
-def test_bad_input_is_refused(shas, labels, val, test, message):
+def test_bad_input_is_refused(shas, owners, val, test, message):
     with pytest.raises(ValueError, match=message):
-        stratified_split(shas, labels, val_fraction=val, test_fraction=test, seed=0)
+        content_split(shas, owners, val_fraction=val, test_fraction=test, seed=0)
