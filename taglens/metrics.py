@@ -9,10 +9,10 @@ import numpy as np
 
 
 def confusion(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
-    """(C, C) counts: row = actual class, column = predicted class."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return matrix
+    """(C, C) counts: row = actual class, column = predicted class (scikit-learn's matrix)."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def normalize_rows(matrix: np.ndarray) -> np.ndarray:
@@ -21,44 +21,59 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, totals, out=np.zeros(matrix.shape, "float64"), where=totals > 0)
 
 
-def per_class_scores(matrix: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
-    tp = np.diag(matrix).astype("float64")
-    predicted = matrix.sum(axis=0).astype("float64")
-    actual = matrix.sum(axis=1).astype("float64")
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    both = precision + recall
-    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(tp), where=both > 0)
+def per_class_report(
+    y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of every class (scikit-learn's classification report).
+
+    Every class of the model is listed, also one absent from the test set (support 0); scores
+    that divide by zero are 0.
+    """
+    from sklearn.metrics import classification_report
+
+    report = classification_report(
+        y_true, y_pred, labels=np.arange(len(classes)), target_names=list(classes),
+        output_dict=True, zero_division=0,
+    )  # fmt: skip
     return {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-               "support": int(actual[i])}
-        for i, name in enumerate(classes)
+        name: {"precision": float(report[name]["precision"]),
+               "recall": float(report[name]["recall"]), "f1": float(report[name]["f1-score"]),
+               "support": int(report[name]["support"])}
+        for name in classes
     }  # fmt: skip
 
 
 def top_k_accuracy(y_true: Sequence[int], probabilities: np.ndarray, k: int) -> float:
-    """Share of samples whose true class is among the k most probable."""
+    """Share of samples whose true class is among the k most probable (scikit-learn's)."""
+    from sklearn.metrics import top_k_accuracy_score
+
     probabilities = np.asarray(probabilities)
     if len(probabilities) == 0:
         return float("nan")
-    k = min(k, probabilities.shape[1])
-    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return float(np.mean([label in row for label, row in zip(y_true, top, strict=True)]))
+    n_classes = probabilities.shape[1]
+    if k >= n_classes:  # every class is among the k best (scikit-learn warns, then says the same)
+        return 1.0
+    return float(top_k_accuracy_score(y_true, probabilities, k=k, labels=np.arange(n_classes)))
 
 
 def classification_metrics(
     y_true: Sequence[int], probabilities: np.ndarray, classes: Sequence[str], top_k: int = 3
 ) -> dict[str, Any]:
-    """Accuracy, top-k accuracy, macro F1 (over classes present in the test set), per-class scores.
+    """Accuracy, top-k accuracy, macro F1, per-class scores, all computed by scikit-learn.
+
+    Macro F1 is scikit-learn's: the mean F1 over the classes that occur in the test labels or the
+    predictions, so a class predicted but absent from the test set counts (with F1 0) and a model
+    cannot gain by spraying predictions over classes the test set lacks.
 
     Returns:
         A dict with `accuracy`, `top{k}_accuracy` (and always `top3_accuracy`), `macro_f1`,
         `n_test`, `per_class` and `confusion` (the raw matrix as nested lists).
 
     Raises:
-        ValueError: probabilities and labels do not line up.
+        ValueError: probabilities and labels do not line up, or there are no test images.
     """
+    from sklearn.metrics import accuracy_score, f1_score
+
     probabilities = np.asarray(probabilities, dtype="float64")
     y_true = np.asarray(y_true, dtype=int)
     if probabilities.ndim != 2 or probabilities.shape != (len(y_true), len(classes)):
@@ -69,19 +84,15 @@ def classification_metrics(
     if len(y_true) == 0:
         raise ValueError("the test split is empty: raise clean.test_fraction or add images")
     y_pred = probabilities.argmax(axis=1)
-    matrix = confusion(y_true, y_pred, len(classes))
-    per_class = per_class_scores(matrix, classes)
-    present = [name for name, row in per_class.items() if row["support"] > 0]
-    result: dict[str, Any] = {
-        "accuracy": float(np.mean(y_pred == y_true)),
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
         "top3_accuracy": top_k_accuracy(y_true, probabilities, 3),
         f"top{top_k}_accuracy": top_k_accuracy(y_true, probabilities, top_k),
-        "macro_f1": float(np.mean([per_class[name]["f1"] for name in present])),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "n_test": int(len(y_true)),
-        "per_class": per_class,
-        "confusion": matrix.tolist(),
+        "per_class": per_class_report(y_true, y_pred, classes),
+        "confusion": confusion(y_true, y_pred, len(classes)).tolist(),
     }
-    return result
 
 
 def hashtag_metrics(

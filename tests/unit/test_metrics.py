@@ -121,3 +121,24 @@ def test_popularity_baseline_keys_are_prefixed():
         "popularity_hashtag_recall_at_5": 0.5,
         "popularity_hashtag_accuracy_at_5": 0.5,
     }
+
+
+def test_macro_f1_counts_a_predicted_class_missing_from_the_test_set():
+    # "fox" never occurs in the test labels but is predicted once: its F1 of 0 is averaged in
+    y_true, y_pred = [0, 0, 1, 1], [0, 0, 1, 2]
+    result = classification_metrics(y_true, _probs_for(y_pred), CLASSES)
+    # cat F1 1, dog precision 1 recall 1/2 -> 2/3, fox 0
+    assert result["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert result["per_class"]["fox"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_per_class_report_is_scikit_learns_for_every_class():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(1)
+    y_true, y_pred = rng.integers(0, 3, 40), rng.integers(0, 4, 40)  # class "d" never true
+    result = classification_metrics(y_true, _probs_for(y_pred, 4), list("abcd"))
+    p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=range(4), zero_division=0)
+    for i, name in enumerate("abcd"):
+        assert result["per_class"][name] == pytest.approx(
+            {"precision": p[i], "recall": r[i], "f1": f[i], "support": n[i]})
