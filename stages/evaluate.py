@@ -7,17 +7,19 @@ import csv
 import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from taglens import eval_plots, metrics, train_data
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.cli import run_main, setup_logging
 from taglens.images import image_dataset, load_batch
-from taglens.params import Params, load_params
+from taglens.params import HashtagParams, Params, load_params
 from taglens.posts import POSTS_FILE, hashtags_in, normalize_hashtag, read_posts
 from taglens.tracking import configure_tracking
 
@@ -28,22 +30,32 @@ PLOTS_DIR = "evaluate"
 FORWARD_BATCH = 32
 
 
-def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> dict[str, Any]:
-    """Score models/ on the test split; write reports/metrics.json, confusion.csv and plots.
+@dataclass(frozen=True)
+class Scored:
+    """One model scored on the test split: the metrics and what the plots need."""
 
-    Returns:
-        The contents of metrics.json.
+    scores: dict[str, Any]  # metrics.json plus `per_class` and `confusion`
+    test: pd.DataFrame  # the manifest's test rows
+    paths: list[Path]
+    probabilities: np.ndarray
+    y_true: np.ndarray
+
+
+def hashtag_params(params: Params) -> HashtagParams:
+    """The hashtag params evaluation ranks with (at least HASHTAG_K suggestions)."""
+    return params.hashtags.model_copy(update={"top_k": max(params.hashtags.top_k, HASHTAG_K)})
+
+
+def score_test_split(predictor, params: Params, *, raw: Path, clean: Path) -> Scored:
+    """Score a loaded model on the test split: the one scoring code for evaluate and register.
+
+    Register re-scores the champion through this function, so champion and challenger are
+    compared on the same images with the same metrics.
 
     Raises:
-        FileNotFoundError: models/, the manifest or posts are missing.
+        FileNotFoundError: the manifest or posts are missing.
         ValueError: the model's classes differ from the manifest's, or the test split is empty.
     """
-    from taglens.predictor import HashtagPredictor
-
-    hashtag_params = params.hashtags.model_copy(
-        update={"top_k": max(params.hashtags.top_k, HASHTAG_K)}
-    )
-    predictor = HashtagPredictor.from_dir(models, params=hashtag_params)
     classes = predictor.classes
     test = train_data.read_manifest(clean / "manifest.csv", classes)
     test = test[test["split"] == "test"].reset_index(drop=True)
@@ -63,6 +75,26 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
     baseline = metrics.hashtag_metrics([popular] * len(truth), truth, k=HASHTAG_K)
     scores.update(metrics.with_prefix(baseline, "popularity_"))
     scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"])
+    return Scored(scores, test, paths, probs, y_true)
+
+
+def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> dict[str, Any]:
+    """Score models/ on the test split; write reports/metrics.json, confusion.csv and plots.
+
+    Returns:
+        The contents of metrics.json.
+
+    Raises:
+        FileNotFoundError: models/, the manifest or posts are missing.
+        ValueError: the model's classes differ from the manifest's, or the test split is empty.
+    """
+    from taglens.predictor import HashtagPredictor
+
+    predictor = HashtagPredictor.from_dir(models, params=hashtag_params(params))
+    classes = predictor.classes
+    scored = score_test_split(predictor, params, raw=raw, clean=clean)
+    scores, test, paths = scored.scores, scored.test, scored.paths
+    probs, y_true = scored.probabilities, scored.y_true
 
     plots = out / PLOTS_DIR
     per_class, matrix = scores.pop("per_class"), np.array(scores.pop("confusion"))

@@ -1,22 +1,27 @@
 """register: add the evaluated model to the registry and let the promotion gate decide.
 
 As the DVC stage: `python -m stages.register --params params.yaml --models models
---metrics reports/metrics.json --out reports/register.json`. Admin subcommands:
-`list`, `history`, `promote VERSION --reason TEXT`, `rollback --reason TEXT`.
+--metrics reports/metrics.json --raw data/raw --clean data/clean --out reports/register.json`.
+With --raw and --clean, a champion evaluated on another test set is scored again on the current
+test split (through evaluate's own scoring code), so both models are compared on the same images.
+Admin subcommands: `list`, `history`, `promote VERSION --reason TEXT`, `rollback --reason TEXT`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
 from taglens.dvc_lock import dep_hashes
-from taglens.gate import Evaluation, read_metrics, read_recall
+from taglens.gate import Evaluation, NotComparableError, read_metrics, read_recall
 from taglens.params import Params, load_params
 from taglens.pyfunc import logged_model_uri
 from taglens.registry import Registry
@@ -26,6 +31,8 @@ from taglens.tracking import git_commit
 logger = logging.getLogger(__name__)
 
 HISTORY = "promotions.jsonl"
+# DVC sets these in the environment of every stage that `dvc exp run` runs (dvc.env).
+EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
 
 
 def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str, Any]:
@@ -41,6 +48,57 @@ def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str
     return tags
 
 
+def promotion_hold(params: Params) -> str | None:
+    """Why a winning model must stay challenger this time, or None when it may be promoted.
+
+    `dvc exp run` never moves the champion: an experiment may never be merged, and batch scoring
+    and the web page follow @champion. `register.promote: false` holds every model.
+    """
+    running = next((os.environ[key] for key in EXPERIMENT_ENV if os.environ.get(key)), None)
+    if running:
+        return (
+            f"held: registered from `dvc exp run` ({running}), which never moves the champion; "
+            "to promote it, `dvc exp apply` it, commit, and run `dvc repro`, or "
+            "`python -m stages.register promote VERSION --reason ...`"
+        )
+    if not params.register.promote:
+        return (
+            "held: register.promote is false; promote by hand with "
+            "`python -m stages.register promote VERSION --reason ...`"
+        )
+    return None
+
+
+def champion_rescorer(
+    params: Params, classes: list[str], *, raw: Path, clean: Path
+) -> Callable[[Any], Evaluation]:
+    """Score a registered version on the current test split, as evaluate scores a new model."""
+
+    def rescore(version: Any) -> Evaluation:
+        from stages.evaluate import hashtag_params, score_test_split
+        from taglens.pyfunc import load_predictor
+
+        uri = f"models:/{params.register.model_name}/{version.version}"
+        try:
+            predictor = load_predictor(uri)
+        except Exception as exc:  # noqa: BLE001 - whatever stops loading makes it incomparable
+            raise NotComparableError(
+                f"champion version {version.version} cannot be loaded from {uri} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            ) from None
+        if list(predictor.classes) != list(classes):
+            raise NotComparableError(
+                f"champion version {version.version} predicts other classes "
+                f"({', '.join(predictor.classes)}) than this model ({', '.join(classes)})"
+            )
+        predictor = dataclasses.replace(predictor, params=hashtag_params(params))
+        scores = dict(score_test_split(predictor, params, raw=raw, clean=clean).scores)
+        per_class, _ = scores.pop("per_class"), scores.pop("confusion")
+        return Evaluation(scores, {name: row["recall"] for name, row in per_class.items()})
+
+    return rescore
+
+
 def run(
     params: Params,
     *,
@@ -49,12 +107,18 @@ def run(
     out: Path,
     per_class: Path | None = None,
     history: Path | None = None,
+    raw: Path | None = None,
+    clean: Path | None = None,
 ) -> dict[str, Any]:
     """Register the model of the train run in `models/` and write the decision to `out`.
+
+    With `raw` and `clean` (the data the candidate was evaluated on), a champion whose recorded
+    evaluation is on another test set is re-scored on this one before the gate compares them.
 
     Raises:
         FileNotFoundError: model_info.json or metrics.json is missing.
         ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
+        RegistryError: the registry cannot be read or written; nothing was promoted.
     """
     info_path = Path(models) / "model_info.json"
     if not info_path.is_file():
@@ -66,10 +130,15 @@ def run(
     per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
     evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
     evaluation.score(params.register.primary_metric)  # fail before touching the registry
+    rescore = None
+    if raw is not None and clean is not None and (Path(clean) / "manifest.csv").is_file():
+        rescore = champion_rescorer(params, list(info.get("classes", [])), raw=Path(raw),
+                                    clean=Path(clean))  # fmt: skip
     registry = Registry(params.register.model_name, history or Path(out).parent / HISTORY)
     result = registry.register(
-        logged_model_uri(run_id), run_id, evaluation, params.register, lineage(info)
-    )
+        logged_model_uri(run_id), run_id, evaluation, params.register, lineage(info),
+        rescore=rescore, hold=promotion_hold(params),
+    )  # fmt: skip
     _tag_run(run_id, result)
     atomic_write_json(out, result)
     return result
@@ -111,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-class", type=Path, default=None,
                         help="per-class recall (default: <metrics dir>/evaluate/per_class.json)")
     parser.add_argument("--out", type=Path, default=Path("reports/register.json"))
+    parser.add_argument("--raw", type=Path, default=None,
+                        help="data/raw: with --clean, re-score a champion evaluated elsewhere")
+    parser.add_argument("--clean", type=Path, default=None,
+                        help="data/clean: its manifest names the current test split")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("list", parents=[common], help="versions with scores and aliases")
     sub.add_parser("history", parents=[common], help="the promotion history, oldest first")
@@ -134,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_tracking(params.base.experiment)
         if args.command is None:
             result = run(params, models=args.models, metrics=args.metrics, out=args.out,
-                         per_class=args.per_class, history=args.history)  # fmt: skip
+                         per_class=args.per_class, history=args.history, raw=args.raw,
+                         clean=args.clean)  # fmt: skip
             print(f"{result['model_name']} version {result['version']}: {result['decision']} "
                   f"({result['reason']})")  # fmt: skip
             return 0

@@ -12,11 +12,17 @@ from taglens.params import RegisterParams
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# The metrics.json key naming the test images a model was scored on (taglens.metrics).
+FINGERPRINT = "test_fingerprint"
 # Keys whose values must agree for two evaluations to be comparable (same test split).
-SPLIT_KEYS = ("test_fingerprint", "n_test")
+SPLIT_KEYS = (FINGERPRINT, "n_test")
 # Metrics are ratios of counts: 0.71 - 0.70 is 0.01000000000000009 in floating point, which must
 # not count as "more than a margin of 0.01".
 EPS = 1e-9
+
+
+class NotComparableError(ValueError):
+    """The champion cannot be scored beside the candidate (not loadable, or other classes)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,11 @@ class Evaluation:
             )
         return float(value)
 
+    def fingerprint(self) -> int | None:
+        """The test split this evaluation was made on (None when not recorded)."""
+        value = self.metrics.get(FINGERPRINT)
+        return None if value is None else int(value)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -51,6 +62,8 @@ class Decision:
     champion_score: float | None = None
     recall_drops: dict[str, float] = field(default_factory=dict)
     compared_with: str | None = None  # the champion version compared against, set by the registry
+    champion_rescored: bool = False  # the champion was scored again on the candidate's test images
+    test_fingerprint: int | None = None  # the test images both scores are on
 
     @property
     def promoted(self) -> bool:
@@ -62,7 +75,8 @@ def decide(candidate: Evaluation, champion: Evaluation | None, params: RegisterP
     """Apply the promotion gate.
 
     The first model becomes champion if it scores at least `min_score`. Later ones must be
-    evaluated on the same test split as the champion, beat it on `primary_metric` by more than
+    evaluated on the same test split as the champion (the registry re-scores the champion when
+    its recorded evaluation is on another one), beat it on `primary_metric` by more than
     `min_margin`, and lose no more than `max_recall_drop` recall on any of its classes.
     """
     metric = params.primary_metric

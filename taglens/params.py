@@ -176,6 +176,7 @@ class RegisterParams(_Section):
     min_margin: float = Field(ge=0)
     max_recall_drop: float = Field(ge=0, le=1)
     min_score: float = Field(ge=0, le=1)
+    promote: bool  # false: every version stays challenger; `dvc exp run` never promotes anyway
 
 
 class PredictParams(_Section):

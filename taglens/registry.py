@@ -1,29 +1,44 @@
 """The MLflow model registry side of promotion: versions, aliases, tags and the history.
 
 Every decision is written three ways: the `champion` / `challenger` alias, tags on the version
-(`decision`, `decision.reason`, `decision.compared_with`, `decision.score`, ...), and one line
-appended to the promotion history (`reports/promotions.jsonl` by default), which is never
-rewritten. Concurrency: gate + alias change run under an exclusive file lock beside the local
-SQLite store (or beside the history file for a remote tracking server), and the champion is
-read again right before the alias is moved, so a racing registration can neither lose the
-champion nor replace it with a worse model.
+(`decision`, `decision.reason`, `decision.compared_with`, `decision.score`,
+`decision.champion_score`, `decision.test_fingerprint`, ...), and one line appended to the
+promotion history (`reports/promotions.jsonl` by default), which is never rewritten.
+
+Champion and challenger are compared on the same test images: when the champion's recorded
+evaluation is on another test set, the caller's `rescore` scores it again on the current one.
+Fail closed: only "no such alias / model" means there is no champion; any other registry error
+stops with a RegistryError before anything is registered, tagged or moved.
+
+Concurrency: gate + alias change run under an exclusive file lock beside the local SQLite store
+(or beside the history file for a remote tracking server), and the champion is read again right
+before the alias is moved, so a racing registration can neither lose the champion nor replace it
+with a worse model.
 """
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import logging
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from taglens.atomic import append_jsonl, read_jsonl
-from taglens.gate import CHALLENGER, CHAMPION, Decision, Evaluation, decide
+from taglens.gate import (
+    CHALLENGER,
+    CHAMPION,
+    FINGERPRINT,
+    Decision,
+    Evaluation,
+    NotComparableError,
+    decide,
+)
 from taglens.params import RegisterParams
 
 logger = logging.getLogger(__name__)
@@ -45,25 +60,34 @@ def now_iso() -> str:
 
 @contextmanager
 def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (per open file, so threads exclude each other too)."""
+    """Hold an exclusive lock on `path` (the `filelock` package's OS lock).
+
+    Threads and processes exclude each other, and a lock left by a killed process is released
+    with it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with open(path, "a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RegistryError(
-                        f"registry lock {path} held for over {timeout:.0f} s; if "
-                        "no registration is running, delete it"
-                    ) from None
-                time.sleep(0.05)
-        try:
+    try:
+        with FileLock(path, timeout=timeout, thread_local=False):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except Timeout:
+        raise RegistryError(
+            f"registry lock {path} held for over {timeout:.0f} s by another registration; wait "
+            "for it to finish and run again"
+        ) from None
+
+
+def _alias_missing(exc: Exception) -> bool:
+    """Whether an MLflow error says "no such model or alias" (the only error meaning "none")."""
+    code = getattr(exc, "error_code", "")
+    message = str(getattr(exc, "message", exc)).lower()
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
+    )
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
 
 
 @dataclass
@@ -103,13 +127,24 @@ class Registry:
             ) from None
 
     def alias(self, alias: str) -> Any | None:
-        """Return the version holding `alias`, or None."""
-        from mlflow.exceptions import MlflowException
+        """Return the version holding `alias`, or None when the model or the alias does not exist.
 
+        Raises:
+            RegistryError: any other error (store unreachable, locked, corrupt): an unreadable
+                champion is never taken for a missing one, so nothing is promoted on it.
+        """
         try:
             return self.client.get_model_version_by_alias(self.name, alias)
-        except MlflowException:
-            return None
+        except Exception as exc:  # noqa: BLE001 - only "not found" is an answer; the rest stops
+            if _alias_missing(exc):
+                return None
+            import mlflow
+
+            raise RegistryError(
+                f"cannot read {self.name}@{alias} from the MLflow registry at "
+                f"{mlflow.get_registry_uri()} ({type(exc).__name__}: {_one_line(exc)}); nothing "
+                "was registered or promoted: fix the store or server and run register again"
+            ) from None
 
     def find_run(self, run_id: str) -> Any | None:
         """Return the version registered from `run_id`, or None."""
@@ -168,10 +203,30 @@ class Registry:
         evaluation: Evaluation,
         params: RegisterParams,
         lineage: dict[str, Any] | None = None,
+        *,
+        rescore: Callable[[Any], Evaluation] | None = None,
+        hold: str | None = None,
     ) -> dict[str, Any]:
         """Register a run's model (once) and pass it through the gate.
 
-        Re-running with the same run id returns the recorded decision without a new version.
+        The gate runs before the version is created, so a registry error while reading the
+        champion (or re-scoring it) leaves the registry as it was. Re-running with the same run
+        id returns the recorded decision without a new version.
+
+        Args:
+            model_uri: the logged model to register.
+            run_id: the train run (one version per run).
+            evaluation: the candidate's metrics and per-class recall on the current test split.
+            params: the gate's settings.
+            lineage: tags describing where the model came from.
+            rescore: scores a champion version on the current test split; called when the
+                champion's recorded evaluation is on another test set. Raises
+                NotComparableError when the champion cannot be loaded or has other classes.
+            hold: when set, a winning candidate stays challenger and this says why (for example
+                a `dvc exp run`, which must never move the champion).
+
+        Raises:
+            RegistryError: the registry cannot be read or written (nothing is promoted).
         """
         with file_lock(self.lock_path):
             existing = self.find_run(run_id)
@@ -183,8 +238,14 @@ class Registry:
                     str(existing.version),
                 )
                 return self._result(existing, created=False)
+            decision = self._pending(existing) if existing is not None else None
+            if decision is None:
+                mine = str(existing.version) if existing is not None else None
+                decision = self._gate(evaluation, params, rescore, mine)
+                if hold and decision.promoted:
+                    reason = f"{hold} (the gate said: {decision.reason})"
+                    decision = replace(decision, alias=CHALLENGER, reason=reason)
             version = existing or self._create(model_uri, run_id, evaluation, lineage or {})
-            decision = self._pending(version) or self._gate(version, evaluation, params)
             self._apply(version, decision, params)
             return self._result(self.version(version.version), created=existing is None)
 
@@ -195,7 +256,12 @@ class Registry:
 
         try:
             self.client.get_registered_model(self.name)
-        except Exception:  # noqa: BLE001 - absent: create it (get raises a RestException)
+        except Exception as exc:  # noqa: BLE001 - absent: create it; any other error stops
+            if not _alias_missing(exc):
+                raise RegistryError(
+                    f"cannot read registered model {self.name} ({_one_line(exc)}): nothing was "
+                    "registered; fix the MLflow store or server and run register again"
+                ) from None
             self.client.create_registered_model(self.name, description="taglens hashtag model")
         version = mlflow.register_model(model_uri, self.name)
         tags = {LINEAGE_TAG + "run_id": run_id, **{LINEAGE_TAG + k: v for k, v in lineage.items()}}
@@ -211,18 +277,63 @@ class Registry:
         logger.info("registered %s version %s from run %s", self.name, str(version.version), run_id)
         return self.version(version.version)
 
-    def _gate(self, version: Any, evaluation: Evaluation, params: RegisterParams) -> Decision:
+    def _gate(
+        self,
+        evaluation: Evaluation,
+        params: RegisterParams,
+        rescore: Callable[[Any], Evaluation] | None,
+        mine: str | None,
+    ) -> Decision:
         for _ in range(3):
             champion = self.alias(CHAMPION)
-            if champion is not None and str(champion.version) == str(version.version):
+            if champion is not None and str(champion.version) == mine:
                 champion = None
-            decision = decide(evaluation, self.evaluation(champion) if champion else None, params)
+            decision = self._paired(evaluation, champion, params, rescore)
             # Re-check: if the champion moved while we decided (a writer outside this lock, e.g.
             # on another machine), decide again against the new one before moving the alias.
             now = self.alias(CHAMPION)
             if (now and str(now.version)) == (champion and str(champion.version)):
                 break
         return replace(decision, compared_with=str(champion.version) if champion else None)
+
+    def _paired(
+        self,
+        evaluation: Evaluation,
+        champion: Any | None,
+        params: RegisterParams,
+        rescore: Callable[[Any], Evaluation] | None,
+    ) -> Decision:
+        """Decide on scores of both models on the same test images (re-scoring the champion)."""
+        fingerprint = evaluation.fingerprint()
+        if champion is None:
+            return replace(decide(evaluation, None, params), test_fingerprint=fingerprint)
+        recorded = self.evaluation(champion)
+        if recorded.fingerprint() == fingerprint:
+            return replace(decide(evaluation, recorded, params), test_fingerprint=fingerprint)
+        score = evaluation.score(params.primary_metric)
+        try:
+            if rescore is None or fingerprint is None:
+                raise NotComparableError(
+                    f"champion version {champion.version} was evaluated on another test set "
+                    f"({FINGERPRINT} {recorded.fingerprint()} vs {fingerprint}) and no test "
+                    "images were given to score it again: run register as the DVC stage "
+                    "(`dvc repro`, which passes --raw and --clean)"
+                )
+            paired = rescore(champion)
+        except NotComparableError as exc:
+            return Decision(
+                CHALLENGER,
+                f"not comparable: {exc}; or check both models and promote by hand with "
+                "`python -m stages.register promote VERSION --reason ...`",
+                score,
+                test_fingerprint=fingerprint,
+            )
+        logger.info(
+            "champion version %s re-scored on the current test split: %s %.4f",
+            champion.version, params.primary_metric, paired.score(params.primary_metric),
+        )  # fmt: skip
+        decision = decide(evaluation, paired, params)
+        return replace(decision, champion_rescored=True, test_fingerprint=fingerprint)
 
     @staticmethod
     def _pending(version: Any) -> Decision | None:
@@ -236,6 +347,8 @@ class Registry:
             score=float(tags["decision.score"]),
             champion_score=_number(tags.get("decision.champion_score")),
             compared_with=_none(tags.get("decision.compared_with")),
+            champion_rescored=tags.get("decision.champion_rescored") == "True",
+            test_fingerprint=_fingerprint(tags.get("decision.test_fingerprint")),
         )
 
     def _apply(self, version: Any, decision: Decision, params: RegisterParams) -> None:
@@ -256,6 +369,8 @@ class Registry:
                 "decision.score": decision.score,
                 "decision.compared_with": compared or "none",
                 "decision.champion_score": "none" if champion_score is None else champion_score,
+                "decision.champion_rescored": decision.champion_rescored,
+                "decision.test_fingerprint": _text(decision.test_fingerprint),
                 "decision.time": now_iso(),
             },
         )
@@ -273,6 +388,8 @@ class Registry:
                 compared_with=compared,
                 score=decision.score,
                 champion_score=champion_score,
+                champion_rescored=decision.champion_rescored,
+                test_fingerprint=decision.test_fingerprint,
                 metric=params.primary_metric,
             )
         self.tag(version, {"decision": decision.alias})
@@ -294,6 +411,8 @@ class Registry:
             "score": _number(tags.get("decision.score")),
             "compared_with": _none(tags.get("decision.compared_with")),
             "champion_score": _number(tags.get("decision.champion_score")),
+            "champion_rescored": tags.get("decision.champion_rescored") == "True",
+            "test_fingerprint": _fingerprint(tags.get("decision.test_fingerprint")),
             "champion": str(champion.version) if champion else None,
         }
 
@@ -310,6 +429,15 @@ def _number(value: str | None) -> float | None:
         return float(value) if value not in (None, "none") else None
     except ValueError:
         return None
+
+
+def _fingerprint(value: str | None) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
+
+
+def _text(fingerprint: int | None) -> str:
+    return "none" if fingerprint is None else str(int(fingerprint))
 
 
 def _none(value: str | None) -> str | None:

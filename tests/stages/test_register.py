@@ -12,8 +12,9 @@ import pytest
 from tinymodels import build_tiny_models
 
 from stages import register
+from taglens.gate import Evaluation, NotComparableError
 from taglens.params import load_params
-from taglens.pyfunc import log_taglens_model
+from taglens.pyfunc import log_taglens_model, logged_model_uri
 from taglens.registry import Registry
 from taglens.tracking import configure_tracking
 from tests.conftest import FIXTURES
@@ -55,7 +56,8 @@ def make_run(store, models_template, tmp_path):
     """A train run with the tiny model logged, its models/ dir and evaluate's reports."""
     counter = iter(range(1000))
 
-    def make(accuracy: float, recall: float = 0.8, n_test: int = 50):
+    def make(accuracy: float, recall: float = 0.8, n_test: int = 50,
+             fingerprint: int | None = None):  # fmt: skip
         n = next(counter)
         work = tmp_path / f"run{n}"
         models = work / "models"
@@ -67,9 +69,10 @@ def make_run(store, models_template, tmp_path):
         (models / "model_info.json").write_text(json.dumps(info))
         reports = work / "reports"
         (reports / "evaluate").mkdir(parents=True)
-        (reports / "metrics.json").write_text(
-            json.dumps({"accuracy": accuracy, "macro_f1": accuracy - 0.05, "n_test": n_test})
-        )
+        scores = {"accuracy": accuracy, "macro_f1": accuracy - 0.05, "n_test": n_test}
+        if fingerprint is not None:
+            scores["test_fingerprint"] = fingerprint
+        (reports / "metrics.json").write_text(json.dumps(scores))
         per_class = {c: {"precision": 0.5, "recall": recall, "f1": 0.5} for c in CLASSES}
         (reports / "evaluate" / "per_class.json").write_text(json.dumps(per_class))
         return models, reports
@@ -237,3 +240,120 @@ def test_crash_after_moving_the_alias_is_finished_by_the_rerun(params, make_run,
     assert result["compared_with"] == "1" and result["champion_score"] == 0.5
     rows = Registry(name, history).history()
     assert [(r["version"], r["compared_with"]) for r in rows] == [("1", None), ("2", "1")]
+
+
+def test_an_mlflow_error_during_register_promotes_nothing(params, make_run, tmp_path,
+                                                          monkeypatch, capsys):  # fmt: skip
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    history = tmp_path / "promotions.jsonl"
+    _register(params, *make_run(0.5), history)
+    models, reports = make_run(0.9)  # would clearly win
+    name = params.register.model_name
+    args = ["--params", "tests/fixtures/params.yaml", "--models", str(models), "--metrics",
+            str(reports / "metrics.json"), "--out", str(reports / "register.json"),
+            "--history", str(history)]  # fmt: skip
+    monkeypatch.setattr(register, "load_params", lambda _path: params)
+
+    def store_down(self, *args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked", "INTERNAL_ERROR")
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(SqlAlchemyStore, "get_model_version_by_alias", store_down)
+        assert register.main(args) == 2
+
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "database is locked" in err
+    assert "nothing was registered or promoted" in err
+    registry = Registry(name, history)
+    assert [str(v.version) for v in registry.versions()] == ["1"]
+    assert _alias("champion", name) == "1"
+    assert len(registry.history()) == 1
+    assert not (reports / "register.json").exists()
+
+
+def test_only_a_missing_alias_means_no_champion(params, make_run, tmp_path):
+    registry = Registry(params.register.model_name, tmp_path / "promotions.jsonl")
+    assert registry.alias("champion") is None  # no registered model yet
+    _register(params, *make_run(0.5), tmp_path / "promotions.jsonl")
+    assert registry.alias("challenger") is None  # a model, but no such alias
+    assert str(registry.alias("champion").version) == "1"
+
+
+def _rescoring(params, make_run, tmp_path, rescore):
+    history = tmp_path / "promotions.jsonl"
+    _register(params, *make_run(0.9, fingerprint=111), history)  # champion, on last week's test
+    models, reports = make_run(0.7, recall=0.8, fingerprint=222)
+    info = json.loads((models / "model_info.json").read_text())
+    return Registry(params.register.model_name, history).register(
+        logged_model_uri(info["run_id"]), info["run_id"],
+        Evaluation(json.loads((reports / "metrics.json").read_text()), dict.fromkeys(CLASSES, 0.8)),
+        params.register, rescore=rescore,
+    )  # fmt: skip
+
+
+def test_a_champion_scored_on_another_test_set_is_rescored_on_this_one(params, make_run,
+                                                                        tmp_path):  # fmt: skip
+    seen = []
+
+    def rescore(version):
+        seen.append(str(version.version))
+        return Evaluation({"accuracy": 0.6, "test_fingerprint": 222}, dict.fromkeys(CLASSES, 0.75))
+
+    result = _rescoring(params, make_run, tmp_path, rescore)
+
+    # recorded 0.9 on other images would have won; on the same images the champion scores 0.6
+    assert seen == ["1"]
+    assert result["decision"] == "champion" and result["champion_score"] == 0.6
+    assert result["score"] == 0.7 and result["champion_rescored"] is True
+    assert result["test_fingerprint"] == 222
+    tags = mlflow.MlflowClient().get_model_version(params.register.model_name, "2").tags
+    assert tags["decision.test_fingerprint"] == "222"
+    assert tags["decision.champion_rescored"] == "True"
+    assert float(tags["decision.champion_score"]) == 0.6 and float(tags["decision.score"]) == 0.7
+    row = Registry(params.register.model_name, tmp_path / "promotions.jsonl").history()[-1]
+    assert (row["score"], row["champion_score"], row["test_fingerprint"]) == (0.7, 0.6, 222)
+    assert row["champion_rescored"] is True and row["compared_with"] == "1"
+
+
+def test_a_champion_that_cannot_be_scored_is_not_comparable(params, make_run, tmp_path):
+    def rescore(version):
+        raise NotComparableError(f"champion version {version.version} predicts other classes")
+
+    result = _rescoring(params, make_run, tmp_path, rescore)
+
+    assert result["decision"] == "challenger" and result["champion"] == "1"
+    assert result["reason"].startswith("not comparable: champion version 1 predicts other")
+    assert "promote by hand" in result["reason"]
+
+
+def test_without_test_images_a_champion_from_another_test_set_is_not_comparable(
+    params, make_run, tmp_path
+):
+    result = _rescoring(params, make_run, tmp_path, None)
+    assert result["decision"] == "challenger"
+    assert "not comparable" in result["reason"] and "--clean" in result["reason"]
+
+
+@pytest.mark.parametrize("how", ["dvc exp run", "register.promote false"], ids=["exp", "param"])
+def test_exp_runs_and_promote_false_hold(how, params, make_run, tmp_path, monkeypatch):
+    """Neither a `dvc exp run` nor register.promote: false ever moves @champion."""
+    history = tmp_path / "promotions.jsonl"
+    _register(params, *make_run(0.5), history)
+    if how == "dvc exp run":
+        monkeypatch.setenv("DVC_EXP_NAME", "ochre-tuna")  # what DVC sets for an experiment's stages
+    else:
+        params = params.model_copy(
+            update={"register": params.register.model_copy(update={"promote": False})}
+        )
+    result = _register(params, *make_run(0.9), history)
+
+    assert result["decision"] == "challenger" and result["champion"] == "1"
+    assert result["reason"].startswith("held: ")
+    expected = "ochre-tuna" if how == "dvc exp run" else "register.promote is false"
+    assert expected in result["reason"]
+    assert "beats champion's 0.5000" in result["reason"]  # the gate's verdict is still shown
+    assert _alias("champion", params.register.model_name) == "1"
+    assert _alias("challenger", params.register.model_name) == "2"
