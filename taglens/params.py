@@ -45,7 +45,8 @@ class InstagramSourceParams(_Section):
     """Instagram collection through Instaloader (login comes from a session file, never here)."""
 
     hashtags: tuple[str, ...] = Field(min_length=1)
-    posts_per_hashtag: int = Field(ge=1)
+    posts_per_hashtag: int = Field(ge=1)  # per run: posts newer than the newest already held
+    keep_days: Annotated[int, Field(ge=1)] | None  # rolling window; None keeps every post
     order: Literal["top", "recent"]
     skip_videos: bool
     since: str | None  # ISO date, inclusive

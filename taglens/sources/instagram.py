@@ -5,6 +5,13 @@ password is ever read. Collected posts are appended one by one to `<cache>/colle
 their images kept under `<cache>/media/`, so a killed or rate-limited run resumes where it
 stopped: Instaloader's resumable iteration restarts the listing at the saved page, posts already
 collected (by hashtag and shortcode) are skipped, and finished images are never downloaded again.
+
+Each run keeps collecting: per hashtag it takes the posts newer than the newest one already held
+(at most `posts_per_hashtag` per run), so a weekly re-scrape adds the week's posts. The cut-off
+is saved in `<cache>/runs/<tag>.json` when a hashtag's run starts and removed when it ends, so a
+resumed run keeps the cut-off it started with. `keep_days` keeps a rolling window: posts older
+than that many days before a hashtag's newest post are left out of the data (and their images
+deleted from the cache).
 """
 
 from __future__ import annotations
@@ -18,14 +25,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import instaloader
 import requests
 from instaloader import exceptions as ie
-from instaloader.nodeiterator import FrozenNodeIterator, NodeIterator, resumable_iteration
+from instaloader.nodeiterator import FrozenNodeIterator, resumable_iteration
 from tqdm import tqdm
 
 from taglens.atomic import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
@@ -37,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 SESSION_ENV = "TAGLENS_INSTAGRAM_SESSION"
 COLLECTED_FILE = "collected.jsonl"
+RUNS_DIR = "runs"  # per-hashtag cut-off of the run in progress (kept until the run ends)
 HOW_TO_LOGIN = (
     "create a session once with `instaloader --login USER` (it asks for the password itself and "
     "saves ~/.config/instaloader/session-USER), then pass that file with --session-file or the "
@@ -162,7 +170,8 @@ def _window(value: str | None, key: str) -> datetime | None:
 class Collection:
     """What one collection run did."""
 
-    per_tag: Counter = field(default_factory=Counter)
+    per_tag: Counter = field(default_factory=Counter)  # posts held per hashtag, old and new
+    new_per_tag: Counter = field(default_factory=Counter)  # posts this run added
     downloaded: int = 0
     failed: int = 0
     videos_skipped: int = 0
@@ -170,10 +179,30 @@ class Collection:
     notes: list[str] = field(default_factory=list)
 
 
+def _date(row: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(row["date"])
+
+
+def _cutoff(cache: Path, tag: str, rows: list[dict[str, Any]]) -> datetime | None:
+    """Collect only posts newer than this: the newest held when the hashtag's run started."""
+    path = cache / RUNS_DIR / f"{tag}.json"
+    if path.is_file():  # a run that was stopped: resume with the cut-off it started with
+        saved = json.loads(path.read_text(encoding="utf-8"))["after"]
+        return None if saved is None else datetime.fromisoformat(saved)
+    held = [_date(row) for row in rows if row["label"] == tag]
+    after = max(held) if held else None
+    atomic_write_text(path, json.dumps({"after": after.isoformat() if after else None}))
+    return after
+
+
 def collect(
     loader: instaloader.Instaloader, params: InstagramSourceParams, *, cache: Path, salt: str
 ) -> Collection:
-    """Collect up to `posts_per_hashtag` posts per hashtag into `cache`, resuming earlier work.
+    """Collect, per hashtag, up to `posts_per_hashtag` posts newer than the newest already held.
+
+    A stopped run (rate limit, lost connection, Ctrl-C) resumes at the saved page with the same
+    cut-off; posts already held are skipped. With `keep_days`, images of posts that left the
+    rolling window are deleted from the cache afterwards.
 
     Raises:
         InstagramLoginError: Instagram refused the session (expired or logged out).
@@ -183,13 +212,16 @@ def collect(
     seen = {(row["label"], row["shortcode"]) for row in rows}
     result = Collection(per_tag=Counter(row["label"] for row in rows))
     for tag in dict.fromkeys(normalize_hashtag(t) for t in params.hashtags):
-        if result.per_tag[tag] >= params.posts_per_hashtag:
-            continue  # finished by an earlier run: no request at all
-        bar = tqdm(total=params.posts_per_hashtag, initial=result.per_tag[tag], desc=f"#{tag}",
-                   unit="post")  # fmt: skip
+        after = _cutoff(cache, tag, rows)
+        result.new_per_tag[tag] = sum(
+            1 for row in rows if row["label"] == tag and (after is None or _date(row) > after)
+        )  # posts an interrupted run of this cut-off already added count towards its cap
+        bar = tqdm(total=params.posts_per_hashtag, initial=result.new_per_tag[tag],
+                   desc=f"#{tag}", unit="post")  # fmt: skip
         try:
-            _collect_tag(loader, params, tag, window, cache=cache, salt=salt, seen=seen,
+            _collect_tag(loader, params, tag, window, after, cache=cache, salt=salt, seen=seen,
                          result=result, bar=bar)  # fmt: skip
+            (cache / RUNS_DIR / f"{tag}.json").unlink(missing_ok=True)  # this run is done
         except RateLimitStop as exc:
             result.complete = False
             result.notes.append(
@@ -200,6 +232,7 @@ def collect(
         except ie.LoginRequiredException:
             raise InstagramLoginError(f"Instagram refused the session: {HOW_TO_LOGIN}") from None
         except ie.QueryReturnedNotFoundException:
+            (cache / RUNS_DIR / f"{tag}.json").unlink(missing_ok=True)
             result.notes.append(f"#{tag}: Instagram has no such hashtag; skipped")
         # KeyError, IndexError, TypeError: Instagram changed the shape of a response.
         except (ie.InstaloaderException, ie.AbortDownloadException, requests.RequestException,
@@ -209,6 +242,8 @@ def collect(
                                 "run the same command again to resume")  # fmt: skip
         finally:
             bar.close()
+    if params.keep_days is not None:
+        _prune_media(cache, params)
     for note in result.notes:
         logger.warning(note)
     return result
@@ -216,10 +251,12 @@ def collect(
 
 def _collect_tag(
     loader: instaloader.Instaloader, params: InstagramSourceParams, tag: str,
-    window: tuple[datetime | None, datetime | None], *, cache: Path, salt: str,
-    seen: set[tuple[str, str]], result: Collection, bar: tqdm,
+    window: tuple[datetime | None, datetime | None], after: datetime | None, *, cache: Path,
+    salt: str, seen: set[tuple[str, str]], result: Collection, bar: tqdm,
 ) -> None:  # fmt: skip
-    """Walk one hashtag's listing (resumably) until its target is reached or the listing ends."""
+    """Walk one hashtag's listing (resumably) until this run's cap, older posts, or its end."""
+    if result.new_per_tag[tag] >= params.posts_per_hashtag:
+        return  # an interrupted run had reached its cap: nothing to request
     since, until = window
     hashtag = instaloader.Hashtag.from_name(loader.context, tag)
     posts = hashtag.get_top_posts() if params.order == "top" else hashtag.get_posts_resumable()
@@ -227,34 +264,52 @@ def _collect_tag(
     def resume_path(magic: str) -> str:
         return str(cache / "resume" / f"{tag}_{magic}.json")
 
-    reached = False
     with resumable_iteration(loader.context, posts, load=_load_frozen, save=_save_frozen,
                              format_path=resume_path):  # fmt: skip
         for post in posts:
+            date = post.date_utc
+            if (since and date < since) or (after and date <= after):
+                if params.order == "recent":
+                    return  # newest first: everything after this is older still (or held)
+                continue
             if (tag, post.shortcode) in seen:
                 continue  # resuming repeats the post that was in progress
             if params.skip_videos and post.is_video:
                 result.videos_skipped += 1
                 continue
-            date = post.date_utc
             if until and date >= until:
-                continue
-            if since and date < since:
-                if params.order == "recent":
-                    return  # newest first: everything after this is older still
                 continue
             if _fetch(loader, post, cache, result):
                 append_jsonl(cache / COLLECTED_FILE, _record(post, tag, salt, _media(post)))
                 seen.add((tag, post.shortcode))
                 result.per_tag[tag] += 1
+                result.new_per_tag[tag] += 1
                 bar.update(1)
-                if result.per_tag[tag] >= params.posts_per_hashtag:
-                    reached = True  # stop before pulling another page
-                    break
-    if reached and isinstance(posts, NodeIterator):
-        # Saved after the `with`, which deletes the file it resumed from on a normal exit: a
-        # larger posts_per_hashtag later continues from here instead of from the first page.
-        _save_frozen(posts.freeze(), resume_path(posts.magic))
+                if result.new_per_tag[tag] >= params.posts_per_hashtag:
+                    return  # this run's cap: stop before pulling another page
+
+
+def in_window(rows: list[dict[str, Any]], keep_days: int | None) -> list[dict[str, Any]]:
+    """The rows within `keep_days` of the newest post of their hashtag (all when None)."""
+    if keep_days is None:
+        return rows
+    newest: dict[str, datetime] = {}
+    for row in rows:
+        newest[row["label"]] = max(_date(row), newest.get(row["label"], _date(row)))
+    return [row for row in rows
+            if _date(row) >= newest[row["label"]] - timedelta(days=keep_days)]  # fmt: skip
+
+
+def _prune_media(cache: Path, params: InstagramSourceParams) -> None:
+    """Delete the images of posts that left the rolling window (their rows stay, as seen)."""
+    rows = read_jsonl(cache / COLLECTED_FILE)
+    keep = {row["media"] for row in in_window(rows, params.keep_days)}
+    gone = [row["media"] for row in rows if row["media"] not in keep]
+    for media in gone:
+        (cache / media).unlink(missing_ok=True)
+    if gone:
+        logger.info("instagram: %d posts older than keep_days=%d left the window", len(gone),
+                    params.keep_days)  # fmt: skip
 
 
 def _media(post: instaloader.Post) -> str:
@@ -287,11 +342,11 @@ def _fetch(loader: instaloader.Instaloader, post: instaloader.Post, cache: Path,
 
 
 def collected_items(cache: Path, params: InstagramSourceParams) -> Iterator[SourceItem]:
-    """The collected posts as SourceItems, hashtag by hashtag, at most posts_per_hashtag each."""
-    rows = read_jsonl(cache / COLLECTED_FILE)
+    """The collected posts as SourceItems, hashtag by hashtag, within the rolling window."""
+    rows = in_window(read_jsonl(cache / COLLECTED_FILE), params.keep_days)
     tags: Sequence[str] = list(dict.fromkeys(normalize_hashtag(t) for t in params.hashtags))
     for tag in tags:
-        for row in [r for r in rows if r["label"] == tag][: params.posts_per_hashtag]:
+        for row in [r for r in rows if r["label"] == tag]:
             path = cache / row["media"]
             yield SourceItem(
                 id=row["shortcode"], label=tag, data=path.read_bytes() if path.is_file() else b"",

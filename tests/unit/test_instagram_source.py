@@ -17,7 +17,8 @@ SALT = "test-salt"
 
 
 def settings(**changes) -> InstagramSourceParams:
-    base = dict(hashtags=("food",), posts_per_hashtag=10, order="recent", skip_videos=True,
+    base = dict(hashtags=("food",), posts_per_hashtag=10, keep_days=None, order="recent",
+                skip_videos=True,
                 since=None, until=None, max_wait_seconds=1800,
                 owner_salt_env="TAGLENS_OWNER_SALT")  # fmt: skip
     return InstagramSourceParams(**{**base, **changes})
@@ -158,19 +159,64 @@ def test_resume_after_interruption_has_no_duplicates_and_no_redownloads(fake, se
     assert all(new[f"image:{code}"] == 0 for code in ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA"])
 
 
-def test_target_reached_then_raised_continues_where_it_stopped(fake, session, tmp_path):
+def test_the_second_run_adds_exactly_the_newer_posts(fake, session, tmp_path):
+    cache = tmp_path / "cache"
+    first = instagram.collect(loader_for(session), settings(), cache=cache, salt=SALT)
+    assert first.new_per_tag["food"] == 4
+    before = fake.calls.copy()
+
+    fake.newer = True  # a week later: a page of newer posts heads the listing
+    second = instagram.collect(loader_for(session), settings(), cache=cache, salt=SALT)
+
+    assert shortcodes(cache) == ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA", "C7RcFood5AA",
+                                 "C7RcFood6AA", "C7RcFood7AA"]  # fmt: skip
+    assert (second.new_per_tag["food"], second.per_tag["food"], second.downloaded) == (2, 6, 2)
+    new = fake.calls - before
+    assert new["graphql:food:newer"] == 1 and new["graphql:food:2"] == 0  # stops at held posts
+    assert all(new[f"image:{code}"] == 0 for code in ["C7RcFood1AA", "C7RcFood3AA"])
+    assert not list((cache / instagram.RUNS_DIR).iterdir())  # both runs finished
+    items = list(instagram.collected_items(cache, settings()))
+    assert [i.id for i in items][-2:] == ["C7RcFood6AA", "C7RcFood7AA"]
+    assert items[-1].caption == "Fresh figs #food #fruit"
+
+    third = instagram.collect(loader_for(session), settings(), cache=cache, salt=SALT)
+    assert third.new_per_tag["food"] == 0 and len(shortcodes(cache)) == 6
+
+
+def test_the_per_run_cap_and_a_resumed_run_keep_their_cut_off(fake, session, tmp_path):
     cache = tmp_path / "cache"
     instagram.collect(loader_for(session), settings(posts_per_hashtag=2), cache=cache, salt=SALT)
     assert shortcodes(cache) == ["C7RcFood1AA", "C7RcFood3AA"]
     assert fake.calls["graphql:food:2"] == 0  # stopped before pulling another page
-    again = instagram.collect(loader_for(session), settings(posts_per_hashtag=2), cache=cache,
-                              salt=SALT)  # fmt: skip
-    assert again.per_tag["food"] == 2 and fake.calls["web_info:food"] == 1  # nothing requested
-    instagram.collect(loader_for(session), settings(posts_per_hashtag=3), cache=cache, salt=SALT)
-    assert shortcodes(cache) == ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA"]
-    assert list(instagram.collected_items(cache, settings(posts_per_hashtag=2)))[-1].id == (
-        "C7RcFood3AA"
-    )
+
+    fake.newer = True
+    fake.faults["image:C7RcFood7AA"] = [KeyboardInterrupt()]
+    with pytest.raises(KeyboardInterrupt):
+        instagram.collect(loader_for(session), settings(posts_per_hashtag=2), cache=cache,
+                          salt=SALT)  # fmt: skip
+    assert shortcodes(cache)[2:] == ["C7RcFood6AA"]
+    # resumed: the cut-off is still the newest post before this run (not C7RcFood6AA), and the
+    # post it already added counts towards its cap of 2
+    resumed = instagram.collect(loader_for(session), settings(posts_per_hashtag=2), cache=cache,
+                                salt=SALT)  # fmt: skip
+    assert shortcodes(cache)[2:] == ["C7RcFood6AA", "C7RcFood7AA"]
+    assert resumed.new_per_tag["food"] == 2
+
+
+def test_keep_days_keeps_a_rolling_window(fake, session, tmp_path):
+    cache = tmp_path / "cache"
+    instagram.collect(loader_for(session), settings(), cache=cache, salt=SALT)
+    fake.newer = True
+    # the newest post is 2024-06-05 15:06:40; three days back keeps food 1 and 3 (2.3 and 2.5
+    # days older) and drops 4 and 5 (3.5 and 4.6 days older)
+    window = settings(keep_days=3)
+    instagram.collect(loader_for(session), window, cache=cache, salt=SALT)
+    items = list(instagram.collected_items(cache, window))
+    assert [i.id for i in items] == ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood6AA", "C7RcFood7AA"]
+    assert not (cache / "media/C7RcFood4AA.jpg").exists()
+    assert (cache / "media/C7RcFood3AA.jpg").is_file()
+    with pytest.raises(ValueError, match="keep_days"):
+        settings(keep_days=0)
 
 
 def test_failed_image_download_is_logged_and_skipped(fake, session, tmp_path, caplog):

@@ -1,0 +1,152 @@
+"""Three "weeks" of the real pipeline (folder source, `dvc repro`, MLflow registry): the loop works.
+
+Week 1 makes a champion. Week 2 adds photos: the challenger is scored beside the champion
+re-scored on the same (new) test images, and promoted because it is better. Week 3 adds photos
+and trains with a deliberately bad setting: it is refused, with both scores in the history. A
+photo's split never changes, so week 1's test photos are test photos in weeks 2 and 3.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ("animals", "art", "food")
+HUES = {"animals": (200, 60, 40), "art": (40, 170, 60), "food": (50, 70, 210)}
+IGNORE = shutil.ignore_patterns(
+    ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
+    ".pytest_cache", ".ruff_cache", "test-results", ".prefect", "tmp", "cache", "predictions",
+)  # fmt: skip
+
+
+def add_photos(folder: Path, start: int, count: int) -> None:
+    """`count` more noisy 48 px photos per class, numbered from `start` (never rewrites one)."""
+    for label in CLASSES:
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + count):
+            rng = np.random.default_rng([CLASSES.index(label), i])
+            pixels = np.asarray(HUES[label], float) + rng.normal(0, 70, (48, 48, 3))
+            for _ in range(3):  # clutter of other colours, so a class is a tendency, not a rule
+                y, x = rng.integers(0, 36, 2)
+                pixels[y : y + 12, x : x + 12] = rng.integers(0, 256, 3)
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            image.save(folder / label / f"{label}_{i:04d}.png")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlruns/ store, as a user would have
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def _run(repo: Path, *args: str) -> str:
+    result = subprocess.run(args, cwd=repo, env=_env(), capture_output=True, text=True,
+                            timeout=1200)  # fmt: skip
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    return _run(repo, str(Path(sys.executable).parent / "dvc"), *args)
+
+
+def _set_params(repo: Path, changes: dict[str, object]) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _week(repo: Path) -> dict:
+    """Run `dvc repro` and return what a user would look at afterwards."""
+    _dvc(repo, "repro")
+    with open(repo / "data/clean/manifest.csv", newline="") as handle:
+        manifest = list(csv.DictReader(handle))
+    return {
+        "register": json.loads((repo / "reports/register.json").read_text()),
+        "metrics": json.loads((repo / "reports/metrics.json").read_text()),
+        "test": {row["sha256"] for row in manifest if row["split"] == "test"},
+        "splits": {row["sha256"]: row["split"] for row in manifest},
+    }
+
+
+def test_three_weeks_of_retraining(tmp_path):
+    # Given a repository set up for a folder of photos (tiny images, random backbone weights)
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT, repo, ignore=IGNORE)
+    shutil.copy(ROOT / "tests/fixtures/params.yaml", repo / "params.yaml")
+    (repo / "mlruns").mkdir(exist_ok=True)
+    photos = tmp_path / "photos"
+    _set_params(repo, {"base.classes": list(CLASSES), "scrape.source": "folder",
+                       "scrape.folder": str(photos), "train.epochs": 8,
+                       "clean.test_fraction": 0.25})  # fmt: skip
+    _run(repo, "git", "init", "-q")
+    _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+
+    # Week 1: a few photos per class make the first champion
+    add_photos(photos, 0, 12)
+    one = _week(repo)
+    assert one["register"]["version"] == "1" and one["register"]["decision"] == "champion"
+    assert one["register"]["test_fingerprint"] == one["metrics"]["test_fingerprint"]
+
+    # Week 2: many more photos; the champion is re-scored on this week's test images
+    add_photos(photos, 12, 48)
+    two = _week(repo)
+    reg = two["register"]
+    assert reg["version"] == "2" and reg["compared_with"] == "1"
+    assert reg["champion_rescored"] is True
+    assert reg["test_fingerprint"] == two["metrics"]["test_fingerprint"]
+    assert reg["test_fingerprint"] != one["metrics"]["test_fingerprint"]
+    assert reg["score"] == two["metrics"]["accuracy"]
+    assert reg["decision"] == "champion", reg["reason"]  # more data, a better model
+    assert reg["score"] > reg["champion_score"]
+    assert one["test"] <= two["test"]  # last week's test photos are still test photos
+    assert all(two["splits"][sha] == side for sha, side in one["splits"].items()
+               if sha in two["splits"])  # fmt: skip
+
+    # Week 3: more photos, and a setting that cannot learn: refused, with both scores recorded
+    add_photos(photos, 60, 12)
+    _set_params(repo, {"train.learning_rate": 1e-7, "train.epochs": 1})
+    three = _week(repo)
+    reg = three["register"]
+    assert reg["version"] == "3" and reg["compared_with"] == "2"
+    assert reg["decision"] == "challenger" and reg["champion"] == "2"
+    assert reg["champion_rescored"] is True and reg["score"] < reg["champion_score"]
+    assert "does not beat" in reg["reason"] or "recall drops" in reg["reason"]
+    assert one["test"] <= two["test"] <= three["test"]
+
+    history = [json.loads(line) for line in
+               (repo / "reports/promotions.jsonl").read_text().splitlines()]  # fmt: skip
+    assert [(h["version"], h["decision"], h["champion"]) for h in history] == [
+        ("1", "champion", "1"), ("2", "champion", "2"), ("3", "challenger", "2")]
+    for row, week in zip(history, (one, two, three), strict=True):
+        assert row["score"] == week["register"]["score"]
+        assert row["test_fingerprint"] == week["metrics"]["test_fingerprint"]
+    assert history[2]["champion_score"] == reg["champion_score"] is not None
+    (tmp_path / "promotions.json").write_text(json.dumps(history, indent=1))  # to read after
+
+    # An experiment never moves the champion, even one that would win
+    _set_params(repo, {"train.learning_rate": 0.001, "train.epochs": 8})
+    _dvc(repo, "exp", "run", "-S", "train.dropout=0.2")
+    exp = json.loads((repo / "reports/register.json").read_text())
+    assert exp["decision"] == "challenger" and exp["reason"].startswith("held: ")
+    assert exp["champion"] == "2"
