@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from taglens.params import RegisterParams
+
+logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -137,6 +141,56 @@ def decide(candidate: Evaluation, champion: Evaluation | None, params: RegisterP
         "with no class losing too much recall",
         score,
         best,
+    )
+
+
+def paired_decision(
+    candidate: Evaluation,
+    champion: tuple[str, Evaluation] | None,
+    rescore: Callable[[], Evaluation] | None,
+    params: RegisterParams,
+) -> Decision:
+    """Decide on both models' scores on the same test images.
+
+    Args:
+        candidate: the new model's evaluation on the current test split.
+        champion: the champion's version and its recorded evaluation, or None.
+        rescore: scores the champion on the current test split; called only when its recorded
+            evaluation is on another test set. May raise NotComparableError.
+        params: the gate's settings.
+
+    Returns:
+        The decision, with `test_fingerprint` and `champion_rescored` set.
+    """
+    fingerprint = candidate.fingerprint()
+    if champion is None:
+        return replace(decide(candidate, None, params), test_fingerprint=fingerprint)
+    version, recorded = champion
+    if recorded.fingerprint() == fingerprint:
+        return replace(decide(candidate, recorded, params), test_fingerprint=fingerprint)
+    try:
+        if rescore is None or fingerprint is None:
+            raise NotComparableError(
+                f"champion version {version} was evaluated on another test set ({FINGERPRINT} "
+                f"{recorded.fingerprint()} vs {fingerprint}) and no test images were given to "
+                "score it again: run register as the DVC stage (`dvc repro`, which passes --raw "
+                "and --clean)"
+            )
+        paired = rescore()
+    except NotComparableError as exc:
+        return Decision(
+            CHALLENGER,
+            f"not comparable: {exc}; or check both models and promote by hand with "
+            "`python -m stages.register promote VERSION --reason ...`",
+            candidate.score(params.primary_metric),
+            test_fingerprint=fingerprint,
+        )
+    logger.info(
+        "champion version %s re-scored on the current test split: %s %.4f",
+        version, params.primary_metric, paired.score(params.primary_metric),
+    )  # fmt: skip
+    return replace(
+        decide(candidate, paired, params), champion_rescored=True, test_fingerprint=fingerprint
     )
 
 

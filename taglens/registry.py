@@ -30,15 +30,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from taglens.atomic import append_jsonl, read_jsonl
-from taglens.gate import (
-    CHALLENGER,
-    CHAMPION,
-    FINGERPRINT,
-    Decision,
-    Evaluation,
-    NotComparableError,
-    decide,
-)
+from taglens.gate import CHALLENGER, CHAMPION, Decision, Evaluation, paired_decision
 from taglens.params import RegisterParams
 
 logger = logging.getLogger(__name__)
@@ -111,9 +103,26 @@ class Registry:
 
     # ----------------------------------------------------------------- reading
     def versions(self) -> list[Any]:
-        """Return all versions, oldest first."""
-        found = self.client.search_model_versions(f"name = '{self.name}'")
+        """Return all versions, oldest first.
+
+        Raises:
+            RegistryError: the registry cannot be read (nothing was registered or promoted).
+        """
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        except Exception as exc:  # noqa: BLE001 - an unreadable registry stops register
+            raise self._unreadable(f"the versions of {self.name}", exc) from None
         return sorted(found, key=lambda v: int(v.version))
+
+    @staticmethod
+    def _unreadable(what: str, exc: Exception) -> RegistryError:
+        import mlflow
+
+        return RegistryError(
+            f"cannot read {what} from the MLflow registry at {mlflow.get_registry_uri()} "
+            f"({type(exc).__name__}: {_one_line(exc)}); nothing was registered or promoted: fix "
+            "the store or server and run register again"
+        )
 
     def version(self, version: str | int) -> Any:
         """Return one version (RegistryError if it does not exist)."""
@@ -138,13 +147,7 @@ class Registry:
         except Exception as exc:  # noqa: BLE001 - only "not found" is an answer; the rest stops
             if _alias_missing(exc):
                 return None
-            import mlflow
-
-            raise RegistryError(
-                f"cannot read {self.name}@{alias} from the MLflow registry at "
-                f"{mlflow.get_registry_uri()} ({type(exc).__name__}: {_one_line(exc)}); nothing "
-                "was registered or promoted: fix the store or server and run register again"
-            ) from None
+            raise self._unreadable(f"{self.name}@{alias}", exc) from None
 
     def find_run(self, run_id: str) -> Any | None:
         """Return the version registered from `run_id`, or None."""
@@ -304,36 +307,12 @@ class Registry:
         rescore: Callable[[Any], Evaluation] | None,
     ) -> Decision:
         """Decide on scores of both models on the same test images (re-scoring the champion)."""
-        fingerprint = evaluation.fingerprint()
         if champion is None:
-            return replace(decide(evaluation, None, params), test_fingerprint=fingerprint)
-        recorded = self.evaluation(champion)
-        if recorded.fingerprint() == fingerprint:
-            return replace(decide(evaluation, recorded, params), test_fingerprint=fingerprint)
-        score = evaluation.score(params.primary_metric)
-        try:
-            if rescore is None or fingerprint is None:
-                raise NotComparableError(
-                    f"champion version {champion.version} was evaluated on another test set "
-                    f"({FINGERPRINT} {recorded.fingerprint()} vs {fingerprint}) and no test "
-                    "images were given to score it again: run register as the DVC stage "
-                    "(`dvc repro`, which passes --raw and --clean)"
-                )
-            paired = rescore(champion)
-        except NotComparableError as exc:
-            return Decision(
-                CHALLENGER,
-                f"not comparable: {exc}; or check both models and promote by hand with "
-                "`python -m stages.register promote VERSION --reason ...`",
-                score,
-                test_fingerprint=fingerprint,
-            )
-        logger.info(
-            "champion version %s re-scored on the current test split: %s %.4f",
-            champion.version, params.primary_metric, paired.score(params.primary_metric),
-        )  # fmt: skip
-        decision = decide(evaluation, paired, params)
-        return replace(decision, champion_rescored=True, test_fingerprint=fingerprint)
+            return paired_decision(evaluation, None, None, params)
+        again = None if rescore is None else (lambda: rescore(champion))
+        return paired_decision(
+            evaluation, (str(champion.version), self.evaluation(champion)), again, params
+        )
 
     @staticmethod
     def _pending(version: Any) -> Decision | None:

@@ -242,8 +242,10 @@ def test_crash_after_moving_the_alias_is_finished_by_the_rerun(params, make_run,
     assert [(r["version"], r["compared_with"]) for r in rows] == [("1", None), ("2", "1")]
 
 
-def test_an_mlflow_error_during_register_promotes_nothing(params, make_run, tmp_path,
-                                                          monkeypatch, capsys):  # fmt: skip
+@pytest.mark.parametrize("failing", ["get_model_version_by_alias", "search_model_versions"])
+def test_registry_error_promotes_nothing(failing, params, make_run, tmp_path, monkeypatch,
+                                         capsys):  # fmt: skip
+    """An MLflow error during register (here the store failing) promotes nothing."""
     from mlflow.exceptions import MlflowException
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
@@ -261,7 +263,7 @@ def test_an_mlflow_error_during_register_promotes_nothing(params, make_run, tmp_
 
     capsys.readouterr()
     with monkeypatch.context() as patch:
-        patch.setattr(SqlAlchemyStore, "get_model_version_by_alias", store_down)
+        patch.setattr(SqlAlchemyStore, failing, store_down)
         assert register.main(args) == 2
 
     err = capsys.readouterr().err.strip()

@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from taglens.gate import CHALLENGER, CHAMPION, Evaluation, decide, read_recall
+from taglens.gate import (
+    CHALLENGER,
+    CHAMPION,
+    Evaluation,
+    NotComparableError,
+    decide,
+    paired_decision,
+    read_recall,
+)
 from taglens.params import RegisterParams
 
 
@@ -90,3 +98,45 @@ def test_read_recall_missing_and_unusable(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(ValueError, match="no per-class recall"):
         read_recall(tmp_path / "bad.json")
+
+
+def on(fingerprint: int | None, accuracy: float, **recall: float) -> Evaluation:
+    metrics = {"accuracy": accuracy, "n_test": 100}
+    if fingerprint is not None:
+        metrics["test_fingerprint"] = fingerprint
+    return Evaluation(metrics, recall or {"a": 0.8, "b": 0.7})
+
+
+def test_paired_uses_the_recorded_champion_scores_on_the_same_test_set():
+    def never():
+        raise AssertionError("the champion was scored on these images already")
+
+    decision = paired_decision(on(7, 0.8), ("1", on(7, 0.7)), never, params())
+    assert decision.promoted and decision.champion_score == 0.7
+    assert not decision.champion_rescored and decision.test_fingerprint == 7
+
+
+def test_paired_rescores_a_champion_from_another_test_set_and_guards_recall():
+    # recorded on last week's images the champion looks better (0.9); on this week's it is 0.6
+    rescored = paired_decision(on(8, 0.7), ("1", on(7, 0.9)), lambda: on(8, 0.6), params())
+    assert rescored.promoted and rescored.champion_rescored
+    assert (rescored.score, rescored.champion_score, rescored.test_fingerprint) == (0.7, 0.6, 8)
+    # the recall guard runs on the paired scores too: class b drops 0.9 -> 0.7
+    guarded = paired_decision(on(8, 0.7, a=0.8, b=0.7), ("1", on(7, 0.9)),
+                              lambda: on(8, 0.6, a=0.8, b=0.9), params())  # fmt: skip
+    assert not guarded.promoted
+    assert "recall drops" in guarded.reason and "b -0.200" in guarded.reason
+
+
+def test_paired_is_not_comparable_only_when_the_champion_cannot_be_scored():
+    def broken():
+        raise NotComparableError("champion version 1 predicts other classes (x, y)")
+
+    refused = paired_decision(on(8, 0.99), ("1", on(7, 0.1)), broken, params())
+    assert refused.alias == CHALLENGER and refused.score == 0.99
+    assert refused.reason.startswith("not comparable: champion version 1 predicts other classes")
+    assert "promote by hand" in refused.reason
+    blind = paired_decision(on(8, 0.99), ("1", on(7, 0.1)), None, params())
+    assert not blind.promoted and "--clean" in blind.reason
+    first = paired_decision(on(8, 0.5), None, None, params())
+    assert first.promoted and first.test_fingerprint == 8
