@@ -157,4 +157,4 @@ def test_three_weeks_of_retraining(tmp_path):
 
     store = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
-    assert client.get_model_version_by_alias("taglens", "champion").version == "2"
+    assert str(client.get_model_version_by_alias("taglens", "champion").version) == "2"
