@@ -74,6 +74,7 @@ class IngestParams(_Section):
 
     max_pixels: int = Field(ge=1024)
     min_side: int = Field(ge=1)
+    max_side: int = Field(ge=32, le=65_500)
     animated: Literal["first_frame", "reject"]
     jpeg_quality: int = Field(ge=50, le=100)
 
