@@ -230,6 +230,9 @@ def ingest(
     kept: dict[str, Post] = {}
     for item in items:
         try:
+            if item.sha256 and hashlib.sha256(item.data).hexdigest() != item.sha256:
+                raise RejectedImage("sha256_mismatch", "the file's bytes do not match the sha256 "
+                                    "its metadata states (changed or replaced since)")  # fmt: skip
             image = normalize_image(item.data, params)
         except RejectedImage as exc:
             report.rejected[exc.kind] += 1
