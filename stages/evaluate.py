@@ -63,6 +63,7 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
     baseline = metrics.hashtag_metrics([popular] * len(truth), truth, k=HASHTAG_K)
     scores.update(metrics.with_prefix(baseline, "popularity_"))
     scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"])
+    scores["model_run_id"] = str(predictor.info.get("run_id") or "")  # checked by register
 
     plots = out / PLOTS_DIR
     per_class, matrix = scores.pop("per_class"), np.array(scores.pop("confusion"))

@@ -49,6 +49,8 @@ def test_metrics_json_holds_every_required_score(evaluated):
     for key in REQUIRED[:-1]:
         assert 0.0 <= written[key] <= 1.0, key
     assert written["top3_accuracy"] == 1.0  # 3 classes: the true one is always in the top 3
+    info = json.loads((paths["out"] / "model_info.json").read_text())
+    assert written["model_run_id"] == info["run_id"] and len(info["run_id"]) == 32
 
 
 @pytest.mark.slow
