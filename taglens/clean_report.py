@@ -65,6 +65,11 @@ def plot_distances(result: OutlierResult, labels: Sequence[str], path: Path) -> 
     return path
 
 
+def shows_photos(path: Path) -> bool:
+    """Whether a report file is a contact sheet of photos (kept out of MLflow by default)."""
+    return Path(path).name.startswith("dropped_")
+
+
 def contact_sheet(images: Sequence[Path], captions: Sequence[str], path: Path) -> Path:
     """A grid of thumbnails with captions (the distance), written as PNG."""
     from PIL import Image, ImageDraw

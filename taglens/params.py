@@ -32,6 +32,7 @@ class BaseParams(_Section):
     seed: int = Field(ge=0, le=2**32 - 1)  # numpy and Keras accept 32-bit seeds
     classes: tuple[str, ...] = Field(min_length=2)
     experiment: str = Field(min_length=1)
+    log_photos: bool  # contact sheets and misclassified-image grids go to MLflow only if true
 
 
 class DemoSourceParams(_Section):

@@ -99,6 +99,7 @@ def test_plots_and_per_class_scores_are_written_and_logged(evaluated):
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"],
                                                                         "evaluate")}
     assert "evaluate/confusion.png" in artifacts and "evaluate/per_class.json" in artifacts
+    assert "evaluate/misclassified.png" not in artifacts  # photos stay out (base.log_photos)
 
 
 def test_main_without_a_model_explains_what_to_run(tmp_path, capsys, monkeypatch):
