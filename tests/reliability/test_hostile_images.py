@@ -16,6 +16,7 @@ from PIL import Image
 from taglens.images import ALLOWED_FORMATS, header_pixels
 from taglens.ingest import RejectedImage, normalize_image
 from taglens.params import load_params
+from taglens.web.upload import UploadError, prepare_image
 from tests.conftest import FIXTURES
 
 ROOT = FIXTURES.parents[1]
@@ -46,9 +47,12 @@ def test_a_format_outside_the_list_is_refused_before_decoding(fmt, tmp_path):
     with pytest.raises(ValueError, match="allowed format"):
         header_pixels(path)
 
-    # Then it is refused as not an image of a supported format
+    # Then it is refused as not an image of a supported format (a web upload: 415)
     assert refused.value.kind == "not_image"
     assert "JPEG, PNG, GIF, BMP, WebP or TIFF" in refused.value.detail
+    with pytest.raises(UploadError) as upload:
+        prepare_image(data, PARAMS)
+    assert upload.value.status_code == 415
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"])
