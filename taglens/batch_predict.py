@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from taglens.batch_inputs import IMAGE_SUFFIXES, list_inputs, shard
+from taglens.batch_inputs import IMAGE_SUFFIXES, check_header, list_inputs, pixel_cap, shard
 from taglens.batch_outputs import Key, OutputWriter, done_keys, read_rows, row_key
 
 logger = logging.getLogger(__name__)
@@ -123,27 +123,6 @@ def _row(path: Path, sha: str, model: ModelRef, error: str | None = None,
     }
 
 
-def _pixel_cap(max_pixels: int | None) -> int:
-    """The pixel cap in force: `max_pixels`, else Pillow's own decompression-bomb limit."""
-    from PIL import Image
-
-    return int(max_pixels or Image.MAX_IMAGE_PIXELS or 2**31)
-
-
-def check_header(path: Path | str, max_pixels: int) -> None:
-    """Refuse, from its header alone, a file that is not an allowed image or has too many pixels.
-
-    Raises:
-        ValueError: the reason, for the error row.
-    """
-    from taglens.images import header_pixels
-
-    width, height = header_pixels(path)
-    if width * height > max_pixels:
-        raise ValueError(f"{width}x{height} = {width * height} pixels > the limit of "
-                         f"{max_pixels} (ingest.max_pixels; possible decompression bomb)")
-
-
 def _failure(path: Path, image_size: int, max_pixels: int) -> tuple[str, str]:
     """(sha256, reason) for a file the pipeline dropped: re-tried eagerly, which is rare."""
     import tensorflow as tf
@@ -210,7 +189,7 @@ def score_paths(
     skip = _already_done(paths, done) if done else np.zeros(len(paths), dtype=bool)
     todo = np.flatnonzero(~skip)
     size = predictor.image_size
-    cap = _pixel_cap(max_pixels)
+    cap = pixel_cap(max_pixels)
 
     def header_ok(path) -> bool:
         check_header(path.numpy().decode(), cap)  # raising drops the element: an error row
