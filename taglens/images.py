@@ -1,6 +1,8 @@
-"""Image decoding and resizing shared by every consumer, so all feed the model the same pixels.
+"""Image decoding shared by every consumer, so all feed the model the same pixels.
 
-Featurize, training, batch predict and the web page all call these functions.
+Featurize, training, batch predict and the web page call the TensorFlow functions. The Pillow
+functions are the one way any code opens an image with Pillow: only the documented formats, the
+size from the header before any pixel is decoded, and large images decoded reduced.
 """
 
 from __future__ import annotations
