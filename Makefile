@@ -73,3 +73,13 @@ deploy: setup
 
 worker: setup
 	PREFECT_API_URL=$(PREFECT_URL) $(VENV)/bin/prefect worker start --pool taglens
+
+# A long fuzzing campaign (docs/reliability.md): every parser target for FUZZ_SECONDS, with
+# Pillow's Python plugins instrumented and a per-input time and memory limit. The corpora grow
+# under .fuzz/ across campaigns; findings land in .fuzz/crashes/; the summary in bench/results/.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= all
+.PHONY: fuzz
+fuzz: setup
+	$(PY) tests/reliability/fuzz_campaign.py --seconds $(FUZZ_SECONDS) --targets $(FUZZ_TARGETS) \
+	  --timeout 10 --rss-limit-mb 2048

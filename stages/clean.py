@@ -139,7 +139,8 @@ def _log_to_mlflow(base: BaseParams, params: CleanParams, report: dict, files: l
             metrics[f"clean.{label}.after"] = stats["after"]
         mlflow.log_metrics(metrics)
         for path in files:
-            mlflow.log_artifact(str(path), artifact_path="clean")
+            if base.log_photos or not clean_report.shows_photos(path):
+                mlflow.log_artifact(str(path), artifact_path="clean")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 HASHTAG_K = 5  # HARRISON reports recall and accuracy at 5
 PLOTS_DIR = "evaluate"
+MISCLASSIFIED_FILE = "misclassified.png"
 FORWARD_BATCH = 32
 
 
@@ -95,6 +96,7 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
     scored = score_test_split(predictor, params, raw=raw, clean=clean)
     scores, test, paths = scored.scores, scored.test, scored.paths
     probs, y_true = scored.probabilities, scored.y_true
+    scores["model_run_id"] = str(predictor.info.get("run_id") or "")  # checked by register
 
     plots = out / PLOTS_DIR
     per_class, matrix = scores.pop("per_class"), np.array(scores.pop("confusion"))
@@ -113,10 +115,10 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
     eval_plots.plot_misclassified(
         list(load_batch([paths[i] for i in wrong], predictor.image_size).numpy()) if len(wrong)
         else [], [classes[y_true[i]] for i in wrong], [classes[y_pred[i]] for i in wrong],
-        plots / "misclassified.png",
+        plots / MISCLASSIFIED_FILE,
     )  # fmt: skip
     atomic_write_json(out / "metrics.json", scores)
-    _log_to_run(predictor.info, scores, per_class, plots)
+    _log_to_run(predictor.info, scores, per_class, plots, log_photos=params.base.log_photos)
     logger.info("evaluate: %s", {k: v for k, v in scores.items() if not k.startswith("top")})
     return scores
 
@@ -147,7 +149,8 @@ def _write_confusion_csv(path: Path, actual, predicted) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _log_to_run(info: dict, scores: dict, per_class: dict, plots: Path) -> None:
+def _log_to_run(info: dict, scores: dict, per_class: dict, plots: Path, *,
+                log_photos: bool) -> None:  # fmt: skip
     """Log into the model's train run (a new `evaluate` run if that run is not in the store)."""
     import mlflow
 
@@ -163,7 +166,9 @@ def _log_to_run(info: dict, scores: dict, per_class: dict, plots: Path) -> None:
         numbers = {f"test_{k}": float(v) for k, v in scores.items() if isinstance(v, int | float)}
         numbers.update({f"test_recall_{name}": row["recall"] for name, row in per_class.items()})
         mlflow.log_metrics(numbers)
-        mlflow.log_artifacts(str(plots), artifact_path=PLOTS_DIR)
+        for path in sorted(plots.iterdir()):  # the grid of test photos only if base.log_photos
+            if path.is_file() and (log_photos or path.name != MISCLASSIFIED_FILE):
+                mlflow.log_artifact(str(path), artifact_path=PLOTS_DIR)
         mlflow.log_text(json.dumps(scores, indent=2), f"{PLOTS_DIR}/metrics.json")
 
 

@@ -74,7 +74,8 @@ def run(
     predictor = load_model(uri)
     logger.info("scoring %d images with %s version %s", len(paths), model.name, model.version)
     return predict_to_file(paths, Path(output), predictor, model,
-                           batch_size=params.predict.batch_size, progress=progress)  # fmt: skip
+                           batch_size=params.predict.batch_size, progress=progress,
+                           max_pixels=params.ingest.max_pixels)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from taglens.params import Params, load_params
 from taglens.pyfunc import logged_model_uri
 from taglens.registry import Registry
 from taglens.registry_admin import promote, rollback, version_table
+from taglens.report_lineage import check_metrics_run
 from taglens.tracking import git_commit
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def run(
     run_id = info.get("run_id")
     if not run_id:
         raise ValueError(f"{info_path} has no run_id: the train stage must run inside MLflow")
+    check_metrics_run(metrics, run_id)
     per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
     evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
     evaluation.score(params.register.primary_metric)  # fail before touching the registry

@@ -149,7 +149,7 @@ def _write_outputs(params: Params, best: TrainParams, model, history: list[dict]
     eval_plots.plot_history(history, reports / "history.png")
     for path in (reports / "history.csv", reports / "history.png", out / "model_info.json"):
         mlflow.log_artifact(str(path), artifact_path="train")
-    log_taglens_model(out)
+    log_taglens_model(out, ingest=params.ingest)
 
 
 def _identity(params: Params) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import IO, Any
+
+logger = logging.getLogger(__name__)
 
 
 @cache
@@ -45,12 +48,68 @@ def atomic_open(path: Path | str, mode: str = "w", **kwargs: Any) -> Iterator[IO
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+        fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
         raise
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Flush a directory's entries to disk, so a rename or a new file in it survives a power cut.
+
+    `os.replace` is atomic but lives in the directory's metadata: until the directory is fsynced,
+    a power cut can bring back the old name (or no file at all).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path | str) -> None:
+    """Fsync every file under `path` (or the file itself) and every directory holding them."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    folders = {file.parent for file in files} | ({path} if path.is_dir() else set())
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
+    fsync_dir(path.parent)
+
+
+def cut_torn_tail(path: Path | str) -> int:
+    """Drop a last line left incomplete by a killed writer, so appending starts on a fresh line.
+
+    Returns:
+        The number of bytes cut (0 when the file ends with a newline or is empty).
+    """
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        position = size
+        while position > 0:
+            step = min(65536, position)
+            handle.seek(position - step)
+            block = handle.read(step)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = position - step + newline + 1
+                break
+            position -= step
+        else:
+            end = 0
+        if end != size:
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return size - end
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
@@ -83,12 +142,16 @@ def atomic_write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> Path
 def append_jsonl(path: Path | str, row: dict[str, Any]) -> None:
     """Append one JSON line and fsync it: for logs that resumable jobs read back.
 
-    A line is written with a single `write` call so a crash can cut at most the last line, which
-    `read_jsonl` skips.
+    A line is written with a single `write` call so a crash can cut at most the last line. Such a
+    torn line is cut off (with a warning) before appending: glued to the new line it would make
+    the file unreadable. `read_jsonl` skips it too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, sort_keys=True, default=str) + "\n"
+    if path.exists() and (cut := cut_torn_tail(path)):
+        logger.warning("%s ended with a torn line (%d bytes, from an interrupted write): "
+                       "removed it before appending", path, cut)  # fmt: skip
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()
@@ -116,8 +179,10 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break  # a torn final line from an interrupted append
+            if number == len(lines):  # a torn final line from an interrupted append
+                logger.warning("%s:%d is a torn last line (an interrupted write): skipped it",
+                               path, number)  # fmt: skip
+                break
             raise ValueError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
         except RecursionError:  # hostile nesting: json's C parser gives up on the stack
             raise ValueError(f"{path}:{number} nests too deeply to be a record") from None

@@ -1,4 +1,4 @@
-"""Input listing of the batch predict job: folders, globs, list files and single images."""
+"""Inputs of the batch predict job: listing folders, globs, list files; header checks."""
 
 from __future__ import annotations
 
@@ -53,3 +53,24 @@ def shard(paths: Sequence[Path], size: int) -> list[list[Path]]:
     if size < 1:
         raise ValueError(f"predict.shard_size must be >= 1, got {size}")
     return [list(paths[start : start + size]) for start in range(0, len(paths), size)]
+
+
+def pixel_cap(max_pixels: int | None) -> int:
+    """The pixel cap in force: `max_pixels`, else Pillow's own decompression-bomb limit."""
+    from PIL import Image
+
+    return int(max_pixels or Image.MAX_IMAGE_PIXELS or 2**31)
+
+
+def check_header(path: Path | str, max_pixels: int) -> None:
+    """Refuse, from its header alone, a file that is not an allowed image or has too many pixels.
+
+    Raises:
+        ValueError: the reason, for the error row.
+    """
+    from taglens.images import header_pixels
+
+    width, height = header_pixels(path)
+    if width * height > max_pixels:
+        raise ValueError(f"{width}x{height} = {width * height} pixels > the limit of "
+                         f"{max_pixels} (ingest.max_pixels; possible decompression bomb)")

@@ -8,8 +8,10 @@ model version has already scored, so a re-run skips them:
 - `.parquet` (which cannot be appended to): rows go into part files under `<output>.parts/`,
   one row group per batch; a part is sealed (renamed from `.tmp`) every `part_rows` rows or
   `part_seconds` seconds. Closing the writer streams the previous output and all parts, row group
-  by row group, into a new file that atomically replaces the output. A killed run loses at most
-  the unsealed part.
+  by row group, into a new file that atomically replaces the output, then deletes the parts. A
+  killed run loses at most the unsealed part. Finalizing is idempotent: a part row whose key
+  (path, sha256, model) is in the output already is not added again, so a kill between the
+  replace and the deletion of the parts cannot duplicate rows.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from taglens.atomic import atomic_open
+from taglens.atomic import atomic_open, cut_torn_tail, fsync_dir
 
 COLUMNS = (
     "path", "sha256", "hashtags", "top_class", "top_probability",
@@ -133,28 +135,6 @@ def done_keys(path: Path | str, model_name: str, model_version: str) -> set[Key]
     }
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """Drop a last line left incomplete by a killed run, so appending starts on a fresh line."""
-    with open(path, "rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        position = size
-        while position > 0:
-            step = min(65536, position)
-            handle.seek(position - step)
-            block = handle.read(step)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                end = position - step + newline + 1
-                break
-            position -= step
-        else:
-            end = 0
-        if end != size:
-            handle.truncate(end)
-
-
 class OutputWriter:
     """Append rows to an output file; `close()` finalizes, `abort()` keeps what was written."""
 
@@ -173,7 +153,7 @@ class OutputWriter:
             for stale in self.parts_dir.glob("*.tmp"):
                 stale.unlink()  # an unsealed part of a killed run: its rows are scored again
         elif self.path.exists():
-            _cut_torn_tail(self.path)
+            cut_torn_tail(self.path)
             self._check_header()
 
     def _check_header(self) -> None:
@@ -243,6 +223,7 @@ class OutputWriter:
         writer, tmp, _, _ = self._part
         writer.close()
         os.replace(tmp, tmp.with_suffix(""))  # part-N.parquet.tmp -> part-N.parquet
+        fsync_dir(self.parts_dir)
         self._part = None
 
     def abort(self) -> None:
@@ -271,12 +252,32 @@ class OutputWriter:
         if not parts and self.path.exists():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             return
-        sources = ([self.path] if self.path.exists() else []) + parts
+        schema = _parquet_schema()
+        seen = {tuple(row[k] for k in _KEY_COLUMNS)
+                for row in read_rows(self.path, columns=list(_KEY_COLUMNS))}  # fmt: skip
         with atomic_open(self.path, "wb") as handle:
-            writer = pq.ParquetWriter(handle, _parquet_schema())
-            for source in sources:
-                parquet = pq.ParquetFile(source)
+            writer = pq.ParquetWriter(handle, schema)
+            if self.path.exists():
+                previous = pq.ParquetFile(self.path)
+                for group in range(previous.num_row_groups):
+                    writer.write_table(previous.read_row_group(group).cast(schema))
+            for part in parts:
+                parquet = pq.ParquetFile(part)
                 for group in range(parquet.num_row_groups):
-                    writer.write_table(parquet.read_row_group(group).cast(_parquet_schema()))
+                    table = parquet.read_row_group(group).cast(schema)
+                    table = table.filter(_new_rows(table, seen))
+                    if table.num_rows:
+                        writer.write_table(table)
             writer.close()
         shutil.rmtree(self.parts_dir, ignore_errors=True)
+        fsync_dir(self.path.parent)
+
+
+def _new_rows(table, seen: set[tuple]) -> list[bool]:
+    """Which rows of `table` have a key not in `seen` (and add theirs): finalize's dedupe."""
+    keys = zip(*(table.column(name).to_pylist() for name in _KEY_COLUMNS), strict=True)
+    mask = []
+    for key in keys:
+        mask.append(key not in seen)
+        seen.add(key)
+    return mask

@@ -5,8 +5,10 @@ A `tf.data` pipeline reads each file once, in parallel, and decodes and resizes 
 come along so their sha256 (the resume key) costs no second read. Each element carries its input
 index: a file that cannot be read or decoded is dropped by `ignore_errors()` and detected as a
 gap in the indices, which keeps every row aligned with its path and turns the bad file into an
-error row instead of a crash. On resume, only files whose path is already in the output are
-hashed up front to decide whether they can be skipped.
+error row instead of a crash. Before any pixel is decoded, the file's header is read with Pillow
+(limited to `taglens.images.ALLOWED_FORMATS`) and an image over `max_pixels` is refused the same
+way: a decompression bomb in an inbox costs one error row, never the run. On resume, only files
+whose path is already in the output are hashed up front to decide whether they can be skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from taglens.batch_inputs import IMAGE_SUFFIXES, list_inputs, shard
+from taglens.batch_inputs import IMAGE_SUFFIXES, check_header, list_inputs, pixel_cap, shard
 from taglens.batch_outputs import Key, OutputWriter, done_keys, read_rows, row_key
 
 logger = logging.getLogger(__name__)
@@ -121,17 +123,22 @@ def _row(path: Path, sha: str, model: ModelRef, error: str | None = None,
     }
 
 
-def _failure(path: Path, image_size: int) -> tuple[str, str]:
+def _failure(path: Path, image_size: int, max_pixels: int) -> tuple[str, str]:
     """(sha256, reason) for a file the pipeline dropped: re-tried eagerly, which is rare."""
     import tensorflow as tf
 
     from taglens.images import decode_and_resize
 
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            sha = hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError as exc:
         return "", f"cannot read file: {exc.strerror or exc}"
-    sha = hashlib.sha256(data).hexdigest()
+    try:
+        check_header(path, max_pixels)
+    except ValueError as exc:
+        return sha, f"refused before decoding: {exc}"
+    data = path.read_bytes()
     try:
         decode_and_resize(tf.constant(data), image_size)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is reported in the row
@@ -165,11 +172,13 @@ def score_paths(
     done: set[Key] | frozenset[Key] = frozenset(),
     progress: bool = True,
     report: ScoreReport | None = None,
+    max_pixels: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Score images batch by batch, yielding each batch's rows in input order.
 
-    Inputs whose (path, sha256) is in `done` are skipped. Unreadable or undecodable files give
-    rows with `error` set. `report`, if given, is filled in as the generator runs.
+    Inputs whose (path, sha256) is in `done` are skipped. Unreadable or undecodable files, files
+    not in an allowed format and images over `max_pixels` (default: Pillow's limit) give rows with
+    `error` set. `report`, if given, is filled in as the generator runs.
     """
     import tensorflow as tf
 
@@ -180,9 +189,16 @@ def score_paths(
     skip = _already_done(paths, done) if done else np.zeros(len(paths), dtype=bool)
     todo = np.flatnonzero(~skip)
     size = predictor.image_size
+    cap = pixel_cap(max_pixels)
+
+    def header_ok(path) -> bool:
+        check_header(path.numpy().decode(), cap)  # raising drops the element: an error row
+        return True
 
     def load(index, path):
-        data = tf.io.read_file(path)
+        checked = tf.py_function(header_ok, [path], tf.bool)
+        with tf.control_dependencies([checked]):
+            data = tf.io.read_file(path)
         return index, data, decode_and_resize(data, size)
 
     dataset = tf.data.Dataset.from_tensor_slices(
@@ -207,7 +223,7 @@ def score_paths(
                 rows.append(_row(path, sha, model, prediction=prediction))
                 report.scored += 1
             else:
-                sha, reason = _failure(path, size)
+                sha, reason = _failure(path, size, cap)
                 rows.append(_row(path, sha, model, error=reason))
                 report.errors += 1
                 logger.warning("%s: %s", path, reason)
@@ -241,6 +257,7 @@ def predict_to_file(
     also_done_in: Iterable[Path] = (),
     progress: bool = True,
     part_rows: int = 4096,
+    max_pixels: int | None = None,
 ) -> ScoreReport:
     """Score `paths` into `output`, skipping inputs this model version already scored there.
 
@@ -253,6 +270,7 @@ def predict_to_file(
         also_done_in: other outputs whose rows count as done (a shard skips the final output's).
         progress: show a tqdm bar.
         part_rows: rows per sealed Parquet part (what a killed run can lose at most).
+        max_pixels: larger images become error rows before decoding (default: Pillow's limit).
     """
     writer = OutputWriter(output, part_rows=part_rows)
     done = writer.done_keys(model.name, model.version)
@@ -260,7 +278,7 @@ def predict_to_file(
         done |= done_keys(other, model.name, model.version)
     report = ScoreReport()
     rows = score_paths(paths, predictor, model, batch_size=batch_size, done=done,
-                       progress=progress, report=report)  # fmt: skip
+                       progress=progress, report=report, max_pixels=max_pixels)  # fmt: skip
     try:
         for batch in rows:
             writer.write(batch)

@@ -65,9 +65,16 @@ def plot_distances(result: OutlierResult, labels: Sequence[str], path: Path) -> 
     return path
 
 
+def shows_photos(path: Path) -> bool:
+    """Whether a report file is a contact sheet of photos (kept out of MLflow by default)."""
+    return Path(path).name.startswith("dropped_")
+
+
 def contact_sheet(images: Sequence[Path], captions: Sequence[str], path: Path) -> Path:
     """A grid of thumbnails with captions (the distance), written as PNG."""
     from PIL import Image, ImageDraw
+
+    from taglens.images import open_image
 
     cols = min(8, max(1, len(images)))
     rows = max(1, math.ceil(len(images) / cols))
@@ -76,7 +83,7 @@ def contact_sheet(images: Sequence[Path], captions: Sequence[str], path: Path) -
     for i, (image_path, caption) in enumerate(zip(images, captions, strict=True)):
         x, y = (i % cols) * THUMB, (i // cols) * (THUMB + 14)
         try:
-            with Image.open(image_path) as image:
+            with open_image(image_path) as image:
                 thumb = image.convert("RGB")
                 thumb.thumbnail((THUMB, THUMB))
             sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))

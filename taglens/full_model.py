@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from taglens.atomic import fsync_dir, fsync_tree
 from taglens.backbones import BACKBONES
 from taglens.head import compile_for_training, one_hot
 from taglens.params import FineTuneParams, ModelParams
@@ -163,7 +164,9 @@ def save_model(model: keras.Model, path: Path) -> Path:
     export = keras.Model(model.input, model.output, name=model.name)
     try:
         export.save(tmp)
+        fsync_tree(tmp)  # the bytes on disk before the rename makes them the model
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -24,6 +24,13 @@ from PIL import Image, ImageOps
 from pydantic import ValidationError
 
 from taglens.atomic import atomic_write_bytes, atomic_write_jsonl
+from taglens.images import (
+    FORMATS_TEXT,
+    draft_large,
+    open_image,
+    reduce_large,
+    sixteen_bit_to_gray,
+)
 from taglens.params import IngestParams
 from taglens.posts import (
     IMAGES_DIR,
@@ -107,11 +114,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, _BACKGROUND)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if mode.startswith("I;16") or mode in ("I", "F"):
+    if mode.startswith("I;16"):
+        return sixteen_bit_to_gray(image).convert("RGB")  # 16-bit to 8-bit: 65535 -> 255
+    if mode in ("I", "F"):
         pixels = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            pixels = pixels / 257.0  # 16-bit to 8-bit: 65535 -> 255
-        elif pixels.size and pixels.max() > 255:
+        if pixels.size and pixels.max() > 255:
             top = 65535.0 if pixels.max() <= 65535 else float(pixels.max())
             pixels = pixels * (255.0 / top)
         elif mode == "F" and pixels.size and pixels.max() <= 1.0:
@@ -136,11 +143,12 @@ def normalize_image(data: bytes, params: IngestParams) -> NormalizedImage:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = open_image(data)
         except Image.DecompressionBombError as exc:
             raise RejectedImage("too_large", str(exc).split(" could")[0]) from None
         except Image.UnidentifiedImageError:
-            raise RejectedImage("not_image", "Pillow cannot identify it as an image") from None
+            detail = f"not an image in a supported format ({FORMATS_TEXT})"
+            raise RejectedImage("not_image", detail) from None
         except Exception as exc:  # any decoder failure is a refusal, never fatal
             kind = "truncated" if "truncated" in str(exc).lower() else "corrupt"
             raise RejectedImage(kind, f"cannot open: {exc}") from None
@@ -165,7 +173,11 @@ def normalize_image(data: bytes, params: IngestParams) -> NormalizedImage:
             raise RejectedImage("animated", f"{frames} frames and ingest.animated is 'reject'")
         try:
             image.seek(0)
+            # Large images are decoded at a reduced scale (JPEG) or reduced right after loading,
+            # before any mode conversion: decoding cost then stays bounded by ingest.max_side.
+            draft_large(image, params.max_side, params.min_side)
             image.load()
+            image = reduce_large(image, params.max_side, params.min_side)
         except Exception as exc:
             kind = "truncated" if "truncated" in str(exc).lower() else "corrupt"
             raise RejectedImage(kind, f"cannot decode {image.format}: {exc}") from None
@@ -218,6 +230,9 @@ def ingest(
     kept: dict[str, Post] = {}
     for item in items:
         try:
+            if item.sha256 and hashlib.sha256(item.data).hexdigest() != item.sha256:
+                raise RejectedImage("sha256_mismatch", "the file's bytes do not match the sha256 "
+                                    "its metadata states (changed or replaced since)")  # fmt: skip
             image = normalize_image(item.data, params)
         except RejectedImage as exc:
             report.rejected[exc.kind] += 1

@@ -32,6 +32,7 @@ class BaseParams(_Section):
     seed: int = Field(ge=0, le=2**32 - 1)  # numpy and Keras accept 32-bit seeds
     classes: tuple[str, ...] = Field(min_length=2)
     experiment: str = Field(min_length=1)
+    log_photos: bool  # contact sheets and misclassified-image grids go to MLflow only if true
 
 
 class DemoSourceParams(_Section):
@@ -75,6 +76,7 @@ class IngestParams(_Section):
 
     max_pixels: int = Field(ge=1024)
     min_side: int = Field(ge=1)
+    max_side: int = Field(ge=32, le=65_500)
     animated: Literal["first_frame", "reject"]
     jpeg_quality: int = Field(ge=50, le=100)
 

@@ -6,10 +6,10 @@ Later stages read only this record, so they never care where the data came from.
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from taglens.atomic import atomic_write_jsonl, read_jsonl
 
@@ -17,6 +17,26 @@ POSTS_FILE = "posts.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 IMAGES_DIR = "images"
 _HASHTAG = re.compile(r"#(\w+)", re.UNICODE)
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+def inside_folder(value: str) -> str:
+    """Check that a stored `image` path stays inside its data folder (relative, no `..`).
+
+    A posts file is data, possibly from someone else: an absolute path or `../` would make the
+    stages read (and hash, and show on contact sheets) any file the process can reach.
+
+    Raises:
+        ValueError: the path is absolute, climbs out with `..`, or uses a drive or backslashes.
+    """
+    posix = PurePosixPath(value)
+    if (posix.is_absolute() or ".." in posix.parts or "\\" in value
+            or PureWindowsPath(value).drive or "\0" in value):  # fmt: skip
+        raise ValueError(f"must be a path relative to the data folder, without '..': {value!r}")
+    return value
+
+
+ImagePath = Annotated[str, Field(min_length=1), AfterValidator(inside_folder)]
 
 
 class Post(BaseModel):
@@ -30,8 +50,8 @@ class Post(BaseModel):
 
     id: str = Field(min_length=1)  # shortcode for Instagram, a stable file-derived id otherwise
     label: str = Field(min_length=1)  # the class (the hashtag searched or the folder name)
-    image: str = Field(min_length=1)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    image: ImagePath
+    sha256: str = Field(pattern=SHA256_PATTERN)
     width: int = Field(ge=1)
     height: int = Field(ge=1)
     caption: str = ""

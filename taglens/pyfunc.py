@@ -2,9 +2,10 @@
 
 `mlflow models predict` and `mlflow models serve` then suggest hashtags with no user code.
 
-Request format: a DataFrame with one string column `image`; each value is either a path to an
-image file readable by the process that serves the model, or the base64 encoding of the image
-file's bytes (in-process callers may also pass raw `bytes`). An optional `top_k` param (1..30)
+Request format: a DataFrame with one string column `image`; each value is the base64 encoding of
+the image file's bytes (in-process callers may also pass raw `bytes`), or a file path when the
+serving side allows paths under a folder (see `taglens.pyfunc_inputs`, which also caps sizes and
+rows and validates each image as ingest does). An optional `top_k` param (1..30)
 overrides how many hashtags come back. The output is one dict per image, the same as
 `HashtagPredictor.predict_bytes`.
 """
@@ -12,7 +13,6 @@ overrides how many hashtags come back. The output is one dict per image, the sam
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import io
 import json
@@ -25,7 +25,9 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from taglens.params import IngestParams
 from taglens.predictor import MODEL_FILES, HashtagPredictor
+from taglens.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ PIP_REQUIREMENTS = [
     "tensorflow-cpu==2.21.*",
     "keras>=3.10,<4",
     "numpy>=2",
+    "pillow>=11",  # request images are checked and normalized as ingest does
     "pandas>=2.2",
     "pydantic>=2.7",
     "pyyaml>=6",
@@ -54,42 +57,6 @@ class ModelNotFoundError(LookupError, ValueError):
     """
 
 
-def image_bytes(value: Any, index: int = 0) -> bytes:
-    """Turn one request value (bytes, a file path, or base64 text) into encoded image bytes.
-
-    Raises:
-        ValueError: the value is neither an existing file nor valid base64.
-    """
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    if isinstance(value, np.bytes_):
-        return bytes(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"image {index}: expected a file path or base64 text, got {value!r:.60}")
-    text = value.strip()
-    if _names_a_file(text):
-        return Path(text).read_bytes()
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(
-            f"image {index}: {text[:60]!r} is neither an existing file nor base64-encoded image "
-            "bytes; send paths the server can read, or base64 of the image file"
-        ) from None
-
-
-def _names_a_file(text: str) -> bool:
-    """Whether a request value is the path of an existing file (else it is read as base64).
-
-    Base64 text can look like a path (its alphabet has `/`), but base64 of an image file is
-    never also the name of an existing file, so the file check decides.
-    """
-    try:
-        return len(text) < 4096 and Path(text).is_file()
-    except OSError:  # e.g. a path component longer than the file system allows: not a path
-        return False
-
-
 class TaglensModel(mlflow.pyfunc.PythonModel):
     """The pyfunc: images in, class probabilities and ranked hashtags out."""
 
@@ -99,20 +66,31 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
 
     def __init__(self) -> None:
         self.predictor: HashtagPredictor | None = None
+        self.inputs: InputPolicy | None = None
 
     def load_context(self, context) -> None:
-        """Load the Keras model and hashtag statistics from the model's artifacts."""
-        self.predictor = HashtagPredictor.from_dir(context.artifacts[ARTIFACT_KEY])
+        """Load the Keras model, hashtag statistics and input limits from the model's artifacts.
+
+        The input limits are the ingest params logged with the model plus the serving process's
+        own settings (`taglens.pyfunc_inputs`).
+        """
+        folder = Path(context.artifacts[ARTIFACT_KEY])
+        self.predictor = HashtagPredictor.from_dir(folder)
+        ingest = LEGACY_INGEST
+        if (folder / INGEST_FILE).is_file():
+            raw = json.loads((folder / INGEST_FILE).read_text(encoding="utf-8"))
+            ingest = IngestParams.model_validate(raw)
+        self.inputs = InputPolicy.from_env(ingest)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        """Predict for a DataFrame with an `image` column (paths, base64 text or bytes).
+        """Predict for a DataFrame with an `image` column (base64 text, bytes, or allowed paths).
 
         Returns:
             One dict per row: top_class, top_probability, probabilities, hashtags.
         """
         import pandas as pd
 
-        if self.predictor is None:
+        if self.predictor is None or self.inputs is None:
             raise RuntimeError("the model's artifacts are not loaded (load_context was not run)")
         if isinstance(model_input, pd.DataFrame):
             if INPUT_COLUMN not in model_input.columns:
@@ -128,8 +106,7 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
             update = {"top_k": int(top_k)}
             ranked = predictor.params.model_validate({**predictor.params.model_dump(), **update})
             predictor = dataclasses.replace(predictor, params=ranked)
-        data = [image_bytes(value, index) for index, value in enumerate(values)]
-        return predictor.predict_bytes(data)
+        return predictor.predict_bytes(self.inputs.images(values))
 
 
 def example_image(size: int) -> bytes:
@@ -153,11 +130,14 @@ def _signature(top_k: int):
     )
 
 
-def log_taglens_model(models_dir: Path, *, name: str = "model"):
+def log_taglens_model(models_dir: Path, *, name: str = "model",
+                      ingest: IngestParams | None = None):  # fmt: skip
     """Log `models_dir` as a taglens pyfunc into the active MLflow run.
 
     The Keras model, model_info.json and hashtags.json are the artifacts; the taglens package
-    travels as code, so the logged model needs no taglens install to be served.
+    travels as code, so the logged model needs no taglens install to be served. `ingest`, the
+    params training images were checked with, is logged as ingest.json: the served model checks
+    request images with the same limits (without it, `LEGACY_INGEST`).
 
     Returns:
         mlflow.models.model.ModelInfo of the logged model.
@@ -181,6 +161,8 @@ def log_taglens_model(models_dir: Path, *, name: str = "model"):
         staged.mkdir()
         for file in MODEL_FILES:  # only these: models/ may hold other, unrelated outputs
             shutil.copy2(models_dir / file, staged / file)
+        if ingest is not None:
+            (staged / INGEST_FILE).write_text(ingest.model_dump_json(), encoding="utf-8")
         example = pd.DataFrame(
             {INPUT_COLUMN: [base64.b64encode(example_image(int(info["image_size"]))).decode()]}
         )

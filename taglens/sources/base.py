@@ -14,6 +14,8 @@ class SourceItem:
         label: The class: the hashtag searched or the folder name.
         data: Encoded image bytes in any format Pillow reads.
         origin: Where it came from (path or URL), for messages and rejected.jsonl.
+        sha256: The hash the source's metadata states for `data`, if any: ingest rejects the
+            item when the bytes do not match it.
 
     """
 
@@ -27,3 +29,4 @@ class SourceItem:
     comments: int | None = None
     date: str | None = None
     owner: str | None = None
+    sha256: str | None = None

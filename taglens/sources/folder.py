@@ -3,8 +3,9 @@
 Class = folder name. Only folders named in `base.classes` are read; any other folder is reported
 and skipped, so a stray folder never adds a class the model was not configured for. Every
 non-hidden file in a class folder is a candidate (ingest refuses what is not an image, with a
-reason). `DIR/posts.jsonl`, if present, gives per-image metadata: `image` (path relative to DIR),
-`caption`, `hashtags`, `likes`, `comments`, `date`.
+reason). `DIR/posts.jsonl`, if present, gives per-image metadata: `image` (path relative to DIR;
+an absolute path or one with `..` is an error), `sha256` (optional: the hash of the file's bytes;
+a file that does not match it is rejected), `caption`, `hashtags`, `likes`, `comments`, `date`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from taglens.atomic import read_jsonl
+from taglens.posts import SHA256_PATTERN, ImagePath
 from taglens.sources.base import SourceItem
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,8 @@ class FolderPostMeta(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    image: str = Field(min_length=1)
+    image: ImagePath
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
     caption: str = ""
     hashtags: tuple[str, ...] = ()
     likes: int | None = Field(default=None, ge=0)
@@ -135,7 +138,7 @@ class FolderSource:
                 id=relative, label=path.parent.name, data=data, origin=str(path),
                 caption=meta.caption if meta else "", hashtags=meta.hashtags if meta else (),
                 likes=meta.likes if meta else None, comments=meta.comments if meta else None,
-                date=meta.date if meta else None,
+                date=meta.date if meta else None, sha256=meta.sha256 if meta else None,
             )  # fmt: skip
         unused = len(set(self.metadata) - used)
         if unused:

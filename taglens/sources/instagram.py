@@ -4,7 +4,7 @@ Login comes only from an Instaloader session file (`instaloader --login USER` wr
 password is ever read. Collected posts are appended one by one to `<cache>/collected.jsonl` and
 their images kept under `<cache>/media/`, so a killed or rate-limited run resumes where it
 stopped: Instaloader's resumable iteration restarts the listing at the saved page, posts already
-collected (by hashtag and shortcode) are skipped, and finished images are never downloaded again.
+collected (by hashtag and post id) are skipped, and finished images are never downloaded again.
 
 Each run keeps collecting: per hashtag it takes the posts newer than the newest one already held
 (at most `posts_per_hashtag` per run), so a weekly re-scrape adds the week's posts. The cut-off
@@ -12,6 +12,10 @@ is saved in `<cache>/runs/<tag>.json` when a hashtag's run starts and removed wh
 resumed run keeps the cut-off it started with. `keep_days` keeps a rolling window: posts older
 than that many days before a hashtag's newest post are left out of the data (and their images
 deleted from the cache).
+
+A post's shortcode names its page (instagram.com/p/SHORTCODE) and so its account: it is never
+stored. The post id and the image's file name are a keyed hash of it (`post_id`, keyed with the
+owner-hash salt), and @mentions are removed from stored captions (`strip_mentions`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -121,6 +126,32 @@ def owner_hash(owner_id: Any, salt: str) -> str:
     return hmac.new(salt.encode(), str(owner_id).encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def post_id(shortcode: str, salt: str) -> str:
+    """The stored id of a post: a keyed hash of its shortcode (which would name its account)."""
+    return hmac.new(salt.encode(), f"post:{shortcode}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+# An Instagram handle: letters, digits, `_` and inner `.`; not preceded by a word character, so
+# e-mail addresses stay as they are.
+_MENTION = re.compile(r"(?<![\w.@])@[A-Za-z0-9_](?:[A-Za-z0-9_.]*[A-Za-z0-9_])?")
+
+
+def strip_mentions(caption: str) -> str:
+    """A caption without @mentions (other people's accounts), spacing tidied where they were."""
+    stripped = _MENTION.sub("", caption or "")
+    return re.sub(r"[ \t]{2,}", " ", stripped).strip() if stripped != caption else stripped
+
+
+def _row_id(row: dict[str, Any], salt: str | None) -> str:
+    """The post id of a collected row; rows from before ids were hashed hold the shortcode."""
+    if "post_id" in row:
+        return row["post_id"]
+    if not salt:
+        raise ValueError("the Instagram cache holds rows from an older taglens (raw shortcodes): "
+                         "set the owner-hash salt so they can be hashed, or delete the cache")
+    return post_id(row["shortcode"], salt)
+
+
 def _comments(post: instaloader.Post) -> int | None:
     # Read the listing's own fields: `Post.comments` fetches the whole post when they are absent.
     node = post._node  # noqa: SLF001
@@ -140,9 +171,10 @@ def _record(post: instaloader.Post, tag: str, salt: str, media: str) -> dict[str
     except (ie.InstaloaderException, KeyError, TypeError):
         likes = None
     return {
-        "shortcode": post.shortcode, "label": tag, "caption": post.caption or "",
-        "likes": likes, "comments": _comments(post), "date": post.date_utc.isoformat(),
-        "owner": owner, "media": media,
+        "post_id": post_id(post.shortcode, salt), "label": tag,
+        "caption": strip_mentions(post.caption or ""), "likes": likes,
+        "comments": _comments(post), "date": post.date_utc.isoformat(), "owner": owner,
+        "media": media,
     }  # fmt: skip
 
 
@@ -209,7 +241,7 @@ def collect(
     """
     window = (_window(params.since, "since"), _window(params.until, "until"))
     rows = read_jsonl(cache / COLLECTED_FILE)
-    seen = {(row["label"], row["shortcode"]) for row in rows}
+    seen = {(row["label"], _row_id(row, salt)) for row in rows}
     result = Collection(per_tag=Counter(row["label"] for row in rows))
     for tag in dict.fromkeys(normalize_hashtag(t) for t in params.hashtags):
         after = _cutoff(cache, tag, rows)
@@ -272,16 +304,16 @@ def _collect_tag(
                 if params.order == "recent":
                     return  # newest first: everything after this is older still (or held)
                 continue
-            if (tag, post.shortcode) in seen:
+            if (tag, post_id(post.shortcode, salt)) in seen:
                 continue  # resuming repeats the post that was in progress
             if params.skip_videos and post.is_video:
                 result.videos_skipped += 1
                 continue
             if until and date >= until:
                 continue
-            if _fetch(loader, post, cache, result):
-                append_jsonl(cache / COLLECTED_FILE, _record(post, tag, salt, _media(post)))
-                seen.add((tag, post.shortcode))
+            if _fetch(loader, post, cache / _media(post, salt), result):
+                append_jsonl(cache / COLLECTED_FILE, _record(post, tag, salt, _media(post, salt)))
+                seen.add((tag, post_id(post.shortcode, salt)))
                 result.per_tag[tag] += 1
                 result.new_per_tag[tag] += 1
                 bar.update(1)
@@ -312,8 +344,8 @@ def _prune_media(cache: Path, params: InstagramSourceParams) -> None:
                     params.keep_days)  # fmt: skip
 
 
-def _media(post: instaloader.Post) -> str:
-    return f"media/{post.shortcode}.jpg"
+def _media(post: instaloader.Post, salt: str) -> str:
+    return f"media/{post_id(post.shortcode, salt)}.jpg"
 
 
 def _image_url(post: instaloader.Post) -> str:
@@ -324,10 +356,9 @@ def _image_url(post: instaloader.Post) -> str:
         return next(post.get_sidecar_nodes(0, 0)).display_url
 
 
-def _fetch(loader: instaloader.Instaloader, post: instaloader.Post, cache: Path,
+def _fetch(loader: instaloader.Instaloader, post: instaloader.Post, target: Path,
            result: Collection) -> bool:  # fmt: skip
     """Download the post's image unless an earlier run did; a failure is logged and skipped."""
-    target = cache / _media(post)
     if target.is_file():
         return True
     try:
@@ -344,13 +375,16 @@ def _fetch(loader: instaloader.Instaloader, post: instaloader.Post, cache: Path,
 def collected_items(cache: Path, params: InstagramSourceParams) -> Iterator[SourceItem]:
     """The collected posts as SourceItems, hashtag by hashtag, within the rolling window."""
     rows = in_window(read_jsonl(cache / COLLECTED_FILE), params.keep_days)
+    legacy = any("post_id" not in row for row in rows)
+    salt = owner_salt(params) if legacy else None
     tags: Sequence[str] = list(dict.fromkeys(normalize_hashtag(t) for t in params.hashtags))
     for tag in tags:
         for row in [r for r in rows if r["label"] == tag]:
             path = cache / row["media"]
+            caption = strip_mentions(row["caption"])
             yield SourceItem(
-                id=row["shortcode"], label=tag, data=path.read_bytes() if path.is_file() else b"",
-                origin=str(path), caption=row["caption"], hashtags=hashtags_in(row["caption"]),
+                id=_row_id(row, salt), label=tag, data=path.read_bytes() if path.is_file() else b"",
+                origin=str(path), caption=caption, hashtags=hashtags_in(caption),
                 likes=row["likes"], comments=row["comments"], date=row["date"], owner=row["owner"],
             )  # fmt: skip
 

@@ -47,7 +47,6 @@ def test_corpus_covers_every_parser_found_crashing():
     assert {"params_file", "posts_jsonl", "ingest_image", "upload_image"} <= found
 
 
-@pytest.mark.slow
 def _rss_limit_mb(headroom_mb: int = 2048) -> int:
     """libFuzzer's memory limit: `headroom_mb` above the peak RSS the harness starts with.
 
@@ -59,6 +58,7 @@ def _rss_limit_mb(headroom_mb: int = 2048) -> int:
     return inherited_mb + headroom_mb
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_fuzz_run_finds_no_crash(target, tmp_path):
     """Given valid seeds, a bounded atheris run ends without an unexpected exception."""

@@ -83,6 +83,44 @@ def test_scrape_stores_and_logs_no_secret_and_no_identity(instagram_scrape):
     assert not any("username" in key for post in posts for key in post)
 
 
+def _fixture_shortcodes() -> set[str]:
+    text = "".join(p.read_text() for p in (ROOT / "tests/fixtures/instagram").glob("*.json"))
+    return set(re.findall(r'"(?:shortcode|code)":\s*"(\w+)"', text))
+
+
+def test_scrape_stores_no_shortcode_and_no_mention(instagram_scrape):
+    """SECURITY.md: post ids and file names are keyed hashes; captions keep no @mention."""
+    from taglens.sources.instagram import post_id
+
+    tmp = instagram_scrape["tmp"]
+    codes = _fixture_shortcodes()
+    assert len(codes) >= 8, "the fixtures should carry shortcodes"
+    for path in _files(tmp / "raw", tmp / "reports", tmp / "cache"):
+        data = path.read_bytes()
+        for code in codes:
+            assert code not in path.name and code.encode() not in data, f"{code} in {path}"
+        for mention in (b"@baker.jane", b"@mo_m"):
+            assert mention not in data, f"{mention!r} in {path}"
+    posts = [json.loads(line) for line in (tmp / "raw/posts.jsonl").read_text().splitlines()]
+    assert {post["id"] for post in posts} <= {post_id(code, SALT) for code in codes}
+    bread = [post for post in posts if post["caption"].startswith("Homemade bread")]
+    assert [post["caption"] for post in bread] == [
+        "Homemade bread with and #food #baking (mail me: me@example.com)"]  # fmt: skip
+    assert bread[0]["hashtags"] == ["food", "baking"]
+    media = sorted(p.stem for p in (tmp / "cache" / "media").iterdir())
+    assert media and all(re.fullmatch(r"[0-9a-f]{32}", stem) for stem in media)
+
+
+def test_instaloader_session_files_are_ignored_by_git():
+    """SECURITY.md: `.gitignore` covers Instaloader's `session-USERNAME` and `*.session`."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = ["session-alice", "config/session-bob.smith", "x.session", ".env"]
+    result = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *names],
+                            capture_output=True, text=True)  # fmt: skip
+    assert sorted(result.stdout.split()) == sorted(names)
+
+
 def test_a_username_field_is_refused_by_the_post_schema():
     """SECURITY.md: the post record has no place for a username (extra fields are refused)."""
     from pydantic import ValidationError

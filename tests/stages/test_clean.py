@@ -132,10 +132,13 @@ def test_the_test_split_keeps_every_image(tmp_path, tiny_params, data):
     assert report["totals"]["flagged_test"] >= 1
 
 
-def test_logs_a_clean_run_to_mlflow(tmp_path, tiny_params, data, experiment):
+@pytest.mark.parametrize("log_photos", [False, True])
+def test_logs_a_clean_run_to_mlflow(tmp_path, tiny_params, data, experiment, log_photos):
+    """SECURITY.md: the contact sheet of photos reaches MLflow only when base.log_photos is on."""
     import mlflow
 
-    run(tmp_path, tiny_params, data)
+    base = tiny_params.base.model_copy(update={"log_photos": log_photos})
+    run(tmp_path, tiny_params.model_copy(update={"base": base}), data)
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     assert [r.info.run_name for r in runs] == ["clean"]
     latest = runs[0]
@@ -143,7 +146,9 @@ def test_logs_a_clean_run_to_mlflow(tmp_path, tiny_params, data, experiment):
     assert latest.data.metrics["clean.animals.after"] == 40.0
     assert latest.data.params["clean.k_std"] == "2.0"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(latest.info.run_id, "clean")}
-    assert artifacts == {"clean/clean.json", "clean/distances.png", "clean/dropped_animals.png"}
+    photos = {"clean/dropped_animals.png"} if log_photos else set()
+    assert artifacts == {"clean/clean.json", "clean/distances.png"} | photos
+    assert (tmp_path / "reports" / "clean" / "dropped_animals.png").is_file()  # kept locally
 
 
 def test_disabled_keeps_everything(tmp_path, tiny_params, data):

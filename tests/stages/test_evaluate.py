@@ -49,6 +49,8 @@ def test_metrics_json_holds_every_required_score(evaluated):
     for key in REQUIRED[:-1]:
         assert 0.0 <= written[key] <= 1.0, key
     assert written["top3_accuracy"] == 1.0  # 3 classes: the true one is always in the top 3
+    info = json.loads((paths["out"] / "model_info.json").read_text())
+    assert written["model_run_id"] == info["run_id"] and len(info["run_id"]) == 32
 
 
 @pytest.mark.slow
@@ -97,6 +99,7 @@ def test_plots_and_per_class_scores_are_written_and_logged(evaluated):
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"],
                                                                         "evaluate")}
     assert "evaluate/confusion.png" in artifacts and "evaluate/per_class.json" in artifacts
+    assert "evaluate/misclassified.png" not in artifacts  # photos stay out (base.log_photos)
 
 
 def test_main_without_a_model_explains_what_to_run(tmp_path, capsys, monkeypatch):

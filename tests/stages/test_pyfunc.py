@@ -15,14 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from taglens.ingest import normalize_image
 from taglens.predictor import HashtagPredictor
 from taglens.pyfunc import (
     ModelNotFoundError,
     example_image,
-    image_bytes,
     load_champion,
     load_predictor,
 )
+from taglens.pyfunc_inputs import LEGACY_INGEST, ROOT_ENV
 from tests.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -42,22 +43,28 @@ def photos(tmp_path):
     return png, buffer.getvalue(), path
 
 
+def _as_served(*images: bytes) -> list[bytes]:
+    """Request images as the pyfunc feeds them to the model: normalized as ingest stores them."""
+    return [normalize_image(data, LEGACY_INGEST).jpeg for data in images]
+
+
 def test_registered_model_by_alias_matches_in_process_predictor(
     tiny_champion, tiny_models_dir, photos
 ):
     name, version, uri = tiny_champion
     png, jpeg, path = photos
     local = HashtagPredictor.from_dir(tiny_models_dir)
-    expected = local.predict_bytes([png, jpeg])
+    expected = local.predict_bytes(_as_served(png, jpeg))
 
     pyfunc = mlflow.pyfunc.load_model(uri)
-    frame = pd.DataFrame({"image": [str(path), base64.b64encode(jpeg).decode()]})
+    frame = pd.DataFrame({"image": [base64.b64encode(png).decode(),
+                                    base64.b64encode(jpeg).decode()]})  # fmt: skip
     served = pyfunc.predict(frame)
     champion = load_champion(name)
 
     assert version == "1" and uri == "models:/taglens@champion"
     assert served == expected
-    assert champion.predict_bytes([png, jpeg]) == expected
+    assert champion.predict_bytes(_as_served(png, jpeg)) == expected
     first = expected[0]
     assert first["top_class"] in local.classes and len(first["probabilities"]) == 10
     assert abs(sum(first["probabilities"].values()) - 1) < 1e-5
@@ -109,11 +116,13 @@ def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_di
                                                    tmp_path):  # fmt: skip
     _, _, uri = tiny_champion
     png, jpeg, path = photos
-    expected = HashtagPredictor.from_dir(tiny_models_dir).predict_bytes([png, jpeg])
+    expected = HashtagPredictor.from_dir(tiny_models_dir).predict_bytes(_as_served(png, jpeg))
     request = {"dataframe_split": {"columns": ["image"],
-                                   "data": [[str(path)], [base64.b64encode(jpeg).decode()]]}}
-    # `mlflow models serve` starts `uvicorn` from PATH: the venv's bin must be on it
-    env = {**os.environ, "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+                                   "data": [[path.name], [base64.b64encode(jpeg).decode()]]}}
+    # `mlflow models serve` starts `uvicorn` from PATH: the venv's bin must be on it; paths are
+    # read only under the folder the serving side allows
+    env = {**os.environ, "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           ROOT_ENV: str(path.parent)}  # fmt: skip
     (tmp_path / "request.json").write_text(json.dumps(request))
 
     subprocess.run(
@@ -146,21 +155,6 @@ def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_di
         ]
         assert np.allclose(list(result[0]["probabilities"].values()),
                            list(expected[0]["probabilities"].values()), atol=1e-6)  # fmt: skip
-
-
-def test_request_values_paths_base64_and_bytes(tmp_path):
-    path = tmp_path / "a.png"
-    path.write_bytes(b"png-bytes")
-    long_b64 = base64.b64encode(bytes(range(256)) * 2).decode()  # 684 chars, has "/" and "+"
-
-    assert image_bytes(str(path)) == b"png-bytes"
-    assert image_bytes(base64.b64encode(b"raw").decode()) == b"raw"
-    assert image_bytes(long_b64) == bytes(range(256)) * 2
-    assert image_bytes("A" * 300) == bytes(225)  # too long for a file name: no OSError
-    assert image_bytes(b"\x89PNG") == b"\x89PNG"
-    for bad in ("missing/photo.jpg", "", None, 3):
-        with pytest.raises(ValueError, match="image 4"):
-            image_bytes(bad, 4)
 
 
 def test_registered_model_holds_code_not_a_pickle(tiny_champion):

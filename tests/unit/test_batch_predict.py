@@ -113,8 +113,8 @@ def test_bad_file_mid_way_is_an_error_row_and_rest_is_scored(tmp_path, fmt):
     assert (report.scored, report.errors, report.skipped, report.total) == (8, 2, 0, 10)
     assert predictor.seen == 8
     bad, gone = rows[4], rows[9]
-    assert bad["error"] == "not a decodable image: Unknown image file format. One of JPEG, " \
-        "JPEG XL, PNG, GIF, BMP, WebP required." and bad["top_class"] is None
+    assert bad["error"] == "refused before decoding: not an image in an allowed format (JPEG, " \
+        "PNG, GIF, BMP, WebP or TIFF)" and bad["top_class"] is None
     assert bad["sha256"] == hashlib.sha256(paths[4].read_bytes()).hexdigest()
     assert gone["error"].startswith("cannot read file") and gone["hashtags"] == []
     good = [r for i, r in enumerate(rows) if i not in (4, 9)]

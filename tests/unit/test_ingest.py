@@ -19,7 +19,8 @@ from taglens.posts import read_posts
 from taglens.sources.base import SourceItem
 from taglens.sources.folder import FolderSource
 
-PARAMS = IngestParams(max_pixels=4_000_000, min_side=32, animated="first_frame", jpeg_quality=90)
+PARAMS = IngestParams(max_pixels=4_000_000, min_side=32, max_side=2048, animated="first_frame",
+                      jpeg_quality=90)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import requests
@@ -45,8 +47,18 @@ def loader_for(session, max_wait=1800.0, sleeps=None):
     return instagram.make_loader(session, max_wait, polite=False, sleep=sleeps)
 
 
+# The shortcodes the fixture responses hold: stored post ids are keyed hashes of them.
+FIXTURE_CODES = set(re.findall(r'"(?:shortcode|code)":\s*"(\w+)"', "".join(
+    p.read_text() for p in (Path(__file__).parents[1] / "fixtures" / "instagram").glob("*.json"))))
+
+
+def shortcode_of(post_id: str, salt: str = SALT) -> str:
+    """The fixture shortcode a stored post id was hashed from."""
+    return {instagram.post_id(code, salt): code for code in FIXTURE_CODES}[post_id]
+
+
 def shortcodes(cache, tag=None):
-    return [r["shortcode"] for r in read_jsonl(cache / instagram.COLLECTED_FILE)
+    return [shortcode_of(r["post_id"]) for r in read_jsonl(cache / instagram.COLLECTED_FILE)
             if tag is None or r["label"] == tag]  # fmt: skip
 
 
@@ -57,7 +69,7 @@ def test_two_pages_video_skipped_and_no_caption(fake, session, tmp_path):
     assert (result.per_tag["food"], result.videos_skipped, result.complete) == (4, 1, True)
     assert fake.calls["graphql:food:1"] == 1 and fake.calls["graphql:food:2"] == 1
     assert fake.calls["image:C7RcFood2VD"] == 0  # the video is never downloaded
-    rows = {r["shortcode"]: r for r in read_jsonl(cache / instagram.COLLECTED_FILE)}
+    rows = {shortcode_of(r["post_id"]): r for r in read_jsonl(cache / instagram.COLLECTED_FILE)}
     first = rows["C7RcFood1AA"]
     assert first["caption"] == "Sunday brunch #food #brunch #Yummy"
     assert (first["likes"], first["comments"]) == (321, 14)
@@ -67,7 +79,7 @@ def test_two_pages_video_skipped_and_no_caption(fake, session, tmp_path):
     assert rows["C7RcFood3AA"]["caption"] == ""
 
     items = list(instagram.collected_items(cache, settings()))
-    assert [i.id for i in items] == list(rows)
+    assert [shortcode_of(i.id) for i in items] == list(rows)
     assert items[0].hashtags == ("food", "brunch", "yummy") and items[1].hashtags == ()
     assert items[0].data[:2] == b"\xff\xd8"
 
@@ -79,7 +91,7 @@ def test_top_posts_use_the_section_pages(fake, session, tmp_path):
     assert result.videos_skipped == 1 and fake.calls["top:food:2"] == 1
     # A carousel contributes its first slide.
     assert (fake.calls["image:C7TopFd5CAR_1"], fake.calls["image:C7TopFd5CAR_2"]) == (1, 0)
-    rows = {r["shortcode"]: r for r in read_jsonl(cache / instagram.COLLECTED_FILE)}
+    rows = {shortcode_of(r["post_id"]): r for r in read_jsonl(cache / instagram.COLLECTED_FILE)}
     assert (rows["C7TopFd1AAA"]["likes"], rows["C7TopFd1AAA"]["comments"]) == (880, 31)
     assert rows["C7TopFd1AAA"]["owner"] == instagram.owner_hash("7001", SALT)
     assert rows["C7TopFd3AAA"]["caption"] == ""
@@ -176,7 +188,7 @@ def test_the_second_run_adds_exactly_the_newer_posts(fake, session, tmp_path):
     assert all(new[f"image:{code}"] == 0 for code in ["C7RcFood1AA", "C7RcFood3AA"])
     assert not list((cache / instagram.RUNS_DIR).iterdir())  # both runs finished
     items = list(instagram.collected_items(cache, settings()))
-    assert [i.id for i in items][-2:] == ["C7RcFood6AA", "C7RcFood7AA"]
+    assert [shortcode_of(i.id) for i in items][-2:] == ["C7RcFood6AA", "C7RcFood7AA"]
     assert items[-1].caption == "Fresh figs #food #fruit"
 
     third = instagram.collect(loader_for(session), settings(), cache=cache, salt=SALT)
@@ -212,9 +224,11 @@ def test_keep_days_keeps_a_rolling_window(fake, session, tmp_path):
     window = settings(keep_days=3)
     instagram.collect(loader_for(session), window, cache=cache, salt=SALT)
     items = list(instagram.collected_items(cache, window))
-    assert [i.id for i in items] == ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood6AA", "C7RcFood7AA"]
-    assert not (cache / "media/C7RcFood4AA.jpg").exists()
-    assert (cache / "media/C7RcFood3AA.jpg").is_file()
+    kept = ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood6AA", "C7RcFood7AA"]
+    assert [shortcode_of(i.id) for i in items] == kept
+    media = {code: cache / f"media/{instagram.post_id(code, SALT)}.jpg" for code in FIXTURE_CODES}
+    assert not media["C7RcFood4AA"].exists()
+    assert media["C7RcFood3AA"].is_file()
     with pytest.raises(ValueError, match="keep_days"):
         settings(keep_days=0)
 
@@ -270,3 +284,21 @@ def test_session_secret_is_never_written(fake, session, tmp_path):
         if path.is_file():
             assert SESSION_ID.encode() not in path.read_bytes(), path
     assert json.dumps(read_jsonl(cache / instagram.COLLECTED_FILE)).count("someone") == 0
+
+
+def test_a_cache_from_before_hashed_ids_is_read_with_hashed_ids(tmp_path, monkeypatch):
+    # Given a cache row written with the raw shortcode and a mention in the caption
+    cache = tmp_path / "cache"
+    (cache / "media").mkdir(parents=True)
+    (cache / "media" / "C7Old.jpg").write_bytes(b"\xff\xd8jpeg")
+    row = {"shortcode": "C7Old", "label": "food", "caption": "hi @pal #food", "likes": 1,
+           "comments": 0, "date": "2024-06-01T00:00:00", "owner": None, "media": "media/C7Old.jpg"}
+    (cache / instagram.COLLECTED_FILE).write_text(json.dumps(row) + "\n")
+
+    # Then without the salt it says what to do, and with it the id is the keyed hash
+    monkeypatch.delenv("TAGLENS_OWNER_SALT", raising=False)
+    with pytest.raises(ValueError, match="TAGLENS_OWNER_SALT"):
+        list(instagram.collected_items(cache, settings()))
+    monkeypatch.setenv("TAGLENS_OWNER_SALT", SALT)
+    (item,) = instagram.collected_items(cache, settings())
+    assert item.id == instagram.post_id("C7Old", SALT) and item.caption == "hi #food"
