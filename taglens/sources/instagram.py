@@ -365,7 +365,7 @@ def _fetch(loader: instaloader.Instaloader, post: instaloader.Post, target: Path
         data = loader.context.get_raw(_image_url(post)).content
     except (ie.InstaloaderException, requests.RequestException, KeyError, StopIteration) as exc:
         result.failed += 1
-        logger.warning("skipping post %s: image download failed: %s", post.shortcode, exc)
+        logger.warning("skipping a post: image download failed: %s", exc)  # no shortcode in logs
         return False
     atomic_write_bytes(target, data)
     result.downloaded += 1
