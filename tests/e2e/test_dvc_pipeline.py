@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.repocopy import copy_source_tree
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 STAGES = ("scrape", "featurize", "clean", "train", "evaluate", "register")
@@ -41,12 +43,8 @@ def pipeline_repo(tmp_path_factory, request) -> Path:
     """A repo copy with the tiny params, after one full `dvc repro`."""
     root = Path(__file__).resolve().parents[2]
     repo = tmp_path_factory.mktemp("e2e") / "repo"
-    ignore = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", "mlruns",
-                                    "__pycache__", "*.egg-info", ".pytest_cache", "tmp", "cache",
-                                    "predictions", "test-results", ".ruff_cache")  # fmt: skip
-    shutil.copytree(root, repo, ignore=ignore)
+    copy_source_tree(repo)
     shutil.copy(root / "tests/fixtures/params.yaml", repo / "params.yaml")
-    (repo / "mlruns").mkdir(exist_ok=True)
     _run(["git", "init", "-q"], repo)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], repo)

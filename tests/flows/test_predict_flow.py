@@ -12,6 +12,34 @@ from tests.conftest import FIXTURES
 PARAMS = str(FIXTURES / "params.yaml")
 
 
+# float32 inference is not bit-for-bit reproducible across batchings: the Dask shards group the
+# images into different batches than the local run, and on some CPUs the oneDNN/Eigen kernels then
+# sum in another order, which shows in about the 8th significant digit (seen: 0.1271117627620697
+# against 0.1271117776632309). Scores therefore match to a relative 1e-5, far below any
+# difference a user could act on; everything users rely on (which rows, their order, paths,
+# hashes, the ranked hashtags, the top class, model, error rows) must match exactly.
+SCORE_RTOL = 1e-5
+
+
+def _exact_part(row):
+    """A row without its float scores: compared exactly."""
+    exact = {key: value for key, value in row.items() if key not in ("top_probability", "hashtags")}
+    exact["hashtags"] = [tag["tag"] for tag in row["hashtags"] or []]
+    return exact
+
+
+def _scores(row):
+    """A row's float scores, in order: the top probability, then each hashtag's score."""
+    top = [] if row["top_probability"] is None else [row["top_probability"]]
+    return top + [tag["score"] for tag in row["hashtags"] or []]
+
+
+def _assert_same_rows(got, expected):
+    assert [_exact_part(row) for row in got] == [_exact_part(row) for row in expected]
+    for got_row, expected_row in zip(got, expected, strict=True):
+        assert _scores(got_row) == pytest.approx(_scores(expected_row), rel=SCORE_RTOL, abs=0)
+
+
 def _photos(folder, count):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
@@ -40,7 +68,9 @@ def test_dask_path_gives_exactly_the_local_rows_and_resumes(tmp_path, tiny_model
     summary = batch_predict_flow(str(tmp_path / "photos"), str(dask_out), task_runner="dask",
                                  **common)
     assert (summary["skipped"], summary["scored"], summary["errors"]) == (4, 6, 1)
-    assert list(read_rows(dask_out)) == list(read_rows(local_out))
+    dask_rows, local_rows = list(read_rows(dask_out)), list(read_rows(local_out))
+    assert len(local_rows) == 11 and sum(row["error"] is not None for row in local_rows) == 1
+    _assert_same_rows(dask_rows, local_rows)
     assert not (tmp_path / "dask.parquet.shards").exists()
     assert not (tmp_path / "dask.parquet.parts").exists()
 
