@@ -13,6 +13,7 @@ import numpy as np
 from taglens import clean_report
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.cli import run_main, setup_logging
+from taglens.errors import TaglensError
 from taglens.features import read_features
 from taglens.outliers import find_outliers
 from taglens.params import BaseParams, CleanParams, flatten, load_params
@@ -56,7 +57,7 @@ def run(
         raise FileNotFoundError(f"no posts in {raw / POSTS_FILE}: run the scrape stage first")
     shas, vectors = read_features(features)
     if shas.tolist() != [post.sha256 for post in posts]:
-        raise ValueError(
+        raise TaglensError(
             f"{features} does not match {raw / POSTS_FILE} (different images or order): "
             "re-run the featurize stage"
         )

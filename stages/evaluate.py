@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from taglens import eval_plots, metrics, train_data
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.cli import run_main, setup_logging
+from taglens.errors import TaglensError
 from taglens.images import image_dataset, load_batch
 from taglens.params import Params, load_params
 from taglens.posts import POSTS_FILE, hashtags_in, normalize_hashtag, read_posts
+from taglens.progress import progress_bar
 from taglens.tracking import configure_tracking
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
     test = train_data.read_manifest(clean / "manifest.csv", classes)
     test = test[test["split"] == "test"].reset_index(drop=True)
     if test.empty:
-        raise ValueError(f"{clean / 'manifest.csv'} has no test images: raise clean.test_fraction")
+        raise TaglensError(
+            f"{clean / 'manifest.csv'} has no test images: raise clean.test_fraction"
+        )
     paths = [raw / image for image in test["image"]]
     probs = _probabilities(predictor, paths)
     y_true = np.array([classes.index(label) for label in test["label"]])
@@ -92,7 +95,7 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
 def _probabilities(predictor, paths: list[Path]) -> np.ndarray:
     batches = image_dataset(paths, predictor.image_size, FORWARD_BATCH)
     parts = [predictor.probabilities(batch.numpy())
-             for batch in tqdm(batches, desc="evaluate", unit="batch",
+             for batch in progress_bar(batches, desc="evaluate", unit="batch",
                                total=-(-len(paths) // FORWARD_BATCH))]  # fmt: skip
     return np.concatenate(parts)
 

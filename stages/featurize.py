@@ -11,6 +11,7 @@ import numpy as np
 from taglens import features
 from taglens.backbones import build_feature_extractor, weights_identity
 from taglens.cli import run_main, setup_logging
+from taglens.errors import TaglensError
 from taglens.params import FeaturizeParams, ModelParams, load_params
 from taglens.posts import POSTS_FILE, read_posts
 
@@ -44,7 +45,7 @@ def run(
         raise FileNotFoundError(f"no {posts_path}: run the scrape stage first")
     posts = read_posts(posts_path)
     if not posts:
-        raise ValueError(f"{posts_path} holds no posts: scrape accepted no images")
+        raise TaglensError(f"{posts_path} holds no posts: scrape accepted no images")
     if params.jit_compile and model.backbone in XLA_SLOW_BACKBONES:
         logger.warning(
             "featurize.jit_compile is true, but XLA runs %s's depthwise convolutions about 10x "

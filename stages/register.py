@@ -16,6 +16,7 @@ from typing import Any
 from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
 from taglens.dvc_lock import dep_hashes
+from taglens.errors import TaglensError
 from taglens.gate import Evaluation, read_metrics, read_recall
 from taglens.params import Params, load_params
 from taglens.pyfunc import logged_model_uri
@@ -62,7 +63,7 @@ def run(
     info = json.loads(info_path.read_text(encoding="utf-8"))
     run_id = info.get("run_id")
     if not run_id:
-        raise ValueError(f"{info_path} has no run_id: the train stage must run inside MLflow")
+        raise TaglensError(f"{info_path} has no run_id: the train stage must run inside MLflow")
     per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
     evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
     evaluation.score(params.register.primary_metric)  # fail before touching the registry

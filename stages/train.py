@@ -44,6 +44,10 @@ def run(
     """
     import mlflow
 
+    if params.base.classes is None:  # the classes the source found, as clean kept them
+        found = train_data.manifest_classes(clean / "manifest.csv")
+        base = params.base.model_copy(update={"classes": found})
+        params = params.model_copy(update={"base": base})
     base, classes = params.base, list(params.base.classes)
     meta = train_data.check_feature_meta(features / "meta.json", params.model, base.seed)
     splits = train_data.load_splits(

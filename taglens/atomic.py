@@ -11,6 +11,8 @@ from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
+from taglens.errors import TaglensError
+
 
 @cache
 def _current_umask() -> int:
@@ -108,7 +110,7 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}): it is corrupt") from None
+        raise TaglensError(f"{path} is not UTF-8 text (byte {exc.start}): it is corrupt") from None
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -118,7 +120,7 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break  # a torn final line from an interrupted append
-            raise ValueError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
+            raise TaglensError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
         except RecursionError:  # hostile nesting: json's C parser gives up on the stack
-            raise ValueError(f"{path}:{number} nests too deeply to be a record") from None
+            raise TaglensError(f"{path}:{number} nests too deeply to be a record") from None
     return rows

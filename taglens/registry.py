@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from taglens.atomic import append_jsonl, read_jsonl
+from taglens.errors import TaglensError
 from taglens.gate import CHALLENGER, CHAMPION, Decision, Evaluation, decide
 from taglens.params import RegisterParams
 
@@ -34,7 +35,7 @@ LINEAGE_TAG = "lineage."
 LOCK_TIMEOUT_S = 300.0
 
 
-class RegistryError(ValueError):
+class RegistryError(TaglensError):
     """A registry operation that cannot be done as asked; the message says what to do."""
 
 

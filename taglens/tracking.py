@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from taglens.errors import TaglensError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("mlruns")
@@ -28,7 +30,7 @@ _QUIET_ENV = {
 PING_TIMEOUT_SECONDS = 5.0
 
 
-class TrackingServerUnreachable(ValueError):
+class TrackingServerUnreachable(TaglensError):
     """MLFLOW_TRACKING_URI names a server that does not answer (a setting the user must fix)."""
 
 

@@ -26,11 +26,12 @@ import instaloader
 import requests
 from instaloader import exceptions as ie
 from instaloader.nodeiterator import FrozenNodeIterator, NodeIterator, resumable_iteration
-from tqdm import tqdm
 
 from taglens.atomic import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from taglens.errors import TaglensError
 from taglens.params import InstagramSourceParams
 from taglens.posts import hashtags_in, normalize_hashtag
+from taglens.progress import progress_bar
 from taglens.sources.base import SourceItem
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ HOW_TO_LOGIN = (
 )
 
 
-class InstagramLoginError(ValueError):
+class InstagramLoginError(TaglensError):
     """No usable Instaloader session: the message says how to create one."""
 
 
@@ -152,7 +153,7 @@ def _window(value: str | None, key: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"scrape.instagram.{key} must be an ISO date, got {value!r}") from None
+        raise TaglensError(f"scrape.instagram.{key} must be an ISO date, got {value!r}") from None
     if moment.tzinfo is not None:  # post dates are naive UTC
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
@@ -185,8 +186,8 @@ def collect(
     for tag in dict.fromkeys(normalize_hashtag(t) for t in params.hashtags):
         if result.per_tag[tag] >= params.posts_per_hashtag:
             continue  # finished by an earlier run: no request at all
-        bar = tqdm(total=params.posts_per_hashtag, initial=result.per_tag[tag], desc=f"#{tag}",
-                   unit="post")  # fmt: skip
+        bar = progress_bar(total=params.posts_per_hashtag, initial=result.per_tag[tag],
+                           desc=f"#{tag}", unit="post")  # fmt: skip
         try:
             _collect_tag(loader, params, tag, window, cache=cache, salt=salt, seen=seen,
                          result=result, bar=bar)  # fmt: skip
@@ -217,7 +218,7 @@ def collect(
 def _collect_tag(
     loader: instaloader.Instaloader, params: InstagramSourceParams, tag: str,
     window: tuple[datetime | None, datetime | None], *, cache: Path, salt: str,
-    seen: set[tuple[str, str]], result: Collection, bar: tqdm,
+    seen: set[tuple[str, str]], result: Collection, bar: Any,
 ) -> None:  # fmt: skip
     """Walk one hashtag's listing (resumably) until its target is reached or the listing ends."""
     since, until = window
@@ -308,7 +309,7 @@ def owner_salt(params: InstagramSourceParams) -> str:
     """
     salt = os.environ.get(params.owner_salt_env, "")
     if not salt:
-        raise ValueError(
+        raise TaglensError(
             f"set {params.owner_salt_env} to a secret random string (for example the output of "
             "`python -c 'import secrets; print(secrets.token_hex(16))'`) and keep it: owner ids "
             "are stored only as hashes salted with it (scrape.instagram.owner_salt_env)"
