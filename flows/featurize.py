@@ -23,7 +23,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.runners import dask_runner
+from flows.runners import (
+    SHARD_RETRIES,
+    SHARD_RETRY_DELAY_S,
+    dask_runner,
+    retry_unless_user_error,
+)
+from taglens.errors import TaglensError
 from taglens.params import ModelParams, load_params
 
 TASK_RUNNERS = ("local", "dask")
@@ -45,7 +51,8 @@ def cached_extractor(model: dict[str, Any], seed: int) -> Any:
         return _EXTRACTORS[key]
 
 
-@task(name="featurize-shard")
+@task(name="featurize-shard", retries=SHARD_RETRIES, retry_delay_seconds=SHARD_RETRY_DELAY_S,
+      retry_condition_fn=retry_unless_user_error)
 def shard_task(items: list[tuple[str, str]], store_root: str, key: dict[str, Any],
                model: dict[str, Any], seed: int, batch_size: int,
                jit_compile: bool) -> int:  # fmt: skip
@@ -127,7 +134,7 @@ def featurize_flow(
         meta.json's contents plus `computed`, `cached`, `shards` and `seconds`.
     """
     if task_runner not in TASK_RUNNERS:
-        raise ValueError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
+        raise TaglensError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
     root = Path(repo).resolve()
     overrides = {"featurize.shard_size": shard_size} if shard_size is not None else {}
     params = load_params(root / params_path, overrides)

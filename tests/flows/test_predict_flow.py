@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from flows.predict import batch_predict_flow, cached_model
+from flows.predict import ARTIFACT_KEY, TIMEOUT_S, batch_predict_flow, cached_model, score_task
 from taglens.batch_outputs import read_rows
 from tests.conftest import FIXTURES
 
@@ -50,7 +50,7 @@ def _photos(folder, count):
 
 @pytest.mark.slow
 def test_dask_path_gives_exactly_the_local_rows_and_resumes(tmp_path, tiny_models_dir,
-                                                            prefect_server):
+                                                            prefect_api):
     _photos(tmp_path / "photos", 11)
     common = {"model_uri": str(tiny_models_dir), "params_path": PARAMS, "batch_size": 4,
               "shard_size": 3}
@@ -65,14 +65,20 @@ def test_dask_path_gives_exactly_the_local_rows_and_resumes(tmp_path, tiny_model
     batch_predict_flow(str(first), str(dask_out), **common)
     assert len(list(read_rows(dask_out))) == 4
 
-    summary = batch_predict_flow(str(tmp_path / "photos"), str(dask_out), task_runner="dask",
-                                 **common)
+    state = batch_predict_flow(str(tmp_path / "photos"), str(dask_out), task_runner="dask",
+                               return_state=True, **common)
+    summary = state.result()
     assert (summary["skipped"], summary["scored"], summary["errors"]) == (4, 6, 1)
     dask_rows, local_rows = list(read_rows(dask_out)), list(read_rows(local_out))
     assert len(local_rows) == 11 and sum(row["error"] is not None for row in local_rows) == 1
     _assert_same_rows(dask_rows, local_rows)
     assert not (tmp_path / "dask.parquet.shards").exists()
     assert not (tmp_path / "dask.parquet.parts").exists()
+    # And the run publishes what it did, like the training flow
+    [artifact] = prefect_api.artifacts(state.state_details.flow_run_id)
+    assert artifact.key == ARTIFACT_KEY and artifact.type == "markdown"
+    assert "| task runner | dask |" in artifact.data and "| scored | 6 |" in artifact.data
+    assert "| skipped (already scored) | 4 |" in artifact.data and "| errors | 1 |" in artifact.data
 
 
 def test_unknown_task_runner_is_refused(tmp_path, tiny_models_dir):
@@ -95,3 +101,9 @@ def test_an_empty_inbox_is_nothing_to_do(tmp_path, tiny_models_dir, prefect_serv
                                  str(tiny_models_dir), params_path=PARAMS)
     assert (summary["total"], summary["scored"]) == (0, 0)
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_shards_retry_and_the_nightly_flow_has_a_timeout():
+    # A shard resumes where it stopped, so a retry after a lost worker redoes only the rest
+    assert score_task.retries == 2
+    assert batch_predict_flow.timeout_seconds == TIMEOUT_S
