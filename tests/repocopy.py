@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Run state at the top of the work tree (DVC outputs and lock, stores, tool caches).
 RUN_STATE = frozenset({
     ".venv", ".git", "dvc.lock", "data", "models", "reports", "predictions", "mlruns",
-    "test-results", ".prefect", ".pytest_cache", ".ruff_cache", "dvc-remote",
+    "test-results", ".prefect", ".pytest_cache", ".ruff_cache",
 })  # fmt: skip
 # DVC's own local state inside .dvc/ (the committed .dvc/config is kept).
 DVC_STATE = frozenset({"cache", "tmp", "config.local"})

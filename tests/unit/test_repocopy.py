@@ -11,7 +11,7 @@ def test_a_copy_leaves_out_what_make_demo_wrote(tmp_path):
     for name in ("dvc.yaml", "params.yaml", "dvc.lock", "taglens/a.py", ".dvc/config",
                  ".dvc/config.local", ".dvc/cache/files/md5/ab/cd", ".dvc/tmp/lock",
                  "data/raw/x.png", "models/m.keras", "reports/metrics.json", "mlruns/mlflow.db",
-                 "predictions/demo.csv", "dvc-remote/files/md5/ab/cd", "taglens/__pycache__/a.pyc",
+                 "predictions/demo.csv", "taglens/__pycache__/a.pyc",
                  "tests/fixtures/params.yaml", "docs/data/notes.md"):  # fmt: skip
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text(name)
