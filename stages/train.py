@@ -19,7 +19,7 @@ from taglens.images import load_batch
 from taglens.params import Params, TrainParams, flatten, load_params
 from taglens.posts import POSTS_FILE, read_posts
 from taglens.sweep import grid, parse_sweep_arg, run_sweep, setting_name
-from taglens.tracking import configure_tracking, git_commit
+from taglens.tracking import configure_tracking, log_split_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +64,26 @@ def run(
                         train_params, base.seed, on_epoch)  # fmt: skip
 
     settings = grid(params.train.sweep, sweep)
-    with mlflow.start_run(run_name="train") as active:
+    # The params a sweep varies go on this run (the one holding the model) once the best is known.
+    swept = {f"train.{key}" for setting in settings for key in setting}
+    with mlflow.start_run(run_name=_run_name(params, len(settings))) as active:
         run_id = active.info.run_id
         flat = flatten(params)
-        mlflow.log_params(flat)
+        mlflow.log_params({key: value for key, value in flat.items() if key not in swept})
+        lineage = train_data.data_lineage(Path.cwd(), {"raw": raw, "features": features,
+                                                       "clean": clean})  # fmt: skip
         mlflow.set_tags({"backbone": params.model.backbone,
                          "image_size": str(params.model.image_size),
-                         "weights_identity": meta["weights_identity"],
-                         "git_commit": git_commit() or "unknown", "stage": "train",
-                         **train_data.data_lineage(Path.cwd(), {"raw": raw, "features": features,
-                                                                "clean": clean})})  # fmt: skip
+                         "weights_identity": meta["weights_identity"], "stage": "train",
+                         **lineage})  # fmt: skip
+        log_split_datasets({name: split.rows for name, split in splits.items()},
+                           digest=_clean_version(lineage), source=str(clean / "manifest.csv"))
         best_params = params.train
         if settings:
             trials, best = run_sweep(params.train, settings, fit_one, flat)
             fit, best_params = trials[best].fit, trials[best].params
+            best_flat = flatten(params.model_copy(update={"train": best_params}))
+            mlflow.log_params({key: best_flat[key] for key in sorted(swept)})
             mlflow.set_tags({"sweep_size": str(len(trials)),
                              "best_child_run_id": trials[best].run_id,
                              "best_setting": setting_name(trials[best].setting)})  # fmt: skip
@@ -106,6 +112,19 @@ def run(
         summary.update(_baseline(params, splits, run_id))
     atomic_write_json(reports / "train.json", summary)
     return summary
+
+
+def _run_name(params: Params, sweep_size: int) -> str:
+    """`train vgg19-224px lr=0.001` (or `... sweep of 4`): tells runs apart in MLflow's list."""
+    model = f"{params.model.backbone}-{params.model.image_size}px"
+    if sweep_size:
+        return f"train {model} sweep of {sweep_size}"
+    return f"train {model} lr={params.train.learning_rate:g}"
+
+
+def _clean_version(lineage: dict[str, str]) -> str:
+    """The data version of the splits: DVC's hash of data/clean, else the files' md5."""
+    return lineage.get("data.clean.dvc_md5") or lineage.get("data.clean.md5") or "unknown"
 
 
 def _metrics(row: dict[str, float]) -> dict[str, float]:
