@@ -173,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.cli import run_main, setup_logging
 
     parser = argparse.ArgumentParser(description="Run the featurize flow.")
-    parser.add_argument("--repo", default=".")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local")
+    parser.add_argument("--repo", default=".", help="the taglens checkout (default %(default)s)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local",
+                        help="local (one process) or dask (shards on a cluster)")
     parser.add_argument("--scheduler-address", default=None, help="tcp://HOST:8786")
-    parser.add_argument("--n-workers", type=int, default=2)
-    parser.add_argument("--shard-size", type=int, default=None)
+    parser.add_argument("--n-workers", type=int, default=2,
+                        help="workers of a local Dask cluster (default %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="images per shard (default: featurize.shard_size)")
     args = parser.parse_args(argv)
     setup_logging()
 

@@ -205,12 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.cli import run_main, setup_logging
 
     parser = argparse.ArgumentParser(description="Run the batch predict flow.")
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--model-uri", default=None)
-    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local")
+    parser.add_argument("--input", required=True,
+                        help="a folder, glob, image or text file listing image paths")
+    parser.add_argument("--output", required=True,
+                        help="a .csv, .jsonl or .parquet file; resumed if it exists")
+    parser.add_argument("--model-uri", default=None,
+                        help="default: the champion, models:/<register.model_name>@champion")
+    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local",
+                        help="local (one process) or dask (shards on a cluster)")
     parser.add_argument("--scheduler-address", default=None, help="tcp://HOST:8786")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the params file (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 

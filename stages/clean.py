@@ -128,12 +128,18 @@ def _log_to_mlflow(base: BaseParams, params: CleanParams, report: dict, files: l
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.clean --params params.yaml --raw ... --features ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--features", type=Path, default=Path("data/features"))
-    parser.add_argument("--out", type=Path, default=Path("data/clean"))
-    parser.add_argument("--reports", type=Path, default=Path("reports/clean"))
-    parser.add_argument("--metrics", type=Path, default=Path("reports/clean.json"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
+                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    parser.add_argument("--features", type=Path, default=Path("data/features"),
+                        help="featurize's feature store (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("data/clean"),
+                        help="where manifest.csv and dropped.csv go (default %(default)s)")
+    parser.add_argument("--reports", type=Path, default=Path("reports/clean"),
+                        help="histogram and contact sheets go here (default %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=Path("reports/clean.json"),
+                        help="the clean report: counts per class and split (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 

@@ -141,11 +141,16 @@ def _log_to_run(info: dict, scores: dict, per_class: dict, plots: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.evaluate --params params.yaml --models models ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--clean", type=Path, default=Path("data/clean"))
-    parser.add_argument("--models", type=Path, default=Path("models"))
-    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
+                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    parser.add_argument("--clean", type=Path, default=Path("data/clean"),
+                        help="the manifest of kept images and their split (default %(default)s)")
+    parser.add_argument("--models", type=Path, default=Path("models"),
+                        help="train's model folder (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("reports"),
+                        help="metrics.json, confusion.csv, evaluate/ plots (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 

@@ -83,9 +83,12 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.featurize --params params.yaml --raw data/raw --out ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--out", type=Path, default=Path("data/features"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
+                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("data/features"),
+                        help="the feature store folder (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 

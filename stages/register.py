@@ -101,25 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stages.register", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", type=Path, default=argparse.SUPPRESS)
+    common.add_argument("--params", type=Path, default=argparse.SUPPRESS,
+                        help="the params file (default params.yaml)")
     common.add_argument("--history", type=Path, default=argparse.SUPPRESS,
                         help=f"promotion history (default reports/{HISTORY})")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
     parser.add_argument("--history", type=Path, default=None,
                         help=f"promotion history (default: {HISTORY} beside --out)")
-    parser.add_argument("--models", type=Path, default=Path("models"))
-    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
+    parser.add_argument("--models", type=Path, default=Path("models"),
+                        help="the trained model folder (default %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"),
+                        help="the evaluation metrics (default %(default)s)")
     parser.add_argument("--per-class", type=Path, default=None,
                         help="per-class recall (default: <metrics dir>/evaluate/per_class.json)")
-    parser.add_argument("--out", type=Path, default=Path("reports/register.json"))
+    parser.add_argument("--out", type=Path, default=Path("reports/register.json"),
+                        help="where the decision is written (default %(default)s)")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("list", parents=[common], help="versions with scores and aliases")
     sub.add_parser("history", parents=[common], help="the promotion history, oldest first")
     promote = sub.add_parser("promote", parents=[common], help="make VERSION champion by hand")
-    promote.add_argument("version")
-    promote.add_argument("--reason", required=True)
+    promote.add_argument("version", help="the registered version to make champion")
+    promote.add_argument("--reason", required=True, help="why, recorded in the promotion history")
     rollback = sub.add_parser("rollback", parents=[common], help="back to the previous champion")
-    rollback.add_argument("--reason", required=True)
+    rollback.add_argument("--reason", required=True, help="why, recorded in the promotion history")
     return parser
 
 

@@ -102,8 +102,10 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.scrape --params params.yaml --out data/raw`."""
     parser = argparse.ArgumentParser(prog="python -m stages.scrape", description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("data/raw"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("data/raw"),
+                        help="images, posts.jsonl, rejected.jsonl (default %(default)s)")
     parser.add_argument("--reports", type=Path, default=Path("reports"),
                         help="directory for ingest.json")  # fmt: skip
     parser.add_argument(

@@ -76,7 +76,8 @@ def write_test_image_list(root: Path, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Print the summary for the project in the current directory."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", type=Path, default=Path("."))
+    parser.add_argument("--root", type=Path, default=Path("."),
+                        help="the project checkout (default %(default)s)")
     parser.add_argument(
         "--list-test-images", type=Path, metavar="FILE",
         help="instead of the summary, write the test split's image paths to FILE",

@@ -205,12 +205,18 @@ def _baseline(params: Params, splits: dict, train_run_id: str) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.train --params params.yaml ... [--sweep key=v1,v2]`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--features", type=Path, default=Path("data/features"))
-    parser.add_argument("--clean", type=Path, default=Path("data/clean"))
-    parser.add_argument("--out", type=Path, default=Path("models"))
-    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
+                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    parser.add_argument("--features", type=Path, default=Path("data/features"),
+                        help="featurize's feature store (default %(default)s)")
+    parser.add_argument("--clean", type=Path, default=Path("data/clean"),
+                        help="the manifest of kept images and their split (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("models"),
+                        help="the model folder to write (default %(default)s)")
+    parser.add_argument("--reports", type=Path, default=Path("reports"),
+                        help="folder for train.json and history.csv/png (default %(default)s)")
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep a train key over values (repeat for a grid)")
     args = parser.parse_args(argv)

@@ -117,3 +117,28 @@ def test_the_command_line_help_and_a_user_error_in_a_subprocess(tmp_path):
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "nope.yaml" in errors[0], failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def _options_without_help(text: str) -> list[str]:
+    """Option lines of an argparse help text that have no description beside or below them."""
+    lines = text.splitlines()
+    missing = []
+    for number, line in enumerate(lines):
+        if not line.startswith("  -"):
+            continue
+        described = "  " in line.strip()  # "--out OUT    where it goes"
+        following = lines[number + 1] if number + 1 < len(lines) else ""
+        below = following.startswith("    ") and not following.strip().startswith("-")
+        if not (described or below):
+            missing.append(line.strip())
+    return missing
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_option_of_every_command_says_what_it_is(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ")
+    assert _options_without_help(text) == []
