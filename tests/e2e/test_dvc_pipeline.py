@@ -179,10 +179,16 @@ def test_experiments_and_commits_compare_their_metrics(pipeline_repo):
     params = json.loads(_bare_dvc(repo, "params", "diff", "HEAD~1", "HEAD", "--json").stdout)
     rate = params["params.yaml"]["train.learning_rate"]
     assert (rate["old"], rate["new"]) == (0.002, 0.0005)
-    # And the confusion plot has data for both commits
+    # And every plot, declared once, has both commits: the confusion matrix as a confusion plot,
+    # the learning curves as lines, the PNGs as images
     plots = json.loads(_bare_dvc(repo, "plots", "diff", "HEAD~1", "HEAD", "--json").stdout)
-    [confusion] = [p for key, entries in plots.items() if "confusion matrix" in key
-                   for p in entries]  # fmt: skip
-    assert confusion["type"] == "vega"
-    revs = {row["rev"] for row in confusion["content"]["data"]["values"]}
-    assert len(revs) == 2, revs
+    kinds = {name: sorted({e["type"] for e in entries}) for name, entries in plots["data"].items()}
+    assert kinds == {"learning curves": ["vega"], "confusion matrix": ["vega"],
+                     "reports/history.png": ["image"], "reports/evaluate/confusion.png": ["image"],
+                     "reports/evaluate/misclassified.png": ["image"],
+                     "reports/clean/distances.png": ["image"]}  # fmt: skip
+    [confusion] = plots["data"]["confusion matrix"]
+    assert '"mark": "rect"' in json.dumps(confusion["content"])  # the confusion template's cells
+    assert {row["rev"] for row in confusion["content"]["data"]["values"]} == {"HEAD~1", "HEAD"}
+    images = plots["data"]["reports/evaluate/confusion.png"]
+    assert sorted(rev for e in images for rev in e["revisions"]) == ["HEAD", "HEAD~1"]
