@@ -36,8 +36,8 @@ _QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TF_CPP_MIN_LOG_LEVEL": "2",
-    # Progress bars are not a TTY here: one update every 10 s keeps the run log readable.
-    "TQDM_MININTERVAL": "10",
+    # Not a terminal here: progress is a log line every 10 s (taglens.progress), not a bar.
+    "TAGLENS_PROGRESS_SECONDS": "10",
     "PYTHONUNBUFFERED": "1",
 }
 
