@@ -62,7 +62,7 @@ def run(
             "re-run the featurize stage"
         )
     labels = [post.label for post in posts]
-    unknown = sorted(set(labels) - set(base.classes))
+    unknown = sorted(set(labels) - set(base.classes)) if base.classes else []  # null: the labels
     if unknown:
         logger.warning("labels not in base.classes are kept as classes: %s", ", ".join(unknown))
     result = find_outliers(
