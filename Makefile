@@ -63,11 +63,11 @@ browser-deps:
 serve: setup ## the web page on http://127.0.0.1:8000 (upload a photo, get hashtags)
 	$(VENV)/bin/taglens serve
 
-test: setup-dev browser-deps ## the whole test suite, as CI runs it (about 10 minutes on 2 cores)
+test: setup-dev browser-deps ## the whole test suite, as CI runs it
 	$(PY) -m pytest
 
 # The edit-test loop: every test not marked slow (no real servers, pipelines or fuzzing).
-test-fast: setup-dev ## the quick tests only (under 3 minutes)
+test-fast: setup-dev ## the tests not marked slow (no servers, pipelines, browsers, fuzzing)
 	$(PY) -m pytest -m "not slow" -q
 
 lint: setup-dev ## ruff
