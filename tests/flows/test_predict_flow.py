@@ -107,3 +107,31 @@ def test_shards_retry_and_the_nightly_flow_has_a_timeout():
     # A shard resumes where it stopped, so a retry after a lost worker redoes only the rest
     assert score_task.retries == 2
     assert batch_predict_flow.timeout_seconds == TIMEOUT_S
+
+
+@pytest.mark.slow
+def test_a_failed_shard_is_retried_and_finishes(tmp_path, tiny_models_dir, prefect_server,
+                                                monkeypatch):  # fmt: skip
+    import flows.predict as predict_flow
+
+    # Given a worker that is lost the first time it loads the model
+    _photos(tmp_path / "photos", 7)
+    calls = []
+    real = predict_flow.cached_model
+
+    def flaky(uri, tracking_uri):
+        calls.append(uri)
+        if len(calls) == 1:
+            raise OSError("worker lost")
+        return real(uri, tracking_uri)
+
+    monkeypatch.setattr(predict_flow, "cached_model", flaky)
+    monkeypatch.setattr(predict_flow, "score_task",
+                        predict_flow.score_task.with_options(retry_delay_seconds=0))  # fmt: skip
+    # When the flow scores the photos
+    summary = batch_predict_flow(str(tmp_path / "photos"), str(tmp_path / "o.jsonl"),
+                                 str(tiny_models_dir), params_path=PARAMS)  # fmt: skip
+    # Then the task was retried once and every photo has its row
+    assert len(calls) == 2
+    assert (summary["scored"], summary["errors"], summary["total"]) == (6, 1, 7)
+    assert len(list(read_rows(tmp_path / "o.jsonl"))) == 7
