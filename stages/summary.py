@@ -51,7 +51,7 @@ def summarize(root: Path) -> str:
         lines.append(f"  predictions  {path}")
     lines.append("  MLflow UI    make mlflow-ui   (then open http://127.0.0.1:5000)")
     lines.append(
-        "  web page     .venv/bin/python -m taglens.web   (then open http://127.0.0.1:8000)"
+        "  web page     make serve   (then open http://127.0.0.1:8000)"
     )
     return "\n".join(lines)
 
