@@ -1,11 +1,14 @@
 # taglens: `make demo` runs the whole pipeline on synthetic demo data; `make test` runs the tests.
-# Both create the virtual environment and install everything first.
+# Each creates the virtual environment first: `make demo` installs the runtime only, `make test`
+# adds the test tools (pytest, fuzzers, the browser driver). `make help` lists every target.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
-# dvc.yaml runs `python -m stages.X`: that must be the venv's interpreter.
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
+# Stages run through stages/run.sh, which finds .venv itself; the venv first on PATH also makes
+# `dvc`, `prefect` and `mlflow` below the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Keep the tools from phoning home (and waiting on a network that may not be there).
@@ -17,18 +20,28 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test lint bench browser-deps mlflow-ui
+.PHONY: help setup setup-dev demo test test-fast lint bench browser-deps mlflow-ui
 
-setup: $(STAMP)
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort \
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
+
+setup: $(RUNTIME_STAMP) ## create .venv with the runtime (pipeline, flows, web page)
+
+setup-dev: $(DEV_STAMP) ## add the test and lint tools to .venv
 
 # requirements.lock pins the versions the test suite passed with; pyproject.toml holds the ranges.
-$(STAMP): pyproject.toml requirements.lock
+$(RUNTIME_STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -c requirements.lock -e .
+	touch $(RUNTIME_STAMP)
 
-demo: setup
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(DEV_STAMP)
+
+demo: setup ## run the whole pipeline on synthetic data, score the test images, say where results are
 	$(VENV)/bin/dvc repro
 	$(PY) -m stages.summary --list-test-images predictions/demo-inputs.txt
 	$(PY) -m stages.predict --input predictions/demo-inputs.txt --output predictions/demo.csv
@@ -47,31 +60,35 @@ browser-deps:
 
 # The web page on http://127.0.0.1:8000/ (serve.host/port), serving models:/taglens@champion.
 .PHONY: serve
-serve: setup
-	$(PY) -m taglens.web
+serve: setup ## the web page on http://127.0.0.1:8000 (upload a photo, get hashtags)
+	$(VENV)/bin/taglens serve
 
-test: setup browser-deps
+test: setup-dev browser-deps ## the whole test suite, as CI runs it
 	$(PY) -m pytest
 
-lint: setup
+# The edit-test loop: every test not marked slow (no real servers, pipelines or fuzzing).
+test-fast: setup-dev ## the tests not marked slow (no servers, pipelines, browsers, fuzzing)
+	$(PY) -m pytest -m "not slow" -q
+
+lint: setup-dev ## ruff
 	$(VENV)/bin/ruff check taglens stages flows tests bench
 
-bench: setup
+bench: setup ## the benchmarks (results in bench/results/, summary in BENCHMARKS.md)
 	$(PY) -m bench.run_all
 
-mlflow-ui: setup
+mlflow-ui: setup ## the MLflow UI on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 # Prefect (docs/prefect.md): a server on 127.0.0.1:4200, the two scheduled deployments, a worker.
 PREFECT_URL ?= http://127.0.0.1:4200/api
-.PHONY: prefect-server deploy worker
-prefect-server: setup
+.PHONY: prefect-server deploy worker schedule
+prefect-server: setup ## a Prefect server and UI on http://127.0.0.1:4200
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
-deploy: setup
+deploy: setup ## register both scheduled deployments on the server (for workers)
 	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m flows.deploy --repo .
 
-worker: setup
+worker: setup ## a process worker that runs the deployments' scheduled runs
 	PREFECT_API_URL=$(PREFECT_URL) $(VENV)/bin/prefect worker start --pool taglens
 
 # A long fuzzing campaign (docs/reliability.md): every parser target for FUZZ_SECONDS, with
@@ -80,6 +97,11 @@ worker: setup
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS ?= all
 .PHONY: fuzz
-fuzz: setup
+fuzz: setup-dev ## a long fuzzing campaign of every parser (docs/reliability.md)
 	$(PY) tests/reliability/fuzz_campaign.py --seconds $(FUZZ_SECONDS) --targets $(FUZZ_TARGETS) \
 	  --timeout 10 --rss-limit-mb 2048
+
+# One machine: this one process serves both schedules and runs them (no worker). It uses the
+# server in PREFECT_API_URL if set (UI, runs by hand), else a temporary one of its own.
+schedule: setup ## serve the weekly retrain and nightly predict from this process
+	$(PY) -m flows.schedule --repo .

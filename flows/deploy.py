@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from prefect import flow
 from prefect.schedules import Cron
 
+from taglens.errors import TaglensError
+
 logger = logging.getLogger(__name__)
 
 POOL = "taglens"
@@ -60,7 +62,7 @@ def ensure_process_pool(name: str) -> None:
             logger.info("created process work pool %s", name)
             return
     if pool.type != "process":
-        raise ValueError(
+        raise TaglensError(
             f"work pool {name!r} exists with type {pool.type!r}: pass --pool with another name "
             "(these deployments need a 'process' pool)"
         )
@@ -74,26 +76,54 @@ def _inside(repo: Path, location: str) -> str:
     return str(path if path.is_absolute() else repo / path)
 
 
-def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
-    """Create or update both deployments; return their ids by name.
+def checked_schedules(settings: DeploySettings) -> tuple[Path, Cron, Cron]:
+    """The checkout and both schedules, checked before anything changes on the server.
 
     Raises:
-        ValueError: the checkout has no flows to deploy, or the pool has the wrong type.
+        TaglensError: the checkout has no flows, or the time zone is unknown.
     """
     repo = settings.repo.expanduser().resolve()
     for entrypoint in (TRAINING_ENTRYPOINT, PREDICT_ENTRYPOINT):
         if not (repo / entrypoint.split(":")[0]).is_file():
-            raise ValueError(f"{repo} has no {entrypoint.split(':')[0]}: pass --repo <checkout>")
-    # Checked first: a bad cron or time zone stops here, before anything changes on the server.
+            raise TaglensError(f"{repo} has no {entrypoint.split(':')[0]}: pass --repo <checkout>")
     try:
         ZoneInfo(settings.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
+        raise TaglensError(
             f"unknown time zone {settings.timezone!r}: use an IANA name such as UTC or "
             "Europe/Berlin"
         ) from None
-    retrain_schedule = Cron(settings.retrain_cron, timezone=settings.timezone)
-    predict_schedule = Cron(settings.predict_cron, timezone=settings.timezone)
+    return (repo, Cron(settings.retrain_cron, timezone=settings.timezone),
+            Cron(settings.predict_cron, timezone=settings.timezone))  # fmt: skip
+
+
+def retrain_parameters(repo: Path) -> dict:
+    """Scrape is forced so new posts are collected; DVC re-runs later stages only on change."""
+    return {"repo": str(repo), "force_stages": ["scrape"]}
+
+
+def predict_parameters(repo: Path, settings: DeploySettings) -> dict:
+    """The batch flow's inputs, anchored in the checkout, with the checkout's params file."""
+    parameters = {"input": _inside(repo, settings.predict_input),
+                  "output": _inside(repo, settings.predict_output),
+                  "params_path": str(repo / "params.yaml")}  # fmt: skip
+    if settings.model_uri:
+        parameters["model_uri"] = settings.model_uri
+    return parameters
+
+
+RETRAIN_DESCRIPTION = ("Collect new posts and retrain through DVC; the register stage decides "
+                       "whether the new model becomes champion.")  # fmt: skip
+PREDICT_DESCRIPTION = "Score the images under `input` with the champion model into `output`."
+
+
+def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
+    """Create or update both deployments; return their ids by name.
+
+    Raises:
+        TaglensError: the checkout has no flows to deploy, or the pool has the wrong type.
+    """
+    repo, retrain_schedule, predict_schedule = checked_schedules(settings)
     ensure_process_pool(settings.pool)
     common = {"work_pool_name": settings.pool, "build": False, "push": False,
               "print_next_steps": False, "ignore_warnings": True,
@@ -101,36 +131,47 @@ def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
     ids: dict[str, UUID] = {}
     training = flow.from_source(source=str(repo), entrypoint=TRAINING_ENTRYPOINT)
     ids[RETRAIN] = training.deploy(
-        name=RETRAIN,
-        schedules=[retrain_schedule],
-        # Scrape is forced so new posts are collected; DVC then re-runs later stages only if
-        # the data changed. One run at a time: two `dvc repro` in one checkout would collide.
-        parameters={"repo": str(repo), "force_stages": ["scrape"]},
-        concurrency_limit=1,
-        description="Collect new posts and retrain through DVC; the register stage decides "
-        "whether the new model becomes champion.",
-        tags=["taglens", "training"],
+        name=RETRAIN, schedules=[retrain_schedule], parameters=retrain_parameters(repo),
+        # One run at a time: two `dvc repro` in one checkout would collide.
+        concurrency_limit=1, description=RETRAIN_DESCRIPTION, tags=["taglens", "training"],
         **common,
-    )
+    )  # fmt: skip
     predict = flow.from_source(source=str(repo), entrypoint=PREDICT_ENTRYPOINT)
-    parameters = {"input": _inside(repo, settings.predict_input),
-                  "output": _inside(repo, settings.predict_output)}  # fmt: skip
-    if settings.model_uri:
-        parameters["model_uri"] = settings.model_uri
-    if "params_path" in predict.parameters.properties:  # the checkout's params, not the cwd's
-        parameters["params_path"] = str(repo / "params.yaml")
     ids[PREDICT] = predict.deploy(
-        name=PREDICT,
-        schedules=[predict_schedule],
-        parameters=parameters,
-        concurrency_limit=1,
-        description="Score the images under `input` with the champion model into `output`.",
-        tags=["taglens", "predict"],
-        **common,
-    )
+        name=PREDICT, schedules=[predict_schedule],
+        parameters=predict_parameters(repo, settings), concurrency_limit=1,
+        description=PREDICT_DESCRIPTION, tags=["taglens", "predict"], **common,
+    )  # fmt: skip
     for name, deployment_id in ids.items():
         logger.info("deployment %s: %s", name, deployment_id)
     return ids
+
+
+def add_schedule_options(parser: argparse.ArgumentParser) -> None:
+    """The options `flows.deploy` and `flows.schedule` share (the schedules and locations)."""
+    default = DeploySettings(repo=Path("."))
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the taglens checkout")
+    parser.add_argument("--timezone", default=default.timezone, help="IANA zone of the crons")
+    parser.add_argument("--retrain-cron", default=default.retrain_cron,
+                        help=f"weekly retrain schedule (default {default.retrain_cron!r})")
+    parser.add_argument("--predict-cron", default=default.predict_cron,
+                        help=f"batch predict schedule (default {default.predict_cron!r})")
+    parser.add_argument("--predict-input", default=default.predict_input,
+                        help="images the nightly run scores (relative: inside the checkout)")
+    parser.add_argument("--predict-output", default=default.predict_output,
+                        help="where the scores go (.csv, .jsonl or .parquet; resumed)")
+    parser.add_argument("--model-uri", default=None, help="default: the champion model")
+    parser.add_argument("--paused", action="store_true", help="create the schedules paused")
+
+
+def settings_from(args: argparse.Namespace, **extra: str) -> DeploySettings:
+    """DeploySettings from the parsed shared options."""
+    return DeploySettings(
+        repo=args.repo, timezone=args.timezone, retrain_cron=args.retrain_cron,
+        predict_cron=args.predict_cron, predict_input=args.predict_input,
+        predict_output=args.predict_output, model_uri=args.model_uri, paused=args.paused,
+        **extra,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,23 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.cli import run_main, setup_logging
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = DeploySettings(repo=Path("."))
-    parser.add_argument("--repo", type=Path, default=Path("."), help="the taglens checkout")
-    parser.add_argument("--pool", default=default.pool, help="process work pool name")
-    parser.add_argument("--timezone", default=default.timezone, help="IANA zone of the crons")
-    parser.add_argument("--retrain-cron", default=default.retrain_cron)
-    parser.add_argument("--predict-cron", default=default.predict_cron)
-    parser.add_argument("--predict-input", default=default.predict_input)
-    parser.add_argument("--predict-output", default=default.predict_output)
-    parser.add_argument("--model-uri", default=None, help="default: the champion model")
-    parser.add_argument("--paused", action="store_true", help="create the schedules paused")
+    add_schedule_options(parser)
+    parser.add_argument("--pool", default=POOL, help=f"process work pool name (default {POOL})")
     args = parser.parse_args(argv)
     setup_logging()
-    settings = DeploySettings(
-        repo=args.repo, pool=args.pool, timezone=args.timezone, retrain_cron=args.retrain_cron,
-        predict_cron=args.predict_cron, predict_input=args.predict_input,
-        predict_output=args.predict_output, model_uri=args.model_uri, paused=args.paused,
-    )  # fmt: skip
+    settings = settings_from(args, pool=args.pool)
 
     def body() -> int:
         for name, deployment_id in deploy_all(settings).items():

@@ -23,7 +23,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.runners import dask_runner
+from flows.runners import (
+    SHARD_RETRIES,
+    SHARD_RETRY_DELAY_S,
+    dask_runner,
+    retry_unless_user_error,
+)
+from taglens.errors import TaglensError
 from taglens.params import ModelParams, load_params
 
 TASK_RUNNERS = ("local", "dask")
@@ -45,7 +51,8 @@ def cached_extractor(model: dict[str, Any], seed: int) -> Any:
         return _EXTRACTORS[key]
 
 
-@task(name="featurize-shard")
+@task(name="featurize-shard", retries=SHARD_RETRIES, retry_delay_seconds=SHARD_RETRY_DELAY_S,
+      retry_condition_fn=retry_unless_user_error)
 def shard_task(items: list[tuple[str, str]], store_root: str, key: dict[str, Any],
                model: dict[str, Any], seed: int, batch_size: int,
                jit_compile: bool) -> int:  # fmt: skip
@@ -127,7 +134,7 @@ def featurize_flow(
         meta.json's contents plus `computed`, `cached`, `shards` and `seconds`.
     """
     if task_runner not in TASK_RUNNERS:
-        raise ValueError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
+        raise TaglensError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
     root = Path(repo).resolve()
     overrides = {"featurize.shard_size": shard_size} if shard_size is not None else {}
     params = load_params(root / params_path, overrides)
@@ -166,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.cli import run_main, setup_logging
 
     parser = argparse.ArgumentParser(description="Run the featurize flow.")
-    parser.add_argument("--repo", default=".")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local")
+    parser.add_argument("--repo", default=".", help="the taglens checkout (default %(default)s)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local",
+                        help="local (one process) or dask (shards on a cluster)")
     parser.add_argument("--scheduler-address", default=None, help="tcp://HOST:8786")
-    parser.add_argument("--n-workers", type=int, default=2)
-    parser.add_argument("--shard-size", type=int, default=None)
+    parser.add_argument("--n-workers", type=int, default=2,
+                        help="workers of a local Dask cluster (default %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="images per shard (default: featurize.shard_size)")
     args = parser.parse_args(argv)
     setup_logging()
 

@@ -23,12 +23,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.runners import dask_runner
+from flows.runners import (
+    SHARD_RETRIES,
+    SHARD_RETRY_DELAY_S,
+    dask_runner,
+    retry_unless_user_error,
+)
 from stages.predict import load_model, resolve_model
 from taglens.batch_predict import ModelRef, ScoreReport, list_inputs, merge_outputs, shard
+from taglens.errors import TaglensError
 from taglens.params import load_params
 
 TASK_RUNNERS = ("local", "dask")
+# A nightly run that is still going after this long is stuck (the whole flowers set, 4,317
+# images, scores in minutes here): fail it so the next night's run is not blocked behind it.
+TIMEOUT_S = 6 * 3600
+ARTIFACT_KEY = "batch-predict-report"
 _MODELS: dict[tuple[str, str | None], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -47,7 +57,8 @@ def cached_model(uri: str, tracking_uri: str | None):
         return _MODELS[key]
 
 
-@task(name="predict-shard")
+@task(name="predict-shard", retries=SHARD_RETRIES, retry_delay_seconds=SHARD_RETRY_DELAY_S,
+      retry_condition_fn=retry_unless_user_error)
 def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, str],
                batch_size: int, tracking_uri: str | None, also_done_in: list[str] | None = None,
                progress: bool = False) -> dict[str, Any]:  # fmt: skip
@@ -89,7 +100,7 @@ def _score_shards(shards: list[list[str]], shard_dir: str, output: str, model_ur
     return [future.result() for future in futures]
 
 
-@flow(name="batch-predict")
+@flow(name="batch-predict", timeout_seconds=TIMEOUT_S)
 def batch_predict_flow(
     input: str,  # noqa: A002 - the CLI's own word
     output: str,
@@ -121,7 +132,7 @@ def batch_predict_flow(
     from taglens.tracking import configure_tracking
 
     if task_runner not in TASK_RUNNERS:
-        raise ValueError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
+        raise TaglensError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
     log = get_run_logger()
     overrides = {f"predict.{key}": value for key, value in
                  {"batch_size": batch_size, "shard_size": shard_size}.items() if value is not None}
@@ -159,7 +170,34 @@ def batch_predict_flow(
     summary = {**asdict(report), "images_per_second": report.images_per_second,
                "model_name": ref.name, "model_version": ref.version, "output": output}  # fmt: skip
     log.info("batch predict done: %s", summary)
+    _publish(summary, input, task_runner)
     return summary
+
+
+def render_markdown(summary: dict[str, Any], input: str, task_runner: str) -> str:  # noqa: A002
+    """The batch run as a Prefect artifact: what was scored, with which model, where it went."""
+    rows = {
+        "input": input, "output": summary["output"], "task runner": task_runner,
+        "model": f"{summary['model_name']} version {summary['model_version']}",
+        "images": summary["total"], "scored": summary["scored"],
+        "skipped (already scored)": summary["skipped"], "errors": summary["errors"],
+        "seconds": f"{summary['seconds']:.1f}",
+        "images per second": f"{summary['images_per_second']:.2f}",
+    }  # fmt: skip
+    lines = ["# Batch predict", "", "| | |", "|---|---|"]
+    pipe = "\\|"  # a | inside a cell would end it
+    lines += [f"| {key} | {str(value).replace('|', pipe)} |" for key, value in rows.items()]
+    if summary["errors"]:
+        lines += ["", f"{summary['errors']} images could not be scored: their rows in the "
+                  "output carry the reason in `error`."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _publish(summary: dict[str, Any], input: str, task_runner: str) -> None:  # noqa: A002
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=render_markdown(summary, input, task_runner),
+                             key=ARTIFACT_KEY, description="Images scored, model, output")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,12 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.cli import run_main, setup_logging
 
     parser = argparse.ArgumentParser(description="Run the batch predict flow.")
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--model-uri", default=None)
-    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local")
+    parser.add_argument("--input", required=True,
+                        help="a folder, glob, image or text file listing image paths")
+    parser.add_argument("--output", required=True,
+                        help="a .csv, .jsonl or .parquet file; resumed if it exists")
+    parser.add_argument("--model-uri", default=None,
+                        help="default: the champion, models:/<register.model_name>@champion")
+    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local",
+                        help="local (one process) or dask (shards on a cluster)")
     parser.add_argument("--scheduler-address", default=None, help="tcp://HOST:8786")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the params file (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 

@@ -24,3 +24,26 @@ def dask_runner(scheduler_address: str | None, n_workers: int) -> Any:
     # Loopback only, no dashboard: a local cluster must not listen on the network.
     return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1,
                                           "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+
+
+# Shard tasks write their result atomically and resume (finished shards and scored rows are kept),
+# so retrying one after a lost worker or a crash is safe and redoes only what was unfinished.
+SHARD_RETRIES = 2
+SHARD_RETRY_DELAY_S = 10
+
+
+def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry a failed task unless the user must fix something.
+
+    A `TaglensError` (bad input, param or model) fails the same way every time; anything else
+    (a killed worker, a full disk freed meanwhile, a flaky network store) may pass on a retry.
+    """
+    from taglens.errors import TaglensError
+
+    try:
+        state.result(raise_on_failure=True)
+    except TaglensError:
+        return False
+    except BaseException:  # noqa: BLE001 - any other failure is worth another attempt
+        return True
+    return False

@@ -1,36 +1,43 @@
 """Run one DVC stage with `dvc repro --single-item`, streaming its output and keeping the error.
 
+What happened is read from machine-readable sources, never from DVC's human text: whether the
+stage will run from `dvc status --json STAGE` before it, and the stage command's own exit code
+from the file `stages/run.sh` writes when `TAGLENS_STAGE_EXIT_FILE` is set.
+
 No Prefect here: the training flow wraps `run_stage` in a task and passes its run logger, so the
 same code runs (and is tested) without a Prefect server.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+from taglens.errors import TaglensError
 
 logger = logging.getLogger(__name__)
 
 TAIL_LINES = 25
 # Stage mains exit with 2 for errors a user must fix (bad params, missing input): never retried.
 USER_ERROR_EXIT = 2
-_EXITED = re.compile(r"exited with (-?\d+)")
-_SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
+# stages/run.sh writes the stage command's exit code to this file (when set).
+EXIT_FILE_ENV = "TAGLENS_STAGE_EXIT_FILE"
 _QUIET_ENV = {
     "DVC_NO_ANALYTICS": "1",
     "DO_NOT_TRACK": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TF_CPP_MIN_LOG_LEVEL": "2",
-    # Progress bars are not a TTY here: one update every 10 s keeps the run log readable.
-    "TQDM_MININTERVAL": "10",
+    # Not a terminal here: progress is a log line every 10 s (taglens.progress), not a bar.
+    "TAGLENS_PROGRESS_SECONDS": "10",
     "PYTHONUNBUFFERED": "1",
 }
 
@@ -90,13 +97,40 @@ def check_repo(repo: Path) -> Path:
     """Resolve the repository directory, or raise a ValueError that says what to pass instead."""
     repo = Path(repo).expanduser().resolve()
     if not (repo / "dvc.yaml").is_file():
-        raise ValueError(
+        raise TaglensError(
             f"{repo} has no dvc.yaml: pass repo=<the taglens checkout> (the directory that holds "
             "dvc.yaml and params.yaml)"
         )
     if not (repo / ".dvc").is_dir():
-        raise ValueError(f"{repo} is not a DVC repository: run `dvc init` there first")
+        raise TaglensError(f"{repo} is not a DVC repository: run `dvc init` there first")
     return repo
+
+
+def stage_changed(stage: str, repo: Path, env: dict[str, str] | None = None) -> bool:
+    """Whether `dvc repro` would run `stage` (from `dvc status --json STAGE`).
+
+    Raises:
+        StageError: DVC could not tell (an invalid dvc.yaml, an unknown stage).
+    """
+    cmd = [sys.executable, "-m", "dvc", "status", "--json", stage]
+    result = subprocess.run(cmd, cwd=repo, env=env or stage_env(), capture_output=True, text=True,
+                            errors="replace")  # fmt: skip
+    try:
+        if result.returncode != 0:
+            raise ValueError(result.returncode)
+        status = json.loads(result.stdout or "{}")
+    except ValueError:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-TAIL_LINES:]
+        raise StageError(stage, result.returncode, tail, None) from None
+    # Keys are stage names, or `path/dvc.yaml:stage` outside the root dvc.yaml.
+    return any(key == stage or key.endswith(f":{stage}") for key in status)
+
+
+def _read_exit_code(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None  # DVC failed before the command ran, or the command bypasses stages/run.sh
 
 
 def run_stage(
@@ -121,29 +155,44 @@ def run_stage(
         StageError: the stage (or DVC) failed; the message holds the tail of its output.
     """
     repo = check_repo(repo)
+    env = stage_env()
+    will_run = force or stage_changed(stage, repo, env)
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     if force:
         cmd.append("--force")
     log.info("running %s in %s", " ".join(cmd[2:]), repo)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    skipped = False
     started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="taglens-stage-") as scratch:
+        exit_file = Path(scratch) / "exit-code"
+        env[EXIT_FILE_ENV] = str(exit_file)
+        returncode = _stream(cmd, repo, env, stage, tail, log)
+        stage_exit = _read_exit_code(exit_file)
+    seconds = time.monotonic() - started
+    if returncode != 0:
+        error = StageError(stage, returncode, list(tail), stage_exit)
+        log.error("%s", error)
+        raise error
+    log.info("stage %s %s in %.1f s", stage, "ran" if will_run else "skipped (unchanged)", seconds)
+    return StageResult(stage=stage, ran=will_run, seconds=round(seconds, 2))
+
+
+def _stream(cmd: list[str], repo: Path, env: dict[str, str], stage: str, tail: deque[str],
+            log: logging.Logger | logging.LoggerAdapter) -> int:  # fmt: skip
+    """Run `cmd`, sending each output line to `log` and keeping the last ones in `tail`."""
     # stderr merged into stdout keeps the stage's log lines and DVC's messages in order.
     proc = subprocess.Popen(
-        cmd, cwd=repo, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, errors="replace", bufsize=1,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.rstrip()
-            if not line.strip():
-                continue
-            log.info("[%s] %s", stage, line)
-            tail.append(line)
-            match = _SKIPPED.search(line)
-            skipped = skipped or bool(match and match.group(1) == stage)
-        returncode = proc.wait()
+            if line.strip():
+                log.info("[%s] %s", stage, line)
+                tail.append(line)
+        return proc.wait()
     finally:
         if proc.poll() is None:  # cancelled or crashed while streaming: do not leave DVC running
             proc.terminate()
@@ -151,12 +200,35 @@ def run_stage(
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    seconds = time.monotonic() - started
+
+
+def default_remote(repo: Path, env: dict[str, str] | None = None) -> str | None:
+    """The name of the repository's default DVC remote, or None when none is configured."""
+    cmd = [sys.executable, "-m", "dvc", "remote", "default"]
+    result = subprocess.run(cmd, cwd=repo, env=env or stage_env(), capture_output=True,
+                            text=True, errors="replace")  # fmt: skip
+    name = result.stdout.strip()
+    return name if result.returncode == 0 and name else None
+
+
+def push(repo: Path, *, log: logging.Logger | logging.LoggerAdapter = logger) -> str | None:
+    """`dvc push` the outputs dvc.lock records to the default remote, if one is configured.
+
+    Returns:
+        The remote pushed to, or None when there is none (nothing is done).
+
+    Raises:
+        StageError: the push failed (stage name `push`); the message holds DVC's last output.
+    """
+    repo = check_repo(repo)
+    env = stage_env()
+    remote = default_remote(repo, env)
+    if remote is None:
+        log.info("no default DVC remote in %s: nothing pushed", repo)
+        return None
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    returncode = _stream([sys.executable, "-m", "dvc", "push"], repo, env, "push", tail, log)
     if returncode != 0:
-        lines = list(tail)
-        exits = [int(m.group(1)) for line in lines for m in _EXITED.finditer(line)]
-        error = StageError(stage, returncode, lines, exits[-1] if exits else None)
-        log.error("%s", error)
-        raise error
-    log.info("stage %s %s in %.1f s", stage, "skipped (unchanged)" if skipped else "ran", seconds)
-    return StageResult(stage=stage, ran=not skipped, seconds=round(seconds, 2))
+        raise StageError("push", returncode, list(tail), None)
+    log.info("pushed data, models and reports to DVC remote %s", remote)
+    return remote

@@ -5,7 +5,9 @@ dvc.lock and the DVC cache are updated and unchanged stages are skipped exactly 
 `dvc repro`. Only scrape retries (with exponential backoff): its failures are mostly the network.
 A stage that exits with 2 reported a user error (a bad param, a missing input), and DVC's own
 errors (an invalid dvc.yaml) cannot be fixed by waiting either: neither is retried.
-Run it by hand with `python -m flows.training [REPO]`.
+When the repository has a default DVC remote (.dvc/config), the flow then `dvc push`es what the
+run produced, so another machine can `dvc pull` it. Run it by hand with
+`python -m flows.training [REPO]`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
-from flows.stagerun import StageError, StageResult, check_repo, run_stage
+from flows.stagerun import StageError, StageResult, check_repo, push, run_stage
 from flows.training_report import data_version_tags, read_json, render_markdown, tag_run
+from taglens.errors import TaglensError
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("scrape", "featurize", "clean", "train", "evaluate", "register")
+# A weekly retrain still going after this long is stuck: on 2 cores a full real-photo run is
+# 1-2 hours (featurize dominates) and Instagram may impose 30-minute waits; fail it so the next
+# week's run is not blocked behind it (the deployment runs one at a time).
+TIMEOUT_S = 12 * 3600
 ARTIFACT_KEY = "training-report"
 
 
@@ -47,6 +54,15 @@ def stage_task(stage: str, repo: str, force: bool = False) -> dict[str, Any]:
     """Run one DVC stage, streaming its output into the Prefect run log."""
     result: StageResult = run_stage(stage, Path(repo), force=force, log=get_run_logger())
     return asdict(result)
+
+
+@task(name="push", retries=2, retry_delay_seconds=60)
+def push_task(repo: str) -> str | None:
+    """Share what the run produced: `dvc push` to the default remote, when one is configured.
+
+    Retried: a remote is usually across a network. Pushing again only sends what is missing.
+    """
+    return push(Path(repo), log=get_run_logger())
 
 
 @task(name="report", retries=0)
@@ -73,12 +89,13 @@ def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"run_id": run_id, "metrics": metrics, "decision": decision, "data": data_tags}
 
 
-@flow(name="training")
+@flow(name="training", timeout_seconds=TIMEOUT_S)
 def training_flow(
     repo: str = ".",
     force_stages: list[str] | None = None,
     scrape_retries: int = 3,
     scrape_retry_delay_seconds: float = 60.0,
+    push_data: bool = True,
 ) -> dict[str, Any]:
     """Reproduce the whole pipeline through DVC and report what the run did.
 
@@ -88,15 +105,18 @@ def training_flow(
             to collect new posts; later stages then run only if the data changed).
         scrape_retries: how often a failed scrape is retried (never for a user error).
         scrape_retry_delay_seconds: the first retry's delay; each next one doubles it.
+        push_data: `dvc push` the results when the repository has a default DVC remote, so
+            another machine can `dvc pull` exactly what this run produced.
 
     Returns:
-        The stages' results, the evaluation metrics, the promotion decision and the MLflow run id.
+        The stages' results, the remote pushed to (or None), the evaluation metrics, the
+        promotion decision and the MLflow run id.
     """
     root = check_repo(Path(repo))
     force = set(force_stages or ())
     unknown = force - set(STAGES)
     if unknown:
-        raise ValueError(f"force_stages has unknown stages {sorted(unknown)}; use {list(STAGES)}")
+        raise TaglensError(f"force_stages has unknown stages {sorted(unknown)}; use {list(STAGES)}")
     results: list[dict[str, Any]] = []
     for stage in STAGES:
         runner = stage_task.with_options(name=stage, task_run_name=stage)
@@ -109,8 +129,9 @@ def training_flow(
                 retry_condition_fn=_retry_if_transient,
             )
         results.append(runner(stage, str(root), force=stage in force))
+    pushed_to = push_task(str(root)) if push_data else None
     report = report_task(str(root), results)
-    return {"stages": results, **report}
+    return {"stages": results, "pushed_to": pushed_to, **report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         for stage in summary["stages"]:
             print(f"{stage['stage']:<10} {'ran' if stage['ran'] else 'skipped (unchanged)'}")
         decision = summary["decision"] or {}
+        if summary["pushed_to"]:
+            print(f"pushed to DVC remote {summary['pushed_to']}")
         print(f"MLflow run {summary['run_id']}: {decision.get('decision', 'no decision')}"
               f" {decision.get('reason', '')}".rstrip())  # fmt: skip
         return 0

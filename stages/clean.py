@@ -13,6 +13,7 @@ import numpy as np
 from taglens import clean_report
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.cli import run_main, setup_logging
+from taglens.errors import TaglensError
 from taglens.features import read_features
 from taglens.outliers import find_outliers
 from taglens.params import BaseParams, CleanParams, flatten, load_params
@@ -60,12 +61,12 @@ def run(
         raise FileNotFoundError(f"no posts in {raw / POSTS_FILE}: run the scrape stage first")
     shas, vectors = read_features(features)
     if shas.tolist() != [post.sha256 for post in posts]:
-        raise ValueError(
+        raise TaglensError(
             f"{features} does not match {raw / POSTS_FILE} (different images or order): "
             "re-run the featurize stage"
         )
     labels = [post.label for post in posts]
-    unknown = sorted(set(labels) - set(base.classes))
+    unknown = sorted(set(labels) - set(base.classes)) if base.classes else []  # null: the labels
     if unknown:
         logger.warning("labels not in base.classes are kept as classes: %s", ", ".join(unknown))
     splits = content_split(
@@ -146,12 +147,18 @@ def _log_to_mlflow(base: BaseParams, params: CleanParams, report: dict, files: l
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.clean --params params.yaml --raw ... --features ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--features", type=Path, default=Path("data/features"))
-    parser.add_argument("--out", type=Path, default=Path("data/clean"))
-    parser.add_argument("--reports", type=Path, default=Path("reports/clean"))
-    parser.add_argument("--metrics", type=Path, default=Path("reports/clean.json"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
+                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    parser.add_argument("--features", type=Path, default=Path("data/features"),
+                        help="featurize's feature store (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("data/clean"),
+                        help="where manifest.csv and dropped.csv go (default %(default)s)")
+    parser.add_argument("--reports", type=Path, default=Path("reports/clean"),
+                        help="histogram and contact sheets go here (default %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=Path("reports/clean.json"),
+                        help="the clean report: counts per class and split (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 

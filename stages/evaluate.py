@@ -13,14 +13,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from taglens import eval_plots, metrics, train_data
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.cli import run_main, setup_logging
+from taglens.errors import TaglensError
 from taglens.images import image_dataset, load_batch
 from taglens.params import HashtagParams, Params, load_params
 from taglens.posts import POSTS_FILE, hashtags_in, normalize_hashtag, read_posts
+from taglens.progress import progress_bar
 from taglens.tracking import configure_tracking
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ def score_test_split(predictor, params: Params, *, raw: Path, clean: Path) -> Sc
     test = train_data.read_manifest(clean / "manifest.csv", classes)
     test = test[test["split"] == "test"].reset_index(drop=True)
     if test.empty:
-        raise ValueError(f"{clean / 'manifest.csv'} has no test images: raise clean.test_fraction")
+        raise TaglensError(
+            f"{clean / 'manifest.csv'} has no test images: raise clean.test_fraction"
+        )
     paths = [raw / image for image in test["image"]]
     probs = _probabilities(predictor, paths)
     y_true = np.array([classes.index(label) for label in test["label"]])
@@ -126,7 +129,7 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
 def _probabilities(predictor, paths: list[Path]) -> np.ndarray:
     batches = image_dataset(paths, predictor.image_size, FORWARD_BATCH)
     parts = [predictor.probabilities(batch.numpy())
-             for batch in tqdm(batches, desc="evaluate", unit="batch",
+             for batch in progress_bar(batches, desc="evaluate", unit="batch",
                                total=-(-len(paths) // FORWARD_BATCH))]  # fmt: skip
     return np.concatenate(parts)
 
@@ -175,11 +178,16 @@ def _log_to_run(info: dict, scores: dict, per_class: dict, plots: Path, *,
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.evaluate --params params.yaml --models models ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--clean", type=Path, default=Path("data/clean"))
-    parser.add_argument("--models", type=Path, default=Path("models"))
-    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
+                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    parser.add_argument("--clean", type=Path, default=Path("data/clean"),
+                        help="the manifest of kept images and their split (default %(default)s)")
+    parser.add_argument("--models", type=Path, default=Path("models"),
+                        help="train's model folder (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("reports"),
+                        help="metrics.json, confusion.csv, evaluate/ plots (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 

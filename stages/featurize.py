@@ -11,6 +11,7 @@ import numpy as np
 from taglens import features
 from taglens.backbones import build_feature_extractor, weights_identity
 from taglens.cli import run_main, setup_logging
+from taglens.errors import TaglensError
 from taglens.params import FeaturizeParams, ModelParams, load_params
 from taglens.posts import POSTS_FILE, read_posts
 
@@ -44,7 +45,7 @@ def run(
         raise FileNotFoundError(f"no {posts_path}: run the scrape stage first")
     posts = read_posts(posts_path)
     if not posts:
-        raise ValueError(f"{posts_path} holds no posts: scrape accepted no images")
+        raise TaglensError(f"{posts_path} holds no posts: scrape accepted no images")
     if params.jit_compile and model.backbone in XLA_SLOW_BACKBONES:
         logger.warning(
             "featurize.jit_compile is true, but XLA runs %s's depthwise convolutions about 10x "
@@ -82,9 +83,12 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.featurize --params params.yaml --raw data/raw --out ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--out", type=Path, default=Path("data/features"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
+                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("data/features"),
+                        help="the feature store folder (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 

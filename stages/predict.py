@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-uri", default=None,
                         help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model or a "
                              "models/ directory (default: models:/<register.model_name>@champion)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
     args = parser.parse_args(argv)  # fmt: skip
 
     def body() -> int:

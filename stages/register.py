@@ -21,6 +21,7 @@ from typing import Any
 from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
 from taglens.dvc_lock import dep_hashes
+from taglens.errors import TaglensError
 from taglens.gate import Evaluation, NotComparableError, read_metrics, read_recall
 from taglens.params import Params, load_params
 from taglens.pyfunc import logged_model_uri
@@ -127,7 +128,7 @@ def run(
     info = json.loads(info_path.read_text(encoding="utf-8"))
     run_id = info.get("run_id")
     if not run_id:
-        raise ValueError(f"{info_path} has no run_id: the train stage must run inside MLflow")
+        raise TaglensError(f"{info_path} has no run_id: the train stage must run inside MLflow")
     check_metrics_run(metrics, run_id)
     per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
     evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
@@ -171,17 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stages.register", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", type=Path, default=argparse.SUPPRESS)
+    common.add_argument("--params", type=Path, default=argparse.SUPPRESS,
+                        help="the params file (default params.yaml)")
     common.add_argument("--history", type=Path, default=argparse.SUPPRESS,
                         help=f"promotion history (default reports/{HISTORY})")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
     parser.add_argument("--history", type=Path, default=None,
                         help=f"promotion history (default: {HISTORY} beside --out)")
-    parser.add_argument("--models", type=Path, default=Path("models"))
-    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
+    parser.add_argument("--models", type=Path, default=Path("models"),
+                        help="the trained model folder (default %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"),
+                        help="the evaluation metrics (default %(default)s)")
     parser.add_argument("--per-class", type=Path, default=None,
                         help="per-class recall (default: <metrics dir>/evaluate/per_class.json)")
-    parser.add_argument("--out", type=Path, default=Path("reports/register.json"))
+    parser.add_argument("--out", type=Path, default=Path("reports/register.json"),
+                        help="where the decision is written (default %(default)s)")
     parser.add_argument("--raw", type=Path, default=None,
                         help="data/raw: with --clean, re-score a champion evaluated elsewhere")
     parser.add_argument("--clean", type=Path, default=None,
@@ -190,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", parents=[common], help="versions with scores and aliases")
     sub.add_parser("history", parents=[common], help="the promotion history, oldest first")
     promote = sub.add_parser("promote", parents=[common], help="make VERSION champion by hand")
-    promote.add_argument("version")
-    promote.add_argument("--reason", required=True)
+    promote.add_argument("version", help="the registered version to make champion")
+    promote.add_argument("--reason", required=True, help="why, recorded in the promotion history")
     rollback = sub.add_parser("rollback", parents=[common], help="back to the previous champion")
-    rollback.add_argument("--reason", required=True)
+    rollback.add_argument("--reason", required=True, help="why, recorded in the promotion history")
     return parser
 
 

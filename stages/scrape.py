@@ -9,13 +9,13 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from tqdm import tqdm
-
 from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
+from taglens.errors import TaglensError
 from taglens.ingest import IngestReport, ingest
-from taglens.params import Params, load_params
+from taglens.params import PAPER_CLASSES, Params, load_params
 from taglens.posts import normalize_hashtag
+from taglens.progress import progress_bar
 from taglens.sources.base import SourceItem
 
 logger = logging.getLogger(__name__)
@@ -29,9 +29,10 @@ def _instagram(
     from taglens.sources import instagram  # imports instaloader only when it is used
 
     settings = params.scrape.instagram
-    unknown = [t for t in settings.hashtags if normalize_hashtag(t) not in params.base.classes]
+    classes = params.base.classes
+    unknown = [t for t in settings.hashtags if classes and normalize_hashtag(t) not in classes]
     if unknown:
-        raise ValueError(
+        raise TaglensError(
             f"scrape.instagram.hashtags {unknown} are not in base.classes: each hashtag searched "
             "is a class, so add them to base.classes or remove them"
         )
@@ -75,8 +76,9 @@ def run(
         from taglens.sources.demo import generate_demo
 
         demo = params.scrape.demo
-        items = generate_demo(demo, params.base.classes, params.base.seed)
-        total = demo.images_per_class * len(params.base.classes)
+        classes = params.base.classes or PAPER_CLASSES
+        items = generate_demo(demo, classes, params.base.seed)
+        total = demo.images_per_class * len(classes)
     elif source == "folder":
         from taglens.sources.folder import FolderSource
 
@@ -86,22 +88,24 @@ def run(
     else:
         cache = cache or out.parent / "instagram"
         items, notes = _instagram(params, session_file=session_file, cache=cache)
-    report = ingest(tqdm(items, total=total, desc="ingest", unit="image"), params.ingest,
+    report = ingest(progress_bar(items, total=total, desc="ingest", unit="image"), params.ingest,
                     out=out, source=source)  # fmt: skip
     report.notes.extend(notes)
     atomic_write_json(reports / REPORT_FILE, report.to_dict())
     print(report.summary())
     if report.accepted == 0:
-        raise ValueError(f"no image was accepted from the {source} source; the reasons are in "
-                         f"{out / 'rejected.jsonl'}")  # fmt: skip
+        raise TaglensError(f"no image was accepted from the {source} source; the reasons are in "
+                           f"{out / 'rejected.jsonl'}")  # fmt: skip
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.scrape --params params.yaml --out data/raw`."""
     parser = argparse.ArgumentParser(prog="python -m stages.scrape", description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("data/raw"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("data/raw"),
+                        help="images, posts.jsonl, rejected.jsonl (default %(default)s)")
     parser.add_argument("--reports", type=Path, default=Path("reports"),
                         help="directory for ingest.json")  # fmt: skip
     parser.add_argument(

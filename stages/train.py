@@ -19,7 +19,7 @@ from taglens.images import load_batch
 from taglens.params import Params, TrainParams, flatten, load_params
 from taglens.posts import POSTS_FILE, read_posts
 from taglens.sweep import grid, parse_sweep_arg, run_sweep, setting_name
-from taglens.tracking import configure_tracking, git_commit
+from taglens.tracking import configure_tracking, log_split_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ def run(
     """
     import mlflow
 
+    if params.base.classes is None:  # the classes the source found, as clean kept them
+        found = train_data.manifest_classes(clean / "manifest.csv")
+        base = params.base.model_copy(update={"classes": found})
+        params = params.model_copy(update={"base": base})
     base, classes = params.base, list(params.base.classes)
     meta = train_data.check_feature_meta(features / "meta.json", params.model, base.seed)
     splits = train_data.load_splits(
@@ -60,20 +64,26 @@ def run(
                         train_params, base.seed, on_epoch)  # fmt: skip
 
     settings = grid(params.train.sweep, sweep)
-    with mlflow.start_run(run_name="train") as active:
+    # The params a sweep varies go on this run (the one holding the model) once the best is known.
+    swept = {f"train.{key}" for setting in settings for key in setting}
+    with mlflow.start_run(run_name=_run_name(params, len(settings))) as active:
         run_id = active.info.run_id
         flat = flatten(params)
-        mlflow.log_params(flat)
+        mlflow.log_params({key: value for key, value in flat.items() if key not in swept})
+        lineage = train_data.data_lineage(Path.cwd(), {"raw": raw, "features": features,
+                                                       "clean": clean})  # fmt: skip
         mlflow.set_tags({"backbone": params.model.backbone,
                          "image_size": str(params.model.image_size),
-                         "weights_identity": meta["weights_identity"],
-                         "git_commit": git_commit() or "unknown", "stage": "train",
-                         **train_data.data_lineage(Path.cwd(), {"raw": raw, "features": features,
-                                                                "clean": clean})})  # fmt: skip
+                         "weights_identity": meta["weights_identity"], "stage": "train",
+                         **lineage})  # fmt: skip
+        log_split_datasets({name: split.rows for name, split in splits.items()},
+                           digest=_clean_version(lineage), source=str(clean / "manifest.csv"))
         best_params = params.train
         if settings:
             trials, best = run_sweep(params.train, settings, fit_one, flat)
             fit, best_params = trials[best].fit, trials[best].params
+            best_flat = flatten(params.model_copy(update={"train": best_params}))
+            mlflow.log_params({key: best_flat[key] for key in sorted(swept)})
             mlflow.set_tags({"sweep_size": str(len(trials)),
                              "best_child_run_id": trials[best].run_id,
                              "best_setting": setting_name(trials[best].setting)})  # fmt: skip
@@ -102,6 +112,19 @@ def run(
         summary.update(_baseline(params, splits, run_id))
     atomic_write_json(reports / "train.json", summary)
     return summary
+
+
+def _run_name(params: Params, sweep_size: int) -> str:
+    """`train vgg19-224px lr=0.001` (or `... sweep of 4`): tells runs apart in MLflow's list."""
+    model = f"{params.model.backbone}-{params.model.image_size}px"
+    if sweep_size:
+        return f"train {model} sweep of {sweep_size}"
+    return f"train {model} lr={params.train.learning_rate:g}"
+
+
+def _clean_version(lineage: dict[str, str]) -> str:
+    """The data version of the splits: DVC's hash of data/clean, else the files' md5."""
+    return lineage.get("data.clean.dvc_md5") or lineage.get("data.clean.md5") or "unknown"
 
 
 def _metrics(row: dict[str, float]) -> dict[str, float]:
@@ -182,12 +205,18 @@ def _baseline(params: Params, splits: dict, train_run_id: str) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.train --params params.yaml ... [--sweep key=v1,v2]`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--features", type=Path, default=Path("data/features"))
-    parser.add_argument("--clean", type=Path, default=Path("data/clean"))
-    parser.add_argument("--out", type=Path, default=Path("models"))
-    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default %(default)s)")
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
+                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    parser.add_argument("--features", type=Path, default=Path("data/features"),
+                        help="featurize's feature store (default %(default)s)")
+    parser.add_argument("--clean", type=Path, default=Path("data/clean"),
+                        help="the manifest of kept images and their split (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("models"),
+                        help="the model folder to write (default %(default)s)")
+    parser.add_argument("--reports", type=Path, default=Path("reports"),
+                        help="folder for train.json and history.csv/png (default %(default)s)")
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep a train key over values (repeat for a grid)")
     args = parser.parse_args(argv)

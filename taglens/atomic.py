@@ -12,6 +12,8 @@ from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
+from taglens.errors import TaglensError
+
 logger = logging.getLogger(__name__)
 
 
@@ -171,7 +173,7 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}): it is corrupt") from None
+        raise TaglensError(f"{path} is not UTF-8 text (byte {exc.start}): it is corrupt") from None
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -183,7 +185,7 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
                 logger.warning("%s:%d is a torn last line (an interrupted write): skipped it",
                                path, number)  # fmt: skip
                 break
-            raise ValueError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
+            raise TaglensError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
         except RecursionError:  # hostile nesting: json's C parser gives up on the stack
-            raise ValueError(f"{path}:{number} nests too deeply to be a record") from None
+            raise TaglensError(f"{path}:{number} nests too deeply to be a record") from None
     return rows

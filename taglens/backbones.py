@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from taglens.errors import TaglensError
 from taglens.params import ModelParams
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(TaglensError):
     """The requested backbone weights cannot be loaded (a setting the user must fix)."""
 
 

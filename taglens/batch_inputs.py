@@ -6,6 +6,8 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
+from taglens.errors import TaglensError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _GLOB_CHARS = "*?["
 
@@ -41,7 +43,7 @@ def list_inputs(spec: str | Path) -> list[Path]:
             f"input {text} is not a folder, an image, a list file or a glob: check the path"
         )
     if not paths:
-        raise ValueError(
+        raise TaglensError(
             f"input {text} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
             "give a folder of photos, a glob like 'photos/**/*.jpg' or a file listing paths"
         )
@@ -51,7 +53,7 @@ def list_inputs(spec: str | Path) -> list[Path]:
 def shard(paths: Sequence[Path], size: int) -> list[list[Path]]:
     """Split paths into consecutive shards of at most `size` (their concatenation is `paths`)."""
     if size < 1:
-        raise ValueError(f"predict.shard_size must be >= 1, got {size}")
+        raise TaglensError(f"predict.shard_size must be >= 1, got {size}")
     return [list(paths[start : start + size]) for start in range(0, len(paths), size)]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from taglens.atomic import atomic_open, cut_torn_tail, fsync_dir
+from taglens.errors import TaglensError
 
 COLUMNS = (
     "path", "sha256", "hashtags", "top_class", "top_probability",
@@ -44,7 +45,7 @@ def row_key(row: dict[str, Any]) -> Key:
 def _check_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(
+        raise TaglensError(
             f"output {path} must end with one of {', '.join(FORMATS)} (the suffix picks the format)"
         )
     return suffix
@@ -162,7 +163,7 @@ class OutputWriter:
         with open(self.path, encoding="utf-8", newline="") as handle:
             header = next(csv.reader(handle), [])
         if tuple(header) != COLUMNS:
-            raise ValueError(
+            raise TaglensError(
                 f"{self.path} exists with columns {header}, not a batch predict output; "
                 "give a new --output file"
             )

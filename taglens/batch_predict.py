@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from taglens.batch_inputs import IMAGE_SUFFIXES, check_header, list_inputs, pixel_cap, shard
 from taglens.batch_outputs import Key, OutputWriter, done_keys, read_rows, row_key
+from taglens.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,8 @@ def score_paths(
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors().batch(batch_size).prefetch(2)
 
-    bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, smoothing=0.1)
+    bar = progress_bar(total=len(paths), unit="img", desc="predict", disable=not progress,
+                       smoothing=0.1)  # fmt: skip
     start = time.monotonic()
     next_index = 0
 

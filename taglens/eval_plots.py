@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from taglens.atomic import atomic_open
+from taglens.errors import TaglensError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def plot_history(rows: Sequence[dict[str, float]], path: Path) -> Path:
         ValueError: no epochs to plot.
     """
     if not rows:
-        raise ValueError("no training history to plot: train at least one epoch")
+        raise TaglensError("no training history to plot: train at least one epoch")
     plt = _pyplot()
     epochs = [row["epoch"] for row in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from taglens.atomic import atomic_open, atomic_write_json
+from taglens.errors import TaglensError
 from taglens.images import image_dataset
+from taglens.progress import progress_bar
 
 if TYPE_CHECKING:
     import keras
@@ -149,7 +150,7 @@ def iter_feature_batches(
         except StopIteration:
             return
         except tf.errors.InvalidArgumentError as exc:
-            raise ValueError(
+            raise TaglensError(
                 f"cannot decode an image among {len(paths) - start} files starting at "
                 f"{paths[start]}: {exc.message.splitlines()[0]}"
             ) from None
@@ -180,7 +181,7 @@ def featurize_paths(
 
     """
     chunks = []
-    with tqdm(total=len(paths), unit="img", desc="featurize", disable=not progress) as bar:
+    with progress_bar(total=len(paths), unit="img", desc="featurize", disable=not progress) as bar:
         for vectors in iter_feature_batches(
             paths, extractor, image_size=image_size, batch_size=batch_size, jit_compile=jit_compile
         ):

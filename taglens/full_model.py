@@ -16,6 +16,7 @@ import numpy as np
 
 from taglens.atomic import fsync_dir, fsync_tree
 from taglens.backbones import BACKBONES
+from taglens.errors import TaglensError
 from taglens.head import compile_for_training, one_hot
 from taglens.params import FineTuneParams, ModelParams
 
@@ -53,7 +54,7 @@ def verify_extractor(extractor: keras.Model, images: np.ndarray, cached: np.ndar
     scale = np.maximum(np.linalg.norm(cached, axis=1), 1e-6)
     worst = float(np.max(np.linalg.norm(fresh - cached, axis=1) / scale))
     if worst > VERIFY_RTOL:
-        raise ValueError(
+        raise TaglensError(
             f"the backbone built from params does not reproduce the cached features (relative "
             f"difference {worst:.3g} > {VERIFY_RTOL:g}): model.* or base.seed changed since "
             "featurize ran, or the weights file changed; re-run featurize (dvc repro featurize)"

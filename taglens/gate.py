@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from taglens.errors import TaglensError
 from taglens.params import RegisterParams
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Evaluation:
         """
         value = self.metrics.get(metric)
         if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-            raise ValueError(
+            raise TaglensError(
                 f"register.primary_metric {metric!r} is not a number in the metrics "
                 f"(available: {sorted(self.metrics)}); fix params.yaml or re-run evaluate"
             )
@@ -206,7 +207,7 @@ def read_metrics(path: Path | str) -> dict[str, Any]:
         raise FileNotFoundError(f"no metrics at {path}: run the evaluate stage first")
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object of metrics")
+        raise TaglensError(f"{path} must hold a JSON object of metrics")
     return data
 
 
@@ -231,5 +232,5 @@ def read_recall(path: Path | str) -> dict[str, float]:
         if name is not None and isinstance(row, dict) and "recall" in row
     }
     if not recall and data:
-        raise ValueError(f"{path}: no per-class recall found (expected {{class: {{recall: r}}}})")
+        raise TaglensError(f"{path}: no per-class recall found (expected {{class: {{recall: r}}}})")
     return recall

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from taglens.atomic import atomic_write_json
+from taglens.errors import TaglensError
 from taglens.params import HashtagParams
 from taglens.posts import Post, hashtags_in, normalize_hashtag
 
@@ -120,7 +121,7 @@ class HashtagStats:
         params = params or self.params
         probs = np.asarray(probabilities, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] != len(self.classes):
-            raise ValueError(
+            raise TaglensError(
                 f"expected class probabilities of shape (N, {len(self.classes)}) for classes "
                 f"{self.classes}, got {probs.shape}: the model and hashtags.json do not match"
             )
@@ -215,7 +216,7 @@ class HashtagStats:
 
         """
         if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise TaglensError(
                 f"hashtag statistics format {data.get('format_version')!r} is not supported "
                 f"(expected {FORMAT_VERSION}); re-run the train stage to rebuild hashtags.json"
             )
@@ -253,7 +254,7 @@ class HashtagStats:
         try:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not valid hashtag statistics ({exc!r})") from None
+            raise TaglensError(f"{path} is not valid hashtag statistics ({exc!r})") from None
 
 
 def fit_hashtag_stats(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from taglens.errors import TaglensError
 from taglens.params import TrainParams
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def fit_head(
 
     (x_train, y_train), (x_val, y_val) = train, val
     if len(x_train) == 0 or len(x_val) == 0:
-        raise ValueError(
+        raise TaglensError(
             f"training needs train and validation vectors, got {len(x_train)} train and "
             f"{len(x_val)} validation: add images or raise clean.val_fraction"
         )

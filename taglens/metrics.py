@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from taglens.errors import TaglensError
+
 
 def confusion(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
     """(C, C) counts: row = actual class, column = predicted class (scikit-learn's matrix)."""
@@ -82,7 +84,7 @@ def classification_metrics(
             f"got {probabilities.shape}"
         )
     if len(y_true) == 0:
-        raise ValueError("the test split is empty: raise clean.test_fraction or add images")
+        raise TaglensError("the test split is empty: raise clean.test_fraction or add images")
     y_pred = probabilities.argmax(axis=1)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from taglens.errors import TaglensError
+
 # Below this many images a class has no meaningful spread: all of them are kept.
 MIN_CLASS_SIZE = 3
 _EPS = 1e-12
@@ -101,12 +103,12 @@ def find_outliers(
     vectors = np.asarray(vectors)
     labels = np.asarray(labels, dtype=str)
     if vectors.ndim != 2 or len(vectors) != len(labels):
-        raise ValueError(
+        raise TaglensError(
             f"expected one 2-d feature vector per label, got vectors {vectors.shape} for "
             f"{len(labels)} labels: re-run featurize"
         )
     if not np.isfinite(vectors).all():
-        raise ValueError("feature vectors contain NaN or inf: re-run featurize")
+        raise TaglensError("feature vectors contain NaN or inf: re-run featurize")
     n = len(labels)
     fit = np.ones(n, dtype=bool) if fit is None else np.asarray(fit, dtype=bool)
     if fit.shape != (n,):

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from taglens.errors import TaglensError
+
 PAPER_CLASSES = (
     "animals", "art", "fashion", "fitness", "flowers",
     "food", "instagood", "nature", "selfie", "sports",
@@ -18,7 +20,7 @@ Backbone = Literal["vgg19", "vgg16", "mobilenet", "mobilenet_v2", "resnet50", "e
 Probability = Annotated[float, Field(gt=0, lt=1)]
 
 
-class ParamsError(ValueError):
+class ParamsError(TaglensError):
     """A params file that cannot be used; the message names the offending key."""
 
 
@@ -30,7 +32,8 @@ class BaseParams(_Section):
     """Settings shared by every stage."""
 
     seed: int = Field(ge=0, le=2**32 - 1)  # numpy and Keras accept 32-bit seeds
-    classes: tuple[str, ...] = Field(min_length=2)
+    # None: the classes the source finds (folder names, Instagram hashtags, the demo's ten).
+    classes: Annotated[tuple[str, ...], Field(min_length=2)] | None
     experiment: str = Field(min_length=1)
     log_photos: bool  # contact sheets and misclassified-image grids go to MLflow only if true
 

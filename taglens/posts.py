@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from taglens.atomic import atomic_write_jsonl, read_jsonl
+from taglens.errors import TaglensError
 
 POSTS_FILE = "posts.jsonl"
 REJECTED_FILE = "rejected.jsonl"
@@ -95,7 +96,7 @@ def read_posts(path: Path) -> list[Post]:
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "record"
-            raise ValueError(f"{path}:{number}: {field}: {first['msg']}") from None
+            raise TaglensError(f"{path}:{number}: {field}: {first['msg']}") from None
     return posts
 
 

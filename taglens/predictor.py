@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from taglens.errors import TaglensError
 from taglens.hashtags import HashtagStats
 from taglens.params import HashtagParams
 
@@ -67,10 +68,12 @@ class HashtagPredictor:
         info = json.loads((models_dir / INFO_FILE).read_text(encoding="utf-8"))
         for key in ("classes", "image_size"):
             if key not in info:
-                raise ValueError(f"{models_dir / INFO_FILE} has no {key!r}: re-run the train stage")
+                raise TaglensError(
+                    f"{models_dir / INFO_FILE} has no {key!r}: re-run the train stage"
+                )
         stats = HashtagStats.load(models_dir / HASHTAGS_FILE)
         if list(stats.classes) != list(info["classes"]):
-            raise ValueError(
+            raise TaglensError(
                 f"{models_dir}: hashtags.json classes {stats.classes} differ from the model's "
                 f"{info['classes']}; re-run the train stage so both come from the same run"
             )
@@ -149,14 +152,14 @@ class HashtagPredictor:
         pixels = []
         for index, data in enumerate(images):
             if not isinstance(data, bytes | bytearray) or not data:
-                raise ValueError(
+                raise TaglensError(
                     f"image {index}: expected encoded image bytes, got "
                     f"{type(data).__name__} of length {len(data or b'')}"
                 )
             try:
                 image = decode_and_resize(tf.constant(bytes(data)), self.image_size)
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
-                raise ValueError(
+                raise TaglensError(
                     f"image {index} could not be decoded (JPEG, PNG, GIF, BMP or WebP expected): "
                     f"{exc.message.splitlines()[0] if exc.message else exc}"
                 ) from None

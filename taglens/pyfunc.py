@@ -25,6 +25,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from taglens.errors import TaglensError
 from taglens.params import IngestParams
 from taglens.predictor import MODEL_FILES, HashtagPredictor
 from taglens.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
@@ -49,7 +50,7 @@ PIP_REQUIREMENTS = [
 ]
 
 
-class ModelNotFoundError(LookupError, ValueError):
+class ModelNotFoundError(LookupError, TaglensError):
     """No registered model version answers to the requested name or alias.
 
     A ValueError too: like every error a user fixes by a command or a setting, entry points print

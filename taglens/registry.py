@@ -30,6 +30,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from taglens.atomic import append_jsonl, read_jsonl
+from taglens.errors import TaglensError
 from taglens.gate import CHALLENGER, CHAMPION, Decision, Evaluation, paired_decision
 from taglens.params import RegisterParams
 
@@ -41,7 +42,7 @@ LINEAGE_TAG = "lineage."
 LOCK_TIMEOUT_S = 300.0
 
 
-class RegistryError(ValueError):
+class RegistryError(TaglensError):
     """A registry operation that cannot be done as asked; the message says what to do."""
 
 

@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from taglens.errors import TaglensError
+
 logger = logging.getLogger(__name__)
 
 RUN_KEY = "model_run_id"  # written into metrics.json by the evaluate stage
@@ -30,7 +32,7 @@ def check_metrics_run(metrics: Path | str, run_id: str) -> None:
                        "it belongs to run %s", metrics, RUN_KEY, run_id)  # fmt: skip
         return
     if stated != run_id:
-        raise ValueError(
+        raise TaglensError(
             f"{metrics} holds the metrics of train run {stated}, but model_info.json is run "
             f"{run_id}: run the evaluate stage for this model (`dvc repro evaluate`) first"
         )

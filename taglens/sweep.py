@@ -8,10 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm import tqdm
-
 from taglens.head import HeadFit
 from taglens.params import ParamsError, SweepParams, TrainParams
+from taglens.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ def run_sweep(
     if not settings:
         raise ValueError("a sweep needs at least one setting")
     trials: list[Trial] = []
-    for setting in tqdm(settings, desc="sweep", unit="setting"):
+    for setting in progress_bar(settings, desc="sweep", unit="setting"):
         params = apply_setting(train, setting)
         with mlflow.start_run(run_name=setting_name(setting), nested=True) as child:
             merged = dict(log_params or {})

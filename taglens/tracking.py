@@ -12,6 +12,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+from taglens.errors import TaglensError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ _QUIET_ENV = {
 PING_TIMEOUT_SECONDS = 5.0
 
 
-class TrackingServerUnreachable(ValueError):
+class TrackingServerUnreachable(TaglensError):
     """MLFLOW_TRACKING_URI names a server that does not answer (a setting the user must fix)."""
 
 
@@ -113,6 +116,33 @@ def _artifact_location(uri: str) -> str | None:
         return None
     database = Path(uri[len(prefix) :])
     return (database.resolve().parent / "artifacts").as_uri()
+
+
+# MLflow's input contexts for the three splits (the UI's dataset column shows them).
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def log_split_datasets(rows: dict[str, Any], *, digest: str, source: str) -> None:
+    """Log each split's manifest rows as a dataset input of the active run.
+
+    Args:
+        rows: split name -> its manifest rows (a DataFrame: sha256, image, label, ...).
+        digest: the data version: DVC's hash of data/clean (what `dvc checkout` restores), so
+            two runs on the same data show the same dataset and a new data version a new one.
+        source: where the rows come from (the manifest's path).
+    """
+    import warnings
+
+    import mlflow
+
+    for name, frame in rows.items():
+        with warnings.catch_warnings():
+            # MLflow 3.17 registers its local-file source class twice and warns that a path
+            # "can be interpreted in multiple ways" (both are the same LocalArtifactDatasetSource).
+            warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name,
+                                              digest=digest[:36], targets="label")  # fmt: skip
+        mlflow.log_input(dataset, context=SPLIT_CONTEXTS.get(name, name))
 
 
 def git_commit() -> str | None:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from taglens.backbones import weights_identity
 from taglens.dvc_lock import out_hashes
+from taglens.errors import TaglensError
 from taglens.params import ModelParams
 from taglens.split import MANIFEST_COLUMNS
 
@@ -30,6 +31,13 @@ class Split:
     labels: np.ndarray
 
 
+def manifest_classes(path: Path) -> tuple[str, ...]:
+    """The sorted labels of data/clean/manifest.csv: the classes when base.classes is null."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest at {path}: run the clean stage first")
+    return tuple(sorted(pd.read_csv(path, usecols=["label"], dtype=str)["label"].unique()))
+
+
 def read_manifest(path: Path, classes: tuple[str, ...] | list[str]) -> pd.DataFrame:
     """Read data/clean/manifest.csv and check its columns, splits and labels.
 
@@ -42,13 +50,13 @@ def read_manifest(path: Path, classes: tuple[str, ...] | list[str]) -> pd.DataFr
     table = pd.read_csv(path, dtype={"id": str, "sha256": str, "image": str, "label": str})
     missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{path} lacks columns {missing}: re-run the clean stage")
+        raise TaglensError(f"{path} lacks columns {missing}: re-run the clean stage")
     bad_split = sorted(set(table["split"]) - set(SPLITS))
     if bad_split:
-        raise ValueError(f"{path} has unknown splits {bad_split}; expected {list(SPLITS)}")
+        raise TaglensError(f"{path} has unknown splits {bad_split}; expected {list(SPLITS)}")
     unknown = sorted(set(table["label"]) - set(classes))
     if unknown:
-        raise ValueError(
+        raise TaglensError(
             f"{path} has labels {unknown} that are not in base.classes {list(classes)}: "
             "add them to base.classes or re-run scrape and clean with the same classes"
         )
@@ -72,7 +80,7 @@ def check_feature_meta(meta_path: Path, model: ModelParams, seed: int) -> dict:
     }
     for key, value in expected.items():
         if meta.get(key) != value:
-            raise ValueError(
+            raise TaglensError(
                 f"the cached features were made with {key}={meta.get(key)!r} but params say "
                 f"{value!r}: re-run the featurize stage (dvc repro featurize)"
             )
@@ -97,7 +105,7 @@ def load_splits(
     row_of = {sha: i for i, sha in enumerate(shas)}
     missing = [sha for sha in manifest["sha256"] if sha not in row_of]
     if missing:
-        raise ValueError(
+        raise TaglensError(
             f"{len(missing)} manifest images have no cached features (first {missing[0][:12]}): "
             "re-run featurize and clean so they describe the same images"
         )

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from pathlib import Path
 
+# Prefect configures logging when prefect.main is first imported, and that closes every logging
+# handler that exists then. absl's handler (TensorFlow's) closes its stream on close unless it is
+# the current sys.stderr, so a first import of prefect inside a test that captures output (capsys)
+# after TensorFlow was loaded closed pytest's own capture file and ended the session. Importing it
+# here, before TensorFlow and any capture, makes that harmless.
+import prefect.main  # noqa: F401
 import pytest
 
 from taglens.params import Params, load_params
@@ -91,15 +96,10 @@ def mobilenet_weights() -> Path:
 
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
-    """A copy of the repository's tracked layout (no data, no venv) in a fresh git repo."""
-    dest = tmp_path / "repo"
-    ignore = shutil.ignore_patterns(
-        ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
-        ".pytest_cache", ".ruff_cache", "test-results", ".prefect", "tmp", "cache", "predictions",
-    )  # fmt: skip
-    shutil.copytree(ROOT, dest, ignore=ignore)
-    (dest / "mlruns").mkdir(exist_ok=True)
-    return dest
+    """A copy of the repository's source (no run state: see tests/repocopy.py)."""
+    from tests.repocopy import copy_source_tree
+
+    return copy_source_tree(tmp_path / "repo")
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The `folder` source: DIR/<class>/<image files>, with optional per-image metadata.
 
-Class = folder name. Only folders named in `base.classes` are read; any other folder is reported
-and skipped, so a stray folder never adds a class the model was not configured for. Every
+Class = folder name. With `base.classes: null` every folder is a class; with a list, only folders
+named in it are read and any other folder is reported and skipped, so a stray folder never adds
+a class the model was not configured for. Every
 non-hidden file in a class folder is a candidate (ingest refuses what is not an image, with a
 reason). `DIR/posts.jsonl`, if present, gives per-image metadata: `image` (path relative to DIR;
 an absolute path or one with `..` is an error), `sha256` (optional: the hash of the file's bytes;
@@ -18,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from taglens.atomic import read_jsonl
+from taglens.errors import TaglensError
 from taglens.posts import SHA256_PATTERN, ImagePath
 from taglens.sources.base import SourceItem
 
@@ -47,7 +49,7 @@ class FolderPostMeta(BaseModel):
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"not an ISO 8601 date: {value!r}") from None
+            raise TaglensError(f"not an ISO 8601 date: {value!r}") from None
         if parsed.tzinfo is not None:
             parsed = parsed.astimezone(UTC).replace(tzinfo=None)
         return parsed.isoformat()
@@ -67,7 +69,7 @@ def read_metadata(root: Path) -> dict[str, FolderPostMeta]:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "line"
-            raise ValueError(
+            raise TaglensError(
                 f"{path}:{number}: {where}: {first['msg']} (fix or remove that line)"
             ) from None
         rows[Path(meta.image).as_posix()] = meta
@@ -75,14 +77,19 @@ def read_metadata(root: Path) -> dict[str, FolderPostMeta]:
 
 
 class FolderSource:
-    """Iterates DIR/<class>/<files> for the configured classes, in class order then file name."""
+    """Iterates DIR/<class>/<files> for the classes, in class order then file name.
 
-    def __init__(self, root: Path | str, classes: Sequence[str]):
+    The classes are the configured ones (folders of other names are skipped with a note), or,
+    when none are configured (`base.classes: null`), every folder, in name order.
+    """
+
+    def __init__(self, root: Path | str, classes: Sequence[str] | None):
         """Check the layout and load the metadata.
 
         Raises:
             FileNotFoundError: DIR does not exist.
-            ValueError: DIR has no folder named after any configured class, or bad metadata.
+            TaglensError: DIR has no folder named after a configured class (or, with no classes
+                configured, fewer than two folders), or bad metadata.
         """
         self.root = Path(root)
         if not self.root.is_dir():
@@ -90,19 +97,29 @@ class FolderSource:
                 f"scrape.folder {self.root} is not a directory: point it at DIR/<class>/<images>"
             )
         folders = {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        if classes is None:
+            if len(folders) < 2:
+                raise TaglensError(
+                    f"{self.root} has {len(folders)} class folder(s) "
+                    f"({', '.join(sorted(folders))}); a classifier needs at least two: expected "
+                    "DIR/<class>/<image files>"
+                )
+            classes = sorted(folders)
         self.classes = [name for name in classes if name in folders]
         self.skipped_folders = sorted(folders - set(classes))
         self.missing_classes = [name for name in classes if name not in folders]
         if not self.classes:
-            raise ValueError(
+            raise TaglensError(
                 f"{self.root} has no folder named after a class in base.classes "
-                f"({', '.join(classes)}); expected DIR/<class>/<image files>"
+                f"({', '.join(classes)}); expected DIR/<class>/<image files>, or set "
+                "base.classes: null to use the folder names"
             )
         self.metadata = read_metadata(self.root)
         self.notes: list[str] = []
         if self.skipped_folders:
             self.notes.append(
-                f"skipped folders not in base.classes: {', '.join(self.skipped_folders)}"
+                f"skipped folders not in base.classes: {', '.join(self.skipped_folders)} "
+                "(base.classes: null uses every folder)"
             )
         if self.missing_classes:
             self.notes.append(f"classes with no folder: {', '.join(self.missing_classes)}")

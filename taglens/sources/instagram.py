@@ -38,11 +38,12 @@ import instaloader
 import requests
 from instaloader import exceptions as ie
 from instaloader.nodeiterator import FrozenNodeIterator, resumable_iteration
-from tqdm import tqdm
 
 from taglens.atomic import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from taglens.errors import TaglensError
 from taglens.params import InstagramSourceParams
 from taglens.posts import hashtags_in, normalize_hashtag
+from taglens.progress import progress_bar
 from taglens.sources.base import SourceItem
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ HOW_TO_LOGIN = (
 )
 
 
-class InstagramLoginError(ValueError):
+class InstagramLoginError(TaglensError):
     """No usable Instaloader session: the message says how to create one."""
 
 
@@ -147,7 +148,7 @@ def _row_id(row: dict[str, Any], salt: str | None) -> str:
     if "post_id" in row:
         return row["post_id"]
     if not salt:
-        raise ValueError("the Instagram cache holds rows from an older taglens (raw shortcodes): "
+        raise TaglensError("the Instagram cache holds rows from an older taglens (raw shortcodes): "
                          "set the owner-hash salt so they can be hashed, or delete the cache")
     return post_id(row["shortcode"], salt)
 
@@ -192,7 +193,7 @@ def _window(value: str | None, key: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"scrape.instagram.{key} must be an ISO date, got {value!r}") from None
+        raise TaglensError(f"scrape.instagram.{key} must be an ISO date, got {value!r}") from None
     if moment.tzinfo is not None:  # post dates are naive UTC
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
@@ -248,8 +249,8 @@ def collect(
         result.new_per_tag[tag] = sum(
             1 for row in rows if row["label"] == tag and (after is None or _date(row) > after)
         )  # posts an interrupted run of this cut-off already added count towards its cap
-        bar = tqdm(total=params.posts_per_hashtag, initial=result.new_per_tag[tag],
-                   desc=f"#{tag}", unit="post")  # fmt: skip
+        bar = progress_bar(total=params.posts_per_hashtag, initial=result.new_per_tag[tag],
+                           desc=f"#{tag}", unit="post")  # fmt: skip
         try:
             _collect_tag(loader, params, tag, window, after, cache=cache, salt=salt, seen=seen,
                          result=result, bar=bar)  # fmt: skip
@@ -284,7 +285,7 @@ def collect(
 def _collect_tag(
     loader: instaloader.Instaloader, params: InstagramSourceParams, tag: str,
     window: tuple[datetime | None, datetime | None], after: datetime | None, *, cache: Path,
-    salt: str, seen: set[tuple[str, str]], result: Collection, bar: tqdm,
+    salt: str, seen: set[tuple[str, str]], result: Collection, bar: Any,
 ) -> None:  # fmt: skip
     """Walk one hashtag's listing (resumably) until this run's cap, older posts, or its end."""
     if result.new_per_tag[tag] >= params.posts_per_hashtag:
@@ -397,7 +398,7 @@ def owner_salt(params: InstagramSourceParams) -> str:
     """
     salt = os.environ.get(params.owner_salt_env, "")
     if not salt:
-        raise ValueError(
+        raise TaglensError(
             f"set {params.owner_salt_env} to a secret random string (for example the output of "
             "`python -c 'import secrets; print(secrets.token_hex(16))'`) and keep it: owner ids "
             "are stored only as hashes salted with it (scrape.instagram.owner_salt_env)"

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from taglens.cli import run_main, setup_logging
+from taglens.errors import TaglensError
 from taglens.params import Params, load_params
 from taglens.web.app import ModelLabel, Predictor, create_app
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         host = args.host or params.serve.host
         port = args.port or params.serve.port
         if not 0 < port < 65_536:
-            raise ValueError(f"--port must be 1..65535, got {port}")
+            raise TaglensError(f"--port must be 1..65535, got {port}")
         if not _is_loopback(host):
             logger.warning("binding %s: the page is reachable from other machines", host)
         predictor, label = load_model(params, args.model_uri)

@@ -21,6 +21,7 @@ import yaml
 
 from flows.deploy import PREDICT, PREDICT_CRON, RETRAIN, RETRAIN_CRON, DeploySettings, deploy_all
 from flows.training import STAGES
+from tests.repocopy import copy_source_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = "taglens-test"
@@ -36,13 +37,8 @@ def _git(repo: Path, *args: str) -> None:
 def checkout(tmp_path_factory) -> Path:
     """A copy of the repository (no data, no store) with the tiny params, committed to git."""
     repo = tmp_path_factory.mktemp("deploy") / "repo"
-    ignore = shutil.ignore_patterns(
-        ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
-        ".pytest_cache", ".ruff_cache", "test-results", ".prefect", "tmp", "cache", "predictions",
-    )  # fmt: skip
-    shutil.copytree(ROOT, repo, ignore=ignore)
+    copy_source_tree(repo)
     shutil.copy(ROOT / "tests/fixtures/params.yaml", repo / "params.yaml")
-    (repo / "mlruns").mkdir(exist_ok=True)
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "checkout")

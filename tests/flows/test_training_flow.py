@@ -10,6 +10,7 @@ The real pipeline through a worker is in test_deployments.py.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import yaml
 from flows.stagerun import StageError, check_repo, run_stage
 from flows.training import STAGES, training_flow
 from flows.training_report import data_version_tags, render_markdown
+from tests.conftest import ROOT
 
 STUB = textwrap.dedent('''
     """A stand-in stage: honours `fail: STAGE`, `flaky: STAGE` in params.yaml."""
@@ -64,15 +66,15 @@ STUB = textwrap.dedent('''
 
 DVC_YAML = {
     "stages": {
-        "scrape": {"cmd": "python stub.py scrape", "deps": ["stub.py"], "params": ["version"],
+        "scrape": {"cmd": "sh run.sh stub scrape", "deps": ["stub.py"], "params": ["version"],
                    "outs": ["data/raw"]},
-        "featurize": {"cmd": "python stub.py featurize", "deps": ["data/raw"],
+        "featurize": {"cmd": "sh run.sh stub featurize", "deps": ["data/raw"],
                       "outs": ["data/features"]},
-        "clean": {"cmd": "python stub.py clean", "deps": ["data/features"], "outs": ["data/clean"]},
-        "train": {"cmd": "python stub.py train", "deps": ["data/clean"], "outs": ["models"]},
-        "evaluate": {"cmd": "python stub.py evaluate", "deps": ["models"],
+        "clean": {"cmd": "sh run.sh stub clean", "deps": ["data/features"], "outs": ["data/clean"]},
+        "train": {"cmd": "sh run.sh stub train", "deps": ["data/clean"], "outs": ["models"]},
+        "evaluate": {"cmd": "sh run.sh stub evaluate", "deps": ["models"],
                      "metrics": [{"reports/metrics.json": {"cache": False}}]},
-        "register": {"cmd": "python stub.py register", "deps": ["reports/metrics.json"],
+        "register": {"cmd": "sh run.sh stub register", "deps": ["reports/metrics.json"],
                      "outs": [{"reports/register.json": {"cache": False}}]},
     }
 }  # fmt: skip
@@ -87,6 +89,8 @@ def stub_repo(tmp_path) -> Path:
     repo = tmp_path / "stub"
     repo.mkdir()
     (repo / "stub.py").write_text(STUB)
+    # The stages' launcher, as dvc.yaml uses it: it reports each command's exit code to the flow.
+    shutil.copy(ROOT / "stages" / "run.sh", repo / "run.sh")
     (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     _set_params(repo)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
@@ -158,7 +162,11 @@ def test_run_stage_runs_then_skips_and_keeps_the_error(stub_repo):
 
 
 @pytest.mark.slow
-def test_flow_reproduces_through_dvc_and_reports(stub_repo, prefect_api):
+def test_flow_reproduces_through_dvc_and_reports(stub_repo, prefect_api, tmp_path):
+    remote = tmp_path / "remote"
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "remote", "add", "-d", "storage", str(remote)], cwd=stub_repo,
+                   check=True, capture_output=True)  # fmt: skip
     state = training_flow(repo=str(stub_repo), return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
@@ -182,6 +190,14 @@ def test_flow_reproduces_through_dvc_and_reports(stub_repo, prefect_api):
     logs = prefect_api.logs(flow_run_id, must_contain="register says hello")
     for stage in STAGES:
         assert f"[{stage}] {stage} says hello" in logs
+
+    # And with a default remote configured, the run's outputs were pushed there
+    assert summary["pushed_to"] == "storage"
+    pushed = {p.relative_to(remote) for p in remote.rglob("*") if p.is_file()}
+    assert len(pushed) >= 5, pushed  # data/raw ... models dirs and their files
+    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--cloud",
+                             "--json"], cwd=stub_repo, capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout or "{}") == {}  # nothing left to push
 
     # Nothing changed: a second run skips every stage, like `dvc repro`.
     lock_before = (stub_repo / "dvc.lock").read_text()

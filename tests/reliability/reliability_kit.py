@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from tests.repocopy import copy_source_tree
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
 BIN = Path(sys.executable).parent
-IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
-    ".pytest_cache", ".ruff_cache", "test-results", ".prefect", "tmp", "cache", "predictions",
-)  # fmt: skip
 # The reliability pipeline: small, but with enough feature shards (25) that a kill lands between
 # two of them, and 32 px images so a forward pass is quick.
 PIPELINE_OVERRIDES = {
@@ -77,13 +74,11 @@ def write_params(repo: Path, overrides: dict[tuple[str, ...], object]) -> Path:
 
 
 def copy_repo(dest: Path, source: Path = ROOT) -> Path:
-    """A copy of the repository's tracked layout (no data, no venv) with an empty mlruns/.
+    """A copy of the repository's source (no run state: see tests/repocopy.py), empty mlruns/.
 
     Tests that compare with the `pipeline` fixture copy from it, so both run the same code.
     """
-    shutil.copytree(source, dest, ignore=IGNORE)
-    (dest / "mlruns").mkdir(exist_ok=True)
-    return dest
+    return copy_source_tree(dest, source)
 
 
 def run_stage(repo: Path, stage: str, *args: str, timeout: float = 600,

@@ -190,3 +190,14 @@ def test_main_writes_every_output(tmp_path, data, monkeypatch):
     assert json.loads(Path("reports/clean.json").read_text())["totals"]["after"] == 72
     assert len(read_csv("clean/manifest.csv")) == 72 and len(read_csv("clean/dropped.csv")) == 1
     assert Path("reports/clean/distances.png").stat().st_size > 1000
+
+
+def test_without_configured_classes_the_labels_found_are_the_classes(tmp_path, tiny_params, data):
+    # base.classes: null (the shipped default): clean keeps every label the source found
+    unset = tiny_params.model_copy(
+        update={"base": tiny_params.base.model_copy(update={"classes": None})}
+    )
+    report = run(tmp_path, unset, data)
+    assert report["totals"]["before"] == 73 and report["totals"]["dropped"] == 1
+    labels = {row["label"] for row in read_csv(tmp_path / "clean" / "manifest.csv")}
+    assert labels == set(report["classes"]) and len(labels) >= 2

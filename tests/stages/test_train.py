@@ -59,6 +59,17 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     assert run.data.tags["backbone"] == "vgg19" and run.data.tags["image_size"] == "32"
     assert len(run.data.tags["data.raw.md5"]) == 32
     assert {"data.features.md5", "data.clean.md5"} <= set(run.data.tags)
+    assert "git_commit" not in run.data.tags  # MLflow records mlflow.source.git.commit itself
+    assert run.info.run_name == "train vgg19-32px lr=0.001"
+    # The three splits are the run's dataset inputs, identified by the data version
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}
+    contexts = {name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
+                for name, i in inputs.items()}  # fmt: skip
+    assert contexts == {"train": "training", "val": "validation", "test": "testing"}
+    assert {i.dataset.digest for i in inputs.values()} == {run.data.tags["data.clean.md5"]}
+    manifest_rows = sum(1 for _ in open(paths["clean"] / "manifest.csv")) - 1
+    assert sum(json.loads(i.dataset.profile)["num_rows"] for i in inputs.values()) == manifest_rows
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
     logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'",
                                          output_format="list")
@@ -95,6 +106,10 @@ def test_sweep_logs_one_child_per_setting_and_keeps_the_best(inputs):
     assert info["params"]["train.hidden_units"] == 0
     # a learning rate of 1e-9 cannot move the weights: the other setting must be at least as good
     assert best.data.params["train.learning_rate"] == "0.01"
+    # The run holding the model carries the best setting's params, and says it was a sweep
+    assert parent.data.params["train.learning_rate"] == "0.01"
+    assert parent.data.params["train.hidden_units"] == "0"
+    assert parent.info.run_name == "train vgg19-32px sweep of 2"
 
 
 @pytest.mark.slow

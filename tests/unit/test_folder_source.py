@@ -8,6 +8,7 @@ import json
 import pytest
 from PIL import Image
 
+from taglens.errors import TaglensError
 from taglens.sources.folder import FolderSource
 
 
@@ -76,3 +77,21 @@ def test_missing_dir_and_no_class_folder_are_clear_errors(tmp_path, photos):
         FolderSource(tmp_path / "nope", ["food"])
     with pytest.raises(ValueError, match=r"no folder named after a class in base.classes \(sports"):
         FolderSource(photos, ["sports"])
+
+
+def test_without_configured_classes_every_folder_is_a_class(photos):
+    # Given a user's own folders and base.classes: null
+    source = FolderSource(photos, None)
+    # Then the classes are the folder names, in name order, and nothing is skipped
+    assert source.classes == ["art", "food", "holiday"]
+    assert [(i.id, i.label) for i in source] == [
+        ("art/x.png", "art"), ("food/a.jpg", "food"), ("food/b.jpg", "food"),
+        ("holiday/y.jpg", "holiday"),
+    ]  # fmt: skip
+    assert source.skipped_folders == [] and source.notes == []
+
+
+def test_without_configured_classes_one_folder_is_not_enough(tmp_path):
+    (tmp_path / "only" / "cats").mkdir(parents=True)
+    with pytest.raises(TaglensError, match=r"1 class folder\(s\) \(cats\).*at least two"):
+        FolderSource(tmp_path / "only", None)

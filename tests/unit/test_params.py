@@ -11,11 +11,19 @@ from taglens.params import ParamsError, flatten, load_params, parse_params
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("path", [ROOT / "params.yaml", ROOT / "tests/fixtures/params.yaml"])
-def test_shipped_params_files_load(path):
+@pytest.mark.parametrize(("path", "classes"), [
+    (ROOT / "params.yaml", None),  # null: the classes the source finds
+    (ROOT / "tests/fixtures/params.yaml", 10),
+])  # fmt: skip
+def test_shipped_params_files_load(path, classes):
     params = load_params(path)
-    assert len(params.base.classes) == 10
+    assert (params.base.classes and len(params.base.classes)) == classes
     assert params.register.model_name == "taglens"
+
+
+def test_classes_given_need_at_least_two():
+    with pytest.raises(ParamsError, match="base.classes"):
+        load_params(ROOT / "params.yaml", {"base.classes": ["art"]})
 
 
 def test_fixture_params_are_tiny():
@@ -91,4 +99,6 @@ def test_flatten_uses_section_names():
     flat = flatten(load_params(ROOT / "params.yaml"))
     assert flat["train.learning_rate"] == 0.001
     assert flat["train.fine_tune.enabled"] is False
-    assert flat["base.classes"].startswith("animals,art,")
+    assert flatten(load_params(ROOT / "tests/fixtures/params.yaml"))["base.classes"].startswith(
+        "animals,art,"
+    )
