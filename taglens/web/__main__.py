@@ -80,14 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_loopback(host):
             logger.warning("binding %s: the page is reachable from other machines", host)
         predictor, label = load_model(params, args.model_uri)
+        serve = params.serve
         app = create_app(
             predictor,
             label,
-            int(params.serve.max_upload_mb * 1_000_000),
+            int(serve.max_upload_mb * 1_000_000),
             ingest=params.ingest,
+            serve=serve,
         )
         logger.info("serving %s version %s on http://%s:%d/", label.name, label.version, host, port)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,  # one line per upload is the app's own log; uvicorn's adds noise
+            limit_concurrency=serve.limit_concurrency,
+            timeout_keep_alive=serve.timeout_keep_alive_s,
+            timeout_graceful_shutdown=serve.timeout_graceful_shutdown_s,
+        )
         return 0
 
     return run_main(body)
