@@ -25,15 +25,16 @@ import json
 import os
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 from bench.web_load_kit import (
     ROOT,
     LoadResult,
+    PageProbe,
+    cpu_seconds,
     free_port,
     photo,
-    probe_page,
     rss_mb,
     run_load,
     start_server,
@@ -122,67 +123,102 @@ def _pooled(runs: list[LoadResult]) -> LoadResult:
     return pooled
 
 
-def scaling(models: Path, params: Path, images: list[bytes], *, clients: list[int],
+def unbatched_params(params: Path, dest: Path) -> Path:
+    """A copy of `params` whose server runs each upload through its own forward pass."""
+    import yaml
+
+    data = yaml.safe_load(params.read_text())
+    data["serve"].update(batch_max_size=1, batch_max_wait_ms=0)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+def _page_summary(page: LoadResult) -> dict:
+    return {"requests": page.requests, "errors": page.errors,
+            "p50_ms": round(page.percentile_ms(50), 1), "p99_ms": round(page.percentile_ms(99), 1),
+            "max_ms": round(max(page.latencies_ms, default=float("nan")), 1)}  # fmt: skip
+
+
+def scaling(models: Path, servers: dict[str, Path], images: list[bytes], *, clients: list[int],
             duration: float, repeats: int, log: Path) -> dict:  # fmt: skip
-    """Alternate the client counts for `repeats` rounds against one server; pool per count."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(models, params, port, log)
-    rounds, loads, pages = [], {n: [] for n in clients}, {n: [] for n in clients}
+    """Run every (server, client count) arm in turn for `repeats` rounds; pool each arm.
+
+    All servers run at once (an idle one costs no CPU), so the arms alternate within seconds
+    and see the same machine load; meanwhile a prober loads the page of the server under load.
+    """
+    urls, procs, server_pids = {}, [], {}
+    arms = [(name, n) for name in servers for n in clients]
+    loads: dict = {arm: [] for arm in arms}
+    pages: dict = {arm: [] for arm in arms}
+    cpu: dict = {arm: [] for arm in arms}  # server, client CPU seconds per run, alternating
+    rounds = []
     try:
-        for n in sorted(set(clients), reverse=True):  # warm-up: trace every batch shape
-            run_load(url, images, concurrency=n, duration=5, max_requests=10_000)
+        for name, params in servers.items():
+            port = free_port()
+            procs.append(start_server(models, params, port, log.with_suffix(f".{name}.log")))
+            urls[name], server_pids[name] = f"http://127.0.0.1:{port}", procs[-1].pid
+            for n in sorted(set(clients), reverse=True):  # warm-up: trace the batch shapes
+                run_load(urls[name], images, concurrency=n, duration=5, max_requests=10_000)
         for round_index in range(repeats):
-            for n in clients:
-                stop, page = threading.Event(), []
-                prober = threading.Thread(
-                    target=lambda s=stop, p=page: p.append(probe_page(url, s))
-                )
-                prober.start()
-                load = run_load(url, images, concurrency=n, duration=duration,
-                                max_requests=1_000_000)  # fmt: skip
-                stop.set()
-                prober.join()
-                loads[n].append(load)
-                pages[n].append(page[0])
-                rounds.append({"round": round_index + 1, **load.summary(),
-                               "page_p99_ms": round(page[0].percentile_ms(99), 1)})  # fmt: skip
+            for name, n in arms:
+                server_cpu, client_cpu = cpu_seconds(server_pids[name]), time.process_time()
+                with PageProbe(urls[name]) as page:
+                    load = run_load(urls[name], images, concurrency=n, duration=duration,
+                                    max_requests=1_000_000)  # fmt: skip
+                server_cpu = cpu_seconds(server_pids[name]) - server_cpu
+                client_cpu = time.process_time() - client_cpu
+                loads[(name, n)].append(load)
+                pages[(name, n)].append(page.result)
+                cpu[(name, n)] += [server_cpu, client_cpu]
+                rounds.append({"round": round_index + 1, "server": name, **load.summary(),
+                               "page_p99_ms": round(page.result.percentile_ms(99), 1),
+                               "server_cpu_s": round(server_cpu, 2),
+                               "client_cpu_s": round(client_cpu, 2)})  # fmt: skip
                 print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    per_clients = {}
-    for n in clients:
-        load, page = _pooled(loads[n]), _pooled(pages[n])
-        per_clients[str(n)] = {**load.summary(), "page": {
-            "requests": page.requests, "errors": page.errors,
-            "p50_ms": round(page.percentile_ms(50), 1), "p99_ms": round(page.percentile_ms(99), 1),
-            "max_ms": round(max(page.latencies_ms, default=float("nan")), 1)}}  # fmt: skip
-    return {"clients": per_clients, "rounds": rounds}
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    measured: dict = {name: {} for name in servers}
+    for name, n in arms:
+        load = _pooled(loads[(name, n)])
+        measured[name][str(n)] = {
+            **load.summary(), "page": _page_summary(_pooled(pages[(name, n)])),
+            # CPU per request: what each side costs, whatever share of the machine it got
+            "server_cpu_ms_per_request": round(1000 * sum(cpu[(name, n)][::2]) / load.requests, 2),
+            "client_cpu_ms_per_request": round(1000 * sum(cpu[(name, n)][1::2]) / load.requests, 2),
+        }  # fmt: skip
+    return {"servers": measured, "rounds": rounds}
 
 
 def to_markdown(result: dict) -> str:
-    """The results table, the ratio and the targets of issue 17."""
+    """The results table, the ratios and the targets of issue 17."""
     lines = [f"Web load, {result['model']}; uploads: {result['photos']}; "
              f"{result['duration_s']:g} s per run, {result['repeats']} alternating rounds, "
              f"load average {result['load_avg_start']} -> {result['load_avg_end']} on "
              f"{os.cpu_count()} CPUs.", "",
-             "| clients | requests | errors | req/s | p50 ms | p99 ms | page (GET /) p50 / p99 / "
-             "max ms |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for n, row in result["clients"].items():
-        page = row["page"]
-        lines.append(f"| {n} | {row['requests']} | {row['errors']} | "
-                     f"{row['requests_per_second']} | {row['p50_ms']} | {row['p99_ms']} | "
-                     f"{page['p50_ms']} / {page['p99_ms']} / {page['max_ms']} |")  # fmt: skip
+             "| server | clients | requests | errors | req/s | p50 ms | p99 ms | page (GET /) "
+             "p50 / p99 / max ms | CPU ms per request (server, client) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, rows in result["servers"].items():
+        for n, row in rows.items():
+            page = row["page"]
+            lines.append(f"| {name} | {n} | {row['requests']} | {row['errors']} | "
+                         f"{row['requests_per_second']} | {row['p50_ms']} | {row['p99_ms']} | "
+                         f"{page['p50_ms']} / {page['p99_ms']} / {page['max_ms']} | "
+                         f"{row['server_cpu_ms_per_request']}, "
+                         f"{row['client_cpu_ms_per_request']} |")  # fmt: skip
     if "ratio" in result:
         checks = result["targets"]
-        lines += ["", f"{result['ratio_of']}: **{result['ratio']}x** the single-client rate "
-                  f"(target >= 3: {'met' if checks['ratio'] else 'NOT met'}); p99 under 2 s: "
-                  f"{'met' if checks['p99'] else 'NOT met'}; page under 200 ms (p99): "
-                  f"{'met' if checks['page'] else 'NOT met'}."]  # fmt: skip
+        lines += ["", f"Batched server, {result['ratio_of']}: **{result['ratio']}x** the "
+                  f"single-client rate (target >= 3: {'met' if checks['ratio'] else 'NOT met'});"
+                  f" p99 under 2 s: {'met' if checks['p99'] else 'NOT met'}; page under 200 ms "
+                  f"(p99): {'met' if checks['page'] else 'NOT met'}."]  # fmt: skip
+    if "batching_gain" in result:
+        lines.append(f"Batched against unbatched, same clients: **{result['batching_gain']}x**.")
     return "\n".join(lines) + "\n"
 
 
@@ -198,8 +234,11 @@ def run_scaling(args: argparse.Namespace) -> dict:
         else:
             models, described = realistic_models(Path(tmp) / "models", args.size)
         images, photos_text = instagram_photos(args.photos)
+        servers = {"batched": args.params}
+        if not args.no_unbatched:
+            servers["unbatched"] = unbatched_params(args.params, Path(tmp) / "unbatched.yaml")
         load_start = round(os.getloadavg()[0], 1)
-        measured = scaling(models, args.params, images, clients=args.clients,
+        measured = scaling(models, servers, images, clients=args.clients,
                            duration=args.duration, repeats=args.repeats, log=args.log)  # fmt: skip
     result = {"model": described, "photos": photos_text, "size": args.size,
               "photo_bytes_mean": round(sum(map(len, images)) / len(images)),
@@ -207,13 +246,19 @@ def run_scaling(args: argparse.Namespace) -> dict:
               "load_avg_start": load_start, "load_avg_end": round(os.getloadavg()[0], 1),
               **measured}  # fmt: skip
     low, high = str(min(args.clients)), str(max(args.clients))
+    batched = result["servers"]["batched"]
     if low != high:
-        rows = result["clients"]
         result["ratio_of"] = f"{high} clients"
-        result["ratio"] = round(rows[high]["requests_per_second"]
-                                / max(rows[low]["requests_per_second"], 1e-9), 2)  # fmt: skip
-        result["targets"] = {"ratio": result["ratio"] >= 3, "p99": rows[high]["p99_ms"] < 2000,
-                             "page": rows[high]["page"]["p99_ms"] < 200}  # fmt: skip
+        result["ratio"] = round(batched[high]["requests_per_second"]
+                                / max(batched[low]["requests_per_second"], 1e-9), 2)  # fmt: skip
+        result["targets"] = {"ratio": result["ratio"] >= 3,
+                             "p99": batched[high]["p99_ms"] < 2000,
+                             "page": batched[high]["page"]["p99_ms"] < 200}  # fmt: skip
+    if "unbatched" in result["servers"]:
+        unbatched = result["servers"]["unbatched"][high]["requests_per_second"]
+        result["batching_gain"] = round(
+            batched[high]["requests_per_second"] / max(unbatched, 1e-9), 2
+        )
     stem = args.stem or f"load_web-{args.size}px"
     save_results(args.out, stem, result, to_markdown(result))
     return result
@@ -227,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="scaling: model input px")
     parser.add_argument("--repeats", type=int, default=2, help="scaling: alternating rounds")
     parser.add_argument("--photos", type=int, default=64, help="scaling: distinct photos")
+    parser.add_argument("--no-unbatched", action="store_true",
+                        help="scaling: skip the server without batching (batch_max_size 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--stem", help="scaling: results file name (default load_web-SIZEpx)")
     parser.add_argument("--models", type=Path, help="a models/ dir from train (leak mode)")

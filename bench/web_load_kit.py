@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -157,8 +159,61 @@ def probe_page(url: str, stop: threading.Event, every_s: float = 0.25) -> LoadRe
     return result
 
 
+class PageProbe:
+    """`probe_page` in its own process, as a browser would be.
+
+    The load generator's threads share one GIL: a probe among them would measure their waiting
+    as well as the server's. Use as a context manager around the load; `result` then holds the
+    latencies.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.result = LoadResult(concurrency=1)
+
+    def __enter__(self) -> PageProbe:
+        cmd = [sys.executable, "-m", "bench.web_load_kit", self.url]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"  # imports done, probing
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        data = json.loads(out.strip().splitlines()[-1])
+        self.result.latencies_ms = data["latencies_ms"]
+        self.result.statuses = data["statuses"]
+        self.result.requests = len(data["latencies_ms"])
+        self.result.errors = sum(n for status, n in data["statuses"].items() if status != "200")
+        self.result.seconds = time.monotonic() - self.started
+
+
+def _probe_main(url: str) -> None:
+    """The PageProbe child: probe until SIGTERM, then print the latencies as JSON."""
+    import httpx  # noqa: F401 - imported before "ready", so probing starts at once
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("ready", flush=True)
+    result = probe_page(url, stop)
+    print(json.dumps({"latencies_ms": result.latencies_ms, "statuses": result.statuses}))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (all its threads) has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB."""
     import psutil
 
     return psutil.Process(pid).memory_info().rss / 1e6
+
+
+if __name__ == "__main__":
+    _probe_main(sys.argv[1])

@@ -29,11 +29,15 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelL
         taglens.pyfunc.ModelNotFoundError: no such model, version or alias (e.g. no champion yet).
         FileNotFoundError: a local models directory lacks a file.
     """
+    from taglens.batch_predict import graph_predictor
     from taglens.predictor import MODEL_FILE, HashtagPredictor
 
+    # The forward pass runs as a traced graph, as batch scoring runs it: calling the Keras model
+    # eagerly costs Python time that the event loop (the page, /health) then waits for.
     if model_uri and (Path(model_uri) / MODEL_FILE).is_file():
         models_dir = Path(model_uri).resolve()
-        return HashtagPredictor.from_dir(models_dir), ModelLabel(models_dir.name, "local")
+        predictor = graph_predictor(HashtagPredictor.from_dir(models_dir))
+        return predictor, ModelLabel(models_dir.name, "local")
 
     from taglens.pyfunc import load_predictor, pin_version
     from taglens.tracking import configure_tracking
@@ -47,7 +51,7 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelL
         else:  # an explicit version: loading it reports a missing one
             name, _, version = uri.removeprefix("models:/").partition("/")
     logger.info("loading %s", uri)
-    return load_predictor(uri), ModelLabel(name, str(version))
+    return graph_predictor(load_predictor(uri)), ModelLabel(name, str(version))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
             host=host,
             port=port,
             log_level="info",
-            access_log=False,  # one line per upload is the app's own log; uvicorn's adds noise
             limit_concurrency=serve.limit_concurrency,
             timeout_keep_alive=serve.timeout_keep_alive_s,
             timeout_graceful_shutdown=serve.timeout_graceful_shutdown_s,
