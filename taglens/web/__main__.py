@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < port < 65_536:
             raise ValueError(f"--port must be 1..65535, got {port}")
         if not _is_loopback(host):
-            logger.warning("binding %s: the page is reachable from other machines", host)
+            logger.warning(
+                "binding %s: the page is reachable from other machines, which must name it "
+                "by one of serve.allowed_hosts (%s)", host, ", ".join(params.serve.allowed_hosts),
+            )  # fmt: skip
         predictor, label = load_model(params, args.model_uri)
         serve = params.serve
         app = create_app(

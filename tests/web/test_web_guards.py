@@ -142,10 +142,10 @@ def test_an_upload_that_never_finishes_is_cut_off(tiny_params):
     assert stub.calls == []
 
 
-def test_every_response_carries_nosniff_and_a_csp(tiny_params, jpeg):
+def test_every_response_carries_nosniff_and_a_csp(tiny_params, jpeg, monkeypatch):
     class Crashing(RecordingPredictor):
         def predict_pixels(self, batch):
-            return [{"unexpected": 1} for _ in batch]  # fails after the model: unhandled
+            return [{"unexpected": 1} for _ in batch]  # answers that are no Prediction
 
     answers = {}
     with TestClient(_app(RecordingPredictor(), tiny_params)) as client:
@@ -167,23 +167,33 @@ def test_every_response_carries_nosniff_and_a_csp(tiny_params, jpeg):
         answers["cross origin"] = client.post("/predict", files=_files(jpeg), headers=evil)
     with TestClient(_app(Crashing(), tiny_params), raise_server_exceptions=False) as client:
         answers["model crash"] = client.post("/predict", files=_files(jpeg))
+    # an error nothing handles (here: logging fails after the prediction) is Starlette's 500
+    with TestClient(_app(RecordingPredictor(), tiny_params),
+                    raise_server_exceptions=False) as client:  # fmt: skip
+        monkeypatch.setattr("taglens.web.app.logger.info", _raise)
+        answers["unhandled error"] = client.post("/predict", files=_files(jpeg))
     statuses = {name: r.status_code for name, r in answers.items()}
     assert statuses == {
         "page": 200, "health": 200, "prediction": 200, "script": 200, "stylesheet": 200,
         "missing static file": 404, "missing route": 404, "wrong method": 405,
         "not an image": 415, "too large": 413, "no file field": 422, "docs": 200, "schema": 200,
-        "foreign host": 400, "cross origin": 403, "model crash": 500,
+        "foreign host": 400, "cross origin": 403, "model crash": 500, "unhandled error": 500,
     }  # fmt: skip
     for name, response in answers.items():
         assert response.headers.get("x-content-type-options") == "nosniff", name
         assert response.headers.get("content-security-policy"), name
     assert answers["page"].headers["content-security-policy"].startswith("default-src 'self'")
     assert answers["health"].headers["content-security-policy"] == API_CSP
-    assert answers["model crash"].json() == {"detail": "internal error; see the server log"}
+    assert answers["model crash"].json()["detail"].startswith("the model could not score")
+    assert answers["unhandled error"].json() == {"detail": "internal error; see the server log"}
     # the offline docs page may run exactly its own inline script, nothing else inline
     docs_csp = answers["docs"].headers["content-security-policy"]
     assert docs_csp == html_csp(answers["docs"].content)
     assert "'sha256-" in docs_csp and "'unsafe-inline'" not in docs_csp.split("style-src")[0]
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("disk full while logging")
 
 
 def test_serve_params_keep_room_for_the_page(tmp_path):
