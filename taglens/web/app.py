@@ -114,11 +114,13 @@ def create_app(
                        for result in predictor.predict_pixels(np.stack(pixels))]  # fmt: skip
         return [(prediction, prediction.model_dump_json().encode()) for prediction in predictions]
 
+    decoding = [0]  # uploads being decoded: the ones a waiting batch may still get
     batcher = MicroBatcher(
         predict_batch,
         max_batch_size=serve.batch_max_size,
         max_wait_s=serve.batch_max_wait_ms / 1000,
         max_queue=serve.max_pending,
+        upstream=lambda: decoding[0],
     )
     # Decoding is CPU work like the forward pass: the limiter is taken before a worker thread
     # is, so a flood of uploads queues here (bounded by Admission) instead of in threads.
@@ -187,7 +189,11 @@ def create_app(
     ) -> Response:
         """Classify the photo and rank hashtags for it."""
         try:
-            image, pixels = await anyio.to_thread.run_sync(decode, file, limiter=decode_limiter)
+            decoding[0] += 1
+            try:
+                image, pixels = await anyio.to_thread.run_sync(decode, file, limiter=decode_limiter)
+            finally:
+                decoding[0] -= 1  # and joins the queue in this same step, without an await
             prediction, body = await batcher.submit(pixels)
         except (UploadError, Overloaded):
             raise

@@ -59,6 +59,9 @@ class MicroBatcher:
         max_wait_s: how long the first item of a batch waits for others (0: never waits; the
             items that arrive while a batch runs still form the next one).
         max_queue: most items waiting (not yet in a running batch); more raise `Overloaded`.
+        upstream: how many more items are on their way (e.g. requests still decoding). When
+            given, a batch waits only while some are (a lone request never waits), and stops
+            waiting once none is left. Without it, a batch waits `max_wait_s` unless full.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
+        upstream: Callable[[], int] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError(
@@ -78,6 +82,7 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.upstream = upstream
         self.stats = BatchStats()
         self._queue: list[_Waiting] = []
         self._draining = False
@@ -101,8 +106,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(item, loop.create_future())
         self._queue.append(waiting)
-        if len(self._queue) >= self.max_batch_size and self._filled and not self._filled.done():
-            self._filled.set_result(None)  # a full batch need not wait any longer
+        if self._filled and not self._filled.done() and not self._worth_waiting():
+            self._filled.set_result(None)  # full, or nobody else is coming: run it now
         if not self._draining:
             # The first caller starts the drain on its own event loop; it stops once the queue
             # is empty, so the batcher holds no task between bursts (and survives new loops).
@@ -114,7 +119,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                if len(self._queue) < self.max_batch_size and self.max_wait_s > 0:
+                if self.max_wait_s > 0 and self._worth_waiting():
                     self._filled = loop.create_future()
                     await asyncio.wait({self._filled}, timeout=self.max_wait_s)
                     self._filled = None
@@ -141,6 +146,12 @@ class MicroBatcher:
             raise
         finally:
             self._draining = False
+
+    def _worth_waiting(self) -> bool:
+        """Whether the next batch has room and others may still join it."""
+        if len(self._queue) >= self.max_batch_size:
+            return False
+        return self.upstream is None or self.upstream() > 0
 
     def _run_isolated(self, items: list[Any]) -> list[tuple[bool, Any]]:
         """Run one batch in the worker thread; on failure, run each item alone."""

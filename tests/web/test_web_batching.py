@@ -55,6 +55,35 @@ def test_a_full_batch_does_not_wait_for_the_timeout():
     batcher.close()
 
 
+def test_a_lone_item_does_not_wait_when_nobody_else_is_coming():
+    # with a wait far longer than the test's own timeout and nothing on its way, it runs at once
+    batcher, calls = _recording_batcher(max_wait_s=3600, upstream=lambda: 0)
+
+    async def scenario():
+        return await asyncio.wait_for(batcher.submit(21), 30)
+
+    assert asyncio.run(scenario()) == 42
+    assert calls == [[21]]
+    batcher.close()
+
+
+def test_a_batch_waits_for_items_on_their_way_and_no_longer():
+    on_the_way = [1]
+    batcher, calls = _recording_batcher(max_wait_s=3600, upstream=lambda: on_the_way[0])
+
+    async def scenario():
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.2)
+        assert not first.done()  # one more is decoding: the batch waits for it
+        on_the_way[0] = 0
+        second = await asyncio.wait_for(batcher.submit(2), 30)  # the last one: runs at once
+        return await first, second
+
+    assert asyncio.run(scenario()) == (2, 4)
+    assert calls == [[1, 2]]
+    batcher.close()
+
+
 def test_items_arriving_while_a_batch_runs_form_the_next_batch():
     # given a model that is busy with a first item
     busy, release = threading.Event(), threading.Event()
