@@ -1,10 +1,19 @@
 """Load test of the web app: concurrent uploads to a real uvicorn server on 127.0.0.1.
 
-Starts `python -m taglens.web` on a free local port with the given model, then, for a fixed
-duration (bounded by a request count), keeps `--concurrency` clients uploading a photo to
-`POST /predict`. Reports requests/s, p50/p99 latency and the error count, then sends `--leak`
-more requests and reports the server's RSS growth over them (psutil).
+Two modes, both starting `python -m taglens.web` on a free local port:
 
+- scaling (`--clients 1 32`): the numbers of issue 17. MobileNet 1.0 with the ImageNet weights
+  from ../shared/weights behind a softmax over the flower classes, at `--size` px; the uploads
+  are the real flowers photos re-encoded to 640x640 JPEG as Instagram serves them. Each client
+  count runs `--duration` s, alternating (1, 32, 1, 32, ...) for `--repeats` rounds so both see
+  the same machine load; meanwhile a prober loads the page (GET /) every 0.25 s. Reports
+  requests/s, p50/p99 latency, the page's latency under load and the 32-to-1 client ratio into
+  bench/results/load_web-<size>px.json and .md. Without ../shared it falls back to
+  synthetic photos and random weights and says so (the figures are then not comparable).
+- leak (`--models DIR`): `--concurrency` clients for `--duration` s, then `--leak` more requests
+  and the server's RSS growth over them (psutil), as JSON.
+
+    python -m bench.load_web --clients 1 32 --size 224 --duration 20 --repeats 2
     python -m bench.load_web --models models --duration 20 --concurrency 8 --leak 1000
 """
 
@@ -14,139 +23,22 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class LoadResult:
-    """What one load run measured."""
-
-    requests: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    concurrency: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list, repr=False)
-
-    @property
-    def requests_per_second(self) -> float:
-        """Completed requests (any status) per wall-clock second."""
-        return self.requests / self.seconds if self.seconds else 0.0
-
-    def percentile_ms(self, q: float) -> float:
-        """The q-th percentile (0..100) of request latency, nearest-rank."""
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-        return ordered[rank]
-
-    def summary(self) -> dict:
-        """The JSON form (without the raw latencies)."""
-        data = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
-        data.update(requests_per_second=round(self.requests_per_second, 2),
-                    p50_ms=round(self.percentile_ms(50), 1),
-                    p99_ms=round(self.percentile_ms(99), 1))  # fmt: skip
-        return data
-
-
-def photo(size: int = 224, seed: int = 0) -> bytes:
-    """A photo-like JPEG (gradients plus noise) of `size` pixels square."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 255, size)
-    pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], ramp[::-1][None, :]), -1)
-    pixels = np.clip(pixels + rng.normal(0, 20, pixels.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(models: Path, params: Path, port: int, log: Path,
-                 timeout: float = 180) -> subprocess.Popen:  # fmt: skip
-    """Start the web app on 127.0.0.1:`port` serving `models` and wait until /health answers."""
-    import httpx
-
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "taglens.web", "--params", str(params), "--model-uri",
-           str(models), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    handle = open(log, "w")  # noqa: SIM115 - the server's log, open for its lifetime
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the server did not answer /health within {timeout:.0f} s; see {log}")
-
-
-def run_load(url: str, image: bytes, *, concurrency: int, duration: float,
-             max_requests: int) -> LoadResult:  # fmt: skip
-    """Upload `image` from `concurrency` clients until `duration` s or `max_requests` pass."""
-    import httpx
-
-    result = LoadResult(concurrency=concurrency)
-    lock = threading.Lock()
-    stop_at = time.monotonic() + duration
-
-    def client() -> None:
-        with httpx.Client(timeout=60) as session:
-            while time.monotonic() < stop_at:
-                with lock:
-                    if result.requests >= max_requests:
-                        return
-                    result.requests += 1
-                started = time.perf_counter()
-                try:
-                    status = str(session.post(f"{url}/predict",
-                                              files={"file": ("photo.jpg", image)}).status_code)
-                except httpx.HTTPError as exc:
-                    status = type(exc).__name__
-                elapsed = (time.perf_counter() - started) * 1000
-                with lock:
-                    result.latencies_ms.append(elapsed)
-                    result.statuses[status] = result.statuses.get(status, 0) + 1
-                    if status != "200":
-                        result.errors += 1
-
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.monotonic() - started
-    return result
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MB."""
-    import psutil
-
-    return psutil.Process(pid).memory_info().rss / 1e6
+from bench.web_load_kit import (
+    ROOT,
+    LoadResult,
+    PageProbe,
+    cpu_seconds,
+    free_port,
+    photo,
+    rss_mb,
+    run_load,
+    start_server,
+)
 
 
 def measure(models: Path, params: Path, *, duration: float, concurrency: int, max_requests: int,
@@ -177,10 +69,214 @@ def measure(models: Path, params: Path, *, duration: float, concurrency: int, ma
             "image_bytes": len(image)}  # fmt: skip
 
 
+def instagram_photos(count: int, side: int = 640) -> tuple[list[bytes], str]:
+    """`count` flowers photos re-encoded to `side` px square JPEG, as Instagram serves them.
+
+    Falls back to synthetic photo-like JPEGs (and says so) when ../shared is absent.
+    """
+    from PIL import Image
+
+    from bench.predict import FLOWERS
+
+    found = sorted(FLOWERS.rglob("*.jpg"))
+    if not found:
+        print(f"note: no photos under {FLOWERS}: uploading synthetic {side} px JPEGs instead; "
+              "the figures are not comparable with BENCHMARKS.md", file=sys.stderr)  # fmt: skip
+        return [photo(side, seed) for seed in range(count)], f"synthetic {side}x{side} JPEG"
+    step = max(1, len(found) // count)  # spread over the classes
+    images = []
+    for path in found[::step][:count]:
+        buffer = io.BytesIO()
+        with Image.open(path) as image:
+            image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS).save(
+                buffer, format="JPEG", quality=85
+            )
+        images.append(buffer.getvalue())
+    return images, f"{len(images)} flowers photos re-encoded to {side}x{side} JPEG (quality 85)"
+
+
+def realistic_models(dest: Path, size: int) -> tuple[Path, str]:
+    """MobileNet 1.0 (ImageNet weights from ../shared) + a softmax head: a served models/ dir."""
+    from bench.predict import FLOWERS, WEIGHTS, build_models
+
+    if not FLOWERS.is_dir():
+        sys.exit(f"error: {FLOWERS} is absent, so the flower classes and photos are missing: "
+                 "pass --models DIR (a trained models/ directory) to measure that model")
+    weights = WEIGHTS["mobilenet"]
+    if not weights.is_file():
+        print(f"note: {weights} is absent: MobileNet gets random weights (same cost, "
+              "meaningless predictions)", file=sys.stderr)  # fmt: skip
+    build_models(dest, size, alpha=1.0)
+    described = "ImageNet weights" if weights.is_file() else "random weights"
+    return dest, f"MobileNet 1.0 ({described}) + softmax head, {size} px"
+
+
+def _pooled(runs: list[LoadResult]) -> LoadResult:
+    pooled = LoadResult(concurrency=runs[0].concurrency)
+    for run in runs:
+        pooled.requests += run.requests
+        pooled.errors += run.errors
+        pooled.seconds += run.seconds
+        pooled.latencies_ms += run.latencies_ms
+        for status, n in run.statuses.items():
+            pooled.statuses[status] = pooled.statuses.get(status, 0) + n
+    return pooled
+
+
+def unbatched_params(params: Path, dest: Path) -> Path:
+    """A copy of `params` whose server runs each upload through its own forward pass."""
+    import yaml
+
+    data = yaml.safe_load(params.read_text())
+    data["serve"].update(batch_max_size=1, batch_max_wait_ms=0)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+def _page_summary(page: LoadResult) -> dict:
+    return {"requests": page.requests, "errors": page.errors,
+            "p50_ms": round(page.percentile_ms(50), 1), "p99_ms": round(page.percentile_ms(99), 1),
+            "max_ms": round(max(page.latencies_ms, default=float("nan")), 1)}  # fmt: skip
+
+
+def scaling(models: Path, servers: dict[str, Path], images: list[bytes], *, clients: list[int],
+            duration: float, repeats: int, log: Path) -> dict:  # fmt: skip
+    """Run every (server, client count) arm in turn for `repeats` rounds; pool each arm.
+
+    All servers run at once (an idle one costs no CPU), so the arms alternate within seconds
+    and see the same machine load; meanwhile a prober loads the page of the server under load.
+    """
+    urls, procs, server_pids = {}, [], {}
+    arms = [(name, n) for name in servers for n in clients]
+    loads: dict = {arm: [] for arm in arms}
+    pages: dict = {arm: [] for arm in arms}
+    cpu: dict = {arm: [] for arm in arms}  # server, client CPU seconds per run, alternating
+    rounds = []
+    try:
+        for name, params in servers.items():
+            port = free_port()
+            procs.append(start_server(models, params, port, log.with_suffix(f".{name}.log")))
+            urls[name], server_pids[name] = f"http://127.0.0.1:{port}", procs[-1].pid
+            for n in sorted(set(clients), reverse=True):  # warm-up: trace the batch shapes
+                run_load(urls[name], images, concurrency=n, duration=5, max_requests=10_000)
+        for round_index in range(repeats):
+            for name, n in arms:
+                server_cpu, client_cpu = cpu_seconds(server_pids[name]), time.process_time()
+                with PageProbe(urls[name]) as page:
+                    load = run_load(urls[name], images, concurrency=n, duration=duration,
+                                    max_requests=1_000_000)  # fmt: skip
+                server_cpu = cpu_seconds(server_pids[name]) - server_cpu
+                client_cpu = time.process_time() - client_cpu
+                loads[(name, n)].append(load)
+                pages[(name, n)].append(page.result)
+                cpu[(name, n)] += [server_cpu, client_cpu]
+                rounds.append({"round": round_index + 1, "server": name, **load.summary(),
+                               "page_p99_ms": round(page.result.percentile_ms(99), 1),
+                               "server_cpu_s": round(server_cpu, 2),
+                               "client_cpu_s": round(client_cpu, 2)})  # fmt: skip
+                print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    measured: dict = {name: {} for name in servers}
+    for name, n in arms:
+        load = _pooled(loads[(name, n)])
+        measured[name][str(n)] = {
+            **load.summary(), "page": _page_summary(_pooled(pages[(name, n)])),
+            # CPU per request: what each side costs, whatever share of the machine it got
+            "server_cpu_ms_per_request": round(1000 * sum(cpu[(name, n)][::2]) / load.requests, 2),
+            "client_cpu_ms_per_request": round(1000 * sum(cpu[(name, n)][1::2]) / load.requests, 2),
+        }  # fmt: skip
+    return {"servers": measured, "rounds": rounds}
+
+
+def to_markdown(result: dict) -> str:
+    """The results table, the ratios and the targets of issue 17."""
+    lines = [f"Web load, {result['model']}; uploads: {result['photos']}; "
+             f"{result['duration_s']:g} s per run, {result['repeats']} alternating rounds, "
+             f"load average {result['load_avg_start']} -> {result['load_avg_end']} on "
+             f"{os.cpu_count()} CPUs.", "",
+             "| server | clients | requests | errors | req/s | p50 ms | p99 ms | page (GET /) "
+             "p50 / p99 / max ms | CPU ms per request (server, client) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, rows in result["servers"].items():
+        for n, row in rows.items():
+            page = row["page"]
+            lines.append(f"| {name} | {n} | {row['requests']} | {row['errors']} | "
+                         f"{row['requests_per_second']} | {row['p50_ms']} | {row['p99_ms']} | "
+                         f"{page['p50_ms']} / {page['p99_ms']} / {page['max_ms']} | "
+                         f"{row['server_cpu_ms_per_request']}, "
+                         f"{row['client_cpu_ms_per_request']} |")  # fmt: skip
+    if "ratio" in result:
+        checks = result["targets"]
+        lines += ["", f"Batched server, {result['ratio_of']}: **{result['ratio']}x** the "
+                  f"single-client rate (target >= 3: {'met' if checks['ratio'] else 'NOT met'});"
+                  f" p99 under 2 s: {'met' if checks['p99'] else 'NOT met'}; page under 200 ms "
+                  f"(p99): {'met' if checks['page'] else 'NOT met'}."]  # fmt: skip
+    if "batching_gain" in result:
+        lines.append(f"Batched against unbatched, same clients: **{result['batching_gain']}x**.")
+    return "\n".join(lines) + "\n"
+
+
+def run_scaling(args: argparse.Namespace) -> dict:
+    """Build the model and photos, run the alternating load, summarize against the targets."""
+    import tempfile
+
+    from bench.results_io import save_results
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.models:
+            models, described = args.models, f"the model in {args.models}"
+        else:
+            models, described = realistic_models(Path(tmp) / "models", args.size)
+        images, photos_text = instagram_photos(args.photos)
+        servers = {"batched": args.params}
+        if not args.no_unbatched:
+            servers["unbatched"] = unbatched_params(args.params, Path(tmp) / "unbatched.yaml")
+        load_start = round(os.getloadavg()[0], 1)
+        measured = scaling(models, servers, images, clients=args.clients,
+                           duration=args.duration, repeats=args.repeats, log=args.log)  # fmt: skip
+    result = {"model": described, "photos": photos_text, "size": args.size,
+              "photo_bytes_mean": round(sum(map(len, images)) / len(images)),
+              "duration_s": args.duration, "repeats": args.repeats,
+              "load_avg_start": load_start, "load_avg_end": round(os.getloadavg()[0], 1),
+              **measured}  # fmt: skip
+    low, high = str(min(args.clients)), str(max(args.clients))
+    batched = result["servers"]["batched"]
+    if low != high:
+        result["ratio_of"] = f"{high} clients"
+        result["ratio"] = round(batched[high]["requests_per_second"]
+                                / max(batched[low]["requests_per_second"], 1e-9), 2)  # fmt: skip
+        result["targets"] = {"ratio": result["ratio"] >= 3,
+                             "p99": batched[high]["p99_ms"] < 2000,
+                             "page": batched[high]["page"]["p99_ms"] < 200}  # fmt: skip
+    if "unbatched" in result["servers"]:
+        unbatched = result["servers"]["unbatched"][high]["requests_per_second"]
+        result["batching_gain"] = round(
+            batched[high]["requests_per_second"] / max(unbatched, 1e-9), 2
+        )
+    stem = args.stem or f"load_web-{args.size}px"
+    save_results(args.out, stem, result, to_markdown(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the load test and print (and optionally save) the numbers as JSON."""
+    """Run the scaling benchmark (`--clients`) or the load + leak check (`--models`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, required=True, help="a models/ dir from train")
+    parser.add_argument("--clients", type=int, nargs="+",
+                        help="scaling: these client counts, alternating (e.g. 1 32)")
+    parser.add_argument("--size", type=int, default=224, help="scaling: model input px")
+    parser.add_argument("--repeats", type=int, default=2, help="scaling: alternating rounds")
+    parser.add_argument("--photos", type=int, default=64, help="scaling: distinct photos")
+    parser.add_argument("--no-unbatched", action="store_true",
+                        help="scaling: skip the server without batching (batch_max_size 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--stem", help="scaling: results file name (default load_web-SIZEpx)")
+    parser.add_argument("--models", type=Path, help="a models/ dir from train (leak mode)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -189,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--log", type=Path, default=Path("load_web_server.log"))
     args = parser.parse_args(argv)
+    if args.clients:
+        if min(args.clients) < 1:
+            parser.error("--clients must be positive")
+        run_scaling(args)
+        return 0
+    if not args.models:
+        parser.error("give --clients (scaling) or --models (load + leak check)")
     numbers = measure(args.models, args.params, duration=args.duration,
                       concurrency=args.concurrency, max_requests=args.max_requests,
                       leak_requests=args.leak, log=args.log)  # fmt: skip

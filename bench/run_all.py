@@ -1,7 +1,7 @@
 """Run every benchmark in turn (`make bench`); each prints its ratios and writes bench/results/.
 
-They need the real photos in ../shared/datasets/flowers. The web load test needs a trained
-models/ directory and is run on its own: `python -m bench.load_web --models models`.
+They need the real photos in ../shared/datasets/flowers. The web load test starts its own
+servers and is run on its own: `python -m bench.load_web --clients 1 32` (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -198,6 +198,25 @@ class ServeParams(_Section):
     host: str
     port: int = Field(ge=1, le=65_535)
     max_upload_mb: float = Field(gt=0)
+    allowed_hosts: tuple[str, ...] = Field(min_length=1)
+    batch_max_size: int = Field(ge=1, le=256)
+    batch_max_wait_ms: float = Field(ge=0, le=1000)
+    max_pending: int = Field(ge=1, le=10_000)
+    decode_threads: int = Field(ge=1, le=64)
+    retry_after_s: int = Field(ge=1, le=3600)
+    limit_concurrency: int = Field(ge=2, le=100_000)
+    timeout_keep_alive_s: int = Field(ge=1, le=600)
+    upload_timeout_s: float = Field(gt=0, le=3600)
+    timeout_graceful_shutdown_s: int = Field(ge=0, le=600)
+
+    @model_validator(mode="after")
+    def _room_for_the_page(self) -> ServeParams:
+        if self.limit_concurrency <= self.max_pending:
+            raise ValueError(
+                f"limit_concurrency ({self.limit_concurrency}) must be above max_pending "
+                f"({self.max_pending}), or the page stops answering while uploads queue"
+            )
+        return self
 
 
 with warnings.catch_warnings():

@@ -30,11 +30,15 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelL
         taglens.pyfunc.ModelNotFoundError: no such model, version or alias (e.g. no champion yet).
         FileNotFoundError: a local models directory lacks a file.
     """
+    from taglens.batch_predict import graph_predictor
     from taglens.predictor import MODEL_FILE, HashtagPredictor
 
+    # The forward pass runs as a traced graph, as batch scoring runs it: calling the Keras model
+    # eagerly costs Python time that the event loop (the page, /health) then waits for.
     if model_uri and (Path(model_uri) / MODEL_FILE).is_file():
         models_dir = Path(model_uri).resolve()
-        return HashtagPredictor.from_dir(models_dir), ModelLabel(models_dir.name, "local")
+        predictor = graph_predictor(HashtagPredictor.from_dir(models_dir))
+        return predictor, ModelLabel(models_dir.name, "local")
 
     from taglens.pyfunc import load_predictor, pin_version
     from taglens.tracking import configure_tracking
@@ -48,7 +52,7 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelL
         else:  # an explicit version: loading it reports a missing one
             name, _, version = uri.removeprefix("models:/").partition("/")
     logger.info("loading %s", uri)
-    return load_predictor(uri), ModelLabel(name, str(version))
+    return graph_predictor(load_predictor(uri)), ModelLabel(name, str(version))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,16 +83,29 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < port < 65_536:
             raise TaglensError(f"--port must be 1..65535, got {port}")
         if not _is_loopback(host):
-            logger.warning("binding %s: the page is reachable from other machines", host)
+            logger.warning(
+                "binding %s: the page is reachable from other machines, which must name it "
+                "by one of serve.allowed_hosts (%s)", host, ", ".join(params.serve.allowed_hosts),
+            )  # fmt: skip
         predictor, label = load_model(params, args.model_uri)
+        serve = params.serve
         app = create_app(
             predictor,
             label,
-            int(params.serve.max_upload_mb * 1_000_000),
+            int(serve.max_upload_mb * 1_000_000),
             ingest=params.ingest,
+            serve=serve,
         )
         logger.info("serving %s version %s on http://%s:%d/", label.name, label.version, host, port)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            limit_concurrency=serve.limit_concurrency,
+            timeout_keep_alive=serve.timeout_keep_alive_s,
+            timeout_graceful_shutdown=serve.timeout_graceful_shutdown_s,
+        )
         return 0
 
     return run_main(body)

@@ -1,26 +1,41 @@
 """The FastAPI app behind the web page: `POST /predict`, `GET /health`, the page and its assets.
 
-The model is handed in already loaded (once, at start); each prediction runs in a worker thread
-so the event loop keeps answering `/health` and the page while the model works.
+The model is handed in already loaded (once, at start). An upload is decoded in a bounded pool
+of worker threads, then waits a few milliseconds for other uploads and goes through the model in
+one batch with them (`taglens.web.batching`); the event loop only moves bytes, so the page and
+`/health` answer at once however busy the model is. The middleware in `taglens.web.guards`
+bounds the work in progress (503 with Retry-After beyond it), checks Host and Origin, and sets
+the security headers on every response.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
+import anyio
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from taglens.params import IngestParams
+from taglens.ingest import NormalizedImage
+from taglens.params import IngestParams, ServeParams
+from taglens.web.batching import MicroBatcher, Overloaded
+from taglens.web.guards import (
+    API_CSP,
+    Admission,
+    BodyLimit,
+    BrowserGuard,
+    SecurityHeaders,
+    overloaded_response,
+)
 from taglens.web.schemas import ERROR_RESPONSES, Health, ModelInfo, Prediction
 from taglens.web.upload import (
     SUPPORTED_TEXT,
@@ -47,8 +62,11 @@ class Predictor(Protocol):
 
     classes: Any
 
-    def predict_bytes(self, images: list[bytes]) -> list[dict[str, Any]]:
-        """One prediction dict per encoded image."""
+    def decode(self, images: list[bytes]) -> np.ndarray:
+        """The model's float32 pixel batch (N, S, S, 3) for encoded images."""
+
+    def predict_pixels(self, batch: np.ndarray) -> list[dict[str, Any]]:
+        """One prediction dict per image of a pixel batch."""
 
 
 @dataclass(frozen=True)
@@ -66,93 +84,99 @@ class ModelLabel:
         return cls(name=str(label["name"]), version=str(label["version"]))
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over a byte limit while they arrive, before they are all buffered.
-
-    A declared Content-Length over the limit is answered with 413 at once; a body without one
-    (chunked) is counted as it streams and stopped the moment it passes the limit.
-    """
-
-    def __init__(self, app: Any, max_body_bytes: int, message: str) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.message = message
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:  # noqa: D102
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            response = JSONResponse({"detail": self.message}, status_code=413)
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def counting_receive() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    # FastAPI re-raises HTTPExceptions from body parsing: this becomes the 413.
-                    raise HTTPException(status_code=413, detail=self.message)
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
 def create_app(
     predictor: Predictor,
     model_label: ModelLabel | Mapping[str, Any],
     max_upload_bytes: int,
     *,
     ingest: IngestParams,
+    serve: ServeParams,
 ) -> FastAPI:
     """Build the web app around an already loaded model.
 
     Args:
-        predictor: the loaded model (`predict_bytes(list[bytes]) -> list[dict]`).
+        predictor: the loaded model (`decode` and `predict_pixels`, as HashtagPredictor has).
         model_label: the model's registered name and version, reported with every answer.
         max_upload_bytes: the largest photo accepted (`serve.max_upload_mb`), in bytes.
         ingest: the ingest params: uploads are validated and normalized exactly like the
             training images (`ingest.max_pixels` is the decompression-bomb limit).
+        serve: batching, admission, timeouts and the allowed host names.
     """
     if max_upload_bytes <= 0:
         raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
     label = ModelLabel.of(model_label)
     model_info = ModelInfo(name=label.name, version=label.version)
-    too_large = too_large_message(max_upload_bytes)
-    # One prediction at a time: Keras models are not guaranteed thread-safe, and on a few cores
-    # parallel forward passes only compete for the same CPUs.
-    predict_lock = threading.Lock()
+
+    def predict_batch(pixels: list[np.ndarray]) -> list[tuple[Prediction, bytes]]:
+        # The answers are rendered to JSON here, in the model's thread: done in the event loop,
+        # a batch of 32 answers would hold up the page and /health behind it.
+        predictions = [Prediction(model=model_info, **result)
+                       for result in predictor.predict_pixels(np.stack(pixels))]  # fmt: skip
+        return [(prediction, prediction.model_dump_json().encode()) for prediction in predictions]
+
+    decoding = [0]  # uploads being decoded: the ones a waiting batch may still get
+    batcher = MicroBatcher(
+        predict_batch,
+        max_batch_size=serve.batch_max_size,
+        max_wait_s=serve.batch_max_wait_ms / 1000,
+        max_queue=serve.max_pending,
+        upstream=lambda: decoding[0],
+    )
+    # Decoding is CPU work like the forward pass: the limiter is taken before a worker thread
+    # is, so a flood of uploads queues here (bounded by Admission) instead of in threads.
+    decode_limiter = anyio.CapacityLimiter(serve.decode_threads)
+    page = (STATIC_DIR / "index.html").read_bytes()  # served from memory: never waits on a thread
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
 
     app = FastAPIOffline(
         title="taglens",
         summary="Suggest Instagram hashtags for a photo.",
         version="1",
         description="Upload a photo to `POST /predict`; the answer ranks hashtags for it.",
+        lifespan=lifespan,
     )
+    # Added innermost first: a request meets SecurityHeaders, BrowserGuard, Admission, BodyLimit.
     app.add_middleware(
-        BodyLimitMiddleware,
-        max_body_bytes=max_upload_bytes + MULTIPART_SLACK_BYTES,
-        message=too_large,
-    )
+        BodyLimit, max_body_bytes=max_upload_bytes + MULTIPART_SLACK_BYTES,
+        message=too_large_message(max_upload_bytes), timeout_s=serve.upload_timeout_s,
+    )  # fmt: skip
+    app.add_middleware(Admission, paths={"/predict"}, limit=serve.max_pending,
+                       retry_after_s=serve.retry_after_s)  # fmt: skip
+    app.add_middleware(BrowserGuard, allowed_hosts=serve.allowed_hosts)
+    app.add_middleware(SecurityHeaders)
     app.state.model_label = label
+    app.state.batcher = batcher
 
     @app.exception_handler(UploadError)
     async def _upload_error(request: Request, exc: UploadError) -> JSONResponse:
         logger.info("refused upload (%d): %s", exc.status_code, exc.detail)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return overloaded_response(serve.max_pending, serve.retry_after_s)
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = "send the photo as multipart/form-data in a form field named 'file'"
         return JSONResponse({"detail": detail, "errors": _plain(exc.errors())}, status_code=422)
 
-    def predict_one(data: bytes) -> dict[str, Any]:
-        with predict_lock:
-            return predictor.predict_bytes([data])[0]
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers unhandled errors outside the middleware: set the headers here too.
+        logger.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500,
+                            headers={"X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": API_CSP})  # fmt: skip
+
+    def decode(upload: UploadFile) -> tuple[NormalizedImage, np.ndarray]:
+        data = read_limited(upload.file, max_upload_bytes)
+        image = prepare_image(data, ingest)
+        return image, predictor.decode([image.jpeg])[0]
 
     @app.post(
         "/predict",
@@ -162,22 +186,27 @@ def create_app(
     )
     async def predict(
         file: Annotated[UploadFile, File(description=f"the photo: {SUPPORTED_TEXT}")],
-    ) -> Prediction:
+    ) -> Response:
         """Classify the photo and rank hashtags for it."""
-        data = await run_in_threadpool(read_limited, file.file, max_upload_bytes)
-        image = await run_in_threadpool(prepare_image, data, ingest)
         try:
-            result = await run_in_threadpool(predict_one, image.jpeg)
+            decoding[0] += 1
+            try:
+                image, pixels = await anyio.to_thread.run_sync(decode, file, limiter=decode_limiter)
+            finally:
+                decoding[0] -= 1  # and joins the queue in this same step, without an await
+            prediction, body = await batcher.submit(pixels)
+        except (UploadError, Overloaded):
+            raise
         except Exception:
-            logger.exception("prediction failed for an upload of %d bytes", len(data))
+            logger.exception("prediction failed for an upload")
             raise HTTPException(
                 status_code=500, detail="the model could not score this photo; see the server log"
             ) from None
         logger.info(
             "predicted %s (%.3f) for a %dx%d photo",
-            result["top_class"], result["top_probability"], image.width, image.height,
+            prediction.top_class, prediction.top_probability, image.width, image.height,
         )  # fmt: skip
-        return Prediction(model=model_info, **result)
+        return Response(body, media_type="application/json")  # validated: a Prediction
 
     @app.get("/health", response_model=Health, summary="Is the server up, and with which model")
     async def health() -> Health:
@@ -185,11 +214,9 @@ def create_app(
         return Health(status="ok", model=model_info, max_upload_bytes=max_upload_bytes)
 
     @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(
-            STATIC_DIR / "index.html",
-            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
-        )
+    async def index() -> Response:
+        headers = {"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
+        return Response(page, media_type="text/html; charset=utf-8", headers=headers)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

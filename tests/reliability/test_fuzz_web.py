@@ -31,7 +31,7 @@ def app(tiny_models_dir, tiny_params):
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     return create_app(predictor, {"name": "taglens", "version": "1"}, LIMIT,
-                      ingest=tiny_params.ingest)  # fmt: skip
+                      ingest=tiny_params.ingest, serve=tiny_params.serve)  # fmt: skip
 
 
 def test_schema_generated_requests_never_get_a_server_error(app):

@@ -29,7 +29,13 @@ def stub():
 
 @pytest.fixture
 def client(stub, tiny_params):
-    app = create_app(stub, {"name": "taglens", "version": "7"}, LIMIT, ingest=tiny_params.ingest)
+    app = create_app(
+        stub,
+        {"name": "taglens", "version": "7"},
+        LIMIT,
+        ingest=tiny_params.ingest,
+        serve=tiny_params.serve,
+    )
     with TestClient(app) as test_client:
         yield test_client
 
@@ -45,7 +51,8 @@ def test_predict_with_tiny_model_gives_ranked_hashtags(tiny_models_dir, tiny_par
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     app = create_app(predictor, {"name": "taglens", "version": "3"}, LIMIT,
-                     ingest=tiny_params.ingest)  # fmt: skip
+                     ingest=tiny_params.ingest,
+                     serve=tiny_params.serve)  # fmt: skip
     with TestClient(app) as client:
         # when a photo is posted
         response = _post(client, jpeg)
@@ -135,10 +142,16 @@ def test_missing_file_field_names_the_field(client, stub, jpeg):
 
 def test_model_failure_is_a_clear_500_and_server_keeps_serving(tiny_params, jpeg):
     class Broken(RecordingPredictor):
-        def predict_bytes(self, images):
+        def predict_pixels(self, batch):
             raise RuntimeError("tensor shapes do not match")
 
-    app = create_app(Broken(), {"name": "m", "version": "1"}, LIMIT, ingest=tiny_params.ingest)
+    app = create_app(
+        Broken(),
+        {"name": "m", "version": "1"},
+        LIMIT,
+        ingest=tiny_params.ingest,
+        serve=tiny_params.serve,
+    )
     with TestClient(app, raise_server_exceptions=False) as client:
         response = _post(client, jpeg)
         assert response.status_code == 500
@@ -167,8 +180,8 @@ async def _call_asgi(app, headers, chunks):
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
              "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "",
-             "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 80)}  # fmt: skip
+             "query_string": b"", "headers": [(b"host", b"127.0.0.1"), *headers],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -186,7 +199,13 @@ def _endless(chunk: bytes, total: int = 50_000_000):
 
 def test_upload_limit_is_enforced_while_the_body_streams(stub, tiny_params):
     # given a chunked upload that never ends (no Content-Length)
-    app = create_app(stub, {"name": "m", "version": "1"}, LIMIT, ingest=tiny_params.ingest)
+    app = create_app(
+        stub,
+        {"name": "m", "version": "1"},
+        LIMIT,
+        ingest=tiny_params.ingest,
+        serve=tiny_params.serve,
+    )
     headers = [(b"content-type", b"multipart/form-data; boundary=xx")]
     chunk = b"\xff" * 16_384
     status, body, pulled = asyncio.run(_call_asgi(app, headers, _endless(chunk)))
@@ -198,7 +217,13 @@ def test_upload_limit_is_enforced_while_the_body_streams(stub, tiny_params):
 
 
 def test_declared_oversize_body_is_refused_without_reading_it(stub, tiny_params):
-    app = create_app(stub, {"name": "m", "version": "1"}, LIMIT, ingest=tiny_params.ingest)
+    app = create_app(
+        stub,
+        {"name": "m", "version": "1"},
+        LIMIT,
+        ingest=tiny_params.ingest,
+        serve=tiny_params.serve,
+    )
     headers = [(b"content-type", b"multipart/form-data; boundary=xx"),
                (b"content-length", b"50000000")]  # fmt: skip
     status, body, pulled = asyncio.run(_call_asgi(app, headers, _endless(b"\0" * 1024)))
@@ -211,16 +236,22 @@ def test_event_loop_stays_free_while_the_model_works(tiny_params, jpeg):
     started, release = threading.Event(), threading.Event()
 
     class Slow(RecordingPredictor):
-        def predict_bytes(self, images):
+        def predict_pixels(self, batch):
             started.set()
             release.wait(10)
-            return super().predict_bytes(images)
+            return super().predict_pixels(batch)
 
-    app = create_app(Slow(), {"name": "m", "version": "1"}, LIMIT, ingest=tiny_params.ingest)
+    app = create_app(
+        Slow(),
+        {"name": "m", "version": "1"},
+        LIMIT,
+        ingest=tiny_params.ingest,
+        serve=tiny_params.serve,
+    )
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             files = {"file": ("a.jpg", jpeg, "image/jpeg")}
             predicting = asyncio.create_task(client.post("/predict", files=files))
             for _ in range(200):  # until the model is busy with it
@@ -269,7 +300,13 @@ def test_page_and_assets_are_served_with_nothing_from_elsewhere(client):
 
 def test_create_app_rejects_a_non_positive_limit(stub, tiny_params):
     with pytest.raises(ValueError, match="max_upload_bytes must be positive"):
-        create_app(stub, {"name": "m", "version": "1"}, 0, ingest=tiny_params.ingest)
+        create_app(
+            stub,
+            {"name": "m", "version": "1"},
+            0,
+            ingest=tiny_params.ingest,
+            serve=tiny_params.serve,
+        )
 
 
 def test_probabilities_of_numpy_types_become_plain_json(client):

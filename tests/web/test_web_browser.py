@@ -65,6 +65,17 @@ def _check_http(server) -> None:
     tags = _tags(httpx.post(f"{base}/predict", files={"file": ("a.jpg", photo, "image/jpeg")}))
     assert len(tags) == 10 and len(set(tags)) == 10
 
+    # hostile input over real HTTP: a DNS-rebinding page's Host, a cross-origin post
+    foreign = httpx.get(f"{base}/health", headers={"host": "evil.example"})
+    assert foreign.status_code == 400 and "serve.allowed_hosts" in foreign.json()["detail"]
+    cross = httpx.post(f"{base}/predict", files={"file": ("a.jpg", photo, "image/jpeg")},
+                       headers={"origin": "http://evil.example"})  # fmt: skip
+    assert cross.status_code == 403
+    for response in (foreign, cross, httpx.get(f"{base}/"), httpx.get(f"{base}/static/app.js"),
+                     httpx.get(f"{base}/nothing")):  # fmt: skip
+        assert response.headers["x-content-type-options"] == "nosniff", response.url
+        assert response.headers["content-security-policy"], response.url
+
     # a chunked 30 MB upload is cut off by the real server too, and it keeps serving
     def body():
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'

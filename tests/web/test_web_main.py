@@ -20,7 +20,7 @@ def served(monkeypatch):
     captured = {}
 
     def fake_run(app, host, port, **kwargs):
-        captured.update(app=app, host=host, port=port)
+        captured.update(app=app, host=host, port=port, options=kwargs)
 
     monkeypatch.setattr("uvicorn.run", fake_run)
     return captured
@@ -38,6 +38,10 @@ def test_main_serves_a_local_models_dir(tiny_models_dir, served):
         health = client.get("/health").json()
     assert health == {"status": "ok", "model": {"name": "models", "version": "local"},
                       "max_upload_bytes": 10_000_000}  # fmt: skip
+    # and uvicorn gets serve's concurrency limit and timeouts
+    options = served["options"]
+    assert (options["limit_concurrency"], options["timeout_keep_alive"],
+            options["timeout_graceful_shutdown"]) == (256, 5, 10)  # fmt: skip
 
 
 def test_registered_uris_are_labelled_with_name_and_version(tiny_params, monkeypatch):

@@ -41,15 +41,24 @@ def real_bomb_png(side: int = 8000) -> bytes:
 
 
 class RecordingPredictor:
-    """Stand-in model for paths that must never reach it; counts calls and answers fixed values."""
+    """Stand-in model for paths that must never reach it; counts calls and answers fixed values.
+
+    `calls` holds the batch size of each forward pass; `decoded` the images decoded.
+    """
 
     classes = ["cats", "dogs"]
+    image_size = 8
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.decoded = 0
 
-    def predict_bytes(self, images: list[bytes]) -> list[dict]:
-        self.calls.append(len(images))
+    def decode(self, images: list[bytes]) -> np.ndarray:
+        self.decoded += len(images)
+        return np.zeros((len(images), self.image_size, self.image_size, 3), np.float32)
+
+    def predict_pixels(self, batch: np.ndarray) -> list[dict]:
+        self.calls.append(len(batch))
         return [
             {
                 "top_class": "dogs",
@@ -60,5 +69,5 @@ class RecordingPredictor:
                     {"tag": "puppy", "score": 0.4, "posts": 2, "engagement": None},
                 ],
             }
-            for _ in images
+            for _ in batch
         ]
