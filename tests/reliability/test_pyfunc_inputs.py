@@ -110,6 +110,7 @@ def test_the_logged_model_applies_its_ingest_params_and_the_server_settings(
 
     # Given a model logged with a stricter min_side than the tiny params, served without opt-in
     strict = tiny_params.ingest.model_copy(update={"min_side": 45})
+    mlflow.set_experiment("pyfunc-inputs")  # the fresh store: an earlier test's experiment is gone
     with mlflow.start_run():
         info = log_taglens_model(tiny_models_dir, ingest=strict)
     monkeypatch.delenv(ROOT_ENV, raising=False)
