@@ -27,15 +27,45 @@ logger = logging.getLogger(__name__)
 VERIFY_RTOL = 1e-3
 
 
-def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens") -> keras.Model:
-    """Compose extractor (pixels -> vectors) and head (vectors -> probabilities) into one model."""
+OUTPUTS = ("probabilities", "features", "colour")
+
+
+def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens", *,
+             flip: bool = False, colour: bool = False) -> keras.Model:  # fmt: skip
+    """Compose extractor (pixels -> vectors) and head (vectors -> probabilities) into one model.
+
+    The model's outputs are a dict: `probabilities` (N, C), the `features` the tag rankers read
+    and, with `colour`, the `colour` histogram view. With `flip`, the image and its mirror image
+    both go through the extractor and both outputs are the average of the two views, exactly as
+    training scored its validation split.
+    """
     import keras
+
+    from taglens.views import colour_layer, mirror_layer
 
     inputs = keras.Input(extractor.input_shape[1:], name="image")
     # the head as an uncompiled model over the same layers: no optimizer state is saved with it
     head = keras.Model(head.input, head.output, name=head.name)
-    outputs = head(extractor(inputs))
+    features = extractor(inputs)
+    probabilities = head(features)
+    if flip:
+        mirrored = extractor(mirror_layer(name="mirror")(inputs))
+        probabilities = keras.layers.Average(name="mean_probabilities")(
+            [probabilities, head(mirrored)]
+        )
+        features = keras.layers.Average(name="mean_features")([features, mirrored])
+    outputs = {"probabilities": probabilities, "features": features}
+    if colour:
+        outputs["colour"] = colour_layer(name="colour")(inputs)
     return keras.Model(inputs, outputs, name=name)
+
+
+def probabilities_model(model: keras.Model) -> keras.Model:
+    """The served model's probabilities output alone, sharing its layers (for fine-tuning)."""
+    import keras
+
+    output = model.output["probabilities"] if isinstance(model.output, dict) else model.output
+    return keras.Model(model.input, output, name=f"{model.name}_probabilities")
 
 
 def verify_extractor(extractor: keras.Model, images: np.ndarray, cached: np.ndarray) -> float:
@@ -132,6 +162,7 @@ def fine_tune(
     """
     import keras
 
+    model = probabilities_model(model)
     n_classes = int(model.output_shape[-1])
     layers = unfreeze_last_block(model, model_params.backbone)
     logger.info("fine-tuning %d layers of %s", layers, BACKBONES[model_params.backbone].last_block)
@@ -147,8 +178,11 @@ def fine_tune(
         if on_epoch is not None:
             on_epoch(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
 
+    # patience = every epoch: never stops early, but ends on the best validation epoch's weights
+    keep_best = keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.epochs,
+                                              restore_best_weights=True)  # fmt: skip
     model.fit(train_data, validation_data=val_data, epochs=params.epochs, verbose=0, shuffle=False,
-              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
+              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record), keep_best])
     model.trainable = False  # the saved model is for inference
     return rows
 

@@ -25,7 +25,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from taglens.predictor import MODEL_FILES, HashtagPredictor
+from taglens.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,9 @@ def log_taglens_model(models_dir: Path, *, name: str = "model"):
         staged.mkdir()
         for file in MODEL_FILES:  # only these: models/ may hold other, unrelated outputs
             shutil.copy2(models_dir / file, staged / file)
+        for file in OPTIONAL_FILES:
+            if (models_dir / file).is_file():
+                shutil.copy2(models_dir / file, staged / file)
         example = pd.DataFrame(
             {INPUT_COLUMN: [base64.b64encode(example_image(int(info["image_size"]))).decode()]}
         )

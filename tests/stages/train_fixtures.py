@@ -16,6 +16,7 @@ from taglens.features import write_features
 from taglens.images import image_dataset
 from taglens.params import Params
 from taglens.posts import Post, write_posts
+from taglens.views import build_view_extractor
 
 CLASSES = ("animals", "food", "sports")
 EXTRA_TAGS = {"animals": ("dog", "cute"), "food": ("pizza", "yum"), "sports": ("run", "gym")}
@@ -75,10 +76,13 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
     extractor = build_feature_extractor(params.model, params.base.seed)
     dataset = image_dataset([raw / p.image for p in posts], params.model.image_size, 64)
     vectors = extractor.predict(dataset, verbose=0)
+    views = {view: build_view_extractor(params.model, params.base.seed, view).predict(
+        image_dataset([raw / p.image for p in posts], params.model.image_size, 64), verbose=0)
+        for view in params.featurize.views}  # fmt: skip
     meta = {"backbone": params.model.backbone, "image_size": params.model.image_size,
             "weights_identity": weights_identity(params.model, params.base.seed),
             "dim": int(vectors.shape[1]), "count": len(posts)}  # fmt: skip
-    write_features(features, [p.sha256 for p in posts], vectors.astype("float32"), meta)
+    write_features(features, [p.sha256 for p in posts], vectors.astype("float32"), meta, views)
     clean.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(clean / "manifest.csv", index=False)
     return {"raw": raw, "features": features, "clean": clean,
