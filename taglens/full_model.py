@@ -91,21 +91,26 @@ def verify_extractor(extractor: keras.Model, images: np.ndarray, cached: np.ndar
     return worst
 
 
-def unfreeze_last_block(model: keras.Model, backbone_name: str) -> int:
-    """Make only the backbone's last block trainable (BackboneSpec.last_block); count its layers.
+def unfreeze_last_block(model: keras.Model, backbone_name: str, layers: int = 0) -> int:
+    """Make only the end of the backbone trainable; count the trainable layers with weights.
 
-    The backbone is called with `training=False` inside the extractor, so batch-norm layers keep
-    their ImageNet statistics while their neighbours' weights are tuned.
+    `layers: 0` unfreezes the backbone's last block (BackboneSpec.last_block, e.g. VGG's block5);
+    `layers: N` the last N layers that hold weights, whatever their names. The backbone is called
+    with `training=False` inside the extractor, so batch-norm layers keep their ImageNet
+    statistics while their neighbours' weights are tuned.
 
     Raises:
-        ValueError: no layer of the backbone starts with the block prefix.
+        ValueError: nothing to unfreeze (no layer starts with the block prefix).
     """
     prefix = BACKBONES[backbone_name].last_block
     backbone = _find_backbone(model)
     backbone.trainable = True
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    chosen = set(map(id, weighted[-layers:])) if layers > 0 else \
+        {id(layer) for layer in backbone.layers if layer.name.startswith(prefix)}  # fmt: skip
     count = 0
     for layer in backbone.layers:
-        layer.trainable = layer.name.startswith(prefix)
+        layer.trainable = id(layer) in chosen
         count += int(layer.trainable and bool(layer.weights))
     if count == 0:
         raise ValueError(f"no layer of {backbone.name} starts with {prefix!r}; cannot fine-tune")
@@ -164,8 +169,8 @@ def fine_tune(
 
     model = probabilities_model(model)
     n_classes = int(model.output_shape[-1])
-    layers = unfreeze_last_block(model, model_params.backbone)
-    logger.info("fine-tuning %d layers of %s", layers, BACKBONES[model_params.backbone].last_block)
+    layers = unfreeze_last_block(model, model_params.backbone, params.layers)
+    logger.info("fine-tuning %d layers of %s", layers, model_params.backbone)
     compile_for_training(model, "adam", params.learning_rate, label_smoothing, "auto")
     size, batch = model_params.image_size, params.batch_size
     train_data = image_label_dataset(*train, n_classes, size, batch, True, seed)

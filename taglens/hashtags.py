@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 INSTAGRAM_MAX_TAGS = 30  # Instagram refuses posts with more hashtags than this
 FORMAT_VERSION = 1
+# what statistics saved before the image rankers existed meant: the class mixture alone
+BEFORE_IMAGE_RANKERS = {"image_rankers": False, "max_image_tags": 1, "min_lift": 1.0,
+                        "low_lift_weight": 1.0, "blend_step": 1.0}  # fmt: skip
 SCORE_CHUNK = 64  # images scored at once: 64 x 20,000 tags is 10 MB of float64
 
 
@@ -262,7 +265,7 @@ class HashtagStats:
             tags=[entry["tag"] for entry in data["tags"]],
             counts=counts,
             engagement=[entry.get("engagement") for entry in data["tags"]],
-            params=HashtagParams.model_validate(data["params"]),
+            params=HashtagParams.model_validate({**BEFORE_IMAGE_RANKERS, **data["params"]}),
         )
 
     def save(self, path: Path | str) -> Path:

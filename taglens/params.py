@@ -122,6 +122,7 @@ class FineTuneParams(_Section):
     epochs: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(ge=1)
+    layers: int = Field(ge=0)  # 0: the backbone's last block; N: its last N layers with weights
 
 
 class SweepParams(_Section):

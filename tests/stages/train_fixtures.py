@@ -46,7 +46,8 @@ def _split_of(position: int, count: int) -> str:
 
 
 def write_inputs(root: Path, params: Params, per_class: int = 10,
-                 sources: dict[str, list[Path]] | None = None) -> dict[str, Path]:
+                 sources: dict[str, list[Path]] | None = None,
+                 captions: dict[Path, str] | None = None) -> dict[str, Path]:
     """Write data/raw (images + posts.jsonl), data/features and data/clean/manifest.csv.
 
     Args:
@@ -54,6 +55,7 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
         params: decides classes, backbone, image size and seed.
         per_class: synthetic images per class (ignored for classes given in `sources`).
         sources: optional real image files per class, copied in place of synthetic ones.
+        captions: optional caption per source file (its hashtags replace the made-up ones).
     """
     raw, features, clean = root / "data/raw", root / "data/features", root / "data/clean"
     (raw / "images").mkdir(parents=True)
@@ -66,10 +68,12 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
             sha = hashlib.sha256(data).hexdigest()
             (raw / "images" / f"{sha}.jpg").write_bytes(data)
             tags = (label, *EXTRA_TAGS.get(label, ("photo",)))
+            caption = " ".join(f"#{t}" for t in tags)
+            if captions is not None and files:
+                caption, tags = captions[files[n]], ()
             posts.append(Post(id=f"{label}-{n}", label=label, image=f"images/{sha}.jpg",
                               sha256=sha, width=48, height=48, hashtags=tags,
-                              caption=" ".join(f"#{t}" for t in tags), likes=10 + n,
-                              source="demo"))  # fmt: skip
+                              caption=caption, likes=10 + n, source="demo"))  # fmt: skip
             rows.append({"id": f"{label}-{n}", "sha256": sha, "image": f"images/{sha}.jpg",
                          "label": label, "split": _split_of(n, len(blobs)), "distance": 1.0})
     write_posts(raw / "posts.jsonl", posts)
