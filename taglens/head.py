@@ -113,7 +113,9 @@ def build_head(
     """Vectors (N, input_dim) -> normalisation -> optional dense+dropout -> softmax.
 
     The normalisation (`params.normalise`, fitted on `x_train`) lives in the model, so serving
-    scales exactly as training did.
+    scales exactly as training did. `head: logreg` is multinomial logistic regression: no hidden
+    layer, no dropout, and scikit-learn's penalty ||w||^2 / (2 C n) on the softmax weights
+    (the same objective as its `LogisticRegression(C)` on n rows, with the mean loss).
     """
     import keras
 
@@ -123,11 +125,17 @@ def build_head(
     fitted_on = x_train if x_train is not None else np.full((1, input_dim), 1.0, "float32")
     for layer in normalise_layers(params.normalise, fitted_on):
         x = layer(x)
-    if params.hidden_units > 0:
-        x = keras.layers.Dense(params.hidden_units, activation="relu", name="hidden")(x)
-    if params.dropout > 0:
-        x = keras.layers.Dropout(params.dropout, seed=seed, name="dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    penalty = None
+    if params.head == "logreg":
+        rows = len(x_train) if x_train is not None else 1
+        penalty = keras.regularizers.L2(1.0 / (2.0 * params.logreg_c * rows))
+    else:
+        if params.hidden_units > 0:
+            x = keras.layers.Dense(params.hidden_units, activation="relu", name="hidden")(x)
+        if params.dropout > 0:
+            x = keras.layers.Dropout(params.dropout, seed=seed, name="dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=penalty,
+                                 name="probabilities")(x)  # fmt: skip
     return keras.Model(inputs, outputs, name="head")
 
 
@@ -206,7 +214,7 @@ def fit_head(
 ) -> HeadFit:
     """Fit a head (`params.head`: dense network or logistic regression) on cached vectors.
 
-    The dense head stops early on validation loss and keeps its best epoch's weights.
+    Training stops early on validation loss and keeps its best epoch's weights.
 
     Args:
         train: training vectors (N, D) and labels (N,).
@@ -232,13 +240,7 @@ def fit_head(
     augment = params.augment and flips[0] is not None and flips[1] is not None
     rows = _rows(x_train, flips[0], augment)
     labels = np.concatenate([y_train, y_train]) if augment else y_train
-    if params.head == "logreg":
-        from taglens.logreg import fit_logreg_head
-
-        model, history = fit_logreg_head(rows, labels, n_classes, params, seed), []
-    else:
-        model, history = _fit_dense(rows, labels, (x_val, y_val), n_classes, params, seed,
-                                    on_epoch)  # fmt: skip
+    model, history = _fit_dense(rows, labels, (x_val, y_val), n_classes, params, seed, on_epoch)
     val_loss, val_accuracy = score_views(model, x_val, flips[1] if augment else None, y_val,
                                          n_classes)  # fmt: skip
     logger.info("%s head (augment %s) after %d epochs: val_loss %.4f, val_accuracy %.4f",
@@ -253,8 +255,9 @@ def _fit_dense(
 
     x_val, y_val = val
     model = build_head(x_train.shape[1], n_classes, params, seed, x_train)
+    decay = params.weight_decay if params.head == "dense" else 0.0  # logreg has its own penalty
     compile_for_training(model, params.optimizer, params.learning_rate, params.label_smoothing,
-                         weight_decay=params.weight_decay)  # fmt: skip
+                         weight_decay=decay)  # fmt: skip
     epoch_logger = _EpochLogger(on_epoch)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger)

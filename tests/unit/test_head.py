@@ -132,3 +132,27 @@ def test_every_backbone_can_unfreeze_its_last_block_or_last_layers(backbone):
     trainable = [layer for layer in backbone_model.layers if layer.trainable and layer.weights]
     assert len(trainable) == 3 and trainable[-1] is [
         layer for layer in backbone_model.layers if layer.weights][-1]
+
+
+def test_logreg_head_is_linear_with_sklearns_penalty_and_learns():
+    x, y = _clusters(40)
+    xv, yv = _clusters(20, seed=1)
+    params = _train_params(head="logreg", logreg_c=0.5, epochs=60, normalise="standardise",
+                           hidden_units=64, dropout=0.5)  # fmt: skip
+    fit = fit_head((x, y), (xv, yv), 3, params, seed=0)
+    dense = [layer for layer in fit.model.layers if layer.weights and "probabilities" in layer.name]
+    names = [layer.name for layer in fit.model.layers]
+    assert names == ["features", "normalise_standardise", "probabilities"]  # no hidden layer
+    assert float(dense[0].kernel_regularizer.l2) == pytest.approx(1 / (2 * 0.5 * len(x)))
+    assert fit.val_accuracy > 0.95
+
+
+@pytest.mark.parametrize("normalise", ["none", "l2", "standardise"])
+def test_augmented_head_trains_on_both_views_and_scores_their_average(normalise):
+    x, y = _clusters(30)
+    xv, yv = _clusters(10, seed=1)
+    params = _train_params(normalise=normalise, augment=True, epochs=20)
+    fit = fit_head((x, y), (xv, yv), 3, params, seed=0, flips=(x + 0.1, xv + 0.1))
+    assert fit.augmented and fit.val_accuracy > 0.95
+    without = fit_head((x, y), (xv, yv), 3, params, seed=0)  # no flip view: no augmentation
+    assert not without.augmented
