@@ -27,18 +27,20 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v1_1.0_imagenet_no_top.weights.h5"
 NOISE = 0.01
 
 
-def _flowers_features(cache: Path, params) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Vectors of every flowers photo per view ('' = the image itself) and their labels."""
+FLOWERS = SHARED / "datasets" / "flowers"
+
+
+def flowers_features(cache: Path, params) -> tuple[dict[str, np.ndarray], np.ndarray, list[Path]]:
+    """Vectors of every flowers photo per view ('' = the image itself), labels and files."""
     import hashlib
 
     from taglens import features
     from taglens.backbones import build_feature_extractor, weights_identity
     from taglens.views import build_view_extractor
 
-    flowers = SHARED / "datasets" / "flowers"
-    classes = sorted(p.name for p in flowers.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
     files = [(f, c) for c, name in enumerate(classes)
-             for f in sorted((flowers / name).glob("*.jpg"))]  # fmt: skip
+             for f in sorted((FLOWERS / name).glob("*.jpg"))]  # fmt: skip
     items = [(hashlib.sha256(f.read_bytes()).hexdigest(), f) for f, _ in files]
     key = features.FeatureKey("mobilenet", 128, weights_identity(params, 0))
     out = {}
@@ -49,7 +51,7 @@ def _flowers_features(cache: Path, params) -> tuple[dict[str, np.ndarray], np.nd
         vectors, _ = features.fill_store(store, items, build, batch_size=32, shard_size=512,
                                          jit_compile=False)  # fmt: skip
         out[view] = np.stack([vectors[sha] for sha, _ in items])
-    return out, np.array([c for _, c in files])
+    return out, np.array([c for _, c in files]), [f for f, _ in files]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(ROOT / "params.yaml")
     model = ModelParams(backbone="mobilenet", image_size=128, weights=str(WEIGHTS))
-    views, labels = _flowers_features(args.cache, model)
+    views, labels, _ = flowers_features(args.cache, model)
     rng = np.random.default_rng(0)
     picks = rng.permutation(np.resize(np.arange(len(labels)), args.rows))
     spread = views[""].std(axis=0)
