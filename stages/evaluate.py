@@ -107,9 +107,11 @@ def _rankers(predictor, outputs: dict[str, np.ndarray]) -> list[tuple[str, list[
     if rankers is None:
         return [("class_mixture", _tags(stats.rank_scores(stats.finish(mixture, params))))]
     scores = rankers.ranker_scores(mixture, outputs.get("features"), outputs.get("colour"))
-    scores["blend"] = rankers.blend(scores)
-    return [(name, _tags(stats.rank_scores(stats.finish(raw, params, rankers.tag_multiplier),
-                                           params))) for name, raw in scores.items()]  # fmt: skip
+    # each ranker as it is; the blend with the low-lift weighting chosen with it
+    ranked = [(name, _tags(stats.rank_scores(stats.finish(raw, params), params)))
+              for name, raw in scores.items()]  # fmt: skip
+    blend = stats.finish(rankers.blend(scores), params, rankers.tag_multiplier)
+    return [*ranked, ("blend", _tags(stats.rank_scores(blend, params)))]
 
 
 def _tags(rankings: list[list[dict]]) -> list[list[str]]:

@@ -160,10 +160,14 @@ def _fit_rankers(stats, fit: HeadFit, splits: dict, posts: list, seed: int, out:
     rankers, report = fit_image_rankers(stats, inputs(train, post_tags),
                                         (*inputs(val, own_tags), probs_val), seed)  # fmt: skip
     rankers.save(out / RANKERS_FILE)
+    low_lift = report.pop("low_lift")
     mlflow.log_metrics({f"val_hashtag_{name}_{key}": value for name, scores in report.items()
                         for key, value in scores.items()})  # fmt: skip
-    mlflow.log_params({f"hashtags.blend.{name}": weight for name, weight in
-                       rankers.weights.items()})  # fmt: skip
+    mlflow.log_params({**{f"hashtags.blend.{name}": weight for name, weight in
+                          rankers.weights.items()},
+                       "hashtags.blend.low_lift_weight": low_lift["weight"]})  # fmt: skip
+    mlflow.log_dict(low_lift, "train/low_lift_tags.json")
+    report["low_lift"] = low_lift
     return {"blend_weights": rankers.weights, "rankers": report}
 
 

@@ -139,8 +139,8 @@ def ranking_scores(
 
 def choose_weights(
     scores: dict[str, np.ndarray], finish, truth: np.ndarray, n_truth: np.ndarray, top_k: int,
-    step: float,
-) -> tuple[dict[str, float], dict[str, float]]:
+    step: float, floor: dict[str, float] | None = None,
+) -> tuple[dict[str, float], dict[str, float]] | None:
     """Search the simplex grid of blend weights on validation posts (see the module docstring).
 
     Args:
@@ -150,15 +150,16 @@ def choose_weights(
         n_truth: (N,) how many tags each post carries in all.
         top_k: the k of the recall the search maximises (the number of tags served).
         step: the grid step of every weight (0.1: weights 0, 0.1, ..., 1).
+        floor: the metrics a blend must reach; by default the class mixture's through `finish`.
 
     Returns:
-        The chosen weights and their validation metrics.
+        The chosen weights and their validation metrics, or None when no blend reaches the floor.
     """
     names = [name for name in RANKERS if name in scores]
     ticks = int(round(1 / step))
-    floor = ranking_scores(finish(scores["class_mixture"]), truth, n_truth, top_k)
+    floor = floor or ranking_scores(finish(scores["class_mixture"]), truth, n_truth, top_k)
     guarded = ("precision_at_1", f"recall_at_{HASHTAG_K}", f"accuracy_at_{HASHTAG_K}")
-    best = ({"class_mixture": 1.0}, floor)
+    best = None
     for combo in itertools.product(range(ticks + 1), repeat=len(names) - 1):
         if sum(combo) > ticks:
             continue
@@ -166,8 +167,9 @@ def choose_weights(
         weights["class_mixture"] = (ticks - sum(combo)) / ticks
         raw = sum(w * scores[name] for name, w in weights.items() if w)
         got = ranking_scores(finish(raw), truth, n_truth, top_k)
-        if all(got[key] >= floor[key] for key in guarded) and \
-                got[f"recall_at_{top_k}"] > best[1][f"recall_at_{top_k}"]:  # fmt: skip
+        if all(got[key] >= floor[key] for key in guarded) and (
+                best is None or got[f"recall_at_{top_k}"] > best[1][f"recall_at_{top_k}"]):
             best = (weights, got)
-    logger.info("blend weights %s: validation %s (class mixture %s)", best[0], best[1], floor)
+    logger.info("blend weights %s: validation %s (floor %s)", best and best[0],
+                best and best[1], floor)  # fmt: skip
     return best

@@ -69,15 +69,27 @@ def fit_image_rankers(
     scores = rankers.ranker_scores(stats.mixture(probs_val), x_val, colour_val)
     image_scores = [v for k, v in scores.items() if k != "class_mixture"]
     low = low_lift_tags(stats, image_scores, y_val, params.min_lift)
-    rankers.tag_multiplier = np.where(low, params.low_lift_weight, 1.0)
-    logger.info("low-lift tags (x%g): %s", params.low_lift_weight,
-                [t for t, flag in zip(stats.tags, low, strict=True) if flag][:30])  # fmt: skip
+    logger.info("low-lift tags: %s", [t for t, flag in zip(stats.tags, low, strict=True) if flag])
 
-    def finish(raw: np.ndarray) -> np.ndarray:
-        return stats.finish(raw, params, rankers.tag_multiplier)
+    def finisher(multiplier: np.ndarray | None):
+        return lambda raw: stats.finish(raw, params, multiplier)
 
-    report = {name: ranking_scores(finish(s), y_val, n_val, params.top_k)
+    # every ranker on its own, as it is (no low-lift weighting): the class mixture is the floor
+    report = {name: ranking_scores(finisher(None)(s), y_val, n_val, params.top_k)
               for name, s in scores.items()}  # fmt: skip
-    rankers.weights, report["blend"] = choose_weights(scores, finish, y_val, n_val, params.top_k,
-                                                      params.blend_step)  # fmt: skip
+    # Down-weight low-lift tags as much as validation allows: the strongest weight first, a
+    # weaker one only if it finds more tags, and never below the class mixture's P@1, R@5, A@5.
+    chosen = None
+    for weight in sorted({params.low_lift_weight, (1 + params.low_lift_weight) / 2, 1.0}):
+        multiplier = np.where(low, weight, 1.0)
+        found = choose_weights(scores, finisher(multiplier), y_val, n_val, params.top_k,
+                               params.blend_step, floor=report["class_mixture"])  # fmt: skip
+        recall = f"recall_at_{params.top_k}"
+        if found and (chosen is None or found[1][recall] > chosen[1][1][recall]):
+            chosen = (multiplier, found)
+    if chosen is None:  # nothing beats the class mixture as it is: serve it
+        chosen = (np.ones(len(stats.tags)), ({"class_mixture": 1.0}, report["class_mixture"]))
+    rankers.tag_multiplier, (rankers.weights, report["blend"]) = chosen
+    report["low_lift"] = {"tags": [t for t, flag in zip(stats.tags, low, strict=True) if flag],
+                          "weight": float(np.min(chosen[0], initial=1.0))}  # fmt: skip
     return rankers, report

@@ -78,7 +78,7 @@ def test_flowers_defaults_reach_073_and_find_colour_tags_the_class_mixture_misse
     served = [[item["tag"] for item in row] for row in predictor.rank(outputs)]
     stats = predictor.stats
     mixture = [[item["tag"] for item in row] for row in stats.rank_scores(stats.finish(
-        stats.mixture(outputs["probabilities"]), None, predictor.rankers.tag_multiplier))]
+        stats.mixture(outputs["probabilities"])))]
     served_colour, mixture_colour = _colour_recall(served, truth), _colour_recall(mixture, truth)
     print(json.dumps({"colour_recall_at_10": {"served": served_colour,
                                               "class_mixture": mixture_colour}}))  # fmt: skip

@@ -97,7 +97,10 @@ def test_the_blend_weights_an_image_ranker_only_where_it_helps():
     assert weights["tag_model"] > 0 and scores["recall_at_2"] == 1.0
     weights, _ = choose_weights({"class_mixture": mixture, "tag_model": useless}, identity,
                                 truth, n_truth, top_k=2, step=0.25)  # fmt: skip
-    assert weights == {"class_mixture": 1.0}
+    assert weights == {"tag_model": 0.0, "class_mixture": 1.0}
+    unreachable = {"precision_at_1": 1.1, "recall_at_5": 1.0, "accuracy_at_5": 1.0}
+    assert choose_weights({"class_mixture": mixture, "tag_model": useless}, identity, truth,
+                          n_truth, top_k=2, step=0.25, floor=unreachable) is None
 
 
 def test_image_rankers_round_trip(tmp_path):
