@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.fine_tune [--epochs 2] [--layers 0] [--learning-rate 1e-5]
 
+Writes bench/results/fine_tune-last-block.json (or fine_tune-last-N-layers.json) and .md.
+
 Flowers at 128 px with MobileNet 1.0 ImageNet weights (../shared/weights; the only pretrained
 backbone available offline here), split 60/20/20 per class. Fits params.yaml's head on the cached
 features (bench.search's cache), scores the test photos through the assembled model, then runs
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
              f"| MobileNet 1.0, 128 px | {result['layers']} | {args.epochs} | {before:.4f} -> "
              f"{after:.4f} | {after - before:+.4f} | {result['wall_min_per_epoch']} "
              f"({result['cpu_min_per_epoch']}) | {result['load_average_1m']} |\n")  # fmt: skip
-    save_results(args.out, "fine_tune", result, table)
+    stem = f"fine_tune-last-{args.layers}-layers" if args.layers else "fine_tune-last-block"
+    save_results(args.out, stem, result, table)
     return 0
 
 

@@ -82,8 +82,10 @@ class HashtagPredictor:
         import keras
 
         from taglens.backbones import preprocess_layer
+        from taglens.views import register_view_layers
 
         preprocess_layer("none")  # defines and registers the Preprocess class the model names
+        register_view_layers()  # and the view layers (mirror image, colour histogram)
         model = keras.saving.load_model(models_dir / MODEL_FILE, compile=False)
         logger.info(
             "loaded %s (%d classes, %d px)", models_dir, len(info["classes"]), info["image_size"]

@@ -68,6 +68,11 @@ def _layer_classes() -> dict[str, type]:
     return _LAYERS
 
 
+def register_view_layers() -> None:
+    """Define and register the view layers, so a saved model that uses them can be loaded."""
+    _layer_classes()
+
+
 def mirror_layer(**kwargs) -> keras.layers.Layer:
     """A layer that flips images left to right."""
     return _layer_classes()["MirrorImage"](**kwargs)
