@@ -243,7 +243,7 @@ def fit_head(
     model, history = _fit_dense(rows, labels, (x_val, y_val), n_classes, params, seed, on_epoch)
     val_loss, val_accuracy = score_views(model, x_val, flips[1] if augment else None, y_val,
                                          n_classes)  # fmt: skip
-    logger.info("%s head (augment %s) after %d epochs: val_loss %.4f, val_accuracy %.4f",
+    logger.info("head fitted (%s, augment %s) for %d epochs: val_loss %.4f, val_accuracy %.4f",
                 params.head, augment, len(history), val_loss, val_accuracy)  # fmt: skip
     return HeadFit(model, history, val_loss, val_accuracy, augment)
 
