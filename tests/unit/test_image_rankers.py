@@ -130,3 +130,19 @@ def test_not_a_rankers_file_is_refused(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(ValueError, match="re-run"):
         ImageRankers.load(tmp_path / "bad.npz")
+
+
+def test_low_lift_tags_are_found_from_counts_and_image_scores():
+    from taglens.fit_rankers import low_lift_tags
+    from taglens.hashtags import HashtagStats
+    from taglens.params import load_params
+    from tests.conftest import FIXTURES
+
+    params = load_params(FIXTURES / "params.yaml").hashtags
+    # cat: a class tag; red: as common in both classes but follows the image; follow: uniform
+    stats = HashtagStats(["cat", "dog"], [50, 50], ["cat", "red", "follow"],
+                         np.array([[50, 0], [20, 20], [10, 10]]), [None] * 3, params)
+    carried = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1], [1, 0, 0]], "float32")
+    image = np.array([[0.9, 0.8, 0.2], [0.9, 0.1, 0.2], [0.9, 0.8, 0.2], [0.9, 0.1, 0.2]])
+    assert low_lift_tags(stats, [image], carried, min_lift=1.2).tolist() == [False, False, True]
+    assert low_lift_tags(stats, [], carried, min_lift=1.2).tolist() == [False, True, True]
