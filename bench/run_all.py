@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import featurize, predict, train
+from bench import featurize, fine_tune, predict, search, train
 
-BENCHMARKS = (("featurize", featurize.main), ("train", train.main), ("predict", predict.main))
+BENCHMARKS = (("featurize", featurize.main), ("train", train.main), ("search", search.main),
+              ("fine_tune", fine_tune.main), ("predict", predict.main))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,18 +66,21 @@ def score_test_split(predictor, params: Params, *, raw: Path, clean: Path) -> Sc
             f"{clean / 'manifest.csv'} has no test images: raise clean.test_fraction"
         )
     paths = [raw / image for image in test["image"]]
-    probs = _probabilities(predictor, paths)
+    outputs = _outputs(predictor, paths)
+    probs = outputs["probabilities"]
     y_true = np.array([classes.index(label) for label in test["label"]])
     scores = metrics.classification_metrics(y_true, probs, classes, params.evaluate.top_k)
 
     truth = _post_hashtags(raw / POSTS_FILE, test)
-    rankings = predictor.stats.rank_batch(probs, predictor.params)
-    ranked = [[item["tag"] for item in row] for row in rankings]
-    scores.update(metrics.hashtag_metrics(ranked, truth, k=HASHTAG_K))
-    # The popularity baseline suggests the most used tags to every photo: the ranking must beat it.
+    # the served ranking (the blend chosen on validation, or the class mixture alone)
+    ranked = [[item["tag"] for item in row] for row in predictor.rank(outputs)]
+    scores.update(metrics.ranking_metrics(ranked, truth, HASHTAG_K, hashtag_params.top_k))
+    # every ranker side by side, with the same tag weights; popularity suggests the most used
+    # tags to every photo: every ranker must beat it
     popular = [item["tag"] for item in predictor.stats.popular(predictor.params)]
-    baseline = metrics.hashtag_metrics([popular] * len(truth), truth, k=HASHTAG_K)
-    scores.update(metrics.with_prefix(baseline, "popularity_"))
+    for name, rows in [("popularity", [popular] * len(truth)), *_rankers(predictor, outputs)]:
+        scores.update(metrics.with_prefix(
+            metrics.ranking_metrics(rows, truth, HASHTAG_K, hashtag_params.top_k), f"{name}_"))
     scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"])
     return Scored(scores, test, paths, probs, y_true)
 
@@ -126,12 +129,30 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
     return scores
 
 
-def _probabilities(predictor, paths: list[Path]) -> np.ndarray:
+def _outputs(predictor, paths: list[Path]) -> dict[str, np.ndarray]:
     batches = image_dataset(paths, predictor.image_size, FORWARD_BATCH)
-    parts = [predictor.probabilities(batch.numpy())
+    parts = [predictor.outputs(batch.numpy())
              for batch in progress_bar(batches, desc="evaluate", unit="batch",
                                total=-(-len(paths) // FORWARD_BATCH))]  # fmt: skip
-    return np.concatenate(parts)
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def _rankers(predictor, outputs: dict[str, np.ndarray]) -> list[tuple[str, list[list[str]]]]:
+    """Each ranker's tag lists (class mixture, and the image rankers and blend if fitted)."""
+    stats, params, rankers = predictor.stats, predictor.params, predictor.rankers
+    mixture = stats.mixture(outputs["probabilities"], params)
+    if rankers is None:
+        return [("class_mixture", _tags(stats.rank_scores(stats.finish(mixture, params))))]
+    scores = rankers.ranker_scores(mixture, outputs.get("features"), outputs.get("colour"))
+    # each ranker as it is; the blend with the low-lift weighting chosen with it
+    ranked = [(name, _tags(stats.rank_scores(stats.finish(raw, params), params)))
+              for name, raw in scores.items()]  # fmt: skip
+    blend = stats.finish(rankers.blend(scores), params, rankers.tag_multiplier)
+    return [*ranked, ("blend", _tags(stats.rank_scores(blend, params)))]
+
+
+def _tags(rankings: list[list[dict]]) -> list[list[str]]:
+    return [[item["tag"] for item in row] for row in rankings]
 
 
 def _post_hashtags(posts_path: Path, test) -> list[set[str]]:

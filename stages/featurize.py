@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from taglens.cli import run_main, setup_logging
 from taglens.errors import TaglensError
 from taglens.params import FeaturizeParams, ModelParams, load_params
 from taglens.posts import POSTS_FILE, read_posts
+from taglens.views import build_view_extractor
 
 logger = logging.getLogger(__name__)
 # Built from depthwise convolutions, which XLA runs about 10x slower on CPU (BENCHMARKS.md).
@@ -64,6 +66,16 @@ def run(
         progress=progress,
     )
     matrix = np.stack([vectors[post.sha256] for post in posts]).astype("float32")
+    views = {}
+    for view in params.views:  # each view in its own store: adding a view reuses the others
+        view_store = features.FeatureStore(out / features.STORE_DIR,
+                                           dataclasses.replace(key, view=view))  # fmt: skip
+        by_sha, _ = features.fill_store(
+            view_store, [(post.sha256, raw / post.image) for post in posts],
+            lambda view=view: build_view_extractor(model, seed, view), batch_size=params.batch_size,
+            shard_size=params.shard_size, jit_compile=params.jit_compile, progress=progress,
+        )  # fmt: skip
+        views[view] = np.stack([by_sha[post.sha256] for post in posts]).astype("float32")
     meta = {
         "backbone": model.backbone,
         "image_size": model.image_size,
@@ -71,8 +83,9 @@ def run(
         "dim": int(matrix.shape[1]),
         "count": len(posts),
         "store": key.dirname,
+        "views": list(views),
     }
-    features.write_features(out, [post.sha256 for post in posts], matrix, meta)
+    features.write_features(out, [post.sha256 for post in posts], matrix, meta, views)
     logger.info(
         "featurize: %d posts, %d unique images (%d cached, %d computed), dim %d",
         len(posts), update.requested, update.cached, update.computed, meta["dim"],

@@ -14,11 +14,13 @@ from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.backbones import build_feature_extractor
 from taglens.cli import run_main, setup_logging
 from taglens.full_model import assemble, fine_tune, save_model, verify_extractor
-from taglens.head import HISTORY_COLUMNS, HeadFit, fit_baseline, fit_head
+from taglens.hashtags import fit_hashtag_stats, own_tags, post_tags
+from taglens.head import HISTORY_COLUMNS, HeadFit, fit_baseline, fit_head, predict_views
 from taglens.images import load_batch
 from taglens.params import Params, TrainParams, flatten, load_params
 from taglens.posts import POSTS_FILE, read_posts
-from taglens.sweep import grid, parse_sweep_arg, run_sweep, setting_name
+from taglens.predictor import HASHTAGS_FILE, RANKERS_FILE
+from taglens.sweep import default_search, grid, parse_sweep_arg, run_sweep, setting_name
 from taglens.tracking import configure_tracking, log_split_datasets
 
 logger = logging.getLogger(__name__)
@@ -56,15 +58,20 @@ def run(
     train, val = splits["train"], splits["val"]
     if not (raw / POSTS_FILE).is_file():
         raise FileNotFoundError(f"no posts at {raw / POSTS_FILE}: run the scrape stage first")
+    posts = read_posts(raw / POSTS_FILE)
     train_shas = set(train.rows["sha256"])
-    train_posts = [post for post in read_posts(raw / POSTS_FILE) if post.sha256 in train_shas]
+    train_posts = [post for post in posts if post.sha256 in train_shas]
 
     def fit_one(train_params: TrainParams, on_epoch) -> HeadFit:
         return fit_head((train.vectors, train.labels), (val.vectors, val.labels), len(classes),
-                        train_params, base.seed, on_epoch)  # fmt: skip
+                        train_params, base.seed, on_epoch,
+                        flips=(train.views.get("flip"), val.views.get("flip")))  # fmt: skip
 
-    settings = grid(params.train.sweep, sweep)
-    # The params a sweep varies go on this run (the one holding the model) once the best is known.
+    settings, space = grid(params.train.sweep, sweep), "sweep"
+    if not settings and params.train.search.enabled:
+        settings, space = default_search(params.train.search, base.seed), "default"
+    # The params a sweep or search varies go on this run (the one holding the model) once the
+    # best is known.
     swept = {f"train.{key}" for setting in settings for key in setting}
     with mlflow.start_run(run_name=_run_name(params, len(settings))) as active:
         run_id = active.info.run_id
@@ -84,7 +91,7 @@ def run(
             fit, best_params = trials[best].fit, trials[best].params
             best_flat = flatten(params.model_copy(update={"train": best_params}))
             mlflow.log_params({key: best_flat[key] for key in sorted(swept)})
-            mlflow.set_tags({"sweep_size": str(len(trials)),
+            mlflow.set_tags({"sweep_size": str(len(trials)), "search_space": space,
                              "best_child_run_id": trials[best].run_id,
                              "best_setting": setting_name(trials[best].setting)})  # fmt: skip
             for row in fit.history:
@@ -97,7 +104,8 @@ def run(
         probe = train.rows["image"].head(VERIFY_IMAGES).map(lambda image: raw / image).tolist()
         verify_extractor(extractor, load_batch(probe, params.model.image_size).numpy(),
                          train.vectors[:VERIFY_IMAGES])  # fmt: skip
-        model = assemble(extractor, fit.model)
+        model = assemble(extractor, fit.model, flip=fit.augmented,
+                         colour=params.hashtags.image_rankers and "colour" in train.views)
         if params.train.fine_tune.enabled:
             history += _fine_tune(model, params, train, val, raw, start=len(history))
 
@@ -107,7 +115,15 @@ def run(
         if params.train.fine_tune.enabled and history:
             summary["fine_tune_val_accuracy"] = history[-1].get("val_accuracy")
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
-        _write_outputs(params, best_params, model, history, train_posts, out, reports, run_id)
+        stats = fit_hashtag_stats(train_posts, params.base.classes, params.hashtags)
+        stats.save(out / HASHTAGS_FILE)
+        (out / RANKERS_FILE).unlink(missing_ok=True)
+        if params.hashtags.image_rankers and params.train.fine_tune.enabled:
+            logger.warning("image rankers skipped: they read cached features, which fine-tuning "
+                           "changed; the class mixture ranks hashtags")  # fmt: skip
+        elif params.hashtags.image_rankers:
+            summary["hashtags_val"] = _fit_rankers(stats, fit, splits, posts, base.seed, out)
+        _write_outputs(params, best_params, model, history, out, reports, run_id)
     if params.train.baseline:
         summary.update(_baseline(params, splits, run_id))
     atomic_write_json(reports / "train.json", summary)
@@ -149,11 +165,40 @@ def _fine_tune(model, params: Params, train, val, raw: Path, start: int) -> list
     return rows
 
 
-def _write_outputs(params: Params, best: TrainParams, model, history: list[dict],
-                   train_posts: list, out: Path, reports: Path, run_id: str) -> None:
+def _fit_rankers(stats, fit: HeadFit, splits: dict, posts: list, seed: int, out: Path) -> dict:
+    """Fit the image rankers on the features the served model outputs; log the comparison."""
     import mlflow
 
-    from taglens.hashtags import fit_hashtag_stats
+    from taglens.fit_rankers import fit_image_rankers
+
+    by_sha = {post.sha256: post for post in posts}
+
+    def inputs(split, tags) -> tuple:
+        flip = split.views.get("flip") if fit.augmented else None
+        features = split.vectors if flip is None else (split.vectors + flip) / 2
+        return features, split.views.get("colour"), [tags(by_sha[s]) for s in split.rows["sha256"]]
+
+    train, val = splits["train"], splits["val"]
+    probs_val = predict_views(fit.model, val.vectors, val.views.get("flip") if fit.augmented
+                              else None)  # fmt: skip
+    rankers, report = fit_image_rankers(stats, inputs(train, post_tags),
+                                        (*inputs(val, own_tags), probs_val), seed)  # fmt: skip
+    rankers.save(out / RANKERS_FILE)
+    low_lift = report.pop("low_lift")
+    mlflow.log_metrics({f"val_hashtag_{name}_{key}": value for name, scores in report.items()
+                        for key, value in scores.items()})  # fmt: skip
+    mlflow.log_params({**{f"hashtags.blend.{name}": weight for name, weight in
+                          rankers.weights.items()},
+                       "hashtags.blend.low_lift_weight": low_lift["weight"]})  # fmt: skip
+    mlflow.log_dict(low_lift, "train/low_lift_tags.json")
+    report["low_lift"] = low_lift
+    return {"blend_weights": rankers.weights, "rankers": report}
+
+
+def _write_outputs(params: Params, best: TrainParams, model, history: list[dict],
+                   out: Path, reports: Path, run_id: str) -> None:
+    import mlflow
+
     from taglens.pyfunc import log_taglens_model
 
     save_model(model, out / "model.keras")
@@ -163,7 +208,6 @@ def _write_outputs(params: Params, best: TrainParams, model, history: list[dict]
         "backbone": params.model.backbone, "weights_identity": _identity(params),
         "run_id": run_id, "experiment": params.base.experiment, "params": flatten(trained),
     })  # fmt: skip
-    fit_hashtag_stats(train_posts, params.base.classes, params.hashtags).save(out / "hashtags.json")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
     writer.writeheader()

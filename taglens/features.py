@@ -39,12 +39,14 @@ class FeatureKey:
     backbone: str
     image_size: int
     weights_identity: str
+    view: str = ""  # "" for the image itself, else a taglens.views name (flip, colour)
 
     @property
     def dirname(self) -> str:
         """A path-safe directory name for this configuration."""
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.weights_identity)
-        return f"{self.backbone}-{self.image_size}px-{safe}"
+        suffix = f"-{self.view}" if self.view else ""
+        return f"{self.backbone}-{self.image_size}px-{safe}{suffix}"
 
 
 class FeatureStore:
@@ -83,9 +85,12 @@ class FeatureStore:
         return _save_npz(path, shas, vectors)
 
 
-def _save_npz(path: Path, shas: Sequence[str], vectors: np.ndarray) -> Path:
+def _save_npz(path: Path, shas: Sequence[str], vectors: np.ndarray,
+              extra: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+    arrays = {name: array.astype("float32") for name, array in (extra or {}).items()}
     with atomic_open(path, "wb") as handle:
-        np.savez(handle, sha256=np.asarray(shas, dtype="U64"), vectors=vectors.astype("float32"))
+        np.savez(handle, sha256=np.asarray(shas, dtype="U64"), vectors=vectors.astype("float32"),
+                 **arrays)  # fmt: skip
     return path
 
 
@@ -273,10 +278,21 @@ def fill_store(
     return {sha: cached[sha] for sha in unique}, update
 
 
-def write_features(out_dir: Path, shas: Sequence[str], vectors: np.ndarray, meta: dict) -> Path:
-    """Write `features.npz` (`sha256`, `vectors` in posts order) and `meta.json` atomically."""
+def view_array(view: str) -> str:
+    """The features.npz array that holds a view's vectors (`flip` -> `flip_vectors`)."""
+    return f"{view}_vectors"
+
+
+def write_features(out_dir: Path, shas: Sequence[str], vectors: np.ndarray, meta: dict,
+                   views: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+    """Write `features.npz` and `meta.json` atomically.
+
+    `features.npz` holds `sha256`, `vectors` and one `<view>_vectors` array per view, in posts
+    order.
+    """
     out_dir = Path(out_dir)
-    path = _save_npz(out_dir / FEATURES_FILE, shas, vectors)
+    extra = {view_array(view): array for view, array in (views or {}).items()}
+    path = _save_npz(out_dir / FEATURES_FILE, shas, vectors, extra)
     atomic_write_json(out_dir / META_FILE, meta)
     return path
 

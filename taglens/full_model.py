@@ -29,15 +29,45 @@ logger = logging.getLogger(__name__)
 VERIFY_RTOL = 1e-3
 
 
-def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens") -> keras.Model:
-    """Compose extractor (pixels -> vectors) and head (vectors -> probabilities) into one model."""
+OUTPUTS = ("probabilities", "features", "colour")
+
+
+def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens", *,
+             flip: bool = False, colour: bool = False) -> keras.Model:  # fmt: skip
+    """Compose extractor (pixels -> vectors) and head (vectors -> probabilities) into one model.
+
+    The model's outputs are a dict: `probabilities` (N, C), the `features` the tag rankers read
+    and, with `colour`, the `colour` histogram view. With `flip`, the image and its mirror image
+    both go through the extractor and both outputs are the average of the two views, exactly as
+    training scored its validation split.
+    """
     import keras
+
+    from taglens.views import colour_layer, mirror_layer
 
     inputs = keras.Input(extractor.input_shape[1:], name="image")
     # the head as an uncompiled model over the same layers: no optimizer state is saved with it
     head = keras.Model(head.input, head.output, name=head.name)
-    outputs = head(extractor(inputs))
+    features = extractor(inputs)
+    probabilities = head(features)
+    if flip:
+        mirrored = extractor(mirror_layer(name="mirror")(inputs))
+        probabilities = keras.layers.Average(name="mean_probabilities")(
+            [probabilities, head(mirrored)]
+        )
+        features = keras.layers.Average(name="mean_features")([features, mirrored])
+    outputs = {"probabilities": probabilities, "features": features}
+    if colour:
+        outputs["colour"] = colour_layer(name="colour")(inputs)
     return keras.Model(inputs, outputs, name=name)
+
+
+def probabilities_model(model: keras.Model) -> keras.Model:
+    """The served model's probabilities output alone, sharing its layers (for fine-tuning)."""
+    import keras
+
+    output = model.output["probabilities"] if isinstance(model.output, dict) else model.output
+    return keras.Model(model.input, output, name=f"{model.name}_probabilities")
 
 
 def verify_extractor(extractor: keras.Model, images: np.ndarray, cached: np.ndarray) -> float:
@@ -63,21 +93,26 @@ def verify_extractor(extractor: keras.Model, images: np.ndarray, cached: np.ndar
     return worst
 
 
-def unfreeze_last_block(model: keras.Model, backbone_name: str) -> int:
-    """Make only the backbone's last block trainable (BackboneSpec.last_block); count its layers.
+def unfreeze_last_block(model: keras.Model, backbone_name: str, layers: int = 0) -> int:
+    """Make only the end of the backbone trainable; count the trainable layers with weights.
 
-    The backbone is called with `training=False` inside the extractor, so batch-norm layers keep
-    their ImageNet statistics while their neighbours' weights are tuned.
+    `layers: 0` unfreezes the backbone's last block (BackboneSpec.last_block, e.g. VGG's block5);
+    `layers: N` the last N layers that hold weights, whatever their names. The backbone is called
+    with `training=False` inside the extractor, so batch-norm layers keep their ImageNet
+    statistics while their neighbours' weights are tuned.
 
     Raises:
-        ValueError: no layer of the backbone starts with the block prefix.
+        ValueError: nothing to unfreeze (no layer starts with the block prefix).
     """
     prefix = BACKBONES[backbone_name].last_block
     backbone = _find_backbone(model)
     backbone.trainable = True
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    chosen = set(map(id, weighted[-layers:])) if layers > 0 else \
+        {id(layer) for layer in backbone.layers if layer.name.startswith(prefix)}  # fmt: skip
     count = 0
     for layer in backbone.layers:
-        layer.trainable = layer.name.startswith(prefix)
+        layer.trainable = id(layer) in chosen
         count += int(layer.trainable and bool(layer.weights))
     if count == 0:
         raise ValueError(f"no layer of {backbone.name} starts with {prefix!r}; cannot fine-tune")
@@ -134,9 +169,10 @@ def fine_tune(
     """
     import keras
 
+    model = probabilities_model(model)
     n_classes = int(model.output_shape[-1])
-    layers = unfreeze_last_block(model, model_params.backbone)
-    logger.info("fine-tuning %d layers of %s", layers, BACKBONES[model_params.backbone].last_block)
+    layers = unfreeze_last_block(model, model_params.backbone, params.layers)
+    logger.info("fine-tuning %d layers of %s", layers, model_params.backbone)
     compile_for_training(model, "adam", params.learning_rate, label_smoothing, "auto")
     size, batch = model_params.image_size, params.batch_size
     train_data = image_label_dataset(*train, n_classes, size, batch, True, seed)
@@ -149,8 +185,11 @@ def fine_tune(
         if on_epoch is not None:
             on_epoch(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
 
+    # patience = every epoch: never stops early, but ends on the best validation epoch's weights
+    keep_best = keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.epochs,
+                                              restore_best_weights=True)  # fmt: skip
     model.fit(train_data, validation_data=val_data, epochs=params.epochs, verbose=0, shuffle=False,
-              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
+              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record), keep_best])
     model.trainable = False  # the saved model is for inference
     return rows
 

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 INSTAGRAM_MAX_TAGS = 30  # Instagram refuses posts with more hashtags than this
 FORMAT_VERSION = 1
+# what statistics saved before the image rankers existed meant: the class mixture alone
+BEFORE_IMAGE_RANKERS = {"image_rankers": False, "max_image_tags": 1, "min_lift": 1.0,
+                        "low_lift_weight": 1.0, "blend_step": 1.0}  # fmt: skip
 SCORE_CHUNK = 64  # images scored at once: 64 x 20,000 tags is 10 MB of float64
 
 
@@ -38,6 +41,13 @@ def post_tags(post: Post) -> set[str]:
     tags.add(normalize_hashtag(post.label))
     tags.discard("")
     return tags
+
+
+def own_tags(post: Post) -> set[str]:
+    """The hashtags a post's author wrote (stored and in the caption): what a ranking must find."""
+    return ({normalize_hashtag(tag) for tag in post.hashtags} | set(hashtags_in(post.caption))) - {
+        ""
+    }
 
 
 @dataclass
@@ -125,8 +135,32 @@ class HashtagStats:
                 f"expected class probabilities of shape (N, {len(self.classes)}) for classes "
                 f"{self.classes}, got {probs.shape}: the model and hashtags.json do not match"
             )
-        raw = probs @ self.probability(params.smoothing).T * self._weights(params)
-        return np.where(self._eligible(params), raw, -np.inf)
+        return self.finish(self.mixture(probs, params), params)
+
+    def mixture(self, probabilities: np.ndarray, params: HashtagParams | None = None) -> np.ndarray:
+        """(N, T) class mixture sum_c P(c | image) P(tag | c), before any tag weighting."""
+        params = params or self.params
+        return np.asarray(probabilities, np.float64) @ self.probability(params.smoothing).T
+
+    def finish(self, raw: np.ndarray, params: HashtagParams | None = None,
+               multiplier: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Final (N, T) scores: raw scores times the tag weights; ineligible tags score -inf.
+
+        Args:
+            raw: any ranker's (N, T) scores.
+            params: hashtag params (generic weight, denylist, min_support).
+            multiplier: optional (T,) extra per-tag weight (the low-lift down-weighting).
+        """
+        params = params or self.params
+        weights = self._weights(params) if multiplier is None else \
+            self._weights(params) * multiplier  # fmt: skip
+        return np.where(self._eligible(params), np.asarray(raw, np.float64) * weights, -np.inf)
+
+    def rank_scores(self, final: np.ndarray, params: HashtagParams | None = None
+                    ) -> list[list[dict[str, Any]]]:  # fmt: skip
+        """Ranked items for each row of final scores (from `finish`), best first."""
+        params = params or self.params
+        return [self._top(np.asarray(row, np.float64), params) for row in final]
 
     def rank(
         self, probabilities: np.ndarray, params: HashtagParams | None = None
@@ -232,7 +266,7 @@ class HashtagStats:
             tags=[entry["tag"] for entry in data["tags"]],
             counts=counts,
             engagement=[entry.get("engagement") for entry in data["tags"]],
-            params=HashtagParams.model_validate(data["params"]),
+            params=HashtagParams.model_validate({**BEFORE_IMAGE_RANKERS, **data["params"]}),
         )
 
     def save(self, path: Path | str) -> Path:

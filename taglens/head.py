@@ -25,6 +25,7 @@ HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+
 @dataclass
 class HeadFit:
     """A fitted head, its per-epoch history and its score on the validation split."""
@@ -33,6 +34,7 @@ class HeadFit:
     history: list[dict[str, float]] = field(default_factory=list)
     val_loss: float = float("nan")
     val_accuracy: float = float("nan")
+    augmented: bool = False  # trained on the flip view too: predict with both views averaged
 
     def score(self) -> tuple[float, float]:
         """Sort key for picking the best fit: higher val accuracy, then lower val loss."""
@@ -55,19 +57,21 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
     return {c: (total / (present * n) if n else 0.0) for c, n in enumerate(counts.tolist())}
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    """A Keras optimizer by its params name."""
+def make_optimizer(
+    name: str, learning_rate: float, weight_decay: float = 0.0
+) -> keras.optimizers.Optimizer:
+    """A Keras optimizer by its params name, with decoupled weight decay when it is above 0."""
     import keras
 
     builders = {
         "adam": keras.optimizers.Adam,
         "adamw": keras.optimizers.AdamW,
-        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
+        "sgd": lambda **kw: keras.optimizers.SGD(momentum=0.9, **kw),
         "rmsprop": keras.optimizers.RMSprop,
     }
     if name not in builders:
         raise ValueError(f"train.optimizer must be one of {sorted(builders)}, got {name!r}")
-    return builders[name](learning_rate=learning_rate)
+    return builders[name](learning_rate=learning_rate, weight_decay=weight_decay or None)
 
 
 def feature_scale(vectors: np.ndarray) -> float:
@@ -82,24 +86,57 @@ def feature_scale(vectors: np.ndarray) -> float:
     return 1.0 / std if std > 0 else 1.0
 
 
-def build_head(
-    input_dim: int, n_classes: int, params: TrainParams, seed: int, input_scale: float = 1.0
-) -> keras.Model:
-    """Vectors (N, input_dim) -> global rescale -> optional dense+dropout -> softmax.
+def normalise_layers(kind: str, x_train: np.ndarray, name: str = "normalise") -> list:
+    """Keras layers that bring features to a common scale, fitted on the training vectors.
 
-    The rescale factor (`feature_scale` of the training vectors) lives in the model, so serving
-    scales exactly as training did.
+    `none` is one global factor (`feature_scale`); `l2` scales each row to unit length, then by
+    sqrt(D) so that features keep about unit size; `standardise` is per-feature mean and variance.
+    The layers live in the model, so serving normalises exactly as training did.
+    """
+    import keras
+
+    if kind == "none":
+        return [keras.layers.Rescaling(feature_scale(x_train), name="feature_scale")]
+    if kind == "l2":
+        return [keras.layers.UnitNormalization(name=f"{name}_l2"),
+                keras.layers.Rescaling(float(np.sqrt(x_train.shape[1])), name=f"{name}_scale")]
+    if kind == "standardise":
+        x = np.asarray(x_train, "float64")
+        return [keras.layers.Normalization(mean=x.mean(axis=0), variance=x.var(axis=0) + 1e-6,
+                                           name=f"{name}_standardise")]  # fmt: skip
+    raise ValueError(f"train.normalise must be none, l2 or standardise, got {kind!r}")
+
+
+def build_head(
+    input_dim: int, n_classes: int, params: TrainParams, seed: int,
+    x_train: np.ndarray | None = None,
+) -> keras.Model:
+    """Vectors (N, input_dim) -> normalisation -> optional dense+dropout -> softmax.
+
+    The normalisation (`params.normalise`, fitted on `x_train`) lives in the model, so serving
+    scales exactly as training did. `head: logreg` is multinomial logistic regression: no hidden
+    layer, no dropout, and scikit-learn's penalty ||w||^2 / (2 C n) on the softmax weights
+    (the same objective as its `LogisticRegression(C)` on n rows, with the mean loss).
     """
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_dim,), name="features")
-    x = keras.layers.Rescaling(input_scale, name="feature_scale")(inputs)
-    if params.hidden_units > 0:
-        x = keras.layers.Dense(params.hidden_units, activation="relu", name="hidden")(x)
-    if params.dropout > 0:
-        x = keras.layers.Dropout(params.dropout, seed=seed, name="dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    x = inputs
+    fitted_on = x_train if x_train is not None else np.full((1, input_dim), 1.0, "float32")
+    for layer in normalise_layers(params.normalise, fitted_on):
+        x = layer(x)
+    penalty = None
+    if params.head == "logreg":
+        rows = len(x_train) if x_train is not None else 1
+        penalty = keras.regularizers.L2(1.0 / (2.0 * params.logreg_c * rows))
+    else:
+        if params.hidden_units > 0:
+            x = keras.layers.Dense(params.hidden_units, activation="relu", name="hidden")(x)
+        if params.dropout > 0:
+            x = keras.layers.Dropout(params.dropout, seed=seed, name="dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=penalty,
+                                 name="probabilities")(x)  # fmt: skip
     return keras.Model(inputs, outputs, name="head")
 
 
@@ -109,6 +146,7 @@ def compile_for_training(
     learning_rate: float,
     label_smoothing: float,
     jit_compile: bool | str = False,
+    weight_decay: float = 0.0,
 ) -> None:
     """Compile with categorical cross-entropy (one-hot labels, so label smoothing applies).
 
@@ -118,7 +156,7 @@ def compile_for_training(
     import keras
 
     model.compile(
-        optimizer=make_optimizer(optimizer, learning_rate),
+        optimizer=make_optimizer(optimizer, learning_rate, weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
@@ -146,6 +184,26 @@ class _EpochLogger:
             self.on_epoch(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
 
 
+def _rows(x: np.ndarray, flip: np.ndarray | None, augment: bool) -> np.ndarray:
+    """Training rows: the vectors, plus their flip view when augmenting."""
+    return np.concatenate([x, flip]) if augment and flip is not None else x
+
+
+def predict_views(model: keras.Model, x: np.ndarray, flip: np.ndarray | None) -> np.ndarray:
+    """Class probabilities averaged over the image's views (x, and its flip view if given)."""
+    views = [x] if flip is None else [x, flip]
+    return np.mean([model.predict(np.asarray(v, "float32"), batch_size=1024, verbose=0)
+                    for v in views], axis=0)  # fmt: skip
+
+
+def score_views(model: keras.Model, x: np.ndarray, flip: np.ndarray | None, y: np.ndarray,
+                n_classes: int) -> tuple[float, float]:  # fmt: skip
+    """(cross-entropy, accuracy) of the probabilities averaged over the given views."""
+    probs = predict_views(model, x, flip)
+    picked = np.clip(probs[np.arange(len(y)), np.asarray(y, int)], 1e-7, 1.0)
+    return float(-np.mean(np.log(picked))), float(np.mean(probs.argmax(axis=1) == y))
+
+
 def fit_head(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -153,22 +211,25 @@ def fit_head(
     params: TrainParams,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    flips: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> HeadFit:
-    """Fit a head on (vectors, integer labels) with early stopping on validation loss.
+    """Fit a head (`params.head`: dense network or logistic regression) on cached vectors.
+
+    Training stops early on validation loss and keeps its best epoch's weights.
 
     Args:
         train: training vectors (N, D) and labels (N,).
-        val: validation vectors and labels; must not be empty (early stopping and sweeps use it).
+        val: validation vectors and labels; must not be empty (early stopping and search use it).
         n_classes: number of output classes.
-        params: the `train` params section (one setting of a sweep).
+        params: the `train` params section (one setting of a search or sweep).
         seed: seeds initialisation, dropout and shuffling.
         on_epoch: called with (epoch starting at 1, metrics) after every epoch.
+        flips: the flip view of the train and val vectors, if featurize made it; with
+            `params.augment` they are extra training rows and validation averages both views.
 
     Raises:
         ValueError: empty or mismatched inputs.
     """
-    import keras
-
     (x_train, y_train), (x_val, y_val) = train, val
     if len(x_train) == 0 or len(x_val) == 0:
         raise TaglensError(
@@ -177,8 +238,27 @@ def fit_head(
         )
     if x_train.shape[1] != x_val.shape[1]:
         raise ValueError(f"feature widths differ: {x_train.shape[1]} vs {x_val.shape[1]}")
-    model = build_head(x_train.shape[1], n_classes, params, seed, feature_scale(x_train))
-    compile_for_training(model, params.optimizer, params.learning_rate, params.label_smoothing)
+    augment = params.augment and flips[0] is not None and flips[1] is not None
+    rows = _rows(x_train, flips[0], augment)
+    labels = np.concatenate([y_train, y_train]) if augment else y_train
+    model, history = _fit_dense(rows, labels, (x_val, y_val), n_classes, params, seed, on_epoch)
+    val_loss, val_accuracy = score_views(model, x_val, flips[1] if augment else None, y_val,
+                                         n_classes)  # fmt: skip
+    logger.info("head fitted (%s, augment %s) for %d epochs: val_loss %.4f, val_accuracy %.4f",
+                params.head, augment, len(history), val_loss, val_accuracy)  # fmt: skip
+    return HeadFit(model, history, val_loss, val_accuracy, augment)
+
+
+def _fit_dense(
+    x_train, y_train, val, n_classes, params: TrainParams, seed: int, on_epoch: EpochCallback | None
+) -> tuple[keras.Model, list[dict[str, float]]]:
+    import keras
+
+    x_val, y_val = val
+    model = build_head(x_train.shape[1], n_classes, params, seed, x_train)
+    decay = params.weight_decay if params.head == "dense" else 0.0  # logreg has its own penalty
+    compile_for_training(model, params.optimizer, params.learning_rate, params.label_smoothing,
+                         weight_decay=decay)  # fmt: skip
     epoch_logger = _EpochLogger(on_epoch)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger)
@@ -191,11 +271,10 @@ def fit_head(
                 restore_best_weights=True,
             )
         )
-    y_val_hot = one_hot(y_val, n_classes)
     model.fit(
         np.asarray(x_train, "float32"),
         one_hot(y_train, n_classes),
-        validation_data=(np.asarray(x_val, "float32"), y_val_hot),
+        validation_data=(np.asarray(x_val, "float32"), one_hot(y_val, n_classes)),
         epochs=params.epochs,
         batch_size=params.batch_size,
         class_weight=class_weights(y_train, n_classes, params.class_weight),
@@ -203,14 +282,7 @@ def fit_head(
         shuffle=True,
         verbose=0,
     )
-    val_loss, val_accuracy = model.evaluate(
-        np.asarray(x_val, "float32"), y_val_hot, batch_size=1024, verbose=0
-    )
-    logger.info(
-        "head fitted for %d epochs: val_loss %.4f, val_accuracy %.4f",
-        len(epoch_logger.rows), val_loss, val_accuracy,
-    )
-    return HeadFit(model, epoch_logger.rows, float(val_loss), float(val_accuracy))
+    return model, epoch_logger.rows
 
 
 def fit_baseline(

@@ -131,6 +131,19 @@ def hashtag_metrics(
     }
 
 
+def ranking_metrics(
+    ranked: Sequence[Sequence[str]], truth: Sequence[set[str] | frozenset[str]], k: int,
+    top_k: int,
+) -> dict[str, float | int | None]:
+    """`hashtag_metrics` at k, plus `hashtag_recall_at_{top_k}` (the whole served list)."""
+    scores = hashtag_metrics(ranked, truth, k=k)
+    if top_k != k:
+        scores[f"hashtag_recall_at_{top_k}"] = hashtag_metrics(ranked, truth, k=top_k)[
+            f"hashtag_recall_at_{top_k}"
+        ]
+    return scores
+
+
 def split_fingerprint(sha256s: Sequence[str]) -> int:
     """A number that names a test split: the same images give the same number, in any order.
 

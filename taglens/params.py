@@ -98,6 +98,7 @@ class FeaturizeParams(_Section):
     batch_size: int = Field(ge=1, le=1024)
     jit_compile: bool
     shard_size: int = Field(ge=1)
+    views: tuple[Literal["flip", "colour"], ...]  # cheap extra views (taglens.views)
 
 
 class CleanParams(_Section):
@@ -127,6 +128,7 @@ class FineTuneParams(_Section):
     epochs: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(ge=1)
+    layers: int = Field(ge=0)  # 0: the backbone's last block; N: its last N layers with weights
 
 
 class SweepParams(_Section):
@@ -139,20 +141,44 @@ class SweepParams(_Section):
     dropout: tuple[float, ...] = ()
 
 
+Normalise = Literal["none", "l2", "standardise"]
+
+
+class SearchParams(_Section):
+    """The default search on validation: random draws from a logistic and a dense grid."""
+
+    enabled: bool
+    logreg_candidates: int = Field(ge=0)
+    dense_candidates: int = Field(ge=0)
+    logreg_c: tuple[Annotated[float, Field(gt=0)], ...]
+    normalise: tuple[Normalise, ...] = Field(min_length=1)
+    augment: tuple[bool, ...] = Field(min_length=1)
+    hidden_units: tuple[Annotated[int, Field(ge=0)], ...] = Field(min_length=1)
+    dropout: tuple[Annotated[float, Field(ge=0, lt=1)], ...] = Field(min_length=1)
+    learning_rate: tuple[Annotated[float, Field(gt=0, le=10)], ...] = Field(min_length=1)
+    weight_decay: tuple[Annotated[float, Field(ge=0, lt=1)], ...] = Field(min_length=1)
+
+
 class TrainParams(_Section):
     """The classification head and how it is fitted."""
 
+    head: Literal["dense", "logreg"]
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=65_536)
     learning_rate: float = Field(gt=0, le=10)
     optimizer: Literal["adam", "sgd", "rmsprop", "adamw"]
     hidden_units: int = Field(ge=0)
     dropout: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0, lt=1)
+    logreg_c: float = Field(gt=0)
+    normalise: Normalise
+    augment: bool
     label_smoothing: float = Field(ge=0, lt=1)
     class_weight: Literal["none", "balanced"]
     early_stopping_patience: int = Field(ge=0)
     baseline: bool
     fine_tune: FineTuneParams
+    search: SearchParams
     sweep: SweepParams
 
 
@@ -172,6 +198,11 @@ class HashtagParams(_Section):
     denylist: tuple[str, ...]
     generic: tuple[str, ...]
     generic_weight: float = Field(ge=0, le=1)
+    image_rankers: bool
+    max_image_tags: int = Field(ge=1)
+    min_lift: float = Field(ge=1)
+    low_lift_weight: float = Field(ge=0, le=1)
+    blend_step: float = Field(gt=0, le=1)
 
 
 class RegisterParams(_Section):

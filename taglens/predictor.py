@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from taglens.blend import ImageRankers
 from taglens.errors import TaglensError
 from taglens.hashtags import HashtagStats
 from taglens.params import HashtagParams
@@ -20,7 +21,9 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
 INFO_FILE = "model_info.json"
 HASHTAGS_FILE = "hashtags.json"
+RANKERS_FILE = "image_rankers.npz"  # optional: without it, the class mixture ranks alone
 MODEL_FILES = (MODEL_FILE, INFO_FILE, HASHTAGS_FILE)
+OPTIONAL_FILES = (RANKERS_FILE,)
 CHUNK = 32  # images per forward pass: bounds memory for large inputs
 
 
@@ -35,6 +38,7 @@ class HashtagPredictor:
         stats: hashtag statistics fitted on the training posts.
         params: the hashtag params used for ranking (the ones stored at train time by default).
         info: the whole model_info.json.
+        rankers: the image rankers and blend weights, when train fitted them.
     """
 
     model: Any
@@ -43,6 +47,7 @@ class HashtagPredictor:
     stats: HashtagStats
     params: HashtagParams
     info: dict[str, Any]
+    rankers: ImageRankers | None = None
 
     @classmethod
     def from_dir(
@@ -80,12 +85,17 @@ class HashtagPredictor:
         import keras
 
         from taglens.backbones import preprocess_layer
+        from taglens.views import register_view_layers
 
         preprocess_layer("none")  # defines and registers the Preprocess class the model names
+        register_view_layers()  # and the view layers (mirror image, colour histogram)
         model = keras.saving.load_model(models_dir / MODEL_FILE, compile=False)
         logger.info(
             "loaded %s (%d classes, %d px)", models_dir, len(info["classes"]), info["image_size"]
         )
+        rankers = None
+        if (models_dir / RANKERS_FILE).is_file():
+            rankers = ImageRankers.load(models_dir / RANKERS_FILE)
         return cls(
             model=model,
             classes=list(info["classes"]),
@@ -93,10 +103,22 @@ class HashtagPredictor:
             stats=stats,
             params=params or stats.params,
             info=info,
+            rankers=rankers,
         )
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Return (N, C) class probabilities for float32 pixels (N, S, S, 3) in 0..255.
+
+        Raises:
+            ValueError: the batch does not have the model's shape.
+        """
+        return self.outputs(batch)["probabilities"]
+
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model for a pixel batch, as arrays.
+
+        `probabilities` (N, C) always; `features` and `colour` (what the image rankers read) when
+        the model has them.
 
         Raises:
             ValueError: the batch does not have the model's shape.
@@ -109,12 +131,35 @@ class HashtagPredictor:
                 f"{pixels.shape}; decode images with taglens.images.decode_and_resize"
             )
         if len(pixels) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        parts = [
-            np.asarray(self.model(pixels[start : start + CHUNK], training=False))
-            for start in range(0, len(pixels), CHUNK)
-        ]
-        return np.concatenate(parts).astype(np.float32)
+            return {"probabilities": np.zeros((0, len(self.classes)), dtype=np.float32)}
+        parts = [_as_outputs(self.model(pixels[start : start + CHUNK], training=False))
+                 for start in range(0, len(pixels), CHUNK)]  # fmt: skip
+        return {key: np.concatenate([part[key] for part in parts]).astype(np.float32)
+                for key in parts[0]}  # fmt: skip
+
+    def rank(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
+        """Ranked hashtags per image from `outputs`: the chosen blend, or the class mixture.
+
+        Each item also says `why`: `class` when the class mixture gives the largest share of
+        its score, else `image`.
+        """
+        probs = outputs["probabilities"]
+        if not len(probs):
+            return []
+        if self.rankers is None:
+            return self.stats.rank_batch(probs, self.params)
+        scores = self.rankers.ranker_scores(self.stats.mixture(probs, self.params),
+                                            outputs.get("features"), outputs.get("colour"))
+        blended = self.rankers.blend(scores)
+        final = self.stats.finish(blended, self.params, self.rankers.tag_multiplier)
+        from_class = self.rankers.weights.get("class_mixture", 0.0) * scores["class_mixture"]
+        ranked = self.stats.rank_scores(final, self.params)
+        position = {tag: i for i, tag in enumerate(self.stats.tags)}
+        for row, items in enumerate(ranked):
+            for item in items:
+                i = position[item["tag"]]
+                item["why"] = "class" if from_class[row, i] >= blended[row, i] / 2 else "image"
+        return ranked
 
     def predict_pixels(self, batch: np.ndarray) -> list[dict[str, Any]]:
         """Predict for a pixel batch; one dict per image.
@@ -122,8 +167,9 @@ class HashtagPredictor:
         Each dict is `{"top_class", "top_probability", "probabilities": {class: p},
         "hashtags": [{"tag", "score", "posts", "engagement"}, ...]}`.
         """
-        probs = self.probabilities(batch)
-        rankings = self.stats.rank_batch(probs, self.params) if len(probs) else []
+        outputs = self.outputs(batch)
+        probs = outputs["probabilities"]
+        rankings = self.rank(outputs)
         results = []
         for row, hashtags in zip(probs, rankings, strict=True):
             top = int(np.argmax(row))
@@ -184,3 +230,10 @@ class HashtagPredictor:
             ValueError: a file is not an image.
         """
         return self.predict_bytes([Path(path).read_bytes() for path in paths])
+
+
+def _as_outputs(result: Any) -> dict[str, np.ndarray]:
+    """A model's result as a dict of arrays (a single-output model gives probabilities)."""
+    if isinstance(result, dict):
+        return {key: np.asarray(value) for key, value in result.items()}
+    return {"probabilities": np.asarray(result)}

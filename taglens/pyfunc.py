@@ -27,7 +27,7 @@ import numpy as np
 
 from taglens.errors import TaglensError
 from taglens.params import IngestParams
-from taglens.predictor import MODEL_FILES, HashtagPredictor
+from taglens.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
 from taglens.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,9 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
             shutil.copy2(models_dir / file, staged / file)
         if ingest is not None:
             (staged / INGEST_FILE).write_text(ingest.model_dump_json(), encoding="utf-8")
+        for file in OPTIONAL_FILES:
+            if (models_dir / file).is_file():
+                shutil.copy2(models_dir / file, staged / file)
         example = pd.DataFrame(
             {INPUT_COLUMN: [base64.b64encode(example_image(int(info["image_size"]))).decode()]}
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taglens.head import HeadFit
-from taglens.params import ParamsError, SweepParams, TrainParams
+from taglens.params import ParamsError, SearchParams, SweepParams, TrainParams
 from taglens.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,36 @@ def grid(sweep: SweepParams, extra: Mapping[str, Sequence[Any]] | None = None) -
         return []
     keys = list(swept)
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*swept.values())]
+
+
+def default_search(search: SearchParams, seed: int) -> list[dict[str, Any]]:
+    """The settings the default search tries: random draws (seeded) from two grids.
+
+    Random search covers a grid's important axes with far fewer fits than the full product
+    (Bergstra and Bengio, 2012). Logistic regression draws from `logreg_c` x `normalise` x
+    `augment`; the dense head from `hidden_units` x `dropout` x `learning_rate` x
+    `weight_decay` x `normalise` x `augment`.
+
+    Returns:
+        Up to `logreg_candidates` logistic and `dense_candidates` dense settings, logistic first.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    logreg = [{"head": "logreg", "logreg_c": c, "normalise": norm, "augment": aug}
+              for c, norm, aug in itertools.product(search.logreg_c, search.normalise,
+                                                    search.augment)]  # fmt: skip
+    dense = [{"head": "dense", "hidden_units": units, "dropout": drop, "learning_rate": lr,
+              "weight_decay": decay, "normalise": norm, "augment": aug}
+             for units, drop, lr, decay, norm, aug in itertools.product(
+                 search.hidden_units, search.dropout, search.learning_rate, search.weight_decay,
+                 search.normalise, search.augment)]  # fmt: skip
+
+    def draw(settings: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+        picks = rng.permutation(len(settings))[: min(count, len(settings))]
+        return [settings[i] for i in sorted(picks)]
+
+    return draw(logreg, search.logreg_candidates) + draw(dense, search.dense_candidates)
 
 
 def apply_setting(train: TrainParams, setting: Mapping[str, Any]) -> TrainParams:

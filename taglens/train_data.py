@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,10 @@ import pandas as pd
 from taglens.backbones import weights_identity
 from taglens.dvc_lock import out_hashes
 from taglens.errors import TaglensError
+from taglens.features import view_array
 from taglens.params import ModelParams
 from taglens.split import MANIFEST_COLUMNS
+from taglens.views import VIEWS
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class Split:
     rows: pd.DataFrame
     vectors: np.ndarray
     labels: np.ndarray
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # taglens.views name -> vectors
 
 
 def manifest_classes(path: Path) -> tuple[str, ...]:
@@ -102,6 +105,8 @@ def load_splits(
     with np.load(path, allow_pickle=False) as npz:
         shas = [str(s) for s in npz["sha256"]]
         vectors = np.asarray(npz["vectors"], dtype="float32")
+        views = {view: np.asarray(npz[view_array(view)], dtype="float32") for view in VIEWS
+                 if view_array(view) in npz.files}  # fmt: skip
     row_of = {sha: i for i, sha in enumerate(shas)}
     missing = [sha for sha in manifest["sha256"] if sha not in row_of]
     if missing:
@@ -116,10 +121,15 @@ def load_splits(
         picks = np.array([row_of[sha] for sha in rows["sha256"]], dtype=int)
         splits[name] = Split(
             rows=rows,
-            vectors=vectors[picks] if len(picks) else np.zeros((0, vectors.shape[1]), "float32"),
+            vectors=_take(vectors, picks),
             labels=np.array([index[label] for label in rows["label"]], dtype=int),
+            views={view: _take(array, picks) for view, array in views.items()},
         )
     return splits
+
+
+def _take(array: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    return array[picks] if len(picks) else np.zeros((0, array.shape[1]), "float32")
 
 
 def data_lineage(root: Path, paths: dict[str, Path]) -> dict[str, str]:

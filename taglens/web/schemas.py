@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,6 +23,9 @@ class Hashtag(BaseModel):
     score: float = Field(description="ranking score; higher is better")
     posts: int | None = Field(default=None, description="training posts that carried the tag")
     engagement: float | None = Field(default=None, description="mean engagement of those posts")
+    why: Literal["class", "image"] | None = Field(
+        default=None, description="class: suggested mostly for the predicted class; image: for "
+        "what this photo shows (its neighbours, colours or features)")
 
     @field_validator("score", "engagement", mode="before")
     @classmethod

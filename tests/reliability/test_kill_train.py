@@ -24,15 +24,17 @@ SEEDS = (1, 5)
 # Log lines that mark the phases of a train run: before the fit, after it (saving the model),
 # after model.keras (writing the rest), and inside the MLflow model logging.
 PHASES = ("MLflow tracking at", "head fitted", "hashtag statistics", "Validating input example")
-MODEL_FILES = ("hashtags.json", "model.keras", "model_info.json")
+MODEL_FILES = ("hashtags.json", "image_rankers.npz", "model.keras", "model_info.json")
 
 
 def _load_model(models):
     import keras
 
     from taglens.backbones import preprocess_layer
+    from taglens.views import register_view_layers
 
-    preprocess_layer("none")  # registers the custom preprocessing layer the file names
+    preprocess_layer("none")  # registers the custom layers the file names
+    register_view_layers()
     return keras.saving.load_model(models / "model.keras", compile=False)
 
 
@@ -61,7 +63,7 @@ def test_killed_train_reruns_to_a_complete_model(pipeline, tmp_path, monkeypatch
     present = _visible(models) if models.exists() else []
     assert set(present) <= set(MODEL_FILES), f"partial files after the kill: {present}"
     if "model.keras" in present:
-        assert _load_model(models).output_shape[-1] == 10
+        assert _load_model(models).output["probabilities"].shape[-1] == 10
     for name in ("model_info.json", "hashtags.json"):
         if name in present:
             json.loads((models / name).read_text())
@@ -69,7 +71,7 @@ def test_killed_train_reruns_to_a_complete_model(pipeline, tmp_path, monkeypatch
     # When train runs again
     ok(run_stage(repo, "train"))
 
-    # Then models/ holds exactly the three files, valid and shaped like the uninterrupted run's
+    # Then models/ holds exactly the four files, valid and shaped like the uninterrupted run's
     assert _visible(models) == list(MODEL_FILES)
     info = json.loads((models / "model_info.json").read_text())
     ref_info = json.loads((pipeline / "models" / "model_info.json").read_text())

@@ -43,8 +43,17 @@ def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
     assert np.isfinite(vectors).all() and len({v.tobytes() for v in vectors}) == 9
     meta = json.loads((out / META_FILE).read_text())
     assert meta == {"backbone": "vgg19", "image_size": 32, "weights_identity": "random-seed42",
-                    "dim": 512, "count": 9, "store": "vgg19-32px-random-seed42"}  # fmt: skip
+                    "dim": 512, "count": 9, "store": "vgg19-32px-random-seed42",
+                    "views": ["flip", "colour"]}  # fmt: skip
     assert (report["computed"], report["cached"]) == (9, 0)
+    # the views, in posts order, each in its own store: the mirror image's vector and colours
+    with np.load(out / "features.npz") as npz:
+        flip, colour = npz["flip_vectors"], npz["colour_vectors"]
+    assert flip.shape == (9, 512) and colour.shape == (9, 128)
+    np.testing.assert_allclose(colour.sum(axis=1), 2.0, rtol=1e-5)
+    assert {p.name for p in (out / "store").iterdir()} == {
+        "vgg19-32px-random-seed42", "vgg19-32px-random-seed42-flip",
+        "vgg19-32px-random-seed42-colour"}
 
 
 @pytest.mark.slow
@@ -81,9 +90,8 @@ def test_a_new_image_size_recomputes_into_its_own_store(tiny_params, raw, tmp_pa
     bigger = tiny_params.model.model_copy(update={"image_size": 48})
     report = run(tiny_params, raw, out, model=bigger)
     assert (report["computed"], report["cached"]) == (9, 0)
-    assert sorted(p.name for p in (out / "store").iterdir()) == [
-        "vgg19-32px-random-seed42", "vgg19-48px-random-seed42"
-    ]  # fmt: skip
+    assert sorted(p.name for p in (out / "store").iterdir() if not p.name.endswith(
+        ("-flip", "-colour"))) == ["vgg19-32px-random-seed42", "vgg19-48px-random-seed42"]
     assert json.loads((out / META_FILE).read_text())["image_size"] == 48
 
 

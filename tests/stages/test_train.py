@@ -182,3 +182,43 @@ def _fixture_params():
     from tests.conftest import FIXTURES
 
     return FIXTURES / "params.yaml"
+
+
+@pytest.mark.slow
+def test_default_search_picks_on_validation_and_the_served_model_blends_image_rankers(inputs):
+    # Given the default search turned on, one logistic and one dense setting
+    params, paths = inputs
+    search = params.train.search.model_copy(update={"enabled": True, "logreg_candidates": 1,
+                                                    "dense_candidates": 1})  # fmt: skip
+    params = params.model_copy(update={"train": params.train.model_copy(update={
+        "search": search, "epochs": 5})})
+    summary = _run(params, paths)
+
+    # Then each setting is a child run and the parent names the best one
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'", output_format="list"
+    )
+    assert sorted(c.data.params["train.head"] for c in children) == ["dense", "logreg"]
+    parent = mlflow.get_run(summary["run_id"])
+    assert parent.data.tags["search_space"] == "default"
+    best = next(c for c in children if c.info.run_id == parent.data.tags["best_child_run_id"])
+    assert best.data.metrics["best_val_accuracy"] == max(
+        c.data.metrics["best_val_accuracy"] for c in children)
+    info = json.loads((paths["out"] / "model_info.json").read_text())
+    assert info["params"]["train.head"] == best.data.params["train.head"]
+
+    # And the image rankers and their blend weights are saved, logged and served
+    blend = summary["hashtags_val"]["blend_weights"]
+    assert sum(blend.values()) == pytest.approx(1.0)
+    assert set(summary["hashtags_val"]["rankers"]) >= {"class_mixture", "tag_model",
+                                                       "colour_tags", "neighbours", "blend"}
+    assert parent.data.metrics["val_hashtag_blend_precision_at_1"] >= \
+        parent.data.metrics["val_hashtag_class_mixture_precision_at_1"]  # fmt: skip
+    predictor = HashtagPredictor.from_dir(paths["out"])
+    assert predictor.rankers is not None and predictor.rankers.weights == pytest.approx(
+        {**{"tag_model": 0.0, "colour_tags": 0.0, "neighbours": 0.0}, **blend})
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    outputs = predictor.outputs(images)
+    assert outputs["features"].shape == (2, 512) and outputs["colour"].shape == (2, 128)
+    result = predictor.predict_pixels(images)
+    assert all(item["why"] in ("class", "image") for item in result[0]["hashtags"])

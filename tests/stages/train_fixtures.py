@@ -16,6 +16,7 @@ from taglens.features import write_features
 from taglens.images import image_dataset
 from taglens.params import Params
 from taglens.posts import Post, write_posts
+from taglens.views import build_view_extractor
 
 CLASSES = ("animals", "food", "sports")
 EXTRA_TAGS = {"animals": ("dog", "cute"), "food": ("pizza", "yum"), "sports": ("run", "gym")}
@@ -45,7 +46,8 @@ def _split_of(position: int, count: int) -> str:
 
 
 def write_inputs(root: Path, params: Params, per_class: int = 10,
-                 sources: dict[str, list[Path]] | None = None) -> dict[str, Path]:
+                 sources: dict[str, list[Path]] | None = None,
+                 captions: dict[Path, str] | None = None) -> dict[str, Path]:
     """Write data/raw (images + posts.jsonl), data/features and data/clean/manifest.csv.
 
     Args:
@@ -53,6 +55,7 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
         params: decides classes, backbone, image size and seed.
         per_class: synthetic images per class (ignored for classes given in `sources`).
         sources: optional real image files per class, copied in place of synthetic ones.
+        captions: optional caption per source file (its hashtags replace the made-up ones).
     """
     raw, features, clean = root / "data/raw", root / "data/features", root / "data/clean"
     (raw / "images").mkdir(parents=True)
@@ -65,20 +68,25 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
             sha = hashlib.sha256(data).hexdigest()
             (raw / "images" / f"{sha}.jpg").write_bytes(data)
             tags = (label, *EXTRA_TAGS.get(label, ("photo",)))
+            caption = " ".join(f"#{t}" for t in tags)
+            if captions is not None and files:
+                caption, tags = captions[files[n]], ()
             posts.append(Post(id=f"{label}-{n}", label=label, image=f"images/{sha}.jpg",
                               sha256=sha, width=48, height=48, hashtags=tags,
-                              caption=" ".join(f"#{t}" for t in tags), likes=10 + n,
-                              source="demo"))  # fmt: skip
+                              caption=caption, likes=10 + n, source="demo"))  # fmt: skip
             rows.append({"id": f"{label}-{n}", "sha256": sha, "image": f"images/{sha}.jpg",
                          "label": label, "split": _split_of(n, len(blobs)), "distance": 1.0})
     write_posts(raw / "posts.jsonl", posts)
     extractor = build_feature_extractor(params.model, params.base.seed)
     dataset = image_dataset([raw / p.image for p in posts], params.model.image_size, 64)
     vectors = extractor.predict(dataset, verbose=0)
+    views = {view: build_view_extractor(params.model, params.base.seed, view).predict(
+        image_dataset([raw / p.image for p in posts], params.model.image_size, 64), verbose=0)
+        for view in params.featurize.views}  # fmt: skip
     meta = {"backbone": params.model.backbone, "image_size": params.model.image_size,
             "weights_identity": weights_identity(params.model, params.base.seed),
             "dim": int(vectors.shape[1]), "count": len(posts)}  # fmt: skip
-    write_features(features, [p.sha256 for p in posts], vectors.astype("float32"), meta)
+    write_features(features, [p.sha256 for p in posts], vectors.astype("float32"), meta, views)
     clean.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(clean / "manifest.csv", index=False)
     return {"raw": raw, "features": features, "clean": clean,

@@ -24,7 +24,9 @@ TABLE = [
 
 def params(**changes) -> HashtagParams:
     base = {"top_k": 10, "min_support": 2, "smoothing": 1.0, "denylist": ("f4f",),
-            "generic": ("instagood",), "generic_weight": 0.3}  # fmt: skip
+            "generic": ("instagood",), "generic_weight": 0.3, "image_rankers": False,
+            "max_image_tags": 50, "min_lift": 1.2, "low_lift_weight": 0.5,
+            "blend_step": 0.1}  # fmt: skip
     return HashtagParams(**{**base, **changes})
 
 

@@ -112,3 +112,47 @@ def test_baseline_separates_clusters_and_one_hot_is_exact():
     x, y = _clusters(20)
     assert fit_baseline(x, y, seed=0, class_weight="balanced").score(x, y) == 1.0
     np.testing.assert_array_equal(one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["vgg19", "vgg16", "mobilenet", "mobilenet_v2", "resnet50",
+                                      "efficientnet_b0"])  # fmt: skip
+def test_every_backbone_can_unfreeze_its_last_block_or_last_layers(backbone):
+    from taglens.backbones import build_feature_extractor
+    from taglens.full_model import assemble, unfreeze_last_block
+    from taglens.params import ModelParams
+
+    extractor = build_feature_extractor(ModelParams(backbone=backbone, image_size=32,
+                                                    weights=None), seed=0)  # fmt: skip
+    head = build_head(int(extractor.output_shape[-1]), 3, _train_params(), seed=0)
+    model = assemble(extractor, head)
+    assert unfreeze_last_block(model, backbone) >= 1
+    assert unfreeze_last_block(model, backbone, layers=3) == 3
+    backbone_model = [layer for layer in extractor.layers if layer.weights][-1]
+    trainable = [layer for layer in backbone_model.layers if layer.trainable and layer.weights]
+    assert len(trainable) == 3 and trainable[-1] is [
+        layer for layer in backbone_model.layers if layer.weights][-1]
+
+
+def test_logreg_head_is_linear_with_sklearns_penalty_and_learns():
+    x, y = _clusters(40)
+    xv, yv = _clusters(20, seed=1)
+    params = _train_params(head="logreg", logreg_c=0.5, epochs=60, normalise="standardise",
+                           hidden_units=64, dropout=0.5)  # fmt: skip
+    fit = fit_head((x, y), (xv, yv), 3, params, seed=0)
+    dense = [layer for layer in fit.model.layers if layer.weights and "probabilities" in layer.name]
+    names = [layer.name for layer in fit.model.layers]
+    assert names == ["features", "normalise_standardise", "probabilities"]  # no hidden layer
+    assert float(dense[0].kernel_regularizer.l2) == pytest.approx(1 / (2 * 0.5 * len(x)))
+    assert fit.val_accuracy > 0.95
+
+
+@pytest.mark.parametrize("normalise", ["none", "l2", "standardise"])
+def test_augmented_head_trains_on_both_views_and_scores_their_average(normalise):
+    x, y = _clusters(30)
+    xv, yv = _clusters(10, seed=1)
+    params = _train_params(normalise=normalise, augment=True, epochs=20)
+    fit = fit_head((x, y), (xv, yv), 3, params, seed=0, flips=(x + 0.1, xv + 0.1))
+    assert fit.augmented and fit.val_accuracy > 0.95
+    without = fit_head((x, y), (xv, yv), 3, params, seed=0)  # no flip view: no augmentation
+    assert not without.augmented

@@ -77,3 +77,24 @@ def test_each_setting_gets_a_child_run_and_the_best_is_picked(train_params):
     assert child.data.metrics["best_val_accuracy"] == 0.6
     history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2]
+
+
+def test_default_search_draws_both_families_reproducibly(train_params):
+    from taglens.sweep import default_search
+
+    search = train_params.search.model_copy(update={"logreg_candidates": 3,
+                                                    "dense_candidates": 4})  # fmt: skip
+    settings = default_search(search, seed=1)
+    assert [s["head"] for s in settings] == ["logreg"] * 3 + ["dense"] * 4
+    assert settings == default_search(search, seed=1)
+    for setting in settings:
+        params = apply_setting(train_params, setting)
+        assert params.normalise in search.normalise and params.augment in search.augment
+        if setting["head"] == "logreg":
+            assert params.logreg_c in search.logreg_c
+        else:
+            assert params.hidden_units in search.hidden_units
+            assert params.weight_decay in search.weight_decay
+    everything = search.model_copy(update={"logreg_candidates": 1000, "dense_candidates": 0})
+    assert len(default_search(everything, seed=0)) == (
+        len(search.logreg_c) * len(search.normalise) * len(search.augment))

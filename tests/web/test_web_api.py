@@ -94,7 +94,9 @@ def test_valid_upload_is_normalized_before_the_model(client, stub):
     assert response.status_code == 200
     body = response.json()
     assert body["top_class"] == "dogs" and body["top_probability"] == pytest.approx(0.75)
-    assert body["hashtags"][1] == {"tag": "puppy", "score": 0.4, "posts": 2, "engagement": None}
+    assert body["hashtags"][1] == {"tag": "puppy", "score": 0.4, "posts": 2, "engagement": None,
+                                   "why": None}  # the stub model says nothing of why
+    assert body["hashtags"][0]["why"] == "class"
     assert stub.calls == [1]
 
 

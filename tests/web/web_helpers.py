@@ -65,7 +65,7 @@ class RecordingPredictor:
                 "top_probability": np.float32(0.75),
                 "probabilities": {"cats": np.float32(0.25), "dogs": np.float32(0.75)},
                 "hashtags": [
-                    {"tag": "dogs", "score": 0.7, "posts": 3, "engagement": 1.2},
+                    {"tag": "dogs", "score": 0.7, "posts": 3, "engagement": 1.2, "why": "class"},
                     {"tag": "puppy", "score": 0.4, "posts": 2, "engagement": None},
                 ],
             }

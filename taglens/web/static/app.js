@@ -87,7 +87,9 @@ function render(result) {
     ...result.hashtags.map((h, i) => {
       const item = row(`#${tags[i]}`, h.score, h.score / best, "tag");
       item.dataset.tag = tags[i];
-      item.title = `${h.posts ?? "?"} training posts`;
+      const reason = h.why === "image" ? "; suggested for this photo" :
+        h.why === "class" ? "; suggested for its class" : "";
+      item.title = `${h.posts ?? "?"} training posts${reason}`;
       return item;
     }),
   );
