@@ -47,17 +47,17 @@ def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef
     return pinned, ModelRef(name=name, version=version)
 
 
-def load_model(uri: str) -> HashtagPredictor:
+def load_model(uri: str, engine: str = "tensorflow") -> HashtagPredictor:
     """Load a pinned URI from `resolve_model` (a models/ directory or an MLflow model URI).
 
-    The model is wrapped to run as a traced graph, as batch scoring wants.
+    The model is wrapped to run on `engine` (`featurize.engine`), as batch scoring wants.
     """
     local = Path(uri)
     if local.is_dir() and (local / "model.keras").is_file():
-        return graph_predictor(HashtagPredictor.from_dir(local))
+        return graph_predictor(HashtagPredictor.from_dir(local), engine)
     from taglens.pyfunc import load_predictor
 
-    return graph_predictor(load_predictor(uri))
+    return graph_predictor(load_predictor(uri), engine)
 
 
 def run(
@@ -71,7 +71,7 @@ def run(
     """Score every image of `input` into `output`, skipping those already scored there."""
     paths = list_inputs(input)
     uri, model = resolve_model(model_uri, params.register.model_name)
-    predictor = load_model(uri)
+    predictor = load_model(uri, params.featurize.engine)
     logger.info("scoring %d images with %s version %s", len(paths), model.name, model.version)
     return predict_to_file(paths, Path(output), predictor, model,
                            batch_size=params.predict.batch_size, progress=progress)  # fmt: skip

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from taglens.cli import run_main, setup_logging
+from taglens.engines import on_engine
 from taglens.params import Params, load_params
 from taglens.web.app import ModelLabel, Predictor, create_app
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_loopback(host):
             logger.warning("binding %s: the page is reachable from other machines", host)
         predictor, label = load_model(params, args.model_uri)
+        predictor = on_engine(predictor, params.featurize.engine)  # as featurize runs the backbone
         app = create_app(
             predictor,
             label,

@@ -24,11 +24,15 @@ def _photos(folder, count=5):
 
 
 @pytest.mark.slow
-def test_rows_match_the_predictor_on_the_same_pixels(tmp_path, tiny_params, tiny_models_dir):
+@pytest.mark.parametrize("engine", ["tensorflow", "openvino"])
+def test_rows_match_the_predictor_on_the_same_pixels(engine, tmp_path, tiny_params,
+                                                      tiny_models_dir):  # fmt: skip
     paths = _photos(tmp_path / "photos")
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out.jsonl"
-    report = predict.run(tiny_params, input=str(tmp_path / "photos"), output=out,
+    on_engine = tiny_params.featurize.model_copy(update={"engine": engine})
+    params = tiny_params.model_copy(update={"featurize": on_engine})
+    report = predict.run(params, input=str(tmp_path / "photos"), output=out,
                          model_uri=str(tiny_models_dir), progress=False)
     rows = list(read_rows(out))
     assert (report.scored, report.errors, len(rows)) == (5, 1, 6)
