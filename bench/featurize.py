@@ -1,76 +1,32 @@
-"""Featurize benchmark: how close the batched forward pass gets to this machine's FLOP bound.
+"""Featurize benchmark: taglens's featurize against the engines a user would otherwise pick.
 
-Measured in one run: the float32 matmul peak (GFLOP/s), each backbone's FLOPs per image counted
-from its layers, hence the best possible images/s, the achieved images/s of
-`taglens.features.featurize_paths` on real photos, and decode-only throughput.
+One process, one network (VGG-19 without its top, 224 px, random weights drawn from one seed),
+the same flowers photos through the same tf.data decode pipeline, batch 16:
+- taglens's featurize (`taglens.features.featurize_paths`) with each `featurize.engine`;
+- a plain loop over the decoded batches with each engine as its documentation shows it: a
+  `tf.function` (as featurize ran before engines existed), OpenVINO converted from the Keras
+  model and compiled with `PERFORMANCE_HINT: LATENCY` in float32, and ONNX Runtime on the
+  tf2onnx conversion.
+Every contender runs once per round, rounds repeat interleaved (the machine is shared, so all
+see the same load), and each keeps its best round. A round's rate is steady state: the first
+batch (tracing, compiling) is left out; conversion and compile times are reported apart.
 
-    python -m bench.featurize --images 160 --out bench/results [--onednn on|off]
+    python -m bench.featurize --images 48 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers"
-MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v1_1.0_imagenet_no_top.weights.h5"
-
-
-def layer_flops(model) -> int:
-    """FLOPs (2 x multiply-adds) of one image through conv, depthwise-conv and dense layers.
-
-    Pooling, batch norm and activations are elementwise and add well under 1% for these nets.
-    """
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:  # a nested backbone model
-            total += layer_flops(layer)
-            continue
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kh, kw, cin, mult = layer.kernel.shape
-            _, h, w, _ = layer.output.shape
-            total += 2 * h * w * kh * kw * cin * mult
-        elif isinstance(layer, keras.layers.Conv2D):
-            kh, kw, cin, cout = layer.kernel.shape
-            _, h, w, _ = layer.output.shape
-            total += 2 * h * w * kh * kw * (cin // layer.groups) * cout
-        elif isinstance(layer, keras.layers.Dense):
-            cin, cout = layer.kernel.shape
-            total += 2 * cin * cout
-    return int(total)
-
-
-def matmul_peak(seconds: float = 4.0) -> dict[str, float]:
-    """Best float32 matmul rate over a few square sizes: GFLOP per wall second and per CPU second.
-
-    The CPU-second rate (this process's user+system time over all its threads) hardly depends on
-    what else runs on the machine, so efficiency ratios built on it survive a shared CPU.
-    """
-    import tensorflow as tf
-
-    best = {"wall": 0.0, "cpu": 0.0}
-    for n in (1024, 2048, 3072):
-        a = tf.random.uniform((n, n), dtype=tf.float32)
-        b = tf.random.uniform((n, n), dtype=tf.float32)
-        matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-        matmul(a, b).numpy()  # trace and warm up
-        reps, start, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - start < seconds / 3:
-            matmul(a, b).numpy()
-            reps += 1
-        gflop = 2 * n**3 * reps / 1e9
-        best["wall"] = max(best["wall"], gflop / (time.perf_counter() - start))
-        best["cpu"] = max(best["cpu"], gflop / (time.process_time() - cpu))
-    return best
 
 
 def sample_photos(count: int) -> list[Path]:
@@ -82,165 +38,206 @@ def sample_photos(count: int) -> list[Path]:
     return photos[::step][:count]
 
 
-def decode_rate(paths: list[Path], size: int, batch: int) -> dict[str, float]:
-    """Images per wall second and per CPU second of the tf.data read + decode + resize alone."""
-    from taglens.images import image_dataset
-
-    for _ in image_dataset(paths[:batch], size, batch):  # warm up the pipeline once
-        pass
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in image_dataset(paths, size, batch):
-        pass
-    return {
-        "wall": len(paths) / (time.perf_counter() - start),
-        "cpu": len(paths) / (time.process_time() - cpu),
-    }
+def steady_rate(batch: int, stamps: list[float]) -> float:
+    """Images per second between the first and the last batch (the first batch left out)."""
+    if len(stamps) < 2:
+        return 0.0
+    return batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def featurize_rate(paths, extractor, size: int, batch: int, jit: bool, gflop: float) -> dict:
-    """Achieved rate of featurize_paths, paired batch by batch with the matmul peak.
-
-    The CPU is shared with other jobs whose load changes by the second. So after every batch a
-    burst of 2048x2048 matmuls (about a quarter of the batch's FLOPs) runs, and each batch is
-    compared with the burst right after it: both saw the same load. The first batch (tracing,
-    XLA compilation) and a short last batch are left out.
-    """
+def plain_tensorflow(model) -> Callable:
+    """A `tf.function` of the Keras model, as featurize ran it before it had engines."""
     import tensorflow as tf
 
+    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    return lambda images: forward(images).numpy()
+
+
+def plain_openvino(model) -> Callable:
+    """OpenVINO as its guide shows it: convert the model, compile for the CPU (latency hint).
+
+    Float32 is asked for: on CPUs with bfloat16 OpenVINO defaults to it, and the vectors then
+    differ from TensorFlow's by about 1e-2 (see `bf16_relative_difference` in the results).
+    """
+    import openvino as ov
+
+    from taglens.engines import _no_usage_reports, _traced
+
+    _no_usage_reports()
+    converted = ov.convert_model(_traced(model).get_concrete_function())
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(converted, "CPU", config)
+    return lambda images: np.array(compiled(np.asarray(images))[0])
+
+
+def plain_onnxruntime(model) -> Callable:
+    """tf2onnx's conversion of the traced model, run by a default ONNX Runtime session."""
+    import onnxruntime as ort
+    import tf2onnx
+
+    from taglens.engines import ONNX_OPSET, _traced
+
+    traced = _traced(model)
+    proto, _ = tf2onnx.convert.from_function(traced, input_signature=traced.input_signature,
+                                             opset=ONNX_OPSET)  # fmt: skip
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: np.asarray(images)})[0]
+
+
+PLAIN = {"tensorflow": plain_tensorflow, "openvino": plain_openvino,
+         "onnxruntime": plain_onnxruntime}  # fmt: skip
+
+
+def bf16_relative_difference(model, images: np.ndarray) -> float:
+    """How far OpenVINO's default precision on this CPU lands from the Keras vectors."""
+    import openvino as ov
+
+    from taglens.engines import _traced
+
+    converted = ov.convert_model(_traced(model).get_concrete_function())
+    got = ov.Core().compile_model(converted, "CPU")(images)[0]
+    return relative_difference(got, np.asarray(model(images, training=False)))
+
+
+def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest row-wise |got - want| / |want|."""
+    got, want = np.asarray(got, "float64"), np.asarray(want, "float64")
+    return float(np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)))
+
+
+def time_plain(forward: Callable, paths, size: int, batch: int) -> tuple[float, np.ndarray]:
+    """Steady img/s of a plain loop over the shared decode pipeline, and its vectors."""
+    from taglens.images import image_dataset
+
+    stamps, chunks = [], []
+    for images in image_dataset(paths, size, batch):
+        chunks.append(forward(images))
+        stamps.append(time.perf_counter())
+    return steady_rate(batch, stamps), np.concatenate(chunks)
+
+
+def time_taglens(model, engine: str, paths, size: int, batch: int) -> tuple[float, float]:
+    """Steady img/s of featurize_paths on `engine`, and its first batch's seconds.
+
+    The first batch includes converting and compiling the model and tracing the pipeline.
+    """
     from taglens.features import featurize_paths
 
-    n = 2048
-    a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
-    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-    matmul(a, b).numpy()
-    burst_gflop = 2 * n**3 / 1e9
-    reps = max(1, round(batch * gflop / 4 / burst_gflop))
-    pairs: list[tuple[int, float, float, float, float]] = []
-    last = [time.perf_counter(), time.process_time()]
-    start = last[0]
-
-    def on_batch(vectors) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(reps):
-            matmul(a, b).numpy()
-        pairs.append((len(vectors), wall - last[0], cpu - last[1],
-                      time.perf_counter() - wall, time.process_time() - cpu))  # fmt: skip
-        last[:] = [time.perf_counter(), time.process_time()]
-
-    featurize_paths(paths, extractor, image_size=size, batch_size=batch, jit_compile=jit,
-                    progress=False, on_batch=on_batch)  # fmt: skip
-    first_batch_s = pairs[0][1]
-    steady = [p for p in pairs[1:] if p[0] == batch] or pairs
-    images = sum(p[0] for p in steady)
-    mm_gflop = reps * burst_gflop * len(steady)
-    ratios = [(k * gflop / bw) / (reps * burst_gflop / mw) for k, bw, _, mw, _ in steady]
-    return {
-        "achieved_img_s": images / sum(p[1] for p in steady),
-        "matmul_gflops": mm_gflop / sum(p[3] for p in steady),
-        "achieved_over_possible": float(np.median(ratios)),
-        "ratio_min": min(ratios), "ratio_max": max(ratios), "pairs": len(steady),
-        "cpu_efficiency": (images * gflop / sum(p[2] for p in steady))
-        / (mm_gflop / sum(p[4] for p in steady)),
-        "first_batch_s": first_batch_s, "wall_s": time.perf_counter() - start,
-    }  # fmt: skip
+    start = time.perf_counter()
+    stamps: list[float] = []
+    featurize_paths(paths, model, image_size=size, batch_size=batch, progress=False,
+                    engine=engine, on_batch=lambda _: stamps.append(time.perf_counter()))
+    return steady_rate(batch, stamps), stamps[0] - start
 
 
-def run(images: int, size: int, batch: int) -> dict:
+def run(images: int, size: int, batch: int, repeats: int, engines: list[str]) -> dict:
     """All measurements; returns a JSON-ready dict."""
-    import psutil
-
     from taglens.backbones import build_feature_extractor
-    from taglens.params import ModelParams
+    from taglens.images import load_batch
+    from taglens.params import ModelParams, load_params
 
-    process = psutil.Process()
-    cpu0, wall0 = sum(process.cpu_times()[:2]), time.perf_counter()
-    result: dict = {
-        "cpus": os.cpu_count(),
-        "loadavg_start": os.getloadavg()[0],
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-        "image_size": size,
-        "batch_size": batch,
-    }
-    result["matmul_gflops"] = matmul_peak()["wall"]
+    default = load_params(ROOT / "params.yaml").featurize.engine
+    model = build_feature_extractor(ModelParams(backbone="vgg19", image_size=size,
+                                                weights=None), seed=0)  # fmt: skip
     paths = sample_photos(images)
-    decode = decode_rate(paths, size, batch)
-    result["decode_img_s"], result["decode_img_per_cpu_s"] = decode["wall"], decode["cpu"]
-    weights = str(MOBILENET) if MOBILENET.is_file() else None
-    cases = [  # (backbone, weights, images, XLA): MobileNet under XLA is slow, so fewer
-        ("vgg19", None, images, True),
-        ("vgg19", None, images // 2, False),
-        ("mobilenet", weights, images * 2, False),
-        ("mobilenet", weights, images // 2, True),
-    ]
-    result["models"] = []
-    for backbone, weights, count, jit in cases:
-        params = ModelParams(backbone=backbone, image_size=size, weights=weights)
-        extractor = build_feature_extractor(params, seed=0)
-        flops = layer_flops(extractor) / 1e9
-        load = os.getloadavg()[0]
-        rate = featurize_rate(sample_photos(count), extractor, size, batch, jit, flops)
-        row = {
-            "backbone": backbone, "jit_compile": jit, "images": count,
-            "gflop_per_image": flops, "loadavg": load,
-            "possible_img_s": rate["matmul_gflops"] / flops, **rate,
-        }  # fmt: skip
-        result["models"].append(row)
-        print(json.dumps(row), file=sys.stderr)
-    wall = time.perf_counter() - wall0
-    result["wall_s"] = wall
-    result["process_cpu_share"] = (sum(process.cpu_times()[:2]) - cpu0) / wall / os.cpu_count()
+    reference = np.asarray(model.predict(load_batch(paths[:batch], size), verbose=0))
+    result: dict = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
+                    "backbone": "vgg19", "image_size": size, "batch_size": batch,
+                    "images": len(paths), "repeats": repeats, "default_engine": default}
+    plain, convert_s = {}, {}
+    for engine in engines:
+        start = time.perf_counter()
+        plain[engine] = PLAIN[engine](model)
+        convert_s[engine] = time.perf_counter() - start
+    rows = {f"taglens/{e}": [] for e in engines} | {f"plain/{e}": [] for e in engines}
+    first_batch, difference = {e: [] for e in engines}, {}
+    for round_ in range(repeats):  # interleaved: every contender once per round
+        for engine in engines:
+            rate, first = time_taglens(model, engine, paths, size, batch)
+            rows[f"taglens/{engine}"].append(rate)
+            first_batch[engine].append(first)
+            rate, vectors = time_plain(plain[engine], paths, size, batch)
+            rows[f"plain/{engine}"].append(rate)
+            difference[engine] = relative_difference(vectors[:batch], reference)
+        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rows.items()),
+              file=sys.stderr, flush=True)  # fmt: skip
+    result["rounds"] = rows
+    result["best_img_s"] = {name: max(rates) for name, rates in rows.items()}
+    result["taglens_first_batch_s"] = {e: min(v) for e, v in first_batch.items()}
+    result["plain_convert_s"] = convert_s
+    result["relative_difference"] = difference
+    if "openvino" in engines:
+        result["bf16_relative_difference"] = bf16_relative_difference(
+            model, load_batch(paths[:batch], size).numpy())
+    best = result["best_img_s"]
+    others = {name: rate for name, rate in best.items() if name.startswith("plain/")}
+    best_other = max(others, key=others.get)
+    result["best_other"] = best_other
+    result["taglens_over_best_other"] = best[f"taglens/{default}"] / others[best_other]
     result["loadavg_end"] = os.getloadavg()[0]
     return result
 
 
-def to_markdown(result: dict) -> str:
-    """Tables for BENCHMARKS.md."""
+def to_markdown(r: dict) -> str:
+    """The table for BENCHMARKS.md."""
+    best, default = r["best_img_s"], r["default_engine"]
     lines = [
-        f"matmul peak at start {result['matmul_gflops']:.0f} GFLOP/s; decode+resize alone "
-        f"{result['decode_img_s']:.0f} img/s ({result['decode_img_per_cpu_s']:.0f} per "
-        f"CPU-second); oneDNN={result['onednn']}; load average "
-        f"{result['loadavg_start']:.2f} -> {result['loadavg_end']:.2f} on {result['cpus']} CPUs; "
-        f"this process used {100 * result['process_cpu_share']:.0f}% of the CPUs; "
-        f"{result['wall_s']:.0f} s.",
+        f"VGG-19 no top, {r['image_size']} px, batch {r['batch_size']}, random weights, "
+        f"{r['images']} flowers photos; best of {r['repeats']} interleaved rounds, steady "
+        f"state (first batch left out). Load average {r['loadavg_start']:.1f} -> "
+        f"{r['loadavg_end']:.1f} on {r['cpus']} CPUs (shared machine).",
         "",
-        "| backbone | XLA | images | GFLOP/img | load avg | matmul GFLOP/s | possible img/s "
-        "| achieved img/s | achieved/possible (median, min-max over batches) "
-        "| per CPU-second | first batch s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| contender | img/s (best) | every round | vs best plain engine | max relative "
+        "difference to Keras |",
+        "|---|---|---|---|---|",
     ]
-    for row in result["models"]:
+    top = best[r["best_other"]]
+    for name, rates in r["rounds"].items():
+        kind, engine = name.split("/")
+        label = (f"taglens featurize, `featurize.engine: {engine}`"
+                 + (" (default)" if engine == default else "")) if kind == "taglens" else (
+                 f"plain {engine} loop")  # fmt: skip
+        diff = r["relative_difference"][engine] if kind == "plain" else None
         lines.append(
-            f"| {row['backbone']} | {'yes' if row['jit_compile'] else 'no'} | {row['images']} "
-            f"| {row['gflop_per_image']:.2f} | {row['loadavg']:.1f} | {row['matmul_gflops']:.0f} "
-            f"| {row['possible_img_s']:.2f} | {row['achieved_img_s']:.2f} "
-            f"| {100 * row['achieved_over_possible']:.0f}% ({100 * row['ratio_min']:.0f}-"
-            f"{100 * row['ratio_max']:.0f}%, {row['pairs']} batches) "
-            f"| {100 * row['cpu_efficiency']:.0f}% "
-            f"| {row['first_batch_s']:.1f} |"
+            f"| {label} | {best[name]:.2f} | {', '.join(f'{x:.2f}' for x in rates)} "
+            f"| {best[name] / top:.2f} | {'' if diff is None else f'{diff:.1e}'} |"
         )
+    lines += [
+        "",
+        f"taglens featurize (default engine {default}) / best plain engine ({r['best_other']}): "
+        f"**{r['taglens_over_best_other']:.2f}**.",
+        "Conversion + compile of the plain engines (s): "
+        + ", ".join(f"{e} {s:.1f}" for e, s in r["plain_convert_s"].items())
+        + "; taglens's first batch (conversion, compiling, tracing included, s): "
+        + ", ".join(f"{e} {s:.1f}" for e, s in r["taglens_first_batch_s"].items()) + ".",
+    ]
+    if "bf16_relative_difference" in r:
+        lines.append(f"OpenVINO's default precision on this CPU (bfloat16) differs from Keras by "
+                     f"{r['bf16_relative_difference']:.1e} relative, so every OpenVINO row here "
+                     "asks for float32.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and write `featurize[-onednn-on|off].json` / `.md` under --out."""
+    """Run the benchmark and write `featurize.json` / `.md` under --out."""
+    from taglens.engines import ENGINES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256, help="VGG-19 images (MobileNet x2)")
+    parser.add_argument("--images", type=int, default=48, help="photos per round and contender")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument(
-        "--onednn", choices=("default", "on", "off"), default="default",
-        help="force TF_ENABLE_ONEDNN_OPTS (TensorFlow turns it on by itself on CPUs it knows)",
-    )  # fmt: skip
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    if args.onednn != "default":
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"  # read at import
+    if args.images < 2 * args.batch:
+        parser.error("--images must be at least two batches (the first one is left out)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = run(args.images, args.size, args.batch)
+    result = run(args.images, args.size, args.batch, args.repeats, args.engines)
     from bench.results_io import save_results
 
-    name = "featurize" if args.onednn == "default" else f"featurize-onednn-{args.onednn}"
-    save_results(args.out, name, result, to_markdown(result))
+    save_results(args.out, "featurize", result, to_markdown(result))
     return 0
 
 

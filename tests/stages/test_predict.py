@@ -83,3 +83,18 @@ def test_bad_input_and_output_are_user_errors(tmp_path, tiny_models_dir, capsys)
     assert predict.main(["--input", str(tmp_path / "photos"), "--output",
                          str(tmp_path / "o.txt"), *base]) == 2
     assert "must end with one of .csv, .jsonl, .parquet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_local_models_dir_needs_no_tracking_store(tmp_path, tiny_models_dir, monkeypatch):
+    import taglens.tracking
+
+    def no_tracking(*_):
+        raise AssertionError("a local models/ directory must not open the MLflow store")
+
+    monkeypatch.setattr(taglens.tracking, "configure_tracking", no_tracking)
+    _photos(tmp_path / "photos", 2)
+    out = tmp_path / "out.csv"
+    assert predict.main(["--input", str(tmp_path / "photos"), "--output", str(out), "--params",
+                         PARAMS, "--model-uri", str(tiny_models_dir)]) == 0  # fmt: skip
+    assert len(list(read_rows(out))) == 2
