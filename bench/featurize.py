@@ -1,17 +1,19 @@
 """Featurize benchmark: taglens's featurize against the engines a user would otherwise pick.
 
 One process, one network (VGG-19 without its top, 224 px, random weights drawn from one seed),
-the same flowers photos through the same tf.data decode pipeline, batch 16:
-- taglens's featurize (`taglens.features.featurize_paths`) with each `featurize.engine`;
+the same flowers photos through the same tf.data decode pipeline (`taglens.images`), batch 16:
+- taglens's featurize pipeline (`taglens.features.iter_feature_batches`, what `featurize_paths`
+  and the featurize stage run) on `featurize.engine` (the default, or each of `--taglens`);
 - a plain loop over the decoded batches with each engine as its documentation shows it: a
-  `tf.function` (as featurize ran before engines existed), OpenVINO converted from the Keras
+  `tf.function` (as featurize ran before it had engines), OpenVINO converted from the Keras
   model and compiled with `PERFORMANCE_HINT: LATENCY` in float32, and ONNX Runtime on the
   tf2onnx conversion.
-Every contender runs once per round, rounds repeat interleaved (the machine is shared, so all
-see the same load), and each keeps its best round. A round's rate is steady state: the first
-batch (tracing, compiling) is left out; conversion and compile times are reported apart.
+The machine is shared and its load changes within seconds, so the contenders take turns batch by
+batch (one batch each, in a rotating order, then the next batch): every contender sees the same
+load. Each contender's first batch (converting, compiling, tracing) is left out and reported
+apart; the table gives the best and the median batch.
 
-    python -m bench.featurize --images 48 --repeats 3
+    python -m bench.featurize --images 112
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers"
+MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v1_1.0_imagenet_no_top.weights.h5"
 
 
 def sample_photos(count: int) -> list[Path]:
@@ -36,13 +39,6 @@ def sample_photos(count: int) -> list[Path]:
         sys.exit(f"error: no photos under {FLOWERS} (the benchmark needs ../shared/datasets)")
     step = max(1, len(photos) // count)
     return photos[::step][:count]
-
-
-def steady_rate(batch: int, stamps: list[float]) -> float:
-    """Images per second between the first and the last batch (the first batch left out)."""
-    if len(stamps) < 2:
-        return 0.0
-    return batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
 def plain_tensorflow(model) -> Callable:
@@ -106,111 +102,125 @@ def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)))
 
 
-def time_plain(forward: Callable, paths, size: int, batch: int) -> tuple[float, np.ndarray]:
-    """Steady img/s of a plain loop over the shared decode pipeline, and its vectors."""
+def plain_batches(forward: Callable, paths, size: int, batch: int) -> Iterator[np.ndarray]:
+    """A plain loop over the shared decode pipeline, one batch's vectors per step."""
     from taglens.images import image_dataset
 
-    stamps, chunks = [], []
     for images in image_dataset(paths, size, batch):
-        chunks.append(forward(images))
-        stamps.append(time.perf_counter())
-    return steady_rate(batch, stamps), np.concatenate(chunks)
+        yield forward(images)
 
 
-def time_taglens(model, engine: str, paths, size: int, batch: int) -> tuple[float, float]:
-    """Steady img/s of featurize_paths on `engine`, and its first batch's seconds.
+def take_turns(contenders: dict[str, Iterator[np.ndarray]]) -> tuple[dict, dict]:
+    """Step every contender one batch at a time in a rotating order until all are done.
 
-    The first batch includes converting and compiling the model and tracing the pipeline.
+    Returns each contender's seconds per batch and its first batch's vectors.
     """
-    from taglens.features import featurize_paths
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    first: dict[str, np.ndarray] = {}
+    names, turn = list(contenders), 0
+    while names:
+        order = names[turn % len(names):] + names[: turn % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            vectors = next(contenders[name], None)
+            if vectors is None:
+                names.remove(name)
+                continue
+            seconds[name].append(time.perf_counter() - start)
+            first.setdefault(name, np.asarray(vectors))
+        turn += 1
+    return seconds, first
 
-    start = time.perf_counter()
-    stamps: list[float] = []
-    featurize_paths(paths, model, image_size=size, batch_size=batch, progress=False,
-                    engine=engine, on_batch=lambda _: stamps.append(time.perf_counter()))
-    return steady_rate(batch, stamps), stamps[0] - start
 
-
-def run(images: int, size: int, batch: int, repeats: int, engines: list[str]) -> dict:
+def run(images: int, size: int, batch: int, engines: list[str], taglens: list[str],
+        backbone: str = "vgg19") -> dict:
     """All measurements; returns a JSON-ready dict."""
     from taglens.backbones import build_feature_extractor
+    from taglens.features import iter_feature_batches
     from taglens.images import load_batch
     from taglens.params import ModelParams, load_params
 
     default = load_params(ROOT / "params.yaml").featurize.engine
-    model = build_feature_extractor(ModelParams(backbone="vgg19", image_size=size,
-                                                weights=None), seed=0)  # fmt: skip
+    weights = str(MOBILENET) if backbone == "mobilenet" and MOBILENET.is_file() else None
+    model = build_feature_extractor(ModelParams(backbone=backbone, image_size=size,
+                                                weights=weights), seed=0)  # fmt: skip
     paths = sample_photos(images)
     reference = np.asarray(model.predict(load_batch(paths[:batch], size), verbose=0))
     result: dict = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
-                    "backbone": "vgg19", "image_size": size, "batch_size": batch,
-                    "images": len(paths), "repeats": repeats, "default_engine": default}
-    plain, convert_s = {}, {}
+                    "backbone": backbone, "weights": weights or "random", "image_size": size,
+                    "batch_size": batch, "images": len(paths),
+                    "default_engine": default}  # fmt: skip
+    contenders: dict[str, Iterator[np.ndarray]] = {}
+    for engine in dict.fromkeys([default, *taglens]):
+        contenders[f"taglens/{engine}"] = iter_feature_batches(
+            paths, model, image_size=size, batch_size=batch, engine=engine)
+    convert_s = {}
     for engine in engines:
         start = time.perf_counter()
-        plain[engine] = PLAIN[engine](model)
+        forward = PLAIN[engine](model)
         convert_s[engine] = time.perf_counter() - start
-    rows = {f"taglens/{e}": [] for e in engines} | {f"plain/{e}": [] for e in engines}
-    first_batch, difference = {e: [] for e in engines}, {}
-    for round_ in range(repeats):  # interleaved: every contender once per round
-        for engine in engines:
-            rate, first = time_taglens(model, engine, paths, size, batch)
-            rows[f"taglens/{engine}"].append(rate)
-            first_batch[engine].append(first)
-            rate, vectors = time_plain(plain[engine], paths, size, batch)
-            rows[f"plain/{engine}"].append(rate)
-            difference[engine] = relative_difference(vectors[:batch], reference)
-        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rows.items()),
-              file=sys.stderr, flush=True)  # fmt: skip
-    result["rounds"] = rows
-    result["best_img_s"] = {name: max(rates) for name, rates in rows.items()}
-    result["taglens_first_batch_s"] = {e: min(v) for e, v in first_batch.items()}
+        contenders[f"plain/{engine}"] = plain_batches(forward, paths, size, batch)
+    seconds, first = take_turns(contenders)
+    result["batch_seconds"] = seconds
+    steady = {name: times[1:] for name, times in seconds.items()}
+    result["best_img_s"] = {name: batch / min(times) for name, times in steady.items()}
+    result["median_img_s"] = {name: batch / float(np.median(times))
+                              for name, times in steady.items()}  # fmt: skip
+    result["first_batch_s"] = {name: times[0] for name, times in seconds.items()}
     result["plain_convert_s"] = convert_s
-    result["relative_difference"] = difference
+    result["relative_difference"] = {name: relative_difference(vectors, reference)
+                                     for name, vectors in first.items()}  # fmt: skip
     if "openvino" in engines:
         result["bf16_relative_difference"] = bf16_relative_difference(
             model, load_batch(paths[:batch], size).numpy())
-    best = result["best_img_s"]
-    others = {name: rate for name, rate in best.items() if name.startswith("plain/")}
-    best_other = max(others, key=others.get)
-    result["best_other"] = best_other
-    result["taglens_over_best_other"] = best[f"taglens/{default}"] / others[best_other]
+    ours = f"taglens/{default}"
+    for stat in ("best", "median"):
+        rates = result[f"{stat}_img_s"]
+        others = {name: rate for name, rate in rates.items() if name.startswith("plain/")}
+        best_other = max(others, key=others.get)
+        result[f"{stat}_other"] = best_other
+        result[f"taglens_over_best_other_{stat}"] = rates[ours] / others[best_other]
     result["loadavg_end"] = os.getloadavg()[0]
     return result
 
 
 def to_markdown(r: dict) -> str:
     """The table for BENCHMARKS.md."""
-    best, default = r["best_img_s"], r["default_engine"]
+    default, batches = r["default_engine"], len(next(iter(r["batch_seconds"].values())))
     lines = [
-        f"VGG-19 no top, {r['image_size']} px, batch {r['batch_size']}, random weights, "
-        f"{r['images']} flowers photos; best of {r['repeats']} interleaved rounds, steady "
-        f"state (first batch left out). Load average {r['loadavg_start']:.1f} -> "
-        f"{r['loadavg_end']:.1f} on {r['cpus']} CPUs (shared machine).",
+        f"{r['backbone']} no top, {r['image_size']} px, batch {r['batch_size']}, "
+        f"{'random' if r.get('weights', 'random') == 'random' else 'ImageNet'} weights, "
+        f"{r['images']} flowers photos ({batches} batches per contender, taken in turns; the "
+        f"first left out). Load average {r['loadavg_start']:.1f} -> {r['loadavg_end']:.1f} on "
+        f"{r['cpus']} CPUs (shared machine).",
         "",
-        "| contender | img/s (best) | every round | vs best plain engine | max relative "
-        "difference to Keras |",
-        "|---|---|---|---|---|",
+        "| contender | img/s, best batch | vs best plain | img/s, median batch | vs best plain "
+        "| first batch s | max relative difference to Keras |",
+        "|---|---|---|---|---|---|---|",
     ]
-    top = best[r["best_other"]]
-    for name, rates in r["rounds"].items():
+    top_best = r["best_img_s"][r["best_other"]]
+    top_median = r["median_img_s"][r["median_other"]]
+    for name in r["batch_seconds"]:
         kind, engine = name.split("/")
-        label = (f"taglens featurize, `featurize.engine: {engine}`"
-                 + (" (default)" if engine == default else "")) if kind == "taglens" else (
-                 f"plain {engine} loop")  # fmt: skip
-        diff = r["relative_difference"][engine] if kind == "plain" else None
+        if kind == "taglens":
+            label = f"taglens featurize, `featurize.engine: {engine}`"
+            label += " (default)" if engine == default else ""
+        else:
+            label = f"plain {engine} loop"
+        best, median = r["best_img_s"][name], r["median_img_s"][name]
         lines.append(
-            f"| {label} | {best[name]:.2f} | {', '.join(f'{x:.2f}' for x in rates)} "
-            f"| {best[name] / top:.2f} | {'' if diff is None else f'{diff:.1e}'} |"
+            f"| {label} | {best:.2f} | {best / top_best:.2f} | {median:.2f} "
+            f"| {median / top_median:.2f} | {r['first_batch_s'][name]:.1f} "
+            f"| {r['relative_difference'][name]:.1e} |"
         )
     lines += [
         "",
-        f"taglens featurize (default engine {default}) / best plain engine ({r['best_other']}): "
-        f"**{r['taglens_over_best_other']:.2f}**.",
-        "Conversion + compile of the plain engines (s): "
+        f"taglens featurize (default engine {default}) over the best plain engine: "
+        f"**{r['taglens_over_best_other_best']:.2f}** by best batch ({r['best_other']}), "
+        f"**{r['taglens_over_best_other_median']:.2f}** by median batch ({r['median_other']}).",
+        "Converting + compiling for the plain loops (s): "
         + ", ".join(f"{e} {s:.1f}" for e, s in r["plain_convert_s"].items())
-        + "; taglens's first batch (conversion, compiling, tracing included, s): "
-        + ", ".join(f"{e} {s:.1f}" for e, s in r["taglens_first_batch_s"].items()) + ".",
+        + "; taglens converts inside its first batch.",
     ]
     if "bf16_relative_difference" in r:
         lines.append(f"OpenVINO's default precision on this CPU (bfloat16) differs from Keras by "
@@ -224,20 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.engines import ENGINES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=48, help="photos per round and contender")
+    parser.add_argument("--images", type=int, default=112, help="photos each contender featurizes")
+    parser.add_argument("--backbone", choices=("vgg19", "mobilenet"), default="vgg19",
+                        help="mobilenet uses the shared ImageNet weights when present")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
+                        help="engines run as plain loops")
+    parser.add_argument("--taglens", nargs="*", choices=ENGINES, default=[],
+                        help="engines taglens's featurize runs on besides the default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     if args.images < 2 * args.batch:
         parser.error("--images must be at least two batches (the first one is left out)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = run(args.images, args.size, args.batch, args.repeats, args.engines)
+    result = run(args.images, args.size, args.batch, args.engines, args.taglens, args.backbone)
     from bench.results_io import save_results
 
-    save_results(args.out, "featurize", result, to_markdown(result))
+    stem = "featurize" if args.backbone == "vgg19" else f"featurize-{args.backbone}"
+    save_results(args.out, stem, result, to_markdown(result))
     return 0
 
 
