@@ -2,13 +2,13 @@
 
 Measured in one run, interleaved repeats (the machine is shared, so both see the same load):
 - `python -m stages.predict` (list, read, hash, decode, model, hashtags, write Parquet) against
-  `python -m stages.featurize` into an empty feature store (read, hash, decode, backbone, write
+  `python -m stages.featurize` into an empty feature store (read, decode, backbone, write
   shards), each timed as a whole command, on the same photos with the same backbone and engine.
   The photos are the flowers set re-encoded as 640x640 JPEGs, the size Instagram serves, so
   decoding costs what it costs on scraped posts;
 - peak RSS of the batch predict job in fresh subprocesses at two input counts (photos repeated).
 
-    python -m bench.predict --images 1000 --repeats 2 --rss 1000 10000
+    python -m bench.predict --images 800 --repeats 3 --rss 1000 10000
 """
 
 from __future__ import annotations
@@ -208,14 +208,20 @@ def bench_params(dest: Path, args) -> Path:
     return dest
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of one command run from the project root; its failure stops the benchmark."""
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, all threads) of one command run from the project root.
+
+    On a shared machine the wall time depends on what else runs; the CPU time hardly does.
+    A failing command stops the benchmark.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         sys.exit(f"error: {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def commands(args, tmp: Path) -> dict:
@@ -243,19 +249,26 @@ def commands(args, tmp: Path) -> dict:
     (warm / "a.jpg").write_bytes(paths[0].read_bytes())
     timed(predict(-1, warm), env)
     times: dict[str, list[float]] = {"featurize": [], "predict": []}
+    cpu: dict[str, list[float]] = {"featurize": [], "predict": []}
     for run in range(args.repeats):  # alternate which goes first
         order = ("featurize", "predict") if run % 2 == 0 else ("predict", "featurize")
         for name in order:
-            times[name].append(timed((featurize if name == "featurize" else predict)(run), env))
+            wall, cpu_s = timed((featurize if name == "featurize" else predict)(run), env)
+            times[name].append(wall)
+            cpu[name].append(cpu_s)
         rows = pd.read_parquet(tmp / f"predict-{run}.parquet")
         if len(rows) != args.images or rows["error"].notna().any():
             sys.exit(f"error: batch predict wrote {len(rows)} rows for {args.images} images")
-        print(json.dumps({k: v[-1] for k, v in times.items()}), file=sys.stderr, flush=True)
+        print(json.dumps({k: (v[-1], cpu[k][-1]) for k, v in times.items()}), file=sys.stderr,
+              flush=True)  # fmt: skip
     best = {name: min(values) for name, values in times.items()}
+    best_cpu = {name: min(values) for name, values in cpu.items()}
     return {"engine": args.engine, "photo_side": 640, "command_seconds": times,
+            "command_cpu_seconds": cpu,
             "featurize_img_s": args.images / best["featurize"],
             "predict_img_s": args.images / best["predict"],
-            "predict_over_featurize": best["featurize"] / best["predict"]}  # fmt: skip
+            "predict_over_featurize": best["featurize"] / best["predict"],
+            "predict_over_featurize_cpu": best_cpu["featurize"] / best_cpu["predict"]}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -296,15 +309,21 @@ def to_markdown(r: dict) -> str:
             f"re-encoded as {r['photo_side']}x{r['photo_side']} JPEGs; whole commands, "
             f"{len(times['predict'])} interleaved repeats, best of each.",
             "",
-            "| command | seconds (every repeat) | img/s (best) | vs featurize |",
-            "|---|---|---|---|",
-            f"| `python -m stages.featurize` (empty feature store) "
-            f"| {', '.join(f'{x:.1f}' for x in times['featurize'])} "
-            f"| {r['featurize_img_s']:.1f} | 1.00 |",
-            f"| `python -m stages.predict` (Parquet output) "
-            f"| {', '.join(f'{x:.1f}' for x in times['predict'])} "
-            f"| {r['predict_img_s']:.1f} | **{r['predict_over_featurize']:.2f}** |",
+            "| command | wall s (every repeat) | img/s (best) | vs featurize, wall "
+            "| CPU s (every repeat) | vs featurize, CPU |",
+            "|---|---|---|---|---|---|",
         ]
+        cpu = r["command_cpu_seconds"]
+        for name, label, ratio, ratio_cpu in (
+            ("featurize", "`python -m stages.featurize` (empty feature store)", 1.0, 1.0),
+            ("predict", "`python -m stages.predict` (Parquet output)",
+             r["predict_over_featurize"], r["predict_over_featurize_cpu"]),
+        ):  # fmt: skip
+            lines.append(
+                f"| {label} | {', '.join(f'{x:.1f}' for x in times[name])} "
+                f"| {r[f'{name}_img_s']:.1f} | **{ratio:.2f}** "
+                f"| {', '.join(f'{x:.1f}' for x in cpu[name])} | **{ratio_cpu:.2f}** |"
+            )
     if "rss" not in r:
         return "\n".join(lines) + "\n"
     lines += [
@@ -327,11 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.engines import ENGINES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000, help="distinct photos, 640x640")
+    parser.add_argument("--images", type=int, default=800, help="distinct photos, 640x640")
     parser.add_argument("--backbone", default="mobilenet", help="a taglens.backbones name")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engine", choices=ENGINES, default=None,
                         help="featurize.engine for both commands (default: params.yaml's)")
     parser.add_argument("--rss", type=int, nargs="+", default=[1000, 10000])

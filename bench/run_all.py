@@ -1,7 +1,8 @@
 """Run every benchmark in turn (`make bench`); each prints its ratios and writes bench/results/.
 
-They need the real photos in ../shared/datasets/flowers. The web load test needs a trained
-models/ directory and is run on its own: `python -m bench.load_web --models models`.
+They need the real photos in ../shared/datasets/flowers (and the MobileNet weights in
+../shared/weights). The web load test needs a trained models/ directory and is run on its own:
+`python -m bench.load_web --models models`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ import sys
 
 from bench import featurize, predict, train
 
-BENCHMARKS = (("featurize", featurize.main), ("train", train.main), ("predict", predict.main))
+BENCHMARKS = (
+    ("featurize", featurize.main, []),  # VGG-19: taglens against the plain engines
+    ("featurize", featurize.main, ["--backbone", "mobilenet", "--images", "320"]),
+    ("train", train.main, []),
+    ("predict", predict.main, []),  # whole commands on 640 px photos, and memory
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; return the first non-zero exit code, or 0."""
     status = 0
-    for name, bench_main in BENCHMARKS:
-        print(f"== bench.{name}", flush=True)
-        code = bench_main([])
+    for name, bench_main, args in BENCHMARKS:
+        print(f"== bench.{name} {' '.join(args)}".rstrip(), flush=True)
+        code = bench_main(args)
         status = status or code
     return status
 
