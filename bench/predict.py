@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FLOWERS = SHARED / "datasets" / "flowers"
@@ -268,7 +270,9 @@ def commands(args, tmp: Path) -> dict:
             "featurize_img_s": args.images / best["featurize"],
             "predict_img_s": args.images / best["predict"],
             "predict_over_featurize": best["featurize"] / best["predict"],
-            "predict_over_featurize_cpu": best_cpu["featurize"] / best_cpu["predict"]}  # fmt: skip
+            "predict_over_featurize_cpu": best_cpu["featurize"] / best_cpu["predict"],
+            "predict_over_featurize_by_repeat": [f / p for f, p in zip(
+                times["featurize"], times["predict"], strict=True)]}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -324,6 +328,11 @@ def to_markdown(r: dict) -> str:
                 f"| {r[f'{name}_img_s']:.1f} | **{ratio:.2f}** "
                 f"| {', '.join(f'{x:.1f}' for x in cpu[name])} | **{ratio_cpu:.2f}** |"
             )
+        pairs = r.get("predict_over_featurize_by_repeat", [])
+        if pairs:
+            lines += ["", "Wall-time ratio within each repeat (the two commands back to back): "
+                      + ", ".join(f"{x:.2f}" for x in pairs)
+                      + f"; median {float(np.median(pairs)):.2f}."]
     if "rss" not in r:
         return "\n".join(lines) + "\n"
     lines += [

@@ -13,7 +13,7 @@ def test_markdown_has_ratios_and_memory_rows():
         "featurize_img_s": 1000 / 28.0, "predict_img_s": 1000 / 29.5,
         "predict_over_featurize": 28.0 / 29.5, "rss_size": 64, "rss_engine": "openvino",
         "command_cpu_seconds": {"featurize": [20.0, 19.0], "predict": [19.5, 20.0]},
-        "predict_over_featurize_cpu": 19.0 / 19.5,
+        "predict_over_featurize_cpu": 19.0 / 19.5, "predict_over_featurize_by_repeat": [0.97, 0.95],
         "rss_format": "parquet", "rss_ratio": 1.02,
         "rss": [
             {"images": 1000, "img_s": 300.0, "loaded_rss_mb": 700, "job_peak_rss_mb": 750,
@@ -28,6 +28,7 @@ def test_markdown_has_ratios_and_memory_rows():
             "| 20.0, 19.0 | **1.00** |") in text
     assert ("| `python -m stages.predict` (Parquet output) | 31.0, 29.5 | 33.9 | **0.95** "
             "| 19.5, 20.0 | **0.97** |") in text
+    assert "within each repeat (the two commands back to back): 0.97, 0.95; median 0.96." in text
     assert "| 10000 | 701 | 765 | 770 | 400.0 |" in text
     assert "largest / smallest peak during the job: 1.02" in text
 
