@@ -58,10 +58,10 @@ def plain_openvino(model) -> Callable:
     """
     import openvino as ov
 
-    from taglens.engines import _no_usage_reports, _traced
+    from taglens.engines import no_usage_reports, traced
 
-    _no_usage_reports()
-    converted = ov.convert_model(_traced(model).get_concrete_function())
+    no_usage_reports()
+    converted = ov.convert_model(traced(model).get_concrete_function())
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     compiled = ov.Core().compile_model(converted, "CPU", config)
     return lambda images: np.array(compiled(np.asarray(images))[0])
@@ -72,10 +72,10 @@ def plain_onnxruntime(model) -> Callable:
     import onnxruntime as ort
     import tf2onnx
 
-    from taglens.engines import ONNX_OPSET, _traced
+    from taglens.engines import ONNX_OPSET, traced
 
-    traced = _traced(model)
-    proto, _ = tf2onnx.convert.from_function(traced, input_signature=traced.input_signature,
+    forward = traced(model)
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature,
                                              opset=ONNX_OPSET)  # fmt: skip
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -90,9 +90,9 @@ def bf16_relative_difference(model, images: np.ndarray) -> float:
     """How far OpenVINO's default precision on this CPU lands from the Keras vectors."""
     import openvino as ov
 
-    from taglens.engines import _traced
+    from taglens.engines import traced
 
-    converted = ov.convert_model(_traced(model).get_concrete_function())
+    converted = ov.convert_model(traced(model).get_concrete_function())
     got = ov.Core().compile_model(converted, "CPU")(images)[0]
     return relative_difference(got, np.asarray(model(images, training=False)))
 

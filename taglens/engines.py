@@ -59,7 +59,7 @@ def model_fingerprint(model: keras.Model) -> str:
     return digest.hexdigest()[:24]
 
 
-def _traced(model: keras.Model) -> Any:
+def traced(model: keras.Model) -> Any:
     """The model as a `tf.function` on float32 pixels with a free batch dimension."""
     import tensorflow as tf
 
@@ -91,7 +91,7 @@ class TensorFlowForward:
         return fn(images).numpy()
 
 
-def _no_usage_reports() -> None:
+def no_usage_reports() -> None:
     """Make OpenVINO's converter send no usage statistics (it does unless told otherwise).
 
     Without a consent file in the user's home, `convert_model` starts a thread that reports to a
@@ -117,8 +117,8 @@ class OpenVinoForward:
     def __init__(self, model: keras.Model):
         import openvino as ov
 
-        _no_usage_reports()
-        converted = ov.convert_model(_traced(model).get_concrete_function())
+        no_usage_reports()
+        converted = ov.convert_model(traced(model).get_concrete_function())
         core = ov.Core()
         def compiled(hint: str) -> Any:
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint}
@@ -159,9 +159,9 @@ class OnnxRuntimeForward:
             import tf2onnx
 
             logger.info("converting %s to ONNX (cached at %s)", model.name, path)
-            traced = _traced(model)
+            forward = traced(model)
             proto, _ = tf2onnx.convert.from_function(
-                traced, input_signature=traced.input_signature, opset=ONNX_OPSET
+                forward, input_signature=forward.input_signature, opset=ONNX_OPSET
             )
             with atomic_open(path, "wb") as handle:
                 handle.write(proto.SerializeToString())
@@ -242,6 +242,8 @@ class EngineModel:
         return self._forward(np.asarray(images, dtype=np.float32))
 
     def __getattr__(self, name: str) -> Any:
+        if name == "model":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.model, name)
 
 
