@@ -1,19 +1,29 @@
-"""Featurize benchmark: how close the batched forward pass gets to this machine's FLOP bound.
+"""Featurize benchmark: taglens's featurize against the engines a user would otherwise pick.
 
-Measured in one run: the float32 matmul peak (GFLOP/s), each backbone's FLOPs per image counted
-from its layers, hence the best possible images/s, the achieved images/s of
-`taglens.features.featurize_paths` on real photos, and decode-only throughput.
+One process, one network (VGG-19 without its top, 224 px, random weights drawn from one seed),
+the same flowers photos through the same tf.data decode pipeline (`taglens.images`), batch 16:
+- taglens's featurize pipeline (`taglens.features.iter_feature_batches`, what `featurize_paths`
+  and the featurize stage run) on `featurize.engine` (the default, or each of `--taglens`);
+- a plain loop over the decoded batches with each engine as its documentation shows it: a
+  `tf.function` (as featurize ran before it had engines), OpenVINO converted from the Keras
+  model and compiled with `PERFORMANCE_HINT: LATENCY` in float32, and ONNX Runtime on the
+  tf2onnx conversion.
+The machine is shared and its load changes within seconds, so the contenders take turns batch by
+batch (one batch each, in a rotating order, then the next batch): every contender sees the same
+load. Each contender's first batch (converting, compiling, tracing) is left out and reported
+apart; the table gives the median and the best batch, and images per CPU-second of this process
+(which hardly depends on the other jobs' load).
 
-    python -m bench.featurize --images 160 --out bench/results [--onednn on|off]
+    python -m bench.featurize --images 112
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,56 +31,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers"
 MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v1_1.0_imagenet_no_top.weights.h5"
-
-
-def layer_flops(model) -> int:
-    """FLOPs (2 x multiply-adds) of one image through conv, depthwise-conv and dense layers.
-
-    Pooling, batch norm and activations are elementwise and add well under 1% for these nets.
-    """
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:  # a nested backbone model
-            total += layer_flops(layer)
-            continue
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kh, kw, cin, mult = layer.kernel.shape
-            _, h, w, _ = layer.output.shape
-            total += 2 * h * w * kh * kw * cin * mult
-        elif isinstance(layer, keras.layers.Conv2D):
-            kh, kw, cin, cout = layer.kernel.shape
-            _, h, w, _ = layer.output.shape
-            total += 2 * h * w * kh * kw * (cin // layer.groups) * cout
-        elif isinstance(layer, keras.layers.Dense):
-            cin, cout = layer.kernel.shape
-            total += 2 * cin * cout
-    return int(total)
-
-
-def matmul_peak(seconds: float = 4.0) -> dict[str, float]:
-    """Best float32 matmul rate over a few square sizes: GFLOP per wall second and per CPU second.
-
-    The CPU-second rate (this process's user+system time over all its threads) hardly depends on
-    what else runs on the machine, so efficiency ratios built on it survive a shared CPU.
-    """
-    import tensorflow as tf
-
-    best = {"wall": 0.0, "cpu": 0.0}
-    for n in (1024, 2048, 3072):
-        a = tf.random.uniform((n, n), dtype=tf.float32)
-        b = tf.random.uniform((n, n), dtype=tf.float32)
-        matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-        matmul(a, b).numpy()  # trace and warm up
-        reps, start, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - start < seconds / 3:
-            matmul(a, b).numpy()
-            reps += 1
-        gflop = 2 * n**3 * reps / 1e9
-        best["wall"] = max(best["wall"], gflop / (time.perf_counter() - start))
-        best["cpu"] = max(best["cpu"], gflop / (time.process_time() - cpu))
-    return best
 
 
 def sample_photos(count: int) -> list[Path]:
@@ -82,165 +42,228 @@ def sample_photos(count: int) -> list[Path]:
     return photos[::step][:count]
 
 
-def decode_rate(paths: list[Path], size: int, batch: int) -> dict[str, float]:
-    """Images per wall second and per CPU second of the tf.data read + decode + resize alone."""
-    from taglens.images import image_dataset
-
-    for _ in image_dataset(paths[:batch], size, batch):  # warm up the pipeline once
-        pass
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in image_dataset(paths, size, batch):
-        pass
-    return {
-        "wall": len(paths) / (time.perf_counter() - start),
-        "cpu": len(paths) / (time.process_time() - cpu),
-    }
-
-
-def featurize_rate(paths, extractor, size: int, batch: int, jit: bool, gflop: float) -> dict:
-    """Achieved rate of featurize_paths, paired batch by batch with the matmul peak.
-
-    The CPU is shared with other jobs whose load changes by the second. So after every batch a
-    burst of 2048x2048 matmuls (about a quarter of the batch's FLOPs) runs, and each batch is
-    compared with the burst right after it: both saw the same load. The first batch (tracing,
-    XLA compilation) and a short last batch are left out.
-    """
+def plain_tensorflow(model) -> Callable:
+    """A `tf.function` of the Keras model, as featurize ran it before it had engines."""
     import tensorflow as tf
 
-    from taglens.features import featurize_paths
-
-    n = 2048
-    a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
-    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-    matmul(a, b).numpy()
-    burst_gflop = 2 * n**3 / 1e9
-    reps = max(1, round(batch * gflop / 4 / burst_gflop))
-    pairs: list[tuple[int, float, float, float, float]] = []
-    last = [time.perf_counter(), time.process_time()]
-    start = last[0]
-
-    def on_batch(vectors) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(reps):
-            matmul(a, b).numpy()
-        pairs.append((len(vectors), wall - last[0], cpu - last[1],
-                      time.perf_counter() - wall, time.process_time() - cpu))  # fmt: skip
-        last[:] = [time.perf_counter(), time.process_time()]
-
-    featurize_paths(paths, extractor, image_size=size, batch_size=batch, jit_compile=jit,
-                    progress=False, on_batch=on_batch)  # fmt: skip
-    first_batch_s = pairs[0][1]
-    steady = [p for p in pairs[1:] if p[0] == batch] or pairs
-    images = sum(p[0] for p in steady)
-    mm_gflop = reps * burst_gflop * len(steady)
-    ratios = [(k * gflop / bw) / (reps * burst_gflop / mw) for k, bw, _, mw, _ in steady]
-    return {
-        "achieved_img_s": images / sum(p[1] for p in steady),
-        "matmul_gflops": mm_gflop / sum(p[3] for p in steady),
-        "achieved_over_possible": float(np.median(ratios)),
-        "ratio_min": min(ratios), "ratio_max": max(ratios), "pairs": len(steady),
-        "cpu_efficiency": (images * gflop / sum(p[2] for p in steady))
-        / (mm_gflop / sum(p[4] for p in steady)),
-        "first_batch_s": first_batch_s, "wall_s": time.perf_counter() - start,
-    }  # fmt: skip
+    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    return lambda images: forward(images).numpy()
 
 
-def run(images: int, size: int, batch: int) -> dict:
+def plain_openvino(model) -> Callable:
+    """OpenVINO as its guide shows it: convert the model, compile for the CPU (latency hint).
+
+    Float32 is asked for: on CPUs with bfloat16 OpenVINO defaults to it, and the vectors then
+    differ from TensorFlow's by about 1e-2 (see `bf16_relative_difference` in the results).
+    """
+    import openvino as ov
+
+    from taglens.engines import no_usage_reports, traced
+
+    no_usage_reports()
+    converted = ov.convert_model(traced(model).get_concrete_function())
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(converted, "CPU", config)
+    return lambda images: np.array(compiled(np.asarray(images))[0])
+
+
+def plain_onnxruntime(model) -> Callable:
+    """tf2onnx's conversion of the traced model, run by a default ONNX Runtime session."""
+    import onnxruntime as ort
+    import tf2onnx
+
+    from taglens.engines import ONNX_OPSET, traced
+
+    forward = traced(model)
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature,
+                                             opset=ONNX_OPSET)  # fmt: skip
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: np.asarray(images)})[0]
+
+
+PLAIN = {"tensorflow": plain_tensorflow, "openvino": plain_openvino,
+         "onnxruntime": plain_onnxruntime}  # fmt: skip
+
+
+def bf16_relative_difference(model, images: np.ndarray) -> float:
+    """How far OpenVINO's default precision on this CPU lands from the Keras vectors."""
+    import openvino as ov
+
+    from taglens.engines import traced
+
+    converted = ov.convert_model(traced(model).get_concrete_function())
+    got = ov.Core().compile_model(converted, "CPU")(images)[0]
+    return relative_difference(got, np.asarray(model(images, training=False)))
+
+
+def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest row-wise |got - want| / |want|."""
+    got, want = np.asarray(got, "float64"), np.asarray(want, "float64")
+    return float(np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)))
+
+
+def plain_batches(forward: Callable, paths, size: int, batch: int) -> Iterator[np.ndarray]:
+    """A plain loop over the shared decode pipeline, one batch's vectors per step."""
+    from taglens.images import image_dataset
+
+    for images in image_dataset(paths, size, batch):
+        yield forward(images)
+
+
+def take_turns(contenders: dict[str, Iterator[np.ndarray]]) -> tuple[dict, dict, dict]:
+    """Step every contender one batch at a time in a rotating order until all are done.
+
+    Returns each contender's wall seconds per batch, this process's CPU seconds per batch (all
+    threads; it hardly depends on what else runs on the machine) and its first batch's vectors.
+    """
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+    first: dict[str, np.ndarray] = {}
+    names, turn = list(contenders), 0
+    while names:
+        order = names[turn % len(names):] + names[: turn % len(names)]
+        for name in order:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            vectors = next(contenders[name], None)
+            if vectors is None:
+                names.remove(name)
+                continue
+            seconds[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+            first.setdefault(name, np.asarray(vectors))
+        turn += 1
+    return seconds, cpu, first
+
+
+def run(images: int, size: int, batch: int, engines: list[str], taglens: list[str],
+        backbone: str = "vgg19") -> dict:
     """All measurements; returns a JSON-ready dict."""
-    import psutil
-
     from taglens.backbones import build_feature_extractor
-    from taglens.params import ModelParams
+    from taglens.features import iter_feature_batches
+    from taglens.images import load_batch
+    from taglens.params import ModelParams, load_params
 
-    process = psutil.Process()
-    cpu0, wall0 = sum(process.cpu_times()[:2]), time.perf_counter()
-    result: dict = {
-        "cpus": os.cpu_count(),
-        "loadavg_start": os.getloadavg()[0],
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-        "image_size": size,
-        "batch_size": batch,
-    }
-    result["matmul_gflops"] = matmul_peak()["wall"]
+    default = load_params(ROOT / "params.yaml").featurize.engine
+    weights = str(MOBILENET) if backbone == "mobilenet" and MOBILENET.is_file() else None
+    model = build_feature_extractor(ModelParams(backbone=backbone, image_size=size,
+                                                weights=weights), seed=0)  # fmt: skip
     paths = sample_photos(images)
-    decode = decode_rate(paths, size, batch)
-    result["decode_img_s"], result["decode_img_per_cpu_s"] = decode["wall"], decode["cpu"]
-    weights = str(MOBILENET) if MOBILENET.is_file() else None
-    cases = [  # (backbone, weights, images, XLA): MobileNet under XLA is slow, so fewer
-        ("vgg19", None, images, True),
-        ("vgg19", None, images // 2, False),
-        ("mobilenet", weights, images * 2, False),
-        ("mobilenet", weights, images // 2, True),
-    ]
-    result["models"] = []
-    for backbone, weights, count, jit in cases:
-        params = ModelParams(backbone=backbone, image_size=size, weights=weights)
-        extractor = build_feature_extractor(params, seed=0)
-        flops = layer_flops(extractor) / 1e9
-        load = os.getloadavg()[0]
-        rate = featurize_rate(sample_photos(count), extractor, size, batch, jit, flops)
-        row = {
-            "backbone": backbone, "jit_compile": jit, "images": count,
-            "gflop_per_image": flops, "loadavg": load,
-            "possible_img_s": rate["matmul_gflops"] / flops, **rate,
-        }  # fmt: skip
-        result["models"].append(row)
-        print(json.dumps(row), file=sys.stderr)
-    wall = time.perf_counter() - wall0
-    result["wall_s"] = wall
-    result["process_cpu_share"] = (sum(process.cpu_times()[:2]) - cpu0) / wall / os.cpu_count()
+    reference = np.asarray(model.predict(load_batch(paths[:batch], size), verbose=0))
+    result: dict = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
+                    "backbone": backbone, "weights": weights or "random", "image_size": size,
+                    "batch_size": batch, "images": len(paths),
+                    "default_engine": default}  # fmt: skip
+    contenders: dict[str, Iterator[np.ndarray]] = {}
+    for engine in dict.fromkeys([default, *taglens]):
+        contenders[f"taglens/{engine}"] = iter_feature_batches(
+            paths, model, image_size=size, batch_size=batch, engine=engine)
+    convert_s = {}
+    for engine in engines:
+        start = time.perf_counter()
+        forward = PLAIN[engine](model)
+        convert_s[engine] = time.perf_counter() - start
+        contenders[f"plain/{engine}"] = plain_batches(forward, paths, size, batch)
+    seconds, cpu, first = take_turns(contenders)
+    result["batch_seconds"], result["batch_cpu_seconds"] = seconds, cpu
+    result["img_per_cpu_s"] = {name: batch / float(np.median(times[1:]))
+                               for name, times in cpu.items()}  # fmt: skip
+    steady = {name: times[1:] for name, times in seconds.items()}
+    result["best_img_s"] = {name: batch / min(times) for name, times in steady.items()}
+    result["median_img_s"] = {name: batch / float(np.median(times))
+                              for name, times in steady.items()}  # fmt: skip
+    result["first_batch_s"] = {name: times[0] for name, times in seconds.items()}
+    result["plain_convert_s"] = convert_s
+    result["relative_difference"] = {name: relative_difference(vectors, reference)
+                                     for name, vectors in first.items()}  # fmt: skip
+    if "openvino" in engines:
+        result["bf16_relative_difference"] = bf16_relative_difference(
+            model, load_batch(paths[:batch], size).numpy())
+    ours = f"taglens/{default}"
+    for stat, key in (("best", "best_img_s"), ("median", "median_img_s"),
+                      ("cpu", "img_per_cpu_s")):  # fmt: skip
+        rates = result[key]
+        others = {name: rate for name, rate in rates.items() if name.startswith("plain/")}
+        best_other = max(others, key=others.get)
+        result[f"{stat}_other"] = best_other
+        result[f"taglens_over_best_other_{stat}"] = rates[ours] / others[best_other]
     result["loadavg_end"] = os.getloadavg()[0]
     return result
 
 
-def to_markdown(result: dict) -> str:
-    """Tables for BENCHMARKS.md."""
+def to_markdown(r: dict) -> str:
+    """The table for BENCHMARKS.md."""
+    default, batches = r["default_engine"], len(next(iter(r["batch_seconds"].values())))
     lines = [
-        f"matmul peak at start {result['matmul_gflops']:.0f} GFLOP/s; decode+resize alone "
-        f"{result['decode_img_s']:.0f} img/s ({result['decode_img_per_cpu_s']:.0f} per "
-        f"CPU-second); oneDNN={result['onednn']}; load average "
-        f"{result['loadavg_start']:.2f} -> {result['loadavg_end']:.2f} on {result['cpus']} CPUs; "
-        f"this process used {100 * result['process_cpu_share']:.0f}% of the CPUs; "
-        f"{result['wall_s']:.0f} s.",
+        f"{r['backbone']} no top, {r['image_size']} px, batch {r['batch_size']}, "
+        f"{'random' if r.get('weights', 'random') == 'random' else 'ImageNet'} weights, "
+        f"{r['images']} flowers photos ({batches} batches per contender, taken in turns; the "
+        f"first left out). Load average {r['loadavg_start']:.1f} -> {r['loadavg_end']:.1f} on "
+        f"{r['cpus']} CPUs (shared machine).",
         "",
-        "| backbone | XLA | images | GFLOP/img | load avg | matmul GFLOP/s | possible img/s "
-        "| achieved img/s | achieved/possible (median, min-max over batches) "
-        "| per CPU-second | first batch s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| contender | img/s, median batch | vs best plain | img/s, best batch | vs best plain "
+        "| img per CPU-second (median) | vs best plain | first batch s "
+        "| max relative difference to Keras |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in result["models"]:
+    top_best = r["best_img_s"][r["best_other"]]
+    top_median = r["median_img_s"][r["median_other"]]
+    top_cpu = r["img_per_cpu_s"][r["cpu_other"]]
+    for name in r["batch_seconds"]:
+        kind, engine = name.split("/")
+        if kind == "taglens":
+            label = f"taglens featurize, `featurize.engine: {engine}`"
+            label += " (default)" if engine == default else ""
+        else:
+            label = f"plain {engine} loop"
+        best, median = r["best_img_s"][name], r["median_img_s"][name]
+        per_cpu = r["img_per_cpu_s"][name]
         lines.append(
-            f"| {row['backbone']} | {'yes' if row['jit_compile'] else 'no'} | {row['images']} "
-            f"| {row['gflop_per_image']:.2f} | {row['loadavg']:.1f} | {row['matmul_gflops']:.0f} "
-            f"| {row['possible_img_s']:.2f} | {row['achieved_img_s']:.2f} "
-            f"| {100 * row['achieved_over_possible']:.0f}% ({100 * row['ratio_min']:.0f}-"
-            f"{100 * row['ratio_max']:.0f}%, {row['pairs']} batches) "
-            f"| {100 * row['cpu_efficiency']:.0f}% "
-            f"| {row['first_batch_s']:.1f} |"
+            f"| {label} | {median:.2f} | {median / top_median:.2f} | {best:.2f} "
+            f"| {best / top_best:.2f} | {per_cpu:.2f} | {per_cpu / top_cpu:.2f} "
+            f"| {r['first_batch_s'][name]:.1f} | {r['relative_difference'][name]:.1e} |"
         )
+    lines += [
+        "",
+        f"taglens featurize (default engine {default}) over the best plain engine: "
+        f"**{r['taglens_over_best_other_median']:.2f}** by median batch ({r['median_other']}), "
+        f"{r['taglens_over_best_other_best']:.2f} by best batch ({r['best_other']}), "
+        f"{r['taglens_over_best_other_cpu']:.2f} per CPU-second ({r['cpu_other']}).",
+        "Converting + compiling for the plain loops (s): "
+        + ", ".join(f"{e} {s:.1f}" for e, s in r["plain_convert_s"].items())
+        + "; taglens converts inside its first batch.",
+    ]
+    if "bf16_relative_difference" in r:
+        lines.append(f"OpenVINO's default precision on this CPU (bfloat16) differs from Keras by "
+                     f"{r['bf16_relative_difference']:.1e} relative, so every OpenVINO row here "
+                     "asks for float32.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and write `featurize[-onednn-on|off].json` / `.md` under --out."""
+    """Run the benchmark and write `featurize.json` / `.md` under --out."""
+    from taglens.engines import ENGINES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256, help="VGG-19 images (MobileNet x2)")
+    parser.add_argument("--images", type=int, default=112, help="photos each contender featurizes")
+    parser.add_argument("--backbone", choices=("vgg19", "mobilenet"), default="vgg19",
+                        help="mobilenet uses the shared ImageNet weights when present")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument(
-        "--onednn", choices=("default", "on", "off"), default="default",
-        help="force TF_ENABLE_ONEDNN_OPTS (TensorFlow turns it on by itself on CPUs it knows)",
-    )  # fmt: skip
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
+                        help="engines run as plain loops")
+    parser.add_argument("--taglens", nargs="*", choices=ENGINES, default=[],
+                        help="engines taglens's featurize runs on besides the default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    if args.onednn != "default":
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"  # read at import
+    if args.images < 2 * args.batch:
+        parser.error("--images must be at least two batches (the first one is left out)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = run(args.images, args.size, args.batch)
+    result = run(args.images, args.size, args.batch, args.engines, args.taglens, args.backbone)
     from bench.results_io import save_results
 
-    name = "featurize" if args.onednn == "default" else f"featurize-onednn-{args.onednn}"
-    save_results(args.out, name, result, to_markdown(result))
+    stem = "featurize" if args.backbone == "vgg19" else f"featurize-{args.backbone}"
+    save_results(args.out, stem, result, to_markdown(result))
     return 0
 
 

@@ -1,16 +1,14 @@
-"""Batch predict benchmark: throughput against featurize and a naive loop, and flat memory.
+"""Batch predict benchmark: the whole command against a cold featurize, and flat memory.
 
-Measured in one run on real photos (../shared/datasets/flowers), same backbone and image size:
-- batch predict (`taglens.batch_predict.predict_to_file`, hashing, decode, model, hashtags,
-  writing included) against featurize (`taglens.features.featurize_paths`, the backbone alone)
-  and against a naive loop calling `model.predict` on one image at a time;
-- peak RSS of the whole job in fresh subprocesses at two input counts (photos repeated).
+Measured in one run, interleaved repeats (the machine is shared, so both see the same load):
+- `python -m stages.predict` (list, read, hash, decode, model, hashtags, write Parquet) against
+  `python -m stages.featurize` into an empty feature store (read, decode, backbone, write
+  shards), each timed as a whole command, on the same photos with the same backbone and engine.
+  The photos are the flowers set re-encoded as 640x640 JPEGs, the size Instagram serves, so
+  decoding costs what it costs on scraped posts;
+- peak RSS of the batch predict job in fresh subprocesses at two input counts (photos repeated).
 
-    python -m bench.predict --images 512 --size 128 --rss 1000 10000
-    python -m bench.predict --backbone vgg19 --images 96 --size 224 --batch 16 --no-rss
-
-Any other backbone than MobileNet 1.0 gets random weights (its cost does not depend on them);
-its results go to `predict-<backbone>-<size>px.json` / `.md`.
+    python -m bench.predict --images 800 --repeats 3 --rss 1000 10000
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -116,27 +116,6 @@ def predict_rate(paths, predictor, out: Path, batch: int) -> dict:
     return _rates(len(paths), batch, start, time.perf_counter(), stamped.stamps)
 
 
-def featurize_rate(paths, extractor, size: int, batch: int, jit: bool = True) -> dict:
-    from taglens.features import featurize_paths
-
-    stamps: list[float] = []
-    start = time.perf_counter()
-    featurize_paths(paths, extractor, image_size=size, batch_size=batch, jit_compile=jit,
-                    progress=False, on_batch=lambda _: stamps.append(time.perf_counter()))
-    return _rates(len(paths), batch, start, time.perf_counter(), stamps)
-
-
-def naive_rate(paths, model, size: int) -> float:
-    """One `model.predict` call per image: what a simple script would do."""
-    from taglens.images import load_batch
-
-    model.predict(load_batch(paths[:1], size), verbose=0)
-    start = time.perf_counter()
-    for path in paths:
-        model.predict(load_batch([path], size), verbose=0)
-    return len(paths) / (time.perf_counter() - start)
-
-
 def _rss_mb() -> float:
     """This process's resident memory now (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -145,7 +124,7 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def child(count: int, models: Path, batch: int, fmt: str) -> None:
+def child(count: int, models: Path, batch: int, fmt: str, engine: str) -> None:
     """Score `count` images into a fresh output; print rate and memory (MB) as JSON.
 
     `loaded_rss_mb` is after loading the model and a warm-up batch, `job_peak_rss_mb` the highest
@@ -155,7 +134,7 @@ def child(count: int, models: Path, batch: int, fmt: str) -> None:
 
     from stages.predict import load_model
 
-    predictor = load_model(str(models))  # as the job loads it
+    predictor = load_model(str(models), engine)  # as the job loads it
     with tempfile.TemporaryDirectory() as tmp:
         predict_rate(photos(batch), predictor, Path(tmp) / f"warm.{fmt}", batch)
         loaded = _rss_mb()
@@ -176,46 +155,124 @@ def child(count: int, models: Path, batch: int, fmt: str) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def rss_runs(counts, models: Path, batch: int, fmt: str) -> list[dict]:
+def rss_runs(counts, models: Path, batch: int, fmt: str, engine: str) -> list[dict]:
     rows = []
     for count in counts:
         cmd = [sys.executable, "-m", "bench.predict", "--child", str(count), "--models",
-               str(models), "--batch", str(batch), "--format", fmt]  # fmt: skip
+               str(models), "--batch", str(batch), "--format", fmt, "--engine", engine]  # fmt: skip
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
 
-def throughput(args, tmp: Path) -> dict:
-    """Batch predict against featurize (XLA and plain graph) and a naive loop, same network."""
-    import keras
+def reencode_photos(count: int, dest: Path, side: int = 640, quality: int = 90) -> list[Path]:
+    """`count` distinct flowers photos as side x side JPEGs under `dest/images`, with posts.jsonl.
 
-    from stages.predict import load_model
+    `dest` is then a raw data directory as the scrape stage writes it (featurize reads it), and
+    `dest/images` an input folder for batch predict.
+    """
+    import hashlib
 
-    result: dict = {}
+    from PIL import Image
+
+    from taglens.posts import POSTS_FILE, Post, write_posts
+
+    sources = sorted(FLOWERS.rglob("*.jpg"))
+    if len(sources) < count:
+        sys.exit(f"error: --images {count} is more than the {len(sources)} flowers photos")
+    step = len(sources) // count
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    posts, paths = [], []
+    for number, source in enumerate(sources[::step][:count]):
+        path = dest / "images" / f"{number:05d}.jpg"
+        with Image.open(source) as image:
+            image.convert("RGB").resize((side, side), Image.BICUBIC).save(path, quality=quality)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        posts.append(Post(id=f"p{number}", label=source.parent.name, image=f"images/{path.name}",
+                          sha256=sha, width=side, height=side, source="bench"))  # fmt: skip
+        paths.append(path)
+    write_posts(dest / POSTS_FILE, posts)
+    return paths
+
+
+def bench_params(dest: Path, args) -> Path:
+    """params.yaml with the benchmark's backbone, size, batch and engine."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    weights = WEIGHTS["mobilenet"] if args.backbone == "mobilenet" else None
+    raw["model"].update(backbone=args.backbone, image_size=args.size,
+                        weights=str(weights) if weights and weights.is_file() else None)
+    raw["featurize"].update(batch_size=args.batch, engine=args.engine, jit_compile=False)
+    raw["predict"]["batch_size"] = args.batch
+    dest.write_text(yaml.safe_dump(raw))
+    return dest
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, all threads) of one command run from the project root.
+
+    On a shared machine the wall time depends on what else runs; the CPU time hardly does.
+    A failing command stops the benchmark.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        sys.exit(f"error: {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def commands(args, tmp: Path) -> dict:
+    """Whole `stages.predict` against whole cold `stages.featurize`, interleaved, best of each."""
+    import pandas as pd
+
+    raw = tmp / "raw"
+    paths = reencode_photos(args.images, raw)
+    params = bench_params(tmp / "params.yaml", args)
     models = build_models(tmp / "models", args.size, alpha=1.0, backbone_name=args.backbone)
-    predictor = load_model(str(models))  # as the job loads it (a traced graph)
-    model = predictor.model.model  # the plain Keras model
-    # featurize's network: the same preprocessing and backbone (shared weights), no head
-    image = keras.Input((args.size, args.size, 3))
-    extractor = keras.Model(image, model.layers[-2](model.layers[-3](image)))
-    paths = photos(args.images)
-    predict_rate(paths[: args.batch * 2], predictor, tmp / "warm.jsonl", args.batch)
-    feats, plain, preds = [], [], []
-    for _ in range(args.repeats):  # alternate, so all see the same machine load
-        feats.append(featurize_rate(paths, extractor, args.size, args.batch))
-        plain.append(featurize_rate(paths, extractor, args.size, args.batch, jit=False))
-        preds.append(predict_rate(paths, predictor, tmp / "out.jsonl", args.batch))
-    # best of the repeats; "steady" leaves out the first batch (tracing, XLA compiling)
-    for name, runs in (("featurize_xla", feats), ("featurize", plain), ("predict", preds)):
-        result[f"{name}_img_s"] = max(r["steady"] for r in runs)
-        result[f"{name}_overall_img_s"] = max(r["overall"] for r in runs)
-    result["naive_img_s"] = naive_rate(paths[: args.naive], model, args.size)
-    result["predict_over_featurize"] = result["predict_img_s"] / result["featurize_img_s"]
-    result["predict_over_naive"] = result["predict_img_s"] / result["naive_img_s"]
-    print(json.dumps(result), file=sys.stderr)
-    return result
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}  # fmt: skip
+    py = sys.executable
+
+    def featurize(run: int) -> list[str]:
+        return [py, "-m", "stages.featurize", "--params", str(params), "--raw", str(raw),
+                "--out", str(tmp / f"features-{run}")]  # fmt: skip
+
+    def predict(run: int, inputs: Path = raw / "images") -> list[str]:
+        return [py, "-m", "stages.predict", "--params", str(params), "--input", str(inputs),
+                "--output", str(tmp / f"predict-{run}.parquet"), "--model-uri", str(models)]
+
+    warm = tmp / "warm"  # creates the MLflow database once, as a user's store already exists
+    warm.mkdir()
+    (warm / "a.jpg").write_bytes(paths[0].read_bytes())
+    timed(predict(-1, warm), env)
+    times: dict[str, list[float]] = {"featurize": [], "predict": []}
+    cpu: dict[str, list[float]] = {"featurize": [], "predict": []}
+    for run in range(args.repeats):  # alternate which goes first
+        order = ("featurize", "predict") if run % 2 == 0 else ("predict", "featurize")
+        for name in order:
+            wall, cpu_s = timed((featurize if name == "featurize" else predict)(run), env)
+            times[name].append(wall)
+            cpu[name].append(cpu_s)
+        rows = pd.read_parquet(tmp / f"predict-{run}.parquet")
+        if len(rows) != args.images or rows["error"].notna().any():
+            sys.exit(f"error: batch predict wrote {len(rows)} rows for {args.images} images")
+        print(json.dumps({k: (v[-1], cpu[k][-1]) for k, v in times.items()}), file=sys.stderr,
+              flush=True)  # fmt: skip
+    best = {name: min(values) for name, values in times.items()}
+    best_cpu = {name: min(values) for name, values in cpu.items()}
+    return {"engine": args.engine, "photo_side": 640, "command_seconds": times,
+            "command_cpu_seconds": cpu,
+            "featurize_img_s": args.images / best["featurize"],
+            "predict_img_s": args.images / best["predict"],
+            "predict_over_featurize": best["featurize"] / best["predict"],
+            "predict_over_featurize_cpu": best_cpu["featurize"] / best_cpu["predict"],
+            "predict_over_featurize_by_repeat": [f / p for f, p in zip(
+                times["featurize"], times["predict"], strict=True)]}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -224,10 +281,11 @@ def run(args) -> dict:
               "images": args.images}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         if not args.rss_only:
-            result.update(throughput(args, Path(tmp)))
+            result.update(commands(args, Path(tmp)))
         if not args.no_rss:
             small = build_models(Path(tmp) / "small", args.rss_size, alpha=0.25)
-            result["rss"] = rss_runs(args.rss, small, args.batch, args.format)
+            result["rss"] = rss_runs(args.rss, small, args.batch, args.format, args.engine)
+            result["rss_engine"] = args.engine
     if not args.no_rss:
         result["rss_size"], result["rss_format"] = args.rss_size, args.format
         peaks = [row["job_peak_rss_mb"] for row in result["rss"]]
@@ -247,31 +305,41 @@ def to_markdown(r: dict) -> str:
     load = f"{r['loadavg_start']:.1f} -> {r['loadavg_end']:.1f}"
     lines = [f"Load average {load} on {r['cpus']} CPUs (shared machine)."]
     if "predict_img_s" in r:
-        f = r["featurize_img_s"]
+        times = r["command_seconds"]
         lines += [
             "",
-            f"{_describe(r.get('backbone', 'mobilenet'))} + softmax head, {r['image_size']} px, "
-            f"batch {r['batch_size']}, {r['images']} flowers photos, best of the repeats. Steady = "
-            "after the first batch (no tracing or compiling).",
+            f"{_describe(r.get('backbone', 'mobilenet'))}, {r['image_size']} px, batch "
+            f"{r['batch_size']}, `featurize.engine: {r['engine']}`, {r['images']} flowers photos "
+            f"re-encoded as {r['photo_side']}x{r['photo_side']} JPEGs; whole commands, "
+            f"{len(times['predict'])} interleaved repeats, best of each.",
             "",
-            "| job | steady img/s | overall img/s | steady vs featurize |",
-            "|---|---|---|---|",
-            f"| featurize, plain graph (`featurize.jit_compile: false`) | {f:.1f} "
-            f"| {r['featurize_overall_img_s']:.1f} | 1.00 |",
-            f"| featurize, XLA (`featurize.jit_compile: true`) | {r['featurize_xla_img_s']:.1f} "
-            f"| {r['featurize_xla_overall_img_s']:.1f} | {r['featurize_xla_img_s'] / f:.2f} |",
-            f"| batch predict (read, hash, decode, model, hashtags, write) "
-            f"| {r['predict_img_s']:.1f} | {r['predict_overall_img_s']:.1f} "
-            f"| {r['predict_over_featurize']:.2f} |",
-            f"| naive loop, `model.predict` per image | {r['naive_img_s']:.1f} | - "
-            f"| {r['naive_img_s'] / f:.2f} |",
+            "| command | wall s (every repeat) | img/s (best) | vs featurize, wall "
+            "| CPU s (every repeat) | vs featurize, CPU |",
+            "|---|---|---|---|---|---|",
         ]
+        cpu = r["command_cpu_seconds"]
+        for name, label, ratio, ratio_cpu in (
+            ("featurize", "`python -m stages.featurize` (empty feature store)", 1.0, 1.0),
+            ("predict", "`python -m stages.predict` (Parquet output)",
+             r["predict_over_featurize"], r["predict_over_featurize_cpu"]),
+        ):  # fmt: skip
+            lines.append(
+                f"| {label} | {', '.join(f'{x:.1f}' for x in times[name])} "
+                f"| {r[f'{name}_img_s']:.1f} | **{ratio:.2f}** "
+                f"| {', '.join(f'{x:.1f}' for x in cpu[name])} | **{ratio_cpu:.2f}** |"
+            )
+        pairs = r.get("predict_over_featurize_by_repeat", [])
+        if pairs:
+            lines += ["", "Wall-time ratio within each repeat (the two commands back to back): "
+                      + ", ".join(f"{x:.2f}" for x in pairs)
+                      + f"; median {float(np.median(pairs)):.2f}."]
     if "rss" not in r:
         return "\n".join(lines) + "\n"
     lines += [
         "",
-        f"Memory of the job (MobileNet 0.25, {r['rss_size']} px, {r['rss_format']} output, a "
-        "fresh process each; MB resident):",
+        f"Memory of the job (MobileNet 0.25, {r['rss_size']} px, {r['rss_format']} output, "
+        f"`featurize.engine: {r.get('rss_engine', 'tensorflow')}`, a fresh process each; MB "
+        "resident):",
         "",
         "| images | after model load | peak during the job | process peak | img/s |",
         "|---|---|---|---|---|",
@@ -284,13 +352,16 @@ def to_markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write `predict.json` / `predict.md` under --out."""
+    from taglens.engines import ENGINES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--images", type=int, default=800, help="distinct photos, 640x640")
     parser.add_argument("--backbone", default="mobilenet", help="a taglens.backbones name")
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--naive", type=int, default=64, help="images for the naive loop")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="featurize.engine for both commands (default: params.yaml's)")
     parser.add_argument("--rss", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rss-size", type=int, default=64)
     parser.add_argument("--format", default="parquet", choices=["csv", "jsonl", "parquet"])
@@ -301,14 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from taglens.backbones import BACKBONES
+    from taglens.params import load_params
 
+    args.engine = args.engine or load_params(ROOT / "params.yaml").featurize.engine
     if args.backbone not in BACKBONES:
         parser.error(f"--backbone must be one of {sorted(BACKBONES)}, got {args.backbone!r}")
     if args.rss_only and args.no_rss:
         parser.error("--rss-only and --no-rss exclude each other")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.child:
-        child(args.child, args.models, args.batch, args.format)
+        child(args.child, args.models, args.batch, args.format, args.engine)
         return 0
     result = run(args)
     from bench.results_io import save_results

@@ -55,14 +55,15 @@ def cached_extractor(model: dict[str, Any], seed: int) -> Any:
       retry_condition_fn=retry_unless_user_error)
 def shard_task(items: list[tuple[str, str]], store_root: str, key: dict[str, Any],
                model: dict[str, Any], seed: int, batch_size: int,
-               jit_compile: bool) -> int:  # fmt: skip
+               jit_compile: bool, engine: str = "tensorflow") -> int:  # fmt: skip
     """Compute one shard's vectors and write them into the store as one shard file."""
     from taglens.features import FeatureKey, FeatureStore, featurize_paths
 
     store = FeatureStore(Path(store_root), FeatureKey(**key))
     vectors = featurize_paths([path for _, path in items], cached_extractor(model, seed),
                               image_size=store.key.image_size, batch_size=batch_size,
-                              jit_compile=jit_compile, progress=False)  # fmt: skip
+                              jit_compile=jit_compile, progress=False,
+                              engine=engine)  # fmt: skip
     shard = store.write_shard([sha for sha, _ in items], vectors)
     get_run_logger().info("%d vectors into %s", len(items), shard.name)
     return len(items)
@@ -71,10 +72,10 @@ def shard_task(items: list[tuple[str, str]], store_root: str, key: dict[str, Any
 @flow(name="featurize-shards")
 def _compute_shards(shards: list[list[tuple[str, str]]], store_root: str, key: dict[str, Any],
                     model: dict[str, Any], seed: int, batch_size: int,
-                    jit_compile: bool) -> list[int]:  # fmt: skip
+                    jit_compile: bool, engine: str = "tensorflow") -> list[int]:  # fmt: skip
     """Compute every shard in parallel on the flow's task runner (Dask)."""
-    futures = [shard_task.submit(items, store_root, key, model, seed, batch_size, jit_compile)
-               for items in shards]  # fmt: skip
+    futures = [shard_task.submit(items, store_root, key, model, seed, batch_size, jit_compile,
+                                 engine) for items in shards]  # fmt: skip
     return [future.result() for future in futures]
 
 
@@ -156,7 +157,7 @@ def featurize_flow(
             runner = dask_runner(scheduler_address, n_workers)
             done = _compute_shards.with_options(task_runner=runner)(
                 parts, str(store.dir.parent), dict(store.key.__dict__), model.model_dump(), seed,
-                fparams.batch_size, fparams.jit_compile,
+                fparams.batch_size, fparams.jit_compile, fparams.engine,
             )  # fmt: skip
             computed, shards = sum(done), len(parts)
     # the stage finishes both paths (on dask it finds every vector in the store)

@@ -39,13 +39,13 @@ TASK_RUNNERS = ("local", "dask")
 # images, scores in minutes here): fail it so the next night's run is not blocked behind it.
 TIMEOUT_S = 6 * 3600
 ARTIFACT_KEY = "batch-predict-report"
-_MODELS: dict[tuple[str, str | None], Any] = {}
+_MODELS: dict[tuple[str, str | None, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(uri: str, tracking_uri: str | None):
+def cached_model(uri: str, tracking_uri: str | None, engine: str = "tensorflow"):
     """Load a pinned model once per process (a Dask worker keeps it for all its shards)."""
-    key = (uri, tracking_uri)
+    key = (uri, tracking_uri, engine)
     with _MODELS_LOCK:
         if key not in _MODELS:
             if tracking_uri:
@@ -53,7 +53,7 @@ def cached_model(uri: str, tracking_uri: str | None):
 
                 mlflow.set_tracking_uri(tracking_uri)
                 mlflow.set_registry_uri(tracking_uri)
-            _MODELS[key] = load_model(uri)
+            _MODELS[key] = load_model(uri, engine)
         return _MODELS[key]
 
 
@@ -61,11 +61,11 @@ def cached_model(uri: str, tracking_uri: str | None):
       retry_condition_fn=retry_unless_user_error)
 def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, str],
                batch_size: int, tracking_uri: str | None, also_done_in: list[str] | None = None,
-               progress: bool = False) -> dict[str, Any]:  # fmt: skip
+               progress: bool = False, engine: str = "tensorflow") -> dict[str, Any]:  # fmt: skip
     """Score `paths` into `output` (resumable), skipping rows already in `also_done_in`."""
     from taglens.batch_predict import predict_to_file
 
-    predictor = cached_model(model_uri, tracking_uri)
+    predictor = cached_model(model_uri, tracking_uri, engine)
     report = predict_to_file([Path(p) for p in paths], Path(output), predictor, ModelRef(**model),
                              batch_size=batch_size, progress=progress,
                              also_done_in=[Path(p) for p in also_done_in or []])  # fmt: skip
@@ -90,11 +90,12 @@ def merge_task(parts: list[str], output: str, model: dict[str, str]) -> int:
 @flow(name="batch-predict-shards")
 def _score_shards(shards: list[list[str]], shard_dir: str, output: str, model_uri: str,
                   model: dict[str, str], batch_size: int,
-                  tracking_uri: str | None) -> list[dict[str, Any]]:  # fmt: skip
+                  tracking_uri: str | None,
+                  engine: str = "tensorflow") -> list[dict[str, Any]]:  # fmt: skip
     """Score every shard in parallel on the flow's task runner (Dask)."""
     futures = [
         score_task.submit(paths, f"{shard_dir}/shard-{number:06d}.jsonl", model_uri, model,
-                          batch_size, tracking_uri, [output])  # fmt: skip
+                          batch_size, tracking_uri, [output], engine=engine)  # fmt: skip
         for number, paths in enumerate(shards)
     ]
     return [future.result() for future in futures]
@@ -121,7 +122,7 @@ def batch_predict_flow(
         task_runner: "local" (one process) or "dask" (shards on a Dask cluster).
         scheduler_address: a running Dask scheduler (`tcp://host:8786`); None starts a local
             cluster of `n_workers` processes. Workers must see the input and output paths.
-        params_path: the params file (`predict.batch_size`, `predict.shard_size`).
+        params_path: the params file (`predict.*`, `featurize.engine`).
         n_workers: workers of the local cluster when there is no scheduler address.
         batch_size: overrides `predict.batch_size`.
         shard_size: overrides `predict.shard_size`.
@@ -153,14 +154,16 @@ def batch_predict_flow(
     start = time.monotonic()
     if paths and task_runner == "local":
         report.add(ScoreReport(**score_task(paths, output, uri, model, params.predict.batch_size,
-                                            tracking_uri, progress=True)))  # fmt: skip
+                                            tracking_uri, progress=True,
+                                            engine=params.featurize.engine)))  # fmt: skip
     elif paths:
         shards = shard(paths, params.predict.shard_size)
         job = hashlib.sha256(f"{uri}\n{params.predict.shard_size}".encode()).hexdigest()[:12]
         shard_dir = f"{output}.shards/{job}"
         runner = dask_runner(scheduler_address, n_workers)
         results = _score_shards.with_options(task_runner=runner)(
-            shards, shard_dir, output, uri, model, params.predict.batch_size, tracking_uri
+            shards, shard_dir, output, uri, model, params.predict.batch_size, tracking_uri,
+            params.featurize.engine,
         )
         for result in results:
             report.add(ScoreReport(**result))

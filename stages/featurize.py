@@ -40,6 +40,7 @@ def run(
         FileNotFoundError: posts.jsonl or an image is missing.
         ValueError: posts.jsonl is empty or invalid, or an image cannot be decoded.
         BackboneWeightsError: the backbone's weights cannot be loaded.
+        EngineError: featurize.engine is not installed or cannot convert the backbone.
     """
     raw, out = Path(raw), Path(out)
     posts_path = raw / POSTS_FILE
@@ -64,6 +65,7 @@ def run(
         shard_size=params.shard_size,
         jit_compile=params.jit_compile,
         progress=progress,
+        engine=params.engine,
     )
     matrix = np.stack([vectors[post.sha256] for post in posts]).astype("float32")
     views = {}

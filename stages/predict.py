@@ -25,6 +25,12 @@ from taglens.predictor import HashtagPredictor
 logger = logging.getLogger(__name__)
 
 
+def local_models_dir(uri: str | None) -> Path | None:
+    """The directory if `uri` is a models/ directory the train stage wrote, else None."""
+    local = Path(uri).expanduser() if uri else None
+    return local if local is not None and (local / "model.keras").is_file() else None
+
+
 def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef]:
     """Pin a model URI to one version, so every shard of a job uses the same model.
 
@@ -35,29 +41,29 @@ def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef
         taglens.pyfunc.ModelNotFoundError: the alias or version does not exist (the message says
             how to train and register one).
     """
-    from taglens.pyfunc import pin_version
-
     uri = model_uri or f"models:/{model_name}@champion"
-    local = Path(uri).expanduser()
-    if local.is_dir() and (local / "model.keras").is_file():
+    local = local_models_dir(uri)
+    if local is not None:
         return str(local), ModelRef(name=str(local), version="local")
     if not uri.startswith("models:/"):
         return uri, ModelRef(name=uri, version="")
+    from taglens.pyfunc import pin_version
+
     pinned, name, version = pin_version(uri)
     return pinned, ModelRef(name=name, version=version)
 
 
-def load_model(uri: str) -> HashtagPredictor:
+def load_model(uri: str, engine: str = "tensorflow") -> HashtagPredictor:
     """Load a pinned URI from `resolve_model` (a models/ directory or an MLflow model URI).
 
-    The model is wrapped to run as a traced graph, as batch scoring wants.
+    The model is wrapped to run on `engine` (`featurize.engine`), as batch scoring wants.
     """
     local = Path(uri)
     if local.is_dir() and (local / "model.keras").is_file():
-        return graph_predictor(HashtagPredictor.from_dir(local))
+        return graph_predictor(HashtagPredictor.from_dir(local), engine)
     from taglens.pyfunc import load_predictor
 
-    return graph_predictor(load_predictor(uri))
+    return graph_predictor(load_predictor(uri), engine)
 
 
 def run(
@@ -71,7 +77,7 @@ def run(
     """Score every image of `input` into `output`, skipping those already scored there."""
     paths = list_inputs(input)
     uri, model = resolve_model(model_uri, params.register.model_name)
-    predictor = load_model(uri)
+    predictor = load_model(uri, params.featurize.engine)
     logger.info("scoring %d images with %s version %s", len(paths), model.name, model.version)
     return predict_to_file(paths, Path(output), predictor, model,
                            batch_size=params.predict.batch_size, progress=progress,
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging()
         params = load_params(args.params)
-        configure_tracking(params.base.experiment)
+        if local_models_dir(args.model_uri) is None:  # a local models/ dir needs no MLflow
+            configure_tracking(params.base.experiment)
         report = run(params, input=args.input, output=args.output, model_uri=args.model_uri)
         print(f"{args.output}: {report.scored} scored, {report.skipped} already done, "
               f"{report.errors} errors ({report.images_per_second:.1f} img/s)")  # fmt: skip

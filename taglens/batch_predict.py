@@ -13,7 +13,6 @@ whose path is already in the output are hashed up front to decide whether they c
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import re
@@ -75,36 +74,15 @@ class ScoreReport:
         self.seconds = max(self.seconds, other.seconds)
 
 
-class _GraphForward:
-    """A Keras model called through one `tf.function`: batch scoring runs as a graph.
+def graph_predictor(predictor: Any, engine: str = "tensorflow") -> Any:
+    """A copy of a HashtagPredictor whose model runs on `engine` (`featurize.engine`).
 
-    Calling a Keras 3 model eagerly per batch was about 1.8x slower here than a traced graph, which
-    is what featurize uses too. The last, shorter batch reuses a shape-relaxed trace.
-    """
-
-    def __init__(self, model: Any):
-        import tensorflow as tf
-
-        self.model = model
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-
-    def __call__(self, images: Any, training: bool = False) -> Any:
-        return self._forward(images)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-
-def graph_predictor(predictor: Any) -> Any:
-    """A copy of a HashtagPredictor whose model runs as a traced graph (same outputs, faster).
-
+    The tensorflow engine is a traced graph: calling a Keras 3 model eagerly per batch is slower.
     Other predictors (anything without a dataclass `model` field) are returned unchanged.
     """
-    if not dataclasses.is_dataclass(predictor) or not hasattr(predictor, "model"):
-        return predictor
-    if isinstance(predictor.model, _GraphForward):
-        return predictor
-    return dataclasses.replace(predictor, model=_GraphForward(predictor.model))
+    from taglens.engines import on_engine
+
+    return on_engine(predictor, engine)
 
 
 def _row(path: Path, sha: str, model: ModelRef, error: str | None = None,

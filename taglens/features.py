@@ -13,11 +13,12 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from taglens.atomic import atomic_open, atomic_write_json
+from taglens.engines import TensorFlowForward, compile_forward
 from taglens.errors import TaglensError
 from taglens.images import image_dataset
 from taglens.progress import progress_bar
@@ -94,27 +95,8 @@ def _save_npz(path: Path, shas: Sequence[str], vectors: np.ndarray,
     return path
 
 
-class BatchedForward:
-    """The extractor as a `tf.function`; full batches go through XLA when `jit_compile` is set.
-
-    A short last batch would make XLA compile the whole network again for the new shape, which
-    costs more than running that one batch uncompiled, so it takes the plain graph instead.
-    """
-
-    def __init__(self, extractor: keras.Model, batch_size: int, jit_compile: bool):
-        import tensorflow as tf
-
-        def forward(images):
-            return extractor(images, training=False)
-
-        self.batch_size = batch_size
-        self._graph = tf.function(forward, reduce_retracing=True)
-        self._compiled = tf.function(forward, jit_compile=True) if jit_compile else self._graph
-
-    def __call__(self, images: Any) -> np.ndarray:
-        """Features of one batch of float32 pixels (B, S, S, 3) as a NumPy array."""
-        fn = self._compiled if images.shape[0] == self.batch_size else self._graph
-        return fn(images).numpy()
+# The tensorflow engine's forward pass, under its former name (taglens.engines has them all).
+BatchedForward = TensorFlowForward
 
 
 def _check_files(paths: Sequence[Path | str]) -> None:
@@ -133,6 +115,7 @@ def iter_feature_batches(
     image_size: int,
     batch_size: int,
     jit_compile: bool = False,
+    engine: str = "tensorflow",
 ) -> Iterator[np.ndarray]:
     """Yield feature batches for image files, in order (decode overlaps the forward pass).
 
@@ -146,7 +129,7 @@ def iter_feature_batches(
     _check_files(paths)
     if not paths:
         return
-    forward = BatchedForward(extractor, batch_size, jit_compile)
+    forward = compile_forward(extractor, engine, batch_size=batch_size, jit_compile=jit_compile)
     batches = iter(image_dataset(paths, image_size, batch_size))
     start = 0
     while True:
@@ -172,6 +155,7 @@ def featurize_paths(
     jit_compile: bool = False,
     progress: bool = True,
     on_batch: Callable[[np.ndarray], None] | None = None,
+    engine: str = "tensorflow",
 ) -> np.ndarray:
     """Feature vectors (N, D) float32 for image files, in order; reusable by batch predict.
 
@@ -183,13 +167,15 @@ def featurize_paths(
         jit_compile: Compile full batches with XLA.
         progress: Show a tqdm bar with images/s.
         on_batch: Called with each batch's vectors as soon as it is computed.
+        engine: What runs the forward pass (`featurize.engine`, see taglens.engines).
 
     """
     chunks = []
     with progress_bar(total=len(paths), unit="img", desc="featurize", disable=not progress) as bar:
         for vectors in iter_feature_batches(
-            paths, extractor, image_size=image_size, batch_size=batch_size, jit_compile=jit_compile
-        ):
+            paths, extractor, image_size=image_size, batch_size=batch_size,
+            jit_compile=jit_compile, engine=engine,
+        ):  # fmt: skip
             chunks.append(vectors)
             if on_batch is not None:
                 on_batch(vectors)
@@ -243,6 +229,7 @@ def fill_store(
     shard_size: int,
     jit_compile: bool,
     progress: bool = True,
+    engine: str = "tensorflow",
 ) -> tuple[dict[str, np.ndarray], StoreUpdate]:
     """Compute the vectors the store lacks for `(sha256, path)` items, one shard at a time.
 
@@ -272,6 +259,7 @@ def fill_store(
         featurize_paths(
             [path for _, path in missing], extractor_factory(), image_size=store.key.image_size,
             batch_size=batch_size, jit_compile=jit_compile, progress=progress, on_batch=on_batch,
+            engine=engine,
         )  # fmt: skip
         buffer.flush()
         update.shards_written = buffer.written

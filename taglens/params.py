@@ -99,6 +99,17 @@ class FeaturizeParams(_Section):
     jit_compile: bool
     shard_size: int = Field(ge=1)
     views: tuple[Literal["flip", "colour"], ...]  # cheap extra views (taglens.views)
+    engine: Literal["tensorflow", "openvino", "onnxruntime"]
+
+    @model_validator(mode="after")
+    def _xla_is_tensorflow_only(self) -> FeaturizeParams:
+        if self.jit_compile and self.engine != "tensorflow":
+            raise ValueError(
+                f"featurize.jit_compile: true applies to featurize.engine: tensorflow only, got "
+                f"engine {self.engine!r}: set jit_compile: false (the {self.engine} engine "
+                "compiles by itself)"
+            )
+        return self
 
 
 class CleanParams(_Section):

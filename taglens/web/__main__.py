@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from taglens.cli import run_main, setup_logging
+from taglens.engines import on_engine
 from taglens.errors import TaglensError
 from taglens.params import Params, load_params
 from taglens.web.app import ModelLabel, Predictor, create_app
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 "by one of serve.allowed_hosts (%s)", host, ", ".join(params.serve.allowed_hosts),
             )  # fmt: skip
         predictor, label = load_model(params, args.model_uri)
+        predictor = on_engine(predictor, params.featurize.engine)  # as featurize runs the backbone
         serve = params.serve
         app = create_app(
             predictor,

@@ -180,3 +180,16 @@ def test_a_killed_run_resumes_from_its_finished_shards(tiny_params, tmp_path):
         update={"shard_size": 8}), seed=42, raw=raw, out=out, progress=False)  # fmt: skip
     assert (report["cached"], report["computed"]) == (done, 200 - done)
     assert read_features(out)[1].shape == (200, 512)
+
+
+@pytest.mark.slow
+def test_openvino_engine_writes_the_tensorflow_vectors(tiny_params, raw, tmp_path):
+    tf_out, ov_out = tmp_path / "tf", tmp_path / "ov"
+    run(tiny_params, raw, tf_out)
+    on_openvino = tiny_params.featurize.model_copy(update={"engine": "openvino"})
+    featurize.run(tiny_params.model, on_openvino, seed=tiny_params.base.seed, raw=raw,
+                  out=ov_out, progress=False)  # fmt: skip
+    (tf_shas, want), (ov_shas, got) = read_features(tf_out), read_features(ov_out)
+    assert ov_shas.tolist() == tf_shas.tolist()
+    worst = np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1))
+    assert worst < 1e-4

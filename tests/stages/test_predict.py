@@ -24,11 +24,15 @@ def _photos(folder, count=5):
 
 
 @pytest.mark.slow
-def test_rows_match_the_predictor_on_the_same_pixels(tmp_path, tiny_params, tiny_models_dir):
+@pytest.mark.parametrize("engine", ["tensorflow", "openvino"])
+def test_rows_match_the_predictor_on_the_same_pixels(engine, tmp_path, tiny_params,
+                                                      tiny_models_dir):  # fmt: skip
     paths = _photos(tmp_path / "photos")
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out.jsonl"
-    report = predict.run(tiny_params, input=str(tmp_path / "photos"), output=out,
+    on_engine = tiny_params.featurize.model_copy(update={"engine": engine})
+    params = tiny_params.model_copy(update={"featurize": on_engine})
+    report = predict.run(params, input=str(tmp_path / "photos"), output=out,
                          model_uri=str(tiny_models_dir), progress=False)
     rows = list(read_rows(out))
     assert (report.scored, report.errors, len(rows)) == (5, 1, 6)
@@ -79,3 +83,18 @@ def test_bad_input_and_output_are_user_errors(tmp_path, tiny_models_dir, capsys)
     assert predict.main(["--input", str(tmp_path / "photos"), "--output",
                          str(tmp_path / "o.txt"), *base]) == 2
     assert "must end with one of .csv, .jsonl, .parquet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_local_models_dir_needs_no_tracking_store(tmp_path, tiny_models_dir, monkeypatch):
+    import taglens.tracking
+
+    def no_tracking(*_):
+        raise AssertionError("a local models/ directory must not open the MLflow store")
+
+    monkeypatch.setattr(taglens.tracking, "configure_tracking", no_tracking)
+    _photos(tmp_path / "photos", 2)
+    out = tmp_path / "out.csv"
+    assert predict.main(["--input", str(tmp_path / "photos"), "--output", str(out), "--params",
+                         PARAMS, "--model-uri", str(tiny_models_dir)]) == 0  # fmt: skip
+    assert len(list(read_rows(out))) == 2

@@ -51,6 +51,7 @@ def test_unknown_key_is_named():
         ("clean.k_std", 0, r"clean\.k_std must be > 0"),
         ("hashtags.top_k", 31, r"hashtags\.top_k must be <= 30, got 31"),
         ("model.backbone", "alexnet", r"model\.backbone: .*got 'alexnet'"),
+        ("featurize.engine", "tensorrt", r"featurize\.engine: .*got 'tensorrt'"),
         ("serve.port", 70000, r"serve\.port must be <= 65535"),
         ("base.seed", 2**32, r"base\.seed must be <= 4294967295"),
     ],
@@ -70,6 +71,15 @@ def test_missing_section_is_named():
 def test_split_fractions_must_leave_training_data():
     with pytest.raises(ParamsError, match=r"val_fraction \+ clean\.test_fraction must be < 0\.9"):
         load_params(ROOT / "params.yaml", {"clean.val_fraction": 0.5, "clean.test_fraction": 0.45})
+
+
+def test_xla_needs_the_tensorflow_engine():
+    with pytest.raises(ParamsError, match=r"featurize\.jit_compile: true applies to "
+                       r"featurize\.engine: tensorflow only, got engine 'openvino'"):
+        load_params(ROOT / "params.yaml", {"featurize.jit_compile": True,
+                                           "featurize.engine": "openvino"})
+    both = {"featurize.jit_compile": True, "featurize.engine": "tensorflow"}
+    assert load_params(ROOT / "params.yaml", both).featurize.jit_compile is True
 
 
 def test_folder_source_needs_a_folder():

@@ -1,0 +1,266 @@
+"""One forward pass, three inference engines: TensorFlow, OpenVINO or ONNX Runtime.
+
+`compile_forward(model, engine)` turns a Keras model (pixels in, vectors or probabilities out)
+into a callable on float32 NumPy batches. Featurize, batch predict and the web server all run
+their network through it, so `featurize.engine` switches all three. Every engine gives the same
+outputs within 1e-4 relative (tests/unit/test_engines.py); which one is fastest depends on the
+network and the CPU (BENCHMARKS.md measures them side by side).
+
+OpenVINO converts the model's traced graph in memory in about 2 s (VGG-19), less than building
+the Keras model. ONNX conversion (tf2onnx) takes 15-20 s for VGG-19, so its result is cached on
+disk, keyed by a hash of the model's architecture and weights; conversion needs no network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from taglens.atomic import atomic_open
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("tensorflow", "openvino", "onnxruntime")
+PARAM = "featurize.engine"
+ONNX_OPSET = 17
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+class EngineError(ValueError):
+    """The chosen engine is not installed or cannot run this model (a setting the user fixes)."""
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are kept: `$TAGLENS_CACHE_DIR`, else the user's cache directory."""
+    root = os.environ.get("TAGLENS_CACHE_DIR")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "taglens"
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """A hash of the model's architecture, input shape and weights: the conversion cache key."""
+    digest = hashlib.sha256(model.to_json().encode())
+    digest.update(repr(model.input_shape).encode())
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def traced(model: keras.Model) -> Any:
+    """The model as a `tf.function` on float32 pixels with a free batch dimension."""
+    import tensorflow as tf
+
+    shape = (None, *model.input_shape[1:])
+    spec = [tf.TensorSpec(shape, tf.float32, name="image")]
+    return tf.function(lambda images: model(images, training=False), input_signature=spec)
+
+
+class TensorFlowForward:
+    """The model as a `tf.function`; full batches go through XLA when `jit_compile` is set.
+
+    A short last batch would make XLA compile the whole network again for the new shape, which
+    costs more than running that one batch uncompiled, so it takes the plain graph instead.
+    """
+
+    def __init__(self, model: keras.Model, batch_size: int | None, jit_compile: bool):
+        import tensorflow as tf
+
+        def forward(images):
+            return model(images, training=False)
+
+        self.batch_size = batch_size
+        self._graph = tf.function(forward, reduce_retracing=True)
+        self._compiled = tf.function(forward, jit_compile=True) if jit_compile else self._graph
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Outputs of one float32 batch (B, S, S, 3) as a NumPy array."""
+        fn = self._compiled if images.shape[0] == self.batch_size else self._graph
+        return fn(images).numpy()
+
+
+def no_usage_reports() -> None:
+    """Make OpenVINO's converter send no usage statistics (it does unless told otherwise).
+
+    Without a consent file in the user's home, `convert_model` starts a thread that reports to a
+    web analytics service; offline it only fails. This points the converter at the no-op
+    Telemetry class OpenVINO itself uses when its telemetry package is not installed.
+    """
+    try:
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+    except ImportError:  # another layout: nothing known to switch off
+        return
+    convert_impl.tm = telemetry_utils.tm = telemetry_stub
+
+
+class OpenVinoForward:
+    """The model converted to OpenVINO and compiled for the CPU in float32.
+
+    OpenVINO would otherwise run in bfloat16 on CPUs that have it (results then differ by about
+    1e-2). A batch is split over the throughput streams OpenVINO picks for this CPU and run as
+    parallel requests; batches smaller than that go through a latency-compiled copy instead,
+    which uses every core for one request (the web page's single images).
+    """
+
+    def __init__(self, model: keras.Model):
+        import openvino as ov
+
+        no_usage_reports()
+        converted = ov.convert_model(traced(model).get_concrete_function())
+        core = ov.Core()
+        def compiled(hint: str) -> Any:
+            config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint}
+            return core.compile_model(converted, "CPU", config)
+
+        self._throughput, self._latency = compiled("THROUGHPUT"), compiled("LATENCY")
+        self.requests = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._queue = ov.AsyncInferQueue(self._throughput, self.requests)
+        self._lock = threading.Lock()  # one request queue: callers from several threads take turns
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Outputs of one float32 batch (B, S, S, 3) as a NumPy array."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        with self._lock:
+            if len(images) < self.requests:
+                return np.array(self._latency(images)[0])
+            parts = np.array_split(images, self.requests)
+            results: list[np.ndarray | None] = [None] * len(parts)
+
+            def done(request: Any, index: int) -> None:
+                results[index] = np.array(request.get_output_tensor(0).data)
+
+            self._queue.set_callback(done)
+            for index, part in enumerate(parts):
+                self._queue.start_async({0: part}, index)
+            self._queue.wait_all()
+        return np.concatenate(results)
+
+
+class OnnxRuntimeForward:
+    """The model converted to ONNX (tf2onnx, cached on disk) and run by an ONNX Runtime session."""
+
+    def __init__(self, model: keras.Model, cache_dir: Path):
+        import onnxruntime as ort
+
+        path = Path(cache_dir) / "onnx" / f"{model_fingerprint(model)}-opset{ONNX_OPSET}.onnx"
+        if not path.is_file():
+            import tf2onnx
+
+            logger.info("converting %s to ONNX (cached at %s)", model.name, path)
+            forward = traced(model)
+            proto, _ = tf2onnx.convert.from_function(
+                forward, input_signature=forward.input_signature, opset=ONNX_OPSET
+            )
+            with atomic_open(path, "wb") as handle:
+                handle.write(proto.SerializeToString())
+        self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Outputs of one float32 batch (B, S, S, 3) as a NumPy array."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        return self._session.run(None, {self._input: images})[0]
+
+
+_PACKAGES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "tf2onnx")}
+
+
+def _check_installed(engine: str) -> None:
+    import importlib.util
+
+    missing = [name for name in _PACKAGES.get(engine, ()) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EngineError(
+            f"{PARAM}: {engine} needs {' and '.join(missing)}, which is not installed: "
+            f"pip install {' '.join(missing)}, or set {PARAM}: tensorflow"
+        )
+
+
+def compile_forward(
+    model: keras.Model,
+    engine: str,
+    *,
+    batch_size: int | None = None,
+    jit_compile: bool = False,
+    cache_dir: Path | None = None,
+) -> Forward:
+    """The model's forward pass on the chosen engine: float32 (B, S, S, 3) -> NumPy outputs.
+
+    Args:
+        model: a Keras model on raw pixels (preprocessing inside).
+        engine: one of ENGINES.
+        batch_size: the usual batch (the TensorFlow engine XLA-compiles only that shape).
+        jit_compile: XLA for the TensorFlow engine (the others compile by themselves).
+        cache_dir: where converted models are kept (default `default_cache_dir()`).
+
+    Raises:
+        EngineError: an unknown engine, one that is not installed, or a failed conversion; the
+            message names `featurize.engine`.
+
+    """
+    if engine not in ENGINES:
+        raise EngineError(f"{PARAM} must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "tensorflow":
+        return TensorFlowForward(model, batch_size, jit_compile)
+    _check_installed(engine)
+    try:
+        if engine == "openvino":
+            return OpenVinoForward(model)
+        return OnnxRuntimeForward(model, cache_dir or default_cache_dir())
+    except Exception as exc:  # converters raise many kinds; the user's fix is the same
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EngineError(
+            f"{PARAM}: {engine} could not convert {model.name} ({type(exc).__name__}: "
+            f"{first[:300]}); set {PARAM}: tensorflow"
+        ) from exc
+
+
+class EngineModel:
+    """A Keras model whose calls run on an engine; every other attribute is the model's own.
+
+    It stands in for `HashtagPredictor.model`, which is called as `model(pixels, training=False)`.
+    """
+
+    def __init__(self, model: keras.Model, engine: str, **options: Any):
+        self.model, self.engine = model, engine
+        self._forward = compile_forward(model, engine, **options)
+
+    def __call__(self, images: Any, training: bool = False) -> np.ndarray:
+        """Outputs of one float32 pixel batch."""
+        return self._forward(np.asarray(images, dtype=np.float32))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+
+def on_engine(predictor: Any, engine: str, **options: Any) -> Any:
+    """A copy of a HashtagPredictor whose model runs on `engine` (same outputs within 1e-4).
+
+    Other predictors (anything without a dataclass `model` field) are returned unchanged.
+
+    Raises:
+        EngineError: see `compile_forward`.
+
+    """
+    if not dataclasses.is_dataclass(predictor) or not hasattr(predictor, "model"):
+        return predictor
+    model = predictor.model
+    if isinstance(model, EngineModel):
+        if model.engine == engine:
+            return predictor
+        model = model.model
+    return dataclasses.replace(predictor, model=EngineModel(model, engine, **options))
