@@ -72,15 +72,16 @@ def score_test_split(predictor, params: Params, *, raw: Path, clean: Path) -> Sc
     scores = metrics.classification_metrics(y_true, probs, classes, params.evaluate.top_k)
 
     truth = _post_hashtags(raw / POSTS_FILE, test)
+    depth = hashtag_params(params).top_k  # how deep each ranking is scored
     # the served ranking (the blend chosen on validation, or the class mixture alone)
     ranked = [[item["tag"] for item in row] for row in predictor.rank(outputs)]
-    scores.update(metrics.ranking_metrics(ranked, truth, HASHTAG_K, hashtag_params.top_k))
+    scores.update(metrics.ranking_metrics(ranked, truth, HASHTAG_K, depth))
     # every ranker side by side, with the same tag weights; popularity suggests the most used
     # tags to every photo: every ranker must beat it
     popular = [item["tag"] for item in predictor.stats.popular(predictor.params)]
     for name, rows in [("popularity", [popular] * len(truth)), *_rankers(predictor, outputs)]:
         scores.update(metrics.with_prefix(
-            metrics.ranking_metrics(rows, truth, HASHTAG_K, hashtag_params.top_k), f"{name}_"))
+            metrics.ranking_metrics(rows, truth, HASHTAG_K, depth), f"{name}_"))
     scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"])
     return Scored(scores, test, paths, probs, y_true)
 
