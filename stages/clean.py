@@ -12,7 +12,7 @@ import numpy as np
 
 from taglens import clean_report
 from taglens.atomic import atomic_write_json, atomic_write_text
-from taglens.cli import run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.errors import TaglensError
 from taglens.features import read_features
 from taglens.outliers import find_outliers
@@ -147,12 +147,7 @@ def _log_to_mlflow(base: BaseParams, params: CleanParams, report: dict, files: l
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.clean --params params.yaml --raw ... --features ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the params file (default %(default)s)")
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
-                        help="scrape's output: images and posts.jsonl (default %(default)s)")
-    parser.add_argument("--features", type=Path, default=Path("data/features"),
-                        help="featurize's feature store (default %(default)s)")
+    add_stage_inputs(parser, "params", "raw", "features")
     parser.add_argument("--out", type=Path, default=Path("data/clean"),
                         help="where manifest.csv and dropped.csv go (default %(default)s)")
     parser.add_argument("--reports", type=Path, default=Path("reports/clean"),

@@ -16,7 +16,7 @@ import pandas as pd
 
 from taglens import eval_plots, metrics, train_data
 from taglens.atomic import atomic_write_json, atomic_write_text
-from taglens.cli import run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.errors import TaglensError
 from taglens.images import image_dataset, load_batch
 from taglens.params import HashtagParams, Params, load_params
@@ -200,14 +200,7 @@ def _log_to_run(info: dict, scores: dict, per_class: dict, plots: Path, *,
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.evaluate --params params.yaml --models models ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the params file (default %(default)s)")
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
-                        help="scrape's output: images and posts.jsonl (default %(default)s)")
-    parser.add_argument("--clean", type=Path, default=Path("data/clean"),
-                        help="the manifest of kept images and their split (default %(default)s)")
-    parser.add_argument("--models", type=Path, default=Path("models"),
-                        help="train's model folder (default %(default)s)")
+    add_stage_inputs(parser, "params", "raw", "clean", "models")
     parser.add_argument("--out", type=Path, default=Path("reports"),
                         help="metrics.json, confusion.csv, evaluate/ plots (default %(default)s)")
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ import numpy as np
 
 from taglens import features
 from taglens.backbones import build_feature_extractor, weights_identity
-from taglens.cli import run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.errors import TaglensError
 from taglens.params import FeaturizeParams, ModelParams, load_params
 from taglens.posts import POSTS_FILE, read_posts
@@ -98,10 +98,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.featurize --params params.yaml --raw data/raw --out ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the params file (default %(default)s)")
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
-                        help="scrape's output: images and posts.jsonl (default %(default)s)")
+    add_stage_inputs(parser, "params", "raw")
     parser.add_argument("--out", type=Path, default=Path("data/features"),
                         help="the feature store folder (default %(default)s)")
     args = parser.parse_args(argv)

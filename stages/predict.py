@@ -18,7 +18,7 @@ from taglens.batch_predict import (
     list_inputs,
     predict_to_file,
 )
-from taglens.cli import run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.params import Params, load_params
 from taglens.predictor import HashtagPredictor
 
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-uri", default=None,
                         help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model or a "
                              "models/ directory (default: models:/<register.model_name>@champion)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the params file (default %(default)s)")
+    add_stage_inputs(parser, "params")
     args = parser.parse_args(argv)  # fmt: skip
 
     def body() -> int:

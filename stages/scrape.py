@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from taglens.atomic import atomic_write_json
-from taglens.cli import run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.errors import TaglensError
 from taglens.ingest import IngestReport, ingest
 from taglens.params import PAPER_CLASSES, Params, load_params
@@ -102,8 +102,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.scrape --params params.yaml --out data/raw`."""
     parser = argparse.ArgumentParser(prog="python -m stages.scrape", description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the params file (default %(default)s)")
+    add_stage_inputs(parser, "params")
     parser.add_argument("--out", type=Path, default=Path("data/raw"),
                         help="images, posts.jsonl, rejected.jsonl (default %(default)s)")
     parser.add_argument("--reports", type=Path, default=Path("reports"),

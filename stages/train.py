@@ -12,7 +12,7 @@ from typing import Any
 from taglens import eval_plots, train_data
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.backbones import build_feature_extractor
-from taglens.cli import run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.full_model import assemble, fine_tune, save_model, verify_extractor
 from taglens.hashtags import fit_hashtag_stats, own_tags, post_tags
 from taglens.head import HISTORY_COLUMNS, HeadFit, fit_baseline, fit_head, predict_views
@@ -249,14 +249,7 @@ def _baseline(params: Params, splits: dict, train_run_id: str) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.train --params params.yaml ... [--sweep key=v1,v2]`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the params file (default %(default)s)")
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"),
-                        help="scrape's output: images and posts.jsonl (default %(default)s)")
-    parser.add_argument("--features", type=Path, default=Path("data/features"),
-                        help="featurize's feature store (default %(default)s)")
-    parser.add_argument("--clean", type=Path, default=Path("data/clean"),
-                        help="the manifest of kept images and their split (default %(default)s)")
+    add_stage_inputs(parser, "params", "raw", "features", "clean")
     parser.add_argument("--out", type=Path, default=Path("models"),
                         help="the model folder to write (default %(default)s)")
     parser.add_argument("--reports", type=Path, default=Path("reports"),

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from taglens.errors import TaglensError
 
@@ -50,6 +51,24 @@ _QUIET_TOOLS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
 }
+
+
+# The inputs several stages read, with the dvc.yaml layout as defaults: one wording for every stage.
+STAGE_INPUTS: dict[str, tuple[Path, str]] = {
+    "params": (Path("params.yaml"), "the params file"),
+    "raw": (Path("data/raw"), "scrape's output: images and posts.jsonl"),
+    "features": (Path("data/features"), "featurize's feature store"),
+    "clean": (Path("data/clean"), "the manifest of kept images and their split"),
+    "models": (Path("models"), "train's model folder"),
+}
+
+
+def add_stage_inputs(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add `--NAME PATH` options for the named STAGE_INPUTS, each with its default and help."""
+    for name in names:
+        default, text = STAGE_INPUTS[name]
+        parser.add_argument(f"--{name}", type=Path, default=default,
+                            help=f"{text} (default %(default)s)")  # fmt: skip
 
 
 def setup_logging(level: int = logging.INFO) -> None:
