@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from taglens.atomic import atomic_open
+from taglens.errors import TaglensError
 
 if TYPE_CHECKING:
     import keras
@@ -34,10 +35,12 @@ logger = logging.getLogger(__name__)
 ENGINES = ("tensorflow", "openvino", "onnxruntime")
 PARAM = "featurize.engine"
 ONNX_OPSET = 17
-Forward = Callable[[np.ndarray], np.ndarray]
+# A forward pass returns one array, or a dict of arrays for a dict-output model (taglens's own).
+Outputs = np.ndarray | dict[str, np.ndarray]
+Forward = Callable[[np.ndarray], Outputs]
 
 
-class EngineError(ValueError):
+class EngineError(TaglensError):
     """The chosen engine is not installed or cannot run this model (a setting the user fixes)."""
 
 
@@ -68,6 +71,26 @@ def traced(model: keras.Model) -> Any:
     return tf.function(lambda images: model(images, training=False), input_signature=spec)
 
 
+def output_keys(model: keras.Model) -> tuple[str, ...] | None:
+    """The names of a dict-output model's outputs (sorted), or None for a single output."""
+    structure = traced(model).get_concrete_function().structured_outputs
+    return tuple(sorted(structure)) if isinstance(structure, dict) else None
+
+
+def _key_of(names: set[str], keys: tuple[str, ...]) -> str:
+    """The dict key a converted model's output tensor carries among its names."""
+    found = [key for key in keys if key in names or any(n.startswith(f"{key}:") for n in names)]
+    if len(found) != 1:
+        raise EngineError(f"{PARAM}: cannot tell which model output {sorted(names)} is among "
+                          f"{list(keys)}: set {PARAM}: tensorflow")  # fmt: skip
+    return found[0]
+
+
+def _pack(keys: tuple[str, ...] | None, arrays: dict[str, np.ndarray]) -> Outputs:
+    """One array for a single-output model, else the dict the Keras model returns."""
+    return next(iter(arrays.values())) if keys is None else arrays
+
+
 class TensorFlowForward:
     """The model as a `tf.function`; full batches go through XLA when `jit_compile` is set.
 
@@ -85,10 +108,11 @@ class TensorFlowForward:
         self._graph = tf.function(forward, reduce_retracing=True)
         self._compiled = tf.function(forward, jit_compile=True) if jit_compile else self._graph
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Outputs of one float32 batch (B, S, S, 3) as a NumPy array."""
+    def __call__(self, images: np.ndarray) -> Outputs:
+        """Outputs of one float32 batch (B, S, S, 3) as NumPy (a dict for a dict-output model)."""
         fn = self._compiled if images.shape[0] == self.batch_size else self._graph
-        return fn(images).numpy()
+        out = fn(images)
+        return {k: v.numpy() for k, v in out.items()} if isinstance(out, dict) else out.numpy()
 
 
 def no_usage_reports() -> None:
@@ -125,27 +149,36 @@ class OpenVinoForward:
             return core.compile_model(converted, "CPU", config)
 
         self._throughput, self._latency = compiled("THROUGHPUT"), compiled("LATENCY")
+        # OpenVINO keeps a dict-output model's outputs as tensors named after the dict's keys
+        keys = self._keys = output_keys(model)
+        self._outputs = [str(i) if keys is None else _key_of(set(o.get_names()), keys)
+                         for i, o in enumerate(self._latency.outputs)]  # fmt: skip
         self.requests = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._queue = ov.AsyncInferQueue(self._throughput, self.requests)
         self._lock = threading.Lock()  # one request queue: callers from several threads take turns
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Outputs of one float32 batch (B, S, S, 3) as a NumPy array."""
+    def __call__(self, images: np.ndarray) -> Outputs:
+        """Outputs of one float32 batch (B, S, S, 3) as NumPy (a dict for a dict-output model)."""
         images = np.ascontiguousarray(images, dtype=np.float32)
+        count = len(self._outputs)
         with self._lock:
             if len(images) < self.requests:
-                return np.array(self._latency(images)[0])
+                result = self._latency(images)
+                arrays = [np.array(result[i]) for i in range(count)]
+                return _pack(self._keys, dict(zip(self._outputs, arrays, strict=True)))
             parts = np.array_split(images, self.requests)
-            results: list[np.ndarray | None] = [None] * len(parts)
+            results: list[list[np.ndarray] | None] = [None] * len(parts)
 
             def done(request: Any, index: int) -> None:
-                results[index] = np.array(request.get_output_tensor(0).data)
+                results[index] = [np.array(request.get_output_tensor(i).data)
+                                  for i in range(count)]  # fmt: skip
 
             self._queue.set_callback(done)
             for index, part in enumerate(parts):
                 self._queue.start_async({0: part}, index)
             self._queue.wait_all()
-        return np.concatenate(results)
+        joined = [np.concatenate([part[i] for part in results]) for i in range(count)]
+        return _pack(self._keys, dict(zip(self._outputs, joined, strict=True)))
 
 
 class OnnxRuntimeForward:
@@ -167,11 +200,15 @@ class OnnxRuntimeForward:
                 handle.write(proto.SerializeToString())
         self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        keys = self._keys = output_keys(model)
+        self._outputs = [str(i) if keys is None else _key_of({o.name}, keys)
+                         for i, o in enumerate(self._session.get_outputs())]  # fmt: skip
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Outputs of one float32 batch (B, S, S, 3) as a NumPy array."""
+    def __call__(self, images: np.ndarray) -> Outputs:
+        """Outputs of one float32 batch (B, S, S, 3) as NumPy (a dict for a dict-output model)."""
         images = np.ascontiguousarray(images, dtype=np.float32)
-        return self._session.run(None, {self._input: images})[0]
+        arrays = self._session.run(None, {self._input: images})
+        return _pack(self._keys, dict(zip(self._outputs, arrays, strict=True)))
 
 
 _PACKAGES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "tf2onnx")}
@@ -237,7 +274,7 @@ class EngineModel:
         self.model, self.engine = model, engine
         self._forward = compile_forward(model, engine, **options)
 
-    def __call__(self, images: Any, training: bool = False) -> np.ndarray:
+    def __call__(self, images: Any, training: bool = False) -> Outputs:
         """Outputs of one float32 pixel batch."""
         return self._forward(np.asarray(images, dtype=np.float32))
 

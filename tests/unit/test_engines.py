@@ -133,3 +133,32 @@ def test_a_predictor_on_an_engine_gives_the_same_probabilities(engine, tiny_mode
         p["top_class"] for p in plain.predict_pixels(pixels)]  # fmt: skip
     assert on_engine(fast, engine) is fast  # already there: no second conversion
     assert on_engine(fast, "tensorflow").model.model is plain.model  # switched, not stacked
+
+
+@pytest.fixture(scope="module")
+def served_model(vgg19_32px):
+    """The model train writes: a dict of outputs, with the flip view averaged and colour kept."""
+    import keras
+
+    from taglens.full_model import assemble
+
+    keras.utils.set_random_seed(5)
+    vectors = keras.Input((512,))
+    head = keras.Model(vectors, keras.layers.Dense(3, activation="softmax")(vectors))
+    return assemble(vgg19_32px, head, flip=True, colour=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_keeps_every_output_of_a_dict_output_model(engine, served_model, pixels,
+                                                                 tmp_path):  # fmt: skip
+    # Batch predict and the web page run this model on the engine: class probabilities, the
+    # features and the colour view must each come back under their own name, in order.
+    want = {k: np.asarray(v) for k, v in served_model(pixels, training=False).items()}
+    assert set(want) == {"probabilities", "features", "colour"}
+    forward = compile_forward(served_model, engine, batch_size=5, cache_dir=tmp_path)
+    for rows in (slice(None), slice(2, 3), slice(None, None, -1)):  # parallel and latency paths
+        got = forward(pixels[rows])
+        assert set(got) == set(want)
+        for key in want:
+            assert got[key].shape == want[key][rows].shape
+            assert relative_difference(got[key], want[key][rows]) < RTOL, key
