@@ -143,7 +143,7 @@ def _rankers(predictor, outputs: dict[str, np.ndarray]) -> list[tuple[str, list[
     stats, params, rankers = predictor.stats, predictor.params, predictor.rankers
     mixture = stats.mixture(outputs["probabilities"], params)
     if rankers is None:
-        return [("class_mixture", _tags(stats.rank_scores(stats.finish(mixture, params))))]
+        return [("class_mixture", _tags(stats.rank_scores(stats.finish(mixture, params), params)))]
     scores = rankers.ranker_scores(mixture, outputs.get("features"), outputs.get("colour"))
     # each ranker as it is; the blend with the low-lift weighting chosen with it
     ranked = [(name, _tags(stats.rank_scores(stats.finish(raw, params), params)))

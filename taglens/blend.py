@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from taglens.atomic import atomic_open
+from taglens.errors import TaglensError
 from taglens.tag_rankers import NeighbourTags, TagModel
 
 logger = logging.getLogger(__name__)
@@ -84,15 +85,15 @@ class ImageRankers:
         """Read what `save` wrote.
 
         Raises:
-            ValueError: the file is not image rankers.
+            TaglensError: the file is not image rankers.
         """
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{path} is not valid image rankers ({exc}): re-run train") from None
+            raise TaglensError(f"{path} is not valid image rankers ({exc}): re-run train") from None
         if "weights" not in arrays:
-            raise ValueError(f"{path} has no blend weights: re-run the train stage")
+            raise TaglensError(f"{path} has no blend weights: re-run the train stage")
 
         def tag_model(prefix: str) -> TagModel | None:
             if f"{prefix}_kernel" not in arrays:

@@ -61,7 +61,7 @@ class HashtagPredictor:
 
         Raises:
             FileNotFoundError: a file is missing (the message says to run the train stage).
-            ValueError: the files do not belong together (class lists differ).
+            TaglensError: the files do not belong together (class lists differ).
         """
         models_dir = Path(models_dir)
         missing = [name for name in MODEL_FILES if not (models_dir / name).is_file()]
@@ -189,7 +189,7 @@ class HashtagPredictor:
         Uses `taglens.images.decode_and_resize`, the function featurize and training use.
 
         Raises:
-            ValueError: an item is not an image; the message names its position.
+            TaglensError: an item is not an image; the message names its position.
         """
         import tensorflow as tf
 
@@ -215,7 +215,7 @@ class HashtagPredictor:
         return np.stack(pixels)
 
     def predict_bytes(self, images: Sequence[bytes]) -> list[dict[str, Any]]:
-        """Predict for encoded images; an undecodable item raises ValueError naming its index.
+        """Predict for encoded images; an undecodable item raises TaglensError naming its index.
 
         Raising (rather than returning an error entry) keeps results aligned with inputs; callers
         that want to skip bad items validate each one with `decode([item])` first.
@@ -227,7 +227,7 @@ class HashtagPredictor:
 
         Raises:
             FileNotFoundError: a path does not exist.
-            ValueError: a file is not an image.
+            TaglensError: a file is not an image.
         """
         return self.predict_bytes([Path(path).read_bytes() for path in paths])
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from taglens.errors import TaglensError
 from taglens.ingest import RejectedImage, normalize_image
 from taglens.params import IngestParams
 
@@ -57,20 +58,20 @@ class InputPolicy:
         """The policy the serving process's environment asks for.
 
         Raises:
-            ValueError: a setting is not a number, or the root is not a folder.
+            TaglensError: a setting is not a number, or the root is not a folder.
         """
         env = os.environ if environ is None else environ
         root = env.get(ROOT_ENV, "").strip()
         if root and not Path(root).is_dir():
-            raise ValueError(f"{ROOT_ENV}={root} is not a folder: set it to the folder of the "
+            raise TaglensError(f"{ROOT_ENV}={root} is not a folder: set it to the folder of the "
                              "images clients may name, or unset it to accept base64 only")
         try:
             max_mb = float(env.get(MAX_MB_ENV) or DEFAULT_MAX_MB)
             max_rows = int(env.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
         except ValueError:
-            raise ValueError(f"{MAX_MB_ENV} and {MAX_ROWS_ENV} must be numbers") from None
+            raise TaglensError(f"{MAX_MB_ENV} and {MAX_ROWS_ENV} must be numbers") from None
         if max_mb <= 0 or max_rows < 1:
-            raise ValueError(f"{MAX_MB_ENV} must be > 0 and {MAX_ROWS_ENV} >= 1")
+            raise TaglensError(f"{MAX_MB_ENV} must be > 0 and {MAX_ROWS_ENV} >= 1")
         return cls(ingest, Path(root).resolve() if root else None, int(max_mb * 1_000_000),
                    max_rows)  # fmt: skip
 
