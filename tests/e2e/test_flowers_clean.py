@@ -30,7 +30,8 @@ def test_flowers_featurize_and_clean_counts_add_up(
             posts.append(add_post(raw, label, path.read_bytes(), f"{label}-{path.stem}"))
     write_posts(raw / POSTS_FILE, posts)
     model = ModelParams(backbone="mobilenet", image_size=96, weights=str(mobilenet_weights))
-    params = FeaturizeParams(batch_size=32, jit_compile=False, shard_size=40, engine="tensorflow")
+    params = FeaturizeParams(batch_size=32, jit_compile=False, shard_size=40, engine="tensorflow",
+                             views=())
 
     # When featurize runs twice and clean once
     first = featurize.run(model, params, seed=0, raw=raw, out=tmp_path / "features",
