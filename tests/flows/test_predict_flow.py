@@ -119,11 +119,11 @@ def test_a_failed_shard_is_retried_and_finishes(tmp_path, tiny_models_dir, prefe
     calls = []
     real = predict_flow.cached_model
 
-    def flaky(uri, tracking_uri):
+    def flaky(uri, tracking_uri, *engine):
         calls.append(uri)
         if len(calls) == 1:
             raise OSError("worker lost")
-        return real(uri, tracking_uri)
+        return real(uri, tracking_uri, *engine)
 
     monkeypatch.setattr(predict_flow, "cached_model", flaky)
     monkeypatch.setattr(predict_flow, "score_task",
