@@ -16,6 +16,20 @@ from tests.repocopy import copy_source_tree
 pytestmark = pytest.mark.slow
 
 
+def _forget(*names: str) -> None:
+    """Delete deployments of these names: the server is shared with the deployment tests, and
+    serving updates a deployment in place (keeping, for example, the work pool it had)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.delete_deployment(client.read_deployment_by_name(name).id)
+            except ObjectNotFound:
+                pass
+
+
 def _deployment(name: str, deadline: float):
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -39,6 +53,7 @@ def test_one_process_serves_both_schedules_and_runs_them(tmp_path, tiny_models_d
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "flows.schedule", "--repo", str(repo), "--predict-input",
            "inbox", "--model-uri", str(tiny_models_dir)]  # fmt: skip
+    _forget(f"training/{RETRAIN}", f"batch-predict/{PREDICT}")
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
