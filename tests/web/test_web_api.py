@@ -27,15 +27,15 @@ def stub():
     return RecordingPredictor()
 
 
+def _app(predictor, params, label=None):
+    """The web app over `predictor` with the tiny params' ingest and serve sections."""
+    label = label or {"name": "m", "version": "1"}
+    return create_app(predictor, label, LIMIT, ingest=params.ingest, serve=params.serve)
+
+
 @pytest.fixture
 def client(stub, tiny_params):
-    app = create_app(
-        stub,
-        {"name": "taglens", "version": "7"},
-        LIMIT,
-        ingest=tiny_params.ingest,
-        serve=tiny_params.serve,
-    )
+    app = _app(stub, tiny_params, {"name": "taglens", "version": "7"})
     with TestClient(app) as test_client:
         yield test_client
 
@@ -50,9 +50,7 @@ def test_predict_with_tiny_model_gives_ranked_hashtags(tiny_models_dir, tiny_par
     from taglens.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
-    app = create_app(predictor, {"name": "taglens", "version": "3"}, LIMIT,
-                     ingest=tiny_params.ingest,
-                     serve=tiny_params.serve)  # fmt: skip
+    app = _app(predictor, tiny_params, {"name": "taglens", "version": "3"})
     with TestClient(app) as client:
         # when a photo is posted
         response = _post(client, jpeg)
@@ -147,13 +145,7 @@ def test_model_failure_is_a_clear_500_and_server_keeps_serving(tiny_params, jpeg
         def predict_pixels(self, batch):
             raise RuntimeError("tensor shapes do not match")
 
-    app = create_app(
-        Broken(),
-        {"name": "m", "version": "1"},
-        LIMIT,
-        ingest=tiny_params.ingest,
-        serve=tiny_params.serve,
-    )
+    app = _app(Broken(), tiny_params)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = _post(client, jpeg)
         assert response.status_code == 500
@@ -201,13 +193,7 @@ def _endless(chunk: bytes, total: int = 50_000_000):
 
 def test_upload_limit_is_enforced_while_the_body_streams(stub, tiny_params):
     # given a chunked upload that never ends (no Content-Length)
-    app = create_app(
-        stub,
-        {"name": "m", "version": "1"},
-        LIMIT,
-        ingest=tiny_params.ingest,
-        serve=tiny_params.serve,
-    )
+    app = _app(stub, tiny_params)
     headers = [(b"content-type", b"multipart/form-data; boundary=xx")]
     chunk = b"\xff" * 16_384
     status, body, pulled = asyncio.run(_call_asgi(app, headers, _endless(chunk)))
@@ -219,13 +205,7 @@ def test_upload_limit_is_enforced_while_the_body_streams(stub, tiny_params):
 
 
 def test_declared_oversize_body_is_refused_without_reading_it(stub, tiny_params):
-    app = create_app(
-        stub,
-        {"name": "m", "version": "1"},
-        LIMIT,
-        ingest=tiny_params.ingest,
-        serve=tiny_params.serve,
-    )
+    app = _app(stub, tiny_params)
     headers = [(b"content-type", b"multipart/form-data; boundary=xx"),
                (b"content-length", b"50000000")]  # fmt: skip
     status, body, pulled = asyncio.run(_call_asgi(app, headers, _endless(b"\0" * 1024)))
@@ -243,13 +223,7 @@ def test_event_loop_stays_free_while_the_model_works(tiny_params, jpeg):
             release.wait(10)
             return super().predict_pixels(batch)
 
-    app = create_app(
-        Slow(),
-        {"name": "m", "version": "1"},
-        LIMIT,
-        ingest=tiny_params.ingest,
-        serve=tiny_params.serve,
-    )
+    app = _app(Slow(), tiny_params)
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
