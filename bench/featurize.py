@@ -1,8 +1,8 @@
 """Featurize benchmark: taglens's featurize against the engines a user would otherwise pick.
 
 One process, one network (VGG-19 without its top, 224 px, random weights drawn from one seed),
-the same flowers photos through the same tf.data decode pipeline (`taglens.images`), batch 16:
-- taglens's featurize pipeline (`taglens.features.iter_feature_batches`, what `featurize_paths`
+the same flowers photos through the same tf.data decode pipeline (`taglens.data.images`), batch 16:
+- taglens's featurize pipeline (`features.store.iter_feature_batches`, what `featurize_paths`
   and the featurize stage run) on `featurize.engine` (the default, or each of `--taglens`);
 - a plain loop over the decoded batches with each engine as its documentation shows it: a
   `tf.function` (as featurize ran before it had engines), OpenVINO converted from the Keras
@@ -58,7 +58,7 @@ def plain_openvino(model) -> Callable:
     """
     import openvino as ov
 
-    from taglens.engines import no_usage_reports, traced
+    from taglens.features.engines import no_usage_reports, traced
 
     no_usage_reports()
     converted = ov.convert_model(traced(model).get_concrete_function())
@@ -72,7 +72,7 @@ def plain_onnxruntime(model) -> Callable:
     import onnxruntime as ort
     import tf2onnx
 
-    from taglens.engines import ONNX_OPSET, traced
+    from taglens.features.engines import ONNX_OPSET, traced
 
     forward = traced(model)
     proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature,
@@ -90,7 +90,7 @@ def bf16_relative_difference(model, images: np.ndarray) -> float:
     """How far OpenVINO's default precision on this CPU lands from the Keras vectors."""
     import openvino as ov
 
-    from taglens.engines import traced
+    from taglens.features.engines import traced
 
     converted = ov.convert_model(traced(model).get_concrete_function())
     got = ov.Core().compile_model(converted, "CPU")(images)[0]
@@ -105,7 +105,7 @@ def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
 
 def plain_batches(forward: Callable, paths, size: int, batch: int) -> Iterator[np.ndarray]:
     """A plain loop over the shared decode pipeline, one batch's vectors per step."""
-    from taglens.images import image_dataset
+    from taglens.data.images import image_dataset
 
     for images in image_dataset(paths, size, batch):
         yield forward(images)
@@ -139,9 +139,9 @@ def take_turns(contenders: dict[str, Iterator[np.ndarray]]) -> tuple[dict, dict,
 def run(images: int, size: int, batch: int, engines: list[str], taglens: list[str],
         backbone: str = "vgg19") -> dict:
     """All measurements; returns a JSON-ready dict."""
-    from taglens.backbones import build_feature_extractor
-    from taglens.features import iter_feature_batches
-    from taglens.images import load_batch
+    from taglens.data.images import load_batch
+    from taglens.features.backbones import build_feature_extractor
+    from taglens.features.store import iter_feature_batches
     from taglens.params import ModelParams, load_params
 
     default = load_params(ROOT / "params.yaml").featurize.engine
@@ -242,7 +242,7 @@ def to_markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write `featurize.json` / `.md` under --out."""
-    from taglens.engines import ENGINES
+    from taglens.features.engines import ENGINES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=112, help="photos each contender featurizes")

@@ -1,6 +1,6 @@
 """Load test of the web app: concurrent uploads to a real uvicorn server on 127.0.0.1.
 
-Two modes, both starting `python -m taglens.web` on a free local port:
+Two modes, both starting `python -m taglens.serving.web` on a free local port:
 
 - scaling (`--clients 1 32`): the numbers of issue 17. MobileNet 1.0 with the ImageNet weights
   from ../shared/weights behind a softmax over the flower classes, at `--size` px; the uploads

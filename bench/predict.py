@@ -46,7 +46,7 @@ def _backbone(name: str, size: int, alpha: float):
     """MobileNet with the ImageNet weights from ../shared, or any other backbone, random."""
     import keras
 
-    from taglens.backbones import BACKBONES
+    from taglens.features.backbones import BACKBONES
 
     keras.utils.set_random_seed(0)
     if name == "mobilenet":
@@ -63,10 +63,10 @@ def build_models(dest: Path, size: int, alpha: float, backbone_name: str = "mobi
     """A models/ dir: the backbone with its preprocessing + a softmax over the 5 flower classes."""
     import keras
 
-    from taglens.backbones import BACKBONES, preprocess_layer
-    from taglens.hashtags import fit_hashtag_stats
+    from taglens.data.posts import Post
+    from taglens.features.backbones import BACKBONES, preprocess_layer
     from taglens.params import load_params
-    from taglens.posts import Post
+    from taglens.training.hashtags import fit_hashtag_stats
 
     classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
     backbone = _backbone(backbone_name, size, alpha)
@@ -106,7 +106,7 @@ def _rates(count: int, batch: int, start: float, end: float, stamps: list[float]
 
 
 def predict_rate(paths, predictor, out: Path, batch: int) -> dict:
-    from taglens.batch_predict import ModelRef, predict_to_file
+    from taglens.serving.batch_predict import ModelRef, predict_to_file
 
     out.unlink(missing_ok=True)
     stamped = _Stamped(predictor)
@@ -176,7 +176,7 @@ def reencode_photos(count: int, dest: Path, side: int = 640, quality: int = 90) 
 
     from PIL import Image
 
-    from taglens.posts import POSTS_FILE, Post, write_posts
+    from taglens.data.posts import POSTS_FILE, Post, write_posts
 
     sources = sorted(FLOWERS.rglob("*.jpg"))
     if len(sources) < count:
@@ -352,11 +352,11 @@ def to_markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write `predict.json` / `predict.md` under --out."""
-    from taglens.engines import ENGINES
+    from taglens.features.engines import ENGINES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=800, help="distinct photos, 640x640")
-    parser.add_argument("--backbone", default="mobilenet", help="a taglens.backbones name")
+    parser.add_argument("--backbone", default="mobilenet", help="a taglens.features.backbones name")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from taglens.backbones import BACKBONES
+    from taglens.features.backbones import BACKBONES
     from taglens.params import load_params
 
     args.engine = args.engine or load_params(ROOT / "params.yaml").featurize.engine

@@ -34,9 +34,9 @@ def flowers_features(cache: Path, params) -> tuple[dict[str, np.ndarray], np.nda
     """Vectors of every flowers photo per view ('' = the image itself), labels and files."""
     import hashlib
 
-    from taglens import features
-    from taglens.backbones import build_feature_extractor, weights_identity
-    from taglens.views import build_view_extractor
+    from taglens.features import store as features
+    from taglens.features.backbones import build_feature_extractor, weights_identity
+    from taglens.features.views import build_view_extractor
 
     classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
     files = [(f, c) for c, name in enumerate(classes)
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     from bench.results_io import save_results
-    from taglens.head import fit_head
     from taglens.params import ModelParams, flatten, load_params
-    from taglens.sweep import default_search, run_sweep, setting_name
+    from taglens.training.head import fit_head
+    from taglens.training.sweep import default_search, run_sweep, setting_name
 
     params = load_params(ROOT / "params.yaml")
     model = ModelParams(backbone="mobilenet", image_size=128, weights=str(WEIGHTS))

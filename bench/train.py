@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the results as JSON")
     args = parser.parse_args(argv)
 
-    from taglens.backbones import build_feature_extractor
-    from taglens.features import featurize_paths, write_features
-    from taglens.full_model import assemble, image_label_dataset
-    from taglens.head import build_head, class_weights, compile_for_training, fit_head
+    from taglens.features.backbones import build_feature_extractor
+    from taglens.features.store import featurize_paths, write_features
     from taglens.params import ModelParams, load_params
+    from taglens.training.full_model import assemble, image_label_dataset
+    from taglens.training.head import build_head, class_weights, compile_for_training, fit_head
 
     params = load_params(ROOT / "params.yaml")
     model = ModelParams(backbone=args.backbone, image_size=args.size, weights=None)

@@ -77,7 +77,7 @@ def start_server(models: Path, params: Path, port: int, log: Path,
     import httpx
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "taglens.web", "--params", str(params), "--model-uri",
+    cmd = [sys.executable, "-m", "taglens.serving.web", "--params", str(params), "--model-uri",
            str(models), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     handle = open(log, "w")  # noqa: SIM115 - the server's log, open for its lifetime
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)

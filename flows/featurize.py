@@ -41,7 +41,7 @@ _EXTRACTORS_LOCK = threading.Lock()
 
 def cached_extractor(model: dict[str, Any], seed: int) -> Any:
     """Build the feature extractor once per process (a Dask worker keeps it for all its shards)."""
-    from taglens.backbones import build_feature_extractor
+    from taglens.features.backbones import build_feature_extractor
 
     key = json.dumps({"model": model, "seed": seed}, sort_keys=True)
     with _EXTRACTORS_LOCK:
@@ -57,7 +57,7 @@ def shard_task(items: list[tuple[str, str]], store_root: str, key: dict[str, Any
                model: dict[str, Any], seed: int, batch_size: int,
                jit_compile: bool, engine: str = "tensorflow") -> int:  # fmt: skip
     """Compute one shard's vectors and write them into the store as one shard file."""
-    from taglens.features import FeatureKey, FeatureStore, featurize_paths
+    from taglens.features.store import FeatureKey, FeatureStore, featurize_paths
 
     store = FeatureStore(Path(store_root), FeatureKey(**key))
     vectors = featurize_paths([path for _, path in items], cached_extractor(model, seed),
@@ -90,9 +90,9 @@ def stage_task(model: ModelParams, params: Any, seed: int, raw: str, out: str,
 
 def _missing(model: ModelParams, seed: int, raw: Path, out: Path) -> tuple[Any, list]:
     """The store and the (sha256, path) items it lacks, in the order the stage computes them."""
-    from taglens import features
-    from taglens.backbones import weights_identity
-    from taglens.posts import POSTS_FILE, read_posts
+    from taglens.data.posts import POSTS_FILE, read_posts
+    from taglens.features import store as features
+    from taglens.features.backbones import weights_identity
 
     posts_path = raw / POSTS_FILE
     if not posts_path.is_file():

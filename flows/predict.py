@@ -30,9 +30,9 @@ from flows.runners import (
     retry_unless_user_error,
 )
 from stages.predict import load_model, resolve_model
-from taglens.batch_predict import ModelRef, ScoreReport, list_inputs, merge_outputs, shard
 from taglens.errors import TaglensError
 from taglens.params import load_params
+from taglens.serving.batch_predict import ModelRef, ScoreReport, list_inputs, merge_outputs, shard
 
 TASK_RUNNERS = ("local", "dask")
 # A nightly run that is still going after this long is stuck (the whole flowers set, 4,317
@@ -63,7 +63,7 @@ def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, s
                batch_size: int, tracking_uri: str | None, also_done_in: list[str] | None = None,
                progress: bool = False, engine: str = "tensorflow") -> dict[str, Any]:  # fmt: skip
     """Score `paths` into `output` (resumable), skipping rows already in `also_done_in`."""
-    from taglens.batch_predict import predict_to_file
+    from taglens.serving.batch_predict import predict_to_file
 
     predictor = cached_model(model_uri, tracking_uri, engine)
     report = predict_to_file([Path(p) for p in paths], Path(output), predictor, ModelRef(**model),
@@ -130,7 +130,7 @@ def batch_predict_flow(
     Returns:
         Counts (total, scored, skipped, errors), seconds, images_per_second, model and output.
     """
-    from taglens.tracking import configure_tracking
+    from taglens.lifecycle.tracking import configure_tracking
 
     if task_runner not in TASK_RUNNERS:
         raise TaglensError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from taglens.dvc_lock import out_hashes
+from taglens.lifecycle.dvc_lock import out_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def render_markdown(
 
 def tag_run(repo: Path, run_id: str, tags: dict[str, str]) -> dict[str, str]:
     """Add the data-version tags the run does not already carry; return the tags added."""
-    from taglens.tracking import configure_tracking
+    from taglens.lifecycle.tracking import configure_tracking
 
     info = read_json(repo / "models" / "model_info.json") or {}
     configure_tracking(info.get("experiment") or "taglens", store=repo / "mlruns")

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from taglens import clean_report
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.cli import add_stage_inputs, run_main, setup_logging
+from taglens.data.posts import POSTS_FILE, read_posts
 from taglens.errors import TaglensError
-from taglens.features import read_features
-from taglens.outliers import find_outliers
+from taglens.features import clean_report
+from taglens.features.outliers import find_outliers
+from taglens.features.split import MANIFEST_COLUMNS, SPLITS, content_split
+from taglens.features.store import read_features
 from taglens.params import BaseParams, CleanParams, flatten, load_params
-from taglens.posts import POSTS_FILE, read_posts
-from taglens.split import MANIFEST_COLUMNS, SPLITS, content_split
 
 logger = logging.getLogger(__name__)
 DROPPED_COLUMNS = ("id", "sha256", "image", "label", "distance", "threshold")
@@ -44,7 +44,7 @@ def run(
 ) -> dict:
     """Write the manifest (every val/test image, the kept training images), dropped.csv, report.
 
-    The split comes first and depends on each photo alone (taglens.split), so it is stable as
+    The split comes first and depends on each photo alone (features.split), so it is stable as
     data grows. The outlier rule is then fitted on the training split and drops training images
     only; the report counts, for information, the val/test images it would have flagged.
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def body() -> int:
-        from taglens.tracking import configure_tracking
+        from taglens.lifecycle.tracking import configure_tracking
 
         params = load_params(args.params)
         configure_tracking(params.base.experiment)

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taglens import eval_plots, metrics, train_data
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.cli import add_stage_inputs, run_main, setup_logging
+from taglens.data.images import image_dataset, load_batch
+from taglens.data.posts import POSTS_FILE, hashtags_in, normalize_hashtag, read_posts
 from taglens.errors import TaglensError
-from taglens.images import image_dataset, load_batch
+from taglens.lifecycle.tracking import configure_tracking
 from taglens.params import HashtagParams, Params, load_params
-from taglens.posts import POSTS_FILE, hashtags_in, normalize_hashtag, read_posts
 from taglens.progress import progress_bar
-from taglens.tracking import configure_tracking
+from taglens.training import eval_plots, metrics, train_data
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def run(params: Params, *, raw: Path, clean: Path, models: Path, out: Path) -> d
         FileNotFoundError: models/, the manifest or posts are missing.
         ValueError: the model's classes differ from the manifest's, or the test split is empty.
     """
-    from taglens.predictor import HashtagPredictor
+    from taglens.serving.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(models, params=hashtag_params(params))
     classes = predictor.classes

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from taglens import features
-from taglens.backbones import build_feature_extractor, weights_identity
 from taglens.cli import add_stage_inputs, run_main, setup_logging
+from taglens.data.posts import POSTS_FILE, read_posts
 from taglens.errors import TaglensError
+from taglens.features import store as features
+from taglens.features.backbones import build_feature_extractor, weights_identity
+from taglens.features.views import build_view_extractor
 from taglens.params import FeaturizeParams, ModelParams, load_params
-from taglens.posts import POSTS_FILE, read_posts
-from taglens.views import build_view_extractor
 
 logger = logging.getLogger(__name__)
 # Built from depthwise convolutions, which XLA runs about 10x slower on CPU (BENCHMARKS.md).

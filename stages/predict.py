@@ -11,16 +11,16 @@ import logging
 import sys
 from pathlib import Path
 
-from taglens.batch_predict import (
+from taglens.cli import add_stage_inputs, run_main, setup_logging
+from taglens.params import Params, load_params
+from taglens.serving.batch_predict import (
     ModelRef,
     ScoreReport,
     graph_predictor,
     list_inputs,
     predict_to_file,
 )
-from taglens.cli import add_stage_inputs, run_main, setup_logging
-from taglens.params import Params, load_params
-from taglens.predictor import HashtagPredictor
+from taglens.serving.predictor import HashtagPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef
     `models:/NAME/VERSION`. A `models/` directory written by the train stage is used as is.
 
     Raises:
-        taglens.pyfunc.ModelNotFoundError: the alias or version does not exist (the message says
+        pyfunc.ModelNotFoundError: the alias or version does not exist (the message says
             how to train and register one).
     """
     uri = model_uri or f"models:/{model_name}@champion"
@@ -47,7 +47,7 @@ def resolve_model(model_uri: str | None, model_name: str) -> tuple[str, ModelRef
         return str(local), ModelRef(name=str(local), version="local")
     if not uri.startswith("models:/"):
         return uri, ModelRef(name=uri, version="")
-    from taglens.pyfunc import pin_version
+    from taglens.serving.pyfunc import pin_version
 
     pinned, name, version = pin_version(uri)
     return pinned, ModelRef(name=name, version=version)
@@ -61,7 +61,7 @@ def load_model(uri: str, engine: str = "tensorflow") -> HashtagPredictor:
     local = Path(uri)
     if local.is_dir() and (local / "model.keras").is_file():
         return graph_predictor(HashtagPredictor.from_dir(local), engine)
-    from taglens.pyfunc import load_predictor
+    from taglens.serving.pyfunc import load_predictor
 
     return graph_predictor(load_predictor(uri), engine)
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # fmt: skip
 
     def body() -> int:
-        from taglens.tracking import configure_tracking
+        from taglens.lifecycle.tracking import configure_tracking
 
         setup_logging()
         params = load_params(args.params)

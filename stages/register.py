@@ -20,15 +20,15 @@ from typing import Any
 
 from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
-from taglens.dvc_lock import dep_hashes
 from taglens.errors import TaglensError
-from taglens.gate import Evaluation, NotComparableError, read_metrics, read_recall
+from taglens.lifecycle.dvc_lock import dep_hashes
+from taglens.lifecycle.gate import Evaluation, NotComparableError, read_metrics, read_recall
+from taglens.lifecycle.registry import Registry
+from taglens.lifecycle.registry_admin import promote, rollback, version_table
+from taglens.lifecycle.report_lineage import check_metrics_run
+from taglens.lifecycle.tracking import git_commit
 from taglens.params import Params, load_params
-from taglens.pyfunc import logged_model_uri
-from taglens.registry import Registry
-from taglens.registry_admin import promote, rollback, version_table
-from taglens.report_lineage import check_metrics_run
-from taglens.tracking import git_commit
+from taglens.serving.pyfunc import logged_model_uri
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def champion_rescorer(
 
     def rescore(version: Any) -> Evaluation:
         from stages.evaluate import hashtag_params, score_test_split
-        from taglens.pyfunc import load_predictor
+        from taglens.serving.pyfunc import load_predictor
 
         uri = f"models:/{params.register.model_name}/{version.version}"
         try:
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def body() -> int:
-        from taglens.tracking import configure_tracking
+        from taglens.lifecycle.tracking import configure_tracking
 
         params = load_params(args.params)
         configure_tracking(params.base.experiment)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_main, setup_logging
+from taglens.data.ingest import IngestReport, ingest
+from taglens.data.posts import normalize_hashtag
+from taglens.data.sources.base import SourceItem
 from taglens.errors import TaglensError
-from taglens.ingest import IngestReport, ingest
 from taglens.params import PAPER_CLASSES, Params, load_params
-from taglens.posts import normalize_hashtag
 from taglens.progress import progress_bar
-from taglens.sources.base import SourceItem
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ REPORT_FILE = "ingest.json"
 def _instagram(
     params: Params, *, session_file: Path | None, cache: Path
 ) -> tuple[Iterable[SourceItem], list[str]]:
-    from taglens.sources import instagram  # imports instaloader only when it is used
+    from taglens.data.sources import instagram  # imports instaloader only when it is used
 
     settings = params.scrape.instagram
     classes = params.base.classes
@@ -73,14 +73,14 @@ def run(
     total = None
     items: Iterable[SourceItem]
     if source == "demo":
-        from taglens.sources.demo import generate_demo
+        from taglens.data.sources.demo import generate_demo
 
         demo = params.scrape.demo
         classes = params.base.classes or PAPER_CLASSES
         items = generate_demo(demo, classes, params.base.seed)
         total = demo.images_per_class * len(classes)
     elif source == "folder":
-        from taglens.sources.folder import FolderSource
+        from taglens.data.sources.folder import FolderSource
 
         folder = FolderSource(Path(params.scrape.folder or ""), params.base.classes)
         items, total = folder, len(folder)

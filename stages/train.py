@@ -9,19 +9,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from taglens import eval_plots, train_data
 from taglens.atomic import atomic_write_json, atomic_write_text
-from taglens.backbones import build_feature_extractor
 from taglens.cli import add_stage_inputs, run_main, setup_logging
-from taglens.full_model import assemble, fine_tune, save_model, verify_extractor
-from taglens.hashtags import fit_hashtag_stats, own_tags, post_tags
-from taglens.head import HISTORY_COLUMNS, HeadFit, fit_baseline, fit_head, predict_views
-from taglens.images import load_batch
+from taglens.data.images import load_batch
+from taglens.data.posts import POSTS_FILE, read_posts
+from taglens.features.backbones import build_feature_extractor
+from taglens.lifecycle.tracking import configure_tracking, log_split_datasets
 from taglens.params import Params, TrainParams, flatten, load_params
-from taglens.posts import POSTS_FILE, read_posts
-from taglens.predictor import HASHTAGS_FILE, RANKERS_FILE
-from taglens.sweep import default_search, grid, parse_sweep_arg, run_sweep, setting_name
-from taglens.tracking import configure_tracking, log_split_datasets
+from taglens.serving.predictor import HASHTAGS_FILE, RANKERS_FILE
+from taglens.training import eval_plots, train_data
+from taglens.training.full_model import assemble, fine_tune, save_model, verify_extractor
+from taglens.training.hashtags import fit_hashtag_stats, own_tags, post_tags
+from taglens.training.head import HISTORY_COLUMNS, HeadFit, fit_baseline, fit_head, predict_views
+from taglens.training.sweep import default_search, grid, parse_sweep_arg, run_sweep, setting_name
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _fit_rankers(stats, fit: HeadFit, splits: dict, posts: list, seed: int, out:
     """Fit the image rankers on the features the served model outputs; log the comparison."""
     import mlflow
 
-    from taglens.fit_rankers import fit_image_rankers
+    from taglens.training.fit_rankers import fit_image_rankers
 
     by_sha = {post.sha256: post for post in posts}
 
@@ -199,7 +199,7 @@ def _write_outputs(params: Params, best: TrainParams, model, history: list[dict]
                    out: Path, reports: Path, run_id: str) -> None:
     import mlflow
 
-    from taglens.pyfunc import log_taglens_model
+    from taglens.serving.pyfunc import log_taglens_model
 
     save_model(model, out / "model.keras")
     trained = params.model_copy(update={"train": best})
@@ -220,7 +220,7 @@ def _write_outputs(params: Params, best: TrainParams, model, history: list[dict]
 
 
 def _identity(params: Params) -> str:
-    from taglens.backbones import weights_identity
+    from taglens.features.backbones import weights_identity
 
     return weights_identity(params.model, params.base.seed)
 

@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "register": ("stages.register", "register the model; the gate decides on champion"),
     "registry": ("stages.register", "registry admin: list, history, promote, rollback"),
     "predict": ("stages.predict", "score a folder, glob or list of images (batch job)"),
-    "serve": ("taglens.web.__main__", "the web page: upload a photo, get hashtags"),
+    "serve": ("taglens.serving.web.__main__", "the web page: upload a photo, get hashtags"),
     "summary": ("stages.summary", "where the last pipeline run left its results"),
     "retrain": ("flows.training", "the Prefect training flow once (dvc repro, report)"),
     "deploy": ("flows.deploy", "register the scheduled deployments on a Prefect server"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from taglens.posts import POSTS_FILE, Post, write_posts
+from taglens.data.posts import POSTS_FILE, Post, write_posts
 
 
 def jpeg_bytes(image: Image.Image) -> bytes:

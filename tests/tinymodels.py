@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from taglens.data.posts import Post
 from taglens.params import Params
-from taglens.posts import Post
 
 IMAGE_SIZE = 32
 
@@ -28,8 +28,8 @@ def build_tiny_models(dest: Path, params: Params, seed: int = 0) -> Path:
     """Write a random 32 px conv net (preprocessing inside), model_info.json and hashtags.json."""
     import keras
 
-    from taglens.backbones import preprocess_layer
-    from taglens.hashtags import fit_hashtag_stats
+    from taglens.features.backbones import preprocess_layer
+    from taglens.training.hashtags import fit_hashtag_stats
 
     classes = list(params.base.classes)
     keras.utils.set_random_seed(seed)

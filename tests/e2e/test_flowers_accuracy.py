@@ -11,10 +11,10 @@ import pytest
 
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
-from taglens.images import image_dataset
+from taglens.data.images import image_dataset
+from taglens.data.posts import hashtags_in, read_posts
 from taglens.params import load_params
-from taglens.posts import hashtags_in, read_posts
-from taglens.predictor import HashtagPredictor
+from taglens.serving.predictor import HashtagPredictor
 from tests.conftest import ROOT
 from tests.stages.train_fixtures import write_inputs
 

@@ -9,10 +9,10 @@ import pytest
 from rawdata import add_post
 
 from stages import clean, featurize
-from taglens.features import read_features
+from taglens.data.posts import POSTS_FILE, write_posts
+from taglens.features.split import content_split
+from taglens.features.store import read_features
 from taglens.params import FeaturizeParams, ModelParams
-from taglens.posts import POSTS_FILE, write_posts
-from taglens.split import content_split
 
 PER_CLASS = 20
 

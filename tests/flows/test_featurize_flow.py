@@ -10,7 +10,7 @@ import pytest
 
 from flows.featurize import cached_extractor, featurize_flow
 from stages.featurize import run as run_stage
-from taglens.features import FEATURES_FILE, META_FILE, STORE_DIR
+from taglens.features.store import FEATURES_FILE, META_FILE, STORE_DIR
 from taglens.params import load_params
 from tests.conftest import FIXTURES
 from tests.rawdata import solid_raw

@@ -49,7 +49,7 @@ STUB = textwrap.dedent('''
         Path(outs[stage], "x.txt").write_text(f"{stage} {params['version']}")
     if stage == "train":
         import mlflow
-        from taglens.tracking import configure_tracking
+        from taglens.lifecycle.tracking import configure_tracking
         configure_tracking("taglens")
         with mlflow.start_run(run_name="train") as run:
             mlflow.log_param("version", params["version"])

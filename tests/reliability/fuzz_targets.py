@@ -115,7 +115,7 @@ def _params_values(data: bytes) -> object:
 
 def _posts_file(data: bytes) -> object:
     """Raw bytes as data/raw/posts.jsonl."""
-    from taglens.posts import read_posts
+    from taglens.data.posts import read_posts
 
     path = _scratch() / "posts.jsonl"
     path.write_bytes(data)
@@ -128,7 +128,7 @@ _INGEST_PARAMS = None
 def _ingest_image(data: bytes) -> object:
     """Raw bytes as a candidate image through ingest's decoder and normalizer."""
     global _INGEST_PARAMS
-    from taglens.ingest import normalize_image
+    from taglens.data.ingest import normalize_image
     from taglens.params import load_params
 
     if _INGEST_PARAMS is None:
@@ -140,7 +140,7 @@ def _upload_image(data: bytes) -> object:
     """Raw bytes as a web upload through the app's checks (what runs before the model)."""
     global _INGEST_PARAMS
     from taglens.params import load_params
-    from taglens.web.upload import prepare_image, read_limited
+    from taglens.serving.web.upload import prepare_image, read_limited
 
     if _INGEST_PARAMS is None:
         _INGEST_PARAMS = load_params(FIXTURE_PARAMS).ingest
@@ -149,7 +149,7 @@ def _upload_image(data: bytes) -> object:
 
 def _predict_list(data: bytes) -> object:
     """Raw bytes as a batch-predict list file (one path per line)."""
-    from taglens.batch_predict import list_inputs
+    from taglens.serving.batch_predict import list_inputs
 
     path = _scratch() / "inputs.txt"
     path.write_bytes(data)
@@ -157,13 +157,13 @@ def _predict_list(data: bytes) -> object:
 
 
 def _ingest_rejection() -> tuple[type[BaseException], ...]:
-    from taglens.ingest import RejectedImage
+    from taglens.data.ingest import RejectedImage
 
     return (RejectedImage,)
 
 
 def _upload_rejection() -> tuple[type[BaseException], ...]:
-    from taglens.web.upload import UploadError
+    from taglens.serving.web.upload import UploadError
 
     return (UploadError,)
 

@@ -38,7 +38,7 @@ def test_an_atomic_write_fsyncs_the_file_and_then_its_directory(tmp_path, fsyncs
 def test_saved_model_file_and_its_directory_are_fsynced(tmp_path, fsyncs):
     import keras
 
-    from taglens.full_model import save_model
+    from taglens.training.full_model import save_model
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
@@ -50,7 +50,7 @@ def test_saved_model_file_and_its_directory_are_fsynced(tmp_path, fsyncs):
 
 
 def test_a_sealed_parquet_part_is_fsynced_in_its_folder(tmp_path, fsyncs):
-    from taglens.batch_outputs import OutputWriter
+    from taglens.serving.batch_outputs import OutputWriter
 
     writer = OutputWriter(tmp_path / "out.parquet", part_rows=1)
     writer.write([{"path": "a.jpg", "sha256": "0" * 64, "hashtags": [], "model_name": "m",

@@ -26,8 +26,8 @@ SETTINGS = settings(
 @pytest.fixture
 def app(tiny_models_dir, tiny_params):
     """The real app around a tiny real model."""
-    from taglens.predictor import HashtagPredictor
-    from taglens.web import create_app
+    from taglens.serving.predictor import HashtagPredictor
+    from taglens.serving.web import create_app
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     return create_app(predictor, {"name": "taglens", "version": "1"}, LIMIT,

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from taglens.atomic import read_jsonl
-from taglens.ingest import ingest
+from taglens.data.ingest import ingest
+from taglens.data.posts import read_posts
+from taglens.data.sources.folder import FolderSource
 from taglens.params import load_params
-from taglens.posts import read_posts
-from taglens.sources.folder import FolderSource
 from tests.conftest import FIXTURES
 
 PARAMS = load_params(FIXTURES / "params.yaml")

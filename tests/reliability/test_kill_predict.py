@@ -38,8 +38,8 @@ def _complete_lines(path) -> int:
 
 
 def test_killed_predict_resumes_without_rescoring_or_duplicates(tiny_models_dir, tmp_path):
-    from taglens.batch_predict import ModelRef, list_inputs, predict_to_file
-    from taglens.predictor import HashtagPredictor
+    from taglens.serving.batch_predict import ModelRef, list_inputs, predict_to_file
+    from taglens.serving.predictor import HashtagPredictor
 
     # Given a folder of photos and a batch predict run killed after a seeded number of rows
     repo = copy_repo(tmp_path / "repo")

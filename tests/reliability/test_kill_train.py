@@ -30,8 +30,8 @@ MODEL_FILES = ("hashtags.json", "image_rankers.npz", "model.keras", "model_info.
 def _load_model(models):
     import keras
 
-    from taglens.backbones import preprocess_layer
-    from taglens.views import register_view_layers
+    from taglens.features.backbones import preprocess_layer
+    from taglens.features.views import register_view_layers
 
     preprocess_layer("none")  # registers the custom layers the file names
     register_view_layers()

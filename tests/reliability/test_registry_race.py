@@ -19,7 +19,7 @@ def _trained(tmp_path, name: str, models_src, accuracy: float, classes) -> tuple
     """A models/ dir and metrics like train + evaluate write them, for one logged MLflow run."""
     import mlflow
 
-    from taglens.pyfunc import log_taglens_model
+    from taglens.serving.pyfunc import log_taglens_model
 
     with mlflow.start_run(run_name=f"train-{name}") as run:
         log_taglens_model(models_src)
@@ -43,7 +43,7 @@ def test_racing_registrations_leave_the_better_model_champion(
 ):
     import mlflow
 
-    from taglens.tracking import configure_tracking
+    from taglens.lifecycle.tracking import configure_tracking
 
     # Given two evaluated train runs, one clearly better, and no champion yet
     repo = copy_repo(tmp_path / "repo")

@@ -38,10 +38,11 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture
 def live_server(tiny_models_dir, tmp_path):
-    """`python -m taglens.web` on a free port of 127.0.0.1, serving the tiny model."""
+    """`python -m taglens.serving.web` on a free port of 127.0.0.1, serving the tiny model."""
     port = free_port()
     log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "taglens.web", "--params", str(FIXTURE_PARAMS), "--model-uri",
+    cmd = [sys.executable, "-m", "taglens.serving.web",
+           "--params", str(FIXTURE_PARAMS), "--model-uri",
            str(tiny_models_dir), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     with open(log, "w") as handle:

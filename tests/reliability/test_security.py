@@ -90,7 +90,7 @@ def _fixture_shortcodes() -> set[str]:
 
 def test_scrape_stores_no_shortcode_and_no_mention(instagram_scrape):
     """SECURITY.md: post ids and file names are keyed hashes; captions keep no @mention."""
-    from taglens.sources.instagram import post_id
+    from taglens.data.sources.instagram import post_id
 
     tmp = instagram_scrape["tmp"]
     codes = _fixture_shortcodes()
@@ -125,7 +125,7 @@ def test_a_username_field_is_refused_by_the_post_schema():
     """SECURITY.md: the post record has no place for a username (extra fields are refused)."""
     from pydantic import ValidationError
 
-    from taglens.posts import Post
+    from taglens.data.posts import Post
 
     good = {"id": "x", "label": "food", "image": "images/a.jpg", "sha256": "a" * 64,
             "width": 32, "height": 32, "source": "instagram"}  # fmt: skip
@@ -158,12 +158,13 @@ def test_pipeline_outputs_and_mlflow_hold_no_secret(pipeline):
 
 @pytest.mark.slow
 def test_web_app_binds_localhost_by_default(tiny_models_dir, tmp_path):
-    """SECURITY.md: `python -m taglens.web` without --host listens on 127.0.0.1 only."""
+    """SECURITY.md: `python -m taglens.serving.web` without --host listens on 127.0.0.1 only."""
     import psutil
 
     port = free_port()
     log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "taglens.web", "--params", str(FIXTURE_PARAMS), "--model-uri",
+    cmd = [sys.executable, "-m", "taglens.serving.web",
+           "--params", str(FIXTURE_PARAMS), "--model-uri",
            str(tiny_models_dir), "--port", str(port)]  # fmt: skip
     with open(log, "w") as handle:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
@@ -194,7 +195,7 @@ def test_model_with_code_is_not_loaded(tiny_models_dir, tmp_path):
 
     import keras
 
-    from taglens.predictor import HashtagPredictor
+    from taglens.serving.predictor import HashtagPredictor
 
     marker = tmp_path / "code-ran"
     evil = tmp_path / "untrusted_models"
@@ -214,7 +215,7 @@ def test_model_with_code_is_not_loaded(tiny_models_dir, tmp_path):
 
 def test_feature_files_are_never_unpickled(tmp_path):
     """SECURITY.md: feature shards and features.npz are read with allow_pickle=False."""
-    from taglens import features
+    from taglens.features import store as features
 
     key = features.FeatureKey("vgg19", 32, "random-seed42")
     store = features.FeatureStore(tmp_path / "store", key)
@@ -238,6 +239,6 @@ def test_feature_files_are_never_unpickled(tmp_path):
 ])  # fmt: skip
 def test_binding_elsewhere_than_loopback_is_flagged(host, loopback):
     """SECURITY.md: the server warns when it binds an address reachable from other machines."""
-    from taglens.web.__main__ import _is_loopback
+    from taglens.serving.web.__main__ import _is_loopback
 
     assert _is_loopback(host) is loopback

@@ -14,9 +14,9 @@ from PIL import Image
 from rawdata import solid_raw
 
 from stages import clean
-from taglens.features import write_features
-from taglens.posts import POSTS_FILE, read_posts, write_posts
-from taglens.split import content_split
+from taglens.data.posts import POSTS_FILE, read_posts, write_posts
+from taglens.features.split import content_split
+from taglens.features.store import write_features
 
 SIZES = {"animals": 40, "food": 30, "art": 2}
 SEED = 42  # tests/fixtures/params.yaml's base.seed

@@ -11,9 +11,9 @@ import pytest
 
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
-from taglens.images import load_batch
+from taglens.data.images import load_batch
 from taglens.params import load_params
-from taglens.predictor import HashtagPredictor
+from taglens.serving.predictor import HashtagPredictor
 from tests.conftest import FIXTURES
 from tests.stages.train_fixtures import small_params, write_inputs
 
@@ -57,7 +57,7 @@ def test_metrics_json_holds_every_required_score(evaluated):
 def test_popularity_baseline_and_split_fingerprint_are_reported(evaluated):
     import pandas as pd
 
-    from taglens.metrics import split_fingerprint
+    from taglens.training.metrics import split_fingerprint
 
     _, paths, _, scores = evaluated
     for key in ("hashtag_precision_at_1", "hashtag_recall_at_5", "hashtag_accuracy_at_5"):

@@ -15,15 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taglens.ingest import normalize_image
-from taglens.predictor import HashtagPredictor
-from taglens.pyfunc import (
+from taglens.data.ingest import normalize_image
+from taglens.serving.predictor import HashtagPredictor
+from taglens.serving.pyfunc import (
     ModelNotFoundError,
     example_image,
     load_champion,
     load_predictor,
 )
-from taglens.pyfunc_inputs import LEGACY_INGEST, ROOT_ENV
+from taglens.serving.pyfunc_inputs import LEGACY_INGEST, ROOT_ENV
 from tests.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -77,7 +77,7 @@ def test_registered_model_by_alias_matches_in_process_predictor(
 
 
 def test_pixels_and_bytes_agree_and_bad_input_is_named(tiny_models_dir, photos):
-    from taglens.images import decode_and_resize
+    from taglens.data.images import decode_and_resize
 
     png, jpeg, _ = photos
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
@@ -172,7 +172,7 @@ def test_registered_model_holds_code_not_a_pickle(tiny_champion):
 
 
 def test_pin_version_resolves_an_alias_and_refuses_a_missing_version(tiny_champion):
-    from taglens.pyfunc import pin_version
+    from taglens.serving.pyfunc import pin_version
 
     name, version, _ = tiny_champion
     assert pin_version(f"models:/{name}@champion") == (

@@ -12,11 +12,11 @@ import pytest
 from tinymodels import build_tiny_models
 
 from stages import register
-from taglens.gate import Evaluation, NotComparableError
+from taglens.lifecycle.gate import Evaluation, NotComparableError
+from taglens.lifecycle.registry import Registry
+from taglens.lifecycle.tracking import configure_tracking
 from taglens.params import load_params
-from taglens.pyfunc import log_taglens_model, logged_model_uri
-from taglens.registry import Registry
-from taglens.tracking import configure_tracking
+from taglens.serving.pyfunc import log_taglens_model, logged_model_uri
 from tests.conftest import FIXTURES
 
 CLASSES = ["animals", "art", "fashion", "fitness", "flowers", "food", "instagood", "nature",

@@ -11,7 +11,7 @@ from PIL import Image
 
 from stages import scrape
 from taglens.atomic import read_jsonl
-from taglens.posts import read_posts
+from taglens.data.posts import read_posts
 from tests.conftest import FIXTURES
 
 

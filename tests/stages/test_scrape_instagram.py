@@ -8,8 +8,8 @@ import pytest
 import responses
 
 from stages import scrape
-from taglens.posts import read_posts
-from taglens.sources import instagram
+from taglens.data.posts import read_posts
+from taglens.data.sources import instagram
 from tests.fixtures.instagram.fake import SESSION_ID, FakeInstagram, write_session
 
 

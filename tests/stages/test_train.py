@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from stages import train as train_stage
-from taglens.features import write_features
-from taglens.predictor import HashtagPredictor
+from taglens.features.store import write_features
+from taglens.serving.predictor import HashtagPredictor
 from tests.stages.train_fixtures import small_params, write_inputs
 
 
@@ -129,8 +129,8 @@ def test_fine_tune_trains_the_last_block_and_extends_the_history(inputs):
 
     import keras
 
-    from taglens.backbones import build_feature_extractor, preprocess_layer
-    from taglens.full_model import unfreeze_last_block
+    from taglens.features.backbones import build_feature_extractor, preprocess_layer
+    from taglens.training.full_model import unfreeze_last_block
 
     preprocess_layer("none")
     saved = keras.saving.load_model(paths["out"] / "model.keras", compile=False)

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from taglens.backbones import build_feature_extractor, weights_identity
-from taglens.features import write_features
-from taglens.images import image_dataset
+from taglens.data.images import image_dataset
+from taglens.data.posts import Post, write_posts
+from taglens.features.backbones import build_feature_extractor, weights_identity
+from taglens.features.store import write_features
+from taglens.features.views import build_view_extractor
 from taglens.params import Params
-from taglens.posts import Post, write_posts
-from taglens.views import build_view_extractor
 
 CLASSES = ("animals", "food", "sports")
 EXTRA_TAGS = {"animals": ("dog", "cute"), "food": ("pizza", "yum"), "sports": ("run", "gym")}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taglens.batch_outputs import OutputWriter, read_rows
-from taglens.batch_predict import (
+from taglens.serving.batch_outputs import OutputWriter, read_rows
+from taglens.serving.batch_predict import (
     ModelRef,
     list_inputs,
     merge_outputs,

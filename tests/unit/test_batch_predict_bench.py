@@ -43,7 +43,7 @@ def test_photos_are_re_encoded_at_640_px_as_a_raw_directory(flowers_dir, tmp_pat
     from PIL import Image
 
     import bench.predict as bench_predict
-    from taglens.posts import POSTS_FILE, read_posts
+    from taglens.data.posts import POSTS_FILE, read_posts
 
     monkeypatch.setattr(bench_predict, "FLOWERS", flowers_dir)
     paths = bench_predict.reencode_photos(3, tmp_path / "raw")

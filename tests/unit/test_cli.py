@@ -8,12 +8,12 @@ import types
 import pytest
 
 from taglens import cli
-from taglens.backbones import BackboneWeightsError
 from taglens.cli import run_main
 from taglens.errors import TaglensError
+from taglens.features.backbones import BackboneWeightsError
+from taglens.lifecycle.registry import RegistryError
 from taglens.params import ParamsError
-from taglens.pyfunc import ModelNotFoundError
-from taglens.registry import RegistryError
+from taglens.serving.pyfunc import ModelNotFoundError
 from tests.conftest import ROOT
 
 

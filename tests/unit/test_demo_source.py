@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from taglens.data.sources.demo import generate_demo
 from taglens.params import PAPER_CLASSES, DemoSourceParams
-from taglens.sources.demo import generate_demo
 
 PARAMS = DemoSourceParams(images_per_class=6, image_size=64)
 

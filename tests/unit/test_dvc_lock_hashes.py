@@ -2,7 +2,7 @@
 
 import yaml
 
-from taglens.dvc_lock import dep_hashes, out_hashes
+from taglens.lifecycle.dvc_lock import dep_hashes, out_hashes
 
 
 def _lock(tmp_path):

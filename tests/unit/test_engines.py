@@ -7,8 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from taglens import engines
-from taglens.engines import ENGINES, EngineError, compile_forward, on_engine
+from taglens.features import engines
+from taglens.features.engines import ENGINES, EngineError, compile_forward, on_engine
 
 RTOL = 1e-4  # the issue's bound: same vectors within 1e-4 relative
 
@@ -22,7 +22,7 @@ def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def vgg19_32px():
-    from taglens.backbones import build_feature_extractor
+    from taglens.features.backbones import build_feature_extractor
     from taglens.params import ModelParams
 
     return build_feature_extractor(ModelParams(backbone="vgg19", image_size=32, weights=None), 3)
@@ -120,7 +120,7 @@ def test_a_failed_conversion_names_the_param(vgg19_32px, monkeypatch):
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
 def test_a_predictor_on_an_engine_gives_the_same_probabilities(engine, tiny_models_dir,
                                                                tmp_path, monkeypatch):  # fmt: skip
-    from taglens.predictor import HashtagPredictor
+    from taglens.serving.predictor import HashtagPredictor
 
     monkeypatch.setenv("TAGLENS_CACHE_DIR", str(tmp_path / "cache"))
     plain = HashtagPredictor.from_dir(tiny_models_dir)
@@ -140,7 +140,7 @@ def served_model(vgg19_32px):
     """The model train writes: a dict of outputs, with the flip view averaged and colour kept."""
     import keras
 
-    from taglens.full_model import assemble
+    from taglens.training.full_model import assemble
 
     keras.utils.set_random_seed(5)
     vectors = keras.Input((512,))

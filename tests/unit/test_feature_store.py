@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from rawdata import solid_raw
 
-from taglens import features
-from taglens.features import FeatureKey, FeatureStore, featurize_paths, fill_store
+from taglens.features import store as features
+from taglens.features.store import FeatureKey, FeatureStore, featurize_paths, fill_store
 
 SIZE = 32
 KEY = FeatureKey("test", SIZE, "random-seed0")

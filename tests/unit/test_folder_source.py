@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
+from taglens.data.sources.folder import FolderSource
 from taglens.errors import TaglensError
-from taglens.sources.folder import FolderSource
 
 
 def jpeg(color) -> bytes:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from taglens.gate import (
+from taglens.lifecycle.gate import (
     CHALLENGER,
     CHAMPION,
     Evaluation,

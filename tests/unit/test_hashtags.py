@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.hashtags import HashtagStats, fit_hashtag_stats
+from taglens.data.posts import Post
 from taglens.params import HashtagParams
-from taglens.posts import Post
+from taglens.training.hashtags import HashtagStats, fit_hashtag_stats
 
 CLASSES = ["food", "art"]
 # (label, caption, likes): food posts mostly say #pizza, art posts #paint; #yum is on both.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.head import (
+from taglens.params import load_params
+from taglens.training.head import (
     build_head,
     class_weights,
     feature_scale,
@@ -13,7 +14,6 @@ from taglens.head import (
     fit_head,
     one_hot,
 )
-from taglens.params import load_params
 from tests.conftest import FIXTURES
 
 
@@ -118,9 +118,9 @@ def test_baseline_separates_clusters_and_one_hot_is_exact():
 @pytest.mark.parametrize("backbone", ["vgg19", "vgg16", "mobilenet", "mobilenet_v2", "resnet50",
                                       "efficientnet_b0"])  # fmt: skip
 def test_every_backbone_can_unfreeze_its_last_block_or_last_layers(backbone):
-    from taglens.backbones import build_feature_extractor
-    from taglens.full_model import assemble, unfreeze_last_block
+    from taglens.features.backbones import build_feature_extractor
     from taglens.params import ModelParams
+    from taglens.training.full_model import assemble, unfreeze_last_block
 
     extractor = build_feature_extractor(ModelParams(backbone=backbone, image_size=32,
                                                     weights=None), seed=0)  # fmt: skip

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.blend import ImageRankers, choose_weights, ranking_scores
-from taglens.metrics import hashtag_metrics
-from taglens.tag_rankers import (
+from taglens.training.blend import ImageRankers, choose_weights, ranking_scores
+from taglens.training.metrics import hashtag_metrics
+from taglens.training.tag_rankers import (
     NeighbourTags,
     TagModel,
     class_lift,
@@ -133,9 +133,9 @@ def test_not_a_rankers_file_is_refused(tmp_path):
 
 
 def test_low_lift_tags_are_found_from_counts_and_image_scores():
-    from taglens.fit_rankers import low_lift_tags
-    from taglens.hashtags import HashtagStats
     from taglens.params import load_params
+    from taglens.training.fit_rankers import low_lift_tags
+    from taglens.training.hashtags import HashtagStats
     from tests.conftest import FIXTURES
 
     params = load_params(FIXTURES / "params.yaml").hashtags

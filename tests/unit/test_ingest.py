@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from taglens.atomic import read_jsonl
-from taglens.ingest import RejectedImage, ingest, normalize_image
+from taglens.data.ingest import RejectedImage, ingest, normalize_image
+from taglens.data.posts import read_posts
+from taglens.data.sources.base import SourceItem
+from taglens.data.sources.folder import FolderSource
 from taglens.params import IngestParams
-from taglens.posts import read_posts
-from taglens.sources.base import SourceItem
-from taglens.sources.folder import FolderSource
 
 PARAMS = IngestParams(max_pixels=4_000_000, min_side=32, max_side=2048, animated="first_frame",
                       jpeg_quality=90)

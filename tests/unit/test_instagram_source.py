@@ -11,8 +11,8 @@ import requests
 import responses
 
 from taglens.atomic import read_jsonl
+from taglens.data.sources import instagram
 from taglens.params import InstagramSourceParams
-from taglens.sources import instagram
 from tests.fixtures.instagram.fake import SESSION_ID, FakeInstagram, write_session
 
 SALT = "test-salt"

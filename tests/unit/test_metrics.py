@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens import eval_plots
-from taglens.metrics import (
+from taglens.training import eval_plots
+from taglens.training.metrics import (
     classification_metrics,
     confusion,
     hashtag_metrics,
@@ -102,7 +102,7 @@ def test_plots_are_written_and_not_empty(tmp_path):
 
 
 def test_split_fingerprint_names_the_set_of_images_not_their_order():
-    from taglens.metrics import split_fingerprint
+    from taglens.training.metrics import split_fingerprint
 
     a, b, c = "a" * 64, "b" * 64, "c" * 64
     assert split_fingerprint([a, b, c]) == split_fingerprint([c, a, b])
@@ -112,7 +112,7 @@ def test_split_fingerprint_names_the_set_of_images_not_their_order():
 
 
 def test_popularity_baseline_keys_are_prefixed():
-    from taglens.metrics import hashtag_metrics, with_prefix
+    from taglens.training.metrics import hashtag_metrics, with_prefix
 
     scores = hashtag_metrics([["food", "art"], ["food"]], [{"food"}, {"art"}], k=5)
     renamed = with_prefix(scores, "popularity_")

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from taglens.split import content_split, group_key, side_of, unit_position
+from taglens.features.split import content_split, group_key, side_of, unit_position
 
 
 def sha(i: int) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from taglens.head import HeadFit
 from taglens.params import ParamsError, SweepParams, load_params
-from taglens.sweep import apply_setting, grid, parse_sweep_arg, run_sweep, setting_name
+from taglens.training.head import HeadFit
+from taglens.training.sweep import apply_setting, grid, parse_sweep_arg, run_sweep, setting_name
 from tests.conftest import FIXTURES
 
 
@@ -80,7 +80,7 @@ def test_each_setting_gets_a_child_run_and_the_best_is_picked(train_params):
 
 
 def test_default_search_draws_both_families_reproducibly(train_params):
-    from taglens.sweep import default_search
+    from taglens.training.sweep import default_search
 
     search = train_params.search.model_copy(update={"logreg_candidates": 3,
                                                     "dense_candidates": 4})  # fmt: skip

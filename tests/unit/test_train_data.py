@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taglens.train_data import data_lineage, load_splits, read_manifest
+from taglens.training.train_data import data_lineage, load_splits, read_manifest
 
 CLASSES = ("cat", "dog")
 

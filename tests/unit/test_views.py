@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.views import COLOUR_DIM, colour_layer, mirror_layer, view_extractor
+from taglens.features.views import COLOUR_DIM, colour_layer, mirror_layer, view_extractor
 
 
 def test_colour_histogram_counts_each_pixel_once_in_its_bin():

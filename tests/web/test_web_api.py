@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from web_helpers import RecordingPredictor, photo_bytes, png_header_only, real_bomb_png
 
-from taglens.ingest import normalize_image
-from taglens.web import create_app
-from taglens.web.app import MULTIPART_SLACK_BYTES, STATIC_DIR
+from taglens.data.ingest import normalize_image
+from taglens.serving.web import create_app
+from taglens.serving.web.app import MULTIPART_SLACK_BYTES, STATIC_DIR
 
 LIMIT = 200_000  # bytes: 0.2 MB
 
@@ -47,7 +47,7 @@ def _post(client, data: bytes, name: str = "photo.jpg", field: str = "file"):
 @pytest.mark.slow
 def test_predict_with_tiny_model_gives_ranked_hashtags(tiny_models_dir, tiny_params, jpeg):
     # given the tiny trained model, loaded once
-    from taglens.predictor import HashtagPredictor
+    from taglens.serving.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     app = _app(predictor, tiny_params, {"name": "taglens", "version": "3"})

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from web_helpers import photo_bytes
 
-from taglens.ingest import normalize_image
-from taglens.web import create_app
-from taglens.web.batching import MicroBatcher, Overloaded
+from taglens.data.ingest import normalize_image
+from taglens.serving.web import create_app
+from taglens.serving.web.batching import MicroBatcher, Overloaded
 
 
 def _recording_batcher(**kwargs) -> tuple[MicroBatcher, list[list[int]]]:
@@ -166,7 +166,7 @@ def test_bad_settings_are_refused():
 @pytest.mark.slow
 def test_batched_answers_equal_single_image_answers(tiny_models_dir, tiny_params):
     """Given the real tiny model, uploads sent together equal each photo predicted alone."""
-    from taglens.predictor import HashtagPredictor
+    from taglens.serving.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     serve = tiny_params.serve.model_copy(update={"batch_max_wait_ms": 200.0})

@@ -1,4 +1,5 @@
-"""The real thing: `python -m taglens.web` serving the tiny champion, in headless Chromium."""
+"""The real thing: `python -m taglens.serving.web` serving the tiny champion, in headless Chromium.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def server(tiny_champion, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # MLFLOW_TRACKING_URI: the fresh store
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "taglens.web", "--params", str(PARAMS), "--port", str(port)],
+            [sys.executable, "-m", "taglens.serving.web",
+             "--params", str(PARAMS), "--port", str(port)],
             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

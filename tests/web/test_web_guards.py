@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from web_helpers import RecordingPredictor
 
 from taglens.params import ParamsError, load_params
-from taglens.web import create_app
-from taglens.web.guards import API_CSP, html_csp
+from taglens.serving.web import create_app
+from taglens.serving.web.guards import API_CSP, html_csp
 
 LIMIT = 200_000
 
@@ -170,7 +170,7 @@ def test_every_response_carries_nosniff_and_a_csp(tiny_params, jpeg, monkeypatch
     # an error nothing handles (here: logging fails after the prediction) is Starlette's 500
     with TestClient(_app(RecordingPredictor(), tiny_params),
                     raise_server_exceptions=False) as client:  # fmt: skip
-        monkeypatch.setattr("taglens.web.app.logger.info", _raise)
+        monkeypatch.setattr("taglens.serving.web.app.logger.info", _raise)
         answers["unhandled error"] = client.post("/predict", files=_files(jpeg))
     statuses = {name: r.status_code for name, r in answers.items()}
     assert statuses == {

@@ -1,4 +1,4 @@
-"""`python -m taglens.web`: which model it loads, what it reports, and its errors."""
+"""`python -m taglens.serving.web`: which model it loads, what it reports, and its errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import taglens.pyfunc
-import taglens.web.__main__ as web_main
-from taglens.web.app import ModelLabel
+import taglens.serving.pyfunc
+import taglens.serving.web.__main__ as web_main
+from taglens.serving.web.app import ModelLabel
 
 PARAMS = Path(__file__).resolve().parents[1] / "fixtures" / "params.yaml"
 
@@ -46,8 +46,10 @@ def test_main_serves_a_local_models_dir(tiny_models_dir, served):
 
 def test_registered_uris_are_labelled_with_name_and_version(tiny_params, monkeypatch):
     loaded = []
-    monkeypatch.setattr("taglens.tracking.configure_tracking", lambda experiment: "uri")
-    monkeypatch.setattr(taglens.pyfunc, "load_predictor", lambda uri: loaded.append(uri) or uri)
+    monkeypatch.setattr("taglens.lifecycle.tracking.configure_tracking", lambda experiment: "uri")
+    monkeypatch.setattr(
+        taglens.serving.pyfunc, "load_predictor", lambda uri: loaded.append(uri) or uri
+    )
     assert web_main.load_model(tiny_params, "models:/taglens/4") == (
         "models:/taglens/4",
         ModelLabel("taglens", "4"),

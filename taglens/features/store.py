@@ -1,0 +1,299 @@
+"""The content-addressed feature store and the batched, compiled forward pass that fills it.
+
+Every image goes through the backbone once per (backbone, weights, image size): vectors are kept
+in shards under `store/<backbone>-<size>px-<weights identity>/`, keyed by the image's sha256, so
+adding images computes only the new ones and a killed run loses at most the shard in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from taglens.atomic import atomic_open, atomic_write_json
+from taglens.data.images import image_dataset
+from taglens.errors import TaglensError
+from taglens.features.engines import TensorFlowForward, compile_forward
+from taglens.progress import progress_bar
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.npz"
+META_FILE = "meta.json"
+STORE_DIR = "store"
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything besides the image that decides a feature vector."""
+
+    backbone: str
+    image_size: int
+    weights_identity: str
+    view: str = ""  # "" for the image itself, else a taglens.features.views name (flip, colour)
+
+    @property
+    def dirname(self) -> str:
+        """A path-safe directory name for this configuration."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.weights_identity)
+        suffix = f"-{self.view}" if self.view else ""
+        return f"{self.backbone}-{self.image_size}px-{safe}{suffix}"
+
+
+class FeatureStore:
+    """Shards of (sha256, vector) pairs for one `FeatureKey`, written atomically."""
+
+    def __init__(self, root: Path, key: FeatureKey):
+        self.key = key
+        self.dir = Path(root) / key.dirname
+
+    def shards(self) -> list[Path]:
+        """Return the shard files present, in a stable order."""
+        return sorted(self.dir.glob("shard-*.npz"))
+
+    def load(self) -> dict[str, np.ndarray]:
+        """Every cached vector by sha256; an unreadable shard is skipped (its images recomputed)."""
+        cached: dict[str, np.ndarray] = {}
+        for shard in self.shards():
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    shas, vectors = data["sha256"], data["vectors"]
+            except (OSError, ValueError, KeyError) as exc:
+                logger.warning("ignoring unreadable feature shard %s (%s)", shard, exc)
+                continue
+            if vectors.ndim != 2 or len(shas) != len(vectors):
+                logger.warning("ignoring malformed feature shard %s", shard)
+                continue
+            cached.update(zip(shas.tolist(), vectors, strict=True))
+        return cached
+
+    def write_shard(self, shas: Sequence[str], vectors: np.ndarray) -> Path:
+        """Store one shard; its name is derived from its contents, so re-runs are reproducible."""
+        if not self.dir.exists():
+            atomic_write_json(self.dir / "key.json", self.key.__dict__)
+        digest = hashlib.sha256("\n".join(shas).encode()).hexdigest()[:20]
+        path = self.dir / f"shard-{digest}.npz"
+        return _save_npz(path, shas, vectors)
+
+
+def _save_npz(path: Path, shas: Sequence[str], vectors: np.ndarray,
+              extra: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+    arrays = {name: array.astype("float32") for name, array in (extra or {}).items()}
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, sha256=np.asarray(shas, dtype="U64"), vectors=vectors.astype("float32"),
+                 **arrays)  # fmt: skip
+    return path
+
+
+# The tensorflow engine's forward pass, under its former name (engines.py has them all).
+BatchedForward = TensorFlowForward
+
+
+def _check_files(paths: Sequence[Path | str]) -> None:
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image file(s) are missing, for example {missing[0]}: re-run the "
+            "scrape stage (dvc repro scrape) so posts.jsonl and data/raw/images agree"
+        )
+
+
+def iter_feature_batches(
+    paths: Sequence[Path | str],
+    extractor: keras.Model,
+    *,
+    image_size: int,
+    batch_size: int,
+    jit_compile: bool = False,
+    engine: str = "tensorflow",
+) -> Iterator[np.ndarray]:
+    """Yield feature batches for image files, in order (decode overlaps the forward pass).
+
+    Raises:
+        FileNotFoundError: an image file does not exist.
+        ValueError: an image in a batch cannot be decoded (the batch's first file is named).
+
+    """
+    import tensorflow as tf
+
+    _check_files(paths)
+    if not paths:
+        return
+    forward = compile_forward(extractor, engine, batch_size=batch_size, jit_compile=jit_compile)
+    batches = iter(image_dataset(paths, image_size, batch_size))
+    start = 0
+    while True:
+        try:
+            images = next(batches)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as exc:
+            raise TaglensError(
+                f"cannot decode an image among {len(paths) - start} files starting at "
+                f"{paths[start]}: {exc.message.splitlines()[0]}"
+            ) from None
+        start += int(images.shape[0])
+        yield forward(images)
+
+
+def featurize_paths(
+    paths: Sequence[Path | str],
+    extractor: keras.Model,
+    *,
+    image_size: int,
+    batch_size: int,
+    jit_compile: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[np.ndarray], None] | None = None,
+    engine: str = "tensorflow",
+) -> np.ndarray:
+    """Feature vectors (N, D) float32 for image files, in order; reusable by batch predict.
+
+    Args:
+        paths: Image files in any format TensorFlow decodes.
+        extractor: Raw RGB pixels (0-255) to vectors, as from `build_feature_extractor`.
+        image_size: The extractor's input side.
+        batch_size: Images per forward pass.
+        jit_compile: Compile full batches with XLA.
+        progress: Show a tqdm bar with images/s.
+        on_batch: Called with each batch's vectors as soon as it is computed.
+        engine: What runs the forward pass (`featurize.engine`, see taglens.features.engines).
+
+    """
+    chunks = []
+    with progress_bar(total=len(paths), unit="img", desc="featurize", disable=not progress) as bar:
+        for vectors in iter_feature_batches(
+            paths, extractor, image_size=image_size, batch_size=batch_size,
+            jit_compile=jit_compile, engine=engine,
+        ):  # fmt: skip
+            chunks.append(vectors)
+            if on_batch is not None:
+                on_batch(vectors)
+            bar.update(len(vectors))
+    if not chunks:
+        return np.zeros((0, int(extractor.output_shape[-1])), dtype="float32")
+    return np.concatenate(chunks).astype("float32", copy=False)
+
+
+class _ShardBuffer:
+    """Collects computed vectors and writes a shard each time `shard_size` are pending."""
+
+    def __init__(self, store: FeatureStore, shard_size: int):
+        self.store, self.shard_size, self.written = store, shard_size, 0
+        self.shas: list[str] = []
+        self.vectors: list[np.ndarray] = []
+
+    def add(self, shas: list[str], vectors: np.ndarray) -> None:
+        offset = 0
+        while offset < len(shas):  # a batch may straddle the end of a shard
+            room = self.shard_size - len(self.shas)
+            self.shas.extend(shas[offset : offset + room])
+            self.vectors.append(vectors[offset : offset + room])
+            offset += room
+            if len(self.shas) >= self.shard_size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.shas:
+            self.store.write_shard(self.shas, np.concatenate(self.vectors))
+            self.written += 1
+            self.shas, self.vectors = [], []
+
+
+@dataclass
+class StoreUpdate:
+    """What `fill_store` did."""
+
+    requested: int
+    cached: int
+    computed: int
+    shards_written: int
+
+
+def fill_store(
+    store: FeatureStore,
+    items: Sequence[tuple[str, Path]],
+    extractor_factory: Callable[[], keras.Model],
+    *,
+    batch_size: int,
+    shard_size: int,
+    jit_compile: bool,
+    progress: bool = True,
+    engine: str = "tensorflow",
+) -> tuple[dict[str, np.ndarray], StoreUpdate]:
+    """Compute the vectors the store lacks for `(sha256, path)` items, one shard at a time.
+
+    The extractor is built only when something is missing, so a fully cached run costs no model
+    construction. Returns every requested vector by sha256 and a summary.
+    """
+    cached = store.load()
+    unique = dict(items)  # duplicates of an image (same sha256) are computed once
+    missing = [(sha, path) for sha, path in unique.items() if sha not in cached]
+    update = StoreUpdate(len(unique), len(unique) - len(missing), len(missing), 0)
+    logger.info(
+        "feature store %s: %d images, %d cached, %d to compute",
+        store.dir, len(unique), update.cached, len(missing),
+    )  # fmt: skip
+    if missing:
+        _check_files([path for _, path in missing])  # before the (slow) model build
+        buffer = _ShardBuffer(store, shard_size)
+        done = 0
+
+        def on_batch(vectors: np.ndarray) -> None:
+            nonlocal done
+            shas = [sha for sha, _ in missing[done : done + len(vectors)]]
+            done += len(vectors)
+            cached.update(zip(shas, vectors, strict=True))
+            buffer.add(shas, vectors)
+
+        featurize_paths(
+            [path for _, path in missing], extractor_factory(), image_size=store.key.image_size,
+            batch_size=batch_size, jit_compile=jit_compile, progress=progress, on_batch=on_batch,
+            engine=engine,
+        )  # fmt: skip
+        buffer.flush()
+        update.shards_written = buffer.written
+    return {sha: cached[sha] for sha in unique}, update
+
+
+def view_array(view: str) -> str:
+    """The features.npz array that holds a view's vectors (`flip` -> `flip_vectors`)."""
+    return f"{view}_vectors"
+
+
+def write_features(out_dir: Path, shas: Sequence[str], vectors: np.ndarray, meta: dict,
+                   views: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+    """Write `features.npz` and `meta.json` atomically.
+
+    `features.npz` holds `sha256`, `vectors` and one `<view>_vectors` array per view, in posts
+    order.
+    """
+    out_dir = Path(out_dir)
+    extra = {view_array(view): array for view, array in (views or {}).items()}
+    path = _save_npz(out_dir / FEATURES_FILE, shas, vectors, extra)
+    atomic_write_json(out_dir / META_FILE, meta)
+    return path
+
+
+def read_features(features_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read `features.npz` back: (`sha256` (N,) str, `vectors` (N, D) float32).
+
+    Raises:
+        FileNotFoundError: featurize has not run (the message says how to run it).
+
+    """
+    path = Path(features_dir) / FEATURES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no features at {path}: run the featurize stage first")
+    with np.load(path, allow_pickle=False) as data:
+        return data["sha256"], data["vectors"].astype("float32", copy=False)

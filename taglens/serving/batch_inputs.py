@@ -1,0 +1,78 @@
+"""Inputs of the batch predict job: listing folders, globs, list files; header checks."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from pathlib import Path
+
+from taglens.errors import TaglensError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+_GLOB_CHARS = "*?["
+
+
+def list_inputs(spec: str | Path) -> list[Path]:
+    """Expand an input spec into image paths, sorted for a stable row order.
+
+    `spec` is a folder (searched recursively for image suffixes), a glob (`**` allowed), a single
+    image, or a text file with one path per line (blank lines and `#` comments skipped; relative
+    paths are taken relative to the list file's folder). Listed paths that do not exist are kept:
+    they become error rows.
+
+    Raises:
+        FileNotFoundError: the spec names nothing.
+        ValueError: the spec matches no image.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower()
+                       in IMAGE_SUFFIXES)  # fmt: skip
+    elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        paths = [path]
+    elif path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        entries = [line.strip() for line in lines if line.strip() and not line.lstrip()
+                   .startswith("#")]  # fmt: skip
+        paths = [p if p.is_absolute() else path.parent / p for p in map(Path, entries)]
+    elif any(char in text for char in _GLOB_CHARS):
+        paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+    else:
+        raise FileNotFoundError(
+            f"input {text} is not a folder, an image, a list file or a glob: check the path"
+        )
+    if not paths:
+        raise TaglensError(
+            f"input {text} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
+            "give a folder of photos, a glob like 'photos/**/*.jpg' or a file listing paths"
+        )
+    return paths
+
+
+def shard(paths: Sequence[Path], size: int) -> list[list[Path]]:
+    """Split paths into consecutive shards of at most `size` (their concatenation is `paths`)."""
+    if size < 1:
+        raise TaglensError(f"predict.shard_size must be >= 1, got {size}")
+    return [list(paths[start : start + size]) for start in range(0, len(paths), size)]
+
+
+def pixel_cap(max_pixels: int | None) -> int:
+    """The pixel cap in force: `max_pixels`, else Pillow's own decompression-bomb limit."""
+    from PIL import Image
+
+    return int(max_pixels or Image.MAX_IMAGE_PIXELS or 2**31)
+
+
+def check_header(path: Path | str, max_pixels: int) -> None:
+    """Refuse, from its header alone, a file that is not an allowed image or has too many pixels.
+
+    Raises:
+        ValueError: the reason, for the error row.
+    """
+    from taglens.data.images import header_pixels
+
+    width, height = header_pixels(path)
+    if width * height > max_pixels:
+        raise ValueError(f"{width}x{height} = {width * height} pixels > the limit of "
+                         f"{max_pixels} (ingest.max_pixels; possible decompression bomb)")

@@ -1,0 +1,239 @@
+"""Load a trained `models/` directory and turn images into class probabilities and hashtags."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taglens.errors import TaglensError
+from taglens.params import HashtagParams
+from taglens.training.blend import ImageRankers
+from taglens.training.hashtags import HashtagStats
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+INFO_FILE = "model_info.json"
+HASHTAGS_FILE = "hashtags.json"
+RANKERS_FILE = "image_rankers.npz"  # optional: without it, the class mixture ranks alone
+MODEL_FILES = (MODEL_FILE, INFO_FILE, HASHTAGS_FILE)
+OPTIONAL_FILES = (RANKERS_FILE,)
+CHUNK = 32  # images per forward pass: bounds memory for large inputs
+
+
+@dataclass
+class HashtagPredictor:
+    """A Keras classifier plus hashtag statistics: pixels or encoded images in, suggestions out.
+
+    Attributes:
+        model: the Keras model (float32 RGB pixels 0..255 -> softmax over `classes`).
+        classes: class names in the model's output order.
+        image_size: the side in pixels the model expects.
+        stats: hashtag statistics fitted on the training posts.
+        params: the hashtag params used for ranking (the ones stored at train time by default).
+        info: the whole model_info.json.
+        rankers: the image rankers and blend weights, when train fitted them.
+    """
+
+    model: Any
+    classes: list[str]
+    image_size: int
+    stats: HashtagStats
+    params: HashtagParams
+    info: dict[str, Any]
+    rankers: ImageRankers | None = None
+
+    @classmethod
+    def from_dir(
+        cls, models_dir: Path | str, params: HashtagParams | None = None
+    ) -> HashtagPredictor:
+        """Load model.keras, model_info.json and hashtags.json from a directory.
+
+        Args:
+            models_dir: the train stage's output directory.
+            params: hashtag params overriding the ones stored in hashtags.json.
+
+        Raises:
+            FileNotFoundError: a file is missing (the message says to run the train stage).
+            TaglensError: the files do not belong together (class lists differ).
+        """
+        models_dir = Path(models_dir)
+        missing = [name for name in MODEL_FILES if not (models_dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{models_dir} lacks {', '.join(missing)}: run the train stage (`dvc repro train`) "
+                "or point at a directory it wrote"
+            )
+        info = json.loads((models_dir / INFO_FILE).read_text(encoding="utf-8"))
+        for key in ("classes", "image_size"):
+            if key not in info:
+                raise TaglensError(
+                    f"{models_dir / INFO_FILE} has no {key!r}: re-run the train stage"
+                )
+        stats = HashtagStats.load(models_dir / HASHTAGS_FILE)
+        if list(stats.classes) != list(info["classes"]):
+            raise TaglensError(
+                f"{models_dir}: hashtags.json classes {stats.classes} differ from the model's "
+                f"{info['classes']}; re-run the train stage so both come from the same run"
+            )
+        import keras
+
+        from taglens.features.backbones import preprocess_layer
+        from taglens.features.views import register_view_layers
+
+        preprocess_layer("none")  # defines and registers the Preprocess class the model names
+        register_view_layers()  # and the view layers (mirror image, colour histogram)
+        model = keras.saving.load_model(models_dir / MODEL_FILE, compile=False)
+        logger.info(
+            "loaded %s (%d classes, %d px)", models_dir, len(info["classes"]), info["image_size"]
+        )
+        rankers = None
+        if (models_dir / RANKERS_FILE).is_file():
+            rankers = ImageRankers.load(models_dir / RANKERS_FILE)
+        return cls(
+            model=model,
+            classes=list(info["classes"]),
+            image_size=int(info["image_size"]),
+            stats=stats,
+            params=params or stats.params,
+            info=info,
+            rankers=rankers,
+        )
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Return (N, C) class probabilities for float32 pixels (N, S, S, 3) in 0..255.
+
+        Raises:
+            ValueError: the batch does not have the model's shape.
+        """
+        return self.outputs(batch)["probabilities"]
+
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model for a pixel batch, as arrays.
+
+        `probabilities` (N, C) always; `features` and `colour` (what the image rankers read) when
+        the model has them.
+
+        Raises:
+            ValueError: the batch does not have the model's shape.
+        """
+        pixels = np.asarray(batch, dtype=np.float32)
+        expected = (self.image_size, self.image_size, 3)
+        if pixels.ndim != 4 or pixels.shape[1:] != expected:
+            raise ValueError(
+                f"expected pixels of shape (N, {self.image_size}, {self.image_size}, 3), got "
+                f"{pixels.shape}; decode images with taglens.data.images.decode_and_resize"
+            )
+        if len(pixels) == 0:
+            return {"probabilities": np.zeros((0, len(self.classes)), dtype=np.float32)}
+        parts = [_as_outputs(self.model(pixels[start : start + CHUNK], training=False))
+                 for start in range(0, len(pixels), CHUNK)]  # fmt: skip
+        return {key: np.concatenate([part[key] for part in parts]).astype(np.float32)
+                for key in parts[0]}  # fmt: skip
+
+    def rank(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
+        """Ranked hashtags per image from `outputs`: the chosen blend, or the class mixture.
+
+        Each item also says `why`: `class` when the class mixture gives the largest share of
+        its score, else `image`.
+        """
+        probs = outputs["probabilities"]
+        if not len(probs):
+            return []
+        if self.rankers is None:
+            return self.stats.rank_batch(probs, self.params)
+        scores = self.rankers.ranker_scores(self.stats.mixture(probs, self.params),
+                                            outputs.get("features"), outputs.get("colour"))
+        blended = self.rankers.blend(scores)
+        final = self.stats.finish(blended, self.params, self.rankers.tag_multiplier)
+        from_class = self.rankers.weights.get("class_mixture", 0.0) * scores["class_mixture"]
+        ranked = self.stats.rank_scores(final, self.params)
+        position = {tag: i for i, tag in enumerate(self.stats.tags)}
+        for row, items in enumerate(ranked):
+            for item in items:
+                i = position[item["tag"]]
+                item["why"] = "class" if from_class[row, i] >= blended[row, i] / 2 else "image"
+        return ranked
+
+    def predict_pixels(self, batch: np.ndarray) -> list[dict[str, Any]]:
+        """Predict for a pixel batch; one dict per image.
+
+        Each dict is `{"top_class", "top_probability", "probabilities": {class: p},
+        "hashtags": [{"tag", "score", "posts", "engagement"}, ...]}`.
+        """
+        outputs = self.outputs(batch)
+        probs = outputs["probabilities"]
+        rankings = self.rank(outputs)
+        results = []
+        for row, hashtags in zip(probs, rankings, strict=True):
+            top = int(np.argmax(row))
+            results.append(
+                {
+                    "top_class": self.classes[top],
+                    "top_probability": float(row[top]),
+                    "probabilities": {c: float(p) for c, p in zip(self.classes, row, strict=True)},
+                    "hashtags": hashtags,
+                }
+            )
+        return results
+
+    def decode(self, images: Sequence[bytes]) -> np.ndarray:
+        """Decode encoded images (JPEG, PNG, GIF, BMP, WebP) to the model's pixel batch.
+
+        Uses `taglens.data.images.decode_and_resize`, the function featurize and training use.
+
+        Raises:
+            TaglensError: an item is not an image; the message names its position.
+        """
+        import tensorflow as tf
+
+        from taglens.data.images import decode_and_resize
+
+        pixels = []
+        for index, data in enumerate(images):
+            if not isinstance(data, bytes | bytearray) or not data:
+                raise TaglensError(
+                    f"image {index}: expected encoded image bytes, got "
+                    f"{type(data).__name__} of length {len(data or b'')}"
+                )
+            try:
+                image = decode_and_resize(tf.constant(bytes(data)), self.image_size)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
+                raise TaglensError(
+                    f"image {index} could not be decoded (JPEG, PNG, GIF, BMP or WebP expected): "
+                    f"{exc.message.splitlines()[0] if exc.message else exc}"
+                ) from None
+            pixels.append(image.numpy())
+        if not pixels:
+            return np.zeros((0, self.image_size, self.image_size, 3), dtype=np.float32)
+        return np.stack(pixels)
+
+    def predict_bytes(self, images: Sequence[bytes]) -> list[dict[str, Any]]:
+        """Predict for encoded images; an undecodable item raises TaglensError naming its index.
+
+        Raising (rather than returning an error entry) keeps results aligned with inputs; callers
+        that want to skip bad items validate each one with `decode([item])` first.
+        """
+        return self.predict_pixels(self.decode(images))
+
+    def predict_paths(self, paths: Sequence[Path | str]) -> list[dict[str, Any]]:
+        """Predict for image files.
+
+        Raises:
+            FileNotFoundError: a path does not exist.
+            TaglensError: a file is not an image.
+        """
+        return self.predict_bytes([Path(path).read_bytes() for path in paths])
+
+
+def _as_outputs(result: Any) -> dict[str, np.ndarray]:
+    """A model's result as a dict of arrays (a single-output model gives probabilities)."""
+    if isinstance(result, dict):
+        return {key: np.asarray(value) for key, value in result.items()}
+    return {"probabilities": np.asarray(result)}

@@ -1,0 +1,6 @@
+"""Learning from the cached vectors, and judging what was learnt.
+
+The classification `head` and its `sweep`/search, the `train_data` both train and evaluate read,
+the `hashtags` statistics and image rankers blended into the served ranking, the `full_model`
+that runs from raw pixels, and the `metrics` and `eval_plots` of a run.
+"""

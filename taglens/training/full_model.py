@@ -1,0 +1,212 @@
+"""The served model: one Keras model from raw pixels to class probabilities.
+
+It is the feature extractor featurize used (preprocessing inside) followed by the trained head,
+so batch predict, the web page and `mlflow models serve` compute exactly what evaluate measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from taglens.atomic import fsync_dir, fsync_tree
+from taglens.errors import TaglensError
+from taglens.features.backbones import BACKBONES
+from taglens.params import FineTuneParams, ModelParams
+from taglens.training.head import compile_for_training, one_hot
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+# Cached vectors may come from an XLA-compiled forward pass; allow float round-off, not more.
+VERIFY_RTOL = 1e-3
+
+
+OUTPUTS = ("probabilities", "features", "colour")
+
+
+def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens", *,
+             flip: bool = False, colour: bool = False) -> keras.Model:  # fmt: skip
+    """Compose extractor (pixels -> vectors) and head (vectors -> probabilities) into one model.
+
+    The model's outputs are a dict: `probabilities` (N, C), the `features` the tag rankers read
+    and, with `colour`, the `colour` histogram view. With `flip`, the image and its mirror image
+    both go through the extractor and both outputs are the average of the two views, exactly as
+    training scored its validation split.
+    """
+    import keras
+
+    from taglens.features.views import colour_layer, mirror_layer
+
+    inputs = keras.Input(extractor.input_shape[1:], name="image")
+    # the head as an uncompiled model over the same layers: no optimizer state is saved with it
+    head = keras.Model(head.input, head.output, name=head.name)
+    features = extractor(inputs)
+    probabilities = head(features)
+    if flip:
+        mirrored = extractor(mirror_layer(name="mirror")(inputs))
+        probabilities = keras.layers.Average(name="mean_probabilities")(
+            [probabilities, head(mirrored)]
+        )
+        features = keras.layers.Average(name="mean_features")([features, mirrored])
+    outputs = {"probabilities": probabilities, "features": features}
+    if colour:
+        outputs["colour"] = colour_layer(name="colour")(inputs)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def probabilities_model(model: keras.Model) -> keras.Model:
+    """The served model's probabilities output alone, sharing its layers (for fine-tuning)."""
+    import keras
+
+    output = model.output["probabilities"] if isinstance(model.output, dict) else model.output
+    return keras.Model(model.input, output, name=f"{model.name}_probabilities")
+
+
+def verify_extractor(extractor: keras.Model, images: np.ndarray, cached: np.ndarray) -> float:
+    """Check that the extractor reproduces the cached vectors of a few images.
+
+    Returns:
+        The largest relative difference (row norm) found.
+
+    Raises:
+        ValueError: the vectors differ: the features were not made by this backbone.
+    """
+    fresh = np.asarray(extractor.predict(images, verbose=0), dtype="float64")
+    cached = np.asarray(cached, dtype="float64")
+    scale = np.maximum(np.linalg.norm(cached, axis=1), 1e-6)
+    worst = float(np.max(np.linalg.norm(fresh - cached, axis=1) / scale))
+    if worst > VERIFY_RTOL:
+        raise TaglensError(
+            f"the backbone built from params does not reproduce the cached features (relative "
+            f"difference {worst:.3g} > {VERIFY_RTOL:g}): model.* or base.seed changed since "
+            "featurize ran, or the weights file changed; re-run featurize (dvc repro featurize)"
+        )
+    logger.info("extractor reproduces cached features (max relative difference %.2g)", worst)
+    return worst
+
+
+def unfreeze_last_block(model: keras.Model, backbone_name: str, layers: int = 0) -> int:
+    """Make only the end of the backbone trainable; count the trainable layers with weights.
+
+    `layers: 0` unfreezes the backbone's last block (BackboneSpec.last_block, e.g. VGG's block5);
+    `layers: N` the last N layers that hold weights, whatever their names. The backbone is called
+    with `training=False` inside the extractor, so batch-norm layers keep their ImageNet
+    statistics while their neighbours' weights are tuned.
+
+    Raises:
+        ValueError: nothing to unfreeze (no layer starts with the block prefix).
+    """
+    prefix = BACKBONES[backbone_name].last_block
+    backbone = _find_backbone(model)
+    backbone.trainable = True
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    chosen = set(map(id, weighted[-layers:])) if layers > 0 else \
+        {id(layer) for layer in backbone.layers if layer.name.startswith(prefix)}  # fmt: skip
+    count = 0
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in chosen
+        count += int(layer.trainable and bool(layer.weights))
+    if count == 0:
+        raise ValueError(f"no layer of {backbone.name} starts with {prefix!r}; cannot fine-tune")
+    return count
+
+
+def _find_backbone(model: keras.Model) -> keras.Model:
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            nested = [sub for sub in layer.layers if isinstance(sub, keras.Model)]
+            return nested[0] if nested else layer
+    raise ValueError(f"{model.name} has no nested backbone model")
+
+
+def image_label_dataset(paths: Sequence[Path], labels: np.ndarray, n_classes: int, size: int,
+                        batch: int, augment: bool, seed: int):
+    """A tf.data pipeline of (pixels, one-hot label) batches, optionally lightly augmented."""
+    import tensorflow as tf
+
+    from taglens.data.images import decode_and_resize
+
+    def load(path, label):
+        image = decode_and_resize(tf.io.read_file(path), size)
+        if augment:  # light augmentation: flips and small brightness changes only
+            image = tf.image.random_flip_left_right(image, seed=seed)
+            image = tf.clip_by_value(tf.image.random_brightness(image, 20.0, seed=seed), 0, 255)
+        return image, label
+
+    data = tf.data.Dataset.from_tensor_slices(([str(p) for p in paths], one_hot(labels, n_classes)))
+    if augment:
+        data = data.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return data.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2)
+
+
+def fine_tune(
+    model: keras.Model,
+    model_params: ModelParams,
+    params: FineTuneParams,
+    train: tuple[Sequence[Path], np.ndarray],
+    val: tuple[Sequence[Path], np.ndarray],
+    *,
+    label_smoothing: float,
+    seed: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train the backbone's last block and the head end to end on images, at a low learning rate.
+
+    Costly: every step runs the whole backbone forward (see docs/training.md for measured times).
+
+    Returns:
+        Per-epoch history rows (epoch, loss, accuracy, val_loss, val_accuracy).
+    """
+    import keras
+
+    model = probabilities_model(model)
+    n_classes = int(model.output_shape[-1])
+    layers = unfreeze_last_block(model, model_params.backbone, params.layers)
+    logger.info("fine-tuning %d layers of %s", layers, model_params.backbone)
+    compile_for_training(model, "adam", params.learning_rate, label_smoothing, "auto")
+    size, batch = model_params.image_size, params.batch_size
+    train_data = image_label_dataset(*train, n_classes, size, batch, True, seed)
+    val_data = image_label_dataset(*val, n_classes, size, batch, False, seed)
+    rows: list[dict[str, float]] = []
+
+    def record(epoch: int, logs: dict | None) -> None:
+        row = {"epoch": float(epoch + 1), **{k: float(v) for k, v in (logs or {}).items()}}
+        rows.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
+
+    # patience = every epoch: never stops early, but ends on the best validation epoch's weights
+    keep_best = keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.epochs,
+                                              restore_best_weights=True)  # fmt: skip
+    model.fit(train_data, validation_data=val_data, epochs=params.epochs, verbose=0, shuffle=False,
+              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record), keep_best])
+    model.trainable = False  # the saved model is for inference
+    return rows
+
+
+def save_model(model: keras.Model, path: Path) -> Path:
+    """Save a .keras file for inference, atomically: written beside `path`, then moved in place."""
+    import keras
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    # a fresh, uncompiled model over the same layers: the file holds no optimizer state
+    export = keras.Model(model.input, model.output, name=model.name)
+    try:
+        export.save(tmp)
+        fsync_tree(tmp)  # the bytes on disk before the rename makes them the model
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

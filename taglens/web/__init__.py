@@ -1,5 +1,0 @@
-"""The web page and JSON API: upload a photo, get its hashtags (`python -m taglens.web`)."""
-
-from taglens.web.app import ModelLabel, create_app
-
-__all__ = ["ModelLabel", "create_app"]
