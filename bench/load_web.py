@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.web_costs import ceiling, cpu_breakdown
 from bench.web_load_kit import (
     ROOT,
     LoadResult,
@@ -219,6 +220,22 @@ def to_markdown(result: dict) -> str:
                   f"(p99): {'met' if checks['page'] else 'NOT met'}."]  # fmt: skip
     if "batching_gain" in result:
         lines.append(f"Batched against unbatched, same clients: **{result['batching_gain']}x**.")
+    if "ceiling" in result:
+        top = result["ceiling"]
+        lines += ["", f"The ceiling: at the batched server's {result['ratio_of']} CPU cost per "
+                  f"request, {top['cores']} cores answer at most "
+                  f"**{top['most_requests_per_second']} req/s = {top['most_ratio']}x** the "
+                  f"single-client rate, which already keeps {top['single_client_cores_busy']} "
+                  f"cores busy; 3x would need at most {top['cpu_ms_per_request_for_3x']} CPU ms "
+                  "per request."]  # fmt: skip
+    if "cpu_ms_per_image" in result:
+        costs = result["cpu_ms_per_image"]
+        lines += ["", f"Server steps, CPU ms per image (`featurize.engine: {costs['engine']}`, "
+                  "measured in one process by `bench/web_costs.py`): upload checks and "
+                  f"normalize {costs['upload_checks_and_normalize']}, decode to pixels "
+                  f"{costs['decode_to_pixels']}, model and hashtags for one image "
+                  f"{costs['model_one_image']}, for a batch of {costs['batch']} "
+                  f"{costs['model_full_batch']}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -240,11 +257,12 @@ def run_scaling(args: argparse.Namespace) -> dict:
         load_start = round(os.getloadavg()[0], 1)
         measured = scaling(models, servers, images, clients=args.clients,
                            duration=args.duration, repeats=args.repeats, log=args.log)  # fmt: skip
+        costs = cpu_breakdown(models, args.params, images, max(args.clients))
     result = {"model": described, "photos": photos_text, "size": args.size,
               "photo_bytes_mean": round(sum(map(len, images)) / len(images)),
               "duration_s": args.duration, "repeats": args.repeats,
               "load_avg_start": load_start, "load_avg_end": round(os.getloadavg()[0], 1),
-              **measured}  # fmt: skip
+              "cpu_ms_per_image": costs, **measured}  # fmt: skip
     low, high = str(min(args.clients)), str(max(args.clients))
     batched = result["servers"]["batched"]
     if low != high:
@@ -254,6 +272,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
         result["targets"] = {"ratio": result["ratio"] >= 3,
                              "p99": batched[high]["p99_ms"] < 2000,
                              "page": batched[high]["page"]["p99_ms"] < 200}  # fmt: skip
+        result["ceiling"] = ceiling(batched[low], batched[high])
     if "unbatched" in result["servers"]:
         unbatched = result["servers"]["unbatched"][high]["requests_per_second"]
         result["batching_gain"] = round(

@@ -59,23 +59,33 @@ def _backbone(name: str, size: int, alpha: float):
     return constructor(input_shape=(size, size, 3), include_top=False, pooling="avg", weights=None)
 
 
-def build_models(dest: Path, size: int, alpha: float, backbone_name: str = "mobilenet") -> Path:
-    """A models/ dir: the backbone with its preprocessing + a softmax over the 5 flower classes."""
+def build_models(dest: Path, size: int, alpha: float, backbone_name: str = "mobilenet", *,
+                 flip: bool = True, colour: bool = True) -> Path:  # fmt: skip
+    """A models/ dir: the backbone with its preprocessing + a softmax over the 5 flower classes.
+
+    Assembled as train assembles the served model (`taglens.training.full_model.assemble`). The
+    defaults give the costliest shape train writes with the default params: the image and its
+    mirror image averaged (when validation picks a flip setting) and the colour view.
+    """
     import keras
 
     from taglens.data.posts import Post
     from taglens.features.backbones import BACKBONES, preprocess_layer
     from taglens.params import load_params
+    from taglens.training.full_model import assemble
     from taglens.training.hashtags import fit_hashtag_stats
 
     classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
     backbone = _backbone(backbone_name, size, alpha)
     inputs = keras.Input((size, size, 3), name="image")
     mode = BACKBONES[backbone_name].mode
-    x = backbone(preprocess_layer(mode, name="preprocess")(inputs), training=False)
-    outputs = keras.layers.Dense(len(classes), activation="softmax")(x)
+    extractor = keras.Model(
+        inputs, backbone(preprocess_layer(mode, name="preprocess")(inputs), training=False)
+    )
+    vectors = keras.Input(extractor.output_shape[1:], name="vectors")
+    head = keras.Model(vectors, keras.layers.Dense(len(classes), activation="softmax")(vectors))
     dest.mkdir(parents=True, exist_ok=True)
-    keras.Model(inputs, outputs).save(dest / "model.keras")
+    assemble(extractor, head, flip=flip, colour=colour).save(dest / "model.keras")
     info = {"classes": classes, "image_size": size, "backbone": f"{backbone_name}-{alpha}",
             "run_id": None, "weights_identity": "bench", "experiment": "bench", "params": {}}
     (dest / "model_info.json").write_text(json.dumps(info))
@@ -308,7 +318,9 @@ def to_markdown(r: dict) -> str:
         times = r["command_seconds"]
         lines += [
             "",
-            f"{_describe(r.get('backbone', 'mobilenet'))}, {r['image_size']} px, batch "
+            f"{_describe(r.get('backbone', 'mobilenet'))} assembled as train assembles the "
+            "served model (the image and its mirror image averaged, plus the colour view), "
+            f"{r['image_size']} px, batch "
             f"{r['batch_size']}, `featurize.engine: {r['engine']}`, {r['images']} flowers photos "
             f"re-encoded as {r['photo_side']}x{r['photo_side']} JPEGs; whole commands, "
             f"{len(times['predict'])} interleaved repeats, best of each.",

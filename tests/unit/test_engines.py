@@ -68,8 +68,40 @@ def test_onnx_conversion_is_cached_on_disk(vgg19_32px, pixels, tmp_path, monkeyp
         raise AssertionError("a cached model must not be converted again")
 
     monkeypatch.setattr(tf2onnx.convert, "from_function", no_conversion)
+    engines._CONVERTED.clear()  # as in a new process: nothing converted in memory
     again = compile_forward(vgg19_32px, "onnxruntime", cache_dir=tmp_path)(pixels)
     np.testing.assert_array_equal(again, first)
+
+
+def test_a_model_is_converted_once_per_process_and_forgotten_with_it(pixels, monkeypatch):
+    import gc
+
+    import keras
+
+    from taglens.features import engine_runtimes
+
+    conversions = []
+    real = engine_runtimes.OpenVinoForward.__init__
+
+    def counted(self, model):
+        conversions.append(model.name)
+        real(self, model)
+
+    monkeypatch.setattr(engine_runtimes.OpenVinoForward, "__init__", counted)
+
+    def small(name):
+        inputs = keras.Input((32, 32, 3), name="image")
+        return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs), name=name)
+
+    model = small("first")
+    first = compile_forward(model, "openvino")
+    assert compile_forward(model, "openvino") is first  # a Dask worker's next shard
+    other = compile_forward(small("second"), "openvino")
+    assert other is not first and conversions == ["first", "second"]
+    np.testing.assert_allclose(first(pixels), pixels.mean(axis=(1, 2)), rtol=1e-5)
+    del model, first, other
+    gc.collect()
+    assert not any(m.name in ("first", "second") for m in list(engines._CONVERTED.keys()))
 
 
 def test_fingerprint_follows_the_weights_and_survives_save_and_load(tmp_path):
