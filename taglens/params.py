@@ -245,7 +245,6 @@ class ServeParams(_Section):
     batch_max_wait_ms: float = Field(ge=0, le=1000)
     max_pending: int = Field(ge=1, le=10_000)
     decode_threads: int = Field(ge=1, le=64)
-    worker_nice: int = Field(ge=0, le=19)
     retry_after_s: int = Field(ge=1, le=3600)
     limit_concurrency: int = Field(ge=2, le=100_000)
     timeout_keep_alive_s: int = Field(ge=1, le=600)

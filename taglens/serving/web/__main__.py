@@ -17,7 +17,6 @@ from taglens.errors import TaglensError
 from taglens.features.engines import on_engine
 from taglens.params import Params, load_params
 from taglens.serving.web.app import ModelLabel, Predictor, create_app
-from taglens.serving.web.priority import lower_other_threads
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +99,6 @@ def main(argv: list[str] | None = None) -> int:
             serve=serve,
         )
         logger.info("serving %s version %s on http://%s:%d/", label.name, label.version, host, port)
-        # This thread becomes the event loop: the model runtime's threads, started while the
-        # model loaded, give way to it (taglens.serving.web.priority).
-        lower_other_threads(serve.worker_nice)
         uvicorn.run(
             app,
             host=host,

@@ -11,7 +11,6 @@ the security headers on every response.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from taglens.serving.web.guards import (
     SecurityHeaders,
     overloaded_response,
 )
-from taglens.serving.web.priority import lower_this_thread
 from taglens.serving.web.schemas import ERROR_RESPONSES, Health, ModelInfo, Prediction
 from taglens.serving.web.upload import (
     SUPPORTED_TEXT,
@@ -123,7 +121,6 @@ def create_app(
         max_wait_s=serve.batch_max_wait_ms / 1000,
         max_queue=serve.max_pending,
         upstream=lambda: decoding[0],
-        thread_initializer=functools.partial(lower_this_thread, serve.worker_nice),
     )
     # Decoding is CPU work like the forward pass: the limiter is taken before a worker thread
     # is, so a flood of uploads queues here (bounded by Admission) instead of in threads.
@@ -177,7 +174,6 @@ def create_app(
                                      "Content-Security-Policy": API_CSP})  # fmt: skip
 
     def decode(upload: UploadFile) -> tuple[NormalizedImage, np.ndarray]:
-        lower_this_thread(serve.worker_nice)  # a worker thread: the event loop goes first
         data = read_limited(upload.file, max_upload_bytes)
         image = prepare_image(data, ingest)
         return image, predictor.decode([image.jpeg])[0]

@@ -62,8 +62,6 @@ class MicroBatcher:
         upstream: how many more items are on their way (e.g. requests still decoding). When
             given, a batch waits only while some are (a lone request never waits), and stops
             waiting once none is left. Without it, a batch waits `max_wait_s` unless full.
-        thread_initializer: run once in the batch thread when it starts (e.g. to lower its
-            priority below the event loop's).
     """
 
     def __init__(
@@ -74,7 +72,6 @@ class MicroBatcher:
         max_wait_s: float,
         max_queue: int,
         upstream: Callable[[], int] | None = None,
-        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError(
@@ -90,9 +87,7 @@ class MicroBatcher:
         self._queue: list[_Waiting] = []
         self._draining = False
         self._filled: asyncio.Future | None = None
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="taglens-batch", initializer=thread_initializer
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taglens-batch")
 
     @property
     def waiting(self) -> int:
