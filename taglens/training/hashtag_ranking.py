@@ -24,17 +24,11 @@ SCORE_CHUNK = 64  # images scored at once: 64 x 20,000 tags is 10 MB of float64
 class HashtagRanking:
     """Ranking on per-class hashtag counts; mixed into `HashtagStats`, which holds the data.
 
-    The statistics it reads (see `HashtagStats` for their meaning): `classes`, `class_posts`,
-    `tags`, `counts`, `engagement`, `params`; and, derived from them, `_support` (posts per
-    tag), `_alpha` (each tag's alphabetical position) and `_cache` (results per params).
+    It reads the statistics' fields (`classes`, `class_posts`, `tags`, `counts`, `engagement`,
+    `params`, see `HashtagStats`) and what `HashtagStats` derives from them: `_support` (posts
+    per tag), `_alpha` (each tag's alphabetical position) and `_cache` (results per params).
     """
 
-    classes: list[str]
-    class_posts: list[int]
-    tags: list[str]
-    counts: np.ndarray
-    engagement: list[float | None]
-    params: HashtagParams
     _support: np.ndarray
     _alpha: np.ndarray
     _cache: dict[Any, np.ndarray]
