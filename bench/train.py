@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from taglens.features.backbones import build_feature_extractor
-    from taglens.features.store import featurize_paths, write_features
+    from taglens.features.extract import featurize_paths
+    from taglens.features.store import write_features
     from taglens.params import ModelParams, load_params
     from taglens.training.full_model import assemble, image_label_dataset
     from taglens.training.head import build_head
