@@ -2,7 +2,7 @@
 
 One process, one network (VGG-19 without its top, 224 px, random weights drawn from one seed),
 the same flowers photos through the same tf.data decode pipeline (`taglens.data.images`), batch 16:
-- taglens's featurize pipeline (`features.store.iter_feature_batches`, what `featurize_paths`
+- taglens's featurize pipeline (`features.extract.iter_feature_batches`, what `featurize_paths`
   and the featurize stage run) on `featurize.engine` (the default, or each of `--taglens`);
 - a plain loop over the decoded batches with each engine as its documentation shows it: a
   `tf.function` (as featurize ran before it had engines), OpenVINO converted from the Keras
@@ -141,7 +141,7 @@ def run(images: int, size: int, batch: int, engines: list[str], taglens: list[st
     """All measurements; returns a JSON-ready dict."""
     from taglens.data.images import load_batch
     from taglens.features.backbones import build_feature_extractor
-    from taglens.features.store import iter_feature_batches
+    from taglens.features.extract import iter_feature_batches
     from taglens.params import ModelParams, load_params
 
     default = load_params(ROOT / "params.yaml").featurize.engine

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.results_io import save_results
     from taglens.params import ModelParams, flatten, load_params
-    from taglens.training.head import fit_head
+    from taglens.training.head_fit import fit_head
     from taglens.training.sweep import default_search, run_sweep, setting_name
 
     params = load_params(ROOT / "params.yaml")

@@ -57,7 +57,8 @@ def shard_task(items: list[tuple[str, str]], store_root: str, key: dict[str, Any
                model: dict[str, Any], seed: int, batch_size: int,
                jit_compile: bool, engine: str = "tensorflow") -> int:  # fmt: skip
     """Compute one shard's vectors and write them into the store as one shard file."""
-    from taglens.features.store import FeatureKey, FeatureStore, featurize_paths
+    from taglens.features.extract import featurize_paths
+    from taglens.features.store import FeatureKey, FeatureStore
 
     store = FeatureStore(Path(store_root), FeatureKey(**key))
     vectors = featurize_paths([path for _, path in items], cached_extractor(model, seed),

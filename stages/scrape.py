@@ -26,7 +26,8 @@ REPORT_FILE = "ingest.json"
 def _instagram(
     params: Params, *, session_file: Path | None, cache: Path
 ) -> tuple[Iterable[SourceItem], list[str]]:
-    from taglens.data.sources import instagram  # imports instaloader only when it is used
+    # imports instaloader only when it is used
+    from taglens.data.sources import instagram, instagram_loader, instagram_posts
 
     settings = params.scrape.instagram
     classes = params.base.classes
@@ -36,10 +37,10 @@ def _instagram(
             f"scrape.instagram.hashtags {unknown} are not in base.classes: each hashtag searched "
             "is a class, so add them to base.classes or remove them"
         )
-    salt = instagram.owner_salt(settings)
-    session = session_file or (Path(os.environ[instagram.SESSION_ENV])
-                               if os.environ.get(instagram.SESSION_ENV) else None)  # fmt: skip
-    loader = instagram.make_loader(session, settings.max_wait_seconds)
+    salt = instagram_posts.owner_salt(settings)
+    session_env = os.environ.get(instagram_loader.SESSION_ENV)
+    session = session_file or (Path(session_env) if session_env else None)
+    loader = instagram_loader.make_loader(session, settings.max_wait_seconds)
     collection = instagram.collect(loader, settings, cache=cache, salt=salt)
     notes = list(collection.notes)
     notes.append(

@@ -18,9 +18,10 @@ from taglens.lifecycle.tracking import configure_tracking, log_split_datasets
 from taglens.params import Params, TrainParams, flatten, load_params
 from taglens.serving.predictor import HASHTAGS_FILE, RANKERS_FILE
 from taglens.training import eval_plots, train_data
+from taglens.training.baseline import fit_baseline
 from taglens.training.full_model import assemble, fine_tune, save_model, verify_extractor
 from taglens.training.hashtags import fit_hashtag_stats, own_tags, post_tags
-from taglens.training.head import HISTORY_COLUMNS, HeadFit, fit_baseline, fit_head, predict_views
+from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit, fit_head, predict_views
 from taglens.training.sweep import default_search, grid, parse_sweep_arg, run_sweep, setting_name
 
 logger = logging.getLogger(__name__)

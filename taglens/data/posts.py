@@ -6,6 +6,7 @@ Later stages read only this record, so they never care where the data came from.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any
 
@@ -75,6 +76,27 @@ def hashtags_in(caption: str) -> tuple[str, ...]:
     for match in _HASHTAG.finditer(caption or ""):
         seen.setdefault(normalize_hashtag(match.group(1)), None)
     return tuple(seen)
+
+
+def naive_utc(value: str | None, error: str) -> datetime | None:
+    """Parse an ISO 8601 date into naive UTC, the form post dates are stored and compared in.
+
+    Args:
+        value: the date as written (None passes through).
+        error: the message raised when `value` is not an ISO 8601 date.
+
+    Raises:
+        TaglensError: `value` is not an ISO 8601 date.
+    """
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise TaglensError(error) from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
 
 
 def write_posts(path: Path, posts: list[Post]) -> Path:

@@ -1,8 +1,10 @@
-"""The content-addressed feature store and the batched, compiled forward pass that fills it.
+"""The content-addressed feature store, and the features file the featurize stage writes from it.
 
 Every image goes through the backbone once per (backbone, weights, image size): vectors are kept
 in shards under `store/<backbone>-<size>px-<weights identity>/`, keyed by the image's sha256, so
 adding images computes only the new ones and a killed run loses at most the shard in progress.
+The store only decides what to compute and keeps it; `taglens.features.extract` turns the
+image files into vectors.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,10 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from taglens.atomic import atomic_open, atomic_write_json
-from taglens.data.images import image_dataset
-from taglens.errors import TaglensError
-from taglens.features.engines import TensorFlowForward, compile_forward
-from taglens.progress import progress_bar
+from taglens.features.extract import check_files, featurize_paths
 
 if TYPE_CHECKING:
     import keras
@@ -95,96 +94,6 @@ def _save_npz(path: Path, shas: Sequence[str], vectors: np.ndarray,
     return path
 
 
-# The tensorflow engine's forward pass, under its former name (engines.py has them all).
-BatchedForward = TensorFlowForward
-
-
-def _check_files(paths: Sequence[Path | str]) -> None:
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} image file(s) are missing, for example {missing[0]}: re-run the "
-            "scrape stage (dvc repro scrape) so posts.jsonl and data/raw/images agree"
-        )
-
-
-def iter_feature_batches(
-    paths: Sequence[Path | str],
-    extractor: keras.Model,
-    *,
-    image_size: int,
-    batch_size: int,
-    jit_compile: bool = False,
-    engine: str = "tensorflow",
-) -> Iterator[np.ndarray]:
-    """Yield feature batches for image files, in order (decode overlaps the forward pass).
-
-    Raises:
-        FileNotFoundError: an image file does not exist.
-        ValueError: an image in a batch cannot be decoded (the batch's first file is named).
-
-    """
-    import tensorflow as tf
-
-    _check_files(paths)
-    if not paths:
-        return
-    forward = compile_forward(extractor, engine, batch_size=batch_size, jit_compile=jit_compile)
-    batches = iter(image_dataset(paths, image_size, batch_size))
-    start = 0
-    while True:
-        try:
-            images = next(batches)
-        except StopIteration:
-            return
-        except tf.errors.InvalidArgumentError as exc:
-            raise TaglensError(
-                f"cannot decode an image among {len(paths) - start} files starting at "
-                f"{paths[start]}: {exc.message.splitlines()[0]}"
-            ) from None
-        start += int(images.shape[0])
-        yield forward(images)
-
-
-def featurize_paths(
-    paths: Sequence[Path | str],
-    extractor: keras.Model,
-    *,
-    image_size: int,
-    batch_size: int,
-    jit_compile: bool = False,
-    progress: bool = True,
-    on_batch: Callable[[np.ndarray], None] | None = None,
-    engine: str = "tensorflow",
-) -> np.ndarray:
-    """Feature vectors (N, D) float32 for image files, in order; reusable by batch predict.
-
-    Args:
-        paths: Image files in any format TensorFlow decodes.
-        extractor: Raw RGB pixels (0-255) to vectors, as from `build_feature_extractor`.
-        image_size: The extractor's input side.
-        batch_size: Images per forward pass.
-        jit_compile: Compile full batches with XLA.
-        progress: Show a tqdm bar with images/s.
-        on_batch: Called with each batch's vectors as soon as it is computed.
-        engine: What runs the forward pass (`featurize.engine`, see taglens.features.engines).
-
-    """
-    chunks = []
-    with progress_bar(total=len(paths), unit="img", desc="featurize", disable=not progress) as bar:
-        for vectors in iter_feature_batches(
-            paths, extractor, image_size=image_size, batch_size=batch_size,
-            jit_compile=jit_compile, engine=engine,
-        ):  # fmt: skip
-            chunks.append(vectors)
-            if on_batch is not None:
-                on_batch(vectors)
-            bar.update(len(vectors))
-    if not chunks:
-        return np.zeros((0, int(extractor.output_shape[-1])), dtype="float32")
-    return np.concatenate(chunks).astype("float32", copy=False)
-
-
 class _ShardBuffer:
     """Collects computed vectors and writes a shard each time `shard_size` are pending."""
 
@@ -245,7 +154,7 @@ def fill_store(
         store.dir, len(unique), update.cached, len(missing),
     )  # fmt: skip
     if missing:
-        _check_files([path for _, path in missing])  # before the (slow) model build
+        check_files([path for _, path in missing])  # before the (slow) model build
         buffer = _ShardBuffer(store, shard_size)
         done = 0
 

@@ -18,7 +18,7 @@ from taglens.atomic import fsync_dir, fsync_tree
 from taglens.errors import TaglensError
 from taglens.features.backbones import BACKBONES
 from taglens.params import FineTuneParams, ModelParams
-from taglens.training.head import compile_for_training, one_hot
+from taglens.training.head_fit import compile_for_training, one_hot
 
 if TYPE_CHECKING:
     import keras

@@ -10,7 +10,7 @@ from typing import Any
 
 from taglens.params import ParamsError, SearchParams, SweepParams, TrainParams
 from taglens.progress import progress_bar
-from taglens.training.head import HeadFit
+from taglens.training.head_fit import HeadFit
 
 logger = logging.getLogger(__name__)
 

@@ -128,7 +128,7 @@ _INGEST_PARAMS = None
 def _ingest_image(data: bytes) -> object:
     """Raw bytes as a candidate image through ingest's decoder and normalizer."""
     global _INGEST_PARAMS
-    from taglens.data.ingest import normalize_image
+    from taglens.data.normalize import normalize_image
     from taglens.params import load_params
 
     if _INGEST_PARAMS is None:
@@ -157,7 +157,7 @@ def _predict_list(data: bytes) -> object:
 
 
 def _ingest_rejection() -> tuple[type[BaseException], ...]:
-    from taglens.data.ingest import RejectedImage
+    from taglens.data.normalize import RejectedImage
 
     return (RejectedImage,)
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from taglens.data.images import ALLOWED_FORMATS, header_pixels
-from taglens.data.ingest import RejectedImage, normalize_image
+from taglens.data.normalize import RejectedImage, normalize_image
 from taglens.params import load_params
 from taglens.serving.web.upload import UploadError, prepare_image
 from tests.conftest import FIXTURES
@@ -65,7 +65,7 @@ _PEAK = textwrap.dedent(
     """
     import json, resource, sys
     from pathlib import Path
-    from taglens.data.ingest import normalize_image
+    from taglens.data.normalize import normalize_image
     from taglens.params import load_params
     params = load_params(Path(sys.argv[2])).ingest
     data = Path(sys.argv[1]).read_bytes()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taglens.data.ingest import normalize_image
+from taglens.data.normalize import normalize_image
 from taglens.serving.predictor import HashtagPredictor
 from taglens.serving.pyfunc import (
     ModelNotFoundError,

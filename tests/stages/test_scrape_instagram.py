@@ -9,7 +9,7 @@ import responses
 
 from stages import scrape
 from taglens.data.posts import read_posts
-from taglens.data.sources import instagram
+from taglens.data.sources import instagram, instagram_loader, instagram_posts
 from tests.fixtures.instagram.fake import SESSION_ID, FakeInstagram, write_session
 
 
@@ -22,10 +22,11 @@ def fake():
 @pytest.fixture
 def instagram_params(tiny_params, tmp_path, monkeypatch):
     monkeypatch.setenv("TAGLENS_OWNER_SALT", "stage-salt")
-    monkeypatch.setenv(instagram.SESSION_ENV, str(write_session(tmp_path / "session-tester")))
+    session = write_session(tmp_path / "session-tester")
+    monkeypatch.setenv(instagram_loader.SESSION_ENV, str(session))
     # Keep the real pacing code but skip its random pauses between requests.
-    real = instagram.make_loader
-    monkeypatch.setattr(instagram, "make_loader",
+    real = instagram_loader.make_loader
+    monkeypatch.setattr(instagram_loader, "make_loader",
                         lambda session, wait, **kw: real(session, wait, polite=False))  # fmt: skip
     settings = tiny_params.scrape.instagram.model_copy(
         update={"hashtags": ("food", "art"), "posts_per_hashtag": 3, "order": "recent"}
@@ -41,7 +42,7 @@ def test_instagram_posts_reach_posts_jsonl(fake, instagram_params, tmp_path):
     report = scrape.run(instagram_params, out=out, reports=reports)
 
     posts = read_posts(out / "posts.jsonl")
-    stored = {instagram.post_id(code, "stage-salt"): code
+    stored = {instagram_posts.post_id(code, "stage-salt"): code
               for code in ("C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA", "C7RcArt01AA")}  # fmt: skip
     assert [(stored.get(p.id), p.label) for p in posts] == [
         ("C7RcFood1AA", "food"), ("C7RcFood3AA", "food"), ("C7RcFood4AA", "food"),
@@ -51,7 +52,7 @@ def test_instagram_posts_reach_posts_jsonl(fake, instagram_params, tmp_path):
     assert first.source == "instagram"
     assert first.hashtags == ("food", "brunch", "yummy")
     assert (first.likes, first.comments, first.date) == (321, 14, "2024-06-03T07:33:20")
-    assert first.owner == instagram.owner_hash("1234567890", "stage-salt")
+    assert first.owner == instagram_posts.owner_hash("1234567890", "stage-salt")
     assert (first.width, first.height) == (64, 80)
     # The brunch photo was also posted under #art: kept once, under the first hashtag listed.
     assert [(d["kept_label"], d["dropped_label"], stored.get(d["dropped_id"]))

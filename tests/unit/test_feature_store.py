@@ -9,7 +9,9 @@ import pytest
 from rawdata import solid_raw
 
 from taglens.features import store as features
-from taglens.features.store import FeatureKey, FeatureStore, featurize_paths, fill_store
+from taglens.features.engines import TensorFlowForward
+from taglens.features.extract import featurize_paths
+from taglens.features.store import FeatureKey, FeatureStore, fill_store
 
 SIZE = 32
 KEY = FeatureKey("test", SIZE, "random-seed0")
@@ -90,7 +92,7 @@ def test_duplicates_are_computed_once(tmp_path, raw):
 
 def test_resume_after_interruption_recomputes_only_unfinished_shards(tmp_path, raw, monkeypatch):
     store = FeatureStore(tmp_path / "store", KEY)
-    real_call = features.BatchedForward.__call__
+    real_call = TensorFlowForward.__call__
     calls = {"n": 0}
 
     def dies_on_third_batch(self, images):
@@ -99,13 +101,13 @@ def test_resume_after_interruption_recomputes_only_unfinished_shards(tmp_path, r
             raise KeyboardInterrupt("killed")
         return real_call(self, images)
 
-    monkeypatch.setattr(features.BatchedForward, "__call__", dies_on_third_batch)
+    monkeypatch.setattr(TensorFlowForward, "__call__", dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         fill_store(store, raw, Factory(), batch_size=2, shard_size=3, jit_compile=False)
     # two batches (4 images) were done: one full shard of 3 is on disk, no temporary files left
     assert len(store.shards()) == 1
     assert sorted(p.name for p in store.dir.iterdir() if p.name.startswith(".")) == []
-    monkeypatch.setattr(features.BatchedForward, "__call__", real_call)
+    monkeypatch.setattr(TensorFlowForward, "__call__", real_call)
     vectors, update = fill_store(store, raw, Factory(), batch_size=2, shard_size=3,
                                  jit_compile=False)  # fmt: skip
     assert (update.cached, update.computed) == (3, 4)

@@ -70,6 +70,9 @@ def test_bad_metadata_names_file_line_and_field(photos):
     (photos / "posts.jsonl").write_text(json.dumps({"image": "food/a.jpg", "colour": "red"}) + "\n")
     with pytest.raises(ValueError, match=r"posts.jsonl:1: colour"):
         FolderSource(photos, ["food"])
+    (photos / "posts.jsonl").write_text(json.dumps({"image": "food/a.jpg", "date": "May"}) + "\n")
+    with pytest.raises(ValueError, match=r"posts.jsonl:1: date: .*not an ISO 8601 date: 'May'"):
+        FolderSource(photos, ["food"])
 
 
 def test_missing_dir_and_no_class_folder_are_clear_errors(tmp_path, photos):

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from taglens.atomic import read_jsonl
-from taglens.data.ingest import RejectedImage, ingest, normalize_image
+from taglens.data.ingest import ingest
+from taglens.data.normalize import RejectedImage, normalize_image
 from taglens.data.posts import read_posts
 from taglens.data.sources.base import SourceItem
 from taglens.data.sources.folder import FolderSource

@@ -6,7 +6,7 @@ import mlflow
 import pytest
 
 from taglens.params import ParamsError, SweepParams, load_params
-from taglens.training.head import HeadFit
+from taglens.training.head_fit import HeadFit
 from taglens.training.sweep import apply_setting, grid, parse_sweep_arg, run_sweep, setting_name
 from tests.conftest import FIXTURES
 

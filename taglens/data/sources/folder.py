@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from taglens.atomic import read_jsonl
-from taglens.data.posts import SHA256_PATTERN, ImagePath
+from taglens.data.posts import SHA256_PATTERN, ImagePath, naive_utc
 from taglens.data.sources.base import SourceItem
 from taglens.errors import TaglensError
 
@@ -44,15 +43,8 @@ class FolderPostMeta(BaseModel):
     @field_validator("date")
     @classmethod
     def _iso_utc(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise TaglensError(f"not an ISO 8601 date: {value!r}") from None
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-        return parsed.isoformat()
+        parsed = naive_utc(value, f"not an ISO 8601 date: {value!r}")
+        return None if parsed is None else parsed.isoformat()
 
 
 def read_metadata(root: Path) -> dict[str, FolderPostMeta]:

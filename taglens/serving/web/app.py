@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from taglens.data.ingest import NormalizedImage
+from taglens.data.normalize import NormalizedImage
 from taglens.params import IngestParams, ServeParams
 from taglens.serving.web.batching import MicroBatcher, Overloaded
 from taglens.serving.web.guards import (

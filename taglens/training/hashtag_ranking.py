@@ -1,0 +1,171 @@
+"""How hashtags are ranked from the per-class statistics of `taglens.training.hashtags`.
+
+score(tag | image) = sum over classes c of P(c | image) * P(tag | c), with P(tag | c) smoothed;
+then the tag weights (generic tags down-weighted), eligibility (denylist, min_support) and the
+top k, never more than Instagram allows. These rules are what a change to the suggestions
+touches, while the counting and the stored format change rarely, so they live apart:
+`HashtagRanking` is the half of `HashtagStats` that ranks, and callers keep one object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from taglens.data.posts import normalize_hashtag
+from taglens.errors import TaglensError
+from taglens.params import HashtagParams
+
+INSTAGRAM_MAX_TAGS = 30  # Instagram refuses posts with more hashtags than this
+SCORE_CHUNK = 64  # images scored at once: 64 x 20,000 tags is 10 MB of float64
+
+
+class HashtagRanking:
+    """Ranking on per-class hashtag counts; mixed into `HashtagStats`, which holds the data.
+
+    It reads the statistics' fields (`classes`, `class_posts`, `tags`, `counts`, `engagement`,
+    `params`, see `HashtagStats`) and what `HashtagStats` derives from them: `_support` (posts
+    per tag), `_alpha` (each tag's alphabetical position) and `_cache` (results per params).
+    """
+
+    _support: np.ndarray
+    _alpha: np.ndarray
+    _cache: dict[Any, np.ndarray]
+
+    def probability(self, smoothing: float) -> np.ndarray:
+        """(T, C) smoothed P(tag | class): the share of a class's posts carrying the tag.
+
+        Additive (Laplace) smoothing of a per-post Bernoulli: (n_tc + a) / (n_c + 2a), so a tag
+        never seen with a class keeps a small probability that shrinks as the class grows.
+        """
+        if ("p", smoothing) not in self._cache:
+            totals = np.asarray(self.class_posts, dtype=np.float64) + 2.0 * smoothing
+            safe = np.where(totals > 0, totals, 1.0)
+            prob = (self.counts + smoothing) / safe
+            self._cache["p", smoothing] = np.where(totals > 0, prob, 0.0)
+        return self._cache["p", smoothing]
+
+    def _eligible(self, params: HashtagParams) -> np.ndarray:
+        key = ("eligible", params.denylist, params.min_support)
+        if key not in self._cache:
+            self._cache[key] = self._compute_eligible(params)
+        return self._cache[key]
+
+    def _compute_eligible(self, params: HashtagParams) -> np.ndarray:
+        deny = {normalize_hashtag(tag) for tag in params.denylist}
+        classes = {normalize_hashtag(c) for c in self.classes}
+        support = self._support
+        return np.array(
+            [
+                tag not in deny and (support[i] >= params.min_support or tag in classes)
+                for i, tag in enumerate(self.tags)
+            ],
+            dtype=bool,
+        )
+
+    def _weights(self, params: HashtagParams) -> np.ndarray:
+        key = ("weights", params.generic, params.generic_weight)
+        if key not in self._cache:
+            generic = {normalize_hashtag(tag) for tag in params.generic}
+            self._cache[key] = np.array(
+                [params.generic_weight if tag in generic else 1.0 for tag in self.tags],
+                dtype=np.float64,
+            )
+        return self._cache[key]
+
+    def scores(self, probabilities: np.ndarray, params: HashtagParams | None = None) -> np.ndarray:
+        """(N, T) hashtag scores for (N, C) class probabilities; ineligible tags score -inf."""
+        params = params or self.params
+        probs = np.asarray(probabilities, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != len(self.classes):
+            raise TaglensError(
+                f"expected class probabilities of shape (N, {len(self.classes)}) for classes "
+                f"{self.classes}, got {probs.shape}: the model and hashtags.json do not match"
+            )
+        return self.finish(self.mixture(probs, params), params)
+
+    def mixture(self, probabilities: np.ndarray, params: HashtagParams | None = None) -> np.ndarray:
+        """(N, T) class mixture sum_c P(c | image) P(tag | c), before any tag weighting."""
+        params = params or self.params
+        return np.asarray(probabilities, np.float64) @ self.probability(params.smoothing).T
+
+    def finish(self, raw: np.ndarray, params: HashtagParams | None = None,
+               multiplier: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Final (N, T) scores: raw scores times the tag weights; ineligible tags score -inf.
+
+        Args:
+            raw: any ranker's (N, T) scores.
+            params: hashtag params (generic weight, denylist, min_support).
+            multiplier: optional (T,) extra per-tag weight (the low-lift down-weighting).
+        """
+        params = params or self.params
+        weights = self._weights(params) if multiplier is None else \
+            self._weights(params) * multiplier  # fmt: skip
+        return np.where(self._eligible(params), np.asarray(raw, np.float64) * weights, -np.inf)
+
+    def rank_scores(self, final: np.ndarray, params: HashtagParams | None = None
+                    ) -> list[list[dict[str, Any]]]:  # fmt: skip
+        """Ranked items for each row of final scores (from `finish`), best first."""
+        params = params or self.params
+        return [self._top(np.asarray(row, np.float64), params) for row in final]
+
+    def rank(
+        self, probabilities: np.ndarray, params: HashtagParams | None = None
+    ) -> list[dict[str, Any]]:
+        """Rank hashtags for one image's class probabilities (C,), best first.
+
+        Each item is `{"tag", "score", "posts", "engagement"}`. At most `params.top_k` and never
+        more than 30 (Instagram's limit); ties go to the more used tag, then alphabetically.
+        """
+        probs = np.asarray(probabilities, dtype=np.float64)
+        if probs.ndim != 1:
+            raise ValueError(f"rank takes one image's probabilities (C,), got shape {probs.shape}")
+        return self.rank_batch(probs[None, :], params)[0]
+
+    def rank_batch(
+        self, probabilities: np.ndarray, params: HashtagParams | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """`rank` for a batch of (N, C) probabilities."""
+        params = params or self.params
+        probs = np.asarray(probabilities, dtype=np.float64)
+        ranked: list[list[dict[str, Any]]] = []
+        for start in range(0, max(len(probs), 1), SCORE_CHUNK):  # bounds the (N, T) matrix
+            scores = self.scores(probs[start : start + SCORE_CHUNK], params)
+            ranked.extend(self._top(row, params) for row in scores)
+        return ranked
+
+    def _top(self, row: np.ndarray, params: HashtagParams) -> list[dict[str, Any]]:
+        k = min(params.top_k, INSTAGRAM_MAX_TAGS)
+        candidates = np.arange(len(row))
+        if len(row) > k:  # only tags scoring at least the k-th best (ties included) can make it
+            kth = np.partition(row, len(row) - k)[len(row) - k]
+            candidates = np.flatnonzero(row >= kth)
+        # lexsort: the last key is primary. Highest score, then most posts, then tag name.
+        keys = (self._alpha[candidates], -self._support[candidates], -row[candidates])
+        ranked = []
+        for i in candidates[np.lexsort(keys)]:
+            if len(ranked) == k or not np.isfinite(row[i]):
+                break
+            ranked.append(self._item(int(i), float(row[i])))
+        return ranked
+
+    def _item(self, i: int, score: float) -> dict[str, Any]:
+        return {
+            "tag": self.tags[i],
+            "score": round(score, 6),
+            "posts": int(self._support[i]),
+            "engagement": self.engagement[i],
+        }
+
+    def popular(self, params: HashtagParams | None = None) -> list[dict[str, Any]]:
+        """Rank by popularity (the baseline): the most used eligible tags, the same for every image.
+
+        `score` is the share of training posts carrying the tag.
+        """
+        params = params or self.params
+        total = max(sum(self.class_posts), 1)
+        row = np.where(
+            self._eligible(params), self._support / total * self._weights(params), -np.inf
+        )
+        return self._top(row, params)
