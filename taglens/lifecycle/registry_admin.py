@@ -6,14 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taglens.lifecycle.gate import CHAMPION
-from taglens.lifecycle.registry import (
-    LINEAGE_TAG,
-    METRIC_TAG,
-    Registry,
-    RegistryError,
-    file_lock,
-    now_iso,
-)
+from taglens.lifecycle.registry import Registry
+from taglens.lifecycle.registry_lock import RegistryError, file_lock
+from taglens.lifecycle.registry_tags import LINEAGE_TAG, METRIC_TAG, now_iso
 
 
 def promote(registry: Registry, version: str | int, reason: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def test_metrics_of_another_run_stop_register_before_the_registry(tmp_path, tiny
     # When register runs, Then it stops with what to do, and the registry is never touched
     with pytest.raises(ValueError, match=r"metrics of train run b{32}, but model_info.json is run "
                                          r"a{32}: run the evaluate stage"):  # fmt: skip
-        register.run(tiny_params, models=models, metrics=reports / "metrics.json",
+        register.run(tiny_params.register, models=models, metrics=reports / "metrics.json",
                      out=reports / "register.json")  # fmt: skip
     assert touched == [] and not (reports / "register.json").exists()
 

@@ -2,7 +2,7 @@
 
 The model is loaded once, before the server starts: the champion of the registered model
 (`models:/<register.model_name>@champion`) unless `--model-uri` names another MLflow model URI
-or a local `models/` directory written by the train stage.
+or a local `models/` directory written by the train stage (`taglens.serving.model_ref`).
 """
 
 from __future__ import annotations
@@ -14,46 +14,34 @@ from pathlib import Path
 
 from taglens.cli import run_main, setup_logging
 from taglens.errors import TaglensError
-from taglens.features.engines import on_engine
 from taglens.params import Params, load_params
-from taglens.serving.web.app import ModelLabel, Predictor, create_app
+from taglens.serving.model_ref import ModelRef
+from taglens.serving.web.app import Predictor, create_app
 
 logger = logging.getLogger(__name__)
 
 
-def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelLabel]:
-    """Load the model to serve and the name/version to report for it.
+def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelRef]:
+    """Load the model to serve, on `featurize.engine`, and the name/version to report for it.
 
-    An alias (`models:/NAME@champion`) is resolved to its version first and that exact version
-    is loaded, so the version reported is the one serving even if the alias moves meanwhile.
+    The URI is resolved by `taglens.serving.model_ref` (an alias is pinned to its version first,
+    so the version reported is the one serving even if the alias moves meanwhile). The forward
+    pass runs on the engine, as batch scoring runs it: calling the Keras model eagerly costs
+    Python time that the event loop (the page, /health) would then wait for.
 
     Raises:
-        pyfunc.ModelNotFoundError: no such model, version or alias (e.g. no champion yet).
+        ModelNotFoundError: no such model, version or alias (e.g. no champion yet).
         FileNotFoundError: a local models directory lacks a file.
     """
-    from taglens.serving.batch_predict import graph_predictor
-    from taglens.serving.predictor import MODEL_FILE, HashtagPredictor
+    from taglens.serving import model_ref
 
-    # The forward pass runs as a traced graph, as batch scoring runs it: calling the Keras model
-    # eagerly costs Python time that the event loop (the page, /health) then waits for.
-    if model_uri and (Path(model_uri) / MODEL_FILE).is_file():
-        models_dir = Path(model_uri).resolve()
-        predictor = graph_predictor(HashtagPredictor.from_dir(models_dir))
-        return predictor, ModelLabel(models_dir.name, "local")
+    if model_ref.local_models_dir(model_uri) is None:  # a local models/ dir needs no MLflow
+        from taglens.lifecycle.tracking import configure_tracking
 
-    from taglens.lifecycle.tracking import configure_tracking
-    from taglens.serving.pyfunc import load_predictor, pin_version
-
-    configure_tracking(params.base.experiment)
-    uri = model_uri or f"models:/{params.register.model_name}@champion"
-    name, version = uri, "unregistered"
-    if uri.startswith("models:/"):
-        if "@" in uri:  # an alias: pin the version it points at now
-            uri, name, version = pin_version(uri)
-        else:  # an explicit version: loading it reports a missing one
-            name, _, version = uri.removeprefix("models:/").partition("/")
-    logger.info("loading %s", uri)
-    return graph_predictor(load_predictor(uri)), ModelLabel(name, str(version))
+        configure_tracking(params.base.experiment)
+    resolved = model_ref.resolve(model_uri, params.register.model_name)
+    logger.info("loading %s", resolved.uri)
+    return model_ref.load(resolved.uri, params.featurize.engine), resolved.ref
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
                 "by one of serve.allowed_hosts (%s)", host, ", ".join(params.serve.allowed_hosts),
             )  # fmt: skip
         predictor, label = load_model(params, args.model_uri)
-        predictor = on_engine(predictor, params.featurize.engine)  # as featurize runs the backbone
         serve = params.serve
         app = create_app(
             predictor,
