@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from taglens.cli import add_stage_inputs, run_main, setup_logging
-from taglens.params import FeaturizeParams, IngestParams, PredictParams, load_params
+from taglens.cli import add_stage_inputs, run_with_params
+from taglens.params import FeaturizeParams, IngestParams, Params, PredictParams
 from taglens.serving import model_ref
 from taglens.serving.batch_inputs import list_inputs
 from taglens.serving.batch_predict import PredictResult, predict_to_file
@@ -56,21 +56,19 @@ def main(argv: list[str] | None = None) -> int:
                              "models/ directory (default: models:/<register.model_name>@champion)")
     add_stage_inputs(parser, "params")
     args = parser.parse_args(argv)  # fmt: skip
+    return run_with_params(args, lambda params: _score(args, params))
 
-    def body() -> int:
-        from taglens.lifecycle.tracking import configure_tracking
 
-        setup_logging()
-        params = load_params(args.params)
-        if model_ref.local_models_dir(args.model_uri) is None:  # a models/ dir needs no MLflow
-            configure_tracking(params.base.experiment)
-        model = model_ref.resolve(args.model_uri, params.register.model_name)
-        result = run(params.predict, params.featurize, params.ingest, model=model,
-                     input=args.input, output=args.output)  # fmt: skip
-        print(result.summary())
-        return 0
+def _score(args: argparse.Namespace, params: Params) -> int:
+    from taglens.lifecycle.tracking import configure_tracking
 
-    return run_main(body)
+    if model_ref.local_models_dir(args.model_uri) is None:  # a models/ dir needs no MLflow
+        configure_tracking(params.base.experiment)
+    model = model_ref.resolve(args.model_uri, params.register.model_name)
+    result = run(params.predict, params.featurize, params.ingest, model=model,
+                 input=args.input, output=args.output)  # fmt: skip
+    print(result.summary())
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from taglens.atomic import atomic_write_json
-from taglens.cli import run_main, setup_logging
+from taglens.cli import run_with_params
 from taglens.errors import TaglensError
 from taglens.lifecycle.dvc_lock import dep_hashes
 from taglens.lifecycle.gate import Evaluation, NotComparableError, read_metrics, read_recall
@@ -29,7 +29,7 @@ from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.registry_admin import promote, rollback, version_table
 from taglens.lifecycle.report_lineage import check_metrics_run
 from taglens.lifecycle.tracking import git_commit
-from taglens.params import Params, RegisterParams, load_params
+from taglens.params import Params, RegisterParams
 from taglens.serving import model_ref
 from taglens.serving.predictor import INFO_FILE
 
@@ -188,38 +188,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the stage, or an admin subcommand."""
     args = build_parser().parse_args(argv)
-    setup_logging()
+    return run_with_params(args, lambda params: _command(args, params))
 
-    def body() -> int:
-        from taglens.lifecycle.tracking import configure_tracking
 
-        params = load_params(args.params)
-        configure_tracking(params.base.experiment)
-        if args.command is None:
-            rescorer = None
-            if args.raw is not None and args.clean is not None:
-                rescorer = champion_rescorer(params, raw=args.raw, clean=args.clean)
-            result = run(params.register, models=args.models, metrics=args.metrics, out=args.out,
-                         per_class=args.per_class, history=args.history,
-                         rescorer=rescorer)  # fmt: skip
-            print(result.summary())
-            return 0
-        registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
-        if args.command == "list":
-            _print_table(version_table(registry, params.register.primary_metric))
-        elif args.command == "history":
-            for row in registry.history():
-                print(json.dumps(row, sort_keys=True))
-        elif args.command == "promote":
-            row = promote(registry, args.version, args.reason)
-            print(f"version {row['version']} is now champion (was {row['previous']})")
-        elif args.command == "rollback":
-            row = rollback(registry, args.reason)
-            print(f"rolled back: version {row['version']} is champion again "
-                  f"(was {row['previous']})")  # fmt: skip
+def _command(args: argparse.Namespace, params: Params) -> int:
+    from taglens.lifecycle.tracking import configure_tracking
+
+    configure_tracking(params.base.experiment)
+    if args.command is None:
+        rescorer = None
+        if args.raw is not None and args.clean is not None:
+            rescorer = champion_rescorer(params, raw=args.raw, clean=args.clean)
+        result = run(params.register, models=args.models, metrics=args.metrics, out=args.out,
+                     per_class=args.per_class, history=args.history,
+                     rescorer=rescorer)  # fmt: skip
+        print(result.summary())
         return 0
-
-    return run_main(body)
+    registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
+    if args.command == "list":
+        _print_table(version_table(registry, params.register.primary_metric))
+    elif args.command == "history":
+        for row in registry.history():
+            print(json.dumps(row, sort_keys=True))
+    elif args.command == "promote":
+        row = promote(registry, args.version, args.reason)
+        print(f"version {row['version']} is now champion (was {row['previous']})")
+    elif args.command == "rollback":
+        row = rollback(registry, args.reason)
+        print(f"rolled back: version {row['version']} is champion again "
+              f"(was {row['previous']})")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

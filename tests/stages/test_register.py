@@ -259,7 +259,7 @@ def test_registry_error_promotes_nothing(failing, params, make_run, tmp_path, mo
     args = ["--params", "tests/fixtures/params.yaml", "--models", str(models), "--metrics",
             str(reports / "metrics.json"), "--out", str(reports / "register.json"),
             "--history", str(history)]  # fmt: skip
-    monkeypatch.setattr(register, "load_params", lambda _path: params)
+    monkeypatch.setattr("taglens.params.load_params", lambda _path: params)
 
     def store_down(self, *args, **kwargs):
         raise MlflowException("(sqlite3.OperationalError) database is locked", "INTERNAL_ERROR")

@@ -12,9 +12,9 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from taglens.cli import run_main, setup_logging
+from taglens.cli import run_with_params
 from taglens.errors import TaglensError
-from taglens.params import Params, load_params
+from taglens.params import Params
 from taglens.serving.model_ref import ModelRef
 from taglens.serving.web.app import Predictor, create_app
 
@@ -61,43 +61,41 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Load params and the model, then serve until interrupted."""
     args = build_parser().parse_args(argv)
-    setup_logging()
+    return run_with_params(args, lambda params: run_server(params, args))
 
-    def body() -> int:
-        import uvicorn
 
-        params = load_params(args.params)
-        host = args.host or params.serve.host
-        port = args.port or params.serve.port
-        if not 0 < port < 65_536:
-            raise TaglensError(f"--port must be 1..65535, got {port}")
-        if not _is_loopback(host):
-            logger.warning(
-                "binding %s: the page is reachable from other machines, which must name it "
-                "by one of serve.allowed_hosts (%s)", host, ", ".join(params.serve.allowed_hosts),
-            )  # fmt: skip
-        predictor, label = load_model(params, args.model_uri)
-        serve = params.serve
-        app = create_app(
-            predictor,
-            label,
-            int(serve.max_upload_mb * 1_000_000),
-            ingest=params.ingest,
-            serve=serve,
-        )
-        logger.info("serving %s version %s on http://%s:%d/", label.name, label.version, host, port)
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_level="info",
-            limit_concurrency=serve.limit_concurrency,
-            timeout_keep_alive=serve.timeout_keep_alive_s,
-            timeout_graceful_shutdown=serve.timeout_graceful_shutdown_s,
-        )
-        return 0
+def run_server(params: Params, args: argparse.Namespace) -> int:
+    """Serve the model `args` name with `params`' settings until interrupted."""
+    import uvicorn
 
-    return run_main(body)
+    host = args.host or params.serve.host
+    port = args.port or params.serve.port
+    if not 0 < port < 65_536:
+        raise TaglensError(f"--port must be 1..65535, got {port}")
+    if not _is_loopback(host):
+        logger.warning(
+            "binding %s: the page is reachable from other machines, which must name it "
+            "by one of serve.allowed_hosts (%s)", host, ", ".join(params.serve.allowed_hosts),
+        )  # fmt: skip
+    predictor, label = load_model(params, args.model_uri)
+    app = create_app(
+        predictor,
+        label,
+        int(params.serve.max_upload_mb * 1_000_000),
+        ingest=params.ingest,
+        serve=params.serve,
+    )
+    logger.info("serving %s version %s on http://%s:%d/", label.name, label.version, host, port)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        limit_concurrency=params.serve.limit_concurrency,
+        timeout_keep_alive=params.serve.timeout_keep_alive_s,
+        timeout_graceful_shutdown=params.serve.timeout_graceful_shutdown_s,
+    )
+    return 0
 
 
 def _is_loopback(host: str) -> bool:
