@@ -11,47 +11,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from taglens.atomic import atomic_write_json
 from taglens.cli import run_with_params
-from taglens.errors import TaglensError
-from taglens.lifecycle.dvc_lock import dep_hashes
-from taglens.lifecycle.gate import Evaluation, NotComparableError, read_metrics, read_recall
-from taglens.lifecycle.registration import Registered, promotion_hold
+from taglens.lifecycle.gate import Evaluation, NotComparableError
+from taglens.lifecycle.registration import ChampionRescorer, Registered, register_run
 from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.registry_admin import promote, rollback, version_table
-from taglens.lifecycle.report_lineage import check_metrics_run
-from taglens.lifecycle.tracking import git_commit
 from taglens.params import Params, RegisterParams
 from taglens.serving import model_ref
-from taglens.serving.predictor import INFO_FILE
 
 logger = logging.getLogger(__name__)
 
-# Scores a champion version on the current test split, given the candidate's classes.
-ChampionRescorer = Callable[[Any, list[str]], Evaluation]
-
 HISTORY = "promotions.jsonl"
-
-
-def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str, Any]:
-    """Where a model came from: backbone, weights, commit, and the data hashes DVC recorded."""
-    tags = {key: info[key] for key in ("backbone", "weights_identity", "image_size",
-                                       "experiment") if info.get(key) is not None}  # fmt: skip
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    for path, digest in dep_hashes(dvc_lock, "train").items():
-        if path.startswith("data/"):
-            tags[f"data.{path}"] = digest
-    return tags
 
 
 def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionRescorer | None:
@@ -106,36 +81,9 @@ def run(
         ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
         RegistryError: the registry cannot be read or written; nothing was promoted.
     """
-    info_path = Path(models) / INFO_FILE
-    if not info_path.is_file():
-        raise FileNotFoundError(f"no {info_path}: run the train stage first")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    run_id = info.get("run_id")
-    if not run_id:
-        raise TaglensError(f"{info_path} has no run_id: the train stage must run inside MLflow")
-    check_metrics_run(metrics, run_id)
-    per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
-    evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
-    evaluation.score(register.primary_metric)  # fail before touching the registry
-    classes = list(info.get("classes", []))
-    rescore = None if rescorer is None else functools.partial(rescorer, classes=classes)
-    registry = Registry(register.model_name, history or Path(out).parent / HISTORY)
-    result = registry.register(
-        model_ref.logged_model_uri(run_id), run_id, evaluation, register, lineage(info),
-        rescore=rescore, hold=promotion_hold(register, os.environ),
-    )  # fmt: skip
-    _tag_run(run_id, result)
-    atomic_write_json(out, result)
-    return Registered.of(result)
-
-
-def _tag_run(run_id: str, result: dict[str, Any]) -> None:
-    """Note the registered version and decision on the train run, the run of the model."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    client.set_tag(run_id, "register.version", result["version"])
-    client.set_tag(run_id, "register.decision", str(result["decision"]))
+    return register_run(register, models=models, metrics=metrics, out=out, per_class=per_class,
+                        history=history or Path(out).parent / HISTORY,
+                        rescorer=rescorer)  # fmt: skip
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

@@ -1,101 +1,47 @@
-"""Taking and committing a promotion decision: race-safe, and resumable after a crash.
+"""Registering a train run's model: what train and evaluate wrote, through the gate, recorded.
 
-Champion and challenger are compared on the same test images: when the champion's recorded
-evaluation is on another test set, the caller's `rescore` scores it again on the current one.
-The champion is read again right before the alias moves, and the decision's details are tagged
-before the `decision` tag that commits it, so a re-run after a crash replays the decision
-instead of taking a new one. `Registry.register` calls these under the registry lock.
+The register stage calls `register_run`: it reads the run id and classes from
+`models/model_info.json`, checks that `metrics.json` scores that run, registers the run's logged
+model with its evaluation and lineage (`Registry.register`, where the gate decides), notes the
+decision on the train run and writes it to `reports/register.json`.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from taglens.lifecycle.gate import CHALLENGER, CHAMPION, Decision, Evaluation, paired_decision
-from taglens.lifecycle.registry_tags import decision_tags, evaluation_of, now_iso
+from taglens.atomic import atomic_write_json
+from taglens.errors import TaglensError
+from taglens.lifecycle.dvc_lock import dep_hashes
+from taglens.lifecycle.gate import Evaluation, read_metrics, read_recall
+from taglens.lifecycle.registry import Registry
+from taglens.lifecycle.report_lineage import check_metrics_run
+from taglens.lifecycle.tracking import git_commit
 from taglens.params import RegisterParams
+from taglens.serving.predictor import INFO_FILE
 
-if TYPE_CHECKING:
-    from taglens.lifecycle.registry import Registry
-
-logger = logging.getLogger(__name__)
-
-Rescore = Callable[[Any], Evaluation]
 # DVC sets these in the environment of every stage that `dvc exp run` runs (dvc.env).
 EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
+# Scores a champion version on the current test split, given the candidate's classes.
+ChampionRescorer = Callable[[Any, list[str]], Evaluation]
 
 
-def decide(
-    registry: Registry,
-    evaluation: Evaluation,
-    params: RegisterParams,
-    rescore: Rescore | None,
-    mine: str | None,
-) -> Decision:
-    """The gate's decision against the champion of now (`mine`: the candidate's own version)."""
-    for _ in range(3):
-        champion = registry.alias(CHAMPION)
-        if champion is not None and str(champion.version) == mine:
-            champion = None
-        decision = _paired(registry, evaluation, champion, params, rescore)
-        # Re-check: if the champion moved while we decided (a writer outside this lock, e.g.
-        # on another machine), decide again against the new one before moving the alias.
-        now = registry.alias(CHAMPION)
-        if (now and str(now.version)) == (champion and str(champion.version)):
-            break
-    return replace(decision, compared_with=str(champion.version) if champion else None)
-
-
-def _paired(
-    registry: Registry,
-    evaluation: Evaluation,
-    champion: Any | None,
-    params: RegisterParams,
-    rescore: Rescore | None,
-) -> Decision:
-    """Decide on scores of both models on the same test images (re-scoring the champion)."""
-    if champion is None:
-        return paired_decision(evaluation, None, None, params)
-    again = None if rescore is None else (lambda: rescore(champion))
-    return paired_decision(
-        evaluation, (str(champion.version), evaluation_of(champion.tags)), again, params
-    )
-
-
-def commit(registry: Registry, version: Any, decision: Decision, params: RegisterParams) -> None:
-    """Record and carry out a decision in an order a crash can resume from.
-
-    The decision's details are tagged first; the `decision` tag, written last, commits it. A
-    re-run finding details without `decision` replays them instead of deciding again (the
-    champion may already have moved to this very version).
-    """
-    registry.tag(version, decision_tags(decision, params.primary_metric, now_iso()))
-    if decision.promoted:
-        registry.crown(version)
-    else:
-        registry.client.set_registered_model_alias(registry.name, CHALLENGER, version.version)
-    last = (registry.history() or [{}])[-1]
-    if (last.get("event"), last.get("version")) != ("register", str(version.version)):
-        registry.record(
-            "register",
-            version,
-            decision.reason,
-            decision=decision.alias,
-            compared_with=decision.compared_with,
-            score=decision.score,
-            champion_score=decision.champion_score,
-            champion_rescored=decision.champion_rescored,
-            test_fingerprint=decision.test_fingerprint,
-            metric=params.primary_metric,
-        )
-    registry.tag(version, {"decision": decision.alias})
-    logger.info(
-        "%s version %s -> %s: %s", registry.name, version.version, decision.alias, decision.reason
-    )
-
+def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str, Any]:
+    """Where a model came from: backbone, weights, commit, and the data hashes DVC recorded."""
+    tags = {key: info[key] for key in ("backbone", "weights_identity", "image_size",
+                                       "experiment") if info.get(key) is not None}  # fmt: skip
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    for path, digest in dep_hashes(dvc_lock, "train").items():
+        if path.startswith("data/"):
+            tags[f"data.{path}"] = digest
+    return tags
 
 
 @dataclass(frozen=True)
@@ -141,3 +87,67 @@ def promotion_hold(register: RegisterParams, environ: Mapping[str, str]) -> str 
             "`python -m stages.register promote VERSION --reason ...`"
         )
     return None
+
+
+def register_run(
+    register: RegisterParams,
+    *,
+    models: Path,
+    metrics: Path,
+    out: Path,
+    history: Path,
+    per_class: Path | None = None,
+    rescorer: ChampionRescorer | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Registered:
+    """Register the model of the train run in `models/` and write the decision to `out`.
+
+    Args:
+        register: the registry name and the gate's settings.
+        models: the train stage's folder (its model_info.json names the run).
+        metrics: evaluate's metrics.json for that run.
+        out: where the decision is written (register.json).
+        history: the promotion history (promotions.jsonl).
+        per_class: per-class recall (default: `<metrics dir>/evaluate/per_class.json`).
+        rescorer: scores a champion evaluated on another test set on the current one.
+        environ: where a `dvc exp run` is detected (default: this process's environment).
+
+    Raises:
+        FileNotFoundError: model_info.json or metrics.json is missing.
+        ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
+        RegistryError: the registry cannot be read or written; nothing was promoted.
+    """
+    import os
+
+    from taglens.serving.model_ref import logged_model_uri
+
+    info_path = Path(models) / INFO_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"no {info_path}: run the train stage first")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    run_id = info.get("run_id")
+    if not run_id:
+        raise TaglensError(f"{info_path} has no run_id: the train stage must run inside MLflow")
+    check_metrics_run(metrics, run_id)
+    per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
+    evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
+    evaluation.score(register.primary_metric)  # fail before touching the registry
+    classes = list(info.get("classes", []))
+    rescore = None if rescorer is None else functools.partial(rescorer, classes=classes)
+    hold = promotion_hold(register, os.environ if environ is None else environ)
+    result = Registry(register.model_name, history).register(
+        logged_model_uri(run_id), run_id, evaluation, register, lineage(info),
+        rescore=rescore, hold=hold,
+    )  # fmt: skip
+    _tag_run(run_id, result)
+    atomic_write_json(out, result)
+    return Registered.of(result)
+
+
+def _tag_run(run_id: str, result: dict[str, Any]) -> None:
+    """Note the registered version and decision on the train run, the run of the model."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "register.version", result["version"])
+    client.set_tag(run_id, "register.decision", str(result["decision"]))

@@ -3,7 +3,7 @@
 Every decision is written three ways: the `champion` / `challenger` alias, tags on the version
 (`taglens.lifecycle.registry_tags`), and one line appended to the promotion history
 (`reports/promotions.jsonl` by default), which is never rewritten. How a decision is taken and
-committed is `taglens.lifecycle.registration`.
+committed is `taglens.lifecycle.promotion`.
 
 Fail closed: only "no such alias / model" means there is no champion; any other registry error
 stops with a RegistryError before anything is registered, tagged or moved.
@@ -25,7 +25,7 @@ from typing import Any
 
 from taglens.atomic import append_jsonl, read_jsonl
 from taglens.lifecycle.gate import CHALLENGER, CHAMPION, Evaluation
-from taglens.lifecycle.registration import commit, decide
+from taglens.lifecycle.promotion import commit, decide
 from taglens.lifecycle.registry_lock import RegistryError, file_lock, lock_path_for
 from taglens.lifecycle.registry_tags import (
     RUN_ID_TAG,
