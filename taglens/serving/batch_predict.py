@@ -21,7 +21,6 @@ from taglens.serving.model_ref import ModelRef
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class PredictResult:
     """What one batch predict job did: the model it used, where the rows went, and counts."""

@@ -12,10 +12,12 @@ import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taglens.errors import TaglensError
-from taglens.serving.model_ref import ModelRef
+
+if TYPE_CHECKING:
+    from taglens.serving.model_ref import ModelRef
 
 COLUMNS = (
     "path", "sha256", "hashtags", "top_class", "top_probability",
