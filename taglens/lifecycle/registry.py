@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import getpass
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from taglens.atomic import append_jsonl, read_jsonl
 from taglens.lifecycle.gate import CHALLENGER, CHAMPION, Evaluation
-from taglens.lifecycle.promotion import commit, decide
+from taglens.lifecycle.promotion import Rescore, commit, decide
 from taglens.lifecycle.registry_lock import RegistryError, file_lock, lock_path_for
 from taglens.lifecycle.registry_tags import (
     RUN_ID_TAG,
@@ -166,7 +165,7 @@ class Registry:
         params: RegisterParams,
         lineage: dict[str, Any] | None = None,
         *,
-        rescore: Callable[[Any], Evaluation] | None = None,
+        rescore: Rescore | None = None,
         hold: str | None = None,
     ) -> dict[str, Any]:
         """Register a run's model (once) and pass it through the gate.

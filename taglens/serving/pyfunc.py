@@ -32,7 +32,13 @@ import mlflow.pyfunc
 import numpy as np
 
 from taglens.params import IngestParams
-from taglens.serving.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
+from taglens.serving.predictor import (
+    HASHTAGS_FILE,
+    INFO_FILE,
+    MODEL_FILES,
+    OPTIONAL_FILES,
+    HashtagPredictor,
+)
 from taglens.serving.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
 from taglens.serving.pyfunc_requirements import pip_requirements
 
@@ -166,9 +172,9 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
     missing = [f for f in MODEL_FILES if not (models_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{models_dir} lacks {', '.join(missing)}: run the train stage")
-    info = json.loads((models_dir / "model_info.json").read_text(encoding="utf-8"))
+    info = json.loads((models_dir / INFO_FILE).read_text(encoding="utf-8"))
     engine = engine or info.get("params", {}).get("featurize.engine")
-    top_k = json.loads((models_dir / "hashtags.json").read_text(encoding="utf-8"))["params"]
+    top_k = json.loads((models_dir / HASHTAGS_FILE).read_text(encoding="utf-8"))["params"]
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / ARTIFACT_KEY
         staged.mkdir()
