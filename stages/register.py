@@ -20,7 +20,7 @@ from taglens.cli import run_with_params
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registration import ChampionRescorer, Registered, register_run
 from taglens.lifecycle.registry import Registry
-from taglens.lifecycle.registry_admin import promote, rollback, version_table
+from taglens.lifecycle.registry_admin import format_table, promote, rollback, version_table
 from taglens.params import Params, RegisterParams
 from taglens.serving import model_ref
 
@@ -86,17 +86,6 @@ def run(
                         rescorer=rescorer)  # fmt: skip
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        print("no versions registered yet: run `dvc repro`")
-        return
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    for row in rows:
-        print("  ".join(str(row[k]).ljust(widths[k]) for k in keys))
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Paths and `--params` for the stage, plus the admin subcommands."""
     parser = argparse.ArgumentParser(prog="python -m stages.register", description=__doc__,
@@ -154,7 +143,7 @@ def _command(args: argparse.Namespace, params: Params) -> int:
         return 0
     registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
     if args.command == "list":
-        _print_table(version_table(registry, params.register.primary_metric))
+        print(format_table(version_table(registry, params.register.primary_metric)))
     elif args.command == "history":
         for row in registry.history():
             print(json.dumps(row, sort_keys=True))

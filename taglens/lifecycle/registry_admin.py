@@ -86,3 +86,14 @@ def version_table(registry: Registry, metric: str) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """`version_table` rows as aligned text columns, or what to do when there are none."""
+    if not rows:
+        return "no versions registered yet: run `dvc repro`"
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    lines = [[k.ljust(widths[k]) for k in keys]]
+    lines += [[str(row[k]).ljust(widths[k]) for k in keys] for row in rows]
+    return "\n".join("  ".join(cells) for cells in lines)
