@@ -116,7 +116,8 @@ def _rates(count: int, batch: int, start: float, end: float, stamps: list[float]
 
 
 def predict_rate(paths, predictor, out: Path, batch: int) -> dict:
-    from taglens.serving.batch_predict import ModelRef, predict_to_file
+    from taglens.serving.batch_predict import predict_to_file
+    from taglens.serving.model_ref import ModelRef
 
     out.unlink(missing_ok=True)
     stamped = _Stamped(predictor)
@@ -142,9 +143,9 @@ def child(count: int, models: Path, batch: int, fmt: str, engine: str) -> None:
     """
     import threading
 
-    from stages.predict import load_model
+    from taglens.serving import model_ref
 
-    predictor = load_model(str(models), engine)  # as the job loads it
+    predictor = model_ref.load(str(models), engine)  # as the job loads it
     with tempfile.TemporaryDirectory() as tmp:
         predict_rate(photos(batch), predictor, Path(tmp) / f"warm.{fmt}", batch)
         loaded = _rss_mb()

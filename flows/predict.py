@@ -29,10 +29,13 @@ from flows.runners import (
     dask_runner,
     retry_unless_user_error,
 )
-from stages.predict import load_model, resolve_model
 from taglens.errors import TaglensError
 from taglens.params import load_params
-from taglens.serving.batch_predict import ModelRef, ScoreReport, list_inputs, merge_outputs, shard
+from taglens.serving import model_ref
+from taglens.serving.batch_inputs import list_inputs, shard
+from taglens.serving.batch_predict import PredictResult, merge_outputs
+from taglens.serving.batch_scoring import ScoreReport
+from taglens.serving.model_ref import ModelRef
 
 TASK_RUNNERS = ("local", "dask")
 # A nightly run that is still going after this long is stuck (the whole flowers set, 4,317
@@ -53,7 +56,7 @@ def cached_model(uri: str, tracking_uri: str | None, engine: str = "tensorflow")
 
                 mlflow.set_tracking_uri(tracking_uri)
                 mlflow.set_registry_uri(tracking_uri)
-            _MODELS[key] = load_model(uri, engine)
+            _MODELS[key] = model_ref.load(uri, engine)
         return _MODELS[key]
 
 
@@ -139,7 +142,8 @@ def batch_predict_flow(
                  {"batch_size": batch_size, "shard_size": shard_size}.items() if value is not None}
     params = load_params(params_path, overrides)
     tracking_uri = configure_tracking(params.base.experiment)
-    uri, ref = resolve_model(model_uri, params.register.model_name)
+    resolved = model_ref.resolve(model_uri, params.register.model_name)
+    uri, ref = resolved.uri, resolved.ref
     model = asdict(ref)
     try:
         paths = [str(p) for p in list_inputs(input)]
@@ -170,8 +174,7 @@ def batch_predict_flow(
         parts = [f"{shard_dir}/shard-{number:06d}.jsonl" for number in range(len(shards))]
         merge_task(parts, output, model)
     report.seconds = time.monotonic() - start  # wall time, shards ran in parallel
-    summary = {**asdict(report), "images_per_second": report.images_per_second,
-               "model_name": ref.name, "model_version": ref.version, "output": output}  # fmt: skip
+    summary = PredictResult(ref, Path(output), report).to_dict()
     log.info("batch predict done: %s", summary)
     _publish(summary, input, task_runner)
     return summary

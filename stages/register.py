@@ -13,76 +13,36 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from taglens.atomic import atomic_write_json
-from taglens.cli import run_main, setup_logging
-from taglens.errors import TaglensError
-from taglens.lifecycle.dvc_lock import dep_hashes
-from taglens.lifecycle.gate import Evaluation, NotComparableError, read_metrics, read_recall
+from taglens.cli import run_with_params
+from taglens.lifecycle.gate import Evaluation, NotComparableError
+from taglens.lifecycle.registration import ChampionRescorer, Registered, register_run
 from taglens.lifecycle.registry import Registry
-from taglens.lifecycle.registry_admin import promote, rollback, version_table
-from taglens.lifecycle.report_lineage import check_metrics_run
-from taglens.lifecycle.tracking import git_commit
-from taglens.params import Params, load_params
-from taglens.serving.pyfunc import logged_model_uri
+from taglens.lifecycle.registry_admin import format_table, promote, rollback, version_table
+from taglens.params import Params, RegisterParams
+from taglens.serving import model_ref
 
 logger = logging.getLogger(__name__)
 
 HISTORY = "promotions.jsonl"
-# DVC sets these in the environment of every stage that `dvc exp run` runs (dvc.env).
-EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
 
 
-def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str, Any]:
-    """Where a model came from: backbone, weights, commit, and the data hashes DVC recorded."""
-    tags = {key: info[key] for key in ("backbone", "weights_identity", "image_size",
-                                       "experiment") if info.get(key) is not None}  # fmt: skip
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    for path, digest in dep_hashes(dvc_lock, "train").items():
-        if path.startswith("data/"):
-            tags[f"data.{path}"] = digest
-    return tags
+def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionRescorer | None:
+    """Score a registered version on the current test split, as evaluate scores a new model.
 
-
-def promotion_hold(params: Params) -> str | None:
-    """Why a winning model must stay challenger this time, or None when it may be promoted.
-
-    `dvc exp run` never moves the champion: an experiment may never be merged, and batch scoring
-    and the web page follow @champion. `register.promote: false` holds every model.
+    None when `clean` holds no split (nothing to re-score on).
     """
-    running = next((os.environ[key] for key in EXPERIMENT_ENV if os.environ.get(key)), None)
-    if running:
-        return (
-            f"held: registered from `dvc exp run` ({running}), which never moves the champion; "
-            "to promote it, `dvc exp apply` it, commit, and run `dvc repro`, or "
-            "`python -m stages.register promote VERSION --reason ...`"
-        )
-    if not params.register.promote:
-        return (
-            "held: register.promote is false; promote by hand with "
-            "`python -m stages.register promote VERSION --reason ...`"
-        )
-    return None
+    if not (Path(clean) / "manifest.csv").is_file():
+        return None
 
-
-def champion_rescorer(
-    params: Params, classes: list[str], *, raw: Path, clean: Path
-) -> Callable[[Any], Evaluation]:
-    """Score a registered version on the current test split, as evaluate scores a new model."""
-
-    def rescore(version: Any) -> Evaluation:
+    def rescore(version: Any, classes: list[str]) -> Evaluation:
         from stages.evaluate import hashtag_params, score_test_split
-        from taglens.serving.pyfunc import load_predictor
 
         uri = f"models:/{params.register.model_name}/{version.version}"
         try:
-            predictor = load_predictor(uri)
+            predictor = model_ref.load(uri, params.featurize.engine)
         except Exception as exc:  # noqa: BLE001 - whatever stops loading makes it incomparable
             raise NotComparableError(
                 f"champion version {version.version} cannot be loaded from {uri} "
@@ -94,7 +54,7 @@ def champion_rescorer(
                 f"({', '.join(predictor.classes)}) than this model ({', '.join(classes)})"
             )
         predictor = dataclasses.replace(predictor, params=hashtag_params(params))
-        scores = dict(score_test_split(predictor, params, raw=raw, clean=clean).scores)
+        scores = dict(score_test_split(predictor, params, raw=Path(raw), clean=Path(clean)).scores)
         per_class, _ = scores.pop("per_class"), scores.pop("confusion")
         return Evaluation(scores, {name: row["recall"] for name, row in per_class.items()})
 
@@ -102,69 +62,28 @@ def champion_rescorer(
 
 
 def run(
-    params: Params,
+    register: RegisterParams,
     *,
     models: Path,
     metrics: Path,
     out: Path,
     per_class: Path | None = None,
     history: Path | None = None,
-    raw: Path | None = None,
-    clean: Path | None = None,
-) -> dict[str, Any]:
+    rescorer: ChampionRescorer | None = None,
+) -> Registered:
     """Register the model of the train run in `models/` and write the decision to `out`.
 
-    With `raw` and `clean` (the data the candidate was evaluated on), a champion whose recorded
-    evaluation is on another test set is re-scored on this one before the gate compares them.
+    With a `rescorer` (`champion_rescorer`), a champion whose recorded evaluation is on another
+    test set is re-scored on the current one before the gate compares them.
 
     Raises:
         FileNotFoundError: model_info.json or metrics.json is missing.
         ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
         RegistryError: the registry cannot be read or written; nothing was promoted.
     """
-    info_path = Path(models) / "model_info.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"no {info_path}: run the train stage first")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    run_id = info.get("run_id")
-    if not run_id:
-        raise TaglensError(f"{info_path} has no run_id: the train stage must run inside MLflow")
-    check_metrics_run(metrics, run_id)
-    per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
-    evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
-    evaluation.score(params.register.primary_metric)  # fail before touching the registry
-    rescore = None
-    if raw is not None and clean is not None and (Path(clean) / "manifest.csv").is_file():
-        rescore = champion_rescorer(params, list(info.get("classes", [])), raw=Path(raw),
-                                    clean=Path(clean))  # fmt: skip
-    registry = Registry(params.register.model_name, history or Path(out).parent / HISTORY)
-    result = registry.register(
-        logged_model_uri(run_id), run_id, evaluation, params.register, lineage(info),
-        rescore=rescore, hold=promotion_hold(params),
-    )  # fmt: skip
-    _tag_run(run_id, result)
-    atomic_write_json(out, result)
-    return result
-
-
-def _tag_run(run_id: str, result: dict[str, Any]) -> None:
-    """Note the registered version and decision on the train run, the run of the model."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    client.set_tag(run_id, "register.version", result["version"])
-    client.set_tag(run_id, "register.decision", str(result["decision"]))
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        print("no versions registered yet: run `dvc repro`")
-        return
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    for row in rows:
-        print("  ".join(str(row[k]).ljust(widths[k]) for k in keys))
+    return register_run(register, models=models, metrics=metrics, out=out, per_class=per_class,
+                        history=history or Path(out).parent / HISTORY,
+                        rescorer=rescorer)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,36 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the stage, or an admin subcommand."""
     args = build_parser().parse_args(argv)
-    setup_logging()
+    return run_with_params(args, lambda params: _command(args, params))
 
-    def body() -> int:
-        from taglens.lifecycle.tracking import configure_tracking
 
-        params = load_params(args.params)
-        configure_tracking(params.base.experiment)
-        if args.command is None:
-            result = run(params, models=args.models, metrics=args.metrics, out=args.out,
-                         per_class=args.per_class, history=args.history, raw=args.raw,
-                         clean=args.clean)  # fmt: skip
-            print(f"{result['model_name']} version {result['version']}: {result['decision']} "
-                  f"({result['reason']})")  # fmt: skip
-            return 0
-        registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
-        if args.command == "list":
-            _print_table(version_table(registry, params.register.primary_metric))
-        elif args.command == "history":
-            for row in registry.history():
-                print(json.dumps(row, sort_keys=True))
-        elif args.command == "promote":
-            row = promote(registry, args.version, args.reason)
-            print(f"version {row['version']} is now champion (was {row['previous']})")
-        elif args.command == "rollback":
-            row = rollback(registry, args.reason)
-            print(f"rolled back: version {row['version']} is champion again "
-                  f"(was {row['previous']})")  # fmt: skip
+def _command(args: argparse.Namespace, params: Params) -> int:
+    from taglens.lifecycle.tracking import configure_tracking
+
+    configure_tracking(params.base.experiment)
+    if args.command is None:
+        rescorer = None
+        if args.raw is not None and args.clean is not None:
+            rescorer = champion_rescorer(params, raw=args.raw, clean=args.clean)
+        result = run(params.register, models=args.models, metrics=args.metrics, out=args.out,
+                     per_class=args.per_class, history=args.history,
+                     rescorer=rescorer)  # fmt: skip
+        print(result.summary())
         return 0
-
-    return run_main(body)
+    registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
+    if args.command == "list":
+        print(format_table(version_table(registry, params.register.primary_metric)))
+    elif args.command == "history":
+        for row in registry.history():
+            print(json.dumps(row, sort_keys=True))
+    elif args.command == "promote":
+        row = promote(registry, args.version, args.reason)
+        print(f"version {row['version']} is now champion (was {row['previous']})")
+    elif args.command == "rollback":
+        row = rollback(registry, args.reason)
+        print(f"rolled back: version {row['version']} is champion again "
+              f"(was {row['previous']})")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taglens.errors import TaglensError
+
+if TYPE_CHECKING:
+    from taglens.params import Params
 
 # A full disk or quota is the user's to fix too; other OS errors keep their traceback.
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -95,6 +99,14 @@ def run_main(body: Callable[[], int], extra_errors: tuple[type[BaseException], .
               "atomically, so finished work is kept and nothing half-written is left)",
               file=sys.stderr)  # fmt: skip
         return 2
+
+
+def run_with_params(args: argparse.Namespace, body: Callable[[Params], int]) -> int:
+    """An entry point's body: logging set up, `args.params` loaded, user errors as one line."""
+    from taglens.params import load_params
+
+    setup_logging()
+    return run_main(lambda: body(load_params(args.params)))
 
 
 def package_version() -> str:

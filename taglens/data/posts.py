@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -120,8 +120,3 @@ def read_posts(path: Path) -> list[Post]:
             field = ".".join(str(p) for p in first["loc"]) or "record"
             raise TaglensError(f"{path}:{number}: {field}: {first['msg']}") from None
     return posts
-
-
-def post_dict(post: Post) -> dict[str, Any]:
-    """A JSON-ready dict of a post."""
-    return post.model_dump(mode="json")

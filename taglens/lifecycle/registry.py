@@ -1,12 +1,10 @@
 """The MLflow model registry side of promotion: versions, aliases, tags and the history.
 
 Every decision is written three ways: the `champion` / `challenger` alias, tags on the version
-(`decision`, `decision.reason`, `decision.compared_with`, `decision.score`,
-`decision.champion_score`, `decision.test_fingerprint`, ...), and one line appended to the
-promotion history (`reports/promotions.jsonl` by default), which is never rewritten.
+(`taglens.lifecycle.registry_tags`), and one line appended to the promotion history
+(`reports/promotions.jsonl` by default), which is never rewritten. How a decision is taken and
+committed is `taglens.lifecycle.promotion`.
 
-Champion and challenger are compared on the same test images: when the champion's recorded
-evaluation is on another test set, the caller's `rescore` scores it again on the current one.
 Fail closed: only "no such alias / model" means there is no champion; any other registry error
 stops with a RegistryError before anything is registered, tagged or moved.
 
@@ -20,53 +18,27 @@ from __future__ import annotations
 
 import getpass
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from taglens.atomic import append_jsonl, read_jsonl
-from taglens.errors import TaglensError
-from taglens.lifecycle.gate import CHALLENGER, CHAMPION, Decision, Evaluation, paired_decision
+from taglens.lifecycle.gate import CHALLENGER, CHAMPION, Evaluation
+from taglens.lifecycle.promotion import Rescore, commit, decide
+from taglens.lifecycle.registry_lock import RegistryError, file_lock, lock_path_for
+from taglens.lifecycle.registry_tags import (
+    RUN_ID_TAG,
+    candidate_tags,
+    decision_record,
+    evaluation_of,
+    now_iso,
+    pending_decision,
+)
 from taglens.params import RegisterParams
 
 logger = logging.getLogger(__name__)
 
-METRIC_TAG = "metric."
-RECALL_TAG = "recall."
-LINEAGE_TAG = "lineage."
-LOCK_TIMEOUT_S = 300.0
-
-
-class RegistryError(TaglensError):
-    """A registry operation that cannot be done as asked; the message says what to do."""
-
-
-def now_iso() -> str:
-    """Return the current UTC time, ISO 8601 to the second."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@contextmanager
-def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (the `filelock` package's OS lock).
-
-    Threads and processes exclude each other, and a lock left by a killed process is released
-    with it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with FileLock(path, timeout=timeout, thread_local=False):
-            yield
-    except Timeout:
-        raise RegistryError(
-            f"registry lock {path} held for over {timeout:.0f} s by another registration; wait "
-            "for it to finish and run again"
-        ) from None
+__all__ = ["Registry", "RegistryError"]
 
 
 def _alias_missing(exc: Exception) -> bool:
@@ -96,11 +68,7 @@ class Registry:
 
         self.client = mlflow.MlflowClient()
         if self.lock_path is None:
-            uri = mlflow.get_registry_uri() or ""
-            if uri.startswith("sqlite:///"):
-                self.lock_path = Path(uri.removeprefix("sqlite:///")).parent / "registry.lock"
-            else:
-                self.lock_path = self.history_path.parent / ".registry.lock"
+            self.lock_path = lock_path_for(mlflow.get_registry_uri() or "", self.history_path)
 
     # ----------------------------------------------------------------- reading
     def versions(self) -> list[Any]:
@@ -153,25 +121,14 @@ class Registry:
     def find_run(self, run_id: str) -> Any | None:
         """Return the version registered from `run_id`, or None."""
         for version in self.versions():
-            if version.tags.get(LINEAGE_TAG + "run_id") == run_id or version.run_id == run_id:
+            if version.tags.get(RUN_ID_TAG) == run_id or version.run_id == run_id:
                 return version
         return None
 
     @staticmethod
     def evaluation(version: Any) -> Evaluation:
         """Rebuild a version's Evaluation from its tags."""
-        tags = version.tags
-        metrics = {
-            k.removeprefix(METRIC_TAG): float(v)
-            for k, v in tags.items()
-            if k.startswith(METRIC_TAG)
-        }
-        recall = {
-            k.removeprefix(RECALL_TAG): float(v)
-            for k, v in tags.items()
-            if k.startswith(RECALL_TAG)
-        }
-        return Evaluation(metrics, recall)
+        return evaluation_of(version.tags)
 
     def history(self) -> list[dict[str, Any]]:
         """Return every recorded event, oldest first."""
@@ -186,7 +143,7 @@ class Registry:
             "event": event,
             "model": self.name,
             "version": str(version.version),
-            "run_id": version.tags.get(LINEAGE_TAG + "run_id") or version.run_id,
+            "run_id": version.tags.get(RUN_ID_TAG) or version.run_id,
             "champion": str(champion.version) if champion else None,
             "reason": reason,
             "user": getpass.getuser(),
@@ -208,7 +165,7 @@ class Registry:
         params: RegisterParams,
         lineage: dict[str, Any] | None = None,
         *,
-        rescore: Callable[[Any], Evaluation] | None = None,
+        rescore: Rescore | None = None,
         hold: str | None = None,
     ) -> dict[str, Any]:
         """Register a run's model (once) and pass it through the gate.
@@ -242,15 +199,15 @@ class Registry:
                     str(existing.version),
                 )
                 return self._result(existing, created=False)
-            decision = self._pending(existing) if existing is not None else None
+            decision = pending_decision(existing.tags) if existing is not None else None
             if decision is None:
                 mine = str(existing.version) if existing is not None else None
-                decision = self._gate(evaluation, params, rescore, mine)
+                decision = decide(self, evaluation, params, rescore, mine)
                 if hold and decision.promoted:
                     reason = f"{hold} (the gate said: {decision.reason})"
                     decision = replace(decision, alias=CHALLENGER, reason=reason)
             version = existing or self._create(model_uri, run_id, evaluation, lineage or {})
-            self._apply(version, decision, params)
+            commit(self, version, decision, params)
             return self._result(self.version(version.version), created=existing is None)
 
     def _create(
@@ -268,133 +225,16 @@ class Registry:
                 ) from None
             self.client.create_registered_model(self.name, description="taglens hashtag model")
         version = mlflow.register_model(model_uri, self.name)
-        tags = {LINEAGE_TAG + "run_id": run_id, **{LINEAGE_TAG + k: v for k, v in lineage.items()}}
-        tags.update(
-            {
-                METRIC_TAG + k: v
-                for k, v in evaluation.metrics.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-        )
-        tags.update({RECALL_TAG + k: v for k, v in evaluation.recall.items()})
+        tags = candidate_tags(run_id, evaluation, lineage)
         self.tag(version, tags)
         logger.info("registered %s version %s from run %s", self.name, str(version.version), run_id)
         return self.version(version.version)
 
-    def _gate(
-        self,
-        evaluation: Evaluation,
-        params: RegisterParams,
-        rescore: Callable[[Any], Evaluation] | None,
-        mine: str | None,
-    ) -> Decision:
-        for _ in range(3):
-            champion = self.alias(CHAMPION)
-            if champion is not None and str(champion.version) == mine:
-                champion = None
-            decision = self._paired(evaluation, champion, params, rescore)
-            # Re-check: if the champion moved while we decided (a writer outside this lock, e.g.
-            # on another machine), decide again against the new one before moving the alias.
-            now = self.alias(CHAMPION)
-            if (now and str(now.version)) == (champion and str(champion.version)):
-                break
-        return replace(decision, compared_with=str(champion.version) if champion else None)
-
-    def _paired(
-        self,
-        evaluation: Evaluation,
-        champion: Any | None,
-        params: RegisterParams,
-        rescore: Callable[[Any], Evaluation] | None,
-    ) -> Decision:
-        """Decide on scores of both models on the same test images (re-scoring the champion)."""
-        if champion is None:
-            return paired_decision(evaluation, None, None, params)
-        again = None if rescore is None else (lambda: rescore(champion))
-        return paired_decision(
-            evaluation, (str(champion.version), self.evaluation(champion)), again, params
-        )
-
-    @staticmethod
-    def _pending(version: Any) -> Decision | None:
-        """A decision taken before a crash but not yet committed (no `decision` tag)."""
-        tags = version.tags
-        if "decision.alias" not in tags:
-            return None
-        return Decision(
-            alias=tags["decision.alias"],
-            reason=tags["decision.reason"],
-            score=float(tags["decision.score"]),
-            champion_score=_number(tags.get("decision.champion_score")),
-            compared_with=_none(tags.get("decision.compared_with")),
-            champion_rescored=tags.get("decision.champion_rescored") == "True",
-            test_fingerprint=_fingerprint(tags.get("decision.test_fingerprint")),
-        )
-
-    def _apply(self, version: Any, decision: Decision, params: RegisterParams) -> None:
-        """Record and carry out a decision in an order a crash can resume from.
-
-        The decision's details are tagged first; the `decision` tag, written last, commits it. A
-        re-run finding details without `decision` replays them instead of deciding again (the
-        champion may already have moved to this very version).
-        """
-        compared = decision.compared_with
-        champion_score = decision.champion_score
-        self.tag(
-            version,
-            {
-                "decision.alias": decision.alias,
-                "decision.reason": decision.reason,
-                "decision.metric": params.primary_metric,
-                "decision.score": decision.score,
-                "decision.compared_with": compared or "none",
-                "decision.champion_score": "none" if champion_score is None else champion_score,
-                "decision.champion_rescored": decision.champion_rescored,
-                "decision.test_fingerprint": _text(decision.test_fingerprint),
-                "decision.time": now_iso(),
-            },
-        )
-        if decision.promoted:
-            self.crown(version)
-        else:
-            self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
-        last = (self.history() or [{}])[-1]
-        if (last.get("event"), last.get("version")) != ("register", str(version.version)):
-            self.record(
-                "register",
-                version,
-                decision.reason,
-                decision=decision.alias,
-                compared_with=compared,
-                score=decision.score,
-                champion_score=champion_score,
-                champion_rescored=decision.champion_rescored,
-                test_fingerprint=decision.test_fingerprint,
-                metric=params.primary_metric,
-            )
-        self.tag(version, {"decision": decision.alias})
-        logger.info(
-            "%s version %s -> %s: %s", self.name, version.version, decision.alias, decision.reason
-        )
-
     def _result(self, version: Any, *, created: bool) -> dict[str, Any]:
-        tags = version.tags
         champion = self.alias(CHAMPION)
-        return {
-            "model_name": self.name,
-            "version": str(version.version),
-            "created": created,
-            "run_id": tags.get(LINEAGE_TAG + "run_id"),
-            "decision": tags.get("decision"),
-            "reason": tags.get("decision.reason"),
-            "metric": tags.get("decision.metric"),
-            "score": _number(tags.get("decision.score")),
-            "compared_with": _none(tags.get("decision.compared_with")),
-            "champion_score": _number(tags.get("decision.champion_score")),
-            "champion_rescored": tags.get("decision.champion_rescored") == "True",
-            "test_fingerprint": _fingerprint(tags.get("decision.test_fingerprint")),
-            "champion": str(champion.version) if champion else None,
-        }
+        return {"model_name": self.name, "version": str(version.version), "created": created,
+                **decision_record(version.tags),
+                "champion": str(champion.version) if champion else None}  # fmt: skip
 
     def crown(self, target: Any) -> None:
         """Give `target` the champion alias; a version is never champion and challenger at once."""
@@ -403,22 +243,3 @@ class Registry:
         if challenger is not None and str(challenger.version) == str(target.version):
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
 
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "none") else None
-    except ValueError:
-        return None
-
-
-def _fingerprint(value: str | None) -> int | None:
-    number = _number(value)
-    return None if number is None else int(number)
-
-
-def _text(fingerprint: int | None) -> str:
-    return "none" if fingerprint is None else str(int(fingerprint))
-
-
-def _none(value: str | None) -> str | None:
-    return None if value in (None, "none") else value

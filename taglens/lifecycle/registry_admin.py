@@ -6,14 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taglens.lifecycle.gate import CHAMPION
-from taglens.lifecycle.registry import (
-    LINEAGE_TAG,
-    METRIC_TAG,
-    Registry,
-    RegistryError,
-    file_lock,
-    now_iso,
-)
+from taglens.lifecycle.registry import Registry
+from taglens.lifecycle.registry_lock import RegistryError, file_lock
+from taglens.lifecycle.registry_tags import LINEAGE_TAG, METRIC_TAG, now_iso
 
 
 def promote(registry: Registry, version: str | int, reason: str) -> dict[str, Any]:
@@ -91,3 +86,14 @@ def version_table(registry: Registry, metric: str) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """`version_table` rows as aligned text columns, or what to do when there are none."""
+    if not rows:
+        return "no versions registered yet: run `dvc repro`"
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    lines = [[k.ljust(widths[k]) for k in keys]]
+    lines += [[str(row[k]).ljust(widths[k]) for k in keys] for row in rows]
+    return "\n".join("  ".join(cells) for cells in lines)

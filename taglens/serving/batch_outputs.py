@@ -1,5 +1,7 @@
 """Resumable, streaming output files of the batch predict job: CSV, JSON lines and Parquet.
 
+The rows and how they are read back are `taglens.serving.batch_rows`.
+
 Every writer appends rows batch by batch, so memory stays flat, and can tell which inputs a
 model version has already scored, so a re-run skips them:
 
@@ -27,113 +29,18 @@ from typing import Any
 
 from taglens.atomic import atomic_open, cut_torn_tail, fsync_dir
 from taglens.errors import TaglensError
-
-COLUMNS = (
-    "path", "sha256", "hashtags", "top_class", "top_probability",
-    "model_name", "model_version", "error",
-)  # fmt: skip
-FORMATS = (".csv", ".jsonl", ".parquet")
-Key = tuple[str, str]  # (path, sha256)
-_KEY_COLUMNS = ("path", "sha256", "model_name", "model_version")
-
-
-def row_key(row: dict[str, Any]) -> Key:
-    """The resume key of a row: the same file content at the same path."""
-    return (str(row["path"]), str(row.get("sha256") or ""))
-
-
-def _check_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise TaglensError(
-            f"output {path} must end with one of {', '.join(FORMATS)} (the suffix picks the format)"
-        )
-    return suffix
-
-
-def _parquet_schema():
-    import pyarrow as pa
-
-    tag = pa.struct([("tag", pa.string()), ("score", pa.float64())])
-    return pa.schema(
-        [
-            ("path", pa.string()), ("sha256", pa.string()), ("hashtags", pa.list_(tag)),
-            ("top_class", pa.string()), ("top_probability", pa.float64()),
-            ("model_name", pa.string()), ("model_version", pa.string()), ("error", pa.string()),
-        ]  # fmt: skip
-    )
-
-
-def _from_csv(record: dict[str, str]) -> dict[str, Any]:
-    row: dict[str, Any] = {key: (record.get(key) or None) for key in COLUMNS}
-    row["hashtags"] = json.loads(record["hashtags"]) if record.get("hashtags") else []
-    prob = record.get("top_probability")
-    row["top_probability"] = float(prob) if prob else None
-    return row
-
-
-def _to_csv(row: dict[str, Any]) -> list[str]:
-    values = []
-    for key in COLUMNS:
-        value = row.get(key)
-        if key == "hashtags":
-            value = json.dumps(value or [], separators=(",", ":"))
-        values.append("" if value is None else str(value))
-    return values
-
-
-def read_rows(
-    path: Path | str, chunk_rows: int = 4096, columns: list[str] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Stream the rows of an output file (any format) as dicts with `hashtags` as a list.
-
-    `columns` limits what Parquet reads (the other formats always give every column).
-
-    Raises:
-        ValueError: the suffix is not a known format.
-    """
-    path = Path(path)
-    suffix = _check_format(path)
-    if not path.exists():
-        return
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
-            yield from batch.to_pylist()
-        return
-    with open(path, encoding="utf-8", newline="") as handle:
-        if suffix == ".jsonl":
-            for line in handle:
-                if line.endswith("\n") and line.strip():
-                    yield json.loads(line)
-        else:
-            yield from (_from_csv(record) for record in csv.DictReader(handle))
-
-
-def _sealed_parts(parts_dir: Path) -> list[Path]:
-    return sorted(parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
-
-
-def existing_rows(
-    path: Path | str, columns: list[str] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Rows of an output and, for Parquet, of the sealed parts of an unfinished run (read-only)."""
-    path = Path(path)
-    yield from read_rows(path, columns=columns)
-    if path.suffix.lower() == ".parquet":
-        for part in _sealed_parts(path.with_name(path.name + ".parts")):
-            yield from read_rows(part, columns=columns)
-
-
-def done_keys(path: Path | str, model_name: str, model_version: str) -> set[Key]:
-    """Resume keys of the rows `model_name`/`model_version` has written to an output."""
-    return {
-        row_key(row)
-        for row in existing_rows(path, columns=list(_KEY_COLUMNS))
-        if (row.get("model_name"), str(row.get("model_version"))) == (model_name, model_version)
-    }
+from taglens.serving.batch_rows import (
+    COLUMNS,
+    KEY_COLUMNS,
+    Key,
+    check_format,
+    csv_values,
+    done_keys,
+    existing_rows,
+    parquet_schema,
+    read_rows,
+    sealed_parts,
+)
 
 
 class OutputWriter:
@@ -141,7 +48,7 @@ class OutputWriter:
 
     def __init__(self, path: Path | str, part_rows: int = 4096, part_seconds: float = 60.0):
         self.path = Path(path)
-        self.format = _check_format(self.path)
+        self.format = check_format(self.path)
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self.part_rows = part_rows
         self.part_seconds = part_seconds
@@ -176,9 +83,6 @@ class OutputWriter:
         """Resume keys of the rows this model version has already written."""
         return done_keys(self.path, model_name, model_version)
 
-    def _sealed_parts(self) -> list[Path]:
-        return _sealed_parts(self.parts_dir)
-
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows durably (fsynced text, or a Parquet row group)."""
         rows = list(rows)
@@ -196,7 +100,7 @@ class OutputWriter:
                     self._csv.writerow(COLUMNS)
         for row in rows:
             if self._csv is not None:
-                self._csv.writerow(_to_csv(row))
+                self._csv.writerow(csv_values(row))
             else:
                 record = {key: row.get(key) for key in COLUMNS}
                 self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -208,11 +112,11 @@ class OutputWriter:
         import pyarrow.parquet as pq
 
         if self._part is None:
-            number = len(self._sealed_parts())
+            number = len(sealed_parts(self.parts_dir))
             tmp = self.parts_dir / f"part-{number:06d}.parquet.tmp"
-            self._part = [pq.ParquetWriter(tmp, _parquet_schema()), tmp, 0, time.monotonic()]
+            self._part = [pq.ParquetWriter(tmp, parquet_schema()), tmp, 0, time.monotonic()]
         table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows],
-                                     schema=_parquet_schema())  # fmt: skip
+                                     schema=parquet_schema())  # fmt: skip
         self._part[0].write_table(table)
         self._part[2] += len(rows)
         if self._part[2] >= self.part_rows or time.monotonic() - self._part[3] >= self.part_seconds:
@@ -249,13 +153,13 @@ class OutputWriter:
     def _finalize_parquet(self) -> None:
         import pyarrow.parquet as pq
 
-        parts = self._sealed_parts()
+        parts = sealed_parts(self.parts_dir)
         if not parts and self.path.exists():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             return
-        schema = _parquet_schema()
-        seen = {tuple(row[k] for k in _KEY_COLUMNS)
-                for row in read_rows(self.path, columns=list(_KEY_COLUMNS))}  # fmt: skip
+        schema = parquet_schema()
+        seen = {tuple(row[k] for k in KEY_COLUMNS)
+                for row in read_rows(self.path, columns=list(KEY_COLUMNS))}  # fmt: skip
         with atomic_open(self.path, "wb") as handle:
             writer = pq.ParquetWriter(handle, schema)
             if self.path.exists():
@@ -276,7 +180,7 @@ class OutputWriter:
 
 def _new_rows(table, seen: set[tuple]) -> list[bool]:
     """Which rows of `table` have a key not in `seen` (and add theirs): finalize's dedupe."""
-    keys = zip(*(table.column(name).to_pylist() for name in _KEY_COLUMNS), strict=True)
+    keys = zip(*(table.column(name).to_pylist() for name in KEY_COLUMNS), strict=True)
     mask = []
     for key in keys:
         mask.append(key not in seen)

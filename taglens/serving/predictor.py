@@ -222,15 +222,6 @@ class HashtagPredictor:
         """
         return self.predict_pixels(self.decode(images))
 
-    def predict_paths(self, paths: Sequence[Path | str]) -> list[dict[str, Any]]:
-        """Predict for image files.
-
-        Raises:
-            FileNotFoundError: a path does not exist.
-            TaglensError: a file is not an image.
-        """
-        return self.predict_bytes([Path(path).read_bytes() for path in paths])
-
 
 def _as_outputs(result: Any) -> dict[str, np.ndarray]:
     """A model's result as a dict of arrays (a single-output model gives probabilities)."""

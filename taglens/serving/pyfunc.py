@@ -8,6 +8,11 @@ serving side allows paths under a folder (see `pyfunc_inputs`, which also caps s
 rows and validates each image as ingest does). An optional `top_k` param (1..30)
 overrides how many hashtags come back. The output is one dict per image, the same as
 `HashtagPredictor.predict_bytes`.
+
+The Keras model runs on the engine the train run's `featurize.engine` named (recorded in the
+pyfunc's model_config), as batch predict and the web page run it; the serving process may
+choose another with TAGLENS_ENGINE. An engine that is not installed there falls back to
+tensorflow with a warning, so a model always serves.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,37 +31,25 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from taglens.errors import TaglensError
 from taglens.params import IngestParams
-from taglens.serving.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
+from taglens.serving.predictor import (
+    HASHTAGS_FILE,
+    INFO_FILE,
+    MODEL_FILES,
+    OPTIONAL_FILES,
+    HashtagPredictor,
+)
 from taglens.serving.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
+from taglens.serving.pyfunc_requirements import pip_requirements
 
 logger = logging.getLogger(__name__)
 
 INPUT_COLUMN = "image"
 ARTIFACT_KEY = "models"
-CHAMPION = "champion"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole taglens package
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
-# Explicit requirements: letting MLflow infer them costs 8-13 s per log_model (NOTES.md).
-PIP_REQUIREMENTS = [
-    "mlflow==3.17.2",
-    "tensorflow-cpu==2.21.*",
-    "keras>=3.10,<4",
-    "numpy>=2",
-    "pillow>=11",  # request images are checked and normalized as ingest does
-    "pandas>=2.2",
-    "pydantic>=2.7",
-    "pyyaml>=6",
-]
-
-
-class ModelNotFoundError(LookupError, TaglensError):
-    """No registered model version answers to the requested name or alias.
-
-    A ValueError too: like every error a user fixes by a command or a setting, entry points print
-    it as one line (taglens.cli.run_main).
-    """
+ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recorded engine
+ENGINE_KEY = "engine"  # the model_config key: featurize.engine of the train run
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):
@@ -72,11 +66,13 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         """Load the Keras model, hashtag statistics and input limits from the model's artifacts.
 
-        The input limits are the ingest params logged with the model plus the serving process's
-        own settings (`taglens.serving.pyfunc_inputs`).
+        The model runs on the engine `on_served_engine` picks. The input limits are the ingest
+        params logged with the model plus the serving process's own settings
+        (`taglens.serving.pyfunc_inputs`).
         """
         folder = Path(context.artifacts[ARTIFACT_KEY])
-        self.predictor = HashtagPredictor.from_dir(folder)
+        recorded = (context.model_config or {}).get(ENGINE_KEY)
+        self.predictor = on_served_engine(HashtagPredictor.from_dir(folder), recorded)
         ingest = LEGACY_INGEST
         if (folder / INGEST_FILE).is_file():
             raw = json.loads((folder / INGEST_FILE).read_text(encoding="utf-8"))
@@ -110,6 +106,26 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
         return predictor.predict_bytes(self.inputs.images(values))
 
 
+def on_served_engine(predictor: HashtagPredictor, recorded: str | None,
+                     environ: dict[str, str] | None = None) -> HashtagPredictor:  # fmt: skip
+    """The predictor on `$TAGLENS_ENGINE`, else the `recorded` engine, else tensorflow.
+
+    An engine that is not installed here, or cannot run this model, is logged as a warning and
+    tensorflow serves instead (same outputs within 1e-4).
+    """
+    from taglens.features.engines import EngineError, on_engine
+
+    engine = (environ if environ is not None else os.environ).get(ENGINE_ENV) or recorded
+    engine = engine or "tensorflow"
+    try:
+        return on_engine(predictor, engine)
+    except EngineError as exc:
+        if engine == "tensorflow":
+            raise
+        logger.warning("%s: serving on tensorflow instead", exc)
+        return on_engine(predictor, "tensorflow")
+
+
 def example_image(size: int) -> bytes:
     """Return a small PNG (a gradient) used as the logged input example."""
     from PIL import Image
@@ -132,13 +148,14 @@ def _signature(top_k: int):
 
 
 def log_taglens_model(models_dir: Path, *, name: str = "model",
-                      ingest: IngestParams | None = None):  # fmt: skip
+                      ingest: IngestParams | None = None, engine: str | None = None):  # fmt: skip
     """Log `models_dir` as a taglens pyfunc into the active MLflow run.
 
     The Keras model, model_info.json and hashtags.json are the artifacts; the taglens package
     travels as code, so the logged model needs no taglens install to be served. `ingest`, the
     params training images were checked with, is logged as ingest.json: the served model checks
-    request images with the same limits (without it, `LEGACY_INGEST`).
+    request images with the same limits (without it, `LEGACY_INGEST`). `engine` (default: the
+    `featurize.engine` in model_info.json's params) is the one the served model runs on.
 
     Returns:
         mlflow.models.model.ModelInfo of the logged model.
@@ -155,8 +172,9 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
     missing = [f for f in MODEL_FILES if not (models_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{models_dir} lacks {', '.join(missing)}: run the train stage")
-    info = json.loads((models_dir / "model_info.json").read_text(encoding="utf-8"))
-    top_k = json.loads((models_dir / "hashtags.json").read_text(encoding="utf-8"))["params"]
+    info = json.loads((models_dir / INFO_FILE).read_text(encoding="utf-8"))
+    engine = engine or info.get("params", {}).get("featurize.engine")
+    top_k = json.loads((models_dir / HASHTAGS_FILE).read_text(encoding="utf-8"))["params"]
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / ARTIFACT_KEY
         staged.mkdir()
@@ -178,107 +196,9 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
             code_paths=[str(PACKAGE_DIR)],
             signature=_signature(int(top_k["top_k"])),
             input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
+            # Explicit requirements: letting MLflow infer them costs 8-13 s (NOTES.md).
+            pip_requirements=pip_requirements(),
+            model_config={ENGINE_KEY: engine} if engine else None,
         )
     logger.info("logged taglens pyfunc %s", model_info.model_uri)
     return model_info
-
-
-def load_predictor(model_uri: str) -> HashtagPredictor:
-    """Load a logged or registered taglens model back as an in-process HashtagPredictor.
-
-    Args:
-        model_uri: any MLflow model URI, e.g. `models:/taglens@champion` or `runs:/ID/model`.
-
-    Raises:
-        ModelNotFoundError: the model, version or alias does not exist.
-    """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as exc:
-        raise ModelNotFoundError(
-            f"cannot load {model_uri}: {exc.message.splitlines()[0]}. If there is no champion "
-            "yet: run `dvc repro` or `python -m stages.register ...`"
-        ) from None
-    wrapped = model.unwrap_python_model()
-    if not isinstance(wrapped, TaglensModel) or wrapped.predictor is None:
-        raise ModelNotFoundError(f"{model_uri} is not a taglens model")
-    return wrapped.predictor
-
-
-def pin_version(model_uri: str) -> tuple[str, str, str]:
-    """Pin `models:/NAME@ALIAS` or `models:/NAME/VERSION` to one existing registered version.
-
-    A job or a server that pins once keeps using that version even if the alias moves meanwhile,
-    and reports the version it really used.
-
-    Returns:
-        (`models:/NAME/VERSION`, NAME, VERSION).
-
-    Raises:
-        ModelNotFoundError: the model, alias or version does not exist (the message says how to
-            get one).
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    ref = model_uri.removeprefix("models:/")
-    name, has_alias, alias = ref.partition("@")
-    if not has_alias:
-        name, _, version = ref.rpartition("/")
-    try:
-        if has_alias:
-            version = MlflowClient().get_model_version_by_alias(name, alias).version
-        else:
-            MlflowClient().get_model_version(name, version)
-    except MlflowException:
-        missing = f"no {alias} yet" if has_alias else f"no version {version}"
-        raise ModelNotFoundError(
-            f"{missing} for registered model {name!r}: run `dvc repro` (train, evaluate and "
-            "register) or `python -m stages.register promote VERSION` to make one, or pass "
-            "--model-uri with an existing version (models:/NAME/VERSION) or a models/ directory"
-        ) from None
-    return f"models:/{name}/{version}", name, str(version)
-
-
-def load_champion(model_name: str, alias: str = CHAMPION) -> HashtagPredictor:
-    """Load `models:/NAME@alias` (the champion by default) as a HashtagPredictor.
-
-    Raises:
-        ModelNotFoundError: with "no champion yet" when the model or alias does not exist.
-    """
-    uri, _, version = pin_version(f"models:/{model_name}@{alias}")
-    logger.info("loading %s version %s (@%s)", model_name, version, alias)
-    return load_predictor(uri)
-
-
-def logged_model_uri(run_id: str, name: str = "model") -> str:
-    """Return the URI of the model `name` logged in run `run_id` (`models:/m-...`).
-
-    Raises:
-        ModelNotFoundError: the run does not exist or logged no such model.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = mlflow.get_run(run_id)
-    except MlflowException:
-        raise ModelNotFoundError(
-            f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}: "
-            "was the train stage run against this tracking store?"
-        ) from None
-    models = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'",
-        output_format="list",
-    )
-    for model in models:
-        if model.name == name:
-            return f"models:/{model.model_id}"
-    raise ModelNotFoundError(
-        f"run {run_id} logged no model named {name!r}: the train stage must call "
-        "taglens.serving.pyfunc.log_taglens_model inside its run"
-    )

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from flows.predict import ARTIFACT_KEY, TIMEOUT_S, batch_predict_flow, cached_model, score_task
-from taglens.serving.batch_outputs import read_rows
+from taglens.serving.batch_rows import read_rows
 from tests.conftest import FIXTURES
 
 PARAMS = str(FIXTURES / "params.yaml")

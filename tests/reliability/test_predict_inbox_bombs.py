@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taglens.serving.batch_outputs import read_rows
-from taglens.serving.batch_predict import ModelRef, predict_to_file
+from taglens.serving.batch_predict import predict_to_file
+from taglens.serving.batch_rows import read_rows
+from taglens.serving.model_ref import ModelRef
 
 
 def png_bomb(path, width: int, height: int) -> None:

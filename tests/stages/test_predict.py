@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 from stages import predict
-from taglens.serving.batch_outputs import read_rows
+from taglens.serving import model_ref
+from taglens.serving.batch_rows import read_rows
+from taglens.serving.model_ref import ModelRef
 from taglens.serving.predictor import HashtagPredictor
 from tests.conftest import FIXTURES
 
@@ -31,18 +33,23 @@ def test_rows_match_the_predictor_on_the_same_pixels(engine, tmp_path, tiny_para
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out.jsonl"
     on_engine = tiny_params.featurize.model_copy(update={"engine": engine})
-    params = tiny_params.model_copy(update={"featurize": on_engine})
-    report = predict.run(params, input=str(tmp_path / "photos"), output=out,
-                         model_uri=str(tiny_models_dir), progress=False)
+    model = model_ref.resolve(str(tiny_models_dir), tiny_params.register.model_name)
+    result = predict.run(tiny_params.predict, on_engine, tiny_params.ingest, model=model,
+                         input=str(tmp_path / "photos"), output=out, progress=False)  # fmt: skip
     rows = list(read_rows(out))
+    report = result.report
     assert (report.scored, report.errors, len(rows)) == (5, 1, 6)
+    assert result.model == ModelRef(str(tiny_models_dir.resolve()), "unregistered")
     assert rows[0]["path"].endswith("broken.jpg") and rows[0]["error"]
-    expected = HashtagPredictor.from_dir(tiny_models_dir).predict_paths(paths)
+    # the same photos as the web page and the pyfunc predict them, from their bytes
+    expected = HashtagPredictor.from_dir(tiny_models_dir).predict_bytes(
+        [path.read_bytes() for path in paths])
     for row, want in zip(rows[1:], expected, strict=True):
         assert row["top_class"] == want["top_class"]
         assert row["top_probability"] == pytest.approx(want["top_probability"], abs=1e-5)
         assert [h["tag"] for h in row["hashtags"]] == [h["tag"] for h in want["hashtags"]]
-        assert row["model_version"] == "local" and row["error"] is None
+        assert row["error"] is None
+        assert (row["model_name"], row["model_version"]) == (result.model.name, "unregistered")
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.tracking import configure_tracking
 from taglens.params import load_params
-from taglens.serving.pyfunc import log_taglens_model, logged_model_uri
+from taglens.serving.model_ref import logged_model_uri
+from taglens.serving.pyfunc import log_taglens_model
 from tests.conftest import FIXTURES
 
 CLASSES = ["animals", "art", "fashion", "fitness", "flowers", "food", "instagood", "nature",
@@ -85,7 +86,7 @@ def _alias(alias: str, name: str = "taglens") -> str:
 
 
 def _register(params, models, reports, history):
-    return register.run(params, models=models, metrics=reports / "metrics.json",
+    return register.run(params.register, models=models, metrics=reports / "metrics.json",
                         out=reports / "register.json", history=history)  # fmt: skip
 
 
@@ -96,18 +97,20 @@ def test_first_model_becomes_champion_and_rerun_adds_nothing(params, make_run, t
     first = _register(params, models, reports, history)
     again = _register(params, models, reports, history)
 
-    assert first["version"] == "1" and first["decision"] == "champion" and first["created"]
-    assert first["score"] == 0.5 and first["compared_with"] is None
-    assert json.loads((reports / "register.json").read_text())["version"] == "1"
-    assert again["version"] == "1" and again["created"] is False
-    assert again["decision"] == "champion"
+    assert first.version == "1" and first.decision == "champion" and first.record["created"]
+    assert first.record["score"] == 0.5 and first.record["compared_with"] is None
+    assert json.loads((reports / "register.json").read_text()) == again.record  # the last run
+    assert first.summary() == f"{params.register.model_name} version 1: champion ({first.reason})"
+    assert first.reason.startswith("first model: accuracy 0.5000 >= min_score")
+    assert again.version == "1" and again.record["created"] is False
+    assert again.decision == "champion"
     registry = Registry(params.register.model_name, history)
     assert [str(v.version) for v in registry.versions()] == ["1"]
     assert len(registry.history()) == 1
     tags = registry.version(1).tags
     assert tags["metric.accuracy"] == "0.5" and tags["recall.food"] == "0.8"
-    assert tags["lineage.run_id"] == first["run_id"] and tags["lineage.backbone"] == "tiny"
-    run = mlflow.get_run(first["run_id"])
+    assert tags["lineage.run_id"] == first.record["run_id"] and tags["lineage.backbone"] == "tiny"
+    run = mlflow.get_run(first.record["run_id"])
     assert run.data.tags["register.version"] == "1"
 
 
@@ -119,10 +122,10 @@ def test_history_after_several_registrations(params, make_run, tmp_path):
         for accuracy, recall in [(0.5, 0.8), (0.4, 0.8), (0.7, 0.8), (0.9, 0.3)]
     ]
 
-    assert [r["decision"] for r in results] == ["champion", "challenger", "champion", "challenger"]
-    assert [r["compared_with"] for r in results] == [None, "1", "1", "3"]
-    assert "does not beat" in results[1]["reason"]
-    assert "recall drops" in results[3]["reason"] and "food" in results[3]["reason"]
+    assert [r.decision for r in results] == ["champion", "challenger", "champion", "challenger"]
+    assert [r.record["compared_with"] for r in results] == [None, "1", "1", "3"]
+    assert "does not beat" in results[1].reason
+    assert "recall drops" in results[3].reason and "food" in results[3].reason
     rows = Registry(params.register.model_name, history).history()
     assert [(r["event"], r["version"], r["champion"]) for r in rows] == [
         ("register", "1", "1"), ("register", "2", "1"), ("register", "3", "3"),
@@ -236,8 +239,8 @@ def test_crash_after_moving_the_alias_is_finished_by_the_rerun(params, make_run,
 
     result = _register(params, *better, history)
 
-    assert result["version"] == "2" and result["decision"] == "champion"
-    assert result["compared_with"] == "1" and result["champion_score"] == 0.5
+    assert result.version == "2" and result.decision == "champion"
+    assert result.record["compared_with"] == "1" and result.record["champion_score"] == 0.5
     rows = Registry(name, history).history()
     assert [(r["version"], r["compared_with"]) for r in rows] == [("1", None), ("2", "1")]
 
@@ -256,7 +259,7 @@ def test_registry_error_promotes_nothing(failing, params, make_run, tmp_path, mo
     args = ["--params", "tests/fixtures/params.yaml", "--models", str(models), "--metrics",
             str(reports / "metrics.json"), "--out", str(reports / "register.json"),
             "--history", str(history)]  # fmt: skip
-    monkeypatch.setattr(register, "load_params", lambda _path: params)
+    monkeypatch.setattr("taglens.params.load_params", lambda _path: params)
 
     def store_down(self, *args, **kwargs):
         raise MlflowException("(sqlite3.OperationalError) database is locked", "INTERNAL_ERROR")
@@ -352,10 +355,10 @@ def test_exp_runs_and_promote_false_hold(how, params, make_run, tmp_path, monkey
         )
     result = _register(params, *make_run(0.9), history)
 
-    assert result["decision"] == "challenger" and result["champion"] == "1"
-    assert result["reason"].startswith("held: ")
+    assert result.decision == "challenger" and result.record["champion"] == "1"
+    assert result.reason.startswith("held: ")
     expected = "ochre-tuna" if how == "dvc exp run" else "register.promote is false"
-    assert expected in result["reason"]
-    assert "beats champion's 0.5000" in result["reason"]  # the gate's verdict is still shown
+    assert expected in result.reason
+    assert "beats champion's 0.5000" in result.reason  # the gate's verdict is still shown
     assert _alias("champion", params.register.model_name) == "1"
     assert _alias("challenger", params.register.model_name) == "2"

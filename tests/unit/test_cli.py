@@ -13,7 +13,7 @@ from taglens.errors import TaglensError
 from taglens.features.backbones import BackboneWeightsError
 from taglens.lifecycle.registry import RegistryError
 from taglens.params import ParamsError
-from taglens.serving.pyfunc import ModelNotFoundError
+from taglens.serving.model_ref import ModelNotFoundError
 from tests.conftest import ROOT
 
 

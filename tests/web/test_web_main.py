@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import taglens.serving.pyfunc
 import taglens.serving.web.__main__ as web_main
-from taglens.serving.web.app import ModelLabel
+from taglens.serving import model_ref
+from taglens.serving.model_ref import ModelRef
 
 PARAMS = Path(__file__).resolve().parents[1] / "fixtures" / "params.yaml"
 
@@ -36,29 +36,28 @@ def test_main_serves_a_local_models_dir(tiny_models_dir, served):
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
     with TestClient(served["app"]) as client:
         health = client.get("/health").json()
-    assert health == {"status": "ok", "model": {"name": "models", "version": "local"},
-                      "max_upload_bytes": 10_000_000}  # fmt: skip
+    local = {"name": str(tiny_models_dir.resolve()), "version": "unregistered"}
+    assert health == {"status": "ok", "model": local, "max_upload_bytes": 10_000_000}
     # and uvicorn gets serve's concurrency limit and timeouts
     options = served["options"]
     assert (options["limit_concurrency"], options["timeout_keep_alive"],
             options["timeout_graceful_shutdown"]) == (256, 5, 10)  # fmt: skip
 
 
-def test_registered_uris_are_labelled_with_name_and_version(tiny_params, monkeypatch):
+def test_registered_uris_are_labelled_with_name_and_version(tiny_champion, tiny_params,
+                                                            monkeypatch):  # fmt: skip
+    name, version, _ = tiny_champion
     loaded = []
     monkeypatch.setattr("taglens.lifecycle.tracking.configure_tracking", lambda experiment: "uri")
-    monkeypatch.setattr(
-        taglens.serving.pyfunc, "load_predictor", lambda uri: loaded.append(uri) or uri
-    )
-    assert web_main.load_model(tiny_params, "models:/taglens/4") == (
-        "models:/taglens/4",
-        ModelLabel("taglens", "4"),
-    )
+    monkeypatch.setattr(model_ref, "load_predictor", lambda uri: loaded.append(uri) or uri)
+    monkeypatch.setattr(model_ref, "on_engine", lambda predictor, engine: (predictor, engine))
+    engine = tiny_params.featurize.engine
+    # the champion alias is pinned to the version it points at, which is what is reported
+    assert web_main.load_model(tiny_params, None) == (
+        (f"models:/{name}/{version}", engine), ModelRef(name, version))
     assert web_main.load_model(tiny_params, "runs:/abc/model") == (
-        "runs:/abc/model",
-        ModelLabel("runs:/abc/model", "unregistered"),
-    )
-    assert loaded == ["models:/taglens/4", "runs:/abc/model"]
+        ("runs:/abc/model", engine), ModelRef("runs:/abc/model", "unregistered"))
+    assert loaded == [f"models:/{name}/{version}", "runs:/abc/model"]
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -27,6 +26,7 @@ from fastapi_offline import FastAPIOffline
 
 from taglens.data.normalize import NormalizedImage
 from taglens.params import IngestParams, ServeParams
+from taglens.serving.model_ref import ModelRef
 from taglens.serving.web.batching import MicroBatcher, Overloaded
 from taglens.serving.web.guards import (
     API_CSP,
@@ -69,24 +69,9 @@ class Predictor(Protocol):
         """One prediction dict per image of a pixel batch."""
 
 
-@dataclass(frozen=True)
-class ModelLabel:
-    """The name and version the app reports for its model."""
-
-    name: str
-    version: str
-
-    @classmethod
-    def of(cls, label: ModelLabel | Mapping[str, Any]) -> ModelLabel:
-        """Accept a ModelLabel or a mapping with `name` and `version`."""
-        if isinstance(label, ModelLabel):
-            return label
-        return cls(name=str(label["name"]), version=str(label["version"]))
-
-
 def create_app(
     predictor: Predictor,
-    model_label: ModelLabel | Mapping[str, Any],
+    model_label: ModelRef | Mapping[str, Any],
     max_upload_bytes: int,
     *,
     ingest: IngestParams,
@@ -104,7 +89,7 @@ def create_app(
     """
     if max_upload_bytes <= 0:
         raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
-    label = ModelLabel.of(model_label)
+    label = ModelRef.of(model_label)
     model_info = ModelInfo(name=label.name, version=label.version)
 
     def predict_batch(pixels: list[np.ndarray]) -> list[tuple[Prediction, bytes]]:

@@ -1,0 +1,153 @@
+"""Registering a train run's model: what train and evaluate wrote, through the gate, recorded.
+
+The register stage calls `register_run`: it reads the run id and classes from
+`models/model_info.json`, checks that `metrics.json` scores that run, registers the run's logged
+model with its evaluation and lineage (`Registry.register`, where the gate decides), notes the
+decision on the train run and writes it to `reports/register.json`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taglens.atomic import atomic_write_json
+from taglens.errors import TaglensError
+from taglens.lifecycle.dvc_lock import dep_hashes
+from taglens.lifecycle.gate import Evaluation, read_metrics, read_recall
+from taglens.lifecycle.registry import Registry
+from taglens.lifecycle.report_lineage import check_metrics_run
+from taglens.lifecycle.tracking import git_commit
+from taglens.params import RegisterParams
+from taglens.serving.predictor import INFO_FILE
+
+# DVC sets these in the environment of every stage that `dvc exp run` runs (dvc.env).
+EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
+# Scores a champion version on the current test split, given the candidate's classes.
+ChampionRescorer = Callable[[Any, list[str]], Evaluation]
+
+
+def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str, Any]:
+    """Where a model came from: backbone, weights, commit, and the data hashes DVC recorded."""
+    tags = {key: info[key] for key in ("backbone", "weights_identity", "image_size",
+                                       "experiment") if info.get(key) is not None}  # fmt: skip
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    for path, digest in dep_hashes(dvc_lock, "train").items():
+        if path.startswith("data/"):
+            tags[f"data.{path}"] = digest
+    return tags
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What one registration did: the version, the gate's decision and why.
+
+    `record` is the whole of it as `reports/register.json` holds it (scores, champion, ...).
+    """
+
+    model_name: str
+    version: str
+    decision: str
+    reason: str
+    record: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Registered:
+        """From what `Registry.register` returns."""
+        return cls(str(record["model_name"]), str(record["version"]), str(record["decision"]),
+                   str(record["reason"]), dict(record))  # fmt: skip
+
+    def summary(self) -> str:
+        """One line for the console."""
+        return f"{self.model_name} version {self.version}: {self.decision} ({self.reason})"
+
+
+def promotion_hold(register: RegisterParams, environ: Mapping[str, str]) -> str | None:
+    """Why a winning model must stay challenger this time, or None when it may be promoted.
+
+    `dvc exp run` never moves the champion: an experiment may never be merged, and batch scoring
+    and the web page follow @champion. `register.promote: false` holds every model.
+    """
+    running = next((environ[key] for key in EXPERIMENT_ENV if environ.get(key)), None)
+    if running:
+        return (
+            f"held: registered from `dvc exp run` ({running}), which never moves the champion; "
+            "to promote it, `dvc exp apply` it, commit, and run `dvc repro`, or "
+            "`python -m stages.register promote VERSION --reason ...`"
+        )
+    if not register.promote:
+        return (
+            "held: register.promote is false; promote by hand with "
+            "`python -m stages.register promote VERSION --reason ...`"
+        )
+    return None
+
+
+def register_run(
+    register: RegisterParams,
+    *,
+    models: Path,
+    metrics: Path,
+    out: Path,
+    history: Path,
+    per_class: Path | None = None,
+    rescorer: ChampionRescorer | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Registered:
+    """Register the model of the train run in `models/` and write the decision to `out`.
+
+    Args:
+        register: the registry name and the gate's settings.
+        models: the train stage's folder (its model_info.json names the run).
+        metrics: evaluate's metrics.json for that run.
+        out: where the decision is written (register.json).
+        history: the promotion history (promotions.jsonl).
+        per_class: per-class recall (default: `<metrics dir>/evaluate/per_class.json`).
+        rescorer: scores a champion evaluated on another test set on the current one.
+        environ: where a `dvc exp run` is detected (default: this process's environment).
+
+    Raises:
+        FileNotFoundError: model_info.json or metrics.json is missing.
+        ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
+        RegistryError: the registry cannot be read or written; nothing was promoted.
+    """
+    import os
+
+    from taglens.serving.model_ref import logged_model_uri
+
+    info_path = Path(models) / INFO_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"no {info_path}: run the train stage first")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    run_id = info.get("run_id")
+    if not run_id:
+        raise TaglensError(f"{info_path} has no run_id: the train stage must run inside MLflow")
+    check_metrics_run(metrics, run_id)
+    per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
+    evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
+    evaluation.score(register.primary_metric)  # fail before touching the registry
+    classes = list(info.get("classes", []))
+    rescore = None if rescorer is None else functools.partial(rescorer, classes=classes)
+    hold = promotion_hold(register, os.environ if environ is None else environ)
+    result = Registry(register.model_name, history).register(
+        logged_model_uri(run_id), run_id, evaluation, register, lineage(info),
+        rescore=rescore, hold=hold,
+    )  # fmt: skip
+    _tag_run(run_id, result)
+    atomic_write_json(out, result)
+    return Registered.of(result)
+
+
+def _tag_run(run_id: str, result: dict[str, Any]) -> None:
+    """Note the registered version and decision on the train run, the run of the model."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "register.version", result["version"])
+    client.set_tag(run_id, "register.decision", str(result["decision"]))

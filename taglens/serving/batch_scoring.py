@@ -1,0 +1,189 @@
+"""Score images in streaming batches: one output row per input, in input order.
+
+A `tf.data` pipeline reads each file once, in parallel, and decodes and resizes it with
+`data.images.decode_and_resize`, the function training used, so pixels match; the file's bytes
+come along so their sha256 (the resume key) costs no second read. Each element carries its input
+index: a file that cannot be read or decoded is dropped by `ignore_errors()` and detected as a
+gap in the indices, which keeps every row aligned with its path and turns the bad file into an
+error row instead of a crash. Before any pixel is decoded, the file's header is read with Pillow
+(limited to `data.images.ALLOWED_FORMATS`) and an image over `max_pixels` is refused the same
+way: a decompression bomb in an inbox costs one error row, never the run. On resume, only files
+whose path is already in the output are hashed up front to decide whether they can be skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from taglens.progress import progress_bar
+from taglens.serving.batch_inputs import check_header, pixel_cap
+from taglens.serving.batch_rows import Key, scored_row
+from taglens.serving.model_ref import ModelRef
+
+logger = logging.getLogger(__name__)
+
+
+class PixelPredictor(Protocol):
+    """What the job needs from a model (taglens.serving.predictor.HashtagPredictor provides it)."""
+
+    image_size: int
+
+    def predict_pixels(self, batch: np.ndarray) -> list[dict[str, Any]]:
+        """Predict one dict per image of a float32 (N, S, S, 3) 0..255 batch."""
+
+
+@dataclass
+class ScoreReport:
+    """What one scoring run did."""
+
+    total: int = 0
+    scored: int = 0
+    skipped: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Images scored or failed per wall-clock second (skipped ones excluded)."""
+        done = self.scored + self.errors
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, other: ScoreReport) -> None:
+        """Accumulate another report (shards of one job)."""
+        for name in ("total", "scored", "skipped", "errors"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds = max(self.seconds, other.seconds)
+
+
+def _failure(path: Path, image_size: int, max_pixels: int) -> tuple[str, str]:
+    """(sha256, reason) for a file the pipeline dropped: re-tried eagerly, which is rare."""
+    import tensorflow as tf
+
+    from taglens.data.images import decode_and_resize
+
+    try:
+        with open(path, "rb") as handle:
+            sha = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        return "", f"cannot read file: {exc.strerror or exc}"
+    try:
+        check_header(path, max_pixels)
+    except ValueError as exc:
+        return sha, f"refused before decoding: {exc}"
+    data = path.read_bytes()
+    try:
+        decode_and_resize(tf.constant(data), image_size)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is reported in the row
+        message = (getattr(exc, "message", None) or str(exc) or "unknown error").splitlines()[0]
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", message)
+        return sha, f"not a decodable image: {message.strip()}"
+    return sha, "not a decodable image"
+
+
+def _already_done(paths: Sequence[Path], done: set[Key] | frozenset[Key]) -> np.ndarray:
+    """Which inputs are scored already: only files whose path is in `done` need hashing."""
+    skip = np.zeros(len(paths), dtype=bool)
+    done_paths = {path for path, _ in done}
+    for index, path in enumerate(paths):
+        if str(path) not in done_paths:
+            continue
+        try:
+            sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            sha = ""  # unreadable before and now: its error row is there already
+        skip[index] = (str(path), sha) in done
+    return skip
+
+
+def score_paths(
+    paths: Sequence[Path],
+    predictor: PixelPredictor,
+    model: ModelRef,
+    *,
+    batch_size: int,
+    done: set[Key] | frozenset[Key] = frozenset(),
+    progress: bool = True,
+    report: ScoreReport | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Score images batch by batch, yielding each batch's rows in input order.
+
+    Inputs whose (path, sha256) is in `done` are skipped. Unreadable or undecodable files, files
+    not in an allowed format and images over `max_pixels` (default: Pillow's limit) give rows with
+    `error` set. `report`, if given, is filled in as the generator runs.
+    """
+    import tensorflow as tf
+
+    from taglens.data.images import decode_and_resize
+
+    report = report if report is not None else ScoreReport()
+    report.total = len(paths)
+    skip = _already_done(paths, done) if done else np.zeros(len(paths), dtype=bool)
+    todo = np.flatnonzero(~skip)
+    size = predictor.image_size
+    cap = pixel_cap(max_pixels)
+
+    def header_ok(path) -> bool:
+        check_header(path.numpy().decode(), cap)  # raising drops the element: an error row
+        return True
+
+    def load(index, path):
+        checked = tf.py_function(header_ok, [path], tf.bool)
+        with tf.control_dependencies([checked]):
+            data = tf.io.read_file(path)
+        return index, data, decode_and_resize(data, size)
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(todo, tf.int64), tf.constant([str(paths[i]) for i in todo], tf.string))
+    )
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.ignore_errors().batch(batch_size).prefetch(2)
+
+    bar = progress_bar(total=len(paths), unit="img", desc="predict", disable=not progress,
+                       smoothing=0.1)  # fmt: skip
+    start = time.monotonic()
+    next_index = 0
+
+    def flush(until: int, scored: dict[int, tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        nonlocal next_index
+        rows = []
+        for index in range(next_index, until):
+            path = Path(paths[index])
+            if skip[index]:
+                report.skipped += 1
+            elif index in scored:
+                sha, prediction = scored[index]
+                rows.append(scored_row(path, sha, model, prediction=prediction))
+                report.scored += 1
+            else:
+                sha, reason = _failure(path, size, cap)
+                rows.append(scored_row(path, sha, model, error=reason))
+                report.errors += 1
+                logger.warning("%s: %s", path, reason)
+        bar.update(until - next_index)
+        next_index = until
+        report.seconds = time.monotonic() - start
+        return rows
+
+    try:
+        for indices, data, pixels in dataset:
+            ids = indices.numpy().tolist()
+            shas = [hashlib.sha256(item).hexdigest() for item in data.numpy()]
+            predictions = predictor.predict_pixels(pixels.numpy())
+            scored = dict(zip(ids, zip(shas, predictions, strict=True), strict=True))
+            yield flush(ids[-1] + 1, scored)
+        tail = flush(len(paths), {})
+        if tail:
+            yield tail
+    finally:
+        bar.close()
+        report.seconds = time.monotonic() - start

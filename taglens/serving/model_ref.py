@@ -1,0 +1,200 @@
+"""The model reference: which model a job or server uses, how it is loaded, what it reports.
+
+Batch predict (stage and flow), the web server and the benchmarks resolve a `--model-uri` here,
+with one set of rules:
+
+- no URI means the champion, `models:/<register.model_name>@champion`;
+- a directory holding the train stage's `model.keras` is loaded from disk as is, with no MLflow
+  store, and reported as `ModelRef(<its absolute path>, "unregistered")`;
+- `models:/NAME@ALIAS` is pinned once, when resolved, to the version the alias points at, so a
+  promotion made while a job or server runs cannot change its model half-way;
+  `models:/NAME/VERSION` is checked to exist; both report `ModelRef(NAME, VERSION)`;
+- any other MLflow URI (`runs:/ID/model`, `models:/m-...`) is loaded as given and reported as
+  `ModelRef(<the URI>, "unregistered")`.
+
+Loading takes the engine (`featurize.engine`), as featurize runs the backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taglens.errors import TaglensError
+from taglens.features.engines import on_engine
+from taglens.lifecycle.gate import CHAMPION
+from taglens.serving.predictor import MODEL_FILE, HashtagPredictor
+
+logger = logging.getLogger(__name__)
+
+UNREGISTERED = "unregistered"  # the version reported for a model outside the registry
+_REGISTERED = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/@]+))")
+
+
+class ModelNotFoundError(LookupError, TaglensError):
+    """No model answers to the requested URI, name, version or alias.
+
+    A TaglensError too: like every error a user fixes by a command or a setting, entry points
+    print it as one line (taglens.cli.run_main).
+    """
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a job or server uses, by registered name and version.
+
+    Written into every scored row (part of the resume key) and reported by the web page with
+    every answer.
+    """
+
+    name: str
+    version: str
+
+    @classmethod
+    def of(cls, ref: ModelRef | Mapping[str, Any]) -> ModelRef:
+        """Accept a ModelRef or a mapping with `name` and `version`."""
+        if isinstance(ref, ModelRef):
+            return ref
+        return cls(name=str(ref["name"]), version=str(ref["version"]))
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model URI pinned for one job: `uri` loads exactly the model `ref` names."""
+
+    uri: str
+    ref: ModelRef
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the model is a models/ directory on disk (no MLflow store needed)."""
+        return local_models_dir(self.uri) is not None
+
+
+def champion_uri(model_name: str) -> str:
+    """The URI of the registered model's champion."""
+    return f"models:/{model_name}@{CHAMPION}"
+
+
+def local_models_dir(uri: str | None) -> Path | None:
+    """The directory (absolute) if `uri` is a models/ directory the train stage wrote, else None."""
+    if not uri or uri.startswith(("models:/", "runs:/")):
+        return None
+    local = Path(uri).expanduser()
+    return local.resolve() if (local / MODEL_FILE).is_file() else None
+
+
+def resolve(model_uri: str | None, model_name: str) -> ResolvedModel:
+    """Pin `model_uri` (default: the champion of `model_name`) to one model (rules above).
+
+    Registry URIs need the MLflow tracking store configured first; a local directory does not.
+
+    Raises:
+        ModelNotFoundError: the registered model, alias or version does not exist (the message
+            says how to train and register one).
+    """
+    uri = model_uri or champion_uri(model_name)
+    local = local_models_dir(uri)
+    if local is not None:
+        return ResolvedModel(str(local), ModelRef(str(local), UNREGISTERED))
+    registered = _REGISTERED.fullmatch(uri)
+    if registered is None:
+        return ResolvedModel(uri, ModelRef(uri, UNREGISTERED))
+    name = registered["name"]
+    version = _registered_version(name, registered["alias"], registered["version"])
+    return ResolvedModel(f"models:/{name}/{version}", ModelRef(name, version))
+
+
+def _registered_version(name: str, alias: str | None, version: str | None) -> str:
+    """The version `alias` points at now, or `version` once it is known to exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias is not None:
+            return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        return str(MlflowClient().get_model_version(name, str(version)).version)
+    except MlflowException:
+        missing = f"no {alias} yet" if alias is not None else f"no version {version}"
+        raise ModelNotFoundError(
+            f"{missing} for registered model {name!r}: run `dvc repro` (train, evaluate and "
+            "register) or `python -m stages.register promote VERSION` to make one, or pass "
+            "--model-uri with an existing version (models:/NAME/VERSION) or a models/ directory"
+        ) from None
+
+
+def load(uri: str, engine: str) -> HashtagPredictor:
+    """Load a resolved URI (a models/ directory or an MLflow model URI) to run on `engine`.
+
+    Raises:
+        ModelNotFoundError: MLflow has no such model, or it is not a taglens model.
+        FileNotFoundError: a local models directory lacks a file.
+        EngineError: the engine is not installed or cannot run the model.
+    """
+    local = local_models_dir(uri)
+    predictor = HashtagPredictor.from_dir(local) if local is not None else load_predictor(uri)
+    logger.info("loaded %s on %s", uri, engine)
+    return on_engine(predictor, engine)
+
+
+def load_predictor(model_uri: str) -> HashtagPredictor:
+    """Load a logged or registered taglens pyfunc back as an in-process HashtagPredictor.
+
+    Its model runs on the engine the pyfunc chose when loaded (see `pyfunc.TaglensModel`).
+
+    Args:
+        model_uri: any MLflow model URI, e.g. `models:/taglens/3` or `runs:/ID/model`.
+
+    Raises:
+        ModelNotFoundError: the model, version or alias does not exist.
+    """
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    from taglens.serving.pyfunc import TaglensModel
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as exc:
+        raise ModelNotFoundError(
+            f"cannot load {model_uri}: {exc.message.splitlines()[0]}. If there is no champion "
+            "yet: run `dvc repro` or `python -m stages.register ...`"
+        ) from None
+    wrapped = model.unwrap_python_model()
+    if not isinstance(wrapped, TaglensModel) or wrapped.predictor is None:
+        raise ModelNotFoundError(f"{model_uri} is not a taglens model")
+    return wrapped.predictor
+
+
+def logged_model_uri(run_id: str, name: str = "model") -> str:
+    """Return the URI of the model `name` logged in run `run_id` (`models:/m-...`).
+
+    Raises:
+        ModelNotFoundError: the run does not exist or logged no such model.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.get_run(run_id)
+    except MlflowException:
+        raise ModelNotFoundError(
+            f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}: "
+            "was the train stage run against this tracking store?"
+        ) from None
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        output_format="list",
+    )
+    for model in models:
+        if model.name == name:
+            return f"models:/{model.model_id}"
+    raise ModelNotFoundError(
+        f"run {run_id} logged no model named {name!r}: the train stage must call "
+        "taglens.serving.pyfunc.log_taglens_model inside its run"
+    )

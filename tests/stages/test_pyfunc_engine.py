@@ -1,0 +1,78 @@
+"""The logged pyfunc runs its model on the train run's engine, as batch predict and the web do."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from taglens.features.engines import EngineModel
+from taglens.serving.predictor import HashtagPredictor
+from taglens.serving.pyfunc import ENGINE_ENV, log_taglens_model, on_served_engine
+
+
+def _log(models_dir, engine_in_info: str | None):
+    """Log `models_dir` as the train stage does, with `featurize.engine` in model_info params."""
+    info_path = models_dir / "model_info.json"
+    info = json.loads(info_path.read_text())
+    info["params"] = {} if engine_in_info is None else {"featurize.engine": engine_in_info}
+    info_path.write_text(json.dumps(info))
+    with mlflow.start_run():
+        return log_taglens_model(models_dir).model_uri
+
+
+def _pixels(n=4):
+    return np.random.default_rng(1).uniform(0, 255, (n, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("recorded", "override", "expected"), [
+    ("openvino", None, "openvino"),
+    (None, None, "tensorflow"),  # a model logged before engines were recorded
+    ("openvino", "tensorflow", "tensorflow"),  # the serving process decides last
+])  # fmt: skip
+def test_the_loaded_pyfunc_runs_on_the_recorded_engine(recorded, override, expected,
+                                                       fresh_mlflow, tiny_models_dir,
+                                                       monkeypatch):  # fmt: skip
+    # given a model logged by a train run whose featurize.engine was `recorded`
+    uri = _log(tiny_models_dir, recorded)
+    if override:
+        monkeypatch.setenv(ENGINE_ENV, override)
+    # when MLflow loads it, as `mlflow models serve` does
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    predictor = pyfunc.unwrap_python_model().predictor
+    # then its Keras model runs on that engine, with TensorFlow's probabilities within 1e-4
+    assert isinstance(predictor.model, EngineModel) and predictor.model.engine == expected
+    reference = HashtagPredictor.from_dir(tiny_models_dir).probabilities(_pixels())
+    assert np.allclose(predictor.probabilities(_pixels()), reference, atol=1e-4)
+    served = pyfunc.predict(pd.DataFrame({"image": [_png()]}))
+    assert len(served) == 1 and len(served[0]["probabilities"]) == len(predictor.classes)
+
+
+def _png() -> str:
+    import base64
+
+    from taglens.serving.pyfunc import example_image
+
+    return base64.b64encode(example_image(32)).decode()
+
+
+def test_an_engine_missing_where_the_model_is_served_falls_back_to_tensorflow(
+        tiny_models_dir, monkeypatch, caplog):  # fmt: skip
+    # given a serving environment without OpenVINO
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real(name, *a))
+    predictor = HashtagPredictor.from_dir(tiny_models_dir)
+    # when the model recorded openvino
+    with caplog.at_level(logging.WARNING, logger="taglens.serving.pyfunc"):
+        served = on_served_engine(predictor, "openvino", environ={})
+    # then it serves on tensorflow, and says why
+    assert served.model.engine == "tensorflow"
+    assert "openvino" in caplog.text and "serving on tensorflow instead" in caplog.text
+    assert np.allclose(served.probabilities(_pixels()), predictor.probabilities(_pixels()),
+                       atol=1e-4)  # fmt: skip
