@@ -22,6 +22,8 @@ def _log(models_dir, engine_in_info: str | None):
     info = json.loads(info_path.read_text())
     info["params"] = {} if engine_in_info is None else {"featurize.engine": engine_in_info}
     info_path.write_text(json.dumps(info))
+    # an experiment of this store: an earlier test may leave another store's experiment active
+    mlflow.set_experiment("pyfunc-engine")
     with mlflow.start_run():
         return log_taglens_model(models_dir).model_uri
 
