@@ -18,15 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from taglens.artifacts import MANIFEST, MODEL_INFO, read_model_info
 from taglens.atomic import atomic_write_json
 from taglens.cli import run_main, setup_logging
 from taglens.errors import TaglensError
-from taglens.lifecycle.dvc_lock import dep_hashes
 from taglens.lifecycle.gate import Evaluation, NotComparableError, read_metrics, read_recall
+from taglens.lifecycle.lineage import check_metrics_run, run_record
 from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.registry_admin import promote, rollback, version_table
-from taglens.lifecycle.report_lineage import check_metrics_run
-from taglens.lifecycle.tracking import git_commit
 from taglens.params import Params, load_params
 from taglens.serving.pyfunc import logged_model_uri
 
@@ -35,19 +34,6 @@ logger = logging.getLogger(__name__)
 HISTORY = "promotions.jsonl"
 # DVC sets these in the environment of every stage that `dvc exp run` runs (dvc.env).
 EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
-
-
-def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str, Any]:
-    """Where a model came from: backbone, weights, commit, and the data hashes DVC recorded."""
-    tags = {key: info[key] for key in ("backbone", "weights_identity", "image_size",
-                                       "experiment") if info.get(key) is not None}  # fmt: skip
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    for path, digest in dep_hashes(dvc_lock, "train").items():
-        if path.startswith("data/"):
-            tags[f"data.{path}"] = digest
-    return tags
 
 
 def promotion_hold(params: Params) -> str | None:
@@ -122,24 +108,22 @@ def run(
         ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
         RegistryError: the registry cannot be read or written; nothing was promoted.
     """
-    info_path = Path(models) / "model_info.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"no {info_path}: run the train stage first")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = read_model_info(models)
     run_id = info.get("run_id")
     if not run_id:
-        raise TaglensError(f"{info_path} has no run_id: the train stage must run inside MLflow")
+        raise TaglensError(f"{MODEL_INFO.at(models)} has no run_id: the train stage must run "
+                           "inside MLflow")  # fmt: skip
     check_metrics_run(metrics, run_id)
     per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
     evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
     evaluation.score(params.register.primary_metric)  # fail before touching the registry
     rescore = None
-    if raw is not None and clean is not None and (Path(clean) / "manifest.csv").is_file():
+    if raw is not None and clean is not None and MANIFEST.at(clean).is_file():
         rescore = champion_rescorer(params, list(info.get("classes", [])), raw=Path(raw),
                                     clean=Path(clean))  # fmt: skip
     registry = Registry(params.register.model_name, history or Path(out).parent / HISTORY)
     result = registry.register(
-        logged_model_uri(run_id), run_id, evaluation, params.register, lineage(info),
+        logged_model_uri(run_id), run_id, evaluation, params.register, run_record(run_id),
         rescore=rescore, hold=promotion_hold(params),
     )  # fmt: skip
     _tag_run(run_id, result)

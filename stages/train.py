@@ -9,11 +9,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from taglens import artifacts
 from taglens.atomic import atomic_write_json, atomic_write_text
 from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.data.images import load_batch
-from taglens.data.posts import POSTS_FILE, read_posts
 from taglens.features.backbones import build_feature_extractor
+from taglens.lifecycle import lineage
 from taglens.lifecycle.tracking import configure_tracking, log_split_datasets
 from taglens.params import Params, TrainParams, flatten, load_params
 from taglens.serving.predictor import HASHTAGS_FILE, RANKERS_FILE
@@ -47,18 +48,14 @@ def run(
     import mlflow
 
     if params.base.classes is None:  # the classes the source found, as clean kept them
-        found = train_data.manifest_classes(clean / "manifest.csv")
+        found = train_data.manifest_classes(clean)
         base = params.base.model_copy(update={"classes": found})
         params = params.model_copy(update={"base": base})
     base, classes = params.base, list(params.base.classes)
-    meta = train_data.check_feature_meta(features / "meta.json", params.model, base.seed)
-    splits = train_data.load_splits(
-        features, train_data.read_manifest(clean / "manifest.csv", classes), classes
-    )
+    meta = train_data.check_feature_meta(features, params.model, base.seed)
+    splits = train_data.load_splits(features, train_data.read_manifest(clean, classes), classes)
     train, val = splits["train"], splits["val"]
-    if not (raw / POSTS_FILE).is_file():
-        raise FileNotFoundError(f"no posts at {raw / POSTS_FILE}: run the scrape stage first")
-    posts = read_posts(raw / POSTS_FILE)
+    posts = artifacts.read_posts(raw)
     train_shas = set(train.rows["sha256"])
     train_posts = [post for post in posts if post.sha256 in train_shas]
 
@@ -77,14 +74,15 @@ def run(
         run_id = active.info.run_id
         flat = flatten(params)
         mlflow.log_params({key: value for key, value in flat.items() if key not in swept})
-        lineage = train_data.data_lineage(Path.cwd(), {"raw": raw, "features": features,
-                                                       "clean": clean})  # fmt: skip
-        mlflow.set_tags({"backbone": params.model.backbone,
-                         "image_size": str(params.model.image_size),
-                         "weights_identity": meta["weights_identity"], "stage": "train",
-                         **lineage})  # fmt: skip
+        record = lineage.record(
+            Path.cwd(), {"raw": raw, "features": features, "clean": clean},
+            {"backbone": params.model.backbone, "image_size": params.model.image_size,
+             "weights_identity": meta["weights_identity"], "experiment": base.experiment},
+        )  # fmt: skip
+        mlflow.set_tags({"stage": "train", **lineage.as_tags(record)})
         log_split_datasets({name: split.rows for name, split in splits.items()},
-                           digest=_clean_version(lineage), source=str(clean / "manifest.csv"))
+                           digest=record.get("data.clean", "unknown"),
+                           source=str(artifacts.MANIFEST.at(clean)))  # fmt: skip
         best_params = params.train
         if settings:
             trials, best = run_sweep(params.train, settings, fit_one, flat)
@@ -136,11 +134,6 @@ def _run_name(params: Params, sweep_size: int) -> str:
     if sweep_size:
         return f"train {model} sweep of {sweep_size}"
     return f"train {model} lr={params.train.learning_rate:g}"
-
-
-def _clean_version(lineage: dict[str, str]) -> str:
-    """The data version of the splits: DVC's hash of data/clean, else the files' md5."""
-    return lineage.get("data.clean.dvc_md5") or lineage.get("data.clean.md5") or "unknown"
 
 
 def _metrics(row: dict[str, float]) -> dict[str, float]:

@@ -32,13 +32,14 @@ from filelock import FileLock, Timeout
 from taglens.atomic import append_jsonl, read_jsonl
 from taglens.errors import TaglensError
 from taglens.lifecycle.gate import CHALLENGER, CHAMPION, Decision, Evaluation, paired_decision
+from taglens.lifecycle.lineage import TAG_PREFIX
 from taglens.params import RegisterParams
 
 logger = logging.getLogger(__name__)
 
 METRIC_TAG = "metric."
 RECALL_TAG = "recall."
-LINEAGE_TAG = "lineage."
+LINEAGE_TAG = TAG_PREFIX  # the lineage record of the version's run, as its tags carry it
 LOCK_TIMEOUT_S = 300.0
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from taglens.artifacts import HASHTAGS, read_json_object, read_model_info
 from taglens.errors import TaglensError
 from taglens.params import IngestParams
 from taglens.serving.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
@@ -155,8 +156,8 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
     missing = [f for f in MODEL_FILES if not (models_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{models_dir} lacks {', '.join(missing)}: run the train stage")
-    info = json.loads((models_dir / "model_info.json").read_text(encoding="utf-8"))
-    top_k = json.loads((models_dir / "hashtags.json").read_text(encoding="utf-8"))["params"]
+    info = read_model_info(models_dir)
+    top_k = read_json_object(HASHTAGS, models_dir)["params"]
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / ARTIFACT_KEY
         staged.mkdir()

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from stages import register
-from taglens.lifecycle.report_lineage import check_metrics_run
+from taglens.lifecycle.lineage import check_metrics_run
 
 
 def _reports(tmp_path, run_in_metrics: str | None):

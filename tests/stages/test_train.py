@@ -56,8 +56,9 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     client = mlflow.tracking.MlflowClient()
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.learning_rate"] == "0.001"
-    assert run.data.tags["backbone"] == "vgg19" and run.data.tags["image_size"] == "32"
-    assert len(run.data.tags["data.raw.md5"]) == 32
+    tags = run.data.tags
+    assert tags["lineage.backbone"] == "vgg19" and tags["lineage.image_size"] == "32"
+    assert len(tags["lineage.data.raw"]) == 32 and len(tags["lineage.data_version"]) == 12
     assert {"data.features.md5", "data.clean.md5"} <= set(run.data.tags)
     assert "git_commit" not in run.data.tags  # MLflow records mlflow.source.git.commit itself
     assert run.info.run_name == "train vgg19-32px lr=0.001"
