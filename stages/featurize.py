@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.cli import add_stage_inputs, run_main, setup_logging
-from taglens.data.posts import POSTS_FILE, read_posts
-from taglens.errors import TaglensError
 from taglens.features import store as features
 from taglens.features.backbones import build_feature_extractor, weights_identity
 from taglens.features.views import build_view_extractor
@@ -22,6 +23,20 @@ logger = logging.getLogger(__name__)
 XLA_SLOW_BACKBONES = frozenset({"mobilenet", "mobilenet_v2", "efficientnet_b0"})
 
 
+@dataclass(frozen=True)
+class FeaturizeResult:
+    """meta.json's contents, and how many images this run computed or found in the store."""
+
+    meta: dict[str, Any]
+    computed: int
+    cached: int
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        return (f"featurize: {self.meta['count']} posts, {self.computed} images computed, "
+                f"{self.cached} cached, dim {self.meta['dim']}")
+
+
 def run(
     model: ModelParams,
     params: FeaturizeParams,
@@ -30,25 +45,18 @@ def run(
     raw: Path,
     out: Path,
     progress: bool = True,
-) -> dict:
+) -> FeaturizeResult:
     """Fill the store with the vectors it lacks, then write features.npz and meta.json.
 
-    Returns:
-        meta.json's contents plus `computed` / `cached` counts of this run.
-
     Raises:
-        FileNotFoundError: posts.jsonl or an image is missing.
-        ValueError: posts.jsonl is empty or invalid, or an image cannot be decoded.
+        MissingArtifactError: posts.jsonl is missing.
+        FileNotFoundError: an image is missing.
+        TaglensError: posts.jsonl is empty or invalid, or an image cannot be decoded.
         BackboneWeightsError: the backbone's weights cannot be loaded.
         EngineError: featurize.engine is not installed or cannot convert the backbone.
     """
     raw, out = Path(raw), Path(out)
-    posts_path = raw / POSTS_FILE
-    if not posts_path.is_file():
-        raise FileNotFoundError(f"no {posts_path}: run the scrape stage first")
-    posts = read_posts(posts_path)
-    if not posts:
-        raise TaglensError(f"{posts_path} holds no posts: scrape accepted no images")
+    posts = artifacts.read_posts(raw)
     if params.jit_compile and model.backbone in XLA_SLOW_BACKBONES:
         logger.warning(
             "featurize.jit_compile is true, but XLA runs %s's depthwise convolutions about 10x "
@@ -92,21 +100,23 @@ def run(
         "featurize: %d posts, %d unique images (%d cached, %d computed), dim %d",
         len(posts), update.requested, update.cached, update.computed, meta["dim"],
     )  # fmt: skip
-    return {**meta, "computed": update.computed, "cached": update.cached}
+    return FeaturizeResult(meta, update.computed, update.cached)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.featurize --params params.yaml --raw data/raw --out ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_stage_inputs(parser, "params", "raw")
-    parser.add_argument("--out", type=Path, default=Path("data/features"),
+    parser.add_argument("--out", type=Path, default=artifacts.FEATURES_DIR,
                         help="the feature store folder (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
 
     def body() -> int:
         params = load_params(args.params)
-        run(params.model, params.featurize, seed=params.base.seed, raw=args.raw, out=args.out)
+        result = run(params.model, params.featurize, seed=params.base.seed, raw=args.raw,
+                     out=args.out)  # fmt: skip
+        print(result.summary())
         return 0
 
     return run_main(body)

@@ -2,10 +2,11 @@
 
 The record holds the content hashes of the data it was trained on (DVC's own hash from dvc.lock
 when DVC tracks the folder, so the tag names a version `dvc checkout` restores; otherwise an md5
-over the files' bytes), one short data version over them, the backbone and weights, and the git
-commit. The train stage tags its MLflow run with it; register copies the run's record onto the
-model version it creates. The splits themselves are logged as MLflow dataset inputs
-(tracking.log_split_datasets), under the clean data's hash.
+over the files' bytes), one short data version over them, and the backbone and weights. The git
+commit is MLflow's own run tag (mlflow.source.git.commit), not repeated here. The train stage
+tags its MLflow run with the record; register copies the run's record onto the model version it
+creates. The splits themselves are logged as MLflow dataset inputs (tracking.log_split_datasets),
+under the clean data's hash.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import yaml
 
 from taglens.artifacts import CLEAN_DIR, FEATURES_DIR, RAW_DIR
 from taglens.errors import TaglensError
-from taglens.lifecycle.tracking import git_commit
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +86,14 @@ def repo_data_tags(repo: Path) -> dict[str, str]:
 
 
 def record(root: Path, data: dict[str, Path], model: dict[str, Any]) -> dict[str, str]:
-    """The whole lineage record of a training run: data hashes, model identity, git commit.
+    """The whole lineage record of a training run: data hashes and model identity.
 
     Args:
-        root: the repository (its dvc.lock and git checkout).
+        root: the repository whose dvc.lock may record the data.
         data: the training data by name -> folder (see TRAINING_DATA).
         model: backbone, image_size, weights_identity, experiment (None values are left out).
     """
     entries = {key: str(value) for key, value in model.items() if value is not None}
-    commit = git_commit()
-    if commit:
-        entries["git_commit"] = commit
     return {**entries, **data_record(root, data)}
 
 

@@ -59,8 +59,8 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     tags = run.data.tags
     assert tags["lineage.backbone"] == "vgg19" and tags["lineage.image_size"] == "32"
     assert len(tags["lineage.data.raw"]) == 32 and len(tags["lineage.data_version"]) == 12
-    assert {"data.features.md5", "data.clean.md5"} <= set(run.data.tags)
-    assert "git_commit" not in run.data.tags  # MLflow records mlflow.source.git.commit itself
+    assert {"lineage.data.features", "lineage.data.clean"} <= set(tags)
+    assert "lineage.git_commit" not in tags  # MLflow records mlflow.source.git.commit itself
     assert run.info.run_name == "train vgg19-32px lr=0.001"
     # The three splits are the run's dataset inputs, identified by the data version
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
@@ -68,7 +68,7 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     contexts = {name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
                 for name, i in inputs.items()}  # fmt: skip
     assert contexts == {"train": "training", "val": "validation", "test": "testing"}
-    assert {i.dataset.digest for i in inputs.values()} == {run.data.tags["data.clean.md5"]}
+    assert {i.dataset.digest for i in inputs.values()} == {tags["lineage.data.clean"]}
     manifest_rows = sum(1 for _ in open(paths["clean"] / "manifest.csv")) - 1
     assert sum(json.loads(i.dataset.profile)["num_rows"] for i in inputs.values()) == manifest_rows
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
