@@ -14,6 +14,7 @@ from taglens.features import clean_outputs
 from taglens.features.clean_outputs import CleanResult
 from taglens.features.outliers import find_outliers
 from taglens.features.split import content_split
+from taglens.features.store import read_features
 from taglens.params import BaseParams, CleanParams, load_params
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def run(
     """
     raw, out, reports = Path(raw), Path(out), Path(reports)
     posts = artifacts.read_posts(raw)
-    shas, vectors = artifacts.read_features(features)
+    shas, vectors = read_features(artifacts.FEATURES.require(features).parent)
     if shas.tolist() != [post.sha256 for post in posts]:
         raise TaglensError(
             f"{features} does not match {artifacts.POSTS.at(raw)} (different images or order): "

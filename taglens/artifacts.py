@@ -3,8 +3,8 @@
 The folders are dvc.yaml's layout (the command lines' defaults); a stage reads an upstream file
 through the reader here, so a missing file always says which stage to run, in one wording.
 
-The format modules (posts, features store, manifest) import nothing from here: the readers that
-need them import them on use, so any library module can name an artifact without an import cycle.
+Only light format modules are imported here (posts; pandas on use), so that naming an artifact
+never makes a stage depend on the feature store or the model code (dvc.yaml deps).
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taglens.data.posts import Post
+from taglens.data.posts import read_posts as read_posts_file
 from taglens.errors import TaglensError
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
-
-    from taglens.data.posts import Post
 
 RAW_DIR = Path("data/raw")
 FEATURES_DIR = Path("data/features")
@@ -123,21 +122,11 @@ def read_posts(raw: Path | str) -> list[Post]:
         MissingArtifactError: scrape has not run.
         TaglensError: the file holds no post (scrape accepted no image).
     """
-    from taglens.data.posts import read_posts as read_posts_file
-
     path = POSTS.require(raw)
     posts = read_posts_file(path)
     if not posts:
         raise TaglensError(f"{path} holds no posts: scrape accepted no images")
     return posts
-
-
-def read_features(features: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """data/features/features.npz: (`sha256` (N,) str, `vectors` (N, D) float32)."""
-    from taglens.features.store import read_features as read_features_file
-
-    FEATURES.require(features)
-    return read_features_file(Path(features))
 
 
 def read_manifest(clean: Path | str) -> pd.DataFrame:

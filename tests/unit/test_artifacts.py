@@ -12,7 +12,6 @@ from taglens.training import train_data
 # (reader, the artifact it reads): each called on an empty folder
 READERS = [
     (artifacts.read_posts, artifacts.POSTS),
-    (artifacts.read_features, artifacts.FEATURES),
     (artifacts.read_feature_meta, artifacts.FEATURE_META),
     (artifacts.read_manifest, artifacts.MANIFEST),
     (lambda folder: train_data.read_manifest(folder, ("cat",)), artifacts.MANIFEST),
