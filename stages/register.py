@@ -63,8 +63,8 @@ def champion_rescorer(
     """Score a registered version on the current test split, as evaluate scores a new model."""
 
     def rescore(version: Any) -> Evaluation:
-        from stages.evaluate import hashtag_params, score_test_split
         from taglens.serving.pyfunc import load_predictor
+        from taglens.training.evaluation import hashtag_params, score_test_split
 
         uri = f"models:/{params.register.model_name}/{version.version}"
         try:
@@ -79,8 +79,9 @@ def champion_rescorer(
                 f"champion version {version.version} predicts other classes "
                 f"({', '.join(predictor.classes)}) than this model ({', '.join(classes)})"
             )
-        predictor = dataclasses.replace(predictor, params=hashtag_params(params))
-        scores = dict(score_test_split(predictor, params, raw=raw, clean=clean).scores)
+        predictor = dataclasses.replace(predictor, params=hashtag_params(params.hashtags))
+        scored = score_test_split(predictor, params.evaluate.top_k, raw=raw, clean=clean)
+        scores = dict(scored.scores)
         per_class, _ = scores.pop("per_class"), scores.pop("confusion")
         return Evaluation(scores, {name: row["recall"] for name, row in per_class.items()})
 

@@ -12,7 +12,7 @@ import pytest
 from stages import train as train_stage
 from taglens.features.store import write_features
 from taglens.serving.predictor import HashtagPredictor
-from tests.stages.train_fixtures import small_params, write_inputs
+from tests.stages.train_fixtures import run_train, small_params, write_inputs
 
 
 @pytest.fixture
@@ -24,9 +24,7 @@ def inputs(tmp_path, tiny_params, monkeypatch):
 
 def _run(params, paths, **kwargs):
     mlflow.set_experiment(params.base.experiment)
-    return train_stage.run(params, raw=paths["raw"], features=paths["features"],
-                           clean=paths["clean"], out=paths["out"], reports=paths["reports"],
-                           **kwargs)  # fmt: skip
+    return run_train(params, paths, **kwargs)
 
 
 @pytest.mark.slow
