@@ -34,7 +34,7 @@ from taglens.errors import TaglensError
 from taglens.params import ModelParams, load_params
 
 if TYPE_CHECKING:
-    from stages.featurize import FeaturizeResult
+    from taglens.features.featurize_outputs import FeaturizeResult
 
 TASK_RUNNERS = ("local", "dask")
 _EXTRACTORS: dict[str, Any] = {}

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -15,26 +12,12 @@ from taglens import artifacts
 from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.features import store as features
 from taglens.features.backbones import build_feature_extractor, weights_identity
-from taglens.features.views import build_view_extractor
+from taglens.features.featurize_outputs import FeaturizeResult, feature_meta, fill_views
 from taglens.params import FeaturizeParams, ModelParams, load_params
 
 logger = logging.getLogger(__name__)
 # Built from depthwise convolutions, which XLA runs about 10x slower on CPU (BENCHMARKS.md).
 XLA_SLOW_BACKBONES = frozenset({"mobilenet", "mobilenet_v2", "efficientnet_b0"})
-
-
-@dataclass(frozen=True)
-class FeaturizeResult:
-    """meta.json's contents, and how many images this run computed or found in the store."""
-
-    meta: dict[str, Any]
-    computed: int
-    cached: int
-
-    def summary(self) -> str:
-        """One line for the terminal."""
-        return (f"featurize: {self.meta['count']} posts, {self.computed} images computed, "
-                f"{self.cached} cached, dim {self.meta['dim']}")
 
 
 def run(
@@ -64,37 +47,16 @@ def run(
             model.backbone,
         )
     key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
-    store = features.FeatureStore(out / features.STORE_DIR, key)
+    items = [(post.sha256, raw / post.image) for post in posts]
     vectors, update = features.fill_store(
-        store,
-        [(post.sha256, raw / post.image) for post in posts],
-        lambda: build_feature_extractor(model, seed),
-        batch_size=params.batch_size,
-        shard_size=params.shard_size,
-        jit_compile=params.jit_compile,
-        progress=progress,
+        features.FeatureStore(out / features.STORE_DIR, key), items,
+        lambda: build_feature_extractor(model, seed), batch_size=params.batch_size,
+        shard_size=params.shard_size, jit_compile=params.jit_compile, progress=progress,
         engine=params.engine,
-    )
-    matrix = np.stack([vectors[post.sha256] for post in posts]).astype("float32")
-    views = {}
-    for view in params.views:  # each view in its own store: adding a view reuses the others
-        view_store = features.FeatureStore(out / features.STORE_DIR,
-                                           dataclasses.replace(key, view=view))  # fmt: skip
-        by_sha, _ = features.fill_store(
-            view_store, [(post.sha256, raw / post.image) for post in posts],
-            lambda view=view: build_view_extractor(model, seed, view), batch_size=params.batch_size,
-            shard_size=params.shard_size, jit_compile=params.jit_compile, progress=progress,
-        )  # fmt: skip
-        views[view] = np.stack([by_sha[post.sha256] for post in posts]).astype("float32")
-    meta = {
-        "backbone": model.backbone,
-        "image_size": model.image_size,
-        "weights_identity": key.weights_identity,
-        "dim": int(matrix.shape[1]),
-        "count": len(posts),
-        "store": key.dirname,
-        "views": list(views),
-    }
+    )  # fmt: skip
+    matrix = np.stack([vectors[sha] for sha, _ in items]).astype("float32")
+    views = fill_views(model, params, seed=seed, key=key, items=items, out=out, progress=progress)
+    meta = feature_meta(key, matrix, views)
     features.write_features(out, [post.sha256 for post in posts], matrix, meta, views)
     logger.info(
         "featurize: %d posts, %d unique images (%d cached, %d computed), dim %d",

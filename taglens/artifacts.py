@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from taglens.data.posts import Post
+from taglens.data.posts import POSTS_FILE, Post
 from taglens.data.posts import read_posts as read_posts_file
 from taglens.errors import TaglensError
 
@@ -62,7 +62,7 @@ class Artifact:
         return path
 
 
-POSTS = Artifact("scrape", RAW_DIR, "posts.jsonl")
+POSTS = Artifact("scrape", RAW_DIR, POSTS_FILE)
 REJECTED = Artifact("scrape", RAW_DIR, "rejected.jsonl")
 INGEST_REPORT = Artifact("scrape", REPORTS_DIR, "ingest.json")
 FEATURES = Artifact("featurize", FEATURES_DIR, "features.npz")

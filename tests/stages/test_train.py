@@ -54,6 +54,10 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     client = mlflow.tracking.MlflowClient()
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.learning_rate"] == "0.001"
+    # only the sections train reads (ingest: logged with the model, which checks images with it)
+    sections = {key.split(".")[0] for key in run.data.params}
+    assert sections == {"base", "model", "train", "hashtags", "ingest"}
+    assert set(info["params"]) <= set(run.data.params)
     tags = run.data.tags
     assert tags["lineage.backbone"] == "vgg19" and tags["lineage.image_size"] == "32"
     assert len(tags["lineage.data.raw"]) == 32 and len(tags["lineage.data_version"]) == 12
