@@ -53,3 +53,14 @@ def test_tags_round_trip_under_one_prefix():
     assert tags == {"lineage.data.raw": "aa.dir", "lineage.data_version": "0123456789ab",
                     "lineage.image_size": "32"}  # fmt: skip
     assert lineage.from_tags({**tags, "stage": "train", "metric.accuracy": "1"}) == record
+
+
+def test_record_joins_the_model_identity_and_leaves_out_unknowns(tmp_path):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "manifest.csv").write_text("id\n")
+    record = lineage.record(tmp_path, {"clean": tmp_path / "clean"},
+                            {"backbone": "vgg19", "image_size": 32, "experiment": None})
+    assert record["backbone"] == "vgg19" and record["image_size"] == "32"
+    assert "experiment" not in record and set(record) == {
+        "backbone", "image_size", "data.clean", "data_version"}
+    assert lineage.data_record(tmp_path, {"raw": tmp_path / "absent"}) == {}
