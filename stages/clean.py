@@ -42,7 +42,8 @@ def run(
     """
     raw, out, reports = Path(raw), Path(out), Path(reports)
     posts = artifacts.read_posts(raw)
-    shas, vectors = read_features(artifacts.FEATURES.require(features).parent)
+    artifacts.FEATURES.require(features)  # a missing file fails like every other upstream file
+    shas, vectors = read_features(features)
     if shas.tolist() != [post.sha256 for post in posts]:
         raise TaglensError(
             f"{features} does not match {artifacts.POSTS.at(raw)} (different images or order): "
