@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 
@@ -29,12 +29,14 @@ from flows.runners import (
     dask_runner,
     retry_unless_user_error,
 )
+from taglens import artifacts
 from taglens.errors import TaglensError
 from taglens.params import ModelParams, load_params
 
+if TYPE_CHECKING:
+    from taglens.features.featurize_outputs import FeaturizeResult
+
 TASK_RUNNERS = ("local", "dask")
-RAW_DIR = Path("data/raw")
-FEATURES_DIR = Path("data/features")
 _EXTRACTORS: dict[str, Any] = {}
 _EXTRACTORS_LOCK = threading.Lock()
 
@@ -82,7 +84,7 @@ def _compute_shards(shards: list[list[tuple[str, str]]], store_root: str, key: d
 
 @task(name="featurize-stage")
 def stage_task(model: ModelParams, params: Any, seed: int, raw: str, out: str,
-               progress: bool) -> dict[str, Any]:  # fmt: skip
+               progress: bool) -> FeaturizeResult:  # fmt: skip
     """The featurize stage itself: fill what is missing, write features.npz and meta.json."""
     from stages.featurize import run
 
@@ -91,17 +93,13 @@ def stage_task(model: ModelParams, params: Any, seed: int, raw: str, out: str,
 
 def _missing(model: ModelParams, seed: int, raw: Path, out: Path) -> tuple[Any, list]:
     """The store and the (sha256, path) items it lacks, in the order the stage computes them."""
-    from taglens.data.posts import POSTS_FILE, read_posts
     from taglens.features import store as features
     from taglens.features.backbones import weights_identity
 
-    posts_path = raw / POSTS_FILE
-    if not posts_path.is_file():
-        raise FileNotFoundError(f"no {posts_path}: run the scrape stage first")
     key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
     store = features.FeatureStore(out / features.STORE_DIR, key)
     cached = store.load()
-    unique = {post.sha256: str(raw / post.image) for post in read_posts(posts_path)}
+    unique = {post.sha256: str(raw / post.image) for post in artifacts.read_posts(raw)}
     missing = [(sha, path) for sha, path in unique.items() if sha not in cached]
     absent = [path for _, path in missing if not Path(path).is_file()]
     if absent:
@@ -144,7 +142,7 @@ def featurize_flow(
     if model.weights not in (None, "imagenet") and not Path(model.weights).is_absolute():
         # workers run elsewhere: a weights file named relative to the repo must stay found
         model = model.model_copy(update={"weights": str(root / model.weights)})
-    raw, out = root / RAW_DIR, root / FEATURES_DIR
+    raw, out = root / artifacts.RAW_DIR, root / artifacts.FEATURES_DIR
     start = time.monotonic()
     computed, shards = 0, 0
     if task_runner == "dask":
@@ -163,8 +161,8 @@ def featurize_flow(
             computed, shards = sum(done), len(parts)
     # the stage finishes both paths (on dask it finds every vector in the store)
     result = stage_task(model, fparams, seed, str(raw), str(out), task_runner == "local")
-    summary = {**result, "computed": computed + result["computed"],
-               "cached": result["cached"] - computed, "shards": shards,
+    summary = {**result.meta, "computed": computed + result.computed,
+               "cached": result.cached - computed, "shards": shards,
                "seconds": time.monotonic() - start}  # fmt: skip
     get_run_logger().info("featurize done: %s", summary)
     return summary

@@ -23,8 +23,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from flows.stagerun import StageError, StageResult, check_repo, push, run_stage
-from flows.training_report import data_version_tags, read_json, render_markdown, tag_run
+from flows.training_report import read_json, render_markdown, tag_run
+from taglens.artifacts import DECISION, METRICS, MODEL_INFO
 from taglens.errors import TaglensError
+from taglens.lifecycle.lineage import DATA_VERSION, TAG_PREFIX, repo_data_tags
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +72,15 @@ def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
     """Tag the MLflow run with the DVC data version and publish the markdown run report."""
     log = get_run_logger()
     root = Path(repo)
-    metrics = read_json(root / "reports" / "metrics.json")
-    decision = read_json(root / "reports" / "register.json")
-    model_info = read_json(root / "models" / "model_info.json")
-    data_tags = data_version_tags(root)
+    metrics = read_json(root / METRICS.default)
+    decision = read_json(root / DECISION.default)
+    model_info = read_json(root / MODEL_INFO.default)
+    data_tags = repo_data_tags(root)
     run_id = (model_info or {}).get("run_id")
     if run_id and data_tags:
         added = tag_run(root, run_id, data_tags)
         log.info("MLflow run %s: data version %s (%d tags added)", run_id,
-                 data_tags["dvc.data_version"], len(added))  # fmt: skip
+                 data_tags[TAG_PREFIX + DATA_VERSION], len(added))  # fmt: skip
     markdown = render_markdown(
         metrics=metrics, decision=decision, model_info=model_info, data_tags=data_tags,
         stages=stages,

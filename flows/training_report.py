@@ -5,34 +5,15 @@ Pure functions over the files the stages write (docs/architecture.md); no Prefec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from taglens.lifecycle.dvc_lock import out_hashes
+from taglens.artifacts import DECISION, METRICS, MODEL_INFO
+from taglens.lifecycle.lineage import DATA_VERSION, TAG_PREFIX
 
 logger = logging.getLogger(__name__)
-
-# The data the model is trained on: their DVC hashes identify the data version of a run.
-DATA_OUTS = ("data/raw", "data/features", "data/clean")
-
-
-def data_version_tags(repo: Path) -> dict[str, str]:
-    """MLflow tags linking a run to the data it saw: one short version id plus each out's hash.
-
-    Returns an empty dict when dvc.lock does not (yet) record the training data.
-    """
-    hashes = out_hashes(repo / "dvc.lock")
-    present = {path: hashes[path] for path in DATA_OUTS if path in hashes}
-    if not present:
-        return {}
-    joined = "\n".join(f"{path}:{digest}" for path, digest in sorted(present.items()))
-    tags = {"dvc.data_version": hashlib.sha256(joined.encode()).hexdigest()[:12]}
-    tags.update({f"dvc.{path}": digest for path, digest in present.items()})
-    return tags
-
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a report file, or None when the file is missing or unreadable."""
@@ -80,18 +61,18 @@ def render_markdown(
     lines.append(f"- **MLflow run id:** `{run_id}`" + (f" (experiment `{experiment}`)"
                                                        if experiment else ""))  # fmt: skip
     if data_tags:
-        lines.append(f"- **DVC data version:** `{data_tags['dvc.data_version']}`")
+        lines.append(f"- **Data version:** `{data_tags[TAG_PREFIX + DATA_VERSION]}`")
     lines += ["", "## Evaluation metrics", ""]
     if metrics:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
         lines += _table(scalars, ("metric", "value"))
     else:
-        lines.append("_reports/metrics.json not found: evaluate did not run._")
+        lines.append(f"_{METRICS.default} not found: evaluate did not run._")
     lines += ["", "## Promotion decision", ""]
     if decision:
         lines += _table(decision, ("field", "value"))
     else:
-        lines.append("_reports/register.json not found: register did not run._")
+        lines.append(f"_{DECISION.default} not found: register did not run._")
     lines += ["", "## Stages", "", "| stage | result | seconds |", "|---|---|---|"]
     for stage in stages:
         result = "ran" if stage["ran"] else "skipped (unchanged)"
@@ -100,10 +81,13 @@ def render_markdown(
 
 
 def tag_run(repo: Path, run_id: str, tags: dict[str, str]) -> dict[str, str]:
-    """Add the data-version tags the run does not already carry; return the tags added."""
+    """Add the lineage tags the run does not already carry; return the tags added.
+
+    The train stage tags its run itself; this fills them in for a run that predates them.
+    """
     from taglens.lifecycle.tracking import configure_tracking
 
-    info = read_json(repo / "models" / "model_info.json") or {}
+    info = read_json(repo / MODEL_INFO.default) or {}
     configure_tracking(info.get("experiment") or "taglens", store=repo / "mlruns")
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

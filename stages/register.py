@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from taglens.artifacts import MANIFEST
 from taglens.cli import run_with_params
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registration import ChampionRescorer, Registered, register_run
@@ -34,11 +35,11 @@ def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionResc
 
     None when `clean` holds no split (nothing to re-score on).
     """
-    if not (Path(clean) / "manifest.csv").is_file():
+    if not MANIFEST.at(clean).is_file():
         return None
 
     def rescore(version: Any, classes: list[str]) -> Evaluation:
-        from stages.evaluate import hashtag_params, score_test_split
+        from taglens.training.evaluation import hashtag_params, score_test_split
 
         uri = f"models:/{params.register.model_name}/{version.version}"
         try:
@@ -53,8 +54,10 @@ def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionResc
                 f"champion version {version.version} predicts other classes "
                 f"({', '.join(predictor.classes)}) than this model ({', '.join(classes)})"
             )
-        predictor = dataclasses.replace(predictor, params=hashtag_params(params))
-        scores = dict(score_test_split(predictor, params, raw=Path(raw), clean=Path(clean)).scores)
+        predictor = dataclasses.replace(predictor, params=hashtag_params(params.hashtags))
+        top_k = params.evaluate.top_k
+        scored = score_test_split(predictor, top_k, raw=Path(raw), clean=Path(clean))
+        scores = dict(scored.scores)
         per_class, _ = scores.pop("per_class"), scores.pop("confusion")
         return Evaluation(scores, {name: row["recall"] for name, row in per_class.items()})
 

@@ -4,61 +4,51 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from taglens import artifacts
 from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_main, setup_logging
-from taglens.data.ingest import IngestReport, ingest
-from taglens.data.posts import normalize_hashtag
-from taglens.data.sources.base import SourceItem
+from taglens.data.ingest import ingest
+from taglens.data.source_select import open_source
 from taglens.errors import TaglensError
-from taglens.params import PAPER_CLASSES, Params, load_params
+from taglens.params import BaseParams, IngestParams, ScrapeParams, load_params
 from taglens.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "ingest.json"
 
+@dataclass(frozen=True)
+class ScrapeResult:
+    """What the ingest accepted: ingest.json's contents and the summary for the terminal."""
 
-def _instagram(
-    params: Params, *, session_file: Path | None, cache: Path
-) -> tuple[Iterable[SourceItem], list[str]]:
-    # imports instaloader only when it is used
-    from taglens.data.sources import instagram, instagram_loader, instagram_posts
+    report: dict[str, Any]
+    summary: str
 
-    settings = params.scrape.instagram
-    classes = params.base.classes
-    unknown = [t for t in settings.hashtags if classes and normalize_hashtag(t) not in classes]
-    if unknown:
-        raise TaglensError(
-            f"scrape.instagram.hashtags {unknown} are not in base.classes: each hashtag searched "
-            "is a class, so add them to base.classes or remove them"
-        )
-    salt = instagram_posts.owner_salt(settings)
-    session_env = os.environ.get(instagram_loader.SESSION_ENV)
-    session = session_file or (Path(session_env) if session_env else None)
-    loader = instagram_loader.make_loader(session, settings.max_wait_seconds)
-    collection = instagram.collect(loader, settings, cache=cache, salt=salt)
-    notes = list(collection.notes)
-    notes.append(
-        f"instagram: {sum(collection.per_tag.values())} posts collected in {cache} "
-        f"({collection.downloaded} images downloaded now, {collection.failed} failed, "
-        f"{collection.videos_skipped} videos skipped)"
-    )
-    return instagram.collected_items(cache, settings), notes
+    @property
+    def accepted(self) -> int:
+        """Images written to data/raw."""
+        return int(self.report["accepted"])
+
+    @property
+    def duplicates(self) -> list[dict[str, str]]:
+        """Each duplicate dropped: the kept and the dropped post's ids and labels."""
+        return list(self.report["duplicate_items"])
 
 
 def run(
-    params: Params, *, out: Path, reports: Path, session_file: Path | None = None,
-    cache: Path | None = None,
-) -> IngestReport:  # fmt: skip
+    base: BaseParams, scrape: ScrapeParams, ingest_params: IngestParams, *, out: Path,
+    reports: Path, session_file: Path | None = None, cache: Path | None = None,
+) -> ScrapeResult:  # fmt: skip
     """Read `scrape.source` and ingest it into `out` (images, posts.jsonl, rejected.jsonl).
 
     Args:
-        params: the whole params file (reads base, scrape and ingest).
+        base: the classes and the seed.
+        scrape: the source and its settings.
+        ingest_params: what an accepted image must be.
         out: the raw data directory (data/raw).
         reports: where ingest.json is written.
         session_file: Instaloader session file for the instagram source; defaults to the
@@ -67,66 +57,39 @@ def run(
             (default: `instagram` beside `out`).
 
     Raises:
-        ValueError: unusable source settings, a missing login, or no image accepted at all.
+        TaglensError: unusable source settings, a missing login, or no image accepted at all.
     """
-    source = params.scrape.source
-    notes: list[str] = []
-    total = None
-    items: Iterable[SourceItem]
-    if source == "demo":
-        from taglens.data.sources.demo import generate_demo
-
-        demo = params.scrape.demo
-        classes = params.base.classes or PAPER_CLASSES
-        items = generate_demo(demo, classes, params.base.seed)
-        total = demo.images_per_class * len(classes)
-    elif source == "folder":
-        from taglens.data.sources.folder import FolderSource
-
-        folder = FolderSource(Path(params.scrape.folder or ""), params.base.classes)
-        items, total = folder, len(folder)
-        notes = folder.notes  # the same list: notes added while iterating show up too
-    else:
-        cache = cache or out.parent / "instagram"
-        items, notes = _instagram(params, session_file=session_file, cache=cache)
-    report = ingest(progress_bar(items, total=total, desc="ingest", unit="image"), params.ingest,
-                    out=out, source=source)  # fmt: skip
-    report.notes.extend(notes)
-    atomic_write_json(reports / REPORT_FILE, report.to_dict())
-    print(report.summary())
+    source = open_source(base, scrape, out=out, session_file=session_file, cache=cache)
+    report = ingest(progress_bar(source.items, total=source.total, desc="ingest", unit="image"),
+                    ingest_params, out=out, source=scrape.source)  # fmt: skip
+    report.notes.extend(source.notes)
+    atomic_write_json(artifacts.INGEST_REPORT.at(reports), report.to_dict())
     if report.accepted == 0:
-        raise TaglensError(f"no image was accepted from the {source} source; the reasons are in "
-                           f"{out / 'rejected.jsonl'}")  # fmt: skip
-    return report
+        raise TaglensError(f"no image was accepted from the {scrape.source} source; the reasons "
+                           f"are in {artifacts.REJECTED.at(out)}")  # fmt: skip
+    return ScrapeResult(report.to_dict(), report.summary())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.scrape --params params.yaml --out data/raw`."""
     parser = argparse.ArgumentParser(prog="python -m stages.scrape", description=__doc__)
     add_stage_inputs(parser, "params")
-    parser.add_argument("--out", type=Path, default=Path("data/raw"),
+    parser.add_argument("--out", type=Path, default=artifacts.RAW_DIR,
                         help="images, posts.jsonl, rejected.jsonl (default %(default)s)")
-    parser.add_argument("--reports", type=Path, default=Path("reports"),
+    parser.add_argument("--reports", type=Path, default=artifacts.REPORTS_DIR,
                         help="directory for ingest.json")  # fmt: skip
-    parser.add_argument(
-        "--session-file",
-        type=Path,
-        default=None,
-        help="Instaloader session file (or set TAGLENS_INSTAGRAM_SESSION)",
-    )
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="instagram collection directory (default: beside --out)",
-    )
+    parser.add_argument("--session-file", type=Path, default=None,
+                        help="Instaloader session file (or set TAGLENS_INSTAGRAM_SESSION)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="instagram collection directory (default: beside --out)")
     args = parser.parse_args(argv)
     setup_logging()
 
     def body() -> int:
         params = load_params(args.params)
-        run(params, out=args.out, reports=args.reports, session_file=args.session_file,
-            cache=args.cache)  # fmt: skip
+        result = run(params.base, params.scrape, params.ingest, out=args.out,
+                     reports=args.reports, session_file=args.session_file, cache=args.cache)
+        print(result.summary)
         return 0
 
     try:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
+from taglens.artifacts import CLEAN_DIR, DECISION, METRICS, RAW_DIR, read_manifest
 from taglens.atomic import atomic_write_text
 
 
 def summarize(root: Path) -> str:
     """A short human summary of the outputs under `root`."""
     lines = ["", "taglens: pipeline finished."]
-    metrics_path = root / "reports" / "metrics.json"
+    metrics_path = root / METRICS.default
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         shown = ", ".join(
@@ -25,7 +25,7 @@ def summarize(root: Path) -> str:
             if key in metrics
         )
         lines.append(f"  metrics      {metrics_path}  ({shown})")
-    decision_path = root / "reports" / "register.json"
+    decision_path = root / DECISION.default
     if decision_path.is_file():
         decision = json.loads(decision_path.read_text())
         lines.append(
@@ -63,12 +63,9 @@ def write_test_image_list(root: Path, out: Path) -> int:
     absolute because batch predict reads a list file's relative paths from the list's folder.
     """
     root = root.resolve()
-    with open(root / "data" / "clean" / "manifest.csv", newline="", encoding="utf-8") as handle:
-        paths = [
-            str(root / "data" / "raw" / row["image"])
-            for row in csv.DictReader(handle)
-            if row["split"] == "test"
-        ]
+    manifest = read_manifest(root / CLEAN_DIR)
+    test = manifest["image"][manifest["split"] == "test"]
+    paths = [str(root / RAW_DIR / image) for image in test]
     atomic_write_text(out, "".join(f"{path}\n" for path in paths))
     return len(paths)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -138,6 +139,21 @@ def atomic_write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> Path
     with atomic_open(path, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+    return Path(path)
+
+
+def atomic_write_csv(
+    path: Path | str, rows: Iterable[dict[str, Any]], columns: Sequence[str]
+) -> Path:
+    """Write rows as CSV with a header atomically; keys outside `columns` are left out.
+
+    A column a row lacks is written empty.
+    """
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore",
+                                lineterminator="\n")  # fmt: skip
+        writer.writeheader()
+        writer.writerows(rows)
     return Path(path)
 
 

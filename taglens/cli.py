@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from taglens import artifacts
 from taglens.errors import TaglensError
 
 if TYPE_CHECKING:
@@ -60,10 +61,10 @@ _QUIET_TOOLS = {
 # The inputs several stages read, with the dvc.yaml layout as defaults: one wording for every stage.
 STAGE_INPUTS: dict[str, tuple[Path, str]] = {
     "params": (Path("params.yaml"), "the params file"),
-    "raw": (Path("data/raw"), "scrape's output: images and posts.jsonl"),
-    "features": (Path("data/features"), "featurize's feature store"),
-    "clean": (Path("data/clean"), "the manifest of kept images and their split"),
-    "models": (Path("models"), "train's model folder"),
+    "raw": (artifacts.RAW_DIR, "scrape's output: images and posts.jsonl"),
+    "features": (artifacts.FEATURES_DIR, "featurize's feature store"),
+    "clean": (artifacts.CLEAN_DIR, "the manifest of kept images and their split"),
+    "models": (artifacts.MODELS_DIR, "train's model folder"),
 }
 
 

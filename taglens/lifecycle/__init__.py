@@ -1,6 +1,6 @@
 """How a trained model becomes the champion: tracking, lineage, registry and gate.
 
-MLflow set-up (`tracking`), which data and model a run or report belongs to (`dvc_lock`,
-`report_lineage`), the model `registry` with its aliases and history, by-hand operations
+MLflow set-up (`tracking`), which data and model a run, a version or a report belongs to
+(`lineage`), the model `registry` with its aliases and history, by-hand operations
 (`registry_admin`), and the promotion `gate`, which is pure logic.
 """

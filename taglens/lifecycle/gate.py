@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from taglens.artifacts import METRICS, MissingArtifactError
 from taglens.errors import TaglensError
 from taglens.params import RegisterParams
 
@@ -199,12 +200,12 @@ def read_metrics(path: Path | str) -> dict[str, Any]:
     """Read evaluate's metrics.json.
 
     Raises:
-        FileNotFoundError: with a hint to run evaluate.
+        MissingArtifactError: evaluate has not run.
         ValueError: the file is not a JSON object.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics at {path}: run the evaluate stage first")
+        raise MissingArtifactError(path, METRICS.stage)
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise TaglensError(f"{path} must hold a JSON object of metrics")

@@ -9,39 +9,23 @@ decision on the train run and writes it to `reports/register.json`.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from taglens.artifacts import MODEL_INFO, read_model_info
 from taglens.atomic import atomic_write_json
 from taglens.errors import TaglensError
-from taglens.lifecycle.dvc_lock import dep_hashes
 from taglens.lifecycle.gate import Evaluation, read_metrics, read_recall
+from taglens.lifecycle.lineage import check_metrics_run, run_record
 from taglens.lifecycle.registry import Registry
-from taglens.lifecycle.report_lineage import check_metrics_run
-from taglens.lifecycle.tracking import git_commit
 from taglens.params import RegisterParams
-from taglens.serving.predictor import INFO_FILE
 
 # DVC sets these in the environment of every stage that `dvc exp run` runs (dvc.env).
 EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
 # Scores a champion version on the current test split, given the candidate's classes.
 ChampionRescorer = Callable[[Any, list[str]], Evaluation]
-
-
-def lineage(info: dict[str, Any], dvc_lock: Path = Path("dvc.lock")) -> dict[str, Any]:
-    """Where a model came from: backbone, weights, commit, and the data hashes DVC recorded."""
-    tags = {key: info[key] for key in ("backbone", "weights_identity", "image_size",
-                                       "experiment") if info.get(key) is not None}  # fmt: skip
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    for path, digest in dep_hashes(dvc_lock, "train").items():
-        if path.startswith("data/"):
-            tags[f"data.{path}"] = digest
-    return tags
 
 
 @dataclass(frozen=True)
@@ -121,13 +105,11 @@ def register_run(
 
     from taglens.serving.model_ref import logged_model_uri
 
-    info_path = Path(models) / INFO_FILE
-    if not info_path.is_file():
-        raise FileNotFoundError(f"no {info_path}: run the train stage first")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = read_model_info(models)
     run_id = info.get("run_id")
     if not run_id:
-        raise TaglensError(f"{info_path} has no run_id: the train stage must run inside MLflow")
+        raise TaglensError(f"{MODEL_INFO.at(models)} has no run_id: the train stage must run "
+                           "inside MLflow")  # fmt: skip
     check_metrics_run(metrics, run_id)
     per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
     evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
@@ -136,7 +118,7 @@ def register_run(
     rescore = None if rescorer is None else functools.partial(rescorer, classes=classes)
     hold = promotion_hold(register, os.environ if environ is None else environ)
     result = Registry(register.model_name, history).register(
-        logged_model_uri(run_id), run_id, evaluation, register, lineage(info),
+        logged_model_uri(run_id), run_id, evaluation, register, run_record(run_id),
         rescore=rescore, hold=hold,
     )  # fmt: skip
     _tag_run(run_id, result)

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taglens.lifecycle.gate import Decision, Evaluation
+from taglens.lifecycle.lineage import TAG_PREFIX
 
 METRIC_TAG = "metric."
 RECALL_TAG = "recall."
-LINEAGE_TAG = "lineage."
+LINEAGE_TAG = TAG_PREFIX  # the lineage record of the version's run, as its tags carry it
 RUN_ID_TAG = LINEAGE_TAG + "run_id"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -143,14 +142,3 @@ def log_split_datasets(rows: dict[str, Any], *, digest: str, source: str) -> Non
             dataset = mlflow.data.from_pandas(frame, source=source, name=name,
                                               digest=digest[:36], targets="label")  # fmt: skip
         mlflow.log_input(dataset, context=SPLIT_CONTEXTS.get(name, name))
-
-
-def git_commit() -> str | None:
-    """The current git commit, or None outside a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.errors import TaglensError
 from taglens.params import HashtagParams
 from taglens.training.blend import ImageRankers
@@ -18,10 +19,10 @@ from taglens.training.hashtags import HashtagStats
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-INFO_FILE = "model_info.json"
-HASHTAGS_FILE = "hashtags.json"
-RANKERS_FILE = "image_rankers.npz"  # optional: without it, the class mixture ranks alone
+MODEL_FILE = artifacts.MODEL.name
+INFO_FILE = artifacts.MODEL_INFO.name
+HASHTAGS_FILE = artifacts.HASHTAGS.name
+RANKERS_FILE = artifacts.RANKERS.name  # optional: without it, the class mixture ranks alone
 MODEL_FILES = (MODEL_FILE, INFO_FILE, HASHTAGS_FILE)
 OPTIONAL_FILES = (RANKERS_FILE,)
 CHUNK = 32  # images per forward pass: bounds memory for large inputs

@@ -31,14 +31,9 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from taglens.artifacts import HASHTAGS, read_json_object, read_model_info
 from taglens.params import IngestParams
-from taglens.serving.predictor import (
-    HASHTAGS_FILE,
-    INFO_FILE,
-    MODEL_FILES,
-    OPTIONAL_FILES,
-    HashtagPredictor,
-)
+from taglens.serving.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
 from taglens.serving.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
 from taglens.serving.pyfunc_requirements import pip_requirements
 
@@ -172,9 +167,9 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
     missing = [f for f in MODEL_FILES if not (models_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{models_dir} lacks {', '.join(missing)}: run the train stage")
-    info = json.loads((models_dir / INFO_FILE).read_text(encoding="utf-8"))
+    info = read_model_info(models_dir)
     engine = engine or info.get("params", {}).get("featurize.engine")
-    top_k = json.loads((models_dir / HASHTAGS_FILE).read_text(encoding="utf-8"))["params"]
+    top_k = read_json_object(HASHTAGS, models_dir)["params"]
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / ARTIFACT_KEY
         staged.mkdir()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,17 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from taglens import artifacts
 from taglens.errors import TaglensError
 from taglens.features.backbones import weights_identity
-from taglens.features.split import MANIFEST_COLUMNS
+from taglens.features.split import MANIFEST_COLUMNS, SPLITS
 from taglens.features.store import view_array
 from taglens.features.views import VIEWS
-from taglens.lifecycle.dvc_lock import out_hashes
 from taglens.params import ModelParams
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -34,23 +30,20 @@ class Split:
     views: dict[str, np.ndarray] = field(default_factory=dict)  # views name -> vectors
 
 
-def manifest_classes(path: Path) -> tuple[str, ...]:
+def manifest_classes(clean: Path) -> tuple[str, ...]:
     """The sorted labels of data/clean/manifest.csv: the classes when base.classes is null."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest at {path}: run the clean stage first")
-    return tuple(sorted(pd.read_csv(path, usecols=["label"], dtype=str)["label"].unique()))
+    return tuple(sorted(artifacts.read_manifest(clean)["label"].unique()))
 
 
-def read_manifest(path: Path, classes: tuple[str, ...] | list[str]) -> pd.DataFrame:
+def read_manifest(clean: Path, classes: tuple[str, ...] | list[str]) -> pd.DataFrame:
     """Read data/clean/manifest.csv and check its columns, splits and labels.
 
     Raises:
-        FileNotFoundError: no manifest (run the clean stage).
-        ValueError: missing columns, unknown splits or labels outside `classes`.
+        MissingArtifactError: no manifest (run the clean stage).
+        TaglensError: missing columns, unknown splits or labels outside `classes`.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest at {path}: run the clean stage first")
-    table = pd.read_csv(path, dtype={"id": str, "sha256": str, "image": str, "label": str})
+    path = artifacts.MANIFEST.at(clean)
+    table = artifacts.read_manifest(clean)
     missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
     if missing:
         raise TaglensError(f"{path} lacks columns {missing}: re-run the clean stage")
@@ -66,16 +59,14 @@ def read_manifest(path: Path, classes: tuple[str, ...] | list[str]) -> pd.DataFr
     return table
 
 
-def check_feature_meta(meta_path: Path, model: ModelParams, seed: int) -> dict:
+def check_feature_meta(features: Path, model: ModelParams, seed: int) -> dict:
     """Check that the cached features were computed by the backbone that `model` describes.
 
     Raises:
-        FileNotFoundError: no meta.json (run featurize).
-        ValueError: the features came from another backbone, size or weights.
+        MissingArtifactError: no meta.json (run featurize).
+        TaglensError: the features came from another backbone, size or weights.
     """
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"no feature metadata at {meta_path}: run the featurize stage")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = artifacts.read_feature_meta(features)
     expected = {
         "backbone": model.backbone,
         "image_size": model.image_size,
@@ -96,12 +87,10 @@ def load_splits(
     """Join the manifest with features.npz by sha256 and return train/val/test splits.
 
     Raises:
-        FileNotFoundError: no features.npz.
-        ValueError: a manifest image has no cached vector.
+        MissingArtifactError: no features.npz.
+        TaglensError: a manifest image has no cached vector.
     """
-    path = features / "features.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"no features at {path}: run the featurize stage first")
+    path = artifacts.FEATURES.require(features)
     with np.load(path, allow_pickle=False) as npz:
         shas = [str(s) for s in npz["sha256"]]
         vectors = np.asarray(npz["vectors"], dtype="float32")
@@ -130,38 +119,3 @@ def load_splits(
 
 def _take(array: np.ndarray, picks: np.ndarray) -> np.ndarray:
     return array[picks] if len(picks) else np.zeros((0, array.shape[1]), "float32")
-
-
-def data_lineage(root: Path, paths: dict[str, Path]) -> dict[str, str]:
-    """Content hashes of the data a model was trained on, for the MLflow run.
-
-    DVC's own hashes from `dvc.lock` when the path is a tracked stage output (so the run points
-    at a reproducible data version); otherwise an md5 over the files' bytes.
-    """
-    locked = out_hashes(root / "dvc.lock")
-    lineage = {}
-    for name, path in paths.items():
-        key = _relative(path, root)
-        if key in locked:
-            lineage[f"data.{name}.dvc_md5"] = locked[key]
-        elif path.exists():
-            lineage[f"data.{name}.md5"] = _md5_tree(path)
-    return lineage
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def _md5_tree(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(file.relative_to(path.parent).as_posix().encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()

@@ -98,6 +98,11 @@ def test_mlflow_has_the_finished_run_and_a_registered_version(pipeline_repo):
     versions = client.search_model_versions("name='taglens'")
     assert len(versions) == 1
     assert versions[0].run_id == info["run_id"]
+    # the run and its version carry one lineage record, the data named by DVC's hashes
+    run_lineage = {k: v for k, v in run.data.tags.items() if k.startswith("lineage.")}
+    assert run_lineage["lineage.data.clean"] == clean_out["md5"]
+    version_lineage = {k: v for k, v in versions[0].tags.items() if k.startswith("lineage.")}
+    assert version_lineage == {**run_lineage, "lineage.run_id": info["run_id"]}
 
 
 def test_second_repro_has_nothing_to_do(pipeline_repo):

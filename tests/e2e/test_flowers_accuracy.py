@@ -9,14 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import evaluate as evaluate_stage
-from stages import train as train_stage
 from taglens.data.images import image_dataset
 from taglens.data.posts import hashtags_in, read_posts
 from taglens.params import load_params
 from taglens.serving.predictor import HashtagPredictor
 from tests.conftest import ROOT
-from tests.stages.train_fixtures import write_inputs
+from tests.stages.train_fixtures import run_evaluate, run_train, write_inputs
 
 # tags read from the petals in posts.jsonl (../shared/README.md): a colour, or colour+"flowers"
 COLOURS = ("red", "orange", "yellow", "white", "pink", "blue", "purple")
@@ -51,10 +49,8 @@ def test_flowers_defaults_reach_073_and_find_colour_tags_the_class_mixture_misse
 
     # When train (the default search) and evaluate run
     mlflow.set_experiment(params.base.experiment)
-    summary = train_stage.run(params, raw=paths["raw"], features=paths["features"],
-                              clean=paths["clean"], out=paths["out"], reports=paths["reports"])
-    scores = evaluate_stage.run(params, raw=paths["raw"], clean=paths["clean"],
-                                models=paths["out"], out=paths["reports"])  # fmt: skip
+    summary = run_train(params, paths)
+    scores = run_evaluate(params, paths)
 
     # Then the classifier reaches 0.73 and beats the logistic-regression reference
     print(json.dumps({"test": scores, "train": summary}, indent=1, default=str))

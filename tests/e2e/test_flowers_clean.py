@@ -48,12 +48,12 @@ def test_flowers_featurize_and_clean_counts_add_up(
         base, tiny_params.clean, raw=raw, features=tmp_path / "features",
         out=tmp_path / "clean", reports=tmp_path / "reports" / "clean",
         metrics=tmp_path / "reports" / "clean.json",
-    )  # fmt: skip
+    ).report  # fmt: skip
 
     # Then features were computed once, with a real 1024-d MobileNet vector per photo
     n = len(posts)
     assert n == PER_CLASS * len(classes) == 100
-    assert (first["computed"], second["computed"], second["cached"]) == (n, 0, n)
+    assert (first.computed, second.computed, second.cached) == (n, 0, n)
     shas, vectors = read_features(tmp_path / "features")
     assert vectors.shape == (n, 1024) and len(set(shas.tolist())) == n
     # pretrained features separate the classes: nearest class centroid beats chance (0.2) easily

@@ -155,7 +155,7 @@ def test_a_worker_runs_the_training_deployment(worker, checkout, prefect_api):
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.get_run(info["run_id"])
     assert run.info.status == "FINISHED"
-    assert len(run.data.tags["dvc.data_version"]) == 12
+    assert len(run.data.tags["lineage.data_version"]) == 12
     versions = client.search_model_versions("name = 'taglens'")
     assert [v.run_id for v in versions] == [info["run_id"]]
 

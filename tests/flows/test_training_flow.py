@@ -21,7 +21,8 @@ import yaml
 
 from flows.stagerun import StageError, check_repo, run_stage
 from flows.training import STAGES, training_flow
-from flows.training_report import data_version_tags, render_markdown
+from flows.training_report import render_markdown
+from taglens.lifecycle.lineage import repo_data_tags
 from tests.conftest import ROOT
 
 STUB = textwrap.dedent('''
@@ -122,9 +123,10 @@ def test_report_markdown_and_data_version(tmp_path):
         "clean": {"outs": [{"path": "data/clean", "hash": "md5", "md5": "cc.dir"}]},
         "train": {"outs": [{"path": "models", "hash": "md5", "md5": "mm.dir"}]},
     }}))  # fmt: skip
-    tags = data_version_tags(tmp_path)
-    assert tags["dvc.data/raw"] == "aa.dir" and tags["dvc.data/clean"] == "cc.dir"
-    assert "dvc.models" not in tags and len(tags["dvc.data_version"]) == 12
+    tags = repo_data_tags(tmp_path)
+    assert tags["lineage.data.raw"] == "aa.dir" and tags["lineage.data.clean"] == "cc.dir"
+    assert set(tags) == {"lineage.data.raw", "lineage.data.clean", "lineage.data_version"}
+    assert len(tags["lineage.data_version"]) == 12
     markdown = render_markdown(
         metrics={"accuracy": 0.8125, "n_test": 16, "per_class": {"a": 1}},
         decision={"decision": "rejected", "reason": "a|b", "version": "3", "model_name": "tl",
@@ -137,7 +139,7 @@ def test_report_markdown_and_data_version(tmp_path):
     assert "| accuracy | 0.8125 |" in markdown and "| n_test | 16 |" in markdown
     assert "per_class" not in markdown  # nested values stay out of the metrics table
     assert "| reason | a\\|b |" in markdown and "| compared_with | - |" in markdown
-    assert f"`{tags['dvc.data_version']}`" in markdown
+    assert f"- **Data version:** `{tags['lineage.data_version']}`" in markdown
     assert "| scrape | skipped (unchanged) | 1.2 |" in markdown
 
 
@@ -180,7 +182,7 @@ def test_flow_reproduces_through_dvc_and_reports(stub_repo, prefect_api, tmp_pat
     import mlflow
 
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
-    assert tags["dvc.data_version"] == data_version_tags(stub_repo)["dvc.data_version"]
+    assert tags["lineage.data_version"] == repo_data_tags(stub_repo)["lineage.data_version"]
 
     flow_run_id = state.state_details.flow_run_id
     [artifact] = prefect_api.artifacts(flow_run_id)

@@ -9,7 +9,7 @@ import pytest
 
 from stages import register
 from taglens.lifecycle import registration
-from taglens.lifecycle.report_lineage import check_metrics_run
+from taglens.lifecycle.lineage import check_metrics_run
 
 
 def _reports(tmp_path, run_in_metrics: str | None):

@@ -48,8 +48,9 @@ def instagram_scrape(tiny_params, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         FakeInstagram(mock)
-        report = run(params, out=tmp_path / "raw", reports=tmp_path / "reports",
-                     session_file=session, cache=tmp_path / "cache")  # fmt: skip
+        report = run(params.base, params.scrape, params.ingest, out=tmp_path / "raw",
+                     reports=tmp_path / "reports", session_file=session,
+                     cache=tmp_path / "cache")  # fmt: skip
     return {"report": report, "tmp": tmp_path, "session_id": SESSION_ID, "log": caplog.text}
 
 

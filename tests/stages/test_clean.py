@@ -75,7 +75,7 @@ def run(tmp_path, params, data: Data):
         params.base, params.clean, raw=data.raw, features=data.features,
         out=tmp_path / "clean", reports=tmp_path / "reports" / "clean",
         metrics=tmp_path / "reports" / "clean.json",
-    )  # fmt: skip
+    ).report  # fmt: skip
 
 
 def read_csv(path):

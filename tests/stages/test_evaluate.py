@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 from stages import evaluate as evaluate_stage
-from stages import train as train_stage
 from taglens.data.images import load_batch
 from taglens.params import load_params
 from taglens.serving.predictor import HashtagPredictor
 from tests.conftest import FIXTURES
-from tests.stages.train_fixtures import small_params, write_inputs
+from tests.stages.train_fixtures import run_evaluate, run_train, small_params, write_inputs
 
 REQUIRED = ("accuracy", "top3_accuracy", "macro_f1", "hashtag_precision_at_1",
             "hashtag_recall_at_5", "hashtag_accuracy_at_5", "n_test")  # fmt: skip
@@ -29,11 +28,8 @@ def evaluated(tmp_path_factory):
         patch.chdir(root)
         paths = write_inputs(root, params, per_class=10)
         mlflow.set_experiment(params.base.experiment)
-        summary = train_stage.run(params, raw=paths["raw"], features=paths["features"],
-                                  clean=paths["clean"], out=paths["out"],
-                                  reports=paths["reports"])  # fmt: skip
-        scores = evaluate_stage.run(params, raw=paths["raw"], clean=paths["clean"],
-                                    models=paths["out"], out=paths["reports"])  # fmt: skip
+        summary = run_train(params, paths)
+        scores = run_evaluate(params, paths)
     return params, paths, summary, scores
 
 

@@ -45,7 +45,7 @@ def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
     assert meta == {"backbone": "vgg19", "image_size": 32, "weights_identity": "random-seed42",
                     "dim": 512, "count": 9, "store": "vgg19-32px-random-seed42",
                     "views": ["flip", "colour"]}  # fmt: skip
-    assert (report["computed"], report["cached"]) == (9, 0)
+    assert (report.computed, report.cached) == (9, 0)
     # the views, in posts order, each in its own store: the mirror image's vector and colours
     with np.load(out / "features.npz") as npz:
         flip, colour = npz["flip_vectors"], npz["colour_vectors"]
@@ -68,7 +68,7 @@ def test_rerun_computes_nothing_and_a_new_image_computes_one(tiny_params, raw, t
 
     monkeypatch.setattr(featurize, "build_feature_extractor", no_model)
     report = run(tiny_params, raw, out)
-    assert (report["computed"], report["cached"]) == (0, 9)
+    assert (report.computed, report.cached) == (0, 9)
     np.testing.assert_array_equal(read_features(out)[1], first)
 
     monkeypatch.undo()
@@ -77,7 +77,7 @@ def test_rerun_computes_nothing_and_a_new_image_computes_one(tiny_params, raw, t
     duplicate = posts[0].model_copy(update={"id": "dup", "label": "food"})
     write_posts(raw / POSTS_FILE, [*posts, new, duplicate])
     report = run(tiny_params, raw, out)
-    assert (report["computed"], report["cached"], report["count"]) == (1, 9, 11)
+    assert (report.computed, report.cached, report.meta["count"]) == (1, 9, 11)
     shas, vectors = read_features(out)
     np.testing.assert_array_equal(vectors[:9], first)
     np.testing.assert_array_equal(vectors[10], vectors[0])  # the duplicate shares its vector
@@ -89,7 +89,7 @@ def test_a_new_image_size_recomputes_into_its_own_store(tiny_params, raw, tmp_pa
     run(tiny_params, raw, out)
     bigger = tiny_params.model.model_copy(update={"image_size": 48})
     report = run(tiny_params, raw, out, model=bigger)
-    assert (report["computed"], report["cached"]) == (9, 0)
+    assert (report.computed, report.cached) == (9, 0)
     assert sorted(p.name for p in (out / "store").iterdir() if not p.name.endswith(
         ("-flip", "-colour"))) == ["vgg19-32px-random-seed42", "vgg19-48px-random-seed42"]
     assert json.loads((out / META_FILE).read_text())["image_size"] == 48
@@ -178,7 +178,7 @@ def test_a_killed_run_resumes_from_its_finished_shards(tiny_params, tmp_path):
     # When it runs again, only the unfinished images are computed
     report = featurize.run(tiny_params.model, tiny_params.featurize.model_copy(
         update={"shard_size": 8}), seed=42, raw=raw, out=out, progress=False)  # fmt: skip
-    assert (report["cached"], report["computed"]) == (done, 200 - done)
+    assert (report.cached, report.computed) == (done, 200 - done)
     assert read_features(out)[1].shape == (200, 512)
 
 

@@ -12,6 +12,7 @@ import pytest
 from tinymodels import build_tiny_models
 
 from stages import register
+from taglens.lifecycle import lineage
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.tracking import configure_tracking
@@ -65,6 +66,9 @@ def make_run(store, models_template, tmp_path):
         shutil.copytree(models_template, models)
         with mlflow.start_run() as run:
             log_taglens_model(models)
+            # what the train stage tags its run with (stages/train.py)
+            mlflow.set_tags(lineage.as_tags({"backbone": "tiny", "data.raw": f"{n:032x}",
+                                             "data_version": f"{n:012x}"}))  # fmt: skip
         info = json.loads((models / "model_info.json").read_text())
         info["run_id"] = run.info.run_id
         (models / "model_info.json").write_text(json.dumps(info))
@@ -110,6 +114,11 @@ def test_first_model_becomes_champion_and_rerun_adds_nothing(params, make_run, t
     tags = registry.version(1).tags
     assert tags["metric.accuracy"] == "0.5" and tags["recall.food"] == "0.8"
     assert tags["lineage.run_id"] == first.record["run_id"] and tags["lineage.backbone"] == "tiny"
+    # the version carries its run's lineage record, under the same tag names
+    run_id = first.record["run_id"]
+    run_tags = mlflow.get_run(run_id).data.tags
+    assert lineage.from_tags(tags) == {**lineage.from_tags(run_tags), "run_id": run_id}
+    assert tags["lineage.data_version"] == run_tags["lineage.data_version"] == f"{0:012x}"
     run = mlflow.get_run(first.record["run_id"])
     assert run.data.tags["register.version"] == "1"
 

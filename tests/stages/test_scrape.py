@@ -15,12 +15,17 @@ from taglens.data.posts import read_posts
 from tests.conftest import FIXTURES
 
 
+def run_scrape(params, **paths):
+    """The stage's run() with the sections it reads."""
+    return scrape.run(params.base, params.scrape, params.ingest, **paths)
+
+
 def with_scrape(params, **changes):
     return params.model_copy(update={"scrape": params.scrape.model_copy(update=changes)})
 
 
-def test_demo_source_writes_the_raw_layout(tiny_params, tmp_path, capsys):
-    report = scrape.run(tiny_params, out=tmp_path / "raw", reports=tmp_path / "reports")
+def test_demo_source_writes_the_raw_layout(tiny_params, tmp_path):
+    report = run_scrape(tiny_params, out=tmp_path / "raw", reports=tmp_path / "reports")
     posts = read_posts(tmp_path / "raw" / "posts.jsonl")
     expected = tiny_params.scrape.demo.images_per_class * len(tiny_params.base.classes)
     assert report.accepted + len(report.duplicates) == expected
@@ -31,7 +36,8 @@ def test_demo_source_writes_the_raw_layout(tiny_params, tmp_path, capsys):
     saved = json.loads((tmp_path / "reports" / "ingest.json").read_text())
     assert saved["accepted"] == report.accepted and saved["rejected"] == 0
     assert read_jsonl(tmp_path / "raw" / "rejected.jsonl") == []
-    assert f"accepted {report.accepted} images" in capsys.readouterr().out
+    classes = len({post.label for post in posts})
+    assert report.summary.startswith(f"accepted {report.accepted} images in {classes} classes")
 
 
 def jpeg(color, size=(48, 40)) -> bytes:
@@ -85,7 +91,7 @@ def test_nothing_accepted_is_an_error(tiny_params, tmp_path):
     (photos / "a.jpg").write_bytes(b"")
     params = with_scrape(tiny_params, source="folder", folder=str(photos.parent))
     with pytest.raises(ValueError, match="no image was accepted from the folder source"):
-        scrape.run(params, out=tmp_path / "raw", reports=tmp_path / "rep")
+        run_scrape(params, out=tmp_path / "raw", reports=tmp_path / "rep")
     assert read_jsonl(tmp_path / "raw" / "rejected.jsonl")[0]["reason"].startswith("empty")
 
 
@@ -94,7 +100,7 @@ def test_instagram_without_session_says_how_to_log_in(tiny_params, tmp_path, mon
     monkeypatch.setenv("TAGLENS_OWNER_SALT", "pepper")
     params = with_scrape(tiny_params, source="instagram")
     with pytest.raises(ValueError, match=r"instaloader --login USER"):
-        scrape.run(params, out=tmp_path / "raw", reports=tmp_path / "rep")
+        run_scrape(params, out=tmp_path / "raw", reports=tmp_path / "rep")
     params_path = tmp_path / "p.yaml"
     raw = yaml.safe_load((FIXTURES / "params.yaml").read_text())
     raw["scrape"]["source"] = "instagram"

@@ -13,6 +13,11 @@ from taglens.data.sources import instagram, instagram_loader, instagram_posts
 from tests.fixtures.instagram.fake import SESSION_ID, FakeInstagram, write_session
 
 
+def run_scrape(params, **paths):
+    """The stage's run() with the sections it reads."""
+    return scrape.run(params.base, params.scrape, params.ingest, **paths)
+
+
 @pytest.fixture
 def fake():
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
@@ -39,7 +44,7 @@ def instagram_params(tiny_params, tmp_path, monkeypatch):
 
 def test_instagram_posts_reach_posts_jsonl(fake, instagram_params, tmp_path):
     out, reports = tmp_path / "data" / "raw", tmp_path / "reports"
-    report = scrape.run(instagram_params, out=out, reports=reports)
+    report = run_scrape(instagram_params, out=out, reports=reports)
 
     posts = read_posts(out / "posts.jsonl")
     stored = {instagram_posts.post_id(code, "stage-salt"): code
@@ -65,7 +70,7 @@ def test_instagram_posts_reach_posts_jsonl(fake, instagram_params, tmp_path):
             assert SESSION_ID.encode() not in path.read_bytes()
 
     downloads = sum(v for k, v in fake.calls.items() if k.startswith("image:"))
-    again = scrape.run(instagram_params, out=out, reports=reports)  # a re-run is offline work
+    again = run_scrape(instagram_params, out=out, reports=reports)  # a re-run is offline work
     assert again.accepted == 4
     assert sum(v for k, v in fake.calls.items() if k.startswith("image:")) == downloads
 
@@ -76,4 +81,4 @@ def test_hashtags_must_be_classes(instagram_params, tmp_path):
         update={"scrape": instagram_params.scrape.model_copy(update={"instagram": settings})}
     )
     with pytest.raises(ValueError, match=r"\['cats'\] are not in base.classes"):
-        scrape.run(params, out=tmp_path / "raw", reports=tmp_path / "rep")
+        run_scrape(params, out=tmp_path / "raw", reports=tmp_path / "rep")

@@ -12,7 +12,7 @@ import pytest
 from stages import train as train_stage
 from taglens.features.store import write_features
 from taglens.serving.predictor import HashtagPredictor
-from tests.stages.train_fixtures import small_params, write_inputs
+from tests.stages.train_fixtures import run_train, small_params, write_inputs
 
 
 @pytest.fixture
@@ -24,9 +24,7 @@ def inputs(tmp_path, tiny_params, monkeypatch):
 
 def _run(params, paths, **kwargs):
     mlflow.set_experiment(params.base.experiment)
-    return train_stage.run(params, raw=paths["raw"], features=paths["features"],
-                           clean=paths["clean"], out=paths["out"], reports=paths["reports"],
-                           **kwargs)  # fmt: skip
+    return run_train(params, paths, **kwargs)
 
 
 @pytest.mark.slow
@@ -56,10 +54,15 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     client = mlflow.tracking.MlflowClient()
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.learning_rate"] == "0.001"
-    assert run.data.tags["backbone"] == "vgg19" and run.data.tags["image_size"] == "32"
-    assert len(run.data.tags["data.raw.md5"]) == 32
-    assert {"data.features.md5", "data.clean.md5"} <= set(run.data.tags)
-    assert "git_commit" not in run.data.tags  # MLflow records mlflow.source.git.commit itself
+    # only the sections train reads (ingest: logged with the model, which checks images with it)
+    sections = {key.split(".")[0] for key in run.data.params}
+    assert sections == {"base", "model", "train", "hashtags", "ingest"}
+    assert set(info["params"]) <= set(run.data.params)
+    tags = run.data.tags
+    assert tags["lineage.backbone"] == "vgg19" and tags["lineage.image_size"] == "32"
+    assert len(tags["lineage.data.raw"]) == 32 and len(tags["lineage.data_version"]) == 12
+    assert {"lineage.data.features", "lineage.data.clean"} <= set(tags)
+    assert "lineage.git_commit" not in tags  # MLflow records mlflow.source.git.commit itself
     assert run.info.run_name == "train vgg19-32px lr=0.001"
     # The three splits are the run's dataset inputs, identified by the data version
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
@@ -67,7 +70,7 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     contexts = {name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
                 for name, i in inputs.items()}  # fmt: skip
     assert contexts == {"train": "training", "val": "validation", "test": "testing"}
-    assert {i.dataset.digest for i in inputs.values()} == {run.data.tags["data.clean.md5"]}
+    assert {i.dataset.digest for i in inputs.values()} == {tags["lineage.data.clean"]}
     manifest_rows = sum(1 for _ in open(paths["clean"] / "manifest.csv")) - 1
     assert sum(json.loads(i.dataset.profile)["num_rows"] for i in inputs.values()) == manifest_rows
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3

@@ -91,3 +91,22 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
     pd.DataFrame(rows).to_csv(clean / "manifest.csv", index=False)
     return {"raw": raw, "features": features, "clean": clean,
             "out": root / "models", "reports": root / "reports"}
+
+
+def run_train(params: Params, paths: dict[str, Path], **kwargs) -> dict:
+    """The train stage's run() on `write_inputs` paths; returns train.json's contents."""
+    from stages import train
+
+    return train.run(params.base, params.model, params.train, params.hashtags, params.ingest,
+                     raw=paths["raw"], features=paths["features"], clean=paths["clean"],
+                     out=paths["out"], reports=paths["reports"],
+                     engine=params.featurize.engine, **kwargs).summary  # fmt: skip
+
+
+def run_evaluate(params: Params, paths: dict[str, Path]) -> dict:
+    """The evaluate stage's run() on the model `run_train` wrote; returns metrics.json."""
+    from stages import evaluate
+
+    return evaluate.run(params.base, params.evaluate, params.hashtags, raw=paths["raw"],
+                        clean=paths["clean"], models=paths["out"],
+                        out=paths["reports"]).scores  # fmt: skip

@@ -7,6 +7,7 @@ import pytest
 from taglens.atomic import (
     append_jsonl,
     atomic_open,
+    atomic_write_csv,
     atomic_write_json,
     atomic_write_jsonl,
     read_jsonl,
@@ -58,3 +59,23 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 
 def test_missing_file_reads_as_empty(tmp_path):
     assert read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_csv_has_the_columns_in_order_blanks_for_missing_keys_and_no_extras(tmp_path):
+    target = tmp_path / "t" / "rows.csv"
+    rows = [{"b": 2, "a": "x,y", "extra": 9}, {"a": 1}]
+    assert atomic_write_csv(target, iter(rows), ("a", "b")) == target
+    assert target.read_bytes() == b'a,b\n"x,y",2\n1,\n'
+
+
+def test_failed_csv_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "rows.csv"
+    atomic_write_csv(target, [{"a": 1}], ("a",))
+
+    def rows():
+        yield {"a": 2}
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_csv(target, rows(), ("a",))
+    assert target.read_text() == "a\n1\n" and [p.name for p in tmp_path.iterdir()] == ["rows.csv"]

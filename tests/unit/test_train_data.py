@@ -1,14 +1,12 @@
-"""Joining cached features with the clean split, and the data lineage logged with a model."""
+"""Joining cached features with the clean split."""
 
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from taglens.training.train_data import data_lineage, load_splits, read_manifest
+from taglens.training.train_data import load_splits, read_manifest
 
 CLASSES = ("cat", "dog")
 
@@ -17,7 +15,7 @@ def _manifest(tmp_path, rows):
     path = tmp_path / "manifest.csv"
     pd.DataFrame(rows, columns=["id", "sha256", "image", "label", "split", "distance"]).to_csv(
         path, index=False)
-    return path
+    return tmp_path
 
 
 def test_splits_pick_each_rows_vector_by_sha(tmp_path):
@@ -43,21 +41,4 @@ def test_manifest_with_unknown_labels_or_images_without_features_is_refused(tmp_
     with pytest.raises(ValueError, match="re-run featurize and clean"):
         load_splits(tmp_path, manifest, CLASSES)
     with pytest.raises(FileNotFoundError, match="run the clean stage"):
-        read_manifest(tmp_path / "missing.csv", CLASSES)
-
-
-def test_lineage_prefers_dvc_lock_hashes_and_falls_back_to_md5(tmp_path):
-    (tmp_path / "data" / "raw").mkdir(parents=True)
-    (tmp_path / "data" / "raw" / "posts.jsonl").write_text("{}\n")
-    (tmp_path / "data" / "clean").mkdir()
-    (tmp_path / "dvc.lock").write_text(
-        "schema: '2.0'\nstages:\n  clean:\n    outs:\n    - path: data/clean\n"
-        "      md5: 0123456789abcdef.dir\n"
-    )
-    data = tmp_path / "data"
-    lineage = data_lineage(tmp_path, {"raw": data / "raw", "clean": data / "clean",
-                                      "features": data / "features"})
-    assert lineage["data.clean.dvc_md5"] == "0123456789abcdef.dir"
-    expected = hashlib.md5(b"raw/posts.jsonl{}\n").hexdigest()
-    assert lineage["data.raw.md5"] == expected
-    assert not any(key.startswith("data.features") for key in lineage)  # absent: not logged
+        read_manifest(tmp_path / "missing", CLASSES)

@@ -1,0 +1,118 @@
+"""Scoring a loaded model on the test split: the one scoring code of evaluate and register.
+
+Register re-scores the champion through `score_test_split`, so champion and challenger are
+compared on the same images with the same metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from taglens import artifacts
+from taglens.data.images import image_dataset
+from taglens.data.posts import Post, hashtags_in, normalize_hashtag
+from taglens.errors import TaglensError
+from taglens.params import HashtagParams
+from taglens.progress import progress_bar
+from taglens.training import metrics, train_data
+
+HASHTAG_K = 5  # HARRISON reports recall and accuracy at 5
+FORWARD_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model scored on the test split: the metrics and what the plots need."""
+
+    scores: dict[str, Any]  # metrics.json plus `per_class` and `confusion`
+    test: pd.DataFrame  # the manifest's test rows
+    paths: list[Path]
+    probabilities: np.ndarray
+    y_true: np.ndarray
+
+
+def hashtag_params(hashtags: HashtagParams) -> HashtagParams:
+    """The hashtag params evaluation ranks with (at least HASHTAG_K suggestions)."""
+    return hashtags.model_copy(update={"top_k": max(hashtags.top_k, HASHTAG_K)})
+
+
+def score_test_split(predictor, top_k: int, *, raw: Path, clean: Path) -> Scored:
+    """Score a loaded model (ranking with `hashtag_params`) on the test split.
+
+    Args:
+        predictor: a HashtagPredictor whose params come from `hashtag_params`.
+        top_k: the class accuracy depth reported (evaluate.top_k).
+        raw: data/raw (images and posts).
+        clean: data/clean (the manifest names the test split).
+
+    Raises:
+        MissingArtifactError: the manifest or posts are missing.
+        TaglensError: the model's classes differ from the manifest's, or the test split is empty.
+    """
+    classes = predictor.classes
+    test = train_data.read_manifest(clean, classes)
+    test = test[test["split"] == "test"].reset_index(drop=True)
+    if test.empty:
+        raise TaglensError(
+            f"{artifacts.MANIFEST.at(clean)} has no test images: raise clean.test_fraction"
+        )
+    paths = [raw / image for image in test["image"]]
+    outputs = _outputs(predictor, paths)
+    probs = outputs["probabilities"]
+    y_true = np.array([classes.index(label) for label in test["label"]])
+    scores = metrics.classification_metrics(y_true, probs, classes, top_k)
+
+    truth = _post_hashtags(artifacts.read_posts(raw), test)
+    depth = predictor.params.top_k  # how deep each ranking is scored
+    # the served ranking (the blend chosen on validation, or the class mixture alone)
+    ranked = [[item["tag"] for item in row] for row in predictor.rank(outputs)]
+    scores.update(metrics.ranking_metrics(ranked, truth, HASHTAG_K, depth))
+    # every ranker side by side, with the same tag weights; popularity suggests the most used
+    # tags to every photo: every ranker must beat it
+    popular = [item["tag"] for item in predictor.stats.popular(predictor.params)]
+    for name, rows in [("popularity", [popular] * len(truth)), *_rankers(predictor, outputs)]:
+        scores.update(metrics.with_prefix(
+            metrics.ranking_metrics(rows, truth, HASHTAG_K, depth), f"{name}_"))
+    scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"])
+    return Scored(scores, test, paths, probs, y_true)
+
+
+def _outputs(predictor, paths: list[Path]) -> dict[str, np.ndarray]:
+    batches = image_dataset(paths, predictor.image_size, FORWARD_BATCH)
+    parts = [predictor.outputs(batch.numpy())
+             for batch in progress_bar(batches, desc="evaluate", unit="batch",
+                               total=-(-len(paths) // FORWARD_BATCH))]  # fmt: skip
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def _rankers(predictor, outputs: dict[str, np.ndarray]) -> list[tuple[str, list[list[str]]]]:
+    """Each ranker's tag lists (class mixture, and the image rankers and blend if fitted)."""
+    stats, params, rankers = predictor.stats, predictor.params, predictor.rankers
+    mixture = stats.mixture(outputs["probabilities"], params)
+    if rankers is None:
+        return [("class_mixture", _tags(stats.rank_scores(stats.finish(mixture, params), params)))]
+    scores = rankers.ranker_scores(mixture, outputs.get("features"), outputs.get("colour"))
+    # each ranker as it is; the blend with the low-lift weighting chosen with it
+    ranked = [(name, _tags(stats.rank_scores(stats.finish(raw, params), params)))
+              for name, raw in scores.items()]  # fmt: skip
+    blend = stats.finish(rankers.blend(scores), params, rankers.tag_multiplier)
+    return [*ranked, ("blend", _tags(stats.rank_scores(blend, params)))]
+
+
+def _tags(rankings: list[list[dict]]) -> list[list[str]]:
+    return [[item["tag"] for item in row] for row in rankings]
+
+
+def _post_hashtags(posts: list[Post], test: pd.DataFrame) -> list[set[str]]:
+    """Each test post's own caption hashtags (empty when the data has no captions)."""
+    by_id = {}
+    for post in posts:
+        tags = {normalize_hashtag(t) for t in post.hashtags} | set(hashtags_in(post.caption))
+        by_id[post.id] = by_id[post.sha256] = tags - {""}
+    return [by_id.get(str(i), by_id.get(sha, set())) for i, sha in zip(test["id"], test["sha256"],
+                                                                       strict=True)]

@@ -1,0 +1,215 @@
+"""What the train stage logs and writes around the fitted head: sweep, served model, baseline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taglens import artifacts
+from taglens.atomic import atomic_write_csv, atomic_write_json
+from taglens.data.images import load_batch
+from taglens.features.backbones import build_feature_extractor, weights_identity
+from taglens.params import TrainParams
+from taglens.training import eval_plots
+from taglens.training.baseline import fit_baseline
+from taglens.training.full_model import assemble, fine_tune, save_model, verify_extractor
+from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit, predict_views
+from taglens.training.sweep import run_sweep, setting_name
+from taglens.training.train_config import TrainConfig
+from taglens.training.train_data import Split
+
+logger = logging.getLogger(__name__)
+
+VERIFY_IMAGES = 4  # training images re-run through the extractor to check the cached vectors
+BASELINE_RUN = "baseline-logreg"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """reports/train.json's contents (run ids, validation scores, baseline) and the model dir."""
+
+    summary: dict[str, Any]
+    models: Path
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run that holds the model."""
+        return str(self.summary["run_id"])
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        return f"trained: val_accuracy {self.summary['val_accuracy']:.4f} (run {self.run_id})"
+
+
+def log_data(config: TrainConfig, meta: dict, splits: dict[str, Split],
+             data: dict[str, Path]) -> None:  # fmt: skip
+    """Tag the active run with its lineage record and log the splits as its dataset inputs.
+
+    Args:
+        config: the sections the run trains with.
+        meta: the cached features' meta.json (their weights identity).
+        splits: the manifest's splits.
+        data: raw, features and clean by name -> folder.
+    """
+    import mlflow
+
+    from taglens.lifecycle import lineage
+    from taglens.lifecycle.tracking import log_split_datasets
+
+    record = lineage.record(Path.cwd(), data, {
+        "backbone": config.model.backbone, "image_size": config.model.image_size,
+        "weights_identity": meta["weights_identity"], "experiment": config.base.experiment,
+    })  # fmt: skip
+    mlflow.set_tags({"stage": "train", **lineage.as_tags(record)})
+    log_split_datasets({name: split.rows for name, split in splits.items()},
+                       digest=record.get("data.clean", "unknown"),
+                       source=str(artifacts.MANIFEST.at(data["clean"])))  # fmt: skip
+
+
+def sweep_logged(
+    config: TrainConfig, settings: list[dict], fit_one: Callable, swept: set[str], space: str
+) -> tuple[HeadFit, TrainParams]:
+    """Fit every setting in a child run; log the best one's params and curves on this run."""
+    import mlflow
+
+    trials, best = run_sweep(config.train, settings, fit_one, config.flat())
+    fit, best_params = trials[best].fit, trials[best].params
+    best_flat = config.with_train(best_params).flat()
+    mlflow.log_params({key: best_flat[key] for key in sorted(swept)})
+    mlflow.set_tags({"sweep_size": str(len(trials)), "search_space": space,
+                     "best_child_run_id": trials[best].run_id,
+                     "best_setting": setting_name(trials[best].setting)})  # fmt: skip
+    for row in fit.history:
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    return fit, best_params
+
+
+def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path) -> Any:
+    """The backbone and the fitted head as one model, checked against the cached vectors."""
+    extractor = build_feature_extractor(config.model, config.base.seed)
+    probe = train.rows["image"].head(VERIFY_IMAGES).map(lambda image: raw / image).tolist()
+    verify_extractor(extractor, load_batch(probe, config.model.image_size).numpy(),
+                     train.vectors[:VERIFY_IMAGES])  # fmt: skip
+    return assemble(extractor, fit.model, flip=fit.augmented,
+                    colour=config.hashtags.image_rankers and "colour" in train.views)
+
+
+def fine_tune_logged(model, config: TrainConfig, train: Split, val: Split, raw: Path,
+                     start: int) -> list[dict]:  # fmt: skip
+    """Fine-tune the served model on images, logging `fine_tune_*` metrics after the head's."""
+    import mlflow
+
+    def paths(split: Split) -> list[Path]:
+        return [raw / image for image in split.rows["image"]]
+
+    rows = fine_tune(
+        model, config.model, config.train.fine_tune,
+        (paths(train), train.labels), (paths(val), val.labels),
+        label_smoothing=config.train.label_smoothing, seed=config.base.seed,
+        on_epoch=lambda epoch, m: mlflow.log_metrics(
+            {f"fine_tune_{k}": v for k, v in m.items()}, step=start + epoch),
+    )  # fmt: skip
+    for row in rows:
+        row["epoch"] += start
+    return rows
+
+
+def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Split],
+                        posts: list, out: Path) -> dict | None:  # fmt: skip
+    """Fit hashtags.json on the training posts, and the image rankers when they are enabled.
+
+    Returns:
+        The rankers' validation comparison, or None when no rankers were fitted.
+    """
+    from taglens.training.hashtags import fit_hashtag_stats
+
+    train_shas = set(splits["train"].rows["sha256"])
+    stats = fit_hashtag_stats([post for post in posts if post.sha256 in train_shas],
+                              config.base.classes, config.hashtags)  # fmt: skip
+    stats.save(artifacts.HASHTAGS.at(out))
+    artifacts.RANKERS.at(out).unlink(missing_ok=True)
+    if not config.hashtags.image_rankers:
+        return None
+    if config.train.fine_tune.enabled:
+        logger.warning("image rankers skipped: they read cached features, which fine-tuning "
+                       "changed; the class mixture ranks hashtags")  # fmt: skip
+        return None
+    return fit_rankers_logged(stats, fit, splits, posts, config.base.seed, out)
+
+
+def fit_rankers_logged(stats, fit: HeadFit, splits: dict[str, Split], posts: list, seed: int,
+                       out: Path) -> dict:  # fmt: skip
+    """Fit the image rankers on the features the served model outputs; log the comparison."""
+    import mlflow
+
+    from taglens.training.fit_rankers import fit_image_rankers
+    from taglens.training.hashtags import own_tags, post_tags
+
+    by_sha = {post.sha256: post for post in posts}
+
+    def inputs(split: Split, tags) -> tuple:
+        flip = split.views.get("flip") if fit.augmented else None
+        features = split.vectors if flip is None else (split.vectors + flip) / 2
+        return features, split.views.get("colour"), [tags(by_sha[s]) for s in split.rows["sha256"]]
+
+    train, val = splits["train"], splits["val"]
+    probs_val = predict_views(fit.model, val.vectors, val.views.get("flip") if fit.augmented
+                              else None)  # fmt: skip
+    rankers, report = fit_image_rankers(stats, inputs(train, post_tags),
+                                        (*inputs(val, own_tags), probs_val), seed)  # fmt: skip
+    rankers.save(artifacts.RANKERS.at(out))
+    low_lift = report.pop("low_lift")
+    mlflow.log_metrics({f"val_hashtag_{name}_{key}": value for name, scores in report.items()
+                        for key, value in scores.items()})  # fmt: skip
+    mlflow.log_params({**{f"hashtags.blend.{name}": weight for name, weight in
+                          rankers.weights.items()},
+                       "hashtags.blend.low_lift_weight": low_lift["weight"]})  # fmt: skip
+    mlflow.log_dict(low_lift, "train/low_lift_tags.json")
+    report["low_lift"] = low_lift
+    return {"blend_weights": rankers.weights, "rankers": report}
+
+
+def write_model_dir(config: TrainConfig, model, history: list[dict], out: Path, reports: Path,
+                    run_id: str) -> None:  # fmt: skip
+    """Save model.keras, model_info.json and history.csv/png; log them and the pyfunc model."""
+    import mlflow
+
+    from taglens.serving.pyfunc import log_taglens_model
+
+    save_model(model, artifacts.MODEL.at(out))
+    info = artifacts.MODEL_INFO.at(out)
+    atomic_write_json(info, {
+        "classes": list(config.base.classes), "image_size": config.model.image_size,
+        "backbone": config.model.backbone,
+        "weights_identity": weights_identity(config.model, config.base.seed),
+        "run_id": run_id, "experiment": config.base.experiment, "params": config.flat(),
+    })  # fmt: skip
+    csv_path = atomic_write_csv(artifacts.HISTORY.at(reports), history, HISTORY_COLUMNS)
+    png = eval_plots.plot_history(history, reports / "history.png")
+    for path in (csv_path, png, info):
+        mlflow.log_artifact(str(path), artifact_path="train")
+    log_taglens_model(out, ingest=config.ingest, engine=config.engine)
+
+
+def baseline_run(config: TrainConfig, splits: dict[str, Split], train_run_id: str) -> dict:
+    """Fit and log the logistic-regression reference in its own run of the same experiment."""
+    import mlflow
+
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    classifier = fit_baseline(train.vectors, train.labels, config.base.seed,
+                              config.train.class_weight)  # fmt: skip
+    scores = {"val_accuracy": float(classifier.score(val.vectors, val.labels))}
+    if len(test.labels):
+        scores["test_accuracy"] = float(classifier.score(test.vectors, test.labels))
+    with mlflow.start_run(run_name=BASELINE_RUN) as active:
+        mlflow.log_params({key: value for key, value in config.flat().items()
+                           if key.startswith(("base.", "model.", "train.class_weight"))})
+        mlflow.set_tags({"baseline_for": train_run_id, "stage": "train",
+                         "backbone": config.model.backbone})  # fmt: skip
+        mlflow.log_metrics(scores)
+    logger.info("baseline logistic regression: %s", scores)
+    return {"baseline_run_id": active.info.run_id,
+            **{f"baseline_{key}": value for key, value in scores.items()}}
