@@ -13,13 +13,11 @@ from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.data.posts import POSTS_FILE, read_posts
 from taglens.errors import TaglensError
 from taglens.features import store as features
-from taglens.features.backbones import build_feature_extractor, weights_identity
+from taglens.features.backbones import BACKBONES, build_feature_extractor, weights_identity
 from taglens.features.views import build_view_extractor
 from taglens.params import FeaturizeParams, ModelParams, load_params
 
 logger = logging.getLogger(__name__)
-# Built from depthwise convolutions, which XLA runs about 10x slower on CPU (BENCHMARKS.md).
-XLA_SLOW_BACKBONES = frozenset({"mobilenet", "mobilenet_v2", "efficientnet_b0"})
 
 
 def run(
@@ -49,7 +47,7 @@ def run(
     posts = read_posts(posts_path)
     if not posts:
         raise TaglensError(f"{posts_path} holds no posts: scrape accepted no images")
-    if params.jit_compile and model.backbone in XLA_SLOW_BACKBONES:
+    if params.jit_compile and BACKBONES[model.backbone].xla_slow:
         logger.warning(
             "featurize.jit_compile is true, but XLA runs %s's depthwise convolutions about 10x "
             "slower on CPU: set featurize.jit_compile: false for this backbone",

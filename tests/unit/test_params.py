@@ -6,6 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from taglens.features.backbones import BACKBONES
 from taglens.params import ParamsError, flatten, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ def test_unknown_key_is_named():
         ("train.epochs", 0, r"train\.epochs must be >= 1, got 0"),
         ("clean.k_std", 0, r"clean\.k_std must be > 0"),
         ("hashtags.top_k", 31, r"hashtags\.top_k must be <= 30, got 31"),
-        ("model.backbone", "alexnet", r"model\.backbone: .*got 'alexnet'"),
+        ("model.backbone", "alexnet", r"model\.backbone must be one of .*got 'alexnet'"),
         ("featurize.engine", "tensorrt", r"featurize\.engine: .*got 'tensorrt'"),
         ("serve.port", 70000, r"serve\.port must be <= 65535"),
         ("base.seed", 2**32, r"base\.seed must be <= 4294967295"),
@@ -59,6 +60,17 @@ def test_unknown_key_is_named():
 def test_bad_values_are_named(dotted, value, message):
     with pytest.raises(ParamsError, match=message):
         load_params(ROOT / "params.yaml", {dotted: value})
+
+
+def test_an_unknown_backbone_names_every_allowed_one_from_the_one_list():
+    with pytest.raises(ParamsError) as caught:
+        load_params(ROOT / "params.yaml", {"model.backbone": "alexnet"})
+    allowed = ", ".join(BACKBONES)
+    assert str(caught.value) == (
+        f"invalid params: model.backbone must be one of {allowed}, got 'alexnet'"
+    )
+    for name in BACKBONES:  # and every name of the list is accepted
+        assert load_params(ROOT / "params.yaml", {"model.backbone": name}).model.backbone == name
 
 
 def test_missing_section_is_named():
