@@ -15,6 +15,7 @@ import prefect.main  # noqa: F401
 import pytest
 
 from taglens.params import Params, load_params
+from taglens.toolenv import TOOL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -22,17 +23,9 @@ SHARED = ROOT.parent / "shared"
 FLOWERS = SHARED / "datasets" / "flowers"
 WEIGHTS = SHARED / "weights"
 
-os.environ.update(
-    {
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "DVC_NO_ANALYTICS": "1",
-        "DO_NOT_TRACK": "1",
-    }
-)
+# The tools' quiet environment, forced (not only defaulted): a test runs the same whatever the
+# shell that started pytest sets.
+os.environ.update(TOOL_ENV)
 
 _real_connect = socket.socket.connect
 
