@@ -14,14 +14,10 @@ from pathlib import Path
 import prefect.main  # noqa: F401
 import pytest
 
-from taglens.params import Params, load_params
+from taglens.params import Params
 from taglens.toolenv import TOOL_ENV
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
-SHARED = ROOT.parent / "shared"
-FLOWERS = SHARED / "datasets" / "flowers"
-WEIGHTS = SHARED / "weights"
+from tests.helpers.params import tiny_params as merged_tiny_params
+from tests.helpers.paths import FLOWERS, WEIGHTS
 
 # The tools' quiet environment, forced (not only defaulted): a test runs the same whatever the
 # shell that started pytest sets.
@@ -66,8 +62,8 @@ def fresh_mlflow(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def tiny_params() -> Params:
-    """The tiny test configuration (32 px, random weights, few epochs)."""
-    return load_params(FIXTURES / "params.yaml")
+    """The tiny test configuration (32 px, random weights, few epochs: tests/helpers/params.py)."""
+    return merged_tiny_params()
 
 
 @pytest.fixture
@@ -89,8 +85,8 @@ def mobilenet_weights() -> Path:
 
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
-    """A copy of the repository's source (no run state: see tests/repocopy.py)."""
-    from tests.repocopy import copy_source_tree
+    """A copy of the repository's source (no run state: see tests/helpers/repocopy.py)."""
+    from tests.helpers.repocopy import copy_source_tree
 
     return copy_source_tree(tmp_path / "repo")
 

@@ -22,7 +22,7 @@ import yaml
 from flows.stagerun import StageError, check_repo, run_stage
 from flows.training import STAGES, training_flow
 from flows.training_report import data_version_tags, render_markdown
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 STUB = textwrap.dedent('''
     """A stand-in stage: honours `fail: STAGE`, `flaky: STAGE` in params.yaml."""

@@ -8,9 +8,9 @@ from PIL import Image
 from stages import predict
 from taglens.serving.batch_outputs import read_rows
 from taglens.serving.predictor import HashtagPredictor
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params_path
 
-PARAMS = str(FIXTURES / "params.yaml")
+PARAMS = str(tiny_params_path())
 
 
 def _photos(folder, count=5):

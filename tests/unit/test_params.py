@@ -8,13 +8,14 @@ from pydantic import ValidationError
 
 from taglens.features.backbones import BACKBONES
 from taglens.params import ParamsError, flatten, load_params, parse_params
+from tests.helpers.params import tiny_params, tiny_params_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("path", "classes"), [
     (ROOT / "params.yaml", None),  # null: the classes the source finds
-    (ROOT / "tests/fixtures/params.yaml", 10),
+    (tiny_params_path(), 10),
 ])  # fmt: skip
 def test_shipped_params_files_load(path, classes):
     params = load_params(path)
@@ -28,7 +29,7 @@ def test_classes_given_need_at_least_two():
 
 
 def test_fixture_params_are_tiny():
-    params = load_params(ROOT / "tests/fixtures/params.yaml")
+    params = tiny_params()
     assert params.model.image_size == 32
     assert params.model.weights is None
 
@@ -121,6 +122,6 @@ def test_flatten_uses_section_names():
     flat = flatten(load_params(ROOT / "params.yaml"))
     assert flat["train.learning_rate"] == 0.001
     assert flat["train.fine_tune.enabled"] is False
-    assert flatten(load_params(ROOT / "tests/fixtures/params.yaml"))["base.classes"].startswith(
+    assert flatten(tiny_params())["base.classes"].startswith(
         "animals,art,"
     )
