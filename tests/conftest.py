@@ -94,8 +94,8 @@ def repo_copy(tmp_path) -> Path:
 @pytest.fixture
 def tiny_models_dir(tmp_path, tiny_params) -> Path:
     """A models/ dir like the train stage writes: a tiny random conv net (32 px, preprocessing
-    inside), model_info.json and hashtags.json for the ten base.classes (see tinymodels.py)."""
-    from tinymodels import build_tiny_models
+    inside), model_info.json and hashtags.json for the ten base.classes (helpers/tinymodels.py)."""
+    from tests.helpers.tinymodels import build_tiny_models
 
     return build_tiny_models(tmp_path / "models", tiny_params)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from taglens.toolenv import TOOL_ENV
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.servers import free_port, wait_until_healthy
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 SERVER_START_TIMEOUT = 150  # a fresh server database takes 20-60 s on a busy 2-core machine

@@ -13,7 +13,7 @@ from stages.featurize import run as run_stage
 from taglens.features.store import FEATURES_FILE, META_FILE, STORE_DIR
 from taglens.params import load_params
 from tests.helpers.params import write_tiny_params
-from tests.rawdata import solid_raw
+from tests.helpers.rawdata import solid_raw
 
 COLOURS = {
     "art": [(200, 30, 30), (180, 60, 20), (150, 90, 10), (120, 120, 0)],

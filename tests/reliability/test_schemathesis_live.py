@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.helpers.params import tiny_params_path
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.servers import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 

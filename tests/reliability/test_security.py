@@ -18,7 +18,7 @@ import pytest
 from reliability_kit import FAKE_SECRET, ROOT
 
 from tests.helpers.params import tiny_params_path
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.servers import free_port, wait_until_healthy
 
 SALT = "reliability-salt-" + "x" * 16
 

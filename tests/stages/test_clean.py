@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from rawdata import solid_raw
 
 from stages import clean
 from taglens.data.posts import POSTS_FILE, read_posts, write_posts
 from taglens.features.split import content_split
 from taglens.features.store import write_features
+from tests.helpers.rawdata import solid_raw
 
 SIZES = {"animals": 40, "food": 30, "art": 2}
 SEED = 42  # params.yaml's base.seed (the tiny params keep it)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from rawdata import add_post, jpeg_bytes, solid_raw
 
 from stages import featurize
 from taglens.data.posts import POSTS_FILE, read_posts, write_posts
 from taglens.features.store import FEATURES_FILE, META_FILE, read_features
+from tests.helpers.rawdata import add_post, jpeg_bytes, solid_raw
 
 COLOURS = {
     "animals": [(200, 30, 30), (190, 40, 20), (210, 20, 40), (180, 60, 60)],

@@ -24,7 +24,7 @@ from taglens.serving.pyfunc import (
     load_predictor,
 )
 from taglens.serving.pyfunc_inputs import LEGACY_INGEST, ROOT_ENV
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 

@@ -9,7 +9,6 @@ import threading
 
 import mlflow
 import pytest
-from tinymodels import build_tiny_models
 
 from stages import register
 from taglens.lifecycle.gate import Evaluation, NotComparableError
@@ -17,6 +16,7 @@ from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.tracking import configure_tracking
 from taglens.serving.pyfunc import log_taglens_model, logged_model_uri
 from tests.helpers.params import tiny_params, tiny_params_path
+from tests.helpers.tinymodels import build_tiny_models
 
 CLASSES = ["animals", "art", "fashion", "fitness", "flowers", "food", "instagood", "nature",
            "selfie", "sports"]  # fmt: skip

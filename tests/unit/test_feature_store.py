@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rawdata import solid_raw
 
 from taglens.features import store as features
 from taglens.features.store import FeatureKey, FeatureStore, featurize_paths, fill_store
+from tests.helpers.rawdata import solid_raw
 
 SIZE = 32
 KEY = FeatureKey("test", SIZE, "random-seed0")

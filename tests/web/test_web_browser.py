@@ -15,7 +15,7 @@ import pytest
 from web_helpers import photo_bytes
 
 from tests.helpers.params import tiny_params_path
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.servers import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = tiny_params_path()
