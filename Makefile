@@ -11,14 +11,11 @@ DEV_STAMP := $(VENV)/.dev-stamp
 # `dvc`, `prefect` and `mlflow` below the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-# Keep the tools from phoning home (and waiting on a network that may not be there).
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
-export MLFLOW_DISABLE_TELEMETRY := true
-export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
-export DVC_NO_ANALYTICS := 1
-export DO_NOT_TRACK := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
+# Keep the tools make starts (dvc, prefect, mlflow) from phoning home: their environment is
+# written once, in taglens/toolenv.py (standard library only, so it runs before `make setup`);
+# a value already in the environment wins, as in Python.
+TOOL_ENV := $(shell $(PYTHON) -m taglens.toolenv)
+$(foreach pair,$(TOOL_ENV),$(eval export $(word 1,$(subst =, ,$(pair))) ?= $(word 2,$(subst =, ,$(pair)))))
 
 .PHONY: help setup setup-dev demo test test-fast lint bench browser-deps mlflow-ui
 

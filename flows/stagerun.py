@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from taglens import toolenv
 from taglens.errors import TaglensError
 
 logger = logging.getLogger(__name__)
@@ -30,12 +31,7 @@ TAIL_LINES = 25
 USER_ERROR_EXIT = 2
 # stages/run.sh writes the stage command's exit code to this file (when set).
 EXIT_FILE_ENV = "TAGLENS_STAGE_EXIT_FILE"
-_QUIET_ENV = {
-    "DVC_NO_ANALYTICS": "1",
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
+_STAGE_ENV = {
     # Not a terminal here: progress is a log line every 10 s (taglens.progress), not a bar.
     "TAGLENS_PROGRESS_SECONDS": "10",
     "PYTHONUNBUFFERED": "1",
@@ -88,8 +84,9 @@ def stage_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
-    for key, value in _QUIET_ENV.items():
+    for key, value in _STAGE_ENV.items():
         env.setdefault(key, value)
+    toolenv.apply(env)
     return env
 
 

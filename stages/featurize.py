@@ -11,13 +11,11 @@ import numpy as np
 from taglens import artifacts
 from taglens.cli import add_stage_inputs, run_main, setup_logging
 from taglens.features import store as features
-from taglens.features.backbones import build_feature_extractor, weights_identity
+from taglens.features.backbones import BACKBONES, build_feature_extractor, weights_identity
 from taglens.features.featurize_outputs import FeaturizeResult, feature_meta, fill_views
 from taglens.params import FeaturizeParams, ModelParams, load_params
 
 logger = logging.getLogger(__name__)
-# Built from depthwise convolutions, which XLA runs about 10x slower on CPU (BENCHMARKS.md).
-XLA_SLOW_BACKBONES = frozenset({"mobilenet", "mobilenet_v2", "efficientnet_b0"})
 
 
 def run(
@@ -40,7 +38,7 @@ def run(
     """
     raw, out = Path(raw), Path(out)
     posts = artifacts.read_posts(raw)
-    if params.jit_compile and model.backbone in XLA_SLOW_BACKBONES:
+    if params.jit_compile and BACKBONES[model.backbone].xla_slow:
         logger.warning(
             "featurize.jit_compile is true, but XLA runs %s's depthwise convolutions about 10x "
             "slower on CPU: set featurize.jit_compile: false for this backbone",

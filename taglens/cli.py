@@ -11,14 +11,13 @@ import argparse
 import errno
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taglens import artifacts
+from taglens import artifacts, toolenv
 from taglens.errors import TaglensError
 
 if TYPE_CHECKING:
@@ -49,14 +48,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 REGISTRY_ADMIN = frozenset({"list", "history", "promote", "rollback"})
 
-_QUIET_TOOLS = {
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-}
-
 
 # The inputs several stages read, with the dvc.yaml layout as defaults: one wording for every stage.
 STAGE_INPUTS: dict[str, tuple[Path, str]] = {
@@ -78,8 +69,7 @@ def add_stage_inputs(parser: argparse.ArgumentParser, *names: str) -> None:
 
 def setup_logging(level: int = logging.INFO) -> None:
     """Log to stderr with timestamps, and keep the tools from phoning home."""
-    for key, value in _QUIET_TOOLS.items():
-        os.environ.setdefault(key, value)
+    toolenv.apply()
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

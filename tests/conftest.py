@@ -14,25 +14,14 @@ from pathlib import Path
 import prefect.main  # noqa: F401
 import pytest
 
-from taglens.params import Params, load_params
+from taglens.params import Params
+from taglens.toolenv import TOOL_ENV
+from tests.helpers.params import tiny_params as merged_tiny_params
+from tests.helpers.paths import FLOWERS, WEIGHTS
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
-SHARED = ROOT.parent / "shared"
-FLOWERS = SHARED / "datasets" / "flowers"
-WEIGHTS = SHARED / "weights"
-
-os.environ.update(
-    {
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "DVC_NO_ANALYTICS": "1",
-        "DO_NOT_TRACK": "1",
-    }
-)
+# The tools' quiet environment, forced (not only defaulted): a test runs the same whatever the
+# shell that started pytest sets.
+os.environ.update(TOOL_ENV)
 
 _real_connect = socket.socket.connect
 
@@ -73,8 +62,8 @@ def fresh_mlflow(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def tiny_params() -> Params:
-    """The tiny test configuration (32 px, random weights, few epochs)."""
-    return load_params(FIXTURES / "params.yaml")
+    """The tiny test configuration (32 px, random weights, few epochs: tests/helpers/params.py)."""
+    return merged_tiny_params()
 
 
 @pytest.fixture
@@ -96,8 +85,8 @@ def mobilenet_weights() -> Path:
 
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
-    """A copy of the repository's source (no run state: see tests/repocopy.py)."""
-    from tests.repocopy import copy_source_tree
+    """A copy of the repository's source (no run state: see tests/helpers/repocopy.py)."""
+    from tests.helpers.repocopy import copy_source_tree
 
     return copy_source_tree(tmp_path / "repo")
 
@@ -105,8 +94,8 @@ def repo_copy(tmp_path) -> Path:
 @pytest.fixture
 def tiny_models_dir(tmp_path, tiny_params) -> Path:
     """A models/ dir like the train stage writes: a tiny random conv net (32 px, preprocessing
-    inside), model_info.json and hashtags.json for the ten base.classes (see tinymodels.py)."""
-    from tinymodels import build_tiny_models
+    inside), model_info.json and hashtags.json for the ten base.classes (helpers/tinymodels.py)."""
+    from tests.helpers.tinymodels import build_tiny_models
 
     return build_tiny_models(tmp_path / "models", tiny_params)
 

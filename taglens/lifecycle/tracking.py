@@ -13,16 +13,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from taglens import toolenv
 from taglens.errors import TaglensError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("mlruns")
-_QUIET_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    "DO_NOT_TRACK": "1",
-}
 
 
 # How long to wait for a tracking server to answer before giving up: MLflow's own client would
@@ -90,8 +86,7 @@ def configure_tracking(experiment: str, store: Path = DEFAULT_STORE) -> str:
         TrackingServerUnreachable: a tracking server is named but does not answer; raised within
             seconds, before any stage spends time on work it could not log.
     """
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    toolenv.apply()
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,39 +11,33 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.repocopy import copy_source_tree
+from tests.helpers.params import write_tiny_params
+from tests.helpers.repocopy import copy_source_tree
+from tests.helpers.stages import DVC, stage_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 STAGES = ("scrape", "featurize", "clean", "train", "evaluate", "register")
 
 
-def _env(repo: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlruns/ store, as a user would have
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
 def _run(args: list[str], repo: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        args, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=timeout
+        args, cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run([str(Path(sys.executable).parent / "dvc"), *args], repo)
+    return _run([DVC, *args], repo)
 
 
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory, request) -> Path:
     """A repo copy with the tiny params, after one full `dvc repro`."""
-    root = Path(__file__).resolve().parents[2]
     repo = tmp_path_factory.mktemp("e2e") / "repo"
     copy_source_tree(repo)
-    shutil.copy(root / "tests/fixtures/params.yaml", repo / "params.yaml")
+    write_tiny_params(repo / "params.yaml")
     _run(["git", "init", "-q"], repo)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], repo)

@@ -13,7 +13,7 @@ from taglens.data.images import image_dataset
 from taglens.data.posts import hashtags_in, read_posts
 from taglens.params import load_params
 from taglens.serving.predictor import HashtagPredictor
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 from tests.stages.train_fixtures import run_evaluate, run_train, write_inputs
 
 # tags read from the petals in posts.jsonl (../shared/README.md): a colour, or colour+"flowers"

@@ -6,13 +6,13 @@ import csv
 
 import numpy as np
 import pytest
-from rawdata import add_post
 
 from stages import clean, featurize
 from taglens.data.posts import POSTS_FILE, write_posts
 from taglens.features.split import content_split
 from taglens.features.store import read_features
 from taglens.params import FeaturizeParams, ModelParams
+from tests.helpers.rawdata import add_post
 
 PER_CLASS = 20
 

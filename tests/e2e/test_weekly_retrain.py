@@ -10,26 +10,21 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
+
+from tests.helpers.params import write_tiny_params
+from tests.helpers.repocopy import copy_source_tree
+from tests.helpers.stages import DVC, stage_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("animals", "art", "food")
 HUES = {"animals": (200, 60, 40), "art": (40, 170, 60), "food": (50, 70, 210)}
-IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "data", "models", "reports", "mlruns", "__pycache__", "*.egg-info",
-    ".pytest_cache", ".ruff_cache", "test-results", ".prefect", "tmp", "cache", "predictions",
-)  # fmt: skip
 
 
 def add_photos(folder: Path, start: int, count: int) -> None:
@@ -46,33 +41,15 @@ def add_photos(folder: Path, start: int, count: int) -> None:
             image.save(folder / label / f"{label}_{i:04d}.png")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlruns/ store, as a user would have
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
 def _run(repo: Path, *args: str) -> str:
-    result = subprocess.run(args, cwd=repo, env=_env(), capture_output=True, text=True,
+    result = subprocess.run(args, cwd=repo, env=stage_env(), capture_output=True, text=True,
                             timeout=1200)  # fmt: skip
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
 
 def _dvc(repo: Path, *args: str) -> str:
-    return _run(repo, str(Path(sys.executable).parent / "dvc"), *args)
-
-
-def _set_params(repo: Path, changes: dict[str, object]) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return _run(repo, DVC, *args)
 
 
 def _week(repo: Path) -> dict:
@@ -92,13 +69,11 @@ def _week(repo: Path) -> dict:
 def test_three_weeks_of_retraining(tmp_path):
     # Given a repository set up for a folder of photos (tiny images, random backbone weights)
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT, repo, ignore=IGNORE)
-    shutil.copy(ROOT / "tests/fixtures/params.yaml", repo / "params.yaml")
-    (repo / "mlruns").mkdir(exist_ok=True)
+    copy_source_tree(repo)
     photos = tmp_path / "photos"
-    _set_params(repo, {"base.classes": list(CLASSES), "scrape.source": "folder",
-                       "scrape.folder": str(photos), "train.epochs": 8,
-                       "clean.test_fraction": 0.25})  # fmt: skip
+    setting = {"base.classes": list(CLASSES), "scrape.source": "folder",
+               "scrape.folder": str(photos), "train.epochs": 8, "clean.test_fraction": 0.25}
+    write_tiny_params(repo / "params.yaml", setting)
     _run(repo, "git", "init", "-q")
     _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
     _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
@@ -126,7 +101,8 @@ def test_three_weeks_of_retraining(tmp_path):
 
     # Week 3: more photos, and a setting that cannot learn: refused, with both scores recorded
     add_photos(photos, 60, 12)
-    _set_params(repo, {"train.learning_rate": 1e-7, "train.epochs": 1})
+    write_tiny_params(repo / "params.yaml",
+                      {**setting, "train.learning_rate": 1e-7, "train.epochs": 1})  # fmt: skip
     three = _week(repo)
     reg = three["register"]
     assert reg["version"] == "3" and reg["compared_with"] == "2"

@@ -17,21 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, wait_until_healthy
+from taglens.toolenv import TOOL_ENV
+from tests.helpers.servers import free_port, wait_until_healthy
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 SERVER_START_TIMEOUT = 150  # a fresh server database takes 20-60 s on a busy 2-core machine
 
 
 def _quiet_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "DO_NOT_TRACK": "1",
-    })  # fmt: skip
-    return env
+    return {**os.environ, **TOOL_ENV, "PREFECT_HOME": str(home)}
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:

@@ -1,6 +1,6 @@
 """The scheduled deployments on a real Prefect server, and a real process worker running them.
 
-Given a copy of the repository with the tiny params (tests/fixtures/params.yaml), when
+Given a copy of the repository with the tiny params (tests/helpers/params.py), when
 `flows.deploy` registers both deployments, then the server holds the documented cron schedules;
 when a worker picks up a manual run of `weekly-retrain`, then the whole pipeline runs through DVC
 and leaves a new MLflow run and registry version; when a stage fails, the run is FAILED with the
@@ -21,7 +21,8 @@ import yaml
 
 from flows.deploy import PREDICT, PREDICT_CRON, RETRAIN, RETRAIN_CRON, DeploySettings, deploy_all
 from flows.training import STAGES
-from tests.repocopy import copy_source_tree
+from tests.helpers.params import write_tiny_params
+from tests.helpers.repocopy import copy_source_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = "taglens-test"
@@ -38,7 +39,7 @@ def checkout(tmp_path_factory) -> Path:
     """A copy of the repository (no data, no store) with the tiny params, committed to git."""
     repo = tmp_path_factory.mktemp("deploy") / "repo"
     copy_source_tree(repo)
-    shutil.copy(ROOT / "tests/fixtures/params.yaml", repo / "params.yaml")
+    write_tiny_params(repo / "params.yaml")
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "checkout")

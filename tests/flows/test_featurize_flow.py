@@ -12,8 +12,8 @@ from flows.featurize import cached_extractor, featurize_flow
 from stages.featurize import run as run_stage
 from taglens.features.store import FEATURES_FILE, META_FILE, STORE_DIR
 from taglens.params import load_params
-from tests.conftest import FIXTURES
-from tests.rawdata import solid_raw
+from tests.helpers.params import write_tiny_params
+from tests.helpers.rawdata import solid_raw
 
 COLOURS = {
     "art": [(200, 30, 30), (180, 60, 20), (150, 90, 10), (120, 120, 0)],
@@ -26,10 +26,7 @@ UNIQUE = 12  # 13 posts, 12 distinct images
 def _repo(root, batch_size: int = 4):
     """A repo dir with data/raw and a params.yaml whose featurize batch is `batch_size`."""
     solid_raw(root / "data" / "raw", COLOURS)
-    text = (FIXTURES / "params.yaml").read_text()
-    old = "  batch_size: 16          # images per forward pass"
-    assert old in text, "tests/fixtures/params.yaml changed: update this test"
-    (root / "params.yaml").write_text(text.replace(old, f"  batch_size: {batch_size}"))
+    write_tiny_params(root / "params.yaml", {"featurize.batch_size": batch_size})
     return root
 
 

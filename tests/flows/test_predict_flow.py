@@ -7,9 +7,9 @@ from PIL import Image
 
 from flows.predict import ARTIFACT_KEY, TIMEOUT_S, batch_predict_flow, cached_model, score_task
 from taglens.serving.batch_rows import read_rows
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params_path
 
-PARAMS = str(FIXTURES / "params.yaml")
+PARAMS = str(tiny_params_path())
 
 
 # float32 inference is not bit-for-bit reproducible across batchings: the Dask shards group the

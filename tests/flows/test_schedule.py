@@ -10,8 +10,8 @@ import time
 import pytest
 
 from flows.deploy import PREDICT, PREDICT_CRON, RETRAIN, RETRAIN_CRON
-from tests.conftest import ROOT
-from tests.repocopy import copy_source_tree
+from tests.helpers.paths import ROOT
+from tests.helpers.repocopy import copy_source_tree
 
 pytestmark = pytest.mark.slow
 

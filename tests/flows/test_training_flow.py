@@ -23,7 +23,7 @@ from flows.stagerun import StageError, check_repo, run_stage
 from flows.training import STAGES, training_flow
 from flows.training_report import render_markdown
 from taglens.lifecycle.lineage import repo_data_tags
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 STUB = textwrap.dedent('''
     """A stand-in stage: honours `fail: STAGE`, `flaky: STAGE` in params.yaml."""

@@ -21,7 +21,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE_PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
 
@@ -59,7 +58,9 @@ def _params_file(data: bytes) -> object:
 
 @functools.cache
 def _fixture_raw() -> dict:
-    return yaml.safe_load(FIXTURE_PARAMS.read_text(encoding="utf-8"))
+    from tests.helpers.params import tiny_params_raw
+
+    return tiny_params_raw()
 
 
 _VALUES: list[object] = [
@@ -129,21 +130,21 @@ def _ingest_image(data: bytes) -> object:
     """Raw bytes as a candidate image through ingest's decoder and normalizer."""
     global _INGEST_PARAMS
     from taglens.data.normalize import normalize_image
-    from taglens.params import load_params
+    from taglens.params import parse_params
 
     if _INGEST_PARAMS is None:
-        _INGEST_PARAMS = load_params(FIXTURE_PARAMS).ingest
+        _INGEST_PARAMS = parse_params(_fixture_raw()).ingest
     return normalize_image(data, _INGEST_PARAMS)
 
 
 def _upload_image(data: bytes) -> object:
     """Raw bytes as a web upload through the app's checks (what runs before the model)."""
     global _INGEST_PARAMS
-    from taglens.params import load_params
+    from taglens.params import parse_params
     from taglens.serving.web.upload import prepare_image, read_limited
 
     if _INGEST_PARAMS is None:
-        _INGEST_PARAMS = load_params(FIXTURE_PARAMS).ingest
+        _INGEST_PARAMS = parse_params(_fixture_raw()).ingest
     return prepare_image(read_limited(io.BytesIO(data), 1_000_000), _INGEST_PARAMS)
 
 
@@ -211,7 +212,8 @@ def _image_seeds() -> list[bytes]:
 def seeds(name: str) -> list[bytes]:
     """Valid starting inputs for a target, so the fuzzer mutates from the real format."""
     if name in ("params_file",):
-        return [FIXTURE_PARAMS.read_bytes()]
+        tiny = yaml.safe_dump(_fixture_raw(), sort_keys=False).encode()
+        return [(ROOT / "params.yaml").read_bytes(), tiny]
     if name == "params_values":
         return [bytes(range(64)), b"\x00" * 16]
     if name == "posts_jsonl":

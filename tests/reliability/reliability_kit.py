@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
+from tests.helpers import stages
+from tests.helpers.params import write_tiny_params
+from tests.helpers.paths import ROOT
+from tests.helpers.repocopy import copy_source_tree
+from tests.helpers.stages import STAGE_ARGS
 
-from tests.repocopy import copy_source_tree
-
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE_PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
-BIN = Path(sys.executable).parent
 # The reliability pipeline: small, but with enough feature shards (25) that a kill lands between
 # two of them, and 32 px images so a forward pass is quick.
 PIPELINE_OVERRIDES = {
@@ -34,47 +33,21 @@ PIPELINE_OVERRIDES = {
 # A stand-in secret every stage subprocess gets as the owner-hash salt: the security tests look
 # for it in every output, log and MLflow record of the reference pipeline.
 FAKE_SECRET = "fake-secret-9f3c1e7a-never-stored"
-STAGE_ARGS = {
-    "scrape": ["--params", "params.yaml", "--out", "data/raw", "--reports", "reports"],
-    "featurize": ["--params", "params.yaml", "--raw", "data/raw", "--out", "data/features"],
-    "clean": ["--params", "params.yaml", "--raw", "data/raw", "--features", "data/features",
-              "--out", "data/clean", "--reports", "reports/clean", "--metrics",
-              "reports/clean.json"],
-    "train": ["--params", "params.yaml", "--raw", "data/raw", "--features", "data/features",
-              "--clean", "data/clean", "--out", "models"],
-}  # fmt: skip
 
 
 def stage_env(repo: Path, **extra: str) -> dict[str, str]:
-    """The environment of a stage subprocess: the venv on PATH, the repo's own MLflow store."""
-    env = dict(os.environ)
-    env.update({
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONUNBUFFERED": "1",
-        "TAGLENS_OWNER_SALT": FAKE_SECRET,
-    })  # fmt: skip
-    env.update(extra)
-    return env
+    """A stage subprocess's environment (tests.helpers.stages), with the stand-in salt secret."""
+    return stages.stage_env(repo / "mlruns", TAGLENS_OWNER_SALT=FAKE_SECRET, **extra)
 
 
 def write_params(repo: Path, overrides: dict[tuple[str, ...], object]) -> Path:
-    """Write the tiny fixture params with some keys changed as the repo's params.yaml."""
-    raw = yaml.safe_load(FIXTURE_PARAMS.read_text(encoding="utf-8"))
-    for path, value in overrides.items():
-        node = raw
-        for key in path[:-1]:
-            node = node[key]
-        assert path[-1] in node, f"unknown params key {'.'.join(path)}"
-        node[path[-1]] = value
-    target = repo / "params.yaml"
-    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return target
+    """Write the tiny params with some keys changed (each must exist) as the repo's params.yaml."""
+    changes = {".".join(path): value for path, value in overrides.items()}
+    return write_tiny_params(repo / "params.yaml", changes)
 
 
 def copy_repo(dest: Path, source: Path = ROOT) -> Path:
-    """A copy of the repository's source (no run state: see tests/repocopy.py), empty mlruns/.
+    """A copy of the repository's source without run state (tests/helpers/repocopy.py).
 
     Tests that compare with the `pipeline` fixture copy from it, so both run the same code.
     """

@@ -7,7 +7,9 @@ import time
 
 import pytest
 import yaml
-from reliability_kit import BIN, copy_repo, stage_env, write_params
+from reliability_kit import copy_repo, stage_env, write_params
+
+from tests.helpers.stages import BIN
 
 pytestmark = pytest.mark.slow
 

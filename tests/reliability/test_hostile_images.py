@@ -15,13 +15,11 @@ from PIL import Image
 
 from taglens.data.images import ALLOWED_FORMATS, header_pixels
 from taglens.data.normalize import RejectedImage, normalize_image
-from taglens.params import load_params
 from taglens.serving.web.upload import UploadError, prepare_image
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params, tiny_params_path
+from tests.helpers.paths import ROOT
 
-ROOT = FIXTURES.parents[1]
-
-PARAMS = load_params(FIXTURES / "params.yaml").ingest
+PARAMS = tiny_params().ingest
 
 
 def _encoded(fmt: str, mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> bytes:
@@ -84,7 +82,7 @@ def _decode_cost(path, tmp_path) -> dict:
     Image.new("RGB", (64, 64)).save(warm)
     script = tmp_path / "peak.py"
     script.write_text(_PEAK.replace("data[:64] + data[64:]", f"Path({str(warm)!r}).read_bytes()"))
-    result = subprocess.run([sys.executable, str(script), str(path), str(FIXTURES / "params.yaml")],
+    result = subprocess.run([sys.executable, str(script), str(path), str(tiny_params_path())],
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -13,10 +13,9 @@ from taglens.atomic import read_jsonl
 from taglens.data.ingest import ingest
 from taglens.data.posts import read_posts
 from taglens.data.sources.folder import FolderSource
-from taglens.params import load_params
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params
 
-PARAMS = load_params(FIXTURES / "params.yaml")
+PARAMS = tiny_params()
 ESCAPES = ["../secret.jpg", "/etc/passwd", "flowers/../../secret.jpg", "C:\\photos\\a.jpg",
            "flowers\\..\\..\\a.jpg"]  # fmt: skip
 

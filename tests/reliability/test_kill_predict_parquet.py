@@ -59,7 +59,7 @@ def _photos(folder, n: int) -> None:
 def _start(tmp_path, photos, output, models, kill_at: str) -> subprocess.Popen:
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, str(script), str(photos), str(output), str(models),
                              kill_at], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

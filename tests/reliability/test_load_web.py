@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from reliability_kit import FIXTURE_PARAMS, ROOT
+from reliability_kit import ROOT
+
+from tests.helpers.params import tiny_params_path
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +26,7 @@ def test_concurrent_uploads_get_no_errors_and_memory_stays_flat(tiny_models_dir,
     # Given the app serving a tiny model on 127.0.0.1
     out = tmp_path / "load.json"
     cmd = [sys.executable, "-m", "bench.load_web", "--models", str(tiny_models_dir),
-           "--params", str(FIXTURE_PARAMS), "--duration", str(DURATION),
+           "--params", str(tiny_params_path()), "--duration", str(DURATION),
            "--concurrency", str(CONCURRENCY), "--leak", str(LEAK_REQUESTS),
            "--json", str(out), "--log", str(tmp_path / "server.log")]  # fmt: skip
     # When clients upload photos concurrently for a fixed time, then 1,000 more

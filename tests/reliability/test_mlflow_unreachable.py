@@ -17,7 +17,7 @@ from reliability_kit import (
 )
 
 from taglens.lifecycle.tracking import TrackingServerUnreachable, check_server, redact_uri
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 
 @pytest.mark.slow

@@ -12,10 +12,9 @@ from PIL import Image
 from test_predict_inbox_bombs import png_bomb
 
 from taglens.serving.pyfunc_inputs import MAX_MB_ENV, MAX_ROWS_ENV, ROOT_ENV, InputPolicy
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params
 
-INGEST = __import__("taglens.params", fromlist=["load_params"]).load_params(
-    FIXTURES / "params.yaml").ingest  # fmt: skip
+INGEST = tiny_params().ingest
 
 
 def _jpeg(size=(48, 40)) -> bytes:

@@ -14,7 +14,7 @@ import sys
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, seed, settings
-from reliability_kit import FIXTURE_PARAMS, ROOT
+from reliability_kit import ROOT
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -24,7 +24,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.params import tiny_params_path
+from tests.helpers.servers import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +43,9 @@ def live_server(tiny_models_dir, tmp_path):
     port = free_port()
     log = tmp_path / "server.log"
     cmd = [sys.executable, "-m", "taglens.serving.web",
-           "--params", str(FIXTURE_PARAMS), "--model-uri",
+           "--params", str(tiny_params_path()), "--model-uri",
            str(tiny_models_dir), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "w") as handle:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_kit import FAKE_SECRET, FIXTURE_PARAMS, ROOT
+from reliability_kit import FAKE_SECRET, ROOT
 
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.params import tiny_params_path
+from tests.helpers.servers import free_port, wait_until_healthy
 
 SALT = "reliability-salt-" + "x" * 16
 
@@ -165,7 +166,7 @@ def test_web_app_binds_localhost_by_default(tiny_models_dir, tmp_path):
     port = free_port()
     log = tmp_path / "server.log"
     cmd = [sys.executable, "-m", "taglens.serving.web",
-           "--params", str(FIXTURE_PARAMS), "--model-uri",
+           "--params", str(tiny_params_path()), "--model-uri",
            str(tiny_models_dir), "--port", str(port)]  # fmt: skip
     with open(log, "w") as handle:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)

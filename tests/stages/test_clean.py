@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from rawdata import solid_raw
 
 from stages import clean
 from taglens.data.posts import POSTS_FILE, read_posts, write_posts
 from taglens.features.split import content_split
 from taglens.features.store import write_features
+from tests.helpers.rawdata import solid_raw
 
 SIZES = {"animals": 40, "food": 30, "art": 2}
-SEED = 42  # tests/fixtures/params.yaml's base.seed
+SEED = 42  # params.yaml's base.seed (the tiny params keep it)
 
 
 @pytest.fixture(autouse=True)
@@ -170,20 +170,20 @@ def test_stale_features_are_refused(tmp_path, tiny_params, data):
 
 
 def test_main_turns_missing_features_into_a_message(tmp_path, data, capsys, monkeypatch):
-    from tests.conftest import FIXTURES
+    from tests.helpers.params import tiny_params_path
 
     monkeypatch.chdir(tmp_path)
-    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(data.raw), "--features",
+    argv = ["--params", str(tiny_params_path()), "--raw", str(data.raw), "--features",
             str(tmp_path / "none"), "--out", str(tmp_path / "clean")]  # fmt: skip
     assert clean.main(argv) == 2
     assert "run the featurize stage first" in capsys.readouterr().err
 
 
 def test_main_writes_every_output(tmp_path, data, monkeypatch):
-    from tests.conftest import FIXTURES
+    from tests.helpers.params import tiny_params_path
 
     monkeypatch.chdir(tmp_path)  # a new experiment would keep its artifacts under ./mlruns
-    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(data.raw), "--features",
+    argv = ["--params", str(tiny_params_path()), "--raw", str(data.raw), "--features",
             str(data.features), "--out", "clean", "--reports", "reports/clean",
             "--metrics", "reports/clean.json"]  # fmt: skip
     assert clean.main(argv) == 0

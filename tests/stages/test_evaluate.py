@@ -11,9 +11,8 @@ import pytest
 
 from stages import evaluate as evaluate_stage
 from taglens.data.images import load_batch
-from taglens.params import load_params
 from taglens.serving.predictor import HashtagPredictor
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params, tiny_params_path
 from tests.stages.train_fixtures import run_evaluate, run_train, small_params, write_inputs
 
 REQUIRED = ("accuracy", "top3_accuracy", "macro_f1", "hashtag_precision_at_1",
@@ -23,7 +22,7 @@ REQUIRED = ("accuracy", "top3_accuracy", "macro_f1", "hashtag_precision_at_1",
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    params = small_params(load_params(FIXTURES / "params.yaml"), epochs=4)
+    params = small_params(tiny_params(), epochs=4)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         paths = write_inputs(root, params, per_class=10)
@@ -100,6 +99,6 @@ def test_plots_and_per_class_scores_are_written_and_logged(evaluated):
 
 def test_main_without_a_model_explains_what_to_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = evaluate_stage.main(["--params", str(FIXTURES / "params.yaml"), "--models", "none"])
+    code = evaluate_stage.main(["--params", str(tiny_params_path()), "--models", "none"])
     assert code == 2
     assert "run the train stage" in capsys.readouterr().err

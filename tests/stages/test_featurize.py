@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from rawdata import add_post, jpeg_bytes, solid_raw
 
 from stages import featurize
 from taglens.data.posts import POSTS_FILE, read_posts, write_posts
 from taglens.features.store import FEATURES_FILE, META_FILE, read_features
+from tests.helpers.rawdata import add_post, jpeg_bytes, solid_raw
 
 COLOURS = {
     "animals": [(200, 30, 30), (190, 40, 20), (210, 20, 40), (180, 60, 60)],
@@ -96,10 +96,10 @@ def test_a_new_image_size_recomputes_into_its_own_store(tiny_params, raw, tmp_pa
 
 
 def test_main_runs_from_the_command_line(raw, tmp_path):
-    from tests.conftest import FIXTURES
+    from tests.helpers.params import tiny_params_path
 
     out = tmp_path / "features"
-    argv = ["--params", str(FIXTURES / "params.yaml"), "--raw", str(raw), "--out", str(out)]
+    argv = ["--params", str(tiny_params_path()), "--raw", str(raw), "--out", str(out)]
     assert featurize.main(argv) == 0
     assert read_features(out)[1].shape == (9, 512)
 
@@ -110,9 +110,9 @@ def test_main_runs_from_the_command_line(raw, tmp_path):
      ("missing_image", "image file")],
 )  # fmt: skip
 def test_main_reports_user_errors_without_traceback(raw, tmp_path, capsys, setup, message):
-    from tests.conftest import FIXTURES
+    from tests.helpers.params import tiny_params_raw
 
-    params = yaml.safe_load((FIXTURES / "params.yaml").read_text())
+    params = tiny_params_raw()
     if setup == "no_posts":
         (raw / POSTS_FILE).unlink()
     elif setup == "bad_weights":
@@ -147,13 +147,14 @@ def test_a_killed_run_resumes_from_its_finished_shards(tiny_params, tmp_path):
     import sys
     import time
 
-    from tests.conftest import FIXTURES, ROOT
+    from tests.helpers.params import tiny_params_raw
+    from tests.helpers.paths import ROOT
 
     # Given 200 distinct images and a featurize process killed (SIGKILL) after its first shard
     colours = {"art": [(i % 256, (i * 7) % 256, (i * 13) % 256) for i in range(200)]}
     raw = tmp_path / "raw"
     solid_raw(raw, colours, size=36)
-    params = yaml.safe_load((FIXTURES / "params.yaml").read_text())
+    params = tiny_params_raw()
     params["featurize"].update(batch_size=4, shard_size=8)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "features"

@@ -10,9 +10,9 @@ from taglens.serving import model_ref
 from taglens.serving.batch_rows import read_rows
 from taglens.serving.model_ref import ModelRef
 from taglens.serving.predictor import HashtagPredictor
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params_path
 
-PARAMS = str(FIXTURES / "params.yaml")
+PARAMS = str(tiny_params_path())
 
 
 def _photos(folder, count=5):

@@ -21,7 +21,7 @@ from taglens.serving.model_ref import ModelNotFoundError
 from taglens.serving.predictor import HashtagPredictor
 from taglens.serving.pyfunc import example_image
 from taglens.serving.pyfunc_inputs import LEGACY_INGEST, ROOT_ENV
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 

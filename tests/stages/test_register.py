@@ -9,17 +9,16 @@ import threading
 
 import mlflow
 import pytest
-from tinymodels import build_tiny_models
 
 from stages import register
 from taglens.lifecycle import lineage
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.tracking import configure_tracking
-from taglens.params import load_params
 from taglens.serving.model_ref import logged_model_uri
 from taglens.serving.pyfunc import log_taglens_model
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params, tiny_params_path
+from tests.helpers.tinymodels import build_tiny_models
 
 CLASSES = ["animals", "art", "fashion", "fitness", "flowers", "food", "instagood", "nature",
            "selfie", "sports"]  # fmt: skip
@@ -31,7 +30,7 @@ def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("register_store")
     before = os.environ["MLFLOW_TRACKING_URI"]
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{path / 'mlflow.db'}"
-    configure_tracking(load_params(FIXTURES / "params.yaml").base.experiment, store=path)
+    configure_tracking(tiny_params().base.experiment, store=path)
     yield path
     os.environ["MLFLOW_TRACKING_URI"] = before
     mlflow.set_tracking_uri(before)
@@ -41,7 +40,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models_template(tmp_path_factory):
     return build_tiny_models(tmp_path_factory.mktemp("tiny") / "models",
-                             load_params(FIXTURES / "params.yaml"))  # fmt: skip
+                             tiny_params())  # fmt: skip
 
 
 @pytest.fixture
@@ -155,7 +154,7 @@ def test_rollback_and_promote_by_hand_record_reasons(tiny_params, make_run, tmp_
     history = tmp_path / "promotions.jsonl"
     for accuracy in (0.5, 0.6, 0.4):
         _register(tiny_params, *make_run(accuracy), history)
-    cli = ["--params", "tests/fixtures/params.yaml", "--history", str(history)]
+    cli = ["--params", str(tiny_params_path()), "--history", str(history)]
     client = mlflow.MlflowClient()
 
     assert register.main(["rollback", "--reason", "v2 misfires on selfies", *cli]) == 0
@@ -213,7 +212,7 @@ def test_racing_registrations_keep_the_best_champion(params, make_run, tmp_path)
 def test_user_errors_are_one_line(tiny_params, make_run, tmp_path, capsys):
     models, reports = make_run(0.5)
     info = json.loads((models / "model_info.json").read_text())
-    args = ["--params", "tests/fixtures/params.yaml", "--models", str(models), "--metrics",
+    args = ["--params", str(tiny_params_path()), "--models", str(models), "--metrics",
             str(reports / "metrics.json"), "--out", str(reports / "register.json")]  # fmt: skip
 
     (reports / "metrics.json").write_text(json.dumps({"top3_accuracy": 0.9}))
@@ -265,7 +264,7 @@ def test_registry_error_promotes_nothing(failing, params, make_run, tmp_path, mo
     _register(params, *make_run(0.5), history)
     models, reports = make_run(0.9)  # would clearly win
     name = params.register.model_name
-    args = ["--params", "tests/fixtures/params.yaml", "--models", str(models), "--metrics",
+    args = ["--params", str(tiny_params_path()), "--models", str(models), "--metrics",
             str(reports / "metrics.json"), "--out", str(reports / "register.json"),
             "--history", str(history)]  # fmt: skip
     monkeypatch.setattr("taglens.params.load_params", lambda _path: params)

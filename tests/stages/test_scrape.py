@@ -12,7 +12,7 @@ from PIL import Image
 from stages import scrape
 from taglens.atomic import read_jsonl
 from taglens.data.posts import read_posts
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params_raw
 
 
 def run_scrape(params, **paths):
@@ -55,7 +55,7 @@ def params_file(tmp_path):
         (photos / cls / f"{index}.jpg").write_bytes(jpeg((index * 60, 90, 20)))
     (photos / "art" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
     (photos / "posts.jsonl").write_text(json.dumps({"image": "food/0.jpg", "caption": "#Yum"}))
-    raw = yaml.safe_load((FIXTURES / "params.yaml").read_text())
+    raw = tiny_params_raw()
     raw["scrape"]["source"] = "folder"
     raw["scrape"]["folder"] = str(photos)
     path = tmp_path / "params.yaml"
@@ -102,7 +102,7 @@ def test_instagram_without_session_says_how_to_log_in(tiny_params, tmp_path, mon
     with pytest.raises(ValueError, match=r"instaloader --login USER"):
         run_scrape(params, out=tmp_path / "raw", reports=tmp_path / "rep")
     params_path = tmp_path / "p.yaml"
-    raw = yaml.safe_load((FIXTURES / "params.yaml").read_text())
+    raw = tiny_params_raw()
     raw["scrape"]["source"] = "instagram"
     params_path.write_text(yaml.safe_dump(raw))
     code = scrape.main(["--params", str(params_path), "--out", str(tmp_path / "raw"),

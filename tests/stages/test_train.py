@@ -182,9 +182,9 @@ def test_main_rejects_a_bad_sweep_argument(capsys):
 
 
 def _fixture_params():
-    from tests.conftest import FIXTURES
+    from tests.helpers.params import tiny_params_path
 
-    return FIXTURES / "params.yaml"
+    return tiny_params_path()
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from taglens.features.backbones import BackboneWeightsError
 from taglens.lifecycle.registry import RegistryError
 from taglens.params import ParamsError
 from taglens.serving.model_ref import ModelNotFoundError
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rawdata import solid_raw
 
 from taglens.features import store as features
 from taglens.features.engines import TensorFlowForward
 from taglens.features.extract import featurize_paths
 from taglens.features.store import FeatureKey, FeatureStore, fill_store
+from tests.helpers.rawdata import solid_raw
 
 SIZE = 32
 KEY = FeatureKey("test", SIZE, "random-seed0")

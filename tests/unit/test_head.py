@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.params import load_params
 from taglens.training.baseline import fit_baseline
 from taglens.training.head import build_head, feature_scale
 from taglens.training.head_fit import class_weights, fit_head, one_hot
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params
 
 
 def _train_params(**update):
-    return load_params(FIXTURES / "params.yaml").train.model_copy(update=update)
+    return tiny_params().train.model_copy(update=update)
 
 
 def _clusters(n_per_class: int, n_classes: int = 3, dim: int = 16, seed: int = 0):

@@ -133,12 +133,11 @@ def test_not_a_rankers_file_is_refused(tmp_path):
 
 
 def test_low_lift_tags_are_found_from_counts_and_image_scores():
-    from taglens.params import load_params
     from taglens.training.fit_rankers import low_lift_tags
     from taglens.training.hashtags import HashtagStats
-    from tests.conftest import FIXTURES
+    from tests.helpers.params import tiny_params
 
-    params = load_params(FIXTURES / "params.yaml").hashtags
+    params = tiny_params().hashtags
     # cat: a class tag; red: as common in both classes but follows the image; follow: uniform
     stats = HashtagStats(["cat", "dog"], [50, 50], ["cat", "red", "follow"],
                          np.array([[50, 0], [20, 20], [10, 10]]), [None] * 3, params)

@@ -6,14 +6,16 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from taglens.features.backbones import BACKBONES
 from taglens.params import ParamsError, flatten, load_params, parse_params
+from tests.helpers.params import tiny_params, tiny_params_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("path", "classes"), [
     (ROOT / "params.yaml", None),  # null: the classes the source finds
-    (ROOT / "tests/fixtures/params.yaml", 10),
+    (tiny_params_path(), 10),
 ])  # fmt: skip
 def test_shipped_params_files_load(path, classes):
     params = load_params(path)
@@ -27,7 +29,7 @@ def test_classes_given_need_at_least_two():
 
 
 def test_fixture_params_are_tiny():
-    params = load_params(ROOT / "tests/fixtures/params.yaml")
+    params = tiny_params()
     assert params.model.image_size == 32
     assert params.model.weights is None
 
@@ -50,7 +52,7 @@ def test_unknown_key_is_named():
         ("train.epochs", 0, r"train\.epochs must be >= 1, got 0"),
         ("clean.k_std", 0, r"clean\.k_std must be > 0"),
         ("hashtags.top_k", 31, r"hashtags\.top_k must be <= 30, got 31"),
-        ("model.backbone", "alexnet", r"model\.backbone: .*got 'alexnet'"),
+        ("model.backbone", "alexnet", r"model\.backbone must be one of .*got 'alexnet'"),
         ("featurize.engine", "tensorrt", r"featurize\.engine: .*got 'tensorrt'"),
         ("serve.port", 70000, r"serve\.port must be <= 65535"),
         ("base.seed", 2**32, r"base\.seed must be <= 4294967295"),
@@ -59,6 +61,17 @@ def test_unknown_key_is_named():
 def test_bad_values_are_named(dotted, value, message):
     with pytest.raises(ParamsError, match=message):
         load_params(ROOT / "params.yaml", {dotted: value})
+
+
+def test_an_unknown_backbone_names_every_allowed_one_from_the_one_list():
+    with pytest.raises(ParamsError) as caught:
+        load_params(ROOT / "params.yaml", {"model.backbone": "alexnet"})
+    allowed = ", ".join(BACKBONES)
+    assert str(caught.value) == (
+        f"invalid params: model.backbone must be one of {allowed}, got 'alexnet'"
+    )
+    for name in BACKBONES:  # and every name of the list is accepted
+        assert load_params(ROOT / "params.yaml", {"model.backbone": name}).model.backbone == name
 
 
 def test_missing_section_is_named():
@@ -109,6 +122,6 @@ def test_flatten_uses_section_names():
     flat = flatten(load_params(ROOT / "params.yaml"))
     assert flat["train.learning_rate"] == 0.001
     assert flat["train.fine_tune.enabled"] is False
-    assert flatten(load_params(ROOT / "tests/fixtures/params.yaml"))["base.classes"].startswith(
+    assert flatten(tiny_params())["base.classes"].startswith(
         "animals,art,"
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.repocopy import copy_source_tree
+from tests.helpers.repocopy import copy_source_tree
 
 
 def test_a_copy_leaves_out_what_make_demo_wrote(tmp_path):

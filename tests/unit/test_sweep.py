@@ -5,15 +5,15 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from taglens.params import ParamsError, SweepParams, load_params
+from taglens.params import ParamsError, SweepParams
 from taglens.training.head_fit import HeadFit
 from taglens.training.sweep import apply_setting, grid, parse_sweep_arg, run_sweep, setting_name
-from tests.conftest import FIXTURES
+from tests.helpers.params import tiny_params
 
 
 @pytest.fixture
 def train_params():
-    return load_params(FIXTURES / "params.yaml").train
+    return tiny_params().train
 
 
 def test_empty_sweep_means_no_grid():

@@ -14,10 +14,11 @@ import httpx
 import pytest
 from web_helpers import photo_bytes
 
-from tests.servers import free_port, wait_until_healthy
+from tests.helpers.params import tiny_params_path
+from tests.helpers.servers import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
-PARAMS = ROOT / "tests" / "fixtures" / "params.yaml"
+PARAMS = tiny_params_path()
 RESULTS = ROOT / "test-results" / "web"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

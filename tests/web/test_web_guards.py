@@ -197,10 +197,8 @@ def _raise(*args, **kwargs):
 
 
 def test_serve_params_keep_room_for_the_page(tmp_path):
-    from pathlib import Path
+    from tests.helpers.params import write_tiny_params
 
-    text = (Path(__file__).parents[1] / "fixtures" / "params.yaml").read_text()
-    bad = tmp_path / "params.yaml"
-    bad.write_text(text.replace("limit_concurrency: 256", "limit_concurrency: 10"))
+    bad = write_tiny_params(tmp_path / "params.yaml", {"serve.limit_concurrency": 10})
     with pytest.raises(ParamsError, match=r"limit_concurrency \(10\) must be above max_pending"):
         load_params(bad)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
 import taglens.serving.web.__main__ as web_main
 from taglens.serving import model_ref
 from taglens.serving.model_ref import ModelRef
+from tests.helpers.params import tiny_params_path
 
-PARAMS = Path(__file__).resolve().parents[1] / "fixtures" / "params.yaml"
+PARAMS = tiny_params_path()
 
 
 @pytest.fixture

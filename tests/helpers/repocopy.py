@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT
 
 # Run state at the top of the work tree (DVC outputs and lock, stores, tool caches).
 RUN_STATE = frozenset({

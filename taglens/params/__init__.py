@@ -1,0 +1,58 @@
+"""Typed, frozen parameter models for params.yaml: a typo or an out-of-range value fails at once.
+
+One module per group of sections, in pipeline order: `data` (base, scrape, ingest), `features`
+(model, featurize, clean), `training` (train, evaluate, hashtags) and `serving` (register,
+predict, serve); `loader` holds the whole-file model and reads it. Every default lives in
+params.yaml only: the models hold bounds, never values. Import from `taglens.params`.
+"""
+
+from taglens.params.data import (
+    PAPER_CLASSES,
+    BaseParams,
+    DemoSourceParams,
+    IngestParams,
+    InstagramSourceParams,
+    ScrapeParams,
+)
+from taglens.params.features import CleanParams, FeaturizeParams, ModelParams
+from taglens.params.loader import Params, flatten, load_params, parse_params
+from taglens.params.section import ParamsError, Probability, Section
+from taglens.params.serving import PredictParams, RegisterParams, ServeParams
+from taglens.params.training import (
+    EvaluateParams,
+    FineTuneParams,
+    HashtagParams,
+    Normalise,
+    SearchParams,
+    SweepParams,
+    TrainParams,
+)
+
+__all__ = [
+    "PAPER_CLASSES",
+    "BaseParams",
+    "CleanParams",
+    "DemoSourceParams",
+    "EvaluateParams",
+    "FeaturizeParams",
+    "FineTuneParams",
+    "HashtagParams",
+    "IngestParams",
+    "InstagramSourceParams",
+    "ModelParams",
+    "Normalise",
+    "Params",
+    "ParamsError",
+    "PredictParams",
+    "Probability",
+    "RegisterParams",
+    "ScrapeParams",
+    "SearchParams",
+    "Section",
+    "ServeParams",
+    "SweepParams",
+    "TrainParams",
+    "flatten",
+    "load_params",
+    "parse_params",
+]

@@ -1,0 +1,52 @@
+"""Params of what follows training: the registry's gate, batch predict, the web page."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from taglens.params.section import Section
+
+
+class RegisterParams(Section):
+    """The registry and the promotion gate."""
+
+    model_name: str = Field(min_length=1)
+    primary_metric: str = Field(min_length=1)
+    min_margin: float = Field(ge=0)
+    max_recall_drop: float = Field(ge=0, le=1)
+    min_score: float = Field(ge=0, le=1)
+    promote: bool  # false: every version stays challenger; `dvc exp run` never promotes anyway
+
+
+class PredictParams(Section):
+    """The batch predict job."""
+
+    batch_size: int = Field(ge=1)
+    shard_size: int = Field(ge=1)
+
+
+class ServeParams(Section):
+    """The web page."""
+
+    host: str
+    port: int = Field(ge=1, le=65_535)
+    max_upload_mb: float = Field(gt=0)
+    allowed_hosts: tuple[str, ...] = Field(min_length=1)
+    batch_max_size: int = Field(ge=1, le=256)
+    batch_max_wait_ms: float = Field(ge=0, le=1000)
+    max_pending: int = Field(ge=1, le=10_000)
+    decode_threads: int = Field(ge=1, le=64)
+    retry_after_s: int = Field(ge=1, le=3600)
+    limit_concurrency: int = Field(ge=2, le=100_000)
+    timeout_keep_alive_s: int = Field(ge=1, le=600)
+    upload_timeout_s: float = Field(gt=0, le=3600)
+    timeout_graceful_shutdown_s: int = Field(ge=0, le=600)
+
+    @model_validator(mode="after")
+    def _room_for_the_page(self) -> ServeParams:
+        if self.limit_concurrency <= self.max_pending:
+            raise ValueError(
+                f"limit_concurrency ({self.limit_concurrency}) must be above max_pending "
+                f"({self.max_pending}), or the page stops answering while uploads queue"
+            )
+        return self

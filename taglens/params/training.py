@@ -1,0 +1,93 @@
+"""Params of the model stages: the head and its search, evaluation, hashtag ranking."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from taglens.params.section import Section
+
+
+class FineTuneParams(Section):
+    """Optional end-to-end fine-tuning of the backbone's last block."""
+
+    enabled: bool
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    layers: int = Field(ge=0)  # 0: the backbone's last block; N: its last N layers with weights
+
+
+class SweepParams(Section):
+    """A grid of head hyperparameters; empty lists mean 'use the single value above'."""
+
+    epochs: tuple[int, ...] = ()
+    batch_size: tuple[int, ...] = ()
+    learning_rate: tuple[float, ...] = ()
+    hidden_units: tuple[int, ...] = ()
+    dropout: tuple[float, ...] = ()
+
+
+Normalise = Literal["none", "l2", "standardise"]
+
+
+class SearchParams(Section):
+    """The default search on validation: random draws from a logistic and a dense grid."""
+
+    enabled: bool
+    logreg_candidates: int = Field(ge=0)
+    dense_candidates: int = Field(ge=0)
+    logreg_c: tuple[Annotated[float, Field(gt=0)], ...]
+    normalise: tuple[Normalise, ...] = Field(min_length=1)
+    augment: tuple[bool, ...] = Field(min_length=1)
+    hidden_units: tuple[Annotated[int, Field(ge=0)], ...] = Field(min_length=1)
+    dropout: tuple[Annotated[float, Field(ge=0, lt=1)], ...] = Field(min_length=1)
+    learning_rate: tuple[Annotated[float, Field(gt=0, le=10)], ...] = Field(min_length=1)
+    weight_decay: tuple[Annotated[float, Field(ge=0, lt=1)], ...] = Field(min_length=1)
+
+
+class TrainParams(Section):
+    """The classification head and how it is fitted."""
+
+    head: Literal["dense", "logreg"]
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=1, le=65_536)
+    learning_rate: float = Field(gt=0, le=10)
+    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"]
+    hidden_units: int = Field(ge=0)
+    dropout: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0, lt=1)
+    logreg_c: float = Field(gt=0)
+    normalise: Normalise
+    augment: bool
+    label_smoothing: float = Field(ge=0, lt=1)
+    class_weight: Literal["none", "balanced"]
+    early_stopping_patience: int = Field(ge=0)
+    baseline: bool
+    fine_tune: FineTuneParams
+    search: SearchParams
+    sweep: SweepParams
+
+
+class EvaluateParams(Section):
+    """What evaluation reports."""
+
+    top_k: int = Field(ge=1)
+    misclassified_max: int = Field(ge=0)
+
+
+class HashtagParams(Section):
+    """How class probabilities become ranked hashtags."""
+
+    top_k: int = Field(ge=1, le=30)
+    min_support: int = Field(ge=1)
+    smoothing: float = Field(ge=0)
+    denylist: tuple[str, ...]
+    generic: tuple[str, ...]
+    generic_weight: float = Field(ge=0, le=1)
+    image_rankers: bool
+    max_image_tags: int = Field(ge=1)
+    min_lift: float = Field(ge=1)
+    low_lift_weight: float = Field(ge=0, le=1)
+    blend_step: float = Field(gt=0, le=1)
