@@ -8,14 +8,14 @@ from pathlib import Path
 
 from taglens import artifacts
 from taglens.atomic import atomic_write_json
-from taglens.cli import add_stage_inputs, run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_stage
 from taglens.errors import TaglensError
 from taglens.features import clean_outputs
 from taglens.features.clean_outputs import CleanResult
 from taglens.features.outliers import find_outliers
 from taglens.features.split import content_split
 from taglens.features.store import read_features
-from taglens.params import BaseParams, CleanParams, load_params
+from taglens.params import BaseParams, CleanParams
 
 logger = logging.getLogger(__name__)
 
@@ -81,21 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, default=artifacts.CLEAN_REPORT.default,
                         help="the clean report: counts per class and split (default %(default)s)")
     args = parser.parse_args(argv)
-    setup_logging()
-
-    def body() -> int:
-        from taglens.lifecycle.tracking import configure_tracking
-
-        params = load_params(args.params)
-        configure_tracking(params.base.experiment)
-        result = run(
-            params.base, params.clean, raw=args.raw, features=args.features, out=args.out,
-            reports=args.reports, metrics=args.metrics,
-        )  # fmt: skip
-        print(result.summary())
-        return 0
-
-    return run_main(body)
+    return run_stage(args, lambda params: run(
+        params.base, params.clean, raw=args.raw, features=args.features, out=args.out,
+        reports=args.reports, metrics=args.metrics,
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

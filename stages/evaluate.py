@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from taglens import artifacts
-from taglens.cli import add_stage_inputs, run_main, setup_logging
-from taglens.params import BaseParams, EvaluateParams, HashtagParams, load_params
+from taglens.cli import add_stage_inputs, run_stage
+from taglens.params import BaseParams, EvaluateParams, HashtagParams
 from taglens.training import eval_outputs
 from taglens.training.eval_outputs import EvaluateResult
 from taglens.training.evaluation import hashtag_params, score_test_split
@@ -48,19 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=artifacts.REPORTS_DIR,
                         help="metrics.json, confusion.csv, evaluate/ plots (default %(default)s)")
     args = parser.parse_args(argv)
-    setup_logging()
-
-    def body() -> int:
-        from taglens.lifecycle.tracking import configure_tracking
-
-        params = load_params(args.params)
-        configure_tracking(params.base.experiment)
-        result = run(params.base, params.evaluate, params.hashtags, raw=args.raw,
-                     clean=args.clean, models=args.models, out=args.out)  # fmt: skip
-        print(result.summary())
-        return 0
-
-    return run_main(body)
+    return run_stage(args, lambda params: run(
+        params.base, params.evaluate, params.hashtags, raw=args.raw, clean=args.clean,
+        models=args.models, out=args.out,
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from taglens import artifacts
-from taglens.cli import add_stage_inputs, run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_stage
 from taglens.features import store as features
 from taglens.features.backbones import BACKBONES, build_feature_extractor, weights_identity
 from taglens.features.featurize_outputs import FeaturizeResult, feature_meta, fill_views
-from taglens.params import FeaturizeParams, ModelParams, load_params
+from taglens.params import FeaturizeParams, ModelParams
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=artifacts.FEATURES_DIR,
                         help="the feature store folder (default %(default)s)")
     args = parser.parse_args(argv)
-    setup_logging()
-
-    def body() -> int:
-        params = load_params(args.params)
-        result = run(params.model, params.featurize, seed=params.base.seed, raw=args.raw,
-                     out=args.out)  # fmt: skip
-        print(result.summary())
-        return 0
-
-    return run_main(body)
+    return run_stage(args, lambda params: run(
+        params.model, params.featurize, seed=params.base.seed, raw=args.raw, out=args.out,
+    ), tracked=False)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from taglens import artifacts
 from taglens.atomic import atomic_write_json
-from taglens.cli import add_stage_inputs, run_main, setup_logging
+from taglens.cli import add_stage_inputs, run_stage
 from taglens.params import (
     BaseParams,
     HashtagParams,
     IngestParams,
     ModelParams,
+    Params,
     TrainParams,
-    load_params,
 )
 from taglens.training import train_data
 from taglens.training import train_outputs as outputs
@@ -100,22 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep a train key over values (repeat for a grid)")
     args = parser.parse_args(argv)
-    setup_logging()
 
-    def body() -> int:
-        from taglens.lifecycle.tracking import configure_tracking
-
-        params = load_params(args.params)
+    def call(params: Params) -> TrainResult:
         sweep = dict(parse_sweep_arg(text) for text in args.sweep)
-        configure_tracking(params.base.experiment)
-        result = run(params.base, params.model, params.train, params.hashtags, params.ingest,
-                     raw=args.raw, features=args.features, clean=args.clean, out=args.out,
-                     reports=args.reports, sweep=sweep,
-                     engine=params.featurize.engine)  # fmt: skip
-        print(result.line())
-        return 0
+        return run(params.base, params.model, params.train, params.hashtags, params.ingest,
+                   raw=args.raw, features=args.features, clean=args.clean, out=args.out,
+                   reports=args.reports, sweep=sweep,
+                   engine=params.featurize.engine)  # fmt: skip
 
-    return run_main(body)
+    return run_stage(args, call, text=TrainResult.line)
 
 
 if __name__ == "__main__":

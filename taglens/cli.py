@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taglens import artifacts, toolenv
 from taglens.errors import TaglensError
@@ -98,6 +98,30 @@ def run_with_params(args: argparse.Namespace, body: Callable[[Params], int]) -> 
 
     setup_logging()
     return run_main(lambda: body(load_params(args.params)))
+
+
+def run_stage(
+    args: argparse.Namespace,
+    call: Callable[[Params], Any],
+    *,
+    tracked: bool = True,
+    text: Callable[[Any], str] = lambda result: result.summary(),
+) -> int:
+    """A stage's main once its arguments are parsed: params in, one summary line out.
+
+    Loads params, sets up MLflow for stages that log to it (`tracked`), runs `call(params)` and
+    prints `text(result)`; user errors become one line, as every entry point reports them.
+    """
+
+    def body(params: Params) -> int:
+        if tracked:
+            from taglens.lifecycle.tracking import configure_tracking
+
+            configure_tracking(params.base.experiment)
+        print(text(call(params)))
+        return 0
+
+    return run_with_params(args, body)
 
 
 def package_version() -> str:
