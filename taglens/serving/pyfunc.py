@@ -44,7 +44,7 @@ ARTIFACT_KEY = "models"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole taglens package
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
 ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recorded engine
-ENGINE_KEY = "engine"  # the model_config key: featurize.engine of the train run
+ENGINE_KEY = "featurize.engine"  # the model_config key (MLflow also shows it as a run param)
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):

@@ -54,15 +54,23 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     client = mlflow.tracking.MlflowClient()
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.learning_rate"] == "0.001"
-    # only the sections train reads (ingest: logged with the model, which checks images with it)
+    # only the sections train reads (ingest: logged with the model, which checks images with
+    # it), and the engine the logged model serves on (MLflow shows the model's config as params)
     sections = {key.split(".")[0] for key in run.data.params}
-    assert sections == {"base", "model", "train", "hashtags", "ingest"}
+    assert sections == {"base", "model", "train", "hashtags", "ingest", "featurize"}
+    assert [k for k in run.data.params if k.startswith("featurize.")] == ["featurize.engine"]
     assert set(info["params"]) <= set(run.data.params)
     tags = run.data.tags
     assert tags["lineage.backbone"] == "vgg19" and tags["lineage.image_size"] == "32"
     assert len(tags["lineage.data.raw"]) == 32 and len(tags["lineage.data_version"]) == 12
     assert {"lineage.data.features", "lineage.data.clean"} <= set(tags)
     assert "lineage.git_commit" not in tags  # MLflow records mlflow.source.git.commit itself
+    # the logged model carries the engine it serves on (`mlflow models serve` reads it)
+    from taglens.serving.model_ref import logged_model_uri
+    from taglens.serving.pyfunc import ENGINE_KEY
+
+    flavor = mlflow.models.get_model_info(logged_model_uri(summary["run_id"])).flavors
+    assert flavor["python_function"]["config"][ENGINE_KEY] == params.featurize.engine
     assert run.info.run_name == "train vgg19-32px lr=0.001"
     # The three splits are the run's dataset inputs, identified by the data version
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
