@@ -65,6 +65,7 @@ def run(
     report.notes.extend(source.notes)
     atomic_write_json(artifacts.INGEST_REPORT.at(reports), report.to_dict())
     if report.accepted == 0:
+        logger.warning("ingest:\n%s", report.summary())  # what was refused, before the error
         raise TaglensError(f"no image was accepted from the {scrape.source} source; the reasons "
                            f"are in {artifacts.REJECTED.at(out)}")  # fmt: skip
     return ScrapeResult(report.to_dict(), report.summary())

@@ -31,7 +31,7 @@ def run(
     base: BaseParams, model: ModelParams, params: TrainParams, hashtags: HashtagParams,
     ingest: IngestParams, *, raw: Path, features: Path, clean: Path, out: Path,
     reports: Path = artifacts.REPORTS_DIR, sweep: dict[str, tuple] | None = None,
-    engine: str = "tensorflow",
+    engine: str,
 ) -> TrainResult:  # fmt: skip
     """Train in an MLflow run and write models/ (model, info, hashtags) and reports/history.csv.
 

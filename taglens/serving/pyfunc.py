@@ -149,8 +149,9 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
     The Keras model, model_info.json and hashtags.json are the artifacts; the taglens package
     travels as code, so the logged model needs no taglens install to be served. `ingest`, the
     params training images were checked with, is logged as ingest.json: the served model checks
-    request images with the same limits (without it, `LEGACY_INGEST`). `engine` (default: the
-    `featurize.engine` in model_info.json's params) is the one the served model runs on.
+    request images with the same limits (without it, `LEGACY_INGEST`). `engine` (the train
+    run's `featurize.engine`) is recorded as the one the served model runs on; without it the
+    model serves on tensorflow.
 
     Returns:
         mlflow.models.model.ModelInfo of the logged model.
@@ -168,7 +169,6 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
     if missing:
         raise FileNotFoundError(f"{models_dir} lacks {', '.join(missing)}: run the train stage")
     info = read_model_info(models_dir)
-    engine = engine or info.get("params", {}).get("featurize.engine")
     top_k = read_json_object(HASHTAGS, models_dir)["params"]
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / ARTIFACT_KEY

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 
 import mlflow
@@ -16,16 +15,12 @@ from taglens.serving.predictor import HashtagPredictor
 from taglens.serving.pyfunc import ENGINE_ENV, log_taglens_model, on_served_engine
 
 
-def _log(models_dir, engine_in_info: str | None):
-    """Log `models_dir` as the train stage does, with `featurize.engine` in model_info params."""
-    info_path = models_dir / "model_info.json"
-    info = json.loads(info_path.read_text())
-    info["params"] = {} if engine_in_info is None else {"featurize.engine": engine_in_info}
-    info_path.write_text(json.dumps(info))
+def _log(models_dir, engine: str | None):
+    """Log `models_dir` as the train stage does, recording the run's `featurize.engine`."""
     # an experiment of this store: an earlier test may leave another store's experiment active
     mlflow.set_experiment("pyfunc-engine")
     with mlflow.start_run():
-        return log_taglens_model(models_dir).model_uri
+        return log_taglens_model(models_dir, engine=engine).model_uri
 
 
 def _pixels(n=4):
