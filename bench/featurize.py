@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=112, help="photos each contender featurizes")
+    parser.add_argument("--stem", help="results file name (default featurize[-BACKBONE])")
     parser.add_argument("--backbone", choices=("vgg19", "mobilenet"), default="vgg19",
                         help="mobilenet uses the shared ImageNet weights when present")
     parser.add_argument("--size", type=int, default=224)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.images, args.size, args.batch, args.engines, args.taglens, args.backbone)
     from bench.results_io import save_results
 
-    stem = "featurize" if args.backbone == "vgg19" else f"featurize-{args.backbone}"
+    stem = args.stem or ("featurize" if args.backbone == "vgg19" else f"featurize-{args.backbone}")
     save_results(args.out, stem, result, to_markdown(result))
     return 0
 
