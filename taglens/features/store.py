@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.atomic import atomic_open, atomic_write_json
 from taglens.features.extract import check_files, featurize_paths
 
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FEATURES_FILE = "features.npz"
-META_FILE = "meta.json"
+FEATURES_FILE = artifacts.FEATURES.name
+META_FILE = artifacts.FEATURE_META.name
 STORE_DIR = "store"
 
 
@@ -201,8 +202,6 @@ def read_features(features_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         FileNotFoundError: featurize has not run (the message says how to run it).
 
     """
-    path = Path(features_dir) / FEATURES_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no features at {path}: run the featurize stage first")
+    path = artifacts.FEATURES.require(features_dir)
     with np.load(path, allow_pickle=False) as data:
         return data["sha256"], data["vectors"].astype("float32", copy=False)
