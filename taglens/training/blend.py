@@ -16,8 +16,9 @@ so and why.
 
 Picking among many candidates on a few hundred posts rewards noise, so the rule is, by default,
 the one-standard-error rule of `taglens.training.selection`: the simplest candidate (for a blend,
-the fewest rankers, then no tag weights) whose validation score is within one standard error of
-the best, the error of their paired per-post difference. Scores are per-post means of P@1, R@5,
+no tag weights before tag weights, then the fewest image rankers; popularity and the class
+mixture, the floors, come free) whose validation score is within one standard error of the
+best, the error of their paired per-post difference. Scores are per-post means of P@1, R@5,
 A@5 and R@top_k.
 """
 
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 RANKERS = ("popularity", "class_mixture", "tag_model", "colour_tags", "neighbours")
 FLOORS = ("popularity", "class_mixture")  # the rankers every blend must reach
+IMAGE_RANKERS = ("tag_model", "colour_tags", "neighbours")
 HASHTAG_K = 5  # the k of HARRISON's recall and accuracy, as in evaluate
 
 
@@ -275,8 +277,9 @@ def choose_blend(
     if not passing:
         logger.info("no blend of %d reaches the floor %s", tried, floor)
         return None
-    complexity = [(sum(1 for w in weights.values() if w), index)
-                  for weights, index, _, _ in passing]  # fmt: skip
+    # popularity and the class mixture are the floors: weighing them costs no simplicity
+    complexity = [(index, sum(1 for name in IMAGE_RANKERS if weights.get(name)))
+                  for weights, index, _, _ in passing]
     chosen = pick_paired([p[3] for p in passing], complexity, rule)
     weights, index, got, _ = passing[chosen]
     best = max(float(p[3].mean()) for p in passing)
