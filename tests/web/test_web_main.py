@@ -78,3 +78,28 @@ def test_no_champion_is_a_clear_error(fresh_mlflow, served, capsys):
 def test_bad_arguments_are_one_line_errors(argv, message, served, capsys):
     assert web_main.main(argv) == 2 and served == {}
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "chosen"), [([], "text"), (["--log-format", "json"], "json")])
+def test_the_log_format_comes_from_params_or_the_flag(argv, chosen, served, monkeypatch):
+    # given a model that loads at once, and the log format switch recorded
+    from web_helpers import RecordingPredictor
+
+    formats = []
+    monkeypatch.setattr(web_main, "use_log_format", formats.append)
+    monkeypatch.setattr(
+        web_main, "load_model", lambda params, uri: (RecordingPredictor(), ModelRef("m", "1"))
+    )
+    # when the page is started with or without --log-format
+    assert web_main.main(["--params", str(PARAMS), "--model-uri", "models:/m/1", *argv]) == 0
+    # then that format is used (serve.log_format by default), and uvicorn logs through it:
+    # its records reach the root handler and its access log gives way to the app's own
+    assert formats == [chosen]
+    assert served["options"]["log_config"] is None
+    assert served["options"]["access_log"] is False
+
+
+def test_an_unknown_log_format_is_refused_by_the_parser(served, capsys):
+    with pytest.raises(SystemExit):
+        web_main.main(["--params", str(PARAMS), "--log-format", "xml"])
+    assert "invalid choice: 'xml'" in capsys.readouterr().err
