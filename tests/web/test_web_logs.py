@@ -102,6 +102,14 @@ def test_text_logs_name_the_request_on_its_access_line(tiny_params, jpeg, logged
     assert re.fullmatch(r"GET /health 400 \d+\.\d ms \(request abc\)\n", stream.getvalue())
 
 
+def test_a_path_cannot_forge_a_log_line(tiny_params, logged):
+    stream = logged("text")
+    with _client(tiny_params) as client:
+        assert client.get("/health%0A2026-01-01 INFO forged").status_code == 404
+    assert stream.getvalue().count("\n") == 1
+    assert "GET /health%0A2026-01-01%20INFO%20forged 404 " in stream.getvalue()
+
+
 def test_request_ids_are_kept_only_when_safe():
     assert request_id_from(b"a:b-c_d.e") == "a:b-c_d.e"
     assert request_id_from(b"a" * 64) == "a" * 64

@@ -8,7 +8,9 @@ client's complaint can be found in the log. With `serve.log_format: json` each r
 JSON object per line: `time, level, logger, message, request_id, method, path, status,
 duration_ms` (null where a record has no such value).
 
-Only the method and the path are logged, never the query string, upload names or contents.
+Only the method and the path are logged, never the query string, upload names or contents;
+the path is logged percent-encoded, so a request cannot write a line break or a fake field into
+a text log.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 LOG_FORMATS = ("text", "json")
 _HEADER_KEY = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"  # RFC 3986 path characters: kept as they are
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # The fields a JSON line always has, in order (the request's ones null outside a request).
 JSON_FIELDS = (
@@ -87,7 +91,8 @@ class RequestLog:
             return
         start = time.perf_counter()
         sent_id = dict(scope.get("headers") or []).get(_HEADER_KEY)
-        context = RequestContext(request_id_from(sent_id), scope["method"], scope["path"])
+        path = urllib.parse.quote(scope["path"], safe=_PATH_SAFE)
+        context = RequestContext(request_id_from(sent_id), scope["method"], path)
         token = _current.set(context)
         status = [500]
 
