@@ -93,7 +93,9 @@ def local_models_dir(uri: str | None) -> Path | None:
 
 def follows_alias(model_uri: str | None) -> bool:
     """Whether `model_uri` (None: the champion) names an alias, which may come to name another."""
-    registered = _REGISTERED.fullmatch(model_uri or champion_uri("_"))
+    if model_uri is None:
+        return True
+    registered = _REGISTERED.fullmatch(model_uri)
     return registered is not None and registered["alias"] is not None
 
 
