@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +37,8 @@ from taglens.serving.web.metrics import WebMetrics
 from taglens.serving.web.schemas import ModelInfo, Prediction
 
 logger = logging.getLogger(__name__)
+
+_USER_INFO = re.compile(r"//[^/@\s]+@")  # the user-info part of a URL (user:password@)
 
 
 class Predictor(Protocol):
@@ -143,6 +146,18 @@ class ModelSlot:
         self.current.batcher.close()
 
 
+class ModelSource(Protocol):
+    """What the follower asks: where the alias points now, and the model it points at."""
+
+    uri: str  # the alias URI, for the log
+
+    def resolve(self) -> ResolvedModel:
+        """The model the alias names now."""
+
+    def load(self, resolved: ResolvedModel) -> Predictor:
+        """That model, loaded and ready to answer."""
+
+
 @dataclass(frozen=True)
 class AliasSource:
     """Where a followed alias points, and how to load what it points at.
@@ -171,18 +186,6 @@ class AliasSource:
         side = predictor.image_size
         predictor.predict_pixels(np.zeros((1, side, side, 3), np.float32))
         return predictor
-
-
-class ModelSource(Protocol):
-    """What the follower asks: where the alias points now, and the model it points at."""
-
-    uri: str  # the alias URI, for the log
-
-    def resolve(self) -> ResolvedModel:
-        """The model the alias names now."""
-
-    def load(self, resolved: ResolvedModel) -> Predictor:
-        """That model, loaded and ready to answer."""
 
 
 class ChampionFollower:
@@ -219,9 +222,10 @@ class ChampionFollower:
         except Exception as exc:
             logger.warning(
                 "cannot ask the registry where the alias points (%s); still serving version %s",
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                _summary(exc),
                 self.slot.current.ref.version,
             )
+            logger.debug("registry error", exc_info=True)
             return False
         serving = self.slot.current.ref
         if resolved.ref == serving or resolved.ref == self.failed:
@@ -237,16 +241,29 @@ class ChampionFollower:
             predictor = await anyio.to_thread.run_sync(
                 self.source.load, resolved, abandon_on_cancel=True
             )
-        except Exception:
-            logger.exception(
-                "version %s could not be loaded; version %s keeps serving (retried when the "
-                "alias moves again)",
+        except Exception as exc:
+            logger.error(
+                "version %s could not be loaded (%s); version %s keeps serving (retried when "
+                "the alias moves again)",
                 resolved.ref.version,
+                _summary(exc),
                 serving.version,
             )
+            logger.debug("load error", exc_info=True)
             self.failed = resolved.ref
             self.metrics.load_failures.inc()
             return False
         self.failed = None
         self.slot.install(predictor, resolved.ref)
         return True
+
+
+def _summary(exc: BaseException) -> str:
+    """`Type: first line` of an error, without a password in any URL it names.
+
+    Registry and artifact errors quote URLs; one with user-info (`https://user:token@host`)
+    must not reach the log. The traceback goes to DEBUG only.
+    """
+    lines = str(exc).strip().splitlines()
+    first = _USER_INFO.sub("//***@", lines[0])[:300] if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
