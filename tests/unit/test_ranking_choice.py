@@ -98,3 +98,35 @@ def test_tag_weights_are_candidates_that_start_from_none(generic):
     names = [name for name, _ in weightings]
     assert names == (["none", "generic", "low_lift", "generic+low_lift"] if generic
                      else ["none", "low_lift"])  # fmt: skip
+
+
+def test_evaluation_reports_every_ranker_and_warns_below_popularity(caplog):
+    from taglens.serving.predictor import HashtagPredictor
+    from taglens.training.blend import HashtagBlend
+    from taglens.training.evaluation import hashtag_scores
+
+    # Given a served ranking that is the class mixture alone, on posts that only use the common
+    # tags (the class tags of training never come back)
+    hashtags = params(top_k=3, min_support=2, generic=(), image_rankers=False)
+    stats = fit_hashtag_stats(_posts(200, 0), CLASSES, hashtags)
+    blend = HashtagBlend(weights={"class_mixture": 1.0},
+                         choice={"served": "single", "rankers": ["class_mixture"],
+                                 "tag_weights": "none", "why": "test"})
+    predictor = HashtagPredictor(model=None, classes=CLASSES, image_size=32, stats=stats,
+                                 params=hashtags, info={}, rankers=blend)
+    test = _posts(60, 2, class_tags=False)
+    probs = np.array([[1.0, 0.0] if post.label == "food" else [0.0, 1.0] for post in test])
+
+    # When the test posts are scored
+    with caplog.at_level("WARNING"):
+        scores = hashtag_scores(predictor, {"probabilities": probs},
+                                [own_tags(post) for post in test])
+
+    # Then every ranker has its row, the served one is the class mixture's, and evaluate warns
+    for name in ("popularity", "class_mixture", "blend"):
+        assert 0.0 <= scores[f"{name}_hashtag_recall_at_5"] <= 1.0, name
+    assert scores["hashtag_recall_at_3"] == scores["class_mixture_hashtag_recall_at_3"]
+    assert scores["hashtag_recall_at_3"] < scores["popularity_hashtag_recall_at_3"]
+    assert scores["hashtag_ranking"] == {"served": "single", "rankers": ["class_mixture"],
+                                         "tag_weights": "none", "why": "test"}
+    assert "below popularity" in caplog.text
