@@ -157,7 +157,7 @@ def run(images: int, size: int, batch: int, engines: list[str], taglens: list[st
     contenders: dict[str, Iterator[np.ndarray]] = {}
     for engine in dict.fromkeys([default, *taglens]):
         contenders[f"taglens/{engine}"] = iter_feature_batches(
-            paths, model, image_size=size, batch_size=batch, engine=engine)
+            paths, model, image_size=size, batch_size=batch, jit_compile=False, engine=engine)
     convert_s = {}
     for engine in engines:
         start = time.perf_counter()
