@@ -58,8 +58,9 @@ class Results:
             )
         return json.loads(path.read_text())
 
-    def table(self, stem: str, command: str, markdown: str, *, also: str = "",
-              about: str = "") -> str:  # fmt: skip
+    def table(
+        self, stem: str, command: str, markdown: str, *, also: str = "", about: str = ""
+    ) -> str:
         """A table (or tables) after the command that wrote its results file, and `about` it.
 
         `also` follows the file's name (`and .md`); `about` is prose on how it was measured.
@@ -107,11 +108,18 @@ def prose(text: str) -> str:
             if line.startswith("- ") and items[-1]:
                 items.append([])
             items[-1].append(line.strip())
-        paragraphs.append("\n".join(
-            textwrap.fill(" ".join(item), WIDTH, subsequent_indent="  " if item[0].startswith(
-                "- ") else "", break_long_words=False, break_on_hyphens=False)
-            for item in items
-        ))
+        paragraphs.append(
+            "\n".join(
+                textwrap.fill(
+                    " ".join(item),
+                    WIDTH,
+                    subsequent_indent="  " if item[0].startswith("- ") else "",
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+                for item in items
+            )
+        )
     return "\n\n".join(paragraphs) + "\n"
 
 
@@ -136,7 +144,9 @@ def featurize_section(results: Results) -> str:
     m_cpu_ms = 1000 / mobile["img_per_cpu_s"]["plain/openvino"]
     m_worst = max(mobile["relative_difference"].values())
     five_way = results.table(
-        "featurize", "bench.featurize --images 320 --taglens tensorflow", to_markdown(five),
+        "featurize",
+        "bench.featurize --images 320 --taglens tensorflow",
+        to_markdown(five),
         also=" and `.md`",
         about="""One process, VGG-19 without its top at 224 px with the same random weights,
         batch 16, the same flowers photos through the same tf.data decode pipeline. Contenders:
@@ -151,18 +161,23 @@ def featurize_section(results: Results) -> str:
     alone = results.table(
         "featurize-openvino",
         "bench.featurize --images 320 --engines openvino --taglens --stem featurize-openvino",
-        to_markdown(two), also=" and `.md`",
+        to_markdown(two),
+        also=" and `.md`",
         about="The same, with only taglens and the plain loop of the engine that led above.",
     )
     mobile_five = results.table(
         "featurize-mobilenet",
         "bench.featurize --backbone mobilenet --images 320 --taglens tensorflow",
-        to_markdown(mobile), also=" and `.md`", about="The shared ImageNet weights.",
+        to_markdown(mobile),
+        also=" and `.md`",
+        about="The shared ImageNet weights.",
     )
     mobile_alone = results.table(
         "featurize-mobilenet-openvino",
         "bench.featurize --backbone mobilenet --images 320 --engines openvino --taglens "
-        "--stem featurize-mobilenet-openvino", to_markdown(mobile_two), also=" and `.md`",
+        "--stem featurize-mobilenet-openvino",
+        to_markdown(mobile_two),
+        also=" and `.md`",
     )
     vgg_shows = prose(f"""What this shows:
 - **On VGG-19 every engine runs at the same speed here, and taglens's featurize is level with
@@ -208,7 +223,9 @@ def predict_section(results: Results) -> str:
     r = results.load("predict")
     small, large = r["rss"][0], r["rss"][-1]
     table = results.table(
-        "predict", "bench.predict --images 800 --repeats 3 --rss 1000 10000", to_markdown(r),
+        "predict",
+        "bench.predict --images 800 --repeats 3 --rss 1000 10000",
+        to_markdown(r),
         also=" and `.md`",
         about="""The whole `python -m stages.predict` command (list, read, hash, decode, model,
         hashtags, Parquet) against the whole `python -m stages.featurize` command into an empty
@@ -249,7 +266,9 @@ def train_section(results: Results) -> str:
         f"| {r['speedup_wall']}x | {r['speedup_cpu']}x |\n"
     )
     table = results.table(
-        "train", "bench.train", markdown,
+        "train",
+        "bench.train",
+        markdown,
         about=f"""After a train-param change, fitting the head on cached features (read
         `features.npz` + fit) against the naive approach, a Keras model with a frozen backbone
         fitted on images every epoch. Same {r["images"]} flowers photos, {r["image_size"]} px,
@@ -282,8 +301,10 @@ def web_section(results: Results) -> str:
     top, costs, targets = r["ceiling"], r["cpu_ms_per_image"], r["targets"]
     failed = "No request failed" if loaded["errors"] == 0 else f"{loaded['errors']} requests failed"
     table = results.table(
-        "load_web-224px", "bench.load_web --clients 1 32 --size 224 --duration 20 --repeats 3",
-        to_markdown(r), also=" and `.md`; several minutes",
+        "load_web-224px",
+        "bench.load_web --clients 1 32 --size 224 --duration 20 --repeats 3",
+        to_markdown(r),
+        also=" and `.md`; several minutes",
         about=f"""It builds MobileNet 1.0 with the ImageNet weights from ../shared/weights,
         assembled as train assembles the served model (as in batch predict above), re-encodes
         64 flowers photos to 640x640 JPEG (quality 85, as Instagram serves them) and starts two
@@ -332,7 +353,10 @@ def search_section(results: Results) -> str:
         f"| {r['wall_min']} | {r['cpu_min']} | {best} | {r['load_average_1m']} |\n"
     )
     table = results.table(
-        "search", "bench.search", markdown, also=" and `search.md`",
+        "search",
+        "bench.search",
+        markdown,
+        also=" and `search.md`",
         about=f"""The train stage's default search (`train.search` in params.yaml: each setting
         an MLflow child run in a throwaway store) on {r["rows"]:,} rows of MobileNet 1.0
         features of the flowers photos at 128 px with their flip view. The 4,317 photos are
@@ -351,8 +375,10 @@ def fine_tune_section(results: Results) -> str:
     """Fine-tuning the backbone's last block or layers on the flowers photos."""
     block = results.load("fine_tune-last-block")
     layers = results.load("fine_tune-last-12-layers")
-    unfrozen = {"last block (`conv_pw_13`)": block,
-                f"last {layers['layers']} layers with weights": layers}  # fmt: skip
+    unfrozen = {
+        "last block (`conv_pw_13`)": block,
+        f"last {layers['layers']} layers with weights": layers,
+    }
     rows = [
         f"| {name} | {_sci(r['learning_rate'])} | {r['test_accuracy_head']:.4f} -> "
         f"{r['test_accuracy_fine_tuned']:.4f} | {r['gain']:+.3f} | "
@@ -362,12 +388,15 @@ def fine_tune_section(results: Results) -> str:
     markdown = (
         "| unfrozen | learning rate | test accuracy, head -> fine-tuned | gain "
         "| min per epoch, wall (CPU) | load avg |\n|---|---|---|---|---|---|\n"
-        + "\n".join(rows) + "\n"
+        + "\n".join(rows)
+        + "\n"
     )
     head = block["test_accuracy_head"]
     error = math.sqrt(head * (1 - head) / block["test_images"])
     table = results.table(
-        "fine_tune-last-block", "bench.fine_tune", markdown,
+        "fine_tune-last-block",
+        "bench.fine_tune",
+        markdown,
         also="; `bench.fine_tune --layers 12 --learning-rate 0.0001` writes "
         "`bench/results/fine_tune-last-12-layers.json`",
         about=f"""MobileNet 1.0 ImageNet at {block["image_size"]} px (the code path is the same

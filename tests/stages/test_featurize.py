@@ -218,8 +218,10 @@ def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(tiny_par
     on_openvino = tiny_params.featurize.model_copy(update={"engine": "openvino", "batch_size": 4})
     assert on_openvino.views == ("flip", "colour")
     # When featurize runs over the 9 images
-    featurize.run(tiny_params.model, on_openvino, seed=tiny_params.base.seed, raw=raw,
-                  out=tmp_path / "ov", progress=False)  # fmt: skip
+    featurize.run(
+        tiny_params.model, on_openvino, seed=tiny_params.base.seed, raw=raw, out=tmp_path / "ov",
+        progress=False,
+    )
     # Then each batch was one OpenVINO call that computed the image and every view
     everything = ["colour", "flip", "vectors"]
     assert calls == [(4, everything), (4, everything), (1, everything)]
