@@ -1,13 +1,15 @@
 """The featurize flow: fill the feature store on one machine or on a Dask cluster.
 
 `task_runner="local"` runs the featurize stage itself in one task. `task_runner="dask"` splits
-the images the store does not have yet into shards of `featurize.shard_size` (rounded up to whole
-batches, so every batch holds the same images as in the local stage and the vectors are
-byte-identical), computes each shard on a Dask worker (each worker process builds the extractor
-once) and writes it into the store with the store's own atomic writer. Both then finish exactly
-like `python -m stages.featurize`: `data/features/features.npz` and `meta.json` from the store,
-so `dvc commit featurize` (or `dvc repro`) takes it from there. A killed run keeps its finished
-shards; a re-run computes only the rest. Run by hand with `python -m flows.featurize`.
+the images the stores (the image's and each view's) do not have yet into shards of
+`featurize.shard_size` (rounded up to whole batches, so every batch holds the same images as in
+the local stage and the vectors are byte-identical), computes each shard on a Dask worker (each
+worker process builds the views model once and runs the image and every view on
+`featurize.engine`) and writes one shard per store with the store's own atomic writer. Both then
+finish exactly like `python -m stages.featurize`: `data/features/features.npz` and `meta.json`
+from the store, so `dvc commit featurize` (or `dvc repro`) takes it from there. A killed run
+keeps its finished shards; a re-run computes only the rest. Run by hand with
+`python -m flows.featurize`.
 """
 
 from __future__ import annotations
