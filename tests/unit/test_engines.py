@@ -201,3 +201,18 @@ def test_every_engine_keeps_every_output_of_a_dict_output_model(engine, served_m
         for key in want:
             assert got[key].shape == want[key][rows].shape
             assert relative_difference(got[key], want[key][rows]) < RTOL, key
+
+
+def test_the_served_flip_average_is_two_passes_in_one_extractor_call(
+    served_model, vgg19_32px, pixels
+):
+    # The served model runs the image and its mirror through the extractor as one 2B batch
+    # (views.image_and_mirror, as featurize does): one call of the extractor in its graph, and
+    # the average of two separate passes.
+    nodes = [node for depth in served_model._nodes_by_depth.values() for node in depth]
+    assert len([node for node in nodes if node.operation is vgg19_32px]) == 1
+    assert {"with_mirror", "image_and_mirror"} <= {layer.name for layer in served_model.layers}
+    image = np.asarray(vgg19_32px(pixels, training=False))
+    mirror = np.asarray(vgg19_32px(pixels[:, :, ::-1], training=False))
+    got = np.asarray(served_model(pixels, training=False)["features"])
+    assert relative_difference(got, (image + mirror) / 2) < 1e-5
