@@ -162,10 +162,10 @@ def measure(work: Path, captions: tuple[str, ...] = ("clean", "noisy")) -> dict[
     return results
 
 
-def table(results: dict[str, Any]) -> str:
-    """The markdown tables: every ranker side by side per caption set."""
+def to_markdown(result: dict[str, Any]) -> str:
+    """The markdown tables of a saved result: every ranker side by side per caption set."""
     lines = []
-    for name, figures in results.items():
+    for name, figures in result["results"].items():
         choice = figures.get("choice") or {}
         lines += [
             f"**{name} captions** (test top-1 {figures['accuracy']:.3f} on {figures['n_test']} "
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(scratch)
         results = measure(work, tuple(args.captions))
     result = {"command": "python -m bench.quality", "backbone": "mobilenet 1.0, 128 px",
-              "results": results}  # fmt: skip
-    save_results(args.out, "quality", result, table(results))
+              "load_average_1m": round(os.getloadavg()[0], 1), "results": results}  # fmt: skip
+    save_results(args.out, "quality", result, to_markdown(result))
     return 0
 
 

@@ -414,6 +414,40 @@ def fine_tune_section(results: Results) -> str:
     return "\n".join([table, shows])
 
 
+def quality_section(results: Results) -> str:
+    """Every hashtag ranker side by side on the flowers photos, clean and noisy captions."""
+    from bench.quality import to_markdown
+
+    r = results.load("quality")
+    runs = r["results"]
+    table = results.table(
+        "quality",
+        "bench.quality",
+        to_markdown(r),
+        also=" and `quality.md`",
+        about=f"""The whole pipeline (`dvc repro`: scrape, featurize, the content split and the
+        outlier rule of clean, train's default search and ranking choice, evaluate) on the
+        4,317 flowers photos of ../shared with MobileNet 1.0 ImageNet weights at 128 px and
+        params.yaml's defaults otherwise, once per caption set: `clean` (posts.jsonl) and
+        `noisy` (posts-noisy.jsonl, whose captions follow real Instagram posts: a third with the
+        class tag only, generic tags, missing class tags, colour tags on some posts, a long
+        tail, and two classes without captions). Each row is one ranker alone on the same test
+        posts with its settings chosen on validation; `served` is what the model answers
+        (load average {r["load_average_1m"]} at the start).""",
+    )
+    noisy = runs.get("noisy", {}).get("rankers", {})
+    shows = ""
+    if noisy:
+        served = noisy["served"]
+        popular = noisy["popularity"]
+        shows = prose(f"""On the noisy captions popularity is a strong baseline: its recall@5
+        is {popular["hashtag_recall_at_5"]:.3f} against {served["hashtag_recall_at_5"]:.3f}
+        for the served ranking, whose precision@1 is {served["hashtag_precision_at_1"]:.3f}
+        against popularity's {popular["hashtag_precision_at_1"]:.3f}. The
+        tests/e2e/test_flowers_accuracy.py test runs the same code.""")
+    return "\n".join([table, shows]) if shows else table
+
+
 # The document, in order. A new section: one function above and one line here.
 SECTIONS = (
     Section("Featurize against the other engines (`bench/featurize.py`)", featurize_section),
@@ -422,6 +456,7 @@ SECTIONS = (
     Section("Web page under load (`bench/load_web.py`)", web_section),
     Section("The default search on 7,000 cached vectors (`bench/search.py`)", search_section),
     Section("Fine-tuning on the flowers photos (`bench/fine_tune.py`)", fine_tune_section),
+    Section("Hashtag quality of every ranker (`bench/quality.py`)", quality_section),
 )
 
 
