@@ -39,8 +39,12 @@ FLOWERS = SHARED / "datasets" / "flowers"
 WEIGHTS = SHARED / "weights" / "mobilenet_v1_1.0_imagenet_no_top.weights.h5"
 CAPTIONS = {"clean": "posts.jsonl", "noisy": "posts-noisy.jsonl"}
 RANKERS = ("popularity", "class_mixture", "tag_model", "colour_tags", "neighbours")
-METRICS = ("hashtag_precision_at_1", "hashtag_recall_at_5", "hashtag_accuracy_at_5",
-           "hashtag_recall_at_10")  # fmt: skip
+METRICS = (
+    "hashtag_precision_at_1",
+    "hashtag_recall_at_5",
+    "hashtag_accuracy_at_5",
+    "hashtag_recall_at_10",
+)
 # tags read from the petals in the posts files (../shared/README.md): a colour, or colour+flowers
 COLOURS = ("red", "orange", "yellow", "white", "pink", "blue", "purple")
 COLOUR_TAGS = frozenset(tag for colour in COLOURS for tag in (colour, f"{colour}flowers"))
@@ -69,9 +73,20 @@ def prepare_repo(repo: Path) -> Path:
     params["scrape"]["source"] = "folder"
     params["model"].update(backbone="mobilenet", image_size=128, weights=str(WEIGHTS))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.email=bench@taglens", "-c", "user.name=bench", "commit",
-                     "-qm", "flowers"]):  # fmt: skip
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        [
+            "git",
+            "-c",
+            "user.email=bench@taglens",
+            "-c",
+            "user.name=bench",
+            "commit",
+            "-qm",
+            "flowers",
+        ],
+    ):
         subprocess.run(command, cwd=repo, check=True, capture_output=True)
     return repo
 
@@ -84,12 +99,14 @@ def repro(repo: Path, folder: Path) -> float:
     params["scrape"]["folder"] = str(folder)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     start = time.perf_counter()
-    result = subprocess.run([DVC, "repro"], cwd=repo, env=stage_env(), capture_output=True,
-                            text=True, timeout=3600)  # fmt: skip
+    result = subprocess.run(
+        [DVC, "repro"], cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=3600
+    )
     (repo / f"repro-{folder.name}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
-        raise RuntimeError(f"dvc repro failed in {repo}:\n{result.stdout[-3000:]}\n"
-                           f"{result.stderr[-3000:]}")  # fmt: skip
+        raise RuntimeError(
+            f"dvc repro failed in {repo}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return time.perf_counter() - start
 
 
@@ -120,18 +137,27 @@ def colour_recall(repo: Path, k: int = 10) -> dict[str, float | int]:
     served = [[item["tag"] for item in row] for row in predictor.rank(joined)]
     blend = predictor.rankers
     stats = predictor.stats
-    mixture = stats.mixture(joined["probabilities"], predictor.params, blend.estimator,
-                            blend.sharpen)  # fmt: skip
-    by_mixture = [[item["tag"] for item in row]
-                  for row in stats.rank_scores(stats.finish(mixture, predictor.params))]
+    mixture = stats.mixture(
+        joined["probabilities"], predictor.params, blend.estimator, blend.sharpen
+    )
+    by_mixture = [
+        [item["tag"] for item in row]
+        for row in stats.rank_scores(stats.finish(mixture, predictor.params))
+    ]
 
     def recall(ranked: list[list[str]]) -> float:
-        shares = [len(own & set(tags[:k])) / len(own)
-                  for tags, own in zip(ranked, truth, strict=True) if own]  # fmt: skip
+        shares = [
+            len(own & set(tags[:k])) / len(own)
+            for tags, own in zip(ranked, truth, strict=True)
+            if own
+        ]
         return float(np.mean(shares)) if shares else float("nan")
 
-    return {"served": recall(served), "class_mixture": recall(by_mixture),
-            "posts": sum(1 for own in truth if own)}  # fmt: skip
+    return {
+        "served": recall(served),
+        "class_mixture": recall(by_mixture),
+        "posts": sum(1 for own in truth if own),
+    }
 
 
 def read_quality(repo: Path) -> dict[str, Any]:
@@ -179,9 +205,13 @@ def to_markdown(result: dict[str, Any]) -> str:
             cells = " | ".join("" if row[key] is None else f"{row[key]:.3f}" for key in METRICS)
             lines.append(f"| {ranker.replace('_', ' ')} | {cells} |")
         colour = figures["colour_recall_at_10"]
-        lines += ["", f"Colour-tag recall@10: served {colour['served']:.3f}, class mixture "
-                  f"{colour['class_mixture']:.3f} ({colour['posts']} test posts with colour "
-                  "tags).", ""]  # fmt: skip
+        lines += [
+            "",
+            f"Colour-tag recall@10: served {colour['served']:.3f}, class mixture "
+            f"{colour['class_mixture']:.3f} ({colour['posts']} test posts with colour "
+            "tags).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -191,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", nargs="+", default=list(CAPTIONS), choices=list(CAPTIONS))
-    parser.add_argument("--work", type=Path, default=None,
-                        help="folder for the project copy (default: a temporary folder)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for the project copy (default: a temporary folder)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     if not FLOWERS.is_dir():
@@ -202,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="taglens-quality-") as scratch:
         work = args.work or Path(scratch)
         results = measure(work, tuple(args.captions))
-    result = {"command": "python -m bench.quality", "backbone": "mobilenet 1.0, 128 px",
-              "load_average_1m": round(os.getloadavg()[0], 1), "results": results}  # fmt: skip
+    result = {
+        "command": "python -m bench.quality",
+        "backbone": "mobilenet 1.0, 128 px",
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        "results": results,
+    }
     save_results(args.out, "quality", result, to_markdown(result))
     return 0
 

@@ -71,9 +71,14 @@ class HashtagBlend:
     tag_multiplier: np.ndarray | None = None
     choice: dict[str, Any] = field(default_factory=dict)
 
-    def ranker_scores(self, stats, params, probabilities: np.ndarray,
-                      features: np.ndarray | None = None,
-                      colour: np.ndarray | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    def ranker_scores(
+        self,
+        stats,
+        params,
+        probabilities: np.ndarray,
+        features: np.ndarray | None = None,
+        colour: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
         """(N, T) scores of every ranker that can run on these inputs (before tag weights).
 
         Args:
@@ -110,10 +115,12 @@ class HashtagBlend:
         """Write every array and the settings to one .npz, atomically."""
         arrays: dict[str, np.ndarray] = {
             "weights": np.array([self.weights.get(name, 0.0) for name in RANKERS]),
-            "settings": np.array(json.dumps({"estimator": self.estimator,
-                                             "sharpen": self.sharpen,
-                                             "choice": self.choice})),
-        }  # fmt: skip
+            "settings": np.array(
+                json.dumps(
+                    {"estimator": self.estimator, "sharpen": self.sharpen, "choice": self.choice}
+                )
+            ),
+        }
         if self.tag_multiplier is not None:
             arrays["tag_multiplier"] = self.tag_multiplier
         for prefix, model in (("tag", self.tag_model), ("colour", self.colour_model)):
@@ -176,8 +183,9 @@ class HashtagBlend:
         )
 
 
-def post_scores(final: np.ndarray, truth: np.ndarray, n_truth: np.ndarray,
-                top_k: int) -> dict[str, np.ndarray]:  # fmt: skip
+def post_scores(
+    final: np.ndarray, truth: np.ndarray, n_truth: np.ndarray, top_k: int
+) -> dict[str, np.ndarray]:
     """Per post with tags, HARRISON's metrics for a (N, T) score matrix.
 
     Args:
@@ -211,11 +219,14 @@ def post_scores(final: np.ndarray, truth: np.ndarray, n_truth: np.ndarray,
     }
 
 
-def ranking_scores(final: np.ndarray, truth: np.ndarray, n_truth: np.ndarray,
-                   top_k: int) -> dict[str, float]:  # fmt: skip
+def ranking_scores(
+    final: np.ndarray, truth: np.ndarray, n_truth: np.ndarray, top_k: int
+) -> dict[str, float]:
     """HARRISON's metrics (as taglens.training.metrics.hashtag_metrics), averaged over posts."""
-    return {key: float(values.mean()) for key, values in
-            post_scores(final, truth, n_truth, top_k).items()}  # fmt: skip
+    return {
+        key: float(values.mean())
+        for key, values in post_scores(final, truth, n_truth, top_k).items()
+    }
 
 
 def objective(per_post: dict[str, np.ndarray]) -> np.ndarray:
@@ -237,8 +248,13 @@ def simplex(names: Sequence[str], step: float) -> list[dict[str, float]]:
 
 
 def choose_blend(
-    scores: dict[str, np.ndarray], finishers: Sequence[Callable[[np.ndarray], np.ndarray]],
-    truth: np.ndarray, n_truth: np.ndarray, top_k: int, step: float, rule: str,
+    scores: dict[str, np.ndarray],
+    finishers: Sequence[Callable[[np.ndarray], np.ndarray]],
+    truth: np.ndarray,
+    n_truth: np.ndarray,
+    top_k: int,
+    step: float,
+    rule: str,
     floor: dict[str, float],
 ) -> tuple[dict[str, float], int, dict[str, float], dict[str, Any]] | None:
     """Search the blend grid on validation posts (see the module docstring).
@@ -278,12 +294,20 @@ def choose_blend(
         logger.info("no blend of %d reaches the floor %s", tried, floor)
         return None
     # popularity and the class mixture are the floors: weighing them costs no simplicity
-    complexity = [(index, sum(1 for name in IMAGE_RANKERS if weights.get(name)))
-                  for weights, index, _, _ in passing]
+    complexity = [
+        (index, sum(1 for name in IMAGE_RANKERS if weights.get(name)))
+        for weights, index, _, _ in passing
+    ]
     chosen = pick_paired([p[3] for p in passing], complexity, rule)
     weights, index, got, _ = passing[chosen]
     best = max(float(p[3].mean()) for p in passing)
     summary.update(best_objective=best, chosen_objective=float(passing[chosen][3].mean()))
-    logger.info("blend %s (tag weighting %d): validation %s; %d of %d blends reach the floor",
-                weights, index, got, len(passing), tried)  # fmt: skip
+    logger.info(
+        "blend %s (tag weighting %d): validation %s; %d of %d blends reach the floor",
+        weights,
+        index,
+        got,
+        len(passing),
+        tried,
+    )
     return weights, index, got, summary

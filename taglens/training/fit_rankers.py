@@ -51,8 +51,9 @@ class RankingInputs:
     probabilities: np.ndarray | None = None
 
 
-def low_lift_tags(stats: HashtagStats, image_scores: list[np.ndarray], val_truth: np.ndarray,
-                  min_lift: float) -> np.ndarray:  # fmt: skip
+def low_lift_tags(
+    stats: HashtagStats, image_scores: list[np.ndarray], val_truth: np.ndarray, min_lift: float
+) -> np.ndarray:
     """(T,) bool: tags whose rate barely depends on class or image (lift below `min_lift`).
 
     Class lift comes from the training counts, image lift from the image rankers' validation
@@ -103,8 +104,9 @@ def _class_mixture(val: _Validation, probabilities: np.ndarray) -> tuple[str, fl
     return setting["estimator"], setting["sharpen"], raw
 
 
-def _neighbours(val: _Validation, reference: NeighbourTags,
-                features: np.ndarray) -> tuple[NeighbourTags, np.ndarray]:  # fmt: skip
+def _neighbours(
+    val: _Validation, reference: NeighbourTags, features: np.ndarray
+) -> tuple[NeighbourTags, np.ndarray]:
     """The neighbours' k and similarity power, chosen on validation."""
     search = val.params.search
     sims, rows = reference.nearest(features, max(search.neighbours_k))
@@ -120,8 +122,9 @@ def _neighbours(val: _Validation, reference: NeighbourTags,
     return NeighbourTags(reference.reference, reference.tags, setting["k"], setting["power"]), raw
 
 
-def _tag_weightings(stats: HashtagStats, params: HashtagParams,
-                    low_lift: np.ndarray) -> list[tuple[str, np.ndarray | None]]:  # fmt: skip
+def _tag_weightings(
+    stats: HashtagStats, params: HashtagParams, low_lift: np.ndarray
+) -> list[tuple[str, np.ndarray | None]]:
     """Candidate per-tag weights, simplest (none) first."""
     weightings: list[tuple[str, np.ndarray | None]] = [("none", None)]
     generic = stats.tag_weights(params.generic, params.generic_weight)
@@ -135,8 +138,9 @@ def _tag_weightings(stats: HashtagStats, params: HashtagParams,
     return weightings
 
 
-def fit_ranking(stats: HashtagStats, train: RankingInputs, val: RankingInputs,
-                seed: int) -> tuple[HashtagBlend, dict]:  # fmt: skip
+def fit_ranking(
+    stats: HashtagStats, train: RankingInputs, val: RankingInputs, seed: int
+) -> tuple[HashtagBlend, dict]:
     """Fit the rankers on training posts and choose the served ranking on validation posts.
 
     Only captioned posts (with tags of their own) train the image rankers and score a choice.
@@ -156,8 +160,12 @@ def fit_ranking(stats: HashtagStats, train: RankingInputs, val: RankingInputs,
     if not check.n_truth.any():  # nothing to choose on: the class's usual tags, as they are
         logger.warning("no validation post carries hashtags: the class mixture ranks them")
         blend = HashtagBlend(weights={name: float(name == "class_mixture") for name in RANKERS})
-        blend.choice = {"served": "single", "rankers": ["class_mixture"], "tag_weights": "none",
-                        "why": "no validation post carries hashtags to choose a ranking on"}
+        blend.choice = {
+            "served": "single",
+            "rankers": ["class_mixture"],
+            "tag_weights": "none",
+            "why": "no validation post carries hashtags to choose a ranking on",
+        }
         return blend, {"rankers": {}, "choice": blend.choice}
     mix_estimator, mix_sharpen, mixture = _class_mixture(check, val.probabilities)
     n_val = len(val.tags)
@@ -169,19 +177,26 @@ def fit_ranking(stats: HashtagStats, train: RankingInputs, val: RankingInputs,
     settings: dict = {"class_mixture": {"estimator": mix_estimator, "sharpen": mix_sharpen}}
     if params.image_rankers and train.features is not None and val.features is not None:
         captioned = np.array([bool(tags) for tags in train.tags])
-        y_train = tag_matrix([t for t, c in zip(train.tags, captioned, strict=True) if c],
-                             stats.tags)  # fmt: skip
+        y_train = tag_matrix(
+            [t for t, c in zip(train.tags, captioned, strict=True) if c], stats.tags
+        )
         val_captioned = check.n_truth > 0
         if captioned.sum() and val_captioned.sum():
             y_val = check.truth[val_captioned]
             blend.tag_model = fit_tag_model(
-                (train.features[captioned], y_train), (val.features[val_captioned], y_val),
-                params.max_image_tags, seed)  # fmt: skip
+                (train.features[captioned], y_train),
+                (val.features[val_captioned], y_val),
+                params.max_image_tags,
+                seed,
+            )
             scores["tag_model"] = blend.tag_model.predict(val.features, len(stats.tags))
             if train.colour is not None and val.colour is not None:
                 blend.colour_model = fit_tag_model(
-                    (train.colour[captioned], y_train), (val.colour[val_captioned], y_val),
-                    params.max_image_tags, seed)  # fmt: skip
+                    (train.colour[captioned], y_train),
+                    (val.colour[val_captioned], y_val),
+                    params.max_image_tags,
+                    seed,
+                )
                 scores["colour_tags"] = blend.colour_model.predict(val.colour, len(stats.tags))
             reference = NeighbourTags(unit_rows(train.features[captioned]), y_train, 1, 1.0)
             blend.neighbours, scores["neighbours"] = _neighbours(check, reference, val.features)
@@ -189,36 +204,56 @@ def fit_ranking(stats: HashtagStats, train: RankingInputs, val: RankingInputs,
         else:
             logger.warning("image rankers skipped: no captioned training or validation posts")
 
-    image_scores = [s for name, s in scores.items() if name in ("tag_model", "colour_tags",
-                                                                 "neighbours")]  # fmt: skip
+    image_scores = [
+        s for name, s in scores.items() if name in ("tag_model", "colour_tags", "neighbours")
+    ]
     low = low_lift_tags(stats, image_scores, check.truth, params.min_lift)
     weightings = _tag_weightings(stats, params, low)
     # every ranker on its own, as it is (no tag weights): popularity and the class mixture are
     # the floors
     report: dict = {name: check.metrics(s) for name, s in scores.items()}
     floor = {key: max(report[name][key] for name in FLOORS) for key in report["popularity"]}
-    found = choose_blend(scores, [lambda raw, m=m: stats.finish(raw, params, m)
-                                  for _, m in weightings], check.truth, check.n_truth,
-                         params.top_k, params.blend_step, params.search.rule, floor)  # fmt: skip
+    found = choose_blend(
+        scores,
+        [lambda raw, m=m: stats.finish(raw, params, m) for _, m in weightings],
+        check.truth,
+        check.n_truth,
+        params.top_k,
+        params.blend_step,
+        params.search.rule,
+        floor,
+    )
     if found is not None:
         weights, index, got, search = found
         blend.weights = weights
         blend.tag_multiplier = weightings[index][1]
         used = [name for name, w in weights.items() if w]
-        choice = {"served": "blend", "rankers": used, "tag_weights": weightings[index][0],
-                  "why": "the blend reaches popularity's and the class mixture's validation "
-                         "scores" + (" and was the simplest within one standard error of the "
-                                     "best" if params.search.rule == "one_se" else ""),
-                  "search": search}  # fmt: skip
+        choice = {
+            "served": "blend",
+            "rankers": used,
+            "tag_weights": weightings[index][0],
+            "why": "the blend reaches popularity's and the class mixture's validation "
+            "scores"
+            + (
+                " and was the simplest within one standard error of the best"
+                if params.search.rule == "one_se"
+                else ""
+            ),
+            "search": search,
+        }
         report["blend"] = got
     else:  # nothing reaches both floors: the best single ranker on validation, as it is
         names = list(scores)
         best = names[check.choose([({}, scores[name]) for name in names])]
         blend.weights = {best: 1.0}
         blend.tag_multiplier = None
-        choice = {"served": "single", "rankers": [best], "tag_weights": "none",
-                  "why": f"no blend reached both popularity's and the class mixture's "
-                         f"validation scores {floor}; {best} scores best alone"}  # fmt: skip
+        choice = {
+            "served": "single",
+            "rankers": [best],
+            "tag_weights": "none",
+            "why": f"no blend reached both popularity's and the class mixture's "
+            f"validation scores {floor}; {best} scores best alone",
+        }
         report["blend"] = report[best]
     choice.update(settings=settings, floor=floor)
     if params.image_rankers and low.any():

@@ -32,8 +32,7 @@ def mean_se(per_sample: np.ndarray) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
-def pick(scores: Sequence[float], best_se: float, complexity: Sequence[Hashable],
-         rule: str) -> int:
+def pick(scores: Sequence[float], best_se: float, complexity: Sequence[Hashable], rule: str) -> int:
     """The index of the chosen candidate.
 
     Args:
@@ -57,8 +56,7 @@ def pick(scores: Sequence[float], best_se: float, complexity: Sequence[Hashable]
     return min(near, key=lambda i: (complexity[i], -values[i], i))
 
 
-def pick_paired(per_sample: Sequence[np.ndarray], complexity: Sequence[Hashable],
-                rule: str) -> int:
+def pick_paired(per_sample: Sequence[np.ndarray], complexity: Sequence[Hashable], rule: str) -> int:
     """`pick` for candidates scored on the same samples: the error of a paired difference.
 
     Under `one_se` a candidate qualifies when its mean is below the best's by at most the

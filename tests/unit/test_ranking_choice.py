@@ -25,9 +25,18 @@ def _posts(n: int, seed: int, class_tags: bool = True) -> list[Post]:
         tags = [tag for tag, rate in common if rng.uniform() < rate]
         if class_tags and rng.uniform() < 0.6:
             tags.append("pizza" if label == "food" else "paint")
-        posts.append(Post(id=f"{seed}-{i}", label=label, image=f"images/{seed}-{i}.jpg",
-                          sha256=f"{seed:032x}{i:032x}", width=9, height=9,
-                          caption=" ".join(f"#{tag}" for tag in tags), source="test"))
+        posts.append(
+            Post(
+                id=f"{seed}-{i}",
+                label=label,
+                image=f"images/{seed}-{i}.jpg",
+                sha256=f"{seed:032x}{i:032x}",
+                width=9,
+                height=9,
+                caption=" ".join(f"#{tag}" for tag in tags),
+                source="test",
+            )
+        )
     return posts
 
 
@@ -46,14 +55,22 @@ def test_when_popularity_is_best_on_validation_the_served_ranking_is_popularity(
     blend, report = fit_ranking(stats, _inputs(train), _inputs(val, probs), seed=0)
 
     # Then popularity beats the class mixture there, and it alone is served
-    assert report["rankers"]["popularity"]["recall_at_3"] > \
-        report["rankers"]["class_mixture"]["recall_at_3"]  # fmt: skip
-    assert blend.weights == {"popularity": 1.0, "class_mixture": 0.0, "tag_model": 0.0,
-                             "colour_tags": 0.0, "neighbours": 0.0}  # fmt: skip
+    assert (
+        report["rankers"]["popularity"]["recall_at_3"]
+        > report["rankers"]["class_mixture"]["recall_at_3"]
+    )
+    assert blend.weights == {
+        "popularity": 1.0,
+        "class_mixture": 0.0,
+        "tag_model": 0.0,
+        "colour_tags": 0.0,
+        "neighbours": 0.0,
+    }
     assert blend.choice["rankers"] == ["popularity"]
     scores = blend.ranker_scores(stats, hashtags, probs)
-    served = stats.rank_scores(stats.finish(blend.blend(scores), hashtags, blend.tag_multiplier),
-                               hashtags)  # fmt: skip
+    served = stats.rank_scores(
+        stats.finish(blend.blend(scores), hashtags, blend.tag_multiplier), hashtags
+    )
     popular = [item["tag"] for item in stats.popular(hashtags)]
     assert popular == ["love", "instagood", "yum"]
     assert all([item["tag"] for item in row] == popular for row in served)
@@ -96,8 +113,9 @@ def test_tag_weights_are_candidates_that_start_from_none(generic):
     weightings = fit_rankers._tag_weightings(stats, hashtags, low)
     assert weightings[0] == ("none", None)
     names = [name for name, _ in weightings]
-    assert names == (["none", "generic", "low_lift", "generic+low_lift"] if generic
-                     else ["none", "low_lift"])  # fmt: skip
+    assert names == (
+        ["none", "generic", "low_lift", "generic+low_lift"] if generic else ["none", "low_lift"]
+    )
 
 
 def test_evaluation_reports_every_ranker_and_warns_below_popularity(caplog):
@@ -109,24 +127,42 @@ def test_evaluation_reports_every_ranker_and_warns_below_popularity(caplog):
     # tags (the class tags of training never come back)
     hashtags = params(top_k=3, min_support=2, generic=(), image_rankers=False)
     stats = fit_hashtag_stats(_posts(200, 0), CLASSES, hashtags)
-    blend = HashtagBlend(weights={"class_mixture": 1.0},
-                         choice={"served": "single", "rankers": ["class_mixture"],
-                                 "tag_weights": "none", "why": "test"})
-    predictor = HashtagPredictor(model=None, classes=CLASSES, image_size=32, stats=stats,
-                                 params=hashtags, info={}, rankers=blend)
+    blend = HashtagBlend(
+        weights={"class_mixture": 1.0},
+        choice={
+            "served": "single",
+            "rankers": ["class_mixture"],
+            "tag_weights": "none",
+            "why": "test",
+        },
+    )
+    predictor = HashtagPredictor(
+        model=None,
+        classes=CLASSES,
+        image_size=32,
+        stats=stats,
+        params=hashtags,
+        info={},
+        rankers=blend,
+    )
     test = _posts(60, 2, class_tags=False)
     probs = np.array([[1.0, 0.0] if post.label == "food" else [0.0, 1.0] for post in test])
 
     # When the test posts are scored
     with caplog.at_level("WARNING"):
-        scores = hashtag_scores(predictor, {"probabilities": probs},
-                                [own_tags(post) for post in test])
+        scores = hashtag_scores(
+            predictor, {"probabilities": probs}, [own_tags(post) for post in test]
+        )
 
     # Then every ranker has its row, the served one is the class mixture's, and evaluate warns
     for name in ("popularity", "class_mixture", "blend"):
         assert 0.0 <= scores[f"{name}_hashtag_recall_at_5"] <= 1.0, name
     assert scores["hashtag_recall_at_3"] == scores["class_mixture_hashtag_recall_at_3"]
     assert scores["hashtag_recall_at_3"] < scores["popularity_hashtag_recall_at_3"]
-    assert scores["hashtag_ranking"] == {"served": "single", "rankers": ["class_mixture"],
-                                         "tag_weights": "none", "why": "test"}
+    assert scores["hashtag_ranking"] == {
+        "served": "single",
+        "rankers": ["class_mixture"],
+        "tag_weights": "none",
+        "why": "test",
+    }
     assert "below popularity" in caplog.text

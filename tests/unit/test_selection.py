@@ -10,7 +10,9 @@ from taglens.training.selection import binomial_se, mean_se, pick, pick_paired
 
 def test_standard_errors():
     assert binomial_se(0.75, 300) == pytest.approx(np.sqrt(0.75 * 0.25 / 300))
-    assert mean_se(np.array([1.0, 0.0, 1.0, 0.0])) == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2)
+    assert mean_se(np.array([1.0, 0.0, 1.0, 0.0])) == pytest.approx(
+        np.std([1, 0, 1, 0], ddof=1) / 2
+    )
     assert mean_se(np.array([1.0])) == 0.0
 
 
