@@ -163,11 +163,13 @@ def colour_recall(repo: Path, k: int = 10) -> dict[str, float | int]:
 def read_quality(repo: Path) -> dict[str, Any]:
     """The figures of one run: accuracy, every ranker's row, the choice and colour recall."""
     metrics = json.loads((repo / "reports" / "metrics.json").read_text(encoding="utf-8"))
+    train = json.loads((repo / "reports" / "train.json").read_text(encoding="utf-8"))
     rows = {"served": {key: metrics.get(key) for key in METRICS}}
     for name in RANKERS:
         rows[name] = {key: metrics.get(f"{name}_{key}") for key in METRICS}
     return {
         "accuracy": metrics["accuracy"],
+        "baseline_accuracy": train.get("baseline_test_accuracy"),
         "n_test": metrics["n_test"],
         "hashtag_posts": metrics.get("hashtag_n"),
         "rankers": rows,

@@ -11,15 +11,16 @@ Everything here is chosen on validation posts, never by hand:
 - the blend weights, on a grid on the simplex (any may be 0).
 A blend is eligible only if it reaches popularity's and the class mixture's P@1, R@5, A@5 and
 R@top_k on validation: suggesting the most used tags to everyone, and the class's usual tags, are
-floors. When no blend reaches both floors, the best single ranker is served, and the choice says
-so and why.
+floors. Among the eligible blends the choice maximises the recall of the whole served list,
+R@top_k. When no blend reaches both floors, the best single ranker is served, and the choice
+says so and why.
 
 Picking among many candidates on a few hundred posts rewards noise, so the rule is, by default,
 the one-standard-error rule of `taglens.training.selection`: the simplest candidate (for a blend,
 no tag weights before tag weights, then the fewest image rankers; popularity and the class
 mixture, the floors, come free) whose validation score is within one standard error of the
-best, the error of their paired per-post difference. Scores are per-post means of P@1, R@5,
-A@5 and R@top_k.
+best, the error of their paired per-post difference. A ranker's own settings are scored by the
+per-post mean of the four metrics (`objective`), a blend by R@top_k.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def ranking_scores(
 
 
 def objective(per_post: dict[str, np.ndarray]) -> np.ndarray:
-    """Per post, the mean of the guarded metrics: what every ranking choice maximises."""
+    """Per post, the mean of the guarded metrics: what a ranker's own settings maximise."""
     return np.mean(np.stack(list(per_post.values())), axis=0)
 
 
@@ -272,7 +273,8 @@ def choose_blend(
 
     Returns:
         The weights, the index of the finisher chosen, their validation metrics and a summary
-        of the search; None when no blend reaches the floor.
+        of the search (the best and the chosen blend's R@top_k); None when no blend reaches the
+        floor.
     """
     keep = n_truth > 0  # only posts with tags are scored: leave the others out of the search
     scores = {name: s[keep] for name, s in scores.items()}
@@ -288,7 +290,7 @@ def choose_blend(
             tried += 1
             got = {key: float(v.mean()) for key, v in per_post.items()}
             if all(got[key] >= floor[key] - 1e-12 for key in floor):
-                passing.append((weights, index, got, objective(per_post)))
+                passing.append((weights, index, got, per_post[f"recall_at_{top_k}"]))
     summary = {"tried": tried, "passing": len(passing)}
     if not passing:
         logger.info("no blend of %d reaches the floor %s", tried, floor)
@@ -301,7 +303,7 @@ def choose_blend(
     chosen = pick_paired([p[3] for p in passing], complexity, rule)
     weights, index, got, _ = passing[chosen]
     best = max(float(p[3].mean()) for p in passing)
-    summary.update(best_objective=best, chosen_objective=float(passing[chosen][3].mean()))
+    summary.update(best_recall=best, chosen_recall=float(passing[chosen][3].mean()))
     logger.info(
         "blend %s (tag weighting %d): validation %s; %d of %d blends reach the floor",
         weights,
