@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 from taglens.artifacts import CLEAN_DIR, FEATURES_DIR, RAW_DIR
-from taglens.lifecycle.gate import RUN_KEY, EvidenceError, read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -115,32 +114,6 @@ def run_record(run_id: str) -> dict[str, str]:
         logger.warning("run %s carries no %s tags: its model version gets none", run_id,
                        TAG_PREFIX)  # fmt: skip
     return record_
-
-
-def check_metrics_run(metrics: Path | str, run_id: str) -> None:
-    """Refuse a metrics.json that does not say it scores the model of train run `run_id`.
-
-    After a failed or skipped evaluate, metrics.json can be the previous model's; one written by
-    hand or by an older evaluate names no run at all. Registering the new model with either
-    would promote (or keep out) a model on numbers it never earned, so both are refused.
-
-    Raises:
-        MissingArtifactError: metrics.json is missing.
-        EvidenceError: metrics.json names no run or another run (the message says how to fix it).
-    """
-    metrics = Path(metrics)
-    stated = read_metrics(metrics).get(RUN_KEY)
-    if not stated:
-        raise EvidenceError(
-            f"{metrics} names no {RUN_KEY}, so nothing ties it to train run {run_id} (written "
-            "by hand or by an older evaluate?): run the evaluate stage for this model "
-            "(`dvc repro evaluate`)"
-        )
-    if stated != run_id:
-        raise EvidenceError(
-            f"{metrics} holds the metrics of train run {stated}, but model_info.json is run "
-            f"{run_id}: run the evaluate stage for this model (`dvc repro evaluate`) first"
-        )
 
 
 def _relative(path: Path, root: Path) -> str:

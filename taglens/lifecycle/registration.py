@@ -17,8 +17,8 @@ from typing import Any
 from taglens.artifacts import MODEL_INFO, PER_CLASS, PER_IMAGE, read_model_info
 from taglens.atomic import atomic_write_json
 from taglens.errors import TaglensError
-from taglens.lifecycle.gate import Evaluation, read_evaluation
-from taglens.lifecycle.lineage import check_metrics_run, run_record
+from taglens.lifecycle.gate import Evaluation, check_metrics_run, read_evaluation
+from taglens.lifecycle.lineage import run_record
 from taglens.lifecycle.registry import Registry
 from taglens.params import RegisterParams
 

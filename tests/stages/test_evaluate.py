@@ -58,7 +58,7 @@ def test_popularity_baseline_and_split_fingerprint_are_reported(evaluated):
     for key in ("hashtag_precision_at_1", "hashtag_recall_at_5", "hashtag_accuracy_at_5"):
         assert 0.0 <= scores[f"popularity_{key}"] <= 1.0, key
     test = pd.read_csv(paths["clean"] / "manifest.csv").query("split == 'test'")
-    assert scores["test_fingerprint"] == split_fingerprint(list(test["sha256"]))
+    assert scores["test_fingerprint"] == split_fingerprint(list(test["sha256"]), list(test["label"]))
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from taglens.lifecycle.gate import (
     Evaluation,
     EvidenceError,
     NotComparableError,
+    check_metrics_run,
     decide,
     paired_decision,
     paired_test,
@@ -20,7 +21,6 @@ from taglens.lifecycle.gate import (
     read_evaluation,
     read_recall,
 )
-from taglens.lifecycle.lineage import check_metrics_run
 from taglens.lifecycle.registry_tags import decision_record, decision_tags, pending_decision
 from taglens.params import RegisterParams
 from taglens.training.metrics import split_fingerprint
@@ -30,9 +30,15 @@ CLASSES = ("cat", "dog")
 
 
 def params(**changes) -> RegisterParams:
-    base = {"model_name": "taglens", "primary_metric": "accuracy", "min_margin": 0.0,
-            "significance": 0.05, "max_recall_drop": 0.1, "min_score": 0.3,
-            "promote": True}  # fmt: skip
+    base = {
+        "model_name": "taglens",
+        "primary_metric": "accuracy",
+        "min_margin": 0.0,
+        "significance": 0.05,
+        "max_recall_drop": 0.1,
+        "min_score": 0.3,
+        "promote": True,
+    }
     return RegisterParams(**{**base, **changes})
 
 
@@ -40,14 +46,24 @@ def shas(n: int) -> list[str]:
     return [f"{i:064x}" for i in range(n)]
 
 
-def pair(n: int, both: int, only_new: int, only_old: int, *, fingerprint: int = 7,
-         new_recall: dict | None = None, old_recall: dict | None = None):  # fmt: skip
+def pair(
+    n: int,
+    both: int,
+    only_new: int,
+    only_old: int,
+    *,
+    fingerprint: int = 7,
+    new_recall: dict | None = None,
+    old_recall: dict | None = None,
+):
     """Candidate and champion on the same n images: `both` right for both, `only_new` right only
     for the candidate, `only_old` only for the champion, the rest wrong for both."""
     names = shas(n)
     new = {sha: i < both + only_new for i, sha in enumerate(names)}
-    old = {sha: i < both or both + only_new <= i < both + only_new + only_old
-           for i, sha in enumerate(names)}  # fmt: skip
+    old = {
+        sha: i < both or both + only_new <= i < both + only_new + only_old
+        for i, sha in enumerate(names)
+    }
 
     def evaluation(correct, recall):
         accuracy = sum(correct.values()) / n
@@ -104,16 +120,24 @@ def test_a_clear_gain_is_promoted_with_the_evidence_in_the_reason():
     decision = decide(candidate, champion, params())
     assert decision.alias == CHAMPION
     assert (decision.score, decision.champion_score) == (0.784, 0.704)
-    assert decision.reason.startswith("accuracy 0.7840 beats champion's 0.7040 by 0.0800, "
-                                      "significant at 0.05")  # fmt: skip
-    for text in ("on the same 500 test images", "difference +0.0800",
-                 "95% CI +0.0544 to +0.1049", "McNemar exact p = 5.63e-11",
-                 "42 images right only for this model, 2 only for the champion"):  # fmt: skip
+    assert decision.reason.startswith(
+        "accuracy 0.7840 beats champion's 0.7040 by 0.0800, significant at 0.05"
+    )
+    for text in (
+        "on the same 500 test images",
+        "difference +0.0800",
+        "95% CI +0.0544 to +0.1049",
+        "McNemar exact p = 5.63e-11",
+        "42 images right only for this model, 2 only for the champion",
+    ):
         assert text in decision.reason
     evidence = decision.evidence()
     assert evidence["p_value"] == pytest.approx(991 / 2**44)
     assert (evidence["challenger_only"], evidence["champion_only"], evidence["n_paired"]) == (
-        42, 2, 500)  # fmt: skip
+        42,
+        2,
+        500,
+    )
     assert (evidence["ci_low"], evidence["ci_high"]) == (0.054435, 0.104928)
 
 
@@ -135,8 +159,9 @@ def test_margin_and_significance_both_must_pass(counts, changes, alias, reason):
 
 
 def test_the_recall_guard_stays():
-    candidate, champion = pair(500, 350, 42, 2, new_recall={"cat": 0.95, "dog": 0.55},
-                               old_recall={"cat": 0.8, "dog": 0.7})  # fmt: skip
+    candidate, champion = pair(
+        500, 350, 42, 2, new_recall={"cat": 0.95, "dog": 0.55}, old_recall={"cat": 0.8, "dog": 0.7}
+    )
     decision = decide(candidate, champion, params())
     assert decision.alias == CHALLENGER and decision.recall_drops == {"dog": pytest.approx(0.15)}
     assert "recall drops more than max_recall_drop 0.1: dog -0.150" in decision.reason
@@ -147,12 +172,16 @@ def test_the_recall_guard_stays():
 
 @pytest.mark.parametrize(
     ("score", "alias", "reason"),
-    [(0.5, CHAMPION, "first model: accuracy 0.5000 >= min_score 0.3"),
-     (0.3, CHAMPION, ">= min_score"), (0.2, CHALLENGER, "below min_score")],
-)  # fmt: skip
+    [
+        (0.5, CHAMPION, "first model: accuracy 0.5000 >= min_score 0.3"),
+        (0.3, CHAMPION, ">= min_score"),
+        (0.2, CHALLENGER, "below min_score"),
+    ],
+)
 def test_the_first_model_keeps_min_score(score, alias, reason):
-    decision = paired_decision(Evaluation({"accuracy": score, "test_fingerprint": 3}), None,
-                               None, params())  # fmt: skip
+    decision = paired_decision(
+        Evaluation({"accuracy": score, "test_fingerprint": 3}), None, None, params()
+    )
     assert decision.alias == alias and reason in decision.reason
     assert decision.test_fingerprint == 3 and decision.paired is None
     assert set(decision.evidence().values()) == {None}
@@ -160,7 +189,8 @@ def test_the_first_model_keeps_min_score(score, alias, reason):
 
 def test_another_primary_metric_decides_the_margin_and_is_named():
     candidate, champion = pair(500, 350, 42, 2)
-    candidate.metrics["macro_f1"], champion.metrics["macro_f1"] = 0.6, 0.5
+    candidate.metrics["macro_f1"] = 0.6
+    champion.metrics["macro_f1"] = 0.5
     decision = decide(candidate, champion, params(primary_metric="macro_f1"))
     assert decision.promoted and "macro_f1 0.6000 vs champion's 0.5000; accuracy" in decision.reason
     with pytest.raises(ValueError, match=r"'top3_accuracy' is not a number .*available"):
@@ -173,8 +203,7 @@ def test_the_champion_is_always_rescored_and_paired_on_the_current_images():
     recorded = Evaluation({"accuracy": 0.99, "test_fingerprint": 8})  # its own old numbers
     decision = paired_decision(candidate, ("1", recorded), lambda: champion, params())
     assert decision.promoted and decision.champion_rescored
-    assert (decision.score, decision.champion_score, decision.test_fingerprint) == (
-        0.784, 0.704, 8)  # fmt: skip
+    assert (decision.score, decision.champion_score, decision.test_fingerprint) == (0.784, 0.704, 8)
 
 
 def test_a_champion_that_cannot_be_scored_is_not_comparable():
@@ -231,17 +260,25 @@ def write_evidence(folder, *, run=RUN, labels=None, drop=(), correct=None):
     labels = labels or ["cat", "dog", "cat", "dog"]
     correct = correct or [True, True, False, True]
     fingerprint = split_fingerprint(names, labels)
-    metrics = {"accuracy": sum(correct) / 4, "n_test": 4, "test_fingerprint": fingerprint,
-               "model_run_id": run}  # fmt: skip
+    metrics = {
+        "accuracy": sum(correct) / 4,
+        "n_test": 4,
+        "test_fingerprint": fingerprint,
+        "model_run_id": run,
+    }
     for key in drop:
         metrics.pop(key)
-    rows = [{"sha256": s, "label": label, "predicted": label if ok else "x", "correct": ok}
-            for s, label, ok in zip(names, labels, correct, strict=True)]  # fmt: skip
+    rows = [
+        {"sha256": s, "label": label, "predicted": label if ok else "x", "correct": ok}
+        for s, label, ok in zip(names, labels, correct, strict=True)
+    ]
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "per_class.json").write_text(json.dumps({"cat": {"recall": 0.5},
-                                                       "dog": {"recall": 1.0}}))  # fmt: skip
-    (folder / "per_image.json").write_text(json.dumps(
-        {"model_run_id": run, "test_fingerprint": fingerprint, "images": rows}))  # fmt: skip
+    (folder / "per_class.json").write_text(
+        json.dumps({"cat": {"recall": 0.5}, "dog": {"recall": 1.0}})
+    )
+    (folder / "per_image.json").write_text(
+        json.dumps({"model_run_id": run, "test_fingerprint": fingerprint, "images": rows})
+    )
     return [folder / name for name in ("metrics.json", "per_class.json", "per_image.json")]
 
 
@@ -252,8 +289,9 @@ def test_read_evaluation_returns_all_three_parts(tmp_path):
     assert evaluation.correct == dict(zip(shas(4), [True, True, False, True], strict=True))
 
 
-@pytest.mark.parametrize(("key", "words"), [("test_fingerprint", "which test images"),
-                                            ("model_run_id", "which model")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "words"), [("test_fingerprint", "which test images"), ("model_run_id", "which model")]
+)
 def test_missing_fingerprint_or_run_id_in_metrics_refuses(tmp_path, key, words):
     with pytest.raises(EvidenceError, match=f"has no {key}, so nothing says {words}"):
         read_evaluation(*write_evidence(tmp_path, drop=[key]))
@@ -267,8 +305,11 @@ def test_missing_run_id_refuses_at_the_run_check(tmp_path):
 
 def test_mismatching_run_refuses(tmp_path):
     metrics, _, _ = write_evidence(tmp_path, run="b" * 32)
-    with pytest.raises(EvidenceError, match=r"metrics of train run b{32}, but model_info.json is "
-                                            r"run a{32}"):  # fmt: skip
+    with pytest.raises(
+        EvidenceError,
+        match=r"metrics of train run b{32}, but model_info.json is "
+        r"run a{32}",
+    ):
         check_metrics_run(metrics, RUN)
     check_metrics_run(metrics, "b" * 32)  # its own run passes
 
@@ -290,10 +331,13 @@ def test_relabelling_one_test_photo_changes_the_fingerprint(tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "words"),
-    [({"model_run_id": "b" * 32}, "the metrics say bbbb"), ({"n_test": 5}, "4 images but n_test"),
-     ({"accuracy": 1.0}, "3 of 4 right but accuracy is 1.0"),
-     ({"test_fingerprint": 1}, "test_fingerprint")],
-)  # fmt: skip
+    [
+        ({"model_run_id": "b" * 32}, "the metrics say bbbb"),
+        ({"n_test": 5}, "4 images but n_test"),
+        ({"accuracy": 1.0}, "3 of 4 right but accuracy is 1.0"),
+        ({"test_fingerprint": 1}, "test_fingerprint"),
+    ],
+)
 def test_per_image_results_of_another_model_or_split_refuse(tmp_path, change, words):
     metrics, _, per_image = write_evidence(tmp_path)
     scores = {**json.loads(metrics.read_text()), **change}

@@ -101,14 +101,17 @@ def test_plots_are_written_and_not_empty(tmp_path):
         eval_plots.plot_history([], tmp_path / "x.png")
 
 
-def test_split_fingerprint_names_the_set_of_images_not_their_order():
+def test_split_fingerprint_names_the_images_and_labels_not_their_order():
     from taglens.training.metrics import split_fingerprint
 
     a, b, c = "a" * 64, "b" * 64, "c" * 64
-    assert split_fingerprint([a, b, c]) == split_fingerprint([c, a, b])
-    assert split_fingerprint([a, b]) != split_fingerprint([a, c])
-    value = split_fingerprint([a])
+    assert split_fingerprint([a, b, c], "xyz") == split_fingerprint([c, a, b], "zxy")
+    assert split_fingerprint([a, b], "xy") != split_fingerprint([a, c], "xy")
+    assert split_fingerprint([a, b], "xy") != split_fingerprint([a, b], "xx")  # relabelled
+    value = split_fingerprint([a], ["x"])
     assert 0 <= value < 2**48 and float(value) == value
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        split_fingerprint([a, b], ["x"])
 
 
 def test_popularity_baseline_keys_are_prefixed():
