@@ -128,7 +128,7 @@ def test_three_weeks_of_retraining(tmp_path):
             row["reason"]
         )
         assert row["n_paired"] == week["metrics"]["n_test"]
-        assert row["ci_low"] <= row["difference"] <= row["ci_high"] or row["n_paired"] < 10
+        assert row["ci_low"] <= row["difference"] <= row["ci_high"]
         assert row["difference"] == pytest.approx(row["score"] - row["champion_score"])
     assert history[1]["p_value"] < 0.05  # week 2's gain is beyond chance
     assert history[2]["champion_score"] == reg["champion_score"] is not None
