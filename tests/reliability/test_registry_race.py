@@ -12,8 +12,6 @@ from reliability_kit import copy_repo, stage_env, write_params
 
 pytestmark = pytest.mark.slow
 
-CLASSES_RECALL = 0.5  # the same per-class recall for both, so only the primary metric decides
-
 
 def _test_split(tmp_path, classes) -> tuple:
     """data/raw and data/clean holding two solid-colour test photos per class."""
@@ -76,7 +74,7 @@ def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
     ]
     per_image = {"model_run_id": run.info.run_id, "test_fingerprint": fingerprint, "images": rows}
     (reports / "evaluate" / "per_image.json").write_text(json.dumps(per_image))
-    per_class = {c: {"recall": CLASSES_RECALL} for c in info["classes"]}
+    per_class = {c: {"recall": accuracy} for c in info["classes"]}  # all right, or none
     (reports / "evaluate" / "per_class.json").write_text(json.dumps(per_class))
     return run.info.run_id, models, reports
 
@@ -124,8 +122,9 @@ def test_racing_registrations_leave_the_better_model_champion(
     assert len(versions) == 2 and len(by_run) == 2
     better = by_run[runs["better"][0]]
     worse = by_run[runs["worse"][0]]
-    assert client.get_model_version_by_alias(name, "champion").version == better.version
     results = {n: json.loads((runs[n][2] / "register.json").read_text()) for n in runs}
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == better.version, results["better"]["reason"]
     assert results["better"]["decision"] == "champion"
     # And the promotion history has exactly one register line per version
     lines = (tmp_path / "promotions.jsonl").read_text().splitlines()
