@@ -15,6 +15,7 @@ from stages import register
 from taglens.lifecycle import lineage
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registry import Registry
+from taglens.lifecycle.registry_admin import promote
 from taglens.lifecycle.tracking import configure_tracking
 from taglens.serving.model_ref import logged_model_uri
 from taglens.serving.pyfunc import log_taglens_model
@@ -437,7 +438,17 @@ def test_a_one_photo_gain_is_recorded_and_refused(params, make_run, tmp_path):
     assert result.decision == "challenger" and result.record["champion"] == "1"
     assert result.reason.startswith("not significant: accuracy 0.7020 beats champion's 0.7000")
     assert result.record["p_value"] == 0.5 and result.record["challenger_only"] == 1
-    assert Registry(params.register.model_name, history).history()[-1]["p_value"] == 0.5
+    registry = Registry(params.register.model_name, history)
+    assert registry.history()[-1]["p_value"] == 0.5
+    # promoting by hand still overrides the gate, recorded as a manual decision
+    promote(registry, "2", "checked the 500 photos by hand")
+    assert _alias("champion", params.register.model_name) == "2"
+    tags = registry.version(2).tags
+    assert tags["decision"] == "champion"
+    assert tags["decision.reason"] == "manual: checked the 500 photos by hand"
+    assert float(tags["decision.p_value"]) == 0.5  # the gate's verdict stays on the version
+    last = registry.history()[-1]
+    assert (last["event"], last["version"], last["previous"]) == ("promote", "2", "1")
 
 
 def test_a_champion_that_cannot_be_scored_is_not_comparable(params, make_run, tmp_path):
