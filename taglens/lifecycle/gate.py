@@ -463,7 +463,8 @@ def read_correct(path: Path | str, metrics: dict[str, Any]) -> dict[str, bool]:
     if metrics.get("n_test") is not None and len(rows) != metrics["n_test"]:
         problems.append(f"{len(rows)} images but n_test is {metrics['n_test']}")
     accuracy = metrics.get("accuracy")
-    if accuracy is not None and rows and abs(sum(correct.values()) / len(rows) - accuracy) > EPS:
+    numeric = isinstance(accuracy, int | float) and not isinstance(accuracy, bool)
+    if numeric and rows and abs(sum(correct.values()) / len(rows) - accuracy) > EPS:
         problems.append(f"{sum(correct.values())} of {len(rows)} right but accuracy is {accuracy}")
     if problems:
         raise EvidenceError(
