@@ -145,3 +145,22 @@ def test_per_class_report_is_scikit_learns_for_every_class():
     for i, name in enumerate("abcd"):
         assert result["per_class"][name] == pytest.approx(
             {"precision": p[i], "recall": r[i], "f1": f[i], "support": n[i]})
+
+
+def test_per_image_rows_are_ordered_by_sha256_and_refuse_a_photo_twice():
+    import pandas as pd
+
+    from taglens.errors import TaglensError
+    from taglens.training.evaluation import per_image_rows
+
+    test = pd.DataFrame({"sha256": ["c" * 64, "a" * 64, "b" * 64], "label": ["cat", "dog", "fox"]})
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.1, 0.8]])
+    rows = per_image_rows(test, probabilities, CLASSES)
+    assert rows == [
+        {"sha256": "a" * 64, "label": "dog", "predicted": "cat", "correct": False},
+        {"sha256": "b" * 64, "label": "fox", "predicted": "fox", "correct": True},
+        {"sha256": "c" * 64, "label": "cat", "predicted": "cat", "correct": True},
+    ]
+    twice = pd.DataFrame({"sha256": ["a" * 64, "a" * 64], "label": ["cat", "cat"]})
+    with pytest.raises(TaglensError, match="1 test images occur twice"):
+        per_image_rows(twice, probabilities[:2], CLASSES)
