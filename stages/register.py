@@ -2,8 +2,9 @@
 
 As the DVC stage: `python -m stages.register --params params.yaml --models models
 --metrics reports/metrics.json --raw data/raw --clean data/clean --out reports/register.json`.
-With --raw and --clean, a champion evaluated on another test set is scored again on the current
-test split (through evaluate's own scoring code), so both models are compared on the same images.
+With --raw and --clean, the champion is scored again on the current test split (through
+evaluate's own scoring code), so the gate pairs both models image by image on the same images;
+without them a model that has a champion to beat stays challenger.
 Admin subcommands: `list`, `history`, `promote VERSION --reason TEXT`, `rollback --reason TEXT`.
 """
 
@@ -58,8 +59,13 @@ def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionResc
         top_k = params.evaluate.top_k
         scored = score_test_split(predictor, top_k, raw=Path(raw), clean=Path(clean))
         scores = dict(scored.scores)
-        per_class, _ = scores.pop("per_class"), scores.pop("confusion")
-        return Evaluation(scores, {name: row["recall"] for name, row in per_class.items()})
+        per_class = scores.pop("per_class")
+        scores.pop("confusion")
+        return Evaluation(
+            scores,
+            {name: row["recall"] for name, row in per_class.items()},
+            {row["sha256"]: row["correct"] for row in scored.per_image},
+        )
 
     return rescore
 
@@ -71,21 +77,23 @@ def run(
     metrics: Path,
     out: Path,
     per_class: Path | None = None,
+    per_image: Path | None = None,
     history: Path | None = None,
     rescorer: ChampionRescorer | None = None,
 ) -> Registered:
     """Register the model of the train run in `models/` and write the decision to `out`.
 
-    With a `rescorer` (`champion_rescorer`), a champion whose recorded evaluation is on another
-    test set is re-scored on the current one before the gate compares them.
+    With a `rescorer` (`champion_rescorer`), the champion is re-scored on the current test split
+    and the gate pairs it with this model image by image.
 
     Raises:
-        FileNotFoundError: model_info.json or metrics.json is missing.
+        FileNotFoundError: model_info.json, metrics.json or per_image.json is missing.
+        EvidenceError: metrics.json names no run or another run, or lacks its test fingerprint.
         ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
         RegistryError: the registry cannot be read or written; nothing was promoted.
     """
     return register_run(register, models=models, metrics=metrics, out=out, per_class=per_class,
-                        history=history or Path(out).parent / HISTORY,
+                        per_image=per_image, history=history or Path(out).parent / HISTORY,
                         rescorer=rescorer)  # fmt: skip
 
 
@@ -108,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the evaluation metrics (default %(default)s)")
     parser.add_argument("--per-class", type=Path, default=None,
                         help="per-class recall (default: <metrics dir>/evaluate/per_class.json)")
+    parser.add_argument("--per-image", type=Path, default=None,
+                        help="each test image right or wrong (default: <metrics dir>/evaluate/"
+                        "per_image.json)")
     parser.add_argument("--out", type=Path, default=Path("reports/register.json"),
                         help="where the decision is written (default %(default)s)")
     parser.add_argument("--raw", type=Path, default=None,
@@ -140,7 +151,7 @@ def _command(args: argparse.Namespace, params: Params) -> int:
         if args.raw is not None and args.clean is not None:
             rescorer = champion_rescorer(params, raw=args.raw, clean=args.clean)
         result = run(params.register, models=args.models, metrics=args.metrics, out=args.out,
-                     per_class=args.per_class, history=args.history,
+                     per_class=args.per_class, per_image=args.per_image, history=args.history,
                      rescorer=rescorer)  # fmt: skip
         print(result.summary())
         return 0

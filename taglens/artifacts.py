@@ -78,6 +78,8 @@ TRAIN_REPORT = Artifact("train", REPORTS_DIR, "train.json")
 HISTORY = Artifact("train", REPORTS_DIR, "history.csv")
 METRICS = Artifact("evaluate", REPORTS_DIR, "metrics.json")
 PER_CLASS = Artifact("evaluate", EVALUATE_DIR, "per_class.json")
+# each test image right or wrong, by sha256: the promotion gate's paired evidence
+PER_IMAGE = Artifact("evaluate", EVALUATE_DIR, "per_image.json")
 CONFUSION = Artifact("evaluate", REPORTS_DIR, "confusion.csv")
 DECISION = Artifact("register", REPORTS_DIR, "register.json")
 

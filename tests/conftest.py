@@ -122,7 +122,8 @@ def tiny_champion(fresh_mlflow, tiny_models_dir, tiny_params):
     info_path = tiny_models_dir / "model_info.json"
     info = {**json.loads(info_path.read_text()), "run_id": run.info.run_id}
     info_path.write_text(json.dumps(info))
-    evaluation = Evaluation({"accuracy": 0.5, "n_test": 30})
+    # the first model: the gate needs only its score and the test split it was scored on
+    evaluation = Evaluation({"accuracy": 0.5, "n_test": 30, "test_fingerprint": 1})
     result = Registry(name, fresh_mlflow / "promotions.jsonl").register(
         logged.model_uri, run.info.run_id, evaluation, tiny_params.register
     )

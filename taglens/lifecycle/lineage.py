@@ -12,7 +12,6 @@ under the clean data's hash.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 import yaml
 
 from taglens.artifacts import CLEAN_DIR, FEATURES_DIR, RAW_DIR
-from taglens.errors import TaglensError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +26,6 @@ TAG_PREFIX = "lineage."
 # The data a model is trained on, by the name its tag carries: lineage.data.raw, ...
 TRAINING_DATA = {"raw": RAW_DIR, "features": FEATURES_DIR, "clean": CLEAN_DIR}
 DATA_VERSION = "data_version"
-RUN_KEY = "model_run_id"  # written into metrics.json by the evaluate stage
 
 
 def _stages(lock: Path) -> dict[str, Any]:
@@ -117,31 +114,6 @@ def run_record(run_id: str) -> dict[str, str]:
         logger.warning("run %s carries no %s tags: its model version gets none", run_id,
                        TAG_PREFIX)  # fmt: skip
     return record_
-
-
-def check_metrics_run(metrics: Path | str, run_id: str) -> None:
-    """Refuse a metrics.json that evaluate wrote for another train run than `run_id`.
-
-    After a failed or skipped evaluate, metrics.json can be the previous model's: registering the
-    new model with it would promote (or keep out) a model on numbers it never earned.
-
-    Raises:
-        TaglensError: metrics.json names another run (the message says how to fix it).
-    """
-    metrics = Path(metrics)
-    try:
-        stated = json.loads(metrics.read_text(encoding="utf-8")).get(RUN_KEY)
-    except (OSError, ValueError, AttributeError):
-        return  # missing or malformed: read_metrics reports it in its own words
-    if not stated:
-        logger.warning("%s names no %s (written before evaluate recorded it): cannot check that "
-                       "it belongs to run %s", metrics, RUN_KEY, run_id)  # fmt: skip
-        return
-    if stated != run_id:
-        raise TaglensError(
-            f"{metrics} holds the metrics of train run {stated}, but model_info.json is run "
-            f"{run_id}: run the evaluate stage for this model (`dvc repro evaluate`) first"
-        )
 
 
 def _relative(path: Path, root: Path) -> str:

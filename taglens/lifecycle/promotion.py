@@ -1,7 +1,8 @@
 """Taking and committing a promotion decision: race-safe, and resumable after a crash.
 
-Champion and challenger are compared on the same test images: when the champion's recorded
-evaluation is on another test set, the caller's `rescore` scores it again on the current one.
+Champion and challenger are compared image by image on the same test images: the caller's
+`rescore` scores the champion again on the current test split, and the gate pairs its
+per-image correctness with the candidate's (McNemar's exact test, `taglens.lifecycle.gate`).
 The champion is read again right before the alias moves, and the decision's details are tagged
 before the `decision` tag that commits it, so a re-run after a crash replays the decision
 instead of taking a new one. `Registry.register` calls these under the registry lock.
@@ -88,6 +89,7 @@ def commit(registry: Registry, version: Any, decision: Decision, params: Registe
             champion_rescored=decision.champion_rescored,
             test_fingerprint=decision.test_fingerprint,
             metric=params.primary_metric,
+            **decision.evidence(),
         )
     registry.tag(version, {"decision": decision.alias})
     logger.info(

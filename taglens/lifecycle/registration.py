@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taglens.artifacts import MODEL_INFO, read_model_info
+from taglens.artifacts import MODEL_INFO, PER_CLASS, PER_IMAGE, read_model_info
 from taglens.atomic import atomic_write_json
 from taglens.errors import TaglensError
-from taglens.lifecycle.gate import Evaluation, read_metrics, read_recall
-from taglens.lifecycle.lineage import check_metrics_run, run_record
+from taglens.lifecycle.gate import Evaluation, check_metrics_run, read_evaluation
+from taglens.lifecycle.lineage import run_record
 from taglens.lifecycle.registry import Registry
 from taglens.params import RegisterParams
 
@@ -81,6 +81,7 @@ def register_run(
     out: Path,
     history: Path,
     per_class: Path | None = None,
+    per_image: Path | None = None,
     rescorer: ChampionRescorer | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Registered:
@@ -93,11 +94,16 @@ def register_run(
         out: where the decision is written (register.json).
         history: the promotion history (promotions.jsonl).
         per_class: per-class recall (default: `<metrics dir>/evaluate/per_class.json`).
-        rescorer: scores a champion evaluated on another test set on the current one.
+        per_image: each test image right or wrong (default: `<metrics dir>/evaluate/
+            per_image.json`), paired with the champion's by the gate.
+        rescorer: scores the champion on the current test split (without it, a model that
+            has a champion to beat stays challenger: not comparable).
         environ: where a `dvc exp run` is detected (default: this process's environment).
 
     Raises:
-        FileNotFoundError: model_info.json or metrics.json is missing.
+        FileNotFoundError: model_info.json, metrics.json or per_image.json is missing.
+        EvidenceError: metrics.json names no run or another run, has no test fingerprint, or
+            per_image.json is not its own.
         ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
         RegistryError: the registry cannot be read or written; nothing was promoted.
     """
@@ -111,8 +117,12 @@ def register_run(
         raise TaglensError(f"{MODEL_INFO.at(models)} has no run_id: the train stage must run "
                            "inside MLflow")  # fmt: skip
     check_metrics_run(metrics, run_id)
-    per_class = per_class or Path(metrics).parent / "evaluate" / "per_class.json"
-    evaluation = Evaluation(read_metrics(metrics), read_recall(per_class))
+    evaluated = Path(metrics).parent / PER_CLASS.folder.name
+    evaluation = read_evaluation(
+        metrics,
+        per_class or PER_CLASS.at(evaluated),
+        per_image or PER_IMAGE.at(evaluated),
+    )
     evaluation.score(register.primary_metric)  # fail before touching the registry
     classes = list(info.get("classes", []))
     rescore = None if rescorer is None else functools.partial(rescorer, classes=classes)

@@ -2,7 +2,8 @@
 
 A version carries `metric.<name>` and `recall.<class>` (its evaluation), `lineage.<key>`
 (where it came from, `lineage.run_id` first), and the decision: `decision.alias`,
-`decision.reason`, `decision.score`, ... tagged first and `decision` last, which commits it
+`decision.reason`, `decision.score`, the paired test against the champion (`decision.p_value`,
+`decision.difference`, `decision.ci_low`, ...), tagged first and `decision` last, which commits it
 (`taglens.lifecycle.registry` explains the order). These functions write and read that scheme.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from taglens.lifecycle.gate import Decision, Evaluation
+from taglens.lifecycle.gate import PAIRED_KEYS, Decision, Evaluation, PairedTest
 from taglens.lifecycle.lineage import TAG_PREFIX
 
 METRIC_TAG = "metric."
@@ -55,6 +56,7 @@ def decision_tags(decision: Decision, metric: str, time: str) -> dict[str, Any]:
         "decision.champion_score": "none" if champion_score is None else champion_score,
         "decision.champion_rescored": decision.champion_rescored,
         "decision.test_fingerprint": _text(decision.test_fingerprint),
+        **{f"decision.{key}": _text_of(value) for key, value in decision.evidence().items()},
         "decision.time": time,
     }
 
@@ -71,6 +73,7 @@ def pending_decision(tags: dict[str, str]) -> Decision | None:
         compared_with=_none(tags.get("decision.compared_with")),
         champion_rescored=tags.get("decision.champion_rescored") == "True",
         test_fingerprint=_fingerprint(tags.get("decision.test_fingerprint")),
+        paired=PairedTest.from_record(_paired_record(tags)),
     )
 
 
@@ -86,7 +89,15 @@ def decision_record(tags: dict[str, str]) -> dict[str, Any]:
         "champion_score": _number(tags.get("decision.champion_score")),
         "champion_rescored": tags.get("decision.champion_rescored") == "True",
         "test_fingerprint": _fingerprint(tags.get("decision.test_fingerprint")),
+        **_paired_record(tags),
     }
+
+
+def _paired_record(tags: dict[str, str]) -> dict[str, float | int | None]:
+    """The paired test's numbers from `decision.*` tags (None where absent or "none")."""
+    record = {key: _number(tags.get(f"decision.{key}")) for key in PAIRED_KEYS}
+    counts = ("n_paired", "challenger_only", "champion_only")
+    return {key: int(v) if key in counts and v is not None else v for key, v in record.items()}
 
 
 def _number(value: str | None) -> float | None:
@@ -103,6 +114,10 @@ def _fingerprint(value: str | None) -> int | None:
 
 def _text(fingerprint: int | None) -> str:
     return "none" if fingerprint is None else str(int(fingerprint))
+
+
+def _text_of(value: float | int | None) -> str:
+    return "none" if value is None else repr(value)
 
 
 def _none(value: str | None) -> str | None:

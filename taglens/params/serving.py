@@ -15,6 +15,7 @@ class RegisterParams(Section):
     model_name: str = Field(min_length=1)
     primary_metric: str = Field(min_length=1)
     min_margin: float = Field(ge=0)
+    significance: float = Field(gt=0, le=1)  # McNemar's one-sided p must be below this
     max_recall_drop: float = Field(ge=0, le=1)
     min_score: float = Field(ge=0, le=1)
     promote: bool  # false: every version stays challenger; `dvc exp run` never promotes anyway

@@ -39,7 +39,10 @@ def write_reports(
     scored: Scored, classes: list[str], image_size: int, out: Path, *, misclassified_max: int,
     model_run_id: str,
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Write metrics.json, confusion.csv and evaluate/ (per_class.json, confusion, curves, grid).
+    """Write metrics.json, confusion.csv and evaluate/ (per_class.json, per_image.json, plots).
+
+    per_image.json names the run and test split it belongs to, beside each test image's
+    correctness (ordered by sha256): register pairs it with the champion's, image by image.
 
     Returns:
         metrics.json's contents (naming the model's train run, checked by register) and the
@@ -50,6 +53,12 @@ def write_reports(
     per_class, matrix = scores.pop("per_class"), np.array(scores.pop("confusion"))
     plots = out / PLOTS_DIR
     atomic_write_json(plots / artifacts.PER_CLASS.name, per_class)
+    per_image = {
+        "model_run_id": model_run_id,
+        "test_fingerprint": scores["test_fingerprint"],
+        "images": scored.per_image,
+    }
+    atomic_write_json(plots / artifacts.PER_IMAGE.name, per_image)
     y_pred, y_true = scored.probabilities.argmax(axis=1), scored.y_true
     atomic_write_csv(artifacts.CONFUSION.at(out), (
         {"actual": actual, "predicted": classes[i]}

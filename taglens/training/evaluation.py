@@ -38,6 +38,9 @@ class Scored:
     paths: list[Path]
     probabilities: np.ndarray
     y_true: np.ndarray
+    # each test image, ordered by sha256: {"sha256", "label", "predicted", "correct"} (the
+    # promotion gate pairs two models image by image on these)
+    per_image: list[dict[str, Any]]
 
 
 def hashtag_params(hashtags: HashtagParams) -> HashtagParams:
@@ -73,8 +76,38 @@ def score_test_split(predictor, top_k: int, *, raw: Path, clean: Path) -> Scored
 
     truth = _post_hashtags(artifacts.read_posts(raw), test)
     scores.update(hashtag_scores(predictor, outputs, truth))
-    scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"])
-    return Scored(scores, test, paths, probs, y_true)
+    scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"], test["label"])
+    return Scored(scores, test, paths, probs, y_true, per_image_rows(test, probs, classes))
+
+
+def per_image_rows(
+    test: pd.DataFrame, probabilities: np.ndarray, classes: list[str]
+) -> list[dict[str, Any]]:
+    """Each test image's label, top-1 prediction and whether it is right, ordered by sha256.
+
+    Raises:
+        TaglensError: a photo occurs twice in the test split (it could not be paired by sha256).
+    """
+    rows = []
+    for sha, label, index in zip(
+        test["sha256"], test["label"], probabilities.argmax(axis=1), strict=True
+    ):
+        predicted = classes[int(index)]
+        rows.append(
+            {
+                "sha256": str(sha),
+                "label": str(label),
+                "predicted": predicted,
+                "correct": predicted == label,
+            }
+        )
+    twice = len(rows) - len({row["sha256"] for row in rows})
+    if twice:
+        raise TaglensError(
+            f"{twice} test images occur twice in {artifacts.MANIFEST.name} (same sha256): "
+            "re-run the clean stage"
+        )
+    return sorted(rows, key=lambda row: row["sha256"])
 
 
 def hashtag_scores(predictor, outputs: dict[str, np.ndarray],

@@ -144,16 +144,25 @@ def ranking_metrics(
     return scores
 
 
-def split_fingerprint(sha256s: Sequence[str]) -> int:
-    """A number that names a test split: the same images give the same number, in any order.
+def split_fingerprint(sha256s: Sequence[str], labels: Sequence[str]) -> int:
+    """A number that names a test split: its images and their labels, in any order.
 
-    Numeric (48 bits, exact in a float) so it travels through metrics.json, MLflow metrics and
-    registry tags like any other metric, and the promotion gate compares only models evaluated on
-    the same split.
+    Each image counts with its label, so relabelling one test photo gives another number (the
+    scores of a model on the old labels are not scores on the new ones). Numeric (48 bits, exact
+    in a float) so it travels through metrics.json, MLflow metrics and registry tags like any
+    other metric.
+
+    Raises:
+        ValueError: the two sequences differ in length.
     """
     import hashlib
 
-    digest = hashlib.sha256("\n".join(sorted(sha256s)).encode("ascii")).hexdigest()
+    sha256s = list(sha256s)
+    labels = list(labels)
+    if len(sha256s) != len(labels):
+        raise ValueError(f"{len(sha256s)} images but {len(labels)} labels")
+    lines = sorted(f"{sha}\t{label}" for sha, label in zip(sha256s, labels, strict=True))
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
     return int(digest[:12], 16)
 
 

@@ -1,8 +1,9 @@
 """Three "weeks" of the real pipeline (folder source, `dvc repro`, MLflow registry): the loop works.
 
 Week 1 makes a champion. Week 2 adds photos: the challenger is scored beside the champion
-re-scored on the same (new) test images, and promoted because it is better. Week 3 adds photos
-and trains with a deliberately bad setting: it is refused, with both scores in the history. A
+re-scored on the same (new) test images, paired image by image, and promoted because it is
+better beyond chance (McNemar's p below register.significance). Week 3 adds photos and trains
+with a deliberately bad setting: it is refused, with both scores and the p-value in the history. A
 photo's split never changes, so week 1's test photos are test photos in weeks 2 and 3.
 """
 
@@ -118,6 +119,18 @@ def test_three_weeks_of_retraining(tmp_path):
     for row, week in zip(history, (one, two, three), strict=True):
         assert row["score"] == week["register"]["score"]
         assert row["test_fingerprint"] == week["metrics"]["test_fingerprint"]
+        assert row["p_value"] == week["register"]["p_value"]
+        assert row["reason"] == week["register"]["reason"]
+    # Week 1 had no champion to pair with; weeks 2 and 3 were paired image by image with it
+    assert history[0]["p_value"] is None and history[0]["n_paired"] is None
+    for row, week in zip(history[1:], (two, three), strict=True):
+        assert 0.0 <= row["p_value"] <= 1.0 and f"McNemar exact p = {row['p_value']:.3g}" in (
+            row["reason"]
+        )
+        assert row["n_paired"] == week["metrics"]["n_test"]
+        assert row["ci_low"] <= row["difference"] <= row["ci_high"]
+        assert row["difference"] == pytest.approx(row["score"] - row["champion_score"])
+    assert history[1]["p_value"] < 0.05  # week 2's gain is beyond chance
     assert history[2]["champion_score"] == reg["champion_score"] is not None
     (tmp_path / "promotions.json").write_text(json.dumps(history, indent=1))  # to read after
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 
 from stages import register
 from taglens.lifecycle import registration
-from taglens.lifecycle.lineage import check_metrics_run
+from taglens.lifecycle.gate import EvidenceError, check_metrics_run
 
 
 def _reports(tmp_path, run_in_metrics: str | None):
@@ -39,11 +38,22 @@ def test_metrics_of_another_run_stop_register_before_the_registry(tmp_path, tiny
     assert touched == [] and not (reports / "register.json").exists()
 
 
-def test_matching_or_unrecorded_runs_pass_the_check(tmp_path, caplog):
+def test_matching_runs_pass_and_unrecorded_runs_are_refused(tmp_path, tiny_params, monkeypatch):
     _, reports = _reports(tmp_path, "a" * 32)
     check_metrics_run(reports / "metrics.json", "a" * 32)  # no error
+    # a metrics.json naming no run (by hand, or an older evaluate) proves nothing: refused
     (tmp_path / "old").mkdir()
-    _, older = _reports(tmp_path / "old", None)
-    with caplog.at_level(logging.WARNING):
+    models, older = _reports(tmp_path / "old", None)
+    unrecorded = "names no model_run_id, so nothing ties it to train run a{32}"
+    with pytest.raises(EvidenceError, match=unrecorded):
         check_metrics_run(older / "metrics.json", "a" * 32)
-    assert "names no model_run_id" in caplog.text
+    touched = []
+    monkeypatch.setattr(registration, "Registry", lambda *a, **k: touched.append(a))
+    with pytest.raises(EvidenceError, match="names no model_run_id"):
+        register.run(
+            tiny_params.register,
+            models=models,
+            metrics=older / "metrics.json",
+            out=older / "register.json",
+        )
+    assert touched == [] and not (older / "register.json").exists()

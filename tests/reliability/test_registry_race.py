@@ -12,14 +12,42 @@ from reliability_kit import copy_repo, stage_env, write_params
 
 pytestmark = pytest.mark.slow
 
-CLASSES_RECALL = 0.5  # the same per-class recall for both, so only the primary metric decides
+
+def _test_split(tmp_path, classes) -> tuple:
+    """data/raw and data/clean holding two solid-colour test photos per class."""
+    import pandas as pd
+
+    from tests.helpers.rawdata import solid_raw
+
+    raw = tmp_path / "raw"
+    colours = {
+        c: [(20 * i, 90 + 60 * j, 250 - 20 * i) for j in range(2)] for i, c in enumerate(classes)
+    }
+    posts = solid_raw(raw, colours, size=32)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    rows = [
+        {
+            "id": p.id,
+            "sha256": p.sha256,
+            "image": p.image,
+            "label": p.label,
+            "split": "test",
+            "distance": 0.0,
+        }
+        for p in posts
+    ]
+    pd.DataFrame(rows).to_csv(clean / "manifest.csv", index=False)
+    return raw, clean, posts
 
 
-def _trained(tmp_path, name: str, models_src, accuracy: float, classes) -> tuple:
-    """A models/ dir and metrics like train + evaluate write them, for one logged MLflow run."""
+def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
+    """A models/ dir and the evidence evaluate writes for one logged MLflow run: the model is
+    right on every test photo (`right`) or on none."""
     import mlflow
 
     from taglens.serving.pyfunc import log_taglens_model
+    from taglens.training.metrics import split_fingerprint
 
     with mlflow.start_run(run_name=f"train-{name}") as run:
         log_taglens_model(models_src)
@@ -29,10 +57,25 @@ def _trained(tmp_path, name: str, models_src, accuracy: float, classes) -> tuple
     (models / "model_info.json").write_text(json.dumps({**info, "run_id": run.info.run_id}))
     reports = tmp_path / f"reports_{name}"
     (reports / "evaluate").mkdir(parents=True)
-    (reports / "metrics.json").write_text(json.dumps(
-        {"accuracy": accuracy, "top3_accuracy": accuracy, "macro_f1": accuracy, "n_test": 20}))
-    (reports / "evaluate" / "per_class.json").write_text(
-        json.dumps({c: {"recall": CLASSES_RECALL} for c in classes}))  # fmt: skip
+    accuracy = 1.0 if right else 0.0
+    fingerprint = split_fingerprint([p.sha256 for p in posts], [p.label for p in posts])
+    metrics = {
+        "accuracy": accuracy,
+        "top3_accuracy": accuracy,
+        "macro_f1": accuracy,
+        "n_test": len(posts),
+        "test_fingerprint": fingerprint,
+        "model_run_id": run.info.run_id,
+    }
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    rows = [
+        {"sha256": p.sha256, "label": p.label, "correct": right}
+        for p in sorted(posts, key=lambda p: p.sha256)
+    ]
+    per_image = {"model_run_id": run.info.run_id, "test_fingerprint": fingerprint, "images": rows}
+    (reports / "evaluate" / "per_image.json").write_text(json.dumps(per_image))
+    per_class = {c: {"recall": accuracy} for c in info["classes"]}  # all right, or none
+    (reports / "evaluate" / "per_class.json").write_text(json.dumps(per_class))
     return run.info.run_id, models, reports
 
 
@@ -49,9 +92,11 @@ def test_racing_registrations_leave_the_better_model_champion(
     repo = copy_repo(tmp_path / "repo")
     write_params(repo, {})
     configure_tracking(tiny_params.base.experiment, store=fresh_mlflow)
-    classes = tiny_params.base.classes
-    runs = {name: _trained(tmp_path, name, tiny_models_dir, acc, classes)
-            for name, acc in (("worse", 0.40), ("better", 0.80))}  # fmt: skip
+    raw, clean, posts = _test_split(tmp_path, tiny_params.base.classes)
+    runs = {
+        name: _trained(tmp_path, name, tiny_models_dir, right, posts)
+        for name, right in (("worse", False), ("better", True))
+    }
     env = stage_env(repo, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
 
     # When both register at the same moment
@@ -61,7 +106,7 @@ def test_racing_registrations_leave_the_better_model_champion(
         _, models, reports = runs[name]
         cmd = [sys.executable, "-m", "stages.register", "--params", "params.yaml",
                "--models", str(models), "--metrics", str(reports / "metrics.json"),
-               "--out", str(reports / "register.json"),
+               "--out", str(reports / "register.json"), "--raw", str(raw), "--clean", str(clean),
                "--history", str(tmp_path / "promotions.jsonl")]  # fmt: skip
         procs[name] = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -77,11 +122,17 @@ def test_racing_registrations_leave_the_better_model_champion(
     assert len(versions) == 2 and len(by_run) == 2
     better = by_run[runs["better"][0]]
     worse = by_run[runs["worse"][0]]
-    assert client.get_model_version_by_alias(name, "champion").version == better.version
     results = {n: json.loads((runs[n][2] / "register.json").read_text()) for n in runs}
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == better.version, results["better"]["reason"]
     assert results["better"]["decision"] == "champion"
     # And the promotion history has exactly one register line per version
     lines = (tmp_path / "promotions.jsonl").read_text().splitlines()
     history = [json.loads(line) for line in lines]
     registered = sorted(row["version"] for row in history if row["event"] == "register")
     assert registered == sorted([str(better.version), str(worse.version)])
+    # and whichever took the lock second was paired image by image with the re-scored champion
+    first, second = (row for row in history if row["event"] == "register")
+    assert first["p_value"] is None and first["compared_with"] is None
+    assert second["champion_rescored"] is True and second["n_paired"] == 20
+    assert 0.0 <= second["p_value"] <= 1.0 and "McNemar exact p" in second["reason"]

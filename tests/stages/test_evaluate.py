@@ -58,7 +58,8 @@ def test_popularity_baseline_and_split_fingerprint_are_reported(evaluated):
     for key in ("hashtag_precision_at_1", "hashtag_recall_at_5", "hashtag_accuracy_at_5"):
         assert 0.0 <= scores[f"popularity_{key}"] <= 1.0, key
     test = pd.read_csv(paths["clean"] / "manifest.csv").query("split == 'test'")
-    assert scores["test_fingerprint"] == split_fingerprint(list(test["sha256"]))
+    fingerprint = split_fingerprint(list(test["sha256"]), list(test["label"]))
+    assert scores["test_fingerprint"] == fingerprint
 
 
 @pytest.mark.slow
@@ -75,6 +76,33 @@ def test_accuracy_is_what_the_served_model_computes(evaluated):
         rows = list(csv.DictReader(handle))
     assert [row["actual"] for row in rows] == list(test["label"])
     assert [row["predicted"] for row in rows] == predicted
+
+
+@pytest.mark.slow
+def test_per_image_results_are_the_gates_evidence(evaluated):
+    from taglens.lifecycle.gate import read_evaluation
+
+    _, paths, _, scores = evaluated
+    plots = paths["reports"] / "evaluate"
+    record = json.loads((plots / "per_image.json").read_text())
+    rows = record["images"]
+    with open(paths["reports"] / "confusion.csv") as handle:
+        confusion = list(csv.DictReader(handle))
+    # one row per test image, ordered by sha256, right exactly where the prediction is the label
+    assert len(rows) == scores["n_test"] == len(confusion)
+    assert [row["sha256"] for row in rows] == sorted(row["sha256"] for row in rows)
+    assert all(row["correct"] == (row["predicted"] == row["label"]) for row in rows)
+    assert sorted((r["label"], r["predicted"]) for r in rows) == sorted(
+        (r["actual"], r["predicted"]) for r in confusion
+    )
+    assert sum(row["correct"] for row in rows) / len(rows) == pytest.approx(scores["accuracy"])
+    assert record["model_run_id"] == scores["model_run_id"]
+    assert record["test_fingerprint"] == scores["test_fingerprint"]
+    # register reads all of it back without finding anything amiss
+    evaluation = read_evaluation(
+        paths["reports"] / "metrics.json", plots / "per_class.json", plots / "per_image.json"
+    )
+    assert evaluation.correct == {row["sha256"]: row["correct"] for row in rows}
 
 
 @pytest.mark.slow

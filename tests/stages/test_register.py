@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,9 +15,11 @@ from stages import register
 from taglens.lifecycle import lineage
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registry import Registry
+from taglens.lifecycle.registry_admin import promote
 from taglens.lifecycle.tracking import configure_tracking
 from taglens.serving.model_ref import logged_model_uri
 from taglens.serving.pyfunc import log_taglens_model
+from taglens.training.metrics import split_fingerprint
 from tests.helpers.params import tiny_params, tiny_params_path
 from tests.helpers.tinymodels import build_tiny_models
 
@@ -52,13 +55,50 @@ def params(tiny_params, request):
     )
 
 
+def evidence(accuracy: float, n_test: int, split: str, run_id: str) -> dict:
+    """What evaluate writes for a model right on the first `accuracy * n_test` images of a split.
+
+    The images of split `split` are named by it, so two splits share no image; the models are
+    nested (a better one is right wherever a worse one is), so gains are clear-cut.
+    """
+    names = [hashlib.sha256(f"{split}-{i}".encode()).hexdigest() for i in range(n_test)]
+    labels = [CLASSES[i % len(CLASSES)] for i in range(n_test)]
+    right = round(accuracy * n_test)
+    correct = {name: i < right for i, name in enumerate(names)}
+    fingerprint = split_fingerprint(names, labels)
+    rows = [
+        {"sha256": name, "label": label, "correct": correct[name]}
+        for name, label in sorted(zip(names, labels, strict=True))
+    ]
+    metrics = {
+        "accuracy": right / n_test,
+        "macro_f1": accuracy - 0.05,
+        "n_test": n_test,
+        "test_fingerprint": fingerprint,
+        "model_run_id": run_id,
+    }
+    per_image = {"model_run_id": run_id, "test_fingerprint": fingerprint, "images": rows}
+    return {"metrics": metrics, "per_image": per_image, "correct": correct}
+
+
+# Each train run's model, right or wrong on each image of each split (what re-scoring finds)
+SCORED: dict[str, dict] = {}
+
+
+def rescore_from_scored(version, classes: list[str], split: str = "w1") -> Evaluation:
+    """A ChampionRescorer: the registered version's model scored on `split` (as SCORED says)."""
+    run = version.tags.get("lineage.run_id") or version.run_id
+    accuracy, recall, n_test = SCORED[run]
+    found = evidence(accuracy, n_test, split, run)
+    return Evaluation(found["metrics"], dict.fromkeys(CLASSES, recall), found["correct"])
+
+
 @pytest.fixture
 def make_run(store, models_template, tmp_path):
     """A train run with the tiny model logged, its models/ dir and evaluate's reports."""
     counter = iter(range(1000))
 
-    def make(accuracy: float, recall: float = 0.8, n_test: int = 50,
-             fingerprint: int | None = None):  # fmt: skip
+    def make(accuracy: float, recall: float = 0.8, n_test: int = 100, split: str = "w1"):
         n = next(counter)
         work = tmp_path / f"run{n}"
         models = work / "models"
@@ -71,17 +111,20 @@ def make_run(store, models_template, tmp_path):
         info = json.loads((models / "model_info.json").read_text())
         info["run_id"] = run.info.run_id
         (models / "model_info.json").write_text(json.dumps(info))
-        reports = work / "reports"
-        (reports / "evaluate").mkdir(parents=True)
-        scores = {"accuracy": accuracy, "macro_f1": accuracy - 0.05, "n_test": n_test}
-        if fingerprint is not None:
-            scores["test_fingerprint"] = fingerprint
-        (reports / "metrics.json").write_text(json.dumps(scores))
+        SCORED[run.info.run_id] = (accuracy, recall, n_test)
+        write_evidence(work / "reports", evidence(accuracy, n_test, split, run.info.run_id))
         per_class = {c: {"precision": 0.5, "recall": recall, "f1": 0.5} for c in CLASSES}
-        (reports / "evaluate" / "per_class.json").write_text(json.dumps(per_class))
-        return models, reports
+        (work / "reports" / "evaluate" / "per_class.json").write_text(json.dumps(per_class))
+        return models, work / "reports"
 
     return make
+
+
+def write_evidence(reports, found: dict) -> None:
+    """metrics.json and evaluate/per_image.json in `reports`."""
+    (reports / "evaluate").mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps(found["metrics"]))
+    (reports / "evaluate" / "per_image.json").write_text(json.dumps(found["per_image"]))
 
 
 def _alias(alias: str, name: str = "taglens") -> str:
@@ -89,8 +132,14 @@ def _alias(alias: str, name: str = "taglens") -> str:
 
 
 def _register(params, models, reports, history):
-    return register.run(params.register, models=models, metrics=reports / "metrics.json",
-                        out=reports / "register.json", history=history)  # fmt: skip
+    return register.run(
+        params.register,
+        models=models,
+        metrics=reports / "metrics.json",
+        out=reports / "register.json",
+        history=history,
+        rescorer=rescore_from_scored,
+    )
 
 
 def test_first_model_becomes_champion_and_rerun_adds_nothing(params, make_run, tmp_path):
@@ -212,20 +261,56 @@ def test_racing_registrations_keep_the_best_champion(params, make_run, tmp_path)
 def test_user_errors_are_one_line(tiny_params, make_run, tmp_path, capsys):
     models, reports = make_run(0.5)
     info = json.loads((models / "model_info.json").read_text())
+    metrics = json.loads((reports / "metrics.json").read_text())
     args = ["--params", str(tiny_params_path()), "--models", str(models), "--metrics",
             str(reports / "metrics.json"), "--out", str(reports / "register.json")]  # fmt: skip
 
-    (reports / "metrics.json").write_text(json.dumps({"top3_accuracy": 0.9}))
+    (reports / "metrics.json").write_text(json.dumps({**metrics, "accuracy": None}))
     assert register.main(args) == 2
     assert "'accuracy' is not a number" in capsys.readouterr().err
     (models / "model_info.json").write_text(json.dumps({**info, "run_id": None}))
     assert register.main(args) == 2
     assert "has no run_id" in capsys.readouterr().err
     (models / "model_info.json").write_text(json.dumps({**info, "run_id": "0" * 32}))
-    (reports / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
+    write_evidence(reports, evidence(0.9, 100, "w1", "0" * 32))
     assert register.main(args) == 2
     assert "not found" in capsys.readouterr().err
     assert not (reports / "register.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"test_fingerprint": None}, "has no test_fingerprint"),
+        ({"model_run_id": None}, "names no model_run_id"),
+        ({"model_run_id": "f" * 32}, "holds the metrics of train run ffff"),
+        ({"accuracy": 0.99}, "but accuracy is 0.99"),
+    ],
+    ids=["no-fingerprint", "no-run-id", "other-run", "edited"],
+)
+def test_unproven_metrics_refused(
+    change, words, params, make_run, tmp_path, monkeypatch, capsys
+):
+    """A hand-made, old or edited metrics.json registers nothing, against a champion or not."""
+    history = tmp_path / "promotions.jsonl"
+    _register(params, *make_run(0.5), history)
+    models, reports = make_run(0.9)
+    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = {k: v for k, v in {**metrics, **change}.items() if v is not None}
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr("taglens.params.load_params", lambda _path: params)
+    args = ["--params", str(tiny_params_path()), "--models", str(models)]
+    args += ["--metrics", str(reports / "metrics.json"), "--out", str(reports / "register.json")]
+    args += ["--history", str(history)]
+    capsys.readouterr()
+
+    assert register.main(args) == 2
+
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "evaluate" in err, err
+    registry = Registry(params.register.model_name, history)
+    assert [str(v.version) for v in registry.versions()] == ["1"]
+    assert len(registry.history()) == 1 and not (reports / "register.json").exists()
 
 
 def test_crash_after_moving_the_alias_is_finished_by_the_rerun(params, make_run, tmp_path,
@@ -297,23 +382,26 @@ def test_only_a_missing_alias_means_no_champion(params, make_run, tmp_path):
 
 def _rescoring(params, make_run, tmp_path, rescore):
     history = tmp_path / "promotions.jsonl"
-    _register(params, *make_run(0.9, fingerprint=111), history)  # champion, on last week's test
-    models, reports = make_run(0.7, recall=0.8, fingerprint=222)
+    _register(params, *make_run(0.9, split="w1"), history)  # champion, on last week's test
+    models, reports = make_run(0.7, recall=0.8, split="w2")
     info = json.loads((models / "model_info.json").read_text())
-    return Registry(params.register.model_name, history).register(
-        logged_model_uri(info["run_id"]), info["run_id"],
-        Evaluation(json.loads((reports / "metrics.json").read_text()), dict.fromkeys(CLASSES, 0.8)),
-        params.register, rescore=rescore,
-    )  # fmt: skip
+    candidate = Evaluation(
+        json.loads((reports / "metrics.json").read_text()),
+        dict.fromkeys(CLASSES, 0.8),
+        evidence(0.7, 100, "w2", info["run_id"])["correct"],
+    )
+    registry = Registry(params.register.model_name, history)
+    uri = logged_model_uri(info["run_id"])
+    return registry.register(uri, info["run_id"], candidate, params.register, rescore=rescore)
 
 
-def test_a_champion_scored_on_another_test_set_is_rescored_on_this_one(params, make_run,
-                                                                        tmp_path):  # fmt: skip
+def test_the_champion_is_rescored_on_this_test_set_and_paired(params, make_run, tmp_path):
     seen = []
 
     def rescore(version):
         seen.append(str(version.version))
-        return Evaluation({"accuracy": 0.6, "test_fingerprint": 222}, dict.fromkeys(CLASSES, 0.75))
+        found = evidence(0.6, 100, "w2", "champion")
+        return Evaluation(found["metrics"], dict.fromkeys(CLASSES, 0.75), found["correct"])
 
     result = _rescoring(params, make_run, tmp_path, rescore)
 
@@ -321,14 +409,46 @@ def test_a_champion_scored_on_another_test_set_is_rescored_on_this_one(params, m
     assert seen == ["1"]
     assert result["decision"] == "champion" and result["champion_score"] == 0.6
     assert result["score"] == 0.7 and result["champion_rescored"] is True
-    assert result["test_fingerprint"] == 222
+    fingerprint = evidence(0.7, 100, "w2", "")["metrics"]["test_fingerprint"]
+    assert result["test_fingerprint"] == fingerprint
+    # nested models: 10 images right only for the new one, none only for the champion
+    # p = P(X >= 10 | 10, 1/2) = 2^-10
+    assert (result["challenger_only"], result["champion_only"], result["n_paired"]) == (10, 0, 100)
+    assert result["p_value"] == pytest.approx(2**-10) and result["difference"] == 0.1
+    assert result["ci_low"] < 0.1 < result["ci_high"]
+    assert "McNemar exact p = 0.000977" in result["reason"]
     tags = mlflow.MlflowClient().get_model_version(params.register.model_name, "2").tags
-    assert tags["decision.test_fingerprint"] == "222"
+    assert tags["decision.test_fingerprint"] == str(fingerprint)
     assert tags["decision.champion_rescored"] == "True"
     assert float(tags["decision.champion_score"]) == 0.6 and float(tags["decision.score"]) == 0.7
+    assert float(tags["decision.p_value"]) == pytest.approx(2**-10)
+    assert tags["decision.challenger_only"] == "10" and tags["decision.champion_only"] == "0"
     row = Registry(params.register.model_name, tmp_path / "promotions.jsonl").history()[-1]
-    assert (row["score"], row["champion_score"], row["test_fingerprint"]) == (0.7, 0.6, 222)
+    assert (row["score"], row["champion_score"], row["test_fingerprint"]) == (0.7, 0.6, fingerprint)
     assert row["champion_rescored"] is True and row["compared_with"] == "1"
+    assert row["p_value"] == result["p_value"] and row["ci_low"] == result["ci_low"]
+    assert row["reason"] == result["reason"]
+
+
+def test_a_one_photo_gain_is_recorded_and_refused(params, make_run, tmp_path):
+    history = tmp_path / "promotions.jsonl"
+    _register(params, *make_run(0.70, n_test=500), history)
+    result = _register(params, *make_run(0.702, n_test=500), history)
+
+    assert result.decision == "challenger" and result.record["champion"] == "1"
+    assert result.reason.startswith("not significant: accuracy 0.7020 beats champion's 0.7000")
+    assert result.record["p_value"] == 0.5 and result.record["challenger_only"] == 1
+    registry = Registry(params.register.model_name, history)
+    assert registry.history()[-1]["p_value"] == 0.5
+    # promoting by hand still overrides the gate, recorded as a manual decision
+    promote(registry, "2", "checked the 500 photos by hand")
+    assert _alias("champion", params.register.model_name) == "2"
+    tags = registry.version(2).tags
+    assert tags["decision"] == "champion"
+    assert tags["decision.reason"] == "manual: checked the 500 photos by hand"
+    assert float(tags["decision.p_value"]) == 0.5  # the gate's verdict stays on the version
+    last = registry.history()[-1]
+    assert (last["event"], last["version"], last["previous"]) == ("promote", "2", "1")
 
 
 def test_a_champion_that_cannot_be_scored_is_not_comparable(params, make_run, tmp_path):
@@ -340,11 +460,10 @@ def test_a_champion_that_cannot_be_scored_is_not_comparable(params, make_run, tm
     assert result["decision"] == "challenger" and result["champion"] == "1"
     assert result["reason"].startswith("not comparable: champion version 1 predicts other")
     assert "promote by hand" in result["reason"]
+    assert result["p_value"] is None
 
 
-def test_without_test_images_a_champion_from_another_test_set_is_not_comparable(
-    params, make_run, tmp_path
-):
+def test_without_test_images_a_champion_is_not_comparable(params, make_run, tmp_path):
     result = _rescoring(params, make_run, tmp_path, None)
     assert result["decision"] == "challenger"
     assert "not comparable" in result["reason"] and "--clean" in result["reason"]

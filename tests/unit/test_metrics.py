@@ -101,14 +101,17 @@ def test_plots_are_written_and_not_empty(tmp_path):
         eval_plots.plot_history([], tmp_path / "x.png")
 
 
-def test_split_fingerprint_names_the_set_of_images_not_their_order():
+def test_split_fingerprint_names_the_images_and_labels_not_their_order():
     from taglens.training.metrics import split_fingerprint
 
     a, b, c = "a" * 64, "b" * 64, "c" * 64
-    assert split_fingerprint([a, b, c]) == split_fingerprint([c, a, b])
-    assert split_fingerprint([a, b]) != split_fingerprint([a, c])
-    value = split_fingerprint([a])
+    assert split_fingerprint([a, b, c], "xyz") == split_fingerprint([c, a, b], "zxy")
+    assert split_fingerprint([a, b], "xy") != split_fingerprint([a, c], "xy")
+    assert split_fingerprint([a, b], "xy") != split_fingerprint([a, b], "xx")  # relabelled
+    value = split_fingerprint([a], ["x"])
     assert 0 <= value < 2**48 and float(value) == value
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        split_fingerprint([a, b], ["x"])
 
 
 def test_popularity_baseline_keys_are_prefixed():
@@ -142,3 +145,22 @@ def test_per_class_report_is_scikit_learns_for_every_class():
     for i, name in enumerate("abcd"):
         assert result["per_class"][name] == pytest.approx(
             {"precision": p[i], "recall": r[i], "f1": f[i], "support": n[i]})
+
+
+def test_per_image_rows_are_ordered_by_sha256_and_refuse_a_photo_twice():
+    import pandas as pd
+
+    from taglens.errors import TaglensError
+    from taglens.training.evaluation import per_image_rows
+
+    test = pd.DataFrame({"sha256": ["c" * 64, "a" * 64, "b" * 64], "label": ["cat", "dog", "fox"]})
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.1, 0.8]])
+    rows = per_image_rows(test, probabilities, CLASSES)
+    assert rows == [
+        {"sha256": "a" * 64, "label": "dog", "predicted": "cat", "correct": False},
+        {"sha256": "b" * 64, "label": "fox", "predicted": "fox", "correct": True},
+        {"sha256": "c" * 64, "label": "cat", "predicted": "cat", "correct": True},
+    ]
+    twice = pd.DataFrame({"sha256": ["a" * 64, "a" * 64], "label": ["cat", "cat"]})
+    with pytest.raises(TaglensError, match="1 test images occur twice"):
+        per_image_rows(twice, probabilities[:2], CLASSES)
