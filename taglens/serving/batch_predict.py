@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from taglens.serving.batch_dataset import resume_state
 from taglens.serving.batch_outputs import OutputWriter
-from taglens.serving.batch_rows import done_keys, read_rows, row_key
+from taglens.serving.batch_rows import read_rows, row_key
 from taglens.serving.batch_scoring import PixelPredictor, ScoreReport, score_paths
 from taglens.serving.model_ref import ModelRef
 
@@ -59,7 +60,8 @@ def predict_to_file(
 
     Args:
         paths: the images, in output order.
-        output: `.csv`, `.jsonl` or `.parquet`; appended to if it exists.
+        output: `.csv`, `.jsonl` or `.parquet` (a folder gaining one part per run); appended to
+            if it exists.
         predictor: the model.
         model: its registered name and version (written into each row).
         batch_size: images per forward pass.
@@ -69,18 +71,21 @@ def predict_to_file(
         max_pixels: larger images become error rows before decoding (default: Pillow's limit).
     """
     writer = OutputWriter(output, part_rows=part_rows)
-    done = writer.done_keys(model.name, model.version)
+    state = writer.resume_state(model.name, model.version)
     for other in also_done_in:
-        done |= done_keys(other, model.name, model.version)
+        state.update(resume_state(other, model.name, model.version))
     report = ScoreReport()
-    rows = score_paths(paths, predictor, model, batch_size=batch_size, done=done,
-                       progress=progress, report=report, max_pixels=max_pixels)  # fmt: skip
+    rehashed: dict = {}
+    rows = score_paths(paths, predictor, model, batch_size=batch_size, done=state.done,
+                       hashes=state.hashes, rehashed=rehashed, progress=progress, report=report,
+                       max_pixels=max_pixels)  # fmt: skip
     try:
         for batch in rows:
             writer.write(batch)
     except BaseException:
         writer.abort()
         raise
+    writer.note_rehashed(rehashed)
     writer.close()
     logger.info("scored %d, skipped %d, errors %d of %d images into %s (%.1f img/s)",
                 report.scored, report.skipped, report.errors, report.total, output,
@@ -95,7 +100,7 @@ def merge_outputs(parts: Sequence[Path], output: Path, model: ModelRef) -> int:
     twice. Returns the number of rows added; the shard files are left for the caller to delete.
     """
     writer = OutputWriter(output)
-    seen = writer.done_keys(model.name, model.version)
+    seen = writer.resume_state(model.name, model.version).done
     added = 0
     try:
         for part in parts:
