@@ -100,8 +100,7 @@ def _index_rows(dataset: Path) -> list[dict[str, Any]]:
     rows = [row for row in rows if row["part"] in parts]  # a part removed by hand
     for name in sorted(parts - listed):  # written by a run killed before its index update
         table = pq.read_table(dataset / name, columns=list(KEY_COLUMNS))
-        rows += [{"part": name, **row, "size": None, "mtime_ns": None}
-                 for row in table.to_pylist()]  # fmt: skip
+        rows += [{"part": name, **row, "size": None, "mtime_ns": None} for row in table.to_pylist()]
     return rows
 
 
@@ -182,12 +181,21 @@ def commit_run(
                 table = table.filter(pa.array(keep, pa.bool_()))
                 if not table.num_rows:
                     continue
-                stats = {name: table.column(name).to_pylist() if name in table.column_names
-                         else [None] * table.num_rows for name in STAT_COLUMNS}  # fmt: skip
+                stats = {
+                    name: table.column(name).to_pylist()
+                    if name in table.column_names
+                    else [None] * table.num_rows
+                    for name in STAT_COLUMNS
+                }
                 keys = [table.column(name).to_pylist() for name in KEY_COLUMNS]
                 for i, key in enumerate(zip(*keys, strict=True)):
-                    added.append({"part": target.name, **dict(zip(KEY_COLUMNS, key, strict=True)),
-                                  **{name: stats[name][i] for name in STAT_COLUMNS}})  # fmt: skip
+                    added.append(
+                        {
+                            "part": target.name,
+                            **dict(zip(KEY_COLUMNS, key, strict=True)),
+                            **{name: stats[name][i] for name in STAT_COLUMNS},
+                        }
+                    )
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, schema)
                 writer.write_table(table.select(list(COLUMNS)).cast(schema))
@@ -235,8 +243,9 @@ def write_index(dataset: Path, rows: Sequence[dict[str, Any]]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([{name: row.get(name) for name in INDEX_COLUMNS} for row in rows],
-                                 schema=index_schema())  # fmt: skip
+    table = pa.Table.from_pylist(
+        [{name: row.get(name) for name in INDEX_COLUMNS} for row in rows], schema=index_schema()
+    )
     path = dataset / INDEX_FILE
     with atomic_open(path, "wb") as handle:
         pq.write_table(table, handle)

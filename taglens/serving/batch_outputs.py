@@ -130,8 +130,8 @@ class OutputWriter:
             tmp = self.parts_dir / f"part-{number:06d}.parquet.tmp"
             self._part = [pq.ParquetWriter(tmp, staging_schema()), tmp, 0, time.monotonic()]
         names = (*COLUMNS, *STAT_COLUMNS)
-        table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows],
-                                     schema=staging_schema())  # fmt: skip
+        records = [{k: r.get(k) for k in names} for r in rows]
+        table = pa.Table.from_pylist(records, schema=staging_schema())
         self._part[0].write_table(table)
         self._part[2] += len(rows)
         if self._part[2] >= self.part_rows or time.monotonic() - self._part[3] >= self.part_seconds:

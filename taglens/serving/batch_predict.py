@@ -76,9 +76,18 @@ def predict_to_file(
         state.update(resume_state(other, model.name, model.version))
     report = ScoreReport()
     rehashed: dict = {}
-    rows = score_paths(paths, predictor, model, batch_size=batch_size, done=state.done,
-                       hashes=state.hashes, rehashed=rehashed, progress=progress, report=report,
-                       max_pixels=max_pixels)  # fmt: skip
+    rows = score_paths(
+        paths,
+        predictor,
+        model,
+        batch_size=batch_size,
+        done=state.done,
+        hashes=state.hashes,
+        rehashed=rehashed,
+        progress=progress,
+        report=report,
+        max_pixels=max_pixels,
+    )
     try:
         for batch in rows:
             writer.write(batch)

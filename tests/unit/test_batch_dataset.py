@@ -82,8 +82,7 @@ def test_a_touched_photo_is_hashed_once_then_known_again(tmp_path, counting):
     assert counting.sha256_calls == 1
     # and its new stat is recorded: the next run does not read it
     state = resume_state(out, MODEL.name, MODEL.version)
-    assert state.hashes[str(paths[1])][:2] == (paths[1].stat().st_size,
-                                               paths[1].stat().st_mtime_ns)  # fmt: skip
+    assert state.hashes[str(paths[1])][:2] == (paths[1].stat().st_size, paths[1].stat().st_mtime_ns)
     counting.sha256_calls = 0
     assert _score(paths, out).skipped == 4 and counting.sha256_calls == 0
     # A photo whose bytes changed is scored again under its new hash
@@ -122,7 +121,9 @@ def test_an_output_of_one_parquet_file_is_moved_into_a_folder_once(tmp_path):
     # Then the old rows become the first part, only the new photos are scored
     assert (report.skipped, report.scored, predictor.seen) == (3, 2, 2)
     assert legacy.is_dir() and [p.name for p in run_parts(legacy)] == [
-        "run-000000.parquet", "run-000001.parquet"]
+        "run-000000.parquet",
+        "run-000001.parquet",
+    ]
     assert [r["path"] for r in read_rows(legacy)] == [str(p) for p in paths]
     assert not legacy.with_name("legacy.parquet.migrating").exists()
 
