@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -227,7 +228,9 @@ def compare(
     ks_stat = ks_p = float("nan")
     if len(pairs) and reference.n:
         psi_conf = psi(reference.confidence_counts, _bin_counts(values, reference.confidence_edges))
-        result = ks_2samp(np.asarray(reference.confidences), values)
+        with warnings.catch_warnings():  # ties make scipy fall back to the asymptotic p-value
+            warnings.filterwarnings("ignore", "ks_2samp: Exact calculation", RuntimeWarning)
+            result = ks_2samp(np.asarray(reference.confidences), values)
         ks_stat, ks_p = float(result.statistic), float(result.pvalue)
     drifted = judged and max(psi_class, psi_conf) > psi_threshold
     return DriftReport(

@@ -23,8 +23,9 @@ MODEL_FILE = artifacts.MODEL.name
 INFO_FILE = artifacts.MODEL_INFO.name
 HASHTAGS_FILE = artifacts.HASHTAGS.name
 RANKERS_FILE = artifacts.RANKERS.name  # optional: without it, the class mixture ranks alone
+DRIFT_FILE = artifacts.DRIFT_REFERENCE.name  # optional: without it, batch runs judge no drift
 MODEL_FILES = (MODEL_FILE, INFO_FILE, HASHTAGS_FILE)
-OPTIONAL_FILES = (RANKERS_FILE,)
+OPTIONAL_FILES = (RANKERS_FILE, DRIFT_FILE)
 CHUNK = 32  # images per forward pass: bounds memory for large inputs
 
 
@@ -40,6 +41,8 @@ class HashtagPredictor:
         params: the hashtag params used for ranking (the ones stored at train time by default).
         info: the whole model_info.json.
         rankers: the image rankers and blend weights, when train fitted them.
+        drift_reference: drift_reference.json's contents (the validation outputs), when train
+            wrote one (see `taglens.lifecycle.drift`).
     """
 
     model: Any
@@ -49,6 +52,7 @@ class HashtagPredictor:
     params: HashtagParams
     info: dict[str, Any]
     rankers: ImageRankers | None = None
+    drift_reference: dict[str, Any] | None = None
 
     @classmethod
     def from_dir(
@@ -97,6 +101,9 @@ class HashtagPredictor:
         rankers = None
         if (models_dir / RANKERS_FILE).is_file():
             rankers = ImageRankers.load(models_dir / RANKERS_FILE)
+        drift_reference = None
+        if (models_dir / DRIFT_FILE).is_file():
+            drift_reference = json.loads((models_dir / DRIFT_FILE).read_text(encoding="utf-8"))
         return cls(
             model=model,
             classes=list(info["classes"]),
@@ -105,6 +112,7 @@ class HashtagPredictor:
             params=params or stats.params,
             info=info,
             rankers=rankers,
+            drift_reference=drift_reference,
         )
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
