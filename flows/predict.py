@@ -218,12 +218,14 @@ def drift_task(
         (nothing new, or a CSV / JSON-lines output, which drift is not checked on).
     """
     log = get_run_logger()
-    reference = cached_model(model_uri, tracking_uri, engine).drift_reference
-    reason = None
-    if reference is None:
-        reason = "the model has no drift_reference.json (trained before it, or fine-tuned)"
-    elif not parts:
+    reference = None
+    if not parts:  # checked first: nothing to compare needs no model loaded
         reason = "this run added no rows to a Parquet output"
+    else:
+        reference = cached_model(model_uri, tracking_uri, engine).drift_reference
+        reason = None
+        if reference is None:
+            reason = "the model has no drift_reference.json (trained before it, or fine-tuned)"
     if reason is not None:
         log.info("drift not checked: %s", reason)
         return {"judged": False, "drifted": False, "reason": reason}
