@@ -79,18 +79,32 @@ def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, s
     from taglens.serving.batch_predict import predict_to_file
 
     predictor = cached_model(model_uri, tracking_uri, engine)
-    report = predict_to_file([Path(p) for p in paths], Path(output), predictor, ModelRef(**model),
-                             batch_size=batch_size, progress=progress,
-                             also_done_in=[Path(p) for p in also_done_in or []])  # fmt: skip
+    rehashed: dict = {}
+    report = predict_to_file(
+        [Path(p) for p in paths],
+        Path(output),
+        predictor,
+        ModelRef(**model),
+        batch_size=batch_size,
+        progress=progress,
+        also_done_in=[Path(p) for p in also_done_in or []],
+        keep_stat=bool(also_done_in),  # a shard: its rows reach the output's index via merge
+        rehashed=rehashed,
+    )
     get_run_logger().info("%s: %d scored, %d skipped, %d errors", output, report.scored,
                           report.skipped, report.errors)  # fmt: skip
+    if also_done_in:
+        return {**asdict(report), "rehashed": [[*key, *stat] for key, stat in rehashed.items()]}
     return asdict(report)
 
 
 @task(name="predict-merge")
-def merge_task(parts: list[str], output: str, model: dict[str, str]) -> int:
+def merge_task(
+    parts: list[str], output: str, model: dict[str, str], rehashed: list[list] | None = None
+) -> int:
     """Merge shard outputs into the final output, then delete them."""
-    added = merge_outputs([Path(p) for p in parts], Path(output), ModelRef(**model))
+    stats = {(path, sha): (size, mtime) for path, sha, size, mtime in rehashed or []}
+    added = merge_outputs([Path(p) for p in parts], Path(output), ModelRef(**model), stats)
     if parts:  # every shard is in the output now: a re-run starts from the output alone
         job_dir = Path(parts[0]).parent
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -180,10 +194,12 @@ def batch_predict_flow(
             shards, shard_dir, output, uri, model, params.predict.batch_size, tracking_uri,
             params.featurize.engine,
         )
+        rehashed = []
         for result in results:
+            rehashed += result.pop("rehashed", [])
             report.add(ScoreReport(**result))
         parts = [f"{shard_dir}/shard-{number:06d}.jsonl" for number in range(len(shards))]
-        merge_task(parts, output, model)
+        merge_task(parts, output, model, rehashed)
     report.seconds = time.monotonic() - start  # wall time, shards ran in parallel
     summary = PredictResult(ref, Path(output), report).to_dict()
     log.info("batch predict done: %s", summary)

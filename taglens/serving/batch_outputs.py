@@ -53,8 +53,24 @@ from taglens.serving.batch_rows import (
 class OutputWriter:
     """Append rows to an output file; `close()` finalizes, `abort()` keeps what was written."""
 
-    def __init__(self, path: Path | str, part_rows: int = 4096, part_seconds: float = 60.0):
+    def __init__(
+        self,
+        path: Path | str,
+        part_rows: int = 4096,
+        part_seconds: float = 60.0,
+        keep_stat: bool = False,
+    ):
+        """Open an output for appending.
+
+        Args:
+            path: `.csv`, `.jsonl` or `.parquet` (a folder).
+            part_rows: rows per sealed staged Parquet part.
+            part_seconds: seconds after which a staged Parquet part is sealed anyway.
+            keep_stat: JSON lines also record each file's `size` and `mtime_ns` (shards of the
+                Dask path, whose rows a Parquet output then indexes with them).
+        """
         self.path = Path(path)
+        self.keep_stat = keep_stat
         self.format = check_format(self.path)
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self.part_rows = part_rows
@@ -116,7 +132,8 @@ class OutputWriter:
             if self._csv is not None:
                 self._csv.writerow(csv_values(row))
             else:
-                record = {key: row.get(key) for key in COLUMNS}
+                names = (*COLUMNS, *STAT_COLUMNS) if self.keep_stat else COLUMNS
+                record = {key: row.get(key) for key in names}
                 self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())

@@ -55,6 +55,8 @@ def predict_to_file(
     progress: bool = True,
     part_rows: int = 4096,
     max_pixels: int | None = None,
+    keep_stat: bool = False,
+    rehashed: dict | None = None,
 ) -> ScoreReport:
     """Score `paths` into `output`, skipping inputs this model version already scored there.
 
@@ -69,13 +71,16 @@ def predict_to_file(
         progress: show a tqdm bar.
         part_rows: rows per sealed Parquet part (what a killed run can lose at most).
         max_pixels: larger images become error rows before decoding (default: Pillow's limit).
+        keep_stat: a JSON-lines output also records each file's size and mtime_ns (a shard).
+        rehashed: if given, receives (path, sha256) -> (size, mtime_ns) of the files that were
+            read again to be recognised (a shard hands them to the merge, which records them).
     """
-    writer = OutputWriter(output, part_rows=part_rows)
+    writer = OutputWriter(output, part_rows=part_rows, keep_stat=keep_stat)
     state = writer.resume_state(model.name, model.version)
     for other in also_done_in:
         state.update(resume_state(other, model.name, model.version))
     report = ScoreReport()
-    rehashed: dict = {}
+    rehashed = {} if rehashed is None else rehashed
     rows = score_paths(
         paths,
         predictor,
@@ -102,13 +107,17 @@ def predict_to_file(
     return report
 
 
-def merge_outputs(parts: Sequence[Path], output: Path, model: ModelRef) -> int:
+def merge_outputs(
+    parts: Sequence[Path], output: Path, model: ModelRef, rehashed: dict | None = None
+) -> int:
     """Append the rows of shard outputs to `output` in order, skipping rows already there.
 
     A merge interrupted half-way can be re-run: rows whose key is in the output are not added
-    twice. Returns the number of rows added; the shard files are left for the caller to delete.
+    twice. `rehashed` (from the shards' `predict_to_file`) goes to a Parquet output's index.
+    Returns the number of rows added; the shard files are left for the caller to delete.
     """
     writer = OutputWriter(output)
+    writer.note_rehashed(rehashed or {})
     seen = writer.resume_state(model.name, model.version).done
     added = 0
     try:

@@ -142,3 +142,35 @@ def test_a_migration_killed_half_way_is_finished(tmp_path):
     # When the job runs, it finishes the move and finds every photo done
     assert _score(paths, out).skipped == 3
     assert not staging.exists() and len(list(read_rows(out))) == 3
+
+
+def test_rows_merged_from_shards_keep_their_stats(tmp_path, counting):
+    from taglens.serving.batch_inputs import shard
+    from taglens.serving.batch_predict import merge_outputs, predict_to_file
+
+    # Given photos scored in shards (the Dask path: JSON lines keeping each file's stat)
+    paths = _images(tmp_path / "in", 7)
+    out = tmp_path / "out.parquet"
+    parts = []
+    for number, chunk in enumerate(shard(paths, 3)):
+        part = tmp_path / f"shard-{number}.jsonl"
+        predict_to_file(
+            chunk,
+            part,
+            FakePredictor(),
+            MODEL,
+            batch_size=4,
+            progress=False,
+            also_done_in=[out],
+            keep_stat=True,
+        )
+        parts.append(part)
+    # When they are merged into the Parquet output
+    assert merge_outputs(parts, out, MODEL) == 7
+    # Then the index knows every file's stat: the next run reads none of them
+    hashes = resume_state(out, MODEL.name, MODEL.version).hashes
+    assert {path: stat[:2] for path, stat in hashes.items()} == {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths
+    }
+    counting.sha256_calls = 0
+    assert _score(paths, out).skipped == 7 and counting.sha256_calls == 0
