@@ -39,6 +39,7 @@ from taglens.errors import TaglensError
 from taglens.lifecycle.drift import DriftReference, DriftReport, compare
 from taglens.params import DriftParams, load_params
 from taglens.serving import model_ref
+from taglens.serving.batch_dataset import migrate_single_file
 from taglens.serving.batch_inputs import list_inputs, shard
 from taglens.serving.batch_predict import PredictResult, merge_outputs
 from taglens.serving.batch_rows import read_rows, run_parts
@@ -144,7 +145,8 @@ def batch_predict_flow(
 
     Args:
         input: a folder, glob, image, or text file listing paths.
-        output: a `.csv`, `.jsonl` or `.parquet` file; resumed if it exists.
+        output: a `.csv` or `.jsonl` file, or a `.parquet` folder that gains one part per run
+            (drift is checked on these); resumed if it exists.
         model_uri: default `models:/<register.model_name>@champion`.
         task_runner: "local" (one process) or "dask" (shards on a Dask cluster).
         scheduler_address: a running Dask scheduler (`tcp://host:8786`); None starts a local
@@ -180,6 +182,8 @@ def batch_predict_flow(
              task_runner)  # fmt: skip
     report = ScoreReport()
     start = time.monotonic()
+    if Path(output).suffix.lower() == ".parquet":
+        migrate_single_file(Path(output))  # an old one-file output's rows are not tonight's
     parts_before = {part.name for part in run_parts(Path(output))}
     if paths and task_runner == "local":
         report.add(ScoreReport(**score_task(paths, output, uri, model, params.predict.batch_size,
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True,
                         help="a folder, glob, image or text file listing image paths")
     parser.add_argument("--output", required=True,
-                        help="a .csv, .jsonl or .parquet file; resumed if it exists")
+                        help="a .csv or .jsonl file or a .parquet folder; resumed if it exists")
     parser.add_argument("--model-uri", default=None,
                         help="default: the champion, models:/<register.model_name>@champion")
     parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local",
