@@ -89,19 +89,28 @@ def migrate_single_file(path: Path) -> None:
         fsync_dir(path.parent)
 
 
-def _index_rows(dataset: Path) -> list[dict[str, Any]]:
-    """The index's rows, reconciled with the parts on disk (read-only: nothing is written)."""
+def _index_table(dataset: Path):
+    """The index as a pyarrow table, reconciled with the parts on disk (nothing is written)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    schema = index_schema()
     index_path = dataset / INDEX_FILE
-    rows = pq.read_table(index_path).to_pylist() if index_path.is_file() else []
+    table = pq.read_table(index_path).cast(schema) if index_path.is_file() else schema.empty_table()
     parts = {part.name for part in run_parts(dataset)}
-    listed = {row["part"] for row in rows}
-    rows = [row for row in rows if row["part"] in parts]  # a part removed by hand
+    listed = set(table.column("part").unique().to_pylist())
+    if listed - parts:  # a part removed by hand: its rows are no longer in the output
+        table = table.filter(pc.is_in(table.column("part"), value_set=pa.array(sorted(parts))))
+    missing = []
     for name in sorted(parts - listed):  # written by a run killed before its index update
-        table = pq.read_table(dataset / name, columns=list(KEY_COLUMNS))
-        rows += [{"part": name, **row, "size": None, "mtime_ns": None} for row in table.to_pylist()]
-    return rows
+        keys = pq.read_table(dataset / name, columns=list(KEY_COLUMNS))
+        count = keys.num_rows
+        columns = {"part": pa.array([name] * count, pa.string())}
+        columns.update({key: keys.column(key).cast(pa.string()) for key in KEY_COLUMNS})
+        columns.update({stat: pa.nulls(count, pa.int64()) for stat in STAT_COLUMNS})
+        missing.append(pa.table(columns, schema=schema))
+    return pa.concat_tables([table, *missing]) if missing else table
 
 
 def resume_state(output: Path | str, model_name: str, model_version: str) -> ResumeState:
@@ -113,14 +122,23 @@ def resume_state(output: Path | str, model_name: str, model_version: str) -> Res
     output = Path(output)
     if output.suffix.lower() != ".parquet" or not output.is_dir():
         return ResumeState(done=done_keys(output, model_name, model_version))
-    state = ResumeState()
+    import pyarrow.compute as pc
+
+    table = _index_table(output)
+    mine = pc.and_(
+        pc.equal(table.column("model_name"), model_name),
+        pc.equal(table.column("model_version"), model_version),
+    )
+    table = table.filter(mine)
+    paths = table.column("path").to_pylist()
+    shas = [sha or "" for sha in table.column("sha256").to_pylist()]
+    sizes = table.column("size").to_pylist()
+    mtimes = table.column("mtime_ns").to_pylist()
+    state = ResumeState(done=set(zip(paths, shas, strict=True)))
+    for path, sha, size, mtime in zip(paths, shas, sizes, mtimes, strict=True):
+        if size is not None and mtime is not None:
+            state.hashes[path] = (size, mtime, sha)
     model = (model_name, model_version)
-    for row in _index_rows(output):
-        if (row["model_name"], str(row["model_version"])) != model:
-            continue
-        state.done.add((row["path"], row["sha256"] or ""))
-        if row["size"] is not None and row["mtime_ns"] is not None:
-            state.hashes[row["path"]] = (row["size"], row["mtime_ns"], row["sha256"] or "")
     # a killed run's sealed parts, committed by the next run that finishes
     state.done |= _staged_rows_done(output.with_name(output.name + ".parts"), model)
     return state
@@ -135,9 +153,10 @@ def _staged_rows_done(staged: Path, model: tuple[str, str]) -> set[Key]:
     }
 
 
-def _next_part(dataset: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    numbers = [int(part.stem.split("-")[1]) for part in run_parts(dataset)]
-    numbers += [int(Path(row["part"]).stem.split("-")[1]) for row in rows]
+def _next_part(dataset: Path, indexed: Sequence[str]) -> Path:
+    """The next run part's path: after every part on disk or named in the index."""
+    names = [part.name for part in run_parts(dataset)] + list(indexed)
+    numbers = [int(Path(name).stem.split("-")[1]) for name in names]
     return dataset / f"run-{max(numbers, default=-1) + 1:06d}.parquet"
 
 
@@ -165,9 +184,9 @@ def commit_run(
     output.mkdir(parents=True, exist_ok=True)
     if created:
         fsync_dir(output.parent)
-    rows = _index_rows(output)
-    seen = {tuple(row[name] for name in KEY_COLUMNS) for row in rows}
-    target = _next_part(output, rows)
+    index = _index_table(output)
+    seen = set(zip(*(index.column(name).to_pylist() for name in KEY_COLUMNS), strict=True))
+    target = _next_part(output, index.column("part").unique().to_pylist())
     tmp = output / f".{target.name}.tmp"  # hidden from dataset readers until renamed
     schema = parquet_schema()
     writer = None
@@ -212,9 +231,11 @@ def commit_run(
             writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    _refresh(rows, rehashed or {})
+    if rehashed:
+        index = _refresh(index, rehashed)
     if added or rehashed or not (output / INDEX_FILE).is_file():
-        write_index(output, rows + added)
+        new = pa.Table.from_pylist(added, schema=index_schema())
+        write_index(output, pa.concat_tables([index, new]))
     return target if writer is not None else None
 
 
@@ -228,25 +249,23 @@ def _new_rows(table, seen: set[tuple]) -> list[bool]:
     return mask
 
 
-def _refresh(rows: list[dict[str, Any]], rehashed: Mapping[Key, Stat]) -> None:
-    """Record the current stat of re-read files in their index rows (every model's)."""
-    if not rehashed:
-        return
+def _refresh(index, rehashed: Mapping[Key, Stat]):
+    """The index with the current stat of re-read files recorded in their rows (every model's)."""
+    import pyarrow as pa
+
+    rows = index.to_pylist()
     for row in rows:
         stat = rehashed.get((row["path"], row["sha256"] or ""))
         if stat is not None:
             row["size"], row["mtime_ns"] = stat
+    return pa.Table.from_pylist(rows, schema=index_schema())
 
 
-def write_index(dataset: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Replace the dataset's index atomically with `rows`."""
-    import pyarrow as pa
+def write_index(dataset: Path, table) -> Path:
+    """Replace the dataset's index atomically with `table` (INDEX_COLUMNS)."""
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(
-        [{name: row.get(name) for name in INDEX_COLUMNS} for row in rows], schema=index_schema()
-    )
     path = dataset / INDEX_FILE
     with atomic_open(path, "wb") as handle:
-        pq.write_table(table, handle)
+        pq.write_table(table.select(list(INDEX_COLUMNS)), handle)
     return path
