@@ -192,11 +192,9 @@ def score_paths(
     def flush(until: int, scored: dict[int, tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         nonlocal next_index
         rows = []
-        for index in range(next_index, until):
+        report.skipped += int(skip[next_index:until].sum())
+        for index in np.flatnonzero(~skip[next_index:until]) + next_index:
             path = Path(paths[index])
-            if skip[index]:
-                report.skipped += 1
-                continue
             if index in scored:
                 sha, prediction = scored[index]
                 rows.append(scored_row(path, sha, model, prediction=prediction))
