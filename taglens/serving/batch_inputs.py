@@ -64,10 +64,10 @@ def _images_below(folder: Path) -> list[Path]:
             for entry in entries:
                 if entry.is_dir() and not entry.is_symlink():
                     pending.append(entry.path)
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
                     found.append(entry.path)
     found.sort(key=lambda text: text.split(os.sep))
-    return [Path(text) for text in found]
+    return list(map(Path, found))
 
 
 def shard(paths: Sequence[Path], size: int) -> list[list[Path]]:
