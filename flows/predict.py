@@ -207,7 +207,7 @@ def batch_predict_flow(
     report.seconds = time.monotonic() - start  # wall time, shards ran in parallel
     summary = PredictResult(ref, Path(output), report).to_dict()
     log.info("batch predict done: %s", summary)
-    drift = None
+    retrain_error = None
     if params.predict.drift.enabled:
         new_parts = [str(p) for p in run_parts(Path(output)) if p.name not in parts_before]
         drift = drift_task(
@@ -215,9 +215,14 @@ def batch_predict_flow(
         )
         summary["drift"] = drift
         if drift.get("drifted") and params.predict.drift.retrain:
-            summary["retrain_flow_run_id"] = trigger_retrain()
+            try:
+                summary["retrain_flow_run_id"] = trigger_retrain()
+            except TaglensError as exc:  # the scores and figures are recorded first, then fail
+                retrain_error = summary["retrain_error"] = str(exc)
     summary["mlflow_run_id"] = _log_run(summary, input, task_runner)
     _publish(summary, input, task_runner)
+    if retrain_error is not None:
+        raise TaglensError(retrain_error)
     return summary
 
 
@@ -274,8 +279,16 @@ def drift_task(
 def trigger_retrain() -> str:
     """Start a run of the weekly-retrain deployment now, without waiting for it (its id)."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
-    flow_run = run_deployment(RETRAIN_DEPLOYMENT, timeout=0, tags=["drift"])
+    try:
+        flow_run = run_deployment(RETRAIN_DEPLOYMENT, timeout=0, tags=["drift"])
+    except ObjectNotFound:
+        raise TaglensError(
+            f"drift was flagged and predict.drift.retrain is true, but the Prefect server has no "
+            f"deployment {RETRAIN_DEPLOYMENT}: register it (`make schedule` or "
+            "`python -m flows.deploy`) or set predict.drift.retrain: false"
+        ) from None
     get_run_logger().warning("drift: started %s (flow run %s)", RETRAIN_DEPLOYMENT, flow_run.id)
     return str(flow_run.id)
 
@@ -331,6 +344,8 @@ def render_markdown(summary: dict[str, Any], input: str, task_runner: str) -> st
     retrain = summary.get("retrain_flow_run_id")
     if retrain:
         lines += ["", f"Started `{RETRAIN_DEPLOYMENT}` (flow run {retrain})."]
+    if summary.get("retrain_error"):
+        lines += ["", f"Could not start the retrain: {summary['retrain_error']}"]
     return "\n".join(lines) + "\n"
 
 

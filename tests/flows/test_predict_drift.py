@@ -129,3 +129,41 @@ def test_a_flagged_run_starts_the_retrain_deployment(trained, tmp_path, prefect_
     assert flow_run.deployment_id == deployment_id
     assert "drift" in flow_run.tags
     assert json.loads(json.dumps(summary["drift"]))["drifted"] is True
+
+
+def test_a_retrain_that_cannot_start_fails_the_run_after_recording_it(
+    trained, tmp_path, prefect_server, monkeypatch
+):
+    import flows.predict as predict_flow
+    from taglens.errors import TaglensError
+    from taglens.serving.batch_rows import read_rows
+
+    # Given retrain on drift, but no such deployment on the server
+    monkeypatch.setattr(predict_flow, "RETRAIN_DEPLOYMENT", "training/not-registered")
+    params = write_tiny_params(
+        tmp_path / "params.yaml",
+        {
+            "base.classes": ["animals", "food", "sports"],
+            "predict.drift.min_photos": MIN_PHOTOS,
+            "predict.drift.retrain": True,
+        },
+    )
+    out = tmp_path / "a.parquet"
+    shifted = _listing(tmp_path, "animals", trained["photos"]["animals"])
+    # When a drifted night runs
+    state = batch_predict_flow(
+        shifted,
+        str(out),
+        model_uri=str(trained["models"]),
+        params_path=str(params),
+        return_state=True,
+    )
+    # Then the run fails with what to do, after its rows and figures were recorded
+    assert state.is_failed()
+    with pytest.raises(TaglensError, match="no deployment training/not-registered: register it"):
+        state.result()
+    assert len(list(read_rows(out))) == 60
+    [run] = mlflow.search_runs(
+        filter_string=f"params.output = '{out}'", search_all_experiments=True, output_format="list"
+    )
+    assert run.data.tags["drift"] == "flagged" and run.data.metrics["drift_flag"] == 1.0
