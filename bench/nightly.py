@@ -222,6 +222,7 @@ def to_markdown(r: dict) -> str:
         "",
         f"after history / alone, wall: best {r['ratio_best']:.2f}; by repeat "
         f"{listed(r['ratio_by_repeat'])}; median {r['ratio_median']:.2f}",
+        "",
         f"after history / alone, CPU: best {r['cpu_ratio_best']:.2f}; by repeat "
         f"{listed(r['cpu_ratio_by_repeat'])}; median {r['cpu_ratio_median']:.2f}",
     ]

@@ -2,14 +2,15 @@
 
 They need the real photos in ../shared/datasets/flowers (and the MobileNet weights in
 ../shared/weights). The web load test starts its own servers and is run on its own:
-`python -m bench.load_web --clients 1 32` (BENCHMARKS.md).
+`python -m bench.load_web --clients 1 32` (BENCHMARKS.md). At the end BENCHMARKS.md is
+re-rendered from bench/results/ (`python -m bench.render`).
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import featurize, fine_tune, nightly, predict, search, train
+from bench import featurize, fine_tune, nightly, predict, render, search, train
 
 BENCHMARKS = (  # the commands BENCHMARKS.md shows
     ("featurize", featurize.main, ["--taglens", "tensorflow"]),  # VGG-19, every engine
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== bench.{name} {' '.join(args)}".rstrip(), flush=True)
         code = bench_main(args)
         status = status or code
+    render.main([])  # BENCHMARKS.md from the results just written
     return status
 
 

@@ -35,22 +35,23 @@ def flowers_features(cache: Path, params) -> tuple[dict[str, np.ndarray], np.nda
     import hashlib
 
     from taglens.features import store as features
-    from taglens.features.backbones import build_feature_extractor, weights_identity
-    from taglens.features.views import build_view_extractor
+    from taglens.features.backbones import weights_identity
+    from taglens.features.views import IMAGE, build_views_model
 
     classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
     files = [(f, c) for c, name in enumerate(classes)
              for f in sorted((FLOWERS / name).glob("*.jpg"))]  # fmt: skip
     items = [(hashlib.sha256(f.read_bytes()).hexdigest(), f) for f, _ in files]
     key = features.FeatureKey("mobilenet", 128, weights_identity(params, 0))
-    out = {}
-    for view in ("", "flip"):
-        store = features.FeatureStore(cache, features.FeatureKey(**{**key.__dict__, "view": view}))
-        build = (lambda: build_feature_extractor(params, 0)) if not view else (
-            lambda: build_view_extractor(params, 0, "flip"))  # fmt: skip
-        vectors, _ = features.fill_store(store, items, build, batch_size=32, shard_size=512,
-                                         jit_compile=False)  # fmt: skip
-        out[view] = np.stack([vectors[sha] for sha, _ in items])
+    stores = features.feature_stores(cache, key, ["flip"])
+    vectors, _ = features.fill_stores(
+        stores, items, lambda outputs: build_views_model(params, 0, outputs), batch_size=32,
+        shard_size=512, jit_compile=False, engine="tensorflow", progress=True,
+    )
+    out = {
+        "" if name == IMAGE else name: np.stack([by_sha[sha] for sha, _ in items])
+        for name, by_sha in vectors.items()
+    }
     return out, np.array([c for _, c in files]), [f for f, _ in files]
 
 

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         extractor = build_feature_extractor(model, params.base.seed)
 
         clock = _Clock()
-        vectors = featurize_paths(paths, extractor, image_size=args.size, batch_size=32)
+        vectors = featurize_paths(paths, extractor, image_size=args.size, batch_size=32,
+                                  jit_compile=False, engine="tensorflow")  # as first measured
         write_features(Path(tmp) / "features", [str(i) for i in range(len(paths))], vectors, {})
         featurize = clock.stop()
 

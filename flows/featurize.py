@@ -1,13 +1,15 @@
 """The featurize flow: fill the feature store on one machine or on a Dask cluster.
 
 `task_runner="local"` runs the featurize stage itself in one task. `task_runner="dask"` splits
-the images the store does not have yet into shards of `featurize.shard_size` (rounded up to whole
-batches, so every batch holds the same images as in the local stage and the vectors are
-byte-identical), computes each shard on a Dask worker (each worker process builds the extractor
-once) and writes it into the store with the store's own atomic writer. Both then finish exactly
-like `python -m stages.featurize`: `data/features/features.npz` and `meta.json` from the store,
-so `dvc commit featurize` (or `dvc repro`) takes it from there. A killed run keeps its finished
-shards; a re-run computes only the rest. Run by hand with `python -m flows.featurize`.
+the images the stores (the image's and each view's) do not have yet into shards of
+`featurize.shard_size` (rounded up to whole batches, so every batch holds the same images as in
+the local stage and the vectors are byte-identical), computes each shard on a Dask worker (each
+worker process builds the views model once and runs the image and every view on
+`featurize.engine`) and writes one shard per store with the store's own atomic writer. Both then
+finish exactly like `python -m stages.featurize`: `data/features/features.npz` and `meta.json`
+from the store, so `dvc commit featurize` (or `dvc repro`) takes it from there. A killed run
+keeps its finished shards; a re-run computes only the rest. Run by hand with
+`python -m flows.featurize`.
 """
 
 from __future__ import annotations
@@ -31,54 +33,71 @@ from flows.runners import (
 )
 from taglens import artifacts
 from taglens.errors import TaglensError
+from taglens.features.views import IMAGE
 from taglens.params import ModelParams, load_params
 
 if TYPE_CHECKING:
     from taglens.features.featurize_outputs import FeaturizeResult
 
 TASK_RUNNERS = ("local", "dask")
-_EXTRACTORS: dict[str, Any] = {}
-_EXTRACTORS_LOCK = threading.Lock()
+_VIEW_MODELS: dict[str, Any] = {}
+_VIEW_MODELS_LOCK = threading.Lock()
 
 
-def cached_extractor(model: dict[str, Any], seed: int) -> Any:
-    """Build the feature extractor once per process (a Dask worker keeps it for all its shards)."""
-    from taglens.features.backbones import build_feature_extractor
+def cached_views_model(model: dict[str, Any], seed: int, outputs: tuple[str, ...]) -> Any:
+    """Build the views model once per process (a Dask worker keeps it for all its shards)."""
+    from taglens.features.views import build_views_model
 
-    key = json.dumps({"model": model, "seed": seed}, sort_keys=True)
-    with _EXTRACTORS_LOCK:
-        if key not in _EXTRACTORS:
+    key = json.dumps({"model": model, "seed": seed, "outputs": list(outputs)}, sort_keys=True)
+    with _VIEW_MODELS_LOCK:
+        if key not in _VIEW_MODELS:
             # build_backbone isolates Keras' seeds from the threads Prefect and Dask run here.
-            _EXTRACTORS[key] = build_feature_extractor(ModelParams(**model), seed)
-        return _EXTRACTORS[key]
+            _VIEW_MODELS[key] = build_views_model(ModelParams(**model), seed, tuple(outputs))
+        return _VIEW_MODELS[key]
 
 
 @task(name="featurize-shard", retries=SHARD_RETRIES, retry_delay_seconds=SHARD_RETRY_DELAY_S,
       retry_condition_fn=retry_unless_user_error)
-def shard_task(items: list[tuple[str, str]], store_root: str, key: dict[str, Any],
-               model: dict[str, Any], seed: int, batch_size: int,
-               jit_compile: bool, engine: str = "tensorflow") -> int:  # fmt: skip
-    """Compute one shard's vectors and write them into the store as one shard file."""
-    from taglens.features.extract import featurize_paths
-    from taglens.features.store import FeatureKey, FeatureStore
+def shard_task(
+    items: list[tuple[str, str]],
+    lacking: dict[str, list[str]],
+    stores: dict[str, Any],
+    model: dict[str, Any],
+    seed: int,
+    options: dict[str, Any],
+) -> int:
+    """Compute one shard's outputs and write what each store lacks into it as one shard file.
 
-    store = FeatureStore(Path(store_root), FeatureKey(**key))
-    vectors = featurize_paths([path for _, path in items], cached_extractor(model, seed),
-                              image_size=store.key.image_size, batch_size=batch_size,
-                              jit_compile=jit_compile, progress=False,
-                              engine=engine)  # fmt: skip
-    shard = store.write_shard([sha for sha, _ in items], vectors)
-    get_run_logger().info("%d vectors into %s", len(items), shard.name)
+    `stores` names the store root, key and views (`feature_stores`); `options` are the forward
+    pass's batch_size, jit_compile and engine.
+    """
+    from taglens.features.store import FeatureKey, FillPlan, compute_into, feature_stores
+
+    targets = feature_stores(Path(stores["root"]), FeatureKey(**stores["key"]), stores["views"])
+    paths = [(sha, Path(path)) for sha, path in items]
+    plan = FillPlan(tuple(lacking), paths, {name: set(shas) for name, shas in lacking.items()})
+    forward = cached_views_model(model, seed, plan.outputs)
+    _, written = compute_into(
+        targets, plan, forward, shard_size=len(items), progress=False, **options
+    )
+    get_run_logger().info("%d images into %d stores", len(items), len(written))
     return len(items)
 
 
 @flow(name="featurize-shards")
-def _compute_shards(shards: list[list[tuple[str, str]]], store_root: str, key: dict[str, Any],
-                    model: dict[str, Any], seed: int, batch_size: int,
-                    jit_compile: bool, engine: str = "tensorflow") -> list[int]:  # fmt: skip
+def _compute_shards(
+    shards: list[list[tuple[str, str]]],
+    lacking: list[dict[str, list[str]]],
+    stores: dict[str, Any],
+    model: dict[str, Any],
+    seed: int,
+    options: dict[str, Any],
+) -> list[int]:
     """Compute every shard in parallel on the flow's task runner (Dask)."""
-    futures = [shard_task.submit(items, store_root, key, model, seed, batch_size, jit_compile,
-                                 engine) for items in shards]  # fmt: skip
+    futures = [
+        shard_task.submit(items, need, stores, model, seed, options)
+        for items, need in zip(shards, lacking, strict=True)
+    ]
     return [future.result() for future in futures]
 
 
@@ -91,23 +110,25 @@ def stage_task(model: ModelParams, params: Any, seed: int, raw: str, out: str,
     return run(model, params, seed=seed, raw=Path(raw), out=Path(out), progress=progress)
 
 
-def _missing(model: ModelParams, seed: int, raw: Path, out: Path) -> tuple[Any, list]:
-    """The store and the (sha256, path) items it lacks, in the order the stage computes them."""
+def _missing(
+    model: ModelParams, params: Any, seed: int, raw: Path, out: Path
+) -> tuple[dict[str, Any], Any]:
+    """The stores and what they lack (`FillPlan`), in the order the stage computes it."""
     from taglens.features import store as features
     from taglens.features.backbones import weights_identity
 
     key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
-    store = features.FeatureStore(out / features.STORE_DIR, key)
-    cached = store.load()
-    unique = {post.sha256: str(raw / post.image) for post in artifacts.read_posts(raw)}
-    missing = [(sha, path) for sha, path in unique.items() if sha not in cached]
-    absent = [path for _, path in missing if not Path(path).is_file()]
+    stores = features.feature_stores(out / features.STORE_DIR, key, params.views)
+    items = [(post.sha256, raw / post.image) for post in artifacts.read_posts(raw)]
+    cached = {name: store.load() for name, store in stores.items()}
+    plan = features.plan_fill(stores, items, cached)
+    absent = [str(path) for _, path in plan.items if not Path(path).is_file()]
     if absent:
         raise FileNotFoundError(
             f"{len(absent)} image file(s) are missing, for example {absent[0]}: re-run the "
             "scrape stage (dvc repro scrape) so posts.jsonl and data/raw/images agree"
         )
-    return store, missing
+    return stores, plan
 
 
 @flow(name="featurize")
@@ -146,19 +167,39 @@ def featurize_flow(
     start = time.monotonic()
     computed, shards = 0, 0
     if task_runner == "dask":
-        store, missing = _missing(model, seed, raw, out)
+        stores, plan = _missing(model, fparams, seed, raw, out)
         # whole batches per shard: each batch then holds the images it holds in the local stage
         size = math.ceil(fparams.shard_size / fparams.batch_size) * fparams.batch_size
-        parts = [missing[i : i + size] for i in range(0, len(missing), size)]
+        parts = [plan.items[i : i + size] for i in range(0, len(plan.items), size)]
         get_run_logger().info("featurize: %d images to compute in %d shards of %d (dask)",
-                              len(missing), len(parts), size)  # fmt: skip
+                              len(plan.items), len(parts), size)  # fmt: skip
         if parts:
             runner = dask_runner(scheduler_address, n_workers)
-            done = _compute_shards.with_options(task_runner=runner)(
-                parts, str(store.dir.parent), dict(store.key.__dict__), model.model_dump(), seed,
-                fparams.batch_size, fparams.jit_compile, fparams.engine,
-            )  # fmt: skip
-            computed, shards = sum(done), len(parts)
+            image = stores[IMAGE]
+            wanted = plan.lacking.items()
+            where = {
+                "root": str(image.dir.parent),
+                "key": dict(image.key.__dict__),
+                "views": list(fparams.views),
+            }
+            lacking = [
+                {name: [sha for sha, _ in part if sha in shas] for name, shas in wanted}
+                for part in parts
+            ]
+            options = {
+                "batch_size": fparams.batch_size,
+                "jit_compile": fparams.jit_compile,
+                "engine": fparams.engine,
+            }
+            _compute_shards.with_options(task_runner=runner)(
+                [[(sha, str(path)) for sha, path in part] for part in parts],
+                lacking,
+                where,
+                model.model_dump(),
+                seed,
+                options,
+            )
+            computed, shards = len(plan.lacking.get(IMAGE, ())), len(parts)
     # the stage finishes both paths (on dask it finds every vector in the store)
     result = stage_task(model, fparams, seed, str(raw), str(out), task_runner == "local")
     summary = {**result.meta, "computed": computed + result.computed,

@@ -57,7 +57,7 @@ _MODELS: dict[tuple[str, str | None, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(uri: str, tracking_uri: str | None, engine: str = "tensorflow"):
+def cached_model(uri: str, tracking_uri: str | None, engine: str):
     """Load a pinned model once per process (a Dask worker keeps it for all its shards)."""
     key = (uri, tracking_uri, engine)
     with _MODELS_LOCK:
@@ -74,8 +74,9 @@ def cached_model(uri: str, tracking_uri: str | None, engine: str = "tensorflow")
 @task(name="predict-shard", retries=SHARD_RETRIES, retry_delay_seconds=SHARD_RETRY_DELAY_S,
       retry_condition_fn=retry_unless_user_error)
 def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, str],
-               batch_size: int, tracking_uri: str | None, also_done_in: list[str] | None = None,
-               progress: bool = False, engine: str = "tensorflow") -> dict[str, Any]:  # fmt: skip
+               batch_size: int, tracking_uri: str | None, engine: str,
+               also_done_in: list[str] | None = None,
+               progress: bool = False) -> dict[str, Any]:  # fmt: skip
     """Score `paths` into `output` (resumable), skipping rows already in `also_done_in`."""
     from taglens.serving.batch_predict import predict_to_file
 
@@ -119,11 +120,11 @@ def merge_task(
 def _score_shards(shards: list[list[str]], shard_dir: str, output: str, model_uri: str,
                   model: dict[str, str], batch_size: int,
                   tracking_uri: str | None,
-                  engine: str = "tensorflow") -> list[dict[str, Any]]:  # fmt: skip
+                  engine: str) -> list[dict[str, Any]]:  # fmt: skip
     """Score every shard in parallel on the flow's task runner (Dask)."""
     futures = [
         score_task.submit(paths, f"{shard_dir}/shard-{number:06d}.jsonl", model_uri, model,
-                          batch_size, tracking_uri, [output], engine=engine)  # fmt: skip
+                          batch_size, tracking_uri, engine, [output])  # fmt: skip
         for number, paths in enumerate(shards)
     ]
     return [future.result() for future in futures]
@@ -187,8 +188,8 @@ def batch_predict_flow(
     parts_before = {part.name for part in run_parts(Path(output))}
     if paths and task_runner == "local":
         report.add(ScoreReport(**score_task(paths, output, uri, model, params.predict.batch_size,
-                                            tracking_uri, progress=True,
-                                            engine=params.featurize.engine)))  # fmt: skip
+                                            tracking_uri, params.featurize.engine,
+                                            progress=True)))  # fmt: skip
     elif paths:
         shards = shard(paths, params.predict.shard_size)
         job = hashlib.sha256(f"{uri}\n{params.predict.shard_size}".encode()).hexdigest()[:12]

@@ -11,8 +11,9 @@ import numpy as np
 from taglens import artifacts
 from taglens.cli import add_stage_inputs, run_stage
 from taglens.features import store as features
-from taglens.features.backbones import BACKBONES, build_feature_extractor, weights_identity
-from taglens.features.featurize_outputs import FeaturizeResult, feature_meta, fill_views
+from taglens.features.backbones import BACKBONES, weights_identity
+from taglens.features.featurize_outputs import FeaturizeResult, feature_meta
+from taglens.features.views import IMAGE, build_views_model
 from taglens.params import FeaturizeParams, ModelParams
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,10 @@ def run(
     out: Path,
     progress: bool = True,
 ) -> FeaturizeResult:
-    """Fill the store with the vectors it lacks, then write features.npz and meta.json.
+    """Fill the stores with the vectors they lack, then write features.npz and meta.json.
+
+    The image and every `featurize.views` entry are computed together, in one forward call per
+    batch on `featurize.engine`.
 
     Raises:
         MissingArtifactError: posts.jsonl is missing.
@@ -46,14 +50,16 @@ def run(
         )
     key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
     items = [(post.sha256, raw / post.image) for post in posts]
-    vectors, update = features.fill_store(
-        features.FeatureStore(out / features.STORE_DIR, key), items,
-        lambda: build_feature_extractor(model, seed), batch_size=params.batch_size,
-        shard_size=params.shard_size, jit_compile=params.jit_compile, progress=progress,
-        engine=params.engine,
+    vectors, updates = features.fill_stores(
+        features.feature_stores(out / features.STORE_DIR, key, params.views), items,
+        lambda outputs: build_views_model(model, seed, outputs), batch_size=params.batch_size,
+        shard_size=params.shard_size, jit_compile=params.jit_compile, engine=params.engine,
+        progress=progress,
     )  # fmt: skip
-    matrix = np.stack([vectors[sha] for sha, _ in items]).astype("float32")
-    views = fill_views(model, params, seed=seed, key=key, items=items, out=out, progress=progress)
+    rows = {name: np.stack([by_sha[sha] for sha, _ in items]) for name, by_sha in vectors.items()}
+    matrix = rows.pop(IMAGE).astype("float32")
+    views = {view: rows[view].astype("float32") for view in params.views}
+    update = updates[IMAGE]
     meta = feature_meta(key, matrix, views)
     features.write_features(out, [post.sha256 for post in posts], matrix, meta, views)
     logger.info(

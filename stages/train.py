@@ -67,7 +67,8 @@ def run(
         mlflow.log_params({key: value for key, value in config.flat().items() if key not in swept})
         outputs.log_data(config, meta, splits, {"raw": raw, "features": features, "clean": clean})
         if settings:
-            fit, best = outputs.sweep_logged(config, settings, fit_one, swept, space)
+            fit, best = outputs.sweep_logged(config, settings, fit_one, swept, space,
+                                             len(val.labels))
         else:
             fit, best = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e)), params
         history = list(fit.history)
@@ -81,9 +82,7 @@ def run(
         if params.fine_tune.enabled and history:
             summary["fine_tune_val_accuracy"] = history[-1].get("val_accuracy")
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
-        rankers = outputs.fit_hashtags_logged(config, fit, splits, posts, out)
-        if rankers is not None:
-            summary["hashtags_val"] = rankers
+        summary["hashtags_val"] = outputs.fit_hashtags_logged(config, fit, splits, posts, out)
         write_drift_reference(fit, val, classes, fine_tuned=params.fine_tune.enabled, out=out)
         outputs.write_model_dir(config.with_train(best), served, history, out, reports, run_id)
     if params.baseline:

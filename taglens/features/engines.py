@@ -70,8 +70,8 @@ def compile_forward(
     model: keras.Model,
     engine: str,
     *,
+    jit_compile: bool,
     batch_size: int | None = None,
-    jit_compile: bool = False,
     cache_dir: Path | None = None,
 ) -> Forward:
     """The model's forward pass on the chosen engine: float32 (B, S, S, 3) -> NumPy outputs.
@@ -79,8 +79,9 @@ def compile_forward(
     Args:
         model: a Keras model on raw pixels (preprocessing inside).
         engine: one of ENGINES.
+        jit_compile: XLA for the TensorFlow engine (`featurize.jit_compile`; the others
+            compile by themselves).
         batch_size: the usual batch (the TensorFlow engine XLA-compiles only that shape).
-        jit_compile: XLA for the TensorFlow engine (the others compile by themselves).
         cache_dir: where converted models are kept (default `default_cache_dir()`).
 
     A converting engine's result is kept with the model: the same Keras model on the same
@@ -126,7 +127,8 @@ class EngineModel:
 
     def __init__(self, model: keras.Model, engine: str, **options: Any):
         self.model, self.engine = model, engine
-        self._forward = compile_forward(model, engine, **options)
+        # served batches come in every size: XLA would compile the model again for each shape
+        self._forward = compile_forward(model, engine, jit_compile=False, **options)
 
     def __call__(self, images: Any, training: bool = False) -> Outputs:
         """Outputs of one float32 pixel batch."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from taglens.data.images import image_dataset
 from taglens.errors import TaglensError
-from taglens.features.engines import compile_forward
+from taglens.features.engines import Outputs, compile_forward
 from taglens.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -27,14 +27,14 @@ class ForwardOptions(TypedDict, total=False):
     """How `iter_feature_batches` runs the forward pass (`featurize_paths` passes them on).
 
     image_size: the extractor's input side. batch_size: images per forward pass. jit_compile:
-    compile full batches with XLA (default off). engine: what runs the forward pass
-    (`featurize.engine`, default `tensorflow`, see taglens.features.engines).
+    compile full batches with XLA (`featurize.jit_compile`). engine: what runs the forward pass
+    (`featurize.engine`, see taglens.features.engines). All four come from params.
     """
 
     image_size: Required[int]
     batch_size: Required[int]
-    jit_compile: bool
-    engine: str
+    jit_compile: Required[bool]
+    engine: Required[str]
 
 
 def check_files(paths: Sequence[Path | str]) -> None:
@@ -57,10 +57,12 @@ def iter_feature_batches(
     *,
     image_size: int,
     batch_size: int,
-    jit_compile: bool = False,
-    engine: str = "tensorflow",
-) -> Iterator[np.ndarray]:
+    jit_compile: bool,
+    engine: str,
+) -> Iterator[Outputs]:
     """Yield feature batches for image files, in order (decode overlaps the forward pass).
+
+    A batch is one array, or a dict of arrays for a dict-output extractor (`views_model`).
 
     The keyword arguments are those of `ForwardOptions`.
 
@@ -106,8 +108,8 @@ def featurize_paths(
         extractor: Raw RGB pixels (0-255) to vectors, as from `build_feature_extractor`.
         progress: Show a tqdm bar with images/s.
         on_batch: Called with each batch's vectors as soon as it is computed.
-        **options: How the forward pass runs (`ForwardOptions`: image_size and batch_size
-            required, jit_compile and engine optional).
+        **options: How the forward pass runs (`ForwardOptions`: image_size, batch_size,
+            jit_compile and engine, all required).
 
     """
     chunks = []

@@ -3,8 +3,9 @@
 Every image goes through the backbone once per (backbone, weights, image size): vectors are kept
 in shards under `store/<backbone>-<size>px-<weights identity>/`, keyed by the image's sha256, so
 adding images computes only the new ones and a killed run loses at most the shard in progress.
-The store only decides what to compute and keeps it; `taglens.features.extract` turns the
-image files into vectors.
+Each view (`flip`, `colour`) has a store of its own beside it (`...-flip/`); one model computes
+every output the stores lack in one forward call per batch. The store only decides what to
+compute and keeps it; `taglens.features.extract` turns the image files into vectors.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,9 @@ import numpy as np
 
 from taglens import artifacts
 from taglens.atomic import atomic_open, atomic_write_json
-from taglens.features.extract import check_files, featurize_paths
+from taglens.features.extract import check_files, iter_feature_batches
+from taglens.features.views import IMAGE
+from taglens.progress import progress_bar
 
 if TYPE_CHECKING:
     import keras
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 FEATURES_FILE = artifacts.FEATURES.name
 META_FILE = artifacts.FEATURE_META.name
 STORE_DIR = "store"
+SHARED_PASS = (IMAGE, "flip")  # outputs computed by one backbone call (views.image_and_mirror)
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class _ShardBuffer:
 
 @dataclass
 class StoreUpdate:
-    """What `fill_store` did."""
+    """What `fill_stores` did to one store."""
 
     requested: int
     cached: int
@@ -130,50 +134,145 @@ class StoreUpdate:
     shards_written: int
 
 
-def fill_store(
-    store: FeatureStore,
+@dataclass(frozen=True)
+class FillPlan:
+    """What the stores lack: the model outputs to compute, the images to run, who lacks what.
+
+    `items` are the images any store of `outputs` lacks, in request order, each once; a store
+    gets only the vectors it lacks (`lacking[output]`, sha256s).
+    """
+
+    outputs: tuple[str, ...]
+    items: list[tuple[str, Path]]
+    lacking: dict[str, set[str]]
+
+
+def feature_stores(root: Path, key: FeatureKey, views: Sequence[str]) -> dict[str, FeatureStore]:
+    """One store per output of `taglens.features.views.views_model`: the image, then each view.
+
+    Each view has its own store, so adding a view reuses the vectors of the others.
+    """
+    stores = {IMAGE: FeatureStore(root, key)}
+    stores.update({view: FeatureStore(root, replace(key, view=view)) for view in views})
+    return stores
+
+
+def plan_fill(
+    stores: Mapping[str, FeatureStore],
     items: Sequence[tuple[str, Path]],
-    extractor_factory: Callable[[], keras.Model],
+    cached: Mapping[str, Mapping[str, np.ndarray]],
+) -> FillPlan:
+    """What to compute so that every store holds a vector for every `(sha256, path)` item."""
+    unique = dict(items)  # duplicates of an image (same sha256) are computed once
+    lacking = {name: {sha for sha in unique if sha not in cached[name]} for name in stores}
+    outputs = tuple(name for name in stores if lacking[name])
+    if set(outputs) & set(SHARED_PASS):
+        # the image and its mirror share one backbone pass over 2B images: compute both, so the
+        # batch shapes, and the vectors to the byte, never depend on what the stores already held
+        outputs = tuple(name for name in stores if lacking[name] or name in SHARED_PASS)
+    needed = set().union(*lacking.values())
+    todo = [(sha, path) for sha, path in unique.items() if sha in needed]
+    return FillPlan(outputs, todo, {name: lacking[name] for name in outputs})
+
+
+def compute_into(
+    stores: Mapping[str, FeatureStore],
+    plan: FillPlan,
+    model: keras.Model,
     *,
     batch_size: int,
     shard_size: int,
     jit_compile: bool,
-    progress: bool = True,
-    engine: str = "tensorflow",
-) -> tuple[dict[str, np.ndarray], StoreUpdate]:
-    """Compute the vectors the store lacks for `(sha256, path)` items, one shard at a time.
+    engine: str,
+    progress: bool,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, int]]:
+    """Run `plan.items` through `model` (one output per store) and store what each one lacks.
 
-    The extractor is built only when something is missing, so a fully cached run costs no model
-    construction. Returns every requested vector by sha256 and a summary.
+    One forward call per batch computes every output on `engine`. Shards of `shard_size`
+    vectors are written per store as they fill.
+
+    Returns:
+        The computed vectors by output and sha256, and the shards written per output.
     """
-    cached = store.load()
-    unique = dict(items)  # duplicates of an image (same sha256) are computed once
-    missing = [(sha, path) for sha, path in unique.items() if sha not in cached]
-    update = StoreUpdate(len(unique), len(unique) - len(missing), len(missing), 0)
-    logger.info(
-        "feature store %s: %d images, %d cached, %d to compute",
-        store.dir, len(unique), update.cached, len(missing),
-    )  # fmt: skip
-    if missing:
-        check_files([path for _, path in missing])  # before the (slow) model build
-        buffer = _ShardBuffer(store, shard_size)
-        done = 0
-
-        def on_batch(vectors: np.ndarray) -> None:
-            nonlocal done
-            shas = [sha for sha, _ in missing[done : done + len(vectors)]]
-            done += len(vectors)
-            cached.update(zip(shas, vectors, strict=True))
-            buffer.add(shas, vectors)
-
-        featurize_paths(
-            [path for _, path in missing], extractor_factory(), image_size=store.key.image_size,
-            batch_size=batch_size, jit_compile=jit_compile, progress=progress, on_batch=on_batch,
-            engine=engine,
-        )  # fmt: skip
+    buffers = {name: _ShardBuffer(stores[name], shard_size) for name in plan.outputs}
+    computed: dict[str, dict[str, np.ndarray]] = {name: {} for name in plan.outputs}
+    done = 0
+    image_size = stores[plan.outputs[0]].key.image_size
+    batches = iter_feature_batches(
+        [path for _, path in plan.items],
+        model,
+        image_size=image_size,
+        batch_size=batch_size,
+        jit_compile=jit_compile,
+        engine=engine,
+    )
+    with progress_bar(
+        total=len(plan.items), unit="img", desc="featurize", disable=not progress
+    ) as bar:
+        for outputs in batches:
+            batch = plan.items[done : done + len(next(iter(outputs.values())))]
+            done += len(batch)
+            for name in plan.outputs:
+                rows = [i for i, (sha, _) in enumerate(batch) if sha in plan.lacking[name]]
+                if rows:
+                    shas = [batch[i][0] for i in rows]
+                    vectors = np.asarray(outputs[name][rows], dtype="float32")
+                    computed[name].update(zip(shas, vectors, strict=True))
+                    buffers[name].add(shas, vectors)
+            bar.update(len(batch))
+    for buffer in buffers.values():
         buffer.flush()
-        update.shards_written = buffer.written
-    return {sha: cached[sha] for sha in unique}, update
+    return computed, {name: buffer.written for name, buffer in buffers.items()}
+
+
+def fill_stores(
+    stores: Mapping[str, FeatureStore],
+    items: Sequence[tuple[str, Path]],
+    model_factory: Callable[[tuple[str, ...]], keras.Model],
+    *,
+    batch_size: int,
+    shard_size: int,
+    jit_compile: bool,
+    engine: str,
+    progress: bool,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, StoreUpdate]]:
+    """Compute what the stores lack for `(sha256, path)` items, one shard at a time.
+
+    `model_factory(outputs)` builds a model whose dict outputs are the names of the stores that
+    lack something (`taglens.features.views.build_views_model`); it is built only when something
+    is missing, so a fully cached run costs no model construction. Returns, per store, every
+    requested vector by sha256, and a summary.
+    """
+    cached = {name: store.load() for name, store in stores.items()}
+    plan = plan_fill(stores, items, cached)
+    unique = dict(items)
+    updates = {}
+    for name, store in stores.items():
+        lacking = len(plan.lacking.get(name, ()))
+        updates[name] = StoreUpdate(len(unique), len(unique) - lacking, lacking, 0)
+        logger.info(
+            "feature store %s: %d images, %d cached, %d to compute",
+            store.dir,
+            len(unique),
+            len(unique) - lacking,
+            lacking,
+        )
+    if plan.items:
+        check_files([path for _, path in plan.items])  # before the (slow) model build
+        computed, written = compute_into(
+            stores,
+            plan,
+            model_factory(plan.outputs),
+            batch_size=batch_size,
+            shard_size=shard_size,
+            jit_compile=jit_compile,
+            engine=engine,
+            progress=progress,
+        )
+        for name, vectors in computed.items():
+            updates[name].shards_written = written[name]
+            cached[name].update(vectors)
+    return {name: {sha: cached[name][sha] for sha in unique} for name in stores}, updates
 
 
 def view_array(view: str) -> str:

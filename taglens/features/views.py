@@ -5,6 +5,12 @@
 - `colour`: a joint RGB histogram of the whole image and of its centre. Pooled backbone features
   keep little colour (ImageNet classes rarely depend on it), yet tags such as #red or #yellow do;
   the tag rankers read it. It costs a few microseconds per image.
+
+`views_model` puts the image's own vector and every view into one model with one output per
+view, so featurize runs them all in one forward call per batch on `featurize.engine`. With the
+mirror, the image and its mirror go through the backbone as one batch of 2B images
+(`image_and_mirror`); the served model (`taglens.training.full_model.assemble`) builds its
+flip average with the same function.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ if TYPE_CHECKING:
     from taglens.params import ModelParams
 
 VIEWS = ("flip", "colour")
+IMAGE = "vectors"  # the output of views_model that holds the image's own backbone vector
 COLOUR_BINS = 4  # per channel: 4 x 4 x 4 joint bins, coarse enough for a 64-row histogram
 COLOUR_DIM = 2 * COLOUR_BINS**3  # whole image, then its centre (where the subject usually is)
 
@@ -64,7 +71,27 @@ def _layer_classes() -> dict[str, type]:
         def get_config(self):
             return {**super().get_config(), "bins": self.bins}
 
-    _LAYERS.update(MirrorImage=MirrorImage, ColourHistogram=ColourHistogram)
+    @keras.saving.register_keras_serializable(package="taglens")
+    class WithMirror(keras.layers.Layer):
+        """Images (N, H, W, C) -> (2N, H, W, C): the images, then their mirror images."""
+
+        def call(self, images):
+            return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
+
+    @keras.saving.register_keras_serializable(package="taglens")
+    class Halves(keras.layers.Layer):
+        """A (2N, ...) batch -> its first N rows and its last N rows."""
+
+        def call(self, batch):
+            first, second = keras.ops.split(batch, 2, axis=0)
+            return first, second
+
+    _LAYERS.update(
+        MirrorImage=MirrorImage,
+        ColourHistogram=ColourHistogram,
+        WithMirror=WithMirror,
+        Halves=Halves,
+    )
     return _LAYERS
 
 
@@ -83,31 +110,57 @@ def colour_layer(**kwargs) -> keras.layers.Layer:
     return _layer_classes()["ColourHistogram"](**kwargs)
 
 
-def view_extractor(extractor: keras.Model, view: str) -> keras.Model:
-    """Pixels -> the vector of one view (`flip`: the extractor on mirrored pixels; `colour`).
+def image_and_mirror(extractor: keras.Model, inputs: keras.KerasTensor) -> tuple:
+    """The extractor's outputs for the images and for their mirror images, in one call.
+
+    The two go through the extractor as one batch of 2N images: one forward pass over a larger
+    batch instead of two, with the same vectors (tests/unit/test_views.py).
+    """
+    classes = _layer_classes()
+    both = extractor(classes["WithMirror"](name="with_mirror")(inputs))
+    return classes["Halves"](name="image_and_mirror")(both)
+
+
+def views_model(
+    extractor: keras.Model | None, outputs: tuple[str, ...], image_size: int
+) -> keras.Model:
+    """Pixels -> a dict of the requested outputs (`IMAGE` and `VIEWS` names), one forward call.
+
+    `extractor` may be None when only `colour` is asked for (it needs no backbone).
 
     Raises:
-        ValueError: an unknown view.
+        ValueError: an unknown output name, no output, or no extractor for a backbone output.
     """
     import keras
 
-    if view not in VIEWS:
-        raise ValueError(f"unknown feature view {view!r}; expected one of {list(VIEWS)}")
-    inputs = keras.Input(extractor.input_shape[1:], name="image")
-    if view == "flip":
-        outputs = extractor(mirror_layer(name="mirror")(inputs))
-    else:
-        outputs = colour_layer(name="colour")(inputs)
-    return keras.Model(inputs, outputs, name=f"{extractor.name}_{view}")
+    unknown = [name for name in outputs if name not in (IMAGE, *VIEWS)]
+    if unknown or not outputs:
+        raise ValueError(
+            f"unknown feature views {unknown or list(outputs)}; expected some of {[IMAGE, *VIEWS]}"
+        )
+    if extractor is None and set(outputs) - {"colour"}:
+        raise ValueError(f"views {list(outputs)} need the backbone's extractor")
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    result = {}
+    if IMAGE in outputs and "flip" in outputs:
+        result[IMAGE], result["flip"] = image_and_mirror(extractor, inputs)
+    elif IMAGE in outputs:
+        result[IMAGE] = extractor(inputs)
+    elif "flip" in outputs:
+        result["flip"] = extractor(mirror_layer(name="mirror")(inputs))
+    if "colour" in outputs:
+        result["colour"] = colour_layer(name="colour")(inputs)
+    name = extractor.name if extractor is not None else "colour"
+    return keras.Model(inputs, result, name=f"{name}_views")
 
 
-def build_view_extractor(model: ModelParams, seed: int, view: str) -> keras.Model:
-    """Pixels -> one view's vectors, for featurize; the colour histogram needs no backbone."""
-    import keras
+def build_views_model(model: ModelParams, seed: int, outputs: tuple[str, ...]) -> keras.Model:
+    """Pixels -> the requested outputs of `views_model`, for featurize.
 
+    The backbone is built only when an output needs it (the colour histogram does not).
+    """
     from taglens.features.backbones import build_feature_extractor
 
-    if view == "colour":
-        inputs = keras.Input((model.image_size, model.image_size, 3), name="image")
-        return keras.Model(inputs, colour_layer(name="colour")(inputs), name="colour")
-    return view_extractor(build_feature_extractor(model, seed), view)
+    backbone = set(outputs) - {"colour"}
+    extractor = build_feature_extractor(model, seed) if backbone else None
+    return views_model(extractor, tuple(outputs), model.image_size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from taglens.params.section import Section
@@ -51,6 +53,8 @@ class ServeParams(Section):
     timeout_keep_alive_s: int = Field(ge=1, le=600)
     upload_timeout_s: float = Field(gt=0, le=3600)
     timeout_graceful_shutdown_s: int = Field(ge=0, le=600)
+    follow_seconds: float = Field(ge=0, le=86_400)
+    log_format: Literal["text", "json"]
 
     @model_validator(mode="after")
     def _room_for_the_page(self) -> ServeParams:

@@ -30,12 +30,17 @@ class SweepParams(Section):
 
 
 Normalise = Literal["none", "l2", "standardise"]
+# How a search picks among candidates scored on validation: the best score, or the simplest
+# candidate within one standard error of the best (Breiman et al., 1984), which a few hundred
+# validation photos call for: one photo is worth 0.2 points there.
+SelectionRule = Literal["best", "one_se"]
 
 
 class SearchParams(Section):
     """The default search on validation: random draws from a logistic and a dense grid."""
 
     enabled: bool
+    rule: SelectionRule
     logreg_candidates: int = Field(ge=0)
     dense_candidates: int = Field(ge=0)
     logreg_c: tuple[Annotated[float, Field(gt=0)], ...]
@@ -77,8 +82,18 @@ class EvaluateParams(Section):
     misclassified_max: int = Field(ge=0)
 
 
+class RankingSearchParams(Section):
+    """The ranking settings tried on validation posts (each ranker's, then the blend's)."""
+
+    rule: SelectionRule
+    estimators: tuple[Literal["posts", "uses"], ...] = Field(min_length=1)
+    sharpen: tuple[Annotated[float, Field(gt=0, le=20)], ...] = Field(min_length=1)
+    neighbours_k: tuple[Annotated[int, Field(ge=1)], ...] = Field(min_length=1)
+    neighbours_power: tuple[Annotated[float, Field(gt=0, le=100)], ...] = Field(min_length=1)
+
+
 class HashtagParams(Section):
-    """How class probabilities become ranked hashtags."""
+    """How class probabilities and image features become ranked hashtags."""
 
     top_k: int = Field(ge=1, le=30)
     min_support: int = Field(ge=1)
@@ -91,3 +106,4 @@ class HashtagParams(Section):
     min_lift: float = Field(ge=1)
     low_lift_weight: float = Field(ge=0, le=1)
     blend_step: float = Field(gt=0, le=1)
+    search: RankingSearchParams

@@ -12,6 +12,9 @@ with one set of rules:
 - any other MLflow URI (`runs:/ID/model`, `models:/m-...`) is loaded as given and reported as
   `ModelRef(<the URI>, "unregistered")`.
 
+Only an alias can come to name another model later (`follows_alias`): a long-running server
+that follows one resolves it again, now and then, with these same rules.
+
 Loading takes the engine (`featurize.engine`), as featurize runs the backbone.
 """
 
@@ -86,6 +89,14 @@ def local_models_dir(uri: str | None) -> Path | None:
         return None
     local = Path(uri).expanduser()
     return local.resolve() if (local / MODEL_FILE).is_file() else None
+
+
+def follows_alias(model_uri: str | None) -> bool:
+    """Whether `model_uri` (None: the champion) names an alias, which may come to name another."""
+    if model_uri is None:
+        return True
+    registered = _REGISTERED.fullmatch(model_uri)
+    return registered is not None and registered["alias"] is not None
 
 
 def resolve(model_uri: str | None, model_name: str) -> ResolvedModel:

@@ -14,7 +14,7 @@ import numpy as np
 from taglens import artifacts
 from taglens.errors import TaglensError
 from taglens.params import HashtagParams
-from taglens.training.blend import ImageRankers
+from taglens.training.blend import HashtagBlend
 from taglens.training.hashtags import HashtagStats
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ INFO_FILE = artifacts.MODEL_INFO.name
 HASHTAGS_FILE = artifacts.HASHTAGS.name
 RANKERS_FILE = artifacts.RANKERS.name  # optional: without it, the class mixture ranks alone
 DRIFT_FILE = artifacts.DRIFT_REFERENCE.name  # optional: without it, batch runs judge no drift
+RANK_CHUNK = 256  # images ranked at once: bounds the (N, T) score matrices
 MODEL_FILES = (MODEL_FILE, INFO_FILE, HASHTAGS_FILE)
 OPTIONAL_FILES = (RANKERS_FILE, DRIFT_FILE)
 CHUNK = 32  # images per forward pass: bounds memory for large inputs
@@ -40,7 +41,7 @@ class HashtagPredictor:
         stats: hashtag statistics fitted on the training posts.
         params: the hashtag params used for ranking (the ones stored at train time by default).
         info: the whole model_info.json.
-        rankers: the image rankers and blend weights, when train fitted them.
+        rankers: the served hashtag ranking chosen at train time (None: the class mixture).
         drift_reference: drift_reference.json's contents (the validation outputs), when train
             wrote one (see `taglens.lifecycle.drift`).
     """
@@ -51,7 +52,7 @@ class HashtagPredictor:
     stats: HashtagStats
     params: HashtagParams
     info: dict[str, Any]
-    rankers: ImageRankers | None = None
+    rankers: HashtagBlend | None = None
     drift_reference: dict[str, Any] | None = None
 
     @classmethod
@@ -100,7 +101,7 @@ class HashtagPredictor:
         )
         rankers = None
         if (models_dir / RANKERS_FILE).is_file():
-            rankers = ImageRankers.load(models_dir / RANKERS_FILE)
+            rankers = HashtagBlend.load(models_dir / RANKERS_FILE)
         drift_reference = None
         if (models_dir / DRIFT_FILE).is_file():
             drift_reference = json.loads((models_dir / DRIFT_FILE).read_text(encoding="utf-8"))
@@ -147,27 +148,36 @@ class HashtagPredictor:
                 for key in parts[0]}  # fmt: skip
 
     def rank(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
-        """Ranked hashtags per image from `outputs`: the chosen blend, or the class mixture.
+        """Ranked hashtags per image from `outputs`: the ranking chosen at train time.
 
-        Each item also says `why`: `class` when the class mixture gives the largest share of
-        its score, else `image`.
+        Each item also says `why`: `class` when popularity and the class mixture give the larger
+        share of its score, else `image`.
         """
         probs = outputs["probabilities"]
-        if not len(probs):
-            return []
-        if self.rankers is None:
-            return self.stats.rank_batch(probs, self.params)
-        scores = self.rankers.ranker_scores(self.stats.mixture(probs, self.params),
-                                            outputs.get("features"), outputs.get("colour"))
-        blended = self.rankers.blend(scores)
-        final = self.stats.finish(blended, self.params, self.rankers.tag_multiplier)
-        from_class = self.rankers.weights.get("class_mixture", 0.0) * scores["class_mixture"]
+        ranked: list[list[dict[str, Any]]] = []
+        for start in range(0, len(probs), RANK_CHUNK):
+            part = {key: value[start : start + RANK_CHUNK] for key, value in outputs.items()}
+            ranked.extend(self._rank_chunk(part))
+        return ranked
+
+    def final_scores(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, T) final scores of the served ranking, and the class-level part of the blend."""
+        blend = self.rankers or HashtagBlend()
+        scores = blend.ranker_scores(self.stats, self.params, outputs["probabilities"],
+                                     outputs.get("features"), outputs.get("colour"))
+        blended = blend.blend(scores)
+        class_level = sum(blend.weights.get(name, 0.0) * scores[name]
+                          for name in ("popularity", "class_mixture"))
+        final = self.stats.finish(blended, self.params, blend.tag_multiplier)
+        return final, np.where(np.isfinite(final), class_level >= blended / 2, True)
+
+    def _rank_chunk(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
+        final, from_class = self.final_scores(outputs)
         ranked = self.stats.rank_scores(final, self.params)
         position = {tag: i for i, tag in enumerate(self.stats.tags)}
         for row, items in enumerate(ranked):
             for item in items:
-                i = position[item["tag"]]
-                item["why"] = "class" if from_class[row, i] >= blended[row, i] / 2 else "image"
+                item["why"] = "class" if from_class[row, position[item["tag"]]] else "image"
         return ranked
 
     def predict_pixels(self, batch: np.ndarray) -> list[dict[str, Any]]:

@@ -1,176 +1,313 @@
-"""The served hashtag ranking: a blend of rankers whose weights are chosen on validation posts.
+"""The served hashtag ranking: rankers, their blend, and how both are chosen on validation posts.
 
-score(tag | image) = w_mix * class mixture + w_tag * tag model + w_colour * colour tag model
-                     + w_nn * neighbours, then times the tag's weight (generic and low-lift tags
-                     count less) with ineligible tags removed.
+score(tag | image) = w_pop * popularity + w_mix * class mixture + w_tag * tag model
+                     + w_colour * colour tag model + w_nn * neighbours,
+then times a per-tag weight, with ineligible tags removed.
 
-The weights come from a grid on the simplex (any of them may be 0). The objective, on the
-validation posts: the highest recall@top_k among blends whose precision@1, recall@5 and
-accuracy@5 are each at least the class mixture's, so image evidence may add tags but never at
-the cost of what the class mixture already gets right.
+Everything here is chosen on validation posts, never by hand:
+- each ranker's own settings (the class mixture's estimator and sharpening, the neighbours' k and
+  similarity power), one ranker at a time;
+- the tag weights (generic and low-lift tags down-weighted, or not: 1 is always a candidate);
+- the blend weights, on a grid on the simplex (any may be 0).
+A blend is eligible only if it reaches popularity's and the class mixture's P@1, R@5, A@5 and
+R@top_k on validation: suggesting the most used tags to everyone, and the class's usual tags, are
+floors. When no blend reaches both floors, the best single ranker is served, and the choice says
+so and why.
+
+Picking among many candidates on a few hundred posts rewards noise, so the rule is, by default,
+the one-standard-error rule of `taglens.training.selection`: the simplest candidate (for a blend,
+no tag weights before tag weights, then the fewest image rankers; popularity and the class
+mixture, the floors, come free) whose validation score is within one standard error of the
+best, the error of their paired per-post difference. Scores are per-post means of P@1, R@5,
+A@5 and R@top_k.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from taglens.atomic import atomic_open
 from taglens.errors import TaglensError
+from taglens.training.selection import pick_paired
 from taglens.training.tag_rankers import NeighbourTags, TagModel
 
 logger = logging.getLogger(__name__)
 
-RANKERS = ("class_mixture", "tag_model", "colour_tags", "neighbours")
+RANKERS = ("popularity", "class_mixture", "tag_model", "colour_tags", "neighbours")
+FLOORS = ("popularity", "class_mixture")  # the rankers every blend must reach
+IMAGE_RANKERS = ("tag_model", "colour_tags", "neighbours")
 HASHTAG_K = 5  # the k of HARRISON's recall and accuracy, as in evaluate
 
 
 @dataclass
-class ImageRankers:
-    """The fitted image rankers, the blend weights and the per-tag multipliers."""
+class HashtagBlend:
+    """The fitted rankers, their settings, the blend weights and the per-tag weights.
 
-    tag_model: TagModel | None
-    colour_model: TagModel | None
-    neighbours: NeighbourTags | None
+    Attributes:
+        estimator: the class mixture's P(tag | class) estimator (`posts` or `uses`).
+        sharpen: the exponent on P(class | image) before the class mixture.
+        tag_model: sigmoid per tag on the backbone features, or None.
+        colour_model: the same on the colour view, or None.
+        neighbours: tag transfer from the nearest training photos, or None.
+        weights: blend weight per ranker name (missing: 0).
+        tag_multiplier: (T,) weight per tag chosen on validation, or None for 1.
+        choice: what was served and why, with the validation scores (a JSON-ready dict).
+    """
+
+    estimator: str = "posts"
+    sharpen: float = 1.0
+    tag_model: TagModel | None = None
+    colour_model: TagModel | None = None
+    neighbours: NeighbourTags | None = None
     weights: dict[str, float] = field(default_factory=lambda: {"class_mixture": 1.0})
-    tag_multiplier: np.ndarray | None = None  # (T,) low-lift tags get low_lift_weight, others 1
+    tag_multiplier: np.ndarray | None = None
+    choice: dict[str, Any] = field(default_factory=dict)
 
-    def ranker_scores(self, mixture: np.ndarray, features: np.ndarray | None,
-                      colour: np.ndarray | None) -> dict[str, np.ndarray]:  # fmt: skip
-        """(N, T) scores of every ranker that can run on these inputs."""
-        n_tags = mixture.shape[1]
-        scores = {"class_mixture": mixture}
+    def ranker_scores(
+        self,
+        stats,
+        params,
+        probabilities: np.ndarray,
+        features: np.ndarray | None = None,
+        colour: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """(N, T) scores of every ranker that can run on these inputs (before tag weights).
+
+        Args:
+            stats: the HashtagStats the rankers were fitted with.
+            params: hashtag params (smoothing).
+            probabilities: (N, C) class probabilities.
+            features: (N, D) backbone features, if the model outputs them.
+            colour: (N, H) colour view, if the model outputs it.
+        """
+        probabilities = np.asarray(probabilities, np.float64)
+        n = len(probabilities)
+        scores = {
+            "popularity": np.broadcast_to(stats.popularity(), (n, len(stats.tags))),
+            "class_mixture": stats.mixture(probabilities, params, self.estimator, self.sharpen),
+        }
         if self.tag_model is not None and features is not None:
-            scores["tag_model"] = self.tag_model.predict(features, n_tags)
+            scores["tag_model"] = self.tag_model.predict(features, len(stats.tags))
         if self.colour_model is not None and colour is not None:
-            scores["colour_tags"] = self.colour_model.predict(colour, n_tags)
+            scores["colour_tags"] = self.colour_model.predict(colour, len(stats.tags))
         if self.neighbours is not None and features is not None:
             scores["neighbours"] = self.neighbours.predict(features)
         return scores
 
     def blend(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The weighted sum of the rankers' scores (a ranker without inputs counts as 0)."""
-        total = np.zeros_like(scores["class_mixture"])
+        first = next(iter(scores.values()))
+        total = np.zeros(first.shape, np.float64)
         for name, weight in self.weights.items():
             if weight and name in scores:
                 total += weight * scores[name]
         return total
 
     def save(self, path: Path) -> Path:
-        """Write every array to one .npz, atomically."""
+        """Write every array and the settings to one .npz, atomically."""
         arrays: dict[str, np.ndarray] = {
             "weights": np.array([self.weights.get(name, 0.0) for name in RANKERS]),
+            "settings": np.array(
+                json.dumps(
+                    {"estimator": self.estimator, "sharpen": self.sharpen, "choice": self.choice}
+                )
+            ),
         }
         if self.tag_multiplier is not None:
             arrays["tag_multiplier"] = self.tag_multiplier
         for prefix, model in (("tag", self.tag_model), ("colour", self.colour_model)):
             if model is not None:
-                arrays.update({f"{prefix}_{k}": getattr(model, k) for k in
-                               ("mean", "scale", "kernel", "bias", "columns")})  # fmt: skip
+                for name in ("mean", "scale", "kernel", "bias", "columns"):
+                    arrays[f"{prefix}_{name}"] = getattr(model, name)
         if self.neighbours is not None:
             arrays["nn_reference"] = self.neighbours.reference.astype("float16")
-            arrays["nn_rows"], arrays["nn_cols"] = np.nonzero(self.neighbours.tags)
+            rows, cols = np.nonzero(self.neighbours.tags)
+            arrays["nn_rows"] = rows
+            arrays["nn_cols"] = cols
             arrays["nn_shape"] = np.array(self.neighbours.tags.shape)
-            arrays["nn_params"] = np.array([self.neighbours.k, self.neighbours.temperature])
+            arrays["nn_params"] = np.array([self.neighbours.k, self.neighbours.power])
         with atomic_open(path, "wb") as handle:
             np.savez(handle, **arrays)
         return path
 
     @classmethod
-    def load(cls, path: Path) -> ImageRankers:
+    def load(cls, path: Path) -> HashtagBlend:
         """Read what `save` wrote.
 
         Raises:
-            TaglensError: the file is not image rankers.
+            TaglensError: the file is not a hashtag blend of this version.
         """
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
         except (OSError, ValueError) as exc:
-            raise TaglensError(f"{path} is not valid image rankers ({exc}): re-run train") from None
-        if "weights" not in arrays:
-            raise TaglensError(f"{path} has no blend weights: re-run the train stage")
+            message = f"{path} is not a valid hashtag blend ({exc}): re-run train"
+            raise TaglensError(message) from None
+        if "weights" not in arrays or "settings" not in arrays:
+            raise TaglensError(f"{path} is a hashtag blend of an older version: re-run train")
+        if len(arrays["weights"]) != len(RANKERS):
+            raise TaglensError(f"{path} names other rankers than {RANKERS}: re-run train")
+        settings = json.loads(str(arrays["settings"]))
 
         def tag_model(prefix: str) -> TagModel | None:
             if f"{prefix}_kernel" not in arrays:
                 return None
-            return TagModel(*(arrays[f"{prefix}_{k}"] for k in
-                              ("mean", "scale", "kernel", "bias", "columns")))  # fmt: skip
+            names = ("mean", "scale", "kernel", "bias", "columns")
+            return TagModel(*(arrays[f"{prefix}_{name}"] for name in names))
 
         neighbours = None
         if "nn_reference" in arrays:
             tags = np.zeros(tuple(arrays["nn_shape"]), dtype="float32")
             tags[arrays["nn_rows"], arrays["nn_cols"]] = 1.0
-            k, temperature = arrays["nn_params"]
-            neighbours = NeighbourTags(arrays["nn_reference"].astype("float32"), tags, int(k),
-                                       float(temperature))  # fmt: skip
+            k, power = arrays["nn_params"]
+            reference = arrays["nn_reference"].astype("float32")
+            neighbours = NeighbourTags(reference, tags, int(k), float(power))
         weights = dict(zip(RANKERS, (float(w) for w in arrays["weights"]), strict=True))
-        return cls(tag_model("tag"), tag_model("colour"), neighbours, weights,
-                   arrays.get("tag_multiplier"))  # fmt: skip
+        return cls(
+            estimator=settings["estimator"],
+            sharpen=float(settings["sharpen"]),
+            tag_model=tag_model("tag"),
+            colour_model=tag_model("colour"),
+            neighbours=neighbours,
+            weights=weights,
+            tag_multiplier=arrays.get("tag_multiplier"),
+            choice=settings.get("choice", {}),
+        )
 
 
-def ranking_scores(
+def post_scores(
     final: np.ndarray, truth: np.ndarray, n_truth: np.ndarray, top_k: int
-) -> dict[str, float]:
-    """HARRISON's metrics (as taglens.training.metrics.hashtag_metrics) for a (N, T) score matrix.
+) -> dict[str, np.ndarray]:
+    """Per post with tags, HARRISON's metrics for a (N, T) score matrix.
 
     Args:
         final: scores, -inf for ineligible tags.
         truth: (N, T) 0/1, the vocabulary tags each post carries.
         n_truth: (N,) how many tags each post carries in all (its recall's denominator).
         top_k: the k of the extra recall@k (the number of tags served).
+
+    Returns:
+        `precision_at_1`, `recall_at_5`, `accuracy_at_5` and `recall_at_{top_k}`, each an array
+        over the posts that carry tags.
     """
     keep = n_truth > 0
-    final, truth, n_truth = final[keep], truth[keep], n_truth[keep].astype("float64")
-    k = max(top_k, HASHTAG_K)
-    top = np.argsort(-final, axis=1, kind="stable")[:, :k]
-    hits = np.take_along_axis(truth, top, axis=1) * np.isfinite(
-        np.take_along_axis(final, top, axis=1))
+    final = np.asarray(final)[keep]
+    truth = truth[keep]
+    n_truth = n_truth[keep].astype("float64")
+    k = min(max(top_k, HASHTAG_K), final.shape[1])
+    if k < final.shape[1]:
+        picks = np.argpartition(-final, k - 1, axis=1)[:, :k]
+    else:
+        picks = np.tile(np.arange(final.shape[1]), (len(final), 1))
+    picked = np.take_along_axis(final, picks, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    top = np.take_along_axis(picks, order, axis=1)
+    hits = np.take_along_axis(truth, top, axis=1) * np.isfinite(np.take_along_axis(final, top, 1))
     return {
-        "precision_at_1": float(hits[:, 0].mean()),
-        f"recall_at_{HASHTAG_K}": float((hits[:, :HASHTAG_K].sum(1) / n_truth).mean()),
-        f"accuracy_at_{HASHTAG_K}": float((hits[:, :HASHTAG_K].sum(1) > 0).mean()),
-        f"recall_at_{top_k}": float((hits[:, :top_k].sum(1) / n_truth).mean()),
+        "precision_at_1": hits[:, 0].astype("float64"),
+        f"recall_at_{HASHTAG_K}": hits[:, :HASHTAG_K].sum(1) / n_truth,
+        f"accuracy_at_{HASHTAG_K}": (hits[:, :HASHTAG_K].sum(1) > 0).astype("float64"),
+        f"recall_at_{top_k}": hits[:, :top_k].sum(1) / n_truth,
     }
 
 
-def choose_weights(
-    scores: dict[str, np.ndarray], finish, truth: np.ndarray, n_truth: np.ndarray, top_k: int,
-    step: float, floor: dict[str, float] | None = None,
-) -> tuple[dict[str, float], dict[str, float]] | None:
-    """Search the simplex grid of blend weights on validation posts (see the module docstring).
+def ranking_scores(
+    final: np.ndarray, truth: np.ndarray, n_truth: np.ndarray, top_k: int
+) -> dict[str, float]:
+    """HARRISON's metrics (as taglens.training.metrics.hashtag_metrics), averaged over posts."""
+    return {
+        key: float(values.mean())
+        for key, values in post_scores(final, truth, n_truth, top_k).items()
+    }
 
-    Args:
-        scores: each ranker's (N, T) validation scores; `class_mixture` must be among them.
-        finish: turns a raw (N, T) blend into final scores (tag weights, -inf if ineligible).
-        truth: (N, T) 0/1, the vocabulary tags each validation post carries.
-        n_truth: (N,) how many tags each post carries in all.
-        top_k: the k of the recall the search maximises (the number of tags served).
-        step: the grid step of every weight (0.1: weights 0, 0.1, ..., 1).
-        floor: the metrics a blend must reach; by default the class mixture's through `finish`.
 
-    Returns:
-        The chosen weights and their validation metrics, or None when no blend reaches the floor.
-    """
-    names = [name for name in RANKERS if name in scores]
+def objective(per_post: dict[str, np.ndarray]) -> np.ndarray:
+    """Per post, the mean of the guarded metrics: what every ranking choice maximises."""
+    return np.mean(np.stack(list(per_post.values())), axis=0)
+
+
+def simplex(names: Sequence[str], step: float) -> list[dict[str, float]]:
+    """Every weighting of `names` on the grid of `step` whose weights sum to 1."""
     ticks = int(round(1 / step))
-    floor = floor or ranking_scores(finish(scores["class_mixture"]), truth, n_truth, top_k)
-    guarded = ("precision_at_1", f"recall_at_{HASHTAG_K}", f"accuracy_at_{HASHTAG_K}")
-    best = None
+    grid = []
     for combo in itertools.product(range(ticks + 1), repeat=len(names) - 1):
         if sum(combo) > ticks:
             continue
         weights = dict(zip(names[1:], (c / ticks for c in combo), strict=True))
-        weights["class_mixture"] = (ticks - sum(combo)) / ticks
-        raw = sum(w * scores[name] for name, w in weights.items() if w)
-        got = ranking_scores(finish(raw), truth, n_truth, top_k)
-        if all(got[key] >= floor[key] for key in guarded) and (
-                best is None or got[f"recall_at_{top_k}"] > best[1][f"recall_at_{top_k}"]):
-            best = (weights, got)
-    logger.info("blend weights %s: validation %s (floor %s)", best and best[0],
-                best and best[1], floor)  # fmt: skip
-    return best
+        weights[names[0]] = (ticks - sum(combo)) / ticks
+        grid.append({name: weights[name] for name in names})
+    return grid
+
+
+def choose_blend(
+    scores: dict[str, np.ndarray],
+    finishers: Sequence[Callable[[np.ndarray], np.ndarray]],
+    truth: np.ndarray,
+    n_truth: np.ndarray,
+    top_k: int,
+    step: float,
+    rule: str,
+    floor: dict[str, float],
+) -> tuple[dict[str, float], int, dict[str, float], dict[str, Any]] | None:
+    """Search the blend grid on validation posts (see the module docstring).
+
+    Args:
+        scores: each ranker's (N, T) validation scores.
+        finishers: candidate tag weightings, simplest first: each turns a raw (N, T) blend into
+            final scores (tag weights, -inf if ineligible).
+        truth: (N, T) 0/1, the vocabulary tags each validation post carries.
+        n_truth: (N,) how many tags each post carries in all.
+        top_k: the k of the served recall.
+        step: the grid step of every weight (0.1: weights 0, 0.1, ..., 1).
+        rule: `best` or `one_se` (see `taglens.training.selection.pick`).
+        floor: the validation metrics a blend must reach, each of them.
+
+    Returns:
+        The weights, the index of the finisher chosen, their validation metrics and a summary
+        of the search; None when no blend reaches the floor.
+    """
+    keep = n_truth > 0  # only posts with tags are scored: leave the others out of the search
+    scores = {name: s[keep] for name, s in scores.items()}
+    truth = truth[keep]
+    n_truth = n_truth[keep]
+    names = [name for name in RANKERS if name in scores]
+    passing: list[tuple[dict[str, float], int, dict[str, float], np.ndarray]] = []
+    tried = 0
+    for index, finish in enumerate(finishers):
+        for weights in simplex(names, step):
+            raw = sum(w * scores[name] for name, w in weights.items() if w)
+            per_post = post_scores(finish(raw), truth, n_truth, top_k)
+            tried += 1
+            got = {key: float(v.mean()) for key, v in per_post.items()}
+            if all(got[key] >= floor[key] - 1e-12 for key in floor):
+                passing.append((weights, index, got, objective(per_post)))
+    summary = {"tried": tried, "passing": len(passing)}
+    if not passing:
+        logger.info("no blend of %d reaches the floor %s", tried, floor)
+        return None
+    # popularity and the class mixture are the floors: weighing them costs no simplicity
+    complexity = [
+        (index, sum(1 for name in IMAGE_RANKERS if weights.get(name)))
+        for weights, index, _, _ in passing
+    ]
+    chosen = pick_paired([p[3] for p in passing], complexity, rule)
+    weights, index, got, _ = passing[chosen]
+    best = max(float(p[3].mean()) for p in passing)
+    summary.update(best_objective=best, chosen_objective=float(passing[chosen][3].mean()))
+    logger.info(
+        "blend %s (tag weighting %d): validation %s; %d of %d blends reach the floor",
+        weights,
+        index,
+        got,
+        len(passing),
+        tried,
+    )
+    return weights, index, got, summary

@@ -6,6 +6,7 @@ compared on the same images with the same metrics.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from taglens.training import metrics, train_data
 
 HASHTAG_K = 5  # HARRISON reports recall and accuracy at 5
 FORWARD_BATCH = 32
+RANK_CHUNK = 256  # test images ranked at once: bounds the (N, T) score matrices
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,18 +72,39 @@ def score_test_split(predictor, top_k: int, *, raw: Path, clean: Path) -> Scored
     scores = metrics.classification_metrics(y_true, probs, classes, top_k)
 
     truth = _post_hashtags(artifacts.read_posts(raw), test)
-    depth = predictor.params.top_k  # how deep each ranking is scored
-    # the served ranking (the blend chosen on validation, or the class mixture alone)
-    ranked = [[item["tag"] for item in row] for row in predictor.rank(outputs)]
-    scores.update(metrics.ranking_metrics(ranked, truth, HASHTAG_K, depth))
-    # every ranker side by side, with the same tag weights; popularity suggests the most used
-    # tags to every photo: every ranker must beat it
-    popular = [item["tag"] for item in predictor.stats.popular(predictor.params)]
-    for name, rows in [("popularity", [popular] * len(truth)), *_rankers(predictor, outputs)]:
-        scores.update(metrics.with_prefix(
-            metrics.ranking_metrics(rows, truth, HASHTAG_K, depth), f"{name}_"))
+    scores.update(hashtag_scores(predictor, outputs, truth))
     scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"])
     return Scored(scores, test, paths, probs, y_true)
+
+
+def hashtag_scores(predictor, outputs: dict[str, np.ndarray],
+                   truth: list[set[str]]) -> dict[str, Any]:  # fmt: skip
+    """The served ranking's hashtag metrics, and every ranker's beside it (prefixed by name).
+
+    Popularity (the most used tags, suggested to every photo) and the class mixture are the
+    floors the served ranking was chosen to reach on validation; a warning says when it falls
+    below popularity on these posts.
+    """
+    depth = predictor.params.top_k  # how deep each ranking is scored
+    ranked = [[item["tag"] for item in row] for row in predictor.rank(outputs)]
+    scores: dict[str, Any] = dict(metrics.ranking_metrics(ranked, truth, HASHTAG_K, depth))
+    for name, rows in _rankers(predictor, outputs):
+        scores.update(metrics.with_prefix(
+            metrics.ranking_metrics(rows, truth, HASHTAG_K, depth), f"{name}_"))
+    if predictor.rankers is not None and predictor.rankers.choice:
+        choice = predictor.rankers.choice
+        scores["hashtag_ranking"] = {key: choice[key] for key in ("served", "rankers",
+                                     "tag_weights", "why") if key in choice}  # fmt: skip
+    below = [key for key in ("hashtag_precision_at_1", f"hashtag_recall_at_{HASHTAG_K}",
+                             f"hashtag_accuracy_at_{HASHTAG_K}")
+             if scores.get(key) is not None and scores.get(f"popularity_{key}") is not None
+             and scores[key] < scores[f"popularity_{key}"]]  # fmt: skip
+    if below:
+        logger.warning("the served hashtags score below popularity (the most used tags for "
+                       "every photo) on the test posts in %s: %s", ", ".join(below),
+                       {key: (round(scores[key], 4), round(scores[f"popularity_{key}"], 4))
+                        for key in below})  # fmt: skip
+    return scores
 
 
 def _outputs(predictor, paths: list[Path]) -> dict[str, np.ndarray]:
@@ -91,17 +116,23 @@ def _outputs(predictor, paths: list[Path]) -> dict[str, np.ndarray]:
 
 
 def _rankers(predictor, outputs: dict[str, np.ndarray]) -> list[tuple[str, list[list[str]]]]:
-    """Each ranker's tag lists (class mixture, and the image rankers and blend if fitted)."""
-    stats, params, rankers = predictor.stats, predictor.params, predictor.rankers
-    mixture = stats.mixture(outputs["probabilities"], params)
-    if rankers is None:
-        return [("class_mixture", _tags(stats.rank_scores(stats.finish(mixture, params), params)))]
-    scores = rankers.ranker_scores(mixture, outputs.get("features"), outputs.get("colour"))
-    # each ranker as it is; the blend with the low-lift weighting chosen with it
-    ranked = [(name, _tags(stats.rank_scores(stats.finish(raw, params), params)))
-              for name, raw in scores.items()]  # fmt: skip
-    blend = stats.finish(rankers.blend(scores), params, rankers.tag_multiplier)
-    return [*ranked, ("blend", _tags(stats.rank_scores(blend, params)))]
+    """Each ranker's tag lists on its own (no tag weights), and the served blend's."""
+    from taglens.training.blend import HashtagBlend
+
+    stats, params = predictor.stats, predictor.params
+    blend = predictor.rankers or HashtagBlend()
+    rows: dict[str, list[list[str]]] = {}
+    probs = outputs["probabilities"]
+    for start in range(0, len(probs), RANK_CHUNK):
+        part = {key: value[start : start + RANK_CHUNK] for key, value in outputs.items()}
+        scores = blend.ranker_scores(stats, params, part["probabilities"], part.get("features"),
+                                     part.get("colour"))  # fmt: skip
+        for name, raw in scores.items():
+            ranked = _tags(stats.rank_scores(stats.finish(raw, params), params))
+            rows.setdefault(name, []).extend(ranked)
+        final = stats.finish(blend.blend(scores), params, blend.tag_multiplier)
+        rows.setdefault("blend", []).extend(_tags(stats.rank_scores(final, params)))
+    return list(rows.items())
 
 
 def _tags(rankings: list[list[dict]]) -> list[list[str]]:

@@ -1,15 +1,30 @@
-"""Fit the image rankers and choose the blend on validation posts (called by the train stage)."""
+"""Fit the hashtag rankers on training posts and choose the served ranking on validation posts.
+
+The order is that of `taglens.training.blend`'s docstring: each ranker's own settings first (one
+ranker at a time, so a few dozen candidates compete instead of their product), then the tag
+weights and the blend together, with popularity and the class mixture as floors.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from taglens.data.posts import normalize_hashtag
-from taglens.training.blend import ImageRankers, choose_weights, ranking_scores
+from taglens.params import HashtagParams
+from taglens.training.blend import (
+    FLOORS,
+    RANKERS,
+    HashtagBlend,
+    choose_blend,
+    objective,
+    post_scores,
+)
 from taglens.training.hashtags import HashtagStats
+from taglens.training.selection import pick_paired
 from taglens.training.tag_rankers import (
     NeighbourTags,
     class_lift,
@@ -22,74 +37,228 @@ from taglens.training.tag_rankers import (
 logger = logging.getLogger(__name__)
 
 
-def low_lift_tags(stats: HashtagStats, image_scores: list[np.ndarray], val_truth: np.ndarray,
-                  min_lift: float) -> np.ndarray:  # fmt: skip
+@dataclass(frozen=True)
+class RankingInputs:
+    """What the rankers read of one split: features, colour view, tag sets, probabilities.
+
+    `features` and `colour` are None when the model has no such output (or the image rankers are
+    off); `probabilities` (N, C) is needed for validation posts only.
+    """
+
+    features: np.ndarray | None
+    colour: np.ndarray | None
+    tags: Sequence[set[str]]
+    probabilities: np.ndarray | None = None
+
+
+def low_lift_tags(
+    stats: HashtagStats, image_scores: list[np.ndarray], val_truth: np.ndarray, min_lift: float
+) -> np.ndarray:
     """(T,) bool: tags whose rate barely depends on class or image (lift below `min_lift`).
 
     Class lift comes from the training counts, image lift from the image rankers' validation
     scores (how much higher they score a tag on posts that carry it). Class tags are never
     low-lift.
     """
-    lift = class_lift(stats.counts, np.asarray(stats.class_posts))
+    lift = class_lift(stats.counts, np.asarray(stats.captioned_posts))
     for scores in image_scores:
         lift = np.maximum(lift, image_lift(scores, val_truth))
     class_tags = {normalize_hashtag(c) for c in stats.classes}
     return (lift < min_lift) & np.array([t not in class_tags for t in stats.tags])
 
 
-def fit_image_rankers(
-    stats: HashtagStats,
-    train: tuple[np.ndarray, np.ndarray | None, Sequence[set[str]]],
-    val: tuple[np.ndarray, np.ndarray | None, Sequence[set[str]], np.ndarray],
-    seed: int,
-) -> tuple[ImageRankers, dict[str, dict[str, float]]]:
-    """Fit the tag models and neighbours on training posts; choose the blend on validation.
+class _Validation:
+    """Validation posts with tags, and the scoring every choice below shares."""
+
+    def __init__(self, stats: HashtagStats, params: HashtagParams, tags: Sequence[set[str]]):
+        self.stats = stats
+        self.params = params
+        self.truth = tag_matrix(list(tags), stats.tags)
+        self.n_truth = np.array([len(t) for t in tags])
+
+    def per_post(self, raw: np.ndarray, multiplier: np.ndarray | None = None) -> dict:
+        final = self.stats.finish(raw, self.params, multiplier)
+        return post_scores(final, self.truth, self.n_truth, self.params.top_k)
+
+    def metrics(self, raw: np.ndarray, multiplier: np.ndarray | None = None) -> dict[str, float]:
+        return {key: float(v.mean()) for key, v in self.per_post(raw, multiplier).items()}
+
+    def choose(self, candidates: list[tuple[dict, np.ndarray]]) -> int:
+        """Pick among (setting, raw scores) candidates listed simplest first."""
+        per_post = [objective(self.per_post(raw)) for _, raw in candidates]
+        return pick_paired(per_post, list(range(len(candidates))), self.params.search.rule)
+
+
+def _class_mixture(val: _Validation, probabilities: np.ndarray) -> tuple[str, float, np.ndarray]:
+    """The estimator and sharpening of the class mixture, chosen on validation."""
+    search = val.params.search
+    candidates = []
+    # simplest first: the first sharpening (1: as the classifier says) with each estimator
+    for sharpen in search.sharpen:
+        for estimator in search.estimators:
+            raw = val.stats.mixture(probabilities, val.params, estimator, sharpen)
+            candidates.append(({"estimator": estimator, "sharpen": sharpen}, raw))
+    chosen = val.choose(candidates)
+    setting, raw = candidates[chosen]
+    logger.info("class mixture: %s chosen of %d settings", setting, len(candidates))
+    return setting["estimator"], setting["sharpen"], raw
+
+
+def _neighbours(
+    val: _Validation, reference: NeighbourTags, features: np.ndarray
+) -> tuple[NeighbourTags, np.ndarray]:
+    """The neighbours' k and similarity power, chosen on validation."""
+    search = val.params.search
+    sims, rows = reference.nearest(features, max(search.neighbours_k))
+    candidates = []
+    for power in search.neighbours_power:
+        for k in search.neighbours_k:
+            k = min(k, sims.shape[1])
+            raw = reference.transfer(sims, rows, k, power)
+            candidates.append(({"k": k, "power": power}, raw))
+    chosen = val.choose(candidates)
+    setting, raw = candidates[chosen]
+    logger.info("neighbours: %s chosen of %d settings", setting, len(candidates))
+    return NeighbourTags(reference.reference, reference.tags, setting["k"], setting["power"]), raw
+
+
+def _tag_weightings(
+    stats: HashtagStats, params: HashtagParams, low_lift: np.ndarray
+) -> list[tuple[str, np.ndarray | None]]:
+    """Candidate per-tag weights, simplest (none) first."""
+    weightings: list[tuple[str, np.ndarray | None]] = [("none", None)]
+    generic = stats.tag_weights(params.generic, params.generic_weight)
+    low = np.where(low_lift, params.low_lift_weight, 1.0)
+    if params.generic and params.generic_weight < 1 and np.any(generic < 1):
+        weightings.append(("generic", generic))
+    if params.low_lift_weight < 1 and np.any(low_lift):
+        weightings.append(("low_lift", low))
+    if len(weightings) == 3:
+        weightings.append(("generic+low_lift", generic * low))
+    return weightings
+
+
+def fit_ranking(
+    stats: HashtagStats, train: RankingInputs, val: RankingInputs, seed: int
+) -> tuple[HashtagBlend, dict]:
+    """Fit the rankers on training posts and choose the served ranking on validation posts.
+
+    Only captioned posts (with tags of their own) train the image rankers and score a choice.
 
     Args:
-        stats: the hashtag statistics (vocabulary, class mixture) of the training posts.
-        train: features, colour view (or None) and tag sets of the training posts.
-        val: the same for validation posts, plus their class probabilities (N, C).
+        stats: the hashtag statistics of the training posts (vocabulary, class mixture).
+        train: the training posts' features, colour view and own tag sets.
+        val: the same for validation posts, with their class probabilities.
         seed: seeds the tag models.
 
     Returns:
-        The rankers and each ranker's validation metrics (and the blend's).
+        The blend and a report: every ranker's validation metrics, the blend's, the floor and
+        the choice (what is served and why).
     """
     params = stats.params
-    (x_train, colour_train, tags_train), (x_val, colour_val, tags_val, probs_val) = train, val
-    y_train = tag_matrix(list(tags_train), stats.tags)
-    y_val = tag_matrix(list(tags_val), stats.tags)
-    n_val = np.array([len(tags) for tags in tags_val])
-    tag_model = fit_tag_model((x_train, y_train), (x_val, y_val), params.max_image_tags, seed)
-    colour_model = None
-    if colour_train is not None and colour_val is not None:
-        colour_model = fit_tag_model((colour_train, y_train), (colour_val, y_val),
-                                     params.max_image_tags, seed)  # fmt: skip
-    neighbours = NeighbourTags(unit_rows(x_train), y_train)
-    rankers = ImageRankers(tag_model, colour_model, neighbours)
-    scores = rankers.ranker_scores(stats.mixture(probs_val), x_val, colour_val)
-    image_scores = [v for k, v in scores.items() if k != "class_mixture"]
-    low = low_lift_tags(stats, image_scores, y_val, params.min_lift)
-    logger.info("low-lift tags: %s", [t for t, flag in zip(stats.tags, low, strict=True) if flag])
+    check = _Validation(stats, params, val.tags)
+    if not check.n_truth.any():  # nothing to choose on: the class's usual tags, as they are
+        logger.warning("no validation post carries hashtags: the class mixture ranks them")
+        blend = HashtagBlend(weights={name: float(name == "class_mixture") for name in RANKERS})
+        blend.choice = {
+            "served": "single",
+            "rankers": ["class_mixture"],
+            "tag_weights": "none",
+            "why": "no validation post carries hashtags to choose a ranking on",
+        }
+        return blend, {"rankers": {}, "choice": blend.choice}
+    mix_estimator, mix_sharpen, mixture = _class_mixture(check, val.probabilities)
+    n_val = len(val.tags)
+    scores = {
+        "popularity": np.broadcast_to(stats.popularity(), (n_val, len(stats.tags))),
+        "class_mixture": mixture,
+    }
+    blend = HashtagBlend(estimator=mix_estimator, sharpen=mix_sharpen)
+    settings: dict = {"class_mixture": {"estimator": mix_estimator, "sharpen": mix_sharpen}}
+    if params.image_rankers and train.features is not None and val.features is not None:
+        captioned = np.array([bool(tags) for tags in train.tags])
+        y_train = tag_matrix(
+            [t for t, c in zip(train.tags, captioned, strict=True) if c], stats.tags
+        )
+        val_captioned = check.n_truth > 0
+        if captioned.sum() and val_captioned.sum():
+            y_val = check.truth[val_captioned]
+            blend.tag_model = fit_tag_model(
+                (train.features[captioned], y_train),
+                (val.features[val_captioned], y_val),
+                params.max_image_tags,
+                seed,
+            )
+            scores["tag_model"] = blend.tag_model.predict(val.features, len(stats.tags))
+            if train.colour is not None and val.colour is not None:
+                blend.colour_model = fit_tag_model(
+                    (train.colour[captioned], y_train),
+                    (val.colour[val_captioned], y_val),
+                    params.max_image_tags,
+                    seed,
+                )
+                scores["colour_tags"] = blend.colour_model.predict(val.colour, len(stats.tags))
+            reference = NeighbourTags(unit_rows(train.features[captioned]), y_train, 1, 1.0)
+            blend.neighbours, scores["neighbours"] = _neighbours(check, reference, val.features)
+            settings["neighbours"] = {"k": blend.neighbours.k, "power": blend.neighbours.power}
+        else:
+            logger.warning("image rankers skipped: no captioned training or validation posts")
 
-    def finisher(multiplier: np.ndarray | None):
-        return lambda raw: stats.finish(raw, params, multiplier)
-
-    # every ranker on its own, as it is (no low-lift weighting): the class mixture is the floor
-    report = {name: ranking_scores(finisher(None)(s), y_val, n_val, params.top_k)
-              for name, s in scores.items()}  # fmt: skip
-    # Down-weight low-lift tags as much as validation allows: the strongest weight first, a
-    # weaker one only if it finds more tags, and never below the class mixture's P@1, R@5, A@5.
-    chosen = None
-    for weight in sorted({params.low_lift_weight, (1 + params.low_lift_weight) / 2, 1.0}):
-        multiplier = np.where(low, weight, 1.0)
-        found = choose_weights(scores, finisher(multiplier), y_val, n_val, params.top_k,
-                               params.blend_step, floor=report["class_mixture"])  # fmt: skip
-        recall = f"recall_at_{params.top_k}"
-        if found and (chosen is None or found[1][recall] > chosen[1][1][recall]):
-            chosen = (multiplier, found)
-    if chosen is None:  # nothing beats the class mixture as it is: serve it
-        chosen = (np.ones(len(stats.tags)), ({"class_mixture": 1.0}, report["class_mixture"]))
-    rankers.tag_multiplier, (rankers.weights, report["blend"]) = chosen
-    report["low_lift"] = {"tags": [t for t, flag in zip(stats.tags, low, strict=True) if flag],
-                          "weight": float(np.min(chosen[0], initial=1.0))}  # fmt: skip
-    return rankers, report
+    image_scores = [
+        s for name, s in scores.items() if name in ("tag_model", "colour_tags", "neighbours")
+    ]
+    low = low_lift_tags(stats, image_scores, check.truth, params.min_lift)
+    weightings = _tag_weightings(stats, params, low)
+    # every ranker on its own, as it is (no tag weights): popularity and the class mixture are
+    # the floors
+    report: dict = {name: check.metrics(s) for name, s in scores.items()}
+    floor = {key: max(report[name][key] for name in FLOORS) for key in report["popularity"]}
+    found = choose_blend(
+        scores,
+        [lambda raw, m=m: stats.finish(raw, params, m) for _, m in weightings],
+        check.truth,
+        check.n_truth,
+        params.top_k,
+        params.blend_step,
+        params.search.rule,
+        floor,
+    )
+    if found is not None:
+        weights, index, got, search = found
+        blend.weights = weights
+        blend.tag_multiplier = weightings[index][1]
+        used = [name for name, w in weights.items() if w]
+        choice = {
+            "served": "blend",
+            "rankers": used,
+            "tag_weights": weightings[index][0],
+            "why": "the blend reaches popularity's and the class mixture's validation "
+            "scores"
+            + (
+                " and was the simplest within one standard error of the best"
+                if params.search.rule == "one_se"
+                else ""
+            ),
+            "search": search,
+        }
+        report["blend"] = got
+    else:  # nothing reaches both floors: the best single ranker on validation, as it is
+        names = list(scores)
+        best = names[check.choose([({}, scores[name]) for name in names])]
+        blend.weights = {best: 1.0}
+        blend.tag_multiplier = None
+        choice = {
+            "served": "single",
+            "rankers": [best],
+            "tag_weights": "none",
+            "why": f"no blend reached both popularity's and the class mixture's "
+            f"validation scores {floor}; {best} scores best alone",
+        }
+        report["blend"] = report[best]
+    choice.update(settings=settings, floor=floor)
+    if params.image_rankers and low.any():
+        choice["low_lift_tags"] = [t for t, flag in zip(stats.tags, low, strict=True) if flag]
+    blend.choice = choice
+    blend.weights = {name: float(blend.weights.get(name, 0.0)) for name in RANKERS}
+    logger.info("served ranking: %s", {k: v for k, v in choice.items() if k != "low_lift_tags"})
+    return blend, {"rankers": report, "choice": choice}

@@ -39,23 +39,26 @@ def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens", *
     The model's outputs are a dict: `probabilities` (N, C), the `features` the tag rankers read
     and, with `colour`, the `colour` histogram view. With `flip`, the image and its mirror image
     both go through the extractor and both outputs are the average of the two views, exactly as
-    training scored its validation split.
+    training scored its validation split; the two go through the extractor as one batch
+    (`taglens.features.views.image_and_mirror`, the code featurize runs).
     """
     import keras
 
-    from taglens.features.views import colour_layer, mirror_layer
+    from taglens.features.views import colour_layer, image_and_mirror
 
     inputs = keras.Input(extractor.input_shape[1:], name="image")
     # the head as an uncompiled model over the same layers: no optimizer state is saved with it
     head = keras.Model(head.input, head.output, name=head.name)
-    features = extractor(inputs)
-    probabilities = head(features)
     if flip:
-        mirrored = extractor(mirror_layer(name="mirror")(inputs))
+        # one extractor call on a batch of 2N (images, then mirrors), as featurize computes them
+        features, mirrored = image_and_mirror(extractor, inputs)
         probabilities = keras.layers.Average(name="mean_probabilities")(
-            [probabilities, head(mirrored)]
+            [head(features), head(mirrored)]
         )
         features = keras.layers.Average(name="mean_features")([features, mirrored])
+    else:
+        features = extractor(inputs)
+        probabilities = head(features)
     outputs = {"probabilities": probabilities, "features": features}
     if colour:
         outputs["colour"] = colour_layer(name="colour")(inputs)

@@ -1,10 +1,14 @@
 """How hashtags are ranked from the per-class statistics of `taglens.training.hashtags`.
 
-score(tag | image) = sum over classes c of P(c | image) * P(tag | c), with P(tag | c) smoothed;
-then the tag weights (generic tags down-weighted), eligibility (denylist, min_support) and the
-top k, never more than Instagram allows. These rules are what a change to the suggestions
-touches, while the counting and the stored format change rarely, so they live apart:
-`HashtagRanking` is the half of `HashtagStats` that ranks, and callers keep one object.
+score(tag | image) = sum over classes c of q(c | image) * P(tag | c), where q is P(c | image)
+sharpened (raised to a power and renormalised) and P(tag | c) one of two estimators: the share of
+the class's captioned posts that carry the tag, or the tag's share of the class's tag uses.
+Popularity, the share of all captioned posts that carry the tag, is the same for every image.
+Then per-tag weights (chosen on validation; 1 unless a blend chose otherwise), eligibility
+(denylist, min_support) and the top k, never more than Instagram allows. These rules are what a
+change to the suggestions touches, while the counting and the stored format change rarely, so
+they live apart: `HashtagRanking` is the half of `HashtagStats` that ranks, and callers keep one
+object.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ SCORE_CHUNK = 64  # images scored at once: 64 x 20,000 tags is 10 MB of float64
 class HashtagRanking:
     """Ranking on per-class hashtag counts; mixed into `HashtagStats`, which holds the data.
 
-    It reads the statistics' fields (`classes`, `class_posts`, `tags`, `counts`, `engagement`,
+    It reads the statistics' fields (`classes`, `captioned_posts`, `tags`, `counts`, `engagement`,
     `params`, see `HashtagStats`) and what `HashtagStats` derives from them: `_support` (posts
     per tag), `_alpha` (each tag's alphabetical position) and `_cache` (results per params).
     """
@@ -33,18 +37,39 @@ class HashtagRanking:
     _alpha: np.ndarray
     _cache: dict[Any, np.ndarray]
 
-    def probability(self, smoothing: float) -> np.ndarray:
-        """(T, C) smoothed P(tag | class): the share of a class's posts carrying the tag.
+    def probability(self, smoothing: float, estimator: str = "posts") -> np.ndarray:
+        """(T, C) P(tag | class) by `estimator`.
 
-        Additive (Laplace) smoothing of a per-post Bernoulli: (n_tc + a) / (n_c + 2a), so a tag
-        never seen with a class keeps a small probability that shrinks as the class grows.
+        - `posts`: the share of the class's captioned posts carrying the tag, with additive
+          (Laplace) smoothing of a per-post Bernoulli, (n_tc + a) / (n_c + 2a), so a tag never
+          seen with a class keeps a small probability that shrinks as the class grows;
+        - `uses`: the tag's share of all tags the class's posts carry, n_tc / sum_t n_tc, which
+          keeps a class whose posts carry many tags from outweighing the others.
+
+        A class without captioned posts says only its own name: its class tag gets 1.
         """
-        if ("p", smoothing) not in self._cache:
-            totals = np.asarray(self.class_posts, dtype=np.float64) + 2.0 * smoothing
-            safe = np.where(totals > 0, totals, 1.0)
-            prob = (self.counts + smoothing) / safe
-            self._cache["p", smoothing] = np.where(totals > 0, prob, 0.0)
-        return self._cache["p", smoothing]
+        key = ("p", smoothing, estimator)
+        if key not in self._cache:
+            counts = self.counts.astype(np.float64)
+            if estimator == "posts":
+                totals = np.asarray(self.captioned_posts, np.float64) + 2.0 * smoothing
+                prob = (counts + smoothing) / np.where(totals > 0, totals, 1.0)
+            elif estimator == "uses":
+                uses = counts.sum(axis=0)
+                prob = counts / np.where(uses > 0, uses, 1.0)
+            else:
+                raise ValueError(f"unknown P(tag | class) estimator {estimator!r}")
+            position = {tag: i for i, tag in enumerate(self.tags)}
+            for c, name in enumerate(self.classes):
+                if self.captioned_posts[c] == 0:
+                    prob[:, c] = 0.0
+                    prob[position[normalize_hashtag(name)], c] = 1.0
+            self._cache[key] = prob
+        return self._cache[key]
+
+    def popularity(self) -> np.ndarray:
+        """(T,) the share of captioned training posts that carry each tag."""
+        return self.counts.sum(axis=1) / max(sum(self.captioned_posts), 1)
 
     def _eligible(self, params: HashtagParams) -> np.ndarray:
         key = ("eligible", params.denylist, params.min_support)
@@ -64,15 +89,10 @@ class HashtagRanking:
             dtype=bool,
         )
 
-    def _weights(self, params: HashtagParams) -> np.ndarray:
-        key = ("weights", params.generic, params.generic_weight)
-        if key not in self._cache:
-            generic = {normalize_hashtag(tag) for tag in params.generic}
-            self._cache[key] = np.array(
-                [params.generic_weight if tag in generic else 1.0 for tag in self.tags],
-                dtype=np.float64,
-            )
-        return self._cache[key]
+    def tag_weights(self, generic: tuple[str, ...], weight: float) -> np.ndarray:
+        """(T,) `weight` for the tags in `generic`, 1 for the others: a candidate weighting."""
+        names = {normalize_hashtag(tag) for tag in generic}
+        return np.array([weight if tag in names else 1.0 for tag in self.tags], np.float64)
 
     def scores(self, probabilities: np.ndarray, params: HashtagParams | None = None) -> np.ndarray:
         """(N, T) hashtag scores for (N, C) class probabilities; ineligible tags score -inf."""
@@ -85,10 +105,19 @@ class HashtagRanking:
             )
         return self.finish(self.mixture(probs, params), params)
 
-    def mixture(self, probabilities: np.ndarray, params: HashtagParams | None = None) -> np.ndarray:
-        """(N, T) class mixture sum_c P(c | image) P(tag | c), before any tag weighting."""
+    def mixture(self, probabilities: np.ndarray, params: HashtagParams | None = None,
+                estimator: str = "posts", sharpen: float = 1.0) -> np.ndarray:
+        """(N, T) class mixture sum_c q(c | image) P(tag | c), before any tag weighting.
+
+        q is P(c | image) ** sharpen, renormalised: above 1 it trusts the top class more, below
+        1 it spreads the suggestions over the likely classes.
+        """
         params = params or self.params
-        return np.asarray(probabilities, np.float64) @ self.probability(params.smoothing).T
+        probs = np.asarray(probabilities, np.float64)
+        if sharpen != 1.0:
+            probs = np.power(np.clip(probs, 0.0, None), sharpen)
+            probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-300)
+        return probs @ self.probability(params.smoothing, estimator).T
 
     def finish(self, raw: np.ndarray, params: HashtagParams | None = None,
                multiplier: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
@@ -96,13 +125,13 @@ class HashtagRanking:
 
         Args:
             raw: any ranker's (N, T) scores.
-            params: hashtag params (generic weight, denylist, min_support).
-            multiplier: optional (T,) extra per-tag weight (the low-lift down-weighting).
+            params: hashtag params (denylist, min_support).
+            multiplier: optional (T,) per-tag weight chosen on validation (1 when None).
         """
         params = params or self.params
-        weights = self._weights(params) if multiplier is None else \
-            self._weights(params) * multiplier  # fmt: skip
-        return np.where(self._eligible(params), np.asarray(raw, np.float64) * weights, -np.inf)
+        raw = np.asarray(raw, np.float64)
+        weighted = raw if multiplier is None else raw * multiplier
+        return np.where(self._eligible(params), weighted, -np.inf)
 
     def rank_scores(self, final: np.ndarray, params: HashtagParams | None = None
                     ) -> list[list[dict[str, Any]]]:  # fmt: skip
@@ -161,11 +190,7 @@ class HashtagRanking:
     def popular(self, params: HashtagParams | None = None) -> list[dict[str, Any]]:
         """Rank by popularity (the baseline): the most used eligible tags, the same for every image.
 
-        `score` is the share of training posts carrying the tag.
+        `score` is the share of captioned training posts carrying the tag; no tag weights.
         """
         params = params or self.params
-        total = max(sum(self.class_posts), 1)
-        row = np.where(
-            self._eligible(params), self._support / total * self._weights(params), -np.inf
-        )
-        return self._top(row, params)
+        return self._top(self.finish(self.popularity()[None, :], params)[0], params)

@@ -3,6 +3,12 @@
 The train stage fits them on the training posts only and writes `models/hashtags.json`; serving
 loads that file. How they are turned into ranked suggestions is in
 `taglens.training.hashtag_ranking`, which `HashtagStats` inherits.
+
+Only the tags a post's author wrote are counted, and only captioned posts (with at least one
+tag) estimate how often a class's posts carry a tag: that is what a suggestion is scored against.
+A post collected under a hashtag but shown without a caption says nothing about which tags its
+author would use, so counting its class tag would credit the class tag (and popularity) with
+posts no ranking is ever judged on.
 """
 
 from __future__ import annotations
@@ -25,23 +31,8 @@ from taglens.training.hashtag_ranking import HashtagRanking
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-# what statistics saved before the image rankers existed meant: the class mixture alone
-BEFORE_IMAGE_RANKERS = {"image_rankers": False, "max_image_tags": 1, "min_lift": 1.0,
-                        "low_lift_weight": 1.0, "blend_step": 1.0}  # fmt: skip
-
-
-def post_tags(post: Post) -> set[str]:
-    """Collect the normalized hashtags of a post: stored tags, caption tags and its class tag.
-
-    The class tag is added because the class *is* the hashtag the post was collected under, even
-    when the source (a folder of images) had no caption.
-    """
-    tags = {normalize_hashtag(tag) for tag in post.hashtags}
-    tags.update(hashtags_in(post.caption))
-    tags.add(normalize_hashtag(post.label))
-    tags.discard("")
-    return tags
+# 2: counts hold the authors' own tags only, with the captioned posts per class beside them
+FORMAT_VERSION = 2
 
 
 def own_tags(post: Post) -> set[str]:
@@ -57,9 +48,11 @@ class HashtagStats(HashtagRanking):
 
     Attributes:
         classes: the classifier's classes, in its output order.
-        class_posts: training posts per class (the denominator of P(tag | class)).
+        class_posts: training posts per class, captioned or not.
+        captioned_posts: training posts per class with at least one tag of their own (the
+            denominator of P(tag | class)).
         tags: the vocabulary, tags used on at least `min_support` posts (class tags always).
-        counts: (T, C) int matrix, posts of class c carrying tag t.
+        counts: (T, C) int matrix, captioned posts of class c whose author wrote tag t.
         engagement: per tag, mean over the posts carrying it of likes / mean likes of the post's
             class (1.0 = as engaging as its class's average post); None without like counts.
         params: the hashtag params fitted with, used by default when ranking at serving time.
@@ -68,6 +61,7 @@ class HashtagStats(HashtagRanking):
 
     classes: list[str]
     class_posts: list[int]
+    captioned_posts: list[int]
     tags: list[str]
     counts: np.ndarray
     engagement: list[float | None]
@@ -92,6 +86,7 @@ class HashtagStats(HashtagRanking):
             "format_version": FORMAT_VERSION,
             "classes": self.classes,
             "class_posts": self.class_posts,
+            "captioned_posts": self.captioned_posts,
             "params": self.params.model_dump(mode="json"),
             "tags": [
                 {
@@ -127,10 +122,11 @@ class HashtagStats(HashtagRanking):
         return cls(
             classes=classes,
             class_posts=[int(n) for n in data["class_posts"]],
+            captioned_posts=[int(n) for n in data["captioned_posts"]],
             tags=[entry["tag"] for entry in data["tags"]],
             counts=counts,
             engagement=[entry.get("engagement") for entry in data["tags"]],
-            params=HashtagParams.model_validate({**BEFORE_IMAGE_RANKERS, **data["params"]}),
+            params=HashtagParams.model_validate(data["params"]),
         )
 
     def save(self, path: Path | str) -> Path:
@@ -151,7 +147,7 @@ class HashtagStats(HashtagRanking):
             raise FileNotFoundError(f"no hashtag statistics at {path}: run the train stage first")
         try:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise TaglensError(f"{path} is not valid hashtag statistics ({exc!r})") from None
 
 
@@ -160,12 +156,14 @@ def fit_hashtag_stats(
 ) -> HashtagStats:
     """Count each tag per class over the training posts and measure its engagement.
 
-    Tags used on fewer than `params.min_support` posts are dropped (class tags are kept), which
-    also keeps hashtags.json small. Posts whose label is not in `classes` are ignored.
+    Only the authors' own tags count (see the module docstring). Tags used on fewer than
+    `params.min_support` posts are dropped (class tags are kept), which also keeps hashtags.json
+    small. Posts whose label is not in `classes` are ignored.
     """
     classes = list(classes)
     position = {name: c for c, name in enumerate(classes)}
     class_posts = [0] * len(classes)
+    captioned_posts = [0] * len(classes)
     per_tag: dict[str, Counter[int]] = defaultdict(Counter)
     likes_by_class: dict[int, list[int]] = defaultdict(list)
     tagged_likes: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -176,22 +174,25 @@ def fit_hashtag_stats(
             skipped += 1
             continue
         class_posts[c] += 1
+        tags = own_tags(post)
+        if not tags:
+            continue
+        captioned_posts[c] += 1
         if post.likes is not None:
             likes_by_class[c].append(post.likes)
-        for tag in post_tags(post):
+        for tag in tags:
             per_tag[tag][c] += 1
             if post.likes is not None:
                 tagged_likes[tag].append((c, post.likes))
     if skipped:
         logger.warning("ignored %d posts whose label is not one of the classes", skipped)
     class_tags = {normalize_hashtag(name) for name in classes}
+    # a class tag is always in the vocabulary, even one no author wrote: it is what the class
+    # suggests when it has no captioned posts
     tags = sorted(
-        tag
-        for tag, counter in per_tag.items()
-        if sum(counter.values()) >= params.min_support or tag in class_tags
+        {tag for tag, counter in per_tag.items() if sum(counter.values()) >= params.min_support}
+        | class_tags
     )
-    for name in sorted(class_tags - set(tags)):
-        tags.append(name)  # a class with no posts still suggests its own tag
     class_mean = {c: float(np.mean(v)) for c, v in likes_by_class.items() if v}
     counts = np.zeros((len(tags), len(classes)), dtype=np.int64)
     engagement: list[float | None] = []
@@ -202,9 +203,10 @@ def fit_hashtag_stats(
         ratios = [likes / class_mean[c] for c, likes in carried if class_mean.get(c)]
         engagement.append(round(float(np.mean(ratios)), 4) if ratios else None)
     logger.info(
-        "hashtag statistics: %d tags kept of %d seen over %d posts",
+        "hashtag statistics: %d tags kept of %d seen over %d captioned posts (of %d)",
         len(tags),
         len(per_tag),
+        sum(captioned_posts),
         sum(class_posts),
     )
-    return HashtagStats(classes, class_posts, tags, counts, engagement, params)
+    return HashtagStats(classes, class_posts, captioned_posts, tags, counts, engagement, params)

@@ -11,6 +11,7 @@ from typing import Any
 from taglens.params import ParamsError, SearchParams, SweepParams, TrainParams
 from taglens.progress import progress_bar
 from taglens.training.head_fit import HeadFit
+from taglens.training.selection import binomial_se, pick
 
 logger = logging.getLogger(__name__)
 
@@ -117,22 +118,54 @@ def setting_name(setting: Mapping[str, Any]) -> str:
                     for key, value in setting.items())
 
 
+def simplicity(params: TrainParams) -> tuple:
+    """A head setting's sort key for the one-standard-error rule: lower is simpler.
+
+    A linear model before a network; then the stronger regularisation (smaller C, fewer hidden
+    units, more dropout and weight decay), raw features before a normalisation, no flip rows
+    before them.
+    """
+    if params.head == "logreg":
+        size: tuple = (0, params.logreg_c)
+    else:
+        size = (1, params.hidden_units, -params.dropout, -params.weight_decay)
+    return (*size, params.normalise != "none", params.augment)
+
+
+def choose_trial(trials: Sequence[Trial], n_val: int, rule: str) -> int:
+    """The chosen trial: the best val accuracy (`best`) or by the one-standard-error rule.
+
+    Ties in accuracy go to the lower validation loss.
+    """
+    best = max(range(len(trials)), key=lambda i: trials[i].fit.score())
+    if rule == "best":
+        return best
+    accuracies = [trial.fit.val_accuracy for trial in trials]
+    best_se = binomial_se(accuracies[best], n_val)
+    return pick(accuracies, best_se, [simplicity(t.params) for t in trials], rule)
+
+
 def run_sweep(
     train: TrainParams,
     settings: Sequence[Mapping[str, Any]],
     fit_one: Callable[[TrainParams, Callable[[int, dict[str, float]], None]], HeadFit],
     log_params: Mapping[str, Any] | None = None,
+    rule: str = "best",
+    n_val: int = 0,
 ) -> tuple[list[Trial], int]:
-    """Fit every setting in its own nested MLflow run under the active run; return the best.
+    """Fit every setting in its own nested MLflow run under the active run; return the chosen.
 
     Args:
         train: the base `train` section; each setting overrides some of its keys.
         settings: from `grid`.
         fit_one: fits a head for one TrainParams, calling the given epoch callback.
         log_params: params logged to every child (the flattened params of the parent).
+        rule: how the trial is chosen (`choose_trial`): a sweep takes the best, the default
+            search `train.search.rule`.
+        n_val: validation images, for the one-standard-error rule.
 
     Returns:
-        The trials and the index of the best one (highest val accuracy, then lowest val loss).
+        The trials and the index of the chosen one.
     """
     import mlflow
 
@@ -154,7 +187,8 @@ def run_sweep(
             mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy,
                                 "best_val_loss": fit.val_loss})
             trials.append(Trial(dict(setting), params, fit, child.info.run_id))
-    best = max(range(len(trials)), key=lambda i: trials[i].fit.score())
-    logger.info("best sweep setting: %s (val_accuracy %.4f)",
-                setting_name(trials[best].setting), trials[best].fit.val_accuracy)
-    return trials, best
+    chosen = choose_trial(trials, n_val, rule)
+    logger.info("chosen setting (%s): %s (val_accuracy %.4f; the best was %.4f)", rule,
+                setting_name(trials[chosen].setting), trials[chosen].fit.val_accuracy,
+                max(trial.fit.val_accuracy for trial in trials))
+    return trials, chosen

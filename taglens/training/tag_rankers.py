@@ -4,8 +4,8 @@ The class mixture (hashtags) gives every photo of a class the same tags. These r
 look at the image itself:
 - a tag model: one sigmoid per frequent tag over the standardised features (a multi-label
   logistic regression fitted jointly), one on the backbone features and one on the colour view;
-- neighbour transfer: the tags of the most similar training photos (cosine similarity of the
-  features), weighted by a softmax of the similarity.
+- neighbour transfer: the tags of the k most similar training photos (cosine similarity of the
+  features), each weighted by its similarity raised to a power (higher: the closest count more).
 Each scores P(tag | image) on the vocabulary of taglens.training.hashtags.HashtagStats.
 """
 
@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 TAG_MODEL_EPOCHS = 200  # upper bound; early stopping on validation loss ends far sooner
 TAG_MODEL_PATIENCE = 5
 TAG_MODEL_L2 = 1e-4  # a little ridge keeps rare tags' weights from growing without bound
-NEIGHBOURS = 20
-NEIGHBOUR_TEMPERATURE = 0.1  # softmax temperature over cosine similarities
 SCORE_CHUNK = 256  # query rows per similarity block: 256 x 7,000 floats is 7 MB
 
 
@@ -101,30 +99,46 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class NeighbourTags:
-    """Tags of the `k` nearest training photos, weighted by softmax(cosine / temperature)."""
+    """Tags of the `k` nearest training photos, weighted by max(cosine, 0) ** power."""
 
     reference: np.ndarray  # (M, D) unit rows
     tags: np.ndarray  # (M, T) 0/1
-    k: int = NEIGHBOURS
-    temperature: float = NEIGHBOUR_TEMPERATURE
+    k: int
+    power: float
 
-    def predict(self, x: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-        """(N, T) tag scores; `exclude_self` skips a query's identical reference row (training)."""
+    def nearest(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The similarities (N, k) and reference rows (N, k) of each query's k nearest photos."""
         queries = unit_rows(x)
-        k = min(self.k, len(self.reference) - int(exclude_self))
-        out = np.zeros((len(queries), self.tags.shape[1]), dtype="float32")
-        if k <= 0:
-            return out
+        k = min(k, len(self.reference))
+        sims = np.zeros((len(queries), k), dtype="float32")
+        rows = np.zeros((len(queries), k), dtype="int64")
         for start in range(0, len(queries), SCORE_CHUNK):
             sim = queries[start : start + SCORE_CHUNK] @ self.reference.T
-            if exclude_self:
-                sim[np.arange(len(sim)), np.arange(start, start + len(sim))] = -np.inf
-            nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-            top = np.take_along_axis(sim, nearest, axis=1)
-            weights = np.exp((top - top.max(axis=1, keepdims=True)) / self.temperature)
-            weights /= weights.sum(axis=1, keepdims=True)
-            out[start : start + len(sim)] = np.einsum("nk,nkt->nt", weights, self.tags[nearest])
+            picks = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(sim, picks, axis=1)
+            order = np.argsort(-top, axis=1, kind="stable")  # most similar first
+            sims[start : start + len(sim)] = np.take_along_axis(top, order, axis=1)
+            rows[start : start + len(sim)] = np.take_along_axis(picks, order, axis=1)
+        return sims, rows
+
+    def transfer(self, sims: np.ndarray, rows: np.ndarray, k: int, power: float) -> np.ndarray:
+        """(N, T) tag scores from the first `k` of `nearest`'s neighbours, weighted by power."""
+        weights = np.power(np.clip(sims[:, :k], 0.0, None), power).astype("float32")
+        totals = weights.sum(axis=1, keepdims=True)
+        # photos no reference resembles at all (every similarity <= 0) share the neighbours evenly
+        weights = np.where(totals > 0, weights / np.where(totals > 0, totals, 1.0), 1.0 / k)
+        out = np.zeros((len(sims), self.tags.shape[1]), dtype="float32")
+        for start in range(0, len(sims), SCORE_CHUNK):
+            block = slice(start, start + SCORE_CHUNK)
+            out[block] = np.einsum("nk,nkt->nt", weights[block], self.tags[rows[block, :k]])
         return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N, T) tag scores with the fitted `k` and `power`."""
+        if len(self.reference) == 0 or len(x) == 0:
+            return np.zeros((len(x), self.tags.shape[1]), dtype="float32")
+        sims, rows = self.nearest(x, self.k)
+        return self.transfer(sims, rows, min(self.k, sims.shape[1]), self.power)
 
 
 def class_lift(counts: np.ndarray, class_posts: np.ndarray, min_posts: int = 20) -> np.ndarray:

@@ -17,6 +17,7 @@ from taglens.training import eval_plots
 from taglens.training.baseline import fit_baseline
 from taglens.training.full_model import assemble, fine_tune, save_model, verify_extractor
 from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit, predict_views
+from taglens.training.selection import binomial_se
 from taglens.training.sweep import run_sweep, setting_name
 from taglens.training.train_config import TrainConfig
 from taglens.training.train_data import Split
@@ -70,18 +71,28 @@ def log_data(config: TrainConfig, meta: dict, splits: dict[str, Split],
 
 
 def sweep_logged(
-    config: TrainConfig, settings: list[dict], fit_one: Callable, swept: set[str], space: str
+    config: TrainConfig, settings: list[dict], fit_one: Callable, swept: set[str], space: str,
+    n_val: int,
 ) -> tuple[HeadFit, TrainParams]:
-    """Fit every setting in a child run; log the best one's params and curves on this run."""
+    """Fit every setting in a child run; log the chosen one's params and curves on this run.
+
+    The default search chooses by `train.search.rule`; a sweep the user asked for takes the best.
+    """
     import mlflow
 
-    trials, best = run_sweep(config.train, settings, fit_one, config.flat())
+    rule = config.train.search.rule if space == "default" else "best"
+    trials, best = run_sweep(config.train, settings, fit_one, config.flat(), rule, n_val)
     fit, best_params = trials[best].fit, trials[best].params
     best_flat = config.with_train(best_params).flat()
     mlflow.log_params({key: best_flat[key] for key in sorted(swept)})
+    accuracies = [trial.fit.val_accuracy for trial in trials]
     mlflow.set_tags({"sweep_size": str(len(trials)), "search_space": space,
-                     "best_child_run_id": trials[best].run_id,
+                     "selection_rule": rule, "best_child_run_id": trials[best].run_id,
                      "best_setting": setting_name(trials[best].setting)})  # fmt: skip
+    # how far apart the candidates were, beside the error of one val accuracy
+    mlflow.log_metrics({"search_val_accuracy_max": max(accuracies),
+                        "search_val_accuracy_min": min(accuracies),
+                        "search_val_accuracy_se": binomial_se(max(accuracies), n_val)})
     for row in fit.history:
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     return fit, best_params
@@ -118,58 +129,57 @@ def fine_tune_logged(model, config: TrainConfig, train: Split, val: Split, raw: 
 
 
 def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Split],
-                        posts: list, out: Path) -> dict | None:  # fmt: skip
-    """Fit hashtags.json on the training posts, and the image rankers when they are enabled.
+                        posts: list, out: Path) -> dict:  # fmt: skip
+    """Fit hashtags.json on the training posts and choose the served ranking; log the choice.
+
+    Fine-tuning changes the features the image rankers would read, so with it only popularity
+    and the class mixture compete.
 
     Returns:
-        The rankers' validation comparison, or None when no rankers were fitted.
+        Every ranker's validation metrics, the blend's and the choice (what is served, why).
     """
-    from taglens.training.hashtags import fit_hashtag_stats
+    import mlflow
+
+    from taglens.training.fit_rankers import RankingInputs, fit_ranking
+    from taglens.training.hashtags import fit_hashtag_stats, own_tags
 
     train_shas = set(splits["train"].rows["sha256"])
     stats = fit_hashtag_stats([post for post in posts if post.sha256 in train_shas],
                               config.base.classes, config.hashtags)  # fmt: skip
     stats.save(artifacts.HASHTAGS.at(out))
-    artifacts.RANKERS.at(out).unlink(missing_ok=True)
-    if not config.hashtags.image_rankers:
-        return None
-    if config.train.fine_tune.enabled:
-        logger.warning("image rankers skipped: they read cached features, which fine-tuning "
-                       "changed; the class mixture ranks hashtags")  # fmt: skip
-        return None
-    return fit_rankers_logged(stats, fit, splits, posts, config.base.seed, out)
-
-
-def fit_rankers_logged(stats, fit: HeadFit, splits: dict[str, Split], posts: list, seed: int,
-                       out: Path) -> dict:  # fmt: skip
-    """Fit the image rankers on the features the served model outputs; log the comparison."""
-    import mlflow
-
-    from taglens.training.fit_rankers import fit_image_rankers
-    from taglens.training.hashtags import own_tags, post_tags
-
     by_sha = {post.sha256: post for post in posts}
+    image = config.hashtags.image_rankers and not config.train.fine_tune.enabled
+    if config.hashtags.image_rankers and not image:
+        logger.warning("image rankers skipped: they read cached features, which fine-tuning "
+                       "changes; popularity and the class mixture rank hashtags")  # fmt: skip
 
-    def inputs(split: Split, tags) -> tuple:
+    def inputs(split: Split, probabilities=None) -> RankingInputs:
         flip = split.views.get("flip") if fit.augmented else None
         features = split.vectors if flip is None else (split.vectors + flip) / 2
-        return features, split.views.get("colour"), [tags(by_sha[s]) for s in split.rows["sha256"]]
+        return RankingInputs(
+            features=features if image else None,
+            colour=split.views.get("colour") if image else None,
+            tags=[own_tags(by_sha[sha]) for sha in split.rows["sha256"]],
+            probabilities=probabilities,
+        )
 
-    train, val = splits["train"], splits["val"]
+    val = splits["val"]
     probs_val = predict_views(fit.model, val.vectors, val.views.get("flip") if fit.augmented
                               else None)  # fmt: skip
-    rankers, report = fit_image_rankers(stats, inputs(train, post_tags),
-                                        (*inputs(val, own_tags), probs_val), seed)  # fmt: skip
-    rankers.save(artifacts.RANKERS.at(out))
-    low_lift = report.pop("low_lift")
-    mlflow.log_metrics({f"val_hashtag_{name}_{key}": value for name, scores in report.items()
+    blend, report = fit_ranking(stats, inputs(splits["train"]), inputs(val, probs_val),
+                                config.base.seed)  # fmt: skip
+    blend.save(artifacts.RANKERS.at(out))
+    mlflow.log_metrics({f"val_hashtag_{name}_{key}": value
+                        for name, scores in report["rankers"].items()
                         for key, value in scores.items()})  # fmt: skip
-    mlflow.log_params({**{f"hashtags.blend.{name}": weight for name, weight in
-                          rankers.weights.items()},
-                       "hashtags.blend.low_lift_weight": low_lift["weight"]})  # fmt: skip
-    mlflow.log_dict(low_lift, "train/low_lift_tags.json")
-    report["low_lift"] = low_lift
-    return {"blend_weights": rankers.weights, "rankers": report}
+    mlflow.log_params({f"hashtags.blend.{name}": weight for name, weight in
+                       blend.weights.items()})  # fmt: skip
+    mlflow.log_params({"hashtags.served": blend.choice["served"],
+                       "hashtags.tag_weights": blend.choice["tag_weights"],
+                       "hashtags.class_mixture.estimator": blend.estimator,
+                       "hashtags.class_mixture.sharpen": blend.sharpen})  # fmt: skip
+    mlflow.log_dict(blend.choice, "train/hashtag_ranking.json")
+    return {"blend_weights": blend.weights, **report}
 
 
 def write_model_dir(config: TrainConfig, model, history: list[dict], out: Path, reports: Path,

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from flows.featurize import cached_extractor, featurize_flow
+from flows.featurize import cached_views_model, featurize_flow
 from stages.featurize import run as run_stage
 from taglens.features.store import FEATURES_FILE, META_FILE, STORE_DIR
 from taglens.params import load_params
@@ -93,8 +93,12 @@ def test_bad_runner_and_missing_images_are_refused(tmp_path):
         featurize_flow.fn(str(repo), task_runner="dask")
 
 
-def test_a_process_builds_each_extractor_once(tiny_params):
+def test_a_process_builds_each_views_model_once(tiny_params):
     model = tiny_params.model.model_dump()
-    first = cached_extractor(model, 42)
-    assert cached_extractor(model, 42) is first
-    assert first.output_shape == (None, 512)
+    first = cached_views_model(model, 42, ("vectors", "flip"))
+    assert cached_views_model(model, 42, ("vectors", "flip")) is first
+    assert {name: tuple(out.shape) for name, out in first.output.items()} == {
+        "vectors": (None, 512),
+        "flip": (None, 512),
+    }
+    assert cached_views_model(model, 42, ("colour",)) is not first

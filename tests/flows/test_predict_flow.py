@@ -89,8 +89,8 @@ def test_unknown_task_runner_is_refused(tmp_path, tiny_models_dir):
 
 
 def test_a_process_loads_each_model_once(tiny_models_dir):
-    first = cached_model(str(tiny_models_dir), None)
-    assert cached_model(str(tiny_models_dir), None) is first
+    first = cached_model(str(tiny_models_dir), None, "tensorflow")
+    assert cached_model(str(tiny_models_dir), None, "tensorflow") is first
     assert first.image_size == 32
 
 
@@ -119,11 +119,11 @@ def test_a_failed_shard_is_retried_and_finishes(tmp_path, tiny_models_dir, prefe
     calls = []
     real = predict_flow.cached_model
 
-    def flaky(uri, tracking_uri, *engine):
+    def flaky(uri, tracking_uri, engine):
         calls.append(uri)
         if len(calls) == 1:
             raise OSError("worker lost")
-        return real(uri, tracking_uri, *engine)
+        return real(uri, tracking_uri, engine)
 
     monkeypatch.setattr(predict_flow, "cached_model", flaky)
     monkeypatch.setattr(predict_flow, "score_task",

@@ -66,7 +66,7 @@ def test_rerun_computes_nothing_and_a_new_image_computes_one(tiny_params, raw, t
     def no_model(*_):
         raise AssertionError("a fully cached run must not build the backbone")
 
-    monkeypatch.setattr(featurize, "build_feature_extractor", no_model)
+    monkeypatch.setattr(featurize, "build_views_model", no_model)
     report = run(tiny_params, raw, out)
     assert (report.computed, report.cached) == (0, 9)
     np.testing.assert_array_equal(read_features(out)[1], first)
@@ -194,3 +194,47 @@ def test_openvino_engine_writes_the_tensorflow_vectors(tiny_params, raw, tmp_pat
     assert ov_shas.tolist() == tf_shas.tolist()
     worst = np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1))
     assert worst < 1e-4
+
+
+@pytest.mark.slow
+def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(tiny_params, raw,
+                                                                         tmp_path, monkeypatch):
+    from taglens.features import engine_runtimes
+
+    # Given featurize.engine: openvino, a spy on OpenVINO's forward pass and no TensorFlow one
+    calls = []
+    real = engine_runtimes.OpenVinoForward.__call__
+
+    def spy(self, images):
+        outputs = real(self, images)
+        calls.append((len(images), sorted(outputs)))
+        return outputs
+
+    def no_tensorflow(self, images):
+        raise AssertionError("a view ran on tensorflow, not on featurize.engine")
+
+    monkeypatch.setattr(engine_runtimes.OpenVinoForward, "__call__", spy)
+    monkeypatch.setattr(engine_runtimes.TensorFlowForward, "__call__", no_tensorflow)
+    on_openvino = tiny_params.featurize.model_copy(update={"engine": "openvino", "batch_size": 4})
+    assert on_openvino.views == ("flip", "colour")
+    # When featurize runs over the 9 images
+    featurize.run(
+        tiny_params.model, on_openvino, seed=tiny_params.base.seed, raw=raw, out=tmp_path / "ov",
+        progress=False,
+    )
+    # Then each batch was one OpenVINO call that computed the image and every view
+    everything = ["colour", "flip", "vectors"]
+    assert calls == [(4, everything), (4, everything), (1, everything)]
+    # and the vectors are TensorFlow's, view by view
+    monkeypatch.undo()
+    run(tiny_params, raw, tmp_path / "tf")
+    got, want = _arrays(tmp_path / "ov"), _arrays(tmp_path / "tf")
+    assert sorted(got) == ["colour_vectors", "flip_vectors", "sha256", "vectors"]
+    for array in ("vectors", "flip_vectors", "colour_vectors"):
+        scale = np.linalg.norm(want[array], axis=1)
+        assert np.max(np.linalg.norm(got[array] - want[array], axis=1) / scale) < 1e-4, array
+
+
+def _arrays(out):
+    with np.load(out / FEATURES_FILE) as npz:
+        return {name: npz[name] for name in npz.files}

@@ -63,3 +63,19 @@ def test_load_runs_the_model_on_the_engine(engine, tiny_champion, tiny_models_di
         predictor = model_ref.load(uri, engine)
         assert isinstance(predictor.model, EngineModel) and predictor.model.engine == engine
         assert np.allclose(predictor.probabilities(pixels), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("uri", "follows"),
+    [
+        (None, True),
+        ("models:/taglens@champion", True),
+        ("models:/taglens@challenger", True),
+        ("models:/taglens/3", False),
+        ("models:/m-0123abcd", False),
+        ("runs:/abc/model", False),
+        ("models", False),
+    ],
+)
+def test_only_an_alias_can_come_to_name_another_model(uri, follows):
+    assert model_ref.follows_alias(uri) is follows

@@ -76,7 +76,7 @@ def test_registered_model_by_alias_matches_in_process_predictor(
     assert abs(sum(first["probabilities"].values()) - 1) < 1e-5
     assert first["top_probability"] == max(first["probabilities"].values())
     assert len(first["hashtags"]) == 10  # hashtags.top_k of the tiny params
-    assert set(first["hashtags"][0]) == {"tag", "score", "posts", "engagement"}
+    assert set(first["hashtags"][0]) == {"tag", "score", "posts", "engagement", "why"}
     assert expected[0] != expected[1]
     top3 = pyfunc.predict(frame, params={"top_k": 3})
     assert [h["tag"] for h in top3[0]["hashtags"]] == [h["tag"] for h in first["hashtags"][:3]]

@@ -13,9 +13,9 @@ from PIL import Image
 
 from taglens.data.images import image_dataset
 from taglens.data.posts import Post, write_posts
-from taglens.features.backbones import build_feature_extractor, weights_identity
+from taglens.features.backbones import weights_identity
 from taglens.features.store import write_features
-from taglens.features.views import build_view_extractor
+from taglens.features.views import IMAGE, build_views_model
 from taglens.params import Params
 
 CLASSES = ("animals", "food", "sports")
@@ -77,12 +77,11 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
             rows.append({"id": f"{label}-{n}", "sha256": sha, "image": f"images/{sha}.jpg",
                          "label": label, "split": _split_of(n, len(blobs)), "distance": 1.0})
     write_posts(raw / "posts.jsonl", posts)
-    extractor = build_feature_extractor(params.model, params.base.seed)
+    outputs = (IMAGE, *params.featurize.views)
+    model = build_views_model(params.model, params.base.seed, outputs)
     dataset = image_dataset([raw / p.image for p in posts], params.model.image_size, 64)
-    vectors = extractor.predict(dataset, verbose=0)
-    views = {view: build_view_extractor(params.model, params.base.seed, view).predict(
-        image_dataset([raw / p.image for p in posts], params.model.image_size, 64), verbose=0)
-        for view in params.featurize.views}  # fmt: skip
+    views = model.predict(dataset, verbose=0)
+    vectors = views.pop(IMAGE)
     meta = {"backbone": params.model.backbone, "image_size": params.model.image_size,
             "weights_identity": weights_identity(params.model, params.base.seed),
             "dim": int(vectors.shape[1]), "count": len(posts)}  # fmt: skip

@@ -1,39 +1,75 @@
-"""BENCHMARKS.md quotes only figures that a results file under bench/results/ holds."""
+"""BENCHMARKS.md is exactly what `python -m bench.render` writes from bench/results/."""
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
-from pathlib import Path
+import shutil
 
-ROOT = Path(__file__).resolve().parents[2]
-# measured figures: 3.45, 0.95, 19.6x, 4.8e-07 (integers such as 224 px or batch 16 are settings)
-DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?:e[-+]\d+)?(?!\.?\d)")
+import pytest
 
+from bench import render
 
-def sections(text: str) -> dict[str, str]:
-    """The document's `## ` sections by heading."""
-    parts = re.split(r"^## ", text, flags=re.MULTILINE)
-    return {part.splitlines()[0]: part for part in parts[1:]}
+DOCUMENT = render.DOCUMENT
 
 
-def test_every_decimal_in_benchmarks_md_is_in_a_results_file():
-    results = "\n".join(path.read_text() for path in sorted((ROOT / "bench" / "results").glob("*"))
-                        if path.suffix in (".md", ".json"))  # fmt: skip
-    own = {heading: body for heading, body in sections((ROOT / "BENCHMARKS.md").read_text())
-           .items() if not heading.lower().startswith("web")}  # fmt: skip
-    assert own, "BENCHMARKS.md has no sections"
-    missing = {(heading, number) for heading, body in own.items()
-               for number in DECIMAL.findall(body) if number not in results}  # fmt: skip
-    assert not missing, f"figures in BENCHMARKS.md that no bench/results file holds: {missing}"
+def test_benchmarks_md_is_what_bench_render_writes(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    assert render.main(["--out", str(out)]) == 0
+    want, got = out.read_text(), DOCUMENT.read_text()
+    diff = "".join(
+        list(
+            difflib.unified_diff(
+                got.splitlines(True), want.splitlines(True), "BENCHMARKS.md", "rendered"
+            )
+        )[:40]
+    )
+    assert out.read_bytes() == DOCUMENT.read_bytes(), (
+        "BENCHMARKS.md is not what the results files say: run `python -m bench.render` and "
+        f"commit BENCHMARKS.md\n{diff}"
+    )
 
 
-def test_the_figure_pattern_finds_measured_numbers():
-    text = "ran at 0.76 (19.6x, 4.8e-07 relative) at 224 px, batch 16, 1e-4, v1.2.3"
-    assert DECIMAL.findall(text) == ["0.76", "19.6", "4.8e-07"]
+def test_every_section_is_rendered_with_the_command_that_wrote_its_file():
+    text = render.render()
+    headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+    assert headings == [section.heading for section in render.SECTIONS]
+    assert any(heading.startswith("Web page under load") for heading in headings)
+    for heading, body in zip(
+        headings, re.split(r"^## .+$", text, flags=re.MULTILINE)[1:], strict=True
+    ):
+        tables = body.count("\n|---")
+        cited = re.findall(
+            r"`\.venv/bin/python -m bench\.\w+[^`]*` \(writes\s+`bench/results/"
+            r"[\w.-]+\.json`",
+            body,
+        )
+        assert tables >= 1 and cited, heading
+
+
+def test_a_figure_in_a_results_file_is_the_figure_in_the_document(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(render.RESULTS, results)
+    train = json.loads((results / "train.json").read_text())
+    web = json.loads((results / "load_web-224px.json").read_text())
+    assert f"{train['speedup_wall']}x" in render.render()
+    train["speedup_wall"] = 77.7
+    web["servers"]["batched"]["32"]["p99_ms"] = 1234.5
+    (results / "train.json").write_text(json.dumps(train))
+    (results / "load_web-224px.json").write_text(json.dumps(web))
+    text = render.render(results)
+    assert "| 77.7x |" in text and "77.7" not in DOCUMENT.read_text()
+    web_section = text.split("## Web page under load")[1]
+    assert web_section.count("1234.5") == 2  # the table and the prose under it
+
+
+def test_a_missing_results_file_names_itself_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"featurize\.json is missing.*bench\.render"):
+        render.render(tmp_path)
 
 
 def test_every_results_file_named_in_benchmarks_md_exists():
-    text = (ROOT / "BENCHMARKS.md").read_text()
-    named = set(re.findall(r"bench/results/[\w.-]+\.(?:json|md)", text))
+    named = set(re.findall(r"bench/results/[\w.-]+\.(?:json|md)", DOCUMENT.read_text()))
     assert named, "BENCHMARKS.md names no results file"
-    assert {name for name in named if not (ROOT / name).is_file()} == set()
+    assert {name for name in named if not (render.ROOT / name).is_file()} == set()

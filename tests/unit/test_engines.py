@@ -38,7 +38,9 @@ def test_every_engine_gives_the_keras_vectors_within_1e_4(engine, vgg19_32px, pi
     # 5 images: OpenVINO splits them over its parallel requests unevenly; 1 image takes its
     # latency path; both must keep the order and the values.
     want = np.asarray(vgg19_32px(pixels, training=False))
-    forward = compile_forward(vgg19_32px, engine, batch_size=5, cache_dir=tmp_path)
+    forward = compile_forward(
+        vgg19_32px, engine, jit_compile=False, batch_size=5, cache_dir=tmp_path
+    )
     got = forward(pixels)
     assert got.shape == (5, 512) and got.dtype == np.float32
     assert relative_difference(got, want) < RTOL
@@ -54,11 +56,12 @@ def test_openvino_conversion_sends_no_usage_statistics(vgg19_32px, pixels, monke
 
     monkeypatch.setattr(openvino_telemetry.Telemetry, "__init__", no_reports)
     monkeypatch.setattr(openvino_telemetry.Telemetry, "send_event", no_reports)
-    assert compile_forward(vgg19_32px, "openvino")(pixels).shape == (5, 512)
+    assert compile_forward(vgg19_32px, "openvino", jit_compile=False)(pixels).shape == (5, 512)
 
 
 def test_onnx_conversion_is_cached_on_disk(vgg19_32px, pixels, tmp_path, monkeypatch):
-    first = compile_forward(vgg19_32px, "onnxruntime", cache_dir=tmp_path)(pixels)
+    first = compile_forward(vgg19_32px, "onnxruntime", jit_compile=False, cache_dir=tmp_path)
+    first = first(pixels)
     cached = list((tmp_path / "onnx").glob("*.onnx"))
     assert len(cached) == 1 and cached[0].stat().st_size > 1_000_000  # VGG-19's 20M weights
 
@@ -69,7 +72,8 @@ def test_onnx_conversion_is_cached_on_disk(vgg19_32px, pixels, tmp_path, monkeyp
 
     monkeypatch.setattr(tf2onnx.convert, "from_function", no_conversion)
     engines._CONVERTED.clear()  # as in a new process: nothing converted in memory
-    again = compile_forward(vgg19_32px, "onnxruntime", cache_dir=tmp_path)(pixels)
+    again = compile_forward(vgg19_32px, "onnxruntime", jit_compile=False, cache_dir=tmp_path)
+    again = again(pixels)
     np.testing.assert_array_equal(again, first)
 
 
@@ -94,9 +98,10 @@ def test_a_model_is_converted_once_per_process_and_forgotten_with_it(pixels, mon
         return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs), name=name)
 
     model = small("first")
-    first = compile_forward(model, "openvino")
-    assert compile_forward(model, "openvino") is first  # a Dask worker's next shard
-    other = compile_forward(small("second"), "openvino")
+    first = compile_forward(model, "openvino", jit_compile=False)
+    # a Dask worker's next shard
+    assert compile_forward(model, "openvino", jit_compile=False) is first
+    other = compile_forward(small("second"), "openvino", jit_compile=False)
     assert other is not first and conversions == ["first", "second"]
     np.testing.assert_allclose(first(pixels), pixels.mean(axis=(1, 2)), rtol=1e-5)
     del model, first, other
@@ -122,7 +127,7 @@ def test_fingerprint_follows_the_weights_and_survives_save_and_load(tmp_path):
 
 def test_unknown_engine_names_the_param(vgg19_32px):
     with pytest.raises(EngineError, match=r"featurize\.engine must be one of tensorflow, openvino"):
-        compile_forward(vgg19_32px, "tensorrt")
+        compile_forward(vgg19_32px, "tensorrt", jit_compile=False)
 
 
 def test_a_missing_package_names_the_param_and_the_fix(vgg19_32px, monkeypatch):
@@ -130,7 +135,7 @@ def test_a_missing_package_names_the_param_and_the_fix(vgg19_32px, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "openvino" else real(name, *a))
     with pytest.raises(EngineError) as caught:
-        compile_forward(vgg19_32px, "openvino")
+        compile_forward(vgg19_32px, "openvino", jit_compile=False)
     message = str(caught.value)
     assert "featurize.engine: openvino needs openvino" in message
     assert "pip install openvino" in message and "featurize.engine: tensorflow" in message
@@ -146,7 +151,7 @@ def test_a_failed_conversion_names_the_param(vgg19_32px, monkeypatch):
     with pytest.raises(EngineError, match=r"^featurize\.engine: openvino could not convert "
                        r"vgg19_features \(RuntimeError: Cannot create Foo layer\); set "
                        r"featurize\.engine: tensorflow$"):  # fmt: skip
-        compile_forward(vgg19_32px, "openvino")
+        compile_forward(vgg19_32px, "openvino", jit_compile=False)
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
@@ -187,10 +192,27 @@ def test_every_engine_keeps_every_output_of_a_dict_output_model(engine, served_m
     # features and the colour view must each come back under their own name, in order.
     want = {k: np.asarray(v) for k, v in served_model(pixels, training=False).items()}
     assert set(want) == {"probabilities", "features", "colour"}
-    forward = compile_forward(served_model, engine, batch_size=5, cache_dir=tmp_path)
+    forward = compile_forward(
+        served_model, engine, jit_compile=False, batch_size=5, cache_dir=tmp_path
+    )
     for rows in (slice(None), slice(2, 3), slice(None, None, -1)):  # parallel and latency paths
         got = forward(pixels[rows])
         assert set(got) == set(want)
         for key in want:
             assert got[key].shape == want[key][rows].shape
             assert relative_difference(got[key], want[key][rows]) < RTOL, key
+
+
+def test_the_served_flip_average_is_two_passes_in_one_extractor_call(
+    served_model, vgg19_32px, pixels
+):
+    # The served model runs the image and its mirror through the extractor as one 2B batch
+    # (views.image_and_mirror, as featurize does): one call of the extractor in its graph, and
+    # the average of two separate passes.
+    nodes = [node for depth in served_model._nodes_by_depth.values() for node in depth]
+    assert len([node for node in nodes if node.operation is vgg19_32px]) == 1
+    assert {"with_mirror", "image_and_mirror"} <= {layer.name for layer in served_model.layers}
+    image = np.asarray(vgg19_32px(pixels, training=False))
+    mirror = np.asarray(vgg19_32px(pixels[:, :, ::-1], training=False))
+    got = np.asarray(served_model(pixels, training=False)["features"])
+    assert relative_difference(got, (image + mirror) / 2) < 1e-5

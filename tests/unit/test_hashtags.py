@@ -10,23 +10,27 @@ from taglens.params import HashtagParams
 from taglens.training.hashtags import HashtagStats, fit_hashtag_stats
 
 CLASSES = ["food", "art"]
-# (label, caption, likes): food posts mostly say #pizza, art posts #paint; #yum is on both.
+# (label, caption, likes): food posts mostly say #pizza, art posts #paint; #yum is on both. The
+# last two posts have no caption: they count as posts of their class, never as tag evidence.
 TABLE = [
-    ("food", "#pizza #yum #instagood", 10),
+    ("food", "#pizza #yum #instagood #food", 10),
     ("food", "#Pizza #f4f dinner", 30),
     ("food", "#pizza #yum #rare", 20),
-    ("food", "#pasta", 20),
+    ("food", "#pasta #food", 20),
     ("art", "#paint #yum #instagood", 5),
     ("art", "#paint #f4f", 15),
     ("art", "#sketch", 10),
+    ("food", "", 500),
+    ("art", "no tags here", 500),
 ]
 
 
 def params(**changes) -> HashtagParams:
-    base = {"top_k": 10, "min_support": 2, "smoothing": 1.0, "denylist": ("f4f",),
-            "generic": ("instagood",), "generic_weight": 0.3, "image_rankers": False,
-            "max_image_tags": 50, "min_lift": 1.2, "low_lift_weight": 0.5,
-            "blend_step": 0.1}  # fmt: skip
+    from tests.helpers.params import tiny_params
+
+    base = tiny_params().hashtags.model_dump()
+    base.update({"top_k": 10, "min_support": 2, "smoothing": 1.0, "denylist": ("f4f",),
+                 "generic": ("instagood",), "generic_weight": 0.3, "image_rankers": False})
     return HashtagParams(**{**base, **changes})
 
 
@@ -43,50 +47,82 @@ def stats() -> HashtagStats:
     return fit_hashtag_stats(posts(), CLASSES, params())
 
 
-def test_counts_support_threshold_and_class_tags(stats):
-    # rare, pasta, sketch appear once: below min_support 2. Class tags are always there.
+def test_counts_only_the_authors_own_tags_of_captioned_posts(stats):
+    # rare, pasta, sketch appear once: below min_support 2. Class tags are always there, but
+    # count only where an author wrote them (#food twice; #art never).
     assert stats.tags == ["art", "f4f", "food", "instagood", "paint", "pizza", "yum"]
-    assert stats.class_posts == [4, 3]
+    assert stats.class_posts == [5, 4]
+    assert stats.captioned_posts == [4, 3]
     counts = dict(zip(stats.tags, stats.counts.tolist(), strict=True))
-    assert counts["pizza"] == [3, 0] and counts["yum"] == [2, 1] and counts["food"] == [4, 0]
-    assert stats.support.tolist() == [3, 2, 4, 2, 2, 3, 3]
+    assert counts["pizza"] == [3, 0] and counts["yum"] == [2, 1] and counts["food"] == [2, 0]
+    assert counts["art"] == [0, 0]
+    assert stats.support.tolist() == [0, 2, 2, 2, 2, 3, 3]
 
 
-def test_smoothed_probability(stats):
-    prob = stats.probability(1.0)
+def test_both_estimators_of_p_tag_given_class(stats):
     pizza = stats.tags.index("pizza")
+    # posts: the share of the class's captioned posts, smoothed per post
+    prob = stats.probability(1.0)
     assert prob[pizza].tolist() == pytest.approx([(3 + 1) / (4 + 2), (0 + 1) / (3 + 2)])
     assert stats.probability(0.0)[pizza].tolist() == [0.75, 0.0]
+    # uses: the tag's share of the class's tag uses (food: f4f 1, food 2, instagood 1, pizza 3,
+    # yum 2: 9 uses in the vocabulary)
+    uses = stats.probability(1.0, "uses")
+    assert uses[pizza].tolist() == pytest.approx([3 / 9, 0.0])
+    assert uses.sum(axis=0).tolist() == pytest.approx([1.0, 1.0])
 
 
-def test_rank_known_order_with_denylist_and_generic_weight(stats):
+def test_a_class_without_captions_suggests_its_own_tag():
+    table = [("food", "#pizza #yum", 1), ("food", "#pizza", 1), ("art", "", 1), ("art", "", 1)]
+    stats = fit_hashtag_stats(posts(table), CLASSES, params(min_support=1))
+    assert stats.captioned_posts == [2, 0]
+    for estimator in ("posts", "uses"):
+        prob = stats.probability(1.0, estimator)
+        assert prob[:, 1].tolist() == [float(tag == "art") for tag in stats.tags]
+    assert [r["tag"] for r in stats.rank(np.array([0.0, 1.0]), params(top_k=1))] == ["art"]
+
+
+def test_sharpening_moves_the_mixture_towards_the_top_class(stats):
+    probs = np.array([[0.6, 0.4]])
+    paint = stats.tags.index("paint")
+    flat = stats.mixture(probs, params(smoothing=0.0))
+    sharp = stats.mixture(probs, params(smoothing=0.0), sharpen=4.0)
+    q = np.array([0.6**4, 0.4**4]) / (0.6**4 + 0.4**4)
+    assert flat[0, paint] == pytest.approx(0.4 * 2 / 3)
+    assert sharp[0, paint] == pytest.approx(q[1] * 2 / 3)
+
+
+def test_rank_known_order_with_denylist_and_no_hand_weights(stats):
     ranked = stats.rank(np.array([0.9, 0.1]), params(smoothing=0.0))
 
-    # score = 0.9 P(tag|food) + 0.1 P(tag|art); f4f is denied; instagood is weighted x 0.3,
-    # which moves it from 4th (0.258) to 5th (0.078), behind art (0.1)
-    assert [r["tag"] for r in ranked] == ["food", "pizza", "yum", "art", "instagood", "paint"]
-    unweighted = stats.rank(np.array([0.9, 0.1]), params(smoothing=0.0, generic_weight=1.0))
-    assert [r["tag"] for r in unweighted][3] == "instagood"
+    # score = 0.9 P(tag|food) + 0.1 P(tag|art); f4f is denied; the generic list weighs nothing
+    # by itself (a weighting is a candidate the ranking search may choose)
+    assert [r["tag"] for r in ranked] == ["pizza", "yum", "food", "instagood", "paint", "art"]
     scores = {r["tag"]: r["score"] for r in ranked}
-    assert scores["food"] == pytest.approx(0.9)
     assert scores["pizza"] == pytest.approx(0.675)
+    assert scores["food"] == pytest.approx(0.45)
     assert scores["yum"] == pytest.approx(0.9 * 0.5 + 0.1 / 3)
-    assert scores["instagood"] == pytest.approx(0.3 * (0.9 / 4 + 0.1 / 3))
+    assert scores["instagood"] == pytest.approx(0.9 / 4 + 0.1 / 3, abs=1e-6)  # rounded to 6
     engagement = (10 / 20 + 30 / 20 + 20 / 20) / 3  # likes relative to the food mean of 20
-    assert ranked[1] == {"tag": "pizza", "score": pytest.approx(0.675), "posts": 3,
+    assert ranked[0] == {"tag": "pizza", "score": pytest.approx(0.675), "posts": 3,
                          "engagement": pytest.approx(engagement)}  # fmt: skip
+    weights = stats.tag_weights(("instagood",), 0.3)
+    weighted = stats.finish(stats.mixture(np.array([[0.9, 0.1]]), params(smoothing=0.0)),
+                            params(smoothing=0.0), weights)
+    assert weighted[0, stats.tags.index("instagood")] == pytest.approx(0.3 * (0.9 / 4 + 0.1 / 3))
 
 
 def test_art_image_ranks_art_tags_first(stats):
     ranked = stats.rank(np.array([0.0, 1.0]), params(top_k=2, smoothing=0.0))
-    expected = [("art", 1.0), ("paint", pytest.approx(2 / 3))]
+    # yum and instagood tie at 1/3: the more used tag (yum) goes first
+    expected = [("paint", pytest.approx(2 / 3)), ("yum", pytest.approx(1 / 3))]
     assert [(r["tag"], r["score"]) for r in ranked] == expected
 
 
 def test_top_k_is_capped_at_thirty():
     table = [("food", " ".join(f"#t{j}" for j in range(40)), None)] * 2
     stats = fit_hashtag_stats(posts(table), CLASSES, params())
-    assert len(stats.tags) == 42  # 40 tags + both class tags
+    assert len(stats.tags) == 42  # 40 tags + both class tags (suggested though never written)
     ranked = stats.rank(np.array([1.0, 0.0]), params(top_k=30, denylist=()))
     assert len(ranked) == 30
     with pytest.raises(ValueError):
@@ -95,14 +131,16 @@ def test_top_k_is_capped_at_thirty():
 
 
 def test_min_support_at_rank_time_and_denied_class_tag(stats):
-    ranked = stats.rank(np.array([0.5, 0.5]), params(min_support=3, denylist=("art",)))
-    assert {r["tag"] for r in ranked} == {"food", "pizza", "yum"}
+    ranked = stats.rank(np.array([0.5, 0.5]), params(min_support=3, denylist=("food",)))
+    assert {r["tag"] for r in ranked} == {"art", "pizza", "yum"}
 
 
 def test_popularity_baseline_is_the_same_for_every_image(stats):
-    popular = stats.popular(params(top_k=3))
-    assert [r["tag"] for r in popular] == ["food", "art", "pizza"]
-    assert popular[0]["score"] == pytest.approx(4 / 7)
+    # the share of the 7 captioned posts carrying the tag, unweighted (instagood is generic)
+    popular = stats.popular(params(top_k=4))
+    assert [r["tag"] for r in popular] == ["pizza", "yum", "food", "instagood"]
+    assert popular[0]["score"] == pytest.approx(3 / 7)
+    assert stats.popularity()[stats.tags.index("instagood")] == pytest.approx(2 / 7)
 
 
 def test_save_load_round_trip_and_batch(stats, tmp_path):
@@ -127,4 +165,4 @@ def test_bad_inputs_say_what_to_do(stats, tmp_path):
 
 def test_labels_outside_classes_are_ignored():
     stats = fit_hashtag_stats(posts([*TABLE, ("cats", "#cat #cat2", 1)]), CLASSES, params())
-    assert "cat" not in stats.tags and sum(stats.class_posts) == 7
+    assert "cat" not in stats.tags and sum(stats.class_posts) == 9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.training.blend import ImageRankers, choose_weights, ranking_scores
+from taglens.training.blend import HashtagBlend, choose_blend, ranking_scores, simplex
 from taglens.training.metrics import hashtag_metrics
 from taglens.training.tag_rankers import (
     NeighbourTags,
@@ -60,19 +60,30 @@ def test_tag_model_and_neighbours_learn_an_image_specific_tag():
     is_red = y_val[:, 2] == 1
     assert np.mean((predicted[:, 2] > predicted[:, 3]) == is_red) > 0.9
     assert np.all(predicted[:, 1] == 0)  # "dog" was never used: not covered, scores 0
-    neighbours = NeighbourTags(unit_rows(x_train), y_train, k=10)
+    neighbours = NeighbourTags(unit_rows(x_train), y_train, k=10, power=1.0)
     near = neighbours.predict(x_val)
     assert np.mean((near[:, 2] > near[:, 3]) == is_red) > 0.9
     np.testing.assert_allclose(near[:, 0], 1.0, rtol=1e-5)  # every neighbour carries "cat"
 
 
-def test_neighbours_can_leave_out_the_query_itself():
-    reference = unit_rows(np.eye(3, dtype="float32"))
-    tags = np.eye(3, dtype="float32")
-    with_self = NeighbourTags(reference, tags, k=1).predict(reference)
-    without = NeighbourTags(reference, tags, k=1).predict(reference, exclude_self=True)
-    np.testing.assert_allclose(with_self, np.eye(3))
-    assert np.all(np.diag(without) == 0)
+def test_neighbours_weigh_similarity_by_power():
+    # two references: one at cosine 1 (tag "cat"), one at cosine 0.6 (tag "dog")
+    reference = unit_rows(np.array([[1.0, 0.0], [0.6, 0.8]], "float32"))
+    tags = tag_matrix([{"cat"}, {"dog"}], VOCAB)
+    query = np.array([[1.0, 0.0]], "float32")
+    even = NeighbourTags(reference, tags, k=2, power=1.0).predict(query)
+    sharp = NeighbourTags(reference, tags, k=2, power=4.0).predict(query)
+    np.testing.assert_allclose(even[0, :2], [1 / 1.6, 0.6 / 1.6], rtol=1e-5)
+    np.testing.assert_allclose(sharp[0, :2], [1 / (1 + 0.6**4), 0.6**4 / (1 + 0.6**4)], rtol=1e-5)
+    nearest = NeighbourTags(reference, tags, k=1, power=1.0).predict(query)
+    np.testing.assert_allclose(nearest[0, :2], [1.0, 0.0])
+
+
+def test_the_blend_grid_covers_the_simplex():
+    grid = simplex(["a", "b", "c"], 0.5)
+    assert len(grid) == 6
+    assert all(sum(w.values()) == pytest.approx(1.0) for w in grid)
+    assert {"a": 1.0, "b": 0.0, "c": 0.0} in grid and {"a": 0.0, "b": 0.5, "c": 0.5} in grid
 
 
 def test_lift_separates_class_and_image_tags_from_uniform_ones():
@@ -91,45 +102,77 @@ def test_the_blend_weights_an_image_ranker_only_where_it_helps():
     mixture = np.tile([0.9, 0.1, 0.5, 0.45, 0.6], (40, 1))  # class-level: same for every post
     useful = truth * 0.8  # knows each post's colour
     useless = np.tile([0.0, 0.9, 0.0, 0.0, 0.9], (40, 1))  # pushes wrong tags
-    identity = lambda raw: raw  # noqa: E731
-    weights, scores = choose_weights({"class_mixture": mixture, "tag_model": useful}, identity,
-                                     truth, n_truth, top_k=2, step=0.25)  # fmt: skip
-    assert weights["tag_model"] > 0 and scores["recall_at_2"] == 1.0
-    weights, _ = choose_weights({"class_mixture": mixture, "tag_model": useless}, identity,
-                                truth, n_truth, top_k=2, step=0.25)  # fmt: skip
-    assert weights == {"tag_model": 0.0, "class_mixture": 1.0}
-    unreachable = {"precision_at_1": 1.1, "recall_at_5": 1.0, "accuracy_at_5": 1.0}
-    assert choose_weights({"class_mixture": mixture, "tag_model": useless}, identity, truth,
-                          n_truth, top_k=2, step=0.25, floor=unreachable) is None
+    identity = [lambda raw: raw]
+    floor = ranking_scores(mixture, truth, n_truth, top_k=2)
+    weights, index, scores, _ = choose_blend(
+        {"class_mixture": mixture, "tag_model": useful}, identity, truth, n_truth, top_k=2,
+        step=0.25, rule="best", floor=floor)
+    assert weights["tag_model"] > 0 and scores["recall_at_2"] == 1.0 and index == 0
+    weights, _, _, _ = choose_blend({"class_mixture": mixture, "tag_model": useless}, identity,
+                                    truth, n_truth, top_k=2, step=0.25, rule="best", floor=floor)
+    assert weights == {"class_mixture": 1.0, "tag_model": 0.0}
+    unreachable = {**floor, "precision_at_1": 1.1}
+    assert choose_blend({"class_mixture": mixture, "tag_model": useless}, identity, truth,
+                        n_truth, top_k=2, step=0.25, rule="best", floor=unreachable) is None
 
 
-def test_image_rankers_round_trip(tmp_path):
+def test_one_se_prefers_fewer_rankers_when_the_gain_is_noise():
+    # Given a tag model that, blended half and half with the class mixture, is right on two
+    # posts the class mixture misses and wrong on one it gets: one post better in 40
+    truth_sets = [{"cat"}] * 37 + [{"dog"}] * 2 + [{"cat"}]
+    truth = tag_matrix(truth_sets, VOCAB)
+    n_truth = np.ones(40, int)
+    mixture = np.tile([0.9, 0.1, 0, 0, 0], (40, 1))
+    tag_model = np.tile([0.0, 0.3, 0, 0, 0], (40, 1))  # alone, it says dog to every cat
+    tag_model[37:] = [0.0, 1.0, 0, 0, 0]
+    floor = ranking_scores(mixture, truth, n_truth, top_k=1)
+    scores = {"class_mixture": mixture, "tag_model": tag_model}
+    best, *_ = choose_blend(scores, [lambda raw: raw], truth, n_truth, top_k=1, step=0.5,
+                            rule="best", floor=floor)
+    simple, *_ = choose_blend(scores, [lambda raw: raw], truth, n_truth, top_k=1, step=0.5,
+                              rule="one_se", floor=floor)
+    # Then the best rule takes the blend, the one-SE rule the class mixture alone
+    assert best == {"class_mixture": 0.5, "tag_model": 0.5}
+    assert simple == {"class_mixture": 1.0, "tag_model": 0.0}
+
+
+def test_a_hashtag_blend_round_trips(tmp_path):
+    from tests.unit.test_hashtags import fit_hashtag_stats, params, posts
+
+    stats = fit_hashtag_stats(posts(), ["food", "art"], params())
     rng = np.random.default_rng(0)
+    n_tags = len(stats.tags)
     model = TagModel(rng.normal(size=4).astype("float32"), np.ones(4, "float32"),
                      rng.normal(size=(4, 2)).astype("float32"), np.zeros(2, "float32"),
                      np.array([0, 3]))  # fmt: skip
-    neighbours = NeighbourTags(unit_rows(rng.normal(size=(6, 4))), tag_matrix(
-        [{"cat"}, {"dog"}, {"red"}, {"blue"}, {"cat", "red"}, set()], VOCAB), k=3)
-    rankers = ImageRankers(model, None, neighbours,
-                           {"class_mixture": 0.7, "tag_model": 0.1, "neighbours": 0.2},
-                           np.array([1, 1, 1, 1, 0.5]))  # fmt: skip
-    loaded = ImageRankers.load(rankers.save(tmp_path / "rankers.npz"))
+    neighbours = NeighbourTags(unit_rows(rng.normal(size=(6, 4))),
+                               rng.integers(0, 2, (6, n_tags)).astype("float32"), k=3, power=4.0)
+    blend = HashtagBlend("uses", 2.0, model, None, neighbours,
+                         {"popularity": 0.2, "class_mixture": 0.5, "tag_model": 0.1,
+                          "neighbours": 0.2}, np.linspace(0.5, 1, n_tags),
+                         {"served": "blend", "why": "test"})  # fmt: skip
+    loaded = HashtagBlend.load(blend.save(tmp_path / "rankers.npz"))
     x = rng.normal(size=(3, 4)).astype("float32")
-    mixture = rng.uniform(size=(3, 5))
-    before = rankers.ranker_scores(mixture, x, None)
-    after = loaded.ranker_scores(mixture, x, None)
-    assert set(after) == {"class_mixture", "tag_model", "neighbours"}
+    probs = rng.dirichlet([1, 1], size=3)
+    before = blend.ranker_scores(stats, stats.params, probs, x, None)
+    after = loaded.ranker_scores(stats, stats.params, probs, x, None)
+    assert set(after) == {"popularity", "class_mixture", "tag_model", "neighbours"}
     for name in before:
         np.testing.assert_allclose(after[name], before[name], atol=2e-3)  # float16 reference
-    assert loaded.weights["colour_tags"] == 0.0 and loaded.weights["class_mixture"] == 0.7
-    np.testing.assert_allclose(loaded.blend(after), rankers.blend(before), atol=2e-3)
-    np.testing.assert_array_equal(loaded.tag_multiplier, [1, 1, 1, 1, 0.5])
+    assert (loaded.estimator, loaded.sharpen, loaded.neighbours.power) == ("uses", 2.0, 4.0)
+    assert loaded.weights["colour_tags"] == 0.0 and loaded.weights["class_mixture"] == 0.5
+    assert loaded.choice == {"served": "blend", "why": "test"}
+    np.testing.assert_allclose(loaded.blend(after), blend.blend(before), atol=2e-3)
+    np.testing.assert_array_equal(loaded.tag_multiplier, blend.tag_multiplier)
 
 
-def test_not_a_rankers_file_is_refused(tmp_path):
+def test_not_a_blend_file_is_refused(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(ValueError, match="re-run"):
-        ImageRankers.load(tmp_path / "bad.npz")
+        HashtagBlend.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "old.npz", weights=np.ones(4))
+    with pytest.raises(ValueError, match="older version: re-run train"):
+        HashtagBlend.load(tmp_path / "old.npz")
 
 
 def test_low_lift_tags_are_found_from_counts_and_image_scores():
@@ -139,7 +182,7 @@ def test_low_lift_tags_are_found_from_counts_and_image_scores():
 
     params = tiny_params().hashtags
     # cat: a class tag; red: as common in both classes but follows the image; follow: uniform
-    stats = HashtagStats(["cat", "dog"], [50, 50], ["cat", "red", "follow"],
+    stats = HashtagStats(["cat", "dog"], [50, 50], [50, 50], ["cat", "red", "follow"],
                          np.array([[50, 0], [20, 20], [10, 10]]), [None] * 3, params)
     carried = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1], [1, 0, 0]], "float32")
     image = np.array([[0.9, 0.8, 0.2], [0.9, 0.1, 0.2], [0.9, 0.8, 0.2], [0.9, 0.1, 0.2]])

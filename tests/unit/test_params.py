@@ -55,6 +55,8 @@ def test_unknown_key_is_named():
         ("model.backbone", "alexnet", r"model\.backbone must be one of .*got 'alexnet'"),
         ("featurize.engine", "tensorrt", r"featurize\.engine: .*got 'tensorrt'"),
         ("serve.port", 70000, r"serve\.port must be <= 65535"),
+        ("serve.follow_seconds", -1, r"serve\.follow_seconds must be >= 0"),
+        ("serve.log_format", "xml", r"serve\.log_format: .* 'text' or 'json', got 'xml'"),
         ("base.seed", 2**32, r"base\.seed must be <= 4294967295"),
     ],
 )

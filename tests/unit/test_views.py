@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.features.views import COLOUR_DIM, colour_layer, mirror_layer, view_extractor
+from taglens.features.views import COLOUR_DIM, IMAGE, colour_layer, mirror_layer, views_model
 
 
 def test_colour_histogram_counts_each_pixel_once_in_its_bin():
@@ -28,8 +28,46 @@ def test_mirror_view_runs_the_extractor_on_the_flipped_image():
     inputs = keras.Input((4, 4, 3))
     extractor = keras.Model(inputs, keras.layers.Flatten()(inputs))
     images = np.arange(2 * 4 * 4 * 3, dtype="float32").reshape(2, 4, 4, 3)
-    flipped = np.asarray(view_extractor(extractor, "flip")(images))
-    np.testing.assert_array_equal(flipped, images[:, :, ::-1].reshape(2, -1))
+    both = views_model(extractor, (IMAGE, "flip"), 4)(images)
+    np.testing.assert_array_equal(np.asarray(both[IMAGE]), images.reshape(2, -1))
+    np.testing.assert_array_equal(np.asarray(both["flip"]), images[:, :, ::-1].reshape(2, -1))
+    alone = views_model(extractor, ("flip",), 4)(images)
+    np.testing.assert_array_equal(np.asarray(alone["flip"]), images[:, :, ::-1].reshape(2, -1))
     np.testing.assert_array_equal(np.asarray(mirror_layer()(images)), images[:, :, ::-1])
-    with pytest.raises(ValueError, match="unknown feature view"):
-        view_extractor(extractor, "rotate")
+    with pytest.raises(ValueError, match="unknown feature views"):
+        views_model(extractor, ("rotate",), 4)
+    with pytest.raises(ValueError, match="need the backbone"):
+        views_model(None, (IMAGE, "colour"), 4)
+    assert set(views_model(None, ("colour",), 4)(images)) == {"colour"}
+
+
+@pytest.mark.parametrize("engine", ["tensorflow", "openvino"])
+@pytest.mark.parametrize("backbone", ["vgg19", "mobilenet"])
+def test_one_forward_call_of_2b_images_gives_the_per_view_vectors(backbone, engine):
+    """The image and its mirror as one batch of 2B: the vectors of two separate passes."""
+    from taglens.features.backbones import build_feature_extractor
+    from taglens.features.engines import compile_forward
+    from taglens.params import ModelParams
+
+    params = ModelParams(backbone=backbone, image_size=32, weights=None)
+    extractor = build_feature_extractor(params, 7)
+    pixels = np.random.default_rng(1).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    # today's per-view results: the extractor on the images, then on the mirror images
+    image = np.asarray(extractor(pixels, training=False))
+    mirror = np.asarray(extractor(pixels[:, :, ::-1], training=False))
+    colour = np.asarray(colour_layer()(pixels))
+    model = views_model(extractor, (IMAGE, "flip", "colour"), 32)
+    got = compile_forward(model, engine, jit_compile=False, batch_size=6)(pixels)
+    shapes = {name: got[name].shape for name in got}
+    assert shapes == {IMAGE: image.shape, "flip": mirror.shape, "colour": (6, COLOUR_DIM)}
+    assert relative_difference(got[IMAGE], image) < 1e-5
+    assert relative_difference(got["flip"], mirror) < 1e-5
+    np.testing.assert_allclose(got["colour"], colour, atol=1e-6)
+    assert relative_difference(got["flip"], image) > 1e-2  # random pixels: the mirror differs
+
+
+def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest row-wise |got - want| / |want| (vector norms)."""
+    got, want = np.asarray(got, "float64"), np.asarray(want, "float64")
+    scale = np.maximum(np.linalg.norm(want, axis=1), 1e-30)
+    return float(np.max(np.linalg.norm(got - want, axis=1) / scale))

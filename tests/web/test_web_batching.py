@@ -182,7 +182,7 @@ def test_batched_answers_equal_single_image_answers(tiny_models_dir, tiny_params
             )
 
     responses = asyncio.run(scenario())
-    batcher = app.state.batcher
+    batcher = app.state.slot.current.batcher
     batcher.close()
     assert [r.status_code for r in responses] == [200] * len(photos)
     # the twelve went through fewer forward passes than uploads

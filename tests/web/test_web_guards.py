@@ -63,7 +63,7 @@ def test_a_flood_gets_503_with_retry_after_and_the_page_still_answers(tiny_param
             return flood, page, health, await asyncio.gather(*admitted)
 
     flood, page, health, admitted = asyncio.run(scenario())
-    app.state.batcher.close()
+    app.state.slot.current.batcher.close()
     # then each of them is refused at once with 503 and when to retry
     assert [r.status_code for r in flood] == [503] * 12
     assert {r.headers["retry-after"] for r in flood} == {"7"}

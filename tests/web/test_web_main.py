@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -9,6 +16,7 @@ import taglens.serving.web.__main__ as web_main
 from taglens.serving import model_ref
 from taglens.serving.model_ref import ModelRef
 from tests.helpers.params import tiny_params_path
+from tests.helpers.servers import free_port, wait_until_healthy
 
 PARAMS = tiny_params_path()
 
@@ -78,3 +86,60 @@ def test_no_champion_is_a_clear_error(fresh_mlflow, served, capsys):
 def test_bad_arguments_are_one_line_errors(argv, message, served, capsys):
     assert web_main.main(argv) == 2 and served == {}
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "chosen"), [([], "text"), (["--log-format", "json"], "json")])
+def test_the_log_format_comes_from_params_or_the_flag(argv, chosen, served, monkeypatch):
+    # given a model that loads at once, and the log format switch recorded
+    from web_helpers import RecordingPredictor
+
+    formats = []
+    monkeypatch.setattr(web_main, "use_log_format", formats.append)
+    monkeypatch.setattr(
+        web_main, "load_model", lambda params, uri: (RecordingPredictor(), ModelRef("m", "1"))
+    )
+    # when the page is started with or without --log-format
+    assert web_main.main(["--params", str(PARAMS), "--model-uri", "models:/m/1", *argv]) == 0
+    # then that format is used (serve.log_format by default), and uvicorn logs through it:
+    # its records reach the root handler and its access log gives way to the app's own
+    assert formats == [chosen]
+    assert served["options"]["log_config"] is None
+    assert served["options"]["access_log"] is False
+
+
+def test_an_unknown_log_format_is_refused_by_the_parser(served, capsys):
+    with pytest.raises(SystemExit):
+        web_main.main(["--params", str(PARAMS), "--log-format", "xml"])
+    assert "invalid choice: 'xml'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_json_logs_from_the_real_server(tiny_models_dir, tmp_path):
+    # given the command started for real with --log-format json
+    root = Path(__file__).resolve().parents[2]  # the worktree: the server runs its code
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "taglens.serving.web", "--params", str(PARAMS)]
+    cmd += ["--model-uri", str(tiny_models_dir), "--port", str(port), "--log-format", "json"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        health = f"http://127.0.0.1:{port}/health"
+        wait_until_healthy(process, health, timeout=180, log_path=log_path)
+        # when a client asks with its request id
+        answer = httpx.get(health, headers={"X-Request-ID": "probe-7"})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    # then the server's records, uvicorn's included, are JSON lines, and the access line has the id
+    assert answer.headers["x-request-id"] == "probe-7"
+    records = []
+    for line in log_path.read_text().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    loggers = {record["logger"] for record in records}
+    assert {"uvicorn.error", "taglens.serving.web.request_log"} <= loggers
+    assert any(r["message"].startswith("Uvicorn running on") for r in records)
+    [access] = [r for r in records if r["request_id"] == "probe-7"]
+    assert (access["method"], access["path"], access["status"]) == ("GET", "/health", 200)

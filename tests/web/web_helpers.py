@@ -71,3 +71,35 @@ class RecordingPredictor:
             }
             for _ in batch
         ]
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text -> {(sample name, frozenset of label items): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(
+    samples: dict[tuple[str, frozenset], float], sample: str, /, **labels: str
+) -> float | None:
+    """The value of one sample (None if it is absent)."""
+    return samples.get((sample, frozenset(labels.items())))
+
+
+class VersionedPredictor(RecordingPredictor):
+    """A stand-in model whose answers say which one it is (its top class is `tag`)."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def predict_pixels(self, batch: np.ndarray) -> list[dict]:
+        answers = super().predict_pixels(batch)
+        for answer in answers:
+            answer["top_class"] = self.tag
+        return answers

@@ -2,7 +2,10 @@
 
 The model is loaded once, before the server starts: the champion of the registered model
 (`models:/<register.model_name>@champion`) unless `--model-uri` names another MLflow model URI
-or a local `models/` directory written by the train stage (`taglens.serving.model_ref`).
+or a local `models/` directory written by the train stage (`taglens.serving.model_ref`). An
+alias (the champion by default) is then followed: every `serve.follow_seconds` the server asks
+where it points and swaps in a new version while it answers (`model_slot`); a pinned version or
+a local directory is served as is.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import ipaddress
 import logging
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from taglens.cli import run_with_params
 from taglens.errors import TaglensError
 from taglens.params import Params
 from taglens.serving.model_ref import ModelRef
-from taglens.serving.web.app import Predictor, create_app
+from taglens.serving.web.app import create_app
+from taglens.serving.web.model_slot import AliasSource, Predictor
+from taglens.serving.web.request_log import LOG_FORMATS, use_log_format
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,30 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelR
     return model_ref.load(resolved.uri, params.featurize.engine), resolved.ref
 
 
+def build_app(params: Params, model_uri: str | None) -> tuple[FastAPI, ModelRef]:
+    """Load the model and build the app around it; return the app and the model it serves.
+
+    An alias URI (the champion by default) is followed when `serve.follow_seconds` > 0.
+    """
+    from taglens.serving import model_ref
+
+    predictor, label = load_model(params, model_uri)
+    follow = None
+    if model_ref.follows_alias(model_uri) and params.serve.follow_seconds > 0:
+        uri = model_uri or model_ref.champion_uri(params.register.model_name)
+        follow = AliasSource(uri, params.register.model_name, params.featurize.engine)
+        logger.info("following %s: polled every %g s", uri, params.serve.follow_seconds)
+    app = create_app(
+        predictor,
+        label,
+        int(params.serve.max_upload_mb * 1_000_000),
+        ingest=params.ingest,
+        serve=params.serve,
+        follow=follow,
+    )
+    return app, label
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: paths and overrides only; every default comes from params.yaml."""
     parser = argparse.ArgumentParser(prog="python -m taglens.serving.web", description=__doc__)
@@ -55,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", help="address to bind (default serve.host)")
     parser.add_argument("--port", type=int, help="port (default serve.port)")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text or json lines (default serve.log_format)"
+    )
     return parser
 
 
@@ -68,6 +102,7 @@ def run_server(params: Params, args: argparse.Namespace) -> int:
     """Serve the model `args` name with `params`' settings until interrupted."""
     import uvicorn
 
+    use_log_format(args.log_format or params.serve.log_format)
     host = args.host or params.serve.host
     port = args.port or params.serve.port
     if not 0 < port < 65_536:
@@ -77,20 +112,15 @@ def run_server(params: Params, args: argparse.Namespace) -> int:
             "binding %s: the page is reachable from other machines, which must name it "
             "by one of serve.allowed_hosts (%s)", host, ", ".join(params.serve.allowed_hosts),
         )  # fmt: skip
-    predictor, label = load_model(params, args.model_uri)
-    app = create_app(
-        predictor,
-        label,
-        int(params.serve.max_upload_mb * 1_000_000),
-        ingest=params.ingest,
-        serve=params.serve,
-    )
+    app, label = build_app(params, args.model_uri)
     logger.info("serving %s version %s on http://%s:%d/", label.name, label.version, host, port)
     uvicorn.run(
         app,
         host=host,
         port=port,
         log_level="info",
+        log_config=None,  # uvicorn's records go through the root handler: text or JSON alike
+        access_log=False,  # request_log.RequestLog writes one line per request, with its id
         limit_concurrency=params.serve.limit_concurrency,
         timeout_keep_alive=params.serve.timeout_keep_alive_s,
         timeout_graceful_shutdown=params.serve.timeout_graceful_shutdown_s,

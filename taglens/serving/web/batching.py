@@ -62,6 +62,8 @@ class MicroBatcher:
         upstream: how many more items are on their way (e.g. requests still decoding). When
             given, a batch waits only while some are (a lone request never waits), and stops
             waiting once none is left. Without it, a batch waits `max_wait_s` unless full.
+        observe: called with the size of each batch run (from the worker thread), e.g. to feed
+            a metrics histogram.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class MicroBatcher:
         max_wait_s: float,
         max_queue: int,
         upstream: Callable[[], int] | None = None,
+        observe: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError(
@@ -83,6 +86,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.upstream = upstream
+        self.observe = observe
         self.stats = BatchStats()
         self._queue: list[_Waiting] = []
         self._draining = False
@@ -156,6 +160,8 @@ class MicroBatcher:
     def _run_isolated(self, items: list[Any]) -> list[tuple[bool, Any]]:
         """Run one batch in the worker thread; on failure, run each item alone."""
         self.stats.record(len(items))
+        if self.observe is not None:
+            self.observe(len(items))
         try:
             results = list(self.run_batch(items))
             if len(results) != len(items):
@@ -173,6 +179,11 @@ class MicroBatcher:
         except Exception as exc:
             return False, exc
 
-    def close(self) -> None:
-        """Stop the worker thread once the batch in progress (if any) has finished."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the worker thread once the batch in progress (if any) has finished.
+
+        Args:
+            wait: block until it has; False returns at once (from the event loop, for a
+                batcher with nothing left to run).
+        """
+        self._executor.shutdown(wait=wait, cancel_futures=True)

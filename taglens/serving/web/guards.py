@@ -10,6 +10,9 @@
   with Retry-After at once, before its body is read.
 - `BodyLimit`: bodies over a byte limit are refused while they arrive (413), and a body still
   arriving after a timeout is cut off (408).
+
+Each refusal is noted in the request's scope (`metrics.note_rejection`), so the metrics count
+it by reason.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+
+from taglens.serving.web.metrics import note_rejection
 
 # JSON answers and anything else that is not a page: nothing may load or frame it.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -114,6 +119,7 @@ class BrowserGuard:
         headers = {k.lower(): v for k, v in scope.get("headers") or []}
         host = headers.get(b"host", b"").decode("latin-1")
         if _host_name(host) not in self.allowed_hosts:
+            note_rejection(scope, "foreign_host")
             response = _send_json(
                 400,
                 f"unknown Host {host[:100]!r}: this server answers only to "
@@ -126,6 +132,7 @@ class BrowserGuard:
             own = f"{scope.get('scheme', 'http')}://{host}".lower()
             sent = origin.decode("latin-1").strip()
             if sent.lower() != own:
+                note_rejection(scope, "cross_origin")
                 detail = f"cross-origin {scope['method']} refused: Origin {sent[:100]!r} != {own!r}"
                 await _send_json(403, detail)(scope, receive, send)
                 return
@@ -149,6 +156,7 @@ class Admission:
             return
         if self.active >= self.limit:
             self.refused += 1
+            note_rejection(scope, "busy")
             await overloaded_response(self.limit, self.retry_after_s)(scope, receive, send)
             return
         self.active += 1
@@ -189,6 +197,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            note_rejection(scope, "too_large")
             await _send_json(413, self.message)(scope, receive, send)
             return
         seen = 0
@@ -202,6 +211,7 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
+                note_rejection(scope, "upload_timeout")
                 # FastAPI re-raises HTTPExceptions from body parsing: these become the answer.
                 raise HTTPException(
                     408, f"the upload took longer than {self.timeout_s:g} s "
@@ -210,6 +220,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
+                    note_rejection(scope, "too_large")
                     raise HTTPException(status_code=413, detail=self.message)
                 complete = not message.get("more_body", False)
             return message

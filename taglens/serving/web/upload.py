@@ -19,12 +19,19 @@ _CHUNK = 256 * 1024
 
 
 class UploadError(ValueError):
-    """An upload the app refuses; `status_code` is the HTTP status to answer with."""
+    """An upload the app refuses.
 
-    def __init__(self, status_code: int, detail: str) -> None:
+    Attributes:
+        status_code: the HTTP status to answer with.
+        detail: what is wrong and what to do, for the user.
+        reason: a short name for the metrics (`taglens.serving.web.metrics.REASONS`).
+    """
+
+    def __init__(self, status_code: int, detail: str, reason: str) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
+        self.reason = reason
 
 
 def too_large_message(max_bytes: int) -> str:
@@ -46,7 +53,7 @@ def read_limited(source: BinaryIO, max_bytes: int) -> bytes:
     while chunk := source.read(_CHUNK):
         size += len(chunk)
         if size > max_bytes:
-            raise UploadError(413, too_large_message(max_bytes))
+            raise UploadError(413, too_large_message(max_bytes), "too_large")
         parts.append(chunk)
     return b"".join(parts)
 
@@ -66,20 +73,30 @@ def prepare_image(data: bytes, params: IngestParams) -> NormalizedImage:
     try:
         return normalize_image(data, params)
     except RejectedImage as exc:
-        status, message = _REFUSALS.get(exc.kind, (422, "the image cannot be used: {detail}"))
-        raise UploadError(status, message.format(detail=exc.detail)) from None
+        status, reason, message = _REFUSALS.get(exc.kind, _UNUSABLE)
+        raise UploadError(status, message.format(detail=exc.detail), reason) from None
 
 
+# RejectedImage.kind -> (status, reason for the metrics, message)
 _REFUSALS = {
-    "empty": (400, f"the uploaded file is empty: choose a photo ({SUPPORTED_TEXT})"),
-    "not_image": (415, f"the file is not an image: upload a photo ({SUPPORTED_TEXT})"),
-    "unsupported": (415, "the image cannot be converted to RGB ({detail}): save it as JPEG"),
-    "too_large": (422, "the image has too many pixels ({detail}): downscale it and try again"),
-    "too_small": (422, "the image is too small ({detail}): use a larger photo"),
-    "animated": (422, "animated images are refused ({detail}): upload a still photo"),
-    "truncated": (422, "the image is truncated ({detail}): upload the complete file"),
-    "corrupt": (422, "the image is damaged ({detail}): export it anew and try again"),
+    "empty": (400, "empty", f"the uploaded file is empty: choose a photo ({SUPPORTED_TEXT})"),
+    "not_image": (415, "not_image", f"the file is not an image: upload a photo ({SUPPORTED_TEXT})"),
+    "unsupported": (
+        415,
+        "unsupported",
+        "the image cannot be converted to RGB ({detail}): save it as JPEG",
+    ),
+    "too_large": (
+        422,
+        "too_many_pixels",
+        "the image has too many pixels ({detail}): downscale it and try again",
+    ),
+    "too_small": (422, "too_small", "the image is too small ({detail}): use a larger photo"),
+    "animated": (422, "animated", "animated images are refused ({detail}): upload a still photo"),
+    "truncated": (422, "truncated", "the image is truncated ({detail}): upload the complete file"),
+    "corrupt": (422, "corrupt", "the image is damaged ({detail}): export it anew and try again"),
 }
+_UNUSABLE = (422, "unusable", "the image cannot be used: {detail}")
 
 
 def _megabytes(n_bytes: int) -> str:

@@ -1,0 +1,521 @@
+"""Write BENCHMARKS.md from bench/results/*.json: `python -m bench.render`.
+
+BENCHMARKS.md is an output, like a results file: every table and every figure in its prose is
+written here from the JSON a benchmark saved, beside the command that wrote that JSON.
+`tests/unit/test_benchmarks_doc.py` renders into a temporary file and fails when the committed
+BENCHMARKS.md differs from it by one byte, so a re-measured benchmark and its document never
+drift apart: re-run the benchmark, then `python -m bench.render`, and commit both.
+
+Adding a section (a nightly-scoring bench, a quality table for hashtag rankers, ...):
+
+1. The benchmark saves its numbers with `bench.results_io.save_results(out, stem, result,
+   table)` into `bench/results/<stem>.json` (keep `table` a function of `result` alone, named
+   `to_markdown`, so this module can call it on the saved JSON).
+2. Here, one function `def my_section(results: Results) -> str` returns the markdown under the
+   section's heading: `results.table(stem, command, markdown)` for each table (it names the
+   command and the file), and the prose around it as an f-string whose figures come from
+   `results.load(stem)`, never typed in.
+3. One line in `SECTIONS` (document order): `Section("Heading (`bench/my.py`)", my_section)`.
+4. `python -m bench.render`; commit BENCHMARKS.md with the results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOCUMENT = ROOT / "BENCHMARKS.md"
+PYTHON = ".venv/bin/python"
+WIDTH = 100  # the house line length
+
+
+class Results:
+    """The results files of one folder, read on demand, and the lines that cite them."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def load(self, stem: str) -> dict[str, Any]:
+        """The JSON a benchmark saved as `<stem>.json`.
+
+        Raises:
+            FileNotFoundError: the file is missing (the message names the command's stem).
+        """
+        path = self.folder / f"{stem}.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: run the benchmark that writes it, then python -m bench.render"
+            )
+        return json.loads(path.read_text())
+
+    def table(
+        self, stem: str, command: str, markdown: str, *, also: str = "", about: str = ""
+    ) -> str:
+        """A table (or tables) after the command that wrote its results file, and `about` it.
+
+        `also` follows the file's name (`and .md`); `about` is prose on how it was measured.
+        """
+        cited = f"`{PYTHON} -m {command}` (writes `bench/results/{stem}.json`{also})."
+        return f"{prose(f'{cited} {about}')}\n{markdown.rstrip()}\n"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One `## ` section of BENCHMARKS.md: its heading and the function that writes its body."""
+
+    heading: str
+    body: Callable[[Results], str]
+
+
+INTRO = """\
+# Benchmarks
+
+Measured on the development machine: 2 CPU cores. Each table gives the load average of its run;
+most runs shared the cores with other jobs. Every benchmark compares its contenders **within one
+run, interleaved** (they take turns, batch by batch or command by command, so all see the same
+load), and reports ratios; wall-clock figures come with CPU-seconds of the measured process.
+
+This file is written by `python -m bench.render` from the results files under `bench/results/`;
+each table names the command that wrote its file, and every figure in the text comes from the
+same files (`tests/unit/test_benchmarks_doc.py` fails when this file differs from what the
+renderer writes). `make bench` (`python -m bench.run_all`) re-runs the benchmarks.
+"""
+
+
+def prose(text: str) -> str:
+    """Paragraphs and `- ` items of `text` re-wrapped to WIDTH columns; `#`/`|` lines kept.
+
+    The section functions write their prose as f-strings, so a figure's width changes the
+    lines; wrapping here keeps the document's lines even whatever the figures are.
+    """
+    paragraphs = []
+    for paragraph in text.strip().split("\n\n"):
+        if paragraph.startswith(("#", "|")):
+            paragraphs.append(paragraph)
+            continue
+        items: list[list[str]] = [[]]
+        for line in paragraph.splitlines():
+            if line.startswith("- ") and items[-1]:
+                items.append([])
+            items[-1].append(line.strip())
+        paragraphs.append(
+            "\n".join(
+                textwrap.fill(
+                    " ".join(item),
+                    WIDTH,
+                    subsequent_indent="  " if item[0].startswith("- ") else "",
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+                for item in items
+            )
+        )
+    return "\n\n".join(paragraphs) + "\n"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def featurize_section(results: Results) -> str:
+    """VGG-19 and MobileNet through taglens's featurize and plain loops of every engine."""
+    from bench.featurize import to_markdown
+
+    five = results.load("featurize")
+    two = results.load("featurize-openvino")
+    mobile = results.load("featurize-mobilenet")
+    mobile_two = results.load("featurize-mobilenet-openvino")
+    medians = five["median_img_s"].values()
+    spread = max(medians) / min(medians) - 1
+    per_cpu = statistics.mean(five["img_per_cpu_s"].values())
+    worst = max(five["relative_difference"], key=five["relative_difference"].get)
+    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorflow": "TensorFlow"}
+    m_median = mobile["median_img_s"]
+    m_cpu_ms = 1000 / mobile["img_per_cpu_s"]["plain/openvino"]
+    m_worst = max(mobile["relative_difference"].values())
+    five_way = results.table(
+        "featurize",
+        "bench.featurize --images 320 --taglens tensorflow",
+        to_markdown(five),
+        also=" and `.md`",
+        about="""One process, VGG-19 without its top at 224 px with the same random weights,
+        batch 16, the same flowers photos through the same tf.data decode pipeline. Contenders:
+        taglens's featurize pipeline (`taglens.features.extract.iter_feature_batches`) on the
+        default `featurize.engine` and on the other engine named by `--taglens`, and a plain
+        loop per engine as its documentation shows it (a `tf.function`; OpenVINO converted from
+        the Keras model with `PERFORMANCE_HINT: LATENCY` in float32; ONNX Runtime on tf2onnx's
+        conversion). They take turns batch by batch in a rotating order; each contender's first
+        batch (converting, compiling, tracing) is left out. Each contender computes the image's
+        own vector alone (no views).""",
+    )
+    alone = results.table(
+        "featurize-openvino",
+        "bench.featurize --images 320 --engines openvino --taglens --stem featurize-openvino",
+        to_markdown(two),
+        also=" and `.md`",
+        about="The same, with only taglens and the plain loop of the engine that led above.",
+    )
+    mobile_five = results.table(
+        "featurize-mobilenet",
+        "bench.featurize --backbone mobilenet --images 320 --taglens tensorflow",
+        to_markdown(mobile),
+        also=" and `.md`",
+        about="The shared ImageNet weights.",
+    )
+    mobile_alone = results.table(
+        "featurize-mobilenet-openvino",
+        "bench.featurize --backbone mobilenet --images 320 --engines openvino --taglens "
+        "--stem featurize-mobilenet-openvino",
+        to_markdown(mobile_two),
+        also=" and `.md`",
+    )
+    vgg_shows = prose(f"""What this shows:
+- **On VGG-19 every engine runs at the same speed here, and taglens's featurize is level with
+  the best of them**: {_ratio(five["taglens_over_best_other_median"])} of the plain OpenVINO
+  loop in the five-way run, {_ratio(two["taglens_over_best_other_median"])} when the two run
+  alone. All five contenders are within {math.ceil(spread * 100)}% of each other
+  ({min(medians):.2f} to {max(medians):.2f} images/s by median batch), because VGG-19's
+  convolutions reach the same oneDNN kernels whichever runtime calls them: about
+  {per_cpu:.1f} images per CPU-second each, on both cores. "At least 1.0 of the best other
+  engine" is therefore a tie within the noise of a run, not a lead any runtime can take here.
+- Every engine gives the Keras vectors within 1e-4 (largest row-wise relative difference
+  {five["relative_difference"][worst]:.1e}, {names[worst.split("/")[1]]}). OpenVINO's own
+  default precision on this CPU, bfloat16, would not ({five["bf16_relative_difference"]:.1e}),
+  so taglens compiles OpenVINO in float32.
+- ONNX conversion is slow ({five["plain_convert_s"]["onnxruntime"]:.1f} s for VGG-19 here),
+  which is why taglens caches it on disk; OpenVINO converts in memory at each start
+  ({five["plain_convert_s"]["openvino"]:.1f} s here), once per process and model (a Dask
+  worker converts its model once for all its shards).""")
+    mobile_shows = prose(f"""\
+- **For MobileNet OpenVINO is the fastest engine** ({m_median["plain/openvino"]:.2f} images/s
+  by median batch for the plain loop, against {m_median["plain/tensorflow"]:.2f} for
+  TensorFlow and {m_median["plain/onnxruntime"]:.2f} for ONNX Runtime), and taglens on it runs
+  at **{_ratio(mobile_two["taglens_over_best_other_median"])}** of the plain OpenVINO loop when
+  the two run alone ({_ratio(mobile_two["taglens_over_best_other_cpu"])} per CPU-second).
+- In the five-way run taglens's OpenVINO contender ran at
+  {_ratio(mobile["taglens_over_best_other_median"])} of that loop. MobileNet's forward pass is
+  fast enough (about {m_cpu_ms:.0f} CPU-ms an image) that five runtimes in one process, each
+  with its own thread pools and its own decode pipeline prefetching, disturb whichever
+  contender has the turn; the two-contender run, with one runtime in the process as in the
+  featurize stage, is the one that shows the stage's speed.
+- OpenVINO's bfloat16 default would move MobileNet's vectors by
+  {mobile["bf16_relative_difference"]:.1e} relative; in float32 every engine stays within
+  {m_worst:.1e} of Keras.""")
+    return "\n".join(
+        [five_way, alone, vgg_shows, "### MobileNet 1.0\n", mobile_five, mobile_alone, mobile_shows]
+    )
+
+
+def predict_section(results: Results) -> str:
+    """The whole batch predict command against a cold featurize, and its memory."""
+    from bench.predict import to_markdown
+
+    r = results.load("predict")
+    small, large = r["rss"][0], r["rss"][-1]
+    table = results.table(
+        "predict",
+        "bench.predict --images 800 --repeats 3 --rss 1000 10000",
+        to_markdown(r),
+        also=" and `.md`",
+        about="""The whole `python -m stages.predict` command (list, read, hash, decode, model,
+        hashtags, Parquet) against the whole `python -m stages.featurize` command into an empty
+        feature store, on the same photos with the same backbone (MobileNet 1.0, shared ImageNet
+        weights, 224 px) and engine (params.yaml's `featurize.engine`). The served model is
+        assembled as `train` assembles it (`taglens.training.full_model.assemble`) in its
+        costliest default shape: the image and its mirror image both go through the backbone
+        and are averaged (when validation picks a flip setting), plus the colour view;
+        featurize computes the same views (`featurize.views: [flip, colour]`). The photos are
+        flowers photos re-encoded as 640x640 JPEGs, the size Instagram serves, so decoding
+        costs what it costs on scraped posts. The two commands alternate which goes first in
+        each repeat.""",
+    )
+    shows = prose(f"""What this shows:
+- **The whole batch predict command ran at {_ratio(r["predict_over_featurize"])} of a cold
+  featurize's rate** by wall time ({_ratio(r["predict_over_featurize_cpu"])} per CPU-second)
+  on the same 640x640 photos, although it also hashes every file, ranks hashtags and writes
+  Parquet. This run predates featurize computing the image and its views in one forward call
+  per batch (`taglens.features.views.views_model`, with the served model's own
+  `image_and_mirror`): featurize then ran one pass over the files per view.
+- **Memory is flat**: the peak while scoring grows from {small["job_peak_rss_mb"]:.0f} MB to
+  {large["job_peak_rss_mb"]:.0f} MB ({r["rss_ratio"]:.2f}) from {small["images"]:,} to
+  {large["images"]:,} images, since rows are streamed out batch by batch.""")
+    return "\n".join([table, shows])
+
+
+def nightly_section(results: Results) -> str:
+    """N new photos after M already scored, against the N alone: the nightly job's cost."""
+    from bench.nightly import to_markdown
+
+    r = results.load("nightly")
+    table = results.table(
+        "nightly",
+        f"bench.nightly --new {r['new']} --history {r['history']} --repeats {r['repeats']}",
+        to_markdown(r),
+        also=" and `.md`",
+        about=f"""The whole job as the nightly flow runs it (list the inbox, recognise what the
+        Parquet output holds, score the rest, add a part) in two situations, interleaved: the
+        {r["new"]:,} new photos alone into a new output, and the same {r["new"]:,} in an inbox
+        that also holds {r["history"]:,} photos the output has already scored. The model is a
+        tiny conv net at {r["image_size"]} px, the cheapest a photo can be scored, so whatever
+        grows with the history (listing, one `stat` per photo, reading the index, rewriting it)
+        weighs as much as it ever can; the photos are {r["side"]}x{r["side"]} JPEGs.""",
+    )
+    alone = r["seconds"]["alone"]
+    shows = prose(f"""What this shows:
+- **Cost follows the new photos**: with {r["history"]:,} photos already scored, the night
+  costs {_ratio(r["cpu_ratio_median"])}x the CPU of scoring the {r["new"]:,} alone (median of
+  the repeats; best against best {_ratio(r["cpu_ratio_best"])}x). No old photo is read or
+  hashed (their size and mtime match the index; `tests/unit/test_batch_dataset.py` counts the
+  hashes) and no earlier part is rewritten (the benchmark checks that the history's part is
+  still there, the first of two).
+- **Wall time is noisier**: with the cores shared (load average {r["loadavg_start"]:.1f} ->
+  {r["loadavg_end"]:.1f}) the job's CPU-seconds were about half its wall-clock seconds, and the
+  ratio of wall times varied over the repeats (median {_ratio(r["ratio_median"])}) because the
+  runs themselves did: the alone runs took from {min(alone):.2f} s to {max(alone):.2f} s.""")
+    return "\n".join([table, shows])
+
+
+def train_section(results: Results) -> str:
+    """Re-training on cached features against a frozen backbone fitted on images."""
+    r = results.load("train")
+    once, cached, naive = r["featurize_once"], r["retrain_cached"], r["naive_frozen_backbone"]
+    markdown = (
+        "| load average | featurize once | re-train, cached | naive, frozen backbone on images "
+        "| speed-up wall | speed-up CPU |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {r['load_average_1m']} | {once['wall_s']} s / {once['cpu_s']} CPU-s "
+        f"| {cached['wall_s']} s / {cached['cpu_s']} CPU-s "
+        f"| {naive['wall_s']} s / {naive['cpu_s']} CPU-s "
+        f"| {r['speedup_wall']}x | {r['speedup_cpu']}x |\n"
+    )
+    table = results.table(
+        "train",
+        "bench.train",
+        markdown,
+        about=f"""After a train-param change, fitting the head on cached features (read
+        `features.npz` + fit) against the naive approach, a Keras model with a frozen backbone
+        fitted on images every epoch. Same {r["images"]} flowers photos, {r["image_size"]} px,
+        {r["backbone"]} (random weights: the cost does not depend on them), {r["epochs"]}
+        epochs, same head and batch size, XLA off for both; CPU seconds count all threads of
+        the process.""",
+    )
+    shows = prose("""The cached side is almost all fixed Keras cost (building, tracing); the
+    naive side grows with images x epochs, so the ratio grows with either. Featurize is paid
+    once per image and backbone, and cached across runs.""")
+    return "\n".join([table, shows])
+
+
+def _sci(value: float) -> str:
+    """1e-05 as 1e-5."""
+    return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def web_section(results: Results) -> str:
+    """The web page under load: batched and unbatched servers, 1 and 32 clients."""
+    from bench.load_web import to_markdown
+
+    r = results.load("load_web-224px")
+    single, loaded = r["servers"]["batched"]["1"], r["servers"]["batched"]["32"]
+    unbatched = r["servers"]["unbatched"]["32"]
+    top, costs, targets = r["ceiling"], r["cpu_ms_per_image"], r["targets"]
+    failed = "No request failed" if loaded["errors"] == 0 else f"{loaded['errors']} requests failed"
+    table = results.table(
+        "load_web-224px",
+        "bench.load_web --clients 1 32 --size 224 --duration 20 --repeats 3",
+        to_markdown(r),
+        also=" and `.md`; several minutes",
+        about=f"""It builds MobileNet 1.0 with the ImageNet weights from ../shared/weights,
+        assembled as train assembles the served model (as in batch predict above), re-encodes
+        64 flowers photos to 640x640 JPEG (quality 85, as Instagram serves them) and starts two
+        `python -m taglens.serving.web` servers on 127.0.0.1 from the same params: the default
+        one (dynamic batching, `serve.batch_max_size: 32`, `serve.batch_max_wait_ms: 5`) and one
+        with `batch_max_size: 1` (each upload its own forward pass). The four arms (server x 1
+        or 32 clients uploading back-to-back) run {r["duration_s"]:g} s each and alternate for
+        {r["repeats"]} rounds; a separate process loads the page (`GET /`) every 0.25 s during
+        each arm. "CPU ms per request" is the server process's user + system time over the
+        requests it answered. Afterwards `bench/web_costs.py` measures, in one process, the CPU
+        of each step the server runs for an upload.""",
+    )
+    shows = prose(f"""What this shows:
+- {failed}. 32 clients get **{r["ratio"]}x** the single-client rate (target 3x:
+  {_met(targets["ratio"])}); their p99 is {loaded["p99_ms"]} ms (target under 2 s:
+  {_met(targets["p99"])}); the page loads in {loaded["page"]["p99_ms"]} ms at p99 during that
+  load (target under 200 ms: {_met(targets["page"])}; the slowest page load took
+  {loaded["page"]["max_ms"]} ms).
+- **One client already keeps {top["single_client_cores_busy"]} of the {top["cores"]} cores
+  busy.** A lone upload goes through OpenVINO's latency path, which spreads one image over both
+  cores, and never waits for a batch (p50 {single["p50_ms"]} ms). Batching cannot make the model
+  cheaper per image either: the assembled model costs {costs["model_one_image"]} CPU-ms for one
+  image and {costs["model_full_batch"]} per image in a batch of {costs["batch"]}. At the
+  {loaded["server_cpu_ms_per_request"]} CPU-ms a request costs under 32 clients,
+  {top["cores"]} cores answer at most {top["most_requests_per_second"]} requests/s,
+  {top["most_ratio"]}x the single-client rate; 3x would need
+  {top["cpu_ms_per_request_for_3x"]} CPU-ms a request.
+- Batching pays where requests queue: {r["batching_gain"]}x the unbatched server's rate at 32
+  clients ({loaded["server_cpu_ms_per_request"]} against
+  {unbatched["server_cpu_ms_per_request"]} CPU-ms per request).
+- **The page under load**: with batching, a batch of answers goes out at once and as many
+  uploads arrive together, and a page request can queue behind them (p99
+  {loaded["page"]["p99_ms"]} ms, max {loaded["page"]["max_ms"]} ms, against
+  {unbatched["page"]["p99_ms"]} ms p99 without batching).""")
+    return "\n".join([table, shows])
+
+
+def search_section(results: Results) -> str:
+    """The train stage's default search on 7,000 cached vectors."""
+    r = results.load("search")
+    best = r["best_setting"].replace(",", ", ")
+    markdown = (
+        "| rows (train/val) | candidates | wall min | CPU min | best on validation | load avg |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {r['rows']} ({r['train_rows']}/{r['val_rows']}) | {r['candidates']} "
+        f"| {r['wall_min']} | {r['cpu_min']} | {best} | {r['load_average_1m']} |\n"
+    )
+    table = results.table(
+        "search",
+        "bench.search",
+        markdown,
+        also=" and `search.md`",
+        about=f"""The train stage's default search (`train.search` in params.yaml: each setting
+        an MLflow child run in a throwaway store) on {r["rows"]:,} rows of MobileNet 1.0
+        features of the flowers photos at 128 px with their flip view. The 4,317 photos are
+        brought to {r["rows"]:,} rows by repeating photos with 1% Gaussian noise (a fit's cost
+        depends on the row count, not on where the rows come from). The validation accuracy is
+        therefore not an accuracy figure (repeated photos fall in both splits); only the time
+        is.""",
+    )
+    shows = prose(f"""CPU minutes count all threads of the process; the machine was shared
+    (load average {r["load_average_1m"]:.0f} on 2 cores), so the wall time is an upper
+    bound.""")
+    return "\n".join([table, shows])
+
+
+def fine_tune_section(results: Results) -> str:
+    """Fine-tuning the backbone's last block or layers on the flowers photos."""
+    block = results.load("fine_tune-last-block")
+    layers = results.load("fine_tune-last-12-layers")
+    unfrozen = {
+        "last block (`conv_pw_13`)": block,
+        f"last {layers['layers']} layers with weights": layers,
+    }
+    rows = [
+        f"| {name} | {_sci(r['learning_rate'])} | {r['test_accuracy_head']:.4f} -> "
+        f"{r['test_accuracy_fine_tuned']:.4f} | {r['gain']:+.3f} | "
+        f"{r['wall_min_per_epoch']:.2f} ({r['cpu_min_per_epoch']:.2f}) | {r['load_average_1m']} |"
+        for name, r in unfrozen.items()
+    ]
+    markdown = (
+        "| unfrozen | learning rate | test accuracy, head -> fine-tuned | gain "
+        "| min per epoch, wall (CPU) | load avg |\n|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    head = block["test_accuracy_head"]
+    error = math.sqrt(head * (1 - head) / block["test_images"])
+    table = results.table(
+        "fine_tune-last-block",
+        "bench.fine_tune",
+        markdown,
+        also="; `bench.fine_tune --layers 12 --learning-rate 0.0001` writes "
+        "`bench/results/fine_tune-last-12-layers.json`",
+        about=f"""MobileNet 1.0 ImageNet at {block["image_size"]} px (the code path is the same
+        for every backbone and `tests/unit/test_head.py` checks that each one unfreezes its
+        last block or its last N layers), {block["train_images"]:,} training and
+        {block["test_images"]} test photos. params.yaml's head is fitted on the cached
+        features, the assembled model scores the test photos, then `fine_tune` trains the
+        unfrozen layers and the head on images (flips and small brightness changes) for
+        {block["epochs"]} epochs and ends on the best validation epoch.""",
+    )
+    shows = prose(f"""An epoch costs about what one featurize pass over the training photos
+    costs. Both gains are within about two standard errors of a test accuracy on
+    {block["test_images"]} photos (one standard error {error:.3f}), so fine-tuning stays off
+    by default.""")
+    return "\n".join([table, shows])
+
+
+def quality_section(results: Results) -> str:
+    """Every hashtag ranker side by side on the flowers photos, clean and noisy captions."""
+    from bench.quality import to_markdown
+
+    r = results.load("quality")
+    runs = r["results"]
+    table = results.table(
+        "quality",
+        "bench.quality",
+        to_markdown(r),
+        also=" and `quality.md`",
+        about=f"""The whole pipeline (`dvc repro`: scrape, featurize, the content split and the
+        outlier rule of clean, train's default search and ranking choice, evaluate) on the
+        4,317 flowers photos of ../shared with MobileNet 1.0 ImageNet weights at 128 px and
+        params.yaml's defaults otherwise, once per caption set: `clean` (posts.jsonl) and
+        `noisy` (posts-noisy.jsonl, whose captions follow real Instagram posts: a third with the
+        class tag only, generic tags, missing class tags, colour tags on some posts, a long
+        tail, and two classes without captions). Each row is one ranker alone on the same test
+        posts with its settings chosen on validation; `served` is what the model answers
+        (load average {r["load_average_1m"]} at the start).""",
+    )
+    noisy = runs.get("noisy", {}).get("rankers", {})
+    shows = ""
+    if noisy:
+        served = noisy["served"]
+        popular = noisy["popularity"]
+        shows = prose(f"""On the noisy captions popularity is a strong baseline: its recall@5
+        is {popular["hashtag_recall_at_5"]:.3f} against {served["hashtag_recall_at_5"]:.3f}
+        for the served ranking, whose precision@1 is {served["hashtag_precision_at_1"]:.3f}
+        against popularity's {popular["hashtag_precision_at_1"]:.3f}. The
+        tests/e2e/test_flowers_accuracy.py test runs the same code.""")
+    return "\n".join([table, shows]) if shows else table
+
+
+# The document, in order. A new section: one function above and one line here.
+SECTIONS = (
+    Section("Featurize against the other engines (`bench/featurize.py`)", featurize_section),
+    Section("Batch predict (`bench/predict.py`)", predict_section),
+    Section(
+        "Nightly scoring: new photos after a scored history (`bench/nightly.py`)", nightly_section
+    ),
+    Section("Re-training on cached features (`bench/train.py`)", train_section),
+    Section("Web page under load (`bench/load_web.py`)", web_section),
+    Section("The default search on 7,000 cached vectors (`bench/search.py`)", search_section),
+    Section("Fine-tuning on the flowers photos (`bench/fine_tune.py`)", fine_tune_section),
+    Section("Hashtag quality of every ranker (`bench/quality.py`)", quality_section),
+)
+
+
+def render(results: Path = RESULTS) -> str:
+    """BENCHMARKS.md's text from the results files in `results`."""
+    found = Results(results)
+    parts = [INTRO]
+    parts += [f"## {section.heading}\n\n{section.body(found)}" for section in SECTIONS]
+    return "\n".join(part.rstrip("\n") + "\n" for part in parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write BENCHMARKS.md (or `--out`) from `--results`."""
+    parser = argparse.ArgumentParser(description="Write BENCHMARKS.md from bench/results/.")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results folder")
+    parser.add_argument("--out", type=Path, default=DOCUMENT, help="the file to write")
+    args = parser.parse_args(argv)
+    from taglens.atomic import atomic_write_text
+
+    atomic_write_text(args.out, render(args.results))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

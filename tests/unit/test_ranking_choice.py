@@ -1,0 +1,168 @@
+"""The served ranking chosen on validation posts: floors, the fallback, and what is recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from taglens.data.posts import Post
+from taglens.training import fit_rankers
+from taglens.training.fit_rankers import RankingInputs, fit_ranking
+from taglens.training.hashtags import fit_hashtag_stats, own_tags
+from tests.unit.test_hashtags import params
+
+CLASSES = ["food", "art"]
+
+
+def _posts(n: int, seed: int, class_tags: bool = True) -> list[Post]:
+    """Posts whose common tags (#love, #instagood, #yum) do not depend on the class; with
+    `class_tags`, food posts also say #pizza and art posts #paint, six times in ten."""
+    rng = np.random.default_rng(seed)
+    posts = []
+    for i in range(n):
+        label = CLASSES[i % 2]
+        common = (("love", 0.9), ("instagood", 0.8), ("yum", 0.5))
+        tags = [tag for tag, rate in common if rng.uniform() < rate]
+        if class_tags and rng.uniform() < 0.6:
+            tags.append("pizza" if label == "food" else "paint")
+        posts.append(
+            Post(
+                id=f"{seed}-{i}",
+                label=label,
+                image=f"images/{seed}-{i}.jpg",
+                sha256=f"{seed:032x}{i:032x}",
+                width=9,
+                height=9,
+                caption=" ".join(f"#{tag}" for tag in tags),
+                source="test",
+            )
+        )
+    return posts
+
+
+def _inputs(posts: list[Post], probabilities=None) -> RankingInputs:
+    return RankingInputs(None, None, [own_tags(post) for post in posts], probabilities)
+
+
+def test_when_popularity_is_best_on_validation_the_served_ranking_is_popularity():
+    # Given class tags in training that validation posts never use, and a confident classifier
+    hashtags = params(top_k=3, min_support=2, generic=(), image_rankers=False)
+    train, val = _posts(200, 0), _posts(120, 1, class_tags=False)
+    stats = fit_hashtag_stats(train, CLASSES, hashtags)
+    probs = np.array([[1.0, 0.0] if post.label == "food" else [0.0, 1.0] for post in val])
+
+    # When the ranking is chosen on validation
+    blend, report = fit_ranking(stats, _inputs(train), _inputs(val, probs), seed=0)
+
+    # Then popularity beats the class mixture there, and it alone is served
+    assert (
+        report["rankers"]["popularity"]["recall_at_3"]
+        > report["rankers"]["class_mixture"]["recall_at_3"]
+    )
+    assert blend.weights == {
+        "popularity": 1.0,
+        "class_mixture": 0.0,
+        "tag_model": 0.0,
+        "colour_tags": 0.0,
+        "neighbours": 0.0,
+    }
+    assert blend.choice["rankers"] == ["popularity"]
+    scores = blend.ranker_scores(stats, hashtags, probs)
+    served = stats.rank_scores(
+        stats.finish(blend.blend(scores), hashtags, blend.tag_multiplier), hashtags
+    )
+    popular = [item["tag"] for item in stats.popular(hashtags)]
+    assert popular == ["love", "instagood", "yum"]
+    assert all([item["tag"] for item in row] == popular for row in served)
+
+
+def test_when_no_blend_reaches_the_floors_the_best_single_ranker_is_served(monkeypatch):
+    # Given a search in which no blend reaches popularity's and the class mixture's scores
+    monkeypatch.setattr(fit_rankers, "choose_blend", lambda *args, **kwargs: None)
+    hashtags = params(top_k=3, min_support=2, generic=(), image_rankers=False)
+    train, val = _posts(200, 0), _posts(120, 1)
+    stats = fit_hashtag_stats(train, CLASSES, hashtags)
+    probs = np.full((len(val), 2), 0.5)
+
+    blend, report = fit_ranking(stats, _inputs(train), _inputs(val, probs), seed=0)
+
+    # Then the better of the single rankers is served, and the choice says why
+    assert blend.choice["served"] == "single"
+    assert blend.choice["rankers"] == ["popularity"]
+    assert "no blend reached" in blend.choice["why"]
+    assert report["rankers"]["blend"] == report["rankers"]["popularity"]
+    assert blend.weights["popularity"] == 1.0 and sum(blend.weights.values()) == 1.0
+
+
+def test_without_tagged_validation_posts_the_class_mixture_is_served():
+    hashtags = params(top_k=3, min_support=2, generic=(), image_rankers=False)
+    train = _posts(50, 0)
+    stats = fit_hashtag_stats(train, CLASSES, hashtags)
+    empty = RankingInputs(None, None, [set(), set()], np.full((2, 2), 0.5))
+    blend, _ = fit_ranking(stats, _inputs(train), empty, seed=0)
+    assert blend.weights["class_mixture"] == 1.0
+    assert "no validation post carries hashtags" in blend.choice["why"]
+
+
+@pytest.mark.parametrize("generic", [(), ("love",)])
+def test_tag_weights_are_candidates_that_start_from_none(generic):
+    hashtags = params(top_k=3, min_support=2, generic=generic, generic_weight=0.3)
+    stats = fit_hashtag_stats(_posts(50, 0), CLASSES, hashtags)
+    low = np.zeros(len(stats.tags), bool)
+    low[stats.tags.index("instagood")] = True
+    weightings = fit_rankers._tag_weightings(stats, hashtags, low)
+    assert weightings[0] == ("none", None)
+    names = [name for name, _ in weightings]
+    assert names == (
+        ["none", "generic", "low_lift", "generic+low_lift"] if generic else ["none", "low_lift"]
+    )
+
+
+def test_evaluation_reports_every_ranker_and_warns_below_popularity(caplog):
+    from taglens.serving.predictor import HashtagPredictor
+    from taglens.training.blend import HashtagBlend
+    from taglens.training.evaluation import hashtag_scores
+
+    # Given a served ranking that is the class mixture alone, on posts that only use the common
+    # tags (the class tags of training never come back)
+    hashtags = params(top_k=3, min_support=2, generic=(), image_rankers=False)
+    stats = fit_hashtag_stats(_posts(200, 0), CLASSES, hashtags)
+    blend = HashtagBlend(
+        weights={"class_mixture": 1.0},
+        choice={
+            "served": "single",
+            "rankers": ["class_mixture"],
+            "tag_weights": "none",
+            "why": "test",
+        },
+    )
+    predictor = HashtagPredictor(
+        model=None,
+        classes=CLASSES,
+        image_size=32,
+        stats=stats,
+        params=hashtags,
+        info={},
+        rankers=blend,
+    )
+    test = _posts(60, 2, class_tags=False)
+    probs = np.array([[1.0, 0.0] if post.label == "food" else [0.0, 1.0] for post in test])
+
+    # When the test posts are scored
+    with caplog.at_level("WARNING"):
+        scores = hashtag_scores(
+            predictor, {"probabilities": probs}, [own_tags(post) for post in test]
+        )
+
+    # Then every ranker has its row, the served one is the class mixture's, and evaluate warns
+    for name in ("popularity", "class_mixture", "blend"):
+        assert 0.0 <= scores[f"{name}_hashtag_recall_at_5"] <= 1.0, name
+    assert scores["hashtag_recall_at_3"] == scores["class_mixture_hashtag_recall_at_3"]
+    assert scores["hashtag_recall_at_3"] < scores["popularity_hashtag_recall_at_3"]
+    assert scores["hashtag_ranking"] == {
+        "served": "single",
+        "rankers": ["class_mixture"],
+        "tag_weights": "none",
+        "why": "test",
+    }
+    assert "below popularity" in caplog.text
