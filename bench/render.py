@@ -252,6 +252,39 @@ def predict_section(results: Results) -> str:
     return "\n".join([table, shows])
 
 
+def nightly_section(results: Results) -> str:
+    """N new photos after M already scored, against the N alone: the nightly job's cost."""
+    from bench.nightly import to_markdown
+
+    r = results.load("nightly")
+    table = results.table(
+        "nightly",
+        f"bench.nightly --new {r['new']} --history {r['history']} --repeats {r['repeats']}",
+        to_markdown(r),
+        also=" and `.md`",
+        about=f"""The whole job as the nightly flow runs it (list the inbox, recognise what the
+        Parquet output holds, score the rest, add a part) in two situations, interleaved: the
+        {r["new"]:,} new photos alone into a new output, and the same {r["new"]:,} in an inbox
+        that also holds {r["history"]:,} photos the output has already scored. The model is a
+        tiny conv net at {r["image_size"]} px, the cheapest a photo can be scored, so whatever
+        grows with the history (listing, one `stat` per photo, reading the index, rewriting it)
+        weighs as much as it ever can; the photos are {r["side"]}x{r["side"]} JPEGs.""",
+    )
+    alone = r["seconds"]["alone"]
+    shows = prose(f"""What this shows:
+- **Cost follows the new photos**: with {r["history"]:,} photos already scored, the night
+  costs {_ratio(r["cpu_ratio_median"])}x the CPU of scoring the {r["new"]:,} alone (median of
+  the repeats; best against best {_ratio(r["cpu_ratio_best"])}x). No old photo is read or
+  hashed (their size and mtime match the index; `tests/unit/test_batch_dataset.py` counts the
+  hashes) and no earlier part is rewritten (the benchmark checks that the history's part is
+  still there, the first of two).
+- **Wall time is noisier**: with the cores shared (load average {r["loadavg_start"]:.1f} ->
+  {r["loadavg_end"]:.1f}) the job's CPU-seconds were about half its wall-clock seconds, and the
+  ratio of wall times varied over the repeats (median {_ratio(r["ratio_median"])}) because the
+  runs themselves did: the alone runs took from {min(alone):.2f} s to {max(alone):.2f} s.""")
+    return "\n".join([table, shows])
+
+
 def train_section(results: Results) -> str:
     """Re-training on cached features against a frozen backbone fitted on images."""
     r = results.load("train")
@@ -452,6 +485,9 @@ def quality_section(results: Results) -> str:
 SECTIONS = (
     Section("Featurize against the other engines (`bench/featurize.py`)", featurize_section),
     Section("Batch predict (`bench/predict.py`)", predict_section),
+    Section(
+        "Nightly scoring: new photos after a scored history (`bench/nightly.py`)", nightly_section
+    ),
     Section("Re-training on cached features (`bench/train.py`)", train_section),
     Section("Web page under load (`bench/load_web.py`)", web_section),
     Section("The default search on 7,000 cached vectors (`bench/search.py`)", search_section),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import featurize, fine_tune, predict, render, search, train
+from bench import featurize, fine_tune, nightly, predict, render, search, train
 
 BENCHMARKS = (  # the commands BENCHMARKS.md shows
     ("featurize", featurize.main, ["--taglens", "tensorflow"]),  # VGG-19, every engine
@@ -20,6 +20,7 @@ BENCHMARKS = (  # the commands BENCHMARKS.md shows
     ("search", search.main, []),
     ("fine_tune", fine_tune.main, []),
     ("predict", predict.main, ["--engine", "tensorflow"]),  # MobileNet's fastest engine here
+    ("nightly", nightly.main, []),  # 1,000 new photos after 10,000 scored
 )
 
 

@@ -7,6 +7,11 @@ output (`<output>.shards/`), then merges the shards in order into the output: th
 same as the local path's, none lost or duplicated, and a re-run resumes both the shards and the
 merge. The model alias is pinned to one version before any shard starts, and each worker process
 loads that model once. Run by hand with `python -m flows.predict --input ... --output ...`.
+
+Into a Parquet output (the nightly default) a run adds one part; its rows are then compared with
+the model's validation outputs (`taglens.lifecycle.drift`, `predict.drift` in params.yaml). Each
+run is an MLflow run (`batch-predict`: counts and drift figures) and a Prefect artifact; with
+`predict.drift.retrain: true` a flagged run starts the weekly-retrain deployment at once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.deploy import RETRAIN
 from flows.runners import (
     SHARD_RETRIES,
     SHARD_RETRY_DELAY_S,
@@ -30,10 +36,13 @@ from flows.runners import (
     retry_unless_user_error,
 )
 from taglens.errors import TaglensError
-from taglens.params import load_params
+from taglens.lifecycle.drift import DriftReference, DriftReport, compare
+from taglens.params import DriftParams, load_params
 from taglens.serving import model_ref
+from taglens.serving.batch_dataset import migrate_single_file
 from taglens.serving.batch_inputs import list_inputs, shard
 from taglens.serving.batch_predict import PredictResult, merge_outputs
+from taglens.serving.batch_rows import read_rows, run_parts
 from taglens.serving.batch_scoring import ScoreReport
 from taglens.serving.model_ref import ModelRef
 
@@ -42,6 +51,8 @@ TASK_RUNNERS = ("local", "dask")
 # images, scores in minutes here): fail it so the next night's run is not blocked behind it.
 TIMEOUT_S = 6 * 3600
 ARTIFACT_KEY = "batch-predict-report"
+RUN_NAME = "batch-predict"  # the MLflow run each flow run logs
+RETRAIN_DEPLOYMENT = f"training/{RETRAIN}"  # <flow name>/<deployment name>, flows/deploy.py
 _MODELS: dict[tuple[str, str | None, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -70,18 +81,32 @@ def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, s
     from taglens.serving.batch_predict import predict_to_file
 
     predictor = cached_model(model_uri, tracking_uri, engine)
-    report = predict_to_file([Path(p) for p in paths], Path(output), predictor, ModelRef(**model),
-                             batch_size=batch_size, progress=progress,
-                             also_done_in=[Path(p) for p in also_done_in or []])  # fmt: skip
+    rehashed: dict = {}
+    report = predict_to_file(
+        [Path(p) for p in paths],
+        Path(output),
+        predictor,
+        ModelRef(**model),
+        batch_size=batch_size,
+        progress=progress,
+        also_done_in=[Path(p) for p in also_done_in or []],
+        keep_stat=bool(also_done_in),  # a shard: its rows reach the output's index via merge
+        rehashed=rehashed,
+    )
     get_run_logger().info("%s: %d scored, %d skipped, %d errors", output, report.scored,
                           report.skipped, report.errors)  # fmt: skip
+    if also_done_in:
+        return {**asdict(report), "rehashed": [[*key, *stat] for key, stat in rehashed.items()]}
     return asdict(report)
 
 
 @task(name="predict-merge")
-def merge_task(parts: list[str], output: str, model: dict[str, str]) -> int:
+def merge_task(
+    parts: list[str], output: str, model: dict[str, str], rehashed: list[list] | None = None
+) -> int:
     """Merge shard outputs into the final output, then delete them."""
-    added = merge_outputs([Path(p) for p in parts], Path(output), ModelRef(**model))
+    stats = {(path, sha): (size, mtime) for path, sha, size, mtime in rehashed or []}
+    added = merge_outputs([Path(p) for p in parts], Path(output), ModelRef(**model), stats)
     if parts:  # every shard is in the output now: a re-run starts from the output alone
         job_dir = Path(parts[0]).parent
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -121,7 +146,8 @@ def batch_predict_flow(
 
     Args:
         input: a folder, glob, image, or text file listing paths.
-        output: a `.csv`, `.jsonl` or `.parquet` file; resumed if it exists.
+        output: a `.csv` or `.jsonl` file, or a `.parquet` folder that gains one part per run
+            (drift is checked on these); resumed if it exists.
         model_uri: default `models:/<register.model_name>@champion`.
         task_runner: "local" (one process) or "dask" (shards on a Dask cluster).
         scheduler_address: a running Dask scheduler (`tcp://host:8786`); None starts a local
@@ -157,6 +183,9 @@ def batch_predict_flow(
              task_runner)  # fmt: skip
     report = ScoreReport()
     start = time.monotonic()
+    if Path(output).suffix.lower() == ".parquet":
+        migrate_single_file(Path(output))  # an old one-file output's rows are not tonight's
+    parts_before = {part.name for part in run_parts(Path(output))}
     if paths and task_runner == "local":
         report.add(ScoreReport(**score_task(paths, output, uri, model, params.predict.batch_size,
                                             tracking_uri, params.featurize.engine,
@@ -170,15 +199,127 @@ def batch_predict_flow(
             shards, shard_dir, output, uri, model, params.predict.batch_size, tracking_uri,
             params.featurize.engine,
         )
+        rehashed = []
         for result in results:
+            rehashed += result.pop("rehashed", [])
             report.add(ScoreReport(**result))
         parts = [f"{shard_dir}/shard-{number:06d}.jsonl" for number in range(len(shards))]
-        merge_task(parts, output, model)
+        merge_task(parts, output, model, rehashed)
     report.seconds = time.monotonic() - start  # wall time, shards ran in parallel
     summary = PredictResult(ref, Path(output), report).to_dict()
     log.info("batch predict done: %s", summary)
+    retrain_error = None
+    if params.predict.drift.enabled:
+        new_parts = [str(p) for p in run_parts(Path(output)) if p.name not in parts_before]
+        drift = drift_task(
+            new_parts, uri, tracking_uri, params.featurize.engine, model, params.predict.drift
+        )
+        summary["drift"] = drift
+        if drift.get("drifted") and params.predict.drift.retrain:
+            try:
+                summary["retrain_flow_run_id"] = trigger_retrain()
+            except TaglensError as exc:  # the scores and figures are recorded first, then fail
+                retrain_error = summary["retrain_error"] = str(exc)
+    summary["mlflow_run_id"] = _log_run(summary, input, task_runner)
     _publish(summary, input, task_runner)
+    if retrain_error is not None:
+        raise TaglensError(retrain_error)
     return summary
+
+
+@task(name="predict-drift")
+def drift_task(
+    parts: list[str],
+    model_uri: str,
+    tracking_uri: str | None,
+    engine: str,
+    model: dict[str, str],
+    settings: DriftParams,
+) -> dict[str, Any]:
+    """Compare this run's new rows (the output parts it added) with the validation outputs.
+
+    Returns:
+        The DriftReport as a dict, or {"judged": False, "drifted": False, "reason": ...} when
+        there is nothing to compare: the model carries no reference, or the run added no part
+        (nothing new, or a CSV / JSON-lines output, which drift is not checked on).
+    """
+    log = get_run_logger()
+    reference = None
+    if not parts:  # checked first: nothing to compare needs no model loaded
+        reason = "this run added no rows to a Parquet output"
+    else:
+        reference = cached_model(model_uri, tracking_uri, engine).drift_reference
+        reason = None
+        if reference is None:
+            reason = "the model has no drift_reference.json (trained before it, or fine-tuned)"
+    if reason is not None:
+        log.info("drift not checked: %s", reason)
+        return {"judged": False, "drifted": False, "reason": reason}
+    classes, confidences = [], []
+    columns = ["top_class", "top_probability", "model_name", "model_version"]
+    for part in parts:
+        for row in read_rows(part, columns=columns):
+            if (row["model_name"], row["model_version"]) == (model["name"], model["version"]):
+                classes.append(row["top_class"])
+                confidences.append(row["top_probability"])
+    report = compare(
+        DriftReference.from_dict(reference),
+        classes,
+        confidences,
+        psi_threshold=settings.psi_threshold,
+        min_photos=settings.min_photos,
+    )
+    if report.drifted:
+        log.warning("%s", report.line())
+    else:
+        log.info("%s", report.line())
+    return {**asdict(report), "line": report.line()}
+
+
+@task(name="trigger-retrain")
+def trigger_retrain() -> str:
+    """Start a run of the weekly-retrain deployment now, without waiting for it (its id)."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        flow_run = run_deployment(RETRAIN_DEPLOYMENT, timeout=0, tags=["drift"])
+    except ObjectNotFound:
+        raise TaglensError(
+            f"drift was flagged and predict.drift.retrain is true, but the Prefect server has no "
+            f"deployment {RETRAIN_DEPLOYMENT}: register it (`make schedule` or "
+            "`python -m flows.deploy`) or set predict.drift.retrain: false"
+        ) from None
+    get_run_logger().warning("drift: started %s (flow run %s)", RETRAIN_DEPLOYMENT, flow_run.id)
+    return str(flow_run.id)
+
+
+def _log_run(summary: dict[str, Any], input: str, task_runner: str) -> str:  # noqa: A002
+    """Log the flow run as an MLflow run: what was scored with which model, and the drift."""
+    import mlflow
+
+    drift = summary.get("drift") or {}
+    verdict = "not judged"
+    if drift.get("judged"):
+        verdict = "flagged" if drift.get("drifted") else "clear"
+    tags = {
+        "stage": "predict",
+        "model_name": summary["model_name"],
+        "model_version": summary["model_version"],
+        "drift": verdict,
+    }
+    with mlflow.start_run(run_name=RUN_NAME) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params({"input": input, "output": summary["output"], "task_runner": task_runner})
+        counts = ("total", "scored", "skipped", "errors", "seconds", "images_per_second")
+        metrics = {key: float(summary[key]) for key in counts}
+        if "photos" in drift:
+            figures = {key: value for key, value in drift.items() if key != "line"}
+            metrics.update(DriftReport(**figures).metrics())
+        mlflow.log_metrics(metrics)
+        if drift:
+            mlflow.log_dict(drift, "predict/drift.json")
+    return run.info.run_id
 
 
 def render_markdown(summary: dict[str, Any], input: str, task_runner: str) -> str:  # noqa: A002
@@ -197,7 +338,39 @@ def render_markdown(summary: dict[str, Any], input: str, task_runner: str) -> st
     if summary["errors"]:
         lines += ["", f"{summary['errors']} images could not be scored: their rows in the "
                   "output carry the reason in `error`."]  # fmt: skip
+    drift = summary.get("drift")
+    if drift is not None:
+        lines += ["", "## Drift against the model's validation photos", ""]
+        lines += [drift_markdown(drift)]
+    retrain = summary.get("retrain_flow_run_id")
+    if retrain:
+        lines += ["", f"Started `{RETRAIN_DEPLOYMENT}` (flow run {retrain})."]
+    if summary.get("retrain_error"):
+        lines += ["", f"Could not start the retrain: {summary['retrain_error']}"]
     return "\n".join(lines) + "\n"
+
+
+def drift_markdown(drift: dict[str, Any]) -> str:
+    """The drift check as a markdown table (or the reason it was not made)."""
+    if "photos" not in drift:
+        return f"Not checked: {drift['reason']}."
+    verdict = "not judged (too few photos)"
+    if drift["judged"]:
+        verdict = "**DRIFT**" if drift["drifted"] else "no drift"
+    rows = [
+        ("verdict", verdict),
+        ("photos compared", f"{drift['photos']} (reference: {drift['reference_photos']})"),
+        ("PSI, predicted classes", f"{drift['psi_class']:.3f}"),
+        ("PSI, confidence", f"{drift['psi_confidence']:.3f}"),
+        ("threshold (predict.drift.psi_threshold)", f"{drift['psi_threshold']}"),
+        ("KS statistic, confidence", f"{drift['ks_statistic']:.3f}"),
+        ("KS p-value", f"{drift['ks_pvalue']:.3g}"),
+    ]
+    lines = ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)]
+    lines += ["", "| class | share now | share in validation |", "|---|---|---|"]
+    for name, share in drift["class_shares"].items():
+        lines.append(f"| {name} | {share:.3f} | {drift['reference_class_shares'][name]:.3f} |")
+    return "\n".join(lines)
 
 
 def _publish(summary: dict[str, Any], input: str, task_runner: str) -> None:  # noqa: A002
@@ -215,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True,
                         help="a folder, glob, image or text file listing image paths")
     parser.add_argument("--output", required=True,
-                        help="a .csv, .jsonl or .parquet file; resumed if it exists")
+                        help="a .csv or .jsonl file or a .parquet folder; resumed if it exists")
     parser.add_argument("--model-uri", default=None,
                         help="default: the champion, models:/<register.model_name>@champion")
     parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local",

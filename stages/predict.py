@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True,
                         help="a folder (recursive), a glob, an image, or a text file of paths")
     parser.add_argument("--output", required=True, type=Path,
-                        help="the output file: .csv, .jsonl or .parquet (resumed if it exists)")
+                        help="the output: .csv, .jsonl, or .parquet (a folder gaining a part "
+                             "per run); resumed if it exists")
     parser.add_argument("--model-uri", default=None,
                         help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model or a "
                              "models/ directory (default: models:/<register.model_name>@champion)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from taglens import artifacts
 from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_stage
+from taglens.lifecycle.drift import DriftReference
 from taglens.params import (
     BaseParams,
     HashtagParams,
@@ -19,9 +20,10 @@ from taglens.params import (
 )
 from taglens.training import train_data
 from taglens.training import train_outputs as outputs
-from taglens.training.head_fit import HeadFit, fit_head
+from taglens.training.head_fit import HeadFit, fit_head, predict_views
 from taglens.training.sweep import default_search, grid, parse_sweep_arg
 from taglens.training.train_config import TrainConfig
+from taglens.training.train_data import Split
 from taglens.training.train_outputs import TrainResult
 
 logger = logging.getLogger(__name__)
@@ -81,11 +83,31 @@ def run(
             summary["fine_tune_val_accuracy"] = history[-1].get("val_accuracy")
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
         summary["hashtags_val"] = outputs.fit_hashtags_logged(config, fit, splits, posts, out)
+        write_drift_reference(fit, val, classes, fine_tuned=params.fine_tune.enabled, out=out)
         outputs.write_model_dir(config.with_train(best), served, history, out, reports, run_id)
     if params.baseline:
         summary.update(outputs.baseline_run(config, splits, run_id))
     atomic_write_json(artifacts.TRAIN_REPORT.at(reports), summary)
     return TrainResult(summary, Path(out))
+
+
+def write_drift_reference(
+    fit: HeadFit, val: Split, classes: list[str], *, fine_tuned: bool, out: Path
+) -> Path | None:
+    """Write the served model's validation outputs as the nightly drift check's reference.
+
+    The head on the cached validation vectors is the served model's output on those photos
+    (the extractor was checked against them). Fine-tuning changes the backbone, so the cached
+    vectors no longer match: no reference then, and batch runs judge no drift.
+    """
+    path = artifacts.DRIFT_REFERENCE.at(out)
+    path.unlink(missing_ok=True)
+    if fine_tuned:
+        logger.warning("no drift reference: fine-tuning changed the features the head saw")
+        return None
+    flip = val.views.get("flip") if fit.augmented else None
+    probabilities = predict_views(fit.model, val.vectors, flip)
+    return DriftReference.from_probabilities(probabilities, classes).save(path)
 
 
 def main(argv: list[str] | None = None) -> int:

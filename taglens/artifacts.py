@@ -74,6 +74,7 @@ MODEL = Artifact("train", MODELS_DIR, "model.keras")
 MODEL_INFO = Artifact("train", MODELS_DIR, "model_info.json")
 HASHTAGS = Artifact("train", MODELS_DIR, "hashtags.json")
 RANKERS = Artifact("train", MODELS_DIR, "image_rankers.npz")  # optional: see predictor
+DRIFT_REFERENCE = Artifact("train", MODELS_DIR, "drift_reference.json")  # optional: lifecycle.drift
 TRAIN_REPORT = Artifact("train", REPORTS_DIR, "train.json")
 HISTORY = Artifact("train", REPORTS_DIR, "history.csv")
 METRICS = Artifact("evaluate", REPORTS_DIR, "metrics.json")

@@ -17,7 +17,7 @@ from taglens.params.data import (
 from taglens.params.features import CleanParams, FeaturizeParams, ModelParams
 from taglens.params.loader import Params, flatten, load_params, parse_params
 from taglens.params.section import ParamsError, Probability, Section
-from taglens.params.serving import PredictParams, RegisterParams, ServeParams
+from taglens.params.serving import DriftParams, PredictParams, RegisterParams, ServeParams
 from taglens.params.training import (
     EvaluateParams,
     FineTuneParams,
@@ -34,6 +34,7 @@ __all__ = [
     "BaseParams",
     "CleanParams",
     "DemoSourceParams",
+    "DriftParams",
     "EvaluateParams",
     "FeaturizeParams",
     "FineTuneParams",

@@ -21,11 +21,21 @@ class RegisterParams(Section):
     promote: bool  # false: every version stays challenger; `dvc exp run` never promotes anyway
 
 
+class DriftParams(Section):
+    """The nightly drift check against the champion's validation outputs."""
+
+    enabled: bool
+    psi_threshold: float = Field(gt=0, le=10)
+    min_photos: int = Field(ge=1)
+    retrain: bool  # true: a drifted night triggers the weekly retrain deployment at once
+
+
 class PredictParams(Section):
     """The batch predict job."""
 
     batch_size: int = Field(ge=1)
     shard_size: int = Field(ge=1)
+    drift: DriftParams
 
 
 class ServeParams(Section):

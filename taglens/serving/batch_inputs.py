@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,8 +28,7 @@ def list_inputs(spec: str | Path) -> list[Path]:
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
-        paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower()
-                       in IMAGE_SUFFIXES)  # fmt: skip
+        paths = _images_below(path)
     elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         paths = [path]
     elif path.is_file():
@@ -48,6 +48,26 @@ def list_inputs(spec: str | Path) -> list[Path]:
             "give a folder of photos, a glob like 'photos/**/*.jpg' or a file listing paths"
         )
     return paths
+
+
+def _images_below(folder: Path) -> list[Path]:
+    """Image files below `folder` (symlinked folders not entered), sorted as paths sort.
+
+    `os.scandir` and sorting on the split strings, instead of `Path.rglob` and sorting Path
+    objects: a nightly inbox of tens of thousands of photos is listed in a fraction of the time,
+    in the same order.
+    """
+    found: list[str] = []
+    pending = [str(folder)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir() and not entry.is_symlink():
+                    pending.append(entry.path)
+                elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                    found.append(entry.path)
+    found.sort(key=lambda text: text.split(os.sep))
+    return list(map(Path, found))
 
 
 def shard(paths: Sequence[Path], size: int) -> list[list[Path]]:

@@ -7,13 +7,15 @@ model version has already scored, so a re-run skips them:
 
 - `.jsonl` / `.csv`: rows are appended and fsynced per batch. A run killed mid-write leaves at
   most a torn last line, which the next run cuts off before appending.
-- `.parquet` (which cannot be appended to): rows go into part files under `<output>.parts/`,
-  one row group per batch; a part is sealed (renamed from `.tmp`) every `part_rows` rows or
-  `part_seconds` seconds. Closing the writer streams the previous output and all parts, row group
-  by row group, into a new file that atomically replaces the output, then deletes the parts. A
-  killed run loses at most the unsealed part. Finalizing is idempotent: a part row whose key
-  (path, sha256, model) is in the output already is not added again, so a kill between the
-  replace and the deletion of the parts cannot duplicate rows.
+- `.parquet`: the output is a folder with one part per run (`batch_dataset`). Rows are staged
+  in part files under `<output>.parts/`, one row group per batch, with each file's size and
+  mtime; a part is sealed (renamed from `.tmp`) every `part_rows` rows or `part_seconds`
+  seconds. Closing the writer streams the staged parts, row group by row group, into one new
+  run part of the output and updates its index, then deletes the staged parts; earlier run
+  parts are never rewritten. A killed run loses at most the unsealed part. The commit is
+  idempotent: a staged row whose key (path, sha256, model) the output holds already is not
+  added again, so a kill between the commit and the deletion of the staged parts cannot
+  duplicate rows.
 """
 
 from __future__ import annotations
@@ -27,27 +29,48 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from taglens.atomic import atomic_open, cut_torn_tail, fsync_dir
+from taglens.atomic import cut_torn_tail, fsync_dir
 from taglens.errors import TaglensError
+from taglens.serving.batch_dataset import (
+    ResumeState,
+    Stat,
+    commit_run,
+    migrate_single_file,
+    resume_state,
+)
 from taglens.serving.batch_rows import (
     COLUMNS,
-    KEY_COLUMNS,
+    STAT_COLUMNS,
     Key,
     check_format,
     csv_values,
-    done_keys,
     existing_rows,
-    parquet_schema,
-    read_rows,
     sealed_parts,
+    staging_schema,
 )
 
 
 class OutputWriter:
     """Append rows to an output file; `close()` finalizes, `abort()` keeps what was written."""
 
-    def __init__(self, path: Path | str, part_rows: int = 4096, part_seconds: float = 60.0):
+    def __init__(
+        self,
+        path: Path | str,
+        part_rows: int = 4096,
+        part_seconds: float = 60.0,
+        keep_stat: bool = False,
+    ):
+        """Open an output for appending.
+
+        Args:
+            path: `.csv`, `.jsonl` or `.parquet` (a folder).
+            part_rows: rows per sealed staged Parquet part.
+            part_seconds: seconds after which a staged Parquet part is sealed anyway.
+            keep_stat: JSON lines also record each file's `size` and `mtime_ns` (shards of the
+                Dask path, whose rows a Parquet output then indexes with them).
+        """
         self.path = Path(path)
+        self.keep_stat = keep_stat
         self.format = check_format(self.path)
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self.part_rows = part_rows
@@ -55,8 +78,11 @@ class OutputWriter:
         self._handle = None
         self._csv = None
         self._part = None
+        self.rehashed: dict[Key, Stat] = {}
+        self.added_part: Path | None = None  # the run part `close()` added, if any
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.format == ".parquet":
+            migrate_single_file(self.path)  # an output of one file, from before the folder
             self.parts_dir.mkdir(exist_ok=True)
             for stale in self.parts_dir.glob("*.tmp"):
                 stale.unlink()  # an unsealed part of a killed run: its rows are scored again
@@ -79,9 +105,13 @@ class OutputWriter:
         """Rows already in the output, including sealed Parquet parts of an interrupted run."""
         return existing_rows(self.path)
 
-    def done_keys(self, model_name: str, model_version: str) -> set[Key]:
-        """Resume keys of the rows this model version has already written."""
-        return done_keys(self.path, model_name, model_version)
+    def resume_state(self, model_name: str, model_version: str) -> ResumeState:
+        """What this model version has already written (keys, and the hashes of known files)."""
+        return resume_state(self.path, model_name, model_version)
+
+    def note_rehashed(self, rehashed: dict[Key, Stat]) -> None:
+        """Files re-read and found scored: a Parquet output records their stat on close."""
+        self.rehashed.update(rehashed)
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows durably (fsynced text, or a Parquet row group)."""
@@ -102,7 +132,8 @@ class OutputWriter:
             if self._csv is not None:
                 self._csv.writerow(csv_values(row))
             else:
-                record = {key: row.get(key) for key in COLUMNS}
+                names = (*COLUMNS, *STAT_COLUMNS) if self.keep_stat else COLUMNS
+                record = {key: row.get(key) for key in names}
                 self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -114,9 +145,10 @@ class OutputWriter:
         if self._part is None:
             number = len(sealed_parts(self.parts_dir))
             tmp = self.parts_dir / f"part-{number:06d}.parquet.tmp"
-            self._part = [pq.ParquetWriter(tmp, parquet_schema()), tmp, 0, time.monotonic()]
-        table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows],
-                                     schema=parquet_schema())  # fmt: skip
+            self._part = [pq.ParquetWriter(tmp, staging_schema()), tmp, 0, time.monotonic()]
+        names = (*COLUMNS, *STAT_COLUMNS)
+        records = [{k: r.get(k) for k in names} for r in rows]
+        table = pa.Table.from_pylist(records, schema=staging_schema())
         self._part[0].write_table(table)
         self._part[2] += len(rows)
         if self._part[2] >= self.part_rows or time.monotonic() - self._part[3] >= self.part_seconds:
@@ -139,7 +171,7 @@ class OutputWriter:
             self._handle = None
 
     def close(self) -> None:
-        """Finish: for Parquet, merge the old output and the parts into one file atomically."""
+        """Finish: for Parquet, add the staged rows to the output as one new run part."""
         self.abort()
         if self.format == ".csv" and not self.path.exists():
             # nothing was scored: still leave a valid, header-only file
@@ -151,38 +183,10 @@ class OutputWriter:
             self._finalize_parquet()
 
     def _finalize_parquet(self) -> None:
-        import pyarrow.parquet as pq
-
         parts = sealed_parts(self.parts_dir)
-        if not parts and self.path.exists():
+        if not parts and self.path.is_dir() and not self.rehashed:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             return
-        schema = parquet_schema()
-        seen = {tuple(row[k] for k in KEY_COLUMNS)
-                for row in read_rows(self.path, columns=list(KEY_COLUMNS))}  # fmt: skip
-        with atomic_open(self.path, "wb") as handle:
-            writer = pq.ParquetWriter(handle, schema)
-            if self.path.exists():
-                previous = pq.ParquetFile(self.path)
-                for group in range(previous.num_row_groups):
-                    writer.write_table(previous.read_row_group(group).cast(schema))
-            for part in parts:
-                parquet = pq.ParquetFile(part)
-                for group in range(parquet.num_row_groups):
-                    table = parquet.read_row_group(group).cast(schema)
-                    table = table.filter(_new_rows(table, seen))
-                    if table.num_rows:
-                        writer.write_table(table)
-            writer.close()
+        self.added_part = commit_run(self.path, parts, self.rehashed)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         fsync_dir(self.path.parent)
-
-
-def _new_rows(table, seen: set[tuple]) -> list[bool]:
-    """Which rows of `table` have a key not in `seen` (and add theirs): finalize's dedupe."""
-    keys = zip(*(table.column(name).to_pylist() for name in KEY_COLUMNS), strict=True)
-    mask = []
-    for key in keys:
-        mask.append(key not in seen)
-        seen.add(key)
-    return mask

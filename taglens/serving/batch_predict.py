@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from taglens.serving.batch_dataset import resume_state
 from taglens.serving.batch_outputs import OutputWriter
-from taglens.serving.batch_rows import done_keys, read_rows, row_key
+from taglens.serving.batch_rows import read_rows, row_key
 from taglens.serving.batch_scoring import PixelPredictor, ScoreReport, score_paths
 from taglens.serving.model_ref import ModelRef
 
@@ -54,12 +55,15 @@ def predict_to_file(
     progress: bool = True,
     part_rows: int = 4096,
     max_pixels: int | None = None,
+    keep_stat: bool = False,
+    rehashed: dict | None = None,
 ) -> ScoreReport:
     """Score `paths` into `output`, skipping inputs this model version already scored there.
 
     Args:
         paths: the images, in output order.
-        output: `.csv`, `.jsonl` or `.parquet`; appended to if it exists.
+        output: `.csv`, `.jsonl` or `.parquet` (a folder gaining one part per run); appended to
+            if it exists.
         predictor: the model.
         model: its registered name and version (written into each row).
         batch_size: images per forward pass.
@@ -67,20 +71,35 @@ def predict_to_file(
         progress: show a tqdm bar.
         part_rows: rows per sealed Parquet part (what a killed run can lose at most).
         max_pixels: larger images become error rows before decoding (default: Pillow's limit).
+        keep_stat: a JSON-lines output also records each file's size and mtime_ns (a shard).
+        rehashed: if given, receives (path, sha256) -> (size, mtime_ns) of the files that were
+            read again to be recognised (a shard hands them to the merge, which records them).
     """
-    writer = OutputWriter(output, part_rows=part_rows)
-    done = writer.done_keys(model.name, model.version)
+    writer = OutputWriter(output, part_rows=part_rows, keep_stat=keep_stat)
+    state = writer.resume_state(model.name, model.version)
     for other in also_done_in:
-        done |= done_keys(other, model.name, model.version)
+        state.update(resume_state(other, model.name, model.version))
     report = ScoreReport()
-    rows = score_paths(paths, predictor, model, batch_size=batch_size, done=done,
-                       progress=progress, report=report, max_pixels=max_pixels)  # fmt: skip
+    rehashed = {} if rehashed is None else rehashed
+    rows = score_paths(
+        paths,
+        predictor,
+        model,
+        batch_size=batch_size,
+        done=state.done,
+        hashes=state.hashes,
+        rehashed=rehashed,
+        progress=progress,
+        report=report,
+        max_pixels=max_pixels,
+    )
     try:
         for batch in rows:
             writer.write(batch)
     except BaseException:
         writer.abort()
         raise
+    writer.note_rehashed(rehashed)
     writer.close()
     logger.info("scored %d, skipped %d, errors %d of %d images into %s (%.1f img/s)",
                 report.scored, report.skipped, report.errors, report.total, output,
@@ -88,14 +107,18 @@ def predict_to_file(
     return report
 
 
-def merge_outputs(parts: Sequence[Path], output: Path, model: ModelRef) -> int:
+def merge_outputs(
+    parts: Sequence[Path], output: Path, model: ModelRef, rehashed: dict | None = None
+) -> int:
     """Append the rows of shard outputs to `output` in order, skipping rows already there.
 
     A merge interrupted half-way can be re-run: rows whose key is in the output are not added
-    twice. Returns the number of rows added; the shard files are left for the caller to delete.
+    twice. `rehashed` (from the shards' `predict_to_file`) goes to a Parquet output's index.
+    Returns the number of rows added; the shard files are left for the caller to delete.
     """
     writer = OutputWriter(output)
-    seen = writer.done_keys(model.name, model.version)
+    writer.note_rehashed(rehashed or {})
+    seen = writer.resume_state(model.name, model.version).done
     added = 0
     try:
         for part in parts:

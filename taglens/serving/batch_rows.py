@@ -3,7 +3,8 @@
 One row per input image: its path and sha256 (together the resume key), the ranked hashtags,
 the top class, the model's registered name and version, and the error that kept it from being
 scored (None when scored). `batch_outputs.OutputWriter` writes them as CSV, JSON lines or
-Parquet; every reader here streams any of the three.
+Parquet; every reader here streams any of the three. A `.parquet` output is a folder with one
+part per run (`batch_dataset`); an output written before that, one Parquet file, reads the same.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ COLUMNS = (
 FORMATS = (".csv", ".jsonl", ".parquet")
 Key = tuple[str, str]  # (path, sha256)
 KEY_COLUMNS = ("path", "sha256", "model_name", "model_version")
+# The file's size and mtime when it was hashed: staged Parquet parts and the dataset's index
+# carry them so that a later run recognises an unchanged file without reading it again.
+STAT_COLUMNS = ("size", "mtime_ns")
+RUN_GLOB = "run-*.parquet"  # the parts of a Parquet dataset output, one per run, in run order
 
 
 def row_key(row: dict[str, Any]) -> Key:
@@ -55,6 +60,21 @@ def parquet_schema():
             ("model_name", pa.string()), ("model_version", pa.string()), ("error", pa.string()),
         ]  # fmt: skip
     )
+
+
+def staging_schema():
+    """The schema of a staged Parquet part: the output's columns plus STAT_COLUMNS."""
+    import pyarrow as pa
+
+    schema = parquet_schema()
+    for name in STAT_COLUMNS:
+        schema = schema.append(pa.field(name, pa.int64()))
+    return schema
+
+
+def run_parts(dataset: Path) -> list[Path]:
+    """The run parts of a Parquet dataset output, oldest first (empty if it is no folder)."""
+    return sorted(dataset.glob(RUN_GLOB)) if dataset.is_dir() else []
 
 
 def _from_csv(record: dict[str, str]) -> dict[str, Any]:
@@ -93,9 +113,10 @@ def read_rows(
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
-            yield from batch.to_pylist()
+        for file in run_parts(path) if path.is_dir() else [path]:
+            parquet = pq.ParquetFile(file)
+            for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
+                yield from batch.to_pylist()
         return
     with open(path, encoding="utf-8", newline="") as handle:
         if suffix == ".jsonl":
@@ -119,7 +140,7 @@ def existing_rows(
     yield from read_rows(path, columns=columns)
     if path.suffix.lower() == ".parquet":
         for part in sealed_parts(path.with_name(path.name + ".parts")):
-            yield from read_rows(part, columns=columns)
+            yield from read_rows(part, columns=columns or list(COLUMNS))
 
 
 def done_keys(path: Path | str, model_name: str, model_version: str) -> set[Key]:

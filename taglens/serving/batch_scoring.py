@@ -8,16 +8,20 @@ gap in the indices, which keeps every row aligned with its path and turns the ba
 error row instead of a crash. Before any pixel is decoded, the file's header is read with Pillow
 (limited to `data.images.ALLOWED_FORMATS`) and an image over `max_pixels` is refused the same
 way: a decompression bomb in an inbox costs one error row, never the run. On resume, only files
-whose path is already in the output are hashed up front to decide whether they can be skipped.
+whose path is already in the output are looked at up front to decide whether they can be
+skipped, and of those only the ones whose size or mtime changed since they were hashed (or
+whose stat the output does not hold) are read and hashed again. Every input is stat'ed before
+it is read, and its rows carry that size and mtime_ns for the output's index.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,19 +93,46 @@ def _failure(path: Path, image_size: int, max_pixels: int) -> tuple[str, str]:
     return sha, "not a decodable image"
 
 
-def _already_done(paths: Sequence[Path], done: set[Key] | frozenset[Key]) -> np.ndarray:
-    """Which inputs are scored already: only files whose path is in `done` need hashing."""
+def _stat(path: Path | str) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file, None if it cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def _already_done(
+    paths: Sequence[Path],
+    done: set[Key] | frozenset[Key],
+    hashes: Mapping[str, tuple[int, int, str]],
+    rehashed: dict[Key, tuple[int, int]],
+) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
+    """Which inputs are scored already, and every input's stat (taken before any read).
+
+    Only files whose path is in `done` can be skipped. A file whose (size, mtime_ns) equals the
+    one recorded with its hash in `hashes` is not read again; any other is hashed, and when it
+    turns out scored already its current stat goes into `rehashed`.
+    """
     skip = np.zeros(len(paths), dtype=bool)
+    stats = [_stat(path) for path in paths]
     done_paths = {path for path, _ in done}
     for index, path in enumerate(paths):
-        if str(path) not in done_paths:
+        key = str(path)
+        if key not in done_paths:
             continue
-        try:
-            sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        except OSError:
-            sha = ""  # unreadable before and now: its error row is there already
-        skip[index] = (str(path), sha) in done
-    return skip
+        stat, known = stats[index], hashes.get(key)
+        if stat is not None and known is not None and known[:2] == stat:
+            sha = known[2]
+        else:
+            try:
+                sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError:
+                sha = ""  # unreadable before and now: its error row is there already
+            if stat is not None and (key, sha) in done:
+                rehashed[(key, sha)] = stat
+        skip[index] = (key, sha) in done
+    return skip, stats
 
 
 def score_paths(
@@ -111,15 +142,20 @@ def score_paths(
     *,
     batch_size: int,
     done: set[Key] | frozenset[Key] = frozenset(),
+    hashes: Mapping[str, tuple[int, int, str]] | None = None,
+    rehashed: dict[Key, tuple[int, int]] | None = None,
     progress: bool = True,
     report: ScoreReport | None = None,
     max_pixels: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Score images batch by batch, yielding each batch's rows in input order.
 
-    Inputs whose (path, sha256) is in `done` are skipped. Unreadable or undecodable files, files
-    not in an allowed format and images over `max_pixels` (default: Pillow's limit) give rows with
-    `error` set. `report`, if given, is filled in as the generator runs.
+    Inputs whose (path, sha256) is in `done` are skipped; `hashes` (path -> size, mtime_ns,
+    sha256) spares reading the unchanged ones, and `rehashed`, if given, receives the stat of
+    files that had to be read to be recognised. Unreadable or undecodable files, files not in
+    an allowed format and images over `max_pixels` (default: Pillow's limit) give rows with
+    `error` set. Each row carries the file's `size` and `mtime_ns` from before it was read.
+    `report`, if given, is filled in as the generator runs.
     """
     import tensorflow as tf
 
@@ -127,7 +163,7 @@ def score_paths(
 
     report = report if report is not None else ScoreReport()
     report.total = len(paths)
-    skip = _already_done(paths, done) if done else np.zeros(len(paths), dtype=bool)
+    skip, stats = _already_done(paths, done, hashes or {}, {} if rehashed is None else rehashed)
     todo = np.flatnonzero(~skip)
     size = predictor.image_size
     cap = pixel_cap(max_pixels)
@@ -156,11 +192,10 @@ def score_paths(
     def flush(until: int, scored: dict[int, tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         nonlocal next_index
         rows = []
-        for index in range(next_index, until):
+        report.skipped += int(skip[next_index:until].sum())
+        for index in np.flatnonzero(~skip[next_index:until]) + next_index:
             path = Path(paths[index])
-            if skip[index]:
-                report.skipped += 1
-            elif index in scored:
+            if index in scored:
                 sha, prediction = scored[index]
                 rows.append(scored_row(path, sha, model, prediction=prediction))
                 report.scored += 1
@@ -169,6 +204,8 @@ def score_paths(
                 rows.append(scored_row(path, sha, model, error=reason))
                 report.errors += 1
                 logger.warning("%s: %s", path, reason)
+            stat = stats[index] if sha else None  # an unreadable file has no hash to remember
+            rows[-1]["size"], rows[-1]["mtime_ns"] = stat or (None, None)
         bar.update(until - next_index)
         next_index = until
         report.seconds = time.monotonic() - start

@@ -23,9 +23,10 @@ MODEL_FILE = artifacts.MODEL.name
 INFO_FILE = artifacts.MODEL_INFO.name
 HASHTAGS_FILE = artifacts.HASHTAGS.name
 RANKERS_FILE = artifacts.RANKERS.name  # optional: without it, the class mixture ranks alone
+DRIFT_FILE = artifacts.DRIFT_REFERENCE.name  # optional: without it, batch runs judge no drift
 RANK_CHUNK = 256  # images ranked at once: bounds the (N, T) score matrices
 MODEL_FILES = (MODEL_FILE, INFO_FILE, HASHTAGS_FILE)
-OPTIONAL_FILES = (RANKERS_FILE,)
+OPTIONAL_FILES = (RANKERS_FILE, DRIFT_FILE)
 CHUNK = 32  # images per forward pass: bounds memory for large inputs
 
 
@@ -41,6 +42,8 @@ class HashtagPredictor:
         params: the hashtag params used for ranking (the ones stored at train time by default).
         info: the whole model_info.json.
         rankers: the served hashtag ranking chosen at train time (None: the class mixture).
+        drift_reference: drift_reference.json's contents (the validation outputs), when train
+            wrote one (see `taglens.lifecycle.drift`).
     """
 
     model: Any
@@ -50,6 +53,7 @@ class HashtagPredictor:
     params: HashtagParams
     info: dict[str, Any]
     rankers: HashtagBlend | None = None
+    drift_reference: dict[str, Any] | None = None
 
     @classmethod
     def from_dir(
@@ -98,6 +102,9 @@ class HashtagPredictor:
         rankers = None
         if (models_dir / RANKERS_FILE).is_file():
             rankers = HashtagBlend.load(models_dir / RANKERS_FILE)
+        drift_reference = None
+        if (models_dir / DRIFT_FILE).is_file():
+            drift_reference = json.loads((models_dir / DRIFT_FILE).read_text(encoding="utf-8"))
         return cls(
             model=model,
             classes=list(info["classes"]),
@@ -106,6 +113,7 @@ class HashtagPredictor:
             params=params or stats.params,
             info=info,
             rankers=rankers,
+            drift_reference=drift_reference,
         )
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
