@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from taglens.params.section import Section
@@ -16,6 +18,7 @@ class RegisterParams(Section):
     max_recall_drop: float = Field(ge=0, le=1)
     min_score: float = Field(ge=0, le=1)
     promote: bool  # false: every version stays challenger; `dvc exp run` never promotes anyway
+    on_experiment: Literal["skip", "challenger"]  # inside `dvc exp run`: no version, or one held
 
 
 class PredictParams(Section):
