@@ -49,8 +49,13 @@ class Registered:
     def of(cls, record: dict[str, Any]) -> Registered:
         """From what `Registry.register` (or `skipped_record`) returns."""
         version = record.get("version")
-        return cls(str(record["model_name"]), None if version is None else str(version),
-                   str(record["decision"]), str(record["reason"]), dict(record))  # fmt: skip
+        return cls(
+            str(record["model_name"]),
+            None if version is None else str(version),
+            str(record["decision"]),
+            str(record["reason"]),
+            dict(record),
+        )
 
     def summary(self) -> str:
         """One line for the console."""
@@ -71,14 +76,18 @@ def skipped_record(register: RegisterParams, run_id: str, experiment: str) -> di
     committed, `dvc repro -f -s register` registers this run for real and the gate decides.
     """
     return {
-        "model_name": register.model_name, "version": None, "created": False,
-        "decision": SKIPPED, "run_id": run_id, "experiment": experiment,
+        "model_name": register.model_name,
+        "version": None,
+        "created": False,
+        "decision": SKIPPED,
+        "run_id": run_id,
+        "experiment": experiment,
         "reason": (
             f"skipped: `dvc exp run` ({experiment}) with register.on_experiment: skip adds no "
             "version, so the registry holds no experiment nobody merged; to register and gate "
             f"this model, `dvc exp apply {experiment}`, commit, then `dvc repro -f -s register`"
         ),
-    }  # fmt: skip
+    }
 
 
 def promotion_hold(register: RegisterParams, environ: Mapping[str, str]) -> str | None:

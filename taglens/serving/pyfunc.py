@@ -101,8 +101,8 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
             ranked = predictor.params.model_validate({**predictor.params.model_dump(), **update})
             predictor = dataclasses.replace(predictor, params=ranked)
         engine = getattr(predictor.model, "engine", "tensorflow")
-        return [{**row, "engine": engine}
-                for row in predictor.predict_bytes(self.inputs.images(values))]
+        rows = predictor.predict_bytes(self.inputs.images(values))
+        return [{**row, "engine": engine} for row in rows]
 
 
 def on_served_engine(predictor: HashtagPredictor, recorded: str | None,

@@ -42,8 +42,8 @@ def serving_packages(engine: str | None = None) -> tuple[str, ...]:
     if engine is None:
         return SERVING_PACKAGES
     if engine not in ENGINE_PACKAGES:
-        raise ValueError(f"featurize.engine must be one of {', '.join(ENGINE_PACKAGES)}, "
-                         f"got {engine!r}")  # fmt: skip
+        known = ", ".join(ENGINE_PACKAGES)
+        raise ValueError(f"featurize.engine must be one of {known}, got {engine!r}")
     return SERVING_PACKAGES + ENGINE_PACKAGES[engine]
 
 

@@ -28,8 +28,15 @@ BASELINE_RUN = "baseline-logreg"
 # The train keys that shape each head: train.json's `chosen` shows them for the model's head.
 CHOSEN_KEYS = {
     "logreg": ("head", "logreg_c", "normalise", "augment"),
-    "dense": ("head", "hidden_units", "dropout", "learning_rate", "weight_decay", "normalise",
-              "augment"),
+    "dense": (
+        "head",
+        "hidden_units",
+        "dropout",
+        "learning_rate",
+        "weight_decay",
+        "normalise",
+        "augment",
+    ),
 }
 
 
@@ -102,14 +109,17 @@ def search_note(space: str, searched: set[str]) -> str:
     """
     keys = ", ".join(sorted(searched))
     if space == "default":
-        return (f"train.search is on: it varies {keys}, so their params.yaml values (and any "
-                "`dvc exp run -S` of them) are not used; set train.search.enabled=false to "
-                "train the values in params.yaml")  # fmt: skip
+        return (
+            f"train.search is on: it varies {keys}, so their params.yaml values (and any "
+            "`dvc exp run -S` of them) are not used; set train.search.enabled=false to "
+            "train the values in params.yaml"
+        )
     return f"the sweep varies {keys}: their params.yaml values are not used"
 
 
-def setting_report(best: TrainParams, space: str | None, searched: set[str],
-                   fit: HeadFit) -> dict[str, Any]:  # fmt: skip
+def setting_report(
+    best: TrainParams, space: str | None, searched: set[str], fit: HeadFit
+) -> dict[str, Any]:
     """What train.json says about the setting that made the model (`dvc exp show` lists it).
 
     Args:
@@ -123,10 +133,11 @@ def setting_report(best: TrainParams, space: str | None, searched: set[str],
         lists), `chosen` (the head's own keys) and, after a search, `search_val_accuracy`.
     """
     report: dict[str, Any] = {
-        "search": space == "default", "sweep": space == "sweep",
+        "search": space == "default",
+        "sweep": space == "sweep",
         "searched_keys": ",".join(sorted(searched)),
         "chosen": {key: getattr(best, key) for key in CHOSEN_KEYS[best.head]},
-    }  # fmt: skip
+    }
     if space is not None:
         report["search_val_accuracy"] = fit.val_accuracy
     return report

@@ -40,8 +40,9 @@ EXPERIMENTS = {"lr-fast": 0.01, "lr-slow": 0.003}
 
 
 def _run(args: list[str], repo: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=repo, env=stage_env(), capture_output=True, text=True,
-                            timeout=timeout)  # fmt: skip
+    result = subprocess.run(
+        args, cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -84,8 +85,8 @@ def repo(tmp_path_factory) -> Path:
     (repo / "versions_before.json").write_text(json.dumps(_versions(repo)))
     for name, rate in EXPERIMENTS.items():
         # the README's form: the search off, so the learning rate set here is the one trained
-        _dvc(repo, "exp", "run", "-n", name, "-S", "train.search.enabled=false",
-             "-S", f"train.learning_rate={rate}")  # fmt: skip
+        search_off = ["-S", "train.search.enabled=false"]
+        _dvc(repo, "exp", "run", "-n", name, *search_off, "-S", f"train.learning_rate={rate}")
     return repo
 
 

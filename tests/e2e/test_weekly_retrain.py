@@ -124,8 +124,8 @@ def test_three_weeks_of_retraining(tmp_path):
     # An experiment never moves the champion: one asked to register (on_experiment: challenger)
     # under a fresh model name (where it would be the first version, so the gate alone would
     # crown it) stays challenger
-    _dvc(repo, "exp", "run", "-S", "register.model_name=taglens-trial",
-         "-S", "register.on_experiment=challenger")  # fmt: skip
+    trial = ["-S", "register.model_name=taglens-trial", "-S", "register.on_experiment=challenger"]
+    _dvc(repo, "exp", "run", *trial)
     exp = json.loads((repo / "reports/register.json").read_text())
     assert exp["model_name"] == "taglens-trial" and exp["decision"] == "challenger"
     assert exp["reason"].startswith("held: registered from `dvc exp run`"), exp["reason"]

@@ -76,23 +76,28 @@ def test_the_logged_requirements_pin_the_engines_package(engine, fresh_mlflow, t
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_on_the_recorded_engine(fresh_mlflow, tiny_models_dir,
-                                                            monkeypatch):  # fmt: skip
+def test_mlflow_models_serve_answers_on_the_recorded_engine(
+    fresh_mlflow, tiny_models_dir, monkeypatch
+):
     # given a model trained with featurize.engine openvino, and no override where it is served
     monkeypatch.delenv(ENGINE_ENV, raising=False)
     uri = _log(tiny_models_dir, "openvino")
     port = free_port()
     # `mlflow models serve` starts `uvicorn` from PATH: the venv's bin must be on it
     env = {**os.environ, "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [MLFLOW, "models", "serve", "-m", uri, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     server = subprocess.Popen(
-        [MLFLOW, "models", "serve", "-m", uri, "--env-manager", "local", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     # when it is served by MLflow's own server and asked for two photos
     try:
-        wait_until_healthy(server, f"http://127.0.0.1:{port}/ping", timeout=120,
-                           what="mlflow models serve")  # fmt: skip
+        ping = f"http://127.0.0.1:{port}/ping"
+        wait_until_healthy(server, ping, timeout=120, what="mlflow models serve")
         request = {"dataframe_split": {"columns": ["image"], "data": [[_png()], [_png()]]}}
         answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
     finally:

@@ -357,8 +357,8 @@ def test_exp_runs_and_promote_false_hold(how, params, make_run, tmp_path, monkey
     _register(params, *make_run(0.5), history)
     if how == "dvc exp run":
         monkeypatch.setenv("DVC_EXP_NAME", "ochre-tuna")  # what DVC sets for an experiment's stages
-        params = params.model_copy(update={
-            "register": params.register.model_copy(update={"on_experiment": "challenger"})})
+        asked = params.register.model_copy(update={"on_experiment": "challenger"})
+        params = params.model_copy(update={"register": asked})
     else:
         params = params.model_copy(
             update={"register": params.register.model_copy(update={"promote": False})}
@@ -375,7 +375,8 @@ def test_exp_runs_and_promote_false_hold(how, params, make_run, tmp_path, monkey
 
 
 def test_an_experiment_adds_no_version_by_default_and_main_registers_it_later(
-        params, make_run, tmp_path, monkeypatch):  # fmt: skip
+    params, make_run, tmp_path, monkeypatch
+):
     # Given a champion, and a better model trained inside `dvc exp run` (on_experiment: skip)
     history = tmp_path / "promotions.jsonl"
     _register(params, *make_run(0.5), history)

@@ -42,8 +42,8 @@ def test_summary_names_metrics_decision_plots_and_predictions(tmp_path):
 
 def test_summary_says_an_experiment_was_not_registered(tmp_path):
     _finished_run(tmp_path)
-    (tmp_path / "reports" / "register.json").write_text(json.dumps(
-        {"model_name": "taglens", "version": None, "decision": "skipped", "reason": "why"}))
+    skipped = {"model_name": "taglens", "version": None, "decision": "skipped", "reason": "why"}
+    (tmp_path / "reports" / "register.json").write_text(json.dumps(skipped))
     assert "taglens not registered: skipped (why)" in summarize(tmp_path)
 
 

@@ -20,8 +20,8 @@ from taglens.params import RegisterParams
 
 def params(**changes) -> RegisterParams:
     base = {"model_name": "taglens", "primary_metric": "accuracy", "min_margin": 0.01,
-            "max_recall_drop": 0.1, "min_score": 0.3, "promote": True,
-            "on_experiment": "skip"}  # fmt: skip
+            "max_recall_drop": 0.1, "min_score": 0.3, "promote": True}  # fmt: skip
+    base["on_experiment"] = "skip"
     return RegisterParams(**{**base, **changes})
 
 

@@ -32,7 +32,8 @@ def test_every_pin_is_an_installed_version_inside_pyprojects_range(engine):
     pins = [Requirement(line) for line in pip_requirements(engine)]
 
     assert [canonicalize_name(pin.name) for pin in pins] == [
-        canonicalize_name(name) for name in serving_packages(engine)]
+        canonicalize_name(name) for name in serving_packages(engine)
+    ]
     for pin in pins:
         (spec,) = pin.specifier
         assert spec.operator == "=="

@@ -104,8 +104,8 @@ def test_train_json_shows_every_key_the_default_search_sets(train_params):
     from taglens.training.sweep import default_search
     from taglens.training.train_outputs import CHOSEN_KEYS, search_note, setting_report
 
-    search = train_params.search.model_copy(update={"logreg_candidates": 4,
-                                                    "dense_candidates": 6})  # fmt: skip
+    counts = {"logreg_candidates": 4, "dense_candidates": 6}
+    search = train_params.search.model_copy(update=counts)
     settings = default_search(search, seed=0)
     for setting in settings:  # `chosen` in train.json covers what the search set for that head
         assert set(setting) <= set(CHOSEN_KEYS[setting["head"]])
@@ -118,9 +118,12 @@ def test_train_json_shows_every_key_the_default_search_sets(train_params):
     report = setting_report(logreg, "default", searched, fit)
     assert report["search"] is True and report["sweep"] is False
     assert report["searched_keys"] == ",".join(sorted(searched))
-    assert report["chosen"] == {"head": "logreg", "logreg_c": 10.0,
-                                "normalise": train_params.normalise,
-                                "augment": train_params.augment}  # fmt: skip
+    assert report["chosen"] == {
+        "head": "logreg",
+        "logreg_c": 10.0,
+        "normalise": train_params.normalise,
+        "augment": train_params.augment,
+    }
     assert report["search_val_accuracy"] == 0.75
     single = setting_report(train_params, None, set(), fit)
     assert (single["search"], single["sweep"], single["searched_keys"]) == (False, False, "")
