@@ -64,7 +64,7 @@ def _client(repo: Path):
 
 
 def _versions(repo: Path) -> list[str]:
-    return sorted(v.version for v in _client(repo).search_model_versions("name='taglens'"))
+    return sorted(str(v.version) for v in _client(repo).search_model_versions("name='taglens'"))
 
 
 def _json(repo: Path, path: str) -> dict:
@@ -159,7 +159,7 @@ def test_the_readme_path_promotes_the_winning_experiment(repo):
     assert decision["compared_with"] == "1"
     assert decision["decision"] == "champion", decision["reason"]
     champion = _client(repo).get_model_version_by_alias("taglens", "champion")
-    assert champion.version == "2" and champion.run_id == run_id
+    assert str(champion.version) == "2" and champion.run_id == run_id
     # and the new dvc.lock, committed, leaves nothing to do
     _commit(repo, "register lr-fast")
     assert "Running stage" not in _dvc(repo, "repro").stdout
