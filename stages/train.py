@@ -61,7 +61,7 @@ def run(
     # best is known.
     swept = {f"train.{key}" for setting in settings for key in setting}
     if settings:
-        logger.info(outputs.search_note(space, swept))
+        logger.info("%s", outputs.search_note(space, swept))
     with mlflow.start_run(run_name=config.run_name(len(settings))) as active:
         run_id = active.info.run_id
         mlflow.log_params({key: value for key, value in config.flat().items() if key not in swept})
