@@ -28,9 +28,11 @@ def summarize(root: Path) -> str:
     decision_path = root / DECISION.default
     if decision_path.is_file():
         decision = json.loads(decision_path.read_text())
+        # an experiment that was not registered has no version (register.on_experiment: skip)
+        version = decision.get("version", "?")
+        where = "not registered" if version is None else f"version {version}"
         lines.append(
-            f"  registry     {decision.get('model_name', '?')} "
-            f"version {decision.get('version', '?')}"
+            f"  registry     {decision.get('model_name', '?')} {where}"
             f": {decision.get('decision', '?')} ({decision.get('reason', '')})"
         )
     plots = (

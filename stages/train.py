@@ -62,6 +62,8 @@ def run(
     # The params a sweep or search varies go on this run (the one holding the model) once the
     # best is known.
     swept = {f"train.{key}" for setting in settings for key in setting}
+    if settings:
+        logger.info("%s", outputs.search_note(space, swept))
     with mlflow.start_run(run_name=config.run_name(len(settings))) as active:
         run_id = active.info.run_id
         mlflow.log_params({key: value for key, value in config.flat().items() if key not in swept})
@@ -79,6 +81,7 @@ def run(
         summary = {"run_id": run_id, "val_accuracy": fit.val_accuracy, "val_loss": fit.val_loss,
                    "epochs_run": len(fit.history), "n_train": len(train.labels),
                    "n_val": len(val.labels)}  # fmt: skip
+        summary.update(outputs.setting_report(best, space if settings else None, swept, fit))
         if params.fine_tune.enabled and history:
             summary["fine_tune_val_accuracy"] = history[-1].get("val_accuracy")
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})

@@ -9,6 +9,7 @@ decision on the train run and writes it to `reports/register.json`.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,11 @@ from taglens.lifecycle.lineage import run_record
 from taglens.lifecycle.registry import Registry
 from taglens.params import RegisterParams
 
+logger = logging.getLogger(__name__)
+
 # DVC sets these in the environment of every stage that `dvc exp run` runs (dvc.env).
 EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
+SKIPPED = "skipped"  # register.json's decision when an experiment is not registered
 # Scores a champion version on the current test split, given the candidate's classes.
 ChampionRescorer = Callable[[Any, list[str]], Evaluation]
 
@@ -36,20 +40,54 @@ class Registered:
     """
 
     model_name: str
-    version: str
+    version: str | None  # None when registration was skipped
     decision: str
     reason: str
     record: dict[str, Any]
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Registered:
-        """From what `Registry.register` returns."""
-        return cls(str(record["model_name"]), str(record["version"]), str(record["decision"]),
-                   str(record["reason"]), dict(record))  # fmt: skip
+        """From what `Registry.register` (or `skipped_record`) returns."""
+        version = record.get("version")
+        return cls(
+            str(record["model_name"]),
+            None if version is None else str(version),
+            str(record["decision"]),
+            str(record["reason"]),
+            dict(record),
+        )
 
     def summary(self) -> str:
         """One line for the console."""
+        if self.version is None:
+            return f"{self.model_name}: not registered ({self.reason})"
         return f"{self.model_name} version {self.version}: {self.decision} ({self.reason})"
+
+
+def running_experiment(environ: Mapping[str, str]) -> str | None:
+    """The name of the `dvc exp run` this process is a stage of, or None outside one."""
+    return next((environ[key] for key in EXPERIMENT_ENV if environ.get(key)), None)
+
+
+def skipped_record(register: RegisterParams, run_id: str, experiment: str) -> dict[str, Any]:
+    """register.json for an experiment that is not registered (`register.on_experiment: skip`).
+
+    Nothing is written to the registry or the train run, so once the experiment is applied and
+    committed, `dvc repro -f -s register` registers this run for real and the gate decides.
+    """
+    return {
+        "model_name": register.model_name,
+        "version": None,
+        "created": False,
+        "decision": SKIPPED,
+        "run_id": run_id,
+        "experiment": experiment,
+        "reason": (
+            f"skipped: `dvc exp run` ({experiment}) with register.on_experiment: skip adds no "
+            "version, so the registry holds no experiment nobody merged; to register and gate "
+            f"this model, `dvc exp apply {experiment}`, commit, then `dvc repro -f -s register`"
+        ),
+    }
 
 
 def promotion_hold(register: RegisterParams, environ: Mapping[str, str]) -> str | None:
@@ -58,12 +96,11 @@ def promotion_hold(register: RegisterParams, environ: Mapping[str, str]) -> str 
     `dvc exp run` never moves the champion: an experiment may never be merged, and batch scoring
     and the web page follow @champion. `register.promote: false` holds every model.
     """
-    running = next((environ[key] for key in EXPERIMENT_ENV if environ.get(key)), None)
+    running = running_experiment(environ)
     if running:
         return (
             f"held: registered from `dvc exp run` ({running}), which never moves the champion; "
-            "to promote it, `dvc exp apply` it, commit, and run `dvc repro`, or "
-            "`python -m stages.register promote VERSION --reason ...`"
+            "to promote it, `python -m stages.register promote VERSION --reason ...`"
         )
     if not register.promote:
         return (
@@ -117,6 +154,13 @@ def register_run(
         raise TaglensError(f"{MODEL_INFO.at(models)} has no run_id: the train stage must run "
                            "inside MLflow")  # fmt: skip
     check_metrics_run(metrics, run_id)
+    environ = os.environ if environ is None else environ
+    experiment = running_experiment(environ)
+    if experiment and register.on_experiment == "skip":
+        record = skipped_record(register, run_id, experiment)
+        logger.info("%s", record["reason"])
+        atomic_write_json(out, record)
+        return Registered.of(record)
     evaluated = Path(metrics).parent / PER_CLASS.folder.name
     evaluation = read_evaluation(
         metrics,
@@ -126,7 +170,7 @@ def register_run(
     evaluation.score(register.primary_metric)  # fail before touching the registry
     classes = list(info.get("classes", []))
     rescore = None if rescorer is None else functools.partial(rescorer, classes=classes)
-    hold = promotion_hold(register, os.environ if environ is None else environ)
+    hold = promotion_hold(register, environ)
     result = Registry(register.model_name, history).register(
         logged_model_uri(run_id), run_id, evaluation, register, run_record(run_id),
         rescore=rescore, hold=hold,

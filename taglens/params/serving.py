@@ -19,6 +19,7 @@ class RegisterParams(Section):
     max_recall_drop: float = Field(ge=0, le=1)
     min_score: float = Field(ge=0, le=1)
     promote: bool  # false: every version stays challenger; `dvc exp run` never promotes anyway
+    on_experiment: Literal["skip", "challenger"]  # inside `dvc exp run`: no version, or one held
 
 
 class DriftParams(Section):

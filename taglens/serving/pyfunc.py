@@ -7,12 +7,13 @@ the image file's bytes (in-process callers may also pass raw `bytes`), or a file
 serving side allows paths under a folder (see `pyfunc_inputs`, which also caps sizes and
 rows and validates each image as ingest does). An optional `top_k` param (1..30)
 overrides how many hashtags come back. The output is one dict per image, the same as
-`HashtagPredictor.predict_bytes`.
+`HashtagPredictor.predict_bytes` plus `engine`, the runtime the model ran on.
 
 The Keras model runs on the engine the train run's `featurize.engine` named (recorded in the
 pyfunc's model_config), as batch predict and the web page run it; the serving process may
-choose another with TAGLENS_ENGINE. An engine that is not installed there falls back to
-tensorflow with a warning, so a model always serves.
+choose another with TAGLENS_ENGINE. The logged pip requirements pin that engine's package, so an
+environment MLflow builds from them has it. An engine that is not installed there anyway falls
+back to tensorflow with a warning (and `engine` in every answer), so a model always serves.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
         """Predict for a DataFrame with an `image` column (base64 text, bytes, or allowed paths).
 
         Returns:
-            One dict per row: top_class, top_probability, probabilities, hashtags.
+            One dict per row: top_class, top_probability, probabilities, hashtags, and engine
+            (the runtime the model ran on, so a caller sees a fallback to tensorflow).
         """
         import pandas as pd
 
@@ -98,7 +100,9 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
             update = {"top_k": int(top_k)}
             ranked = predictor.params.model_validate({**predictor.params.model_dump(), **update})
             predictor = dataclasses.replace(predictor, params=ranked)
-        return predictor.predict_bytes(self.inputs.images(values))
+        engine = getattr(predictor.model, "engine", "tensorflow")
+        rows = predictor.predict_bytes(self.inputs.images(values))
+        return [{**row, "engine": engine} for row in rows]
 
 
 def on_served_engine(predictor: HashtagPredictor, recorded: str | None,
@@ -192,7 +196,8 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
             signature=_signature(int(top_k["top_k"])),
             input_example=example,
             # Explicit requirements: letting MLflow infer them costs 8-13 s (NOTES.md).
-            pip_requirements=pip_requirements(),
+            # The engine's own package too: the model must run on it where it is served.
+            pip_requirements=pip_requirements(engine),
             model_config={ENGINE_KEY: engine} if engine else None,
         )
     logger.info("logged taglens pyfunc %s", model_info.model_uri)

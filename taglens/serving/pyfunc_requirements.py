@@ -23,11 +23,36 @@ SERVING_PACKAGES = (
 )
 
 
-def pip_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
-    """`NAME==VERSION` for each package, at the version installed here.
+# What each `featurize.engine` needs beyond SERVING_PACKAGES (TensorFlow builds the Keras model
+# for every engine). Without them an environment MLflow builds from the requirements serves on
+# TensorFlow with only a warning. ONNX Runtime runs what tf2onnx converts, which needs onnx.
+ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
+    "tensorflow": (),
+    "openvino": ("openvino",),
+    "onnxruntime": ("onnxruntime", "tf2onnx", "onnx"),
+}
+
+
+def serving_packages(engine: str | None = None) -> tuple[str, ...]:
+    """SERVING_PACKAGES plus what `engine` runs on (None: a model that serves on tensorflow).
 
     Raises:
+        ValueError: an engine this table does not know.
+    """
+    if engine is None:
+        return SERVING_PACKAGES
+    if engine not in ENGINE_PACKAGES:
+        known = ", ".join(ENGINE_PACKAGES)
+        raise ValueError(f"featurize.engine must be one of {known}, got {engine!r}")
+    return SERVING_PACKAGES + ENGINE_PACKAGES[engine]
+
+
+def pip_requirements(engine: str | None = None) -> list[str]:
+    """`NAME==VERSION` for each package a model on `engine` needs, at the version installed here.
+
+    Raises:
+        ValueError: an unknown engine.
         metadata.PackageNotFoundError: a package is not installed (the environment is not the
             one pyproject.toml describes).
     """
-    return [f"{name}=={metadata.version(name)}" for name in packages]
+    return [f"{name}=={metadata.version(name)}" for name in serving_packages(engine)]

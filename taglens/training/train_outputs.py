@@ -26,6 +26,19 @@ logger = logging.getLogger(__name__)
 
 VERIFY_IMAGES = 4  # training images re-run through the extractor to check the cached vectors
 BASELINE_RUN = "baseline-logreg"
+# The train keys that shape each head: train.json's `chosen` shows them for the model's head.
+CHOSEN_KEYS = {
+    "logreg": ("head", "logreg_c", "normalise", "augment"),
+    "dense": (
+        "head",
+        "hidden_units",
+        "dropout",
+        "learning_rate",
+        "weight_decay",
+        "normalise",
+        "augment",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,49 @@ def sweep_logged(
     for row in fit.history:
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     return fit, best_params
+
+
+def search_note(space: str, searched: set[str]) -> str:
+    """The log line saying which train keys a search (or sweep) sets, so params.yaml's are unused.
+
+    Args:
+        space: "default" (train.search) or "sweep" (train.sweep or --sweep).
+        searched: the `train.*` keys its settings vary.
+    """
+    keys = ", ".join(sorted(searched))
+    if space == "default":
+        return (
+            f"train.search is on: it varies {keys}, so their params.yaml values (and any "
+            "`dvc exp run -S` of them) are not used; set train.search.enabled=false to "
+            "train the values in params.yaml"
+        )
+    return f"the sweep varies {keys}: their params.yaml values are not used"
+
+
+def setting_report(
+    best: TrainParams, space: str | None, searched: set[str], fit: HeadFit
+) -> dict[str, Any]:
+    """What train.json says about the setting that made the model (`dvc exp show` lists it).
+
+    Args:
+        best: the train params the model was fitted with (the best setting of a search).
+        space: "default" or "sweep" when settings were searched, None for one setting.
+        searched: the `train.*` keys the search varied (empty for one setting).
+        fit: the model's fit.
+
+    Returns:
+        `search` and `sweep` (which ran), `searched_keys` (comma-separated: DVC's metrics drop
+        lists), `chosen` (the head's own keys) and, after a search, `search_val_accuracy`.
+    """
+    report: dict[str, Any] = {
+        "search": space == "default",
+        "sweep": space == "sweep",
+        "searched_keys": ",".join(sorted(searched)),
+        "chosen": {key: getattr(best, key) for key in CHOSEN_KEYS[best.head]},
+    }
+    if space is not None:
+        report["search_val_accuracy"] = fit.val_accuracy
+    return report
 
 
 def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path) -> Any:

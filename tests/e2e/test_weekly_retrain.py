@@ -134,9 +134,11 @@ def test_three_weeks_of_retraining(tmp_path):
     assert history[2]["champion_score"] == reg["champion_score"] is not None
     (tmp_path / "promotions.json").write_text(json.dumps(history, indent=1))  # to read after
 
-    # An experiment never moves the champion: one registering under a fresh model name (where it
-    # would be the first version, so the gate alone would crown it) stays challenger
-    _dvc(repo, "exp", "run", "-S", "register.model_name=taglens-trial")
+    # An experiment never moves the champion: one asked to register (on_experiment: challenger)
+    # under a fresh model name (where it would be the first version, so the gate alone would
+    # crown it) stays challenger
+    trial = ["-S", "register.model_name=taglens-trial", "-S", "register.on_experiment=challenger"]
+    _dvc(repo, "exp", "run", *trial)
     exp = json.loads((repo / "reports/register.json").read_text())
     assert exp["model_name"] == "taglens-trial" and exp["decision"] == "challenger"
     assert exp["reason"].startswith("held: registered from `dvc exp run`"), exp["reason"]

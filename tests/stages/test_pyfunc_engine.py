@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
 
+import httpx
 import mlflow
 import numpy as np
 import pandas as pd
@@ -13,6 +19,9 @@ import pytest
 from taglens.features.engines import EngineModel
 from taglens.serving.predictor import HashtagPredictor
 from taglens.serving.pyfunc import ENGINE_ENV, log_taglens_model, on_served_engine
+from tests.helpers.servers import free_port, wait_until_healthy
+
+MLFLOW = Path(sys.executable).with_name("mlflow")
 
 
 def _log(models_dir, engine: str | None):
@@ -48,6 +57,57 @@ def test_the_loaded_pyfunc_runs_on_the_recorded_engine(recorded, override, expec
     assert np.allclose(predictor.probabilities(_pixels()), reference, atol=1e-4)
     served = pyfunc.predict(pd.DataFrame({"image": [_png()]}))
     assert len(served) == 1 and len(served[0]["probabilities"]) == len(predictor.classes)
+    assert served[0]["engine"] == expected  # every answer says what it ran on
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime", "tensorflow", None])
+def test_the_logged_requirements_pin_the_engines_package(engine, fresh_mlflow, tiny_models_dir):
+    # given a model logged by a train run whose featurize.engine was `engine`
+    uri = _log(tiny_models_dir, engine)
+    # when MLflow reads the requirements it would build a serving environment from
+    text = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
+    pins = dict(line.split("==") for line in text.split() if "==" in line)
+    # then TensorFlow and the engine's own packages are there, pinned to what trained it
+    wanted = {"openvino": {"openvino"}, "onnxruntime": {"onnxruntime", "tf2onnx", "onnx"}}
+    expected = wanted.get(engine, set())
+    for package in {"tensorflow-cpu", "mlflow", *expected}:
+        assert pins[package] == metadata.version(package), text
+    assert not ({"openvino", "onnxruntime", "tf2onnx", "onnx"} - expected) & set(pins), text
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_on_the_recorded_engine(
+    fresh_mlflow, tiny_models_dir, monkeypatch
+):
+    # given a model trained with featurize.engine openvino, and no override where it is served
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    uri = _log(tiny_models_dir, "openvino")
+    port = free_port()
+    # `mlflow models serve` starts `uvicorn` from PATH: the venv's bin must be on it
+    env = {**os.environ, "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [MLFLOW, "models", "serve", "-m", uri, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    # when it is served by MLflow's own server and asked for two photos
+    try:
+        ping = f"http://127.0.0.1:{port}/ping"
+        wait_until_healthy(server, ping, timeout=120, what="mlflow models serve")
+        request = {"dataframe_split": {"columns": ["image"], "data": [[_png()], [_png()]]}}
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=30)
+    # then each answer reports that it ran on OpenVINO
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [row["engine"] for row in predictions] == ["openvino", "openvino"]
 
 
 def _png() -> str:

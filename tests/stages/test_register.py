@@ -476,6 +476,8 @@ def test_exp_runs_and_promote_false_hold(how, params, make_run, tmp_path, monkey
     _register(params, *make_run(0.5), history)
     if how == "dvc exp run":
         monkeypatch.setenv("DVC_EXP_NAME", "ochre-tuna")  # what DVC sets for an experiment's stages
+        asked = params.register.model_copy(update={"on_experiment": "challenger"})
+        params = params.model_copy(update={"register": asked})
     else:
         params = params.model_copy(
             update={"register": params.register.model_copy(update={"promote": False})}
@@ -489,3 +491,38 @@ def test_exp_runs_and_promote_false_hold(how, params, make_run, tmp_path, monkey
     assert "beats champion's 0.5000" in result.reason  # the gate's verdict is still shown
     assert _alias("champion", params.register.model_name) == "1"
     assert _alias("challenger", params.register.model_name) == "2"
+
+
+def test_an_experiment_adds_no_version_by_default_and_main_registers_it_later(
+    params, make_run, tmp_path, monkeypatch
+):
+    # Given a champion, and a better model trained inside `dvc exp run` (on_experiment: skip)
+    history = tmp_path / "promotions.jsonl"
+    _register(params, *make_run(0.5), history)
+    assert params.register.on_experiment == "skip"  # the shipped default
+    models, reports = make_run(0.9)
+    monkeypatch.setenv("DVC_EXP_NAME", "ochre-tuna")
+    before = len(Registry(params.register.model_name, history).versions())
+
+    # When register runs in the experiment
+    skipped = _register(params, models, reports, history)
+
+    # Then the registry, the train run and the history are untouched, and register.json says why
+    name = params.register.model_name
+    assert len(Registry(name, history).versions()) == before == 1
+    assert skipped.version is None and skipped.decision == "skipped"
+    written = json.loads((reports / "register.json").read_text())
+    assert written == skipped.record and written["version"] is None
+    assert "ochre-tuna" in written["reason"] and "on_experiment: skip" in written["reason"]
+    assert "dvc repro -f -s register" in written["reason"]
+    run_id = json.loads((models / "model_info.json").read_text())["run_id"]
+    assert written["run_id"] == run_id
+    assert "register.decision" not in mlflow.get_run(run_id).data.tags
+    assert [row["version"] for row in Registry(name, history).history()] == ["1"]
+    assert skipped.summary().startswith(f"{name}: not registered (skipped: ")
+
+    # And once applied on main (no experiment), the same run registers for real and wins
+    monkeypatch.delenv("DVC_EXP_NAME")
+    applied = _register(params, models, reports, history)
+    assert applied.version == "2" and applied.decision == "champion"
+    assert _alias("champion", name) == "2"

@@ -40,6 +40,13 @@ def test_summary_names_metrics_decision_plots_and_predictions(tmp_path):
     assert "make mlflow-ui" in text
 
 
+def test_summary_says_an_experiment_was_not_registered(tmp_path):
+    _finished_run(tmp_path)
+    skipped = {"model_name": "taglens", "version": None, "decision": "skipped", "reason": "why"}
+    (tmp_path / "reports" / "register.json").write_text(json.dumps(skipped))
+    assert "taglens not registered: skipped (why)" in summarize(tmp_path)
+
+
 def test_test_image_list_holds_only_the_test_split(tmp_path):
     _finished_run(tmp_path)
     out = tmp_path / "predictions" / "inputs.txt"

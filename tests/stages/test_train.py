@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import mlflow
 import numpy as np
@@ -94,6 +95,18 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     assert summary["baseline_test_accuracy"] >= 0.8
     written = json.loads((paths["reports"] / "train.json").read_text())
     assert written["baseline_run_id"] == summary["baseline_run_id"]
+    # train.json (a DVC metrics file) names the one setting that made the model
+    assert (written["search"], written["sweep"], written["searched_keys"]) == (False, False, "")
+    assert written["chosen"] == {
+        "head": "dense",
+        "hidden_units": params.train.hidden_units,
+        "dropout": params.train.dropout,
+        "learning_rate": 0.001,
+        "weight_decay": params.train.weight_decay,
+        "normalise": params.train.normalise,
+        "augment": params.train.augment,
+    }
+    assert "search_val_accuracy" not in written
 
 
 @pytest.mark.slow
@@ -121,6 +134,11 @@ def test_sweep_logs_one_child_per_setting_and_keeps_the_best(inputs):
     assert parent.data.params["train.learning_rate"] == "0.01"
     assert parent.data.params["train.hidden_units"] == "0"
     assert parent.info.run_name == "train vgg19-32px sweep of 2"
+    # train.json says a sweep chose it, over which keys, and what it chose
+    assert (summary["search"], summary["sweep"]) == (False, True)
+    assert summary["searched_keys"] == "train.hidden_units,train.learning_rate"
+    assert summary["chosen"]["learning_rate"] == 0.01 and summary["chosen"]["hidden_units"] == 0
+    assert summary["search_val_accuracy"] == summary["val_accuracy"]
 
 
 @pytest.mark.slow
@@ -196,14 +214,23 @@ def _fixture_params():
 
 
 @pytest.mark.slow
-def test_default_search_picks_on_validation_and_the_served_model_blends_image_rankers(inputs):
+def test_default_search_picks_on_validation_and_the_served_model_blends_image_rankers(
+    inputs, caplog
+):
     # Given the default search turned on, one logistic and one dense setting
     params, paths = inputs
     search = params.train.search.model_copy(update={"enabled": True, "logreg_candidates": 1,
                                                     "dense_candidates": 1})  # fmt: skip
     params = params.model_copy(update={"train": params.train.model_copy(update={
         "search": search, "epochs": 5})})
-    summary = _run(params, paths)
+    with caplog.at_level(logging.INFO, logger="stages.train"):
+        summary = _run(params, paths)
+
+    # Then the log says plainly which train keys the search sets instead of params.yaml
+    keys = "augment dropout head hidden_units learning_rate logreg_c normalise weight_decay"
+    searched = ",".join(f"train.{key}" for key in keys.split())
+    [note] = [r.getMessage() for r in caplog.records if "train.search is on" in r.getMessage()]
+    assert searched.replace(",", ", ") in note and "train.search.enabled=false" in note
 
     # Then each setting is a child run, and the parent names the one the one-SE rule chose:
     # the simplest (logistic before dense) within one standard error of the best accuracy
@@ -226,6 +253,11 @@ def test_default_search_picks_on_validation_and_the_served_model_blends_image_ra
         assert chosen.data.params["train.head"] == "logreg"
     info = json.loads((paths["out"] / "model_info.json").read_text())
     assert info["params"]["train.head"] == chosen.data.params["train.head"]
+    # And train.json says the search ran, over which keys, what it chose and its val score
+    assert (summary["search"], summary["sweep"]) == (True, False)
+    assert summary["searched_keys"] == searched
+    assert summary["chosen"]["head"] == chosen.data.params["train.head"]
+    assert summary["search_val_accuracy"] == chosen.data.metrics["best_val_accuracy"]
 
     # And the hashtag ranking is chosen on validation with popularity and the class mixture as
     # floors, saved, logged and served

@@ -38,6 +38,7 @@ def params(**changes) -> RegisterParams:
         "max_recall_drop": 0.1,
         "min_score": 0.3,
         "promote": True,
+        "on_experiment": "skip",
     }
     return RegisterParams(**{**base, **changes})
 

@@ -6,10 +6,17 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from taglens.serving.pyfunc_requirements import SERVING_PACKAGES, pip_requirements
+from taglens.features import engines
+from taglens.serving.pyfunc_requirements import (
+    ENGINE_PACKAGES,
+    SERVING_PACKAGES,
+    pip_requirements,
+    serving_packages,
+)
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -19,12 +26,14 @@ def _project_ranges() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
 
 
-def test_every_pin_is_an_installed_version_inside_pyprojects_range():
+@pytest.mark.parametrize("engine", [None, *engines.ENGINES])
+def test_every_pin_is_an_installed_version_inside_pyprojects_range(engine):
     ranges = _project_ranges()
-    pins = [Requirement(line) for line in pip_requirements()]
+    pins = [Requirement(line) for line in pip_requirements(engine)]
 
     assert [canonicalize_name(pin.name) for pin in pins] == [
-        canonicalize_name(name) for name in SERVING_PACKAGES]
+        canonicalize_name(name) for name in serving_packages(engine)
+    ]
     for pin in pins:
         (spec,) = pin.specifier
         assert spec.operator == "=="
@@ -39,3 +48,18 @@ def test_a_pin_outside_the_range_would_be_caught():
     ranges = _project_ranges()
     assert not ranges["mlflow"].specifier.contains("3.18.0")
     assert not ranges["tensorflow-cpu"].specifier.contains("2.20.0")
+
+
+def test_each_engine_pins_what_it_imports_and_tensorflow_always():
+    assert set(ENGINE_PACKAGES) == set(engines.ENGINES)
+    for engine in engines.ENGINES:
+        packages = serving_packages(engine)
+        assert packages[: len(SERVING_PACKAGES)] == SERVING_PACKAGES
+        assert "tensorflow-cpu" in packages
+        # the modules the engine checks for before it runs are among its pinned distributions
+        assert set(engines._PACKAGES.get(engine, ())) <= set(ENGINE_PACKAGES[engine])
+    assert serving_packages("tensorflow") == serving_packages(None) == SERVING_PACKAGES
+    assert "openvino" in serving_packages("openvino")
+    assert {"onnxruntime", "tf2onnx", "onnx"} <= set(serving_packages("onnxruntime"))
+    with pytest.raises(ValueError, match="featurize.engine must be one of"):
+        serving_packages("tensorrt")

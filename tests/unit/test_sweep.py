@@ -98,3 +98,34 @@ def test_default_search_draws_both_families_reproducibly(train_params):
     everything = search.model_copy(update={"logreg_candidates": 1000, "dense_candidates": 0})
     assert len(default_search(everything, seed=0)) == (
         len(search.logreg_c) * len(search.normalise) * len(search.augment))
+
+
+def test_train_json_shows_every_key_the_default_search_sets(train_params):
+    from taglens.training.sweep import default_search
+    from taglens.training.train_outputs import CHOSEN_KEYS, search_note, setting_report
+
+    counts = {"logreg_candidates": 4, "dense_candidates": 6}
+    search = train_params.search.model_copy(update=counts)
+    settings = default_search(search, seed=0)
+    for setting in settings:  # `chosen` in train.json covers what the search set for that head
+        assert set(setting) <= set(CHOSEN_KEYS[setting["head"]])
+    searched = {f"train.{key}" for setting in settings for key in setting}
+    note = search_note("default", searched)
+    assert "train.learning_rate" in note and "train.search.enabled=false" in note
+
+    fit = HeadFit(model=None, val_loss=0.5, val_accuracy=0.75)
+    logreg = apply_setting(train_params, {"head": "logreg", "logreg_c": 10.0})
+    report = setting_report(logreg, "default", searched, fit)
+    assert report["search"] is True and report["sweep"] is False
+    assert report["searched_keys"] == ",".join(sorted(searched))
+    assert report["chosen"] == {
+        "head": "logreg",
+        "logreg_c": 10.0,
+        "normalise": train_params.normalise,
+        "augment": train_params.augment,
+    }
+    assert report["search_val_accuracy"] == 0.75
+    single = setting_report(train_params, None, set(), fit)
+    assert (single["search"], single["sweep"], single["searched_keys"]) == (False, False, "")
+    assert single["chosen"]["learning_rate"] == train_params.learning_rate
+    assert "search_val_accuracy" not in single
