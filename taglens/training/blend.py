@@ -15,12 +15,12 @@ floors. Among the eligible blends the choice maximises the recall of the whole s
 R@top_k. When no blend reaches both floors, the best single ranker is served, and the choice
 says so and why.
 
-Picking among many candidates on a few hundred posts rewards noise, so the rule is, by default,
-the one-standard-error rule of `taglens.training.selection`: the simplest candidate (for a blend,
-no tag weights before tag weights, then the fewest image rankers; popularity and the class
-mixture, the floors, come free) whose validation score is within one standard error of the
-best, the error of their paired per-post difference. A ranker's own settings are scored by the
-per-post mean of the four metrics (`objective`), a blend by R@top_k.
+Picking among many candidates on a few hundred posts rewards noise. A ranker's own settings are
+chosen by `hashtags.search.rule`, by default the one-standard-error rule of
+`taglens.training.selection`: the simplest setting whose score (the per-post mean of the four
+metrics, `objective`) is within one standard error of the best, the error of their paired
+per-post difference. The blend is held by its floors instead; `choose_blend` can apply either
+rule (complexity: no tag weights before tag weights, then the fewest image rankers).
 """
 
 from __future__ import annotations
