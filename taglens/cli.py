@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retrain": ("flows.training", "the Prefect training flow once (dvc repro, report)"),
     "deploy": ("flows.deploy", "register the scheduled deployments on a Prefect server"),
     "schedule": ("flows.schedule", "serve both scheduled flows in this process (one machine)"),
+    "services": ("taglens.services", "start|stop|status the team's services on this machine"),
 }
 REGISTRY_ADMIN = frozenset({"list", "history", "promote", "rollback"})
 
