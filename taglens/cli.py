@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("stages.train", "fit the classifier head (or a sweep) on the cached features"),
     "evaluate": ("stages.evaluate", "score the trained model on the test split"),
     "register": ("stages.register", "register the model; the gate decides on champion"),
-    "registry": ("stages.register", "registry admin: list, history, promote, rollback"),
+    "registry": ("stages.register", "registry admin: list, history, promote, rollback, unlock"),
     "predict": ("stages.predict", "score a folder, glob or list of images (batch job)"),
     "serve": ("taglens.serving.web.__main__", "the web page: upload a photo, get hashtags"),
     "summary": ("stages.summary", "where the last pipeline run left its results"),
@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("flows.schedule", "serve both scheduled flows in this process (one machine)"),
     "services": ("taglens.services", "start|stop|status the team's services on this machine"),
 }
-REGISTRY_ADMIN = frozenset({"list", "history", "promote", "rollback"})
+REGISTRY_ADMIN = frozenset({"list", "history", "promote", "rollback", "unlock"})
 
 
 # The inputs several stages read, with the dvc.yaml layout as defaults: one wording for every stage.

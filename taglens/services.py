@@ -483,6 +483,10 @@ class Services:
                     self.params.pool,
                     "--type",
                     "process",
+                    # One flow run per worker at a time: a run uses every core (TensorFlow), and
+                    # a second run waits for the other worker instead of sharing this one.
+                    "--limit",
+                    "1",
                     "--name",
                     f"{socket.gethostname()}-{number}",
                 ],
