@@ -44,3 +44,22 @@ def test_a_left_lock_times_out_naming_its_holder_until_unlocked(fresh_mlflow):
         [held] = client.search_registered_models("name = 'taglens.lock'")
         assert held.tags["pid"].isdigit()
     assert not client.search_registered_models("name = 'taglens.lock'")
+
+
+def test_runs_name_their_entry_point_and_sources_relative_to_the_checkout(tmp_path,
+                                                                          monkeypatch):
+    import sys
+
+    from taglens.lifecycle import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "stages" / "train.py"), "--x"])
+    tracking._relative_source_name()
+    assert sys.argv == ["stages/train.py", "--x"]
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/taglens", "train"])
+    tracking._relative_source_name()
+    assert sys.argv[0] == "taglens"
+    assert tracking.source_path(tmp_path / "data" / "clean" / "manifest.csv") == (
+        "data/clean/manifest.csv")
+    assert tracking.source_path("data/clean/manifest.csv") == "data/clean/manifest.csv"
+    assert tracking.source_path("/elsewhere/manifest.csv") == "manifest.csv"
