@@ -7,11 +7,13 @@ MLflow server (tiny params, 32 px), which registers a champion, pushes the data 
 remote and commits and pushes dvc.lock and params.yaml; A scores the test images. A's folder is
 then moved away, so nothing B does can read it. Clone B runs `git pull && dvc pull`, finds
 `dvc status` clean, loads `models:/taglens@champion` from the server, scores the same images
-through the Dask scheduler and serves the web page: every answer equals A's.
+through the Dask scheduler, serves the web page and `mlflow models serve`: every answer equals
+A's.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import shutil
@@ -137,19 +139,30 @@ def test_machine_b_pulls_and_answers_like_machine_a(machines, team_services, tmp
         assert float(row["top_probability"]) == pytest.approx(float(theirs["top_probability"]),
                                                               abs=1e-5)
 
-    # And B's web page answers one upload as A scored that image
-    port = free_port()
-    log_path = tmp_path / "web.log"
-    with open(log_path, "wb") as log:
-        web = subprocess.Popen([sys.executable, "-m", "taglens.serving.web", "--port", str(port)],
-                               cwd=b, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    # And B's web page and `mlflow models serve` of the server's champion answer one image as
+    # A scored it
+    sha, expected = sorted(a_scores.items())[0]
+    image = Path(b_scores[sha]["path"])
+    web_port = free_port()
+    serve_port = free_port()
+    commands = {
+        "web page": [sys.executable, "-m", "taglens.serving.web", "--port", str(web_port)],
+        "mlflow models serve": [str(Path(sys.executable).parent / "mlflow"), "models", "serve",
+                                "-m", "models:/taglens@champion", "--env-manager", "local",
+                                "--host", "127.0.0.1", "--port", str(serve_port)],
+    }
+    servers = {}
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(web, f"{url}/health", timeout=180, log_path=log_path, what="web page")
-        sha, expected = sorted(a_scores.items())[0]
-        image = Path(b_scores[sha]["path"])
-        answer = httpx.post(f"{url}/predict", timeout=60,
+        for what, command in commands.items():
+            log = open(tmp_path / f"{what}.log", "wb")  # noqa: SIM115 - the child writes it
+            with log:
+                servers[what] = subprocess.Popen(command, cwd=b, env=env, stdout=log,
+                                                 stderr=subprocess.STDOUT,
+                                                 start_new_session=True)
+        web_url = f"http://127.0.0.1:{web_port}"
+        wait_until_healthy(servers["web page"], f"{web_url}/health", timeout=240,
+                           log_path=tmp_path / "web page.log", what="web page")
+        answer = httpx.post(f"{web_url}/predict", timeout=60,
                             files={"file": (image.name, image.read_bytes())})
         assert answer.status_code == 200, answer.text
         body = answer.json()
@@ -157,5 +170,19 @@ def test_machine_b_pulls_and_answers_like_machine_a(machines, team_services, tmp
         assert str(body["model"]["version"]) == expected["model_version"]
         assert body["top_probability"] == pytest.approx(float(expected["top_probability"]),
                                                         abs=1e-4)
+
+        serve_url = f"http://127.0.0.1:{serve_port}"
+        wait_until_healthy(servers["mlflow models serve"], f"{serve_url}/ping", timeout=240,
+                           log_path=tmp_path / "mlflow models serve.log",
+                           what="mlflow models serve")
+        request = {"dataframe_split": {"columns": ["image"], "data": [
+            [base64.b64encode(image.read_bytes()).decode()]]}}
+        answer = httpx.post(f"{serve_url}/invocations", json=request, timeout=60)
+        assert answer.status_code == 200, answer.text
+        [served] = answer.json()["predictions"]
+        assert served["top_class"] == expected["top_class"]
+        assert served["top_probability"] == pytest.approx(float(expected["top_probability"]),
+                                                          abs=1e-4)
     finally:
-        stop_process(web)
+        for server in servers.values():
+            stop_process(server)
