@@ -78,6 +78,15 @@ class Endpoints:
         return "\n".join(f"export {key}={value}" for key, value in self.env().items())
 
 
+def _flags(**options: object) -> list[str]:
+    """`--name value` pairs for a command line (`memory_limit=0` gives `--memory-limit 0`)."""
+    return [
+        part
+        for key, value in options.items()
+        for part in (f"--{key.replace('_', '-')}", str(value))
+    ]
+
+
 def _bin(name: str) -> str:
     """A console script of this interpreter's environment (mlflow, prefect, dask)."""
     return str(Path(sys.executable).parent / name)
@@ -324,56 +333,18 @@ class Services:
         # The server writes its own log: inside its folder, which its user can always write.
         log = root / "server.log"
         if not (data / "PG_VERSION").is_file():
-            self._run(
-                "postgres",
-                self._as_postgres(
-                    [
-                        str(POSTGRES_BIN / "initdb"),
-                        "-D",
-                        str(data),
-                        "-A",
-                        "trust",
-                        "-U",
-                        DB_ROLE,
-                        "-E",
-                        "UTF8",
-                        "--no-sync",
-                    ]
-                ),
-            )
+            initdb = [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", DB_ROLE]
+            self._run("postgres", self._as_postgres([*initdb, "-E", "UTF8", "--no-sync"]))
         options = f"-p {self.params.postgres_port} -k {root} -c listen_addresses={self.params.host}"
-        self._run(
-            "postgres",
-            self._as_postgres(
-                [
-                    str(POSTGRES_BIN / "pg_ctl"),
-                    "-D",
-                    str(data),
-                    "-l",
-                    str(log),
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    str(int(self.params.start_timeout_s)),
-                    "start",
-                ]
-            ),
-        )
+        pg_ctl = [str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options]
+        wait = ["-w", "-t", str(int(self.params.start_timeout_s))]
+        self._run("postgres", self._as_postgres([*pg_ctl, *wait, "start"]))
         pid = int((data / "postmaster.pid").read_text().split()[0])
         endpoints.pids["postgres"] = [pid]
         self._write_state(endpoints)
+        where = ["-h", self.params.host, "-p", str(self.params.postgres_port), "-U", DB_ROLE]
         created = subprocess.run(
-            [
-                str(POSTGRES_BIN / "createdb"),
-                "-h",
-                self.params.host,
-                "-p",
-                str(self.params.postgres_port),
-                "-U",
-                DB_ROLE,
-                DB_NAME,
-            ],
+            [str(POSTGRES_BIN / "createdb"), *where, DB_NAME],
             capture_output=True,
             text=True,
             env=self.env,
@@ -401,17 +372,14 @@ class Services:
             [
                 _bin("mlflow"),
                 "server",
-                "--backend-store-uri",
-                endpoints.postgres_uri,
                 "--serve-artifacts",
-                "--artifacts-destination",
-                str(artifacts),
-                "--host",
-                self.params.host,
-                "--port",
-                str(self.params.mlflow_port),
-                "--workers",
-                "2",
+                *_flags(
+                    backend_store_uri=endpoints.postgres_uri,
+                    artifacts_destination=artifacts,
+                    host=self.params.host,
+                    port=self.params.mlflow_port,
+                    workers=2,
+                ),
             ],
             endpoints,
         )
@@ -438,11 +406,8 @@ class Services:
                 _bin("prefect"),
                 "server",
                 "start",
-                "--host",
-                self.params.host,
-                "--port",
-                str(self.params.prefect_port),
                 "--no-ui",
+                *_flags(host=self.params.host, port=self.params.prefect_port),
             ],
             endpoints,
             env=self._prefect_env(home),
@@ -475,20 +440,18 @@ class Services:
             worker_env = {**env, "PREFECT_HOME": str(home)}
             pid = self._spawn(
                 name,
+                # One flow run per worker at a time (--limit 1): a run uses every core
+                # (TensorFlow), and a second run waits for the other worker instead.
                 [
                     _bin("prefect"),
                     "worker",
                     "start",
-                    "--pool",
-                    self.params.pool,
-                    "--type",
-                    "process",
-                    # One flow run per worker at a time: a run uses every core (TensorFlow), and
-                    # a second run waits for the other worker instead of sharing this one.
-                    "--limit",
-                    "1",
-                    "--name",
-                    f"{socket.gethostname()}-{number}",
+                    *_flags(
+                        pool=self.params.pool,
+                        type="process",
+                        limit=1,
+                        name=f"{socket.gethostname()}-{number}",
+                    ),
                 ],
                 endpoints,
                 env=worker_env,
@@ -508,11 +471,8 @@ class Services:
             [
                 _bin("dask"),
                 "scheduler",
-                "--host",
-                host,
-                "--port",
-                str(self.params.dask_port),
                 "--no-dashboard",
+                *_flags(host=host, port=self.params.dask_port),
             ],
             endpoints,
         )
@@ -531,15 +491,8 @@ class Services:
                     _bin("dask"),
                     "worker",
                     endpoints.dask_address,
-                    "--host",
-                    host,
-                    "--nthreads",
-                    "1",
                     "--no-dashboard",
-                    "--name",
-                    f"worker-{number}",
-                    "--memory-limit",
-                    "0",
+                    *_flags(host=host, nthreads=1, name=f"worker-{number}", memory_limit=0),
                 ],
                 endpoints,
                 env=env,
