@@ -475,6 +475,8 @@ class Services:
                 *_flags(host=host, port=self.params.dask_port),
             ],
             endpoints,
+            # The scheduler unpickles task graphs too: it must import the checkout's code.
+            env={**self.env, "PYTHONPATH": str(self.code)},
         )
         self._wait(
             "dask-scheduler",
