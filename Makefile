@@ -17,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 TOOL_ENV := $(shell $(PYTHON) -m taglens.toolenv)
 $(foreach pair,$(TOOL_ENV),$(eval export $(word 1,$(subst =, ,$(pair))) ?= $(word 2,$(subst =, ,$(pair)))))
 
-.PHONY: help setup setup-dev demo test test-fast lint bench browser-deps mlflow-ui
+.PHONY: help setup setup-dev demo test test-fast lint bench browser-deps team-deps mlflow-ui
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort \
@@ -55,12 +55,24 @@ browser-deps:
 	      || { echo "error: could not apt-get install chromium" >&2; exit 1; }; \
 	  else echo "browser test needs chromium: sudo apt-get install chromium (it will be skipped)"; fi; }
 
+# PostgreSQL for the team services (MLflow's shared store; docs/team.md) and their tests: Debian's
+# package, whose initdb/pg_ctl taglens.services runs (as the `postgres` user when run as root).
+POSTGRES_BIN ?= /usr/lib/postgresql/15/bin
+team-deps:
+	@test -x $(POSTGRES_BIN)/initdb || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's postgresql for the team services..."; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
+	      || { echo "error: could not apt-get install postgresql" >&2; exit 1; }; \
+	  else echo "team services need PostgreSQL: sudo apt-get install postgresql (their tests will be skipped)"; fi; }
+
 # The web page on http://127.0.0.1:8000/ (serve.host/port), serving models:/taglens@champion.
 .PHONY: serve
 serve: setup ## the web page on http://127.0.0.1:8000 (upload a photo, get hashtags)
 	$(VENV)/bin/taglens serve
 
-test: setup-dev browser-deps ## the whole test suite, as CI runs it
+test: setup-dev browser-deps team-deps ## the whole test suite, as CI runs it
 	$(PY) -m pytest
 
 # The edit-test loop: every test not marked slow (no real servers, pipelines or fuzzing).
@@ -87,6 +99,27 @@ deploy: setup ## register both scheduled deployments on the server (for workers)
 
 worker: setup ## a process worker that runs the deployments' scheduled runs
 	PREFECT_API_URL=$(PREFECT_URL) $(VENV)/bin/prefect worker start --pool taglens
+
+# A team on one machine (docs/team.md): PostgreSQL, an MLflow server on it, a Prefect server with
+# the work pool's workers, a Dask scheduler with workers, on params.yaml's team: ports; pids and
+# logs under team.folder (.services/). It prints the variables to export.
+.PHONY: services services-stop services-status
+services: setup-team team-deps ## start the team services on this machine (docs/team.md)
+	$(PY) -m taglens.services start
+
+services-stop: ## stop what `make services` started
+	$(PY) -m taglens.services stop
+
+services-status: ## which team services run, and their URLs
+	$(PY) -m taglens.services status
+
+TEAM_STAMP := $(VENV)/.team-stamp
+.PHONY: setup-team
+setup-team: $(TEAM_STAMP) ## add the team extra (PostgreSQL driver, DVC remotes) to .venv
+
+$(TEAM_STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[team]'
+	touch $(TEAM_STAMP)
 
 # A long fuzzing campaign (docs/reliability.md): every parser target for FUZZ_SECONDS, with
 # Pillow's Python plugins instrumented and a per-input time and memory limit. The corpora grow

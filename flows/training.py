@@ -6,7 +6,9 @@ dvc.lock and the DVC cache are updated and unchanged stages are skipped exactly 
 A stage that exits with 2 reported a user error (a bad param, a missing input), and DVC's own
 errors (an invalid dvc.yaml) cannot be fixed by waiting either: neither is retried.
 When the repository has a default DVC remote (.dvc/config), the flow then `dvc push`es what the
-run produced, so another machine can `dvc pull` it. Run it by hand with
+run produced, and, when params.yaml's `team.git_branch` names a branch, commits dvc.lock and
+params.yaml and pushes them to it (flows/handoff.py): another clone then runs
+`git pull && dvc pull` and has exactly this run's outputs. Run it by hand with
 `python -m flows.training [REPO]`.
 """
 
@@ -22,6 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
+from flows.handoff import commit_and_push, team_settings
 from flows.stagerun import StageError, StageResult, check_repo, push, run_stage
 from flows.training_report import read_json, render_markdown, tag_run
 from taglens.artifacts import DECISION, METRICS, MODEL_INFO
@@ -67,6 +70,21 @@ def push_task(repo: str) -> str | None:
     return push(Path(repo), log=get_run_logger())
 
 
+@task(name="handoff", retries=2, retry_delay_seconds=60)
+def handoff_task(repo: str) -> dict[str, Any] | None:
+    """Commit dvc.lock and params.yaml and push them to `team.git_branch` (when it is set).
+
+    Runs after `dvc push`, so a clone that pulls the commit finds its data in the remote.
+    """
+    root = Path(repo)
+    team = team_settings(root / "params.yaml")
+    if team is None or team.git_branch is None:
+        get_run_logger().info("team.git_branch is null: dvc.lock is not committed")
+        return None
+    done = commit_and_push(root, team.git_branch, team.git_remote, log=get_run_logger())
+    return {"commit": done.commit, "branch": done.branch, "remote": done.remote}
+
+
 @task(name="report", retries=0)
 def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
     """Tag the MLflow run with the DVC data version and publish the markdown run report."""
@@ -107,11 +125,13 @@ def training_flow(
             to collect new posts; later stages then run only if the data changed).
         scrape_retries: how often a failed scrape is retried (never for a user error).
         scrape_retry_delay_seconds: the first retry's delay; each next one doubles it.
-        push_data: `dvc push` the results when the repository has a default DVC remote, so
-            another machine can `dvc pull` exactly what this run produced.
+        push_data: `dvc push` the results when the repository has a default DVC remote, then
+            commit and push dvc.lock and params.yaml to `team.git_branch` when it is set, so
+            another machine can `git pull && dvc pull` exactly what this run produced.
 
     Returns:
-        The stages' results, the remote pushed to (or None), the evaluation metrics, the
+        The stages' results, the remote pushed to (or None), the git hand-off (or None), the
+        evaluation metrics, the
         promotion decision and the MLflow run id.
     """
     root = check_repo(Path(repo))
@@ -132,8 +152,9 @@ def training_flow(
             )
         results.append(runner(stage, str(root), force=stage in force))
     pushed_to = push_task(str(root)) if push_data else None
+    handoff = handoff_task(str(root)) if push_data else None
     report = report_task(str(root), results)
-    return {"stages": results, "pushed_to": pushed_to, **report}
+    return {"stages": results, "pushed_to": pushed_to, "handoff": handoff, **report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         decision = summary["decision"] or {}
         if summary["pushed_to"]:
             print(f"pushed to DVC remote {summary['pushed_to']}")
+        if summary["handoff"]:
+            handoff = summary["handoff"]
+            print(f"git: {handoff['commit'] or 'nothing new'} pushed to {handoff['remote']} "
+                  f"{handoff['branch']}")
         print(f"MLflow run {summary['run_id']}: {decision.get('decision', 'no decision')}"
               f" {decision.get('reason', '')}".rstrip())  # fmt: skip
         return 0

@@ -23,6 +23,7 @@ from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registration import ChampionRescorer, Registered, register_run
 from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.registry_admin import format_table, promote, rollback, version_table
+from taglens.lifecycle.registry_lock import unlock
 from taglens.params import Params, RegisterParams
 from taglens.serving import model_ref
 
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", required=True, help="why, recorded in the promotion history")
     rollback = sub.add_parser("rollback", parents=[common], help="back to the previous champion")
     rollback.add_argument("--reason", required=True, help="why, recorded in the promotion history")
+    sub.add_parser("unlock", parents=[common],
+                   help="remove a registry lock left on the MLflow server by a killed process")
     return parser
 
 
@@ -164,6 +167,10 @@ def _command(args: argparse.Namespace, params: Params) -> int:
     elif args.command == "promote":
         row = promote(registry, args.version, args.reason)
         print(f"version {row['version']} is now champion (was {row['previous']})")
+    elif args.command == "unlock":
+        removed = unlock(params.register.model_name)
+        print(f"removed the registry lock of {params.register.model_name}" if removed
+              else f"{params.register.model_name} has no registry lock on the server")
     elif args.command == "rollback":
         row = rollback(registry, args.reason)
         print(f"rolled back: version {row['version']} is champion again "

@@ -38,15 +38,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("stages.train", "fit the classifier head (or a sweep) on the cached features"),
     "evaluate": ("stages.evaluate", "score the trained model on the test split"),
     "register": ("stages.register", "register the model; the gate decides on champion"),
-    "registry": ("stages.register", "registry admin: list, history, promote, rollback"),
+    "registry": ("stages.register", "registry admin: list, history, promote, rollback, unlock"),
     "predict": ("stages.predict", "score a folder, glob or list of images (batch job)"),
     "serve": ("taglens.serving.web.__main__", "the web page: upload a photo, get hashtags"),
     "summary": ("stages.summary", "where the last pipeline run left its results"),
     "retrain": ("flows.training", "the Prefect training flow once (dvc repro, report)"),
     "deploy": ("flows.deploy", "register the scheduled deployments on a Prefect server"),
     "schedule": ("flows.schedule", "serve both scheduled flows in this process (one machine)"),
+    "services": ("taglens.services", "start|stop|status the team's services on this machine"),
 }
-REGISTRY_ADMIN = frozenset({"list", "history", "promote", "rollback"})
+REGISTRY_ADMIN = frozenset({"list", "history", "promote", "rollback", "unlock"})
 
 
 # The inputs several stages read, with the dvc.yaml layout as defaults: one wording for every stage.

@@ -1,31 +1,36 @@
 """The MLflow model registry side of promotion: versions, aliases, tags and the history.
 
-Every decision is written three ways: the `champion` / `challenger` alias, tags on the version
-(`taglens.lifecycle.registry_tags`), and one line appended to the promotion history
-(`reports/promotions.jsonl` by default), which is never rewritten. How a decision is taken and
-committed is `taglens.lifecycle.promotion`.
+Every decision is written into the registry, where every machine reads it: the `champion` /
+`challenger` alias, tags on the version (`taglens.lifecycle.registry_tags`), and one event of the
+promotion history, a `history.<time>` tag on the version it concerns. `history()` and rollback
+read those tags; a copy of each event is also appended to a local report
+(`reports/promotions.jsonl` by default), never read back. How a decision is taken and committed
+is `taglens.lifecycle.promotion`.
 
 Fail closed: only "no such alias / model" means there is no champion; any other registry error
 stops with a RegistryError before anything is registered, tagged or moved.
 
-Concurrency: gate + alias change run under an exclusive file lock beside the local SQLite store
-(or beside the history file for a remote tracking server), and the champion is read again right
-before the alias is moved, so a racing registration can neither lose the champion nor replace it
-with a worse model.
+Concurrency: gate + alias change run under the registry lock (`registry_lock`: a file lock
+beside a local SQLite store, a PostgreSQL advisory lock or a lock on the MLflow server for a
+shared one), and the champion is read again right before the alias is moved, so a racing
+registration can neither lose the champion nor replace it with a worse model.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import logging
+import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from taglens.atomic import append_jsonl, read_jsonl
+from taglens.atomic import append_jsonl
 from taglens.lifecycle.gate import CHALLENGER, CHAMPION, Evaluation
 from taglens.lifecycle.promotion import Rescore, commit, decide
-from taglens.lifecycle.registry_lock import RegistryError, file_lock, lock_path_for
+from taglens.lifecycle.registry_lock import RegistryError, registry_lock
 from taglens.lifecycle.registry_tags import (
     RUN_ID_TAG,
     candidate_tags,
@@ -39,6 +44,10 @@ from taglens.params import RegisterParams
 logger = logging.getLogger(__name__)
 
 __all__ = ["Registry", "RegistryError"]
+
+HISTORY_TAG = "history."
+# A model-version tag value holds at most 5,000 characters in MLflow's SQL stores.
+MAX_EVENT_CHARS = 4_500
 
 
 def _alias_missing(exc: Exception) -> bool:
@@ -61,14 +70,17 @@ class Registry:
 
     name: str
     history_path: Path
-    lock_path: Path | None = None
 
     def __post_init__(self) -> None:
         import mlflow
 
         self.client = mlflow.MlflowClient()
-        if self.lock_path is None:
-            self.lock_path = lock_path_for(mlflow.get_registry_uri() or "", self.history_path)
+
+    def lock(self) -> AbstractContextManager[None]:
+        """The registry lock of this model (one registration or promotion at a time)."""
+        import mlflow
+
+        return registry_lock(mlflow.get_registry_uri() or "", self.name, self.history_path)
 
     # ----------------------------------------------------------------- reading
     def versions(self) -> list[Any]:
@@ -131,12 +143,21 @@ class Registry:
         return evaluation_of(version.tags)
 
     def history(self) -> list[dict[str, Any]]:
-        """Return every recorded event, oldest first."""
-        return read_jsonl(self.history_path)
+        """Return every recorded event, oldest first, from the versions' `history.*` tags."""
+        events = []
+        for version in self.versions():
+            for key, value in version.tags.items():
+                if key.startswith(HISTORY_TAG):
+                    events.append((key.removeprefix(HISTORY_TAG), json.loads(value)))
+        return [row for _, row in sorted(events, key=lambda item: item[0])]
 
     # ----------------------------------------------------------------- writing
     def record(self, event: str, version: Any, reason: str, **extra: Any) -> dict[str, Any]:
-        """Append one event to the promotion history (with the champion after it) and return it."""
+        """Add one event to the promotion history (with the champion after it) and return it.
+
+        The event is a `history.<ns since epoch>.<event>` tag on the version, so its key sorts in
+        time; callers hold the registry lock, so events of one model never interleave.
+        """
         champion = self.alias(CHAMPION)
         row = {
             "time": now_iso(),
@@ -149,7 +170,14 @@ class Registry:
             "user": getpass.getuser(),
             **extra,
         }
-        append_jsonl(self.history_path, row)
+        text = json.dumps(row, sort_keys=True)
+        if len(text) > MAX_EVENT_CHARS:
+            keep = max(0, len(reason) - (len(text) - MAX_EVENT_CHARS) - 3)
+            row["reason"] = reason[:keep] + "..."
+            text = json.dumps(row, sort_keys=True)
+        key = f"{HISTORY_TAG}{time.time_ns():020d}.{event}"
+        self.client.set_model_version_tag(self.name, str(version.version), key, text)
+        append_jsonl(self.history_path, row)  # the local report; never read back
         return row
 
     def tag(self, version: Any, tags: dict[str, Any]) -> None:
@@ -189,7 +217,7 @@ class Registry:
         Raises:
             RegistryError: the registry cannot be read or written (nothing is promoted).
         """
-        with file_lock(self.lock_path):
+        with self.lock():
             existing = self.find_run(run_id)
             if existing is not None and "decision" in existing.tags:
                 logger.info(

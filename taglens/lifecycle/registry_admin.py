@@ -7,7 +7,7 @@ from typing import Any
 
 from taglens.lifecycle.gate import CHAMPION
 from taglens.lifecycle.registry import Registry
-from taglens.lifecycle.registry_lock import RegistryError, file_lock
+from taglens.lifecycle.registry_lock import RegistryError
 from taglens.lifecycle.registry_tags import LINEAGE_TAG, METRIC_TAG, now_iso
 
 
@@ -15,7 +15,7 @@ def promote(registry: Registry, version: str | int, reason: str) -> dict[str, An
     """Make `version` champion by hand, recording who, when and why."""
     if not reason.strip():
         raise RegistryError("a reason is required: --reason 'why this version'")
-    with file_lock(registry.lock_path):
+    with registry.lock():
         target = registry.version(version)
         previous = registry.alias(CHAMPION)
         registry.crown(target)
@@ -33,7 +33,7 @@ def promote(registry: Registry, version: str | int, reason: str) -> dict[str, An
 
 
 def champion_stack(registry: Registry) -> list[str]:
-    """List champions in order from the history: promotions push, rollbacks pop."""
+    """List champions in order from the registry's history: promotions push, rollbacks pop."""
     stack: list[str] = []
     for row in registry.history():
         if row.get("event") == "promote" or (
@@ -49,13 +49,13 @@ def rollback(registry: Registry, reason: str) -> dict[str, Any]:
     """Give the champion alias back to the previous champion (per the history)."""
     if not reason.strip():
         raise RegistryError("a reason is required: --reason 'what went wrong'")
-    with file_lock(registry.lock_path):
+    with registry.lock():
         current = registry.alias(CHAMPION)
         stack = champion_stack(registry)
         if current is None or len(stack) < 2 or stack[-1] != str(current.version):
             raise RegistryError(
-                f"nothing to roll back to: the history at {registry.history_path} has no earlier "
-                "champion; use `promote VERSION --reason ...` instead"
+                f"nothing to roll back to: the registry's history of {registry.name} has no "
+                "earlier champion; use `promote VERSION --reason ...` instead"
             )
         target = registry.version(stack[-2])
         registry.crown(target)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -80,7 +81,8 @@ def configure_tracking(experiment: str, store: Path = DEFAULT_STORE) -> str:
     """Point MLflow at the project's store and select the experiment; return the tracking URI.
 
     `MLFLOW_TRACKING_URI` in the environment wins, so a team can use a shared tracking server.
-    Artifacts of a local store go under `<store>/artifacts`.
+    Artifacts of a local store go under `<store>/artifacts`; a server (`mlflow server
+    --serve-artifacts`) stores them itself and clients send them as `mlflow-artifacts:/` URIs.
 
     Raises:
         TrackingServerUnreachable: a tracking server is named but does not answer; raised within
@@ -96,11 +98,40 @@ def configure_tracking(experiment: str, store: Path = DEFAULT_STORE) -> str:
     check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _relative_source_name()
     if mlflow.get_experiment_by_name(experiment) is None:
         mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
     mlflow.set_experiment(experiment)
     logger.info("MLflow tracking at %s, experiment %s", redact_uri(uri), experiment)
     return uri
+
+
+def _relative_source_name() -> None:
+    """Let runs name their entry point without this machine's folders.
+
+    MLflow tags every run `mlflow.source.name = sys.argv[0]`, which `python -m stages.train`
+    makes an absolute path (`/home/me/taglens/stages/train.py`): meaningless, even misleading,
+    on a teammate's machine reading the shared server. Inside the checkout (the working
+    directory) it becomes relative (`stages/train.py`), elsewhere (a venv's script) its name.
+    """
+    if not sys.argv or not sys.argv[0] or not os.path.isabs(sys.argv[0]):
+        return
+    main = Path(sys.argv[0])
+    try:
+        sys.argv[0] = main.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        sys.argv[0] = main.name
+
+
+def source_path(path: Path | str) -> str:
+    """A path as a run records it: relative to the checkout (the cwd), else just its name."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -123,7 +154,8 @@ def log_split_datasets(rows: dict[str, Any], *, digest: str, source: str) -> Non
         rows: split name -> its manifest rows (a DataFrame: sha256, image, label, ...).
         digest: the data version: DVC's hash of data/clean (what `dvc checkout` restores), so
             two runs on the same data show the same dataset and a new data version a new one.
-        source: where the rows come from (the manifest's path).
+        source: where the rows come from (the manifest's path; recorded relative to the
+            checkout, so the shared server names no folder of this machine).
     """
     import warnings
 
@@ -134,6 +166,6 @@ def log_split_datasets(rows: dict[str, Any], *, digest: str, source: str) -> Non
             # MLflow 3.17 registers its local-file source class twice and warns that a path
             # "can be interpreted in multiple ways" (both are the same LocalArtifactDatasetSource).
             warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
-            dataset = mlflow.data.from_pandas(frame, source=source, name=name,
+            dataset = mlflow.data.from_pandas(frame, source=source_path(source), name=name,
                                               digest=digest[:36], targets="label")  # fmt: skip
         mlflow.log_input(dataset, context=SPLIT_CONTEXTS.get(name, name))

@@ -1,9 +1,10 @@
 """Typed, frozen parameter models for params.yaml: a typo or an out-of-range value fails at once.
 
 One module per group of sections, in pipeline order: `data` (base, scrape, ingest), `features`
-(model, featurize, clean), `training` (train, evaluate, hashtags) and `serving` (register,
-predict, serve); `loader` holds the whole-file model and reads it. Every default lives in
-params.yaml only: the models hold bounds, never values. Import from `taglens.params`.
+(model, featurize, clean), `training` (train, evaluate, hashtags), `serving` (register,
+predict, serve) and `team` (the shared services); `loader` holds the whole-file model and reads
+it. Every default lives in params.yaml only: the models hold bounds, never values. Import from
+`taglens.params`.
 """
 
 from taglens.params.data import (
@@ -18,6 +19,7 @@ from taglens.params.features import CleanParams, FeaturizeParams, ModelParams
 from taglens.params.loader import Params, flatten, load_params, parse_params
 from taglens.params.section import ParamsError, Probability, Section
 from taglens.params.serving import DriftParams, PredictParams, RegisterParams, ServeParams
+from taglens.params.team import TeamParams
 from taglens.params.training import (
     EvaluateParams,
     FineTuneParams,
@@ -54,6 +56,7 @@ __all__ = [
     "Section",
     "ServeParams",
     "SweepParams",
+    "TeamParams",
     "TrainParams",
     "flatten",
     "load_params",

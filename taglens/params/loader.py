@@ -13,6 +13,7 @@ from taglens.params.data import BaseParams, IngestParams, ScrapeParams
 from taglens.params.features import CleanParams, FeaturizeParams, ModelParams
 from taglens.params.section import ParamsError, Section
 from taglens.params.serving import PredictParams, RegisterParams, ServeParams
+from taglens.params.team import TeamParams
 from taglens.params.training import EvaluateParams, HashtagParams, TrainParams
 
 with warnings.catch_warnings():
@@ -34,6 +35,7 @@ with warnings.catch_warnings():
         register: RegisterParams
         predict: PredictParams
         serve: ServeParams
+        team: TeamParams
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ stopped (the whole group) when the session ends, even after failures. Tests that
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from taglens.toolenv import TOOL_ENV
-from tests.helpers.servers import free_port, wait_until_healthy
+from tests.helpers.servers import free_port, stop_process, wait_until_healthy
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 SERVER_START_TIMEOUT = 150  # a fresh server database takes 20-60 s on a busy 2-core machine
@@ -30,28 +29,7 @@ def _quiet_env(home: Path) -> dict[str, str]:
 
 def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
     """Stop a process started with `start_new_session=True` and everything it started."""
-    try:
-        import psutil
-
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except Exception:  # noqa: BLE001 - already gone, or psutil missing: the group kill remains
-        children = []
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    for child in children:  # flow-run processes may have left the group: stop them by pid
-        try:
-            child.kill()
-        except Exception:  # noqa: BLE001, S110 - it exited on its own
-            pass
+    stop_process(proc, timeout)
 
 
 def _drain_prefect_clients() -> None:

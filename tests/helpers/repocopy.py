@@ -16,7 +16,7 @@ from tests.helpers.paths import ROOT
 # Run state at the top of the work tree (DVC outputs and lock, stores, tool caches).
 RUN_STATE = frozenset({
     ".venv", ".git", "dvc.lock", "data", "models", "reports", "predictions", "mlruns",
-    "test-results", ".prefect", ".pytest_cache", ".ruff_cache",
+    "test-results", ".prefect", ".pytest_cache", ".ruff_cache", ".services",
 })  # fmt: skip
 # DVC's own local state inside .dvc/ (the committed .dvc/config is kept).
 DVC_STATE = frozenset({"cache", "tmp", "config.local"})

@@ -41,3 +41,30 @@ def wait_until_healthy(
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not healthy after {timeout:.0f} s:\n{_log_tail(log_path)}")
         time.sleep(0.3)
+
+
+def team_params(base: Path | None = None):
+    """params.yaml's `team:` section with free loopback ports (the tests' services).
+
+    Args:
+        base: the params file to start from (default the project's).
+    """
+    from taglens.params import load_params
+    from tests.helpers.paths import ROOT
+
+    team = load_params(base or ROOT / "params.yaml").team
+    ports = {key: free_port() for key in ("postgres_port", "mlflow_port", "prefect_port",
+                                          "dask_port")}
+    return team.model_copy(update=ports)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started."""
+    from taglens.services import stop_pid_group
+
+    if proc.poll() is None:
+        stop_pid_group(proc.pid, timeout)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()

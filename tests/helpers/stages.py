@@ -43,6 +43,9 @@ def stage_env(mlflow_store: Path | None = None, **extra: str) -> dict[str, str]:
     """
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
+    # MLflow's set_registry_uri also exports MLFLOW_REGISTRY_URI: an earlier test's store must
+    # not become this subprocess's registry (`mlflow models serve` would look there).
+    env.pop("MLFLOW_REGISTRY_URI", None)
     if mlflow_store is not None:
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(mlflow_store) / 'mlflow.db'}"
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

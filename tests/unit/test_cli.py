@@ -86,7 +86,8 @@ def test_registry_needs_an_admin_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["registry", "--params", "params.yaml"])
     assert exit_info.value.code == 2
-    assert "registry needs one of: history, list, promote, rollback" in capsys.readouterr().err
+    needs = "registry needs one of: history, list, promote, rollback, unlock"
+    assert needs in capsys.readouterr().err
 
 
 def test_a_bug_in_a_subcommand_keeps_its_traceback(monkeypatch):
