@@ -110,10 +110,14 @@ def repro(repo: Path, folder: Path) -> float:
     return time.perf_counter() - start
 
 
-def colour_recall(repo: Path, k: int = 10) -> dict[str, float | int]:
-    """Colour-tag recall@k of the served ranking and of the class mixture on the test posts.
+def test_rankings(repo: Path, k: int = 10) -> dict[str, Any]:
+    """Served, popularity and class-mixture rankings of the test posts, compared post by post.
 
-    Per test post that carries colour tags, the share of them in the top k, averaged.
+    Returns:
+        `colour_recall_at_10`: per test post that carries colour tags, the share of them in the
+        top k, averaged, for the served ranking and the class mixture; `paired`: per floor
+        (popularity, class mixture) and metric, the served ranking's mean difference from it and
+        the standard error of that paired per-post difference.
     """
     import numpy as np
     import pandas as pd
@@ -121,43 +125,60 @@ def colour_recall(repo: Path, k: int = 10) -> dict[str, float | int]:
     from taglens.data.images import image_dataset
     from taglens.data.posts import read_posts
     from taglens.serving.predictor import HashtagPredictor
+    from taglens.training.blend import post_scores
     from taglens.training.hashtags import own_tags
+    from taglens.training.selection import mean_se
+    from taglens.training.tag_rankers import tag_matrix
 
     predictor = HashtagPredictor.from_dir(repo / "models")
     manifest = pd.read_csv(repo / "data" / "clean" / "manifest.csv")
     test = manifest[manifest["split"] == "test"]
     posts = {post.sha256: post for post in read_posts(repo / "data" / "raw" / "posts.jsonl")}
-    truth = [own_tags(posts[sha]) & COLOUR_TAGS for sha in test["sha256"]]
+    tags = [own_tags(posts[sha]) for sha in test["sha256"]]
     outputs: dict[str, list] = {}
     paths = [repo / "data" / "raw" / image for image in test["image"]]
     for batch in image_dataset(paths, predictor.image_size, 64):
         for key, value in predictor.outputs(batch.numpy()).items():
             outputs.setdefault(key, []).append(value)
     joined = {key: np.concatenate(parts) for key, parts in outputs.items()}
-    served = [[item["tag"] for item in row] for row in predictor.rank(joined)]
-    blend = predictor.rankers
     stats = predictor.stats
-    mixture = stats.mixture(
-        joined["probabilities"], predictor.params, blend.estimator, blend.sharpen
-    )
-    by_mixture = [
-        [item["tag"] for item in row]
-        for row in stats.rank_scores(stats.finish(mixture, predictor.params))
-    ]
+    params = predictor.params
+    scores = predictor.rankers.ranker_scores(stats, params, joined["probabilities"])
+    final = {
+        "served": predictor.final_scores(joined)[0],
+        "popularity": stats.finish(scores["popularity"], params),
+        "class_mixture": stats.finish(scores["class_mixture"], params),
+    }
+    truth = tag_matrix(tags, stats.tags)
+    n_truth = np.array([len(t) for t in tags])
+    per_post = {name: post_scores(f, truth, n_truth, params.top_k) for name, f in final.items()}
+    paired = {
+        floor: {
+            key: {
+                "difference": float((per_post["served"][key] - per_post[floor][key]).mean()),
+                "se": mean_se(per_post["served"][key] - per_post[floor][key]),
+            }
+            for key in per_post["served"]
+        }
+        for floor in ("popularity", "class_mixture")
+    }
+    colours = [own & COLOUR_TAGS for own in tags]
 
-    def recall(ranked: list[list[str]]) -> float:
+    def recall(name: str) -> float:
+        ranked = [[item["tag"] for item in row] for row in stats.rank_scores(final[name], params)]
         shares = [
-            len(own & set(tags[:k])) / len(own)
-            for tags, own in zip(ranked, truth, strict=True)
+            len(own & set(row[:k])) / len(own)
+            for row, own in zip(ranked, colours, strict=True)
             if own
         ]
         return float(np.mean(shares)) if shares else float("nan")
 
-    return {
-        "served": recall(served),
-        "class_mixture": recall(by_mixture),
-        "posts": sum(1 for own in truth if own),
+    colour = {
+        "served": recall("served"),
+        "class_mixture": recall("class_mixture"),
+        "posts": sum(1 for own in colours if own),
     }
+    return {"colour_recall_at_10": colour, "paired": paired}
 
 
 def read_quality(repo: Path) -> dict[str, Any]:
@@ -174,7 +195,7 @@ def read_quality(repo: Path) -> dict[str, Any]:
         "hashtag_posts": metrics.get("hashtag_n"),
         "rankers": rows,
         "choice": metrics.get("hashtag_ranking"),
-        "colour_recall_at_10": colour_recall(repo),
+        **test_rankings(repo),
     }
 
 

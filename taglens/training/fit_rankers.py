@@ -219,6 +219,10 @@ def fit_ranking(
     # the floors
     report: dict = {name: check.metrics(s) for name, s in scores.items()}
     floor = {key: max(report[name][key] for name in FLOORS) for key in report["popularity"]}
+    floor_posts = {name: check.per_post(scores[name]) for name in FLOORS}
+    floor_by_post = {
+        key: floor_posts[max(FLOORS, key=lambda name: report[name][key])][key] for key in floor
+    }
     found = choose_blend(
         scores,
         [lambda raw, m=m: stats.finish(raw, params, m) for _, m in weightings],
@@ -227,7 +231,7 @@ def fit_ranking(
         params.top_k,
         params.blend_step,
         BLEND_RULE,
-        floor,
+        floor_by_post,
     )
     if found is not None:
         weights, index, got, search = found

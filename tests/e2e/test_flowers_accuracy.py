@@ -31,10 +31,15 @@ def quality(tmp_path_factory, mobilenet_weights) -> dict:
 
 
 def _at_least_both_floors(figures: dict) -> None:
+    """The served ranking is at least popularity and the class mixture on every guarded metric:
+    a shortfall may not exceed two standard errors of the paired per-post difference (a few
+    hundred test posts: one post is 0.2 to 0.3 points)."""
     rows = figures["rankers"]
-    for key in GUARDED:
-        for floor in ("popularity", "class_mixture"):
-            assert rows["served"][key] >= rows[floor][key], (key, floor, rows)
+    for floor in ("popularity", "class_mixture"):
+        for key in GUARDED:
+            paired = figures["paired"][floor][key.removeprefix("hashtag_")]
+            assert paired["difference"] == pytest.approx(rows["served"][key] - rows[floor][key])
+            assert paired["difference"] >= -2 * paired["se"], (key, floor, rows, paired)
 
 
 def test_clean_captions_reach_073_and_find_the_colour_tags(quality):

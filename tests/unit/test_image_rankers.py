@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.training.blend import HashtagBlend, choose_blend, ranking_scores, simplex
+from taglens.training.blend import (
+    HashtagBlend,
+    choose_blend,
+    post_scores,
+    ranking_scores,
+    reaches,
+    simplex,
+)
 from taglens.training.metrics import hashtag_metrics
 from taglens.training.tag_rankers import (
     NeighbourTags,
@@ -79,6 +86,16 @@ def test_neighbours_weigh_similarity_by_power():
     np.testing.assert_allclose(nearest[0, :2], [1.0, 0.0])
 
 
+def test_a_floor_is_reached_within_one_paired_standard_error():
+    floor = np.array([1.0] * 90 + [0.0] * 10)
+    one_worse = floor.copy()
+    one_worse[0] = 0.0  # one post of 100 lost: within the error of the difference
+    many_worse = floor.copy()
+    many_worse[:20] = 0.0
+    assert reaches(floor, floor) and reaches(one_worse, floor)
+    assert not reaches(many_worse, floor)
+
+
 def test_the_blend_grid_covers_the_simplex():
     grid = simplex(["a", "b", "c"], 0.5)
     assert len(grid) == 6
@@ -103,17 +120,43 @@ def test_the_blend_weights_an_image_ranker_only_where_it_helps():
     useful = truth * 0.8  # knows each post's colour
     useless = np.tile([0.0, 0.9, 0.0, 0.0, 0.9], (40, 1))  # pushes wrong tags
     identity = [lambda raw: raw]
-    floor = ranking_scores(mixture, truth, n_truth, top_k=2)
+    floor = post_scores(mixture, truth, n_truth, top_k=2)
     weights, index, scores, _ = choose_blend(
-        {"class_mixture": mixture, "tag_model": useful}, identity, truth, n_truth, top_k=2,
-        step=0.25, rule="best", floor=floor)
+        {"class_mixture": mixture, "tag_model": useful},
+        identity,
+        truth,
+        n_truth,
+        top_k=2,
+        step=0.25,
+        rule="best",
+        floor=floor,
+    )
     assert weights["tag_model"] > 0 and scores["recall_at_2"] == 1.0 and index == 0
-    weights, _, _, _ = choose_blend({"class_mixture": mixture, "tag_model": useless}, identity,
-                                    truth, n_truth, top_k=2, step=0.25, rule="best", floor=floor)
+    weights, _, _, _ = choose_blend(
+        {"class_mixture": mixture, "tag_model": useless},
+        identity,
+        truth,
+        n_truth,
+        top_k=2,
+        step=0.25,
+        rule="best",
+        floor=floor,
+    )
     assert weights == {"class_mixture": 1.0, "tag_model": 0.0}
-    unreachable = {**floor, "precision_at_1": 1.1}
-    assert choose_blend({"class_mixture": mixture, "tag_model": useless}, identity, truth,
-                        n_truth, top_k=2, step=0.25, rule="best", floor=unreachable) is None
+    unreachable = {**floor, "precision_at_1": floor["precision_at_1"] + 1.1}
+    assert (
+        choose_blend(
+            {"class_mixture": mixture, "tag_model": useless},
+            identity,
+            truth,
+            n_truth,
+            top_k=2,
+            step=0.25,
+            rule="best",
+            floor=unreachable,
+        )
+        is None
+    )
 
 
 def test_one_se_prefers_fewer_rankers_when_the_gain_is_noise():
@@ -125,12 +168,14 @@ def test_one_se_prefers_fewer_rankers_when_the_gain_is_noise():
     mixture = np.tile([0.9, 0.1, 0, 0, 0], (40, 1))
     tag_model = np.tile([0.0, 0.3, 0, 0, 0], (40, 1))  # alone, it says dog to every cat
     tag_model[37:] = [0.0, 1.0, 0, 0, 0]
-    floor = ranking_scores(mixture, truth, n_truth, top_k=1)
+    floor = post_scores(mixture, truth, n_truth, top_k=1)
     scores = {"class_mixture": mixture, "tag_model": tag_model}
-    best, *_ = choose_blend(scores, [lambda raw: raw], truth, n_truth, top_k=1, step=0.5,
-                            rule="best", floor=floor)
-    simple, *_ = choose_blend(scores, [lambda raw: raw], truth, n_truth, top_k=1, step=0.5,
-                              rule="one_se", floor=floor)
+    best, *_ = choose_blend(
+        scores, [lambda raw: raw], truth, n_truth, top_k=1, step=0.5, rule="best", floor=floor
+    )
+    simple, *_ = choose_blend(
+        scores, [lambda raw: raw], truth, n_truth, top_k=1, step=0.5, rule="one_se", floor=floor
+    )
     # Then the best rule takes the blend, the one-SE rule the class mixture alone
     assert best == {"class_mixture": 0.5, "tag_model": 0.5}
     assert simple == {"class_mixture": 1.0, "tag_model": 0.0}
@@ -145,8 +190,12 @@ def test_a_hashtag_blend_round_trips(tmp_path):
     model = TagModel(rng.normal(size=4).astype("float32"), np.ones(4, "float32"),
                      rng.normal(size=(4, 2)).astype("float32"), np.zeros(2, "float32"),
                      np.array([0, 3]))  # fmt: skip
-    neighbours = NeighbourTags(unit_rows(rng.normal(size=(6, 4))),
-                               rng.integers(0, 2, (6, n_tags)).astype("float32"), k=3, power=4.0)
+    neighbours = NeighbourTags(
+        unit_rows(rng.normal(size=(6, 4))),
+        rng.integers(0, 2, (6, n_tags)).astype("float32"),
+        k=3,
+        power=4.0,
+    )
     blend = HashtagBlend("uses", 2.0, model, None, neighbours,
                          {"popularity": 0.2, "class_mixture": 0.5, "tag_model": 0.1,
                           "neighbours": 0.2}, np.linspace(0.5, 1, n_tags),
@@ -182,8 +231,15 @@ def test_low_lift_tags_are_found_from_counts_and_image_scores():
 
     params = tiny_params().hashtags
     # cat: a class tag; red: as common in both classes but follows the image; follow: uniform
-    stats = HashtagStats(["cat", "dog"], [50, 50], [50, 50], ["cat", "red", "follow"],
-                         np.array([[50, 0], [20, 20], [10, 10]]), [None] * 3, params)
+    stats = HashtagStats(
+        ["cat", "dog"],
+        [50, 50],
+        [50, 50],
+        ["cat", "red", "follow"],
+        np.array([[50, 0], [20, 20], [10, 10]]),
+        [None] * 3,
+        params,
+    )
     carried = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1], [1, 0, 0]], "float32")
     image = np.array([[0.9, 0.8, 0.2], [0.9, 0.1, 0.2], [0.9, 0.8, 0.2], [0.9, 0.1, 0.2]])
     assert low_lift_tags(stats, [image], carried, min_lift=1.2).tolist() == [False, False, True]
