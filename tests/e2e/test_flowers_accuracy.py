@@ -19,11 +19,14 @@ GUARDED = ("hashtag_precision_at_1", "hashtag_recall_at_5", "hashtag_accuracy_at
 
 
 @pytest.fixture(scope="module")
-def quality(tmp_path_factory, mobilenet_weights) -> dict:
+def quality(tmp_path_factory) -> dict:
     """Both caption sets through the real pipeline (the second reuses the feature store)."""
+    from bench.quality import WEIGHTS, measure
+
     if not FLOWERS.is_dir():
         pytest.skip(f"no shared flowers photos at {FLOWERS}")
-    from bench.quality import measure
+    if not WEIGHTS.is_file():
+        pytest.skip(f"no pretrained MobileNet weights at {WEIGHTS}")
 
     results = measure(tmp_path_factory.mktemp("quality"))
     print(json.dumps(results, indent=1, default=str))
