@@ -24,7 +24,13 @@ SEEDS = (1, 5)
 # Log lines that mark the phases of a train run: before the fit, after it (saving the model),
 # after model.keras (writing the rest), and inside the MLflow model logging.
 PHASES = ("MLflow tracking at", "head fitted", "hashtag statistics", "Validating input example")
-MODEL_FILES = ("hashtags.json", "image_rankers.npz", "model.keras", "model_info.json")
+MODEL_FILES = (
+    "drift_reference.json",
+    "hashtags.json",
+    "image_rankers.npz",
+    "model.keras",
+    "model_info.json",
+)
 
 
 def _load_model(models):
@@ -71,7 +77,7 @@ def test_killed_train_reruns_to_a_complete_model(pipeline, tmp_path, monkeypatch
     # When train runs again
     ok(run_stage(repo, "train"))
 
-    # Then models/ holds exactly the four files, valid and shaped like the uninterrupted run's
+    # Then models/ holds exactly its files, valid and shaped like the uninterrupted run's
     assert _visible(models) == list(MODEL_FILES)
     info = json.loads((models / "model_info.json").read_text())
     ref_info = json.loads((pipeline / "models" / "model_info.json").read_text())
