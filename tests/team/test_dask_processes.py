@@ -81,6 +81,6 @@ def test_featurize_on_separate_worker_processes_equals_the_local_stage(
 
 
 def _extractors_built() -> int:
-    """Feature extractors this process built for featurize shards (flows.featurize's cache)."""
+    """Views models this process built for featurize shards (flows.featurize's cache)."""
     module = sys.modules.get("flows.featurize")
-    return len(module._EXTRACTORS) if module is not None else 0
+    return len(module._VIEW_MODELS) if module is not None else 0
