@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -13,9 +14,13 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def _dry_run(*targets: str) -> str:
-    # -W: treat the stamps as out of date, so every step a fresh machine runs is listed
-    result = subprocess.run(["make", "-n", "-W", "pyproject.toml", *targets], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    # -W: treat the stamps as out of date, so every step a fresh machine runs is listed. Under
+    # `make test` this runs inside make: without --no-print-directory (and the parent's MAKE*
+    # variables) the output would end with "make[1]: Leaving directory ...".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-W", "pyproject.toml", *targets], cwd=ROOT,
+        capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
