@@ -10,35 +10,16 @@ import sys
 import pytest
 from reliability_kit import copy_repo, stage_env, write_params
 
+from tests.helpers.evidence import solid_test_split, write_evidence
+
 pytestmark = pytest.mark.slow
 
 
 def _test_split(tmp_path, classes) -> tuple:
     """data/raw and data/clean holding two solid-colour test photos per class."""
-    import pandas as pd
-
-    from tests.helpers.rawdata import solid_raw
-
     raw = tmp_path / "raw"
-    colours = {
-        c: [(20 * i, 90 + 60 * j, 250 - 20 * i) for j in range(2)] for i, c in enumerate(classes)
-    }
-    posts = solid_raw(raw, colours, size=32)
     clean = tmp_path / "clean"
-    clean.mkdir()
-    rows = [
-        {
-            "id": p.id,
-            "sha256": p.sha256,
-            "image": p.image,
-            "label": p.label,
-            "split": "test",
-            "distance": 0.0,
-        }
-        for p in posts
-    ]
-    pd.DataFrame(rows).to_csv(clean / "manifest.csv", index=False)
-    return raw, clean, posts
+    return raw, clean, solid_test_split(raw, clean, classes)
 
 
 def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
@@ -47,7 +28,6 @@ def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
     import mlflow
 
     from taglens.serving.pyfunc import log_taglens_model
-    from taglens.training.metrics import split_fingerprint
 
     with mlflow.start_run(run_name=f"train-{name}") as run:
         log_taglens_model(models_src)
@@ -56,26 +36,7 @@ def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
     info = json.loads((models / "model_info.json").read_text())
     (models / "model_info.json").write_text(json.dumps({**info, "run_id": run.info.run_id}))
     reports = tmp_path / f"reports_{name}"
-    (reports / "evaluate").mkdir(parents=True)
-    accuracy = 1.0 if right else 0.0
-    fingerprint = split_fingerprint([p.sha256 for p in posts], [p.label for p in posts])
-    metrics = {
-        "accuracy": accuracy,
-        "top3_accuracy": accuracy,
-        "macro_f1": accuracy,
-        "n_test": len(posts),
-        "test_fingerprint": fingerprint,
-        "model_run_id": run.info.run_id,
-    }
-    (reports / "metrics.json").write_text(json.dumps(metrics))
-    rows = [
-        {"sha256": p.sha256, "label": p.label, "correct": right}
-        for p in sorted(posts, key=lambda p: p.sha256)
-    ]
-    per_image = {"model_run_id": run.info.run_id, "test_fingerprint": fingerprint, "images": rows}
-    (reports / "evaluate" / "per_image.json").write_text(json.dumps(per_image))
-    per_class = {c: {"recall": accuracy} for c in info["classes"]}  # all right, or none
-    (reports / "evaluate" / "per_class.json").write_text(json.dumps(per_class))
+    write_evidence(reports, run.info.run_id, posts, info["classes"], right)
     return run.info.run_id, models, reports
 
 

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from taglens.lifecycle.registry_lock import LOCK_DB_ENV, lock_model_name
+from tests.helpers.evidence import solid_test_split, write_evidence
 from tests.helpers.params import write_tiny_params
 from tests.helpers.repocopy import copy_source_tree
 from tests.helpers.stages import stage_env
@@ -23,8 +24,9 @@ from tests.helpers.stages import stage_env
 pytestmark = [pytest.mark.slow]
 
 
-def _clone_with_trained_run(root, name, model_name, models_src, accuracy, classes):
-    """A checkout whose models/ and reports/ are what train + evaluate wrote for one run."""
+def _clone_with_trained_run(root, name, model_name, models_src, right, classes):
+    """A checkout whose models/, reports/ and test split are what the pipeline wrote for one
+    run: the model right on every test photo (`right`) or on none."""
     import mlflow
 
     from taglens.serving.pyfunc import log_taglens_model
@@ -37,11 +39,8 @@ def _clone_with_trained_run(root, name, model_name, models_src, accuracy, classe
     shutil.copytree(models_src, models)
     info = json.loads((models / "model_info.json").read_text())
     (models / "model_info.json").write_text(json.dumps({**info, "run_id": run.info.run_id}))
-    (clone / "reports" / "evaluate").mkdir(parents=True)
-    (clone / "reports" / "metrics.json").write_text(json.dumps(
-        {"accuracy": accuracy, "top3_accuracy": accuracy, "macro_f1": accuracy, "n_test": 20}))
-    (clone / "reports" / "evaluate" / "per_class.json").write_text(
-        json.dumps({c: {"recall": 0.5} for c in classes}))
+    posts = solid_test_split(clone / "data" / "raw", clone / "data" / "clean", classes)
+    write_evidence(clone / "reports", run.info.run_id, posts, classes, right)
     return clone, run.info.run_id
 
 
@@ -60,7 +59,7 @@ def test_two_clones_racing_leave_the_better_model_champion_each_version_once(
     classes = tiny_params.base.classes
     clones = {name: _clone_with_trained_run(tmp_path, name, model_name, tiny_models_dir, acc,
                                             classes)
-              for name, acc in (("worse", 0.40), ("better", 0.80))}
+              for name, acc in (("worse", False), ("better", True))}
     extra = {"MLFLOW_TRACKING_URI": team_mlflow}
     if lock == "postgres-advisory":
         extra[LOCK_DB_ENV] = team_services.postgres_uri
@@ -73,7 +72,8 @@ def test_two_clones_racing_leave_the_better_model_champion_each_version_once(
     for name in ("worse", "better"):
         clone, _ = clones[name]
         procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "stages.register", "--params", "params.yaml"], cwd=clone,
+            [sys.executable, "-m", "stages.register", "--params", "params.yaml",
+             "--raw", "data/raw", "--clean", "data/clean"], cwd=clone,
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for name, proc in procs.items():
         output = proc.communicate(timeout=300)[0]
