@@ -45,15 +45,12 @@ def pick(scores: Sequence[float], best_se: float, complexity: Sequence[Hashable]
     Raises:
         ValueError: no candidates, or an unknown rule.
     """
-    if not len(scores):
-        raise ValueError("pick needs at least one candidate")
-    if rule not in RULES:
-        raise ValueError(f"unknown selection rule {rule!r}; expected one of {RULES}")
+    _check(len(scores), rule)
     values = np.asarray(scores, np.float64)
     top = float(values.max())
     margin = best_se if rule == "one_se" else 0.0
     near = [i for i in range(len(values)) if values[i] >= top - margin - 1e-12]
-    return min(near, key=lambda i: (complexity[i], -values[i], i))
+    return _simplest(near, complexity, values)
 
 
 def pick_paired(per_sample: Sequence[np.ndarray], complexity: Sequence[Hashable], rule: str) -> int:
@@ -65,10 +62,7 @@ def pick_paired(per_sample: Sequence[np.ndarray], complexity: Sequence[Hashable]
     Raises:
         ValueError: no candidates, or an unknown rule.
     """
-    if not len(per_sample):
-        raise ValueError("pick_paired needs at least one candidate")
-    if rule not in RULES:
-        raise ValueError(f"unknown selection rule {rule!r}; expected one of {RULES}")
+    _check(len(per_sample), rule)
     values = [np.asarray(v, np.float64) for v in per_sample]
     means = np.array([float(v.mean()) if len(v) else 0.0 for v in values])
     best = int(np.argmax(means))
@@ -80,4 +74,16 @@ def pick_paired(per_sample: Sequence[np.ndarray], complexity: Sequence[Hashable]
         return gap <= mean_se(values[best] - values[i]) + 1e-12
 
     near = [i for i in range(len(values)) if qualifies(i)]
-    return min(near, key=lambda i: (complexity[i], -means[i], i))
+    return _simplest(near, complexity, means)
+
+
+def _check(candidates: int, rule: str) -> None:
+    if not candidates:
+        raise ValueError("a choice needs at least one candidate")
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {RULES}")
+
+
+def _simplest(near: list[int], complexity: Sequence[Hashable], scores: np.ndarray) -> int:
+    """The simplest of the qualifying candidates; the higher score, then the first, on ties."""
+    return min(near, key=lambda i: (complexity[i], -scores[i], i))
