@@ -9,7 +9,6 @@ the README's path from the winning experiment to `@champion`.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ import yaml
 
 from tests.helpers.params import write_tiny_params
 from tests.helpers.repocopy import copy_source_tree
-from tests.helpers.stages import DVC, stage_env
+from tests.helpers.stages import dvc_ok as _dvc
+from tests.helpers.stages import run_ok as _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -40,18 +40,6 @@ BASELINE = {
     "register.max_recall_drop": 1.0,
 }
 EXPERIMENTS = {"lr-fast": 0.01, "lr-slow": 0.003}
-
-
-def _run(args: list[str], repo: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        args, cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run([DVC, *args], repo)
 
 
 def _commit(repo: Path, message: str) -> None:

@@ -13,23 +13,12 @@ import yaml
 
 from tests.helpers.params import write_tiny_params
 from tests.helpers.repocopy import copy_source_tree
-from tests.helpers.stages import DVC, stage_env
+from tests.helpers.stages import dvc_ok as _dvc
+from tests.helpers.stages import run_ok as _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 STAGES = ("scrape", "featurize", "clean", "train", "evaluate", "register")
-
-
-def _run(args: list[str], repo: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        args, cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run([DVC, *args], repo)
 
 
 @pytest.fixture(scope="module")

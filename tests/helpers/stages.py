@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,3 +54,17 @@ def stage_env(mlflow_store: Path | None = None, **extra: str) -> dict[str, str]:
     toolenv.apply(env)
     env.update(extra)
     return env
+
+
+def run_ok(args: list[str], repo: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command in `repo` as a stage subprocess would; fail the test with its output."""
+    result = subprocess.run(
+        args, cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def dvc_ok(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """`dvc ARGS` in `repo` (the venv's dvc), failing the test with its output."""
+    return run_ok([DVC, *args], repo)
