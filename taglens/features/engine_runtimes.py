@@ -82,6 +82,13 @@ def _key_of(names: set[str], keys: tuple[str, ...]) -> str:
     return found[0]
 
 
+def output_names(outputs: Any, keys: tuple[str, ...] | None) -> list[str]:
+    """The key of each output port of a compiled OpenVINO model (positions for one output)."""
+    if keys is None:
+        return [str(i) for i in range(len(outputs))]
+    return [_key_of(set(o.get_names()), keys) for o in outputs]
+
+
 def _pack(keys: tuple[str, ...] | None, arrays: dict[str, np.ndarray]) -> Outputs:
     """One array for a single-output model, else the dict the Keras model returns."""
     return next(iter(arrays.values())) if keys is None else arrays
@@ -129,16 +136,19 @@ class OpenVinoForward:
     """The model converted to OpenVINO and compiled for the CPU in float32.
 
     OpenVINO would otherwise run in bfloat16 on CPUs that have it (results then differ by about
-    1e-2). A batch is split over the throughput streams OpenVINO picks for this CPU and run as
+    1e-2). `converted` is an OpenVINO model made from it beforehand (the INT8 model of
+    `taglens.features.quantize`): its quantized layers run in INT8, the others in float32. A batch
+    is split over the throughput streams OpenVINO picks for this CPU and run as
     parallel requests; batches smaller than that go through a latency-compiled copy instead,
     which uses every core for one request (the web page's single images).
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, converted: Any = None):
         import openvino as ov
 
         no_usage_reports()
-        converted = ov.convert_model(traced(model).get_concrete_function())
+        if converted is None:
+            converted = ov.convert_model(traced(model).get_concrete_function())
         core = ov.Core()
         def compiled(hint: str) -> Any:
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint}
@@ -147,8 +157,7 @@ class OpenVinoForward:
         self._throughput, self._latency = compiled("THROUGHPUT"), compiled("LATENCY")
         # OpenVINO keeps a dict-output model's outputs as tensors named after the dict's keys
         keys = self._keys = output_keys(model)
-        self._outputs = [str(i) if keys is None else _key_of(set(o.get_names()), keys)
-                         for i, o in enumerate(self._latency.outputs)]  # fmt: skip
+        self._outputs = output_names(self._latency.outputs, keys)
         self.requests = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._queue = ov.AsyncInferQueue(self._throughput, self.requests)
         self._lock = threading.Lock()  # one request queue: callers from several threads take turns

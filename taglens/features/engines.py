@@ -7,6 +7,11 @@ outputs within 1e-4 relative (tests/unit/test_engines.py); which one is fastest 
 network and the CPU (BENCHMARKS.md measures them side by side). The runtimes themselves live in
 `taglens.features.engine_runtimes`.
 
+`openvino-int8` runs an INT8 model that `taglens.features.quantize` made from the Keras model
+beforehand (calibrated and checked on labelled photos, which only the stages have): the stage
+hands it over with `use_int8(model, int8_model)`, and every later `compile_forward(model,
+"openvino-int8")` runs it. Its outputs are close to, not within 1e-4 of, the others'.
+
 A converted model is kept for as long as its Keras model lives: a Dask worker that featurizes
 many shards with one extractor converts it once, not once per shard.
 """
@@ -40,19 +45,37 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
-    "ENGINES", "ONNX_OPSET", "EngineError", "EngineModel", "Forward", "Outputs",
+    "ENGINES", "INT8_ENGINE", "ONNX_OPSET", "EngineError", "EngineModel", "Forward", "Outputs",
     "TensorFlowForward", "compile_forward", "default_cache_dir", "model_fingerprint",
-    "no_usage_reports", "on_engine", "traced",
+    "no_usage_reports", "on_engine", "precision_of", "traced", "use_int8",
 ]  # fmt: skip
 
-ENGINES = ("tensorflow", "openvino", "onnxruntime")
+ENGINES = ("tensorflow", "openvino", "onnxruntime", "openvino-int8")
+INT8_ENGINE = "openvino-int8"
+_INT8_KEY = (INT8_ENGINE, "")  # an INT8 model is handed over, never converted: no cache dir
 # Converted forwards by Keras model, then by (engine, cache_dir). The forwards of the converting
 # engines hold no reference to the Keras model, so an entry goes when its model does.
 _CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CONVERTED_LOCK = threading.Lock()
 
 
-_PACKAGES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "tf2onnx")}
+_PACKAGES = {
+    "openvino": ("openvino",),
+    "onnxruntime": ("onnxruntime", "tf2onnx"),
+    INT8_ENGINE: ("openvino",),
+}
+
+
+def precision_of(engine: str) -> str:
+    """The arithmetic an engine's model runs in: `int8` for openvino-int8, else `fp32`."""
+    return "int8" if engine == INT8_ENGINE else "fp32"
+
+
+def use_int8(model: keras.Model, int8_model: Any) -> None:
+    """Run `model` on openvino-int8 as `int8_model` (an OpenVINO model quantized from it)."""
+    _check_installed(INT8_ENGINE)
+    with _CONVERTED_LOCK:
+        _CONVERTED.setdefault(model, {})[_INT8_KEY] = OpenVinoForward(model, int8_model)
 
 
 def _check_installed(engine: str) -> None:
@@ -97,6 +120,16 @@ def compile_forward(
     if engine == "tensorflow":
         return TensorFlowForward(model, batch_size, jit_compile)
     _check_installed(engine)
+    if engine == INT8_ENGINE:
+        with _CONVERTED_LOCK:
+            forward = _CONVERTED.get(model, {}).get(_INT8_KEY)
+        if forward is None:
+            raise EngineError(
+                f"{PARAM}: {INT8_ENGINE} runs an INT8 model quantized from {model.name} by the "
+                f"featurize or train stage, and none was made for it: run the stage, or set "
+                f"{PARAM}: openvino"
+            )
+        return forward
     key = (engine, str(cache_dir or default_cache_dir()))
     with _CONVERTED_LOCK:  # two threads asking for the same model convert it once
         converted = _CONVERTED.setdefault(model, {})

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from taglens.features import store as features
+from taglens.features.quantize import Decision
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,18 @@ class FeaturizeResult:
                 f"{self.cached} cached, dim {self.meta['dim']}")
 
 
-def feature_meta(key: features.FeatureKey, matrix: np.ndarray, views: dict) -> dict[str, Any]:
-    """meta.json: which backbone, size and weights made the vectors, and their shape."""
+def feature_meta(
+    key: features.FeatureKey,
+    matrix: np.ndarray,
+    views: dict,
+    engine: str,
+    int8: Decision | None,
+) -> dict[str, Any]:
+    """meta.json: which backbone, size, weights and precision made the vectors, and their shape.
+
+    `engine` is the engine that ran (openvino when openvino-int8 fell back to FP32), and `int8`
+    the INT8 decision (both accuracies and why) when `featurize.engine` was openvino-int8.
+    """
     return {
         "backbone": key.backbone,
         "image_size": key.image_size,
@@ -34,4 +45,7 @@ def feature_meta(key: features.FeatureKey, matrix: np.ndarray, views: dict) -> d
         "count": int(matrix.shape[0]),
         "store": key.dirname,
         "views": list(views),
+        "precision": key.precision,
+        "engine": engine,
+        "int8": asdict(int8) if int8 is not None else None,
     }

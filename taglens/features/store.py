@@ -1,8 +1,10 @@
 """The content-addressed feature store, and the features file the featurize stage writes from it.
 
-Every image goes through the backbone once per (backbone, weights, image size): vectors are kept
-in shards under `store/<backbone>-<size>px-<weights identity>/`, keyed by the image's sha256, so
-adding images computes only the new ones and a killed run loses at most the shard in progress.
+Every image goes through the backbone once per (backbone, weights, image size, precision): vectors
+are kept in shards under `store/<backbone>-<size>px-<weights identity>[-int8]/`, keyed by the
+image's sha256 (an INT8 backbone's vectors, `featurize.engine: openvino-int8`, never mix with
+FP32's: they have a store of their own), so adding images computes only the new ones and a
+killed run loses at most the shard in progress.
 Each view (`flip`, `colour`) has a store of its own beside it (`...-flip/`); one model computes
 every output the stores lack in one forward call per batch. The store only decides what to
 compute and keeps it; `taglens.features.extract` turns the image files into vectors.
@@ -44,14 +46,16 @@ class FeatureKey:
     backbone: str
     image_size: int
     weights_identity: str
+    precision: str  # fp32 (every engine but openvino-int8) or int8: taglens.features.engines
     view: str = ""  # "" for the image itself, else a taglens.features.views name (flip, colour)
 
     @property
     def dirname(self) -> str:
         """A path-safe directory name for this configuration."""
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.weights_identity)
+        precision = "" if self.precision == "fp32" else f"-{self.precision}"
         suffix = f"-{self.view}" if self.view else ""
-        return f"{self.backbone}-{self.image_size}px-{safe}{suffix}"
+        return f"{self.backbone}-{self.image_size}px-{safe}{precision}{suffix}"
 
 
 class FeatureStore:

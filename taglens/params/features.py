@@ -25,6 +25,15 @@ class ModelParams(Section):
         return name
 
 
+class Int8Params(Section):
+    """The INT8 engine's quantization: calibration photos and the accuracy it may lose."""
+
+    calibration_images: int = Field(ge=1, le=10000)  # training photos for activation statistics
+    validation_images: int = Field(ge=1, le=10000)  # validation photos accuracy is checked on
+    max_drop: float = Field(ge=0, lt=1)  # most validation accuracy (absolute) INT8 may lose
+    max_iterations: int = Field(ge=0, le=1000)  # most layer groups reverted to FP32
+
+
 class FeaturizeParams(Section):
     """The batched, cached forward pass."""
 
@@ -32,7 +41,8 @@ class FeaturizeParams(Section):
     jit_compile: bool
     shard_size: int = Field(ge=1)
     views: tuple[Literal["flip", "colour"], ...]  # cheap extra views (taglens.features.views)
-    engine: Literal["tensorflow", "openvino", "onnxruntime"]
+    engine: Literal["tensorflow", "openvino", "onnxruntime", "openvino-int8"]
+    int8: Int8Params  # read when engine is openvino-int8
 
     @model_validator(mode="after")
     def _xla_is_tensorflow_only(self) -> FeaturizeParams:
