@@ -42,7 +42,7 @@ def flowers_features(cache: Path, params) -> tuple[dict[str, np.ndarray], np.nda
     files = [(f, c) for c, name in enumerate(classes)
              for f in sorted((FLOWERS / name).glob("*.jpg"))]  # fmt: skip
     items = [(hashlib.sha256(f.read_bytes()).hexdigest(), f) for f, _ in files]
-    key = features.FeatureKey("mobilenet", 128, weights_identity(params, 0))
+    key = features.FeatureKey("mobilenet", 128, weights_identity(params, 0), "fp32")
     stores = features.feature_stores(cache, key, ["flip"])
     vectors, _ = features.fill_stores(
         stores, items, lambda outputs: build_views_model(params, 0, outputs), batch_size=32,

@@ -33,6 +33,7 @@ from flows.runners import (
 )
 from taglens import artifacts
 from taglens.errors import TaglensError
+from taglens.features.engines import INT8_ENGINE
 from taglens.features.views import IMAGE
 from taglens.params import ModelParams, load_params
 
@@ -102,12 +103,12 @@ def _compute_shards(
 
 
 @task(name="featurize-stage")
-def stage_task(model: ModelParams, params: Any, seed: int, raw: str, out: str,
+def stage_task(model: ModelParams, params: Any, clean: Any, seed: int, raw: str, out: str,
                progress: bool) -> FeaturizeResult:  # fmt: skip
     """The featurize stage itself: fill what is missing, write features.npz and meta.json."""
     from stages.featurize import run
 
-    return run(model, params, seed=seed, raw=Path(raw), out=Path(out), progress=progress)
+    return run(model, params, clean, seed=seed, raw=Path(raw), out=Path(out), progress=progress)
 
 
 def _missing(
@@ -116,8 +117,11 @@ def _missing(
     """The stores and what they lack (`FillPlan`), in the order the stage computes it."""
     from taglens.features import store as features
     from taglens.features.backbones import weights_identity
+    from taglens.features.engines import precision_of
 
-    key = features.FeatureKey(model.backbone, model.image_size, weights_identity(model, seed))
+    key = features.FeatureKey(
+        model.backbone, model.image_size, weights_identity(model, seed), precision_of(params.engine)
+    )
     stores = features.feature_stores(out / features.STORE_DIR, key, params.views)
     items = [(post.sha256, raw / post.image) for post in artifacts.read_posts(raw)]
     cached = {name: store.load() for name, store in stores.items()}
@@ -167,6 +171,12 @@ def featurize_flow(
     start = time.monotonic()
     computed, shards = 0, 0
     if task_runner == "dask":
+        if fparams.engine == INT8_ENGINE:
+            # the INT8 model is quantized (or its decision read) by the stage in one process
+            raise TaglensError(
+                f"featurize.engine: {INT8_ENGINE} runs in the stage's process only: use "
+                "task_runner local (or taglens featurize), or another engine on Dask"
+            )
         stores, plan = _missing(model, fparams, seed, raw, out)
         # whole batches per shard: each batch then holds the images it holds in the local stage
         size = math.ceil(fparams.shard_size / fparams.batch_size) * fparams.batch_size
@@ -201,7 +211,8 @@ def featurize_flow(
             )
             computed, shards = len(plan.lacking.get(IMAGE, ())), len(parts)
     # the stage finishes both paths (on dask it finds every vector in the store)
-    result = stage_task(model, fparams, seed, str(raw), str(out), task_runner == "local")
+    result = stage_task(model, fparams, params.clean, seed, str(raw), str(out),
+                        task_runner == "local")
     summary = {**result.meta, "computed": computed + result.computed,
                "cached": result.cached - computed, "shards": shards,
                "seconds": time.monotonic() - start}  # fmt: skip

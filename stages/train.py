@@ -14,6 +14,7 @@ from taglens.params import (
     BaseParams,
     HashtagParams,
     IngestParams,
+    Int8Params,
     ModelParams,
     Params,
     TrainParams,
@@ -33,19 +34,23 @@ def run(
     base: BaseParams, model: ModelParams, params: TrainParams, hashtags: HashtagParams,
     ingest: IngestParams, *, raw: Path, features: Path, clean: Path, out: Path,
     reports: Path = artifacts.REPORTS_DIR, sweep: dict[str, tuple] | None = None,
-    engine: str,
+    engine: str, int8: Int8Params,
 ) -> TrainResult:  # fmt: skip
     """Train in an MLflow run and write models/ (model, info, hashtags) and reports/history.csv.
 
     `ingest` is not used to train: it is logged with the model, which checks request images
     with it. The run logs these five sections only. `engine` (`featurize.engine`) is recorded
-    with the logged model, which `mlflow models serve` then runs on.
+    with the logged model, which `mlflow models serve` then runs on. When featurize's vectors
+    are INT8 (meta.json's `precision`), the served model is quantized too (`int8`,
+    `featurize.int8`; taglens.training.int8_model) and serves on openvino-int8 if it keeps
+    accuracy, on openvino otherwise.
     """
     import mlflow
 
     if base.classes is None:  # the classes the source found, as clean kept them
         base = base.model_copy(update={"classes": train_data.manifest_classes(clean)})
-    config, classes = TrainConfig(base, model, params, hashtags, ingest, engine), list(base.classes)
+    config = TrainConfig(base, model, params, hashtags, ingest, engine, int8)
+    classes = list(base.classes)
     meta = train_data.check_feature_meta(features, model, base.seed)
     splits = train_data.load_splits(features, train_data.read_manifest(clean, classes), classes)
     train, val = splits["train"], splits["val"]
@@ -74,7 +79,8 @@ def run(
         else:
             fit, best = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e)), params
         history = list(fit.history)
-        served = outputs.served_model(config, fit, train, raw)
+        precision = meta.get("precision", "fp32")  # older features files are FP32
+        served = outputs.served_model(config, fit, train, raw, precision)
         if params.fine_tune.enabled:
             history += outputs.fine_tune_logged(served, config, train, val, raw, len(history))
 
@@ -87,7 +93,10 @@ def run(
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
         summary["hashtags_val"] = outputs.fit_hashtags_logged(config, fit, splits, posts, out)
         write_drift_reference(fit, val, classes, fine_tuned=params.fine_tune.enabled, out=out)
-        outputs.write_model_dir(config.with_train(best), served, history, out, reports, run_id)
+        served_as = outputs.served_precision(config, served, precision, splits, raw, out)
+        summary["precision"] = served_as.precision
+        outputs.write_model_dir(config.with_train(best), served, history, out, reports, run_id,
+                                served_as)
     if params.baseline:
         summary.update(outputs.baseline_run(config, splits, run_id))
     atomic_write_json(artifacts.TRAIN_REPORT.at(reports), summary)
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(params.base, params.model, params.train, params.hashtags, params.ingest,
                    raw=args.raw, features=args.features, clean=args.clean, out=args.out,
                    reports=args.reports, sweep=sweep,
-                   engine=params.featurize.engine)  # fmt: skip
+                   engine=params.featurize.engine, int8=params.featurize.int8)  # fmt: skip
 
     return run_stage(args, call, text=TrainResult.line)
 

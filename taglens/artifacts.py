@@ -75,6 +75,9 @@ MODEL_INFO = Artifact("train", MODELS_DIR, "model_info.json")
 HASHTAGS = Artifact("train", MODELS_DIR, "hashtags.json")
 RANKERS = Artifact("train", MODELS_DIR, "image_rankers.npz")  # optional: see predictor
 DRIFT_REFERENCE = Artifact("train", MODELS_DIR, "drift_reference.json")  # optional: lifecycle.drift
+# optional: the served model quantized to INT8 (OpenVINO IR), with featurize.engine: openvino-int8
+INT8_MODEL = Artifact("train", MODELS_DIR, "model-int8.xml")
+INT8_WEIGHTS = Artifact("train", MODELS_DIR, "model-int8.bin")
 TRAIN_REPORT = Artifact("train", REPORTS_DIR, "train.json")
 HISTORY = Artifact("train", REPORTS_DIR, "history.csv")
 METRICS = Artifact("evaluate", REPORTS_DIR, "metrics.json")

@@ -19,6 +19,7 @@ many shards with one extractor converts it once, not once per shard.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import weakref
 from pathlib import Path
@@ -49,6 +50,8 @@ __all__ = [
     "TensorFlowForward", "compile_forward", "default_cache_dir", "model_fingerprint",
     "no_usage_reports", "on_engine", "precision_of", "traced", "use_int8",
 ]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 ENGINES = ("tensorflow", "openvino", "onnxruntime", "openvino-int8")
 INT8_ENGINE = "openvino-int8"
@@ -176,7 +179,11 @@ class EngineModel:
 def on_engine(predictor: Any, engine: str, **options: Any) -> Any:
     """A copy of a HashtagPredictor whose model runs on `engine` (same outputs within 1e-4).
 
-    Other predictors (anything without a dataclass `model` field) are returned unchanged.
+    On openvino-int8 it runs the INT8 model train quantized from it (`predictor.int8_model`);
+    a model without one (its INT8 model lost too much accuracy, or it was trained on FP32
+    vectors) runs on openvino in FP32, with a warning. The engine a predictor's model runs on
+    is `predictor.model.engine`. Other predictors (anything without a dataclass `model` field)
+    are returned unchanged.
 
     Raises:
         EngineError: see `compile_forward`.
@@ -189,4 +196,17 @@ def on_engine(predictor: Any, engine: str, **options: Any) -> Any:
         if model.engine == engine:
             return predictor
         model = model.model
+    if engine == INT8_ENGINE:
+        int8 = getattr(predictor, "int8_model", None)
+        if int8 is None:
+            logger.warning(
+                "%s: this model has no INT8 model (train kept FP32, or its features were FP32): "
+                "serving it on openvino in FP32",
+                PARAM,
+            )
+            engine = "openvino"
+        else:
+            import openvino as ov
+
+            use_int8(model, ov.Core().read_model(int8))
     return dataclasses.replace(predictor, model=EngineModel(model, engine, **options))

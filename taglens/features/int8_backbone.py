@@ -166,8 +166,8 @@ def _quantize(
     from taglens.features.engines import compile_forward
 
     views = build_views_model(model, seed, outputs)
-    calibration = _pixels([raw / post.image for post in train], model.image_size)
-    pixels = _pixels([raw / post.image for post in val], model.image_size)
+    calibration = pixels_of([raw / post.image for post in train], model.image_size)
+    pixels = pixels_of([raw / post.image for post in val], model.image_size)
     forward = compile_forward(views, "openvino", jit_compile=False)
     fp32 = np.concatenate(
         [
@@ -196,7 +196,7 @@ def _vectors(outputs: Any) -> np.ndarray:
     return np.asarray(outputs[IMAGE] if isinstance(outputs, dict) else outputs, dtype="float64")
 
 
-def _pixels(paths: Sequence[Path], image_size: int) -> np.ndarray:
+def pixels_of(paths: Sequence[Path], image_size: int) -> np.ndarray:
     """Image files decoded and resized as featurize does, kept as uint8 (a quarter the memory)."""
     from taglens.data.images import image_dataset
 

@@ -15,7 +15,7 @@ from taglens.params.data import (
     InstagramSourceParams,
     ScrapeParams,
 )
-from taglens.params.features import CleanParams, FeaturizeParams, ModelParams
+from taglens.params.features import CleanParams, FeaturizeParams, Int8Params, ModelParams
 from taglens.params.loader import Params, flatten, load_params, parse_params
 from taglens.params.section import ParamsError, Probability, Section
 from taglens.params.serving import DriftParams, PredictParams, RegisterParams, ServeParams
@@ -39,6 +39,7 @@ __all__ = [
     "DriftParams",
     "EvaluateParams",
     "FeaturizeParams",
+    "Int8Params",
     "FineTuneParams",
     "HashtagParams",
     "IngestParams",

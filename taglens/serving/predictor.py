@@ -26,7 +26,8 @@ RANKERS_FILE = artifacts.RANKERS.name  # optional: without it, the class mixture
 DRIFT_FILE = artifacts.DRIFT_REFERENCE.name  # optional: without it, batch runs judge no drift
 RANK_CHUNK = 256  # images ranked at once: bounds the (N, T) score matrices
 MODEL_FILES = (MODEL_FILE, INFO_FILE, HASHTAGS_FILE)
-OPTIONAL_FILES = (RANKERS_FILE, DRIFT_FILE)
+INT8_FILE = artifacts.INT8_MODEL.name  # optional: the INT8 model openvino-int8 serves
+OPTIONAL_FILES = (RANKERS_FILE, DRIFT_FILE, INT8_FILE, artifacts.INT8_WEIGHTS.name)
 CHUNK = 32  # images per forward pass: bounds memory for large inputs
 
 
@@ -54,6 +55,7 @@ class HashtagPredictor:
     info: dict[str, Any]
     rankers: HashtagBlend | None = None
     drift_reference: dict[str, Any] | None = None
+    int8_model: Path | None = None  # the INT8 model (OpenVINO IR) train quantized, if any
 
     @classmethod
     def from_dir(
@@ -114,6 +116,7 @@ class HashtagPredictor:
             info=info,
             rankers=rankers,
             drift_reference=drift_reference,
+            int8_model=(models_dir / INT8_FILE) if (models_dir / INT8_FILE).is_file() else None,
         )
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:

@@ -7,13 +7,16 @@ the image file's bytes (in-process callers may also pass raw `bytes`), or a file
 serving side allows paths under a folder (see `pyfunc_inputs`, which also caps sizes and
 rows and validates each image as ingest does). An optional `top_k` param (1..30)
 overrides how many hashtags come back. The output is one dict per image, the same as
-`HashtagPredictor.predict_bytes` plus `engine`, the runtime the model ran on.
+`HashtagPredictor.predict_bytes` plus `engine`, the runtime the model ran on, and `precision`
+(int8 on openvino-int8, else fp32).
 
 The Keras model runs on the engine the train run's `featurize.engine` named (recorded in the
 pyfunc's model_config), as batch predict and the web page run it; the serving process may
 choose another with TAGLENS_ENGINE. The logged pip requirements pin that engine's package, so an
 environment MLflow builds from them has it. An engine that is not installed there anyway falls
 back to tensorflow with a warning (and `engine` in every answer), so a model always serves.
+A model train quantized (its features were INT8) records `openvino-int8` and carries its INT8
+model (model-int8.xml/.bin) among its artifacts, so it serves in INT8 wherever it is served.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import mlflow.pyfunc
 import numpy as np
 
 from taglens.artifacts import HASHTAGS, read_json_object, read_model_info
+from taglens.features.engines import precision_of
 from taglens.params import IngestParams
 from taglens.serving.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
 from taglens.serving.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
@@ -46,6 +50,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole taglens package
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
 ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recorded engine
 ENGINE_KEY = "featurize.engine"  # the model_config key (MLflow also shows it as a run param)
+PRECISION_KEY = "precision"  # model_config and run tag: int8 (openvino-int8) or fp32
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):
@@ -79,8 +84,9 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
         """Predict for a DataFrame with an `image` column (base64 text, bytes, or allowed paths).
 
         Returns:
-            One dict per row: top_class, top_probability, probabilities, hashtags, and engine
-            (the runtime the model ran on, so a caller sees a fallback to tensorflow).
+            One dict per row: top_class, top_probability, probabilities, hashtags, engine
+            (the runtime the model ran on, so a caller sees a fallback to tensorflow) and
+            precision (int8 or fp32).
         """
         import pandas as pd
 
@@ -102,7 +108,7 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
             predictor = dataclasses.replace(predictor, params=ranked)
         engine = getattr(predictor.model, "engine", "tensorflow")
         rows = predictor.predict_bytes(self.inputs.images(values))
-        return [{**row, "engine": engine} for row in rows]
+        return [{**row, "engine": engine, "precision": precision_of(engine)} for row in rows]
 
 
 def on_served_engine(predictor: HashtagPredictor, recorded: str | None,
@@ -154,8 +160,10 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
     travels as code, so the logged model needs no taglens install to be served. `ingest`, the
     params training images were checked with, is logged as ingest.json: the served model checks
     request images with the same limits (without it, `LEGACY_INGEST`). `engine` (the train
-    run's `featurize.engine`) is recorded as the one the served model runs on; without it the
-    model serves on tensorflow.
+    run's `featurize.engine`, or what train made of it: openvino-int8 when it quantized the
+    model, openvino when INT8 was not kept) is recorded as the one the served model runs on,
+    with its precision (model_config and the run's `precision` tag); without it the model
+    serves on tensorflow.
 
     Returns:
         mlflow.models.model.ModelInfo of the logged model.
@@ -198,7 +206,11 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
             # Explicit requirements: letting MLflow infer them costs 8-13 s (NOTES.md).
             # The engine's own package too: the model must run on it where it is served.
             pip_requirements=pip_requirements(engine),
-            model_config={ENGINE_KEY: engine} if engine else None,
+            model_config={ENGINE_KEY: engine, PRECISION_KEY: precision_of(engine)}
+            if engine
+            else None,
         )
+    if engine:
+        mlflow.set_tag(PRECISION_KEY, precision_of(engine))
     logger.info("logged taglens pyfunc %s", model_info.model_uri)
     return model_info

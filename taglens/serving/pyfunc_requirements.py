@@ -30,6 +30,7 @@ ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
     "tensorflow": (),
     "openvino": ("openvino",),
     "onnxruntime": ("onnxruntime", "tf2onnx", "onnx"),
+    "openvino-int8": ("openvino",),  # runs the INT8 model train wrote: no NNCF needed to serve
 }
 
 

@@ -9,6 +9,7 @@ from taglens.params import (
     BaseParams,
     HashtagParams,
     IngestParams,
+    Int8Params,
     ModelParams,
     TrainParams,
     flatten,
@@ -29,6 +30,7 @@ class TrainConfig:
     hashtags: HashtagParams
     ingest: IngestParams
     engine: str  # featurize.engine: the logged model serves on it (not a train param)
+    int8: Int8Params  # featurize.int8: how the served model is quantized after INT8 features
 
     def flat(self) -> dict[str, Any]:
         """`section.key` pairs, as MLflow's compare view lines them up."""

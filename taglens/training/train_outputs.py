@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from taglens.training import eval_plots
 from taglens.training.baseline import fit_baseline
 from taglens.training.full_model import assemble, fine_tune, save_model, verify_extractor
 from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit, predict_views
+from taglens.training.int8_model import ServedPrecision, quantize_served, served_engine
 from taglens.training.selection import binomial_se
 from taglens.training.sweep import run_sweep, setting_name
 from taglens.training.train_config import TrainConfig
@@ -154,12 +155,18 @@ def setting_report(
     return report
 
 
-def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path) -> Any:
-    """The backbone and the fitted head as one model, checked against the cached vectors."""
+def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path,
+                 precision: str) -> Any:  # fmt: skip
+    """The backbone and the fitted head as one model, checked against the cached vectors.
+
+    INT8 vectors (`precision`) differ from the FP32 backbone's by design: their check is the
+    accuracy control of the INT8 model, so the FP32 extractor is not compared with them.
+    """
     extractor = build_feature_extractor(config.model, config.base.seed)
-    probe = train.rows["image"].head(VERIFY_IMAGES).map(lambda image: raw / image).tolist()
-    verify_extractor(extractor, load_batch(probe, config.model.image_size).numpy(),
-                     train.vectors[:VERIFY_IMAGES])  # fmt: skip
+    if precision == "fp32":
+        probe = train.rows["image"].head(VERIFY_IMAGES).map(lambda image: raw / image).tolist()
+        verify_extractor(extractor, load_batch(probe, config.model.image_size).numpy(),
+                         train.vectors[:VERIFY_IMAGES])  # fmt: skip
     return assemble(extractor, fit.model, flip=fit.augmented,
                     colour=config.hashtags.image_rankers and "colour" in train.views)
 
@@ -238,9 +245,23 @@ def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Spl
     return {"blend_weights": blend.weights, **report}
 
 
+def served_precision(config: TrainConfig, model: Any, precision: str, splits: dict[str, Split],
+                     raw: Path, out: Path) -> ServedPrecision:  # fmt: skip
+    """The engine the served model records: quantized to INT8 when its features were INT8."""
+    if precision != "int8":
+        for stale in (artifacts.INT8_MODEL.at(out), artifacts.INT8_WEIGHTS.at(out)):
+            stale.unlink(missing_ok=True)
+        return ServedPrecision(served_engine(config.engine, precision), precision, None)
+    return quantize_served(model, config.int8, splits["train"], splits["val"], raw, out)
+
+
 def write_model_dir(config: TrainConfig, model, history: list[dict], out: Path, reports: Path,
-                    run_id: str) -> None:  # fmt: skip
-    """Save model.keras, model_info.json and history.csv/png; log them and the pyfunc model."""
+                    run_id: str, served: ServedPrecision) -> None:  # fmt: skip
+    """Save model.keras, model_info.json and history.csv/png; log them and the pyfunc model.
+
+    `served` is the engine and precision the model serves on (model_info.json records both,
+    and the INT8 decision when there was one).
+    """
     import mlflow
 
     from taglens.serving.pyfunc import log_taglens_model
@@ -252,12 +273,14 @@ def write_model_dir(config: TrainConfig, model, history: list[dict], out: Path, 
         "backbone": config.model.backbone,
         "weights_identity": weights_identity(config.model, config.base.seed),
         "run_id": run_id, "experiment": config.base.experiment, "params": config.flat(),
+        "engine": served.engine, "precision": served.precision,
+        "int8": asdict(served.decision) if served.decision else None,
     })  # fmt: skip
     csv_path = atomic_write_csv(artifacts.HISTORY.at(reports), history, HISTORY_COLUMNS)
     png = eval_plots.plot_history(history, reports / "history.png")
     for path in (csv_path, png, info):
         mlflow.log_artifact(str(path), artifact_path="train")
-    log_taglens_model(out, ingest=config.ingest, engine=config.engine)
+    log_taglens_model(out, ingest=config.ingest, engine=served.engine)
 
 
 def baseline_run(config: TrainConfig, splits: dict[str, Split], train_run_id: str) -> dict:

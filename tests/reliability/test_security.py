@@ -219,7 +219,7 @@ def test_feature_files_are_never_unpickled(tmp_path):
     """SECURITY.md: feature shards and features.npz are read with allow_pickle=False."""
     from taglens.features import store as features
 
-    key = features.FeatureKey("vgg19", 32, "random-seed42")
+    key = features.FeatureKey("vgg19", 32, "random-seed42", "fp32")
     store = features.FeatureStore(tmp_path / "store", key)
     store.write_shard(["a" * 64], np.ones((1, 4), dtype="float32"))
     hostile = store.dir / "shard-hostile.npz"

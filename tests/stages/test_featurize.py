@@ -28,8 +28,8 @@ def raw(tmp_path):
 
 
 def run(params, raw, out, model=None):
-    return featurize.run(model or params.model, params.featurize, seed=params.base.seed,
-                         raw=raw, out=out, progress=False)  # fmt: skip
+    return featurize.run(model or params.model, params.featurize, params.clean,
+                         seed=params.base.seed, raw=raw, out=out, progress=False)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -133,11 +133,13 @@ def test_warns_when_xla_would_slow_a_depthwise_backbone(tiny_params, raw, tmp_pa
     jit = tiny_params.featurize.model_copy(update={"jit_compile": True})
     next((raw / "images").iterdir()).unlink()  # stop before any model is built
     with pytest.raises(FileNotFoundError):
-        featurize.run(mobilenet, jit, seed=0, raw=raw, out=tmp_path / "f", progress=False)
+        featurize.run(mobilenet, jit, tiny_params.clean, seed=0, raw=raw, out=tmp_path / "f",
+                      progress=False)
     assert "set featurize.jit_compile: false" in caplog.text
     caplog.clear()
     with pytest.raises(FileNotFoundError):
-        featurize.run(tiny_params.model, jit, seed=0, raw=raw, out=tmp_path / "f", progress=False)
+        featurize.run(tiny_params.model, jit, tiny_params.clean, seed=0, raw=raw,
+                      out=tmp_path / "f", progress=False)
     assert "jit_compile" not in caplog.text
 
 
@@ -178,7 +180,8 @@ def test_a_killed_run_resumes_from_its_finished_shards(tiny_params, tmp_path):
 
     # When it runs again, only the unfinished images are computed
     report = featurize.run(tiny_params.model, tiny_params.featurize.model_copy(
-        update={"shard_size": 8}), seed=42, raw=raw, out=out, progress=False)  # fmt: skip
+        update={"shard_size": 8}), tiny_params.clean, seed=42, raw=raw, out=out,
+        progress=False)  # fmt: skip
     assert (report.cached, report.computed) == (done, 200 - done)
     assert read_features(out)[1].shape == (200, 512)
 
@@ -188,8 +191,8 @@ def test_openvino_engine_writes_the_tensorflow_vectors(tiny_params, raw, tmp_pat
     tf_out, ov_out = tmp_path / "tf", tmp_path / "ov"
     run(tiny_params, raw, tf_out)
     on_openvino = tiny_params.featurize.model_copy(update={"engine": "openvino"})
-    featurize.run(tiny_params.model, on_openvino, seed=tiny_params.base.seed, raw=raw,
-                  out=ov_out, progress=False)  # fmt: skip
+    featurize.run(tiny_params.model, on_openvino, tiny_params.clean, seed=tiny_params.base.seed,
+                  raw=raw, out=ov_out, progress=False)  # fmt: skip
     (tf_shas, want), (ov_shas, got) = read_features(tf_out), read_features(ov_out)
     assert ov_shas.tolist() == tf_shas.tolist()
     worst = np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1))
@@ -219,8 +222,8 @@ def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(tiny_par
     assert on_openvino.views == ("flip", "colour")
     # When featurize runs over the 9 images
     featurize.run(
-        tiny_params.model, on_openvino, seed=tiny_params.base.seed, raw=raw, out=tmp_path / "ov",
-        progress=False,
+        tiny_params.model, on_openvino, tiny_params.clean, seed=tiny_params.base.seed, raw=raw,
+        out=tmp_path / "ov", progress=False,
     )
     # Then each batch was one OpenVINO call that computed the image and every view
     everything = ["colour", "flip", "vectors"]

@@ -99,7 +99,8 @@ def run_train(params: Params, paths: dict[str, Path], **kwargs) -> dict:
     return train.run(params.base, params.model, params.train, params.hashtags, params.ingest,
                      raw=paths["raw"], features=paths["features"], clean=paths["clean"],
                      out=paths["out"], reports=paths["reports"],
-                     engine=params.featurize.engine, **kwargs).summary  # fmt: skip
+                     engine=params.featurize.engine, int8=params.featurize.int8,
+                     **kwargs).summary  # fmt: skip
 
 
 def run_evaluate(params: Params, paths: dict[str, Path]) -> dict:

@@ -52,8 +52,8 @@ def test_featurize_on_separate_worker_processes_equals_the_local_stage(
 
     local = _repo(tmp_path / "local")
     params = load_params(local / "params.yaml")
-    run_stage(params.model, params.featurize, seed=params.base.seed, raw=local / "data" / "raw",
-              out=local / "data" / "features", progress=False)
+    run_stage(params.model, params.featurize, params.clean, seed=params.base.seed,
+              raw=local / "data" / "raw", out=local / "data" / "features", progress=False)
 
     shared = _repo(tmp_path / "shared")
     with temporary_settings(updates={PREFECT_API_URL: team_services.prefect_api_url}):

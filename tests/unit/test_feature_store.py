@@ -15,7 +15,7 @@ from taglens.features.views import IMAGE, views_model
 from tests.helpers.rawdata import solid_raw
 
 SIZE = 32
-KEY = FeatureKey("test", SIZE, "random-seed0")
+KEY = FeatureKey("test", SIZE, "random-seed0", "fp32")
 
 
 def mean_colour_extractor():
@@ -134,10 +134,12 @@ def test_an_unreadable_shard_is_ignored_and_recomputed(tmp_path, raw):
 
 @pytest.mark.parametrize(
     "other",
-    [FeatureKey("test", 64, "random-seed0"), FeatureKey("vgg19", SIZE, "random-seed0"),
-     FeatureKey("test", SIZE, "file-0123456789abcdef")],
+    [FeatureKey("test", 64, "random-seed0", "fp32"),
+     FeatureKey("vgg19", SIZE, "random-seed0", "fp32"),
+     FeatureKey("test", SIZE, "file-0123456789abcdef", "fp32"),
+     FeatureKey("test", SIZE, "random-seed0", "int8")],
 )  # fmt: skip
-def test_changing_backbone_size_or_weights_misses_the_cache(tmp_path, raw, other):
+def test_changing_backbone_size_weights_or_precision_misses_the_cache(tmp_path, raw, other):
     fill(FeatureStore(tmp_path / "store", KEY), raw, Factory(), batch_size=4,
                shard_size=8)
     store = FeatureStore(tmp_path / "store", other)
@@ -146,8 +148,25 @@ def test_changing_backbone_size_or_weights_misses_the_cache(tmp_path, raw, other
 
 
 def test_weights_identity_with_slashes_makes_a_single_directory(tmp_path):
-    store = FeatureStore(tmp_path, FeatureKey("vgg19", 224, "a/b:c"))
+    store = FeatureStore(tmp_path, FeatureKey("vgg19", 224, "a/b:c", "fp32"))
     assert store.dir.parent == tmp_path and store.dir.name == "vgg19-224px-a_b_c"
+
+
+def test_int8_vectors_and_fp32_vectors_are_stored_apart(tmp_path):
+    # Given an FP32 store and an INT8 store of the same backbone, weights and size, with a view
+    fp32 = feature_stores(tmp_path, FeatureKey("vgg19", 224, "imagenet", "fp32"), ["flip"])
+    int8 = feature_stores(tmp_path, FeatureKey("vgg19", 224, "imagenet", "int8"), ["flip"])
+    # When each holds a different vector for the same image
+    fp32[IMAGE].write_shard(["a" * 64], np.ones((1, 3), "float32"))
+    int8[IMAGE].write_shard(["a" * 64], np.full((1, 3), 2, "float32"))
+    # Then each reads back only its own, from a folder named for its precision (FP32's unchanged)
+    assert fp32[IMAGE].load()["a" * 64].tolist() == [1, 1, 1]
+    assert int8[IMAGE].load()["a" * 64].tolist() == [2, 2, 2]
+    assert [store.dir.name for store in fp32.values()] == [
+        "vgg19-224px-imagenet", "vgg19-224px-imagenet-flip"]
+    assert [store.dir.name for store in int8.values()] == [
+        "vgg19-224px-imagenet-int8", "vgg19-224px-imagenet-int8-flip"]
+    assert int8["flip"].load() == {}
 
 
 def test_missing_image_names_the_file_and_the_fix(tmp_path):

@@ -21,6 +21,8 @@ from tests.helpers.servers import free_port
 
 NAME = "taglens"
 
+ON_TF = {"engine": "tensorflow", "precision": "fp32"}  # what a stand-in model runs on
+
 
 class FakeAlias:
     """An alias whose version a test moves; some versions fail to load."""
@@ -87,7 +89,7 @@ def test_a_model_that_fails_to_load_keeps_the_old_one(tiny_params, jpeg, caplog)
         samples = metric_samples(client.get("/metrics").text)
         assert metric(samples, "taglens_model_load_failures_total") == 1
         assert metric(samples, "taglens_model_swaps_total") == 0
-        assert metric(samples, "taglens_model_info", name=NAME, version="1") == 1
+        assert metric(samples, "taglens_model_info", name=NAME, version="1", **ON_TF) == 1
         # when the alias moves on to a version that loads
         old = app.state.slot.current
         source.version = "3"
@@ -98,8 +100,8 @@ def test_a_model_that_fails_to_load_keeps_the_old_one(tiny_params, jpeg, caplog)
         samples = metric_samples(client.get("/metrics").text)
     assert source.loads == ["2", "3"]
     assert metric(samples, "taglens_model_swaps_total") == 1
-    assert metric(samples, "taglens_model_info", name=NAME, version="3") == 1
-    assert metric(samples, "taglens_model_info", name=NAME, version="1") is None
+    assert metric(samples, "taglens_model_info", name=NAME, version="3", **ON_TF) == 1
+    assert metric(samples, "taglens_model_info", name=NAME, version="1", **ON_TF) is None
     # and the replaced model's batcher thread was stopped
     assert old.retired and old.batcher._executor._shutdown
 
@@ -268,7 +270,7 @@ def test_the_page_follows_a_new_champion_under_a_steady_stream(tiny_champion, tm
         sent
     )
     assert metric(samples, "taglens_batch_size_sum") == len(sent)
-    assert metric(samples, "taglens_model_info", name=name, version=second) == 1
-    assert metric(samples, "taglens_model_info", name=name, version=first) is None
+    assert metric(samples, "taglens_model_info", name=name, version=second, **ON_TF) == 1
+    assert metric(samples, "taglens_model_info", name=name, version=first, **ON_TF) is None
     assert metric(samples, "taglens_model_swaps_total") == 1
     assert metric(samples, "taglens_model_load_failures_total") == 0

@@ -11,6 +11,8 @@ from taglens.serving.web.metrics import REASONS, note_rejection, route_of
 
 LIMIT = 200_000  # bytes
 
+ON_TF = {"engine": "tensorflow", "precision": "fp32"}  # what a stand-in model runs on
+
 
 def _app(params, version="7"):
     return create_app(
@@ -62,7 +64,7 @@ def test_metrics_count_requests_latency_batches_rejections_and_the_model(tiny_pa
     assert metric(samples, "taglens_rejections_total", reason="foreign_host") == 1
     assert sum(v for (name, _), v in samples.items() if name == "taglens_rejections_total") == 3
     # and the model answering, with no swap yet
-    assert metric(samples, "taglens_model_info", name="taglens", version="7") == 1
+    assert metric(samples, "taglens_model_info", name="taglens", version="7", **ON_TF) == 1
     assert metric(samples, "taglens_model_swaps_total") == 0
     assert metric(samples, "taglens_model_load_failures_total") == 0
 
@@ -87,8 +89,8 @@ def test_each_app_has_its_own_registry(tiny_params, jpeg):
     predicted = {"route": "/predict", "method": "POST", "status": "200"}
     assert metric(seen_by_one, "taglens_http_requests_total", **predicted) == 1
     assert metric(seen_by_two, "taglens_http_requests_total", **predicted) is None
-    assert metric(seen_by_two, "taglens_model_info", name="taglens", version="2") == 1
-    assert metric(seen_by_two, "taglens_model_info", name="taglens", version="1") is None
+    assert metric(seen_by_two, "taglens_model_info", name="taglens", version="2", **ON_TF) == 1
+    assert metric(seen_by_two, "taglens_model_info", name="taglens", version="1", **ON_TF) is None
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ several apps in one process never share a counter or clash on a name. The metric
 - `taglens_http_request_duration_seconds{route}`: time from request to the end of the answer;
 - `taglens_batch_size`: photos per forward pass of the dynamic batcher;
 - `taglens_rejections_total{reason}`: uploads and requests refused, by reason (`REASONS`);
-- `taglens_model_info{name, version}`: the model answering now (1 for that one label set);
+- `taglens_model_info{name, version, engine, precision}`: the model answering now and what it
+  runs on (1 for that one label set; precision int8 on openvino-int8, else fp32);
 - `taglens_model_swaps_total` and `taglens_model_load_failures_total`: following `@champion`.
 
 Routes are the app's own paths; anything else counts as `other`, so a client probing random
@@ -28,6 +29,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from taglens.features.engines import precision_of
 from taglens.serving.model_ref import ModelRef
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -120,9 +122,17 @@ class WebMetrics:
             registry=self.registry,
         )
 
-    def serving(self, ref: ModelRef) -> None:
-        """Report `ref` as the model answering now."""
-        self.model.info({"name": ref.name, "version": ref.version})
+    def serving(self, ref: ModelRef, predictor: Any) -> None:
+        """Report `ref` as the model answering now, with the engine and precision it runs on."""
+        engine = str(getattr(getattr(predictor, "model", None), "engine", "tensorflow"))
+        self.model.info(
+            {
+                "name": ref.name,
+                "version": ref.version,
+                "engine": engine,
+                "precision": precision_of(engine),
+            }
+        )
 
     def render(self) -> bytes:
         """Every metric in the Prometheus text format."""

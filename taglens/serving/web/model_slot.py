@@ -116,7 +116,7 @@ class ModelSlot:
         self._serve = serve
         self._metrics = metrics
         self.current = ServedModel(predictor, ref, serve, metrics)
-        metrics.serving(ref)
+        metrics.serving(ref, predictor)
 
     @contextlib.contextmanager
     def using(self) -> Iterator[ServedModel]:
@@ -134,7 +134,7 @@ class ModelSlot:
         old = self.current
         self.current = ServedModel(predictor, ref, self._serve, self._metrics)
         old.retire()
-        self._metrics.serving(ref)
+        self._metrics.serving(ref, predictor)
         self._metrics.swaps.inc()
         logger.info(
             "now serving %s version %s (was version %s)", ref.name, ref.version, old.ref.version
