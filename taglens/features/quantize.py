@@ -84,7 +84,8 @@ def cache_key(identity: dict[str, Any]) -> str:
     from importlib import metadata
 
     tools = {name: metadata.version(name) for name in ("nncf", "openvino")}
-    text = json.dumps({**identity, "tools": tools}, sort_keys=True, default=str)
+    recipe = {"ignored": IGNORED, "drop_type": "absolute"}  # how this module quantizes
+    text = json.dumps({**identity, "tools": tools, "recipe": recipe}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

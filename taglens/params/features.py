@@ -31,7 +31,7 @@ class Int8Params(Section):
     calibration_images: int = Field(ge=1, le=10000)  # training photos for activation statistics
     validation_images: int = Field(ge=1, le=10000)  # validation photos accuracy is checked on
     max_drop: float = Field(ge=0, lt=1)  # most validation accuracy (absolute) INT8 may lose
-    max_iterations: int = Field(ge=0, le=1000)  # most layer groups reverted to FP32
+    max_iterations: int = Field(ge=1, le=1000)  # most layer groups reverted to FP32 (NNCF needs 1)
 
 
 class FeaturizeParams(Section):

@@ -54,6 +54,11 @@ def test_unknown_key_is_named():
         ("hashtags.top_k", 31, r"hashtags\.top_k must be <= 30, got 31"),
         ("model.backbone", "alexnet", r"model\.backbone must be one of .*got 'alexnet'"),
         ("featurize.engine", "tensorrt", r"featurize\.engine: .*got 'tensorrt'"),
+        ("featurize.engine", "int8", r"featurize\.engine: .*'openvino-int8', got 'int8'"),
+        ("featurize.int8.max_drop", 1.5, r"featurize\.int8\.max_drop must be < 1"),
+        ("featurize.int8.max_drop", -0.1, r"featurize\.int8\.max_drop must be >= 0"),
+        ("featurize.int8.calibration_images", 0, r"int8\.calibration_images must be >= 1"),
+        ("featurize.int8.max_iterations", 0, r"featurize\.int8\.max_iterations must be >= 1"),
         ("serve.port", 70000, r"serve\.port must be <= 65535"),
         ("serve.follow_seconds", -1, r"serve\.follow_seconds must be >= 0"),
         ("serve.log_format", "xml", r"serve\.log_format: .* 'text' or 'json', got 'xml'"),
@@ -95,6 +100,26 @@ def test_xla_needs_the_tensorflow_engine():
                                            "featurize.engine": "openvino"})
     both = {"featurize.jit_compile": True, "featurize.engine": "tensorflow"}
     assert load_params(ROOT / "params.yaml", both).featurize.jit_compile is True
+
+
+def test_the_int8_engine_is_a_featurize_engine_with_its_own_settings():
+    # Given params.yaml with the INT8 engine chosen
+    params = load_params(ROOT / "params.yaml", {"featurize.engine": "openvino-int8"})
+    # Then it loads, with the quantization settings params.yaml gives
+    assert params.featurize.engine == "openvino-int8"
+    assert params.featurize.int8.max_drop == 0.01
+    assert params.featurize.int8.calibration_images == 300
+    # and XLA stays TensorFlow's only, a misspelt INT8 key is named, the section is required
+    with pytest.raises(ParamsError, match=r"got engine 'openvino-int8'"):
+        load_params(ROOT / "params.yaml", {"featurize.jit_compile": True,
+                                           "featurize.engine": "openvino-int8"})
+    raw = _raw()
+    raw["featurize"]["int8"]["maxdrop"] = 0.1
+    with pytest.raises(ParamsError, match=r"featurize\.int8\.maxdrop is not a known key"):
+        parse_params(raw)
+    del raw["featurize"]["int8"]
+    with pytest.raises(ParamsError, match=r"featurize\.int8 is missing"):
+        parse_params(raw)
 
 
 def test_folder_source_needs_a_folder():
