@@ -75,7 +75,9 @@ def quantize_served(
     labels = np.asarray(val.labels[:count])
 
     def correct(outputs: Any, indices: np.ndarray) -> np.ndarray:
-        return np.argmax(outputs["probabilities"], axis=1) == labels[indices]
+        # the served model's dict, or the bare probabilities of a single-output model
+        probabilities = outputs["probabilities"] if isinstance(outputs, dict) else outputs
+        return np.argmax(probabilities, axis=1) == labels[indices]
 
     with tempfile.TemporaryDirectory() as tmp:
         decision = quantize.quantize(

@@ -155,8 +155,9 @@ def setting_report(
     return report
 
 
-def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path,
-                 precision: str) -> Any:  # fmt: skip
+def served_model(
+    config: TrainConfig, fit: HeadFit, train: Split, raw: Path, precision: str
+) -> Any:
     """The backbone and the fitted head as one model, checked against the cached vectors.
 
     INT8 vectors (`precision`) differ from the FP32 backbone's by design: their check is the
@@ -245,8 +246,14 @@ def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Spl
     return {"blend_weights": blend.weights, **report}
 
 
-def served_precision(config: TrainConfig, model: Any, precision: str, splits: dict[str, Split],
-                     raw: Path, out: Path) -> ServedPrecision:  # fmt: skip
+def served_precision(
+    config: TrainConfig,
+    model: Any,
+    precision: str,
+    splits: dict[str, Split],
+    raw: Path,
+    out: Path,
+) -> ServedPrecision:
     """The engine the served model records: quantized to INT8 when its features were INT8."""
     if precision != "int8":
         for stale in (artifacts.INT8_MODEL.at(out), artifacts.INT8_WEIGHTS.at(out)):

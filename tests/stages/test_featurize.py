@@ -241,3 +241,63 @@ def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(tiny_par
 def _arrays(out):
     with np.load(out / FEATURES_FILE) as npz:
         return {name: npz[name] for name in npz.files}
+
+
+@pytest.mark.slow
+def test_int8_engine_quantizes_once_and_stores_its_vectors_apart(
+    tiny_params, tmp_path, monkeypatch
+):
+    # Given 40 photos of two colour families, and the INT8 engine with a cache of its own
+    rng = np.random.default_rng(0)
+    low = rng.integers(0, 80, (40, 2)).tolist()
+    high = rng.integers(200, 240, 40).tolist()
+    reds = [(high[i], low[i][0], low[i][1]) for i in range(20)]
+    blues = [(low[i][0], low[i][1], high[i]) for i in range(20, 40)]
+    raw = tmp_path / "raw"
+    solid_raw(raw, {"animals": reds, "food": blues})
+    monkeypatch.setenv("TAGLENS_CACHE_DIR", str(tmp_path / "cache"))
+    settings = {"calibration_images": 16, "validation_images": 16, "max_drop": 1.0 - 1e-9}
+    int8 = tiny_params.featurize.model_copy(
+        update={
+            "engine": "openvino-int8",
+            "int8": tiny_params.featurize.int8.model_copy(update=settings),
+        }
+    )
+    clean = tiny_params.clean.model_copy(update={"val_fraction": 0.3})
+    out = tmp_path / "features"
+    # When featurize runs on it
+    first = featurize.run(
+        tiny_params.model, int8, clean, seed=0, raw=raw, out=out, progress=False
+    )
+    # Then INT8 was kept, and its vectors went to stores named for INT8, beside no FP32 store
+    meta = json.loads((out / META_FILE).read_text())
+    assert (meta["precision"], meta["engine"]) == ("int8", "openvino-int8")
+    assert meta["int8"]["precision"] == "int8" and meta["int8"]["validation_images"] >= 1
+    stores = sorted(path.name for path in (out / "store").iterdir())
+    assert stores == [
+        "vgg19-32px-random-seed0-int8",
+        "vgg19-32px-random-seed0-int8-colour",
+        "vgg19-32px-random-seed0-int8-flip",
+    ]
+    assert first.computed == 40
+    # and they are close to the FP32 vectors of the same photos, not equal to them
+    on_fp32 = int8.model_copy(update={"engine": "openvino"})
+    fp32 = featurize.run(
+        tiny_params.model, on_fp32, clean, seed=0, raw=raw, out=tmp_path / "fp32", progress=False
+    )
+    assert fp32.computed == 40
+    (_, got), (_, want) = read_features(out), read_features(tmp_path / "fp32")
+    cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() > 0.9 and not np.allclose(got, want)
+    with np.load(out / FEATURES_FILE) as a, np.load(tmp_path / "fp32" / FEATURES_FILE) as b:
+        assert np.allclose(a["colour_vectors"], b["colour_vectors"], atol=1e-6)  # left in FP32
+
+    # When it runs again: the decision is read from the cache and nothing is quantized or computed
+    def no_quantizing(*args, **kwargs):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr("taglens.features.quantize.quantize", no_quantizing)
+    again = featurize.run(
+        tiny_params.model, int8, clean, seed=0, raw=raw, out=out, progress=False
+    )
+    assert (again.computed, again.cached) == (0, 40)
