@@ -481,9 +481,56 @@ def quality_section(results: Results) -> str:
     return "\n".join([table, shows]) if shows else table
 
 
+def int8_section(results: Results) -> str:
+    """The INT8 engine against FP32 OpenVINO: featurize rate, and top-1 of the same head."""
+    from bench.int8 import accuracy_markdown, speed_markdown
+
+    speed = results.load("int8-speed")
+    top1 = results.load("int8-accuracy")
+    mobile, vgg = speed["mobilenet"], speed["vgg19"]
+    rates = results.table(
+        "int8-speed",
+        "bench.int8 --part speed --calibration 100 --validation 100 --max-drop 0.99 --images 160",
+        speed_markdown(speed),
+        also=" and `.md`",
+        about=f"""The featurize stage's own pipeline and views model on `openvino` and on
+        `openvino-int8`, the two taking turns batch by batch. The INT8 models are the ones the
+        featurize stage makes (`taglens.features.int8_backbone.prepare`: NNCF calibrated on
+        {mobile["decision"]["calibration_images"]} training photos of clean's split), here with
+        a max_drop of {mobile["decision"]["max_drop"]:g} so that every layer is quantized: the
+        rate of the whole INT8 model. VGG-19 has random weights (no ImageNet weights can be
+        had here), which are fine for speed.""",
+    )
+    accuracy = results.table(
+        "int8-accuracy",
+        "bench.int8 --part accuracy --calibration 100 --validation 100 --max-iterations 5",
+        accuracy_markdown(top1),
+        also=" and `.md`",
+        about=f"""The INT8 model the featurize stage keeps with params.yaml's
+        `featurize.int8.max_drop` ({top1["int8_settings"]["max_drop"]:g}) and accuracy control
+        (at most {top1["int8_settings"]["max_iterations"]} layer groups reverted), against FP32,
+        on the same photos, split and head.""",
+    )
+    shows = prose(f"""What this shows:
+- INT8 featurizes MobileNet at **{_ratio(mobile["int8_over_fp32_median"])}x** the FP32 rate
+  and VGG-19 at **{_ratio(vgg["int8_over_fp32_median"])}x** (by median batch; per CPU-second
+  {_ratio(mobile["int8_over_fp32_cpu"])}x and {_ratio(vgg["int8_over_fp32_cpu"])}x). The CPU
+  reports AVX512_VNNI and AMX_INT8 (`lscpu`), which OpenVINO's INT8 kernels use.
+- On the flowers test photos the head on INT8 vectors scores
+  {top1["top1"]["openvino-int8"]["test"]:.3f} top-1 against {top1["top1"]["openvino"]["test"]:.3f}
+  on FP32 vectors ({top1["test_difference_points"]:+.1f} points, {top1["n"]["test"]} test
+  photos: one photo is {100 / top1["n"]["test"]:.2f} points).
+- INT8 moves the vectors (mean cosine to FP32's {top1["cosine_mean"]:.3f}); what accuracy
+  control checks is the classifier's accuracy, not the vectors, and quantizing costs minutes
+  once ({top1["quantize_seconds"]:.0f} s here on a shared machine), then the decision is read
+  from the cache.""")
+    return "\n".join([rates, accuracy, shows])
+
+
 # The document, in order. A new section: one function above and one line here.
 SECTIONS = (
     Section("Featurize against the other engines (`bench/featurize.py`)", featurize_section),
+    Section("INT8 against FP32 (`bench/int8.py`)", int8_section),
     Section("Batch predict (`bench/predict.py`)", predict_section),
     Section(
         "Nightly scoring: new photos after a scored history (`bench/nightly.py`)", nightly_section

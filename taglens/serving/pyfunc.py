@@ -50,7 +50,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole taglens package
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
 ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recorded engine
 ENGINE_KEY = "featurize.engine"  # the model_config key (MLflow also shows it as a run param)
-PRECISION_KEY = "precision"  # model_config and run tag: int8 (openvino-int8) or fp32
+PRECISION_KEY = "featurize.precision"  # model_config: int8 (openvino-int8) or fp32
+PRECISION_TAG = "precision"  # the same, as a tag on the run that logged the model
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):
@@ -211,6 +212,6 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
             else None,
         )
     if engine:
-        mlflow.set_tag(PRECISION_KEY, precision_of(engine))
+        mlflow.set_tag(PRECISION_TAG, precision_of(engine))
     logger.info("logged taglens pyfunc %s", model_info.model_uri)
     return model_info

@@ -284,3 +284,38 @@ def test_default_search_picks_on_validation_and_the_served_model_blends_image_ra
     assert outputs["features"].shape == (2, 512) and outputs["colour"].shape == (2, 128)
     result = predictor.predict_pixels(images)
     assert all(item["why"] in ("class", "image") for item in result[0]["hashtags"])
+
+
+@pytest.mark.slow
+def test_int8_features_give_an_int8_served_model_recorded_as_such(inputs):
+    # Given features featurize marked INT8, and INT8 settings that keep any INT8 model
+    params, paths = inputs
+    meta_path = paths["features"] / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "precision": "int8", "engine": "openvino-int8"}))
+    int8 = params.featurize.int8.model_copy(
+        update={"calibration_images": 8, "validation_images": 8, "max_drop": 0.99}
+    )
+    featurize = params.featurize.model_copy(update={"engine": "openvino-int8", "int8": int8})
+    params = params.model_copy(update={"featurize": featurize})
+    # When train runs
+    summary = _run(params, paths)
+    # Then the served model was quantized, written beside model.keras and recorded as INT8
+    assert summary["precision"] == "int8"
+    assert (paths["out"] / "model-int8.xml").is_file()
+    info = json.loads((paths["out"] / "model_info.json").read_text())
+    assert (info["engine"], info["precision"]) == ("openvino-int8", "int8")
+    assert info["int8"]["precision"] == "int8" and info["int8"]["max_drop"] == 0.99
+    run = mlflow.tracking.MlflowClient().get_run(summary["run_id"])
+    assert run.data.tags["precision"] == "int8"
+    assert run.data.params["featurize.engine"] == "openvino-int8"
+    assert run.data.params["featurize.precision"] == "int8"
+
+    # When the features are FP32 again (INT8 not kept at featurize), with the same params
+    meta_path.write_text(json.dumps({**meta, "precision": "fp32", "engine": "openvino"}))
+    summary = _run(params, paths)
+    # Then the model serves on openvino in FP32 and no stale INT8 model is left behind
+    info = json.loads((paths["out"] / "model_info.json").read_text())
+    assert (info["engine"], info["precision"], info["int8"]) == ("openvino", "fp32", None)
+    assert summary["precision"] == "fp32"
+    assert not (paths["out"] / "model-int8.xml").exists()

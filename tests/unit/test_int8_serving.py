@@ -30,7 +30,7 @@ def test_the_served_model_records_and_runs_its_int8_precision(
     from taglens.lifecycle.tracking import configure_tracking
     from taglens.serving.model_ref import load_predictor
     from taglens.serving.predictor import HashtagPredictor
-    from taglens.serving.pyfunc import PRECISION_KEY, log_taglens_model
+    from taglens.serving.pyfunc import PRECISION_KEY, PRECISION_TAG, log_taglens_model
     from taglens.training.int8_model import quantize_served
 
     # Given the tiny served model, labelled photos, and INT8 settings that keep any INT8 model
@@ -60,7 +60,7 @@ def test_the_served_model_records_and_runs_its_int8_precision(
     with mlflow.start_run() as run:
         logged = log_taglens_model(tiny_models_dir, engine=served.engine)
     # Then the run, the model's config and every answer say INT8, and it runs the INT8 model
-    assert mlflow.get_run(run.info.run_id).data.tags[PRECISION_KEY] == "int8"
+    assert mlflow.get_run(run.info.run_id).data.tags[PRECISION_TAG] == "int8"
     pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
     assert pyfunc.model_config["featurize.engine"] == "openvino-int8"
     assert pyfunc.model_config[PRECISION_KEY] == "int8"
