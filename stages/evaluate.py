@@ -22,13 +22,19 @@ def run(
 ) -> EvaluateResult:  # fmt: skip
     """Score models/ on the test split; write reports/metrics.json, confusion.csv and plots.
 
+    A model train quantized (model_info.json `precision: int8`) is scored as it is served, on
+    its INT8 model (`openvino-int8`); any other on Keras.
+
     Raises:
         MissingArtifactError: models/, the manifest or posts are missing.
         TaglensError: the model's classes differ from the manifest's, or the test split is empty.
     """
+    from taglens.features.engines import INT8_ENGINE, on_engine
     from taglens.serving.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(models, params=hashtag_params(hashtags))
+    if predictor.info.get("precision") == "int8":
+        predictor = on_engine(predictor, INT8_ENGINE)
     scored = score_test_split(predictor, params.top_k, raw=Path(raw), clean=Path(clean))
     scores, per_class = eval_outputs.write_reports(
         scored, predictor.classes, predictor.image_size, Path(out),

@@ -15,7 +15,9 @@ with one set of rules:
 Only an alias can come to name another model later (`follows_alias`): a long-running server
 that follows one resolves it again, now and then, with these same rules.
 
-Loading takes the engine (`featurize.engine`), as featurize runs the backbone.
+Loading takes the engine (`featurize.engine`), as featurize runs the backbone. A model train
+quantized (trained on INT8 vectors: model_info.json `precision: int8`) runs on its INT8 model
+whatever FP32 engine is asked for, since its head learned INT8 vectors; a log line says so.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from taglens.errors import TaglensError
-from taglens.features.engines import on_engine
+from taglens.features.engines import INT8_ENGINE, on_engine
 from taglens.lifecycle.gate import CHAMPION
 from taglens.serving.predictor import MODEL_FILE, HashtagPredictor
 
@@ -148,6 +150,10 @@ def load(uri: str, engine: str) -> HashtagPredictor:
     """
     local = local_models_dir(uri)
     predictor = HashtagPredictor.from_dir(local) if local is not None else load_predictor(uri)
+    if predictor.info.get("precision") == "int8" and engine != INT8_ENGINE:
+        logger.info("%s was trained on INT8 vectors: serving it on %s, not %s", uri,
+                    INT8_ENGINE, engine)
+        engine = INT8_ENGINE
     logger.info("loaded %s on %s", uri, engine)
     return on_engine(predictor, engine)
 

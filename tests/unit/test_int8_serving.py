@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 
 import numpy as np
@@ -28,6 +29,7 @@ def test_the_served_model_records_and_runs_its_int8_precision(
 
     from taglens.features.engines import on_engine
     from taglens.lifecycle.tracking import configure_tracking
+    from taglens.serving import model_ref
     from taglens.serving.model_ref import load_predictor
     from taglens.serving.predictor import HashtagPredictor
     from taglens.serving.pyfunc import PRECISION_KEY, PRECISION_TAG, log_taglens_model
@@ -75,6 +77,13 @@ def test_the_served_model_records_and_runs_its_int8_precision(
     want = on_fp32.probabilities(pixels.astype("float32"))
     assert got.shape == want.shape and not np.allclose(got, want, atol=1e-7)
     assert np.max(np.abs(got - want)) < 0.1
+
+    # When batch predict or the web page load it with an FP32 engine configured
+    info_path = tiny_models_dir / "model_info.json"
+    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "precision": "int8"}))
+    local = model_ref.load(str(tiny_models_dir), "openvino")
+    # Then it runs on its INT8 model all the same: its head learned INT8 vectors
+    assert local.model.engine == "openvino-int8"
 
 
 def test_a_model_without_an_int8_model_serves_fp32_with_a_warning(tiny_models_dir, caplog):
