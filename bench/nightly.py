@@ -231,7 +231,7 @@ def to_markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write `nightly.json` / `nightly.md` under --out."""
-    from taglens.features.engines import ENGINES
+    from taglens.features.engines import FP32_ENGINES as ENGINES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new", type=int, default=1000, help="photos new tonight (N)")

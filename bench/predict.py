@@ -365,7 +365,7 @@ def to_markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write `predict.json` / `predict.md` under --out."""
-    from taglens.features.engines import ENGINES
+    from taglens.features.engines import FP32_ENGINES as ENGINES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=800, help="distinct photos, 640x640")

@@ -46,15 +46,16 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
-    "ENGINES", "INT8_ENGINE", "ONNX_OPSET", "EngineError", "EngineModel", "Forward", "Outputs",
-    "TensorFlowForward", "compile_forward", "default_cache_dir", "model_fingerprint",
-    "no_usage_reports", "on_engine", "precision_of", "traced", "use_int8",
+    "ENGINES", "FP32_ENGINES", "INT8_ENGINE", "ONNX_OPSET", "EngineError", "EngineModel",
+    "Forward", "Outputs", "TensorFlowForward", "compile_forward", "default_cache_dir",
+    "model_fingerprint", "no_usage_reports", "on_engine", "precision_of", "traced", "use_int8",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("tensorflow", "openvino", "onnxruntime", "openvino-int8")
 INT8_ENGINE = "openvino-int8"
+FP32_ENGINES = ("tensorflow", "openvino", "onnxruntime")  # the same outputs within 1e-4
+ENGINES = (*FP32_ENGINES, INT8_ENGINE)  # what featurize.engine accepts
 _INT8_KEY = (INT8_ENGINE, "")  # an INT8 model is handed over, never converted: no cache dir
 # Converted forwards by Keras model, then by (engine, cache_dir). The forwards of the converting
 # engines hold no reference to the Keras model, so an entry goes when its model does.

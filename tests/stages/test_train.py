@@ -56,10 +56,13 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.learning_rate"] == "0.001"
     # only the sections train reads (ingest: logged with the model, which checks images with
-    # it), and the engine the logged model serves on (MLflow shows the model's config as params)
+    # it), and the engine and precision the logged model serves on (MLflow shows the model's
+    # config as params)
     sections = {key.split(".")[0] for key in run.data.params}
     assert sections == {"base", "model", "train", "hashtags", "ingest", "featurize"}
-    assert [k for k in run.data.params if k.startswith("featurize.")] == ["featurize.engine"]
+    served = sorted(k for k in run.data.params if k.startswith("featurize."))
+    assert served == ["featurize.engine", "featurize.precision"]
+    assert run.data.params["featurize.precision"] == "fp32"
     assert set(info["params"]) <= set(run.data.params)
     tags = run.data.tags
     assert tags["lineage.backbone"] == "vgg19" and tags["lineage.image_size"] == "32"

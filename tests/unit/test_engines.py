@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from taglens.features import engines
-from taglens.features.engines import ENGINES, EngineError, compile_forward, on_engine
+from taglens.features.engines import FP32_ENGINES as ENGINES
+from taglens.features.engines import EngineError, compile_forward, on_engine
 
 RTOL = 1e-4  # the bound: same vectors within 1e-4 relative
 
