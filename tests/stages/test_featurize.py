@@ -44,7 +44,8 @@ def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
     meta = json.loads((out / META_FILE).read_text())
     assert meta == {"backbone": "vgg19", "image_size": 32, "weights_identity": "random-seed42",
                     "dim": 512, "count": 9, "store": "vgg19-32px-random-seed42",
-                    "views": ["flip", "colour"]}  # fmt: skip
+                    "views": ["flip", "colour"], "precision": "fp32", "engine": "tensorflow",
+                    "int8": None}  # fmt: skip
     assert (report.computed, report.cached) == (9, 0)
     # the views, in posts order, each in its own store: the mirror image's vector and colours
     with np.load(out / "features.npz") as npz:
