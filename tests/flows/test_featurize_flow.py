@@ -10,6 +10,7 @@ import pytest
 
 from flows.featurize import cached_views_model, featurize_flow
 from stages.featurize import run as run_stage
+from taglens.errors import TaglensError
 from taglens.features.store import FEATURES_FILE, META_FILE, STORE_DIR
 from taglens.params import load_params
 from tests.helpers.params import write_tiny_params
@@ -39,8 +40,9 @@ def _features(out):
 def test_dask_path_gives_exactly_the_local_stage_features(tmp_path, prefect_server):
     local = _repo(tmp_path / "local")
     params = load_params(local / "params.yaml")
-    run_stage(params.model, params.featurize, seed=params.base.seed, raw=local / "data" / "raw",
-              out=local / "data" / "features", progress=False)  # fmt: skip
+    run_stage(params.model, params.featurize, params.clean, seed=params.base.seed,
+              raw=local / "data" / "raw", out=local / "data" / "features",
+              progress=False)  # fmt: skip
 
     remote = _repo(tmp_path / "remote")
     summary = featurize_flow(str(remote), task_runner="dask", n_workers=2, shard_size=4)
@@ -77,8 +79,9 @@ def test_local_runner_is_the_stage(tmp_path, prefect_server):
     summary = featurize_flow(str(repo))
     assert (summary["computed"], summary["cached"], summary["shards"]) == (UNIQUE, 0, 0)
     params = load_params(stage / "params.yaml")
-    run_stage(params.model, params.featurize, seed=params.base.seed, raw=stage / "data" / "raw",
-              out=stage / "data" / "features", progress=False)  # fmt: skip
+    run_stage(params.model, params.featurize, params.clean, seed=params.base.seed,
+              raw=stage / "data" / "raw", out=stage / "data" / "features",
+              progress=False)  # fmt: skip
     vectors = _features(repo / "data" / "features")[1]
     assert vectors.shape == (13, 512)
     assert vectors.tobytes() == _features(stage / "data" / "features")[1].tobytes()
@@ -102,3 +105,13 @@ def test_a_process_builds_each_views_model_once(tiny_params):
         "flip": (None, 512),
     }
     assert cached_views_model(model, 42, ("colour",)) is not first
+
+
+def test_the_dask_path_refuses_the_int8_engine(tmp_path):
+    # Given a repo whose params ask for INT8 (quantized in the stage's one process)
+    repo = _repo(tmp_path / "repo")
+    write_tiny_params(repo / "params.yaml", {"featurize.engine": "openvino-int8"})
+    # When the flow is asked to featurize on Dask, then it stops at once and says what to do
+    with pytest.raises(TaglensError, match=r"openvino-int8 runs in the stage's process only"):
+        featurize_flow.fn(repo=str(repo), task_runner="dask")
+    assert not (repo / "data" / "features").exists()
