@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import sys
 
-from bench import featurize, fine_tune, nightly, predict, render, search, train
+from bench import featurize, fine_tune, int8, nightly, predict, render, search, train
 
 BENCHMARKS = (  # the commands BENCHMARKS.md shows
     ("featurize", featurize.main, ["--taglens", "tensorflow"]),  # VGG-19, every engine
     ("featurize", featurize.main, ["--backbone", "mobilenet", "--images", "320",
                                    "--taglens", "tensorflow"]),
+    ("int8", int8.main, ["--part", "speed", "--calibration", "100", "--validation", "100",
+                         "--max-drop", "0.99", "--images", "160"]),
+    ("int8", int8.main, ["--part", "accuracy", "--calibration", "100", "--validation", "100",
+                         "--max-iterations", "5"]),
     ("train", train.main, []),
     ("search", search.main, []),
     ("fine_tune", fine_tune.main, []),
