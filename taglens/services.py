@@ -562,10 +562,10 @@ class Services:
         Returns:
             The services stopped.
         """
+        names = {name for group in _groups(only) for name in GROUPS[group]}
         state = self.read_state()
         if state is None:
             return []
-        names = {name for group in _groups(only) for name in GROUPS[group]}
         stopped = []
         for name in reversed(ORDER):
             if name not in names:

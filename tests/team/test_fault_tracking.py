@@ -146,6 +146,8 @@ def test_postgres_restarted_during_batch_scoring(
     while not _rows(output) and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     rows_at_stop = len(_rows(output))
+    server_log = services.logs / "mlflow.log"
+    log_at_stop = server_log.stat().st_size
     services.stop(only=["postgres"])
     while len(_rows(output)) < PHOTOS and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -160,6 +162,14 @@ def test_postgres_restarted_during_batch_scoring(
     rows = _rows(output)
     assert sorted(Path(row["path"]).name for row in rows) == sorted(p.name for p in photos)
     assert all(not row["error"] and row["model_name"] == name for row in rows)
+    # And the outage was met: the server refused the run's MLflow run while the database was
+    # down (503), and the client's retry created it once the database was back
+    with open(server_log, "rb") as handle:
+        handle.seek(log_at_stop)
+        creates = [line for line in handle.read().decode(errors="replace").splitlines()
+                   if '"POST /api/2.0/mlflow/runs/create' in line]
+    assert creates and all(" 503 " in line for line in creates[:-1]), creates
+    assert len(creates) >= 2 and " 200 " in creates[-1], creates
     # And the run's MLflow run was written through the restarted database, with every photo
     runs = mlflow.search_runs(experiment_names=[tiny_params.base.experiment],
                               filter_string="tags.model_name = '" + name + "'",
