@@ -109,11 +109,13 @@ def ensure_crash_detection(crashed_after_s: float) -> UUID:
             threshold=1,
             within=timedelta(seconds=crashed_after_s),
         ),
-        actions=[ChangeFlowRunState(
-            state=StateType.CRASHED,
-            message=f"no heartbeat for {crashed_after_s:g} s: its worker or machine is gone",
-        )],
-    )  # fmt: skip
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {crashed_after_s:g} s: its worker or machine is gone",
+            )
+        ],
+    )
     try:
         existing = Automation.read(name=CRASH_AUTOMATION)
     except ValueError:  # not there yet
@@ -244,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_schedule_options(parser)
     parser.add_argument("--pool", default=POOL, help=f"process work pool name (default {POOL})")
-    parser.add_argument("--params", type=Path, default=None,
-                        help="team.heartbeat_s and crashed_after_s (default: REPO/params.yaml)")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="team.heartbeat_s and crashed_after_s (default: REPO/params.yaml)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -253,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         from taglens.params import load_params
 
         team = load_params(args.params or args.repo / "params.yaml").team
-        settings = settings_from(args, pool=args.pool, heartbeat_s=team.heartbeat_s,
-                                 crashed_after_s=team.crashed_after_s)
+        settings = settings_from(
+            args, pool=args.pool, heartbeat_s=team.heartbeat_s, crashed_after_s=team.crashed_after_s
+        )
         for name, deployment_id in deploy_all(settings).items():
             print(f"{name}: {deployment_id}")
         return 0

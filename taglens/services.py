@@ -650,8 +650,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("start", "stop", "status"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="team: section")
     parser.add_argument("--folder", type=Path, default=None, help="default: team.folder")
-    parser.add_argument("--only", nargs="+", choices=list(GROUPS), default=None,
-                        help="start or stop only these (a restart: stop --only X, start --only X)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(GROUPS),
+        default=None,
+        help="start or stop only these (a restart: stop --only X, start --only X)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
 

@@ -51,8 +51,7 @@ def _store_rows(features):
         rows[store.name] = []
         for shard in sorted(store.glob("shard-*.npz")):
             with np.load(shard, allow_pickle=False) as data:
-                rows[store.name] += list(zip(data["sha256"].tolist(), data["vectors"],
-                                             strict=True))
+                rows[store.name] += list(zip(data["sha256"].tolist(), data["vectors"], strict=True))
     return rows
 
 
@@ -82,8 +81,14 @@ def test_a_dask_worker_killed_mid_featurize_loses_and_doubles_no_shard(
     # Given the vectors of an uninterrupted local run, and a cluster of two worker processes
     local = _repo(tmp_path / "local")
     params = load_params(local / "params.yaml")
-    run_stage(params.model, params.featurize, seed=params.base.seed, raw=local / "data" / "raw",
-              out=local / "data" / "features", progress=False)
+    run_stage(
+        params.model,
+        params.featurize,
+        seed=params.base.seed,
+        raw=local / "data" / "raw",
+        out=local / "data" / "features",
+        progress=False,
+    )
     expected = {name: dict(rows) for name, rows in _store_rows(local / "data" / "features").items()}
     _, endpoints = own_services("dask")
     shared = _repo(tmp_path / "shared")
@@ -94,9 +99,12 @@ def test_a_dask_worker_killed_mid_featurize_loses_and_doubles_no_shard(
     def run():
         with temporary_settings(updates={PREFECT_API_URL: team_services.prefect_api_url}):
             try:
-                outcome["summary"] = featurize_flow(str(shared), task_runner="dask",
-                                                    scheduler_address=endpoints.dask_address,
-                                                    shard_size=SHARD)
+                outcome["summary"] = featurize_flow(
+                    str(shared),
+                    task_runner="dask",
+                    scheduler_address=endpoints.dask_address,
+                    shard_size=SHARD,
+                )
             except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
                 outcome["error"] = exc
 
@@ -123,7 +131,9 @@ def test_a_dask_worker_killed_mid_featurize_loses_and_doubles_no_shard(
         for sha, vector in rows:
             assert vector.tobytes() == expected[name][sha].tobytes(), (name, sha)
     # And features.npz is the local run's
-    with np.load(shared / "data" / "features" / FEATURES_FILE) as ours, \
-            np.load(local / "data" / "features" / FEATURES_FILE) as theirs:
+    with (
+        np.load(shared / "data" / "features" / FEATURES_FILE) as ours,
+        np.load(local / "data" / "features" / FEATURES_FILE) as theirs,
+    ):
         assert ours["sha256"].tolist() == theirs["sha256"].tolist()
         assert ours["vectors"].tobytes() == theirs["vectors"].tobytes()

@@ -61,6 +61,7 @@ def test_a_prefect_worker_killed_mid_run_is_crashed_and_the_next_run_resumes(
 ):
     import mlflow
     from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -70,21 +71,34 @@ def test_a_prefect_worker_killed_mid_run_is_crashed_and_the_next_run_resumes(
     # runs marked Crashed, a champion on the team's server and an inbox of photos
     name = "worker-killed"
     checkout = copy_source_tree(tmp_path / "checkout")
-    write_tiny_params(checkout / "params.yaml", {
-        "register.model_name": name, "predict.batch_size": 2})  # fmt: skip
+    write_tiny_params(
+        checkout / "params.yaml", {"register.model_name": name, "predict.batch_size": 2}
+    )
     model_uri = _registered_champion(name, tiny_models_dir, tiny_params)
     photos = _inbox(tmp_path / "inbox", PHOTOS)
     output = tmp_path / "scores.csv"
     ports = {
         f"{key}_port": urllib.parse.urlsplit(url).port
-        for key, url in (("prefect", team_services.prefect_api_url),
-                         ("mlflow", team_services.mlflow_url))
-    }  # fmt: skip
+        for key, url in (
+            ("prefect", team_services.prefect_api_url),
+            ("mlflow", team_services.mlflow_url),
+        )
+    }
     services, endpoints = own_services("prefect-worker", pool=POOL, prefect_workers=1, **ports)
     parameters = {"input": str(tmp_path / "inbox"), "output": str(output)}
     with temporary_settings(updates={PREFECT_API_URL: team_services.prefect_api_url}):
-        deploy_all(DeploySettings(repo=checkout, pool=POOL, model_uri=model_uri, paused=True,
-                                  heartbeat_s=HEARTBEAT_S, crashed_after_s=CRASHED_AFTER_S))
+        deploy_all(
+            DeploySettings(
+                repo=checkout,
+                pool=POOL,
+                model_uri=model_uri,
+                paused=True,
+                heartbeat_s=HEARTBEAT_S,
+                crashed_after_s=CRASHED_AFTER_S,
+            )
+        )
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(f"batch-predict/{PREDICT}")
         try:
             # When the worker and its flow-run process are killed while the run writes rows
             first = run_deployment(f"batch-predict/{PREDICT}", timeout=0, parameters=parameters)
@@ -96,20 +110,25 @@ def test_a_prefect_worker_killed_mid_run_is_crashed_and_the_next_run_resumes(
             second = run_deployment(f"batch-predict/{PREDICT}", timeout=0, parameters=parameters)
             resumed = _wait_final([second.id], 300)[second.id]
         finally:
-            # other tests' runs beat every team.heartbeat_s: they must not meet this 45 s rule
+            # other tests' deployment runs beat at Prefect's default 180 s: no 45 s rule for them
             Automation.read(name=CRASH_AUTOMATION).delete()
 
-    # Then the killed run is Crashed (by the missing heartbeats), killed mid-way
+    # Then the deployment's runs beat every 30 s, whoever started the worker
+    assert deployment.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
+    # And the killed run is Crashed (by the missing heartbeats), killed mid-way
     assert killed.state.is_crashed(), f"{killed.state.type}: {killed.state.message}"
     assert "no heartbeat" in (killed.state.message or ""), killed.state.message
     assert 0 < kept < PHOTOS, kept
     # And the next run completed, skipping the rows kept and scoring only the rest
     assert resumed.state.is_completed(), f"{resumed.state.type}: {resumed.state.message}"
-    runs = mlflow.search_runs(experiment_names=[tiny_params.base.experiment],
-                              filter_string=f"tags.model_name = '{name}'",
-                              output_format="list")  # fmt: skip
+    runs = mlflow.search_runs(
+        experiment_names=[tiny_params.base.experiment],
+        filter_string=f"tags.model_name = '{name}'",
+        output_format="list",
+    )
     assert [(r.data.metrics["skipped"], r.data.metrics["scored"]) for r in runs] == [
-        (kept, PHOTOS - kept)]
+        (kept, PHOTOS - kept)
+    ]
     # And the output holds every photo exactly once, each scored
     rows = _whole_rows(output)
     assert sorted(Path(row["path"]).name for row in rows) == sorted(p.name for p in photos)

@@ -60,11 +60,23 @@ def own_mlflow(tracking, monkeypatch) -> str:
 
 def _register(clone: Path, url: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stages.register", "--params", "params.yaml", "--raw", "data/raw",
-         "--clean", "data/clean"],
-        cwd=clone, env=stage_env(MLFLOW_TRACKING_URI=url), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stages.register",
+            "--params",
+            "params.yaml",
+            "--raw",
+            "data/raw",
+            "--clean",
+            "data/clean",
+        ],
+        cwd=clone,
+        env=stage_env(MLFLOW_TRACKING_URI=url),
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
 
 
 def test_mlflow_server_restarted_between_train_and_register(
@@ -79,8 +91,9 @@ def test_mlflow_server_restarted_between_train_and_register(
     services, _ = tracking
     configure_tracking(tiny_params.base.experiment)
     name = "restart-mlflow"
-    clone, run_id = clone_with_trained_run(tmp_path, "clone", name, tiny_models_dir, True,
-                                           tiny_params.base.classes)
+    clone, run_id = clone_with_trained_run(
+        tmp_path, "clone", name, tiny_models_dir, True, tiny_params.base.classes
+    )
 
     # When the MLflow server is down for its restart as register starts
     services.stop(only=["mlflow"])
@@ -129,8 +142,9 @@ def test_postgres_restarted_during_batch_scoring(
     # Given a champion on the module's MLflow server and an inbox of photos
     services, _ = tracking
     name = "restart-postgres"
-    params = write_tiny_params(tmp_path / "params.yaml", {
-        "register.model_name": name, "predict.batch_size": 2})  # fmt: skip
+    params = write_tiny_params(
+        tmp_path / "params.yaml", {"register.model_name": name, "predict.batch_size": 2}
+    )
     _registered_champion(name, tiny_models_dir, tiny_params)
     photos = _inbox(tmp_path / "inbox", PHOTOS)
     output = tmp_path / "scores.csv"
@@ -138,10 +152,20 @@ def test_postgres_restarted_during_batch_scoring(
 
     # When a batch-scoring run is under way (rows are being written) and PostgreSQL stops,
     # stays down until the scoring is over, then starts again
-    argv = [sys.executable, "-m", "flows.predict", "--input", str(tmp_path / "inbox"),
-            "--output", str(output), "--params", str(params)]  # fmt: skip
-    job = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "flows.predict",
+        "--input",
+        str(tmp_path / "inbox"),
+        "--output",
+        str(output),
+        "--params",
+        str(params),
+    ]
+    job = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 240
     while not _rows(output) and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -166,12 +190,17 @@ def test_postgres_restarted_during_batch_scoring(
     # down (503), and the client's retry created it once the database was back
     with open(server_log, "rb") as handle:
         handle.seek(log_at_stop)
-        creates = [line for line in handle.read().decode(errors="replace").splitlines()
-                   if '"POST /api/2.0/mlflow/runs/create' in line]
+        creates = [
+            line
+            for line in handle.read().decode(errors="replace").splitlines()
+            if '"POST /api/2.0/mlflow/runs/create' in line
+        ]
     assert creates and all(" 503 " in line for line in creates[:-1]), creates
     assert len(creates) >= 2 and " 200 " in creates[-1], creates
     # And the run's MLflow run was written through the restarted database, with every photo
-    runs = mlflow.search_runs(experiment_names=[tiny_params.base.experiment],
-                              filter_string="tags.model_name = '" + name + "'",
-                              output_format="list")  # fmt: skip
+    runs = mlflow.search_runs(
+        experiment_names=[tiny_params.base.experiment],
+        filter_string="tags.model_name = '" + name + "'",
+        output_format="list",
+    )
     assert [run.data.metrics["scored"] for run in runs] == [PHOTOS]

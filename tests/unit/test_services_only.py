@@ -15,8 +15,12 @@ def test_groups_cover_every_process_once_in_start_order():
 
 def test_an_unknown_service_is_refused_naming_the_groups(tmp_path):
     services = Services(team_params(), tmp_path / "services")
-    with pytest.raises(ServiceError, match=(
-            "unknown service nope: choose among postgres, mlflow, prefect, prefect-worker, dask")):
+    with pytest.raises(
+        ServiceError,
+        match=(
+            "unknown service nope: choose among postgres, mlflow, prefect, prefect-worker, dask"
+        ),
+    ):
         services.start(["nope", "dask"])
     with pytest.raises(ServiceError, match="unknown service nope"):
         services.stop(["nope"])
