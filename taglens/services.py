@@ -251,7 +251,9 @@ class Services:
         if existing is not None and running:
             endpoints = existing  # the others' ports and PostgreSQL folder stay as they are
         else:
-            endpoints = self.endpoints(self._postgres_dir())
+            # (a folder outside is made only for a PostgreSQL that starts now)
+            inside = self.folder / "postgres"
+            endpoints = self.endpoints(self._postgres_dir() if "postgres" in groups else inside)
         self._write_state(endpoints)
         starters = {
             "postgres": self._start_postgres,

@@ -125,6 +125,8 @@ def test_mlflow_server_restarted_between_train_and_register(
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     history = Registry(name, tmp_path / "unused.jsonl").history()
     assert [(row["event"], row["version"]) for row in history] == [("register", "1")]
+    local_copy = (clone / "reports" / "promotions.jsonl").read_text().splitlines()
+    assert len(local_copy) == 1
 
 
 def _rows(path: Path) -> list[dict]:
