@@ -2,7 +2,9 @@
 
 Both run on a `process` work pool: a `prefect worker start --pool taglens` on the machine that holds
 the checkout picks up their runs and executes them in the checkout's directory. Deploying again
-with other values updates the deployments in place (that is how a schedule is changed). Needs
+with other values updates the deployments in place (that is how a schedule is changed). Their
+runs send a heartbeat every `team.heartbeat_s`, and the server gets an automation that marks a
+run Crashed after `team.crashed_after_s` without one (its worker's machine lost). Needs
 `PREFECT_API_URL` to name the server; see docs/prefect.md.
 
     python -m flows.deploy [--repo .] [--pool taglens] [--retrain-cron "0 3 * * 1"] ...
@@ -78,13 +80,13 @@ def ensure_process_pool(name: str) -> None:
 def ensure_crash_detection(crashed_after_s: float) -> UUID:
     """Create or update the automation that marks a flow run Crashed when its heartbeats stop.
 
-    A run whose process dies with its worker (a machine lost, a SIGKILL) would otherwise stay
-    Running for ever, holding its deployment's concurrency slot, so the next scheduled run
-    would never start. Deployment runs send a heartbeat every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY`
-    seconds (`team.heartbeat_s`); after one, the server expects another heartbeat or a final
-    state within `crashed_after_s`, else it sets the run Crashed (Prefect's documented
-    zombie-run automation). The next run then resumes from what the killed one kept.
-    `deploy_all` gives its deployments' runs `team.heartbeat_s` (Prefect's default is 180 s).
+    A run whose process dies with its worker (a machine lost, a SIGKILL) can report nothing: it
+    would stay Running (a "zombie"), holding its deployment's one concurrency slot. Deployment
+    runs send a heartbeat every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds (`deploy_all` sets
+    `team.heartbeat_s`; Prefect's default is 180 s); after one, the server expects another
+    heartbeat or a final state within `crashed_after_s`, else it sets the run Crashed
+    (Prefect's documented zombie-run automation). The next run then resumes from what the
+    killed one kept. The rule covers every flow run on the server that sends heartbeats.
 
     Returns:
         The automation's id.
