@@ -426,8 +426,8 @@ def side_by_side(results: Results) -> str:
   {theirs["server_cpu_ms_per_request"]} for `mlflow models serve` and
   {two["server_cpu_ms_per_request"]} with two workers: both run the same pyfunc code on the
   same engine, one image per forward pass there, batches of concurrent uploads here.
-- Every server gave each of the {agree["photos"]} photos the same top class and top
-  {agree["top_tags"]} hashtags in {agree["same_answer"]} cases of {agree["photos"]}.""")
+- Of the {agree["photos"]} photos every server answered, {agree["same_answer"]} got the same
+  top class and top {agree["top_tags"]} hashtags from all of them, in every answer.""")
     return "\n".join([table, shows])
 
 

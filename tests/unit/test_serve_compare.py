@@ -99,10 +99,15 @@ def test_targets_read_the_most_clients(summary):
 def test_answers_agree_only_when_every_server_gave_one_same_answer():
     same, other = ("rose", "#rose", "#red", "#flower"), ("tulip", "#tulip", "#red", "#flower")
     answers = {
-        TAGLENS: {0: {same}, 1: {same}, 2: {same}},
-        MLFLOW: {0: {same}, 1: {same, other}},  # photo 1 got two answers; photo 2 none
+        TAGLENS: {0: {same}, 1: {same}, 2: {same}, 3: {other}},
+        MLFLOW: {0: {same}, 1: {same, other}, 3: {same}},  # photo 2 never reached mlflow
     }
-    assert agreement(answers) == {"photos": 3, "same_answer": 1, "top_tags": 3}
+    agreed = agreement(answers)
+    assert (agreed["photos"], agreed["same_answer"], agreed["top_tags"]) == (3, 1, 3)
+    assert agreed["differing"] == [
+        {"photo": 1, TAGLENS: [list(same)], MLFLOW: sorted([list(same), list(other)])},
+        {"photo": 3, TAGLENS: [list(other)], MLFLOW: [list(same)]},
+    ]
 
 
 def test_both_answer_shapes_read_the_same():
@@ -151,5 +156,5 @@ def test_markdown_rows_ratios_and_targets(summary):
     assert "| 32 | 0.89 | 2.0 | 1.6 |" in text
     assert "of the ceiling NOT met; >= 1.5x every `mlflow models serve` met" in text
     assert "page p99 under 200 ms NOT met" in text
-    assert "top 3 hashtags from every server: 256 of 256 photos" in text
+    assert "top 3 hashtags from every server: 256 of the 256 photos all of them answered" in text
     assert "upload checks and normalize 6.1, decode to pixels 2.7" in text
