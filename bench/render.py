@@ -428,6 +428,17 @@ def side_by_side(results: Results) -> str:
   same engine, one image per forward pass there, batches of concurrent uploads here.
 - Of the {agree["photos"]} photos every server answered, {agree["same_answer"]} got the same
   top class and top {agree["top_tags"]} hashtags from all of them, in every answer.""")
+    if "cpu_split" in r:
+        split, costs = r["cpu_split"], r["cpu_ms_per_image"]
+        shows += prose(f"""\
+- **Where the page's CPU goes** at {split["clients"]} clients: of the {split["server_ms"]}
+  CPU-ms a request cost, the steps measured alone take {split["steps_ms"]} (the upload's
+  checks and normalization {costs["upload_checks_and_normalize"]}, the decode
+  {costs["decode_to_pixels"]}, the model and hashtags {costs["model_full_batch"]} per image in
+  a batch of {costs["batch"]}) and the rest, {split["rest_ms"]}, is HTTP, multipart parsing,
+  JSON and the batching threads. Batch predict decodes the file as it is
+  ({costs["decode_as_sent"]}) and skips the normalization, which re-encodes each upload as
+  ingest stores training photos so that the page's pixels are the ones training saw.""")
     return "\n".join([table, shows])
 
 

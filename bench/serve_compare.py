@@ -473,6 +473,22 @@ def targets(result: dict) -> dict:
     }
 
 
+def cpu_split(result: dict) -> dict:
+    """The page's CPU per request at the most clients, less the steps `web_costs` measured."""
+    top = str(result["targets"]["clients"])
+    server = result["servers"][TAGLENS][top]["server_cpu_ms_per_request"]
+    costs = result["cpu_ms_per_image"]
+    steps = (
+        costs["upload_checks_and_normalize"] + costs["decode_to_pixels"] + costs["model_full_batch"]
+    )
+    return {
+        "clients": int(top),
+        "server_ms": server,
+        "steps_ms": round(steps, 2),
+        "rest_ms": round(server - steps, 2),
+    }
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -527,15 +543,17 @@ def to_markdown(result: dict) -> str:
         "photos all of them answered.",
     ]
     if "cpu_ms_per_image" in result:
-        costs = result["cpu_ms_per_image"]
+        costs, split = result["cpu_ms_per_image"], result["cpu_split"]
         lines += [
             "",
-            f"The page's steps, CPU ms per image (`featurize.engine: {costs['engine']}`,"
-            " one process, `bench/web_costs.py`): upload checks and normalize "
-            f"{costs['upload_checks_and_normalize']}, decode to pixels "
-            f"{costs['decode_to_pixels']}, model and hashtags for one image "
-            f"{costs['model_one_image']}, for a batch of {costs['batch']} "
-            f"{costs['model_full_batch']}.",
+            f"Where a request's CPU goes (`featurize.engine: {costs['engine']}`, each step "
+            "measured alone in one process by `bench/web_costs.py`, ms per image): upload checks "
+            f"and normalize {costs['upload_checks_and_normalize']}, decode to pixels "
+            f"{costs['decode_to_pixels']}, model and hashtags {costs['model_full_batch']} in a "
+            f"batch of {costs['batch']} ({costs['model_one_image']} alone); the rest of the "
+            f"{split['server_ms']} ms a request cost the server at {split['clients']} clients "
+            f"(HTTP, multipart, JSON, batching, threads): {split['rest_ms']}. Batch predict's "
+            f"decode of the photo as sent: {costs.get('decode_as_sent', 'not measured')}.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -590,9 +608,10 @@ def run(args: argparse.Namespace) -> dict:
         **summarize(raw["runs"], raw["predict"]),
         "answers": agreement(raw["answers"]),
     }
+    result["targets"] = targets(result)
     if costs is not None:
         result["cpu_ms_per_image"] = costs
-    result["targets"] = targets(result)
+        result["cpu_split"] = cpu_split(result)
     save_results(args.out, args.stem, result, to_markdown(result))
     return result
 

@@ -9,6 +9,7 @@ from bench.serve_compare import (
     MLFLOW_W2,
     TAGLENS,
     agreement,
+    cpu_split,
     mlflow_bodies,
     summarize,
     targets,
@@ -135,13 +136,22 @@ def test_markdown_rows_ratios_and_targets(summary):
         "cpu_ms_per_image": {
             "engine": "openvino",
             "batch": 32,
-            "upload_checks_and_normalize": 6.1,
-            "decode_to_pixels": 2.7,
+            "upload_checks_and_normalize": 1.4,
+            "decode_to_pixels": 1.9,
+            "decode_as_sent": 1.7,
             "model_one_image": 16.2,
-            "model_full_batch": 16.4,
+            "model_full_batch": 15.2,
         },
     }
     result["targets"] = targets(result)
+    # 20.0 CPU-ms per request at 32 clients, of which the steps measured alone are 18.5
+    result["cpu_split"] = cpu_split(result)
+    assert result["cpu_split"] == {
+        "clients": 32,
+        "server_ms": 20.0,
+        "steps_ms": 18.5,
+        "rest_ms": 1.5,
+    }
     text = to_markdown(result)
     assert (
         "| `taglens serve` | 32 | 640 | 0 | 32.0 | 10.0 | 10.0 | 5.0 / 250.0 / 250.0 | 20.0, 1.0 |"
@@ -157,4 +167,6 @@ def test_markdown_rows_ratios_and_targets(summary):
     assert "of the ceiling NOT met; >= 1.5x every `mlflow models serve` met" in text
     assert "page p99 under 200 ms NOT met" in text
     assert "top 3 hashtags from every server: 256 of the 256 photos all of them answered" in text
-    assert "upload checks and normalize 6.1, decode to pixels 2.7" in text
+    assert "upload checks and normalize 1.4, decode to pixels 1.9, model and hashtags 15.2" in text
+    assert "at 32 clients (HTTP, multipart, JSON, batching, threads): 1.5." in text
+    assert "Batch predict's decode of the photo as sent: 1.7." in text
