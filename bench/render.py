@@ -401,7 +401,7 @@ def side_by_side(results: Results) -> str:
         f"bench.serve_compare --clients 1 {top} --duration {r['duration_s']:g} "
         f"--repeats {r['repeats']}",
         to_markdown(r),
-        also=" and `.md`; about 10 minutes",
+        also=" and `.md`; about 5 minutes on a quiet machine",
         about=f"""The same model as above is logged as the taglens pyfunc and registered as
         `@champion` in a throwaway MLflow store; three servers serve that one version at once:
         `taglens serve`, `mlflow models serve --env-manager local` with its defaults (one
@@ -424,8 +424,9 @@ def side_by_side(results: Results) -> str:
   (target under 200 ms: {_met(checks["page"])}).
 - A request cost the page's server {ours["server_cpu_ms_per_request"]} CPU-ms, against
   {theirs["server_cpu_ms_per_request"]} for `mlflow models serve` and
-  {two["server_cpu_ms_per_request"]} with two workers: both run the same pyfunc code on the
-  same engine, one image per forward pass there, batches of concurrent uploads here.
+  {two["server_cpu_ms_per_request"]} with two workers. All three load the same registered
+  pyfunc on the same engine; `mlflow models serve` runs one image per forward pass, the page
+  batches concurrent uploads.
 - Of the {agree["photos"]} photos every server answered, {agree["same_answer"]} got the same
   top class and top {agree["top_tags"]} hashtags from all of them, in every answer.""")
     if "cpu_split" in r:

@@ -28,7 +28,7 @@ BENCHMARKS = (  # (module under bench/, its arguments): the commands BENCHMARKS.
     ("nightly", "--new 1000 --history 10000 --repeats 7"),  # 1,000 new after 10,000 scored
     ("train", ""),
     ("load_web", "--clients 1 32 --size 224 --duration 20 --repeats 3"),
-    ("serve_compare", "--clients 1 32 --duration 20 --repeats 3"),
+    ("serve_compare", "--clients 1 32 --duration 10 --repeats 2"),
     ("search", ""),
     ("fine_tune", ""),
     ("fine_tune", "--layers 12 --learning-rate 0.0001"),

@@ -22,12 +22,12 @@ child processes) and of the load generator; the ratios taglens/mlflow and taglen
 each client count; whether every server gave each photo the same top class and top hashtags.
 Then `bench/web_costs.py` splits the page's CPU per image into its steps.
 
-    python -m bench.serve_compare --clients 1 32 --duration 20 --repeats 3
+    python -m bench.serve_compare --clients 1 32 --duration 10 --repeats 2
 
-takes about 10 minutes on 2 cores (starting the three servers about 1 minute, each round
-6 x 20 s of load plus one batch predict command of about 20 s, then the step costs). Writes
-bench/results/serve_compare.json and .md. `--models DIR --params FILE` serves another
-models/ directory (the tests use a tiny one).
+takes about 5 minutes on 2 quiet cores (about 1 minute starting the three servers and warming
+them up, then two rounds of 6 arms x 10 s plus one batch predict command of about 20 s, then the
+step costs), longer on a busy machine. Writes bench/results/serve_compare.json and .md.
+`--models DIR --params FILE` serves another models/ directory (the tests use a tiny one).
 """
 
 from __future__ import annotations
@@ -506,8 +506,8 @@ def to_markdown(result: dict) -> str:
         "| page p50 / p99 / max ms | CPU ms per request (server tree, client) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, rows in result["servers"].items():
-        for n, row in rows.items():
+    for name in [name for name in SERVERS if name in result["servers"]]:
+        for n, row in result["servers"][name].items():
             page = row["page"]
             lines.append(
                 f"| `{name}` | {n} | {row['requests']} | {row['errors']} "
@@ -620,8 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the side-by-side comparison; write `<stem>.json` and `.md` under --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per arm")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of every arm")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per arm")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of every arm")
     parser.add_argument(
         "--photos",
         type=int,
