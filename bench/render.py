@@ -429,6 +429,13 @@ def side_by_side(results: Results) -> str:
   batches concurrent uploads.
 - Of the {agree["photos"]} photos every server answered, {agree["same_answer"]} got the same
   top class and top {agree["top_tags"]} hashtags from all of them, in every answer.""")
+    if max(r["load_avg_start"], r["load_avg_end"]) > r["cpus"]:
+        shows += prose(f"""\
+- **A busy run**: other jobs kept the load average at {r["load_avg_start"]} ->
+  {r["load_avg_end"]} on {r["cpus"]} cores, so each arm got what share of the cores it could
+  and the rates and ratios above carry that noise (batch predict's own runs gave
+  {", ".join(str(x) for x in ceiling["img_s_by_run"])} images/s); CPU per request is the
+  steadier comparison. Re-measure on a quiet machine with the command above.""")
     if "cpu_split" in r:
         split, costs = r["cpu_split"], r["cpu_ms_per_image"]
         shows += prose(f"""\
