@@ -248,8 +248,8 @@ def _decoder(image_size: int) -> Any:
     """`decode_and_resize` to `image_size` as one TensorFlow graph, traced once per size.
 
     Called eagerly, its ops (decode, resize, cast) are dispatched one by one from Python, which
-    cost about as much CPU as the decoding itself on a 640 px photo; the graph gives the same
-    pixels (the same ops), as batch predict's tf.data pipeline runs them. The web page calls it
+    added about a third to the CPU of decoding a 640 px photo; the graph gives the same pixels
+    (the same ops), as batch predict's tf.data pipeline runs them. The web page calls it
     from its decode threads at once: a traced function is safe to call from several threads.
     """
     import tensorflow as tf
