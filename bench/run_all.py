@@ -1,7 +1,7 @@
 """Run every benchmark in turn (`make bench`); each prints its ratios and writes bench/results/.
 
-The commands are exactly the ones BENCHMARKS.md shows beside its figures
-(`tests/unit/test_benchmarks_doc.py` holds the two lists equal), in document order; then BENCHMARKS.md
+The commands are exactly the ones BENCHMARKS.md shows beside its figures (a test in
+tests/unit/test_benchmarks_doc.py holds the two lists equal), in document order; then BENCHMARKS.md
 is re-rendered from bench/results/ (`python -m bench.render`). They need the real photos in
 ../shared/datasets/flowers and the MobileNet weights in ../shared/weights. On 2 cores the whole
 set takes a few hours (the quality benchmark runs the pipeline twice; the two server benchmarks
