@@ -4,7 +4,8 @@ The load benchmark measures the server from outside; this measures its steps one
 this process, on the same model, engine and photos: the upload checks and normalization
 (`prepare_image`, as ingest does for training photos), the decode to model pixels
 (`HashtagPredictor.decode`) and the forward pass plus hashtag ranking (`predict_pixels`) for one
-image and for a full batch. CPU seconds count every thread of the process, so a forward pass
+image and for a full batch; and, for batch predict's side, the decode of the photo as sent.
+CPU seconds count every thread of the process, so a forward pass
 that spreads over the cores costs what it costs in total.
 """
 
@@ -49,6 +50,10 @@ def cpu_breakdown(models: Path, params_path: Path, images: list[bytes], batch: i
         ),
         "decode_to_pixels": cpu_ms_per_item(
             lambda: [predictor.decode([jpeg]) for jpeg in normalized], batch
+        ),
+        # what batch predict decodes: the file as it is, without the upload's normalization
+        "decode_as_sent": cpu_ms_per_item(
+            lambda: [predictor.decode([data]) for data in uploads], batch
         ),
         "model_one_image": cpu_ms_per_item(
             lambda: [predictor.predict_pixels(pixels[i : i + 1]) for i in range(batch)], batch

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +29,8 @@ class LoadResult:
     concurrency: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    # image index -> the distinct answers recorded for it (see run_load's `answer`)
+    answers: dict[int, set] = field(default_factory=dict, repr=False)
 
     @property
     def requests_per_second(self) -> float:
@@ -43,7 +47,7 @@ class LoadResult:
 
     def summary(self) -> dict:
         """The JSON form (without the raw latencies)."""
-        data = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        data = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "answers")}
         data.update(requests_per_second=round(self.requests_per_second, 2),
                     p50_ms=round(self.percentile_ms(50), 1),
                     p99_ms=round(self.percentile_ms(99), 1))  # fmt: skip
@@ -95,11 +99,20 @@ def start_server(models: Path, params: Path, port: int, log: Path,
     raise RuntimeError(f"the server did not answer /health within {timeout:.0f} s; see {log}")
 
 
+def upload(session: Any, url: str, image: bytes) -> Any:
+    """POST one photo to the web page's `/predict`, as the page's form does."""
+    return session.post(f"{url}/predict", files={"file": ("photo.jpg", image)})
+
+
 def run_load(url: str, images: bytes | list[bytes], *, concurrency: int, duration: float,
-             max_requests: int) -> LoadResult:  # fmt: skip
-    """Upload from `concurrency` clients until `duration` s or `max_requests` pass.
+             max_requests: int, send: Callable[[Any, str, bytes], Any] = upload,
+             answer: Callable[[Any], Any] | None = None) -> LoadResult:  # fmt: skip
+    """Send from `concurrency` clients until `duration` s or `max_requests` pass.
 
     Each client cycles through `images` from its own starting point (one image: all send it).
+    `send(session, url, item)` makes one request (default: an upload to the web page); when
+    `answer(response)` is given, what it returns for each 200 answer is recorded under the
+    image's index in `LoadResult.answers` (outside the timed part).
     """
     import httpx
 
@@ -116,20 +129,24 @@ def run_load(url: str, images: bytes | list[bytes], *, concurrency: int, duratio
                     if result.requests >= max_requests:
                         return
                     result.requests += 1
-                image = images[turn % len(images)]
+                number = turn % len(images)
                 turn += concurrency
                 started = time.perf_counter()
+                response = None
                 try:
-                    status = str(session.post(f"{url}/predict",
-                                              files={"file": ("photo.jpg", image)}).status_code)
+                    response = send(session, url, images[number])
+                    status = str(response.status_code)
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 elapsed = (time.perf_counter() - started) * 1000
+                seen = answer(response) if answer is not None and status == "200" else None
                 with lock:
                     result.latencies_ms.append(elapsed)
                     result.statuses[status] = result.statuses.get(status, 0) + 1
                     if status != "200":
                         result.errors += 1
+                    elif answer is not None:
+                        result.answers.setdefault(number, set()).add(seen)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     started = time.monotonic()
@@ -142,7 +159,7 @@ def run_load(url: str, images: bytes | list[bytes], *, concurrency: int, duratio
 
 
 def probe_page(url: str, stop: threading.Event, every_s: float = 0.25) -> LoadResult:
-    """Load the page (GET /) every `every_s` until `stop` is set; latencies as a LoadResult."""
+    """GET `url` (the page) every `every_s` until `stop` is set; latencies as a LoadResult."""
     import httpx
 
     result = LoadResult(concurrency=1)
@@ -150,7 +167,7 @@ def probe_page(url: str, stop: threading.Event, every_s: float = 0.25) -> LoadRe
     with httpx.Client(timeout=60) as session:
         while not stop.wait(every_s):
             started = time.perf_counter()
-            status = str(session.get(f"{url}/").status_code)
+            status = str(session.get(url).status_code)
             result.latencies_ms.append((time.perf_counter() - started) * 1000)
             result.requests += 1
             result.statuses[status] = result.statuses.get(status, 0) + 1
@@ -164,11 +181,11 @@ class PageProbe:
 
     The load generator's threads share one GIL: a probe among them would measure their waiting
     as well as the server's. Use as a context manager around the load; `result` then holds the
-    latencies.
+    latencies. `path` is what it loads (the page, `/`, by default).
     """
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, path: str = "/") -> None:
+        self.url = f"{url}{path}"
         self.result = LoadResult(concurrency=1)
 
     def __enter__(self) -> PageProbe:
@@ -206,6 +223,25 @@ def cpu_seconds(pid: int) -> float:
 
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and every process under it that is alive now.
+
+    `mlflow models serve` runs its model in uvicorn worker processes below the command's own,
+    so a server's cost is its whole tree's.
+    """
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def rss_mb(pid: int) -> float:

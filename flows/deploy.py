@@ -2,7 +2,9 @@
 
 Both run on a `process` work pool: a `prefect worker start --pool taglens` on the machine that holds
 the checkout picks up their runs and executes them in the checkout's directory. Deploying again
-with other values updates the deployments in place (that is how a schedule is changed). Needs
+with other values updates the deployments in place (that is how a schedule is changed). Their
+runs send a heartbeat every `team.heartbeat_s`, and the server gets an automation that marks a
+run Crashed after `team.crashed_after_s` without one (its worker's machine lost). Needs
 `PREFECT_API_URL` to name the server; see docs/prefect.md.
 
     python -m flows.deploy [--repo .] [--pool taglens] [--retrain-cron "0 3 * * 1"] ...
@@ -31,6 +33,9 @@ PREDICT = "nightly-batch-predict"
 PREDICT_CRON = "0 2 * * *"  # every day 02:00
 TRAINING_ENTRYPOINT = "flows/training.py:training_flow"
 PREDICT_ENTRYPOINT = "flows/predict.py:batch_predict_flow"
+CRASH_AUTOMATION = "taglens: mark silent flow runs crashed"
+HEARTBEAT = "prefect.flow-run.heartbeat"
+FINAL_STATES = ("Completed", "Failed", "Cancelled", "Crashed")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,10 @@ class DeploySettings:
     predict_output: str = "predictions/predictions.parquet"  # resumed: re-runs add new images
     model_uri: str | None = None  # None: the batch flow's default (the champion model)
     paused: bool = False
+    # team.heartbeat_s and team.crashed_after_s: each run beats every heartbeat_s, and one silent
+    # for crashed_after_s is marked Crashed (None: Prefect's heartbeat, no automation changed)
+    heartbeat_s: int | None = None
+    crashed_after_s: float | None = None
 
 
 def ensure_process_pool(name: str) -> None:
@@ -66,6 +75,58 @@ def ensure_process_pool(name: str) -> None:
             f"work pool {name!r} exists with type {pool.type!r}: pass --pool with another name "
             "(these deployments need a 'process' pool)"
         )
+
+
+def ensure_crash_detection(crashed_after_s: float) -> UUID:
+    """Create or update the automation that marks a flow run Crashed when its heartbeats stop.
+
+    A run whose process dies with its worker (a machine lost, a SIGKILL) can report nothing: it
+    would stay Running (a "zombie"), holding its deployment's one concurrency slot. Deployment
+    runs send a heartbeat every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds (`deploy_all` sets
+    `team.heartbeat_s`; Prefect's default is 180 s); after one, the server expects another
+    heartbeat or a final state within `crashed_after_s`, else it sets the run Crashed
+    (Prefect's documented zombie-run automation). The next run then resumes from what the
+    killed one kept. The rule covers every flow run on the server that sends heartbeats.
+
+    Returns:
+        The automation's id.
+    """
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    wanted = Automation(
+        name=CRASH_AUTOMATION,
+        description="A flow run that sends no heartbeat for team.crashed_after_s is Crashed.",
+        trigger=EventTrigger(
+            after={HEARTBEAT},
+            expect={HEARTBEAT, *(f"prefect.flow-run.{state}" for state in FINAL_STATES)},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=crashed_after_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {crashed_after_s:g} s: its worker or machine is gone",
+            )
+        ],
+    )
+    try:
+        existing = Automation.read(name=CRASH_AUTOMATION)
+    except ValueError:  # not there yet
+        created = wanted.create()
+        logger.info("created automation %r (%g s)", CRASH_AUTOMATION, crashed_after_s)
+        return created.id
+    wanted.id = existing.id
+    wanted.update()
+    return existing.id
 
 
 def _inside(repo: Path, location: str) -> str:
@@ -125,9 +186,15 @@ def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
     """
     repo, retrain_schedule, predict_schedule = checked_schedules(settings)
     ensure_process_pool(settings.pool)
+    if settings.crashed_after_s is not None:
+        ensure_crash_detection(settings.crashed_after_s)
     common = {"work_pool_name": settings.pool, "build": False, "push": False,
               "print_next_steps": False, "ignore_warnings": True,
               "paused": settings.paused}  # fmt: skip
+    if settings.heartbeat_s is not None:
+        # The flow-run process gets it from its deployment, whoever started the worker.
+        frequency = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.heartbeat_s)}
+        common["job_variables"] = {"env": frequency}
     ids: dict[str, UUID] = {}
     training = flow.from_source(source=str(repo), entrypoint=TRAINING_ENTRYPOINT)
     ids[RETRAIN] = training.deploy(
@@ -164,7 +231,7 @@ def add_schedule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paused", action="store_true", help="create the schedules paused")
 
 
-def settings_from(args: argparse.Namespace, **extra: str) -> DeploySettings:
+def settings_from(args: argparse.Namespace, **extra: object) -> DeploySettings:
     """DeploySettings from the parsed shared options."""
     return DeploySettings(
         repo=args.repo, timezone=args.timezone, retrain_cron=args.retrain_cron,
@@ -181,11 +248,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_schedule_options(parser)
     parser.add_argument("--pool", default=POOL, help=f"process work pool name (default {POOL})")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="team.heartbeat_s and crashed_after_s (default: REPO/params.yaml)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
-    settings = settings_from(args, pool=args.pool)
 
     def body() -> int:
+        from taglens.params import load_params
+
+        team = load_params(args.params or args.repo / "params.yaml").team
+        settings = settings_from(
+            args, pool=args.pool, heartbeat_s=team.heartbeat_s, crashed_after_s=team.crashed_after_s
+        )
         for name, deployment_id in deploy_all(settings).items():
             print(f"{name}: {deployment_id}")
         return 0

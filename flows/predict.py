@@ -75,9 +75,13 @@ def cached_model(uri: str, tracking_uri: str | None, engine: str):
       retry_condition_fn=retry_unless_user_error)
 def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, str],
                batch_size: int, tracking_uri: str | None, engine: str,
+               max_pixels: int,
                also_done_in: list[str] | None = None,
                progress: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Score `paths` into `output` (resumable), skipping rows already in `also_done_in`."""
+    """Score `paths` into `output` (resumable), skipping rows already in `also_done_in`.
+
+    Images over `max_pixels` (`ingest.max_pixels`) become error rows before they are decoded.
+    """
     from taglens.serving.batch_predict import predict_to_file
 
     predictor = cached_model(model_uri, tracking_uri, engine)
@@ -92,6 +96,7 @@ def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, s
         also_done_in=[Path(p) for p in also_done_in or []],
         keep_stat=bool(also_done_in),  # a shard: its rows reach the output's index via merge
         rehashed=rehashed,
+        max_pixels=max_pixels,
     )
     get_run_logger().info("%s: %d scored, %d skipped, %d errors", output, report.scored,
                           report.skipped, report.errors)  # fmt: skip
@@ -120,11 +125,12 @@ def merge_task(
 def _score_shards(shards: list[list[str]], shard_dir: str, output: str, model_uri: str,
                   model: dict[str, str], batch_size: int,
                   tracking_uri: str | None,
-                  engine: str) -> list[dict[str, Any]]:  # fmt: skip
+                  engine: str,
+                  max_pixels: int) -> list[dict[str, Any]]:  # fmt: skip
     """Score every shard in parallel on the flow's task runner (Dask)."""
     futures = [
         score_task.submit(paths, f"{shard_dir}/shard-{number:06d}.jsonl", model_uri, model,
-                          batch_size, tracking_uri, engine, [output])  # fmt: skip
+                          batch_size, tracking_uri, engine, max_pixels, [output])  # fmt: skip
         for number, paths in enumerate(shards)
     ]
     return [future.result() for future in futures]
@@ -152,7 +158,7 @@ def batch_predict_flow(
         task_runner: "local" (one process) or "dask" (shards on a Dask cluster).
         scheduler_address: a running Dask scheduler (`tcp://host:8786`); None starts a local
             cluster of `n_workers` processes. Workers must see the input and output paths.
-        params_path: the params file (`predict.*`, `featurize.engine`).
+        params_path: the params file (`predict.*`, `featurize.engine`, `ingest.max_pixels`).
         n_workers: workers of the local cluster when there is no scheduler address.
         batch_size: overrides `predict.batch_size`.
         shard_size: overrides `predict.shard_size`.
@@ -189,6 +195,7 @@ def batch_predict_flow(
     if paths and task_runner == "local":
         report.add(ScoreReport(**score_task(paths, output, uri, model, params.predict.batch_size,
                                             tracking_uri, params.featurize.engine,
+                                            params.ingest.max_pixels,
                                             progress=True)))  # fmt: skip
     elif paths:
         shards = shard(paths, params.predict.shard_size)
@@ -197,7 +204,7 @@ def batch_predict_flow(
         runner = dask_runner(scheduler_address, n_workers)
         results = _score_shards.with_options(task_runner=runner)(
             shards, shard_dir, output, uri, model, params.predict.batch_size, tracking_uri,
-            params.featurize.engine,
+            params.featurize.engine, params.ingest.max_pixels,
         )
         rehashed = []
         for result in results:

@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +46,14 @@ DB_NAME = "mlflow"
 STATE_FILE = "services.json"
 # Start order; stop runs it backwards (workers before the servers they talk to).
 ORDER = ("postgres", "mlflow", "prefect", "prefect-worker", "dask-scheduler", "dask-worker")
+# What `start`/`stop` take by name (`--only`): each group's processes, in ORDER.
+GROUPS = {
+    "postgres": ("postgres",),
+    "mlflow": ("mlflow",),
+    "prefect": ("prefect",),
+    "prefect-worker": ("prefect-worker",),
+    "dask": ("dask-scheduler", "dask-worker"),
+}
 STOP_TIMEOUT_S = 20.0
 
 
@@ -211,37 +219,59 @@ class Services:
         )
 
     # ------------------------------------------------------------------ start
-    def start(self) -> Endpoints:
-        """Start every service and wait until each answers; on any failure stop what started.
+    def start(self, only: Sequence[str] | None = None) -> Endpoints:
+        """Start every service (or the groups in `only`) and wait until each answers.
+
+        On any failure what this call started is stopped again. With `only`, the services
+        already running here keep running and their endpoints are kept: that is how one
+        service is restarted (`stop(only=...)`, then `start(only=...)`), or how workers join
+        servers that run elsewhere (`only=["prefect-worker"]` with the server's port in
+        params.yaml).
 
         Raises:
-            ServiceError: something is already running here, a port is taken, a tool is
+            ServiceError: one of these services already runs here, a port is taken, a tool is
                 missing, or a service did not become healthy in `team.start_timeout_s`.
         """
+        groups = _groups(only)
+        names = [name for group in groups for name in GROUPS[group]]
         existing = self.read_state()
-        if existing is not None and any(_alive(p) for ps in existing.pids.values() for p in ps):
+        running = {
+            name
+            for name, pids in (existing.pids if existing is not None else {}).items()
+            if any(_alive(pid) for pid in pids)
+        }
+        if running & set(names):
             raise ServiceError(
                 f"services already run from {self.folder} (see `taglens services status`); "
                 "stop them first with `taglens services stop`"
             )
-        self._check_ports()
+        self._check_ports(groups)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        endpoints = self.endpoints(self._postgres_dir())
+        if existing is not None and running:
+            endpoints = existing  # the others' ports and PostgreSQL folder stay as they are
+        else:
+            # (a folder outside is made only for a PostgreSQL that starts now)
+            inside = self.folder / "postgres"
+            endpoints = self.endpoints(self._postgres_dir() if "postgres" in groups else inside)
         self._write_state(endpoints)
+        starters = {
+            "postgres": self._start_postgres,
+            "mlflow": self._start_mlflow,
+            "prefect": self._start_prefect,
+            "prefect-worker": self._start_prefect_workers,
+            "dask": self._start_dask,
+        }
         try:
-            self._start_postgres(endpoints)
-            self._start_mlflow(endpoints)
-            self._start_prefect(endpoints)
-            self._start_prefect_workers(endpoints)
-            self._start_dask(endpoints)
+            for group in groups:
+                starters[group](endpoints)
         except BaseException:
-            self.stop()
+            self.stop(only)
             raise
-        logger.info("services up under %s", self.folder)
+        logger.info("services up under %s: %s", self.folder, ", ".join(groups))
         return endpoints
 
-    def _check_ports(self) -> None:
+    def _check_ports(self, groups: Sequence[str]) -> None:
         p = self.params
         for name, port in (
             ("postgres", p.postgres_port),
@@ -249,7 +279,7 @@ class Services:
             ("prefect", p.prefect_port),
             ("dask", p.dask_port),
         ):
-            if port_open(p.host, port):
+            if name in groups and port_open(p.host, port):
                 raise ServiceError(
                     f"port {p.host}:{port} (team.{name}_port) is taken by another program: "
                     f"stop it or choose another port in params.yaml"
@@ -528,29 +558,35 @@ class Services:
             if name in state.pids
         }
 
-    def stop(self) -> list[str]:
-        """Stop whatever runs from this folder, newest first; return the services stopped."""
+    def stop(self, only: Sequence[str] | None = None) -> list[str]:
+        """Stop whatever runs from this folder (or the groups in `only`), newest first.
+
+        Returns:
+            The services stopped.
+        """
+        names = {name for group in _groups(only) for name in GROUPS[group]}
         state = self.read_state()
         if state is None:
             return []
         stopped = []
         for name in reversed(ORDER):
-            pids = state.pids.get(name, [])
+            if name not in names:
+                continue
+            pids = state.pids.pop(name, [])
             if name == "postgres":
-                self._stop_postgres(state)
+                self._stop_postgres(state, pids)
             else:
                 for pid in pids:
                     stop_pid_group(pid)
             if pids:
                 stopped.append(name)
         outside = Path(state.postgres_dir)
-        if not outside.is_relative_to(self.folder):
+        if only is None and not outside.is_relative_to(self.folder):
             shutil.rmtree(outside, ignore_errors=True)
-        state.pids = {}
         self._write_state(state)
         return stopped
 
-    def _stop_postgres(self, state: Endpoints) -> None:
+    def _stop_postgres(self, state: Endpoints, pids: list[int]) -> None:
         data = Path(state.postgres_dir) / "data"
         if (data / "postmaster.pid").is_file():
             subprocess.run(
@@ -562,9 +598,25 @@ class Services:
                 cwd="/",
                 check=False,
             )
-        for pid in state.pids.get("postgres", []):
+        for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _groups(only: Sequence[str] | None) -> list[str]:
+    """The service groups named in `only` (all when None), in start order.
+
+    Raises:
+        ServiceError: a name is not a group.
+    """
+    if only is None:
+        return list(GROUPS)
+    unknown = sorted(set(only) - set(GROUPS))
+    if unknown:
+        raise ServiceError(
+            f"unknown service {', '.join(unknown)}: choose among {', '.join(GROUPS)}"
+        )
+    return [group for group in GROUPS if group in only]
 
 
 def _reachable_by(user: str, folder: Path) -> bool:
@@ -590,7 +642,7 @@ def running(params: TeamParams, folder: Path, *, code: Path | None = None) -> It
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`taglens services start|stop|status [--params params.yaml] [--folder DIR]`."""
+    """`taglens services start|stop|status [--params params.yaml] [--folder DIR] [--only ...]`."""
     import argparse
 
     from taglens.cli import run_main, setup_logging
@@ -600,13 +652,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("start", "stop", "status"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="team: section")
     parser.add_argument("--folder", type=Path, default=None, help="default: team.folder")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(GROUPS),
+        default=None,
+        help="start or stop only these (a restart: stop --only X, start --only X)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
     def body() -> int:
         services = Services(load_params(args.params).team, args.folder)
         if args.action == "start":
-            endpoints = services.start()
+            endpoints = services.start(args.only)
             print(f"services running; pids and logs in {services.folder}")
             print(f"  PostgreSQL  {endpoints.postgres_uri}  (MLflow's store)")
             print(f"  MLflow      {endpoints.mlflow_url}")
@@ -617,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             print("stop them with: taglens services stop  (or make services-stop)")
             return 0
         if args.action == "stop":
-            stopped = services.stop()
+            stopped = services.stop(args.only)
             print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
             return 0
         states = services.status()

@@ -136,7 +136,9 @@ def normalize_image(data: bytes, params: IngestParams) -> NormalizedImage:
             detail = f"cannot decode {image.format}: {exc}"
             raise RejectedImage(_failure_kind(exc), detail) from None
         try:
-            image = ImageOps.exif_transpose(image)
+            # In place: without an orientation to apply, the copying form copies every pixel
+            # anyway (about a fifth of the page's normalization of a 640 px photo)
+            ImageOps.exif_transpose(image, in_place=True)
         except Exception as exc:  # a broken EXIF block should not cost the photo
             logger.debug("ignoring unreadable EXIF orientation: %s", exc)
     if min(image.size) < params.min_side:

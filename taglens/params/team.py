@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from taglens.params.section import Section
 
@@ -20,5 +20,16 @@ class TeamParams(Section):
     prefect_workers: int = Field(ge=1, le=16)
     dask_workers: int = Field(ge=1, le=64)
     start_timeout_s: float = Field(gt=0, le=3600)
+    heartbeat_s: int = Field(ge=30, le=3600)  # Prefect refuses a heartbeat below 30 s
+    crashed_after_s: float = Field(gt=0, le=86_400)
     git_remote: str = Field(min_length=1)
     git_branch: str | None = Field(default=..., min_length=1)
+
+    @model_validator(mode="after")
+    def _silence_longer_than_a_heartbeat(self) -> TeamParams:
+        if self.crashed_after_s <= self.heartbeat_s:
+            raise ValueError(
+                f"team.crashed_after_s ({self.crashed_after_s:g}) must exceed team.heartbeat_s "
+                f"({self.heartbeat_s}), or every healthy run would be marked Crashed"
+            )
+        return self

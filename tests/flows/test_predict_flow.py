@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
 from flows.predict import ARTIFACT_KEY, TIMEOUT_S, batch_predict_flow, cached_model, score_task
 from taglens.serving.batch_rows import read_rows
-from tests.helpers.params import tiny_params_path
+from tests.helpers.params import tiny_params_path, write_tiny_params
 
 PARAMS = str(tiny_params_path())
 
@@ -135,3 +137,24 @@ def test_a_failed_shard_is_retried_and_finishes(tmp_path, tiny_models_dir, prefe
     assert len(calls) == 2
     assert (summary["scored"], summary["errors"], summary["total"]) == (6, 1, 7)
     assert len(list(read_rows(tmp_path / "o.jsonl"))) == 7
+
+
+@pytest.mark.slow
+def test_the_flow_refuses_images_over_ingest_max_pixels(tmp_path, tiny_models_dir, prefect_server):
+    # Given photos of 36x33 = 1188 pixels and up (and _photos' bad file), and a pixel limit
+    # between the first two
+    _photos(tmp_path / "photos", 4)
+    params = write_tiny_params(tmp_path / "params.yaml", {"ingest.max_pixels": 1200})
+    # When the flow scores them, locally and on Dask
+    local = batch_predict_flow(str(tmp_path / "photos"), str(tmp_path / "local.jsonl"),
+                               str(tiny_models_dir), params_path=str(params))
+    sharded = batch_predict_flow(str(tmp_path / "photos"), str(tmp_path / "dask.jsonl"),
+                                 str(tiny_models_dir), params_path=str(params), task_runner="dask",
+                                 shard_size=2, n_workers=1)
+    # Then only the first photo is scored; the larger ones are refused by the limit, by name
+    for summary, output in ((local, "local.jsonl"), (sharded, "dask.jsonl")):
+        assert (summary["scored"], summary["errors"], summary["total"]) == (1, 4, 5)
+        rows = {Path(row["path"]).name: row["error"] for row in read_rows(tmp_path / output)}
+        assert rows["p00.png"] is None
+        for name in ("p01.png", "p02.png", "p03.png"):
+            assert "ingest.max_pixels" in rows[name]

@@ -8,13 +8,16 @@ run id, per_class.json, and per_image.json on the same photos.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from taglens.data.posts import Post
 from taglens.training.metrics import split_fingerprint
+from tests.helpers.params import write_tiny_params
 from tests.helpers.rawdata import solid_raw
+from tests.helpers.repocopy import copy_source_tree
 
 
 def solid_test_split(raw: Path, clean: Path, classes) -> list[Post]:
@@ -48,3 +51,27 @@ def write_evidence(reports: Path, run_id: str, posts: list[Post], classes, right
     (reports / "evaluate" / "per_image.json").write_text(json.dumps(per_image))
     per_class = {c: {"recall": accuracy} for c in classes}
     (reports / "evaluate" / "per_class.json").write_text(json.dumps(per_class))
+
+
+def clone_with_trained_run(root, name, model_name, models_src, right, classes):
+    """A checkout whose models/, reports/ and test split are what the pipeline wrote for one
+    run: the model right on every test photo (`right`) or on none.
+
+    The run is logged (with `models_src` as its model) to the tracking store MLflow is set to.
+    Returns the checkout and the run id.
+    """
+    import mlflow
+
+    from taglens.serving.pyfunc import log_taglens_model
+
+    clone = copy_source_tree(root / name)
+    write_tiny_params(clone / "params.yaml", {"register.model_name": model_name})
+    with mlflow.start_run(run_name=f"train-{name}") as run:
+        log_taglens_model(models_src)
+    models = clone / "models"
+    shutil.copytree(models_src, models)
+    info = json.loads((models / "model_info.json").read_text())
+    (models / "model_info.json").write_text(json.dumps({**info, "run_id": run.info.run_id}))
+    posts = solid_test_split(clone / "data" / "raw", clone / "data" / "clean", classes)
+    write_evidence(clone / "reports", run.info.run_id, posts, classes, right)
+    return clone, run.info.run_id

@@ -57,3 +57,28 @@ def team_mlflow(team_services, monkeypatch) -> str:
 def services_folder(team_services) -> Path:
     """Where the session's services keep their pids and logs."""
     return Path(team_services.folder)
+
+
+@pytest.fixture(scope="module")
+def own_services(tmp_path_factory) -> Iterator:
+    """Start services of the module's own (some groups), for tests that kill or restart one.
+
+    Call it with the groups (`own_services("postgres", "mlflow")`) and `team:` changes; returns
+    the Services and their Endpoints. Everything started is stopped when the module ends, so
+    the session's services (`team_services`) are never the ones a test hurts.
+    """
+    if not (POSTGRES_BIN / "initdb").is_file():
+        pytest.skip(f"PostgreSQL not installed at {POSTGRES_BIN}: run `make team-deps`")
+    started: list[Services] = []
+
+    def start(*groups: str, **changes) -> tuple[Services, Endpoints]:
+        params = team_params().model_copy(update=changes)
+        services = Services(params, tmp_path_factory.mktemp("own-services"), code=ROOT)
+        started.append(services)
+        return services, services.start(groups)
+
+    try:
+        yield start
+    finally:
+        for services in reversed(started):
+            services.stop()

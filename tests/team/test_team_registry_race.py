@@ -9,39 +9,16 @@ advisory lock when TAGLENS_LOCK_DB names the database.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from taglens.lifecycle.registry_lock import LOCK_DB_ENV, lock_model_name
-from tests.helpers.evidence import solid_test_split, write_evidence
-from tests.helpers.params import write_tiny_params
-from tests.helpers.repocopy import copy_source_tree
+from tests.helpers.evidence import clone_with_trained_run
 from tests.helpers.stages import stage_env
 
 pytestmark = [pytest.mark.slow]
-
-
-def _clone_with_trained_run(root, name, model_name, models_src, right, classes):
-    """A checkout whose models/, reports/ and test split are what the pipeline wrote for one
-    run: the model right on every test photo (`right`) or on none."""
-    import mlflow
-
-    from taglens.serving.pyfunc import log_taglens_model
-
-    clone = copy_source_tree(root / name)
-    write_tiny_params(clone / "params.yaml", {"register.model_name": model_name})
-    with mlflow.start_run(run_name=f"train-{name}") as run:
-        log_taglens_model(models_src)
-    models = clone / "models"
-    shutil.copytree(models_src, models)
-    info = json.loads((models / "model_info.json").read_text())
-    (models / "model_info.json").write_text(json.dumps({**info, "run_id": run.info.run_id}))
-    posts = solid_test_split(clone / "data" / "raw", clone / "data" / "clean", classes)
-    write_evidence(clone / "reports", run.info.run_id, posts, classes, right)
-    return clone, run.info.run_id
 
 
 @pytest.mark.parametrize("lock", ["mlflow-server", "postgres-advisory"])
@@ -57,7 +34,7 @@ def test_two_clones_racing_leave_the_better_model_champion_each_version_once(
     configure_tracking(tiny_params.base.experiment)
     model_name = f"race-{lock}"
     classes = tiny_params.base.classes
-    clones = {name: _clone_with_trained_run(tmp_path, name, model_name, tiny_models_dir, acc,
+    clones = {name: clone_with_trained_run(tmp_path, name, model_name, tiny_models_dir, acc,
                                             classes)
               for name, acc in (("worse", False), ("better", True))}
     extra = {"MLFLOW_TRACKING_URI": team_mlflow}

@@ -24,13 +24,44 @@ def test_markdown_has_ratios_and_memory_rows():
     }  # fmt: skip
     text = to_markdown(result)
     assert "`featurize.engine: openvino`, 1000 flowers photos re-encoded as 640x640 JPEGs" in text
-    assert ("| `python -m stages.featurize` (empty feature store) | 30.0, 28.0 | 35.7 | **1.00** "
-            "| 20.0, 19.0 | **1.00** |") in text
-    assert ("| `python -m stages.predict` (Parquet output) | 31.0, 29.5 | 33.9 | **0.95** "
-            "| 19.5, 20.0 | **0.97** |") in text
+    assert (
+        "| `python -m stages.featurize` (empty feature store) | 30.0, 28.0 | 35.7 | **1.00** "
+        "| 20.0, 19.0 | **1.00** |"
+    ) in text
+    assert (
+        "| `python -m stages.predict` (Parquet output) | 31.0, 29.5 | 33.9 | **0.95** "
+        "| 19.5, 20.0 | **0.97** |"
+    ) in text
     assert "within each repeat (the two commands back to back): 0.97, 0.95; median 0.96." in text
     assert "| 10000 | 701 | 765 | 770 | 400.0 |" in text
     assert "largest / smallest peak during the job: 1.02" in text
+
+
+def test_markdown_gives_featurize_over_batch_predict_against_its_target():
+    result = {
+        "cpus": 2,
+        "loadavg_start": 1.0,
+        "loadavg_end": 2.0,
+        "image_size": 224,
+        "batch_size": 32,
+        "images": 800,
+        "engine": "openvino",
+        "photo_side": 640,
+        "command_seconds": {"featurize": [20.0], "predict": [19.0]},
+        "command_cpu_seconds": {"featurize": [30.0], "predict": [29.1]},
+        "featurize_img_s": 40.0,
+        "predict_img_s": 800 / 19.0,
+        "predict_over_featurize": 20.0 / 19.0,
+        "predict_over_featurize_cpu": 30.0 / 29.1,
+        "featurize_over_predict": 19.0 / 20.0,
+        "featurize_over_predict_cpu": 29.1 / 30.0,
+        "views": ["flip", "colour"],
+    }
+    text = to_markdown(result)
+    assert (
+        "Featurize (views: flip, colour) over batch predict: **0.95** by wall time "
+        "(target >= 0.9), 0.97 per CPU-second."
+    ) in text
 
 
 def test_rss_probe_reads_this_process():

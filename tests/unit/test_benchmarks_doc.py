@@ -73,3 +73,11 @@ def test_every_results_file_named_in_benchmarks_md_exists():
     named = set(re.findall(r"bench/results/[\w.-]+\.(?:json|md)", DOCUMENT.read_text()))
     assert named, "BENCHMARKS.md names no results file"
     assert {name for name in named if not (render.ROOT / name).is_file()} == set()
+
+
+def test_make_bench_runs_exactly_the_commands_benchmarks_md_shows():
+    from bench.run_all import BENCHMARKS, command
+
+    text = " ".join(render.render().split())  # commands may be wrapped over lines
+    shown = re.findall(r"`(\.venv/bin/python -m bench\.(?!render)[^`]*)`", text)
+    assert sorted(command(name, args) for name, args in BENCHMARKS) == sorted(set(shown))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from taglens.atomic import read_jsonl
 from taglens.data.ingest import ingest
@@ -154,6 +154,25 @@ def test_exif_orientation_is_applied():
     top, bottom = image.getpixel((16, 8)), image.getpixel((16, 56))
     assert top[0] > 200 and top[2] < 60
     assert bottom[2] > 200 and bottom[0] < 60
+
+
+@pytest.mark.parametrize("orientation", [None, 1, 3, 6, 8])
+def test_normalized_bytes_are_those_of_the_copying_transpose(orientation):
+    # The normalizer applies the EXIF orientation in place; the copying form gave these bytes
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), np.uint8))
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    data = encode(image, "JPEG", quality=85, exif=exif.tobytes())
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        upright = ImageOps.exif_transpose(opened).convert("RGB")
+    expected = encode(upright, "JPEG", quality=PARAMS.jpeg_quality)
+
+    normalized = normalize_image(data, PARAMS)
+
+    assert normalized.jpeg == expected
+    assert (normalized.width, normalized.height) == upright.size
 
 
 def test_sixteen_bit_gray_is_scaled_not_clipped():

@@ -63,6 +63,8 @@ def test_unknown_key_is_named():
         ("serve.follow_seconds", -1, r"serve\.follow_seconds must be >= 0"),
         ("serve.log_format", "xml", r"serve\.log_format: .* 'text' or 'json', got 'xml'"),
         ("base.seed", 2**32, r"base\.seed must be <= 4294967295"),
+        ("team.heartbeat_s", 10, r"team\.heartbeat_s must be >= 30, got 10"),
+        ("team.crashed_after_s", 60, r"team\.crashed_after_s \(60\) must exceed team\.heart"),
     ],
 )
 def test_bad_values_are_named(dotted, value, message):
