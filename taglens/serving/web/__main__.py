@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,7 +23,7 @@ from taglens.errors import TaglensError
 from taglens.params import Params
 from taglens.serving.model_ref import ModelRef
 from taglens.serving.web.app import create_app
-from taglens.serving.web.model_slot import AliasSource, Predictor
+from taglens.serving.web.model_slot import AliasSource, Predictor, warm_up
 from taglens.serving.web.request_log import LOG_FORMATS, use_log_format
 
 logger = logging.getLogger(__name__)
@@ -52,17 +53,24 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelR
 
 
 def build_app(params: Params, model_uri: str | None) -> tuple[FastAPI, ModelRef]:
-    """Load the model and build the app around it; return the app and the model it serves.
+    """Load the model, warm it up, and build the app around it; return the app and its model.
 
-    An alias URI (the champion by default) is followed when `serve.follow_seconds` > 0.
+    With `serve.warm_up` the model runs once at every batch size up to `serve.batch_max_size`
+    before the server answers (`model_slot.warm_up`). An alias URI (the champion by default) is
+    followed when `serve.follow_seconds` > 0.
     """
     from taglens.serving import model_ref
 
     predictor, label = load_model(params, model_uri)
+    warm_batches = params.serve.batch_max_size if params.serve.warm_up else 1
+    started = time.perf_counter()
+    warm_up(predictor, warm_batches)
+    seconds = time.perf_counter() - started
+    logger.info("warmed up at batch sizes 1..%d in %.1f s", warm_batches, seconds)
     follow = None
     if model_ref.follows_alias(model_uri) and params.serve.follow_seconds > 0:
         uri = model_uri or model_ref.champion_uri(params.register.model_name)
-        follow = AliasSource(uri, params.register.model_name, params.featurize.engine)
+        follow = AliasSource(uri, params.register.model_name, params.featurize.engine, warm_batches)
         logger.info("following %s: polled every %g s", uri, params.serve.follow_seconds)
     app = create_app(
         predictor,
