@@ -2,7 +2,8 @@
 
 They need the real photos in ../shared/datasets/flowers (and the MobileNet weights in
 ../shared/weights). The web load test starts its own servers and is run on its own:
-`python -m bench.load_web --clients 1 32` (BENCHMARKS.md). At the end BENCHMARKS.md is
+`python -m bench.load_web --clients 1 32` (BENCHMARKS.md), and so is the 10-minute soak,
+`python -m bench.soak_web`. At the end BENCHMARKS.md is
 re-rendered from bench/results/ (`python -m bench.render`).
 """
 
