@@ -311,7 +311,9 @@ def to_markdown(result: dict) -> str:
         "| upload | documented | sent | as documented | answers | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
     ]
-    for kind, tally in result["uploads"].items():
+    kinds = sorted(result["uploads"], key=lambda kind: (kind != GOOD, kind))  # good ones first
+    for kind in kinds:
+        tally = result["uploads"][kind]
         answers = ", ".join(f"{status}: {n}" for status, n in tally["statuses"].items())
         lines.append(
             f"| {kind} | {tally['expected']} | {tally['sent']} | {tally['as_expected']} | "
