@@ -52,6 +52,7 @@ REQUEST_TIMEOUT_S = 120.0
 # After the last upload is due, clients get this long to finish what they sent.
 DRAIN_S = 180.0
 GOOD = "good_photo"
+START_TIMEOUT_S = 900.0
 
 
 @dataclass
@@ -380,7 +381,9 @@ def run(args: argparse.Namespace) -> dict:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         load_start = round(os.getloadavg()[0], 2)
-        server = start_server(models, args.params, port, args.log)
+        # the server warms its model at every batch size first (serve.warm_up): on a busy
+        # machine that takes minutes, longer than start_server's default wait
+        server = start_server(models, args.params, port, args.log, timeout=START_TIMEOUT_S)
         try:
             if args.nice:
                 os.nice(args.nice)  # the client only: the server started at our old priority
