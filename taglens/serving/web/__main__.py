@@ -11,6 +11,8 @@ a local directory is served as is.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
 import time
@@ -27,6 +29,14 @@ from taglens.serving.web.model_slot import AliasSource, Predictor, warm_up
 from taglens.serving.web.request_log import LOG_FORMATS, use_log_format
 
 logger = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h): M_ARENA_MAX and M_MMAP_THRESHOLD.
+_M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
+# Two arenas for the threads that allocate pixels, and every block from 128 KiB up (a decoded
+# photo, a batch) in its own mapping, returned to the system when freed.
+_ARENAS = 2
+_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelRef]:
@@ -83,6 +93,27 @@ def build_app(params: Params, model_uri: str | None) -> tuple[FastAPI, ModelRef]
     return app, label
 
 
+def steady_malloc() -> bool:
+    """Keep glibc's heap from creeping up under a steady load; False where there is no glibc.
+
+    The server's threads (decode workers, the batcher, the engine's) allocate and free
+    megabyte-sized pixel arrays. glibc gives each thread an arena and, once a large block has
+    been freed, raises its mmap threshold so later ones come from the arenas, which fragment:
+    under the 10-minute soak (bench/soak_web.py) the RSS rose in steps and was not level by the
+    end. With two arenas and a fixed 128 KiB threshold (as `MALLOC_ARENA_MAX=2
+    MALLOC_MMAP_THRESHOLD_=131072` would set) it stayed level (docs/reliability.md).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):  # musl, macOS: another allocator
+        return False
+    arenas = libc.mallopt(_M_ARENA_MAX, _ARENAS)
+    threshold = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    return arenas == 1 and threshold == 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: paths and overrides only; every default comes from params.yaml."""
     parser = argparse.ArgumentParser(prog="python -m taglens.serving.web", description=__doc__)
@@ -111,6 +142,8 @@ def run_server(params: Params, args: argparse.Namespace) -> int:
     import uvicorn
 
     use_log_format(args.log_format or params.serve.log_format)
+    if not steady_malloc():
+        logger.info("no glibc mallopt here: the allocator keeps its own settings")
     host = args.host or params.serve.host
     port = args.port or params.serve.port
     if not 0 < port < 65_536:
