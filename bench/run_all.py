@@ -5,7 +5,7 @@ tests/unit/test_benchmarks_doc.py holds the two lists equal), in document order;
 is re-rendered from bench/results/ (`python -m bench.render`). They need the real photos in
 ../shared/datasets/flowers and the MobileNet weights in ../shared/weights. On 2 cores the whole
 set takes a few hours (the quality benchmark runs the pipeline twice; the two server benchmarks
-want a quiet machine): `--only NAME ...` runs the benchmarks of those modules alone, `--skip
+want a quiet machine; the soak takes ten minutes): `--only NAME ...` runs the benchmarks of those modules alone, `--skip
 NAME ...` all but those, e.g. `python -m bench.run_all --only load_web serve_compare`.
 """
 
@@ -31,6 +31,7 @@ BENCHMARKS = (  # (module under bench/, its arguments): the commands BENCHMARKS.
     ("train", ""),
     ("load_web", "--clients 1 32 --size 224 --duration 20 --repeats 3"),
     ("serve_compare", "--clients 1 32 --duration 10 --repeats 2"),
+    ("soak_web", "--duration 600 --clients 32"),
     ("search", ""),
     ("fine_tune", ""),
     ("fine_tune", "--layers 12 --learning-rate 0.0001"),

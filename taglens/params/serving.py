@@ -48,6 +48,7 @@ class ServeParams(Section):
     allowed_hosts: tuple[str, ...] = Field(min_length=1)
     batch_max_size: int = Field(ge=1, le=256)
     batch_max_wait_ms: float = Field(ge=0, le=1000)
+    warm_up: bool
     max_pending: int = Field(ge=1, le=10_000)
     decode_threads: int = Field(ge=1, le=64)
     retry_after_s: int = Field(ge=1, le=3600)

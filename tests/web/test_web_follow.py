@@ -175,6 +175,30 @@ def test_only_an_alias_is_followed(model_uri, follow_seconds, followed, monkeypa
         assert follower.source.engine == params.featurize.engine
 
 
+@pytest.mark.parametrize(("warm", "sizes"), [(True, [1, 2, 3, 4, 5, 6]), (False, [1])])
+def test_the_model_runs_every_batch_size_before_it_serves(warm, sizes, monkeypatch):
+    # given serve.warm_up on or off, and batches of at most 6 photos
+    params = make_params({"serve.warm_up": warm, "serve.batch_max_size": 6})
+    stub = RecordingPredictor()
+    monkeypatch.setattr(web_main, "load_model", lambda params, uri: (stub, ModelRef(NAME, "1")))
+    # when the app is built around the champion
+    app, _ = web_main.build_app(params, None)
+    # then the model ran once at every size the batcher can form (off: one photo) before the
+    # app exists, and a new champion will be warmed up the same way before its swap
+    assert stub.calls == sizes
+    assert app.state.follower.source.warm_batches == len(sizes)
+
+
+def test_a_new_version_is_warmed_up_before_it_is_installed(monkeypatch):
+    from taglens.serving.web.model_slot import AliasSource
+
+    stub = RecordingPredictor()
+    monkeypatch.setattr("taglens.serving.model_ref.load", lambda uri, engine: stub)
+    source = AliasSource(f"models:/{NAME}@champion", NAME, "tensorflow", warm_batches=4)
+    loaded = source.load(ResolvedModel(f"models:/{NAME}/2", ModelRef(NAME, "2")))
+    assert loaded is stub and stub.calls == [1, 2, 3, 4]
+
+
 def test_a_local_models_dir_is_not_followed(tmp_path, monkeypatch):
     (tmp_path / "model.keras").write_bytes(b"")  # what makes a folder a models/ directory
     monkeypatch.setattr(

@@ -110,6 +110,36 @@ def test_a_path_cannot_forge_a_log_line(tiny_params, logged):
     assert "GET /health%0A2026-01-01%20INFO%20forged 404 " in stream.getvalue()
 
 
+def test_an_unhandled_error_answers_500_with_the_request_id(
+    tiny_params, jpeg, logged, monkeypatch
+):
+    # given JSON logs and an error nothing handles (logging fails after the prediction), which
+    # Starlette answers in its outermost middleware, outside the one that sets request ids
+    stream = logged("json")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full while logging")
+
+    client = TestClient(_client(tiny_params).app, raise_server_exceptions=False)
+    monkeypatch.setattr("taglens.serving.web.app.logger.info", fail)
+    # when a client sends its own id, and another client none
+    with client:
+        named = _post(client, jpeg, {"X-Request-ID": "order-7"})
+        unnamed = _post(client, jpeg)
+    # then both are 500s that carry their request's id, as every other answer does
+    assert named.status_code == unnamed.status_code == 500
+    assert named.json() == {"detail": "internal error; see the server log"}
+    assert named.headers["x-request-id"] == "order-7"
+    assert re.fullmatch(r"[0-9a-f]{32}", unnamed.headers["x-request-id"])
+    # and the error record and the access line carry the same id, so the complaint is found
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    errors = [line for line in lines if line["level"] == "ERROR"]
+    assert [line["request_id"] for line in errors] == ["order-7", unnamed.headers["x-request-id"]]
+    assert all("RuntimeError: disk full while logging" in line["exception"] for line in errors)
+    access = [(line["request_id"], line["status"]) for line in lines if line["status"]]
+    assert access == [("order-7", 500), (unnamed.headers["x-request-id"], 500)]
+
+
 def test_request_ids_are_kept_only_when_safe():
     assert request_id_from(b"a:b-c_d.e") == "a:b-c_d.e"
     assert request_id_from(b"a" * 64) == "a" * 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,25 @@ def test_json_logs_from_the_real_server(tiny_models_dir, tmp_path):
     assert any(r["message"].startswith("Uvicorn running on") for r in records)
     [access] = [r for r in records if r["request_id"] == "probe-7"]
     assert (access["method"], access["path"], access["status"]) == ("GET", "/health", 200)
+
+
+def test_the_heap_is_set_steady_before_the_model_loads(served, monkeypatch):
+    # given a server whose model loading and malloc settings are recorded
+    order = []
+    monkeypatch.setattr(web_main, "steady_malloc", lambda: order.append("malloc") or True)
+
+    def build_app(params, model_uri):
+        order.append("model")
+        return object(), ModelRef("taglens", "3")
+
+    monkeypatch.setattr(web_main, "build_app", build_app)
+    # when the command starts
+    assert web_main.main(["--params", str(PARAMS), "--port", "8124"]) == 0
+    # then glibc's arenas and mmap threshold are set before the model allocates anything
+    assert order == ["malloc", "model"] and served["port"] == 8124
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_steady_malloc_is_accepted_by_glibc():
+    # mallopt answers 1 for each setting it takes, 0 for one it refuses
+    assert web_main.steady_malloc() is True

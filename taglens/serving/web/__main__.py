@@ -11,8 +11,11 @@ a local directory is served as is.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
+import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,10 +25,18 @@ from taglens.errors import TaglensError
 from taglens.params import Params
 from taglens.serving.model_ref import ModelRef
 from taglens.serving.web.app import create_app
-from taglens.serving.web.model_slot import AliasSource, Predictor
+from taglens.serving.web.model_slot import AliasSource, Predictor, warm_up
 from taglens.serving.web.request_log import LOG_FORMATS, use_log_format
 
 logger = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h): M_ARENA_MAX and M_MMAP_THRESHOLD.
+_M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
+# Two arenas for the threads that allocate pixels, and every block from 128 KiB up (a decoded
+# photo, a batch) in its own mapping, returned to the system when freed.
+_ARENAS = 2
+_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelRef]:
@@ -52,17 +63,24 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelR
 
 
 def build_app(params: Params, model_uri: str | None) -> tuple[FastAPI, ModelRef]:
-    """Load the model and build the app around it; return the app and the model it serves.
+    """Load the model, warm it up, and build the app around it; return the app and its model.
 
-    An alias URI (the champion by default) is followed when `serve.follow_seconds` > 0.
+    With `serve.warm_up` the model runs once at every batch size up to `serve.batch_max_size`
+    before the server answers (`model_slot.warm_up`). An alias URI (the champion by default) is
+    followed when `serve.follow_seconds` > 0.
     """
     from taglens.serving import model_ref
 
     predictor, label = load_model(params, model_uri)
+    warm_batches = params.serve.batch_max_size if params.serve.warm_up else 1
+    started = time.perf_counter()
+    warm_up(predictor, warm_batches)
+    seconds = time.perf_counter() - started
+    logger.info("warmed up at batch sizes 1..%d in %.1f s", warm_batches, seconds)
     follow = None
     if model_ref.follows_alias(model_uri) and params.serve.follow_seconds > 0:
         uri = model_uri or model_ref.champion_uri(params.register.model_name)
-        follow = AliasSource(uri, params.register.model_name, params.featurize.engine)
+        follow = AliasSource(uri, params.register.model_name, params.featurize.engine, warm_batches)
         logger.info("following %s: polled every %g s", uri, params.serve.follow_seconds)
     app = create_app(
         predictor,
@@ -73,6 +91,27 @@ def build_app(params: Params, model_uri: str | None) -> tuple[FastAPI, ModelRef]
         follow=follow,
     )
     return app, label
+
+
+def steady_malloc() -> bool:
+    """Keep glibc's heap from creeping up under a steady load; False where there is no glibc.
+
+    The server's threads (decode workers, the batcher, the engine's) allocate and free
+    megabyte-sized pixel arrays. glibc gives each thread an arena and, once a large block has
+    been freed, raises its mmap threshold so later ones come from the arenas, which fragment:
+    under the 10-minute soak (bench/soak_web.py) the RSS rose in steps and was not level by the
+    end. With two arenas and a fixed 128 KiB threshold (as `MALLOC_ARENA_MAX=2
+    MALLOC_MMAP_THRESHOLD_=131072` would set) it stayed level (docs/reliability.md).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):  # musl, macOS: another allocator
+        return False
+    arenas = libc.mallopt(_M_ARENA_MAX, _ARENAS)
+    threshold = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    return arenas == 1 and threshold == 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +142,8 @@ def run_server(params: Params, args: argparse.Namespace) -> int:
     import uvicorn
 
     use_log_format(args.log_format or params.serve.log_format)
+    if not steady_malloc():
+        logger.info("no glibc mallopt here: the allocator keeps its own settings")
     host = args.host or params.serve.host
     port = args.port or params.serve.port
     if not 0 < port < 65_536:

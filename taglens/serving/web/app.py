@@ -48,7 +48,7 @@ from taglens.serving.web.model_slot import (
     Predictor,
     ServedModel,
 )
-from taglens.serving.web.request_log import RequestLog
+from taglens.serving.web.request_log import REQUEST_ID_HEADER, RequestLog, request_id_of
 from taglens.serving.web.schemas import ERROR_RESPONSES, Health, Prediction
 from taglens.serving.web.upload import (
     SUPPORTED_TEXT,
@@ -159,11 +159,22 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette answers unhandled errors outside the middleware: set the headers here too.
-        logger.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500,
-                            headers={"X-Content-Type-Options": "nosniff",
-                                     "Content-Security-Policy": API_CSP})  # fmt: skip
+        # Starlette answers unhandled errors outside the middleware: set the headers here too,
+        # the request id included, so the client's complaint can be found in the log.
+        request_id = request_id_of(request.scope)
+        logger.error(
+            "unhandled error on %s (request %s)",
+            request.url.path,
+            request_id,
+            exc_info=exc,
+            extra={"request_id": request_id},
+        )
+        headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": API_CSP}
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+        return JSONResponse(
+            {"detail": "internal error; see the server log"}, status_code=500, headers=headers
+        )
 
     def decode(served: ServedModel, upload: UploadFile) -> tuple[NormalizedImage, np.ndarray]:
         data = read_limited(upload.file, max_upload_bytes)

@@ -8,10 +8,10 @@
   the event loop; the old one finishes the requests it holds, then its batcher thread stops.
 - `ChampionFollower`: every `serve.follow_seconds`, asks the registry where an alias
   (`models:/NAME@champion`) points, through `taglens.serving.model_ref` (the one resolver).
-  When it names another version, that version is loaded and run once in a worker thread while
-  the old model keeps answering, then installed. A version that fails to load (or to run) is
-  logged, counted and skipped until the alias moves again; the old model keeps serving. A
-  registry that cannot be reached is logged and asked again at the next poll.
+  When it names another version, that version is loaded and warmed up (`warm_up`) in a worker
+  thread while the old model keeps answering, then installed. A version that fails to load (or
+  to run) is logged, counted and skipped until the alias moves again; the old model keeps
+  serving. A registry that cannot be reached is logged and asked again at the next poll.
 
 Everything but the loading runs in the event loop, so the slot needs no lock.
 """
@@ -52,6 +52,21 @@ class Predictor(Protocol):
 
     def predict_pixels(self, batch: np.ndarray) -> list[dict[str, Any]]:
         """One prediction dict per image of a pixel batch."""
+
+
+def warm_up(predictor: Predictor, max_batch: int) -> None:
+    """Run `predictor` once on blank pixels at every batch size from 1 to `max_batch`.
+
+    An engine keeps memory per input shape, taken the first time a batch of that size comes
+    (OpenVINO's CPU plugin holds its buffers per shape; the TensorFlow graph retraces). The
+    batcher forms every size up to `serve.batch_max_size` under load, the rare ones late: taking
+    that memory before the model serves makes the server's RSS flat from the first request, and
+    the first batch of a new size does not wait for it. `max_batch` 1 only checks the model runs.
+    """
+    side = predictor.image_size
+    blank = np.zeros((max_batch, side, side, 3), np.float32)
+    for size in range(1, max_batch + 1):
+        predictor.predict_pixels(blank[:size])
 
 
 class ServedModel:
@@ -166,25 +181,27 @@ class AliasSource:
         uri: the alias URI (`models:/NAME@ALIAS`).
         model_name: `register.model_name`, for `model_ref.resolve`.
         engine: `featurize.engine`, the engine every loaded model runs on.
+        warm_batches: the batch sizes 1..N a new version runs before it is installed
+            (`warm_up`: `serve.batch_max_size` when `serve.warm_up`, else 1).
     """
 
     uri: str
     model_name: str
     engine: str
+    warm_batches: int = 1
 
     def resolve(self) -> ResolvedModel:
         """The version the alias names now (`model_ref.resolve`)."""
         return model_ref.resolve(self.uri, self.model_name)
 
     def load(self, resolved: ResolvedModel) -> Predictor:
-        """Load `resolved` on the engine and run it once, so it is known to work when installed.
+        """Load `resolved` on the engine and warm it up, so it is known to work when installed.
 
-        The first forward pass also builds the engine's graph, which would otherwise delay the
-        first requests after the swap.
+        The first forward passes also build the engine's graph and its buffers for each batch
+        size (`warm_up`), which would otherwise delay the first requests after the swap.
         """
         predictor = model_ref.load(resolved.uri, self.engine)
-        side = predictor.image_size
-        predictor.predict_pixels(np.zeros((1, side, side, 3), np.float32))
+        warm_up(predictor, self.warm_batches)
         return predictor
 
 

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 LOG_FORMATS = ("text", "json")
 _HEADER_KEY = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
+# Where RequestLog leaves the id in the request's scope, for answers written outside it.
+_SCOPE_KEY = "taglens.request_id"
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"  # RFC 3986 path characters: kept as they are
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # The fields a JSON line always has, in order (the request's ones null outside a request).
@@ -67,6 +69,15 @@ def current_request() -> RequestContext | None:
     return _current.get()
 
 
+def request_id_of(scope: dict) -> str | None:
+    """The id `RequestLog` gave this request (None if it has not seen it).
+
+    Starlette answers an unhandled error in its outermost middleware, outside `RequestLog`,
+    after the request's context has ended: that answer takes its id from here.
+    """
+    return scope.get(_SCOPE_KEY)
+
+
 def request_id_from(header: bytes | None) -> str:
     """The client's request id if it is safe to log and echo, else a new random one."""
     if header is not None:
@@ -94,6 +105,7 @@ class RequestLog:
         path = urllib.parse.quote(scope["path"], safe=_PATH_SAFE)
         context = RequestContext(request_id_from(sent_id), scope["method"], path)
         token = _current.set(context)
+        scope[_SCOPE_KEY] = context.request_id
         status = [500]
 
         async def identified_send(message: dict) -> None:
