@@ -4,9 +4,10 @@ The commands are exactly the ones BENCHMARKS.md shows beside its figures (a test
 tests/unit/test_benchmarks_doc.py holds the two lists equal), in document order; then BENCHMARKS.md
 is re-rendered from bench/results/ (`python -m bench.render`). They need the real photos in
 ../shared/datasets/flowers and the MobileNet weights in ../shared/weights. On 2 cores the whole
-set takes a few hours (the quality benchmark runs the pipeline twice; the two server benchmarks
-want a quiet machine; the soak takes ten minutes): `--only NAME ...` runs the benchmarks of those modules alone, `--skip
-NAME ...` all but those, e.g. `python -m bench.run_all --only load_web serve_compare`.
+set takes a few hours (the quality benchmark runs the pipeline twice; the server benchmarks want
+a quiet machine; the soak takes ten minutes): `--only NAME ...` runs the benchmarks of those
+modules alone, `--skip NAME ...` all but those, e.g.
+`python -m bench.run_all --only load_web serve_compare`.
 """
 
 from __future__ import annotations
