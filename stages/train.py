@@ -20,11 +20,12 @@ from taglens.params import (
 )
 from taglens.training import train_data
 from taglens.training import train_outputs as outputs
-from taglens.training.head_fit import HeadFit, fit_head, predict_views
+from taglens.training.head_fit import HeadFit, fit_head
 from taglens.training.sweep import default_search, grid, parse_sweep_arg
 from taglens.training.train_config import TrainConfig
 from taglens.training.train_data import Split
 from taglens.training.train_outputs import TrainResult
+from taglens.training.views_choice import choose_crops
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ def run(
                                              len(val.labels))
         else:
             fit, best = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e)), params
+        fit, views = choose_crops(fit, val.vectors, val.views, val.labels, params.crops,
+                                  params.search.rule)
+        outputs.log_views(views)
         history = list(fit.history)
         served = outputs.served_model(config, fit, train, raw)
         if params.fine_tune.enabled:
@@ -82,12 +86,14 @@ def run(
                    "epochs_run": len(fit.history), "n_train": len(train.labels),
                    "n_val": len(val.labels)}  # fmt: skip
         summary.update(outputs.setting_report(best, space if settings else None, swept, fit))
+        summary["views"] = {"served": list(fit.views), **views.report()}
         if params.fine_tune.enabled and history:
             summary["fine_tune_val_accuracy"] = history[-1].get("val_accuracy")
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
         summary["hashtags_val"] = outputs.fit_hashtags_logged(config, fit, splits, posts, out)
         write_drift_reference(fit, val, classes, fine_tuned=params.fine_tune.enabled, out=out)
-        outputs.write_model_dir(config.with_train(best), served, history, out, reports, run_id)
+        outputs.write_model_dir(config.with_train(best), served, history, out, reports, run_id,
+                                fit.views)
     if params.baseline:
         summary.update(outputs.baseline_run(config, splits, run_id))
     atomic_write_json(artifacts.TRAIN_REPORT.at(reports), summary)
@@ -108,8 +114,7 @@ def write_drift_reference(
     if fine_tuned:
         logger.warning("no drift reference: fine-tuning changed the features the head saw")
         return None
-    flip = val.views.get("flip") if fit.augmented else None
-    probabilities = predict_views(fit.model, val.vectors, flip)
+    probabilities = fit.predict(val.vectors, val.views)
     return DriftReference.from_probabilities(probabilities, classes).save(path)
 
 

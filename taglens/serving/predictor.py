@@ -116,6 +116,14 @@ class HashtagPredictor:
             drift_reference=drift_reference,
         )
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views whose probabilities the model averages (model_info.json's `views`).
+
+        The model computes them itself; models trained before views were recorded name none.
+        """
+        return tuple(self.info.get("views") or ())
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Return (N, C) class probabilities for float32 pixels (N, S, S, 3) in 0..255.
 

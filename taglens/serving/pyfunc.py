@@ -46,6 +46,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole taglens package
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
 ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recorded engine
 ENGINE_KEY = "featurize.engine"  # the model_config key (MLflow also shows it as a run param)
+VIEWS_KEY = "views"  # the model_config key naming the views the model averages (model_info.json)
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):
@@ -146,6 +147,18 @@ def _signature(top_k: int):
     )
 
 
+def served_config(engine: str | None, info: dict[str, Any]) -> dict[str, str] | None:
+    """The pyfunc's model_config: the engine it runs on and the views its model averages.
+
+    The views (`image`, `flip`, `crops`) are model_info.json's; the Keras model computes them
+    itself, so batch predict, the web page and `mlflow models serve` average the same ones.
+    """
+    config = {ENGINE_KEY: engine} if engine else {}
+    if info.get("views"):
+        config[VIEWS_KEY] = ",".join(info["views"])
+    return config or None
+
+
 def log_taglens_model(models_dir: Path, *, name: str = "model",
                       ingest: IngestParams | None = None, engine: str | None = None):  # fmt: skip
     """Log `models_dir` as a taglens pyfunc into the active MLflow run.
@@ -198,7 +211,7 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
             # Explicit requirements: letting MLflow infer them costs 8-13 s (NOTES.md).
             # The engine's own package too: the model must run on it where it is served.
             pip_requirements=pip_requirements(engine),
-            model_config={ENGINE_KEY: engine} if engine else None,
+            model_config=served_config(engine, info),
         )
     logger.info("logged taglens pyfunc %s", model_info.model_uri)
     return model_info

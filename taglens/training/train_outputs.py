@@ -16,11 +16,12 @@ from taglens.params import TrainParams
 from taglens.training import eval_plots
 from taglens.training.baseline import fit_baseline
 from taglens.training.full_model import assemble, fine_tune, save_model, verify_extractor
-from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit, predict_views
+from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit
 from taglens.training.selection import binomial_se
 from taglens.training.sweep import run_sweep, setting_name
 from taglens.training.train_config import TrainConfig
 from taglens.training.train_data import Split
+from taglens.training.views_choice import ViewsChoice
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,19 @@ def sweep_logged(
     return fit, best_params
 
 
+def log_views(choice: ViewsChoice) -> None:
+    """Log the test-time views chosen (`train.views_crops`), their val accuracies and why."""
+    import mlflow
+
+    mlflow.log_param("train.views_crops", choice.crops)
+    mlflow.set_tag("views_why", choice.why)
+    metrics = {
+        f"val_accuracy_views_{name.replace('+', '_')}": value
+        for name, value in choice.val_accuracy.items()
+    }
+    mlflow.log_metrics(metrics)
+
+
 def search_note(space: str, searched: set[str]) -> str:
     """The log line saying which train keys a search (or sweep) sets, so params.yaml's are unused.
 
@@ -160,7 +174,7 @@ def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path) -> 
     probe = train.rows["image"].head(VERIFY_IMAGES).map(lambda image: raw / image).tolist()
     verify_extractor(extractor, load_batch(probe, config.model.image_size).numpy(),
                      train.vectors[:VERIFY_IMAGES])  # fmt: skip
-    return assemble(extractor, fit.model, flip=fit.augmented,
+    return assemble(extractor, fit.model, flip=fit.augmented, crops=fit.crops,
                     colour=config.hashtags.image_rankers and "colour" in train.views)
 
 
@@ -220,8 +234,7 @@ def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Spl
         )
 
     val = splits["val"]
-    probs_val = predict_views(fit.model, val.vectors, val.views.get("flip") if fit.augmented
-                              else None)  # fmt: skip
+    probs_val = fit.predict(val.vectors, val.views)
     blend, report = fit_ranking(stats, inputs(splits["train"]), inputs(val, probs_val),
                                 config.base.seed)  # fmt: skip
     blend.save(artifacts.RANKERS.at(out))
@@ -238,9 +251,19 @@ def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Spl
     return {"blend_weights": blend.weights, **report}
 
 
-def write_model_dir(config: TrainConfig, model, history: list[dict], out: Path, reports: Path,
-                    run_id: str) -> None:  # fmt: skip
-    """Save model.keras, model_info.json and history.csv/png; log them and the pyfunc model."""
+def write_model_dir(
+    config: TrainConfig,
+    model,
+    history: list[dict],
+    out: Path,
+    reports: Path,
+    run_id: str,
+    views: tuple[str, ...] = ("image",),
+) -> None:
+    """Save model.keras, model_info.json and history.csv/png; log them and the pyfunc model.
+
+    `views` (model_info.json's `views`) names the views whose probabilities the model averages.
+    """
     import mlflow
 
     from taglens.serving.pyfunc import log_taglens_model
@@ -252,6 +275,7 @@ def write_model_dir(config: TrainConfig, model, history: list[dict], out: Path, 
         "backbone": config.model.backbone,
         "weights_identity": weights_identity(config.model, config.base.seed),
         "run_id": run_id, "experiment": config.base.experiment, "params": config.flat(),
+        "views": list(views),
     })  # fmt: skip
     csv_path = atomic_write_csv(artifacts.HISTORY.at(reports), history, HISTORY_COLUMNS)
     png = eval_plots.plot_history(history, reports / "history.png")
