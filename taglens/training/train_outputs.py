@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from taglens import artifacts
 from taglens.atomic import atomic_write_csv, atomic_write_json
@@ -15,7 +17,14 @@ from taglens.features.backbones import build_feature_extractor, weights_identity
 from taglens.params import TrainParams
 from taglens.training import eval_plots
 from taglens.training.baseline import fit_baseline
-from taglens.training.full_model import assemble, fine_tune, save_model, verify_extractor
+from taglens.training.fine_tune_choice import FineTuneChoice
+from taglens.training.full_model import (
+    assemble,
+    fine_tune,
+    probabilities_model,
+    save_model,
+    verify_extractor,
+)
 from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit
 from taglens.training.selection import binomial_se
 from taglens.training.sweep import run_sweep, setting_name
@@ -198,12 +207,54 @@ def fine_tune_logged(model, config: TrainConfig, train: Split, val: Split, raw: 
     return rows
 
 
-def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Split],
-                        posts: list, out: Path) -> dict:  # fmt: skip
+def tuned_candidate(fit: HeadFit) -> HeadFit:
+    """A copy of the fit with a head of its own, for fine-tuning beside the head it came from.
+
+    Fine-tuning changes the head's weights in place; `train.fine_tune.enabled: auto` must still
+    be able to serve the untouched head. The candidate averages the image and mirror only:
+    the crops view, five more passes per training step, is left to the head.
+    """
+    import keras
+
+    head = keras.models.clone_model(fit.model)
+    head.set_weights(fit.model.get_weights())
+    return replace(fit, model=head, crops=False)
+
+
+def probabilities_on_images(model, split: Split, raw: Path, image_size: int) -> np.ndarray:
+    """The served model's class probabilities for a split's photos, read from their files."""
+    from taglens.data.images import image_dataset
+
+    probabilities = probabilities_model(model)
+    paths = [raw / image for image in split.rows["image"]]
+    batches = [
+        probabilities.predict(batch, verbose=0) for batch in image_dataset(paths, image_size, 32)
+    ]
+    return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
+
+
+def log_fine_tune_choice(choice: FineTuneChoice) -> None:
+    """Log which model is served (`train.fine_tune.served`), both val accuracies and why."""
+    import mlflow
+
+    mlflow.log_param("train.fine_tune.served", choice.report()["served"])
+    mlflow.set_tag("fine_tune_why", choice.why)
+    mlflow.log_metrics({f"val_accuracy_{name}": v for name, v in choice.val_accuracy.items()})
+
+
+def fit_hashtags_logged(
+    config: TrainConfig,
+    fit: HeadFit,
+    splits: dict[str, Split],
+    posts: list,
+    out: Path,
+    tuned_val: np.ndarray | None = None,
+) -> dict:
     """Fit hashtags.json on the training posts and choose the served ranking; log the choice.
 
-    Fine-tuning changes the features the image rankers would read, so with it only popularity
-    and the class mixture compete.
+    A served fine-tuned model (`tuned_val`: its validation probabilities, read from the
+    images) changes the features the image rankers would read, so with it only popularity and
+    the class mixture compete.
 
     Returns:
         Every ranker's validation metrics, the blend's and the choice (what is served, why).
@@ -218,7 +269,7 @@ def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Spl
                               config.base.classes, config.hashtags)  # fmt: skip
     stats.save(artifacts.HASHTAGS.at(out))
     by_sha = {post.sha256: post for post in posts}
-    image = config.hashtags.image_rankers and not config.train.fine_tune.enabled
+    image = config.hashtags.image_rankers and tuned_val is None
     if config.hashtags.image_rankers and not image:
         logger.warning("image rankers skipped: they read cached features, which fine-tuning "
                        "changes; popularity and the class mixture rank hashtags")  # fmt: skip
@@ -234,7 +285,7 @@ def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Spl
         )
 
     val = splits["val"]
-    probs_val = fit.predict(val.vectors, val.views)
+    probs_val = fit.predict(val.vectors, val.views) if tuned_val is None else tuned_val
     blend, report = fit_ranking(stats, inputs(splits["train"]), inputs(val, probs_val),
                                 config.base.seed)  # fmt: skip
     blend.save(artifacts.RANKERS.at(out))

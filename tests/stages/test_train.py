@@ -172,6 +172,45 @@ def test_fine_tune_trains_the_last_block_and_extends_the_history(inputs):
     assert unfreeze_last_block(fresh, "vgg19") == 4
 
 
+@pytest.mark.slow
+def test_fine_tune_auto_keeps_the_head_when_fine_tuning_does_not_win(inputs):
+    """enabled: auto fine-tunes a copy; a step too small to change anything leaves a tie on
+    validation, so the head is served, untouched, with its image rankers and drift reference."""
+    params, paths = inputs
+    fine = params.train.fine_tune.model_copy(update={"enabled": "auto", "epochs": 1,
+                                                     "learning_rate": 1e-12})
+    params = params.model_copy(update={"train": params.train.model_copy(
+        update={"fine_tune": fine, "epochs": 2, "early_stopping_patience": 0})})
+    summary = _run(params, paths)
+
+    tuning = summary["fine_tune"]
+    assert tuning["served"] == "head"
+    assert tuning["val_accuracy"]["fine_tuned"] == tuning["val_accuracy"]["head"]
+    assert tuning["val_accuracy"]["head"] == pytest.approx(summary["val_accuracy"])
+    assert "the head is served" in tuning["why"]
+    with open(paths["reports"] / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2  # the head's epochs only
+    run = mlflow.get_run(summary["run_id"])
+    assert run.data.params["train.fine_tune.served"] == "head"
+    assert run.data.tags["fine_tune_why"] == tuning["why"]
+    assert {"fine_tune_loss", "val_accuracy_head", "val_accuracy_fine_tuned"} <= set(
+        run.data.metrics)
+    assert (paths["out"] / "drift_reference.json").is_file()
+    assert "neighbours" in summary["hashtags_val"]["rankers"]  # the image rankers competed
+
+    import keras
+
+    from taglens.features.backbones import build_feature_extractor, preprocess_layer
+
+    preprocess_layer("none")
+    saved = keras.saving.load_model(paths["out"] / "model.keras", compile=False)
+    backbone = saved.get_layer("vgg19_features").get_layer("vgg19")
+    original = build_feature_extractor(params.model, params.base.seed).get_layer("vgg19")
+    for layer in backbone.layers:
+        for got, want in zip(layer.weights, original.get_layer(layer.name).weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 def test_features_from_another_backbone_are_refused(inputs):
     params, paths = inputs
     meta_path = paths["features"] / "meta.json"
