@@ -46,7 +46,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole taglens package
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
 ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recorded engine
 ENGINE_KEY = "featurize.engine"  # the model_config key (MLflow also shows it as a run param)
-VIEWS_KEY = "views"  # the model_config key naming the views the model averages (model_info.json)
+VIEWS_KEY = "train.views"  # the model_config key naming the views the model averages
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):

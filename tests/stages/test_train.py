@@ -72,6 +72,12 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
 
     flavor = mlflow.models.get_model_info(logged_model_uri(summary["run_id"])).flavors
     assert flavor["python_function"]["config"][ENGINE_KEY] == params.featurize.engine
+    # ... and the views its model averages, as model_info.json and train.json name them
+    written = json.loads((paths["reports"] / "train.json").read_text())
+    assert list(predictor.views) == info["views"] == written["views"]["served"]
+    assert flavor["python_function"]["config"]["train.views"] == ",".join(info["views"])
+    assert info["views"][0] == "image" and set(info["views"]) <= {"image", "flip", "crops"}
+    assert ("crops" in info["views"]) == written["views"]["crops"]
     assert run.info.run_name == "train vgg19-32px lr=0.001"
     # The three splits are the run's dataset inputs, identified by the data version
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
