@@ -176,7 +176,7 @@ class HashtagPredictor:
         blended = blend.blend(scores)
         class_level = sum(blend.weights.get(name, 0.0) * scores[name]
                           for name in ("popularity", "class_mixture"))
-        final = self.stats.finish(blended, self.params, blend.tag_multiplier)
+        final = blend.final(self.stats, self.params, scores)
         return final, np.where(np.isfinite(final), class_level >= blended / 2, True)
 
     def _rank_chunk(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
