@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import featurize, fine_tune, nightly, predict, render, search, train
+from bench import featurize, fine_tune, nightly, predict, render, search, train, views_cost
 
 BENCHMARKS = (  # the commands BENCHMARKS.md shows
     ("featurize", featurize.main, ["--taglens", "tensorflow"]),  # VGG-19, every engine
@@ -19,6 +19,7 @@ BENCHMARKS = (  # the commands BENCHMARKS.md shows
     ("train", train.main, []),
     ("search", search.main, []),
     ("fine_tune", fine_tune.main, []),
+    ("views_cost", views_cost.main, []),
     ("predict", predict.main, ["--engine", "tensorflow"]),  # MobileNet's fastest engine here
     ("nightly", nightly.main, []),  # 1,000 new photos after 10,000 scored
 )
