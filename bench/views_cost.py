@@ -107,7 +107,10 @@ def to_markdown(result: dict) -> str:
         "|---|---|---|---|",
     ]
     plain = {"featurize": "featurize: image, mirror, colour", "predict": "predict: image + mirror"}
-    for name, row in rows.items():
+    # each plain contender, then its crops one (the JSON file keeps its keys sorted)
+    order = sorted(rows, key=lambda name: (name.split(":")[0], name not in plain.values()))
+    for name in order:
+        row = rows[name]
         base = rows[plain[name.split(":")[0]]]
         ratio = row["cpu_ms_per_image"] / base["cpu_ms_per_image"]
         lines.append(

@@ -45,10 +45,25 @@ def _at_least_both_floors(figures: dict) -> None:
             assert paired["difference"] >= -2 * paired["se"], (key, floor, rows, paired)
 
 
+def _views_choice_is_recorded(figures: dict) -> None:
+    """train chose the test-time views on validation (train.crops: auto, one-SE rule) and said
+    so: the crops are served exactly when they beat the image and mirror by more than one
+    paired standard error there."""
+    views = figures["views"]
+    accuracy = views["val_accuracy"]
+    gain = accuracy["image+crops"] - accuracy["image"]
+    assert views["crops"] == (gain > views["difference_se"]), views
+    expected = ["image", "flip", "crops"] if views["crops"] else ["image", "flip"]
+    assert views["served"] == expected
+    served = accuracy["image+crops" if views["crops"] else "image"]
+    assert figures["val_accuracy"] == pytest.approx(served)
+
+
 def test_clean_captions_beat_the_reference_and_find_the_colour_tags(quality):
     figures = quality["clean"]
     # the content split's test photos (15 % of 4,317, less the outliers clean dropped)
     assert 550 < figures["n_test"] < 700
+    _views_choice_is_recorded(figures)
     # the default search beats the logistic-regression reference (0.73 is the aim: not reached)
     assert figures["accuracy"] >= 0.70
     assert figures["accuracy"] > figures["baseline_accuracy"]
@@ -66,6 +81,7 @@ def test_noisy_captions_served_ranking_reaches_popularity_and_the_class_mixture(
     # daisy and sunflower photos have no captions: only three classes' posts are scored
     assert 0 < figures["hashtag_posts"] < figures["n_test"]
     assert figures["choice"]["served"] in ("blend", "single")
+    _views_choice_is_recorded(figures)
     _at_least_both_floors(figures)
     # popularity here is the most used tags of captioned posts, the same for every photo
     assert figures["rankers"]["popularity"]["hashtag_recall_at_5"] > 0.3
