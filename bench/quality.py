@@ -243,11 +243,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         views = figures.get("views")
         if views and views.get("val_accuracy"):
             accuracy = views["val_accuracy"]
-            lines.append(
-                f"Test-time views served: {' + '.join(views['served'])} (validation accuracy "
+            lines += [
+                f"Test-time views served: {' + '.join(views['served'])} (validation accuracy",
                 f"{accuracy['image']:.4f} without the crops, {accuracy['image+crops']:.4f} with "
-                f"them, paired SE {views['difference_se']:.4f})."
-            )
+                f"them, paired SE {views['difference_se']:.4f}).",
+            ]
         lines.append("")
     return "\n".join(lines)
 
