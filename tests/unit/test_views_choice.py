@@ -120,3 +120,13 @@ def test_served_model_averages_image_mirror_and_crops_probabilities():
     assert np.abs(without - want).max() > 1e-4
     fit = HeadFit(head, augmented=True, crops=True)
     np.testing.assert_allclose(fit.predict(cached[IMAGE], cached), want, rtol=1e-5, atol=1e-7)
+
+
+def test_the_pyfunc_records_the_views_its_model_averages():
+    from taglens.serving.pyfunc import ENGINE_KEY, VIEWS_KEY, served_config
+
+    info = {"views": ["image", "flip", "crops"]}
+    assert served_config("openvino", info) == {ENGINE_KEY: "openvino",
+                                               VIEWS_KEY: "image,flip,crops"}
+    assert served_config(None, {"views": ["image"]}) == {VIEWS_KEY: "image"}
+    assert served_config(None, {}) is None  # a model from before views were recorded
