@@ -195,6 +195,16 @@ def read_quality(repo: Path) -> dict[str, Any]:
         "hashtag_posts": metrics.get("hashtag_n"),
         "rankers": rows,
         "choice": metrics.get("hashtag_ranking"),
+        # the views featurize cached, and the test-time views train chose on validation
+        # (train.crops) with why
+        "featurize_views": json.loads(
+            (repo / "data" / "features" / "meta.json").read_text(encoding="utf-8")
+        )["views"],
+        "views": train.get("views"),
+        "val_accuracy": train.get("val_accuracy"),
+        "tail": ((train.get("hashtags_val") or {}).get("choice") or {}).get("search", {}).get(
+            "tail"
+        ),
         **test_rankings(repo),
     }
 
@@ -233,8 +243,16 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"Colour-tag recall@10: served {colour['served']:.3f}, class mixture "
             f"{colour['class_mixture']:.3f} ({colour['posts']} test posts with colour "
             "tags).",
-            "",
         ]
+        views = figures.get("views")
+        if views and views.get("val_accuracy"):
+            accuracy = views["val_accuracy"]
+            lines += [
+                f"Test-time views served: {' + '.join(views['served'])} (validation accuracy",
+                f"{accuracy['image']:.4f} without the crops, {accuracy['image+crops']:.4f} with "
+                f"them, paired SE {views['difference_se']:.4f}).",
+            ]
+        lines.append("")
     return "\n".join(lines)
 
 

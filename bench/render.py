@@ -572,11 +572,38 @@ def fine_tune_section(results: Results) -> str:
         unfrozen layers and the head on images (flips and small brightness changes) for
         {block["epochs"]} epochs and ends on the best validation epoch.""",
     )
+    costs = "; ".join(
+        f"{name}: {60000 * r['wall_min_per_epoch'] / r['train_images']:.0f} ms wall, "
+        f"{60000 * r['cpu_min_per_epoch'] / r['train_images']:.0f} ms CPU"
+        for name, r in unfrozen.items()
+    )
     shows = prose(f"""An epoch costs about what one featurize pass over the training photos
-    costs. Both gains are within about two standard errors of a test accuracy on
-    {block["test_images"]} photos (one standard error {error:.3f}), so fine-tuning stays off
-    by default.""")
+    costs; per training photo and epoch, {costs}. Both gains are within about two standard
+    errors of a test accuracy on {block["test_images"]} photos (one standard error
+    {error:.3f}). `train.fine_tune.enabled: auto` fine-tunes and serves the fine-tuned model
+    only when its validation accuracy beats the head's by more than one paired standard error;
+    it is not the default: it adds these minutes to every train run (twice per run of the
+    flowers end-to-end test), and a fine-tuned backbone leaves the image rankers without the
+    cached features they read.""")
     return "\n".join([table, shows])
+
+
+def views_cost_section(results: Results) -> str:
+    """What the crops view costs per image in featurize and in prediction."""
+    from bench.views_cost import to_markdown
+
+    r = results.load("views_cost")
+    table = results.table(
+        "views_cost",
+        "bench.views_cost",
+        to_markdown(r),
+        about=f"""{r["backbone"]} at {r["image_size"]} px on {r["engine"]}, batch
+        {r["batch"]}, {r["images"]} flowers photos; the contenders take turns batch by batch
+        (load average {r["load_average_1m"]} at the end). The crops view is five more forward
+        passes per photo (`taglens.features.views`): featurize computes it beside the image and
+        its mirror, and a model whose `train.crops` chose it runs them at every prediction.""",
+    )
+    return table
 
 
 def quality_section(results: Results) -> str:
@@ -601,16 +628,24 @@ def quality_section(results: Results) -> str:
         (load average {r["load_average_1m"]} at the start).""",
     )
     noisy = runs.get("noisy", {}).get("rankers", {})
-    shows = ""
+    parts = [table]
+    clean = runs.get("clean", {})
+    if clean.get("tail", {}).get("weights"):
+        colour = clean["colour_recall_at_10"]
+        parts.append(prose(f"""On the clean captions the served list finds {colour["served"]:.3f}
+        of each post's colour tags against the class mixture's {colour["class_mixture"]:.3f}:
+        its first five tags come from the blend held by the floors, the rest from the tail
+        blend, chosen on validation for recall@10 and, among tails within one paired standard
+        error of the best, for the weight it gives the image rankers (docs/registry.md)."""))
     if noisy:
         served = noisy["served"]
         popular = noisy["popularity"]
-        shows = prose(f"""On the noisy captions popularity is a strong baseline: its recall@5
+        parts.append(prose(f"""On the noisy captions popularity is a strong baseline: its recall@5
         is {popular["hashtag_recall_at_5"]:.3f} against {served["hashtag_recall_at_5"]:.3f}
         for the served ranking, whose precision@1 is {served["hashtag_precision_at_1"]:.3f}
         against popularity's {popular["hashtag_precision_at_1"]:.3f}. The
-        tests/e2e/test_flowers_accuracy.py test runs the same code.""")
-    return "\n".join([table, shows]) if shows else table
+        tests/e2e/test_flowers_accuracy.py test runs the same code."""))
+    return "\n".join(parts)
 
 
 def int8_section(results: Results) -> str:
@@ -676,6 +711,7 @@ SECTIONS = (
     Section("Web page soak: good photos and hostile uploads (`bench/soak_web.py`)", soak_section),
     Section("The default search on 7,000 cached vectors (`bench/search.py`)", search_section),
     Section("Fine-tuning on the flowers photos (`bench/fine_tune.py`)", fine_tune_section),
+    Section("Test-time crops: the cost per image (`bench/views_cost.py`)", views_cost_section),
     Section("Hashtag quality of every ranker (`bench/quality.py`)", quality_section),
 )
 

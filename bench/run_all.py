@@ -36,6 +36,7 @@ BENCHMARKS = (  # (module under bench/, its arguments): the commands BENCHMARKS.
     ("search", ""),
     ("fine_tune", ""),
     ("fine_tune", "--layers 12 --learning-rate 0.0001"),
+    ("views_cost", ""),
     ("quality", ""),
 )
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from taglens import artifacts
 from taglens.atomic import atomic_write_json
@@ -21,11 +24,13 @@ from taglens.params import (
 )
 from taglens.training import train_data
 from taglens.training import train_outputs as outputs
-from taglens.training.head_fit import HeadFit, fit_head, predict_views
+from taglens.training.fine_tune_choice import choose_fine_tuned
+from taglens.training.head_fit import HeadFit, fit_head
 from taglens.training.sweep import default_search, grid, parse_sweep_arg
 from taglens.training.train_config import TrainConfig
 from taglens.training.train_data import Split
 from taglens.training.train_outputs import TrainResult
+from taglens.training.views_choice import choose_crops
 
 logger = logging.getLogger(__name__)
 
@@ -78,29 +83,70 @@ def run(
                                              len(val.labels))
         else:
             fit, best = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e)), params
+        fit, views = choose_crops(fit, val.vectors, val.views, val.labels, params.crops,
+                                  params.search.rule)
+        outputs.log_views(views)
         history = list(fit.history)
         precision = meta.get("precision", "fp32")  # older features files are FP32
         served = outputs.served_model(config, fit, train, raw, precision)
+        head_fit, tuned_val, tuning = fit, None, None
         if params.fine_tune.enabled:
-            history += outputs.fine_tune_logged(served, config, train, val, raw, len(history))
+            served, fit, history, tuned_val, tuning = fine_tune_step(
+                config, fit, served, history, splits, raw, precision
+            )
 
         summary = {"run_id": run_id, "val_accuracy": fit.val_accuracy, "val_loss": fit.val_loss,
                    "epochs_run": len(fit.history), "n_train": len(train.labels),
                    "n_val": len(val.labels)}  # fmt: skip
-        summary.update(outputs.setting_report(best, space if settings else None, swept, fit))
-        if params.fine_tune.enabled and history:
-            summary["fine_tune_val_accuracy"] = history[-1].get("val_accuracy")
+        summary.update(outputs.setting_report(best, space if settings else None, swept, head_fit))
+        summary["views"] = {"served": list(fit.views), **views.report()}
+        if tuning is not None:
+            summary["fine_tune"] = tuning.report()
+            summary["fine_tune_val_accuracy"] = tuning.val_accuracy["fine_tuned"]
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
-        summary["hashtags_val"] = outputs.fit_hashtags_logged(config, fit, splits, posts, out)
-        write_drift_reference(fit, val, classes, fine_tuned=params.fine_tune.enabled, out=out)
+        summary["hashtags_val"] = outputs.fit_hashtags_logged(config, fit, splits, posts, out,
+                                                              tuned_val)
+        write_drift_reference(fit, val, classes, fine_tuned=tuned_val is not None, out=out)
         served_as = outputs.served_precision(config, served, precision, splits, raw, out)
         summary["precision"] = served_as.precision
         outputs.write_model_dir(config.with_train(best), served, history, out, reports, run_id,
-                                served_as)
+                                served_as, fit.views)
     if params.baseline:
         summary.update(outputs.baseline_run(config, splits, run_id))
     atomic_write_json(artifacts.TRAIN_REPORT.at(reports), summary)
     return TrainResult(summary, Path(out))
+
+
+def fine_tune_step(
+    config: TrainConfig, fit: HeadFit, served, history: list[dict], splits: dict[str, Split],
+    raw: Path, precision: str,
+) -> tuple:
+    """Fine-tune a copy of the served model; serve it as `train.fine_tune.enabled` says.
+
+    `precision` is the cached vectors' (`served_model` checks FP32 ones against the backbone).
+
+    Returns:
+        The served model, its fit, its history, the fine-tuned model's validation probabilities
+        when it is served (else None), and the choice (`FineTuneChoice`).
+    """
+    train, val = splits["train"], splits["val"]
+    params = config.train
+    candidate = outputs.tuned_candidate(fit)
+    tuned = outputs.served_model(config, candidate, train, raw, precision)
+    rows = outputs.fine_tune_logged(tuned, config, train, val, raw, len(history))
+    tuned_val = outputs.probabilities_on_images(tuned, val, raw, config.model.image_size)
+    labels = np.asarray(val.labels, int)
+    head_right = fit.predict(val.vectors, val.views).argmax(axis=1) == labels
+    tuning = choose_fine_tuned(head_right, tuned_val.argmax(axis=1) == labels,
+                               params.fine_tune.enabled, params.search.rule)
+    outputs.log_fine_tune_choice(tuning)
+    logger.info("fine-tuning: %s", tuning.why)
+    if not tuning.tuned:
+        return served, fit, history, None, tuning
+    picked = np.clip(tuned_val[np.arange(len(labels)), labels], 1e-7, 1.0)
+    candidate = replace(candidate, val_accuracy=tuning.val_accuracy["fine_tuned"],
+                        val_loss=float(-np.mean(np.log(picked))))
+    return tuned, candidate, history + rows, tuned_val, tuning
 
 
 def write_drift_reference(
@@ -117,8 +163,7 @@ def write_drift_reference(
     if fine_tuned:
         logger.warning("no drift reference: fine-tuning changed the features the head saw")
         return None
-    flip = val.views.get("flip") if fit.augmented else None
-    probabilities = predict_views(fit.model, val.vectors, flip)
+    probabilities = fit.predict(val.vectors, val.views)
     return DriftReference.from_probabilities(probabilities, classes).save(path)
 
 

@@ -5,6 +5,12 @@
 - `colour`: a joint RGB histogram of the whole image and of its centre. Pooled backbone features
   keep little colour (ImageNet classes rarely depend on it), yet tags such as #red or #yellow do;
   the tag rankers read it. It costs a few microseconds per image.
+- `crops`: the mean of the backbone's vectors of five crops at the backbone's input size (the
+  centre and the four corners) of the image enlarged so its side is `CROP_SCALE` times the
+  input: the standard multi-crop test-time views (Krizhevsky et al., 2012; Szegedy et al.,
+  2015), zoomed in on the subject. It costs five more forward passes per image. Train may
+  average it with the image (and mirror) at prediction when that wins on validation
+  (`taglens.training.views_choice`); the served model then computes it the same way.
 
 `views_model` puts the image's own vector and every view into one model with one output per
 view, so featurize runs them all in one forward call per batch on `featurize.engine`. With the
@@ -22,10 +28,15 @@ if TYPE_CHECKING:
 
     from taglens.params import ModelParams
 
-VIEWS = ("flip", "colour")
+VIEWS = ("flip", "colour", "crops")
 IMAGE = "vectors"  # the output of views_model that holds the image's own backbone vector
 COLOUR_BINS = 4  # per channel: 4 x 4 x 4 joint bins, coarse enough for a 64-row histogram
 COLOUR_DIM = 2 * COLOUR_BINS**3  # whole image, then its centre (where the subject usually is)
+# The crops view's enlargement: crops keep 1/1.15 of each side (76% of the area), the usual
+# resize-then-crop ratio of ImageNet evaluation (256 -> 224 is 1.14). Part of the view's
+# definition, like COLOUR_BINS: changing it changes what the crops store holds.
+CROP_SCALE = 1.15
+N_CROPS = 5  # the centre and the four corners
 
 _LAYERS: dict[str, type] = {}
 
@@ -86,7 +97,42 @@ def _layer_classes() -> dict[str, type]:
             first, second = keras.ops.split(batch, 2, axis=0)
             return first, second
 
+    @keras.saving.register_keras_serializable(package="taglens")
+    class FiveCrops(keras.layers.Layer):
+        """Images (N, S, S, C) -> (5N, S, S, C): centre, then the four corners, of the enlarged.
+
+        The images are resized (bilinear) to `scale` times their side, then cut back to S.
+        """
+
+        def __init__(self, scale: float = CROP_SCALE, **kwargs):
+            super().__init__(**kwargs)
+            self.scale = scale
+
+        def call(self, images):
+            size = int(images.shape[1])
+            big = int(round(size * self.scale))
+            enlarged = keras.ops.image.resize(images, (big, big), interpolation="bilinear")
+            far, mid = big - size, (big - size) // 2
+            corners = [(mid, mid), (0, 0), (0, far), (far, 0), (far, far)]
+            return keras.ops.concatenate(
+                [enlarged[:, top : top + size, left : left + size] for top, left in corners],
+                axis=0,
+            )
+
+        def get_config(self):
+            return {**super().get_config(), "scale": self.scale}
+
+    @keras.saving.register_keras_serializable(package="taglens")
+    class MeanOfCrops(keras.layers.Layer):
+        """A (5N, D) batch of crop vectors, crop by crop -> (N, D), each image's mean."""
+
+        def call(self, batch):
+            parts = keras.ops.split(batch, N_CROPS, axis=0)
+            return keras.ops.mean(keras.ops.stack(parts, axis=0), axis=0)
+
     _LAYERS.update(
+        FiveCrops=FiveCrops,
+        MeanOfCrops=MeanOfCrops,
         MirrorImage=MirrorImage,
         ColourHistogram=ColourHistogram,
         WithMirror=WithMirror,
@@ -121,6 +167,16 @@ def image_and_mirror(extractor: keras.Model, inputs: keras.KerasTensor) -> tuple
     return classes["Halves"](name="image_and_mirror")(both)
 
 
+def crops_mean(extractor: keras.Model, inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """The mean of the extractor's vectors of each image's five crops, in one call of 5N images.
+
+    Featurize (the `crops` store) and the served model (`full_model.assemble`) both use it.
+    """
+    classes = _layer_classes()
+    crops = classes["FiveCrops"](name="five_crops")(inputs)
+    return classes["MeanOfCrops"](name="mean_of_crops")(extractor(crops))
+
+
 def views_model(
     extractor: keras.Model | None, outputs: tuple[str, ...], image_size: int
 ) -> keras.Model:
@@ -138,7 +194,7 @@ def views_model(
         raise ValueError(
             f"unknown feature views {unknown or list(outputs)}; expected some of {[IMAGE, *VIEWS]}"
         )
-    if extractor is None and set(outputs) - {"colour"}:
+    if extractor is None and set(outputs) - {"colour"}:  # every other output needs the backbone
         raise ValueError(f"views {list(outputs)} need the backbone's extractor")
     inputs = keras.Input((image_size, image_size, 3), name="image")
     result = {}
@@ -148,6 +204,8 @@ def views_model(
         result[IMAGE] = extractor(inputs)
     elif "flip" in outputs:
         result["flip"] = extractor(mirror_layer(name="mirror")(inputs))
+    if "crops" in outputs:
+        result["crops"] = crops_mean(extractor, inputs)
     if "colour" in outputs:
         result["colour"] = colour_layer(name="colour")(inputs)
     name = extractor.name if extractor is not None else "colour"

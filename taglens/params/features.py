@@ -40,7 +40,7 @@ class FeaturizeParams(Section):
     batch_size: int = Field(ge=1, le=1024)
     jit_compile: bool
     shard_size: int = Field(ge=1)
-    views: tuple[Literal["flip", "colour"], ...]  # cheap extra views (taglens.features.views)
+    views: tuple[Literal["flip", "colour", "crops"], ...]  # extra views (taglens.features.views)
     engine: Literal["tensorflow", "openvino", "onnxruntime", "openvino-int8"]
     int8: Int8Params  # read when engine is openvino-int8
 

@@ -8,11 +8,14 @@ from pydantic import Field
 
 from taglens.params.section import Section
 
+# `auto`: try it and keep it only when it wins on validation beyond one standard error
+Auto = Literal["auto"]
+
 
 class FineTuneParams(Section):
     """Optional end-to-end fine-tuning of the backbone's last block."""
 
-    enabled: bool
+    enabled: Auto | bool
     epochs: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(ge=1)
@@ -66,6 +69,7 @@ class TrainParams(Section):
     logreg_c: float = Field(gt=0)
     normalise: Normalise
     augment: bool
+    crops: Auto | bool  # average the crops view at prediction (when featurize made it)
     label_smoothing: float = Field(ge=0, lt=1)
     class_weight: Literal["none", "balanced"]
     early_stopping_patience: int = Field(ge=0)

@@ -121,6 +121,14 @@ class HashtagPredictor:
             int8_model=(models_dir / INT8_FILE) if (models_dir / INT8_FILE).is_file() else None,
         )
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views whose probabilities the model averages (model_info.json's `views`).
+
+        The model computes them itself; models trained before views were recorded name none.
+        """
+        return tuple(self.info.get("views") or ())
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Return (N, C) class probabilities for float32 pixels (N, S, S, 3) in 0..255.
 
@@ -173,7 +181,7 @@ class HashtagPredictor:
         blended = blend.blend(scores)
         class_level = sum(blend.weights.get(name, 0.0) * scores[name]
                           for name in ("popularity", "class_mixture"))
-        final = self.stats.finish(blended, self.params, blend.tag_multiplier)
+        final = blend.final(self.stats, self.params, scores)
         return final, np.where(np.isfinite(final), class_level >= blended / 2, True)
 
     def _rank_chunk(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:

@@ -52,6 +52,7 @@ ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recor
 ENGINE_KEY = "featurize.engine"  # the model_config key (MLflow also shows it as a run param)
 PRECISION_KEY = "featurize.precision"  # model_config: int8 (openvino-int8) or fp32
 PRECISION_TAG = "precision"  # the same, as a tag on the run that logged the model
+VIEWS_KEY = "train.views"  # the model_config key naming the views the model averages
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):
@@ -153,6 +154,18 @@ def _signature(top_k: int):
     )
 
 
+def served_config(engine: str | None, info: dict[str, Any]) -> dict[str, str] | None:
+    """The pyfunc's model_config: the engine it runs on, its precision, and the views averaged.
+
+    The views (`image`, `flip`, `crops`) are model_info.json's; the Keras model computes them
+    itself, so batch predict, the web page and `mlflow models serve` average the same ones.
+    """
+    config = {ENGINE_KEY: engine, PRECISION_KEY: precision_of(engine)} if engine else {}
+    if info.get("views"):
+        config[VIEWS_KEY] = ",".join(info["views"])
+    return config or None
+
+
 def log_taglens_model(models_dir: Path, *, name: str = "model",
                       ingest: IngestParams | None = None, engine: str | None = None):  # fmt: skip
     """Log `models_dir` as a taglens pyfunc into the active MLflow run.
@@ -207,9 +220,7 @@ def log_taglens_model(models_dir: Path, *, name: str = "model",
             # Explicit requirements: letting MLflow infer them costs 8-13 s (NOTES.md).
             # The engine's own package too: the model must run on it where it is served.
             pip_requirements=pip_requirements(engine),
-            model_config={ENGINE_KEY: engine, PRECISION_KEY: precision_of(engine)}
-            if engine
-            else None,
+            model_config=served_config(engine, info),
         )
     if engine:
         mlflow.set_tag(PRECISION_TAG, precision_of(engine))

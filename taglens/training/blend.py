@@ -16,6 +16,14 @@ tags to everyone, and the class's usual tags, are floors. Among the eligible ble
 maximises the recall of the whole served list, R@top_k. When no blend reaches both floors, the
 best single ranker is served, and the choice says so and why.
 
+The served list is read in two parts. P@1, R@5 and A@5 depend on its first `HASHTAG_K` tags
+only, so those come from the blend above. The rest of the list (tags `HASHTAG_K + 1` to
+`top_k`) comes from a second blend, the tail (`choose_tail`): among the tails whose whole list
+reaches the floors' R@top_k and recalls within one paired standard error of the best tail, the
+one that weighs the image rankers most. When recall cannot tell two lists apart, the one built
+from the photo rather than from its class is served: class-level tags are already at the head
+of the list, and the tail is where tags only the photo shows (a colour) find room.
+
 Picking among many candidates on a few hundred posts rewards noise. A ranker's own settings are
 chosen by `hashtags.search.rule`, by default the one-standard-error rule of
 `taglens.training.selection`: the simplest setting whose score (the per-post mean of the four
@@ -72,6 +80,7 @@ class HashtagBlend:
     weights: dict[str, float] = field(default_factory=lambda: {"class_mixture": 1.0})
     tag_multiplier: np.ndarray | None = None
     choice: dict[str, Any] = field(default_factory=dict)
+    tail_weights: dict[str, float] | None = None  # the list after HASHTAG_K tags; None: `weights`
 
     def ranker_scores(
         self,
@@ -104,14 +113,33 @@ class HashtagBlend:
             scores["neighbours"] = self.neighbours.predict(features)
         return scores
 
-    def blend(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """The weighted sum of the rankers' scores (a ranker without inputs counts as 0)."""
+    def blend(
+        self, scores: dict[str, np.ndarray], weights: dict[str, float] | None = None
+    ) -> np.ndarray:
+        """The weighted sum of the rankers' scores (a ranker without inputs counts as 0).
+
+        `weights` defaults to the blend's own (the head of the list).
+        """
         first = next(iter(scores.values()))
         total = np.zeros(first.shape, np.float64)
-        for name, weight in self.weights.items():
+        for name, weight in (self.weights if weights is None else weights).items():
             if weight and name in scores:
                 total += weight * scores[name]
         return total
+
+    def final(self, stats, params, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, T) served scores: the head blend's first `HASHTAG_K` tags, then the tail's.
+
+        Args:
+            stats: the HashtagStats the rankers were fitted with (eligibility, tag weights).
+            params: hashtag params.
+            scores: `ranker_scores`.
+        """
+        head = stats.finish(self.blend(scores), params, self.tag_multiplier)
+        if not self.tail_weights:
+            return head
+        tail = stats.finish(self.blend(scores, self.tail_weights), params, self.tag_multiplier)
+        return head_then_tail(head, tail, HASHTAG_K)
 
     def save(self, path: Path) -> Path:
         """Write every array and the settings to one .npz, atomically."""
@@ -125,6 +153,8 @@ class HashtagBlend:
         }
         if self.tag_multiplier is not None:
             arrays["tag_multiplier"] = self.tag_multiplier
+        if self.tail_weights:
+            arrays["tail_weights"] = np.array([self.tail_weights.get(n, 0.0) for n in RANKERS])
         for prefix, model in (("tag", self.tag_model), ("colour", self.colour_model)):
             if model is not None:
                 for name in ("mean", "scale", "kernel", "bias", "columns"):
@@ -173,6 +203,9 @@ class HashtagBlend:
             reference = arrays["nn_reference"].astype("float32")
             neighbours = NeighbourTags(reference, tags, int(k), float(power))
         weights = dict(zip(RANKERS, (float(w) for w in arrays["weights"]), strict=True))
+        tail = None
+        if "tail_weights" in arrays:
+            tail = dict(zip(RANKERS, (float(w) for w in arrays["tail_weights"]), strict=True))
         return cls(
             estimator=settings["estimator"],
             sharpen=float(settings["sharpen"]),
@@ -182,7 +215,33 @@ class HashtagBlend:
             weights=weights,
             tag_multiplier=arrays.get("tag_multiplier"),
             choice=settings.get("choice", {}),
+            tail_weights=tail,
         )
+
+
+def head_then_tail(head: np.ndarray, tail: np.ndarray, n: int) -> np.ndarray:
+    """Scores that rank each row's `n` best tags by `head` first, then the rest by `tail`.
+
+    Both are final scores (-inf: ineligible) over the same tags. The head's top tags keep their
+    order and are lifted just above the row's best remaining tail score; the others keep their
+    tail score.
+    """
+    head = np.asarray(head, np.float64)
+    out = np.array(tail, np.float64, copy=True)
+    n = min(n, head.shape[1])
+    if n == 0 or not len(head):
+        return out
+    top = np.argpartition(-head, n - 1, axis=1)[:, :n]
+    top_scores = np.take_along_axis(head, top, axis=1)
+    finite = np.isfinite(top_scores)
+    rest = out.copy()
+    np.put_along_axis(rest, top, -np.inf, axis=1)
+    rest_best = rest.max(axis=1, initial=-np.inf)
+    head_low = np.where(finite, top_scores, np.inf).min(axis=1)
+    gap = np.where(np.isfinite(rest_best) & np.isfinite(head_low), rest_best - head_low, 0.0)
+    lift = np.maximum(gap, 0.0) + 1e-6
+    np.put_along_axis(rest, top, np.where(finite, top_scores + lift[:, None], -np.inf), axis=1)
+    return rest
 
 
 def post_scores(
@@ -247,6 +306,66 @@ def simplex(names: Sequence[str], step: float) -> list[dict[str, float]]:
         weights[names[0]] = (ticks - sum(combo)) / ticks
         grid.append({name: weights[name] for name in names})
     return grid
+
+
+def choose_tail(
+    scores: dict[str, np.ndarray],
+    finish: Callable[[np.ndarray], np.ndarray],
+    head_weights: dict[str, float],
+    truth: np.ndarray,
+    n_truth: np.ndarray,
+    top_k: int,
+    step: float,
+    floor: np.ndarray,
+) -> tuple[dict[str, float] | None, dict[str, Any]]:
+    """The blend that ranks the list after its first `HASHTAG_K` tags (the module docstring).
+
+    Args:
+        scores: each ranker's (N, T) validation scores.
+        finish: the chosen tag weighting (raw blend -> final scores).
+        head_weights: the chosen blend, which ranks the head of the list (and is a candidate).
+        truth: (N, T) 0/1, the vocabulary tags each validation post carries.
+        n_truth: (N,) how many tags each post carries in all.
+        top_k: the number of tags served.
+        step: the grid step of the weights.
+        floor: the per-post R@top_k (posts with tags) the whole list must reach.
+
+    Returns:
+        The tail's weights (None when the list is no longer than `HASHTAG_K`, or when the head's
+        own blend is chosen) and a summary: the head's, the best and the chosen R@top_k.
+    """
+    if top_k <= HASHTAG_K:
+        return None, {"why": f"the list has no tail after {HASHTAG_K} tags"}
+    keep = n_truth > 0
+    scores = {name: s[keep] for name, s in scores.items()}
+    truth, n_truth = truth[keep], n_truth[keep]
+    names = [name for name in RANKERS if name in scores]
+    head = finish(sum(w * scores[name] for name, w in head_weights.items() if w and name in scores))
+    key = f"recall_at_{top_k}"
+    candidates = [{name: float(head_weights.get(name, 0.0)) for name in names}]
+    candidates += [w for w in simplex(names, step) if w != candidates[0]]
+    recalls = []
+    for weights in candidates:
+        tail = finish(sum(w * scores[name] for name, w in weights.items() if w))
+        served = head_then_tail(head, tail, HASHTAG_K)
+        recalls.append(post_scores(served, truth, n_truth, top_k)[key])
+    passing = [i for i in range(len(candidates)) if reaches(recalls[i], floor)] or [0]
+    best = max(passing, key=lambda i: float(recalls[i].mean()))
+    gap = {i: float(recalls[best].mean() - recalls[i].mean()) for i in passing}
+    near = [i for i in passing if gap[i] <= mean_se(recalls[best] - recalls[i]) + 1e-12]
+
+    def image_weight(i: int) -> float:
+        return sum(candidates[i].get(name, 0.0) for name in IMAGE_RANKERS)
+
+    chosen = max(near, key=lambda i: (image_weight(i), float(recalls[i].mean()), -i))
+    summary = {
+        "head_recall": float(recalls[0].mean()),
+        "best_recall": float(recalls[best].mean()),
+        "chosen_recall": float(recalls[chosen].mean()),
+        "near_best": len(near),
+    }
+    logger.info("list tail: %s (%s)", candidates[chosen], summary)
+    return (None if chosen == 0 else candidates[chosen]), summary
 
 
 def reaches(candidate: np.ndarray, floor: np.ndarray) -> bool:

@@ -163,7 +163,7 @@ def _rankers(predictor, outputs: dict[str, np.ndarray]) -> list[tuple[str, list[
         for name, raw in scores.items():
             ranked = _tags(stats.rank_scores(stats.finish(raw, params), params))
             rows.setdefault(name, []).extend(ranked)
-        final = stats.finish(blend.blend(scores), params, blend.tag_multiplier)
+        final = blend.final(stats, params, scores)
         rows.setdefault("blend", []).extend(_tags(stats.rank_scores(final, params)))
     return list(rows.items())
 

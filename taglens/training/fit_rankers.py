@@ -20,6 +20,7 @@ from taglens.training.blend import (
     RANKERS,
     HashtagBlend,
     choose_blend,
+    choose_tail,
     objective,
     post_scores,
 )
@@ -85,6 +86,11 @@ class _Validation:
     def per_post(self, raw: np.ndarray, multiplier: np.ndarray | None = None) -> dict:
         final = self.stats.finish(raw, self.params, multiplier)
         return post_scores(final, self.truth, self.n_truth, self.params.top_k)
+
+    def metrics_of(self, final: np.ndarray) -> dict[str, float]:
+        """The metrics of final scores (already finished, as `HashtagBlend.final` gives)."""
+        per_post = post_scores(final, self.truth, self.n_truth, self.params.top_k)
+        return {key: float(v.mean()) for key, v in per_post.items()}
 
     def metrics(self, raw: np.ndarray, multiplier: np.ndarray | None = None) -> dict[str, float]:
         return {key: float(v.mean()) for key, v in self.per_post(raw, multiplier).items()}
@@ -237,6 +243,20 @@ def fit_ranking(
         weights, index, got, search = found
         blend.weights = weights
         blend.tag_multiplier = weightings[index][1]
+        tail, search["tail"] = choose_tail(
+            scores,
+            lambda raw, m=blend.tag_multiplier: stats.finish(raw, params, m),
+            weights,
+            check.truth,
+            check.n_truth,
+            params.top_k,
+            params.blend_step,
+            floor_by_post[f"recall_at_{params.top_k}"],
+        )
+        blend.tail_weights = tail
+        if tail is not None:
+            search["tail"]["weights"] = tail
+            got = check.metrics_of(blend.final(stats, params, scores))
         used = [name for name, w in weights.items() if w]
         choice = {
             "served": "blend",

@@ -32,19 +32,28 @@ VERIFY_RTOL = 1e-3
 OUTPUTS = ("probabilities", "features", "colour")
 
 
-def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens", *,
-             flip: bool = False, colour: bool = False) -> keras.Model:  # fmt: skip
+def assemble(
+    extractor: keras.Model,
+    head: keras.Model,
+    name: str = "taglens",
+    *,
+    flip: bool = False,
+    colour: bool = False,
+    crops: bool = False,
+) -> keras.Model:
     """Compose extractor (pixels -> vectors) and head (vectors -> probabilities) into one model.
 
     The model's outputs are a dict: `probabilities` (N, C), the `features` the tag rankers read
     and, with `colour`, the `colour` histogram view. With `flip`, the image and its mirror image
     both go through the extractor and both outputs are the average of the two views, exactly as
     training scored its validation split; the two go through the extractor as one batch
-    (`taglens.features.views.image_and_mirror`, the code featurize runs).
+    (`taglens.features.views.image_and_mirror`, the code featurize runs). With `crops`, the
+    probabilities of the crops view (`taglens.features.views.crops_mean`) join the average;
+    the `features` stay the image's (and mirror's), which the tag rankers were fitted on.
     """
     import keras
 
-    from taglens.features.views import colour_layer, image_and_mirror
+    from taglens.features.views import colour_layer, crops_mean, image_and_mirror
 
     inputs = keras.Input(extractor.input_shape[1:], name="image")
     # the head as an uncompiled model over the same layers: no optimizer state is saved with it
@@ -52,13 +61,17 @@ def assemble(extractor: keras.Model, head: keras.Model, name: str = "taglens", *
     if flip:
         # one extractor call on a batch of 2N (images, then mirrors), as featurize computes them
         features, mirrored = image_and_mirror(extractor, inputs)
-        probabilities = keras.layers.Average(name="mean_probabilities")(
-            [head(features), head(mirrored)]
-        )
+        views = [head(features), head(mirrored)]
         features = keras.layers.Average(name="mean_features")([features, mirrored])
     else:
         features = extractor(inputs)
-        probabilities = head(features)
+        views = [head(features)]
+    if crops:
+        views.append(head(crops_mean(extractor, inputs)))
+    if len(views) > 1:
+        probabilities = keras.layers.Average(name="mean_probabilities")(views)
+    else:
+        probabilities = views[0]
     outputs = {"probabilities": probabilities, "features": features}
     if colour:
         outputs["colour"] = colour_layer(name="colour")(inputs)

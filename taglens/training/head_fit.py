@@ -9,7 +9,7 @@ validation score averaged over views that picks among fits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,10 +37,36 @@ class HeadFit:
     val_loss: float = float("nan")
     val_accuracy: float = float("nan")
     augmented: bool = False  # trained on the flip view too: predict with both views averaged
+    crops: bool = False  # the crops view is averaged in at prediction (train.crops chose it)
 
     def score(self) -> tuple[float, float]:
         """Sort key for picking the best fit: higher val accuracy, then lower val loss."""
         return (self.val_accuracy, -self.val_loss)
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views whose probabilities are averaged at prediction (model_info.json's `views`)."""
+        flip = ("flip",) if self.augmented else ()
+        return ("image", *flip, *(("crops",) if self.crops else ()))
+
+    def predict(self, vectors: np.ndarray, views: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Class probabilities of cached vectors, averaged over the views this fit predicts with.
+
+        Args:
+            vectors: the images' own vectors.
+            views: the split's cached views by name (`flip`, `crops`, ...).
+
+        Raises:
+            TaglensError: a view the fit predicts with is not cached.
+        """
+        extra = [name for name in self.views if name != "image"]
+        missing = [name for name in extra if name not in views]
+        if missing:
+            raise TaglensError(
+                f"the model averages the {missing} view(s), which the cached features lack: "
+                "re-run featurize with them in featurize.views"
+            )
+        return predict_views(self.model, vectors, *(views[name] for name in extra))
 
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
@@ -125,11 +151,11 @@ def _rows(x: np.ndarray, flip: np.ndarray | None, augment: bool) -> np.ndarray:
     return np.concatenate([x, flip]) if augment and flip is not None else x
 
 
-def predict_views(model: keras.Model, x: np.ndarray, flip: np.ndarray | None) -> np.ndarray:
-    """Class probabilities averaged over the image's views (x, and its flip view if given)."""
-    views = [x] if flip is None else [x, flip]
+def predict_views(model: keras.Model, x: np.ndarray, *views: np.ndarray | None) -> np.ndarray:
+    """Class probabilities averaged over the image's views (x, and each other view given)."""
+    rows = [x, *(view for view in views if view is not None)]
     return np.mean([model.predict(np.asarray(v, "float32"), batch_size=1024, verbose=0)
-                    for v in views], axis=0)  # fmt: skip
+                    for v in rows], axis=0)  # fmt: skip
 
 
 def score_views(model: keras.Model, x: np.ndarray, flip: np.ndarray | None, y: np.ndarray,

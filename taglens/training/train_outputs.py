@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from taglens import artifacts
 from taglens.atomic import atomic_write_csv, atomic_write_json
@@ -15,13 +17,21 @@ from taglens.features.backbones import build_feature_extractor, weights_identity
 from taglens.params import TrainParams
 from taglens.training import eval_plots
 from taglens.training.baseline import fit_baseline
-from taglens.training.full_model import assemble, fine_tune, save_model, verify_extractor
-from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit, predict_views
+from taglens.training.fine_tune_choice import FineTuneChoice
+from taglens.training.full_model import (
+    assemble,
+    fine_tune,
+    probabilities_model,
+    save_model,
+    verify_extractor,
+)
+from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit
 from taglens.training.int8_model import ServedPrecision, quantize_served, served_engine
 from taglens.training.selection import binomial_se
 from taglens.training.sweep import run_sweep, setting_name
 from taglens.training.train_config import TrainConfig
 from taglens.training.train_data import Split
+from taglens.training.views_choice import ViewsChoice
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +122,19 @@ def sweep_logged(
     return fit, best_params
 
 
+def log_views(choice: ViewsChoice) -> None:
+    """Log the test-time views chosen (`train.views_crops`), their val accuracies and why."""
+    import mlflow
+
+    mlflow.log_param("train.views_crops", choice.crops)
+    mlflow.set_tag("views_why", choice.why)
+    metrics = {
+        f"val_accuracy_views_{name.replace('+', '_')}": value
+        for name, value in choice.val_accuracy.items()
+    }
+    mlflow.log_metrics(metrics)
+
+
 def search_note(space: str, searched: set[str]) -> str:
     """The log line saying which train keys a search (or sweep) sets, so params.yaml's are unused.
 
@@ -168,7 +191,7 @@ def served_model(
         probe = train.rows["image"].head(VERIFY_IMAGES).map(lambda image: raw / image).tolist()
         verify_extractor(extractor, load_batch(probe, config.model.image_size).numpy(),
                          train.vectors[:VERIFY_IMAGES])  # fmt: skip
-    return assemble(extractor, fit.model, flip=fit.augmented,
+    return assemble(extractor, fit.model, flip=fit.augmented, crops=fit.crops,
                     colour=config.hashtags.image_rankers and "colour" in train.views)
 
 
@@ -192,12 +215,54 @@ def fine_tune_logged(model, config: TrainConfig, train: Split, val: Split, raw: 
     return rows
 
 
-def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Split],
-                        posts: list, out: Path) -> dict:  # fmt: skip
+def tuned_candidate(fit: HeadFit) -> HeadFit:
+    """A copy of the fit with a head of its own, for fine-tuning beside the head it came from.
+
+    Fine-tuning changes the head's weights in place; `train.fine_tune.enabled: auto` must still
+    be able to serve the untouched head. The candidate averages the image and mirror only:
+    the crops view, five more passes per training step, is left to the head.
+    """
+    import keras
+
+    head = keras.models.clone_model(fit.model)
+    head.set_weights(fit.model.get_weights())
+    return replace(fit, model=head, crops=False)
+
+
+def probabilities_on_images(model, split: Split, raw: Path, image_size: int) -> np.ndarray:
+    """The served model's class probabilities for a split's photos, read from their files."""
+    from taglens.data.images import image_dataset
+
+    probabilities = probabilities_model(model)
+    paths = [raw / image for image in split.rows["image"]]
+    batches = [
+        probabilities.predict(batch, verbose=0) for batch in image_dataset(paths, image_size, 32)
+    ]
+    return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
+
+
+def log_fine_tune_choice(choice: FineTuneChoice) -> None:
+    """Log which model is served (`train.fine_tune.served`), both val accuracies and why."""
+    import mlflow
+
+    mlflow.log_param("train.fine_tune.served", choice.report()["served"])
+    mlflow.set_tag("fine_tune_why", choice.why)
+    mlflow.log_metrics({f"val_accuracy_{name}": v for name, v in choice.val_accuracy.items()})
+
+
+def fit_hashtags_logged(
+    config: TrainConfig,
+    fit: HeadFit,
+    splits: dict[str, Split],
+    posts: list,
+    out: Path,
+    tuned_val: np.ndarray | None = None,
+) -> dict:
     """Fit hashtags.json on the training posts and choose the served ranking; log the choice.
 
-    Fine-tuning changes the features the image rankers would read, so with it only popularity
-    and the class mixture compete.
+    A served fine-tuned model (`tuned_val`: its validation probabilities, read from the
+    images) changes the features the image rankers would read, so with it only popularity and
+    the class mixture compete.
 
     Returns:
         Every ranker's validation metrics, the blend's and the choice (what is served, why).
@@ -212,7 +277,7 @@ def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Spl
                               config.base.classes, config.hashtags)  # fmt: skip
     stats.save(artifacts.HASHTAGS.at(out))
     by_sha = {post.sha256: post for post in posts}
-    image = config.hashtags.image_rankers and not config.train.fine_tune.enabled
+    image = config.hashtags.image_rankers and tuned_val is None
     if config.hashtags.image_rankers and not image:
         logger.warning("image rankers skipped: they read cached features, which fine-tuning "
                        "changes; popularity and the class mixture rank hashtags")  # fmt: skip
@@ -228,8 +293,7 @@ def fit_hashtags_logged(config: TrainConfig, fit: HeadFit, splits: dict[str, Spl
         )
 
     val = splits["val"]
-    probs_val = predict_views(fit.model, val.vectors, val.views.get("flip") if fit.augmented
-                              else None)  # fmt: skip
+    probs_val = fit.predict(val.vectors, val.views) if tuned_val is None else tuned_val
     blend, report = fit_ranking(stats, inputs(splits["train"]), inputs(val, probs_val),
                                 config.base.seed)  # fmt: skip
     blend.save(artifacts.RANKERS.at(out))
@@ -262,12 +326,21 @@ def served_precision(
     return quantize_served(model, config.int8, splits["train"], splits["val"], raw, out)
 
 
-def write_model_dir(config: TrainConfig, model, history: list[dict], out: Path, reports: Path,
-                    run_id: str, served: ServedPrecision) -> None:  # fmt: skip
+def write_model_dir(
+    config: TrainConfig,
+    model,
+    history: list[dict],
+    out: Path,
+    reports: Path,
+    run_id: str,
+    served: ServedPrecision,
+    views: tuple[str, ...],
+) -> None:
     """Save model.keras, model_info.json and history.csv/png; log them and the pyfunc model.
 
     `served` is the engine and precision the model serves on (model_info.json records both,
-    and the INT8 decision when there was one).
+    and the INT8 decision when there was one). `views` (model_info.json's `views`) names the
+    views whose probabilities the model averages.
     """
     import mlflow
 
@@ -282,6 +355,7 @@ def write_model_dir(config: TrainConfig, model, history: list[dict], out: Path, 
         "run_id": run_id, "experiment": config.base.experiment, "params": config.flat(),
         "engine": served.engine, "precision": served.precision,
         "int8": asdict(served.decision) if served.decision else None,
+        "views": list(views),
     })  # fmt: skip
     csv_path = atomic_write_csv(artifacts.HISTORY.at(reports), history, HISTORY_COLUMNS)
     png = eval_plots.plot_history(history, reports / "history.png")

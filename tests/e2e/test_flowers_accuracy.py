@@ -45,20 +45,48 @@ def _at_least_both_floors(figures: dict) -> None:
             assert paired["difference"] >= -2 * paired["se"], (key, floor, rows, paired)
 
 
+def _views_choice_is_recorded(figures: dict) -> None:
+    """train chose the test-time views on validation (train.crops: auto, one-SE rule) and said
+    so: the crops are served exactly when they beat the image and mirror by more than one
+    paired standard error there. Without crops in featurize.views (the default) there is
+    nothing to choose, and train says so."""
+    views = figures["views"]
+    accuracy = views["val_accuracy"]
+    if "crops" not in figures["featurize_views"]:  # the default views: nothing to choose from
+        assert (views["crops"], views["served"]) == (False, ["image", "flip"]), views
+        assert "no crops view" in views["why"]
+        return
+    gain = accuracy["image+crops"] - accuracy["image"]
+    assert views["crops"] == (gain > views["difference_se"]), views
+    expected = ["image", "flip", "crops"] if views["crops"] else ["image", "flip"]
+    assert views["served"] == expected
+    served = accuracy["image+crops" if views["crops"] else "image"]
+    assert figures["val_accuracy"] == pytest.approx(served)
+
+
 def test_clean_captions_beat_the_reference_and_find_the_colour_tags(quality):
     figures = quality["clean"]
     # the content split's test photos (15 % of 4,317, less the outliers clean dropped)
     assert 550 < figures["n_test"] < 700
-    # the default search beats the logistic-regression reference (0.73 is the aim: not reached)
+    _views_choice_is_recorded(figures)
+    # the default search beats the logistic-regression reference (0.73 is the aim: not reached;
+    # bench/results/quality.json: 0.713, the crops view not chosen on validation)
     assert figures["accuracy"] >= 0.70
     assert figures["accuracy"] > figures["baseline_accuracy"]
     colour = figures["colour_recall_at_10"]
     assert colour["posts"] > 300
-    # the photo's colours reach the served list: the class mixture cannot see them (the aim of
-    # 0.52 is not reached yet)
-    assert colour["served"] >= 0.35
-    assert colour["served"] >= colour["class_mixture"] + 0.15
+    # the photo's colours reach the served list, through the list's tail: the class mixture
+    # cannot see them (measured 0.485; the aim of 0.52 is not reached yet)
+    assert colour["served"] >= 0.45
+    assert colour["served"] >= colour["class_mixture"] + 0.25
+    tail = figures["tail"]
+    assert tail["chosen_recall"] >= tail["best_recall"] - 0.01  # within one SE of the best
+    image_rankers = ("tag_model", "colour_tags", "neighbours")
+    assert sum(tail.get("weights", {}).get(name, 0) for name in image_rankers) > 0
     _at_least_both_floors(figures)
+    # the whole list recalls at least the class mixture's (its R@10 floor), within 2 paired SE
+    paired = figures["paired"]["class_mixture"]["recall_at_10"]
+    assert paired["difference"] >= -2 * paired["se"]
 
 
 def test_noisy_captions_served_ranking_reaches_popularity_and_the_class_mixture(quality):
@@ -66,6 +94,7 @@ def test_noisy_captions_served_ranking_reaches_popularity_and_the_class_mixture(
     # daisy and sunflower photos have no captions: only three classes' posts are scored
     assert 0 < figures["hashtag_posts"] < figures["n_test"]
     assert figures["choice"]["served"] in ("blend", "single")
+    _views_choice_is_recorded(figures)
     _at_least_both_floors(figures)
     # popularity here is the most used tags of captioned posts, the same for every photo
     assert figures["rankers"]["popularity"]["hashtag_recall_at_5"] > 0.3

@@ -117,7 +117,7 @@ def test_featurize_on_a_full_disk_fails_clearly_and_resumes(small_disk, pipeline
     assert "free" in errors[0] and "Traceback" not in result.stderr
     # And every file it left is whole: finished shards load, no temp files, no features.npz (the
     # image's own store: the flip and colour views fill stores of their own beside it)
-    views = ("-flip", "-colour")
+    views = ("-flip", "-colour", "-crops")
     shards = sorted(p for p in out.glob("store/*/shard-*.npz") if not p.parent.name.endswith(views))
     assert shards, "no shard fitted on the disk: make SMALL larger"
     done = 0

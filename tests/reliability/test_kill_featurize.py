@@ -26,7 +26,7 @@ SEED = 1009  # the kill point; change it to explore another one, the test must s
 def _shards(repo):
     """The image store's shards (the flip and colour views have stores of their own after it)."""
     return sorted(path for path in (repo / "data" / "features" / "store").glob("*/shard-*.npz")
-                  if not path.parent.name.endswith(("-flip", "-colour")))  # fmt: skip
+                  if not path.parent.name.endswith(("-flip", "-colour", "-crops")))  # fmt: skip
 
 
 def _store_rows(shards) -> list[str]:

@@ -49,12 +49,13 @@ def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
     assert (report.computed, report.cached) == (9, 0)
     # the views, in posts order, each in its own store: the mirror image's vector and colours
     with np.load(out / "features.npz") as npz:
-        flip, colour = npz["flip_vectors"], npz["colour_vectors"]
-    assert flip.shape == (9, 512) and colour.shape == (9, 128)
+        flip, colour, crops = npz["flip_vectors"], npz["colour_vectors"], npz["crops_vectors"]
+    assert flip.shape == crops.shape == (9, 512) and colour.shape == (9, 128)
+    assert not np.allclose(crops, vectors)  # five crops of the enlarged image: a zoom
     np.testing.assert_allclose(colour.sum(axis=1), 2.0, rtol=1e-5)
     assert {p.name for p in (out / "store").iterdir()} == {
         "vgg19-32px-random-seed42", "vgg19-32px-random-seed42-flip",
-        "vgg19-32px-random-seed42-colour"}
+        "vgg19-32px-random-seed42-colour", "vgg19-32px-random-seed42-crops"}
 
 
 @pytest.mark.slow
@@ -92,7 +93,8 @@ def test_a_new_image_size_recomputes_into_its_own_store(tiny_params, raw, tmp_pa
     report = run(tiny_params, raw, out, model=bigger)
     assert (report.computed, report.cached) == (9, 0)
     assert sorted(p.name for p in (out / "store").iterdir() if not p.name.endswith(
-        ("-flip", "-colour"))) == ["vgg19-32px-random-seed42", "vgg19-48px-random-seed42"]
+        ("-flip", "-colour", "-crops"))) == ["vgg19-32px-random-seed42",
+                                             "vgg19-48px-random-seed42"]
     assert json.loads((out / META_FILE).read_text())["image_size"] == 48
 
 
@@ -219,22 +221,23 @@ def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(tiny_par
 
     monkeypatch.setattr(engine_runtimes.OpenVinoForward, "__call__", spy)
     monkeypatch.setattr(engine_runtimes.TensorFlowForward, "__call__", no_tensorflow)
-    on_openvino = tiny_params.featurize.model_copy(update={"engine": "openvino", "batch_size": 4})
-    assert on_openvino.views == ("flip", "colour")
+    on_openvino = tiny_params.featurize.model_copy(
+        update={"engine": "openvino", "batch_size": 4, "views": ("flip", "colour", "crops")}
+    )
     # When featurize runs over the 9 images
     featurize.run(
         tiny_params.model, on_openvino, tiny_params.clean, seed=tiny_params.base.seed, raw=raw,
         out=tmp_path / "ov", progress=False,
     )
     # Then each batch was one OpenVINO call that computed the image and every view
-    everything = ["colour", "flip", "vectors"]
+    everything = ["colour", "crops", "flip", "vectors"]
     assert calls == [(4, everything), (4, everything), (1, everything)]
     # and the vectors are TensorFlow's, view by view
     monkeypatch.undo()
     run(tiny_params, raw, tmp_path / "tf")
     got, want = _arrays(tmp_path / "ov"), _arrays(tmp_path / "tf")
-    assert sorted(got) == ["colour_vectors", "flip_vectors", "sha256", "vectors"]
-    for array in ("vectors", "flip_vectors", "colour_vectors"):
+    assert sorted(got) == ["colour_vectors", "crops_vectors", "flip_vectors", "sha256", "vectors"]
+    for array in ("vectors", "flip_vectors", "colour_vectors", "crops_vectors"):
         scale = np.linalg.norm(want[array], axis=1)
         assert np.max(np.linalg.norm(got[array] - want[array], axis=1) / scale) < 1e-4, array
 

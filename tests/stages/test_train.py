@@ -75,6 +75,12 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
 
     flavor = mlflow.models.get_model_info(logged_model_uri(summary["run_id"])).flavors
     assert flavor["python_function"]["config"][ENGINE_KEY] == params.featurize.engine
+    # ... and the views its model averages, as model_info.json and train.json name them
+    written = json.loads((paths["reports"] / "train.json").read_text())
+    assert list(predictor.views) == info["views"] == written["views"]["served"]
+    assert flavor["python_function"]["config"]["train.views"] == ",".join(info["views"])
+    assert info["views"][0] == "image" and set(info["views"]) <= {"image", "flip", "crops"}
+    assert ("crops" in info["views"]) == written["views"]["crops"]
     assert run.info.run_name == "train vgg19-32px lr=0.001"
     # The three splits are the run's dataset inputs, identified by the data version
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
@@ -173,6 +179,45 @@ def test_fine_tune_trains_the_last_block_and_extends_the_history(inputs):
         layer.weights[0].numpy(), original.get_layer(layer.name).weights[0].numpy())}
     assert changed == {"block5_conv1", "block5_conv2", "block5_conv3", "block5_conv4"}
     assert unfreeze_last_block(fresh, "vgg19") == 4
+
+
+@pytest.mark.slow
+def test_fine_tune_auto_keeps_the_head_when_fine_tuning_does_not_win(inputs):
+    """enabled: auto fine-tunes a copy; a step too small to change anything leaves a tie on
+    validation, so the head is served, untouched, with its image rankers and drift reference."""
+    params, paths = inputs
+    fine = params.train.fine_tune.model_copy(update={"enabled": "auto", "epochs": 1,
+                                                     "learning_rate": 1e-12})
+    params = params.model_copy(update={"train": params.train.model_copy(
+        update={"fine_tune": fine, "epochs": 2, "early_stopping_patience": 0})})
+    summary = _run(params, paths)
+
+    tuning = summary["fine_tune"]
+    assert tuning["served"] == "head"
+    assert tuning["val_accuracy"]["fine_tuned"] == tuning["val_accuracy"]["head"]
+    assert tuning["val_accuracy"]["head"] == pytest.approx(summary["val_accuracy"])
+    assert "the head is served" in tuning["why"]
+    with open(paths["reports"] / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2  # the head's epochs only
+    run = mlflow.get_run(summary["run_id"])
+    assert run.data.params["train.fine_tune.served"] == "head"
+    assert run.data.tags["fine_tune_why"] == tuning["why"]
+    assert {"fine_tune_loss", "val_accuracy_head", "val_accuracy_fine_tuned"} <= set(
+        run.data.metrics)
+    assert (paths["out"] / "drift_reference.json").is_file()
+    assert "neighbours" in summary["hashtags_val"]["rankers"]  # the image rankers competed
+
+    import keras
+
+    from taglens.features.backbones import build_feature_extractor, preprocess_layer
+
+    preprocess_layer("none")
+    saved = keras.saving.load_model(paths["out"] / "model.keras", compile=False)
+    backbone = saved.get_layer("vgg19_features").get_layer("vgg19")
+    original = build_feature_extractor(params.model, params.base.seed).get_layer("vgg19")
+    for layer in (layer for layer in backbone.layers if layer.weights):
+        for got, want in zip(layer.weights, original.get_layer(layer.name).weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 def test_features_from_another_backbone_are_refused(inputs):

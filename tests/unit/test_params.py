@@ -154,3 +154,23 @@ def test_flatten_uses_section_names():
     assert flatten(tiny_params())["base.classes"].startswith(
         "animals,art,"
     )
+
+
+@pytest.mark.parametrize("dotted", ["train.crops", "train.fine_tune.enabled"])
+def test_the_choices_made_on_validation_take_auto_true_or_false(dotted):
+    for value in ("auto", True, False):
+        params = load_params(ROOT / "params.yaml", {dotted: value})
+        section, *rest = dotted.split(".")
+        got = getattr(params, section)
+        for key in rest:
+            got = getattr(got, key)
+        assert got == value
+    with pytest.raises(ParamsError, match=dotted.replace(".", r"\.")):
+        load_params(ROOT / "params.yaml", {dotted: "sometimes"})
+
+
+def test_the_crops_view_is_a_featurize_view():
+    params = load_params(ROOT / "params.yaml", {"featurize.views": ["flip", "crops"]})
+    assert params.featurize.views == ("flip", "crops")
+    with pytest.raises(ParamsError, match=r"featurize\.views"):
+        load_params(ROOT / "params.yaml", {"featurize.views": ["zoom"]})

@@ -166,3 +166,74 @@ def test_evaluation_reports_every_ranker_and_warns_below_popularity(caplog):
         "why": "test",
     }
     assert "below popularity" in caplog.text
+
+
+def test_head_then_tail_ranks_the_heads_best_tags_first_then_the_tails():
+    from taglens.training.blend import head_then_tail
+
+    head = np.array([[0.9, 0.8, 0.1, 0.2, 0.0], [0.1, 0.2, 0.3, -np.inf, 0.5]])
+    tail = np.array([[0.1, 0.2, 0.9, 0.3, 0.8], [0.9, 0.8, 0.1, -np.inf, 0.2]])
+    out = head_then_tail(head, tail, 2)
+    assert [list(np.argsort(-row, kind="stable")) for row in out] == [[0, 1, 2, 4, 3],
+                                                                      [4, 2, 0, 1, 3]]
+    assert out[0, 2] == 0.9 and out[0, 4] == 0.8  # the tail keeps its own scores
+    assert out[0, 0] > out[0, 1] > out[0, 2]  # the head keeps its order, above every tail tag
+    assert out[1, 3] == -np.inf  # ineligible stays ineligible
+    np.testing.assert_array_equal(head_then_tail(head, head, 2).argsort(1), head.argsort(1))
+
+
+def test_the_tail_prefers_the_image_rankers_when_recall_cannot_tell_them_apart():
+    """Tags 0-4 are every post's head; the tail's last slot (top_k 6) goes to tag 5 or 6.
+    The class mixture and the colour model find as many tags there (tag 5 on half the posts,
+    tag 6 on the other half): the colour model is served. A tail that finds fewer is not."""
+    from taglens.training.blend import choose_tail
+
+    n, tags = 40, 8
+    truth = np.zeros((n, tags))
+    truth[:, :5] = 1.0
+    truth[: n // 2, 5] = 1.0
+    truth[n // 2 :, 6] = 1.0
+    n_truth = truth.sum(1)
+    base = np.tile(np.linspace(1.0, 0.6, tags), (n, 1))  # tags 0-4 above the rest
+    mixture = base.copy()  # tag 7 scores 0.6
+    mixture[:, 5], mixture[:, 6] = 0.7, 0.5  # the class's tag 5 for every post: half right
+    colour = base.copy()
+    first = np.arange(n) < n // 2
+    colour[:, 5] = np.where(first, 0.9, 0.0)  # the photo's own tag: right on every post
+    colour[:, 6] = np.where(first, 0.0, 0.9)
+    scores = {"class_mixture": mixture, "colour_tags": colour}
+    floor = np.full(n, 5.5 / 6)
+    weights, summary = choose_tail(scores, lambda raw: raw, {"class_mixture": 1.0}, truth,
+                                   n_truth, 6, 0.5, floor)
+    assert weights == {"class_mixture": 0.0, "colour_tags": 1.0}
+    assert summary["head_recall"] == pytest.approx(5.5 / 6)
+    assert summary["chosen_recall"] == summary["best_recall"] == pytest.approx(1.0)
+    # the colour model wrong on every post: the head's own blend stays (no tail)
+    scores["colour_tags"] = colour[:, [0, 1, 2, 3, 4, 6, 5, 7]]
+    weights, summary = choose_tail(scores, lambda raw: raw, {"class_mixture": 1.0}, truth,
+                                   n_truth, 6, 0.5, floor)
+    assert weights is None and summary["chosen_recall"] == pytest.approx(5.5 / 6)
+    # no tail in a list of HASHTAG_K tags
+    assert choose_tail(scores, lambda raw: raw, {"class_mixture": 1.0}, truth, n_truth, 5, 0.5,
+                       floor)[0] is None
+
+
+def test_a_blend_with_a_tail_saves_loads_and_serves_head_then_tail(tmp_path):
+    from taglens.training.blend import HashtagBlend
+
+    class Stats:  # finish: no eligibility rule, no tag weights
+        def finish(self, raw, params, multiplier=None):
+            return np.asarray(raw, np.float64)
+
+    scores = {"class_mixture": np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.1]]),
+              "colour_tags": np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.9]])}
+    blend = HashtagBlend(weights={"class_mixture": 1.0},
+                         tail_weights={"class_mixture": 0.5, "colour_tags": 0.5})
+    loaded = HashtagBlend.load(blend.save(tmp_path / "rankers.npz"))
+    assert loaded.tail_weights == {"popularity": 0.0, "class_mixture": 0.5, "tag_model": 0.0,
+                                   "colour_tags": 0.5, "neighbours": 0.0}
+    final = loaded.final(Stats(), None, scores)
+    assert list(np.argsort(-final[0])) == [0, 1, 2, 3, 4, 6, 5]  # the tail lifts tag 6
+    plain = HashtagBlend(weights={"class_mixture": 1.0})
+    assert HashtagBlend.load(plain.save(tmp_path / "plain.npz")).tail_weights is None
+    np.testing.assert_array_equal(plain.final(Stats(), None, scores), scores["class_mixture"])
