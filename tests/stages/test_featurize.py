@@ -32,10 +32,16 @@ def run(params, raw, out, model=None):
                          seed=params.base.seed, raw=raw, out=out, progress=False)  # fmt: skip
 
 
+def with_crops(params):
+    """`params` with the optional crops view added to featurize.views."""
+    views = {"views": ("flip", "colour", "crops")}
+    return params.model_copy(update={"featurize": params.featurize.model_copy(update=views)})
+
+
 @pytest.mark.slow
 def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
     out = tmp_path / "features"
-    report = run(tiny_params, raw, out)
+    report = run(with_crops(tiny_params), raw, out)
     shas, vectors = read_features(out)
     posts = read_posts(raw / POSTS_FILE)
     assert shas.tolist() == [post.sha256 for post in posts]
@@ -44,8 +50,8 @@ def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
     meta = json.loads((out / META_FILE).read_text())
     assert meta == {"backbone": "vgg19", "image_size": 32, "weights_identity": "random-seed42",
                     "dim": 512, "count": 9, "store": "vgg19-32px-random-seed42",
-                    "views": ["flip", "colour"], "precision": "fp32", "engine": "tensorflow",
-                    "int8": None}  # fmt: skip
+                    "views": ["flip", "colour", "crops"], "precision": "fp32",
+                    "engine": "tensorflow", "int8": None}  # fmt: skip
     assert (report.computed, report.cached) == (9, 0)
     # the views, in posts order, each in its own store: the mirror image's vector and colours
     with np.load(out / "features.npz") as npz:
@@ -234,7 +240,7 @@ def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(tiny_par
     assert calls == [(4, everything), (4, everything), (1, everything)]
     # and the vectors are TensorFlow's, view by view
     monkeypatch.undo()
-    run(tiny_params, raw, tmp_path / "tf")
+    run(with_crops(tiny_params), raw, tmp_path / "tf")
     got, want = _arrays(tmp_path / "ov"), _arrays(tmp_path / "tf")
     assert sorted(got) == ["colour_vectors", "crops_vectors", "flip_vectors", "sha256", "vectors"]
     for array in ("vectors", "flip_vectors", "colour_vectors", "crops_vectors"):
