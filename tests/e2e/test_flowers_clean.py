@@ -11,7 +11,7 @@ from stages import clean, featurize
 from taglens.data.posts import POSTS_FILE, write_posts
 from taglens.features.split import content_split
 from taglens.features.store import read_features
-from taglens.params import FeaturizeParams, ModelParams
+from taglens.params import ModelParams
 from tests.helpers.rawdata import add_post
 
 PER_CLASS = 20
@@ -30,14 +30,16 @@ def test_flowers_featurize_and_clean_counts_add_up(
             posts.append(add_post(raw, label, path.read_bytes(), f"{label}-{path.stem}"))
     write_posts(raw / POSTS_FILE, posts)
     model = ModelParams(backbone="mobilenet", image_size=96, weights=str(mobilenet_weights))
-    params = FeaturizeParams(batch_size=32, jit_compile=False, shard_size=40, engine="tensorflow",
-                             views=())
+    params = tiny_params.featurize.model_copy(
+        update={"batch_size": 32, "jit_compile": False, "shard_size": 40, "engine": "tensorflow",
+                "views": ()}
+    )
 
     # When featurize runs twice and clean once
-    first = featurize.run(model, params, seed=0, raw=raw, out=tmp_path / "features",
-                          progress=False)  # fmt: skip
-    second = featurize.run(model, params, seed=0, raw=raw, out=tmp_path / "features",
-                           progress=False)  # fmt: skip
+    first = featurize.run(model, params, tiny_params.clean, seed=0, raw=raw,
+                          out=tmp_path / "features", progress=False)  # fmt: skip
+    second = featurize.run(model, params, tiny_params.clean, seed=0, raw=raw,
+                           out=tmp_path / "features", progress=False)  # fmt: skip
     base = tiny_params.base.model_copy(update={"classes": tuple(classes)})
     import mlflow
 

@@ -84,6 +84,7 @@ def test_a_dask_worker_killed_mid_featurize_loses_and_doubles_no_shard(
     run_stage(
         params.model,
         params.featurize,
+        params.clean,
         seed=params.base.seed,
         raw=local / "data" / "raw",
         out=local / "data" / "features",
