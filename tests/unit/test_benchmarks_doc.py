@@ -59,7 +59,7 @@ def test_a_figure_in_a_results_file_is_the_figure_in_the_document(tmp_path):
     (results / "train.json").write_text(json.dumps(train))
     (results / "load_web-224px.json").write_text(json.dumps(web))
     text = render.render(results)
-    assert "| 77.7x |" in text and "77.7" not in DOCUMENT.read_text()
+    assert "| 77.7x |" in text and "| 77.7x |" not in DOCUMENT.read_text()
     web_section = text.split("## Web page under load")[1]
     assert web_section.count("1234.5") == 2  # the table and the prose under it
 
