@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -57,8 +58,9 @@ def test_registered_uris_are_labelled_with_name_and_version(tiny_champion, tiny_
     name, version, _ = tiny_champion
     loaded = []
     monkeypatch.setattr("taglens.lifecycle.tracking.configure_tracking", lambda experiment: "uri")
-    monkeypatch.setattr(model_ref, "load_predictor", lambda uri: loaded.append(uri) or uri)
-    monkeypatch.setattr(model_ref, "on_engine", lambda predictor, engine: (predictor, engine))
+    monkeypatch.setattr(model_ref, "load_predictor",
+                        lambda uri: loaded.append(uri) or SimpleNamespace(uri=uri, info={}))
+    monkeypatch.setattr(model_ref, "on_engine", lambda predictor, engine: (predictor.uri, engine))
     engine = tiny_params.featurize.engine
     # the champion alias is pinned to the version it points at, which is what is reported
     assert web_main.load_model(tiny_params, None) == (
