@@ -36,6 +36,7 @@ from bench.web_load_kit import (
     cpu_seconds,
     free_port,
     photo,
+    pooled,
     rss_mb,
     run_load,
     start_server,
@@ -112,16 +113,6 @@ def realistic_models(dest: Path, size: int) -> tuple[Path, str]:
     return dest, f"MobileNet 1.0 ({described}) + softmax head, {size} px"
 
 
-def _pooled(runs: list[LoadResult]) -> LoadResult:
-    pooled = LoadResult(concurrency=runs[0].concurrency)
-    for run in runs:
-        pooled.requests += run.requests
-        pooled.errors += run.errors
-        pooled.seconds += run.seconds
-        pooled.latencies_ms += run.latencies_ms
-        for status, n in run.statuses.items():
-            pooled.statuses[status] = pooled.statuses.get(status, 0) + n
-    return pooled
 
 
 def unbatched_params(params: Path, dest: Path) -> Path:
@@ -185,9 +176,9 @@ def scaling(models: Path, servers: dict[str, Path], images: list[bytes], *, clie
                 proc.kill()
     measured: dict = {name: {} for name in servers}
     for name, n in arms:
-        load = _pooled(loads[(name, n)])
+        load = pooled(loads[(name, n)])
         measured[name][str(n)] = {
-            **load.summary(), "page": _page_summary(_pooled(pages[(name, n)])),
+            **load.summary(), "page": _page_summary(pooled(pages[(name, n)])),
             # CPU per request: what each side costs, whatever share of the machine it got
             "server_cpu_ms_per_request": round(1000 * sum(cpu[(name, n)][::2]) / load.requests, 2),
             "client_cpu_ms_per_request": round(1000 * sum(cpu[(name, n)][1::2]) / load.requests, 2),

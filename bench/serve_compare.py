@@ -46,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.web_load_kit import ROOT, LoadResult, PageProbe, free_port, run_load, tree_cpu_seconds
+from bench.web_load_kit import (
+    ROOT,
+    PageProbe,
+    free_port,
+    pooled,
+    run_load,
+    tree_cpu_seconds,
+)
 
 TAGLENS = "taglens serve"
 MLFLOW = "mlflow models serve"
@@ -364,19 +371,6 @@ def measure(
         for proc in procs.values():
             stop(proc)
     return {"runs": runs, "predict": predict_runs, "answers": answers}
-
-
-def pooled(loads: list[LoadResult]) -> LoadResult:
-    """Several runs of one arm as one: requests, errors, seconds and latencies added up."""
-    total = LoadResult(concurrency=loads[0].concurrency)
-    for load in loads:
-        total.requests += load.requests
-        total.errors += load.errors
-        total.seconds += load.seconds
-        total.latencies_ms += load.latencies_ms
-        for status, n in load.statuses.items():
-            total.statuses[status] = total.statuses.get(status, 0) + n
-    return total
 
 
 def agreement(answers: dict[str, dict[int, set]], examples: int = 3) -> dict:

@@ -54,6 +54,19 @@ class LoadResult:
         return data
 
 
+def pooled(loads: list[LoadResult]) -> LoadResult:
+    """Several runs of one arm as one: requests, errors, seconds and latencies added up."""
+    total = LoadResult(concurrency=loads[0].concurrency)
+    for load in loads:
+        total.requests += load.requests
+        total.errors += load.errors
+        total.seconds += load.seconds
+        total.latencies_ms += load.latencies_ms
+        for status, n in load.statuses.items():
+            total.statuses[status] = total.statuses.get(status, 0) + n
+    return total
+
+
 def photo(size: int = 224, seed: int = 0) -> bytes:
     """A photo-like JPEG (gradients plus noise) of `size` pixels square."""
     import numpy as np
