@@ -34,13 +34,16 @@ from bench.featurize import FLOWERS, MOBILENET, ROOT, sample_photos, take_turns
 MOBILENET_IDENTITY = "file-mobilenet_v1_1.0"  # the cache key names the shared weights file
 
 
-def flowers_posts() -> list:
-    """Every flowers photo as a post (label: its folder), as the folder source would give it."""
+def flowers_posts(root: Path = FLOWERS, per_class: int | None = None) -> list:
+    """The flowers photos as posts (label: their folder), as the folder source would give them.
+
+    `per_class` keeps the first that many photos of each folder (None: every photo).
+    """
     from taglens.data.posts import Post
 
     posts = []
-    for folder in sorted(path for path in FLOWERS.iterdir() if path.is_dir()):
-        for photo in sorted(folder.glob("*.jpg")):
+    for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        for photo in sorted(folder.glob("*.jpg"))[:per_class]:
             sha = hashlib.sha256(photo.read_bytes()).hexdigest()
             posts.append(
                 Post(

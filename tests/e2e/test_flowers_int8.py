@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 
-from taglens.data.posts import Post
+from bench.int8 import flowers_posts
 from taglens.params import load_params
 from tests.helpers.paths import ROOT
 
@@ -24,21 +22,7 @@ def test_int8_vectors_of_flowers_photos_are_close_to_fp32(flowers_dir, mobilenet
     from taglens.features.engines import compile_forward
 
     # Given 30 photos of each class as posts, and MobileNet quantized on clean's training photos
-    posts = []
-    for folder in sorted(path for path in flowers_dir.iterdir() if path.is_dir()):
-        for photo in sorted(folder.glob("*.jpg"))[:30]:
-            sha = hashlib.sha256(photo.read_bytes()).hexdigest()
-            posts.append(
-                Post(
-                    id=sha[:16],
-                    label=folder.name,
-                    image=f"{folder.name}/{photo.name}",
-                    sha256=sha,
-                    width=128,
-                    height=128,
-                    source="folder",
-                )
-            )
+    posts = flowers_posts(flowers_dir, per_class=30)
     params = load_params(
         ROOT / "params.yaml",
         {
