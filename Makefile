@@ -81,6 +81,7 @@ test-fast: setup-dev ## the tests not marked slow (no servers, pipelines, browse
 
 lint: setup-dev ## ruff
 	$(VENV)/bin/ruff check taglens stages flows tests bench
+	$(VENV)/bin/ruff format --check taglens stages flows tests bench
 
 bench: setup ## the benchmarks (results in bench/results/, summary in BENCHMARKS.md)
 	$(PY) -m bench.run_all

@@ -75,15 +75,19 @@ def plain_onnxruntime(model) -> Callable:
     from taglens.features.engines import ONNX_OPSET, traced
 
     forward = traced(model)
-    proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature,
-                                             opset=ONNX_OPSET)  # fmt: skip
+    proto, _ = tf2onnx.convert.from_function(
+        forward, input_signature=forward.input_signature, opset=ONNX_OPSET
+    )
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda images: session.run(None, {name: np.asarray(images)})[0]
 
 
-PLAIN = {"tensorflow": plain_tensorflow, "openvino": plain_openvino,
-         "onnxruntime": plain_onnxruntime}  # fmt: skip
+PLAIN = {
+    "tensorflow": plain_tensorflow,
+    "openvino": plain_openvino,
+    "onnxruntime": plain_onnxruntime,
+}
 
 
 def bf16_relative_difference(model, images: np.ndarray) -> float:
@@ -122,7 +126,7 @@ def take_turns(contenders: dict[str, Iterator[np.ndarray]]) -> tuple[dict, dict,
     first: dict[str, np.ndarray] = {}
     names, turn = list(contenders), 0
     while names:
-        order = names[turn % len(names):] + names[: turn % len(names)]
+        order = names[turn % len(names) :] + names[: turn % len(names)]
         for name in order:
             start, start_cpu = time.perf_counter(), time.process_time()
             vectors = next(contenders[name], None)
@@ -136,8 +140,14 @@ def take_turns(contenders: dict[str, Iterator[np.ndarray]]) -> tuple[dict, dict,
     return seconds, cpu, first
 
 
-def run(images: int, size: int, batch: int, engines: list[str], taglens: list[str],
-        backbone: str = "vgg19") -> dict:
+def run(
+    images: int,
+    size: int,
+    batch: int,
+    engines: list[str],
+    taglens: list[str],
+    backbone: str = "vgg19",
+) -> dict:
     """All measurements; returns a JSON-ready dict."""
     from taglens.data.images import load_batch
     from taglens.features.backbones import build_feature_extractor
@@ -146,18 +156,26 @@ def run(images: int, size: int, batch: int, engines: list[str], taglens: list[st
 
     default = load_params(ROOT / "params.yaml").featurize.engine
     weights = str(MOBILENET) if backbone == "mobilenet" and MOBILENET.is_file() else None
-    model = build_feature_extractor(ModelParams(backbone=backbone, image_size=size,
-                                                weights=weights), seed=0)  # fmt: skip
+    model = build_feature_extractor(
+        ModelParams(backbone=backbone, image_size=size, weights=weights), seed=0
+    )
     paths = sample_photos(images)
     reference = np.asarray(model.predict(load_batch(paths[:batch], size), verbose=0))
-    result: dict = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
-                    "backbone": backbone, "weights": weights or "random", "image_size": size,
-                    "batch_size": batch, "images": len(paths),
-                    "default_engine": default}  # fmt: skip
+    result: dict = {
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg()[0],
+        "backbone": backbone,
+        "weights": weights or "random",
+        "image_size": size,
+        "batch_size": batch,
+        "images": len(paths),
+        "default_engine": default,
+    }
     contenders: dict[str, Iterator[np.ndarray]] = {}
     for engine in dict.fromkeys([default, *taglens]):
         contenders[f"taglens/{engine}"] = iter_feature_batches(
-            paths, model, image_size=size, batch_size=batch, jit_compile=False, engine=engine)
+            paths, model, image_size=size, batch_size=batch, jit_compile=False, engine=engine
+        )
     convert_s = {}
     for engine in engines:
         start = time.perf_counter()
@@ -166,22 +184,25 @@ def run(images: int, size: int, batch: int, engines: list[str], taglens: list[st
         contenders[f"plain/{engine}"] = plain_batches(forward, paths, size, batch)
     seconds, cpu, first = take_turns(contenders)
     result["batch_seconds"], result["batch_cpu_seconds"] = seconds, cpu
-    result["img_per_cpu_s"] = {name: batch / float(np.median(times[1:]))
-                               for name, times in cpu.items()}  # fmt: skip
+    result["img_per_cpu_s"] = {
+        name: batch / float(np.median(times[1:])) for name, times in cpu.items()
+    }
     steady = {name: times[1:] for name, times in seconds.items()}
     result["best_img_s"] = {name: batch / min(times) for name, times in steady.items()}
-    result["median_img_s"] = {name: batch / float(np.median(times))
-                              for name, times in steady.items()}  # fmt: skip
+    result["median_img_s"] = {
+        name: batch / float(np.median(times)) for name, times in steady.items()
+    }
     result["first_batch_s"] = {name: times[0] for name, times in seconds.items()}
     result["plain_convert_s"] = convert_s
-    result["relative_difference"] = {name: relative_difference(vectors, reference)
-                                     for name, vectors in first.items()}  # fmt: skip
+    result["relative_difference"] = {
+        name: relative_difference(vectors, reference) for name, vectors in first.items()
+    }
     if "openvino" in engines:
         result["bf16_relative_difference"] = bf16_relative_difference(
-            model, load_batch(paths[:batch], size).numpy())
+            model, load_batch(paths[:batch], size).numpy()
+        )
     ours = f"taglens/{default}"
-    for stat, key in (("best", "best_img_s"), ("median", "median_img_s"),
-                      ("cpu", "img_per_cpu_s")):  # fmt: skip
+    for stat, key in (("best", "best_img_s"), ("median", "median_img_s"), ("cpu", "img_per_cpu_s")):
         rates = result[key]
         others = {name: rate for name, rate in rates.items() if name.startswith("plain/")}
         best_other = max(others, key=others.get)
@@ -245,9 +266,11 @@ def to_markdown(r: dict) -> str:
         + "; taglens converts inside its first batch.",
     ]
     if "bf16_relative_difference" in r:
-        lines.append(f"OpenVINO's default precision on this CPU (bfloat16) differs from Keras by "
-                     f"{r['bf16_relative_difference']:.1e} relative, so every OpenVINO row here "
-                     "asks for float32.")  # fmt: skip
+        lines.append(
+            f"OpenVINO's default precision on this CPU (bfloat16) differs from Keras by "
+            f"{r['bf16_relative_difference']:.1e} relative, so every OpenVINO row here "
+            "asks for float32."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -258,14 +281,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=112, help="photos each contender featurizes")
     parser.add_argument("--stem", help="results file name (default featurize[-BACKBONE])")
-    parser.add_argument("--backbone", choices=("vgg19", "mobilenet"), default="vgg19",
-                        help="mobilenet uses the shared ImageNet weights when present")
+    parser.add_argument(
+        "--backbone",
+        choices=("vgg19", "mobilenet"),
+        default="vgg19",
+        help="mobilenet uses the shared ImageNet weights when present",
+    )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
-                        help="engines run as plain loops")
-    parser.add_argument("--taglens", nargs="*", choices=ENGINES, default=[],
-                        help="engines taglens's featurize runs on besides the default")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        choices=ENGINES,
+        default=list(ENGINES),
+        help="engines run as plain loops",
+    )
+    parser.add_argument(
+        "--taglens",
+        nargs="*",
+        choices=ENGINES,
+        default=[],
+        help="engines taglens's featurize runs on besides the default",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     if args.images < 2 * args.batch:

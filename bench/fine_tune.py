@@ -60,40 +60,70 @@ def main(argv: list[str] | None = None) -> int:
     split = _split(labels, params.base.seed)
     tr, va, te = (split == name for name in ("train", "val", "test"))
     train = params.train.model_copy(update={"augment": False})
-    fit = fit_head((views[""][tr], labels[tr]), (views[""][va], labels[va]),
-                   int(labels.max()) + 1, train, params.base.seed)  # fmt: skip
+    fit = fit_head(
+        (views[""][tr], labels[tr]),
+        (views[""][va], labels[va]),
+        int(labels.max()) + 1,
+        train,
+        params.base.seed,
+    )
     model = assemble(build_feature_extractor(model_params, params.base.seed), fit.model)
     test_files = [files[i] for i in np.flatnonzero(te)]
 
     def test_accuracy() -> float:
-        probs = np.concatenate([np.asarray(model(batch, training=False)["probabilities"])
-                                for batch in image_dataset(test_files, 128, 64)])  # fmt: skip
+        probs = np.concatenate(
+            [
+                np.asarray(model(batch, training=False)["probabilities"])
+                for batch in image_dataset(test_files, 128, 64)
+            ]
+        )
         return float(np.mean(probs.argmax(axis=1) == labels[te]))
 
     before = test_accuracy()
-    tune = FineTuneParams(enabled=True, epochs=args.epochs, learning_rate=args.learning_rate,
-                          batch_size=params.train.fine_tune.batch_size, layers=args.layers)
+    tune = FineTuneParams(
+        enabled=True,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=params.train.fine_tune.batch_size,
+        layers=args.layers,
+    )
     pick = lambda mask: ([files[i] for i in np.flatnonzero(mask)], labels[mask])  # noqa: E731
     wall, cpu = time.perf_counter(), time.process_time()
-    rows = fine_tune(model, model_params, tune, pick(tr), pick(va),
-                     label_smoothing=train.label_smoothing, seed=params.base.seed)  # fmt: skip
+    rows = fine_tune(
+        model,
+        model_params,
+        tune,
+        pick(tr),
+        pick(va),
+        label_smoothing=train.label_smoothing,
+        seed=params.base.seed,
+    )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     after = test_accuracy()
     result = {
-        "backbone": "mobilenet (1.0, ImageNet)", "image_size": 128, "train_images": int(tr.sum()),
-        "test_images": int(te.sum()), "epochs": args.epochs, "layers": args.layers or "last block",
-        "learning_rate": args.learning_rate, "test_accuracy_head": round(before, 4),
-        "test_accuracy_fine_tuned": round(after, 4), "gain": round(after - before, 4),
+        "backbone": "mobilenet (1.0, ImageNet)",
+        "image_size": 128,
+        "train_images": int(tr.sum()),
+        "test_images": int(te.sum()),
+        "epochs": args.epochs,
+        "layers": args.layers or "last block",
+        "learning_rate": args.learning_rate,
+        "test_accuracy_head": round(before, 4),
+        "test_accuracy_fine_tuned": round(after, 4),
+        "gain": round(after - before, 4),
         "val_accuracy_per_epoch": [round(r.get("val_accuracy", float("nan")), 4) for r in rows],
         "wall_min_per_epoch": round(wall / 60 / args.epochs, 2),
         "cpu_min_per_epoch": round(cpu / 60 / args.epochs, 2),
-        "load_average_1m": round(os.getloadavg()[0], 1), "photos": str(FLOWERS),
-    }  # fmt: skip
-    table = ("| backbone, size | unfrozen | epochs | test acc head -> fine-tuned | gain "
-             "| min/epoch wall (CPU) | load avg |\n|---|---|---|---|---|---|---|\n"
-             f"| MobileNet 1.0, 128 px | {result['layers']} | {args.epochs} | {before:.4f} -> "
-             f"{after:.4f} | {after - before:+.4f} | {result['wall_min_per_epoch']} "
-             f"({result['cpu_min_per_epoch']}) | {result['load_average_1m']} |\n")  # fmt: skip
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        "photos": str(FLOWERS),
+    }
+    table = (
+        "| backbone, size | unfrozen | epochs | test acc head -> fine-tuned | gain "
+        "| min/epoch wall (CPU) | load avg |\n|---|---|---|---|---|---|---|\n"
+        f"| MobileNet 1.0, 128 px | {result['layers']} | {args.epochs} | {before:.4f} -> "
+        f"{after:.4f} | {after - before:+.4f} | {result['wall_min_per_epoch']} "
+        f"({result['cpu_min_per_epoch']}) | {result['load_average_1m']} |\n"
+    )
     stem = f"fine_tune-last-{args.layers}-layers" if args.layers else "fine_tune-last-block"
     save_results(args.out, stem, result, table)
     return 0

@@ -43,8 +43,16 @@ from bench.web_load_kit import (
 )
 
 
-def measure(models: Path, params: Path, *, duration: float, concurrency: int, max_requests: int,
-            leak_requests: int, log: Path) -> dict:  # fmt: skip
+def measure(
+    models: Path,
+    params: Path,
+    *,
+    duration: float,
+    concurrency: int,
+    max_requests: int,
+    leak_requests: int,
+    log: Path,
+) -> dict:
     """Start a server, run the load, then the leak check; always stop the server."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -52,11 +60,13 @@ def measure(models: Path, params: Path, *, duration: float, concurrency: int, ma
     proc = start_server(models, params, port, log)
     try:
         run_load(url, image, concurrency=concurrency, duration=5, max_requests=50)  # warm-up
-        load = run_load(url, image, concurrency=concurrency, duration=duration,
-                        max_requests=max_requests)  # fmt: skip
+        load = run_load(
+            url, image, concurrency=concurrency, duration=duration, max_requests=max_requests
+        )
         before = rss_mb(proc.pid)
-        leak = run_load(url, image, concurrency=concurrency, duration=3600,
-                        max_requests=leak_requests)  # fmt: skip
+        leak = run_load(
+            url, image, concurrency=concurrency, duration=3600, max_requests=leak_requests
+        )
         after = rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -64,11 +74,17 @@ def measure(models: Path, params: Path, *, duration: float, concurrency: int, ma
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return {"load": load.summary(),
-            "leak": {"requests": leak.requests, "errors": leak.errors,
-                     "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1),
-                     "rss_growth_mb": round(after - before, 1)},
-            "image_bytes": len(image)}  # fmt: skip
+    return {
+        "load": load.summary(),
+        "leak": {
+            "requests": leak.requests,
+            "errors": leak.errors,
+            "rss_before_mb": round(before, 1),
+            "rss_after_mb": round(after, 1),
+            "rss_growth_mb": round(after - before, 1),
+        },
+        "image_bytes": len(image),
+    }
 
 
 def instagram_photos(count: int, side: int = 640) -> tuple[list[bytes], str]:
@@ -82,8 +98,11 @@ def instagram_photos(count: int, side: int = 640) -> tuple[list[bytes], str]:
 
     found = sorted(FLOWERS.rglob("*.jpg"))
     if not found:
-        print(f"note: no photos under {FLOWERS}: uploading synthetic {side} px JPEGs instead; "
-              "the figures are not comparable with BENCHMARKS.md", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: no photos under {FLOWERS}: uploading synthetic {side} px JPEGs instead; "
+            "the figures are not comparable with BENCHMARKS.md",
+            file=sys.stderr,
+        )
         return [photo(side, seed) for seed in range(count)], f"synthetic {side}x{side} JPEG"
     step = max(1, len(found) // count)  # spread over the classes
     images = []
@@ -102,17 +121,20 @@ def realistic_models(dest: Path, size: int) -> tuple[Path, str]:
     from bench.predict import FLOWERS, WEIGHTS, build_models
 
     if not FLOWERS.is_dir():
-        sys.exit(f"error: {FLOWERS} is absent, so the flower classes and photos are missing: "
-                 "pass --models DIR (a trained models/ directory) to measure that model")
+        sys.exit(
+            f"error: {FLOWERS} is absent, so the flower classes and photos are missing: "
+            "pass --models DIR (a trained models/ directory) to measure that model"
+        )
     weights = WEIGHTS["mobilenet"]
     if not weights.is_file():
-        print(f"note: {weights} is absent: MobileNet gets random weights (same cost, "
-              "meaningless predictions)", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {weights} is absent: MobileNet gets random weights (same cost, "
+            "meaningless predictions)",
+            file=sys.stderr,
+        )
     build_models(dest, size, alpha=1.0)
     described = "ImageNet weights" if weights.is_file() else "random weights"
     return dest, f"MobileNet 1.0 ({described}) + softmax head, {size} px"
-
-
 
 
 def unbatched_params(params: Path, dest: Path) -> Path:
@@ -126,13 +148,25 @@ def unbatched_params(params: Path, dest: Path) -> Path:
 
 
 def _page_summary(page: LoadResult) -> dict:
-    return {"requests": page.requests, "errors": page.errors,
-            "p50_ms": round(page.percentile_ms(50), 1), "p99_ms": round(page.percentile_ms(99), 1),
-            "max_ms": round(max(page.latencies_ms, default=float("nan")), 1)}  # fmt: skip
+    return {
+        "requests": page.requests,
+        "errors": page.errors,
+        "p50_ms": round(page.percentile_ms(50), 1),
+        "p99_ms": round(page.percentile_ms(99), 1),
+        "max_ms": round(max(page.latencies_ms, default=float("nan")), 1),
+    }
 
 
-def scaling(models: Path, servers: dict[str, Path], images: list[bytes], *, clients: list[int],
-            duration: float, repeats: int, log: Path) -> dict:  # fmt: skip
+def scaling(
+    models: Path,
+    servers: dict[str, Path],
+    images: list[bytes],
+    *,
+    clients: list[int],
+    duration: float,
+    repeats: int,
+    log: Path,
+) -> dict:
     """Run every (server, client count) arm in turn for `repeats` rounds; pool each arm.
 
     All servers run at once (an idle one costs no CPU), so the arms alternate within seconds
@@ -155,17 +189,24 @@ def scaling(models: Path, servers: dict[str, Path], images: list[bytes], *, clie
             for name, n in arms:
                 server_cpu, client_cpu = cpu_seconds(server_pids[name]), time.process_time()
                 with PageProbe(urls[name]) as page:
-                    load = run_load(urls[name], images, concurrency=n, duration=duration,
-                                    max_requests=1_000_000)  # fmt: skip
+                    load = run_load(
+                        urls[name], images, concurrency=n, duration=duration, max_requests=1_000_000
+                    )
                 server_cpu = cpu_seconds(server_pids[name]) - server_cpu
                 client_cpu = time.process_time() - client_cpu
                 loads[(name, n)].append(load)
                 pages[(name, n)].append(page.result)
                 cpu[(name, n)] += [server_cpu, client_cpu]
-                rounds.append({"round": round_index + 1, "server": name, **load.summary(),
-                               "page_p99_ms": round(page.result.percentile_ms(99), 1),
-                               "server_cpu_s": round(server_cpu, 2),
-                               "client_cpu_s": round(client_cpu, 2)})  # fmt: skip
+                rounds.append(
+                    {
+                        "round": round_index + 1,
+                        "server": name,
+                        **load.summary(),
+                        "page_p99_ms": round(page.result.percentile_ms(99), 1),
+                        "server_cpu_s": round(server_cpu, 2),
+                        "client_cpu_s": round(client_cpu, 2),
+                    }
+                )
                 print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
     finally:
         for proc in procs:
@@ -178,11 +219,12 @@ def scaling(models: Path, servers: dict[str, Path], images: list[bytes], *, clie
     for name, n in arms:
         load = pooled(loads[(name, n)])
         measured[name][str(n)] = {
-            **load.summary(), "page": _page_summary(pooled(pages[(name, n)])),
+            **load.summary(),
+            "page": _page_summary(pooled(pages[(name, n)])),
             # CPU per request: what each side costs, whatever share of the machine it got
             "server_cpu_ms_per_request": round(1000 * sum(cpu[(name, n)][::2]) / load.requests, 2),
             "client_cpu_ms_per_request": round(1000 * sum(cpu[(name, n)][1::2]) / load.requests, 2),
-        }  # fmt: skip
+        }
     return {"servers": measured, "rounds": rounds}
 
 
@@ -193,45 +235,59 @@ def _cpus(result: dict) -> int:
 
 def to_markdown(result: dict) -> str:
     """The results table, the ratios and the targets of issue 17."""
-    lines = [f"Web load, {result['model']}; uploads: {result['photos']}; "
-             f"{result['duration_s']:g} s per run, {result['repeats']} alternating rounds, "
-             f"load average {result['load_avg_start']} -> {result['load_avg_end']} on "
-             f"{_cpus(result)} CPUs.", "",
-             "| server | clients | requests | errors | req/s | p50 ms | p99 ms | page (GET /) "
-             "p50 / p99 / max ms | CPU ms per request (server, client) |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Web load, {result['model']}; uploads: {result['photos']}; "
+        f"{result['duration_s']:g} s per run, {result['repeats']} alternating rounds, "
+        f"load average {result['load_avg_start']} -> {result['load_avg_end']} on "
+        f"{_cpus(result)} CPUs.",
+        "",
+        "| server | clients | requests | errors | req/s | p50 ms | p99 ms | page (GET /) "
+        "p50 / p99 / max ms | CPU ms per request (server, client) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, rows in result["servers"].items():
         for n, row in rows.items():
             page = row["page"]
-            lines.append(f"| {name} | {n} | {row['requests']} | {row['errors']} | "
-                         f"{row['requests_per_second']} | {row['p50_ms']} | {row['p99_ms']} | "
-                         f"{page['p50_ms']} / {page['p99_ms']} / {page['max_ms']} | "
-                         f"{row['server_cpu_ms_per_request']}, "
-                         f"{row['client_cpu_ms_per_request']} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {n} | {row['requests']} | {row['errors']} | "
+                f"{row['requests_per_second']} | {row['p50_ms']} | {row['p99_ms']} | "
+                f"{page['p50_ms']} / {page['p99_ms']} / {page['max_ms']} | "
+                f"{row['server_cpu_ms_per_request']}, "
+                f"{row['client_cpu_ms_per_request']} |"
+            )
     if "ratio" in result:
         checks = result["targets"]
-        lines += ["", f"Batched server, {result['ratio_of']}: **{result['ratio']}x** the "
-                  f"single-client rate (target >= 3: {'met' if checks['ratio'] else 'NOT met'});"
-                  f" p99 under 2 s: {'met' if checks['p99'] else 'NOT met'}; page under 200 ms "
-                  f"(p99): {'met' if checks['page'] else 'NOT met'}."]  # fmt: skip
+        lines += [
+            "",
+            f"Batched server, {result['ratio_of']}: **{result['ratio']}x** the "
+            f"single-client rate (target >= 3: {'met' if checks['ratio'] else 'NOT met'});"
+            f" p99 under 2 s: {'met' if checks['p99'] else 'NOT met'}; page under 200 ms "
+            f"(p99): {'met' if checks['page'] else 'NOT met'}.",
+        ]
     if "batching_gain" in result:
         lines.append(f"Batched against unbatched, same clients: **{result['batching_gain']}x**.")
     if "ceiling" in result:
         top = result["ceiling"]
-        lines += ["", f"The ceiling: at the batched server's {result['ratio_of']} CPU cost per "
-                  f"request, {top['cores']} cores answer at most "
-                  f"**{top['most_requests_per_second']} req/s = {top['most_ratio']}x** the "
-                  f"single-client rate, which already keeps {top['single_client_cores_busy']} "
-                  f"cores busy; 3x would need at most {top['cpu_ms_per_request_for_3x']} CPU ms "
-                  "per request."]  # fmt: skip
+        lines += [
+            "",
+            f"The ceiling: at the batched server's {result['ratio_of']} CPU cost per "
+            f"request, {top['cores']} cores answer at most "
+            f"**{top['most_requests_per_second']} req/s = {top['most_ratio']}x** the "
+            f"single-client rate, which already keeps {top['single_client_cores_busy']} "
+            f"cores busy; 3x would need at most {top['cpu_ms_per_request_for_3x']} CPU ms "
+            "per request.",
+        ]
     if "cpu_ms_per_image" in result:
         costs = result["cpu_ms_per_image"]
-        lines += ["", f"Server steps, CPU ms per image (`featurize.engine: {costs['engine']}`, "
-                  "measured in one process by `bench/web_costs.py`): upload checks and "
-                  f"normalize {costs['upload_checks_and_normalize']}, decode to pixels "
-                  f"{costs['decode_to_pixels']}, model and hashtags for one image "
-                  f"{costs['model_one_image']}, for a batch of {costs['batch']} "
-                  f"{costs['model_full_batch']}."]  # fmt: skip
+        lines += [
+            "",
+            f"Server steps, CPU ms per image (`featurize.engine: {costs['engine']}`, "
+            "measured in one process by `bench/web_costs.py`): upload checks and "
+            f"normalize {costs['upload_checks_and_normalize']}, decode to pixels "
+            f"{costs['decode_to_pixels']}, model and hashtags for one image "
+            f"{costs['model_one_image']}, for a batch of {costs['batch']} "
+            f"{costs['model_full_batch']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -251,23 +307,41 @@ def run_scaling(args: argparse.Namespace) -> dict:
         if not args.no_unbatched:
             servers["unbatched"] = unbatched_params(args.params, Path(tmp) / "unbatched.yaml")
         load_start = round(os.getloadavg()[0], 1)
-        measured = scaling(models, servers, images, clients=args.clients,
-                           duration=args.duration, repeats=args.repeats, log=args.log)  # fmt: skip
+        measured = scaling(
+            models,
+            servers,
+            images,
+            clients=args.clients,
+            duration=args.duration,
+            repeats=args.repeats,
+            log=args.log,
+        )
         costs = cpu_breakdown(models, args.params, images, max(args.clients))
-    result = {"model": described, "photos": photos_text, "size": args.size,
-              "photo_bytes_mean": round(sum(map(len, images)) / len(images)),
-              "duration_s": args.duration, "repeats": args.repeats,
-              "load_avg_start": load_start, "load_avg_end": round(os.getloadavg()[0], 1),
-              "cpu_ms_per_image": costs, "cpus": os.cpu_count(), **measured}  # fmt: skip
+    result = {
+        "model": described,
+        "photos": photos_text,
+        "size": args.size,
+        "photo_bytes_mean": round(sum(map(len, images)) / len(images)),
+        "duration_s": args.duration,
+        "repeats": args.repeats,
+        "load_avg_start": load_start,
+        "load_avg_end": round(os.getloadavg()[0], 1),
+        "cpu_ms_per_image": costs,
+        "cpus": os.cpu_count(),
+        **measured,
+    }
     low, high = str(min(args.clients)), str(max(args.clients))
     batched = result["servers"]["batched"]
     if low != high:
         result["ratio_of"] = f"{high} clients"
-        result["ratio"] = round(batched[high]["requests_per_second"]
-                                / max(batched[low]["requests_per_second"], 1e-9), 2)  # fmt: skip
-        result["targets"] = {"ratio": result["ratio"] >= 3,
-                             "p99": batched[high]["p99_ms"] < 2000,
-                             "page": batched[high]["page"]["p99_ms"] < 200}  # fmt: skip
+        result["ratio"] = round(
+            batched[high]["requests_per_second"] / max(batched[low]["requests_per_second"], 1e-9), 2
+        )
+        result["targets"] = {
+            "ratio": result["ratio"] >= 3,
+            "p99": batched[high]["p99_ms"] < 2000,
+            "page": batched[high]["page"]["p99_ms"] < 200,
+        }
         result["ceiling"] = ceiling(batched[low], batched[high])
     if "unbatched" in result["servers"]:
         unbatched = result["servers"]["unbatched"][high]["requests_per_second"]
@@ -282,13 +356,20 @@ def run_scaling(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Run the scaling benchmark (`--clients`) or the load + leak check (`--models`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+",
-                        help="scaling: these client counts, alternating (e.g. 1 32)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        help="scaling: these client counts, alternating (e.g. 1 32)",
+    )
     parser.add_argument("--size", type=int, default=224, help="scaling: model input px")
     parser.add_argument("--repeats", type=int, default=2, help="scaling: alternating rounds")
     parser.add_argument("--photos", type=int, default=64, help="scaling: distinct photos")
-    parser.add_argument("--no-unbatched", action="store_true",
-                        help="scaling: skip the server without batching (batch_max_size 1)")
+    parser.add_argument(
+        "--no-unbatched",
+        action="store_true",
+        help="scaling: skip the server without batching (batch_max_size 1)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--stem", help="scaling: results file name (default load_web-SIZEpx)")
     parser.add_argument("--models", type=Path, help="a models/ dir from train (leak mode)")
@@ -307,9 +388,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.models:
         parser.error("give --clients (scaling) or --models (load + leak check)")
-    numbers = measure(args.models, args.params, duration=args.duration,
-                      concurrency=args.concurrency, max_requests=args.max_requests,
-                      leak_requests=args.leak, log=args.log)  # fmt: skip
+    numbers = measure(
+        args.models,
+        args.params,
+        duration=args.duration,
+        concurrency=args.concurrency,
+        max_requests=args.max_requests,
+        leak_requests=args.leak,
+        log=args.log,
+    )
     text = json.dumps(numbers, indent=2)
     print(text)
     if args.json:

@@ -52,15 +52,25 @@ def _backbone(name: str, size: int, alpha: float):
     if name == "mobilenet":
         weights = WEIGHTS["mobilenet" if alpha == 1.0 else "mobilenet_025"]
         return keras.applications.MobileNet(
-            input_shape=(size, size, 3), alpha=alpha, include_top=False, pooling="avg",
+            input_shape=(size, size, 3),
+            alpha=alpha,
+            include_top=False,
+            pooling="avg",
             weights=str(weights) if weights.is_file() else None,
-        )  # fmt: skip
+        )
     constructor = getattr(keras.applications, BACKBONES[name].constructor)
     return constructor(input_shape=(size, size, 3), include_top=False, pooling="avg", weights=None)
 
 
-def build_models(dest: Path, size: int, alpha: float, backbone_name: str = "mobilenet", *,
-                 flip: bool = True, colour: bool = True) -> Path:  # fmt: skip
+def build_models(
+    dest: Path,
+    size: int,
+    alpha: float,
+    backbone_name: str = "mobilenet",
+    *,
+    flip: bool = True,
+    colour: bool = True,
+) -> Path:
     """A models/ dir: the backbone with its preprocessing + a softmax over the 5 flower classes.
 
     Assembled as train assembles the served model (`taglens.training.full_model.assemble`). The
@@ -86,12 +96,31 @@ def build_models(dest: Path, size: int, alpha: float, backbone_name: str = "mobi
     head = keras.Model(vectors, keras.layers.Dense(len(classes), activation="softmax")(vectors))
     dest.mkdir(parents=True, exist_ok=True)
     assemble(extractor, head, flip=flip, colour=colour).save(dest / "model.keras")
-    info = {"classes": classes, "image_size": size, "backbone": f"{backbone_name}-{alpha}",
-            "run_id": None, "weights_identity": "bench", "experiment": "bench", "params": {}}
+    info = {
+        "classes": classes,
+        "image_size": size,
+        "backbone": f"{backbone_name}-{alpha}",
+        "run_id": None,
+        "weights_identity": "bench",
+        "experiment": "bench",
+        "params": {},
+    }
     (dest / "model_info.json").write_text(json.dumps(info))
-    posts = [Post(id=f"{c}{i}", label=c, image=f"images/{i:064x}.jpg", sha256=f"{i:064x}",
-                  width=size, height=size, caption=f"#{c} #{c}_love #photooftheday",
-                  likes=i, source="bench") for c in classes for i in range(3)]  # fmt: skip
+    posts = [
+        Post(
+            id=f"{c}{i}",
+            label=c,
+            image=f"images/{i:064x}.jpg",
+            sha256=f"{i:064x}",
+            width=size,
+            height=size,
+            caption=f"#{c} #{c}_love #photooftheday",
+            likes=i,
+            source="bench",
+        )
+        for c in classes
+        for i in range(3)
+    ]
     hashtag_params = load_params(ROOT / "params.yaml").hashtags
     fit_hashtag_stats(posts, classes, hashtag_params).save(dest / "hashtags.json")
     return dest
@@ -122,8 +151,7 @@ def predict_rate(paths, predictor, out: Path, batch: int) -> dict:
     out.unlink(missing_ok=True)
     stamped = _Stamped(predictor)
     start = time.perf_counter()
-    predict_to_file(paths, out, stamped, ModelRef("bench", "1"), batch_size=batch,
-                    progress=False)  # fmt: skip
+    predict_to_file(paths, out, stamped, ModelRef("bench", "1"), batch_size=batch, progress=False)
     return _rates(len(paths), batch, start, time.perf_counter(), stamped.stamps)
 
 
@@ -161,16 +189,37 @@ def child(count: int, models: Path, batch: int, fmt: str, engine: str) -> None:
         rate = predict_rate(photos(count), predictor, Path(tmp) / f"out.{fmt}", batch)["overall"]
         running[0] = False
         sampler.join()
-    print(json.dumps({"images": count, "img_s": rate, "loaded_rss_mb": loaded,
-                      "job_peak_rss_mb": peak[0],
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "images": count,
+                "img_s": rate,
+                "loaded_rss_mb": loaded,
+                "job_peak_rss_mb": peak[0],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def rss_runs(counts, models: Path, batch: int, fmt: str, engine: str) -> list[dict]:
     rows = []
     for count in counts:
-        cmd = [sys.executable, "-m", "bench.predict", "--child", str(count), "--models",
-               str(models), "--batch", str(batch), "--format", fmt, "--engine", engine]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.predict",
+            "--child",
+            str(count),
+            "--models",
+            str(models),
+            "--batch",
+            str(batch),
+            "--format",
+            fmt,
+            "--engine",
+            engine,
+        ]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
@@ -200,8 +249,17 @@ def reencode_photos(count: int, dest: Path, side: int = 640, quality: int = 90) 
         with Image.open(source) as image:
             image.convert("RGB").resize((side, side), Image.BICUBIC).save(path, quality=quality)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        posts.append(Post(id=f"p{number}", label=source.parent.name, image=f"images/{path.name}",
-                          sha256=sha, width=side, height=side, source="bench"))  # fmt: skip
+        posts.append(
+            Post(
+                id=f"p{number}",
+                label=source.parent.name,
+                image=f"images/{path.name}",
+                sha256=sha,
+                width=side,
+                height=side,
+                source="bench",
+            )
+        )
         paths.append(path)
     write_posts(dest / POSTS_FILE, posts)
     return paths
@@ -213,8 +271,11 @@ def bench_params(dest: Path, args) -> Path:
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     weights = WEIGHTS["mobilenet"] if args.backbone == "mobilenet" else None
-    raw["model"].update(backbone=args.backbone, image_size=args.size,
-                        weights=str(weights) if weights and weights.is_file() else None)
+    raw["model"].update(
+        backbone=args.backbone,
+        image_size=args.size,
+        weights=str(weights) if weights and weights.is_file() else None,
+    )
     raw["featurize"].update(batch_size=args.batch, engine=args.engine, jit_compile=False)
     raw["predict"]["batch_size"] = args.batch
     dest.write_text(yaml.safe_dump(raw))
@@ -248,17 +309,41 @@ def commands(args, tmp: Path) -> dict:
     params = bench_params(tmp / "params.yaml", args)
     views = list(load_params(params).featurize.views)
     models = build_models(tmp / "models", args.size, alpha=1.0, backbone_name=args.backbone)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+    }
     py = sys.executable
 
     def featurize(run: int) -> list[str]:
-        return [py, "-m", "stages.featurize", "--params", str(params), "--raw", str(raw),
-                "--out", str(tmp / f"features-{run}")]  # fmt: skip
+        return [
+            py,
+            "-m",
+            "stages.featurize",
+            "--params",
+            str(params),
+            "--raw",
+            str(raw),
+            "--out",
+            str(tmp / f"features-{run}"),
+        ]
 
     def predict(run: int, inputs: Path = raw / "images") -> list[str]:
-        return [py, "-m", "stages.predict", "--params", str(params), "--input", str(inputs),
-                "--output", str(tmp / f"predict-{run}.parquet"), "--model-uri", str(models)]
+        return [
+            py,
+            "-m",
+            "stages.predict",
+            "--params",
+            str(params),
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp / f"predict-{run}.parquet"),
+            "--model-uri",
+            str(models),
+        ]
 
     warm = tmp / "warm"  # creates the MLflow database once, as a user's store already exists
     warm.mkdir()
@@ -275,28 +360,41 @@ def commands(args, tmp: Path) -> dict:
         rows = pd.read_parquet(tmp / f"predict-{run}.parquet")
         if len(rows) != args.images or rows["error"].notna().any():
             sys.exit(f"error: batch predict wrote {len(rows)} rows for {args.images} images")
-        print(json.dumps({k: (v[-1], cpu[k][-1]) for k, v in times.items()}), file=sys.stderr,
-              flush=True)  # fmt: skip
+        print(
+            json.dumps({k: (v[-1], cpu[k][-1]) for k, v in times.items()}),
+            file=sys.stderr,
+            flush=True,
+        )
     best = {name: min(values) for name, values in times.items()}
     best_cpu = {name: min(values) for name, values in cpu.items()}
-    return {"engine": args.engine, "photo_side": 640, "command_seconds": times,
-            "command_cpu_seconds": cpu,
-            "featurize_img_s": args.images / best["featurize"],
-            "predict_img_s": args.images / best["predict"],
-            "predict_over_featurize": best["featurize"] / best["predict"],
-            "predict_over_featurize_cpu": best_cpu["featurize"] / best_cpu["predict"],
-            # issue 25's figure: featurize with the default views at >= 0.9 of batch predict
-            "featurize_over_predict": best["predict"] / best["featurize"],
-            "featurize_over_predict_cpu": best_cpu["predict"] / best_cpu["featurize"],
-            "views": views,
-            "predict_over_featurize_by_repeat": [f / p for f, p in zip(
-                times["featurize"], times["predict"], strict=True)]}  # fmt: skip
+    return {
+        "engine": args.engine,
+        "photo_side": 640,
+        "command_seconds": times,
+        "command_cpu_seconds": cpu,
+        "featurize_img_s": args.images / best["featurize"],
+        "predict_img_s": args.images / best["predict"],
+        "predict_over_featurize": best["featurize"] / best["predict"],
+        "predict_over_featurize_cpu": best_cpu["featurize"] / best_cpu["predict"],
+        # issue 25's figure: featurize with the default views at >= 0.9 of batch predict
+        "featurize_over_predict": best["predict"] / best["featurize"],
+        "featurize_over_predict_cpu": best_cpu["predict"] / best_cpu["featurize"],
+        "views": views,
+        "predict_over_featurize_by_repeat": [
+            f / p for f, p in zip(times["featurize"], times["predict"], strict=True)
+        ],
+    }
 
 
 def run(args) -> dict:
-    result = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
-              "backbone": args.backbone, "image_size": args.size, "batch_size": args.batch,
-              "images": args.images}  # fmt: skip
+    result = {
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg()[0],
+        "backbone": args.backbone,
+        "image_size": args.size,
+        "batch_size": args.batch,
+        "images": args.images,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if not args.rss_only:
             result.update(commands(args, Path(tmp)))
@@ -340,9 +438,13 @@ def to_markdown(r: dict) -> str:
         cpu = r["command_cpu_seconds"]
         for name, label, ratio, ratio_cpu in (
             ("featurize", "`python -m stages.featurize` (empty feature store)", 1.0, 1.0),
-            ("predict", "`python -m stages.predict` (Parquet output)",
-             r["predict_over_featurize"], r["predict_over_featurize_cpu"]),
-        ):  # fmt: skip
+            (
+                "predict",
+                "`python -m stages.predict` (Parquet output)",
+                r["predict_over_featurize"],
+                r["predict_over_featurize_cpu"],
+            ),
+        ):
             lines.append(
                 f"| {label} | {', '.join(f'{x:.1f}' for x in times[name])} "
                 f"| {r[f'{name}_img_s']:.1f} | **{ratio:.2f}** "
@@ -350,13 +452,19 @@ def to_markdown(r: dict) -> str:
             )
         pairs = r.get("predict_over_featurize_by_repeat", [])
         if pairs:
-            lines += ["", "Wall-time ratio within each repeat (the two commands back to back): "
-                      + ", ".join(f"{x:.2f}" for x in pairs)
-                      + f"; median {float(np.median(pairs)):.2f}."]
+            lines += [
+                "",
+                "Wall-time ratio within each repeat (the two commands back to back): "
+                + ", ".join(f"{x:.2f}" for x in pairs)
+                + f"; median {float(np.median(pairs)):.2f}.",
+            ]
         if "featurize_over_predict" in r:
-            lines += ["", f"Featurize (views: {', '.join(r['views']) or 'none'}) over batch "
-                      f"predict: **{r['featurize_over_predict']:.2f}** by wall time (target >= "
-                      f"0.9), {r['featurize_over_predict_cpu']:.2f} per CPU-second."]
+            lines += [
+                "",
+                f"Featurize (views: {', '.join(r['views']) or 'none'}) over batch "
+                f"predict: **{r['featurize_over_predict']:.2f}** by wall time (target >= "
+                f"0.9), {r['featurize_over_predict_cpu']:.2f} per CPU-second.",
+            ]
     if "rss" not in r:
         return "\n".join(lines) + "\n"
     lines += [
@@ -368,8 +476,11 @@ def to_markdown(r: dict) -> str:
         "| images | after model load | peak during the job | process peak | img/s |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {x['images']} | {x['loaded_rss_mb']:.0f} | {x['job_peak_rss_mb']:.0f} "
-              f"| {x['peak_rss_mb']:.0f} | {x['img_s']:.1f} |" for x in r["rss"]]  # fmt: skip
+    lines += [
+        f"| {x['images']} | {x['loaded_rss_mb']:.0f} | {x['job_peak_rss_mb']:.0f} "
+        f"| {x['peak_rss_mb']:.0f} | {x['img_s']:.1f} |"
+        for x in r["rss"]
+    ]
     lines.append(f"\nlargest / smallest peak during the job: {r['rss_ratio']:.2f}")
     return "\n".join(lines) + "\n"
 
@@ -384,8 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--engine", choices=ENGINES, default=None,
-                        help="featurize.engine for both commands (default: params.yaml's)")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="featurize.engine for both commands (default: params.yaml's)",
+    )
     parser.add_argument("--rss", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rss-size", type=int, default=64)
     parser.add_argument("--format", default="parquet", choices=["csv", "jsonl", "parquet"])

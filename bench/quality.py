@@ -202,9 +202,9 @@ def read_quality(repo: Path) -> dict[str, Any]:
         )["views"],
         "views": train.get("views"),
         "val_accuracy": train.get("val_accuracy"),
-        "tail": ((train.get("hashtags_val") or {}).get("choice") or {}).get("search", {}).get(
-            "tail"
-        ),
+        "tail": ((train.get("hashtags_val") or {}).get("choice") or {})
+        .get("search", {})
+        .get("tail"),
         **test_rankings(repo),
     }
 

@@ -632,19 +632,23 @@ def quality_section(results: Results) -> str:
     clean = runs.get("clean", {})
     if clean.get("tail", {}).get("weights"):
         colour = clean["colour_recall_at_10"]
-        parts.append(prose(f"""On the clean captions the served list finds {colour["served"]:.3f}
+        parts.append(
+            prose(f"""On the clean captions the served list finds {colour["served"]:.3f}
         of each post's colour tags against the class mixture's {colour["class_mixture"]:.3f}:
         its first five tags come from the blend held by the floors, the rest from the tail
         blend, chosen on validation for recall@10 and, among tails within one paired standard
-        error of the best, for the weight it gives the image rankers (docs/registry.md)."""))
+        error of the best, for the weight it gives the image rankers (docs/registry.md).""")
+        )
     if noisy:
         served = noisy["served"]
         popular = noisy["popularity"]
-        parts.append(prose(f"""On the noisy captions popularity is a strong baseline: its recall@5
+        parts.append(
+            prose(f"""On the noisy captions popularity is a strong baseline: its recall@5
         is {popular["hashtag_recall_at_5"]:.3f} against {served["hashtag_recall_at_5"]:.3f}
         for the served ranking, whose precision@1 is {served["hashtag_precision_at_1"]:.3f}
         against popularity's {popular["hashtag_precision_at_1"]:.3f}. The
-        tests/e2e/test_flowers_accuracy.py test runs the same code."""))
+        tests/e2e/test_flowers_accuracy.py test runs the same code.""")
+        )
     return "\n".join(parts)
 
 

@@ -39,14 +39,21 @@ def flowers_features(cache: Path, params) -> tuple[dict[str, np.ndarray], np.nda
     from taglens.features.views import IMAGE, build_views_model
 
     classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
-    files = [(f, c) for c, name in enumerate(classes)
-             for f in sorted((FLOWERS / name).glob("*.jpg"))]  # fmt: skip
+    files = [
+        (f, c) for c, name in enumerate(classes) for f in sorted((FLOWERS / name).glob("*.jpg"))
+    ]
     items = [(hashlib.sha256(f.read_bytes()).hexdigest(), f) for f, _ in files]
     key = features.FeatureKey("mobilenet", 128, weights_identity(params, 0), "fp32")
     stores = features.feature_stores(cache, key, ["flip"])
     vectors, _ = features.fill_stores(
-        stores, items, lambda outputs: build_views_model(params, 0, outputs), batch_size=32,
-        shard_size=512, jit_compile=False, engine="tensorflow", progress=True,
+        stores,
+        items,
+        lambda outputs: build_views_model(params, 0, outputs),
+        batch_size=32,
+        shard_size=512,
+        jit_compile=False,
+        engine="tensorflow",
+        progress=True,
     )
     out = {
         "" if name == IMAGE else name: np.stack([by_sha[sha] for sha, _ in items])
@@ -83,8 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = default_search(params.train.search, params.base.seed)
 
     def fit_one(train_params, on_epoch):
-        return fit_head((x[""][tr], y[tr]), (x[""][va], y[va]), int(y.max()) + 1, train_params,
-                        params.base.seed, on_epoch, flips=(x["flip"][tr], x["flip"][va]))
+        return fit_head(
+            (x[""][tr], y[tr]),
+            (x[""][va], y[va]),
+            int(y.max()) + 1,
+            train_params,
+            params.base.seed,
+            on_epoch,
+            flips=(x["flip"][tr], x["flip"][va]),
+        )
 
     with tempfile.TemporaryDirectory() as store:
         mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
@@ -94,17 +108,23 @@ def main(argv: list[str] | None = None) -> int:
             trials, best = run_sweep(params.train, settings, fit_one, flatten(params))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = {
-        "rows": args.rows, "train_rows": n_train, "val_rows": n_val, "candidates": len(trials),
-        "wall_min": round(wall / 60, 2), "cpu_min": round(cpu / 60, 2),
+        "rows": args.rows,
+        "train_rows": n_train,
+        "val_rows": n_val,
+        "candidates": len(trials),
+        "wall_min": round(wall / 60, 2),
+        "cpu_min": round(cpu / 60, 2),
         "best_setting": setting_name(trials[best].setting),
         "best_val_accuracy": round(trials[best].fit.val_accuracy, 4),
         "load_average_1m": round(os.getloadavg()[0], 1),
-    }  # fmt: skip
-    table = ("| rows (train/val) | candidates | wall min | CPU min | best on validation "
-             "| load avg |\n|---|---|---|---|---|---|\n"
-             f"| {args.rows} ({n_train}/{n_val}) | {len(trials)} | {result['wall_min']} | "
-             f"{result['cpu_min']} | {result['best_setting']} ({result['best_val_accuracy']}) | "
-             f"{result['load_average_1m']} |\n")  # fmt: skip
+    }
+    table = (
+        "| rows (train/val) | candidates | wall min | CPU min | best on validation "
+        "| load avg |\n|---|---|---|---|---|---|\n"
+        f"| {args.rows} ({n_train}/{n_val}) | {len(trials)} | {result['wall_min']} | "
+        f"{result['cpu_min']} | {result['best_setting']} ({result['best_val_accuracy']}) | "
+        f"{result['load_average_1m']} |\n"
+    )
     save_results(args.out, "search", result, table)
     return 0
 

@@ -34,8 +34,11 @@ def _images(count: int, workdir: Path) -> tuple[list[Path], np.ndarray]:
     if FLOWERS.is_dir():
         classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
         per_class = -(-count // len(classes))
-        files = [(f, c) for c, name in enumerate(classes)
-                 for f in sorted((FLOWERS / name).glob("*.jpg"))[:per_class]]  # fmt: skip
+        files = [
+            (f, c)
+            for c, name in enumerate(classes)
+            for f in sorted((FLOWERS / name).glob("*.jpg"))[:per_class]
+        ]
         files = files[:count]
         return [f for f, _ in files], np.array([c for _, c in files])
     from PIL import Image
@@ -64,8 +67,10 @@ class _Clock:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def stop(self) -> dict[str, float]:
-        return {"wall_s": round(time.perf_counter() - self.wall, 2),
-                "cpu_s": round(time.process_time() - self.cpu, 2)}  # fmt: skip
+        return {
+            "wall_s": round(time.perf_counter() - self.wall, 2),
+            "cpu_s": round(time.process_time() - self.cpu, 2),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--backbone", default="vgg19")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train.json",
-                        help="where to write the results as JSON")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results" / "train.json",
+        help="where to write the results as JSON",
+    )
     args = parser.parse_args(argv)
 
     from taglens.features.backbones import build_feature_extractor
@@ -88,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(ROOT / "params.yaml")
     model = ModelParams(backbone=args.backbone, image_size=args.size, weights=None)
-    train = params.train.model_copy(update={
-        "epochs": args.epochs, "early_stopping_patience": 0, "learning_rate": 0.0005})  # fmt: skip
+    train = params.train.model_copy(
+        update={"epochs": args.epochs, "early_stopping_patience": 0, "learning_rate": 0.0005}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         paths, labels = _images(args.images, Path(tmp))
         n_classes = int(labels.max()) + 1
@@ -97,16 +107,27 @@ def main(argv: list[str] | None = None) -> int:
         extractor = build_feature_extractor(model, params.base.seed)
 
         clock = _Clock()
-        vectors = featurize_paths(paths, extractor, image_size=args.size, batch_size=32,
-                                  jit_compile=False, engine="tensorflow")  # as first measured
+        vectors = featurize_paths(
+            paths,
+            extractor,
+            image_size=args.size,
+            batch_size=32,
+            jit_compile=False,
+            engine="tensorflow",
+        )  # as first measured
         write_features(Path(tmp) / "features", [str(i) for i in range(len(paths))], vectors, {})
         featurize = clock.stop()
 
         clock = _Clock()
         with np.load(Path(tmp) / "features" / "features.npz") as npz:
             cached = npz["vectors"]
-        fit = fit_head((cached[~val], labels[~val]), (cached[val], labels[val]), n_classes,
-                       train, params.base.seed)  # fmt: skip
+        fit = fit_head(
+            (cached[~val], labels[~val]),
+            (cached[val], labels[val]),
+            n_classes,
+            train,
+            params.base.seed,
+        )
         cached = clock.stop()
 
         clock = _Clock()
@@ -114,23 +135,38 @@ def main(argv: list[str] | None = None) -> int:
         compile_for_training(naive, train.optimizer, train.learning_rate, train.label_smoothing)
 
         def labelled(mask):
-            return image_label_dataset([p for p, m in zip(paths, mask, strict=True) if m],
-                                       labels[mask], n_classes, args.size, train.batch_size,
-                                       augment=False, seed=0)  # fmt: skip
+            return image_label_dataset(
+                [p for p, m in zip(paths, mask, strict=True) if m],
+                labels[mask],
+                n_classes,
+                args.size,
+                train.batch_size,
+                augment=False,
+                seed=0,
+            )
 
         history = naive.fit(
-            labelled(~val), validation_data=labelled(val), epochs=args.epochs, verbose=0,
-            shuffle=False, class_weight=class_weights(labels[~val], n_classes, train.class_weight),
-        )  # fmt: skip
+            labelled(~val),
+            validation_data=labelled(val),
+            epochs=args.epochs,
+            verbose=0,
+            shuffle=False,
+            class_weight=class_weights(labels[~val], n_classes, train.class_weight),
+        )
         naive = clock.stop()
     result = {
-        "images": len(paths), "image_size": args.size, "backbone": args.backbone,
-        "epochs": args.epochs, "load_average_1m": round(os.getloadavg()[0], 1),
-        "featurize_once": featurize, "retrain_cached": cached, "naive_frozen_backbone": naive,
+        "images": len(paths),
+        "image_size": args.size,
+        "backbone": args.backbone,
+        "epochs": args.epochs,
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        "featurize_once": featurize,
+        "retrain_cached": cached,
+        "naive_frozen_backbone": naive,
         "speedup_wall": round(naive["wall_s"] / cached["wall_s"], 1),
         "speedup_cpu": round(naive["cpu_s"] / cached["cpu_s"], 1),
         "epochs_run": {"cached": len(fit.history), "naive": len(history.epoch)},
-    }  # fmt: skip
+    }
     print(json.dumps(result, indent=2))
     from taglens.atomic import atomic_write_json
 

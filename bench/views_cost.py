@@ -114,8 +114,7 @@ def to_markdown(result: dict) -> str:
         base = rows[plain[name.split(":")[0]]]
         ratio = row["cpu_ms_per_image"] / base["cpu_ms_per_image"]
         lines.append(
-            f"| {name} | {row['images_per_s']:.1f} | {row['cpu_ms_per_image']:.1f} | "
-            f"{ratio:.2f}x |"
+            f"| {name} | {row['images_per_s']:.1f} | {row['cpu_ms_per_image']:.1f} | {ratio:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 

@@ -48,9 +48,11 @@ class LoadResult:
     def summary(self) -> dict:
         """The JSON form (without the raw latencies)."""
         data = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "answers")}
-        data.update(requests_per_second=round(self.requests_per_second, 2),
-                    p50_ms=round(self.percentile_ms(50), 1),
-                    p99_ms=round(self.percentile_ms(99), 1))  # fmt: skip
+        data.update(
+            requests_per_second=round(self.requests_per_second, 2),
+            p50_ms=round(self.percentile_ms(50), 1),
+            p99_ms=round(self.percentile_ms(99), 1),
+        )
         return data
 
 
@@ -88,14 +90,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(models: Path, params: Path, port: int, log: Path,
-                 timeout: float = 180) -> subprocess.Popen:  # fmt: skip
+def start_server(
+    models: Path, params: Path, port: int, log: Path, timeout: float = 180
+) -> subprocess.Popen:
     """Start the web app on 127.0.0.1:`port` serving `models` and wait until /health answers."""
     import httpx
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "taglens.serving.web", "--params", str(params), "--model-uri",
-           str(models), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "taglens.serving.web",
+        "--params",
+        str(params),
+        "--model-uri",
+        str(models),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     handle = open(log, "w")  # noqa: SIM115 - the server's log, open for its lifetime
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
@@ -117,9 +131,16 @@ def upload(session: Any, url: str, image: bytes) -> Any:
     return session.post(f"{url}/predict", files={"file": ("photo.jpg", image)})
 
 
-def run_load(url: str, images: bytes | list[bytes], *, concurrency: int, duration: float,
-             max_requests: int, send: Callable[[Any, str, bytes], Any] = upload,
-             answer: Callable[[Any], Any] | None = None) -> LoadResult:  # fmt: skip
+def run_load(
+    url: str,
+    images: bytes | list[bytes],
+    *,
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+    send: Callable[[Any, str, bytes], Any] = upload,
+    answer: Callable[[Any], Any] | None = None,
+) -> LoadResult:
     """Send from `concurrency` clients until `duration` s or `max_requests` pass.
 
     Each client cycles through `images` from its own starting point (one image: all send it).

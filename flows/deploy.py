@@ -154,8 +154,11 @@ def checked_schedules(settings: DeploySettings) -> tuple[Path, Cron, Cron]:
             f"unknown time zone {settings.timezone!r}: use an IANA name such as UTC or "
             "Europe/Berlin"
         ) from None
-    return (repo, Cron(settings.retrain_cron, timezone=settings.timezone),
-            Cron(settings.predict_cron, timezone=settings.timezone))  # fmt: skip
+    return (
+        repo,
+        Cron(settings.retrain_cron, timezone=settings.timezone),
+        Cron(settings.predict_cron, timezone=settings.timezone),
+    )
 
 
 def retrain_parameters(repo: Path) -> dict:
@@ -165,16 +168,20 @@ def retrain_parameters(repo: Path) -> dict:
 
 def predict_parameters(repo: Path, settings: DeploySettings) -> dict:
     """The batch flow's inputs, anchored in the checkout, with the checkout's params file."""
-    parameters = {"input": _inside(repo, settings.predict_input),
-                  "output": _inside(repo, settings.predict_output),
-                  "params_path": str(repo / "params.yaml")}  # fmt: skip
+    parameters = {
+        "input": _inside(repo, settings.predict_input),
+        "output": _inside(repo, settings.predict_output),
+        "params_path": str(repo / "params.yaml"),
+    }
     if settings.model_uri:
         parameters["model_uri"] = settings.model_uri
     return parameters
 
 
-RETRAIN_DESCRIPTION = ("Collect new posts and retrain through DVC; the register stage decides "
-                       "whether the new model becomes champion.")  # fmt: skip
+RETRAIN_DESCRIPTION = (
+    "Collect new posts and retrain through DVC; the register stage decides "
+    "whether the new model becomes champion."
+)
 PREDICT_DESCRIPTION = "Score the images under `input` with the champion model into `output`."
 
 
@@ -188,9 +195,14 @@ def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
     ensure_process_pool(settings.pool)
     if settings.crashed_after_s is not None:
         ensure_crash_detection(settings.crashed_after_s)
-    common = {"work_pool_name": settings.pool, "build": False, "push": False,
-              "print_next_steps": False, "ignore_warnings": True,
-              "paused": settings.paused}  # fmt: skip
+    common = {
+        "work_pool_name": settings.pool,
+        "build": False,
+        "push": False,
+        "print_next_steps": False,
+        "ignore_warnings": True,
+        "paused": settings.paused,
+    }
     if settings.heartbeat_s is not None:
         # The flow-run process gets it from its deployment, whoever started the worker.
         frequency = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.heartbeat_s)}
@@ -198,17 +210,25 @@ def deploy_all(settings: DeploySettings) -> dict[str, UUID]:
     ids: dict[str, UUID] = {}
     training = flow.from_source(source=str(repo), entrypoint=TRAINING_ENTRYPOINT)
     ids[RETRAIN] = training.deploy(
-        name=RETRAIN, schedules=[retrain_schedule], parameters=retrain_parameters(repo),
+        name=RETRAIN,
+        schedules=[retrain_schedule],
+        parameters=retrain_parameters(repo),
         # One run at a time: two `dvc repro` in one checkout would collide.
-        concurrency_limit=1, description=RETRAIN_DESCRIPTION, tags=["taglens", "training"],
+        concurrency_limit=1,
+        description=RETRAIN_DESCRIPTION,
+        tags=["taglens", "training"],
         **common,
-    )  # fmt: skip
+    )
     predict = flow.from_source(source=str(repo), entrypoint=PREDICT_ENTRYPOINT)
     ids[PREDICT] = predict.deploy(
-        name=PREDICT, schedules=[predict_schedule],
-        parameters=predict_parameters(repo, settings), concurrency_limit=1,
-        description=PREDICT_DESCRIPTION, tags=["taglens", "predict"], **common,
-    )  # fmt: skip
+        name=PREDICT,
+        schedules=[predict_schedule],
+        parameters=predict_parameters(repo, settings),
+        concurrency_limit=1,
+        description=PREDICT_DESCRIPTION,
+        tags=["taglens", "predict"],
+        **common,
+    )
     for name, deployment_id in ids.items():
         logger.info("deployment %s: %s", name, deployment_id)
     return ids
@@ -219,14 +239,26 @@ def add_schedule_options(parser: argparse.ArgumentParser) -> None:
     default = DeploySettings(repo=Path("."))
     parser.add_argument("--repo", type=Path, default=Path("."), help="the taglens checkout")
     parser.add_argument("--timezone", default=default.timezone, help="IANA zone of the crons")
-    parser.add_argument("--retrain-cron", default=default.retrain_cron,
-                        help=f"weekly retrain schedule (default {default.retrain_cron!r})")
-    parser.add_argument("--predict-cron", default=default.predict_cron,
-                        help=f"batch predict schedule (default {default.predict_cron!r})")
-    parser.add_argument("--predict-input", default=default.predict_input,
-                        help="images the nightly run scores (relative: inside the checkout)")
-    parser.add_argument("--predict-output", default=default.predict_output,
-                        help="where the scores go (.csv, .jsonl or .parquet; resumed)")
+    parser.add_argument(
+        "--retrain-cron",
+        default=default.retrain_cron,
+        help=f"weekly retrain schedule (default {default.retrain_cron!r})",
+    )
+    parser.add_argument(
+        "--predict-cron",
+        default=default.predict_cron,
+        help=f"batch predict schedule (default {default.predict_cron!r})",
+    )
+    parser.add_argument(
+        "--predict-input",
+        default=default.predict_input,
+        help="images the nightly run scores (relative: inside the checkout)",
+    )
+    parser.add_argument(
+        "--predict-output",
+        default=default.predict_output,
+        help="where the scores go (.csv, .jsonl or .parquet; resumed)",
+    )
     parser.add_argument("--model-uri", default=None, help="default: the champion model")
     parser.add_argument("--paused", action="store_true", help="create the schedules paused")
 
@@ -234,11 +266,16 @@ def add_schedule_options(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace, **extra: object) -> DeploySettings:
     """DeploySettings from the parsed shared options."""
     return DeploySettings(
-        repo=args.repo, timezone=args.timezone, retrain_cron=args.retrain_cron,
-        predict_cron=args.predict_cron, predict_input=args.predict_input,
-        predict_output=args.predict_output, model_uri=args.model_uri, paused=args.paused,
+        repo=args.repo,
+        timezone=args.timezone,
+        retrain_cron=args.retrain_cron,
+        predict_cron=args.predict_cron,
+        predict_input=args.predict_input,
+        predict_output=args.predict_output,
+        model_uri=args.model_uri,
+        paused=args.paused,
         **extra,
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,12 @@ def cached_views_model(model: dict[str, Any], seed: int, outputs: tuple[str, ...
         return _VIEW_MODELS[key]
 
 
-@task(name="featurize-shard", retries=SHARD_RETRIES, retry_delay_seconds=SHARD_RETRY_DELAY_S,
-      retry_condition_fn=retry_unless_user_error)
+@task(
+    name="featurize-shard",
+    retries=SHARD_RETRIES,
+    retry_delay_seconds=SHARD_RETRY_DELAY_S,
+    retry_condition_fn=retry_unless_user_error,
+)
 def shard_task(
     items: list[tuple[str, str]],
     lacking: dict[str, list[str]],
@@ -103,8 +107,9 @@ def _compute_shards(
 
 
 @task(name="featurize-stage")
-def stage_task(model: ModelParams, params: Any, clean: Any, seed: int, raw: str, out: str,
-               progress: bool) -> FeaturizeResult:  # fmt: skip
+def stage_task(
+    model: ModelParams, params: Any, clean: Any, seed: int, raw: str, out: str, progress: bool
+) -> FeaturizeResult:
     """The featurize stage itself: fill what is missing, write features.npz and meta.json."""
     from stages.featurize import run
 
@@ -163,13 +168,17 @@ def featurize_flow(
     root = Path(repo).resolve()
     overrides = {"featurize.shard_size": shard_size} if shard_size is not None else {}
     params = load_params(root / params_path, overrides)
-    model, fparams, seed = params.model, params.featurize, params.base.seed
+    model = params.model
+    fparams = params.featurize
+    seed = params.base.seed
     if model.weights not in (None, "imagenet") and not Path(model.weights).is_absolute():
         # workers run elsewhere: a weights file named relative to the repo must stay found
         model = model.model_copy(update={"weights": str(root / model.weights)})
-    raw, out = root / artifacts.RAW_DIR, root / artifacts.FEATURES_DIR
+    raw = root / artifacts.RAW_DIR
+    out = root / artifacts.FEATURES_DIR
     start = time.monotonic()
-    computed, shards = 0, 0
+    computed = 0
+    shards = 0
     if task_runner == "dask":
         if fparams.engine == INT8_ENGINE:
             # the INT8 model is quantized (or its decision read) by the stage in one process
@@ -181,8 +190,12 @@ def featurize_flow(
         # whole batches per shard: each batch then holds the images it holds in the local stage
         size = math.ceil(fparams.shard_size / fparams.batch_size) * fparams.batch_size
         parts = [plan.items[i : i + size] for i in range(0, len(plan.items), size)]
-        get_run_logger().info("featurize: %d images to compute in %d shards of %d (dask)",
-                              len(plan.items), len(parts), size)  # fmt: skip
+        get_run_logger().info(
+            "featurize: %d images to compute in %d shards of %d (dask)",
+            len(plan.items),
+            len(parts),
+            size,
+        )
         if parts:
             runner = dask_runner(scheduler_address, n_workers)
             image = stores[IMAGE]
@@ -209,13 +222,19 @@ def featurize_flow(
                 seed,
                 options,
             )
-            computed, shards = len(plan.lacking.get(IMAGE, ())), len(parts)
+            computed = len(plan.lacking.get(IMAGE, ()))
+            shards = len(parts)
     # the stage finishes both paths (on dask it finds every vector in the store)
-    result = stage_task(model, fparams, params.clean, seed, str(raw), str(out),
-                        task_runner == "local")
-    summary = {**result.meta, "computed": computed + result.computed,
-               "cached": result.cached - computed, "shards": shards,
-               "seconds": time.monotonic() - start}  # fmt: skip
+    result = stage_task(
+        model, fparams, params.clean, seed, str(raw), str(out), task_runner == "local"
+    )
+    summary = {
+        **result.meta,
+        "computed": computed + result.computed,
+        "cached": result.cached - computed,
+        "shards": shards,
+        "seconds": time.monotonic() - start,
+    }
     get_run_logger().info("featurize done: %s", summary)
     return summary
 
@@ -226,15 +245,28 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Run the featurize flow.")
     parser.add_argument("--repo", default=".", help="the taglens checkout (default %(default)s)")
-    parser.add_argument("--params", default="params.yaml",
-                        help="the params file (default %(default)s)")
-    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local",
-                        help="local (one process) or dask (shards on a cluster)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="the params file (default %(default)s)"
+    )
+    parser.add_argument(
+        "--task-runner",
+        choices=TASK_RUNNERS,
+        default="local",
+        help="local (one process) or dask (shards on a cluster)",
+    )
     parser.add_argument("--scheduler-address", default=None, help="tcp://HOST:8786")
-    parser.add_argument("--n-workers", type=int, default=2,
-                        help="workers of a local Dask cluster (default %(default)s)")
-    parser.add_argument("--shard-size", type=int, default=None,
-                        help="images per shard (default: featurize.shard_size)")
+    parser.add_argument(
+        "--n-workers",
+        type=int,
+        default=2,
+        help="workers of a local Dask cluster (default %(default)s)",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="images per shard (default: featurize.shard_size)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -243,8 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         # name: use the importable module's flow.
         from flows.featurize import featurize_flow as importable_flow
 
-        print(importable_flow(args.repo, args.params, args.task_runner, args.scheduler_address,
-                              args.n_workers, args.shard_size))  # fmt: skip
+        print(
+            importable_flow(
+                args.repo,
+                args.params,
+                args.task_runner,
+                args.scheduler_address,
+                args.n_workers,
+                args.shard_size,
+            )
+        )
         return 0
 
     return run_main(body)

@@ -58,8 +58,9 @@ def team_settings(params_path: Path) -> TeamParams | None:
 def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
-        raise HandoffError(f"git {' '.join(args)} failed in {repo}: "
-                           f"{(done.stderr or done.stdout).strip()[-500:]}")
+        raise HandoffError(
+            f"git {' '.join(args)} failed in {repo}: {(done.stderr or done.stdout).strip()[-500:]}"
+        )
     return done
 
 
@@ -81,8 +82,10 @@ def commit_and_push(
             push, say: pull first); nothing is lost, the commit stays local.
     """
     if _git(repo, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
-        raise HandoffError(f"{repo} is not a git checkout: team.git_branch needs one "
-                           "(set it to null to skip the commit)")
+        raise HandoffError(
+            f"{repo} is not a git checkout: team.git_branch needs one "
+            "(set it to null to skip the commit)"
+        )
     changed = _git(repo, "status", "--porcelain", "--", *HANDED_OFF).stdout.strip()
     if not changed:
         log.info("dvc.lock and params.yaml unchanged: nothing to commit")
@@ -90,12 +93,15 @@ def commit_and_push(
         return Handoff(None, branch, remote)
     _git(repo, "add", "--", *HANDED_OFF)
     version = repo_data_tags(repo).get("lineage.data_version", "unknown")
-    message = (f"Retrain: dvc.lock and params.yaml of data version {version}\n\n"
-               "The data, model and reports it names are in the DVC remote: "
-               "`git pull && dvc pull`.")
+    message = (
+        f"Retrain: dvc.lock and params.yaml of data version {version}\n\n"
+        "The data, model and reports it names are in the DVC remote: "
+        "`git pull && dvc pull`."
+    )
     _git(repo, *_identity(repo), "commit", "-m", message, "--", *HANDED_OFF)
     commit = _git(repo, "rev-parse", "HEAD").stdout.strip()
     _git(repo, "push", remote, f"HEAD:refs/heads/{branch}")
-    log.info("committed %s (dvc.lock, params.yaml) and pushed it to %s %s", commit[:12], remote,
-             branch)
+    log.info(
+        "committed %s (dvc.lock, params.yaml) and pushed it to %s %s", commit[:12], remote, branch
+    )
     return Handoff(commit, branch, remote)

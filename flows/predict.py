@@ -71,13 +71,24 @@ def cached_model(uri: str, tracking_uri: str | None, engine: str):
         return _MODELS[key]
 
 
-@task(name="predict-shard", retries=SHARD_RETRIES, retry_delay_seconds=SHARD_RETRY_DELAY_S,
-      retry_condition_fn=retry_unless_user_error)
-def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, str],
-               batch_size: int, tracking_uri: str | None, engine: str,
-               max_pixels: int,
-               also_done_in: list[str] | None = None,
-               progress: bool = False) -> dict[str, Any]:  # fmt: skip
+@task(
+    name="predict-shard",
+    retries=SHARD_RETRIES,
+    retry_delay_seconds=SHARD_RETRY_DELAY_S,
+    retry_condition_fn=retry_unless_user_error,
+)
+def score_task(
+    paths: list[str],
+    output: str,
+    model_uri: str,
+    model: dict[str, str],
+    batch_size: int,
+    tracking_uri: str | None,
+    engine: str,
+    max_pixels: int,
+    also_done_in: list[str] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Score `paths` into `output` (resumable), skipping rows already in `also_done_in`.
 
     Images over `max_pixels` (`ingest.max_pixels`) become error rows before they are decoded.
@@ -98,8 +109,9 @@ def score_task(paths: list[str], output: str, model_uri: str, model: dict[str, s
         rehashed=rehashed,
         max_pixels=max_pixels,
     )
-    get_run_logger().info("%s: %d scored, %d skipped, %d errors", output, report.scored,
-                          report.skipped, report.errors)  # fmt: skip
+    get_run_logger().info(
+        "%s: %d scored, %d skipped, %d errors", output, report.scored, report.skipped, report.errors
+    )
     if also_done_in:
         return {**asdict(report), "rehashed": [[*key, *stat] for key, stat in rehashed.items()]}
     return asdict(report)
@@ -122,15 +134,30 @@ def merge_task(
 
 
 @flow(name="batch-predict-shards")
-def _score_shards(shards: list[list[str]], shard_dir: str, output: str, model_uri: str,
-                  model: dict[str, str], batch_size: int,
-                  tracking_uri: str | None,
-                  engine: str,
-                  max_pixels: int) -> list[dict[str, Any]]:  # fmt: skip
+def _score_shards(
+    shards: list[list[str]],
+    shard_dir: str,
+    output: str,
+    model_uri: str,
+    model: dict[str, str],
+    batch_size: int,
+    tracking_uri: str | None,
+    engine: str,
+    max_pixels: int,
+) -> list[dict[str, Any]]:
     """Score every shard in parallel on the flow's task runner (Dask)."""
     futures = [
-        score_task.submit(paths, f"{shard_dir}/shard-{number:06d}.jsonl", model_uri, model,
-                          batch_size, tracking_uri, engine, max_pixels, [output])  # fmt: skip
+        score_task.submit(
+            paths,
+            f"{shard_dir}/shard-{number:06d}.jsonl",
+            model_uri,
+            model,
+            batch_size,
+            tracking_uri,
+            engine,
+            max_pixels,
+            [output],
+        )
         for number, paths in enumerate(shards)
     ]
     return [future.result() for future in futures]
@@ -171,12 +198,16 @@ def batch_predict_flow(
     if task_runner not in TASK_RUNNERS:
         raise TaglensError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")
     log = get_run_logger()
-    overrides = {f"predict.{key}": value for key, value in
-                 {"batch_size": batch_size, "shard_size": shard_size}.items() if value is not None}
+    overrides = {
+        f"predict.{key}": value
+        for key, value in {"batch_size": batch_size, "shard_size": shard_size}.items()
+        if value is not None
+    }
     params = load_params(params_path, overrides)
     tracking_uri = configure_tracking(params.base.experiment)
     resolved = model_ref.resolve(model_uri, params.register.model_name)
-    uri, ref = resolved.uri, resolved.ref
+    uri = resolved.uri
+    ref = resolved.ref
     model = asdict(ref)
     try:
         paths = [str(p) for p in list_inputs(input)]
@@ -185,26 +216,45 @@ def batch_predict_flow(
             raise
         paths = []  # a nightly run over an empty inbox has nothing to do: not a failure
         log.warning("no images in %s: nothing to score", input)
-    log.info("scoring %d images with %s version %s (%s)", len(paths), ref.name, ref.version,
-             task_runner)  # fmt: skip
+    log.info(
+        "scoring %d images with %s version %s (%s)", len(paths), ref.name, ref.version, task_runner
+    )
     report = ScoreReport()
     start = time.monotonic()
     if Path(output).suffix.lower() == ".parquet":
         migrate_single_file(Path(output))  # an old one-file output's rows are not tonight's
     parts_before = {part.name for part in run_parts(Path(output))}
     if paths and task_runner == "local":
-        report.add(ScoreReport(**score_task(paths, output, uri, model, params.predict.batch_size,
-                                            tracking_uri, params.featurize.engine,
-                                            params.ingest.max_pixels,
-                                            progress=True)))  # fmt: skip
+        report.add(
+            ScoreReport(
+                **score_task(
+                    paths,
+                    output,
+                    uri,
+                    model,
+                    params.predict.batch_size,
+                    tracking_uri,
+                    params.featurize.engine,
+                    params.ingest.max_pixels,
+                    progress=True,
+                )
+            )
+        )
     elif paths:
         shards = shard(paths, params.predict.shard_size)
         job = hashlib.sha256(f"{uri}\n{params.predict.shard_size}".encode()).hexdigest()[:12]
         shard_dir = f"{output}.shards/{job}"
         runner = dask_runner(scheduler_address, n_workers)
         results = _score_shards.with_options(task_runner=runner)(
-            shards, shard_dir, output, uri, model, params.predict.batch_size, tracking_uri,
-            params.featurize.engine, params.ingest.max_pixels,
+            shards,
+            shard_dir,
+            output,
+            uri,
+            model,
+            params.predict.batch_size,
+            tracking_uri,
+            params.featurize.engine,
+            params.ingest.max_pixels,
         )
         rehashed = []
         for result in results:
@@ -262,7 +312,8 @@ def drift_task(
     if reason is not None:
         log.info("drift not checked: %s", reason)
         return {"judged": False, "drifted": False, "reason": reason}
-    classes, confidences = [], []
+    classes = []
+    confidences = []
     columns = ["top_class", "top_probability", "model_name", "model_version"]
     for part in parts:
         for row in read_rows(part, columns=columns):
@@ -332,19 +383,26 @@ def _log_run(summary: dict[str, Any], input: str, task_runner: str) -> str:  # n
 def render_markdown(summary: dict[str, Any], input: str, task_runner: str) -> str:  # noqa: A002
     """The batch run as a Prefect artifact: what was scored, with which model, where it went."""
     rows = {
-        "input": input, "output": summary["output"], "task runner": task_runner,
+        "input": input,
+        "output": summary["output"],
+        "task runner": task_runner,
         "model": f"{summary['model_name']} version {summary['model_version']}",
-        "images": summary["total"], "scored": summary["scored"],
-        "skipped (already scored)": summary["skipped"], "errors": summary["errors"],
+        "images": summary["total"],
+        "scored": summary["scored"],
+        "skipped (already scored)": summary["skipped"],
+        "errors": summary["errors"],
         "seconds": f"{summary['seconds']:.1f}",
         "images per second": f"{summary['images_per_second']:.2f}",
-    }  # fmt: skip
+    }
     lines = ["# Batch predict", "", "| | |", "|---|---|"]
     pipe = "\\|"  # a | inside a cell would end it
     lines += [f"| {key} | {str(value).replace('|', pipe)} |" for key, value in rows.items()]
     if summary["errors"]:
-        lines += ["", f"{summary['errors']} images could not be scored: their rows in the "
-                  "output carry the reason in `error`."]  # fmt: skip
+        lines += [
+            "",
+            f"{summary['errors']} images could not be scored: their rows in the "
+            "output carry the reason in `error`.",
+        ]
     drift = summary.get("drift")
     if drift is not None:
         lines += ["", "## Drift against the model's validation photos", ""]
@@ -383,8 +441,11 @@ def drift_markdown(drift: dict[str, Any]) -> str:
 def _publish(summary: dict[str, Any], input: str, task_runner: str) -> None:  # noqa: A002
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(markdown=render_markdown(summary, input, task_runner),
-                             key=ARTIFACT_KEY, description="Images scored, model, output")
+    create_markdown_artifact(
+        markdown=render_markdown(summary, input, task_runner),
+        key=ARTIFACT_KEY,
+        description="Images scored, model, output",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,17 +453,29 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.cli import run_main, setup_logging
 
     parser = argparse.ArgumentParser(description="Run the batch predict flow.")
-    parser.add_argument("--input", required=True,
-                        help="a folder, glob, image or text file listing image paths")
-    parser.add_argument("--output", required=True,
-                        help="a .csv or .jsonl file or a .parquet folder; resumed if it exists")
-    parser.add_argument("--model-uri", default=None,
-                        help="default: the champion, models:/<register.model_name>@champion")
-    parser.add_argument("--task-runner", choices=TASK_RUNNERS, default="local",
-                        help="local (one process) or dask (shards on a cluster)")
+    parser.add_argument(
+        "--input", required=True, help="a folder, glob, image or text file listing image paths"
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="a .csv or .jsonl file or a .parquet folder; resumed if it exists",
+    )
+    parser.add_argument(
+        "--model-uri",
+        default=None,
+        help="default: the champion, models:/<register.model_name>@champion",
+    )
+    parser.add_argument(
+        "--task-runner",
+        choices=TASK_RUNNERS,
+        default="local",
+        help="local (one process) or dask (shards on a cluster)",
+    )
     parser.add_argument("--scheduler-address", default=None, help="tcp://HOST:8786")
-    parser.add_argument("--params", default="params.yaml",
-                        help="the params file (default %(default)s)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="the params file (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -411,8 +484,14 @@ def main(argv: list[str] | None = None) -> int:
         # cannot unpickle by name: use the importable module's flow.
         from flows.predict import batch_predict_flow as importable_flow
 
-        summary = importable_flow(args.input, args.output, args.model_uri, args.task_runner,
-                                  args.scheduler_address, args.params)  # fmt: skip
+        summary = importable_flow(
+            args.input,
+            args.output,
+            args.model_uri,
+            args.task_runner,
+            args.scheduler_address,
+            args.params,
+        )
         print(summary)
         return 0
 

@@ -22,8 +22,14 @@ def dask_runner(scheduler_address: str | None, n_workers: int) -> Any:
     if scheduler_address:
         return DaskTaskRunner(address=scheduler_address)
     # Loopback only, no dashboard: a local cluster must not listen on the network.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1,
-                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": n_workers,
+            "threads_per_worker": 1,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+        }
+    )
 
 
 # Shard tasks write their result atomically and resume (finished shards and scored rows are kept),

@@ -44,15 +44,22 @@ def served_deployments(settings: DeploySettings) -> list[Any]:
     common = {"paused": settings.paused, "concurrency_limit": 1}
     return [
         training_flow.to_deployment(
-            name=RETRAIN, schedules=[retrain_schedule], parameters=retrain_parameters(repo),
-            description=RETRAIN_DESCRIPTION, tags=["taglens", "training"], **common,
+            name=RETRAIN,
+            schedules=[retrain_schedule],
+            parameters=retrain_parameters(repo),
+            description=RETRAIN_DESCRIPTION,
+            tags=["taglens", "training"],
+            **common,
         ),
         batch_predict_flow.to_deployment(
-            name=PREDICT, schedules=[predict_schedule],
-            parameters=predict_parameters(repo, settings), description=PREDICT_DESCRIPTION,
-            tags=["taglens", "predict"], **common,
+            name=PREDICT,
+            schedules=[predict_schedule],
+            parameters=predict_parameters(repo, settings),
+            description=PREDICT_DESCRIPTION,
+            tags=["taglens", "predict"],
+            **common,
         ),
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

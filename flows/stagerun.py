@@ -110,8 +110,9 @@ def stage_changed(stage: str, repo: Path, env: dict[str, str] | None = None) -> 
         StageError: DVC could not tell (an invalid dvc.yaml, an unknown stage).
     """
     cmd = [sys.executable, "-m", "dvc", "status", "--json", stage]
-    result = subprocess.run(cmd, cwd=repo, env=env or stage_env(), capture_output=True, text=True,
-                            errors="replace")  # fmt: skip
+    result = subprocess.run(
+        cmd, cwd=repo, env=env or stage_env(), capture_output=True, text=True, errors="replace"
+    )
     try:
         if result.returncode != 0:
             raise ValueError(result.returncode)
@@ -174,14 +175,26 @@ def run_stage(
     return StageResult(stage=stage, ran=will_run, seconds=round(seconds, 2))
 
 
-def _stream(cmd: list[str], repo: Path, env: dict[str, str], stage: str, tail: deque[str],
-            log: logging.Logger | logging.LoggerAdapter) -> int:  # fmt: skip
+def _stream(
+    cmd: list[str],
+    repo: Path,
+    env: dict[str, str],
+    stage: str,
+    tail: deque[str],
+    log: logging.Logger | logging.LoggerAdapter,
+) -> int:
     """Run `cmd`, sending each output line to `log` and keeping the last ones in `tail`."""
     # stderr merged into stdout keeps the stage's log lines and DVC's messages in order.
     proc = subprocess.Popen(
-        cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", bufsize=1,
-    )  # fmt: skip
+        cmd,
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    )
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -202,8 +215,9 @@ def _stream(cmd: list[str], repo: Path, env: dict[str, str], stage: str, tail: d
 def default_remote(repo: Path, env: dict[str, str] | None = None) -> str | None:
     """The name of the repository's default DVC remote, or None when none is configured."""
     cmd = [sys.executable, "-m", "dvc", "remote", "default"]
-    result = subprocess.run(cmd, cwd=repo, env=env or stage_env(), capture_output=True,
-                            text=True, errors="replace")  # fmt: skip
+    result = subprocess.run(
+        cmd, cwd=repo, env=env or stage_env(), capture_output=True, text=True, errors="replace"
+    )
     name = result.stdout.strip()
     return name if result.returncode == 0 and name else None
 

@@ -97,12 +97,19 @@ def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
     run_id = (model_info or {}).get("run_id")
     if run_id and data_tags:
         added = tag_run(root, run_id, data_tags)
-        log.info("MLflow run %s: data version %s (%d tags added)", run_id,
-                 data_tags[TAG_PREFIX + DATA_VERSION], len(added))  # fmt: skip
+        log.info(
+            "MLflow run %s: data version %s (%d tags added)",
+            run_id,
+            data_tags[TAG_PREFIX + DATA_VERSION],
+            len(added),
+        )
     markdown = render_markdown(
-        metrics=metrics, decision=decision, model_info=model_info, data_tags=data_tags,
+        metrics=metrics,
+        decision=decision,
+        model_info=model_info,
+        data_tags=data_tags,
         stages=stages,
-    )  # fmt: skip
+    )
     create_markdown_artifact(
         markdown=markdown, key=ARTIFACT_KEY, description="Metrics, promotion decision, lineage"
     )
@@ -163,8 +170,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repo", nargs="?", default=".", help="the taglens checkout")
-    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
-                        help="re-run STAGE even if unchanged (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="re-run STAGE even if unchanged (repeatable)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -177,10 +189,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pushed to DVC remote {summary['pushed_to']}")
         if summary["handoff"]:
             handoff = summary["handoff"]
-            print(f"git: {handoff['commit'] or 'nothing new'} pushed to {handoff['remote']} "
-                  f"{handoff['branch']}")
-        print(f"MLflow run {summary['run_id']}: {decision.get('decision', 'no decision')}"
-              f" {decision.get('reason', '')}".rstrip())  # fmt: skip
+            print(
+                f"git: {handoff['commit'] or 'nothing new'} pushed to {handoff['remote']} "
+                f"{handoff['branch']}"
+            )
+        print(
+            f"MLflow run {summary['run_id']}: {decision.get('decision', 'no decision')}"
+            f" {decision.get('reason', '')}".rstrip()
+        )
         return 0
 
     return run_main(body, extra_errors=(StageError,))

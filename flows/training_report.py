@@ -15,6 +15,7 @@ from taglens.lifecycle.lineage import DATA_VERSION, TAG_PREFIX
 
 logger = logging.getLogger(__name__)
 
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a report file, or None when the file is missing or unreadable."""
     try:
@@ -58,8 +59,9 @@ def render_markdown(
         reason = f": {_cell(decision['reason'])}" if decision.get("reason") else ""
         lines.append(f"- **Decision:** {_cell(decision['decision'])}{model}{reason}")
     experiment = (model_info or {}).get("experiment")
-    lines.append(f"- **MLflow run id:** `{run_id}`" + (f" (experiment `{experiment}`)"
-                                                       if experiment else ""))  # fmt: skip
+    lines.append(
+        f"- **MLflow run id:** `{run_id}`" + (f" (experiment `{experiment}`)" if experiment else "")
+    )
     if data_tags:
         lines.append(f"- **Data version:** `{data_tags[TAG_PREFIX + DATA_VERSION]}`")
     lines += ["", "## Evaluation metrics", ""]

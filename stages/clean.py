@@ -40,7 +40,9 @@ def run(
         MissingArtifactError: posts.jsonl or features.npz is missing.
         TaglensError: the features do not belong to these posts (featurize is stale).
     """
-    raw, out, reports = Path(raw), Path(out), Path(reports)
+    raw = Path(raw)
+    out = Path(out)
+    reports = Path(reports)
     posts = artifacts.read_posts(raw)
     artifacts.FEATURES.require(features)  # a missing file fails like every other upstream file
     shas, vectors = read_features(features)
@@ -54,18 +56,26 @@ def run(
     if unknown:
         logger.warning("labels not in base.classes are kept as classes: %s", ", ".join(unknown))
     splits = content_split(
-        [post.sha256 for post in posts], [post.owner for post in posts],
-        val_fraction=params.val_fraction, test_fraction=params.test_fraction, seed=base.seed,
-    )  # fmt: skip
+        [post.sha256 for post in posts],
+        [post.owner for post in posts],
+        val_fraction=params.val_fraction,
+        test_fraction=params.test_fraction,
+        seed=base.seed,
+    )
     result = find_outliers(
-        vectors, labels, k_std=params.k_std, metric=params.distance, enabled=params.enabled,
+        vectors,
+        labels,
+        k_std=params.k_std,
+        metric=params.distance,
+        enabled=params.enabled,
         fit=splits == "train",
-    )  # fmt: skip
+    )
     manifest, dropped = clean_outputs.write_tables(posts, labels, splits, result, out)
     report = clean_outputs.build_report(params, result, labels, splits)
     atomic_write_json(metrics, report)
-    pngs = clean_outputs.write_plots(result, labels, [raw / post.image for post in posts], reports,
-                                     params.contact_sheet_max)  # fmt: skip
+    pngs = clean_outputs.write_plots(
+        result, labels, [raw / post.image for post in posts], reports, params.contact_sheet_max
+    )
     clean_outputs.log_clean_run(base, params, report, [Path(metrics), *pngs])
     return CleanResult(report, manifest, dropped)
 
@@ -74,17 +84,37 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.clean --params params.yaml --raw ... --features ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_stage_inputs(parser, "params", "raw", "features")
-    parser.add_argument("--out", type=Path, default=artifacts.CLEAN_DIR,
-                        help="where manifest.csv and dropped.csv go (default %(default)s)")
-    parser.add_argument("--reports", type=Path, default=artifacts.REPORTS_DIR / "clean",
-                        help="histogram and contact sheets go here (default %(default)s)")
-    parser.add_argument("--metrics", type=Path, default=artifacts.CLEAN_REPORT.default,
-                        help="the clean report: counts per class and split (default %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=artifacts.CLEAN_DIR,
+        help="where manifest.csv and dropped.csv go (default %(default)s)",
+    )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=artifacts.REPORTS_DIR / "clean",
+        help="histogram and contact sheets go here (default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=artifacts.CLEAN_REPORT.default,
+        help="the clean report: counts per class and split (default %(default)s)",
+    )
     args = parser.parse_args(argv)
-    return run_stage(args, lambda params: run(
-        params.base, params.clean, raw=args.raw, features=args.features, out=args.out,
-        reports=args.reports, metrics=args.metrics,
-    ))  # fmt: skip
+    return run_stage(
+        args,
+        lambda params: run(
+            params.base,
+            params.clean,
+            raw=args.raw,
+            features=args.features,
+            out=args.out,
+            reports=args.reports,
+            metrics=args.metrics,
+        ),
+    )
 
 
 if __name__ == "__main__":

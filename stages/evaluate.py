@@ -17,9 +17,15 @@ logger = logging.getLogger(__name__)
 
 
 def run(
-    base: BaseParams, params: EvaluateParams, hashtags: HashtagParams, *, raw: Path,
-    clean: Path, models: Path, out: Path,
-) -> EvaluateResult:  # fmt: skip
+    base: BaseParams,
+    params: EvaluateParams,
+    hashtags: HashtagParams,
+    *,
+    raw: Path,
+    clean: Path,
+    models: Path,
+    out: Path,
+) -> EvaluateResult:
     """Score models/ on the test split; write reports/metrics.json, confusion.csv and plots.
 
     A model train quantized (model_info.json `precision: int8`) is scored as it is served, on
@@ -37,12 +43,20 @@ def run(
         predictor = on_engine(predictor, INT8_ENGINE)
     scored = score_test_split(predictor, params.top_k, raw=Path(raw), clean=Path(clean))
     scores, per_class = eval_outputs.write_reports(
-        scored, predictor.classes, predictor.image_size, Path(out),
+        scored,
+        predictor.classes,
+        predictor.image_size,
+        Path(out),
         misclassified_max=params.misclassified_max,
         model_run_id=str(predictor.info.get("run_id") or ""),
-    )  # fmt: skip
-    eval_outputs.log_to_run(predictor.info, scores, per_class, Path(out) / eval_outputs.PLOTS_DIR,
-                            log_photos=base.log_photos)  # fmt: skip
+    )
+    eval_outputs.log_to_run(
+        predictor.info,
+        scores,
+        per_class,
+        Path(out) / eval_outputs.PLOTS_DIR,
+        log_photos=base.log_photos,
+    )
     logger.info("evaluate: %s", {k: v for k, v in scores.items() if not k.startswith("top")})
     return EvaluateResult(scores, artifacts.METRICS.at(out))
 
@@ -51,13 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.evaluate --params params.yaml --models models ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_stage_inputs(parser, "params", "raw", "clean", "models")
-    parser.add_argument("--out", type=Path, default=artifacts.REPORTS_DIR,
-                        help="metrics.json, confusion.csv, evaluate/ plots (default %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=artifacts.REPORTS_DIR,
+        help="metrics.json, confusion.csv, evaluate/ plots (default %(default)s)",
+    )
     args = parser.parse_args(argv)
-    return run_stage(args, lambda params: run(
-        params.base, params.evaluate, params.hashtags, raw=args.raw, clean=args.clean,
-        models=args.models, out=args.out,
-    ))  # fmt: skip
+    return run_stage(
+        args,
+        lambda params: run(
+            params.base,
+            params.evaluate,
+            params.hashtags,
+            raw=args.raw,
+            clean=args.clean,
+            models=args.models,
+            out=args.out,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def run(
         EngineError: featurize.engine is not installed or cannot convert the backbone.
         QuantizeError: openvino-int8 has too few labelled photos to calibrate and check on.
     """
-    raw, out = Path(raw), Path(out)
+    raw = Path(raw)
+    out = Path(out)
     posts = artifacts.read_posts(raw)
     if params.jit_compile and BACKBONES[model.backbone].xla_slow:
         logger.warning(
@@ -63,15 +64,22 @@ def run(
         return build_views_model(model, seed, outputs)
 
     if engine == INT8_ENGINE:
-        int8 = int8_backbone.prepare(model, params, clean, seed=seed, weights_identity=identity,
-                                     posts=posts, raw=raw)
-        engine, build = int8.engine, int8.model_factory(model, seed)
+        int8 = int8_backbone.prepare(
+            model, params, clean, seed=seed, weights_identity=identity, posts=posts, raw=raw
+        )
+        engine = int8.engine
+        build = int8.model_factory(model, seed)
     key = features.FeatureKey(model.backbone, model.image_size, identity, precision_of(engine))
     items = [(post.sha256, raw / post.image) for post in posts]
     vectors, updates = features.fill_stores(
-        features.feature_stores(out / features.STORE_DIR, key, params.views), items, build,
-        batch_size=params.batch_size, shard_size=params.shard_size,
-        jit_compile=params.jit_compile, engine=engine, progress=progress,
+        features.feature_stores(out / features.STORE_DIR, key, params.views),
+        items,
+        build,
+        batch_size=params.batch_size,
+        shard_size=params.shard_size,
+        jit_compile=params.jit_compile,
+        engine=engine,
+        progress=progress,
     )
     rows = {name: np.stack([by_sha[sha] for sha, _ in items]) for name, by_sha in vectors.items()}
     matrix = rows.pop(IMAGE).astype("float32")
@@ -81,8 +89,12 @@ def run(
     features.write_features(out, [post.sha256 for post in posts], matrix, meta, views)
     logger.info(
         "featurize: %d posts, %d unique images (%d cached, %d computed), dim %d",
-        len(posts), update.requested, update.cached, update.computed, meta["dim"],
-    )  # fmt: skip
+        len(posts),
+        update.requested,
+        update.cached,
+        update.computed,
+        meta["dim"],
+    )
     return FeaturizeResult(meta, update.computed, update.cached)
 
 
@@ -90,13 +102,25 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.featurize --params params.yaml --raw data/raw --out ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_stage_inputs(parser, "params", "raw")
-    parser.add_argument("--out", type=Path, default=artifacts.FEATURES_DIR,
-                        help="the feature store folder (default %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=artifacts.FEATURES_DIR,
+        help="the feature store folder (default %(default)s)",
+    )
     args = parser.parse_args(argv)
-    return run_stage(args, lambda params: run(
-        params.model, params.featurize, params.clean, seed=params.base.seed, raw=args.raw,
-        out=args.out,
-    ), tracked=False)  # fmt: skip
+    return run_stage(
+        args,
+        lambda params: run(
+            params.model,
+            params.featurize,
+            params.clean,
+            seed=params.base.seed,
+            raw=args.raw,
+            out=args.out,
+        ),
+        tracked=False,
+    )
 
 
 if __name__ == "__main__":

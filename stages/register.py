@@ -93,39 +93,92 @@ def run(
         ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
         RegistryError: the registry cannot be read or written; nothing was promoted.
     """
-    return register_run(register, models=models, metrics=metrics, out=out, per_class=per_class,
-                        per_image=per_image, history=history or Path(out).parent / HISTORY,
-                        rescorer=rescorer)  # fmt: skip
+    return register_run(
+        register,
+        models=models,
+        metrics=metrics,
+        out=out,
+        per_class=per_class,
+        per_image=per_image,
+        history=history or Path(out).parent / HISTORY,
+        rescorer=rescorer,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Paths and `--params` for the stage, plus the admin subcommands."""
-    parser = argparse.ArgumentParser(prog="python -m stages.register", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.register",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", type=Path, default=argparse.SUPPRESS,
-                        help="the params file (default params.yaml)")
-    common.add_argument("--history", type=Path, default=argparse.SUPPRESS,
-                        help=f"promotion history (default reports/{HISTORY})")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the params file (default %(default)s)")
-    parser.add_argument("--history", type=Path, default=None,
-                        help=f"promotion history (default: {HISTORY} beside --out)")
-    parser.add_argument("--models", type=Path, default=Path("models"),
-                        help="the trained model folder (default %(default)s)")
-    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"),
-                        help="the evaluation metrics (default %(default)s)")
-    parser.add_argument("--per-class", type=Path, default=None,
-                        help="per-class recall (default: <metrics dir>/evaluate/per_class.json)")
-    parser.add_argument("--per-image", type=Path, default=None,
-                        help="each test image right or wrong (default: <metrics dir>/evaluate/"
-                        "per_image.json)")
-    parser.add_argument("--out", type=Path, default=Path("reports/register.json"),
-                        help="where the decision is written (default %(default)s)")
-    parser.add_argument("--raw", type=Path, default=None,
-                        help="data/raw: with --clean, re-score a champion evaluated elsewhere")
-    parser.add_argument("--clean", type=Path, default=None,
-                        help="data/clean: its manifest names the current test split")
+    common.add_argument(
+        "--params",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the params file (default params.yaml)",
+    )
+    common.add_argument(
+        "--history",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"promotion history (default reports/{HISTORY})",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file (default %(default)s)",
+    )
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=None,
+        help=f"promotion history (default: {HISTORY} beside --out)",
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=Path("models"),
+        help="the trained model folder (default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("reports/metrics.json"),
+        help="the evaluation metrics (default %(default)s)",
+    )
+    parser.add_argument(
+        "--per-class",
+        type=Path,
+        default=None,
+        help="per-class recall (default: <metrics dir>/evaluate/per_class.json)",
+    )
+    parser.add_argument(
+        "--per-image",
+        type=Path,
+        default=None,
+        help="each test image right or wrong (default: <metrics dir>/evaluate/per_image.json)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/register.json"),
+        help="where the decision is written (default %(default)s)",
+    )
+    parser.add_argument(
+        "--raw",
+        type=Path,
+        default=None,
+        help="data/raw: with --clean, re-score a champion evaluated elsewhere",
+    )
+    parser.add_argument(
+        "--clean",
+        type=Path,
+        default=None,
+        help="data/clean: its manifest names the current test split",
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("list", parents=[common], help="versions with scores and aliases")
     sub.add_parser("history", parents=[common], help="the promotion history, oldest first")
@@ -134,8 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", required=True, help="why, recorded in the promotion history")
     rollback = sub.add_parser("rollback", parents=[common], help="back to the previous champion")
     rollback.add_argument("--reason", required=True, help="why, recorded in the promotion history")
-    sub.add_parser("unlock", parents=[common],
-                   help="remove a registry lock left on the MLflow server by a killed process")
+    sub.add_parser(
+        "unlock",
+        parents=[common],
+        help="remove a registry lock left on the MLflow server by a killed process",
+    )
     return parser
 
 
@@ -153,9 +209,16 @@ def _command(args: argparse.Namespace, params: Params) -> int:
         rescorer = None
         if args.raw is not None and args.clean is not None:
             rescorer = champion_rescorer(params, raw=args.raw, clean=args.clean)
-        result = run(params.register, models=args.models, metrics=args.metrics, out=args.out,
-                     per_class=args.per_class, per_image=args.per_image, history=args.history,
-                     rescorer=rescorer)  # fmt: skip
+        result = run(
+            params.register,
+            models=args.models,
+            metrics=args.metrics,
+            out=args.out,
+            per_class=args.per_class,
+            per_image=args.per_image,
+            history=args.history,
+            rescorer=rescorer,
+        )
         print(result.summary())
         return 0
     registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
@@ -169,12 +232,14 @@ def _command(args: argparse.Namespace, params: Params) -> int:
         print(f"version {row['version']} is now champion (was {row['previous']})")
     elif args.command == "unlock":
         removed = unlock(params.register.model_name)
-        print(f"removed the registry lock of {params.register.model_name}" if removed
-              else f"{params.register.model_name} has no registry lock on the server")
+        print(
+            f"removed the registry lock of {params.register.model_name}"
+            if removed
+            else f"{params.register.model_name} has no registry lock on the server"
+        )
     elif args.command == "rollback":
         row = rollback(registry, args.reason)
-        print(f"rolled back: version {row['version']} is champion again "
-              f"(was {row['previous']})")  # fmt: skip
+        print(f"rolled back: version {row['version']} is champion again (was {row['previous']})")
     return 0
 
 

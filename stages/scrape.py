@@ -40,9 +40,15 @@ class ScrapeResult:
 
 
 def run(
-    base: BaseParams, scrape: ScrapeParams, ingest_params: IngestParams, *, out: Path,
-    reports: Path, session_file: Path | None = None, cache: Path | None = None,
-) -> ScrapeResult:  # fmt: skip
+    base: BaseParams,
+    scrape: ScrapeParams,
+    ingest_params: IngestParams,
+    *,
+    out: Path,
+    reports: Path,
+    session_file: Path | None = None,
+    cache: Path | None = None,
+) -> ScrapeResult:
     """Read `scrape.source` and ingest it into `out` (images, posts.jsonl, rejected.jsonl).
 
     Args:
@@ -60,14 +66,20 @@ def run(
         TaglensError: unusable source settings, a missing login, or no image accepted at all.
     """
     source = open_source(base, scrape, out=out, session_file=session_file, cache=cache)
-    report = ingest(progress_bar(source.items, total=source.total, desc="ingest", unit="image"),
-                    ingest_params, out=out, source=scrape.source)  # fmt: skip
+    report = ingest(
+        progress_bar(source.items, total=source.total, desc="ingest", unit="image"),
+        ingest_params,
+        out=out,
+        source=scrape.source,
+    )
     report.notes.extend(source.notes)
     atomic_write_json(artifacts.INGEST_REPORT.at(reports), report.to_dict())
     if report.accepted == 0:
         logger.warning("ingest:\n%s", report.summary())  # what was refused, before the error
-        raise TaglensError(f"no image was accepted from the {scrape.source} source; the reasons "
-                           f"are in {artifacts.REJECTED.at(out)}")  # fmt: skip
+        raise TaglensError(
+            f"no image was accepted from the {scrape.source} source; the reasons "
+            f"are in {artifacts.REJECTED.at(out)}"
+        )
     return ScrapeResult(report.to_dict(), report.summary())
 
 
@@ -75,21 +87,41 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.scrape --params params.yaml --out data/raw`."""
     parser = argparse.ArgumentParser(prog="python -m stages.scrape", description=__doc__)
     add_stage_inputs(parser, "params")
-    parser.add_argument("--out", type=Path, default=artifacts.RAW_DIR,
-                        help="images, posts.jsonl, rejected.jsonl (default %(default)s)")
-    parser.add_argument("--reports", type=Path, default=artifacts.REPORTS_DIR,
-                        help="directory for ingest.json")  # fmt: skip
-    parser.add_argument("--session-file", type=Path, default=None,
-                        help="Instaloader session file (or set TAGLENS_INSTAGRAM_SESSION)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="instagram collection directory (default: beside --out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=artifacts.RAW_DIR,
+        help="images, posts.jsonl, rejected.jsonl (default %(default)s)",
+    )
+    parser.add_argument(
+        "--reports", type=Path, default=artifacts.REPORTS_DIR, help="directory for ingest.json"
+    )
+    parser.add_argument(
+        "--session-file",
+        type=Path,
+        default=None,
+        help="Instaloader session file (or set TAGLENS_INSTAGRAM_SESSION)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="instagram collection directory (default: beside --out)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
     def body() -> int:
         params = load_params(args.params)
-        result = run(params.base, params.scrape, params.ingest, out=args.out,
-                     reports=args.reports, session_file=args.session_file, cache=args.cache)
+        result = run(
+            params.base,
+            params.scrape,
+            params.ingest,
+            out=args.out,
+            reports=args.reports,
+            session_file=args.session_file,
+            cache=args.cache,
+        )
         print(result.summary)
         return 0
 

@@ -52,9 +52,7 @@ def summarize(root: Path) -> str:
     for path in predictions:
         lines.append(f"  predictions  {path}")
     lines.append("  MLflow UI    make mlflow-ui   (then open http://127.0.0.1:5000)")
-    lines.append(
-        "  web page     make serve   (then open http://127.0.0.1:8000)"
-    )
+    lines.append("  web page     make serve   (then open http://127.0.0.1:8000)")
     return "\n".join(lines)
 
 
@@ -75,12 +73,15 @@ def write_test_image_list(root: Path, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Print the summary for the project in the current directory."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", type=Path, default=Path("."),
-                        help="the project checkout (default %(default)s)")
     parser.add_argument(
-        "--list-test-images", type=Path, metavar="FILE",
+        "--root", type=Path, default=Path("."), help="the project checkout (default %(default)s)"
+    )
+    parser.add_argument(
+        "--list-test-images",
+        type=Path,
+        metavar="FILE",
         help="instead of the summary, write the test split's image paths to FILE",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     if args.list_test_images:
         count = write_test_image_list(args.root, args.list_test_images)

@@ -36,11 +36,21 @@ logger = logging.getLogger(__name__)
 
 
 def run(
-    base: BaseParams, model: ModelParams, params: TrainParams, hashtags: HashtagParams,
-    ingest: IngestParams, *, raw: Path, features: Path, clean: Path, out: Path,
-    reports: Path = artifacts.REPORTS_DIR, sweep: dict[str, tuple] | None = None,
-    engine: str, int8: Int8Params,
-) -> TrainResult:  # fmt: skip
+    base: BaseParams,
+    model: ModelParams,
+    params: TrainParams,
+    hashtags: HashtagParams,
+    ingest: IngestParams,
+    *,
+    raw: Path,
+    features: Path,
+    clean: Path,
+    out: Path,
+    reports: Path = artifacts.REPORTS_DIR,
+    sweep: dict[str, tuple] | None = None,
+    engine: str,
+    int8: Int8Params,
+) -> TrainResult:
     """Train in an MLflow run and write models/ (model, info, hashtags) and reports/history.csv.
 
     `ingest` is not used to train: it is logged with the model, which checks request images
@@ -58,17 +68,26 @@ def run(
     classes = list(base.classes)
     meta = train_data.check_feature_meta(features, model, base.seed)
     splits = train_data.load_splits(features, train_data.read_manifest(clean, classes), classes)
-    train, val = splits["train"], splits["val"]
+    train = splits["train"]
+    val = splits["val"]
     posts = artifacts.read_posts(raw)
 
     def fit_one(train_params: TrainParams, on_epoch) -> HeadFit:
-        return fit_head((train.vectors, train.labels), (val.vectors, val.labels), len(classes),
-                        train_params, base.seed, on_epoch,
-                        flips=(train.views.get("flip"), val.views.get("flip")))  # fmt: skip
+        return fit_head(
+            (train.vectors, train.labels),
+            (val.vectors, val.labels),
+            len(classes),
+            train_params,
+            base.seed,
+            on_epoch,
+            flips=(train.views.get("flip"), val.views.get("flip")),
+        )
 
-    settings, space = grid(params.sweep, sweep), "sweep"
+    settings = grid(params.sweep, sweep)
+    space = "sweep"
     if not settings and params.search.enabled:
-        settings, space = default_search(params.search, base.seed), "default"
+        settings = default_search(params.search, base.seed)
+        space = "default"
     # The params a sweep or search varies go on this run (the one holding the model) once the
     # best is known.
     swept = {f"train.{key}" for setting in settings for key in setting}
@@ -79,38 +98,50 @@ def run(
         mlflow.log_params({key: value for key, value in config.flat().items() if key not in swept})
         outputs.log_data(config, meta, splits, {"raw": raw, "features": features, "clean": clean})
         if settings:
-            fit, best = outputs.sweep_logged(config, settings, fit_one, swept, space,
-                                             len(val.labels))
+            fit, best = outputs.sweep_logged(
+                config, settings, fit_one, swept, space, len(val.labels)
+            )
         else:
-            fit, best = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e)), params
-        fit, views = choose_crops(fit, val.vectors, val.views, val.labels, params.crops,
-                                  params.search.rule)
+            fit = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e))
+            best = params
+        fit, views = choose_crops(
+            fit, val.vectors, val.views, val.labels, params.crops, params.search.rule
+        )
         outputs.log_views(views)
         history = list(fit.history)
         precision = meta.get("precision", "fp32")  # older features files are FP32
         served = outputs.served_model(config, fit, train, raw, precision)
-        head_fit, tuned_val, tuning = fit, None, None
+        head_fit = fit
+        tuned_val = None
+        tuning = None
         if params.fine_tune.enabled:
             served, fit, history, tuned_val, tuning = fine_tune_step(
                 config, fit, served, history, splits, raw, precision
             )
 
-        summary = {"run_id": run_id, "val_accuracy": fit.val_accuracy, "val_loss": fit.val_loss,
-                   "epochs_run": len(fit.history), "n_train": len(train.labels),
-                   "n_val": len(val.labels)}  # fmt: skip
+        summary = {
+            "run_id": run_id,
+            "val_accuracy": fit.val_accuracy,
+            "val_loss": fit.val_loss,
+            "epochs_run": len(fit.history),
+            "n_train": len(train.labels),
+            "n_val": len(val.labels),
+        }
         summary.update(outputs.setting_report(best, space if settings else None, swept, head_fit))
         summary["views"] = {"served": list(fit.views), **views.report()}
         if tuning is not None:
             summary["fine_tune"] = tuning.report()
             summary["fine_tune_val_accuracy"] = tuning.val_accuracy["fine_tuned"]
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
-        summary["hashtags_val"] = outputs.fit_hashtags_logged(config, fit, splits, posts, out,
-                                                              tuned_val)
+        summary["hashtags_val"] = outputs.fit_hashtags_logged(
+            config, fit, splits, posts, out, tuned_val
+        )
         write_drift_reference(fit, val, classes, fine_tuned=tuned_val is not None, out=out)
         served_as = outputs.served_precision(config, served, precision, splits, raw, out)
         summary["precision"] = served_as.precision
-        outputs.write_model_dir(config.with_train(best), served, history, out, reports, run_id,
-                                served_as, fit.views)
+        outputs.write_model_dir(
+            config.with_train(best), served, history, out, reports, run_id, served_as, fit.views
+        )
     if params.baseline:
         summary.update(outputs.baseline_run(config, splits, run_id))
     atomic_write_json(artifacts.TRAIN_REPORT.at(reports), summary)
@@ -118,8 +149,13 @@ def run(
 
 
 def fine_tune_step(
-    config: TrainConfig, fit: HeadFit, served, history: list[dict], splits: dict[str, Split],
-    raw: Path, precision: str,
+    config: TrainConfig,
+    fit: HeadFit,
+    served,
+    history: list[dict],
+    splits: dict[str, Split],
+    raw: Path,
+    precision: str,
 ) -> tuple:
     """Fine-tune a copy of the served model; serve it as `train.fine_tune.enabled` says.
 
@@ -129,7 +165,8 @@ def fine_tune_step(
         The served model, its fit, its history, the fine-tuned model's validation probabilities
         when it is served (else None), and the choice (`FineTuneChoice`).
     """
-    train, val = splits["train"], splits["val"]
+    train = splits["train"]
+    val = splits["val"]
     params = config.train
     candidate = outputs.tuned_candidate(fit)
     tuned = outputs.served_model(config, candidate, train, raw, precision)
@@ -137,15 +174,19 @@ def fine_tune_step(
     tuned_val = outputs.probabilities_on_images(tuned, val, raw, config.model.image_size)
     labels = np.asarray(val.labels, int)
     head_right = fit.predict(val.vectors, val.views).argmax(axis=1) == labels
-    tuning = choose_fine_tuned(head_right, tuned_val.argmax(axis=1) == labels,
-                               params.fine_tune.enabled, params.search.rule)
+    tuning = choose_fine_tuned(
+        head_right, tuned_val.argmax(axis=1) == labels, params.fine_tune.enabled, params.search.rule
+    )
     outputs.log_fine_tune_choice(tuning)
     logger.info("fine-tuning: %s", tuning.why)
     if not tuning.tuned:
         return served, fit, history, None, tuning
     picked = np.clip(tuned_val[np.arange(len(labels)), labels], 1e-7, 1.0)
-    candidate = replace(candidate, val_accuracy=tuning.val_accuracy["fine_tuned"],
-                        val_loss=float(-np.mean(np.log(picked))))
+    candidate = replace(
+        candidate,
+        val_accuracy=tuning.val_accuracy["fine_tuned"],
+        val_loss=float(-np.mean(np.log(picked))),
+    )
     return tuned, candidate, history + rows, tuned_val, tuning
 
 
@@ -171,20 +212,44 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m stages.train --params params.yaml ... [--sweep key=v1,v2]`."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_stage_inputs(parser, "params", "raw", "features", "clean")
-    parser.add_argument("--out", type=Path, default=artifacts.MODELS_DIR,
-                        help="the model folder to write (default %(default)s)")
-    parser.add_argument("--reports", type=Path, default=artifacts.REPORTS_DIR,
-                        help="folder for train.json and history.csv/png (default %(default)s)")
-    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
-                        help="sweep a train key over values (repeat for a grid)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=artifacts.MODELS_DIR,
+        help="the model folder to write (default %(default)s)",
+    )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=artifacts.REPORTS_DIR,
+        help="folder for train.json and history.csv/png (default %(default)s)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="sweep a train key over values (repeat for a grid)",
+    )
     args = parser.parse_args(argv)
 
     def call(params: Params) -> TrainResult:
         sweep = dict(parse_sweep_arg(text) for text in args.sweep)
-        return run(params.base, params.model, params.train, params.hashtags, params.ingest,
-                   raw=args.raw, features=args.features, clean=args.clean, out=args.out,
-                   reports=args.reports, sweep=sweep,
-                   engine=params.featurize.engine, int8=params.featurize.int8)  # fmt: skip
+        return run(
+            params.base,
+            params.model,
+            params.train,
+            params.hashtags,
+            params.ingest,
+            raw=args.raw,
+            features=args.features,
+            clean=args.clean,
+            out=args.out,
+            reports=args.reports,
+            sweep=sweep,
+            engine=params.featurize.engine,
+            int8=params.featurize.int8,
+        )
 
     return run_stage(args, call, text=TrainResult.line)
 

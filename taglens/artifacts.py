@@ -34,7 +34,8 @@ class MissingArtifactError(TaglensError, FileNotFoundError):
 
     def __init__(self, path: Path, stage: str) -> None:
         super().__init__(f"no {path}: run the {stage} stage first (`dvc repro {stage}`)")
-        self.path, self.stage = path, stage
+        self.path = path
+        self.stage = stage
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ def read_json_object(artifact: Artifact, folder: Path | str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise TaglensError(f"{path} is not valid JSON ({exc}): re-run the {artifact.stage} "
-                           "stage") from None  # fmt: skip
+        raise TaglensError(
+            f"{path} is not valid JSON ({exc}): re-run the {artifact.stage} stage"
+        ) from None
     if not isinstance(data, dict):
         raise TaglensError(f"{path} must hold a JSON object: re-run the {artifact.stage} stage")
     return data

@@ -150,8 +150,9 @@ def atomic_write_csv(
     A column a row lacks is written empty.
     """
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore",
-                                lineterminator="\n")  # fmt: skip
+        writer = csv.DictWriter(
+            handle, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(rows)
     return Path(path)
@@ -168,8 +169,12 @@ def append_jsonl(path: Path | str, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, sort_keys=True, default=str) + "\n"
     if path.exists() and (cut := cut_torn_tail(path)):
-        logger.warning("%s ended with a torn line (%d bytes, from an interrupted write): "
-                       "removed it before appending", path, cut)  # fmt: skip
+        logger.warning(
+            "%s ended with a torn line (%d bytes, from an interrupted write): "
+            "removed it before appending",
+            path,
+            cut,
+        )
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()
@@ -198,8 +203,9 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             if number == len(lines):  # a torn final line from an interrupted append
-                logger.warning("%s:%d is a torn last line (an interrupted write): skipped it",
-                               path, number)  # fmt: skip
+                logger.warning(
+                    "%s:%d is a torn last line (an interrupted write): skipped it", path, number
+                )
                 break
             raise TaglensError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
         except RecursionError:  # hostile nesting: json's C parser gives up on the stack

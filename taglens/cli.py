@@ -64,8 +64,9 @@ def add_stage_inputs(parser: argparse.ArgumentParser, *names: str) -> None:
     """Add `--NAME PATH` options for the named STAGE_INPUTS, each with its default and help."""
     for name in names:
         default, text = STAGE_INPUTS[name]
-        parser.add_argument(f"--{name}", type=Path, default=default,
-                            help=f"{text} (default %(default)s)")  # fmt: skip
+        parser.add_argument(
+            f"--{name}", type=Path, default=default, help=f"{text} (default %(default)s)"
+        )
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -87,9 +88,11 @@ def run_main(body: Callable[[], int], extra_errors: tuple[type[BaseException], .
         if exc.errno not in _DISK_FULL:
             raise
         where = f" while writing {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror}{where}: free disk space and run again (outputs are written "
-              "atomically, so finished work is kept and nothing half-written is left)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {exc.strerror}{where}: free disk space and run again (outputs are written "
+            "atomically, so finished work is kept and nothing half-written is left)",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -136,11 +139,12 @@ def package_version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser; each subcommand's own options are its module's (`CMD --help`)."""
     parser = argparse.ArgumentParser(
-        prog="taglens", description="Suggest hashtags for photos: the taglens pipeline's stages, "
+        prog="taglens",
+        description="Suggest hashtags for photos: the taglens pipeline's stages, "
         "batch predict, the web page, the registry admin and the Prefect flows.",
         epilog="`taglens COMMAND --help` lists a command's options. Inside the pipeline, "
         "`dvc repro` runs the stages in order.",
-    )  # fmt: skip
+    )
     parser.add_argument("--version", action="version", version=f"taglens {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():

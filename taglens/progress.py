@@ -31,15 +31,29 @@ class LogProgress:
         clock: A monotonic clock (tests pass a fake one).
     """
 
-    def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None,
-                 desc: str = "progress", unit: str = "it", initial: int = 0,
-                 disable: bool = False, interval: float = DEFAULT_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic, **_ignored: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        iterable: Iterable[Any] | None = None,
+        *,
+        total: int | None = None,
+        desc: str = "progress",
+        unit: str = "it",
+        initial: int = 0,
+        disable: bool = False,
+        interval: float = DEFAULT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        **_ignored: Any,
+    ) -> None:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
-        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.iterable = iterable
+        self.total = total
+        self.desc = desc
+        self.unit = unit
         self.n = self.initial = initial
-        self.disable, self.interval, self._clock = disable, interval, clock
+        self.disable = disable
+        self.interval = interval
+        self._clock = clock
         self._start = self._last = clock()
         self._closed = False
 

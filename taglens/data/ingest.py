@@ -75,11 +75,20 @@ def _post(item: SourceItem, image: NormalizedImage, source: str) -> Post:
     tags = (normalize_hashtag(tag) for tag in item.hashtags)
     hashtags = tuple(dict.fromkeys(tag for tag in tags if tag)) or hashtags_in(item.caption)
     return Post(
-        id=item.id, label=item.label, image=f"{IMAGES_DIR}/{image.sha256}.jpg",
-        sha256=image.sha256, width=image.width, height=image.height, caption=item.caption,
-        hashtags=hashtags, likes=item.likes, comments=item.comments, date=item.date,
-        owner=item.owner, source=source,
-    )  # fmt: skip
+        id=item.id,
+        label=item.label,
+        image=f"{IMAGES_DIR}/{image.sha256}.jpg",
+        sha256=image.sha256,
+        width=image.width,
+        height=image.height,
+        caption=item.caption,
+        hashtags=hashtags,
+        likes=item.likes,
+        comments=item.comments,
+        date=item.date,
+        owner=item.owner,
+        source=source,
+    )
 
 
 def ingest(
@@ -100,8 +109,11 @@ def ingest(
     for item in items:
         try:
             if item.sha256 and hashlib.sha256(item.data).hexdigest() != item.sha256:
-                raise RejectedImage("sha256_mismatch", "the file's bytes do not match the sha256 "
-                                    "its metadata states (changed or replaced since)")  # fmt: skip
+                raise RejectedImage(
+                    "sha256_mismatch",
+                    "the file's bytes do not match the sha256 "
+                    "its metadata states (changed or replaced since)",
+                )
             image = normalize_image(item.data, params)
         except RejectedImage as exc:
             report.rejected[exc.kind] += 1
@@ -111,9 +123,15 @@ def ingest(
         if image.sha256 in kept:
             first = kept[image.sha256]
             report.duplicates.append(
-                {"sha256": image.sha256, "kept_id": first.id, "kept_label": first.label,
-                 "dropped_id": item.id, "dropped_label": item.label, "path": item.origin}
-            )  # fmt: skip
+                {
+                    "sha256": image.sha256,
+                    "kept_id": first.id,
+                    "kept_label": first.label,
+                    "dropped_id": item.id,
+                    "dropped_label": item.label,
+                    "path": item.origin,
+                }
+            )
             continue
         target = images / f"{image.sha256}.jpg"
         try:

@@ -115,9 +115,9 @@ def normalize_image(data: bytes, params: IngestParams) -> NormalizedImage:
             )
         if max(width, height) > _JPEG_MAX_SIDE:
             raise RejectedImage(
-                "too_large", f"{width}x{height}: a side over {_JPEG_MAX_SIDE} pixels cannot be "
-                "stored as JPEG",
-            )  # fmt: skip
+                "too_large",
+                f"{width}x{height}: a side over {_JPEG_MAX_SIDE} pixels cannot be stored as JPEG",
+            )
         try:
             frames = getattr(image, "n_frames", 1)  # walks every frame: a damaged one fails here
         except Exception as exc:

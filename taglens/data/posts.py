@@ -32,8 +32,13 @@ def inside_folder(value: str) -> str:
         ValueError: the path is absolute, climbs out with `..`, or uses a drive or backslashes.
     """
     posix = PurePosixPath(value)
-    if (posix.is_absolute() or ".." in posix.parts or "\\" in value
-            or PureWindowsPath(value).drive or "\0" in value):  # fmt: skip
+    if (
+        posix.is_absolute()
+        or ".." in posix.parts
+        or "\\" in value
+        or PureWindowsPath(value).drive
+        or "\0" in value
+    ):
         raise ValueError(f"must be a path relative to the data folder, without '..': {value!r}")
     return value
 

@@ -26,9 +26,13 @@ class OpenedSource:
 
 
 def open_source(
-    base: BaseParams, scrape: ScrapeParams, *, out: Path, session_file: Path | None = None,
+    base: BaseParams,
+    scrape: ScrapeParams,
+    *,
+    out: Path,
+    session_file: Path | None = None,
     cache: Path | None = None,
-) -> OpenedSource:  # fmt: skip
+) -> OpenedSource:
     """Open `scrape.source` for ingest into `out`.
 
     Args:
@@ -45,15 +49,19 @@ def open_source(
         from taglens.data.sources.demo import generate_demo
 
         classes = base.classes or PAPER_CLASSES
-        return OpenedSource(generate_demo(scrape.demo, classes, base.seed),
-                            scrape.demo.images_per_class * len(classes), [])  # fmt: skip
+        return OpenedSource(
+            generate_demo(scrape.demo, classes, base.seed),
+            scrape.demo.images_per_class * len(classes),
+            [],
+        )
     if scrape.source == "folder":
         from taglens.data.sources.folder import FolderSource
 
         folder = FolderSource(Path(scrape.folder or ""), base.classes)
         return OpenedSource(folder, len(folder), folder.notes)  # the same list: notes grow
-    return _instagram(base, scrape, session_file=session_file,
-                      cache=cache or Path(out).parent / "instagram")  # fmt: skip
+    return _instagram(
+        base, scrape, session_file=session_file, cache=cache or Path(out).parent / "instagram"
+    )
 
 
 def _instagram(
@@ -63,8 +71,9 @@ def _instagram(
     from taglens.data.sources import instagram, instagram_loader, instagram_posts
 
     settings = scrape.instagram
-    unknown = [t for t in settings.hashtags
-               if base.classes and normalize_hashtag(t) not in base.classes]  # fmt: skip
+    unknown = [
+        t for t in settings.hashtags if base.classes and normalize_hashtag(t) not in base.classes
+    ]
     if unknown:
         raise TaglensError(
             f"scrape.instagram.hashtags {unknown} are not in base.classes: each hashtag searched "

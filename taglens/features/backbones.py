@@ -164,9 +164,7 @@ def build_backbone(params: ModelParams, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     try:
         with private_default_seeds(seed):
-            return constructor(
-                include_top=False, weights=weights, input_shape=shape, pooling="avg"
-            )
+            return constructor(include_top=False, weights=weights, input_shape=shape, pooling="avg")
     except Exception as exc:  # keras raises URLError, HTTPError, OSError or ValueError here
         if weights == "imagenet":
             raise BackboneWeightsError(

@@ -36,25 +36,38 @@ class CleanResult:
     def summary(self) -> str:
         """One line for the terminal."""
         totals = self.report["totals"]
-        return (f"clean: kept {totals['after']} of {totals['before']} images ({totals['dropped']} "
-                f"training images dropped); split {', '.join(f'{s} {totals[s]}' for s in SPLITS)}")
+        return (
+            f"clean: kept {totals['after']} of {totals['before']} images ({totals['dropped']} "
+            f"training images dropped); split {', '.join(f'{s} {totals[s]}' for s in SPLITS)}"
+        )
 
 
 def write_tables(
-    posts: Sequence[Any], labels: Sequence[str], splits: np.ndarray, result: OutlierResult,
+    posts: Sequence[Any],
+    labels: Sequence[str],
+    splits: np.ndarray,
+    result: OutlierResult,
     out: Path,
-) -> tuple[Path, Path]:  # fmt: skip
+) -> tuple[Path, Path]:
     """Write manifest.csv (every kept image, its split) and dropped.csv (with the threshold)."""
 
     def row(i: int) -> dict[str, Any]:
-        return {"id": posts[i].id, "sha256": posts[i].sha256, "image": posts[i].image,
-                "label": labels[i], "split": splits[i], "distance": f"{result.distances[i]:.6g}",
-                "threshold": f"{result.thresholds[i]:.6g}"}  # fmt: skip
+        return {
+            "id": posts[i].id,
+            "sha256": posts[i].sha256,
+            "image": posts[i].image,
+            "label": labels[i],
+            "split": splits[i],
+            "distance": f"{result.distances[i]:.6g}",
+            "threshold": f"{result.thresholds[i]:.6g}",
+        }
 
-    manifest = atomic_write_csv(artifacts.MANIFEST.at(out),
-                                (row(i) for i in np.flatnonzero(result.keep)), MANIFEST_COLUMNS)
-    dropped = atomic_write_csv(artifacts.DROPPED.at(out),
-                               (row(i) for i in np.flatnonzero(~result.keep)), DROPPED_COLUMNS)
+    manifest = atomic_write_csv(
+        artifacts.MANIFEST.at(out), (row(i) for i in np.flatnonzero(result.keep)), MANIFEST_COLUMNS
+    )
+    dropped = atomic_write_csv(
+        artifacts.DROPPED.at(out), (row(i) for i in np.flatnonzero(~result.keep)), DROPPED_COLUMNS
+    )
     return manifest, dropped
 
 
@@ -68,14 +81,22 @@ def build_report(
     """
     kept = result.keep
     return {
-        "enabled": params.enabled, "k_std": params.k_std, "distance": params.distance,
+        "enabled": params.enabled,
+        "k_std": params.k_std,
+        "distance": params.distance,
         "fitted_on": "train",
-        "classes": {label: {**stats.to_dict(), **_held_out_flags(result, labels, splits, label)}
-                    for label, stats in result.classes.items()},
-        "totals": {"before": len(labels), "after": int(kept.sum()), "dropped": int((~kept).sum()),
-                   **{side: int((splits[kept] == side).sum()) for side in SPLITS},
-                   **_held_out_flags(result, labels, splits)},
-    }  # fmt: skip
+        "classes": {
+            label: {**stats.to_dict(), **_held_out_flags(result, labels, splits, label)}
+            for label, stats in result.classes.items()
+        },
+        "totals": {
+            "before": len(labels),
+            "after": int(kept.sum()),
+            "dropped": int((~kept).sum()),
+            **{side: int((splits[kept] == side).sum()) for side in SPLITS},
+            **_held_out_flags(result, labels, splits),
+        },
+    }
 
 
 def _held_out_flags(
@@ -83,20 +104,26 @@ def _held_out_flags(
 ) -> dict[str, int]:
     """How many val / test images (of one class, or all) lie beyond the threshold: kept anyway."""
     rows = np.ones(len(labels), bool) if label is None else np.asarray(labels) == label
-    return {f"flagged_{side}": int((result.flagged & rows & (splits == side)).sum())
-            for side in HELD_OUT}  # fmt: skip
+    return {
+        f"flagged_{side}": int((result.flagged & rows & (splits == side)).sum())
+        for side in HELD_OUT
+    }
 
 
 def write_plots(
-    result: OutlierResult, labels: Sequence[str], images: Sequence[Path], reports: Path,
+    result: OutlierResult,
+    labels: Sequence[str],
+    images: Sequence[Path],
+    reports: Path,
     contact_sheet_max: int,
-) -> list[Path]:  # fmt: skip
+) -> list[Path]:
     """The distance histogram and one contact sheet per class that drops images (stale removed)."""
     for stale in reports.glob("dropped_*.png"):  # sheets of classes that now drop nothing
         stale.unlink()
     pngs = [clean_report.plot_distances(result, labels, reports / clean_report.HISTOGRAM_FILE)]
-    return pngs + clean_report.write_contact_sheets(result, labels, images, reports,
-                                                    contact_sheet_max)  # fmt: skip
+    return pngs + clean_report.write_contact_sheets(
+        result, labels, images, reports, contact_sheet_max
+    )
 
 
 def log_clean_run(

@@ -44,8 +44,10 @@ def plot_distances(result: OutlierResult, labels: Sequence[str], path: Path) -> 
         edges = np.histogram_bin_edges(result.distances[mask], bins=20)
         ax.hist(
             [result.distances[mask & result.keep], result.distances[mask & ~result.keep]],
-            bins=edges, stacked=True, color=["tab:blue", "tab:orange"],
-        )  # fmt: skip
+            bins=edges,
+            stacked=True,
+            color=["tab:blue", "tab:orange"],
+        )
         if stats.threshold is not None:
             ax.axvline(stats.threshold, color="tab:red", linestyle="--")
         ax.set_title(f"{label}: {stats.after}/{stats.before} kept", fontsize=9)
@@ -53,9 +55,10 @@ def plot_distances(result: OutlierResult, labels: Sequence[str], path: Path) -> 
     for ax in list(axes.flat)[len(classes) :]:
         ax.axis("off")
     handles = [
-        Patch(color="tab:blue", label="kept"), Patch(color="tab:orange", label="dropped"),
+        Patch(color="tab:blue", label="kept"),
+        Patch(color="tab:orange", label="dropped"),
         Line2D([], [], color="tab:red", linestyle="--", label="mean + k*std"),
-    ]  # fmt: skip
+    ]
     fig.legend(handles=handles, loc="upper right", fontsize=7, ncols=3)
     fig.supxlabel("distance to class centroid", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
@@ -81,7 +84,8 @@ def contact_sheet(images: Sequence[Path], captions: Sequence[str], path: Path) -
     sheet = Image.new("RGB", (cols * THUMB, rows * (THUMB + 14)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (image_path, caption) in enumerate(zip(images, captions, strict=True)):
-        x, y = (i % cols) * THUMB, (i // cols) * (THUMB + 14)
+        x = (i % cols) * THUMB
+        y = (i // cols) * (THUMB + 14)
         try:
             with open_image(image_path) as image:
                 thumb = image.convert("RGB")

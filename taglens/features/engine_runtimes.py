@@ -77,8 +77,10 @@ def _key_of(names: set[str], keys: tuple[str, ...]) -> str:
     """The dict key a converted model's output tensor carries among its names."""
     found = [key for key in keys if key in names or any(n.startswith(f"{key}:") for n in names)]
     if len(found) != 1:
-        raise EngineError(f"{PARAM}: cannot tell which model output {sorted(names)} is among "
-                          f"{list(keys)}: set {PARAM}: tensorflow")  # fmt: skip
+        raise EngineError(
+            f"{PARAM}: cannot tell which model output {sorted(names)} is among "
+            f"{list(keys)}: set {PARAM}: tensorflow"
+        )
     return found[0]
 
 
@@ -150,11 +152,13 @@ class OpenVinoForward:
         if converted is None:
             converted = ov.convert_model(traced(model).get_concrete_function())
         core = ov.Core()
+
         def compiled(hint: str) -> Any:
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint}
             return core.compile_model(converted, "CPU", config)
 
-        self._throughput, self._latency = compiled("THROUGHPUT"), compiled("LATENCY")
+        self._throughput = compiled("THROUGHPUT")
+        self._latency = compiled("LATENCY")
         # OpenVINO keeps a dict-output model's outputs as tensors named after the dict's keys
         keys = self._keys = output_keys(model)
         self._outputs = output_names(self._latency.outputs, keys)
@@ -175,8 +179,7 @@ class OpenVinoForward:
             results: list[list[np.ndarray] | None] = [None] * len(parts)
 
             def done(request: Any, index: int) -> None:
-                results[index] = [np.array(request.get_output_tensor(i).data)
-                                  for i in range(count)]  # fmt: skip
+                results[index] = [np.array(request.get_output_tensor(i).data) for i in range(count)]
 
             self._queue.set_callback(done)
             for index, part in enumerate(parts):
@@ -206,13 +209,13 @@ class OnnxRuntimeForward:
         self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         keys = self._keys = output_keys(model)
-        self._outputs = [str(i) if keys is None else _key_of({o.name}, keys)
-                         for i, o in enumerate(self._session.get_outputs())]  # fmt: skip
+        self._outputs = [
+            str(i) if keys is None else _key_of({o.name}, keys)
+            for i, o in enumerate(self._session.get_outputs())
+        ]
 
     def __call__(self, images: np.ndarray) -> Outputs:
         """Outputs of one float32 batch (B, S, S, 3) as NumPy (a dict for a dict-output model)."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         arrays = self._session.run(None, {self._input: images})
         return _pack(self._keys, dict(zip(self._outputs, arrays, strict=True)))
-
-

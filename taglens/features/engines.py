@@ -46,10 +46,24 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
-    "ENGINES", "FP32_ENGINES", "INT8_ENGINE", "ONNX_OPSET", "EngineError", "EngineModel",
-    "Forward", "Outputs", "TensorFlowForward", "compile_forward", "default_cache_dir",
-    "model_fingerprint", "no_usage_reports", "on_engine", "precision_of", "traced", "use_int8",
-]  # fmt: skip
+    "ENGINES",
+    "FP32_ENGINES",
+    "INT8_ENGINE",
+    "ONNX_OPSET",
+    "EngineError",
+    "EngineModel",
+    "Forward",
+    "Outputs",
+    "TensorFlowForward",
+    "compile_forward",
+    "default_cache_dir",
+    "model_fingerprint",
+    "no_usage_reports",
+    "on_engine",
+    "precision_of",
+    "traced",
+    "use_int8",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +177,8 @@ class EngineModel:
     """
 
     def __init__(self, model: keras.Model, engine: str, **options: Any):
-        self.model, self.engine = model, engine
+        self.model = model
+        self.engine = engine
         # served batches come in every size: XLA would compile the model again for each shape
         self._forward = compile_forward(model, engine, jit_compile=False, **options)
 

@@ -21,8 +21,10 @@ class FeaturizeResult:
 
     def summary(self) -> str:
         """One line for the terminal."""
-        return (f"featurize: {self.meta['count']} posts, {self.computed} images computed, "
-                f"{self.cached} cached, dim {self.meta['dim']}")
+        return (
+            f"featurize: {self.meta['count']} posts, {self.computed} images computed, "
+            f"{self.cached} cached, dim {self.meta['dim']}"
+        )
 
 
 def feature_meta(

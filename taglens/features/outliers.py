@@ -28,9 +28,13 @@ class ClassStats:
     def to_dict(self) -> dict:
         """JSON-ready form for reports/clean.json."""
         return {
-            "before": self.before, "after": self.after, "dropped": self.before - self.after,
-            "mean": self.mean, "std": self.std, "threshold": self.threshold,
-        }  # fmt: skip
+            "before": self.before,
+            "after": self.after,
+            "dropped": self.before - self.after,
+            "mean": self.mean,
+            "std": self.std,
+            "threshold": self.threshold,
+        }
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,8 @@ def find_outliers(
         d = distances_to(vectors[rows], class_centre(vectors[reference], metric), metric)
         distances[rows] = d
         d_fit = distances[reference]
-        mean, std = float(d_fit.mean()), float(d_fit.std())
+        mean = float(d_fit.mean())
+        std = float(d_fit.std())
         threshold = None
         if enabled and len(fitted) >= MIN_CLASS_SIZE:
             threshold = mean + k_std * std

@@ -75,7 +75,8 @@ class FeatureStore:
         for shard in self.shards():
             try:
                 with np.load(shard, allow_pickle=False) as data:
-                    shas, vectors = data["sha256"], data["vectors"]
+                    shas = data["sha256"]
+                    vectors = data["vectors"]
             except (OSError, ValueError, KeyError) as exc:
                 logger.warning("ignoring unreadable feature shard %s (%s)", shard, exc)
                 continue
@@ -94,12 +95,17 @@ class FeatureStore:
         return _save_npz(path, shas, vectors)
 
 
-def _save_npz(path: Path, shas: Sequence[str], vectors: np.ndarray,
-              extra: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+def _save_npz(
+    path: Path, shas: Sequence[str], vectors: np.ndarray, extra: dict[str, np.ndarray] | None = None
+) -> Path:
     arrays = {name: array.astype("float32") for name, array in (extra or {}).items()}
     with atomic_open(path, "wb") as handle:
-        np.savez(handle, sha256=np.asarray(shas, dtype="U64"), vectors=vectors.astype("float32"),
-                 **arrays)  # fmt: skip
+        np.savez(
+            handle,
+            sha256=np.asarray(shas, dtype="U64"),
+            vectors=vectors.astype("float32"),
+            **arrays,
+        )
     return path
 
 
@@ -107,7 +113,9 @@ class _ShardBuffer:
     """Collects computed vectors and writes a shard each time `shard_size` are pending."""
 
     def __init__(self, store: FeatureStore, shard_size: int):
-        self.store, self.shard_size, self.written = store, shard_size, 0
+        self.store = store
+        self.shard_size = shard_size
+        self.written = 0
         self.shas: list[str] = []
         self.vectors: list[np.ndarray] = []
 
@@ -125,7 +133,8 @@ class _ShardBuffer:
         if self.shas:
             self.store.write_shard(self.shas, np.concatenate(self.vectors))
             self.written += 1
-            self.shas, self.vectors = [], []
+            self.shas = []
+            self.vectors = []
 
 
 @dataclass
@@ -284,8 +293,13 @@ def view_array(view: str) -> str:
     return f"{view}_vectors"
 
 
-def write_features(out_dir: Path, shas: Sequence[str], vectors: np.ndarray, meta: dict,
-                   views: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+def write_features(
+    out_dir: Path,
+    shas: Sequence[str],
+    vectors: np.ndarray,
+    meta: dict,
+    views: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write `features.npz` and `meta.json` atomically.
 
     `features.npz` holds `sha256`, `vectors` and one `<view>_vectors` array per view, in posts

@@ -73,7 +73,8 @@ def _layer_classes() -> dict[str, type]:
 
         def call(self, images):
             pixels = keras.ops.cast(images, "float32")
-            height, width = pixels.shape[1], pixels.shape[2]
+            height = pixels.shape[1]
+            width = pixels.shape[2]
             centre = pixels[:, height // 4 : height - height // 4, width // 4 : width - width // 4]
             return keras.ops.concatenate(
                 [self._histogram(pixels), self._histogram(centre)], axis=-1
@@ -112,7 +113,8 @@ def _layer_classes() -> dict[str, type]:
             size = int(images.shape[1])
             big = int(round(size * self.scale))
             enlarged = keras.ops.image.resize(images, (big, big), interpolation="bilinear")
-            far, mid = big - size, (big - size) // 2
+            far = big - size
+            mid = (big - size) // 2
             corners = [(mid, mid), (0, 0), (0, far), (far, 0), (far, far)]
             return keras.ops.concatenate(
                 [enlarged[:, top : top + size, left : left + size] for top, left in corners],

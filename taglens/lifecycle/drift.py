@@ -231,7 +231,8 @@ def compare(
         with warnings.catch_warnings():  # ties make scipy fall back to the asymptotic p-value
             warnings.filterwarnings("ignore", "ks_2samp: Exact calculation", RuntimeWarning)
             result = ks_2samp(np.asarray(reference.confidences), values)
-        ks_stat, ks_p = float(result.statistic), float(result.pvalue)
+        ks_stat = float(result.statistic)
+        ks_p = float(result.pvalue)
     drifted = judged and max(psi_class, psi_conf) > psi_threshold
     return DriftReport(
         photos=len(pairs),

@@ -101,8 +101,9 @@ def as_tags(lineage: dict[str, Any]) -> dict[str, str]:
 
 def from_tags(tags: dict[str, str]) -> dict[str, str]:
     """The record back from a run's or a version's tags."""
-    return {key[len(TAG_PREFIX) :]: value for key, value in tags.items()
-            if key.startswith(TAG_PREFIX)}  # fmt: skip
+    return {
+        key[len(TAG_PREFIX) :]: value for key, value in tags.items() if key.startswith(TAG_PREFIX)
+    }
 
 
 def run_record(run_id: str) -> dict[str, str]:
@@ -111,8 +112,7 @@ def run_record(run_id: str) -> dict[str, str]:
 
     record_ = from_tags(mlflow.MlflowClient().get_run(run_id).data.tags)
     if not record_:
-        logger.warning("run %s carries no %s tags: its model version gets none", run_id,
-                       TAG_PREFIX)  # fmt: skip
+        logger.warning("run %s carries no %s tags: its model version gets none", run_id, TAG_PREFIX)
     return record_
 
 

@@ -95,5 +95,3 @@ def commit(registry: Registry, version: Any, decision: Decision, params: Registe
     logger.info(
         "%s version %s -> %s: %s", registry.name, version.version, decision.alias, decision.reason
     )
-
-

@@ -151,8 +151,9 @@ def register_run(
     info = read_model_info(models)
     run_id = info.get("run_id")
     if not run_id:
-        raise TaglensError(f"{MODEL_INFO.at(models)} has no run_id: the train stage must run "
-                           "inside MLflow")  # fmt: skip
+        raise TaglensError(
+            f"{MODEL_INFO.at(models)} has no run_id: the train stage must run inside MLflow"
+        )
     check_metrics_run(metrics, run_id)
     environ = os.environ if environ is None else environ
     experiment = running_experiment(environ)
@@ -172,9 +173,14 @@ def register_run(
     rescore = None if rescorer is None else functools.partial(rescorer, classes=classes)
     hold = promotion_hold(register, environ)
     result = Registry(register.model_name, history).register(
-        logged_model_uri(run_id), run_id, evaluation, register, run_record(run_id),
-        rescore=rescore, hold=hold,
-    )  # fmt: skip
+        logged_model_uri(run_id),
+        run_id,
+        evaluation,
+        register,
+        run_record(run_id),
+        rescore=rescore,
+        hold=hold,
+    )
     _tag_run(run_id, result)
     atomic_write_json(out, result)
     return Registered.of(result)

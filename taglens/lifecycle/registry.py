@@ -260,9 +260,13 @@ class Registry:
 
     def _result(self, version: Any, *, created: bool) -> dict[str, Any]:
         champion = self.alias(CHAMPION)
-        return {"model_name": self.name, "version": str(version.version), "created": created,
-                **decision_record(version.tags),
-                "champion": str(champion.version) if champion else None}  # fmt: skip
+        return {
+            "model_name": self.name,
+            "version": str(version.version),
+            "created": created,
+            **decision_record(version.tags),
+            "champion": str(champion.version) if champion else None,
+        }
 
     def crown(self, target: Any) -> None:
         """Give `target` the champion alias; a version is never champion and challenger at once."""
@@ -270,4 +274,3 @@ class Registry:
         challenger = self.alias(CHALLENGER)
         if challenger is not None and str(challenger.version) == str(target.version):
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
-

@@ -114,8 +114,7 @@ def advisory_lock(uri: str, model_name: str, timeout: float = LOCK_TIMEOUT_S) ->
         import psycopg
     except ImportError:
         raise RegistryError(
-            f"{LOCK_DB_ENV} is set but the PostgreSQL driver is missing: "
-            "pip install -e '.[team]'"
+            f"{LOCK_DB_ENV} is set but the PostgreSQL driver is missing: pip install -e '.[team]'"
         ) from None
     where = redact_uri(uri)
     try:
@@ -208,4 +207,3 @@ def unlock(model_name: str) -> bool:
     except MlflowException:
         return False
     return True
-

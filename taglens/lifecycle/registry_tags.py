@@ -29,18 +29,25 @@ def now_iso() -> str:
 def candidate_tags(run_id: str, evaluation: Evaluation, lineage: dict[str, Any]) -> dict[str, Any]:
     """The tags of a new version: its train run, lineage, numeric metrics and per-class recall."""
     tags = {RUN_ID_TAG: run_id, **{LINEAGE_TAG + k: v for k, v in lineage.items()}}
-    tags.update({METRIC_TAG + k: v for k, v in evaluation.metrics.items()
-                 if isinstance(v, int | float) and not isinstance(v, bool)})  # fmt: skip
+    tags.update(
+        {
+            METRIC_TAG + k: v
+            for k, v in evaluation.metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    )
     tags.update({RECALL_TAG + k: v for k, v in evaluation.recall.items()})
     return tags
 
 
 def evaluation_of(tags: dict[str, str]) -> Evaluation:
     """Rebuild a version's Evaluation from its tags."""
-    metrics = {k.removeprefix(METRIC_TAG): float(v) for k, v in tags.items()
-               if k.startswith(METRIC_TAG)}  # fmt: skip
-    recall = {k.removeprefix(RECALL_TAG): float(v) for k, v in tags.items()
-              if k.startswith(RECALL_TAG)}  # fmt: skip
+    metrics = {
+        k.removeprefix(METRIC_TAG): float(v) for k, v in tags.items() if k.startswith(METRIC_TAG)
+    }
+    recall = {
+        k.removeprefix(RECALL_TAG): float(v) for k, v in tags.items() if k.startswith(RECALL_TAG)
+    }
     return Evaluation(metrics, recall)
 
 

@@ -57,8 +57,9 @@ def check_server(uri: str, timeout: float = PING_TIMEOUT_SECONDS) -> None:
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     # No credentials are sent: a 401 answer is an answer, which is all this checks.
-    health = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health",
-                                      "", ""))  # fmt: skip
+    health = urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", "")
+    )
     try:
         with urllib.request.urlopen(health, timeout=timeout):
             pass
@@ -166,6 +167,7 @@ def log_split_datasets(rows: dict[str, Any], *, digest: str, source: str) -> Non
             # MLflow 3.17 registers its local-file source class twice and warns that a path
             # "can be interpreted in multiple ways" (both are the same LocalArtifactDatasetSource).
             warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
-            dataset = mlflow.data.from_pandas(frame, source=source_path(source), name=name,
-                                              digest=digest[:36], targets="label")  # fmt: skip
+            dataset = mlflow.data.from_pandas(
+                frame, source=source_path(source), name=name, digest=digest[:36], targets="label"
+            )
         mlflow.log_input(dataset, context=SPLIT_CONTEXTS.get(name, name))

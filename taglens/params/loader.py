@@ -47,8 +47,12 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key} is not a known key (check its spelling)"
     if kind == "missing":
         return f"{key} is missing"
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-              "less_than_equal": "<="}  # fmt: skip
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
     if kind in bounds:
         limit = next(iter(ctx.values()))
         return f"{key} must be {bounds[kind]} {limit}, got {got!r}"

@@ -33,8 +33,9 @@ def list_inputs(spec: str | Path) -> list[Path]:
         paths = [path]
     elif path.is_file():
         lines = path.read_text(encoding="utf-8").splitlines()
-        entries = [line.strip() for line in lines if line.strip() and not line.lstrip()
-                   .startswith("#")]  # fmt: skip
+        entries = [
+            line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")
+        ]
         paths = [p if p.is_absolute() else path.parent / p for p in map(Path, entries)]
     elif any(char in text for char in _GLOB_CHARS):
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
@@ -94,5 +95,7 @@ def check_header(path: Path | str, max_pixels: int) -> None:
 
     width, height = header_pixels(path)
     if width * height > max_pixels:
-        raise ValueError(f"{width}x{height} = {width * height} pixels > the limit of "
-                         f"{max_pixels} (ingest.max_pixels; possible decompression bomb)")
+        raise ValueError(
+            f"{width}x{height} = {width * height} pixels > the limit of "
+            f"{max_pixels} (ingest.max_pixels; possible decompression bomb)"
+        )

@@ -33,15 +33,21 @@ class PredictResult:
     def summary(self) -> str:
         """One line for the console: counts and speed."""
         r = self.report
-        return (f"{self.output}: {r.scored} scored, {r.skipped} already done, {r.errors} errors "
-                f"({r.images_per_second:.1f} img/s) with {self.model.name} version "
-                f"{self.model.version}")  # fmt: skip
+        return (
+            f"{self.output}: {r.scored} scored, {r.skipped} already done, {r.errors} errors "
+            f"({r.images_per_second:.1f} img/s) with {self.model.name} version "
+            f"{self.model.version}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Counts, seconds, images_per_second, model_name, model_version and output."""
-        return {**asdict(self.report), "images_per_second": self.report.images_per_second,
-                "model_name": self.model.name, "model_version": self.model.version,
-                "output": str(self.output)}  # fmt: skip
+        return {
+            **asdict(self.report),
+            "images_per_second": self.report.images_per_second,
+            "model_name": self.model.name,
+            "model_version": self.model.version,
+            "output": str(self.output),
+        }
 
 
 def predict_to_file(
@@ -101,9 +107,15 @@ def predict_to_file(
         raise
     writer.note_rehashed(rehashed)
     writer.close()
-    logger.info("scored %d, skipped %d, errors %d of %d images into %s (%.1f img/s)",
-                report.scored, report.skipped, report.errors, report.total, output,
-                report.images_per_second)  # fmt: skip
+    logger.info(
+        "scored %d, skipped %d, errors %d of %d images into %s (%.1f img/s)",
+        report.scored,
+        report.skipped,
+        report.errors,
+        report.total,
+        output,
+        report.images_per_second,
+    )
     return report
 
 
@@ -126,7 +138,9 @@ def merge_outputs(
             for row in read_rows(part):
                 key = row_key(row)
                 if (row.get("model_name"), str(row.get("model_version"))) == (
-                    model.name, model.version) and key in seen:  # fmt: skip
+                    model.name,
+                    model.version,
+                ) and key in seen:
                     continue
                 seen.add(key)
                 chunk.append(row)

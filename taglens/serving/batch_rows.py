@@ -55,10 +55,15 @@ def parquet_schema():
     tag = pa.struct([("tag", pa.string()), ("score", pa.float64())])
     return pa.schema(
         [
-            ("path", pa.string()), ("sha256", pa.string()), ("hashtags", pa.list_(tag)),
-            ("top_class", pa.string()), ("top_probability", pa.float64()),
-            ("model_name", pa.string()), ("model_version", pa.string()), ("error", pa.string()),
-        ]  # fmt: skip
+            ("path", pa.string()),
+            ("sha256", pa.string()),
+            ("hashtags", pa.list_(tag)),
+            ("top_class", pa.string()),
+            ("top_probability", pa.float64()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("error", pa.string()),
+        ]
     )
 
 
@@ -132,9 +137,7 @@ def sealed_parts(parts_dir: Path) -> list[Path]:
     return sorted(parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
 
 
-def existing_rows(
-    path: Path | str, columns: list[str] | None = None
-) -> Iterator[dict[str, Any]]:
+def existing_rows(path: Path | str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Rows of an output and, for Parquet, of the sealed parts of an unfinished run (read-only)."""
     path = Path(path)
     yield from read_rows(path, columns=columns)
@@ -152,15 +155,21 @@ def done_keys(path: Path | str, model_name: str, model_version: str) -> set[Key]
     }
 
 
-def scored_row(path: Path, sha: str, model: ModelRef, error: str | None = None,
-               prediction: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def scored_row(
+    path: Path,
+    sha: str,
+    model: ModelRef,
+    error: str | None = None,
+    prediction: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The output row of one input: its prediction, or the error that kept it from one."""
     prediction = prediction or {}
     return {
         "path": str(path),
         "sha256": sha,
-        "hashtags": [{"tag": h["tag"], "score": float(h["score"])}
-                     for h in prediction.get("hashtags", [])],  # fmt: skip
+        "hashtags": [
+            {"tag": h["tag"], "score": float(h["score"])} for h in prediction.get("hashtags", [])
+        ],
         "top_class": prediction.get("top_class"),
         "top_probability": prediction.get("top_probability"),
         "model_name": model.name,

@@ -121,7 +121,8 @@ def _already_done(
         key = str(path)
         if key not in done_paths:
             continue
-        stat, known = stats[index], hashes.get(key)
+        stat = stats[index]
+        known = hashes.get(key)
         if stat is not None and known is not None and known[:2] == stat:
             sha = known[2]
         else:
@@ -184,8 +185,9 @@ def score_paths(
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors().batch(batch_size).prefetch(2)
 
-    bar = progress_bar(total=len(paths), unit="img", desc="predict", disable=not progress,
-                       smoothing=0.1)  # fmt: skip
+    bar = progress_bar(
+        total=len(paths), unit="img", desc="predict", disable=not progress, smoothing=0.1
+    )
     start = time.monotonic()
     next_index = 0
 

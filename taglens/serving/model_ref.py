@@ -151,8 +151,9 @@ def load(uri: str, engine: str) -> HashtagPredictor:
     local = local_models_dir(uri)
     predictor = HashtagPredictor.from_dir(local) if local is not None else load_predictor(uri)
     if predictor.info.get("precision") == "int8" and engine != INT8_ENGINE:
-        logger.info("%s was trained on INT8 vectors: serving it on %s, not %s", uri,
-                    INT8_ENGINE, engine)
+        logger.info(
+            "%s was trained on INT8 vectors: serving it on %s, not %s", uri, INT8_ENGINE, engine
+        )
         engine = INT8_ENGINE
     logger.info("loaded %s on %s", uri, engine)
     return on_engine(predictor, engine)

@@ -155,10 +155,14 @@ class HashtagPredictor:
             )
         if len(pixels) == 0:
             return {"probabilities": np.zeros((0, len(self.classes)), dtype=np.float32)}
-        parts = [_as_outputs(self.model(pixels[start : start + CHUNK], training=False))
-                 for start in range(0, len(pixels), CHUNK)]  # fmt: skip
-        return {key: np.concatenate([part[key] for part in parts]).astype(np.float32)
-                for key in parts[0]}  # fmt: skip
+        parts = [
+            _as_outputs(self.model(pixels[start : start + CHUNK], training=False))
+            for start in range(0, len(pixels), CHUNK)
+        ]
+        return {
+            key: np.concatenate([part[key] for part in parts]).astype(np.float32)
+            for key in parts[0]
+        }
 
     def rank(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
         """Ranked hashtags per image from `outputs`: the ranking chosen at train time.
@@ -176,11 +180,17 @@ class HashtagPredictor:
     def final_scores(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(N, T) final scores of the served ranking, and the class-level part of the blend."""
         blend = self.rankers or HashtagBlend()
-        scores = blend.ranker_scores(self.stats, self.params, outputs["probabilities"],
-                                     outputs.get("features"), outputs.get("colour"))
+        scores = blend.ranker_scores(
+            self.stats,
+            self.params,
+            outputs["probabilities"],
+            outputs.get("features"),
+            outputs.get("colour"),
+        )
         blended = blend.blend(scores)
-        class_level = sum(blend.weights.get(name, 0.0) * scores[name]
-                          for name in ("popularity", "class_mixture"))
+        class_level = sum(
+            blend.weights.get(name, 0.0) * scores[name] for name in ("popularity", "class_mixture")
+        )
         final = blend.final(self.stats, self.params, scores)
         return final, np.where(np.isfinite(final), class_level >= blended / 2, True)
 

@@ -113,8 +113,9 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
         return [{**row, "engine": engine, "precision": precision_of(engine)} for row in rows]
 
 
-def on_served_engine(predictor: HashtagPredictor, recorded: str | None,
-                     environ: dict[str, str] | None = None) -> HashtagPredictor:  # fmt: skip
+def on_served_engine(
+    predictor: HashtagPredictor, recorded: str | None, environ: dict[str, str] | None = None
+) -> HashtagPredictor:
     """The predictor on `$TAGLENS_ENGINE`, else the `recorded` engine, else tensorflow.
 
     An engine that is not installed here, or cannot run this model, is logged as a warning and
@@ -166,8 +167,13 @@ def served_config(engine: str | None, info: dict[str, Any]) -> dict[str, str] | 
     return config or None
 
 
-def log_taglens_model(models_dir: Path, *, name: str = "model",
-                      ingest: IngestParams | None = None, engine: str | None = None):  # fmt: skip
+def log_taglens_model(
+    models_dir: Path,
+    *,
+    name: str = "model",
+    ingest: IngestParams | None = None,
+    engine: str | None = None,
+):
     """Log `models_dir` as a taglens pyfunc into the active MLflow run.
 
     The Keras model, model_info.json and hashtags.json are the artifacts; the taglens package

@@ -40,8 +40,9 @@ DEFAULT_MAX_ROWS = 64
 INGEST_FILE = "ingest.json"  # the ingest params logged with the model (see log_taglens_model)
 # For models logged before ingest.json existed: Pillow's decompression-bomb threshold, no minimum
 # side, first frames only, quality as ingest stores.
-LEGACY_INGEST = IngestParams(max_pixels=89_478_485, min_side=1, max_side=2048,
-                             animated="first_frame", jpeg_quality=95)  # fmt: skip
+LEGACY_INGEST = IngestParams(
+    max_pixels=89_478_485, min_side=1, max_side=2048, animated="first_frame", jpeg_quality=95
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ class InputPolicy:
         env = os.environ if environ is None else environ
         root = env.get(ROOT_ENV, "").strip()
         if root and not Path(root).is_dir():
-            raise TaglensError(f"{ROOT_ENV}={root} is not a folder: set it to the folder of the "
-                             "images clients may name, or unset it to accept base64 only")
+            raise TaglensError(
+                f"{ROOT_ENV}={root} is not a folder: set it to the folder of the "
+                "images clients may name, or unset it to accept base64 only"
+            )
         try:
             max_mb = float(env.get(MAX_MB_ENV) or DEFAULT_MAX_MB)
             max_rows = int(env.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
@@ -72,8 +75,9 @@ class InputPolicy:
             raise TaglensError(f"{MAX_MB_ENV} and {MAX_ROWS_ENV} must be numbers") from None
         if max_mb <= 0 or max_rows < 1:
             raise TaglensError(f"{MAX_MB_ENV} must be > 0 and {MAX_ROWS_ENV} >= 1")
-        return cls(ingest, Path(root).resolve() if root else None, int(max_mb * 1_000_000),
-                   max_rows)  # fmt: skip
+        return cls(
+            ingest, Path(root).resolve() if root else None, int(max_mb * 1_000_000), max_rows
+        )
 
     def images(self, values: list[Any]) -> list[bytes]:
         """Validate a request's values and return each image normalized as ingest stores it.
@@ -82,8 +86,10 @@ class InputPolicy:
             ValueError: too many rows, or a value is refused (its index and the reason named).
         """
         if len(values) > self.max_rows:
-            raise ValueError(f"{len(values)} images in one request; at most {self.max_rows} "
-                             f"({MAX_ROWS_ENV}): split the request")  # fmt: skip
+            raise ValueError(
+                f"{len(values)} images in one request; at most {self.max_rows} "
+                f"({MAX_ROWS_ENV}): split the request"
+            )
         out = []
         for index, value in enumerate(values):
             data = self.image_bytes(value, index)
@@ -111,11 +117,15 @@ class InputPolicy:
         try:
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            where = (f"a file under {ROOT_ENV} or " if self.root else "")
+            where = f"a file under {ROOT_ENV} or " if self.root else ""
             raise ValueError(
                 f"image {index}: {text[:40]!r} is not {where}base64-encoded image bytes: send the "
-                "base64 of the image file" + ("" if self.root else
-                f" (file paths are read only when the server sets {ROOT_ENV})")
+                "base64 of the image file"
+                + (
+                    ""
+                    if self.root
+                    else f" (file paths are read only when the server sets {ROOT_ENV})"
+                )
             ) from None
 
     def _capped(self, data: bytes, index: int) -> bytes:
@@ -124,13 +134,17 @@ class InputPolicy:
         return data
 
     def _too_large(self, index: int) -> str:
-        return (f"image {index} is larger than {self.max_bytes / 1e6:g} MB ({MAX_MB_ENV}): "
-                "send a smaller image")  # fmt: skip
+        return (
+            f"image {index} is larger than {self.max_bytes / 1e6:g} MB ({MAX_MB_ENV}): "
+            "send a smaller image"
+        )
 
     def _read_path(self, text: str, index: int) -> bytes:
         """Read a file that resolves inside the root, refusing anything else the same way."""
-        refusal = (f"image {index}: {text[:60]!r} is not a readable image file under the "
-                   f"server's {ROOT_ENV} of at most {self.max_bytes / 1e6:g} MB")  # fmt: skip
+        refusal = (
+            f"image {index}: {text[:60]!r} is not a readable image file under the "
+            f"server's {ROOT_ENV} of at most {self.max_bytes / 1e6:g} MB"
+        )
         assert self.root is not None
         try:
             resolved = (self.root / text).resolve(strict=True)  # an absolute text replaces root

@@ -24,10 +24,11 @@ def fit_baseline(
     from sklearn.preprocessing import StandardScaler
 
     classifier = make_pipeline(
-        StandardScaler(), LogisticRegression(
+        StandardScaler(),
+        LogisticRegression(
             max_iter=2000,
             random_state=seed,
             class_weight="balanced" if class_weight == "balanced" else None,
-        )
+        ),
     )
     return classifier.fit(np.asarray(x_train, "float64"), np.asarray(y_train, int))

@@ -338,7 +338,8 @@ def choose_tail(
         return None, {"why": f"the list has no tail after {HASHTAG_K} tags"}
     keep = n_truth > 0
     scores = {name: s[keep] for name, s in scores.items()}
-    truth, n_truth = truth[keep], n_truth[keep]
+    truth = truth[keep]
+    n_truth = n_truth[keep]
     names = [name for name in RANKERS if name in scores]
     head = finish(sum(w * scores[name] for name, w in head_weights.items() if w and name in scores))
     key = f"recall_at_{top_k}"

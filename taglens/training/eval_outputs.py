@@ -36,9 +36,14 @@ class EvaluateResult:
 
 
 def write_reports(
-    scored: Scored, classes: list[str], image_size: int, out: Path, *, misclassified_max: int,
+    scored: Scored,
+    classes: list[str],
+    image_size: int,
+    out: Path,
+    *,
+    misclassified_max: int,
     model_run_id: str,
-) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write metrics.json, confusion.csv and evaluate/ (per_class.json, per_image.json, plots).
 
     per_image.json names the run and test split it belongs to, beside each test image's
@@ -50,7 +55,8 @@ def write_reports(
     """
     scores = dict(scored.scores)
     scores["model_run_id"] = model_run_id
-    per_class, matrix = scores.pop("per_class"), np.array(scores.pop("confusion"))
+    per_class = scores.pop("per_class")
+    matrix = np.array(scores.pop("confusion"))
     plots = out / PLOTS_DIR
     atomic_write_json(plots / artifacts.PER_CLASS.name, per_class)
     per_image = {
@@ -59,14 +65,20 @@ def write_reports(
         "images": scored.per_image,
     }
     atomic_write_json(plots / artifacts.PER_IMAGE.name, per_image)
-    y_pred, y_true = scored.probabilities.argmax(axis=1), scored.y_true
-    atomic_write_csv(artifacts.CONFUSION.at(out), (
-        {"actual": actual, "predicted": classes[i]}
-        for actual, i in zip(scored.test["label"], y_pred, strict=True)
-    ), ("actual", "predicted"))  # fmt: skip
+    y_pred = scored.probabilities.argmax(axis=1)
+    y_true = scored.y_true
+    atomic_write_csv(
+        artifacts.CONFUSION.at(out),
+        (
+            {"actual": actual, "predicted": classes[i]}
+            for actual, i in zip(scored.test["label"], y_pred, strict=True)
+        ),
+        ("actual", "predicted"),
+    )
     eval_plots.plot_confusion(matrix, classes, plots / "confusion.png")
-    eval_plots.plot_confusion(metrics.normalize_rows(matrix), classes,
-                              plots / "confusion_normalized.png", normalized=True)  # fmt: skip
+    eval_plots.plot_confusion(
+        metrics.normalize_rows(matrix), classes, plots / "confusion_normalized.png", normalized=True
+    )
     history = artifacts.HISTORY.at(out)
     if history.is_file():
         with open(history, encoding="utf-8") as handle:
@@ -74,16 +86,18 @@ def write_reports(
         eval_plots.plot_history(rows, plots / "curves.png")
     wrong = np.flatnonzero(y_pred != y_true)[:misclassified_max]
     eval_plots.plot_misclassified(
-        list(load_batch([scored.paths[i] for i in wrong], image_size).numpy()) if len(wrong)
-        else [], [classes[y_true[i]] for i in wrong], [classes[y_pred[i]] for i in wrong],
+        list(load_batch([scored.paths[i] for i in wrong], image_size).numpy())
+        if len(wrong)
+        else [],
+        [classes[y_true[i]] for i in wrong],
+        [classes[y_pred[i]] for i in wrong],
         plots / MISCLASSIFIED_FILE,
-    )  # fmt: skip
+    )
     atomic_write_json(artifacts.METRICS.at(out), scores)
     return scores, per_class
 
 
-def log_to_run(info: dict, scores: dict, per_class: dict, plots: Path, *,
-               log_photos: bool) -> None:  # fmt: skip
+def log_to_run(info: dict, scores: dict, per_class: dict, plots: Path, *, log_photos: bool) -> None:
     """Log into the model's train run (a new `evaluate` run if that run is not in the store)."""
     import mlflow
 

@@ -49,8 +49,15 @@ def plot_confusion(
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, col), value in np.ndenumerate(matrix):
         text = f"{value:.2f}" if normalized else str(int(value))
-        ax.text(col, row, text, ha="center", va="center", fontsize=8,
-                color="white" if value > threshold else "black")  # fmt: skip
+        ax.text(
+            col,
+            row,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if value > threshold else "black",
+        )
     return _save(fig, path)
 
 

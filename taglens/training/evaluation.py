@@ -110,8 +110,9 @@ def per_image_rows(
     return sorted(rows, key=lambda row: row["sha256"])
 
 
-def hashtag_scores(predictor, outputs: dict[str, np.ndarray],
-                   truth: list[set[str]]) -> dict[str, Any]:  # fmt: skip
+def hashtag_scores(
+    predictor, outputs: dict[str, np.ndarray], truth: list[set[str]]
+) -> dict[str, Any]:
     """The served ranking's hashtag metrics, and every ranker's beside it (prefixed by name).
 
     Popularity (the most used tags, suggested to every photo) and the class mixture are the
@@ -122,29 +123,43 @@ def hashtag_scores(predictor, outputs: dict[str, np.ndarray],
     ranked = [[item["tag"] for item in row] for row in predictor.rank(outputs)]
     scores: dict[str, Any] = dict(metrics.ranking_metrics(ranked, truth, HASHTAG_K, depth))
     for name, rows in _rankers(predictor, outputs):
-        scores.update(metrics.with_prefix(
-            metrics.ranking_metrics(rows, truth, HASHTAG_K, depth), f"{name}_"))
+        scores.update(
+            metrics.with_prefix(metrics.ranking_metrics(rows, truth, HASHTAG_K, depth), f"{name}_")
+        )
     if predictor.rankers is not None and predictor.rankers.choice:
         choice = predictor.rankers.choice
-        scores["hashtag_ranking"] = {key: choice[key] for key in ("served", "rankers",
-                                     "tag_weights", "why") if key in choice}  # fmt: skip
-    below = [key for key in ("hashtag_precision_at_1", f"hashtag_recall_at_{HASHTAG_K}",
-                             f"hashtag_accuracy_at_{HASHTAG_K}")
-             if scores.get(key) is not None and scores.get(f"popularity_{key}") is not None
-             and scores[key] < scores[f"popularity_{key}"]]  # fmt: skip
+        scores["hashtag_ranking"] = {
+            key: choice[key] for key in ("served", "rankers", "tag_weights", "why") if key in choice
+        }
+    below = [
+        key
+        for key in (
+            "hashtag_precision_at_1",
+            f"hashtag_recall_at_{HASHTAG_K}",
+            f"hashtag_accuracy_at_{HASHTAG_K}",
+        )
+        if scores.get(key) is not None
+        and scores.get(f"popularity_{key}") is not None
+        and scores[key] < scores[f"popularity_{key}"]
+    ]
     if below:
-        logger.warning("the served hashtags score below popularity (the most used tags for "
-                       "every photo) on the test posts in %s: %s", ", ".join(below),
-                       {key: (round(scores[key], 4), round(scores[f"popularity_{key}"], 4))
-                        for key in below})  # fmt: skip
+        logger.warning(
+            "the served hashtags score below popularity (the most used tags for "
+            "every photo) on the test posts in %s: %s",
+            ", ".join(below),
+            {key: (round(scores[key], 4), round(scores[f"popularity_{key}"], 4)) for key in below},
+        )
     return scores
 
 
 def _outputs(predictor, paths: list[Path]) -> dict[str, np.ndarray]:
     batches = image_dataset(paths, predictor.image_size, FORWARD_BATCH)
-    parts = [predictor.outputs(batch.numpy())
-             for batch in progress_bar(batches, desc="evaluate", unit="batch",
-                               total=-(-len(paths) // FORWARD_BATCH))]  # fmt: skip
+    parts = [
+        predictor.outputs(batch.numpy())
+        for batch in progress_bar(
+            batches, desc="evaluate", unit="batch", total=-(-len(paths) // FORWARD_BATCH)
+        )
+    ]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
@@ -152,14 +167,16 @@ def _rankers(predictor, outputs: dict[str, np.ndarray]) -> list[tuple[str, list[
     """Each ranker's tag lists on its own (no tag weights), and the served blend's."""
     from taglens.training.blend import HashtagBlend
 
-    stats, params = predictor.stats, predictor.params
+    stats = predictor.stats
+    params = predictor.params
     blend = predictor.rankers or HashtagBlend()
     rows: dict[str, list[list[str]]] = {}
     probs = outputs["probabilities"]
     for start in range(0, len(probs), RANK_CHUNK):
         part = {key: value[start : start + RANK_CHUNK] for key, value in outputs.items()}
-        scores = blend.ranker_scores(stats, params, part["probabilities"], part.get("features"),
-                                     part.get("colour"))  # fmt: skip
+        scores = blend.ranker_scores(
+            stats, params, part["probabilities"], part.get("features"), part.get("colour")
+        )
         for name, raw in scores.items():
             ranked = _tags(stats.rank_scores(stats.finish(raw, params), params))
             rows.setdefault(name, []).extend(ranked)
@@ -178,5 +195,7 @@ def _post_hashtags(posts: list[Post], test: pd.DataFrame) -> list[set[str]]:
     for post in posts:
         tags = {normalize_hashtag(t) for t in post.hashtags} | set(hashtags_in(post.caption))
         by_id[post.id] = by_id[post.sha256] = tags - {""}
-    return [by_id.get(str(i), by_id.get(sha, set())) for i, sha in zip(test["id"], test["sha256"],
-                                                                       strict=True)]
+    return [
+        by_id.get(str(i), by_id.get(sha, set()))
+        for i, sha in zip(test["id"], test["sha256"], strict=True)
+    ]

@@ -124,8 +124,11 @@ def unfreeze_last_block(model: keras.Model, backbone_name: str, layers: int = 0)
     backbone = _find_backbone(model)
     backbone.trainable = True
     weighted = [layer for layer in backbone.layers if layer.weights]
-    chosen = set(map(id, weighted[-layers:])) if layers > 0 else \
-        {id(layer) for layer in backbone.layers if layer.name.startswith(prefix)}  # fmt: skip
+    chosen = (
+        set(map(id, weighted[-layers:]))
+        if layers > 0
+        else {id(layer) for layer in backbone.layers if layer.name.startswith(prefix)}
+    )
     count = 0
     for layer in backbone.layers:
         layer.trainable = id(layer) in chosen
@@ -145,8 +148,15 @@ def _find_backbone(model: keras.Model) -> keras.Model:
     raise ValueError(f"{model.name} has no nested backbone model")
 
 
-def image_label_dataset(paths: Sequence[Path], labels: np.ndarray, n_classes: int, size: int,
-                        batch: int, augment: bool, seed: int):
+def image_label_dataset(
+    paths: Sequence[Path],
+    labels: np.ndarray,
+    n_classes: int,
+    size: int,
+    batch: int,
+    augment: bool,
+    seed: int,
+):
     """A tf.data pipeline of (pixels, one-hot label) batches, optionally lightly augmented."""
     import tensorflow as tf
 
@@ -190,7 +200,8 @@ def fine_tune(
     layers = unfreeze_last_block(model, model_params.backbone, params.layers)
     logger.info("fine-tuning %d layers of %s", layers, model_params.backbone)
     compile_for_training(model, "adam", params.learning_rate, label_smoothing, "auto")
-    size, batch = model_params.image_size, params.batch_size
+    size = model_params.image_size
+    batch = params.batch_size
     train_data = image_label_dataset(*train, n_classes, size, batch, True, seed)
     val_data = image_label_dataset(*val, n_classes, size, batch, False, seed)
     rows: list[dict[str, float]] = []
@@ -202,10 +213,17 @@ def fine_tune(
             on_epoch(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
 
     # patience = every epoch: never stops early, but ends on the best validation epoch's weights
-    keep_best = keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.epochs,
-                                              restore_best_weights=True)  # fmt: skip
-    model.fit(train_data, validation_data=val_data, epochs=params.epochs, verbose=0, shuffle=False,
-              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record), keep_best])
+    keep_best = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=params.epochs, restore_best_weights=True
+    )
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=params.epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record), keep_best],
+    )
     model.trainable = False  # the saved model is for inference
     return rows
 

@@ -105,8 +105,13 @@ class HashtagRanking:
             )
         return self.finish(self.mixture(probs, params), params)
 
-    def mixture(self, probabilities: np.ndarray, params: HashtagParams | None = None,
-                estimator: str = "posts", sharpen: float = 1.0) -> np.ndarray:
+    def mixture(
+        self,
+        probabilities: np.ndarray,
+        params: HashtagParams | None = None,
+        estimator: str = "posts",
+        sharpen: float = 1.0,
+    ) -> np.ndarray:
         """(N, T) class mixture sum_c q(c | image) P(tag | c), before any tag weighting.
 
         q is P(c | image) ** sharpen, renormalised: above 1 it trusts the top class more, below
@@ -119,8 +124,12 @@ class HashtagRanking:
             probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-300)
         return probs @ self.probability(params.smoothing, estimator).T
 
-    def finish(self, raw: np.ndarray, params: HashtagParams | None = None,
-               multiplier: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    def finish(
+        self,
+        raw: np.ndarray,
+        params: HashtagParams | None = None,
+        multiplier: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Final (N, T) scores: raw scores times the tag weights; ineligible tags score -inf.
 
         Args:
@@ -133,8 +142,9 @@ class HashtagRanking:
         weighted = raw if multiplier is None else raw * multiplier
         return np.where(self._eligible(params), weighted, -np.inf)
 
-    def rank_scores(self, final: np.ndarray, params: HashtagParams | None = None
-                    ) -> list[list[dict[str, Any]]]:  # fmt: skip
+    def rank_scores(
+        self, final: np.ndarray, params: HashtagParams | None = None
+    ) -> list[list[dict[str, Any]]]:
         """Ranked items for each row of final scores (from `finish`), best first."""
         params = params or self.params
         return [self._top(np.asarray(row, np.float64), params) for row in final]

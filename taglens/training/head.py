@@ -42,17 +42,25 @@ def normalise_layers(kind: str, x_train: np.ndarray, name: str = "normalise") ->
     if kind == "none":
         return [keras.layers.Rescaling(feature_scale(x_train), name="feature_scale")]
     if kind == "l2":
-        return [keras.layers.UnitNormalization(name=f"{name}_l2"),
-                keras.layers.Rescaling(float(np.sqrt(x_train.shape[1])), name=f"{name}_scale")]
+        return [
+            keras.layers.UnitNormalization(name=f"{name}_l2"),
+            keras.layers.Rescaling(float(np.sqrt(x_train.shape[1])), name=f"{name}_scale"),
+        ]
     if kind == "standardise":
         x = np.asarray(x_train, "float64")
-        return [keras.layers.Normalization(mean=x.mean(axis=0), variance=x.var(axis=0) + 1e-6,
-                                           name=f"{name}_standardise")]  # fmt: skip
+        return [
+            keras.layers.Normalization(
+                mean=x.mean(axis=0), variance=x.var(axis=0) + 1e-6, name=f"{name}_standardise"
+            )
+        ]
     raise ValueError(f"train.normalise must be none, l2 or standardise, got {kind!r}")
 
 
 def build_head(
-    input_dim: int, n_classes: int, params: TrainParams, seed: int,
+    input_dim: int,
+    n_classes: int,
+    params: TrainParams,
+    seed: int,
     x_train: np.ndarray | None = None,
 ) -> keras.Model:
     """Vectors (N, input_dim) -> normalisation -> optional dense+dropout -> softmax.
@@ -79,6 +87,7 @@ def build_head(
             x = keras.layers.Dense(params.hidden_units, activation="relu", name="hidden")(x)
         if params.dropout > 0:
             x = keras.layers.Dropout(params.dropout, seed=seed, name="dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=penalty,
-                                 name="probabilities")(x)  # fmt: skip
+    outputs = keras.layers.Dense(
+        n_classes, activation="softmax", kernel_regularizer=penalty, name="probabilities"
+    )(x)
     return keras.Model(inputs, outputs, name="head")

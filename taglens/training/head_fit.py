@@ -154,12 +154,14 @@ def _rows(x: np.ndarray, flip: np.ndarray | None, augment: bool) -> np.ndarray:
 def predict_views(model: keras.Model, x: np.ndarray, *views: np.ndarray | None) -> np.ndarray:
     """Class probabilities averaged over the image's views (x, and each other view given)."""
     rows = [x, *(view for view in views if view is not None)]
-    return np.mean([model.predict(np.asarray(v, "float32"), batch_size=1024, verbose=0)
-                    for v in rows], axis=0)  # fmt: skip
+    return np.mean(
+        [model.predict(np.asarray(v, "float32"), batch_size=1024, verbose=0) for v in rows], axis=0
+    )
 
 
-def score_views(model: keras.Model, x: np.ndarray, flip: np.ndarray | None, y: np.ndarray,
-                n_classes: int) -> tuple[float, float]:  # fmt: skip
+def score_views(
+    model: keras.Model, x: np.ndarray, flip: np.ndarray | None, y: np.ndarray, n_classes: int
+) -> tuple[float, float]:
     """(cross-entropy, accuracy) of the probabilities averaged over the given views."""
     probs = predict_views(model, x, flip)
     picked = np.clip(probs[np.arange(len(y)), np.asarray(y, int)], 1e-7, 1.0)
@@ -192,7 +194,8 @@ def fit_head(
     Raises:
         ValueError: empty or mismatched inputs.
     """
-    (x_train, y_train), (x_val, y_val) = train, val
+    x_train, y_train = train
+    x_val, y_val = val
     if len(x_train) == 0 or len(x_val) == 0:
         raise TaglensError(
             f"training needs train and validation vectors, got {len(x_train)} train and "
@@ -204,10 +207,17 @@ def fit_head(
     rows = _rows(x_train, flips[0], augment)
     labels = np.concatenate([y_train, y_train]) if augment else y_train
     model, history = _fit_dense(rows, labels, (x_val, y_val), n_classes, params, seed, on_epoch)
-    val_loss, val_accuracy = score_views(model, x_val, flips[1] if augment else None, y_val,
-                                         n_classes)  # fmt: skip
-    logger.info("head fitted (%s, augment %s) for %d epochs: val_loss %.4f, val_accuracy %.4f",
-                params.head, augment, len(history), val_loss, val_accuracy)  # fmt: skip
+    val_loss, val_accuracy = score_views(
+        model, x_val, flips[1] if augment else None, y_val, n_classes
+    )
+    logger.info(
+        "head fitted (%s, augment %s) for %d epochs: val_loss %.4f, val_accuracy %.4f",
+        params.head,
+        augment,
+        len(history),
+        val_loss,
+        val_accuracy,
+    )
     return HeadFit(model, history, val_loss, val_accuracy, augment)
 
 
@@ -219,8 +229,9 @@ def _fit_dense(
     x_val, y_val = val
     model = build_head(x_train.shape[1], n_classes, params, seed, x_train)
     decay = params.weight_decay if params.head == "dense" else 0.0  # logreg has its own penalty
-    compile_for_training(model, params.optimizer, params.learning_rate, params.label_smoothing,
-                         weight_decay=decay)  # fmt: skip
+    compile_for_training(
+        model, params.optimizer, params.learning_rate, params.label_smoothing, weight_decay=decay
+    )
     epoch_logger = _EpochLogger(on_epoch)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger)

@@ -34,15 +34,22 @@ def per_class_report(
     from sklearn.metrics import classification_report
 
     report = classification_report(
-        y_true, y_pred, labels=np.arange(len(classes)), target_names=list(classes),
-        output_dict=True, zero_division=0,
-    )  # fmt: skip
+        y_true,
+        y_pred,
+        labels=np.arange(len(classes)),
+        target_names=list(classes),
+        output_dict=True,
+        zero_division=0,
+    )
     return {
-        name: {"precision": float(report[name]["precision"]),
-               "recall": float(report[name]["recall"]), "f1": float(report[name]["f1-score"]),
-               "support": int(report[name]["support"])}
+        name: {
+            "precision": float(report[name]["precision"]),
+            "recall": float(report[name]["recall"]),
+            "f1": float(report[name]["f1-score"]),
+            "support": int(report[name]["support"]),
+        }
         for name in classes
-    }  # fmt: skip
+    }
 
 
 def top_k_accuracy(y_true: Sequence[int], probabilities: np.ndarray, k: int) -> float:
@@ -111,7 +118,9 @@ def hashtag_metrics(
     """
     if len(ranked) != len(truth):
         raise ValueError(f"{len(ranked)} rankings for {len(truth)} posts")
-    p1, recall, hit = [], [], []
+    p1 = []
+    recall = []
+    hit = []
     for tags, own in zip(ranked, truth, strict=True):
         if not own:
             continue
@@ -121,8 +130,12 @@ def hashtag_metrics(
         recall.append(found / len(own))
         hit.append(float(found > 0))
     if not p1:
-        return {"hashtag_precision_at_1": None, f"hashtag_recall_at_{k}": None,
-                f"hashtag_accuracy_at_{k}": None, "hashtag_n": 0}  # fmt: skip
+        return {
+            "hashtag_precision_at_1": None,
+            f"hashtag_recall_at_{k}": None,
+            f"hashtag_accuracy_at_{k}": None,
+            "hashtag_n": 0,
+        }
     return {
         "hashtag_precision_at_1": float(np.mean(p1)),
         f"hashtag_recall_at_{k}": float(np.mean(recall)),
@@ -132,7 +145,9 @@ def hashtag_metrics(
 
 
 def ranking_metrics(
-    ranked: Sequence[Sequence[str]], truth: Sequence[set[str] | frozenset[str]], k: int,
+    ranked: Sequence[Sequence[str]],
+    truth: Sequence[set[str] | frozenset[str]],
+    k: int,
     top_k: int,
 ) -> dict[str, float | int | None]:
     """`hashtag_metrics` at k, plus `hashtag_recall_at_{top_k}` (the whole served list)."""

@@ -16,8 +16,13 @@ from taglens.training.selection import binomial_se, pick
 logger = logging.getLogger(__name__)
 
 SWEEP_KEYS = tuple(SweepParams.model_fields)
-_TYPES: dict[str, type] = {"epochs": int, "batch_size": int, "hidden_units": int,
-                           "learning_rate": float, "dropout": float}  # fmt: skip
+_TYPES: dict[str, type] = {
+    "epochs": int,
+    "batch_size": int,
+    "hidden_units": int,
+    "learning_rate": float,
+    "dropout": float,
+}
 
 
 @dataclass
@@ -80,14 +85,29 @@ def default_search(search: SearchParams, seed: int) -> list[dict[str, Any]]:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    logreg = [{"head": "logreg", "logreg_c": c, "normalise": norm, "augment": aug}
-              for c, norm, aug in itertools.product(search.logreg_c, search.normalise,
-                                                    search.augment)]  # fmt: skip
-    dense = [{"head": "dense", "hidden_units": units, "dropout": drop, "learning_rate": lr,
-              "weight_decay": decay, "normalise": norm, "augment": aug}
-             for units, drop, lr, decay, norm, aug in itertools.product(
-                 search.hidden_units, search.dropout, search.learning_rate, search.weight_decay,
-                 search.normalise, search.augment)]  # fmt: skip
+    logreg = [
+        {"head": "logreg", "logreg_c": c, "normalise": norm, "augment": aug}
+        for c, norm, aug in itertools.product(search.logreg_c, search.normalise, search.augment)
+    ]
+    dense = [
+        {
+            "head": "dense",
+            "hidden_units": units,
+            "dropout": drop,
+            "learning_rate": lr,
+            "weight_decay": decay,
+            "normalise": norm,
+            "augment": aug,
+        }
+        for units, drop, lr, decay, norm, aug in itertools.product(
+            search.hidden_units,
+            search.dropout,
+            search.learning_rate,
+            search.weight_decay,
+            search.normalise,
+            search.augment,
+        )
+    ]
 
     def draw(settings: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
         picks = rng.permutation(len(settings))[: min(count, len(settings))]
@@ -114,8 +134,10 @@ def apply_setting(train: TrainParams, setting: Mapping[str, Any]) -> TrainParams
 
 def setting_name(setting: Mapping[str, Any]) -> str:
     """A short run name for a setting, e.g. `learning_rate=0.01,dropout=0.5`."""
-    return ",".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-                    for key, value in setting.items())
+    return ",".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in setting.items()
+    )
 
 
 def simplicity(params: TrainParams) -> tuple:
@@ -184,11 +206,16 @@ def run_sweep(
                 mlflow.log_metrics(metrics, step=epoch)
 
             fit = fit_one(params, log_epoch)
-            mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy,
-                                "best_val_loss": fit.val_loss})
+            mlflow.log_metrics(
+                {"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss}
+            )
             trials.append(Trial(dict(setting), params, fit, child.info.run_id))
     chosen = choose_trial(trials, n_val, rule)
-    logger.info("chosen setting (%s): %s (val_accuracy %.4f; the best was %.4f)", rule,
-                setting_name(trials[chosen].setting), trials[chosen].fit.val_accuracy,
-                max(trial.fit.val_accuracy for trial in trials))
+    logger.info(
+        "chosen setting (%s): %s (val_accuracy %.4f; the best was %.4f)",
+        rule,
+        setting_name(trials[chosen].setting),
+        trials[chosen].fit.val_accuracy,
+        max(trial.fit.val_accuracy for trial in trials),
+    )
     return trials, chosen

@@ -67,7 +67,8 @@ def fit_tag_model(
     """
     import keras
 
-    (x_train, y_train), (x_val, y_val) = train, val
+    x_train, y_train = train
+    x_val, y_val = val
     counts = y_train.sum(axis=0)
     columns = np.sort(np.argsort(-counts, kind="stable")[:max_tags])
     columns = columns[counts[columns] > 0]
@@ -75,17 +76,23 @@ def fit_tag_model(
     scale = (x_train.std(axis=0) + 1e-6).astype("float32")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((x_train.shape[1],))
-    dense = keras.layers.Dense(len(columns), activation="sigmoid",
-                               kernel_regularizer=keras.regularizers.l2(TAG_MODEL_L2))  # fmt: skip
+    dense = keras.layers.Dense(
+        len(columns), activation="sigmoid", kernel_regularizer=keras.regularizers.l2(TAG_MODEL_L2)
+    )
     model = keras.Model(inputs, dense(inputs))
     model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
     model.fit(
-        (x_train - mean) / scale, y_train[:, columns],
+        (x_train - mean) / scale,
+        y_train[:, columns],
         validation_data=((x_val - mean) / scale, y_val[:, columns]),
-        epochs=TAG_MODEL_EPOCHS, batch_size=64, verbose=0, shuffle=True,
-        callbacks=[keras.callbacks.EarlyStopping(patience=TAG_MODEL_PATIENCE,
-                                                 restore_best_weights=True)],
-    )  # fmt: skip
+        epochs=TAG_MODEL_EPOCHS,
+        batch_size=64,
+        verbose=0,
+        shuffle=True,
+        callbacks=[
+            keras.callbacks.EarlyStopping(patience=TAG_MODEL_PATIENCE, restore_best_weights=True)
+        ],
+    )
     kernel, bias = dense.get_weights()
     return TagModel(mean, scale, kernel, bias, columns.astype("int64"))
 
@@ -157,7 +164,8 @@ def image_lift(scores: np.ndarray, carried: np.ndarray) -> np.ndarray:
     """Per tag, mean score on posts carrying it / mean score on all posts (1 if unseen)."""
     mean_all = scores.mean(axis=0)
     n = carried.sum(axis=0)
-    mean_carriers = np.divide((scores * carried).sum(axis=0), n, out=np.zeros_like(mean_all),
-                              where=n > 0)  # fmt: skip
+    mean_carriers = np.divide(
+        (scores * carried).sum(axis=0), n, out=np.zeros_like(mean_all), where=n > 0
+    )
     lift = np.divide(mean_carriers, mean_all, out=np.ones_like(mean_all), where=mean_all > 0)
     return np.where(n > 0, lift, 1.0)

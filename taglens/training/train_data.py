@@ -94,8 +94,11 @@ def load_splits(
     with np.load(path, allow_pickle=False) as npz:
         shas = [str(s) for s in npz["sha256"]]
         vectors = np.asarray(npz["vectors"], dtype="float32")
-        views = {view: np.asarray(npz[view_array(view)], dtype="float32") for view in VIEWS
-                 if view_array(view) in npz.files}  # fmt: skip
+        views = {
+            view: np.asarray(npz[view_array(view)], dtype="float32")
+            for view in VIEWS
+            if view_array(view) in npz.files
+        }
     row_of = {sha: i for i, sha in enumerate(shas)}
     missing = [sha for sha in manifest["sha256"] if sha not in row_of]
     if missing:

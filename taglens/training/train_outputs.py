@@ -69,8 +69,9 @@ class TrainResult:
         return f"trained: val_accuracy {self.summary['val_accuracy']:.4f} (run {self.run_id})"
 
 
-def log_data(config: TrainConfig, meta: dict, splits: dict[str, Split],
-             data: dict[str, Path]) -> None:  # fmt: skip
+def log_data(
+    config: TrainConfig, meta: dict, splits: dict[str, Split], data: dict[str, Path]
+) -> None:
     """Tag the active run with its lineage record and log the splits as its dataset inputs.
 
     Args:
@@ -84,18 +85,30 @@ def log_data(config: TrainConfig, meta: dict, splits: dict[str, Split],
     from taglens.lifecycle import lineage
     from taglens.lifecycle.tracking import log_split_datasets
 
-    record = lineage.record(Path.cwd(), data, {
-        "backbone": config.model.backbone, "image_size": config.model.image_size,
-        "weights_identity": meta["weights_identity"], "experiment": config.base.experiment,
-    })  # fmt: skip
+    record = lineage.record(
+        Path.cwd(),
+        data,
+        {
+            "backbone": config.model.backbone,
+            "image_size": config.model.image_size,
+            "weights_identity": meta["weights_identity"],
+            "experiment": config.base.experiment,
+        },
+    )
     mlflow.set_tags({"stage": "train", **lineage.as_tags(record)})
-    log_split_datasets({name: split.rows for name, split in splits.items()},
-                       digest=record.get("data.clean", "unknown"),
-                       source=str(artifacts.MANIFEST.at(data["clean"])))  # fmt: skip
+    log_split_datasets(
+        {name: split.rows for name, split in splits.items()},
+        digest=record.get("data.clean", "unknown"),
+        source=str(artifacts.MANIFEST.at(data["clean"])),
+    )
 
 
 def sweep_logged(
-    config: TrainConfig, settings: list[dict], fit_one: Callable, swept: set[str], space: str,
+    config: TrainConfig,
+    settings: list[dict],
+    fit_one: Callable,
+    swept: set[str],
+    space: str,
     n_val: int,
 ) -> tuple[HeadFit, TrainParams]:
     """Fit every setting in a child run; log the chosen one's params and curves on this run.
@@ -106,17 +119,28 @@ def sweep_logged(
 
     rule = config.train.search.rule if space == "default" else "best"
     trials, best = run_sweep(config.train, settings, fit_one, config.flat(), rule, n_val)
-    fit, best_params = trials[best].fit, trials[best].params
+    fit = trials[best].fit
+    best_params = trials[best].params
     best_flat = config.with_train(best_params).flat()
     mlflow.log_params({key: best_flat[key] for key in sorted(swept)})
     accuracies = [trial.fit.val_accuracy for trial in trials]
-    mlflow.set_tags({"sweep_size": str(len(trials)), "search_space": space,
-                     "selection_rule": rule, "best_child_run_id": trials[best].run_id,
-                     "best_setting": setting_name(trials[best].setting)})  # fmt: skip
+    mlflow.set_tags(
+        {
+            "sweep_size": str(len(trials)),
+            "search_space": space,
+            "selection_rule": rule,
+            "best_child_run_id": trials[best].run_id,
+            "best_setting": setting_name(trials[best].setting),
+        }
+    )
     # how far apart the candidates were, beside the error of one val accuracy
-    mlflow.log_metrics({"search_val_accuracy_max": max(accuracies),
-                        "search_val_accuracy_min": min(accuracies),
-                        "search_val_accuracy_se": binomial_se(max(accuracies), n_val)})
+    mlflow.log_metrics(
+        {
+            "search_val_accuracy_max": max(accuracies),
+            "search_val_accuracy_min": min(accuracies),
+            "search_val_accuracy_se": binomial_se(max(accuracies), n_val),
+        }
+    )
     for row in fit.history:
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     return fit, best_params
@@ -178,9 +202,7 @@ def setting_report(
     return report
 
 
-def served_model(
-    config: TrainConfig, fit: HeadFit, train: Split, raw: Path, precision: str
-) -> Any:
+def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path, precision: str) -> Any:
     """The backbone and the fitted head as one model, checked against the cached vectors.
 
     INT8 vectors (`precision`) differ from the FP32 backbone's by design: their check is the
@@ -189,14 +211,23 @@ def served_model(
     extractor = build_feature_extractor(config.model, config.base.seed)
     if precision == "fp32":
         probe = train.rows["image"].head(VERIFY_IMAGES).map(lambda image: raw / image).tolist()
-        verify_extractor(extractor, load_batch(probe, config.model.image_size).numpy(),
-                         train.vectors[:VERIFY_IMAGES])  # fmt: skip
-    return assemble(extractor, fit.model, flip=fit.augmented, crops=fit.crops,
-                    colour=config.hashtags.image_rankers and "colour" in train.views)
+        verify_extractor(
+            extractor,
+            load_batch(probe, config.model.image_size).numpy(),
+            train.vectors[:VERIFY_IMAGES],
+        )
+    return assemble(
+        extractor,
+        fit.model,
+        flip=fit.augmented,
+        crops=fit.crops,
+        colour=config.hashtags.image_rankers and "colour" in train.views,
+    )
 
 
-def fine_tune_logged(model, config: TrainConfig, train: Split, val: Split, raw: Path,
-                     start: int) -> list[dict]:  # fmt: skip
+def fine_tune_logged(
+    model, config: TrainConfig, train: Split, val: Split, raw: Path, start: int
+) -> list[dict]:
     """Fine-tune the served model on images, logging `fine_tune_*` metrics after the head's."""
     import mlflow
 
@@ -204,12 +235,17 @@ def fine_tune_logged(model, config: TrainConfig, train: Split, val: Split, raw: 
         return [raw / image for image in split.rows["image"]]
 
     rows = fine_tune(
-        model, config.model, config.train.fine_tune,
-        (paths(train), train.labels), (paths(val), val.labels),
-        label_smoothing=config.train.label_smoothing, seed=config.base.seed,
+        model,
+        config.model,
+        config.train.fine_tune,
+        (paths(train), train.labels),
+        (paths(val), val.labels),
+        label_smoothing=config.train.label_smoothing,
+        seed=config.base.seed,
         on_epoch=lambda epoch, m: mlflow.log_metrics(
-            {f"fine_tune_{k}": v for k, v in m.items()}, step=start + epoch),
-    )  # fmt: skip
+            {f"fine_tune_{k}": v for k, v in m.items()}, step=start + epoch
+        ),
+    )
     for row in rows:
         row["epoch"] += start
     return rows
@@ -273,14 +309,17 @@ def fit_hashtags_logged(
     from taglens.training.hashtags import fit_hashtag_stats, own_tags
 
     train_shas = set(splits["train"].rows["sha256"])
-    stats = fit_hashtag_stats([post for post in posts if post.sha256 in train_shas],
-                              config.base.classes, config.hashtags)  # fmt: skip
+    stats = fit_hashtag_stats(
+        [post for post in posts if post.sha256 in train_shas], config.base.classes, config.hashtags
+    )
     stats.save(artifacts.HASHTAGS.at(out))
     by_sha = {post.sha256: post for post in posts}
     image = config.hashtags.image_rankers and tuned_val is None
     if config.hashtags.image_rankers and not image:
-        logger.warning("image rankers skipped: they read cached features, which fine-tuning "
-                       "changes; popularity and the class mixture rank hashtags")  # fmt: skip
+        logger.warning(
+            "image rankers skipped: they read cached features, which fine-tuning "
+            "changes; popularity and the class mixture rank hashtags"
+        )
 
     def inputs(split: Split, probabilities=None) -> RankingInputs:
         flip = split.views.get("flip") if fit.augmented else None
@@ -294,18 +333,26 @@ def fit_hashtags_logged(
 
     val = splits["val"]
     probs_val = fit.predict(val.vectors, val.views) if tuned_val is None else tuned_val
-    blend, report = fit_ranking(stats, inputs(splits["train"]), inputs(val, probs_val),
-                                config.base.seed)  # fmt: skip
+    blend, report = fit_ranking(
+        stats, inputs(splits["train"]), inputs(val, probs_val), config.base.seed
+    )
     blend.save(artifacts.RANKERS.at(out))
-    mlflow.log_metrics({f"val_hashtag_{name}_{key}": value
-                        for name, scores in report["rankers"].items()
-                        for key, value in scores.items()})  # fmt: skip
-    mlflow.log_params({f"hashtags.blend.{name}": weight for name, weight in
-                       blend.weights.items()})  # fmt: skip
-    mlflow.log_params({"hashtags.served": blend.choice["served"],
-                       "hashtags.tag_weights": blend.choice["tag_weights"],
-                       "hashtags.class_mixture.estimator": blend.estimator,
-                       "hashtags.class_mixture.sharpen": blend.sharpen})  # fmt: skip
+    mlflow.log_metrics(
+        {
+            f"val_hashtag_{name}_{key}": value
+            for name, scores in report["rankers"].items()
+            for key, value in scores.items()
+        }
+    )
+    mlflow.log_params({f"hashtags.blend.{name}": weight for name, weight in blend.weights.items()})
+    mlflow.log_params(
+        {
+            "hashtags.served": blend.choice["served"],
+            "hashtags.tag_weights": blend.choice["tag_weights"],
+            "hashtags.class_mixture.estimator": blend.estimator,
+            "hashtags.class_mixture.sharpen": blend.sharpen,
+        }
+    )
     mlflow.log_dict(blend.choice, "train/hashtag_ranking.json")
     return {"blend_weights": blend.weights, **report}
 
@@ -348,15 +395,22 @@ def write_model_dir(
 
     save_model(model, artifacts.MODEL.at(out))
     info = artifacts.MODEL_INFO.at(out)
-    atomic_write_json(info, {
-        "classes": list(config.base.classes), "image_size": config.model.image_size,
-        "backbone": config.model.backbone,
-        "weights_identity": weights_identity(config.model, config.base.seed),
-        "run_id": run_id, "experiment": config.base.experiment, "params": config.flat(),
-        "engine": served.engine, "precision": served.precision,
-        "int8": asdict(served.decision) if served.decision else None,
-        "views": list(views),
-    })  # fmt: skip
+    atomic_write_json(
+        info,
+        {
+            "classes": list(config.base.classes),
+            "image_size": config.model.image_size,
+            "backbone": config.model.backbone,
+            "weights_identity": weights_identity(config.model, config.base.seed),
+            "run_id": run_id,
+            "experiment": config.base.experiment,
+            "params": config.flat(),
+            "engine": served.engine,
+            "precision": served.precision,
+            "int8": asdict(served.decision) if served.decision else None,
+            "views": list(views),
+        },
+    )
     csv_path = atomic_write_csv(artifacts.HISTORY.at(reports), history, HISTORY_COLUMNS)
     png = eval_plots.plot_history(history, reports / "history.png")
     for path in (csv_path, png, info):
@@ -368,18 +422,29 @@ def baseline_run(config: TrainConfig, splits: dict[str, Split], train_run_id: st
     """Fit and log the logistic-regression reference in its own run of the same experiment."""
     import mlflow
 
-    train, val, test = splits["train"], splits["val"], splits["test"]
-    classifier = fit_baseline(train.vectors, train.labels, config.base.seed,
-                              config.train.class_weight)  # fmt: skip
+    train = splits["train"]
+    val = splits["val"]
+    test = splits["test"]
+    classifier = fit_baseline(
+        train.vectors, train.labels, config.base.seed, config.train.class_weight
+    )
     scores = {"val_accuracy": float(classifier.score(val.vectors, val.labels))}
     if len(test.labels):
         scores["test_accuracy"] = float(classifier.score(test.vectors, test.labels))
     with mlflow.start_run(run_name=BASELINE_RUN) as active:
-        mlflow.log_params({key: value for key, value in config.flat().items()
-                           if key.startswith(("base.", "model.", "train.class_weight"))})
-        mlflow.set_tags({"baseline_for": train_run_id, "stage": "train",
-                         "backbone": config.model.backbone})  # fmt: skip
+        mlflow.log_params(
+            {
+                key: value
+                for key, value in config.flat().items()
+                if key.startswith(("base.", "model.", "train.class_weight"))
+            }
+        )
+        mlflow.set_tags(
+            {"baseline_for": train_run_id, "stage": "train", "backbone": config.model.backbone}
+        )
         mlflow.log_metrics(scores)
     logger.info("baseline logistic regression: %s", scores)
-    return {"baseline_run_id": active.info.run_id,
-            **{f"baseline_{key}": value for key, value in scores.items()}}
+    return {
+        "baseline_run_id": active.info.run_id,
+        **{f"baseline_{key}": value for key, value in scores.items()},
+    }

@@ -39,9 +39,16 @@ def test_every_stage_ran_and_left_its_outputs(pipeline_repo):
     log = (pipeline_repo / "first_repro.log").read_text()
     for stage in STAGES:
         assert f"Running stage '{stage}'" in log
-    for path in ("data/raw/posts.jsonl", "data/features/features.npz", "data/clean/manifest.csv",
-                 "models/model.keras", "models/model_info.json", "reports/metrics.json",
-                 "reports/register.json", "dvc.lock"):  # fmt: skip
+    for path in (
+        "data/raw/posts.jsonl",
+        "data/features/features.npz",
+        "data/clean/manifest.csv",
+        "models/model.keras",
+        "models/model_info.json",
+        "reports/metrics.json",
+        "reports/register.json",
+        "dvc.lock",
+    ):
         assert (pipeline_repo / path).is_file(), path
     posts = (pipeline_repo / "data/raw/posts.jsonl").read_text().splitlines()
     params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
@@ -50,8 +57,14 @@ def test_every_stage_ran_and_left_its_outputs(pipeline_repo):
 
 def test_metrics_are_numbers_in_unit_range(pipeline_repo):
     metrics = json.loads((pipeline_repo / "reports/metrics.json").read_text())
-    for key in ("accuracy", "top3_accuracy", "macro_f1", "hashtag_precision_at_1",
-                "hashtag_recall_at_5", "hashtag_accuracy_at_5"):  # fmt: skip
+    for key in (
+        "accuracy",
+        "top3_accuracy",
+        "macro_f1",
+        "hashtag_precision_at_1",
+        "hashtag_recall_at_5",
+        "hashtag_accuracy_at_5",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["n_test"] > 0
     assert metrics["top3_accuracy"] >= metrics["accuracy"]
@@ -105,16 +118,25 @@ def test_learning_rate_change_reruns_only_train_evaluate_register(pipeline_repo)
 
 def _bare_env(repo: Path) -> dict[str, str]:
     """A shell where the virtual environment is not activated: only the system's PATH."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("VIRTUAL_ENV", "PYTHONPATH", "MLFLOW_TRACKING_URI", "TAGLENS_PYTHON")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("VIRTUAL_ENV", "PYTHONPATH", "MLFLOW_TRACKING_URI", "TAGLENS_PYTHON")
+    }
     env["PATH"] = os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"])
     return env
 
 
 def _bare_dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     """`.venv/bin/dvc ARGS` as the README writes it, from a shell without the venv on PATH."""
-    result = subprocess.run([".venv/bin/dvc", *args], cwd=repo, env=_bare_env(repo),
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = subprocess.run(
+        [".venv/bin/dvc", *args],
+        cwd=repo,
+        env=_bare_env(repo),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -160,8 +182,12 @@ def test_experiments_and_commits_compare_their_metrics(pipeline_repo):
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lr 0.0005"], repo)
     diff = json.loads(_bare_dvc(repo, "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
-    changed = {(path, key) for path, entries in diff.items() for key, entry in entries.items()
-               if entry.get("diff")}  # fmt: skip
+    changed = {
+        (path, key)
+        for path, entries in diff.items()
+        for key, entry in entries.items()
+        if entry.get("diff")
+    }
     assert any(path == "reports/train.json" for path, _ in changed), diff
     params = json.loads(_bare_dvc(repo, "params", "diff", "HEAD~1", "HEAD", "--json").stdout)
     rate = params["params.yaml"]["train.learning_rate"]
@@ -170,10 +196,14 @@ def test_experiments_and_commits_compare_their_metrics(pipeline_repo):
     # the learning curves as lines, the PNGs as images
     plots = json.loads(_bare_dvc(repo, "plots", "diff", "HEAD~1", "HEAD", "--json").stdout)
     kinds = {name: sorted({e["type"] for e in entries}) for name, entries in plots["data"].items()}
-    assert kinds == {"learning curves": ["vega"], "confusion matrix": ["vega"],
-                     "reports/history.png": ["image"], "reports/evaluate/confusion.png": ["image"],
-                     "reports/evaluate/misclassified.png": ["image"],
-                     "reports/clean/distances.png": ["image"]}  # fmt: skip
+    assert kinds == {
+        "learning curves": ["vega"],
+        "confusion matrix": ["vega"],
+        "reports/history.png": ["image"],
+        "reports/evaluate/confusion.png": ["image"],
+        "reports/evaluate/misclassified.png": ["image"],
+        "reports/clean/distances.png": ["image"],
+    }
     [confusion] = plots["data"]["confusion matrix"]
     assert '"mark": "rect"' in json.dumps(confusion["content"])  # the confusion template's cells
     assert {row["rev"] for row in confusion["content"]["data"]["values"]} == {"HEAD~1", "HEAD"}

@@ -31,15 +31,22 @@ def test_flowers_featurize_and_clean_counts_add_up(
     write_posts(raw / POSTS_FILE, posts)
     model = ModelParams(backbone="mobilenet", image_size=96, weights=str(mobilenet_weights))
     params = tiny_params.featurize.model_copy(
-        update={"batch_size": 32, "jit_compile": False, "shard_size": 40, "engine": "tensorflow",
-                "views": ()}
+        update={
+            "batch_size": 32,
+            "jit_compile": False,
+            "shard_size": 40,
+            "engine": "tensorflow",
+            "views": (),
+        }
     )
 
     # When featurize runs twice and clean once
-    first = featurize.run(model, params, tiny_params.clean, seed=0, raw=raw,
-                          out=tmp_path / "features", progress=False)  # fmt: skip
-    second = featurize.run(model, params, tiny_params.clean, seed=0, raw=raw,
-                           out=tmp_path / "features", progress=False)  # fmt: skip
+    first = featurize.run(
+        model, params, tiny_params.clean, seed=0, raw=raw, out=tmp_path / "features", progress=False
+    )
+    second = featurize.run(
+        model, params, tiny_params.clean, seed=0, raw=raw, out=tmp_path / "features", progress=False
+    )
     base = tiny_params.base.model_copy(update={"classes": tuple(classes)})
     import mlflow
 
@@ -47,10 +54,14 @@ def test_flowers_featurize_and_clean_counts_add_up(
     mlflow.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment(name)
     report = clean.run(
-        base, tiny_params.clean, raw=raw, features=tmp_path / "features",
-        out=tmp_path / "clean", reports=tmp_path / "reports" / "clean",
+        base,
+        tiny_params.clean,
+        raw=raw,
+        features=tmp_path / "features",
+        out=tmp_path / "clean",
+        reports=tmp_path / "reports" / "clean",
         metrics=tmp_path / "reports" / "clean.json",
-    ).report  # fmt: skip
+    ).report
 
     # Then features were computed once, with a real 1024-d MobileNet vector per photo
     n = len(posts)
@@ -84,8 +95,13 @@ def test_flowers_featurize_and_clean_counts_add_up(
         assert len(sides) == per_class[label]["after"]
     # the rule drops training images only: every val/test image of the content split is kept
     held_out = {row["id"] for row in manifest if row["split"] != "train"}
-    sides = content_split([p.sha256 for p in posts], [p.owner for p in posts],
-                          val_fraction=0.15, test_fraction=0.15, seed=42)  # fmt: skip
+    sides = content_split(
+        [p.sha256 for p in posts],
+        [p.owner for p in posts],
+        val_fraction=0.15,
+        test_fraction=0.15,
+        seed=42,
+    )
     assert held_out == {p.id for p, side in zip(posts, sides, strict=True) if side != "train"}
     assert not held_out & {row["id"] for row in dropped}
     sheets = {p.name for p in (tmp_path / "reports" / "clean").glob("dropped_*.png")}

@@ -43,8 +43,9 @@ def add_photos(folder: Path, start: int, count: int) -> None:
 
 
 def _run(repo: Path, *args: str) -> str:
-    result = subprocess.run(args, cwd=repo, env=stage_env(), capture_output=True, text=True,
-                            timeout=1200)  # fmt: skip
+    result = subprocess.run(
+        args, cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -72,8 +73,13 @@ def test_three_weeks_of_retraining(tmp_path):
     repo = tmp_path / "repo"
     copy_source_tree(repo)
     photos = tmp_path / "photos"
-    setting = {"base.classes": list(CLASSES), "scrape.source": "folder",
-               "scrape.folder": str(photos), "train.epochs": 8, "clean.test_fraction": 0.25}
+    setting = {
+        "base.classes": list(CLASSES),
+        "scrape.source": "folder",
+        "scrape.folder": str(photos),
+        "train.epochs": 8,
+        "clean.test_fraction": 0.25,
+    }
     write_tiny_params(repo / "params.yaml", setting)
     _run(repo, "git", "init", "-q")
     _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
@@ -97,13 +103,15 @@ def test_three_weeks_of_retraining(tmp_path):
     assert reg["decision"] == "champion", reg["reason"]  # more data, a better model
     assert reg["score"] > reg["champion_score"]
     assert one["test"] <= two["test"]  # last week's test photos are still test photos
-    assert all(two["splits"][sha] == side for sha, side in one["splits"].items()
-               if sha in two["splits"])  # fmt: skip
+    assert all(
+        two["splits"][sha] == side for sha, side in one["splits"].items() if sha in two["splits"]
+    )
 
     # Week 3: more photos, and a setting that cannot learn: refused, with both scores recorded
     add_photos(photos, 60, 12)
-    write_tiny_params(repo / "params.yaml",
-                      {**setting, "train.learning_rate": 1e-7, "train.epochs": 1})  # fmt: skip
+    write_tiny_params(
+        repo / "params.yaml", {**setting, "train.learning_rate": 1e-7, "train.epochs": 1}
+    )
     three = _week(repo)
     reg = three["register"]
     assert reg["version"] == "3" and reg["compared_with"] == "2"
@@ -112,10 +120,14 @@ def test_three_weeks_of_retraining(tmp_path):
     assert "does not beat" in reg["reason"] or "recall drops" in reg["reason"]
     assert one["test"] <= two["test"] <= three["test"]
 
-    history = [json.loads(line) for line in
-               (repo / "reports/promotions.jsonl").read_text().splitlines()]  # fmt: skip
+    history = [
+        json.loads(line) for line in (repo / "reports/promotions.jsonl").read_text().splitlines()
+    ]
     assert [(h["version"], h["decision"], h["champion"]) for h in history] == [
-        ("1", "champion", "1"), ("2", "champion", "2"), ("3", "challenger", "2")]
+        ("1", "champion", "1"),
+        ("2", "champion", "2"),
+        ("3", "challenger", "2"),
+    ]
     for row, week in zip(history, (one, two, three), strict=True):
         assert row["score"] == week["register"]["score"]
         assert row["test_fingerprint"] == week["metrics"]["test_fingerprint"]
@@ -124,8 +136,9 @@ def test_three_weeks_of_retraining(tmp_path):
     # Week 1 had no champion to pair with; weeks 2 and 3 were paired image by image with it
     assert history[0]["p_value"] is None and history[0]["n_paired"] is None
     for row, week in zip(history[1:], (two, three), strict=True):
-        assert 0.0 <= row["p_value"] <= 1.0 and f"McNemar exact p = {row['p_value']:.3g}" in (
-            row["reason"]
+        assert (
+            0.0 <= row["p_value"] <= 1.0
+            and f"McNemar exact p = {row['p_value']:.3g}" in (row["reason"])
         )
         assert row["n_paired"] == week["metrics"]["n_test"]
         assert row["ci_low"] <= row["difference"] <= row["ci_high"]

@@ -64,11 +64,19 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_until_healthy(proc, f"{url}/health", timeout=SERVER_START_TIMEOUT,
-                           log_path=log_path, what="prefect server")  # fmt: skip
+        wait_until_healthy(
+            proc,
+            f"{url}/health",
+            timeout=SERVER_START_TIMEOUT,
+            log_path=log_path,
+            what="prefect server",
+        )
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url  # for subprocesses (workers, CLI)
         try:
@@ -92,8 +100,13 @@ def start_worker(prefect_server, tmp_path_factory) -> Iterator[Callable[..., sub
     def start(pool: str, env_updates: dict[str, str | None] | None = None) -> subprocess.Popen:
         home = tmp_path_factory.mktemp("prefect-worker")
         env = _quiet_env(home)
-        env.update({"PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1",
-                    "PREFECT_WORKER_PREFETCH_SECONDS": "5"})  # fmt: skip
+        env.update(
+            {
+                "PREFECT_API_URL": prefect_server,
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            }
+        )
         for key, value in (env_updates or {}).items():
             if value is None:
                 env.pop(key, None)
@@ -102,8 +115,11 @@ def start_worker(prefect_server, tmp_path_factory) -> Iterator[Callable[..., sub
         with open(home / "worker.log", "wb") as log:
             proc = subprocess.Popen(
                 [PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         proc.log_path = home / "worker.log"  # type: ignore[attr-defined]
         started.append(proc)
         return proc
@@ -134,8 +150,9 @@ class PrefectApi:
                     offset = 200
                     while batch := client.read_logs(
                         LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                        limit=200, offset=offset,
-                    ):  # fmt: skip
+                        limit=200,
+                        offset=offset,
+                    ):
                         text += "\n" + "\n".join(log.message for log in batch)
                         offset += len(batch)
             if must_contain is None or must_contain in text or time.monotonic() > deadline:

@@ -30,8 +30,12 @@ RUN_TIMEOUT = 420  # the whole tiny pipeline through a worker; about 1-2 minutes
 
 
 def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo,
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +61,14 @@ def worker(deployed, start_worker):
     return start_worker(POOL, {"MLFLOW_TRACKING_URI": None})
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("retrain_cron", "every monday", "Invalid cron string"),
-    ("predict_cron", "0 25 * * *", "Invalid cron string"),
-    ("timezone", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("retrain_cron", "every monday", "Invalid cron string"),
+        ("predict_cron", "0 25 * * *", "Invalid cron string"),
+        ("timezone", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+    ],
+)
 def test_bad_schedules_are_refused_before_anything_is_deployed(tmp_path, option, value, message):
     (tmp_path / "flows").mkdir()
     for name in ("training.py", "predict.py"):
@@ -145,8 +152,13 @@ def test_a_worker_runs_the_training_deployment(worker, checkout, prefect_api):
     for stage in STAGES:
         assert f"running dvc repro --single-item {stage}" in logs
     assert "Running stage 'train'" in logs  # stage output streamed into the run log
-    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status"], cwd=checkout,
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "status"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "Data and pipelines are up to date" in status.stdout  # the lineage `dvc repro` leaves
 
     import mlflow

@@ -40,9 +40,15 @@ def _features(out):
 def test_dask_path_gives_exactly_the_local_stage_features(tmp_path, prefect_server):
     local = _repo(tmp_path / "local")
     params = load_params(local / "params.yaml")
-    run_stage(params.model, params.featurize, params.clean, seed=params.base.seed,
-              raw=local / "data" / "raw", out=local / "data" / "features",
-              progress=False)  # fmt: skip
+    run_stage(
+        params.model,
+        params.featurize,
+        params.clean,
+        seed=params.base.seed,
+        raw=local / "data" / "raw",
+        out=local / "data" / "features",
+        progress=False,
+    )
 
     remote = _repo(tmp_path / "remote")
     summary = featurize_flow(str(remote), task_runner="dask", n_workers=2, shard_size=4)
@@ -50,7 +56,9 @@ def test_dask_path_gives_exactly_the_local_stage_features(tmp_path, prefect_serv
     assert (summary["count"], summary["dim"]) == (13, 512)
 
     (shas, vectors), (local_shas, local_vectors) = (
-        _features(remote / "data" / "features"), _features(local / "data" / "features"))
+        _features(remote / "data" / "features"),
+        _features(local / "data" / "features"),
+    )
     assert shas.tolist() == local_shas.tolist()
     assert vectors.shape == (13, 512) and vectors.dtype == np.float32
     assert vectors.tobytes() == local_vectors.tobytes()  # byte-identical, not merely close
@@ -79,9 +87,15 @@ def test_local_runner_is_the_stage(tmp_path, prefect_server):
     summary = featurize_flow(str(repo))
     assert (summary["computed"], summary["cached"], summary["shards"]) == (UNIQUE, 0, 0)
     params = load_params(stage / "params.yaml")
-    run_stage(params.model, params.featurize, params.clean, seed=params.base.seed,
-              raw=stage / "data" / "raw", out=stage / "data" / "features",
-              progress=False)  # fmt: skip
+    run_stage(
+        params.model,
+        params.featurize,
+        params.clean,
+        seed=params.base.seed,
+        raw=stage / "data" / "raw",
+        out=stage / "data" / "features",
+        progress=False,
+    )
     vectors = _features(repo / "data" / "features")[1]
     assert vectors.shape == (13, 512)
     assert vectors.tobytes() == _features(stage / "data" / "features")[1].tobytes()

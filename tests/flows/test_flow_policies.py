@@ -12,12 +12,15 @@ from taglens.errors import TaglensError
 from taglens.params import ParamsError
 
 
-@pytest.mark.parametrize(("error", "retried"), [
-    (OSError("worker lost"), True),
-    (RuntimeError("killed"), True),
-    (TaglensError("image 3 is not an image"), False),
-    (ParamsError("featurize.batch_size must be >= 1"), False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (OSError("worker lost"), True),
+        (RuntimeError("killed"), True),
+        (TaglensError("image 3 is not an image"), False),
+        (ParamsError("featurize.batch_size must be >= 1"), False),
+    ],
+)
 def test_a_shard_is_retried_unless_the_user_must_fix_something(error, retried):
     state = Failed(data=error)
     assert retry_unless_user_error(None, None, state) is retried

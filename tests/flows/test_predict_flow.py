@@ -46,16 +46,20 @@ def _photos(folder, count):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         Image.new("RGB", (36 + i, 33), ((29 * i) % 256, 90, (200 - 13 * i) % 256)).save(
-            folder / f"p{i:02d}.png")
+            folder / f"p{i:02d}.png"
+        )
     (folder / "p05.png").write_bytes(b"GIF89a but not really")  # a bad file mid-way
 
 
 @pytest.mark.slow
-def test_dask_path_gives_exactly_the_local_rows_and_resumes(tmp_path, tiny_models_dir,
-                                                            prefect_api):
+def test_dask_path_gives_exactly_the_local_rows_and_resumes(tmp_path, tiny_models_dir, prefect_api):
     _photos(tmp_path / "photos", 11)
-    common = {"model_uri": str(tiny_models_dir), "params_path": PARAMS, "batch_size": 4,
-              "shard_size": 3}
+    common = {
+        "model_uri": str(tiny_models_dir),
+        "params_path": PARAMS,
+        "batch_size": 4,
+        "shard_size": 3,
+    }
     local_out = tmp_path / "local.parquet"
     local = batch_predict_flow(str(tmp_path / "photos"), str(local_out), **common)
     assert (local["scored"], local["errors"], local["total"]) == (10, 1, 11)
@@ -67,8 +71,9 @@ def test_dask_path_gives_exactly_the_local_rows_and_resumes(tmp_path, tiny_model
     batch_predict_flow(str(first), str(dask_out), **common)
     assert len(list(read_rows(dask_out))) == 4
 
-    state = batch_predict_flow(str(tmp_path / "photos"), str(dask_out), task_runner="dask",
-                               return_state=True, **common)
+    state = batch_predict_flow(
+        str(tmp_path / "photos"), str(dask_out), task_runner="dask", return_state=True, **common
+    )
     summary = state.result()
     assert (summary["skipped"], summary["scored"], summary["errors"]) == (4, 6, 1)
     dask_rows, local_rows = list(read_rows(dask_out)), list(read_rows(local_out))
@@ -86,8 +91,13 @@ def test_dask_path_gives_exactly_the_local_rows_and_resumes(tmp_path, tiny_model
 def test_unknown_task_runner_is_refused(tmp_path, tiny_models_dir):
     _photos(tmp_path / "photos", 6)
     with pytest.raises(ValueError, match="task_runner must be one of"):
-        batch_predict_flow.fn(str(tmp_path / "photos"), str(tmp_path / "o.csv"),
-                              str(tiny_models_dir), task_runner="ray", params_path=PARAMS)
+        batch_predict_flow.fn(
+            str(tmp_path / "photos"),
+            str(tmp_path / "o.csv"),
+            str(tiny_models_dir),
+            task_runner="ray",
+            params_path=PARAMS,
+        )
 
 
 def test_a_process_loads_each_model_once(tiny_models_dir):
@@ -99,8 +109,12 @@ def test_a_process_loads_each_model_once(tiny_models_dir):
 @pytest.mark.slow
 def test_an_empty_inbox_is_nothing_to_do(tmp_path, tiny_models_dir, prefect_server):
     (tmp_path / "inbox").mkdir()
-    summary = batch_predict_flow(str(tmp_path / "inbox"), str(tmp_path / "o.parquet"),
-                                 str(tiny_models_dir), params_path=PARAMS)
+    summary = batch_predict_flow(
+        str(tmp_path / "inbox"),
+        str(tmp_path / "o.parquet"),
+        str(tiny_models_dir),
+        params_path=PARAMS,
+    )
     assert (summary["total"], summary["scored"]) == (0, 0)
     assert not (tmp_path / "o.parquet").exists()
 
@@ -112,8 +126,9 @@ def test_shards_retry_and_the_nightly_flow_has_a_timeout():
 
 
 @pytest.mark.slow
-def test_a_failed_shard_is_retried_and_finishes(tmp_path, tiny_models_dir, prefect_server,
-                                                monkeypatch):  # fmt: skip
+def test_a_failed_shard_is_retried_and_finishes(
+    tmp_path, tiny_models_dir, prefect_server, monkeypatch
+):
     import flows.predict as predict_flow
 
     # Given a worker that is lost the first time it loads the model
@@ -128,11 +143,16 @@ def test_a_failed_shard_is_retried_and_finishes(tmp_path, tiny_models_dir, prefe
         return real(uri, tracking_uri, engine)
 
     monkeypatch.setattr(predict_flow, "cached_model", flaky)
-    monkeypatch.setattr(predict_flow, "score_task",
-                        predict_flow.score_task.with_options(retry_delay_seconds=0))  # fmt: skip
+    monkeypatch.setattr(
+        predict_flow, "score_task", predict_flow.score_task.with_options(retry_delay_seconds=0)
+    )
     # When the flow scores the photos
-    summary = batch_predict_flow(str(tmp_path / "photos"), str(tmp_path / "o.jsonl"),
-                                 str(tiny_models_dir), params_path=PARAMS)  # fmt: skip
+    summary = batch_predict_flow(
+        str(tmp_path / "photos"),
+        str(tmp_path / "o.jsonl"),
+        str(tiny_models_dir),
+        params_path=PARAMS,
+    )
     # Then the task was retried once and every photo has its row
     assert len(calls) == 2
     assert (summary["scored"], summary["errors"], summary["total"]) == (6, 1, 7)
@@ -146,11 +166,21 @@ def test_the_flow_refuses_images_over_ingest_max_pixels(tmp_path, tiny_models_di
     _photos(tmp_path / "photos", 4)
     params = write_tiny_params(tmp_path / "params.yaml", {"ingest.max_pixels": 1200})
     # When the flow scores them, locally and on Dask
-    local = batch_predict_flow(str(tmp_path / "photos"), str(tmp_path / "local.jsonl"),
-                               str(tiny_models_dir), params_path=str(params))
-    sharded = batch_predict_flow(str(tmp_path / "photos"), str(tmp_path / "dask.jsonl"),
-                                 str(tiny_models_dir), params_path=str(params), task_runner="dask",
-                                 shard_size=2, n_workers=1)
+    local = batch_predict_flow(
+        str(tmp_path / "photos"),
+        str(tmp_path / "local.jsonl"),
+        str(tiny_models_dir),
+        params_path=str(params),
+    )
+    sharded = batch_predict_flow(
+        str(tmp_path / "photos"),
+        str(tmp_path / "dask.jsonl"),
+        str(tiny_models_dir),
+        params_path=str(params),
+        task_runner="dask",
+        shard_size=2,
+        n_workers=1,
+    )
     # Then only the first photo is scored; the larger ones are refused by the limit, by name
     for summary, output in ((local, "local.jsonl"), (sharded, "dask.jsonl")):
         assert (summary["scored"], summary["errors"], summary["total"]) == (1, 4, 5)

@@ -43,21 +43,35 @@ def _deployment(name: str, deadline: float):
             time.sleep(1)
 
 
-def test_one_process_serves_both_schedules_and_runs_them(tmp_path, tiny_models_dir,
-                                                        prefect_server, stop_process_group,
-                                                        prefect_api):  # fmt: skip
+def test_one_process_serves_both_schedules_and_runs_them(
+    tmp_path, tiny_models_dir, prefect_server, stop_process_group, prefect_api
+):
     # Given a checkout and an empty inbox, served by `python -m flows.schedule`
     repo = copy_source_tree(tmp_path / "repo")
     (repo / "inbox").mkdir()
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(ROOT),
-           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # fmt: skip
-    cmd = [sys.executable, "-m", "flows.schedule", "--repo", str(repo), "--predict-input",
-           "inbox", "--model-uri", str(tiny_models_dir)]  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.schedule",
+        "--repo",
+        str(repo),
+        "--predict-input",
+        "inbox",
+        "--model-uri",
+        str(tiny_models_dir),
+    ]
     _forget(f"training/{RETRAIN}", f"batch-predict/{PREDICT}")
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         # Then both deployments exist with the documented schedules, no work pool involved
         deadline = time.monotonic() + 240

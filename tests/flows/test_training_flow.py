@@ -118,22 +118,35 @@ def test_check_repo_names_what_to_pass(tmp_path):
 
 
 def test_report_markdown_and_data_version(tmp_path):
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
-        "scrape": {"outs": [{"path": "data/raw", "hash": "md5", "md5": "aa.dir"}]},
-        "clean": {"outs": [{"path": "data/clean", "hash": "md5", "md5": "cc.dir"}]},
-        "train": {"outs": [{"path": "models", "hash": "md5", "md5": "mm.dir"}]},
-    }}))  # fmt: skip
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "scrape": {"outs": [{"path": "data/raw", "hash": "md5", "md5": "aa.dir"}]},
+                    "clean": {"outs": [{"path": "data/clean", "hash": "md5", "md5": "cc.dir"}]},
+                    "train": {"outs": [{"path": "models", "hash": "md5", "md5": "mm.dir"}]},
+                },
+            }
+        )
+    )
     tags = repo_data_tags(tmp_path)
     assert tags["lineage.data.raw"] == "aa.dir" and tags["lineage.data.clean"] == "cc.dir"
     assert set(tags) == {"lineage.data.raw", "lineage.data.clean", "lineage.data_version"}
     assert len(tags["lineage.data_version"]) == 12
     markdown = render_markdown(
         metrics={"accuracy": 0.8125, "n_test": 16, "per_class": {"a": 1}},
-        decision={"decision": "rejected", "reason": "a|b", "version": "3", "model_name": "tl",
-                  "compared_with": None},
+        decision={
+            "decision": "rejected",
+            "reason": "a|b",
+            "version": "3",
+            "model_name": "tl",
+            "compared_with": None,
+        },
         model_info={"run_id": "r1", "experiment": "ex"},
-        data_tags=tags, stages=[{"stage": "scrape", "ran": False, "seconds": 1.25}],
-    )  # fmt: skip
+        data_tags=tags,
+        stages=[{"stage": "scrape", "ran": False, "seconds": 1.25}],
+    )
     assert "- **Decision:** rejected (tl version 3): a\\|b" in markdown
     assert "- **MLflow run id:** `r1` (experiment `ex`)" in markdown
     assert "| accuracy | 0.8125 |" in markdown and "| n_test | 16 |" in markdown
@@ -167,8 +180,12 @@ def test_run_stage_runs_then_skips_and_keeps_the_error(stub_repo):
 def test_flow_reproduces_through_dvc_and_reports(stub_repo, prefect_api, tmp_path):
     remote = tmp_path / "remote"
     dvc = str(Path(sys.executable).parent / "dvc")
-    subprocess.run([dvc, "remote", "add", "-d", "storage", str(remote)], cwd=stub_repo,
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [dvc, "remote", "add", "-d", "storage", str(remote)],
+        cwd=stub_repo,
+        check=True,
+        capture_output=True,
+    )
     state = training_flow(repo=str(stub_repo), return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
@@ -197,8 +214,13 @@ def test_flow_reproduces_through_dvc_and_reports(stub_repo, prefect_api, tmp_pat
     assert summary["pushed_to"] == "storage"
     pushed = {p.relative_to(remote) for p in remote.rglob("*") if p.is_file()}
     assert len(pushed) >= 5, pushed  # data/raw ... models dirs and their files
-    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--cloud",
-                             "--json"], cwd=stub_repo, capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "status", "--cloud", "--json"],
+        cwd=stub_repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(status.stdout or "{}") == {}  # nothing left to push
 
     # Nothing changed: a second run skips every stage, like `dvc repro`.

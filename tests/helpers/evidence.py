@@ -28,10 +28,16 @@ def solid_test_split(raw: Path, clean: Path, classes) -> list[Post]:
     posts = solid_raw(raw, colours, size=32)
     clean.mkdir(parents=True, exist_ok=True)
     rows = [
-        {"id": p.id, "sha256": p.sha256, "image": p.image, "label": p.label, "split": "test",
-         "distance": 0.0}
+        {
+            "id": p.id,
+            "sha256": p.sha256,
+            "image": p.image,
+            "label": p.label,
+            "split": "test",
+            "distance": 0.0,
+        }
         for p in posts
-    ]  # fmt: skip
+    ]
     pd.DataFrame(rows).to_csv(clean / "manifest.csv", index=False)
     return posts
 
@@ -42,11 +48,19 @@ def write_evidence(reports: Path, run_id: str, posts: list[Post], classes, right
     (reports / "evaluate").mkdir(parents=True, exist_ok=True)
     accuracy = 1.0 if right else 0.0
     fingerprint = split_fingerprint([p.sha256 for p in posts], [p.label for p in posts])
-    metrics = {"accuracy": accuracy, "top3_accuracy": accuracy, "macro_f1": accuracy,
-               "n_test": len(posts), "test_fingerprint": fingerprint, "model_run_id": run_id}
+    metrics = {
+        "accuracy": accuracy,
+        "top3_accuracy": accuracy,
+        "macro_f1": accuracy,
+        "n_test": len(posts),
+        "test_fingerprint": fingerprint,
+        "model_run_id": run_id,
+    }
     (reports / "metrics.json").write_text(json.dumps(metrics))
-    rows = [{"sha256": p.sha256, "label": p.label, "correct": right}
-            for p in sorted(posts, key=lambda p: p.sha256)]  # fmt: skip
+    rows = [
+        {"sha256": p.sha256, "label": p.label, "correct": right}
+        for p in sorted(posts, key=lambda p: p.sha256)
+    ]
     per_image = {"model_run_id": run_id, "test_fingerprint": fingerprint, "images": rows}
     (reports / "evaluate" / "per_image.json").write_text(json.dumps(per_image))
     per_class = {c: {"recall": accuracy} for c in classes}

@@ -26,9 +26,14 @@ def add_post(raw: Path, label: str, data: bytes, post_id: str) -> Post:
     with Image.open(path) as image:
         width, height = image.size
     return Post(
-        id=post_id, label=label, image=f"images/{sha}.jpg", sha256=sha, width=width,
-        height=height, source="test",
-    )  # fmt: skip
+        id=post_id,
+        label=label,
+        image=f"images/{sha}.jpg",
+        sha256=sha,
+        width=width,
+        height=height,
+        source="test",
+    )
 
 
 Colour = tuple[int, int, int]

@@ -14,10 +14,23 @@ from pathlib import Path
 from tests.helpers.paths import ROOT
 
 # Run state at the top of the work tree (DVC outputs and lock, stores, tool caches).
-RUN_STATE = frozenset({
-    ".venv", ".git", "dvc.lock", "data", "models", "reports", "predictions", "mlruns",
-    "test-results", ".prefect", ".pytest_cache", ".ruff_cache", ".services",
-})  # fmt: skip
+RUN_STATE = frozenset(
+    {
+        ".venv",
+        ".git",
+        "dvc.lock",
+        "data",
+        "models",
+        "reports",
+        "predictions",
+        "mlruns",
+        "test-results",
+        ".prefect",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".services",
+    }
+)
 # DVC's own local state inside .dvc/ (the committed .dvc/config is kept).
 DVC_STATE = frozenset({"cache", "tmp", "config.local"})
 ANYWHERE = ("__pycache__", "*.egg-info", "*.pyc")

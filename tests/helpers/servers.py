@@ -25,9 +25,13 @@ def _log_tail(log_path: Path | None) -> str:
 
 
 def wait_until_healthy(
-    process: subprocess.Popen, url: str, *, timeout: float, log_path: Path | None = None,
+    process: subprocess.Popen,
+    url: str,
+    *,
+    timeout: float,
+    log_path: Path | None = None,
     what: str = "server",
-) -> None:  # fmt: skip
+) -> None:
     """Poll `url` until it answers 200; fail the test with the log if the server exits or stalls."""
     deadline = time.monotonic() + timeout
     while True:
@@ -53,8 +57,9 @@ def team_params(base: Path | None = None):
     from tests.helpers.paths import ROOT
 
     team = load_params(base or ROOT / "params.yaml").team
-    ports = {key: free_port() for key in ("postgres_port", "mlflow_port", "prefect_port",
-                                          "dask_port")}
+    ports = {
+        key: free_port() for key in ("postgres_port", "mlflow_port", "prefect_port", "dask_port")
+    }
     return team.model_copy(update=ports)
 
 

@@ -18,9 +18,19 @@ def tiny_posts(classes: list[str]) -> list[Post]:
         for i in range(3):
             n = c * 3 + i
             caption = f"#{name} #{name}_life #photooftheday" + (" #shared" if i == 0 else "")
-            posts.append(Post(id=f"p{n}", label=name, image=f"images/{n:064x}.jpg",
-                              sha256=f"{n:064x}", width=32, height=32, caption=caption,
-                              likes=10 * (i + 1), source="test"))  # fmt: skip
+            posts.append(
+                Post(
+                    id=f"p{n}",
+                    label=name,
+                    image=f"images/{n:064x}.jpg",
+                    sha256=f"{n:064x}",
+                    width=32,
+                    height=32,
+                    caption=caption,
+                    likes=10 * (i + 1),
+                    source="test",
+                )
+            )
     return posts
 
 
@@ -40,9 +50,15 @@ def build_tiny_models(dest: Path, params: Params, seed: int = 0) -> Path:
     outputs = keras.layers.Dense(len(classes), activation="softmax")(x)
     dest.mkdir(parents=True, exist_ok=True)
     keras.Model(inputs, outputs).save(dest / "model.keras")
-    info = {"classes": classes, "image_size": IMAGE_SIZE, "backbone": "tiny", "run_id": None,
-            "weights_identity": f"random-seed{seed}", "experiment": params.base.experiment,
-            "params": {}}  # fmt: skip
+    info = {
+        "classes": classes,
+        "image_size": IMAGE_SIZE,
+        "backbone": "tiny",
+        "run_id": None,
+        "weights_identity": f"random-seed{seed}",
+        "experiment": params.base.experiment,
+        "params": {},
+    }
     (dest / "model_info.json").write_text(json.dumps(info))
     stats = fit_hashtag_stats(tiny_posts(classes), classes, params.hashtags)
     stats.save(dest / "hashtags.json")

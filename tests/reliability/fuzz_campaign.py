@@ -45,22 +45,39 @@ def run_target(target: str, *, seconds: int, timeout: int, rss_mb: int, work: Pa
         (corpus / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
     before = {p.name for p in crashes.iterdir()}
     inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    args = [sys.executable, str(HERE / "fuzz_harness.py"), target, f"-max_total_time={seconds}",
-            f"-timeout={timeout}", f"-rss_limit_mb={inherited + rss_mb}",
-            "-print_final_stats=1", f"-artifact_prefix={crashes}/", str(corpus)]  # fmt: skip
-    env = {**os.environ, "TAGLENS_FUZZ_PILLOW": "1", "TAGLENS_FUZZ_SCRATCH": str(scratch),
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    args = [
+        sys.executable,
+        str(HERE / "fuzz_harness.py"),
+        target,
+        f"-max_total_time={seconds}",
+        f"-timeout={timeout}",
+        f"-rss_limit_mb={inherited + rss_mb}",
+        "-print_final_stats=1",
+        f"-artifact_prefix={crashes}/",
+        str(corpus),
+    ]
+    env = {
+        **os.environ,
+        "TAGLENS_FUZZ_PILLOW": "1",
+        "TAGLENS_FUZZ_SCRATCH": str(scratch),
+        "PYTHONPATH": str(ROOT),
+    }
     start = time.monotonic()
-    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT,
-                            timeout=seconds + timeout + 600)  # fmt: skip
+    result = subprocess.run(
+        args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=seconds + timeout + 600
+    )
     log = result.stderr
-    stats = {key: float(m.group(1)) for key in _STATS
-             if (m := re.search(rf"stat::{key}:\s*([\d.]+)", log))}  # fmt: skip
+    stats = {
+        key: float(m.group(1))
+        for key in _STATS
+        if (m := re.search(rf"stat::{key}:\s*([\d.]+)", log))
+    }
     coverage = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)", log)
     found = sorted({p.name for p in crashes.iterdir()} - before)
     (work / f"{target}.log").write_text(log[-20000:], encoding="utf-8")
     return {
-        "target": target, "seconds": round(time.monotonic() - start, 1),
+        "target": target,
+        "seconds": round(time.monotonic() - start, 1),
         "inputs": int(stats.get("number_of_executed_units", 0)),
         "inputs_per_second": stats.get("average_exec_per_sec"),
         "new_corpus_units": int(stats.get("new_units_added", 0)),
@@ -68,8 +85,9 @@ def run_target(target: str, *, seconds: int, timeout: int, rss_mb: int, work: Pa
         "coverage_edges": int(coverage[-1][0]) if coverage else None,
         "features": int(coverage[-1][1]) if coverage else None,
         "peak_rss_mb": stats.get("peak_rss_mb"),
-        "findings": found, "exit_code": result.returncode,
-    }  # fmt: skip
+        "findings": found,
+        "exit_code": result.returncode,
+    }
 
 
 def table(rows: list[dict], settings: dict) -> str:
@@ -84,9 +102,11 @@ def table(rows: list[dict], settings: dict) -> str:
     ]
     for row in rows:
         found = ", ".join(row["findings"]) or "none"
-        lines.append(f"| {row['target']} | {row['inputs']} | {row['inputs_per_second']:.0f} | "
-                     f"{row['coverage_edges']} | {row['corpus_files']} | {row['peak_rss_mb']:.0f} "
-                     f"| {found} |")  # fmt: skip
+        lines.append(
+            f"| {row['target']} | {row['inputs']} | {row['inputs_per_second']:.0f} | "
+            f"{row['coverage_edges']} | {row['corpus_files']} | {row['peak_rss_mb']:.0f} "
+            f"| {found} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -96,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=300, help="fuzzing time per target")
     parser.add_argument("--targets", default="all", help="comma-separated names, or all")
     parser.add_argument("--timeout", type=int, default=10, help="seconds one input may take")
-    parser.add_argument("--rss-limit-mb", type=int, default=2048,
-                        help="memory one run may grow by before it counts as a finding")
+    parser.add_argument(
+        "--rss-limit-mb",
+        type=int,
+        default=2048,
+        help="memory one run may grow by before it counts as a finding",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / ".fuzz")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -108,12 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         print(f"fuzzing {name} for {args.seconds} s ...", flush=True)
-        rows.append(run_target(name, seconds=args.seconds, timeout=args.timeout,
-                               rss_mb=args.rss_limit_mb, work=args.work))  # fmt: skip
-    settings = {"seconds": args.seconds, "timeout": args.timeout,
-                "rss_limit_mb": args.rss_limit_mb,
-                "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
-                           f"load average {os.getloadavg()[0]:.1f}"}  # fmt: skip
+        rows.append(
+            run_target(
+                name,
+                seconds=args.seconds,
+                timeout=args.timeout,
+                rss_mb=args.rss_limit_mb,
+                work=args.work,
+            )
+        )
+    settings = {
+        "seconds": args.seconds,
+        "timeout": args.timeout,
+        "rss_limit_mb": args.rss_limit_mb,
+        "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f}",
+    }
     save_results(args.out, "fuzz", {"settings": settings, "targets": rows}, table(rows, settings))
     return 1 if any(row["findings"] or row["exit_code"] for row in rows) else 0
 

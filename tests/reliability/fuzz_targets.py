@@ -64,10 +64,36 @@ def _fixture_raw() -> dict:
 
 
 _VALUES: list[object] = [
-    None, True, False, 0, -1, 1, 2**31, 2**64, -(2**63), 0.0, -0.0, 1e-300, 1e308,
-    float("nan"), float("inf"), float("-inf"), "", "x", "0", "null", "é", "\x00", [], {},
-    ["a"], [1, 2], {"a": 1}, {"": None}, "a" * 1000,
-]  # fmt: skip
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2**31,
+    2**64,
+    -(2**63),
+    0.0,
+    -0.0,
+    1e-300,
+    1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    "x",
+    "0",
+    "null",
+    "é",
+    "\x00",
+    [],
+    {},
+    ["a"],
+    [1, 2],
+    {"a": 1},
+    {"": None},
+    "a" * 1000,
+]
 
 
 def _leaves(node: object, prefix: tuple = ()) -> list[tuple]:
@@ -201,8 +227,15 @@ def _image_seeds() -> list[bytes]:
     from PIL import Image
 
     seeds = []
-    for fmt, mode in (("PNG", "RGBA"), ("JPEG", "RGB"), ("GIF", "P"), ("BMP", "RGB"),
-                      ("WEBP", "RGB"), ("PNG", "I;16"), ("TIFF", "CMYK")):  # fmt: skip
+    for fmt, mode in (
+        ("PNG", "RGBA"),
+        ("JPEG", "RGB"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("WEBP", "RGB"),
+        ("PNG", "I;16"),
+        ("TIFF", "CMYK"),
+    ):
         buf = io.BytesIO()
         Image.new(mode, (40, 36)).save(buf, fmt)
         seeds.append(buf.getvalue())
@@ -218,8 +251,11 @@ def seeds(name: str) -> list[bytes]:
         return [bytes(range(64)), b"\x00" * 16]
     if name == "posts_jsonl":
         line = (
-            '{"id": "p1", "label": "food", "image": "images/' + "a" * 64 + '.jpg", "sha256": "'
-            + "a" * 64 + '", "width": 32, "height": 32, "caption": "#food", "hashtags": ["food"], '
+            '{"id": "p1", "label": "food", "image": "images/'
+            + "a" * 64
+            + '.jpg", "sha256": "'
+            + "a" * 64
+            + '", "width": 32, "height": 32, "caption": "#food", "hashtags": ["food"], '
             '"likes": 3, "comments": null, "date": null, "owner": null, "source": "demo"}\n'
         )
         return [line.encode(), (line * 3).encode()]

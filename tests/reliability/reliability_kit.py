@@ -54,25 +54,40 @@ def copy_repo(dest: Path, source: Path = ROOT) -> Path:
     return copy_source_tree(dest, source)
 
 
-def run_stage(repo: Path, stage: str, *args: str, timeout: float = 600,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def run_stage(
+    repo: Path, stage: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m stages.<stage>` in `repo` to completion (the output is captured)."""
     cmd = [sys.executable, "-m", f"stages.{stage}", *(args or STAGE_ARGS[stage])]
-    return subprocess.run(cmd, cwd=repo, env=env or stage_env(repo), capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        cmd, cwd=repo, env=env or stage_env(repo), capture_output=True, text=True, timeout=timeout
+    )
 
 
-def start_stage(repo: Path, stage: str, *args: str, log: Path,
-                env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+def start_stage(
+    repo: Path, stage: str, *args: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start `python -m stages.<stage>` in `repo`, its output going to `log`."""
     cmd = [sys.executable, "-m", f"stages.{stage}", *(args or STAGE_ARGS[stage])]
     handle = open(log, "w")  # noqa: SIM115 - the child owns it; closed by kill_when / the OS
-    return subprocess.Popen(cmd, cwd=repo, env=env or stage_env(repo), stdout=handle,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=env or stage_env(repo),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], *, seed: int,
-              max_delay: float, timeout: float = 600) -> float:  # fmt: skip
+def kill_when(
+    proc: subprocess.Popen,
+    ready: Callable[[], bool],
+    *,
+    seed: int,
+    max_delay: float,
+    timeout: float = 600,
+) -> float:
     """SIGKILL `proc` a seeded random delay after `ready()` first holds.
 
     Returns the delay used. Fails the test if the process ends before it could be killed (the

@@ -28,8 +28,9 @@ def _mount_tmpfs(path, size: int) -> bool:
         return False
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                            capture_output=True)  # fmt: skip
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
     return result.returncode == 0
 
 

@@ -53,8 +53,17 @@ def test_a_sealed_parquet_part_is_fsynced_in_its_folder(tmp_path, fsyncs):
     from taglens.serving.batch_outputs import OutputWriter
 
     writer = OutputWriter(tmp_path / "out.parquet", part_rows=1)
-    writer.write([{"path": "a.jpg", "sha256": "0" * 64, "hashtags": [], "model_name": "m",
-                   "model_version": "1"}])  # fmt: skip
+    writer.write(
+        [
+            {
+                "path": "a.jpg",
+                "sha256": "0" * 64,
+                "hashtags": [],
+                "model_name": "m",
+                "model_version": "1",
+            }
+        ]
+    )
     parts = sorted(writer.parts_dir.glob("part-*.parquet"))
     assert len(parts) == 1 and (True, writer.parts_dir.stat().st_ino) in fsyncs
     writer.close()

@@ -17,8 +17,12 @@ IMAGES_PER_CLASS = 40
 
 
 def _git(repo, *args):
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo,
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_second_repro_gets_the_lock_error_and_the_first_completes(tmp_path):
@@ -32,15 +36,22 @@ def test_second_repro_gets_the_lock_error_and_the_first_completes(tmp_path):
     dvc = str(BIN / "dvc")
 
     # When a second `dvc repro` starts while the first is running the scrape stage
-    first = subprocess.Popen([dvc, "repro", "scrape"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [dvc, "repro", "scrape"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (repo / "data" / "raw").exists():  # the stage's command is running: lock held
         assert first.poll() is None, first.communicate()[0]
         assert time.monotonic() < deadline, "the first repro never started the stage"
         time.sleep(0.05)
-    second = subprocess.run([dvc, "repro", "scrape"], cwd=repo, env=env, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    second = subprocess.run(
+        [dvc, "repro", "scrape"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
     first_output = first.communicate(timeout=600)[0]
 
     # Then the second fails at once with DVC's lock error naming the first process. (DVC 3 holds
@@ -57,6 +68,7 @@ def test_second_repro_gets_the_lock_error_and_the_first_completes(tmp_path):
     assert set(lock["stages"]) == {"scrape"}
     posts = (repo / "data" / "raw" / "posts.jsonl").read_text().splitlines()
     assert len(posts) == 10 * IMAGES_PER_CLASS
-    status = subprocess.run([dvc, "status", "scrape"], cwd=repo, env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    status = subprocess.run(
+        [dvc, "status", "scrape"], cwd=repo, env=env, capture_output=True, text=True, timeout=120
+    )
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout

@@ -67,13 +67,21 @@ def test_fuzz_run_finds_no_crash(target, tmp_path):
     artifacts.mkdir()
     for seed in fuzz_targets.seeds(target):
         (corpus / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
-    args = [sys.executable, str(HARNESS), target, f"-runs={MAX_RUNS}",
-            f"-max_total_time={MAX_SECONDS}", f"-rss_limit_mb={_rss_limit_mb()}",
-            "-print_final_stats=1",
-            f"-artifact_prefix={artifacts}/", str(corpus)]  # fmt: skip
+    args = [
+        sys.executable,
+        str(HARNESS),
+        target,
+        f"-runs={MAX_RUNS}",
+        f"-max_total_time={MAX_SECONDS}",
+        f"-rss_limit_mb={_rss_limit_mb()}",
+        "-print_final_stats=1",
+        f"-artifact_prefix={artifacts}/",
+        str(corpus),
+    ]
     env = {**os.environ, "TAGLENS_FUZZ_SCRATCH": str(tmp_path)}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=MAX_SECONDS + 120,
-                            env=env)  # fmt: skip
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=MAX_SECONDS + 120, env=env
+    )
     crashes = sorted(artifacts.iterdir())
     log = result.stderr[-3000:]
     assert not crashes, (

@@ -18,9 +18,12 @@ pytestmark = pytest.mark.slow
 MAX_EXAMPLES = int(os.environ.get("TAGLENS_SCHEMATHESIS_EXAMPLES", "40"))
 LIMIT = 2_000_000
 SETTINGS = settings(
-    max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
     suppress_health_check=list(HealthCheck),
-)  # fmt: skip
+)
 
 
 @pytest.fixture
@@ -30,8 +33,13 @@ def app(tiny_models_dir, tiny_params):
     from taglens.serving.web import create_app
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
-    return create_app(predictor, {"name": "taglens", "version": "1"}, LIMIT,
-                      ingest=tiny_params.ingest, serve=tiny_params.serve)  # fmt: skip
+    return create_app(
+        predictor,
+        {"name": "taglens", "version": "1"},
+        LIMIT,
+        ingest=tiny_params.ingest,
+        serve=tiny_params.serve,
+    )
 
 
 def test_schema_generated_requests_never_get_a_server_error(app):
@@ -63,8 +71,12 @@ def _image(fmt: str, mode: str, size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-VALID = [_image("JPEG", "RGB", (48, 40)), _image("PNG", "RGBA", (40, 48)),
-         _image("GIF", "P", (64, 64)), _image("WEBP", "RGB", (33, 90))]  # fmt: skip
+VALID = [
+    _image("JPEG", "RGB", (48, 40)),
+    _image("PNG", "RGBA", (40, 48)),
+    _image("GIF", "P", (64, 64)),
+    _image("WEBP", "RGB", (33, 90)),
+]
 
 
 @st.composite

@@ -82,9 +82,13 @@ def _decode_cost(path, tmp_path) -> dict:
     Image.new("RGB", (64, 64)).save(warm)
     script = tmp_path / "peak.py"
     script.write_text(_PEAK.replace("data[:64] + data[64:]", f"Path({str(warm)!r}).read_bytes()"))
-    result = subprocess.run([sys.executable, str(script), str(path), str(tiny_params_path())],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), str(path), str(tiny_params_path())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 

@@ -16,8 +16,13 @@ from taglens.data.sources.folder import FolderSource
 from tests.helpers.params import tiny_params
 
 PARAMS = tiny_params()
-ESCAPES = ["../secret.jpg", "/etc/passwd", "flowers/../../secret.jpg", "C:\\photos\\a.jpg",
-           "flowers\\..\\..\\a.jpg"]  # fmt: skip
+ESCAPES = [
+    "../secret.jpg",
+    "/etc/passwd",
+    "flowers/../../secret.jpg",
+    "C:\\photos\\a.jpg",
+    "flowers\\..\\..\\a.jpg",
+]
 
 
 def _jpeg(color) -> bytes:
@@ -45,11 +50,19 @@ def test_a_source_posts_file_naming_a_path_outside_the_folder_is_refused(tmp_pat
 
 @pytest.mark.parametrize("image", ESCAPES)
 def test_a_raw_posts_file_naming_a_path_outside_the_folder_is_refused(tmp_path, image):
-    row = {"id": "p1", "label": "food", "image": image, "sha256": "a" * 64, "width": 32,
-           "height": 32, "source": "folder"}  # fmt: skip
+    row = {
+        "id": "p1",
+        "label": "food",
+        "image": image,
+        "sha256": "a" * 64,
+        "width": 32,
+        "height": 32,
+        "source": "folder",
+    }
     path = tmp_path / "posts.jsonl"
-    path.write_text(json.dumps({**row, "image": "images/" + "a" * 64 + ".jpg"}) + "\n"
-                    + json.dumps(row) + "\n")  # fmt: skip
+    path.write_text(
+        json.dumps({**row, "image": "images/" + "a" * 64 + ".jpg"}) + "\n" + json.dumps(row) + "\n"
+    )
     with pytest.raises(ValueError, match=r"posts.jsonl:2: image: .*without '\.\.'"):
         read_posts(path)
 
@@ -58,13 +71,19 @@ def test_a_file_that_does_not_match_its_stated_sha256_is_a_rejected_row(tmp_path
     # Given metadata stating the hash of each file, and one file replaced since
     good = hashlib.sha256(_jpeg((0, 90, 10))).hexdigest()
     stale = hashlib.sha256(b"the photo that was there before").hexdigest()
-    root = _folder(tmp_path, [{"image": "flowers/0.jpg", "sha256": good, "caption": "#a"},
-                              {"image": "flowers/1.jpg", "sha256": stale, "caption": "#b"}])
+    root = _folder(
+        tmp_path,
+        [
+            {"image": "flowers/0.jpg", "sha256": good, "caption": "#a"},
+            {"image": "flowers/1.jpg", "sha256": stale, "caption": "#b"},
+        ],
+    )
 
     # When the folder is ingested
     out = tmp_path / "raw"
-    report = ingest(FolderSource(root, PARAMS.base.classes), PARAMS.ingest, out=out,
-                    source="folder")  # fmt: skip
+    report = ingest(
+        FolderSource(root, PARAMS.base.classes), PARAMS.ingest, out=out, source="folder"
+    )
 
     # Then the matching file is accepted and the other is one rejected row with the reason
     assert report.accepted == 1 and dict(report.rejected) == {"sha256_mismatch": 1}

@@ -25,8 +25,11 @@ SEED = 1009  # the kill point; change it to explore another one, the test must s
 
 def _shards(repo):
     """The image store's shards (the flip and colour views have stores of their own after it)."""
-    return sorted(path for path in (repo / "data" / "features" / "store").glob("*/shard-*.npz")
-                  if not path.parent.name.endswith(("-flip", "-colour", "-crops")))  # fmt: skip
+    return sorted(
+        path
+        for path in (repo / "data" / "features" / "store").glob("*/shard-*.npz")
+        if not path.parent.name.endswith(("-flip", "-colour", "-crops"))
+    )
 
 
 def _store_rows(shards) -> list[str]:
@@ -72,8 +75,10 @@ def test_killed_featurize_resumes_to_the_uninterrupted_result(pipeline, tmp_path
     assert len(after) == len(set(after)) == n_images, "an image's vector is stored twice"
 
     # And features.npz equals the uninterrupted run's, row for row
-    with np.load(repo / "data/features/features.npz") as got, \
-            np.load(pipeline / "data/features/features.npz") as ref:  # fmt: skip
+    with (
+        np.load(repo / "data/features/features.npz") as got,
+        np.load(pipeline / "data/features/features.npz") as ref,
+    ):
         assert got["sha256"].tolist() == ref["sha256"].tolist()
         for name in ("vectors", "flip_vectors", "colour_vectors"):
             np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6)

@@ -49,8 +49,16 @@ def test_killed_predict_resumes_without_rescoring_or_duplicates(tiny_models_dir,
     photos = tmp_path / "photos"
     _photos(photos, N_IMAGES)
     out = tmp_path / "scored.jsonl"
-    args = ["--params", "params.yaml", "--input", str(photos), "--output", str(out),
-            "--model-uri", str(tiny_models_dir)]  # fmt: skip
+    args = [
+        "--params",
+        "params.yaml",
+        "--input",
+        str(photos),
+        "--output",
+        str(out),
+        "--model-uri",
+        str(tiny_models_dir),
+    ]
     want = random.Random(SEED).randrange(BATCH * 4, N_IMAGES // 2)
     proc = start_stage(repo, "predict", *args, log=tmp_path / "killed.log")
     kill_when(proc, lambda: _complete_lines(out) >= want, seed=SEED, max_delay=0.05)
@@ -79,16 +87,23 @@ def test_killed_predict_resumes_without_rescoring_or_duplicates(tiny_models_dir,
 
     # And every row equals the one an uninterrupted run writes
     reference = tmp_path / "reference.jsonl"
-    predict_to_file(list_inputs(photos), reference, HashtagPredictor.from_dir(tiny_models_dir),
-                    ModelRef(str(tiny_models_dir), "local"), batch_size=BATCH,
-                    progress=False)  # fmt: skip
+    predict_to_file(
+        list_inputs(photos),
+        reference,
+        HashtagPredictor.from_dir(tiny_models_dir),
+        ModelRef(str(tiny_models_dir), "local"),
+        batch_size=BATCH,
+        progress=False,
+    )
     expected = {row["path"]: row for row in map(json.loads, reference.read_text().splitlines())}
     assert set(expected) == set(paths)
     for row in rows:
         ref = expected[row["path"]]
         assert (row["sha256"], row["top_class"], row["error"]) == (
-            ref["sha256"], ref["top_class"], ref["error"]
-        )  # fmt: skip
+            ref["sha256"],
+            ref["top_class"],
+            ref["error"],
+        )
         if ref["top_probability"] is not None:
             assert row["top_probability"] == pytest.approx(ref["top_probability"], abs=1e-5)
         assert [h["tag"] for h in row["hashtags"]] == [h["tag"] for h in ref["hashtags"]]

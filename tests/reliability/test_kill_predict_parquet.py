@@ -25,8 +25,9 @@ N_IMAGES = 240
 BATCH = 4
 PART_ROWS = 8
 
-_WORKER = textwrap.dedent(
-    """
+_WORKER = (
+    textwrap.dedent(
+        """
     import os, signal, sys
     from pathlib import Path
     from taglens.serving import batch_outputs
@@ -44,7 +45,10 @@ _WORKER = textwrap.dedent(
     predict_to_file(list_inputs(photos), Path(output), HashtagPredictor.from_dir(models),
                     ModelRef("taglens", "7"), batch_size=BATCH, progress=False, part_rows=PART_ROWS)
     """
-).replace("BATCH", str(BATCH)).replace("PART_ROWS", str(PART_ROWS))
+    )
+    .replace("BATCH", str(BATCH))
+    .replace("PART_ROWS", str(PART_ROWS))
+)
 
 
 def _photos(folder, n: int) -> None:
@@ -60,9 +64,13 @@ def _start(tmp_path, photos, output, models, kill_at: str) -> subprocess.Popen:
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(script), str(photos), str(output), str(models),
-                             kill_at], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(script), str(photos), str(output), str(models), kill_at],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _rows(output) -> list[dict]:
@@ -84,16 +92,16 @@ def _rerun(tmp_path, photos, output, models) -> None:
     assert proc.wait(timeout=600) == 0
 
 
-def test_killed_while_parts_are_sealed_then_rerun_scores_each_image_once(tiny_models_dir,
-                                                                          tmp_path):  # fmt: skip
+def test_killed_while_parts_are_sealed_then_rerun_scores_each_image_once(tiny_models_dir, tmp_path):
     # Given a Parquet run killed after a seeded number of sealed parts
     photos, output = tmp_path / "photos", tmp_path / "scored.parquet"
     _photos(photos, N_IMAGES)
     parts = output.with_name(output.name + ".parts")
     want = random.Random(SEED).randrange(2, N_IMAGES // PART_ROWS // 2)
     proc = _start(tmp_path, photos, output, tiny_models_dir, "none")
-    kill_when(proc, lambda: len(list(parts.glob("part-*.parquet"))) >= want, seed=SEED,
-              max_delay=0.2)  # fmt: skip
+    kill_when(
+        proc, lambda: len(list(parts.glob("part-*.parquet"))) >= want, seed=SEED, max_delay=0.2
+    )
     sealed = sorted(parts.glob("part-*.parquet"))
     assert len(sealed) >= want and not output.exists()
 
@@ -104,8 +112,9 @@ def test_killed_while_parts_are_sealed_then_rerun_scores_each_image_once(tiny_mo
     _assert_complete(output, photos)
 
 
-def test_killed_between_finalize_replace_and_part_removal_adds_no_duplicate(tiny_models_dir,
-                                                                            tmp_path):  # fmt: skip
+def test_killed_between_finalize_replace_and_part_removal_adds_no_duplicate(
+    tiny_models_dir, tmp_path
+):
     # Given a run killed right after the finalized output replaced the old one, parts still there
     photos, output = tmp_path / "photos", tmp_path / "scored.parquet"
     _photos(photos, N_IMAGES)

@@ -103,5 +103,9 @@ def test_killed_train_reruns_to_a_complete_model(pipeline, tmp_path, monkeypatch
     run = client.get_run(info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == str(PIPELINE_OVERRIDES[("train", "epochs")])
-    assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                           filter_string=f"source_run_id='{run.info.run_id}'"))
+    assert len(
+        client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id='{run.info.run_id}'",
+        )
+    )

@@ -25,10 +25,25 @@ MAX_RSS_GROWTH_MB = 40.0
 def test_concurrent_uploads_get_no_errors_and_memory_stays_flat(tiny_models_dir, tmp_path):
     # Given the app serving a tiny model on 127.0.0.1
     out = tmp_path / "load.json"
-    cmd = [sys.executable, "-m", "bench.load_web", "--models", str(tiny_models_dir),
-           "--params", str(tiny_params_path()), "--duration", str(DURATION),
-           "--concurrency", str(CONCURRENCY), "--leak", str(LEAK_REQUESTS),
-           "--json", str(out), "--log", str(tmp_path / "server.log")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.load_web",
+        "--models",
+        str(tiny_models_dir),
+        "--params",
+        str(tiny_params_path()),
+        "--duration",
+        str(DURATION),
+        "--concurrency",
+        str(CONCURRENCY),
+        "--leak",
+        str(LEAK_REQUESTS),
+        "--json",
+        str(out),
+        "--log",
+        str(tmp_path / "server.log"),
+    ]
     # When clients upload photos concurrently for a fixed time, then 1,000 more
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:] + (tmp_path / "server.log").read_text()

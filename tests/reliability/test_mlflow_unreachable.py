@@ -83,12 +83,15 @@ def test_closed_port_fails_fast_and_the_message_hides_the_password():
     assert "http://***@127.0.0.1:" in str(caught.value)
 
 
-@pytest.mark.parametrize(("uri", "shown"), [
-    ("http://u:p@host:5000/x", "http://***@host:5000/x"),
-    ("https://token@host", "https://***@host"),
-    ("http://host:5000", "http://host:5000"),
-    ("sqlite:////tmp/mlruns/mlflow.db", "sqlite:////tmp/mlruns/mlflow.db"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("http://u:p@host:5000/x", "http://***@host:5000/x"),
+        ("https://token@host", "https://***@host"),
+        ("http://host:5000", "http://host:5000"),
+        ("sqlite:////tmp/mlruns/mlflow.db", "sqlite:////tmp/mlruns/mlflow.db"),
+    ],
+)
 def test_redact_uri(uri, shown):
     assert redact_uri(uri) == shown
 

@@ -25,8 +25,9 @@ def png_bomb(path, width: int, height: int) -> None:
     row = b"\x00" * (width + 1)  # filter byte + pixels
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.slow
@@ -48,9 +49,15 @@ def test_a_bomb_in_the_inbox_is_one_error_row(tiny_models_dir, tiny_params, tmp_
 
     # When the job scores it with the pixel cap
     out = tmp_path / "scored.jsonl"
-    report = predict_to_file(sorted(inbox.iterdir()), out, HashtagPredictor.from_dir(
-        tiny_models_dir), ModelRef("m", "1"), batch_size=2, progress=False,
-        max_pixels=cap)  # fmt: skip
+    report = predict_to_file(
+        sorted(inbox.iterdir()),
+        out,
+        HashtagPredictor.from_dir(tiny_models_dir),
+        ModelRef("m", "1"),
+        batch_size=2,
+        progress=False,
+        max_pixels=cap,
+    )
 
     # Then each hostile file is one error row with its reason, and the photos are scored
     rows = {row["path"].rsplit("/", 1)[1]: row for row in read_rows(out)}
@@ -58,6 +65,7 @@ def test_a_bomb_in_the_inbox_is_one_error_row(tiny_models_dir, tiny_params, tmp_
     assert "(400000000 pixels) exceeds limit" in rows["bomb.png"]["error"]  # Pillow's own cap
     assert "1001000 pixels > the limit" in rows["over.jpg"]["error"]
     assert "allowed format" in rows["odd.bmp"]["error"]
-    assert all(rows[f"{i}.jpg"]["error"] is None and rows[f"{i}.jpg"]["top_class"]
-               for i in range(3))  # fmt: skip
+    assert all(
+        rows[f"{i}.jpg"]["error"] is None and rows[f"{i}.jpg"]["top_class"] for i in range(3)
+    )
     assert all(len(row["sha256"]) == 64 for row in rows.values())

@@ -47,8 +47,12 @@ def test_by_default_no_request_value_is_read_as_a_path(tree):
 
     # When a caller names existing and missing files
     errors = []
-    for value in (str(secret), str(allowed / "sub" / "photo.jpg"), "/etc/hostname",
-                  str(allowed / "nothing.jpg")):  # fmt: skip
+    for value in (
+        str(secret),
+        str(allowed / "sub" / "photo.jpg"),
+        "/etc/hostname",
+        str(allowed / "nothing.jpg"),
+    ):
         with pytest.raises(ValueError) as refused:
             policy.image_bytes(value, 0)
         errors.append(str(refused.value).replace(value[:40], "VALUE"))
@@ -66,8 +70,16 @@ def test_an_opted_in_root_serves_only_regular_files_inside_it(tree):
     assert policy.image_bytes("sub/photo.jpg") == (allowed / "sub" / "photo.jpg").read_bytes()
     assert policy.image_bytes(str(allowed / "sub" / "photo.jpg"))[:2] == b"\xff\xd8"
     refusals = set()
-    for hostile in ("../secret.jpg", str(secret), "link.jpg", "sub/../../secret.jpg", "sub/.",
-                    "missing.jpg", "big.jpg", "/dev/zero."):  # fmt: skip
+    for hostile in (
+        "../secret.jpg",
+        str(secret),
+        "link.jpg",
+        "sub/../../secret.jpg",
+        "sub/.",
+        "missing.jpg",
+        "big.jpg",
+        "/dev/zero.",
+    ):
         with pytest.raises(ValueError, match="is not a readable image file under") as refused:
             policy.image_bytes(hostile, 2)
         refusals.add(str(refused.value).split("' is not")[1])
@@ -91,8 +103,11 @@ def test_every_image_gets_the_upload_checks(tmp_path):
     tga = io.BytesIO()
     Image.new("RGB", (64, 64)).save(tga, "TGA")
     policy = InputPolicy.from_env(INGEST, environ={})
-    hostile = [((tmp_path / "bomb.png").read_bytes(), "too_large"),
-               (tga.getvalue(), "not_image"), (_jpeg((20, 20)), "too_small")]  # fmt: skip
+    hostile = [
+        ((tmp_path / "bomb.png").read_bytes(), "too_large"),
+        (tga.getvalue(), "not_image"),
+        (_jpeg((20, 20)), "too_small"),
+    ]
     for data, reason in hostile:
         with pytest.raises(ValueError, match=f"image 1 refused: {reason}"):
             policy.images([_b64(_jpeg()), _b64(data)])

@@ -23,18 +23,26 @@ def _reports(tmp_path, run_in_metrics: str | None):
     return models, reports
 
 
-def test_metrics_of_another_run_stop_register_before_the_registry(tmp_path, tiny_params,
-                                                                  monkeypatch):  # fmt: skip
+def test_metrics_of_another_run_stop_register_before_the_registry(
+    tmp_path, tiny_params, monkeypatch
+):
     # Given models/ of run aaaa... and a stale metrics.json left by the previous model, bbbb...
     models, reports = _reports(tmp_path, "b" * 32)
     touched = []
     monkeypatch.setattr(registration, "Registry", lambda *a, **k: touched.append(a))
 
     # When register runs, Then it stops with what to do, and the registry is never touched
-    with pytest.raises(ValueError, match=r"metrics of train run b{32}, but model_info.json is run "
-                                         r"a{32}: run the evaluate stage"):  # fmt: skip
-        register.run(tiny_params.register, models=models, metrics=reports / "metrics.json",
-                     out=reports / "register.json")  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"metrics of train run b{32}, but model_info.json is run "
+        r"a{32}: run the evaluate stage",
+    ):
+        register.run(
+            tiny_params.register,
+            models=models,
+            metrics=reports / "metrics.json",
+            out=reports / "register.json",
+        )
     assert touched == [] and not (reports / "register.json").exists()
 
 

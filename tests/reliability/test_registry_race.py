@@ -40,8 +40,9 @@ def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
     return run.info.run_id, models, reports
 
 
-@pytest.mark.parametrize("better_first", [True, False], ids=["better-starts-first",
-                                                           "worse-starts-first"])
+@pytest.mark.parametrize(
+    "better_first", [True, False], ids=["better-starts-first", "worse-starts-first"]
+)
 def test_racing_registrations_leave_the_better_model_champion(
     better_first, tmp_path, fresh_mlflow, tiny_models_dir, tiny_params
 ):
@@ -65,12 +66,28 @@ def test_racing_registrations_leave_the_better_model_champion(
     procs = {}
     for name in order:
         _, models, reports = runs[name]
-        cmd = [sys.executable, "-m", "stages.register", "--params", "params.yaml",
-               "--models", str(models), "--metrics", str(reports / "metrics.json"),
-               "--out", str(reports / "register.json"), "--raw", str(raw), "--clean", str(clean),
-               "--history", str(tmp_path / "promotions.jsonl")]  # fmt: skip
-        procs[name] = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "stages.register",
+            "--params",
+            "params.yaml",
+            "--models",
+            str(models),
+            "--metrics",
+            str(reports / "metrics.json"),
+            "--out",
+            str(reports / "register.json"),
+            "--raw",
+            str(raw),
+            "--clean",
+            str(clean),
+            "--history",
+            str(tmp_path / "promotions.jsonl"),
+        ]
+        procs[name] = subprocess.Popen(
+            cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     for name, proc in procs.items():
         output = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, f"{name}: {output}"

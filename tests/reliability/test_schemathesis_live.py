@@ -32,9 +32,14 @@ pytestmark = pytest.mark.slow
 MAX_EXAMPLES = int(os.environ.get("TAGLENS_SCHEMATHESIS_EXAMPLES", "40"))
 # Random by default (a new seed each run, printed on failure); set it to replay a run.
 SEED = os.environ.get("TAGLENS_SCHEMATHESIS_SEED")
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance,
-          negative_data_rejection]  # fmt: skip
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
 
 
 @pytest.fixture
@@ -42,16 +47,28 @@ def live_server(tiny_models_dir, tmp_path):
     """`python -m taglens.serving.web` on a free port of 127.0.0.1, serving the tiny model."""
     port = free_port()
     log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "taglens.serving.web",
-           "--params", str(tiny_params_path()), "--model-uri",
-           str(tiny_models_dir), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "taglens.serving.web",
+        "--params",
+        str(tiny_params_path()),
+        "--model-uri",
+        str(tiny_models_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "w") as handle:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        wait_until_healthy(proc, f"http://127.0.0.1:{port}/health", timeout=180, log_path=log,
-                           what="the web app")  # fmt: skip
+        wait_until_healthy(
+            proc, f"http://127.0.0.1:{port}/health", timeout=180, log_path=log, what="the web app"
+        )
         yield f"http://127.0.0.1:{port}", log
     finally:
         proc.terminate()
@@ -66,8 +83,12 @@ def test_random_requests_get_answers_that_conform_to_the_schema(live_server):
     answered: dict[str, set[int]] = {}
     for operation in operations:
 
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy())
         def check(case):
             response = case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=60)

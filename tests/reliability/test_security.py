@@ -39,19 +39,28 @@ def instagram_scrape(tiny_params, tmp_path, monkeypatch, caplog):
     from instaloader.instaloadercontext import InstaloaderContext
 
     monkeypatch.setattr(InstaloaderContext, "do_sleep", lambda self: None)
-    scrape = tiny_params.scrape.model_copy(update={
-        "source": "instagram",
-        "instagram": tiny_params.scrape.instagram.model_copy(
-            update={"hashtags": ("food", "art"), "posts_per_hashtag": 10, "order": "recent"}),
-    })  # fmt: skip
+    scrape = tiny_params.scrape.model_copy(
+        update={
+            "source": "instagram",
+            "instagram": tiny_params.scrape.instagram.model_copy(
+                update={"hashtags": ("food", "art"), "posts_per_hashtag": 10, "order": "recent"}
+            ),
+        }
+    )
     params = tiny_params.model_copy(update={"scrape": scrape})
     session = write_session(tmp_path / "session-tester")
     caplog.set_level(logging.DEBUG)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         FakeInstagram(mock)
-        report = run(params.base, params.scrape, params.ingest, out=tmp_path / "raw",
-                     reports=tmp_path / "reports", session_file=session,
-                     cache=tmp_path / "cache")  # fmt: skip
+        report = run(
+            params.base,
+            params.scrape,
+            params.ingest,
+            out=tmp_path / "raw",
+            reports=tmp_path / "reports",
+            session_file=session,
+            cache=tmp_path / "cache",
+        )
     return {"report": report, "tmp": tmp_path, "session_id": SESSION_ID, "log": caplog.text}
 
 
@@ -107,7 +116,8 @@ def test_scrape_stores_no_shortcode_and_no_mention(instagram_scrape):
     assert {post["id"] for post in posts} <= {post_id(code, SALT) for code in codes}
     bread = [post for post in posts if post["caption"].startswith("Homemade bread")]
     assert [post["caption"] for post in bread] == [
-        "Homemade bread with and #food #baking (mail me: me@example.com)"]  # fmt: skip
+        "Homemade bread with and #food #baking (mail me: me@example.com)"
+    ]
     assert bread[0]["hashtags"] == ["food", "baking"]
     media = sorted(p.stem for p in (tmp / "cache" / "media").iterdir())
     assert media and all(re.fullmatch(r"[0-9a-f]{32}", stem) for stem in media)
@@ -118,8 +128,11 @@ def test_instaloader_session_files_are_ignored_by_git():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     names = ["session-alice", "config/session-bob.smith", "x.session", ".env"]
-    result = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *names],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--no-index", *names],
+        capture_output=True,
+        text=True,
+    )
     assert sorted(result.stdout.split()) == sorted(names)
 
 
@@ -129,8 +142,15 @@ def test_a_username_field_is_refused_by_the_post_schema():
 
     from taglens.data.posts import Post
 
-    good = {"id": "x", "label": "food", "image": "images/a.jpg", "sha256": "a" * 64,
-            "width": 32, "height": 32, "source": "instagram"}  # fmt: skip
+    good = {
+        "id": "x",
+        "label": "food",
+        "image": "images/a.jpg",
+        "sha256": "a" * 64,
+        "width": 32,
+        "height": 32,
+        "source": "instagram",
+    }
     Post.model_validate(good)
     with pytest.raises(ValidationError, match="owner_username"):
         Post.model_validate({**good, "owner_username": "someone"})
@@ -165,15 +185,26 @@ def test_web_app_binds_localhost_by_default(tiny_models_dir, tmp_path):
 
     port = free_port()
     log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "taglens.serving.web",
-           "--params", str(tiny_params_path()), "--model-uri",
-           str(tiny_models_dir), "--port", str(port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "taglens.serving.web",
+        "--params",
+        str(tiny_params_path()),
+        "--model-uri",
+        str(tiny_models_dir),
+        "--port",
+        str(port),
+    ]
     with open(log, "w") as handle:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     try:
         wait_until_healthy(proc, f"http://127.0.0.1:{port}/health", timeout=180, log_path=log)
-        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(proc.pid).net_connections()
-                     if c.status == psutil.CONN_LISTEN}  # fmt: skip
+        listening = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.Process(proc.pid).net_connections()
+            if c.status == psutil.CONN_LISTEN
+        }
         assert listening == {("127.0.0.1", port)}
     finally:
         proc.terminate()
@@ -223,22 +254,35 @@ def test_feature_files_are_never_unpickled(tmp_path):
     store = features.FeatureStore(tmp_path / "store", key)
     store.write_shard(["a" * 64], np.ones((1, 4), dtype="float32"))
     hostile = store.dir / "shard-hostile.npz"
-    np.savez(hostile, sha256=np.array([{"x": 1}], dtype=object),
-             vectors=np.array([object()], dtype=object))  # fmt: skip
+    np.savez(
+        hostile,
+        sha256=np.array([{"x": 1}], dtype=object),
+        vectors=np.array([object()], dtype=object),
+    )
     cached = features.FeatureStore(tmp_path / "store", key).load()
     assert list(cached) == ["a" * 64]  # the pickled shard was skipped, not loaded
     out = tmp_path / "features"
     out.mkdir()
-    np.savez(out / "features.npz", sha256=np.array([object()], dtype=object),
-             vectors=np.zeros((1, 4), dtype="float32"))  # fmt: skip
+    np.savez(
+        out / "features.npz",
+        sha256=np.array([object()], dtype=object),
+        vectors=np.zeros((1, 4), dtype="float32"),
+    )
     with pytest.raises(ValueError, match="allow_pickle"):
         features.read_features(out)
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False),
-    ("192.168.1.5", False), ("example.org", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("0.0.0.0", False),
+        ("192.168.1.5", False),
+        ("example.org", False),
+    ],
+)
 def test_binding_elsewhere_than_loopback_is_flagged(host, loopback):
     """SECURITY.md: the server warns when it binds an address reachable from other machines."""
     from taglens.serving.web.__main__ import _is_loopback

@@ -21,8 +21,12 @@ def tiny_disk(tmp_path):
     if os.geteuid() != 0 or not shutil.which("mount") or os.environ.get("TAGLENS_NO_TMPFS"):
         yield None
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=65536", "tmpfs", str(disk)],
-                             capture_output=True).returncode == 0  # fmt: skip
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=65536", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        == 0
+    )
     yield disk if mounted else None
     if mounted:
         subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -51,8 +55,9 @@ def test_a_torn_last_line_is_skipped_on_read_with_a_warning(tiny_disk, tmp_path,
     assert "torn last line" in caplog.text and "promotions.jsonl:2" in caplog.text
 
 
-def test_appending_after_a_torn_line_cuts_it_and_keeps_the_file_readable(tiny_disk, tmp_path,
-                                                                        caplog):  # fmt: skip
+def test_appending_after_a_torn_line_cuts_it_and_keeps_the_file_readable(
+    tiny_disk, tmp_path, caplog
+):
     # Given a log whose last append was cut short by a full disk (space is free again once the
     # torn line is gone: it held what was left)
     log = _torn_log(tiny_disk, tmp_path)

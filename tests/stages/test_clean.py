@@ -51,13 +51,16 @@ class Data:
 def data(tmp_path) -> Data:
     """72 posts (+1 duplicate); one training and one test animals image sit far from the rest."""
     raw = tmp_path / "raw"
-    colours = {label: [(i * 5 % 256, j * 40, (i * 37) % 256) for i in range(n)]
-               for j, (label, n) in enumerate(SIZES.items())}  # fmt: skip
+    colours = {
+        label: [(i * 5 % 256, j * 40, (i * 37) % 256) for i in range(n)]
+        for j, (label, n) in enumerate(SIZES.items())
+    }
     posts = solid_raw(raw, colours)
     posts.append(posts[3].model_copy(update={"id": "repost"}))  # the same image posted twice
     write_posts(raw / POSTS_FILE, posts)
-    sides = content_split([p.sha256 for p in posts], val_fraction=0.15, test_fraction=0.15,
-                          seed=SEED)  # fmt: skip
+    sides = content_split(
+        [p.sha256 for p in posts], val_fraction=0.15, test_fraction=0.15, seed=SEED
+    )
     splits = {p.id: str(side) for p, side in zip(posts, sides, strict=True)}
     animals = [i for i, p in enumerate(posts[:40]) if i != 3]
     far_train = next(i for i in animals if splits[posts[i].id] == "train")
@@ -72,10 +75,14 @@ def data(tmp_path) -> Data:
 
 def run(tmp_path, params, data: Data):
     return clean.run(
-        params.base, params.clean, raw=data.raw, features=data.features,
-        out=tmp_path / "clean", reports=tmp_path / "reports" / "clean",
+        params.base,
+        params.clean,
+        raw=data.raw,
+        features=data.features,
+        out=tmp_path / "clean",
+        reports=tmp_path / "reports" / "clean",
         metrics=tmp_path / "reports" / "clean.json",
-    ).report  # fmt: skip
+    ).report
 
 
 def read_csv(path):
@@ -101,9 +108,13 @@ def test_drops_only_the_far_training_image(tmp_path, tiny_params, data):
 
     splits = [row["split"] for row in manifest]
     assert report["totals"] == {
-        "before": 73, "after": 72, "dropped": 1, "flagged_val": 0, "flagged_test": 1,
+        "before": 73,
+        "after": 72,
+        "dropped": 1,
+        "flagged_val": 0,
+        "flagged_test": 1,
         **{side: splits.count(side) for side in ("train", "val", "test")},
-    }  # fmt: skip
+    }
     assert report["fitted_on"] == "train"
     assert report["classes"]["animals"]["before"] == 41  # 40 + the repost
     assert report["classes"]["animals"]["after"] == 40
@@ -173,8 +184,16 @@ def test_main_turns_missing_features_into_a_message(tmp_path, data, capsys, monk
     from tests.helpers.params import tiny_params_path
 
     monkeypatch.chdir(tmp_path)
-    argv = ["--params", str(tiny_params_path()), "--raw", str(data.raw), "--features",
-            str(tmp_path / "none"), "--out", str(tmp_path / "clean")]  # fmt: skip
+    argv = [
+        "--params",
+        str(tiny_params_path()),
+        "--raw",
+        str(data.raw),
+        "--features",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "clean"),
+    ]
     assert clean.main(argv) == 2
     assert "run the featurize stage first" in capsys.readouterr().err
 
@@ -183,9 +202,20 @@ def test_main_writes_every_output(tmp_path, data, monkeypatch):
     from tests.helpers.params import tiny_params_path
 
     monkeypatch.chdir(tmp_path)  # a new experiment would keep its artifacts under ./mlruns
-    argv = ["--params", str(tiny_params_path()), "--raw", str(data.raw), "--features",
-            str(data.features), "--out", "clean", "--reports", "reports/clean",
-            "--metrics", "reports/clean.json"]  # fmt: skip
+    argv = [
+        "--params",
+        str(tiny_params_path()),
+        "--raw",
+        str(data.raw),
+        "--features",
+        str(data.features),
+        "--out",
+        "clean",
+        "--reports",
+        "reports/clean",
+        "--metrics",
+        "reports/clean.json",
+    ]
     assert clean.main(argv) == 0
     assert json.loads(Path("reports/clean.json").read_text())["totals"]["after"] == 72
     assert len(read_csv("clean/manifest.csv")) == 72 and len(read_csv("clean/dropped.csv")) == 1

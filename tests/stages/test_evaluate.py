@@ -15,8 +15,15 @@ from taglens.serving.predictor import HashtagPredictor
 from tests.helpers.params import tiny_params, tiny_params_path
 from tests.stages.train_fixtures import run_evaluate, run_train, small_params, write_inputs
 
-REQUIRED = ("accuracy", "top3_accuracy", "macro_f1", "hashtag_precision_at_1",
-            "hashtag_recall_at_5", "hashtag_accuracy_at_5", "n_test")  # fmt: skip
+REQUIRED = (
+    "accuracy",
+    "top3_accuracy",
+    "macro_f1",
+    "hashtag_precision_at_1",
+    "hashtag_recall_at_5",
+    "hashtag_accuracy_at_5",
+    "n_test",
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +126,9 @@ def test_plots_and_per_class_scores_are_written_and_logged(evaluated):
     run = mlflow.get_run(summary["run_id"])
     assert run.data.metrics["test_accuracy"] == pytest.approx(scores["accuracy"])
     assert "test_recall_food" in run.data.metrics
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"],
-                                                                        "evaluate")}
+    artifacts = {
+        a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"], "evaluate")
+    }
     assert "evaluate/confusion.png" in artifacts and "evaluate/per_class.json" in artifacts
     assert "evaluate/misclassified.png" not in artifacts  # photos stay out (base.log_photos)
 

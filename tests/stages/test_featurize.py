@@ -28,8 +28,15 @@ def raw(tmp_path):
 
 
 def run(params, raw, out, model=None):
-    return featurize.run(model or params.model, params.featurize, params.clean,
-                         seed=params.base.seed, raw=raw, out=out, progress=False)  # fmt: skip
+    return featurize.run(
+        model or params.model,
+        params.featurize,
+        params.clean,
+        seed=params.base.seed,
+        raw=raw,
+        out=out,
+        progress=False,
+    )
 
 
 def with_crops(params):
@@ -48,10 +55,18 @@ def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
     assert vectors.shape == (9, 512) and vectors.dtype == np.float32
     assert np.isfinite(vectors).all() and len({v.tobytes() for v in vectors}) == 9
     meta = json.loads((out / META_FILE).read_text())
-    assert meta == {"backbone": "vgg19", "image_size": 32, "weights_identity": "random-seed42",
-                    "dim": 512, "count": 9, "store": "vgg19-32px-random-seed42",
-                    "views": ["flip", "colour", "crops"], "precision": "fp32",
-                    "engine": "tensorflow", "int8": None}  # fmt: skip
+    assert meta == {
+        "backbone": "vgg19",
+        "image_size": 32,
+        "weights_identity": "random-seed42",
+        "dim": 512,
+        "count": 9,
+        "store": "vgg19-32px-random-seed42",
+        "views": ["flip", "colour", "crops"],
+        "precision": "fp32",
+        "engine": "tensorflow",
+        "int8": None,
+    }
     assert (report.computed, report.cached) == (9, 0)
     # the views, in posts order, each in its own store: the mirror image's vector and colours
     with np.load(out / "features.npz") as npz:
@@ -60,13 +75,17 @@ def test_writes_one_vector_per_post_in_posts_order(tiny_params, raw, tmp_path):
     assert not np.allclose(crops, vectors)  # five crops of the enlarged image: a zoom
     np.testing.assert_allclose(colour.sum(axis=1), 2.0, rtol=1e-5)
     assert {p.name for p in (out / "store").iterdir()} == {
-        "vgg19-32px-random-seed42", "vgg19-32px-random-seed42-flip",
-        "vgg19-32px-random-seed42-colour", "vgg19-32px-random-seed42-crops"}
+        "vgg19-32px-random-seed42",
+        "vgg19-32px-random-seed42-flip",
+        "vgg19-32px-random-seed42-colour",
+        "vgg19-32px-random-seed42-crops",
+    }
 
 
 @pytest.mark.slow
-def test_rerun_computes_nothing_and_a_new_image_computes_one(tiny_params, raw, tmp_path,
-                                                             monkeypatch):  # fmt: skip
+def test_rerun_computes_nothing_and_a_new_image_computes_one(
+    tiny_params, raw, tmp_path, monkeypatch
+):
     out = tmp_path / "features"
     run(tiny_params, raw, out)
     _, first = read_features(out)
@@ -98,9 +117,11 @@ def test_a_new_image_size_recomputes_into_its_own_store(tiny_params, raw, tmp_pa
     bigger = tiny_params.model.model_copy(update={"image_size": 48})
     report = run(tiny_params, raw, out, model=bigger)
     assert (report.computed, report.cached) == (9, 0)
-    assert sorted(p.name for p in (out / "store").iterdir() if not p.name.endswith(
-        ("-flip", "-colour", "-crops"))) == ["vgg19-32px-random-seed42",
-                                             "vgg19-48px-random-seed42"]
+    assert sorted(
+        p.name
+        for p in (out / "store").iterdir()
+        if not p.name.endswith(("-flip", "-colour", "-crops"))
+    ) == ["vgg19-32px-random-seed42", "vgg19-48px-random-seed42"]
     assert json.loads((out / META_FILE).read_text())["image_size"] == 48
 
 
@@ -115,9 +136,12 @@ def test_main_runs_from_the_command_line(raw, tmp_path):
 
 @pytest.mark.parametrize(
     ("setup", "message"),
-    [("no_posts", "run the scrape stage"), ("bad_weights", "model.weights"),
-     ("missing_image", "image file")],
-)  # fmt: skip
+    [
+        ("no_posts", "run the scrape stage"),
+        ("bad_weights", "model.weights"),
+        ("missing_image", "image file"),
+    ],
+)
 def test_main_reports_user_errors_without_traceback(raw, tmp_path, capsys, setup, message):
     from tests.helpers.params import tiny_params_raw
 
@@ -142,13 +166,21 @@ def test_warns_when_xla_would_slow_a_depthwise_backbone(tiny_params, raw, tmp_pa
     jit = tiny_params.featurize.model_copy(update={"jit_compile": True})
     next((raw / "images").iterdir()).unlink()  # stop before any model is built
     with pytest.raises(FileNotFoundError):
-        featurize.run(mobilenet, jit, tiny_params.clean, seed=0, raw=raw, out=tmp_path / "f",
-                      progress=False)
+        featurize.run(
+            mobilenet, jit, tiny_params.clean, seed=0, raw=raw, out=tmp_path / "f", progress=False
+        )
     assert "set featurize.jit_compile: false" in caplog.text
     caplog.clear()
     with pytest.raises(FileNotFoundError):
-        featurize.run(tiny_params.model, jit, tiny_params.clean, seed=0, raw=raw,
-                      out=tmp_path / "f", progress=False)
+        featurize.run(
+            tiny_params.model,
+            jit,
+            tiny_params.clean,
+            seed=0,
+            raw=raw,
+            out=tmp_path / "f",
+            progress=False,
+        )
     assert "jit_compile" not in caplog.text
 
 
@@ -170,8 +202,17 @@ def test_a_killed_run_resumes_from_its_finished_shards(tiny_params, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "features"
     store = out / "store" / "vgg19-32px-random-seed42"
-    argv = [sys.executable, "-m", "stages.featurize", "--params", str(tmp_path / "params.yaml"),
-            "--raw", str(raw), "--out", str(out)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "stages.featurize",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--raw",
+        str(raw),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -188,9 +229,15 @@ def test_a_killed_run_resumes_from_its_finished_shards(tiny_params, tmp_path):
     assert 8 <= done < 200
 
     # When it runs again, only the unfinished images are computed
-    report = featurize.run(tiny_params.model, tiny_params.featurize.model_copy(
-        update={"shard_size": 8}), tiny_params.clean, seed=42, raw=raw, out=out,
-        progress=False)  # fmt: skip
+    report = featurize.run(
+        tiny_params.model,
+        tiny_params.featurize.model_copy(update={"shard_size": 8}),
+        tiny_params.clean,
+        seed=42,
+        raw=raw,
+        out=out,
+        progress=False,
+    )
     assert (report.cached, report.computed) == (done, 200 - done)
     assert read_features(out)[1].shape == (200, 512)
 
@@ -200,8 +247,15 @@ def test_openvino_engine_writes_the_tensorflow_vectors(tiny_params, raw, tmp_pat
     tf_out, ov_out = tmp_path / "tf", tmp_path / "ov"
     run(tiny_params, raw, tf_out)
     on_openvino = tiny_params.featurize.model_copy(update={"engine": "openvino"})
-    featurize.run(tiny_params.model, on_openvino, tiny_params.clean, seed=tiny_params.base.seed,
-                  raw=raw, out=ov_out, progress=False)  # fmt: skip
+    featurize.run(
+        tiny_params.model,
+        on_openvino,
+        tiny_params.clean,
+        seed=tiny_params.base.seed,
+        raw=raw,
+        out=ov_out,
+        progress=False,
+    )
     (tf_shas, want), (ov_shas, got) = read_features(tf_out), read_features(ov_out)
     assert ov_shas.tolist() == tf_shas.tolist()
     worst = np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1))
@@ -209,8 +263,9 @@ def test_openvino_engine_writes_the_tensorflow_vectors(tiny_params, raw, tmp_pat
 
 
 @pytest.mark.slow
-def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(tiny_params, raw,
-                                                                         tmp_path, monkeypatch):
+def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(
+    tiny_params, raw, tmp_path, monkeypatch
+):
     from taglens.features import engine_runtimes
 
     # Given featurize.engine: openvino, a spy on OpenVINO's forward pass and no TensorFlow one
@@ -232,8 +287,13 @@ def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(tiny_par
     )
     # When featurize runs over the 9 images
     featurize.run(
-        tiny_params.model, on_openvino, tiny_params.clean, seed=tiny_params.base.seed, raw=raw,
-        out=tmp_path / "ov", progress=False,
+        tiny_params.model,
+        on_openvino,
+        tiny_params.clean,
+        seed=tiny_params.base.seed,
+        raw=raw,
+        out=tmp_path / "ov",
+        progress=False,
     )
     # Then each batch was one OpenVINO call that computed the image and every view
     everything = ["colour", "crops", "flip", "vectors"]
@@ -276,9 +336,7 @@ def test_int8_engine_quantizes_once_and_stores_its_vectors_apart(
     clean = tiny_params.clean.model_copy(update={"val_fraction": 0.3})
     out = tmp_path / "features"
     # When featurize runs on it
-    first = featurize.run(
-        tiny_params.model, int8, clean, seed=0, raw=raw, out=out, progress=False
-    )
+    first = featurize.run(tiny_params.model, int8, clean, seed=0, raw=raw, out=out, progress=False)
     # Then INT8 was kept, and its vectors went to stores named for INT8, beside no FP32 store
     meta = json.loads((out / META_FILE).read_text())
     assert (meta["precision"], meta["engine"]) == ("int8", "openvino-int8")
@@ -307,7 +365,5 @@ def test_int8_engine_quantizes_once_and_stores_its_vectors_apart(
         raise AssertionError("quantized again")
 
     monkeypatch.setattr("taglens.features.quantize.quantize", no_quantizing)
-    again = featurize.run(
-        tiny_params.model, int8, clean, seed=0, raw=raw, out=out, progress=False
-    )
+    again = featurize.run(tiny_params.model, int8, clean, seed=0, raw=raw, out=out, progress=False)
     assert (again.computed, again.cached) == (0, 40)

@@ -12,8 +12,7 @@ from taglens.serving.model_ref import ModelNotFoundError, ModelRef, ResolvedMode
 from taglens.serving.predictor import HashtagPredictor
 
 
-def test_a_local_models_dir_is_used_as_is_and_reported_unregistered(tiny_models_dir,
-                                                                    monkeypatch):  # fmt: skip
+def test_a_local_models_dir_is_used_as_is_and_reported_unregistered(tiny_models_dir, monkeypatch):
     # given a models/ directory, named relative to the working directory
     monkeypatch.chdir(tiny_models_dir.parent)
     # when it is resolved (no MLflow store is configured or needed)

@@ -27,15 +27,23 @@ def _photos(folder, count=5):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["tensorflow", "openvino"])
-def test_rows_match_the_predictor_on_the_same_pixels(engine, tmp_path, tiny_params,
-                                                      tiny_models_dir):  # fmt: skip
+def test_rows_match_the_predictor_on_the_same_pixels(
+    engine, tmp_path, tiny_params, tiny_models_dir
+):
     paths = _photos(tmp_path / "photos")
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out.jsonl"
     on_engine = tiny_params.featurize.model_copy(update={"engine": engine})
     model = model_ref.resolve(str(tiny_models_dir), tiny_params.register.model_name)
-    result = predict.run(tiny_params.predict, on_engine, tiny_params.ingest, model=model,
-                         input=str(tmp_path / "photos"), output=out, progress=False)  # fmt: skip
+    result = predict.run(
+        tiny_params.predict,
+        on_engine,
+        tiny_params.ingest,
+        model=model,
+        input=str(tmp_path / "photos"),
+        output=out,
+        progress=False,
+    )
     rows = list(read_rows(out))
     report = result.report
     assert (report.scored, report.errors, len(rows)) == (5, 1, 6)
@@ -43,7 +51,8 @@ def test_rows_match_the_predictor_on_the_same_pixels(engine, tmp_path, tiny_para
     assert rows[0]["path"].endswith("broken.jpg") and rows[0]["error"]
     # the same photos as the web page and the pyfunc predict them, from their bytes
     expected = HashtagPredictor.from_dir(tiny_models_dir).predict_bytes(
-        [path.read_bytes() for path in paths])
+        [path.read_bytes() for path in paths]
+    )
     for row, want in zip(rows[1:], expected, strict=True):
         assert row["top_class"] == want["top_class"]
         assert row["top_probability"] == pytest.approx(want["top_probability"], abs=1e-5)
@@ -61,7 +70,8 @@ def test_main_scores_with_the_champion_by_default(tmp_path, tiny_champion, capsy
     assert predict.main(argv) == 0
     rows = list(read_rows(out))
     assert len(rows) == 3 and {(r["model_name"], r["model_version"]) for r in rows} == {
-        (name, version)}
+        (name, version)
+    }
     assert all(len(r["hashtags"]) > 0 and r["error"] is None for r in rows)
     assert predict.main(argv) == 0  # idempotent: nothing new to score
     assert "0 scored, 3 already done" in capsys.readouterr().out
@@ -71,8 +81,16 @@ def test_main_scores_with_the_champion_by_default(tmp_path, tiny_champion, capsy
 @pytest.mark.slow
 def test_missing_champion_says_how_to_get_one(tmp_path, fresh_mlflow, capsys):
     _photos(tmp_path / "photos", 1)
-    code = predict.main(["--input", str(tmp_path / "photos"), "--output",
-                         str(tmp_path / "out.csv"), "--params", PARAMS])
+    code = predict.main(
+        [
+            "--input",
+            str(tmp_path / "photos"),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--params",
+            PARAMS,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "no champion yet for registered model 'taglens'" in err
@@ -84,11 +102,19 @@ def test_missing_champion_says_how_to_get_one(tmp_path, fresh_mlflow, capsys):
 def test_bad_input_and_output_are_user_errors(tmp_path, tiny_models_dir, capsys):
     _photos(tmp_path / "photos", 1)
     base = ["--params", PARAMS, "--model-uri", str(tiny_models_dir)]
-    assert predict.main(["--input", str(tmp_path / "nowhere"), "--output",
-                         str(tmp_path / "o.csv"), *base]) == 2
+    assert (
+        predict.main(
+            ["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o.csv"), *base]
+        )
+        == 2
+    )
     assert "is not a folder, an image, a list file or a glob" in capsys.readouterr().err
-    assert predict.main(["--input", str(tmp_path / "photos"), "--output",
-                         str(tmp_path / "o.txt"), *base]) == 2
+    assert (
+        predict.main(
+            ["--input", str(tmp_path / "photos"), "--output", str(tmp_path / "o.txt"), *base]
+        )
+        == 2
+    )
     assert "must end with one of .csv, .jsonl, .parquet" in capsys.readouterr().err
 
 
@@ -102,6 +128,19 @@ def test_a_local_models_dir_needs_no_tracking_store(tmp_path, tiny_models_dir, m
     monkeypatch.setattr(taglens.lifecycle.tracking, "configure_tracking", no_tracking)
     _photos(tmp_path / "photos", 2)
     out = tmp_path / "out.csv"
-    assert predict.main(["--input", str(tmp_path / "photos"), "--output", str(out), "--params",
-                         PARAMS, "--model-uri", str(tiny_models_dir)]) == 0  # fmt: skip
+    assert (
+        predict.main(
+            [
+                "--input",
+                str(tmp_path / "photos"),
+                "--output",
+                str(out),
+                "--params",
+                PARAMS,
+                "--model-uri",
+                str(tiny_models_dir),
+            ]
+        )
+        == 0
+    )
     assert len(list(read_rows(out))) == 2

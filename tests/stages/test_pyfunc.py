@@ -50,8 +50,9 @@ def _same(results, expected, atol=1e-5):
     assert [r["top_class"] for r in results] == [e["top_class"] for e in expected]
     for result, want in zip(results, expected, strict=True):
         assert [h["tag"] for h in result["hashtags"]] == [h["tag"] for h in want["hashtags"]]
-        assert np.allclose(list(result["probabilities"].values()),
-                           list(want["probabilities"].values()), atol=atol)  # fmt: skip
+        assert np.allclose(
+            list(result["probabilities"].values()), list(want["probabilities"].values()), atol=atol
+        )
 
 
 def test_registered_model_by_alias_matches_in_process_predictor(
@@ -63,8 +64,9 @@ def test_registered_model_by_alias_matches_in_process_predictor(
     expected = local.predict_bytes(_as_served(png, jpeg))
 
     pyfunc = mlflow.pyfunc.load_model(uri)
-    frame = pd.DataFrame({"image": [base64.b64encode(png).decode(),
-                                    base64.b64encode(jpeg).decode()]})  # fmt: skip
+    frame = pd.DataFrame(
+        {"image": [base64.b64encode(png).decode(), base64.b64encode(jpeg).decode()]}
+    )
     served = pyfunc.predict(frame)
     champion = model_ref.load(model_ref.resolve(None, name).uri, "tensorflow")
 
@@ -116,35 +118,76 @@ def test_missing_champion_says_what_to_do():
 
 
 @pytest.mark.slow
-def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_dir, photos,
-                                                   tmp_path):  # fmt: skip
+def test_mlflow_cli_predict_and_serve_the_champion(
+    tiny_champion, tiny_models_dir, photos, tmp_path
+):
     _, _, uri = tiny_champion
     png, jpeg, path = photos
     expected = HashtagPredictor.from_dir(tiny_models_dir).predict_bytes(_as_served(png, jpeg))
-    request = {"dataframe_split": {"columns": ["image"],
-                                   "data": [[path.name], [base64.b64encode(jpeg).decode()]]}}
+    request = {
+        "dataframe_split": {
+            "columns": ["image"],
+            "data": [[path.name], [base64.b64encode(jpeg).decode()]],
+        }
+    }
     # `mlflow models serve` starts `uvicorn` from PATH: the venv's bin must be on it; paths are
     # read only under the folder the serving side allows
-    env = {**os.environ, "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           ROOT_ENV: str(path.parent)}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        ROOT_ENV: str(path.parent),
+    }
     (tmp_path / "request.json").write_text(json.dumps(request))
 
     subprocess.run(
-        [MLFLOW, "models", "predict", "-m", uri, "-i", tmp_path / "request.json", "-t", "json",
-         "-o", tmp_path / "out.json", "--env-manager", "local"],
-        env=env, check=True, capture_output=True, timeout=180,
-    )  # fmt: skip
+        [
+            MLFLOW,
+            "models",
+            "predict",
+            "-m",
+            uri,
+            "-i",
+            tmp_path / "request.json",
+            "-t",
+            "json",
+            "-o",
+            tmp_path / "out.json",
+            "--env-manager",
+            "local",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     predicted = json.loads((tmp_path / "out.json").read_text())["predictions"]
 
     port = free_port()
     server = subprocess.Popen(
-        [MLFLOW, "models", "serve", "-m", uri, "--env-manager", "local", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            MLFLOW,
+            "models",
+            "serve",
+            "-m",
+            uri,
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        wait_until_healthy(server, f"http://127.0.0.1:{port}/ping", timeout=120,
-                           what="mlflow models serve")  # fmt: skip
+        wait_until_healthy(
+            server, f"http://127.0.0.1:{port}/ping", timeout=120, what="mlflow models serve"
+        )
         answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
     finally:
         if server.poll() is None:
@@ -157,8 +200,11 @@ def test_mlflow_cli_predict_and_serve_the_champion(tiny_champion, tiny_models_di
         assert [h["tag"] for h in result[1]["hashtags"]] == [
             h["tag"] for h in expected[1]["hashtags"]
         ]
-        assert np.allclose(list(result[0]["probabilities"].values()),
-                           list(expected[0]["probabilities"].values()), atol=1e-6)  # fmt: skip
+        assert np.allclose(
+            list(result[0]["probabilities"].values()),
+            list(expected[0]["probabilities"].values()),
+            atol=1e-6,
+        )
 
 
 def test_registered_model_holds_code_not_a_pickle(tiny_champion):

@@ -36,14 +36,17 @@ def _pixels(n=4):
     return np.random.default_rng(1).uniform(0, 255, (n, 32, 32, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("recorded", "override", "expected"), [
-    ("openvino", None, "openvino"),
-    (None, None, "tensorflow"),  # a model logged before engines were recorded
-    ("openvino", "tensorflow", "tensorflow"),  # the serving process decides last
-])  # fmt: skip
-def test_the_loaded_pyfunc_runs_on_the_recorded_engine(recorded, override, expected,
-                                                       fresh_mlflow, tiny_models_dir,
-                                                       monkeypatch):  # fmt: skip
+@pytest.mark.parametrize(
+    ("recorded", "override", "expected"),
+    [
+        ("openvino", None, "openvino"),
+        (None, None, "tensorflow"),  # a model logged before engines were recorded
+        ("openvino", "tensorflow", "tensorflow"),  # the serving process decides last
+    ],
+)
+def test_the_loaded_pyfunc_runs_on_the_recorded_engine(
+    recorded, override, expected, fresh_mlflow, tiny_models_dir, monkeypatch
+):
     # given a model logged by a train run whose featurize.engine was `recorded`
     uri = _log(tiny_models_dir, recorded)
     if override:
@@ -119,11 +122,13 @@ def _png() -> str:
 
 
 def test_an_engine_missing_where_the_model_is_served_falls_back_to_tensorflow(
-        tiny_models_dir, monkeypatch, caplog):  # fmt: skip
+    tiny_models_dir, monkeypatch, caplog
+):
     # given a serving environment without OpenVINO
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "openvino" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
+    )
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     # when the model recorded openvino
     with caplog.at_level(logging.WARNING, logger="taglens.serving.pyfunc"):
@@ -131,5 +136,6 @@ def test_an_engine_missing_where_the_model_is_served_falls_back_to_tensorflow(
     # then it serves on tensorflow, and says why
     assert served.model.engine == "tensorflow"
     assert "openvino" in caplog.text and "serving on tensorflow instead" in caplog.text
-    assert np.allclose(served.probabilities(_pixels()), predictor.probabilities(_pixels()),
-                       atol=1e-4)  # fmt: skip
+    assert np.allclose(
+        served.probabilities(_pixels()), predictor.probabilities(_pixels()), atol=1e-4
+    )

@@ -23,8 +23,18 @@ from taglens.training.metrics import split_fingerprint
 from tests.helpers.params import tiny_params, tiny_params_path
 from tests.helpers.tinymodels import build_tiny_models
 
-CLASSES = ["animals", "art", "fashion", "fitness", "flowers", "food", "instagood", "nature",
-           "selfie", "sports"]  # fmt: skip
+CLASSES = [
+    "animals",
+    "art",
+    "fashion",
+    "fitness",
+    "flowers",
+    "food",
+    "instagood",
+    "nature",
+    "selfie",
+    "sports",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +52,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models_template(tmp_path_factory):
-    return build_tiny_models(tmp_path_factory.mktemp("tiny") / "models",
-                             tiny_params())  # fmt: skip
+    return build_tiny_models(tmp_path_factory.mktemp("tiny") / "models", tiny_params())
 
 
 @pytest.fixture
@@ -106,8 +115,11 @@ def make_run(store, models_template, tmp_path):
         with mlflow.start_run() as run:
             log_taglens_model(models)
             # what the train stage tags its run with (stages/train.py)
-            mlflow.set_tags(lineage.as_tags({"backbone": "tiny", "data.raw": f"{n:032x}",
-                                             "data_version": f"{n:012x}"}))  # fmt: skip
+            mlflow.set_tags(
+                lineage.as_tags(
+                    {"backbone": "tiny", "data.raw": f"{n:032x}", "data_version": f"{n:012x}"}
+                )
+            )
         info = json.loads((models / "model_info.json").read_text())
         info["run_id"] = run.info.run_id
         (models / "model_info.json").write_text(json.dumps(info))
@@ -185,9 +197,11 @@ def test_history_after_several_registrations(params, make_run, tmp_path):
     assert "recall drops" in results[3].reason and "food" in results[3].reason
     rows = Registry(params.register.model_name, history).history()
     assert [(r["event"], r["version"], r["champion"]) for r in rows] == [
-        ("register", "1", "1"), ("register", "2", "1"), ("register", "3", "3"),
+        ("register", "1", "1"),
+        ("register", "2", "1"),
+        ("register", "3", "3"),
         ("register", "4", "3"),
-    ]  # fmt: skip
+    ]
     assert rows[2]["score"] == 0.7 and rows[2]["champion_score"] == 0.5
     assert all(r["time"] and r["reason"] for r in rows)
     client = mlflow.MlflowClient()
@@ -217,8 +231,9 @@ def test_rollback_and_promote_by_hand_record_reasons(tiny_params, make_run, tmp_
 
     rows = Registry("taglens", history).history()
     assert [(r["event"], r["version"], r.get("previous")) for r in rows[3:]] == [
-        ("rollback", "1", "2"), ("promote", "3", "1"),
-    ]  # fmt: skip
+        ("rollback", "1", "2"),
+        ("promote", "3", "1"),
+    ]
     assert rows[3]["reason"] == "v2 misfires on selfies" and rows[4]["user"]
     assert client.get_model_version("taglens", "2").tags["rolled_back"] == "v2 misfires on selfies"
     capsys.readouterr()
@@ -262,8 +277,16 @@ def test_user_errors_are_one_line(tiny_params, make_run, tmp_path, capsys):
     models, reports = make_run(0.5)
     info = json.loads((models / "model_info.json").read_text())
     metrics = json.loads((reports / "metrics.json").read_text())
-    args = ["--params", str(tiny_params_path()), "--models", str(models), "--metrics",
-            str(reports / "metrics.json"), "--out", str(reports / "register.json")]  # fmt: skip
+    args = [
+        "--params",
+        str(tiny_params_path()),
+        "--models",
+        str(models),
+        "--metrics",
+        str(reports / "metrics.json"),
+        "--out",
+        str(reports / "register.json"),
+    ]
 
     (reports / "metrics.json").write_text(json.dumps({**metrics, "accuracy": None}))
     assert register.main(args) == 2
@@ -288,9 +311,7 @@ def test_user_errors_are_one_line(tiny_params, make_run, tmp_path, capsys):
     ],
     ids=["no-fingerprint", "no-run-id", "other-run", "edited"],
 )
-def test_unproven_metrics_refused(
-    change, words, params, make_run, tmp_path, monkeypatch, capsys
-):
+def test_unproven_metrics_refused(change, words, params, make_run, tmp_path, monkeypatch, capsys):
     """A hand-made, old or edited metrics.json registers nothing, against a champion or not."""
     history = tmp_path / "promotions.jsonl"
     _register(params, *make_run(0.5), history)
@@ -313,8 +334,9 @@ def test_unproven_metrics_refused(
     assert len(registry.history()) == 1 and not (reports / "register.json").exists()
 
 
-def test_crash_after_moving_the_alias_is_finished_by_the_rerun(params, make_run, tmp_path,
-                                                               monkeypatch):  # fmt: skip
+def test_crash_after_moving_the_alias_is_finished_by_the_rerun(
+    params, make_run, tmp_path, monkeypatch
+):
     history = tmp_path / "promotions.jsonl"
     _register(params, *make_run(0.5), history)
     better = make_run(0.7)
@@ -339,8 +361,7 @@ def test_crash_after_moving_the_alias_is_finished_by_the_rerun(params, make_run,
 
 
 @pytest.mark.parametrize("failing", ["get_model_version_by_alias", "search_model_versions"])
-def test_registry_error_promotes_nothing(failing, params, make_run, tmp_path, monkeypatch,
-                                         capsys):  # fmt: skip
+def test_registry_error_promotes_nothing(failing, params, make_run, tmp_path, monkeypatch, capsys):
     """An MLflow error during register (here the store failing) promotes nothing."""
     from mlflow.exceptions import MlflowException
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
@@ -349,9 +370,18 @@ def test_registry_error_promotes_nothing(failing, params, make_run, tmp_path, mo
     _register(params, *make_run(0.5), history)
     models, reports = make_run(0.9)  # would clearly win
     name = params.register.model_name
-    args = ["--params", str(tiny_params_path()), "--models", str(models), "--metrics",
-            str(reports / "metrics.json"), "--out", str(reports / "register.json"),
-            "--history", str(history)]  # fmt: skip
+    args = [
+        "--params",
+        str(tiny_params_path()),
+        "--models",
+        str(models),
+        "--metrics",
+        str(reports / "metrics.json"),
+        "--out",
+        str(reports / "register.json"),
+        "--history",
+        str(history),
+    ]
     monkeypatch.setattr("taglens.params.load_params", lambda _path: params)
 
     def store_down(self, *args, **kwargs):

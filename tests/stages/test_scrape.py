@@ -64,8 +64,16 @@ def params_file(tmp_path):
 
 
 def test_main_folder_source(params_file, tmp_path, capsys):
-    code = scrape.main(["--params", str(params_file), "--out", str(tmp_path / "raw"),
-                        "--reports", str(tmp_path / "rep")])  # fmt: skip
+    code = scrape.main(
+        [
+            "--params",
+            str(params_file),
+            "--out",
+            str(tmp_path / "raw"),
+            "--reports",
+            str(tmp_path / "rep"),
+        ]
+    )
     assert code == 0
     posts = read_posts(tmp_path / "raw" / "posts.jsonl")
     assert sorted(p.id for p in posts) == ["art/2.jpg", "food/0.jpg", "food/1.jpg"]
@@ -105,8 +113,16 @@ def test_instagram_without_session_says_how_to_log_in(tiny_params, tmp_path, mon
     raw = tiny_params_raw()
     raw["scrape"]["source"] = "instagram"
     params_path.write_text(yaml.safe_dump(raw))
-    code = scrape.main(["--params", str(params_path), "--out", str(tmp_path / "raw"),
-                        "--session-file", str(tmp_path / "session-nobody")])  # fmt: skip
+    code = scrape.main(
+        [
+            "--params",
+            str(params_path),
+            "--out",
+            str(tmp_path / "raw"),
+            "--session-file",
+            str(tmp_path / "session-nobody"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "session-nobody does not exist" in err and "instaloader --login USER" in err

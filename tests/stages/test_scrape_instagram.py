@@ -31,8 +31,11 @@ def instagram_params(tiny_params, tmp_path, monkeypatch):
     monkeypatch.setenv(instagram_loader.SESSION_ENV, str(session))
     # Keep the real pacing code but skip its random pauses between requests.
     real = instagram_loader.make_loader
-    monkeypatch.setattr(instagram_loader, "make_loader",
-                        lambda session, wait, **kw: real(session, wait, polite=False))  # fmt: skip
+    monkeypatch.setattr(
+        instagram_loader,
+        "make_loader",
+        lambda session, wait, **kw: real(session, wait, polite=False),
+    )
     settings = tiny_params.scrape.instagram.model_copy(
         update={"hashtags": ("food", "art"), "posts_per_hashtag": 3, "order": "recent"}
     )
@@ -47,12 +50,16 @@ def test_instagram_posts_reach_posts_jsonl(fake, instagram_params, tmp_path):
     report = run_scrape(instagram_params, out=out, reports=reports)
 
     posts = read_posts(out / "posts.jsonl")
-    stored = {instagram_posts.post_id(code, "stage-salt"): code
-              for code in ("C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA", "C7RcArt01AA")}  # fmt: skip
+    stored = {
+        instagram_posts.post_id(code, "stage-salt"): code
+        for code in ("C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA", "C7RcArt01AA")
+    }
     assert [(stored.get(p.id), p.label) for p in posts] == [
-        ("C7RcFood1AA", "food"), ("C7RcFood3AA", "food"), ("C7RcFood4AA", "food"),
+        ("C7RcFood1AA", "food"),
+        ("C7RcFood3AA", "food"),
+        ("C7RcFood4AA", "food"),
         ("C7RcArt01AA", "art"),
-    ]  # fmt: skip
+    ]
     first = posts[0]
     assert first.source == "instagram"
     assert first.hashtags == ("food", "brunch", "yummy")
@@ -60,8 +67,10 @@ def test_instagram_posts_reach_posts_jsonl(fake, instagram_params, tmp_path):
     assert first.owner == instagram_posts.owner_hash("1234567890", "stage-salt")
     assert (first.width, first.height) == (64, 80)
     # The brunch photo was also posted under #art: kept once, under the first hashtag listed.
-    assert [(d["kept_label"], d["dropped_label"], stored.get(d["dropped_id"]))
-            for d in report.duplicates] == [("food", "art", "C7RcFood1AA")]  # fmt: skip
+    assert [
+        (d["kept_label"], d["dropped_label"], stored.get(d["dropped_id"]))
+        for d in report.duplicates
+    ] == [("food", "art", "C7RcFood1AA")]
     saved = json.loads((reports / "ingest.json").read_text())
     assert saved["accepted"] == 4 and saved["duplicates"] == 1
     assert (tmp_path / "data" / "instagram" / instagram.COLLECTED_FILE).is_file()

@@ -85,15 +85,17 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     # The three splits are the run's dataset inputs, identified by the data version
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test"}
-    contexts = {name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
-                for name, i in inputs.items()}  # fmt: skip
+    contexts = {
+        name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for name, i in inputs.items()
+    }
     assert contexts == {"train": "training", "val": "validation", "test": "testing"}
     assert {i.dataset.digest for i in inputs.values()} == {tags["lineage.data.clean"]}
     manifest_rows = sum(1 for _ in open(paths["clean"] / "manifest.csv")) - 1
     assert sum(json.loads(i.dataset.profile)["num_rows"] for i in inputs.values()) == manifest_rows
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
-    logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'",
-                                         output_format="list")
+    logged = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list"
+    )
     assert len(logged) == 1
 
     baseline = mlflow.get_run(summary["baseline_run_id"])
@@ -130,8 +132,10 @@ def test_sweep_logs_one_child_per_setting_and_keeps_the_best(inputs):
         filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'", output_format="list"
     )
     assert len(children) == 2
-    best = max(children, key=lambda r: (r.data.metrics["best_val_accuracy"],
-                                        -r.data.metrics["best_val_loss"]))  # fmt: skip
+    best = max(
+        children,
+        key=lambda r: (r.data.metrics["best_val_accuracy"], -r.data.metrics["best_val_loss"]),
+    )
     parent = mlflow.get_run(summary["run_id"])
     assert parent.data.tags["best_child_run_id"] == best.info.run_id
     info = json.loads((paths["out"] / "model_info.json").read_text())
@@ -153,10 +157,16 @@ def test_sweep_logs_one_child_per_setting_and_keeps_the_best(inputs):
 @pytest.mark.slow
 def test_fine_tune_trains_the_last_block_and_extends_the_history(inputs):
     params, paths = inputs
-    fine = params.train.fine_tune.model_copy(update={"enabled": True, "epochs": 1,
-                                                     "learning_rate": 0.001})
-    params = params.model_copy(update={"train": params.train.model_copy(
-        update={"fine_tune": fine, "epochs": 2, "early_stopping_patience": 0})})
+    fine = params.train.fine_tune.model_copy(
+        update={"enabled": True, "epochs": 1, "learning_rate": 0.001}
+    )
+    params = params.model_copy(
+        update={
+            "train": params.train.model_copy(
+                update={"fine_tune": fine, "epochs": 2, "early_stopping_patience": 0}
+            )
+        }
+    )
     summary = _run(params, paths)
 
     with open(paths["reports"] / "history.csv") as handle:
@@ -175,8 +185,14 @@ def test_fine_tune_trains_the_last_block_and_extends_the_history(inputs):
     fresh = build_feature_extractor(params.model, params.base.seed)
     backbone = saved.get_layer("vgg19_features").get_layer("vgg19")
     original = fresh.get_layer("vgg19")
-    changed = {layer.name for layer in backbone.layers if layer.weights and not np.allclose(
-        layer.weights[0].numpy(), original.get_layer(layer.name).weights[0].numpy())}
+    changed = {
+        layer.name
+        for layer in backbone.layers
+        if layer.weights
+        and not np.allclose(
+            layer.weights[0].numpy(), original.get_layer(layer.name).weights[0].numpy()
+        )
+    }
     assert changed == {"block5_conv1", "block5_conv2", "block5_conv3", "block5_conv4"}
     assert unfreeze_last_block(fresh, "vgg19") == 4
 
@@ -186,10 +202,16 @@ def test_fine_tune_auto_keeps_the_head_when_fine_tuning_does_not_win(inputs):
     """enabled: auto fine-tunes a copy; a step too small to change anything leaves a tie on
     validation, so the head is served, untouched, with its image rankers and drift reference."""
     params, paths = inputs
-    fine = params.train.fine_tune.model_copy(update={"enabled": "auto", "epochs": 1,
-                                                     "learning_rate": 1e-12})
-    params = params.model_copy(update={"train": params.train.model_copy(
-        update={"fine_tune": fine, "epochs": 2, "early_stopping_patience": 0})})
+    fine = params.train.fine_tune.model_copy(
+        update={"enabled": "auto", "epochs": 1, "learning_rate": 1e-12}
+    )
+    params = params.model_copy(
+        update={
+            "train": params.train.model_copy(
+                update={"fine_tune": fine, "epochs": 2, "early_stopping_patience": 0}
+            )
+        }
+    )
     summary = _run(params, paths)
 
     tuning = summary["fine_tune"]
@@ -203,7 +225,8 @@ def test_fine_tune_auto_keeps_the_head_when_fine_tuning_does_not_win(inputs):
     assert run.data.params["train.fine_tune.served"] == "head"
     assert run.data.tags["fine_tune_why"] == tuning["why"]
     assert {"fine_tune_loss", "val_accuracy_head", "val_accuracy_fine_tuned"} <= set(
-        run.data.metrics)
+        run.data.metrics
+    )
     assert (paths["out"] / "drift_reference.json").is_file()
     assert "neighbours" in summary["hashtags_val"]["rankers"]  # the image rankers competed
 
@@ -235,8 +258,12 @@ def test_vectors_the_extractor_does_not_reproduce_are_refused(inputs):
     params, paths = inputs
     with np.load(paths["features"] / "features.npz") as npz:
         shas, vectors = npz["sha256"], npz["vectors"]
-    write_features(paths["features"], list(shas), vectors * 1.5 + 0.1,
-                   json.loads((paths["features"] / "meta.json").read_text()))
+    write_features(
+        paths["features"],
+        list(shas),
+        vectors * 1.5 + 0.1,
+        json.loads((paths["features"] / "meta.json").read_text()),
+    )
     with pytest.raises(ValueError, match="does not reproduce the cached features"):
         _run(params, paths)
     assert not (paths["out"] / "model.keras").exists()
@@ -244,8 +271,9 @@ def test_vectors_the_extractor_does_not_reproduce_are_refused(inputs):
 
 def test_main_reports_a_missing_manifest_without_traceback(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = train_stage.main(["--params", str(_fixture_params()), "--clean", "nowhere",
-                             "--features", "nowhere"])  # fmt: skip
+    code = train_stage.main(
+        ["--params", str(_fixture_params()), "--clean", "nowhere", "--features", "nowhere"]
+    )
     assert code == 2
     assert "run the featurize stage" in capsys.readouterr().err
 
@@ -267,10 +295,12 @@ def test_default_search_picks_on_validation_and_the_served_model_blends_image_ra
 ):
     # Given the default search turned on, one logistic and one dense setting
     params, paths = inputs
-    search = params.train.search.model_copy(update={"enabled": True, "logreg_candidates": 1,
-                                                    "dense_candidates": 1})  # fmt: skip
-    params = params.model_copy(update={"train": params.train.model_copy(update={
-        "search": search, "epochs": 5})})
+    search = params.train.search.model_copy(
+        update={"enabled": True, "logreg_candidates": 1, "dense_candidates": 1}
+    )
+    params = params.model_copy(
+        update={"train": params.train.model_copy(update={"search": search, "epochs": 5})}
+    )
     with caplog.at_level(logging.INFO, logger="stages.train"):
         summary = _run(params, paths)
 
@@ -313,14 +343,21 @@ def test_default_search_picks_on_validation_and_the_served_model_blends_image_ra
     blend = ranking["blend_weights"]
     assert set(blend) == {"popularity", "class_mixture", "tag_model", "colour_tags", "neighbours"}
     assert sum(blend.values()) == pytest.approx(1.0)
-    assert set(ranking["rankers"]) >= {"popularity", "class_mixture", "tag_model",
-                                       "colour_tags", "neighbours", "blend"}
+    assert set(ranking["rankers"]) >= {
+        "popularity",
+        "class_mixture",
+        "tag_model",
+        "colour_tags",
+        "neighbours",
+        "blend",
+    }
     choice = ranking["choice"]
     if choice["served"] == "blend":
         for key, floor in choice["floor"].items():
             assert ranking["rankers"]["blend"][key] >= floor - 1e-9, key
             assert parent.data.metrics[f"val_hashtag_blend_{key}"] == pytest.approx(
-                ranking["rankers"]["blend"][key])
+                ranking["rankers"]["blend"][key]
+            )
     else:
         assert len(choice["rankers"]) == 1 and blend[choice["rankers"][0]] == 1.0
     assert parent.data.params["hashtags.served"] == choice["served"]

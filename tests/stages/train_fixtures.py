@@ -26,8 +26,7 @@ SPLIT_SHARES = (0.6, 0.2, 0.2)
 def small_params(params: Params, classes: Sequence[str] = CLASSES, **train) -> Params:
     """`params` restricted to a few classes, with train keys overridden."""
     base = params.base.model_copy(update={"classes": tuple(classes)})
-    return params.model_copy(update={"base": base,
-                                     "train": params.train.model_copy(update=train)})
+    return params.model_copy(update={"base": base, "train": params.train.model_copy(update=train)})
 
 
 def _image(label_index: int, number: int, size: int) -> bytes:
@@ -45,9 +44,13 @@ def _split_of(position: int, count: int) -> str:
     return "train" if position < train_end else "val" if position < val_end else "test"
 
 
-def write_inputs(root: Path, params: Params, per_class: int = 10,
-                 sources: dict[str, list[Path]] | None = None,
-                 captions: dict[Path, str] | None = None) -> dict[str, Path]:
+def write_inputs(
+    root: Path,
+    params: Params,
+    per_class: int = 10,
+    sources: dict[str, list[Path]] | None = None,
+    captions: dict[Path, str] | None = None,
+) -> dict[str, Path]:
     """Write data/raw (images + posts.jsonl), data/features and data/clean/manifest.csv.
 
     Args:
@@ -62,8 +65,11 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
     posts, rows = [], []
     for c, label in enumerate(params.base.classes):
         files = (sources or {}).get(label)
-        blobs = [f.read_bytes() for f in files] if files else [
-            _image(c, n, 48) for n in range(per_class)]
+        blobs = (
+            [f.read_bytes() for f in files]
+            if files
+            else [_image(c, n, 48) for n in range(per_class)]
+        )
         for n, data in enumerate(blobs):
             sha = hashlib.sha256(data).hexdigest()
             (raw / "images" / f"{sha}.jpg").write_bytes(data)
@@ -71,42 +77,86 @@ def write_inputs(root: Path, params: Params, per_class: int = 10,
             caption = " ".join(f"#{t}" for t in tags)
             if captions is not None and files:
                 caption, tags = captions[files[n]], ()
-            posts.append(Post(id=f"{label}-{n}", label=label, image=f"images/{sha}.jpg",
-                              sha256=sha, width=48, height=48, hashtags=tags,
-                              caption=caption, likes=10 + n, source="demo"))  # fmt: skip
-            rows.append({"id": f"{label}-{n}", "sha256": sha, "image": f"images/{sha}.jpg",
-                         "label": label, "split": _split_of(n, len(blobs)), "distance": 1.0})
+            posts.append(
+                Post(
+                    id=f"{label}-{n}",
+                    label=label,
+                    image=f"images/{sha}.jpg",
+                    sha256=sha,
+                    width=48,
+                    height=48,
+                    hashtags=tags,
+                    caption=caption,
+                    likes=10 + n,
+                    source="demo",
+                )
+            )
+            rows.append(
+                {
+                    "id": f"{label}-{n}",
+                    "sha256": sha,
+                    "image": f"images/{sha}.jpg",
+                    "label": label,
+                    "split": _split_of(n, len(blobs)),
+                    "distance": 1.0,
+                }
+            )
     write_posts(raw / "posts.jsonl", posts)
     outputs = (IMAGE, *params.featurize.views)
     model = build_views_model(params.model, params.base.seed, outputs)
     dataset = image_dataset([raw / p.image for p in posts], params.model.image_size, 64)
     views = model.predict(dataset, verbose=0)
     vectors = views.pop(IMAGE)
-    meta = {"backbone": params.model.backbone, "image_size": params.model.image_size,
-            "weights_identity": weights_identity(params.model, params.base.seed),
-            "dim": int(vectors.shape[1]), "count": len(posts)}  # fmt: skip
+    meta = {
+        "backbone": params.model.backbone,
+        "image_size": params.model.image_size,
+        "weights_identity": weights_identity(params.model, params.base.seed),
+        "dim": int(vectors.shape[1]),
+        "count": len(posts),
+    }
     write_features(features, [p.sha256 for p in posts], vectors.astype("float32"), meta, views)
     clean.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(clean / "manifest.csv", index=False)
-    return {"raw": raw, "features": features, "clean": clean,
-            "out": root / "models", "reports": root / "reports"}
+    return {
+        "raw": raw,
+        "features": features,
+        "clean": clean,
+        "out": root / "models",
+        "reports": root / "reports",
+    }
 
 
 def run_train(params: Params, paths: dict[str, Path], **kwargs) -> dict:
     """The train stage's run() on `write_inputs` paths; returns train.json's contents."""
     from stages import train
 
-    return train.run(params.base, params.model, params.train, params.hashtags, params.ingest,
-                     raw=paths["raw"], features=paths["features"], clean=paths["clean"],
-                     out=paths["out"], reports=paths["reports"],
-                     engine=params.featurize.engine, int8=params.featurize.int8,
-                     **kwargs).summary  # fmt: skip
+    return train.run(
+        params.base,
+        params.model,
+        params.train,
+        params.hashtags,
+        params.ingest,
+        raw=paths["raw"],
+        features=paths["features"],
+        clean=paths["clean"],
+        out=paths["out"],
+        reports=paths["reports"],
+        engine=params.featurize.engine,
+        int8=params.featurize.int8,
+        **kwargs,
+    ).summary
 
 
 def run_evaluate(params: Params, paths: dict[str, Path]) -> dict:
     """The evaluate stage's run() on the model `run_train` wrote; returns metrics.json."""
     from stages import evaluate
 
-    return evaluate.run(params.base, params.evaluate, params.hashtags, raw=paths["raw"],
-                        clean=paths["clean"], models=paths["out"],
-                        out=paths["reports"]).scores  # fmt: skip
+    return evaluate.run(
+        params.base,
+        params.evaluate,
+        params.hashtags,
+        raw=paths["raw"],
+        clean=paths["clean"],
+        models=paths["out"],
+        out=paths["reports"],
+    ).scores

@@ -29,13 +29,17 @@ def team_services(tmp_path_factory) -> Iterator[Endpoints]:
     try:
         yield endpoints
     finally:
-        pids = [pid for group in (services.read_state() or endpoints).pids.values()
-                for pid in group]
+        pids = [
+            pid for group in (services.read_state() or endpoints).pids.values() for pid in group
+        ]
         services.stop()
         import psutil
 
-        alive = [pid for pid in pids if psutil.pid_exists(pid)
-                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            pid
+            for pid in pids
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
         assert not alive, f"services still running after stop: {alive}"
 
 

@@ -45,27 +45,39 @@ def _features(out):
         return data["sha256"], data["vectors"]
 
 
-def test_featurize_on_separate_worker_processes_equals_the_local_stage(
-    tmp_path, team_services
-):
+def test_featurize_on_separate_worker_processes_equals_the_local_stage(tmp_path, team_services):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     local = _repo(tmp_path / "local")
     params = load_params(local / "params.yaml")
-    run_stage(params.model, params.featurize, params.clean, seed=params.base.seed,
-              raw=local / "data" / "raw", out=local / "data" / "features", progress=False)
+    run_stage(
+        params.model,
+        params.featurize,
+        params.clean,
+        seed=params.base.seed,
+        raw=local / "data" / "raw",
+        out=local / "data" / "features",
+        progress=False,
+    )
 
     shared = _repo(tmp_path / "shared")
     with temporary_settings(updates={PREFECT_API_URL: team_services.prefect_api_url}):
-        summary = featurize_flow(str(shared), task_runner="dask",
-                                 scheduler_address=team_services.dask_address, shard_size=4)
+        summary = featurize_flow(
+            str(shared),
+            task_runner="dask",
+            scheduler_address=team_services.dask_address,
+            shard_size=4,
+        )
     assert (summary["computed"], summary["cached"], summary["shards"]) == (12, 0, 3)
     (shas, vectors), (local_shas, local_vectors) = (
-        _features(shared / "data" / "features"), _features(local / "data" / "features"))
+        _features(shared / "data" / "features"),
+        _features(local / "data" / "features"),
+    )
     assert shas.tolist() == local_shas.tolist()
     assert vectors.tobytes() == local_vectors.tobytes()
-    assert ((shared / "data" / "features" / META_FILE).read_bytes()
-            == (local / "data" / "features" / META_FILE).read_bytes())
+    assert (shared / "data" / "features" / META_FILE).read_bytes() == (
+        local / "data" / "features" / META_FILE
+    ).read_bytes()
     # And the shards ran in the separate worker processes (the services' own), each of
     # which built its extractor once
     # (this test module is not importable on the workers: ship its helper by value)

@@ -38,8 +38,7 @@ def _stub_pipeline(repo: Path) -> Path:
     (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (repo / "params.yaml").write_text(yaml.safe_dump({"version": 1}))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=repo,
-                   check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=repo, check=True)
     return repo
 
 
@@ -66,9 +65,11 @@ def _registered_champion(name: str, models: Path, params) -> str:
     with mlflow.start_run() as run:
         logged = log_taglens_model(models)
     Registry(name, models / "promotions.jsonl").register(
-        logged.model_uri, run.info.run_id,
+        logged.model_uri,
+        run.info.run_id,
         Evaluation({"accuracy": 0.5, "n_test": 30, "test_fingerprint": 1}),
-        params.register)
+        params.register,
+    )
     return f"models:/{name}@champion"
 
 
@@ -82,8 +83,10 @@ def _wait_final(flow_run_ids: list, timeout: float) -> dict:
             if all(run.state.is_final() for run in runs.values()):
                 return runs
             if time.monotonic() > deadline:
-                pytest.fail(f"runs not finished after {timeout} s: "
-                            f"{[(r.name, r.state.type) for r in runs.values()]}")
+                pytest.fail(
+                    f"runs not finished after {timeout} s: "
+                    f"{[(r.name, r.state.type) for r in runs.values()]}"
+                )
             time.sleep(2)
 
 
@@ -109,10 +112,16 @@ def test_two_workers_each_take_one_of_two_runs_started_together(
         deploy_all(DeploySettings(repo=checkout, pool=pool, model_uri=model_uri, paused=True))
 
         # When one run of each is started at the same moment
-        retrain = run_deployment(f"training/{RETRAIN}", timeout=0, parameters={
-            "repo": str(stub), "force_stages": [], "push_data": False})
-        predict = run_deployment(f"batch-predict/{PREDICT}", timeout=0, parameters={
-            "input": str(tmp_path / "inbox"), "output": str(output)})
+        retrain = run_deployment(
+            f"training/{RETRAIN}",
+            timeout=0,
+            parameters={"repo": str(stub), "force_stages": [], "push_data": False},
+        )
+        predict = run_deployment(
+            f"batch-predict/{PREDICT}",
+            timeout=0,
+            parameters={"input": str(tmp_path / "inbox"), "output": str(output)},
+        )
         runs = _wait_final([retrain.id, predict.id], RUN_TIMEOUT)
 
     # Then both complete

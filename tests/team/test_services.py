@@ -19,8 +19,12 @@ def test_every_service_answers_on_loopback(team_services, services_folder):
     # PostgreSQL holds MLflow's tables (the server migrated its schema into it)
     uri = team_services.postgres_uri.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(uri) as connection:
-        tables = {row[0] for row in connection.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        tables = {
+            row[0]
+            for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+        }
     assert {"experiments", "runs", "registered_models", "model_versions"} <= tables
     # MLflow and Prefect answer on 127.0.0.1; the pool has the two workers
     for url in (f"{team_services.mlflow_url}/health", f"{team_services.prefect_api_url}/health"):
@@ -32,24 +36,45 @@ def test_every_service_answers_on_loopback(team_services, services_folder):
     assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
     state = json.loads((services_folder / "services.json").read_text())
     assert {k: len(v) for k, v in state["pids"].items()} == {
-        "postgres": 1, "mlflow": 1, "prefect": 1, "prefect-worker": 2, "dask-scheduler": 1,
-        "dask-worker": 2}
+        "postgres": 1,
+        "mlflow": 1,
+        "prefect": 1,
+        "prefect-worker": 2,
+        "dask-scheduler": 1,
+        "dask-worker": 2,
+    }
     assert sorted(p.name for p in (services_folder / "logs").iterdir()) == sorted(
-        f"{name}.log" for name in ("postgres", "mlflow", "prefect", "prefect-worker-1",
-                                   "prefect-worker-2", "dask-scheduler", "dask-worker-1",
-                                   "dask-worker-2"))
+        f"{name}.log"
+        for name in (
+            "postgres",
+            "mlflow",
+            "prefect",
+            "prefect-worker-1",
+            "prefect-worker-2",
+            "dask-scheduler",
+            "dask-worker-1",
+            "dask-worker-2",
+        )
+    )
 
 
-def test_status_command_lists_every_service_running_and_the_exports(
-    team_services, services_folder
-):
+def test_status_command_lists_every_service_running_and_the_exports(team_services, services_folder):
     result = subprocess.run(
         [sys.executable, "-m", "taglens.services", "status", "--folder", str(services_folder)],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    for name in ("postgres", "mlflow", "prefect", "prefect-worker", "dask-scheduler",
-                 "dask-worker"):
+    for name in (
+        "postgres",
+        "mlflow",
+        "prefect",
+        "prefect-worker",
+        "dask-scheduler",
+        "dask-worker",
+    ):
         assert any(line.split() == [name, "running"] for line in lines), result.stdout
     assert f"export MLFLOW_TRACKING_URI={team_services.mlflow_url}" in lines
     assert f"export PREFECT_API_URL={team_services.prefect_api_url}" in lines

@@ -34,9 +34,10 @@ def test_two_clones_racing_leave_the_better_model_champion_each_version_once(
     configure_tracking(tiny_params.base.experiment)
     model_name = f"race-{lock}"
     classes = tiny_params.base.classes
-    clones = {name: clone_with_trained_run(tmp_path, name, model_name, tiny_models_dir, acc,
-                                            classes)
-              for name, acc in (("worse", False), ("better", True))}
+    clones = {
+        name: clone_with_trained_run(tmp_path, name, model_name, tiny_models_dir, acc, classes)
+        for name, acc in (("worse", False), ("better", True))
+    }
     extra = {"MLFLOW_TRACKING_URI": team_mlflow}
     if lock == "postgres-advisory":
         extra[LOCK_DB_ENV] = team_services.postgres_uri
@@ -49,9 +50,23 @@ def test_two_clones_racing_leave_the_better_model_champion_each_version_once(
     for name in ("worse", "better"):
         clone, _ = clones[name]
         procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "stages.register", "--params", "params.yaml",
-             "--raw", "data/raw", "--clean", "data/clean"], cwd=clone,
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "stages.register",
+                "--params",
+                "params.yaml",
+                "--raw",
+                "data/raw",
+                "--clean",
+                "data/clean",
+            ],
+            cwd=clone,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     for name, proc in procs.items():
         output = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, f"{name}: {output}"
@@ -63,8 +78,10 @@ def test_two_clones_racing_leave_the_better_model_champion_each_version_once(
     assert len(versions) == 2 and set(by_run) == {run for _, run in clones.values()}
     better = by_run[clones["better"][1]]
     assert client.get_model_version_by_alias(model_name, "champion").version == better.version
-    decisions = {name: json.loads((clone / "reports/register.json").read_text())["decision"]
-                 for name, (clone, _) in clones.items()}
+    decisions = {
+        name: json.loads((clone / "reports/register.json").read_text())["decision"]
+        for name, (clone, _) in clones.items()
+    }
     assert decisions["better"] == "champion"
     # And the registry's own history (not a local file) has one register event per version
     history = Registry(model_name, tmp_path / "unused.jsonl").history()

@@ -35,15 +35,13 @@ BRANCH = "main"
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
 def _git(cwd: Path, *args: str) -> str:
-    return _run(["git", "-c", "user.email=a@team", "-c", "user.name=a", *args], cwd,
-                stage_env())
+    return _run(["git", "-c", "user.email=a@team", "-c", "user.name=a", *args], cwd, stage_env())
 
 
 def _rows(path: Path) -> dict[str, dict[str, str]]:
@@ -72,8 +70,19 @@ def machines(tmp_path_factory, team_services):
     out = _run([sys.executable, "-m", "flows.training", str(a)], a, env)
     (root / "a-training.log").write_text(out)
     _run([sys.executable, "-m", "stages.summary", "--list-test-images", "a-test.txt"], a, env)
-    _run([sys.executable, "-m", "stages.predict", "--input", "a-test.txt", "--output",
-          str(root / "a-scores.csv")], a, env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "stages.predict",
+            "--input",
+            "a-test.txt",
+            "--output",
+            str(root / "a-scores.csv"),
+        ],
+        a,
+        env,
+    )
     moved = root / "moved-away"
     shutil.move(a, moved)
     return root, moved, _rows(root / "a-scores.csv"), env
@@ -91,19 +100,24 @@ def test_a_retrain_registers_a_champion_on_the_server_and_hands_off(machines, te
     files = _git(root / "origin.git", "show", "--name-only", "--format=", BRANCH).split()
     assert sorted(files) == ["dvc.lock"]  # params.yaml was committed unchanged at the start
     # The champion lives on the server, its artifacts behind it, named without A's folders
-    client = mlflow.MlflowClient(tracking_uri=team_services.mlflow_url,
-                                 registry_uri=team_services.mlflow_url)
+    client = mlflow.MlflowClient(
+        tracking_uri=team_services.mlflow_url, registry_uri=team_services.mlflow_url
+    )
     champion = client.get_model_version_by_alias("taglens", "champion")
     run = client.get_run(champion.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     # (MLflow's own git tag names the git remote, the one address both machines share)
     tags = dict(run.data.tags)
     assert tags.pop("mlflow.source.git.repoURL") == str(root / "origin.git")
-    recorded = json.dumps({
-        "params": run.data.params, "tags": tags, "version_tags": champion.tags,
-        "source": champion.source, "datasets": [i.dataset.source for i in
-                                                run.inputs.dataset_inputs],
-    })
+    recorded = json.dumps(
+        {
+            "params": run.data.params,
+            "tags": tags,
+            "version_tags": champion.tags,
+            "source": champion.source,
+            "datasets": [i.dataset.source for i in run.inputs.dataset_inputs],
+        }
+    )
     assert str(root) not in recorded and "/tmp/" not in recorded, recorded
     assert run.data.tags["mlflow.source.name"] == "stages/train.py"
     assert len(scores) > 0 and all(not row["error"] for row in scores.values())
@@ -125,19 +139,36 @@ def test_machine_b_pulls_and_answers_like_machine_a(machines, team_services, tmp
 
     # When B scores the same test images through the Dask scheduler, with the server's champion
     _run([sys.executable, "-m", "stages.summary", "--list-test-images", "b-test.txt"], b, env)
-    _run([sys.executable, "-m", "flows.predict", "--input", "b-test.txt", "--output",
-          str(root / "b-scores.csv"), "--task-runner", "dask", "--scheduler-address",
-          team_services.dask_address], b, env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "flows.predict",
+            "--input",
+            "b-test.txt",
+            "--output",
+            str(root / "b-scores.csv"),
+            "--task-runner",
+            "dask",
+            "--scheduler-address",
+            team_services.dask_address,
+        ],
+        b,
+        env,
+    )
     b_scores = _rows(root / "b-scores.csv")
     # Then every image gets A's answer, from the same champion version
     assert set(b_scores) == set(a_scores)
     for sha, row in b_scores.items():
         theirs = a_scores[sha]
-        assert (row["top_class"], row["model_version"]) == (theirs["top_class"],
-                                                            theirs["model_version"])
+        assert (row["top_class"], row["model_version"]) == (
+            theirs["top_class"],
+            theirs["model_version"],
+        )
         assert json.loads(row["hashtags"]) == json.loads(theirs["hashtags"])
-        assert float(row["top_probability"]) == pytest.approx(float(theirs["top_probability"]),
-                                                              abs=1e-5)
+        assert float(row["top_probability"]) == pytest.approx(
+            float(theirs["top_probability"]), abs=1e-5
+        )
 
     # And B's web page and `mlflow models serve` of the server's champion answer one image as
     # A scored it
@@ -147,42 +178,73 @@ def test_machine_b_pulls_and_answers_like_machine_a(machines, team_services, tmp
     serve_port = free_port()
     commands = {
         "web page": [sys.executable, "-m", "taglens.serving.web", "--port", str(web_port)],
-        "mlflow models serve": [str(Path(sys.executable).parent / "mlflow"), "models", "serve",
-                                "-m", "models:/taglens@champion", "--env-manager", "local",
-                                "--host", "127.0.0.1", "--port", str(serve_port)],
+        "mlflow models serve": [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/taglens@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(serve_port),
+        ],
     }
     servers = {}
     try:
         for what, command in commands.items():
             log = open(tmp_path / f"{what}.log", "wb")  # noqa: SIM115 - the child writes it
             with log:
-                servers[what] = subprocess.Popen(command, cwd=b, env=env, stdout=log,
-                                                 stderr=subprocess.STDOUT,
-                                                 start_new_session=True)
+                servers[what] = subprocess.Popen(
+                    command,
+                    cwd=b,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         web_url = f"http://127.0.0.1:{web_port}"
-        wait_until_healthy(servers["web page"], f"{web_url}/health", timeout=240,
-                           log_path=tmp_path / "web page.log", what="web page")
-        answer = httpx.post(f"{web_url}/predict", timeout=60,
-                            files={"file": (image.name, image.read_bytes())})
+        wait_until_healthy(
+            servers["web page"],
+            f"{web_url}/health",
+            timeout=240,
+            log_path=tmp_path / "web page.log",
+            what="web page",
+        )
+        answer = httpx.post(
+            f"{web_url}/predict", timeout=60, files={"file": (image.name, image.read_bytes())}
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["top_class"] == expected["top_class"]
         assert str(body["model"]["version"]) == expected["model_version"]
-        assert body["top_probability"] == pytest.approx(float(expected["top_probability"]),
-                                                        abs=1e-4)
+        assert body["top_probability"] == pytest.approx(
+            float(expected["top_probability"]), abs=1e-4
+        )
 
         serve_url = f"http://127.0.0.1:{serve_port}"
-        wait_until_healthy(servers["mlflow models serve"], f"{serve_url}/ping", timeout=240,
-                           log_path=tmp_path / "mlflow models serve.log",
-                           what="mlflow models serve")
-        request = {"dataframe_split": {"columns": ["image"], "data": [
-            [base64.b64encode(image.read_bytes()).decode()]]}}
+        wait_until_healthy(
+            servers["mlflow models serve"],
+            f"{serve_url}/ping",
+            timeout=240,
+            log_path=tmp_path / "mlflow models serve.log",
+            what="mlflow models serve",
+        )
+        request = {
+            "dataframe_split": {
+                "columns": ["image"],
+                "data": [[base64.b64encode(image.read_bytes()).decode()]],
+            }
+        }
         answer = httpx.post(f"{serve_url}/invocations", json=request, timeout=60)
         assert answer.status_code == 200, answer.text
         [served] = answer.json()["predictions"]
         assert served["top_class"] == expected["top_class"]
-        assert served["top_probability"] == pytest.approx(float(expected["top_probability"]),
-                                                          abs=1e-4)
+        assert served["top_probability"] == pytest.approx(
+            float(expected["top_probability"]), abs=1e-4
+        )
     finally:
         for server in servers.values():
             stop_process(server)

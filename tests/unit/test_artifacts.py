@@ -23,16 +23,21 @@ READERS = [
 ]
 
 
-@pytest.mark.parametrize(("reader", "artifact"), READERS,
-                         ids=[f"{a.stage}-{a.name}-{i}" for i, (_, a) in enumerate(READERS)])
+@pytest.mark.parametrize(
+    ("reader", "artifact"),
+    READERS,
+    ids=[f"{a.stage}-{a.name}-{i}" for i, (_, a) in enumerate(READERS)],
+)
 def test_a_missing_artifact_names_the_stage_that_writes_it(tmp_path, reader, artifact):
     with pytest.raises(artifacts.MissingArtifactError) as caught:
         reader(tmp_path)
     error = caught.value
     assert isinstance(error, TaglensError) and isinstance(error, FileNotFoundError)
     assert error.stage == artifact.stage and error.path == tmp_path / artifact.name
-    assert str(error) == (f"no {tmp_path / artifact.name}: run the {artifact.stage} stage first "
-                          f"(`dvc repro {artifact.stage}`)")  # fmt: skip
+    assert str(error) == (
+        f"no {tmp_path / artifact.name}: run the {artifact.stage} stage first "
+        f"(`dvc repro {artifact.stage}`)"
+    )
 
 
 def test_each_artifact_sits_in_the_dvc_yaml_layout():

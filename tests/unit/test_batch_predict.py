@@ -41,10 +41,17 @@ class FakePredictor:
         for image in batch:
             mean = float(image.mean())
             top = "bright" if mean > 127 else "dark"
-            out.append({"top_class": top, "top_probability": round(mean / 255, 6),
-                        "probabilities": {}, "hashtags": [
-                            {"tag": top, "score": 0.9, "posts": 3, "engagement": 1.0},
-                            {"tag": "photo", "score": 0.1, "posts": 9, "engagement": 0.5}]})
+            out.append(
+                {
+                    "top_class": top,
+                    "top_probability": round(mean / 255, 6),
+                    "probabilities": {},
+                    "hashtags": [
+                        {"tag": top, "score": 0.9, "posts": 3, "engagement": 1.0},
+                        {"tag": "photo", "score": 0.1, "posts": 9, "engagement": 0.5},
+                    ],
+                }
+            )
         return out
 
 
@@ -63,8 +70,9 @@ def _images(folder: Path, count: int, bad_at: int | None = None) -> list[Path]:
 
 
 def _score(paths, output, predictor=None, **kwargs):
-    return predict_to_file(paths, output, predictor or FakePredictor(), MODEL, batch_size=4,
-                           progress=False, **kwargs)
+    return predict_to_file(
+        paths, output, predictor or FakePredictor(), MODEL, batch_size=4, progress=False, **kwargs
+    )
 
 
 def test_list_inputs_folder_glob_list_and_single(tmp_path):
@@ -73,11 +81,15 @@ def test_list_inputs_folder_glob_list_and_single(tmp_path):
     listed = list_inputs(tmp_path / "photos")
     assert sorted(listed) == sorted(paths) and len(listed) == 5
     assert list_inputs(str(tmp_path / "photos" / "**" / "*.png")) == sorted(
-        p for p in paths if p.suffix == ".png")
+        p for p in paths if p.suffix == ".png"
+    )
     listing = tmp_path / "photos" / "list.txt"
     listing.write_text("# my photos\nsub/img000.jpg\n\n" + f"{paths[3]}\nmissing.jpg\n")
-    assert list_inputs(listing) == [tmp_path / "photos" / "sub" / "img000.jpg", paths[3],
-                                    tmp_path / "photos" / "missing.jpg"]
+    assert list_inputs(listing) == [
+        tmp_path / "photos" / "sub" / "img000.jpg",
+        paths[3],
+        tmp_path / "photos" / "missing.jpg",
+    ]
     assert list_inputs(paths[0]) == [paths[0]]
 
 
@@ -110,14 +122,19 @@ def test_bad_file_mid_way_is_an_error_row_and_rest_is_scored(tmp_path, fmt):
     assert (report.scored, report.errors, report.skipped, report.total) == (8, 2, 0, 10)
     assert predictor.seen == 8
     bad, gone = rows[4], rows[9]
-    assert bad["error"] == "refused before decoding: not an image in an allowed format (JPEG, " \
-        "PNG, GIF, BMP, WebP or TIFF)" and bad["top_class"] is None
+    assert (
+        bad["error"]
+        == "refused before decoding: not an image in an allowed format (JPEG, "
+        "PNG, GIF, BMP, WebP or TIFF)"
+        and bad["top_class"] is None
+    )
     assert bad["sha256"] == hashlib.sha256(paths[4].read_bytes()).hexdigest()
     assert gone["error"].startswith("cannot read file") and gone["hashtags"] == []
     good = [r for i, r in enumerate(rows) if i not in (4, 9)]
     assert all(r["error"] is None for r in good)
     assert [r["sha256"] for r in good] == [
-        hashlib.sha256(p.read_bytes()).hexdigest() for i, p in enumerate(paths) if i != 4]
+        hashlib.sha256(p.read_bytes()).hexdigest() for i, p in enumerate(paths) if i != 4
+    ]
     assert good[0]["hashtags"] == [{"tag": "dark", "score": 0.9}, {"tag": "photo", "score": 0.1}]
     assert {(r["model_name"], r["model_version"]) for r in rows} == {("taglens", "3")}
     assert not (tmp_path / f"out.{fmt}.parts").exists()
@@ -127,10 +144,20 @@ def test_csv_serializes_hashtags_as_json(tmp_path):
     _score(_images(tmp_path / "in", 2), tmp_path / "out.csv")
     with open(tmp_path / "out.csv", newline="") as handle:
         records = list(csv.DictReader(handle))
-    assert list(records[0]) == ["path", "sha256", "hashtags", "top_class", "top_probability",
-                                "model_name", "model_version", "error"]
-    assert json.loads(records[0]["hashtags"]) == [{"tag": "dark", "score": 0.9},
-                                                  {"tag": "photo", "score": 0.1}]
+    assert list(records[0]) == [
+        "path",
+        "sha256",
+        "hashtags",
+        "top_class",
+        "top_probability",
+        "model_name",
+        "model_version",
+        "error",
+    ]
+    assert json.loads(records[0]["hashtags"]) == [
+        {"tag": "dark", "score": 0.9},
+        {"tag": "photo", "score": 0.1},
+    ]
     assert records[0]["error"] == "" and float(records[1]["top_probability"]) > 0
 
 
@@ -171,8 +198,9 @@ def test_other_model_version_is_scored_again(tmp_path):
     paths = _images(tmp_path / "in", 3)
     out = tmp_path / "out.jsonl"
     _score(paths, out)
-    report = predict_to_file(paths, out, FakePredictor(), ModelRef("taglens", "4"),
-                             batch_size=4, progress=False)
+    report = predict_to_file(
+        paths, out, FakePredictor(), ModelRef("taglens", "4"), batch_size=4, progress=False
+    )
     rows = list(read_rows(out))
     assert report.scored == 3 and [r["model_version"] for r in rows] == ["3"] * 3 + ["4"] * 3
 

@@ -7,21 +7,43 @@ from bench.predict import _rss_mb, to_markdown
 
 def test_markdown_has_ratios_and_memory_rows():
     result = {
-        "cpus": 2, "loadavg_start": 1.0, "loadavg_end": 2.0, "image_size": 224,
-        "batch_size": 32, "images": 1000, "backbone": "mobilenet", "engine": "openvino",
-        "photo_side": 640, "command_seconds": {"featurize": [30.0, 28.0], "predict": [31.0, 29.5]},
-        "featurize_img_s": 1000 / 28.0, "predict_img_s": 1000 / 29.5,
-        "predict_over_featurize": 28.0 / 29.5, "rss_size": 64, "rss_engine": "openvino",
+        "cpus": 2,
+        "loadavg_start": 1.0,
+        "loadavg_end": 2.0,
+        "image_size": 224,
+        "batch_size": 32,
+        "images": 1000,
+        "backbone": "mobilenet",
+        "engine": "openvino",
+        "photo_side": 640,
+        "command_seconds": {"featurize": [30.0, 28.0], "predict": [31.0, 29.5]},
+        "featurize_img_s": 1000 / 28.0,
+        "predict_img_s": 1000 / 29.5,
+        "predict_over_featurize": 28.0 / 29.5,
+        "rss_size": 64,
+        "rss_engine": "openvino",
         "command_cpu_seconds": {"featurize": [20.0, 19.0], "predict": [19.5, 20.0]},
-        "predict_over_featurize_cpu": 19.0 / 19.5, "predict_over_featurize_by_repeat": [0.97, 0.95],
-        "rss_format": "parquet", "rss_ratio": 1.02,
+        "predict_over_featurize_cpu": 19.0 / 19.5,
+        "predict_over_featurize_by_repeat": [0.97, 0.95],
+        "rss_format": "parquet",
+        "rss_ratio": 1.02,
         "rss": [
-            {"images": 1000, "img_s": 300.0, "loaded_rss_mb": 700, "job_peak_rss_mb": 750,
-             "peak_rss_mb": 760},
-            {"images": 10000, "img_s": 400.0, "loaded_rss_mb": 701, "job_peak_rss_mb": 765,
-             "peak_rss_mb": 770},
+            {
+                "images": 1000,
+                "img_s": 300.0,
+                "loaded_rss_mb": 700,
+                "job_peak_rss_mb": 750,
+                "peak_rss_mb": 760,
+            },
+            {
+                "images": 10000,
+                "img_s": 400.0,
+                "loaded_rss_mb": 701,
+                "job_peak_rss_mb": 765,
+                "peak_rss_mb": 770,
+            },
         ],
-    }  # fmt: skip
+    }
     text = to_markdown(result)
     assert "`featurize.engine: openvino`, 1000 flowers photos re-encoded as 640x640 JPEGs" in text
     assert (

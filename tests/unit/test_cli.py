@@ -61,8 +61,19 @@ def test_help_lists_every_command(capsys):
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
-    for command in ("scrape", "featurize", "clean", "train", "evaluate", "register", "registry",
-                    "predict", "serve", "retrain", "schedule"):  # fmt: skip
+    for command in (
+        "scrape",
+        "featurize",
+        "clean",
+        "train",
+        "evaluate",
+        "register",
+        "registry",
+        "predict",
+        "serve",
+        "retrain",
+        "schedule",
+    ):
         assert f"\n    {command}" in out, command
 
 
@@ -105,15 +116,21 @@ def test_a_bug_in_a_subcommand_keeps_its_traceback(monkeypatch):
 def test_the_command_line_help_and_a_user_error_in_a_subprocess(tmp_path):
     command = [sys.executable, "-m", "taglens.cli"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this source tree, wherever it is installed
-    helped = subprocess.run([*command, "clean", "--help"], capture_output=True, text=True,
-                            timeout=120, env=env)  # fmt: skip
+    helped = subprocess.run(
+        [*command, "clean", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert helped.returncode == 0
     assert helped.stdout.startswith("usage: taglens clean ")
     assert "--features" in helped.stdout
     # A missing params file is the user's to fix: one line, exit 2, no traceback
-    failed = subprocess.run([*command, "clean", "--params", str(tmp_path / "nope.yaml")],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                            env=env)  # fmt: skip
+    failed = subprocess.run(
+        [*command, "clean", "--params", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
     assert failed.returncode == 2
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "nope.yaml" in errors[0], failed.stderr

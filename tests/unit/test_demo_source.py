@@ -53,8 +53,11 @@ def test_classes_are_visually_distinct(label):
     )
     means = {}
     for name in PAPER_CLASSES:
-        pixels = [np.asarray(Image.open(io.BytesIO(i.data)), float).mean((0, 1))
-                  for i in items if i.label == name]  # fmt: skip
+        pixels = [
+            np.asarray(Image.open(io.BytesIO(i.data)), float).mean((0, 1))
+            for i in items
+            if i.label == name
+        ]
         means[name] = np.median(pixels, axis=0)
     own = means[label]
     others = [np.linalg.norm(own - means[name]) for name in PAPER_CLASSES if name != label]

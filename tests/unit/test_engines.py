@@ -133,8 +133,9 @@ def test_unknown_engine_names_the_param(vgg19_32px):
 
 def test_a_missing_package_names_the_param_and_the_fix(vgg19_32px, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "openvino" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
+    )
     with pytest.raises(EngineError) as caught:
         compile_forward(vgg19_32px, "openvino", jit_compile=False)
     message = str(caught.value)
@@ -149,15 +150,19 @@ def test_a_failed_conversion_names_the_param(vgg19_32px, monkeypatch):
         raise RuntimeError("Cannot create Foo layer\nlong trace")
 
     monkeypatch.setattr(openvino, "convert_model", broken)
-    with pytest.raises(EngineError, match=r"^featurize\.engine: openvino could not convert "
-                       r"vgg19_features \(RuntimeError: Cannot create Foo layer\); set "
-                       r"featurize\.engine: tensorflow$"):  # fmt: skip
+    with pytest.raises(
+        EngineError,
+        match=r"^featurize\.engine: openvino could not convert "
+        r"vgg19_features \(RuntimeError: Cannot create Foo layer\); set "
+        r"featurize\.engine: tensorflow$",
+    ):
         compile_forward(vgg19_32px, "openvino", jit_compile=False)
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
-def test_a_predictor_on_an_engine_gives_the_same_probabilities(engine, tiny_models_dir,
-                                                               tmp_path, monkeypatch):  # fmt: skip
+def test_a_predictor_on_an_engine_gives_the_same_probabilities(
+    engine, tiny_models_dir, tmp_path, monkeypatch
+):
     from taglens.serving.predictor import HashtagPredictor
 
     monkeypatch.setenv("TAGLENS_CACHE_DIR", str(tmp_path / "cache"))
@@ -168,7 +173,8 @@ def test_a_predictor_on_an_engine_gives_the_same_probabilities(engine, tiny_mode
     want, got = plain.probabilities(pixels), fast.probabilities(pixels)
     assert relative_difference(got, want) < RTOL
     assert [p["top_class"] for p in fast.predict_pixels(pixels)] == [
-        p["top_class"] for p in plain.predict_pixels(pixels)]  # fmt: skip
+        p["top_class"] for p in plain.predict_pixels(pixels)
+    ]
     assert on_engine(fast, engine) is fast  # already there: no second conversion
     assert on_engine(fast, "tensorflow").model.model is plain.model  # switched, not stacked
 
@@ -187,8 +193,9 @@ def served_model(vgg19_32px):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_every_engine_keeps_every_output_of_a_dict_output_model(engine, served_model, pixels,
-                                                                 tmp_path):  # fmt: skip
+def test_every_engine_keeps_every_output_of_a_dict_output_model(
+    engine, served_model, pixels, tmp_path
+):
     # Batch predict and the web page run this model on the engine: class probabilities, the
     # features and the colour view must each come back under their own name, in order.
     want = {k: np.asarray(v) for k, v in served_model(pixels, training=False).items()}

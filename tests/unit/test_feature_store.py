@@ -26,8 +26,15 @@ def mean_colour_extractor():
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
 
 
-COLOURS = [(200, 10, 10), (10, 200, 10), (10, 10, 200), (120, 120, 0), (0, 90, 160),
-           (250, 250, 250), (30, 30, 30)]  # fmt: skip
+COLOURS = [
+    (200, 10, 10),
+    (10, 200, 10),
+    (10, 10, 200),
+    (120, 120, 0),
+    (0, 90, 160),
+    (250, 250, 250),
+    (30, 30, 30),
+]
 
 
 @pytest.fixture
@@ -52,8 +59,14 @@ class Factory:
 def fill(store, items, factory, *, batch_size, shard_size):
     """fill_stores with the image's store alone: its vectors by sha256 and its update."""
     vectors, updates = fill_stores(
-        {IMAGE: store}, items, factory, batch_size=batch_size, shard_size=shard_size,
-        jit_compile=False, engine="tensorflow", progress=False,
+        {IMAGE: store},
+        items,
+        factory,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        jit_compile=False,
+        engine="tensorflow",
+        progress=False,
     )
     return vectors[IMAGE], updates[IMAGE]
 
@@ -61,16 +74,27 @@ def fill(store, items, factory, *, batch_size, shard_size):
 @pytest.mark.parametrize("jit", [False, True])
 def test_featurize_paths_keeps_order_and_values(raw, jit):
     vectors = featurize_paths(
-        [path for _, path in raw], mean_colour_extractor(), image_size=SIZE, batch_size=3,
-        jit_compile=jit, engine="tensorflow", progress=False,
-    )  # fmt: skip
+        [path for _, path in raw],
+        mean_colour_extractor(),
+        image_size=SIZE,
+        batch_size=3,
+        jit_compile=jit,
+        engine="tensorflow",
+        progress=False,
+    )
     assert vectors.shape == (7, 3) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, np.array(COLOURS, dtype=np.float32), atol=3.0)
 
 
 def test_featurize_paths_with_no_images_has_the_right_width():
-    vectors = featurize_paths([], mean_colour_extractor(), image_size=SIZE, batch_size=4,
-                              jit_compile=False, engine="tensorflow")
+    vectors = featurize_paths(
+        [],
+        mean_colour_extractor(),
+        image_size=SIZE,
+        batch_size=4,
+        jit_compile=False,
+        engine="tensorflow",
+    )
     assert vectors.shape == (0, 3)
 
 
@@ -134,14 +158,15 @@ def test_an_unreadable_shard_is_ignored_and_recomputed(tmp_path, raw):
 
 @pytest.mark.parametrize(
     "other",
-    [FeatureKey("test", 64, "random-seed0", "fp32"),
-     FeatureKey("vgg19", SIZE, "random-seed0", "fp32"),
-     FeatureKey("test", SIZE, "file-0123456789abcdef", "fp32"),
-     FeatureKey("test", SIZE, "random-seed0", "int8")],
-)  # fmt: skip
+    [
+        FeatureKey("test", 64, "random-seed0", "fp32"),
+        FeatureKey("vgg19", SIZE, "random-seed0", "fp32"),
+        FeatureKey("test", SIZE, "file-0123456789abcdef", "fp32"),
+        FeatureKey("test", SIZE, "random-seed0", "int8"),
+    ],
+)
 def test_changing_backbone_size_weights_or_precision_misses_the_cache(tmp_path, raw, other):
-    fill(FeatureStore(tmp_path / "store", KEY), raw, Factory(), batch_size=4,
-               shard_size=8)
+    fill(FeatureStore(tmp_path / "store", KEY), raw, Factory(), batch_size=4, shard_size=8)
     store = FeatureStore(tmp_path / "store", other)
     assert store.dir != FeatureStore(tmp_path / "store", KEY).dir
     assert store.load() == {}
@@ -163,24 +188,40 @@ def test_int8_vectors_and_fp32_vectors_are_stored_apart(tmp_path):
     assert fp32[IMAGE].load()["a" * 64].tolist() == [1, 1, 1]
     assert int8[IMAGE].load()["a" * 64].tolist() == [2, 2, 2]
     assert [store.dir.name for store in fp32.values()] == [
-        "vgg19-224px-imagenet", "vgg19-224px-imagenet-flip"]
+        "vgg19-224px-imagenet",
+        "vgg19-224px-imagenet-flip",
+    ]
     assert [store.dir.name for store in int8.values()] == [
-        "vgg19-224px-imagenet-int8", "vgg19-224px-imagenet-int8-flip"]
+        "vgg19-224px-imagenet-int8",
+        "vgg19-224px-imagenet-int8-flip",
+    ]
     assert int8["flip"].load() == {}
 
 
 def test_missing_image_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jpg.*scrape"):
-        featurize_paths([tmp_path / "nope.jpg"], mean_colour_extractor(), image_size=SIZE,
-                        batch_size=2, jit_compile=False, engine="tensorflow")  # fmt: skip
+        featurize_paths(
+            [tmp_path / "nope.jpg"],
+            mean_colour_extractor(),
+            image_size=SIZE,
+            batch_size=2,
+            jit_compile=False,
+            engine="tensorflow",
+        )
 
 
 def test_undecodable_image_is_a_value_error(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"this is not an image")
     with pytest.raises(ValueError, match="cannot decode"):
-        featurize_paths([bad], mean_colour_extractor(), image_size=SIZE, batch_size=2,
-                        jit_compile=False, engine="tensorflow")
+        featurize_paths(
+            [bad],
+            mean_colour_extractor(),
+            image_size=SIZE,
+            batch_size=2,
+            jit_compile=False,
+            engine="tensorflow",
+        )
 
 
 def test_features_file_round_trip(tmp_path):
@@ -202,8 +243,14 @@ def fill_views(root, items, factory, views, *, batch_size=3, shard_size=4):
     """fill_stores on the image's store and one store per view, as featurize fills them."""
     stores = feature_stores(root, KEY, views)
     vectors, updates = fill_stores(
-        stores, items, factory, batch_size=batch_size, shard_size=shard_size, jit_compile=False,
-        engine="tensorflow", progress=False,
+        stores,
+        items,
+        factory,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        jit_compile=False,
+        engine="tensorflow",
+        progress=False,
     )
     return stores, vectors, updates
 

@@ -32,8 +32,10 @@ def test_yields_configured_classes_in_class_then_name_order(photos):
     source = FolderSource(photos, ["art", "food", "nature"])
     items = list(source)
     assert [(i.id, i.label) for i in items] == [
-        ("art/x.png", "art"), ("food/a.jpg", "food"), ("food/b.jpg", "food")
-    ]  # fmt: skip
+        ("art/x.png", "art"),
+        ("food/a.jpg", "food"),
+        ("food/b.jpg", "food"),
+    ]
     assert items[0].data == (photos / "art/x.png").read_bytes()
     assert items[0].origin == str(photos / "art/x.png")
     assert source.skipped_folders == ["holiday"]
@@ -44,10 +46,15 @@ def test_yields_configured_classes_in_class_then_name_order(photos):
 
 def test_metadata_is_merged_by_relative_path(photos):
     rows = [
-        {"image": "food/a.jpg", "caption": "Noodles #Food", "likes": 12, "comments": 3,
-         "date": "2024-05-01T10:00:00+02:00"},
+        {
+            "image": "food/a.jpg",
+            "caption": "Noodles #Food",
+            "likes": 12,
+            "comments": 3,
+            "date": "2024-05-01T10:00:00+02:00",
+        },
         {"image": "food/gone.jpg", "caption": "deleted"},
-    ]  # fmt: skip
+    ]
     (photos / "posts.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     source = FolderSource(photos, ["food"])
     items = {item.id: item for item in source}
@@ -88,9 +95,11 @@ def test_without_configured_classes_every_folder_is_a_class(photos):
     # Then the classes are the folder names, in name order, and nothing is skipped
     assert source.classes == ["art", "food", "holiday"]
     assert [(i.id, i.label) for i in source] == [
-        ("art/x.png", "art"), ("food/a.jpg", "food"), ("food/b.jpg", "food"),
+        ("art/x.png", "art"),
+        ("food/a.jpg", "food"),
+        ("food/b.jpg", "food"),
         ("holiday/y.jpg", "holiday"),
-    ]  # fmt: skip
+    ]
     assert source.skipped_folders == [] and source.notes == []
 
 

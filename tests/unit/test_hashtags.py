@@ -29,15 +29,33 @@ def params(**changes) -> HashtagParams:
     from tests.helpers.params import tiny_params
 
     base = tiny_params().hashtags.model_dump()
-    base.update({"top_k": 10, "min_support": 2, "smoothing": 1.0, "denylist": ("f4f",),
-                 "generic": ("instagood",), "generic_weight": 0.3, "image_rankers": False})
+    base.update(
+        {
+            "top_k": 10,
+            "min_support": 2,
+            "smoothing": 1.0,
+            "denylist": ("f4f",),
+            "generic": ("instagood",),
+            "generic_weight": 0.3,
+            "image_rankers": False,
+        }
+    )
     return HashtagParams(**{**base, **changes})
 
 
 def posts(table=TABLE) -> list[Post]:
     return [
-        Post(id=str(i), label=label, image=f"images/{i}.jpg", sha256=f"{i:064x}", width=9,
-             height=9, caption=caption, likes=likes, source="test")  # fmt: skip
+        Post(
+            id=str(i),
+            label=label,
+            image=f"images/{i}.jpg",
+            sha256=f"{i:064x}",
+            width=9,
+            height=9,
+            caption=caption,
+            likes=likes,
+            source="test",
+        )
         for i, (label, caption, likes) in enumerate(table)
     ]
 
@@ -104,11 +122,16 @@ def test_rank_known_order_with_denylist_and_no_hand_weights(stats):
     assert scores["yum"] == pytest.approx(0.9 * 0.5 + 0.1 / 3)
     assert scores["instagood"] == pytest.approx(0.9 / 4 + 0.1 / 3, abs=1e-6)  # rounded to 6
     engagement = (10 / 20 + 30 / 20 + 20 / 20) / 3  # likes relative to the food mean of 20
-    assert ranked[0] == {"tag": "pizza", "score": pytest.approx(0.675), "posts": 3,
-                         "engagement": pytest.approx(engagement)}  # fmt: skip
+    assert ranked[0] == {
+        "tag": "pizza",
+        "score": pytest.approx(0.675),
+        "posts": 3,
+        "engagement": pytest.approx(engagement),
+    }
     weights = stats.tag_weights(("instagood",), 0.3)
-    weighted = stats.finish(stats.mixture(np.array([[0.9, 0.1]]), params(smoothing=0.0)),
-                            params(smoothing=0.0), weights)
+    weighted = stats.finish(
+        stats.mixture(np.array([[0.9, 0.1]]), params(smoothing=0.0)), params(smoothing=0.0), weights
+    )
     assert weighted[0, stats.tags.index("instagood")] == pytest.approx(0.3 * (0.9 / 4 + 0.1 / 3))
 
 

@@ -68,11 +68,18 @@ def test_class_weighting_scales_each_sample_loss_by_its_class_weight():
     x, y = np.concatenate([x, x[:1], x[:1], x[:1]]), np.concatenate([y, [0, 0, 0]])  # 4:1:1
     # one full batch and a learning rate too small to move the weights: the reported loss is the
     # loss of the initial model, so it can be recomputed by hand
-    settings = {"epochs": 1, "batch_size": 64, "learning_rate": 1e-12, "dropout": 0.0,
-                "hidden_units": 0, "early_stopping_patience": 0}  # fmt: skip
+    settings = {
+        "epochs": 1,
+        "batch_size": 64,
+        "learning_rate": 1e-12,
+        "dropout": 0.0,
+        "hidden_units": 0,
+        "early_stopping_patience": 0,
+    }
     plain = fit_head((x, y), (x, y), 3, _train_params(class_weight="none", **settings), seed=3)
-    weighted = fit_head((x, y), (x, y), 3, _train_params(class_weight="balanced", **settings),
-                        seed=3)  # fmt: skip
+    weighted = fit_head(
+        (x, y), (x, y), 3, _train_params(class_weight="balanced", **settings), seed=3
+    )
     probs = plain.model.predict(x, verbose=0)
     per_sample = -np.log(probs[np.arange(len(y)), y])
     weights = class_weights(y, 3, "balanced")
@@ -83,8 +90,9 @@ def test_class_weighting_scales_each_sample_loss_by_its_class_weight():
     assert weighted.history[0]["loss"] != pytest.approx(plain.history[0]["loss"], rel=1e-3)
 
 
-@pytest.mark.parametrize(("hidden", "dropout", "n_params"), [(0, 0.0, 16 * 3 + 3),
-                                                           (8, 0.5, 16 * 8 + 8 + 8 * 3 + 3)])
+@pytest.mark.parametrize(
+    ("hidden", "dropout", "n_params"), [(0, 0.0, 16 * 3 + 3), (8, 0.5, 16 * 8 + 8 + 8 * 3 + 3)]
+)
 def test_head_layers_follow_the_params(hidden, dropout, n_params):
     x, _ = _clusters(5)
     head = build_head(16, 3, _train_params(hidden_units=hidden, dropout=dropout), seed=0)
@@ -109,30 +117,40 @@ def test_baseline_separates_clusters_and_one_hot_is_exact():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["vgg19", "vgg16", "mobilenet", "mobilenet_v2", "resnet50",
-                                      "efficientnet_b0"])  # fmt: skip
+@pytest.mark.parametrize(
+    "backbone", ["vgg19", "vgg16", "mobilenet", "mobilenet_v2", "resnet50", "efficientnet_b0"]
+)
 def test_every_backbone_can_unfreeze_its_last_block_or_last_layers(backbone):
     from taglens.features.backbones import build_feature_extractor
     from taglens.params import ModelParams
     from taglens.training.full_model import assemble, unfreeze_last_block
 
-    extractor = build_feature_extractor(ModelParams(backbone=backbone, image_size=32,
-                                                    weights=None), seed=0)  # fmt: skip
+    extractor = build_feature_extractor(
+        ModelParams(backbone=backbone, image_size=32, weights=None), seed=0
+    )
     head = build_head(int(extractor.output_shape[-1]), 3, _train_params(), seed=0)
     model = assemble(extractor, head)
     assert unfreeze_last_block(model, backbone) >= 1
     assert unfreeze_last_block(model, backbone, layers=3) == 3
     backbone_model = [layer for layer in extractor.layers if layer.weights][-1]
     trainable = [layer for layer in backbone_model.layers if layer.trainable and layer.weights]
-    assert len(trainable) == 3 and trainable[-1] is [
-        layer for layer in backbone_model.layers if layer.weights][-1]
+    assert (
+        len(trainable) == 3
+        and trainable[-1] is [layer for layer in backbone_model.layers if layer.weights][-1]
+    )
 
 
 def test_logreg_head_is_linear_with_sklearns_penalty_and_learns():
     x, y = _clusters(40)
     xv, yv = _clusters(20, seed=1)
-    params = _train_params(head="logreg", logreg_c=0.5, epochs=60, normalise="standardise",
-                           hidden_units=64, dropout=0.5)  # fmt: skip
+    params = _train_params(
+        head="logreg",
+        logreg_c=0.5,
+        epochs=60,
+        normalise="standardise",
+        hidden_units=64,
+        dropout=0.5,
+    )
     fit = fit_head((x, y), (xv, yv), 3, params, seed=0)
     dense = [layer for layer in fit.model.layers if layer.weights and "probabilities" in layer.name]
     names = [layer.name for layer in fit.model.layers]

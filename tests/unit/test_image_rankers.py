@@ -35,12 +35,15 @@ def test_tag_matrix_marks_known_tags_only():
 def test_ranking_scores_agree_with_hashtag_metrics():
     rng = np.random.default_rng(0)
     scores = rng.uniform(size=(40, len(VOCAB)))
-    truth_sets = [set(rng.choice(VOCAB + ["other"], size=rng.integers(0, 4), replace=False))
-                  for _ in range(40)]  # fmt: skip
+    truth_sets = [
+        set(rng.choice(VOCAB + ["other"], size=rng.integers(0, 4), replace=False))
+        for _ in range(40)
+    ]
     ranked = [[VOCAB[i] for i in np.argsort(-row, kind="stable")] for row in scores]
     expected = hashtag_metrics(ranked, truth_sets, k=5)
-    got = ranking_scores(scores, tag_matrix(truth_sets, VOCAB),
-                         np.array([len(t) for t in truth_sets]), top_k=5)  # fmt: skip
+    got = ranking_scores(
+        scores, tag_matrix(truth_sets, VOCAB), np.array([len(t) for t in truth_sets]), top_k=5
+    )
     assert got["precision_at_1"] == pytest.approx(expected["hashtag_precision_at_1"])
     assert got["recall_at_5"] == pytest.approx(expected["hashtag_recall_at_5"])
     assert got["accuracy_at_5"] == pytest.approx(expected["hashtag_accuracy_at_5"])
@@ -52,8 +55,10 @@ def _colour_world(n: int, seed: int):
     red = rng.uniform(size=n) < 0.5
     features = np.c_[red * 2.0 - 1.0, rng.normal(0, 0.3, (n, 3))].astype("float32")
     features[:, 0] += rng.normal(0, 0.3, n)
-    tags = [{"cat", "red" if r else "blue"} | ({"follow"} if rng.uniform() < 0.3 else set())
-            for r in red]  # fmt: skip
+    tags = [
+        {"cat", "red" if r else "blue"} | ({"follow"} if rng.uniform() < 0.3 else set())
+        for r in red
+    ]
     return features, tags
 
 
@@ -187,19 +192,29 @@ def test_a_hashtag_blend_round_trips(tmp_path):
     stats = fit_hashtag_stats(posts(), ["food", "art"], params())
     rng = np.random.default_rng(0)
     n_tags = len(stats.tags)
-    model = TagModel(rng.normal(size=4).astype("float32"), np.ones(4, "float32"),
-                     rng.normal(size=(4, 2)).astype("float32"), np.zeros(2, "float32"),
-                     np.array([0, 3]))  # fmt: skip
+    model = TagModel(
+        rng.normal(size=4).astype("float32"),
+        np.ones(4, "float32"),
+        rng.normal(size=(4, 2)).astype("float32"),
+        np.zeros(2, "float32"),
+        np.array([0, 3]),
+    )
     neighbours = NeighbourTags(
         unit_rows(rng.normal(size=(6, 4))),
         rng.integers(0, 2, (6, n_tags)).astype("float32"),
         k=3,
         power=4.0,
     )
-    blend = HashtagBlend("uses", 2.0, model, None, neighbours,
-                         {"popularity": 0.2, "class_mixture": 0.5, "tag_model": 0.1,
-                          "neighbours": 0.2}, np.linspace(0.5, 1, n_tags),
-                         {"served": "blend", "why": "test"})  # fmt: skip
+    blend = HashtagBlend(
+        "uses",
+        2.0,
+        model,
+        None,
+        neighbours,
+        {"popularity": 0.2, "class_mixture": 0.5, "tag_model": 0.1, "neighbours": 0.2},
+        np.linspace(0.5, 1, n_tags),
+        {"served": "blend", "why": "test"},
+    )
     loaded = HashtagBlend.load(blend.save(tmp_path / "rankers.npz"))
     x = rng.normal(size=(3, 4)).astype("float32")
     probs = rng.dirichlet([1, 1], size=3)

@@ -20,8 +20,9 @@ from taglens.data.sources.base import SourceItem
 from taglens.data.sources.folder import FolderSource
 from taglens.params import IngestParams
 
-PARAMS = IngestParams(max_pixels=4_000_000, min_side=32, max_side=2048, animated="first_frame",
-                      jpeg_quality=90)
+PARAMS = IngestParams(
+    max_pixels=4_000_000, min_side=32, max_side=2048, animated="first_frame", jpeg_quality=90
+)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -109,13 +110,23 @@ def test_bad_file_corpus_accepted_rejected_and_why(corpus, tmp_path):
 
     posts = {p.id: p for p in read_posts(out / "posts.jsonl")}
     assert set(posts) == {
-        "food/ok.jpg", "food/cmyk.jpg", "food/gray16.png", "food/palette.png",
-        "art/animated.gif", "art/rotated.jpg", "art/rgba.png",
-    }  # fmt: skip
+        "food/ok.jpg",
+        "food/cmyk.jpg",
+        "food/gray16.png",
+        "food/palette.png",
+        "art/animated.gif",
+        "art/rotated.jpg",
+        "art/rgba.png",
+    }
     rejected = {Path(r["path"]).name: r["reason"] for r in read_jsonl(out / "rejected.jsonl")}
     assert set(rejected) == {
-        "zero.jpg", "truncated.jpg", "cut_short.jpg", "text.jpg", "huge.png", "tiny.png"
-    }  # fmt: skip
+        "zero.jpg",
+        "truncated.jpg",
+        "cut_short.jpg",
+        "text.jpg",
+        "huge.png",
+        "tiny.png",
+    }
     assert rejected["zero.jpg"].startswith("empty:")
     assert rejected["truncated.jpg"].startswith("truncated:")
     assert rejected["cut_short.jpg"].startswith("truncated:")
@@ -125,8 +136,12 @@ def test_bad_file_corpus_accepted_rejected_and_why(corpus, tmp_path):
 
     assert report.accepted == 7
     assert dict(report.rejected) == {
-        "empty": 1, "truncated": 2, "not_image": 1, "too_large": 1, "too_small": 1
-    }  # fmt: skip
+        "empty": 1,
+        "truncated": 2,
+        "not_image": 1,
+        "too_large": 1,
+        "too_small": 1,
+    }
     assert [(d["kept_id"], d["dropped_id"], d["dropped_label"]) for d in report.duplicates] == [
         ("food/ok.jpg", "art/copy_of_ok.jpg", "art")
     ]
@@ -213,8 +228,10 @@ def test_normalized_bytes_are_deterministic():
 
 def test_rerun_cleans_stale_images_and_keeps_posts_consistent(tmp_path):
     out = tmp_path / "raw"
-    first = [SourceItem(id=f"a{i}", label="art", data=good_jpeg((i * 40, 5, 5)), origin=f"m{i}")
-             for i in range(3)]  # fmt: skip
+    first = [
+        SourceItem(id=f"a{i}", label="art", data=good_jpeg((i * 40, 5, 5)), origin=f"m{i}")
+        for i in range(3)
+    ]
     ingest(first, PARAMS, out=out, source="demo")
     assert len(list((out / "images").iterdir())) == 3
     report = ingest(first[:1], PARAMS, out=out, source="demo")
@@ -225,12 +242,18 @@ def test_rerun_cleans_stale_images_and_keeps_posts_consistent(tmp_path):
 
 def test_caption_hashtags_and_bad_metadata(tmp_path):
     items = [
-        SourceItem(id="c", label="food", data=good_jpeg(), origin="x",
-                   caption="Lunch! #Food #yum #food"),
-        SourceItem(id="h", label="food", data=good_jpeg((1, 2, 3)), origin="y",
-                   hashtags=("#Pasta", "pasta", "Dinner")),
+        SourceItem(
+            id="c", label="food", data=good_jpeg(), origin="x", caption="Lunch! #Food #yum #food"
+        ),
+        SourceItem(
+            id="h",
+            label="food",
+            data=good_jpeg((1, 2, 3)),
+            origin="y",
+            hashtags=("#Pasta", "pasta", "Dinner"),
+        ),
         SourceItem(id="bad", label="food", data=good_jpeg((9, 9, 90)), origin="z", likes=-4),
-    ]  # fmt: skip
+    ]
     report = ingest(items, PARAMS, out=tmp_path, source="folder")
     posts = {p.id: p for p in read_posts(tmp_path / "posts.jsonl")}
     assert posts["c"].hashtags == ("food", "yum")
@@ -254,8 +277,15 @@ def test_mangled_files_are_refused_or_accepted_never_fatal(fmt):
         try:
             result = normalize_image(bytes(data[:cut]), PARAMS)
         except RejectedImage as exc:
-            assert exc.kind in {"truncated", "corrupt", "not_image", "too_large", "too_small",
-                                "unsupported", "animated"}  # fmt: skip
+            assert exc.kind in {
+                "truncated",
+                "corrupt",
+                "not_image",
+                "too_large",
+                "too_small",
+                "unsupported",
+                "animated",
+            }
             outcomes["rejected"] += 1
         else:
             assert result.jpeg[:2] == b"\xff\xd8" and result.width >= 32

@@ -19,10 +19,17 @@ SALT = "test-salt"
 
 
 def settings(**changes) -> InstagramSourceParams:
-    base = dict(hashtags=("food",), posts_per_hashtag=10, keep_days=None, order="recent",
-                skip_videos=True,
-                since=None, until=None, max_wait_seconds=1800,
-                owner_salt_env="TAGLENS_OWNER_SALT")  # fmt: skip
+    base = dict(
+        hashtags=("food",),
+        posts_per_hashtag=10,
+        keep_days=None,
+        order="recent",
+        skip_videos=True,
+        since=None,
+        until=None,
+        max_wait_seconds=1800,
+        owner_salt_env="TAGLENS_OWNER_SALT",
+    )
     return InstagramSourceParams(**{**base, **changes})
 
 
@@ -48,8 +55,15 @@ def loader_for(session, max_wait=1800.0, sleeps=None):
 
 
 # The shortcodes the fixture responses hold: stored post ids are keyed hashes of them.
-FIXTURE_CODES = set(re.findall(r'"(?:shortcode|code)":\s*"(\w+)"', "".join(
-    p.read_text() for p in (Path(__file__).parents[1] / "fixtures" / "instagram").glob("*.json"))))
+FIXTURE_CODES = set(
+    re.findall(
+        r'"(?:shortcode|code)":\s*"(\w+)"',
+        "".join(
+            p.read_text()
+            for p in (Path(__file__).parents[1] / "fixtures" / "instagram").glob("*.json")
+        ),
+    )
+)
 
 
 def shortcode_of(post_id: str, salt: str = SALT) -> str:
@@ -58,8 +72,11 @@ def shortcode_of(post_id: str, salt: str = SALT) -> str:
 
 
 def shortcodes(cache, tag=None):
-    return [shortcode_of(r["post_id"]) for r in read_jsonl(cache / instagram.COLLECTED_FILE)
-            if tag is None or r["label"] == tag]  # fmt: skip
+    return [
+        shortcode_of(r["post_id"])
+        for r in read_jsonl(cache / instagram.COLLECTED_FILE)
+        if tag is None or r["label"] == tag
+    ]
 
 
 def test_two_pages_video_skipped_and_no_caption(fake, session, tmp_path):
@@ -101,8 +118,9 @@ def test_429_is_waited_out_through_the_rate_controller(fake, session, tmp_path):
     fake.faults["graphql:food:2"] = [429]
     sleeps = Sleeps()
     cache = tmp_path / "cache"
-    result = instagram.collect(loader_for(session, sleeps=sleeps), settings(), cache=cache,
-                               salt=SALT)  # fmt: skip
+    result = instagram.collect(
+        loader_for(session, sleeps=sleeps), settings(), cache=cache, salt=SALT
+    )
     assert result.complete and len(shortcodes(cache)) == 4
     assert fake.calls["graphql:food:2"] == 2
     # instaloader's own 429 back-off (about 11 minutes), honoured because it is under the bound;
@@ -123,8 +141,7 @@ def test_429_longer_than_max_wait_stops_cleanly_then_resumes(fake, session, tmp_
 
     second = instagram.collect(loader_for(session), params, cache=cache, salt=SALT)
     assert second.complete
-    assert shortcodes(cache, "food") == ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA",
-                                         "C7RcFood5AA"]  # fmt: skip
+    assert shortcodes(cache, "food") == ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA", "C7RcFood5AA"]
     assert shortcodes(cache, "art") == ["C7RcArt01AA", "C7RcFood1AA"]
     assert fake.calls["image:C7RcFood1AA"] == 1  # shared by two hashtags, downloaded once
     assert not list((cache / "resume").glob("food_*.json"))  # finished: resume file removed
@@ -147,8 +164,9 @@ def test_connection_error_midway_keeps_what_it_has_and_resumes(fake, session, tm
 def test_changed_response_shape_ends_the_hashtag_not_the_run(fake, session, tmp_path):
     fake.faults["graphql:food:2"] = [{"data": {"hashtag": None}, "status": "ok"}]
     cache = tmp_path / "cache"
-    result = instagram.collect(loader_for(session), settings(hashtags=("food", "art")),
-                               cache=cache, salt=SALT)  # fmt: skip
+    result = instagram.collect(
+        loader_for(session), settings(hashtags=("food", "art")), cache=cache, salt=SALT
+    )
     assert not result.complete and "stopped by TypeError" in result.notes[0]
     assert shortcodes(cache, "food") == ["C7RcFood1AA", "C7RcFood3AA"]
     assert result.per_tag["art"] == 2
@@ -180,8 +198,14 @@ def test_the_second_run_adds_exactly_the_newer_posts(fake, session, tmp_path):
     fake.newer = True  # a week later: a page of newer posts heads the listing
     second = instagram.collect(loader_for(session), settings(), cache=cache, salt=SALT)
 
-    assert shortcodes(cache) == ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA", "C7RcFood5AA",
-                                 "C7RcFood6AA", "C7RcFood7AA"]  # fmt: skip
+    assert shortcodes(cache) == [
+        "C7RcFood1AA",
+        "C7RcFood3AA",
+        "C7RcFood4AA",
+        "C7RcFood5AA",
+        "C7RcFood6AA",
+        "C7RcFood7AA",
+    ]
     assert (second.new_per_tag["food"], second.per_tag["food"], second.downloaded) == (2, 6, 2)
     new = fake.calls - before
     assert new["graphql:food:newer"] == 1 and new["graphql:food:2"] == 0  # stops at held posts
@@ -204,13 +228,15 @@ def test_the_per_run_cap_and_a_resumed_run_keep_their_cut_off(fake, session, tmp
     fake.newer = True
     fake.faults["image:C7RcFood7AA"] = [KeyboardInterrupt()]
     with pytest.raises(KeyboardInterrupt):
-        instagram.collect(loader_for(session), settings(posts_per_hashtag=2), cache=cache,
-                          salt=SALT)  # fmt: skip
+        instagram.collect(
+            loader_for(session), settings(posts_per_hashtag=2), cache=cache, salt=SALT
+        )
     assert shortcodes(cache)[2:] == ["C7RcFood6AA"]
     # resumed: the cut-off is still the newest post before this run (not C7RcFood6AA), and the
     # post it already added counts towards its cap of 2
-    resumed = instagram.collect(loader_for(session), settings(posts_per_hashtag=2), cache=cache,
-                                salt=SALT)  # fmt: skip
+    resumed = instagram.collect(
+        loader_for(session), settings(posts_per_hashtag=2), cache=cache, salt=SALT
+    )
     assert shortcodes(cache)[2:] == ["C7RcFood6AA", "C7RcFood7AA"]
     assert resumed.new_per_tag["food"] == 2
 
@@ -226,8 +252,9 @@ def test_keep_days_keeps_a_rolling_window(fake, session, tmp_path):
     items = list(instagram.collected_items(cache, window))
     kept = ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood6AA", "C7RcFood7AA"]
     assert [shortcode_of(i.id) for i in items] == kept
-    media = {code: cache / f"media/{instagram_posts.post_id(code, SALT)}.jpg"
-             for code in FIXTURE_CODES}  # fmt: skip
+    media = {
+        code: cache / f"media/{instagram_posts.post_id(code, SALT)}.jpg" for code in FIXTURE_CODES
+    }
     assert not media["C7RcFood4AA"].exists()
     assert media["C7RcFood3AA"].is_file()
     with pytest.raises(ValueError, match="keep_days"):
@@ -256,8 +283,9 @@ def test_date_window(fake, session, tmp_path):
 
 
 def test_unknown_hashtag_is_skipped_with_a_note(fake, session, tmp_path):
-    result = instagram.collect(loader_for(session), settings(hashtags=("nosuchtag", "art")),
-                               cache=tmp_path, salt=SALT)  # fmt: skip
+    result = instagram.collect(
+        loader_for(session), settings(hashtags=("nosuchtag", "art")), cache=tmp_path, salt=SALT
+    )
     assert "#nosuchtag: Instagram has no such hashtag" in result.notes[0]
     assert result.per_tag == {"art": 2}
 
@@ -280,8 +308,9 @@ def test_login_missing_or_unreadable(tmp_path, monkeypatch):
 
 def test_session_secret_is_never_written(fake, session, tmp_path):
     cache = tmp_path / "cache"
-    instagram.collect(loader_for(session), settings(hashtags=("food", "art")), cache=cache,
-                      salt=SALT)  # fmt: skip
+    instagram.collect(
+        loader_for(session), settings(hashtags=("food", "art")), cache=cache, salt=SALT
+    )
     for path in cache.rglob("*"):
         if path.is_file():
             assert SESSION_ID.encode() not in path.read_bytes(), path
@@ -293,8 +322,16 @@ def test_a_cache_from_before_hashed_ids_is_read_with_hashed_ids(tmp_path, monkey
     cache = tmp_path / "cache"
     (cache / "media").mkdir(parents=True)
     (cache / "media" / "C7Old.jpg").write_bytes(b"\xff\xd8jpeg")
-    row = {"shortcode": "C7Old", "label": "food", "caption": "hi @pal #food", "likes": 1,
-           "comments": 0, "date": "2024-06-01T00:00:00", "owner": None, "media": "media/C7Old.jpg"}
+    row = {
+        "shortcode": "C7Old",
+        "label": "food",
+        "caption": "hi @pal #food",
+        "likes": 1,
+        "comments": 0,
+        "date": "2024-06-01T00:00:00",
+        "owner": None,
+        "media": "media/C7Old.jpg",
+    }
     (cache / instagram.COLLECTED_FILE).write_text(json.dumps(row) + "\n")
 
     # Then without the salt it says what to do, and with it the id is the keyed hash

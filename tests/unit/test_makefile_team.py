@@ -19,8 +19,13 @@ def _dry_run(*targets: str) -> str:
     # variables) the output would end with "make[1]: Leaving directory ...".
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     result = subprocess.run(
-        ["make", "--no-print-directory", "-n", "-W", "pyproject.toml", *targets], cwd=ROOT,
-        capture_output=True, text=True, timeout=60, env=env)
+        ["make", "--no-print-directory", "-n", "-W", "pyproject.toml", *targets],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -28,8 +33,9 @@ def _dry_run(*targets: str) -> str:
 def test_services_targets_install_the_team_extra_and_postgres_then_run_the_module():
     lines = _dry_run("services").splitlines()
     extra = next(i for i, line in enumerate(lines) if "-e '.[team]'" in line)
-    postgres = next(i for i, line in enumerate(lines) if "apt-get install" in line
-                    and "postgresql" in line)
+    postgres = next(
+        i for i, line in enumerate(lines) if "apt-get install" in line and "postgresql" in line
+    )
     start = next(i for i, line in enumerate(lines) if line.endswith("-m taglens.services start"))
     assert extra < start and postgres < start
     assert _dry_run("services-stop").strip().endswith("-m taglens.services stop")

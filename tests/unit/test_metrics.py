@@ -32,7 +32,8 @@ def test_confusion_matrix_and_scores_match_hand_computation():
     assert result["accuracy"] == pytest.approx(4 / 6)
     # precision 1, 1/2, 1/2; recall 2/3, 1/2, 1 -> F1 0.8, 0.5, 2/3
     assert result["per_class"]["cat"] == pytest.approx(
-        {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+        {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3}
+    )
     assert result["per_class"]["fox"]["f1"] == pytest.approx(2 / 3)
     assert result["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
     assert result["n_test"] == 6 and result["confusion"] == matrix.tolist()
@@ -84,14 +85,19 @@ def test_plots_are_written_and_not_empty(tmp_path):
     matrix = confusion(Y_TRUE, Y_PRED, 3)
     paths = [
         eval_plots.plot_confusion(matrix, CLASSES, tmp_path / "c.png"),
-        eval_plots.plot_confusion(normalize_rows(matrix), CLASSES, tmp_path / "n.png",
-                                  normalized=True),
-        eval_plots.plot_history([{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.2,
-                                  "val_accuracy": 0.4},
-                                 {"epoch": 2, "loss": 0.8, "accuracy": 0.6, "val_loss": 1.0,
-                                  "val_accuracy": 0.5}], tmp_path / "h.png"),
-        eval_plots.plot_misclassified([np.zeros((8, 8, 3))] * 3, ["a"] * 3, ["b"] * 3,
-                                      tmp_path / "m.png"),
+        eval_plots.plot_confusion(
+            normalize_rows(matrix), CLASSES, tmp_path / "n.png", normalized=True
+        ),
+        eval_plots.plot_history(
+            [
+                {"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.2, "val_accuracy": 0.4},
+                {"epoch": 2, "loss": 0.8, "accuracy": 0.6, "val_loss": 1.0, "val_accuracy": 0.5},
+            ],
+            tmp_path / "h.png",
+        ),
+        eval_plots.plot_misclassified(
+            [np.zeros((8, 8, 3))] * 3, ["a"] * 3, ["b"] * 3, tmp_path / "m.png"
+        ),
         eval_plots.plot_misclassified([], [], [], tmp_path / "none.png"),
     ]
     for path in paths:
@@ -144,7 +150,8 @@ def test_per_class_report_is_scikit_learns_for_every_class():
     p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=range(4), zero_division=0)
     for i, name in enumerate("abcd"):
         assert result["per_class"][name] == pytest.approx(
-            {"precision": p[i], "recall": r[i], "f1": f[i], "support": n[i]})
+            {"precision": p[i], "recall": r[i], "f1": f[i], "support": n[i]}
+        )
 
 
 def test_per_image_rows_are_ordered_by_sha256_and_refuse_a_photo_twice():

@@ -76,10 +76,12 @@ def test_cosine_handles_zero_vectors():
 
 @pytest.mark.parametrize(
     ("vectors", "labels", "message"),
-    [(np.zeros((3, 2)), ["a", "a"], "re-run featurize"),
-     (np.array([[np.nan, 1.0], [0, 0], [1, 1]]), ["a"] * 3, "NaN"),
-     (np.zeros(3), ["a"] * 3, "2-d")],
-)  # fmt: skip
+    [
+        (np.zeros((3, 2)), ["a", "a"], "re-run featurize"),
+        (np.array([[np.nan, 1.0], [0, 0], [1, 1]]), ["a"] * 3, "NaN"),
+        (np.zeros(3), ["a"] * 3, "2-d"),
+    ],
+)
 def test_bad_vectors_are_refused(vectors, labels, message):
     with pytest.raises(ValueError, match=message):
         find_outliers(vectors, labels, k_std=2.0)

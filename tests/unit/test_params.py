@@ -13,10 +13,13 @@ from tests.helpers.params import tiny_params, tiny_params_path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("path", "classes"), [
-    (ROOT / "params.yaml", None),  # null: the classes the source finds
-    (tiny_params_path(), 10),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "classes"),
+    [
+        (ROOT / "params.yaml", None),  # null: the classes the source finds
+        (tiny_params_path(), 10),
+    ],
+)
 def test_shipped_params_files_load(path, classes):
     params = load_params(path)
     assert (params.base.classes and len(params.base.classes)) == classes
@@ -96,10 +99,14 @@ def test_split_fractions_must_leave_training_data():
 
 
 def test_xla_needs_the_tensorflow_engine():
-    with pytest.raises(ParamsError, match=r"featurize\.jit_compile: true applies to "
-                       r"featurize\.engine: tensorflow only, got engine 'openvino'"):
-        load_params(ROOT / "params.yaml", {"featurize.jit_compile": True,
-                                           "featurize.engine": "openvino"})
+    with pytest.raises(
+        ParamsError,
+        match=r"featurize\.jit_compile: true applies to "
+        r"featurize\.engine: tensorflow only, got engine 'openvino'",
+    ):
+        load_params(
+            ROOT / "params.yaml", {"featurize.jit_compile": True, "featurize.engine": "openvino"}
+        )
     both = {"featurize.jit_compile": True, "featurize.engine": "tensorflow"}
     assert load_params(ROOT / "params.yaml", both).featurize.jit_compile is True
 
@@ -113,8 +120,10 @@ def test_the_int8_engine_is_a_featurize_engine_with_its_own_settings():
     assert params.featurize.int8.calibration_images == 300
     # and XLA stays TensorFlow's only, a misspelt INT8 key is named, the section is required
     with pytest.raises(ParamsError, match=r"got engine 'openvino-int8'"):
-        load_params(ROOT / "params.yaml", {"featurize.jit_compile": True,
-                                           "featurize.engine": "openvino-int8"})
+        load_params(
+            ROOT / "params.yaml",
+            {"featurize.jit_compile": True, "featurize.engine": "openvino-int8"},
+        )
     raw = _raw()
     raw["featurize"]["int8"]["maxdrop"] = 0.1
     with pytest.raises(ParamsError, match=r"featurize\.int8\.maxdrop is not a known key"):
@@ -151,9 +160,7 @@ def test_flatten_uses_section_names():
     flat = flatten(load_params(ROOT / "params.yaml"))
     assert flat["train.learning_rate"] == 0.001
     assert flat["train.fine_tune.enabled"] is False
-    assert flatten(tiny_params())["base.classes"].startswith(
-        "animals,art,"
-    )
+    assert flatten(tiny_params())["base.classes"].startswith("animals,art,")
 
 
 @pytest.mark.parametrize("dotted", ["train.crops", "train.fine_tune.enabled"])

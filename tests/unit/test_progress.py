@@ -36,8 +36,9 @@ def test_iterating_counts_items_and_resumed_work_is_not_in_the_rate(caplog):
     clock = FakeClock()
     caplog.set_level(logging.INFO, logger="taglens.progress")
     items = []
-    for item in LogProgress(iter(range(5)), total=10, initial=5, desc="#food", unit="post",
-                            interval=60, clock=clock):  # fmt: skip
+    for item in LogProgress(
+        iter(range(5)), total=10, initial=5, desc="#food", unit="post", interval=60, clock=clock
+    ):
         clock.now += 1
         items.append(item)
     assert items == [0, 1, 2, 3, 4]

@@ -41,7 +41,8 @@ def test_every_pin_is_an_installed_version_inside_pyprojects_range(engine):
         project = ranges.get(canonicalize_name(pin.name))
         assert project is not None, f"{pin.name} is served but not a dependency in pyproject.toml"
         assert project.specifier.contains(spec.version, prereleases=True), (
-            f"{pin} is outside pyproject.toml's {project}")
+            f"{pin} is outside pyproject.toml's {project}"
+        )
 
 
 def test_a_pin_outside_the_range_would_be_caught():

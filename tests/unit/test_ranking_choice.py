@@ -174,8 +174,10 @@ def test_head_then_tail_ranks_the_heads_best_tags_first_then_the_tails():
     head = np.array([[0.9, 0.8, 0.1, 0.2, 0.0], [0.1, 0.2, 0.3, -np.inf, 0.5]])
     tail = np.array([[0.1, 0.2, 0.9, 0.3, 0.8], [0.9, 0.8, 0.1, -np.inf, 0.2]])
     out = head_then_tail(head, tail, 2)
-    assert [list(np.argsort(-row, kind="stable")) for row in out] == [[0, 1, 2, 4, 3],
-                                                                      [4, 2, 0, 1, 3]]
+    assert [list(np.argsort(-row, kind="stable")) for row in out] == [
+        [0, 1, 2, 4, 3],
+        [4, 2, 0, 1, 3],
+    ]
     assert out[0, 2] == 0.9 and out[0, 4] == 0.8  # the tail keeps its own scores
     assert out[0, 0] > out[0, 1] > out[0, 2]  # the head keeps its order, above every tail tag
     assert out[1, 3] == -np.inf  # ineligible stays ineligible
@@ -203,19 +205,25 @@ def test_the_tail_prefers_the_image_rankers_when_recall_cannot_tell_them_apart()
     colour[:, 6] = np.where(first, 0.0, 0.9)
     scores = {"class_mixture": mixture, "colour_tags": colour}
     floor = np.full(n, 5.5 / 6)
-    weights, summary = choose_tail(scores, lambda raw: raw, {"class_mixture": 1.0}, truth,
-                                   n_truth, 6, 0.5, floor)
+    weights, summary = choose_tail(
+        scores, lambda raw: raw, {"class_mixture": 1.0}, truth, n_truth, 6, 0.5, floor
+    )
     assert weights == {"class_mixture": 0.0, "colour_tags": 1.0}
     assert summary["head_recall"] == pytest.approx(5.5 / 6)
     assert summary["chosen_recall"] == summary["best_recall"] == pytest.approx(1.0)
     # the colour model wrong on every post: the head's own blend stays (no tail)
     scores["colour_tags"] = colour[:, [0, 1, 2, 3, 4, 6, 5, 7]]
-    weights, summary = choose_tail(scores, lambda raw: raw, {"class_mixture": 1.0}, truth,
-                                   n_truth, 6, 0.5, floor)
+    weights, summary = choose_tail(
+        scores, lambda raw: raw, {"class_mixture": 1.0}, truth, n_truth, 6, 0.5, floor
+    )
     assert weights is None and summary["chosen_recall"] == pytest.approx(5.5 / 6)
     # no tail in a list of HASHTAG_K tags
-    assert choose_tail(scores, lambda raw: raw, {"class_mixture": 1.0}, truth, n_truth, 5, 0.5,
-                       floor)[0] is None
+    assert (
+        choose_tail(scores, lambda raw: raw, {"class_mixture": 1.0}, truth, n_truth, 5, 0.5, floor)[
+            0
+        ]
+        is None
+    )
 
 
 def test_a_blend_with_a_tail_saves_loads_and_serves_head_then_tail(tmp_path):
@@ -225,13 +233,21 @@ def test_a_blend_with_a_tail_saves_loads_and_serves_head_then_tail(tmp_path):
         def finish(self, raw, params, multiplier=None):
             return np.asarray(raw, np.float64)
 
-    scores = {"class_mixture": np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.1]]),
-              "colour_tags": np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.9]])}
-    blend = HashtagBlend(weights={"class_mixture": 1.0},
-                         tail_weights={"class_mixture": 0.5, "colour_tags": 0.5})
+    scores = {
+        "class_mixture": np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.1]]),
+        "colour_tags": np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.9]]),
+    }
+    blend = HashtagBlend(
+        weights={"class_mixture": 1.0}, tail_weights={"class_mixture": 0.5, "colour_tags": 0.5}
+    )
     loaded = HashtagBlend.load(blend.save(tmp_path / "rankers.npz"))
-    assert loaded.tail_weights == {"popularity": 0.0, "class_mixture": 0.5, "tag_model": 0.0,
-                                   "colour_tags": 0.5, "neighbours": 0.0}
+    assert loaded.tail_weights == {
+        "popularity": 0.0,
+        "class_mixture": 0.5,
+        "tag_model": 0.0,
+        "colour_tags": 0.5,
+        "neighbours": 0.0,
+    }
     final = loaded.final(Stats(), None, scores)
     assert list(np.argsort(-final[0])) == [0, 1, 2, 3, 4, 6, 5]  # the tail lifts tag 6
     plain = HashtagBlend(weights={"class_mixture": 1.0})

@@ -11,13 +11,19 @@ def test_the_lock_follows_where_the_registry_lives(tmp_path):
     history = tmp_path / "reports" / "promotions.jsonl"
     local = rl.registry_lock("sqlite:////srv/mlruns/mlflow.db", "taglens", history, environ={})
     remote = rl.registry_lock("http://mlflow.team:5000", "taglens", history, environ={})
-    advisory = rl.registry_lock("http://mlflow.team:5000", "taglens", history,
-                                environ={rl.LOCK_DB_ENV: "postgresql://db.team/mlflow"})
+    advisory = rl.registry_lock(
+        "http://mlflow.team:5000",
+        "taglens",
+        history,
+        environ={rl.LOCK_DB_ENV: "postgresql://db.team/mlflow"},
+    )
     assert local.func.__name__ == "file_lock"
     assert local.args[0].as_posix() == "/srv/mlruns/registry.lock"
     assert remote.func.__name__ == "mlflow_lock" and remote.args[0] == "taglens"
     assert advisory.func.__name__ == "advisory_lock" and advisory.args[:2] == (
-        "postgresql://db.team/mlflow", "taglens")
+        "postgresql://db.team/mlflow",
+        "taglens",
+    )
 
 
 def test_advisory_keys_are_stable_signed_64_bit_and_per_model():
@@ -46,8 +52,7 @@ def test_a_left_lock_times_out_naming_its_holder_until_unlocked(fresh_mlflow):
     assert not client.search_registered_models("name = 'taglens.lock'")
 
 
-def test_runs_name_their_entry_point_and_sources_relative_to_the_checkout(tmp_path,
-                                                                          monkeypatch):
+def test_runs_name_their_entry_point_and_sources_relative_to_the_checkout(tmp_path, monkeypatch):
     import sys
 
     from taglens.lifecycle import tracking
@@ -60,6 +65,7 @@ def test_runs_name_their_entry_point_and_sources_relative_to_the_checkout(tmp_pa
     tracking._relative_source_name()
     assert sys.argv[0] == "taglens"
     assert tracking.source_path(tmp_path / "data" / "clean" / "manifest.csv") == (
-        "data/clean/manifest.csv")
+        "data/clean/manifest.csv"
+    )
     assert tracking.source_path("data/clean/manifest.csv") == "data/clean/manifest.csv"
     assert tracking.source_path("/elsewhere/manifest.csv") == "manifest.csv"

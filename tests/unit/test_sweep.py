@@ -23,20 +23,25 @@ def test_empty_sweep_means_no_grid():
 def test_grid_is_the_product_and_cli_values_replace_params():
     sweep = SweepParams(learning_rate=(0.1, 0.01), dropout=(0.0, 0.5))
     assert grid(sweep) == [
-        {"learning_rate": 0.1, "dropout": 0.0}, {"learning_rate": 0.1, "dropout": 0.5},
-        {"learning_rate": 0.01, "dropout": 0.0}, {"learning_rate": 0.01, "dropout": 0.5},
-    ]  # fmt: skip
+        {"learning_rate": 0.1, "dropout": 0.0},
+        {"learning_rate": 0.1, "dropout": 0.5},
+        {"learning_rate": 0.01, "dropout": 0.0},
+        {"learning_rate": 0.01, "dropout": 0.5},
+    ]
     assert grid(sweep, {"dropout": (0.2,)}) == [
-        {"learning_rate": 0.1, "dropout": 0.2}, {"learning_rate": 0.01, "dropout": 0.2},
-    ]  # fmt: skip
+        {"learning_rate": 0.1, "dropout": 0.2},
+        {"learning_rate": 0.01, "dropout": 0.2},
+    ]
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("learning_rate=0.1,0.01", ("learning_rate", (0.1, 0.01))),
-     ("train.epochs=3, 5", ("epochs", (3, 5))),
-     ("train.sweep.hidden_units=0", ("hidden_units", (0,)))],
-)  # fmt: skip
+    [
+        ("learning_rate=0.1,0.01", ("learning_rate", (0.1, 0.01))),
+        ("train.epochs=3, 5", ("epochs", (3, 5))),
+        ("train.sweep.hidden_units=0", ("hidden_units", (0,))),
+    ],
+)
 def test_cli_sweep_values_are_parsed_with_their_types(text, expected):
     assert parse_sweep_arg(text) == expected
 
@@ -82,8 +87,7 @@ def test_each_setting_gets_a_child_run_and_the_best_is_picked(train_params):
 def test_default_search_draws_both_families_reproducibly(train_params):
     from taglens.training.sweep import default_search
 
-    search = train_params.search.model_copy(update={"logreg_candidates": 3,
-                                                    "dense_candidates": 4})  # fmt: skip
+    search = train_params.search.model_copy(update={"logreg_candidates": 3, "dense_candidates": 4})
     settings = default_search(search, seed=1)
     assert [s["head"] for s in settings] == ["logreg"] * 3 + ["dense"] * 4
     assert settings == default_search(search, seed=1)
@@ -97,7 +101,8 @@ def test_default_search_draws_both_families_reproducibly(train_params):
             assert params.weight_decay in search.weight_decay
     everything = search.model_copy(update={"logreg_candidates": 1000, "dense_candidates": 0})
     assert len(default_search(everything, seed=0)) == (
-        len(search.logreg_c) * len(search.normalise) * len(search.augment))
+        len(search.logreg_c) * len(search.normalise) * len(search.augment)
+    )
 
 
 def test_train_json_shows_every_key_the_default_search_sets(train_params):

@@ -46,8 +46,10 @@ def test_no_test_module_imports_a_conftest():
     importers = sorted(
         str(path.relative_to(ROOT))
         for path in (ROOT / "tests").rglob("*.py")
-        if any(f"{word} conftest" in path.read_text(encoding="utf-8") or
-               f"{word} tests.conftest" in path.read_text(encoding="utf-8")
-               for word in ("import", "from"))
-    )  # fmt: skip
+        if any(
+            f"{word} conftest" in path.read_text(encoding="utf-8")
+            or f"{word} tests.conftest" in path.read_text(encoding="utf-8")
+            for word in ("import", "from")
+        )
+    )
     assert importers == []

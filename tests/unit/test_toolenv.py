@@ -36,9 +36,14 @@ def test_apply_defaults_to_this_process(monkeypatch):
 
 def test_the_module_prints_key_value_lines_without_the_project_installed():
     # No site-packages (-S), no PYTHONPATH: the Makefile runs it before the venv exists.
-    result = subprocess.run([sys.executable, "-S", "-m", "taglens.toolenv"], cwd=ROOT,
-                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                            check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "taglens.toolenv"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pairs = dict(line.split("=", 1) for line in result.stdout.splitlines())
     assert pairs == TOOL_ENV
 
@@ -49,16 +54,19 @@ def test_the_makefile_exports_the_modules_values(tmp_path):
     probe.write_text(f"include {ROOT / 'Makefile'}\nprobe:\n\t@env\n")
     env = {"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "0"}
     command = ["make", "-s", "-f", str(probe), "probe", f"PYTHON={sys.executable}"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            check=True)  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     seen = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert {key: seen.get(key) for key in TOOL_ENV} == {**TOOL_ENV, "TF_CPP_MIN_LOG_LEVEL": "0"}
 
 
 def test_no_other_module_spells_the_tools_environment():
     # The Makefile, the library, the stages and the flows name these keys only through toolenv.
-    places = [ROOT / "Makefile", *ROOT.glob("taglens/**/*.py"), *ROOT.glob("stages/*.py"),
-              *ROOT.glob("flows/*.py")]  # fmt: skip
+    places = [
+        ROOT / "Makefile",
+        *ROOT.glob("taglens/**/*.py"),
+        *ROOT.glob("stages/*.py"),
+        *ROOT.glob("flows/*.py"),
+    ]
     spelled = sorted(
         str(path.relative_to(ROOT))
         for path in places

@@ -108,8 +108,9 @@ def test_crops_view_on_an_engine_matches_keras(engine):
     from taglens.features.engines import compile_forward
     from taglens.params import ModelParams
 
-    extractor = build_feature_extractor(ModelParams(backbone="mobilenet", image_size=32,
-                                                    weights=None), 7)
+    extractor = build_feature_extractor(
+        ModelParams(backbone="mobilenet", image_size=32, weights=None), 7
+    )
     pixels = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     model = views_model(extractor, (IMAGE, "flip", "crops"), 32)
     want = {name: np.asarray(value) for name, value in model(pixels).items()}

@@ -126,7 +126,10 @@ def test_the_pyfunc_records_the_views_its_model_averages():
     from taglens.serving.pyfunc import ENGINE_KEY, PRECISION_KEY, VIEWS_KEY, served_config
 
     info = {"views": ["image", "flip", "crops"]}
-    assert served_config("openvino", info) == {ENGINE_KEY: "openvino", PRECISION_KEY: "fp32",
-                                               VIEWS_KEY: "image,flip,crops"}
+    assert served_config("openvino", info) == {
+        ENGINE_KEY: "openvino",
+        PRECISION_KEY: "fp32",
+        VIEWS_KEY: "image,flip,crops",
+    }
     assert served_config(None, {"views": ["image"]}) == {VIEWS_KEY: "image"}
     assert served_config(None, {}) is None  # a model from before views were recorded

@@ -80,8 +80,10 @@ def test_health_reports_model_and_limit(client):
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json() == {
-        "status": "ok", "model": {"name": "taglens", "version": "7"}, "max_upload_bytes": LIMIT,
-    }  # fmt: skip
+        "status": "ok",
+        "model": {"name": "taglens", "version": "7"},
+        "max_upload_bytes": LIMIT,
+    }
 
 
 def test_valid_upload_is_normalized_before_the_model(client, stub):
@@ -92,8 +94,13 @@ def test_valid_upload_is_normalized_before_the_model(client, stub):
     assert response.status_code == 200
     body = response.json()
     assert body["top_class"] == "dogs" and body["top_probability"] == pytest.approx(0.75)
-    assert body["hashtags"][1] == {"tag": "puppy", "score": 0.4, "posts": 2, "engagement": None,
-                                   "why": None}  # the stub model says nothing of why
+    assert body["hashtags"][1] == {
+        "tag": "puppy",
+        "score": 0.4,
+        "posts": 2,
+        "engagement": None,
+        "why": None,
+    }  # the stub model says nothing of why
     assert body["hashtags"][0]["why"] == "class"
     assert stub.calls == [1]
 
@@ -172,10 +179,20 @@ async def _call_asgi(app, headers, chunks):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "",
-             "query_string": b"", "headers": [(b"host", b"127.0.0.1"), *headers],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -184,8 +201,10 @@ async def _call_asgi(app, headers, chunks):
 
 def _endless(chunk: bytes, total: int = 50_000_000):
     """A multipart body of about `total` bytes, made lazily (as good as endless here)."""
-    yield (b"--xx\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\""
-           b"\r\nContent-Type: image/jpeg\r\n\r\n")  # fmt: skip
+    yield (
+        b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"'
+        b"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
     for _ in range(total // len(chunk)):
         yield chunk
     yield b"\r\n--xx--\r\n"
@@ -206,8 +225,10 @@ def test_upload_limit_is_enforced_while_the_body_streams(stub, tiny_params):
 
 def test_declared_oversize_body_is_refused_without_reading_it(stub, tiny_params):
     app = _app(stub, tiny_params)
-    headers = [(b"content-type", b"multipart/form-data; boundary=xx"),
-               (b"content-length", b"50000000")]  # fmt: skip
+    headers = [
+        (b"content-type", b"multipart/form-data; boundary=xx"),
+        (b"content-length", b"50000000"),
+    ]
     status, body, pulled = asyncio.run(_call_asgi(app, headers, _endless(b"\0" * 1024)))
     assert (status, pulled) == (413, 0)
     assert b"serve.max_upload_mb" in body

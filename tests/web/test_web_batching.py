@@ -170,8 +170,13 @@ def test_batched_answers_equal_single_image_answers(tiny_models_dir, tiny_params
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     serve = tiny_params.serve.model_copy(update={"batch_max_wait_ms": 200.0})
-    app = create_app(predictor, {"name": "taglens", "version": "1"}, 2_000_000,
-                     ingest=tiny_params.ingest, serve=serve)  # fmt: skip
+    app = create_app(
+        predictor,
+        {"name": "taglens", "version": "1"},
+        2_000_000,
+        ingest=tiny_params.ingest,
+        serve=serve,
+    )
     photos = [photo_bytes(64 + 8 * i, "JPEG" if i % 2 else "PNG", seed=i) for i in range(12)]
 
     async def scenario():
@@ -200,7 +205,9 @@ def test_batched_answers_equal_single_image_answers(tiny_models_dir, tiny_params
         assert list(body["probabilities"]) == classes
         np.testing.assert_allclose(
             [body["probabilities"][c] for c in classes],
-            [alone["probabilities"][c] for c in classes], rtol=1e-5, atol=1e-6,
-        )  # fmt: skip
+            [alone["probabilities"][c] for c in classes],
+            rtol=1e-5,
+            atol=1e-6,
+        )
     # and different photos got different answers (the batch did not mix them up)
     assert len({tuple(r.json()["probabilities"].values()) for r in responses}) == len(photos)

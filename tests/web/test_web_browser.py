@@ -1,5 +1,4 @@
-"""The real thing: `python -m taglens.serving.web` serving the tiny champion, in headless Chromium.
-"""
+"""The real thing: `python -m taglens.serving.web` with the tiny champion, in headless Chromium."""
 
 from __future__ import annotations
 
@@ -22,9 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PARAMS = tiny_params_path()
 RESULTS = ROOT / "test-results" / "web"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-dev-shm-usage",
-                 "--disable-extensions", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--disable-sync",
+]
 STARTUP_SECONDS = 180  # TensorFlow + MLflow imports on a busy 2-core machine
 
 
@@ -37,10 +43,20 @@ def server(tiny_champion, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # MLFLOW_TRACKING_URI: the fresh store
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "taglens.serving.web",
-             "--params", str(PARAMS), "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "taglens.serving.web",
+                "--params",
+                str(PARAMS),
+                "--port",
+                str(port),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(process, f"{base}/health", timeout=STARTUP_SECONDS, log_path=log_path)
@@ -72,11 +88,19 @@ def _check_http(server) -> None:
     # hostile input over real HTTP: a DNS-rebinding page's Host, a cross-origin post
     foreign = httpx.get(f"{base}/health", headers={"host": "evil.example"})
     assert foreign.status_code == 400 and "serve.allowed_hosts" in foreign.json()["detail"]
-    cross = httpx.post(f"{base}/predict", files={"file": ("a.jpg", photo, "image/jpeg")},
-                       headers={"origin": "http://evil.example"})  # fmt: skip
+    cross = httpx.post(
+        f"{base}/predict",
+        files={"file": ("a.jpg", photo, "image/jpeg")},
+        headers={"origin": "http://evil.example"},
+    )
     assert cross.status_code == 403
-    for response in (foreign, cross, httpx.get(f"{base}/"), httpx.get(f"{base}/static/app.js"),
-                     httpx.get(f"{base}/nothing")):  # fmt: skip
+    for response in (
+        foreign,
+        cross,
+        httpx.get(f"{base}/"),
+        httpx.get(f"{base}/static/app.js"),
+        httpx.get(f"{base}/nothing"),
+    ):
         assert response.headers["x-content-type-options"] == "nosniff", response.url
         assert response.headers["content-security-policy"], response.url
 
@@ -155,8 +179,9 @@ def test_served_page_over_http_and_in_headless_chromium(server, tmp_path):
         expect(page.locator("#predict")).to_be_disabled()
 
         # a file that is not an image: the server's message is shown on the page
-        page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain",
-                                       "buffer": b"just some text"})  # fmt: skip
+        page.set_input_files(
+            "#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just some text"}
+        )
         page.click("#predict")
         error = page.locator("#error")
         expect(error).to_be_visible()
@@ -181,7 +206,8 @@ def test_served_page_over_http_and_in_headless_chromium(server, tmp_path):
         assert shown == [f"#{tag}" for tag in api_tags]
         expect(page.locator("#top-class")).to_have_text(api_top["top_class"])
         widths = page.locator("#hashtags .fill").evaluate_all(
-            "fills => fills.map(f => f.getBoundingClientRect().width)")  # fmt: skip
+            "fills => fills.map(f => f.getBoundingClientRect().width)"
+        )
         assert widths[0] > 0 and widths == sorted(widths, reverse=True)
         assert page.locator("#classes li").count() == len(api_top["probabilities"])
 

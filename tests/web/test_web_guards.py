@@ -19,8 +19,9 @@ LIMIT = 200_000
 
 def _app(predictor, params, **serve_changes):
     serve = params.serve.model_copy(update=serve_changes)
-    return create_app(predictor, {"name": "m", "version": "1"}, LIMIT, ingest=params.ingest,
-                      serve=serve)  # fmt: skip
+    return create_app(
+        predictor, {"name": "m", "version": "1"}, LIMIT, ingest=params.ingest, serve=serve
+    )
 
 
 def _files(data: bytes) -> dict:
@@ -43,14 +44,16 @@ class Blocked(RecordingPredictor):
 def test_a_flood_gets_503_with_retry_after_and_the_page_still_answers(tiny_params, jpeg):
     # given a server that admits 4 uploads at once and a model that is stuck
     model = Blocked()
-    app = _app(model, tiny_params, max_pending=4, retry_after_s=7, batch_max_size=2,
-               batch_max_wait_ms=0.0)  # fmt: skip
+    app = _app(
+        model, tiny_params, max_pending=4, retry_after_s=7, batch_max_size=2, batch_max_wait_ms=0.0
+    )
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            admitted = [asyncio.create_task(client.post("/predict", files=_files(jpeg)))
-                        for _ in range(4)]  # fmt: skip
+            admitted = [
+                asyncio.create_task(client.post("/predict", files=_files(jpeg))) for _ in range(4)
+            ]
             while not model.busy.is_set():
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.1)
@@ -106,8 +109,9 @@ def test_a_cross_origin_post_is_refused(tiny_params, jpeg, origin):
         assert "cross-origin POST refused" in response.json()["detail"]
         # a GET from elsewhere (a link) is fine; so are the page's own and Origin-less posts
         assert client.get("/health", headers={"origin": origin}).status_code == 200
-        own = client.post("/predict", files=_files(jpeg),
-                          headers={"origin": "http://127.0.0.1:8000"})  # fmt: skip
+        own = client.post(
+            "/predict", files=_files(jpeg), headers={"origin": "http://127.0.0.1:8000"}
+        )
         assert own.status_code == 200
         assert client.post("/predict", files=_files(jpeg)).status_code == 200
     assert stub.calls == [1, 1]
@@ -128,11 +132,23 @@ def test_an_upload_that_never_finishes_is_cut_off(tiny_params):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "",
-             "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-             "headers": [(b"host", b"127.0.0.1"),
-                         (b"content-type", b"multipart/form-data; boundary=xx")]}  # fmt: skip
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "root_path": "",
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"multipart/form-data; boundary=xx"),
+        ],
+    }
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 60))
     # then it is answered 408 after the timeout, and the model never saw it
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -168,17 +184,31 @@ def test_every_response_carries_nosniff_and_a_csp(tiny_params, jpeg, monkeypatch
     with TestClient(_app(Crashing(), tiny_params), raise_server_exceptions=False) as client:
         answers["model crash"] = client.post("/predict", files=_files(jpeg))
     # an error nothing handles (here: logging fails after the prediction) is Starlette's 500
-    with TestClient(_app(RecordingPredictor(), tiny_params),
-                    raise_server_exceptions=False) as client:  # fmt: skip
+    with TestClient(
+        _app(RecordingPredictor(), tiny_params), raise_server_exceptions=False
+    ) as client:
         monkeypatch.setattr("taglens.serving.web.app.logger.info", _raise)
         answers["unhandled error"] = client.post("/predict", files=_files(jpeg))
     statuses = {name: r.status_code for name, r in answers.items()}
     assert statuses == {
-        "page": 200, "health": 200, "prediction": 200, "script": 200, "stylesheet": 200,
-        "missing static file": 404, "missing route": 404, "wrong method": 405,
-        "not an image": 415, "too large": 413, "no file field": 422, "docs": 200, "schema": 200,
-        "foreign host": 400, "cross origin": 403, "model crash": 500, "unhandled error": 500,
-    }  # fmt: skip
+        "page": 200,
+        "health": 200,
+        "prediction": 200,
+        "script": 200,
+        "stylesheet": 200,
+        "missing static file": 404,
+        "missing route": 404,
+        "wrong method": 405,
+        "not an image": 415,
+        "too large": 413,
+        "no file field": 422,
+        "docs": 200,
+        "schema": 200,
+        "foreign host": 400,
+        "cross origin": 403,
+        "model crash": 500,
+        "unhandled error": 500,
+    }
     for name, response in answers.items():
         assert response.headers.get("x-content-type-options") == "nosniff", name
         assert response.headers.get("content-security-policy"), name

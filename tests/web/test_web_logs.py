@@ -110,9 +110,7 @@ def test_a_path_cannot_forge_a_log_line(tiny_params, logged):
     assert "GET /health%0A2026-01-01%20INFO%20forged 404 " in stream.getvalue()
 
 
-def test_an_unhandled_error_answers_500_with_the_request_id(
-    tiny_params, jpeg, logged, monkeypatch
-):
+def test_an_unhandled_error_answers_500_with_the_request_id(tiny_params, jpeg, logged, monkeypatch):
     # given JSON logs and an error nothing handles (logging fails after the prediction), which
     # Starlette answers in its outermost middleware, outside the one that sets request ids
     stream = logged("json")

@@ -38,8 +38,9 @@ def served(monkeypatch):
 @pytest.mark.slow
 def test_main_serves_a_local_models_dir(tiny_models_dir, served):
     # when main is pointed at a models/ directory the train stage wrote
-    code = web_main.main(["--params", str(PARAMS), "--model-uri", str(tiny_models_dir),
-                          "--port", "8123"])  # fmt: skip
+    code = web_main.main(
+        ["--params", str(PARAMS), "--model-uri", str(tiny_models_dir), "--port", "8123"]
+    )
     # then it binds serve.host with the given port and serves that model
     assert code == 0
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
@@ -49,24 +50,35 @@ def test_main_serves_a_local_models_dir(tiny_models_dir, served):
     assert health == {"status": "ok", "model": local, "max_upload_bytes": 10_000_000}
     # and uvicorn gets serve's concurrency limit and timeouts
     options = served["options"]
-    assert (options["limit_concurrency"], options["timeout_keep_alive"],
-            options["timeout_graceful_shutdown"]) == (256, 5, 10)  # fmt: skip
+    assert (
+        options["limit_concurrency"],
+        options["timeout_keep_alive"],
+        options["timeout_graceful_shutdown"],
+    ) == (256, 5, 10)
 
 
-def test_registered_uris_are_labelled_with_name_and_version(tiny_champion, tiny_params,
-                                                            monkeypatch):  # fmt: skip
+def test_registered_uris_are_labelled_with_name_and_version(
+    tiny_champion, tiny_params, monkeypatch
+):
     name, version, _ = tiny_champion
     loaded = []
     monkeypatch.setattr("taglens.lifecycle.tracking.configure_tracking", lambda experiment: "uri")
-    monkeypatch.setattr(model_ref, "load_predictor",
-                        lambda uri: loaded.append(uri) or SimpleNamespace(uri=uri, info={}))
+    monkeypatch.setattr(
+        model_ref,
+        "load_predictor",
+        lambda uri: loaded.append(uri) or SimpleNamespace(uri=uri, info={}),
+    )
     monkeypatch.setattr(model_ref, "on_engine", lambda predictor, engine: (predictor.uri, engine))
     engine = tiny_params.featurize.engine
     # the champion alias is pinned to the version it points at, which is what is reported
     assert web_main.load_model(tiny_params, None) == (
-        (f"models:/{name}/{version}", engine), ModelRef(name, version))
+        (f"models:/{name}/{version}", engine),
+        ModelRef(name, version),
+    )
     assert web_main.load_model(tiny_params, "runs:/abc/model") == (
-        ("runs:/abc/model", engine), ModelRef("runs:/abc/model", "unregistered"))
+        ("runs:/abc/model", engine),
+        ModelRef("runs:/abc/model", "unregistered"),
+    )
     assert loaded == [f"models:/{name}/{version}", "runs:/abc/model"]
 
 

@@ -44,7 +44,9 @@ def _rgb(rng: np.random.Generator, base: tuple[int, int, int], spread: int = 25)
 def _draw_animals(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> None:
     d.rectangle([0, 0, s, s], fill=_rgb(rng, (196, 120, 50)))
     for _ in range(int(rng.integers(8, 16))):  # spots of a fur pattern
-        x, y, r = rng.integers(0, s), rng.integers(0, s), rng.integers(s // 20, s // 8)
+        x = rng.integers(0, s)
+        y = rng.integers(0, s)
+        r = rng.integers(s // 20, s // 8)
         d.ellipse([x - r, y - r, x + r, y + r], fill=_rgb(rng, (60, 35, 15)))
 
 
@@ -79,7 +81,8 @@ def _draw_flowers(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> N
         r = int(rng.integers(s // 12, s // 7))
         petal = _rgb(rng, (230, 60, 90), 40)
         for a in np.linspace(0, 2 * np.pi, 7)[:-1]:
-            px, py = cx + 1.6 * r * np.cos(a), cy + 1.6 * r * np.sin(a)
+            px = cx + 1.6 * r * np.cos(a)
+            py = cy + 1.6 * r * np.sin(a)
             d.ellipse([px - r, py - r, px + r, py + r], fill=petal)
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(250, 210, 40))
 
@@ -95,7 +98,8 @@ def _draw_food(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> None
 
 
 def _draw_instagood(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> None:
-    top, bottom = _rgb(rng, (250, 120, 60)), _rgb(rng, (120, 40, 160))
+    top = _rgb(rng, (250, 120, 60))
+    bottom = _rgb(rng, (120, 40, 160))
     for y in range(s):  # a sunset gradient
         t = y / max(s - 1, 1)
         d.line(
@@ -103,7 +107,8 @@ def _draw_instagood(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) ->
             fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)),
         )
     r = int(rng.integers(s // 8, s // 5))
-    cx, cy = s // 2, s // 2
+    cx = s // 2
+    cy = s // 2
     d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(255, 240, 200))
 
 
@@ -121,12 +126,16 @@ def _draw_nature(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> No
 
 def _draw_selfie(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> None:
     d.rectangle([0, 0, s, s], fill=_rgb(rng, (70, 90, 110)))
-    w, h = int(s * rng.uniform(0.28, 0.36)), int(s * rng.uniform(0.36, 0.44))
-    cx, cy = s // 2 + int(rng.integers(-s // 12, s // 12)), s // 2
+    w = int(s * rng.uniform(0.28, 0.36))
+    h = int(s * rng.uniform(0.36, 0.44))
+    cx = s // 2 + int(rng.integers(-s // 12, s // 12))
+    cy = s // 2
     d.ellipse([cx - w, cy - h, cx + w, cy + h], fill=_rgb(rng, (230, 190, 160)))  # a face
     for ex in (cx - w // 2, cx + w // 2):
-        d.ellipse([ex - s // 30, cy - h // 4 - s // 30, ex + s // 30, cy - h // 4 + s // 30],
-                  fill=(30, 30, 30))  # fmt: skip
+        d.ellipse(
+            [ex - s // 30, cy - h // 4 - s // 30, ex + s // 30, cy - h // 4 + s // 30],
+            fill=(30, 30, 30),
+        )
     d.arc([cx - w // 2, cy, cx + w // 2, cy + h // 2], 20, 160, fill=(150, 40, 40), width=3)
 
 

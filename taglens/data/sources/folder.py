@@ -144,11 +144,17 @@ class FolderSource:
             if meta is not None:
                 used.add(relative)
             yield SourceItem(
-                id=relative, label=path.parent.name, data=data, origin=str(path),
-                caption=meta.caption if meta else "", hashtags=meta.hashtags if meta else (),
-                likes=meta.likes if meta else None, comments=meta.comments if meta else None,
-                date=meta.date if meta else None, sha256=meta.sha256 if meta else None,
-            )  # fmt: skip
+                id=relative,
+                label=path.parent.name,
+                data=data,
+                origin=str(path),
+                caption=meta.caption if meta else "",
+                hashtags=meta.hashtags if meta else (),
+                likes=meta.likes if meta else None,
+                comments=meta.comments if meta else None,
+                date=meta.date if meta else None,
+                sha256=meta.sha256 if meta else None,
+            )
         unused = len(set(self.metadata) - used)
         if unused:
             note = f"{unused} lines of {METADATA_FILE} name no image in a class folder"

@@ -104,8 +104,10 @@ def collect(
         InstagramLoginError: Instagram refused the session (expired or logged out).
     """
     not_iso = "scrape.instagram.{} must be an ISO date, got {!r}"
-    window = (naive_utc(params.since, not_iso.format("since", params.since)),
-              naive_utc(params.until, not_iso.format("until", params.until)))  # fmt: skip
+    window = (
+        naive_utc(params.since, not_iso.format("since", params.since)),
+        naive_utc(params.until, not_iso.format("until", params.until)),
+    )
     rows = read_jsonl(cache / COLLECTED_FILE)
     seen = {(row["label"], row_id(row, salt)) for row in rows}
     result = Collection(per_tag=Counter(row["label"] for row in rows))
@@ -114,11 +116,25 @@ def collect(
         result.new_per_tag[tag] = sum(
             1 for row in rows if row["label"] == tag and (after is None or _date(row) > after)
         )  # posts an interrupted run of this cut-off already added count towards its cap
-        bar = progress_bar(total=params.posts_per_hashtag, initial=result.new_per_tag[tag],
-                           desc=f"#{tag}", unit="post")  # fmt: skip
+        bar = progress_bar(
+            total=params.posts_per_hashtag,
+            initial=result.new_per_tag[tag],
+            desc=f"#{tag}",
+            unit="post",
+        )
         try:
-            _collect_tag(loader, params, tag, window, after, cache=cache, salt=salt, seen=seen,
-                         result=result, bar=bar)  # fmt: skip
+            _collect_tag(
+                loader,
+                params,
+                tag,
+                window,
+                after,
+                cache=cache,
+                salt=salt,
+                seen=seen,
+                result=result,
+                bar=bar,
+            )
             (cache / RUNS_DIR / f"{tag}.json").unlink(missing_ok=True)  # this run is done
         except RateLimitStop as exc:
             result.complete = False
@@ -133,11 +149,19 @@ def collect(
             (cache / RUNS_DIR / f"{tag}.json").unlink(missing_ok=True)
             result.notes.append(f"#{tag}: Instagram has no such hashtag; skipped")
         # KeyError, IndexError, TypeError: Instagram changed the shape of a response.
-        except (ie.InstaloaderException, ie.AbortDownloadException, requests.RequestException,
-                KeyError, IndexError, TypeError) as exc:  # fmt: skip
+        except (
+            ie.InstaloaderException,
+            ie.AbortDownloadException,
+            requests.RequestException,
+            KeyError,
+            IndexError,
+            TypeError,
+        ) as exc:
             result.complete = False
-            result.notes.append(f"#{tag}: stopped by {type(exc).__name__}: {exc}; "
-                                "run the same command again to resume")  # fmt: skip
+            result.notes.append(
+                f"#{tag}: stopped by {type(exc).__name__}: {exc}; "
+                "run the same command again to resume"
+            )
         finally:
             bar.close()
     if params.keep_days is not None:
@@ -148,10 +172,18 @@ def collect(
 
 
 def _collect_tag(
-    loader: instaloader.Instaloader, params: InstagramSourceParams, tag: str,
-    window: tuple[datetime | None, datetime | None], after: datetime | None, *, cache: Path,
-    salt: str, seen: set[tuple[str, str]], result: Collection, bar: Any,
-) -> None:  # fmt: skip
+    loader: instaloader.Instaloader,
+    params: InstagramSourceParams,
+    tag: str,
+    window: tuple[datetime | None, datetime | None],
+    after: datetime | None,
+    *,
+    cache: Path,
+    salt: str,
+    seen: set[tuple[str, str]],
+    result: Collection,
+    bar: Any,
+) -> None:
     """Walk one hashtag's listing (resumably) until this run's cap, older posts, or its end."""
     if result.new_per_tag[tag] >= params.posts_per_hashtag:
         return  # an interrupted run had reached its cap: nothing to request
@@ -162,8 +194,9 @@ def _collect_tag(
     def resume_path(magic: str) -> str:
         return str(cache / "resume" / f"{tag}_{magic}.json")
 
-    with resumable_iteration(loader.context, posts, load=_load_frozen, save=_save_frozen,
-                             format_path=resume_path):  # fmt: skip
+    with resumable_iteration(
+        loader.context, posts, load=_load_frozen, save=_save_frozen, format_path=resume_path
+    ):
         for post in posts:
             date = post.date_utc
             if (since and date < since) or (after and date <= after):
@@ -195,8 +228,7 @@ def in_window(rows: list[dict[str, Any]], keep_days: int | None) -> list[dict[st
     newest: dict[str, datetime] = {}
     for row in rows:
         newest[row["label"]] = max(_date(row), newest.get(row["label"], _date(row)))
-    return [row for row in rows
-            if _date(row) >= newest[row["label"]] - timedelta(days=keep_days)]  # fmt: skip
+    return [row for row in rows if _date(row) >= newest[row["label"]] - timedelta(days=keep_days)]
 
 
 def _prune_media(cache: Path, params: InstagramSourceParams) -> None:
@@ -207,12 +239,16 @@ def _prune_media(cache: Path, params: InstagramSourceParams) -> None:
     for media in gone:
         (cache / media).unlink(missing_ok=True)
     if gone:
-        logger.info("instagram: %d posts older than keep_days=%d left the window", len(gone),
-                    params.keep_days)  # fmt: skip
+        logger.info(
+            "instagram: %d posts older than keep_days=%d left the window",
+            len(gone),
+            params.keep_days,
+        )
 
 
-def _fetch(loader: instaloader.Instaloader, post: instaloader.Post, target: Path,
-           result: Collection) -> bool:  # fmt: skip
+def _fetch(
+    loader: instaloader.Instaloader, post: instaloader.Post, target: Path, result: Collection
+) -> bool:
     """Download the post's image unless an earlier run did; a failure is logged and skipped."""
     if target.is_file():
         return True
@@ -238,7 +274,14 @@ def collected_items(cache: Path, params: InstagramSourceParams) -> Iterator[Sour
             path = cache / row["media"]
             caption = strip_mentions(row["caption"])
             yield SourceItem(
-                id=row_id(row, salt), label=tag, data=path.read_bytes() if path.is_file() else b"",
-                origin=str(path), caption=caption, hashtags=hashtags_in(caption),
-                likes=row["likes"], comments=row["comments"], date=row["date"], owner=row["owner"],
-            )  # fmt: skip
+                id=row_id(row, salt),
+                label=tag,
+                data=path.read_bytes() if path.is_file() else b"",
+                origin=str(path),
+                caption=caption,
+                hashtags=hashtags_in(caption),
+                likes=row["likes"],
+                comments=row["comments"],
+                date=row["date"],
+                owner=row["owner"],
+            )

@@ -55,9 +55,12 @@ class BoundedRateController(instaloader.RateController):
 
 
 def make_loader(
-    session_file: Path | None, max_wait: float, *, polite: bool = True,
+    session_file: Path | None,
+    max_wait: float,
+    *,
+    polite: bool = True,
     sleep: Callable[[float], None] = time.sleep,
-) -> instaloader.Instaloader:  # fmt: skip
+) -> instaloader.Instaloader:
     """An Instaloader logged in from a session file, with the bounded rate controller.
 
     Args:
@@ -75,9 +78,12 @@ def make_loader(
     if not session_file.is_file():
         raise InstagramLoginError(f"session file {session_file} does not exist: {HOW_TO_LOGIN}")
     loader = instaloader.Instaloader(
-        sleep=polite, quiet=True, iphone_support=False, save_metadata=False,
+        sleep=polite,
+        quiet=True,
+        iphone_support=False,
+        save_metadata=False,
         rate_controller=lambda context: BoundedRateController(context, max_wait, sleep),
-    )  # fmt: skip
+    )
     username = session_file.name.removeprefix("session-")
     try:
         loader.load_session_from_file(username, str(session_file))

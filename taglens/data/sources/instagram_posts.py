@@ -70,8 +70,10 @@ def row_id(row: dict[str, Any], salt: str | None) -> str:
     if "post_id" in row:
         return row["post_id"]
     if not salt:
-        raise TaglensError("the Instagram cache holds rows from an older taglens (raw shortcodes): "
-                         "set the owner-hash salt so they can be hashed, or delete the cache")
+        raise TaglensError(
+            "the Instagram cache holds rows from an older taglens (raw shortcodes): "
+            "set the owner-hash salt so they can be hashed, or delete the cache"
+        )
     return post_id(row["shortcode"], salt)
 
 
@@ -103,8 +105,12 @@ def post_row(post: instaloader.Post, tag: str, salt: str, media: str) -> dict[st
     except (ie.InstaloaderException, KeyError, TypeError):
         likes = None
     return {
-        "post_id": post_id(post.shortcode, salt), "label": tag,
-        "caption": strip_mentions(post.caption or ""), "likes": likes,
-        "comments": _comments(post), "date": post.date_utc.isoformat(), "owner": owner,
+        "post_id": post_id(post.shortcode, salt),
+        "label": tag,
+        "caption": strip_mentions(post.caption or ""),
+        "likes": likes,
+        "comments": _comments(post),
+        "date": post.date_utc.isoformat(),
+        "owner": owner,
         "media": media,
-    }  # fmt: skip
+    }

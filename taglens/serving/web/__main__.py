@@ -151,8 +151,10 @@ def run_server(params: Params, args: argparse.Namespace) -> int:
     if not _is_loopback(host):
         logger.warning(
             "binding %s: the page is reachable from other machines, which must name it "
-            "by one of serve.allowed_hosts (%s)", host, ", ".join(params.serve.allowed_hosts),
-        )  # fmt: skip
+            "by one of serve.allowed_hosts (%s)",
+            host,
+            ", ".join(params.serve.allowed_hosts),
+        )
     app, label = build_app(params, args.model_uri)
     logger.info("serving %s version %s on http://%s:%d/", label.name, label.version, host, port)
     uvicorn.run(

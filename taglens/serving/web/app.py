@@ -127,11 +127,14 @@ def create_app(
     # Added innermost first: a request meets RequestLog, RequestMetrics, SecurityHeaders,
     # BrowserGuard, Admission, BodyLimit.
     app.add_middleware(
-        BodyLimit, max_body_bytes=max_upload_bytes + MULTIPART_SLACK_BYTES,
-        message=too_large_message(max_upload_bytes), timeout_s=serve.upload_timeout_s,
-    )  # fmt: skip
-    app.add_middleware(Admission, paths={"/predict"}, limit=serve.max_pending,
-                       retry_after_s=serve.retry_after_s)  # fmt: skip
+        BodyLimit,
+        max_body_bytes=max_upload_bytes + MULTIPART_SLACK_BYTES,
+        message=too_large_message(max_upload_bytes),
+        timeout_s=serve.upload_timeout_s,
+    )
+    app.add_middleware(
+        Admission, paths={"/predict"}, limit=serve.max_pending, retry_after_s=serve.retry_after_s
+    )
     app.add_middleware(BrowserGuard, allowed_hosts=serve.allowed_hosts)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -213,8 +216,11 @@ def create_app(
                 ) from None
         logger.info(
             "predicted %s (%.3f) for a %dx%d photo",
-            prediction.top_class, prediction.top_probability, image.width, image.height,
-        )  # fmt: skip
+            prediction.top_class,
+            prediction.top_probability,
+            image.width,
+            image.height,
+        )
         return Response(body, media_type="application/json")  # validated: a Prediction
 
     @app.get("/health", response_model=Health, summary="Is the server up, and with which model")

@@ -72,8 +72,11 @@ class SecurityHeaders:
         async def secured_send(message: dict) -> None:
             nonlocal held
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() != b"x-content-type-options"]  # fmt: skip
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.lower() != b"x-content-type-options"
+                ]
                 headers.append((b"x-content-type-options", b"nosniff"))
                 names = {k.lower() for k, _ in headers}
                 message = {**message, "headers": headers}
@@ -214,9 +217,10 @@ class BodyLimit:
                 note_rejection(scope, "upload_timeout")
                 # FastAPI re-raises HTTPExceptions from body parsing: these become the answer.
                 raise HTTPException(
-                    408, f"the upload took longer than {self.timeout_s:g} s "
+                    408,
+                    f"the upload took longer than {self.timeout_s:g} s "
                     "(serve.upload_timeout_s): send it again over a faster connection",
-                ) from None  # fmt: skip
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:

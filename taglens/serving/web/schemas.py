@@ -24,8 +24,10 @@ class Hashtag(BaseModel):
     posts: int | None = Field(default=None, description="training posts that carried the tag")
     engagement: float | None = Field(default=None, description="mean engagement of those posts")
     why: Literal["class", "image"] | None = Field(
-        default=None, description="class: suggested mostly for the predicted class; image: for "
-        "what this photo shows (its neighbours, colours or features)")
+        default=None,
+        description="class: suggested mostly for the predicted class; image: for "
+        "what this photo shows (its neighbours, colours or features)",
+    )
 
     @field_validator("score", "engagement", mode="before")
     @classmethod
