@@ -113,11 +113,6 @@ def read_model_info(models: Path | str) -> dict[str, Any]:
     return read_json_object(MODEL_INFO, models)
 
 
-def read_metrics(reports: Path | str) -> dict[str, Any]:
-    """reports/metrics.json: evaluate's test-split scores of the model in models/."""
-    return read_json_object(METRICS, reports)
-
-
 def read_feature_meta(features: Path | str) -> dict[str, Any]:
     """data/features/meta.json: backbone, image size and weights of the cached vectors."""
     return read_json_object(FEATURE_META, features)

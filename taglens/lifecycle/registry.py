@@ -35,7 +35,6 @@ from taglens.lifecycle.registry_tags import (
     RUN_ID_TAG,
     candidate_tags,
     decision_record,
-    evaluation_of,
     now_iso,
     pending_decision,
 )
@@ -136,11 +135,6 @@ class Registry:
             if version.tags.get(RUN_ID_TAG) == run_id or version.run_id == run_id:
                 return version
         return None
-
-    @staticmethod
-    def evaluation(version: Any) -> Evaluation:
-        """Rebuild a version's Evaluation from its tags."""
-        return evaluation_of(version.tags)
 
     def history(self) -> list[dict[str, Any]]:
         """Return every recorded event, oldest first, from the versions' `history.*` tags."""

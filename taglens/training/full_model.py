@@ -29,9 +29,6 @@ logger = logging.getLogger(__name__)
 VERIFY_RTOL = 1e-3
 
 
-OUTPUTS = ("probabilities", "features", "colour")
-
-
 def assemble(
     extractor: keras.Model,
     head: keras.Model,

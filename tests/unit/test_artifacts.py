@@ -18,7 +18,6 @@ READERS = [
     (train_data.manifest_classes, artifacts.MANIFEST),
     (lambda folder: train_data.load_splits(folder, None, ()), artifacts.FEATURES),
     (artifacts.read_model_info, artifacts.MODEL_INFO),
-    (artifacts.read_metrics, artifacts.METRICS),
     (lambda folder: gate_read_metrics(folder / "metrics.json"), artifacts.METRICS),
 ]
 

@@ -64,11 +64,6 @@ _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar
 )
 
 
-def current_request() -> RequestContext | None:
-    """The request being handled in this context, if any."""
-    return _current.get()
-
-
 def request_id_of(scope: dict) -> str | None:
     """The id `RequestLog` gave this request (None if it has not seen it).
 
