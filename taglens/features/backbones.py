@@ -7,11 +7,11 @@ import logging
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from taglens.errors import TaglensError
+from taglens.params.features import BACKBONES
 
 if TYPE_CHECKING:
     import keras
@@ -25,31 +25,6 @@ class BackboneWeightsError(TaglensError):
     """The requested backbone weights cannot be loaded (a setting the user must fix)."""
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to build one backbone and which preprocessing it was trained with.
-
-    `mode` follows keras.applications: `caffe` (RGB->BGR, ImageNet mean subtracted), `tf`
-    (scaled to [-1, 1]) or `none` (the model rescales itself, as EfficientNet does).
-    `last_block` is the layer-name prefix unfrozen for fine-tuning. `xla_slow`: XLA runs its
-    depthwise convolutions about 10x slower on CPU (BENCHMARKS.md): keep jit_compile off.
-    """
-
-    constructor: str
-    mode: str
-    last_block: str
-    xla_slow: bool = False
-
-
-# The one list of backbones: `model.backbone` in params.yaml is checked against its names.
-BACKBONES: dict[str, BackboneSpec] = {
-    "vgg19": BackboneSpec("VGG19", "caffe", "block5"),
-    "vgg16": BackboneSpec("VGG16", "caffe", "block5"),
-    "mobilenet": BackboneSpec("MobileNet", "tf", "conv_pw_13", xla_slow=True),
-    "mobilenet_v2": BackboneSpec("MobileNetV2", "tf", "block_16", xla_slow=True),
-    "resnet50": BackboneSpec("ResNet50", "caffe", "conv5"),
-    "efficientnet_b0": BackboneSpec("EfficientNetB0", "none", "block7", xla_slow=True),
-}
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 

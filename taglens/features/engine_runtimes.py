@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PARAM = "featurize.engine"
+# The params key that chooses the engine: named in errors, and the logged pyfunc's config key.
+ENGINE_PARAM = "featurize.engine"
 ONNX_OPSET = 17
 # A forward pass returns one array, or a dict of arrays for a dict-output model (taglens's own).
 Outputs = np.ndarray | dict[str, np.ndarray]
@@ -78,8 +79,8 @@ def _key_of(names: set[str], keys: tuple[str, ...]) -> str:
     found = [key for key in keys if key in names or any(n.startswith(f"{key}:") for n in names)]
     if len(found) != 1:
         raise EngineError(
-            f"{PARAM}: cannot tell which model output {sorted(names)} is among "
-            f"{list(keys)}: set {PARAM}: tensorflow"
+            f"{ENGINE_PARAM}: cannot tell which model output {sorted(names)} is among "
+            f"{list(keys)}: set {ENGINE_PARAM}: tensorflow"
         )
     return found[0]
 

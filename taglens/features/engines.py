@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from taglens.features.engine_runtimes import (
+    ENGINE_PARAM,
     ONNX_OPSET,
-    PARAM,
     EngineError,
     Forward,
     OnnxRuntimeForward,
@@ -41,11 +41,13 @@ from taglens.features.engine_runtimes import (
     no_usage_reports,
     traced,
 )
+from taglens.params.features import ENGINES as ENGINE_SPECS
 
 if TYPE_CHECKING:
     import keras
 
 __all__ = [
+    "ENGINE_PARAM",
     "ENGINES",
     "FP32_ENGINES",
     "INT8_ENGINE",
@@ -68,20 +70,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 INT8_ENGINE = "openvino-int8"
-FP32_ENGINES = ("tensorflow", "openvino", "onnxruntime")  # the same outputs within 1e-4
-ENGINES = (*FP32_ENGINES, INT8_ENGINE)  # what featurize.engine accepts
+ENGINES = tuple(ENGINE_SPECS)  # what featurize.engine accepts (taglens.params.ENGINES)
+FP32_ENGINES = tuple(e for e in ENGINES if e != INT8_ENGINE)  # the same outputs within 1e-4
 _INT8_KEY = (INT8_ENGINE, "")  # an INT8 model is handed over, never converted: no cache dir
 # Converted forwards by Keras model, then by (engine, cache_dir). The forwards of the converting
 # engines hold no reference to the Keras model, so an entry goes when its model does.
 _CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CONVERTED_LOCK = threading.Lock()
-
-
-_PACKAGES = {
-    "openvino": ("openvino",),
-    "onnxruntime": ("onnxruntime", "tf2onnx"),
-    INT8_ENGINE: ("openvino",),
-}
 
 
 def precision_of(engine: str) -> str:
@@ -99,11 +94,12 @@ def use_int8(model: keras.Model, int8_model: Any) -> None:
 def _check_installed(engine: str) -> None:
     import importlib.util
 
-    missing = [name for name in _PACKAGES.get(engine, ()) if importlib.util.find_spec(name) is None]
+    modules = ENGINE_SPECS[engine].modules if engine in ENGINE_SPECS else ()
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
         raise EngineError(
-            f"{PARAM}: {engine} needs {' and '.join(missing)}, which is not installed: "
-            f"pip install {' '.join(missing)}, or set {PARAM}: tensorflow"
+            f"{ENGINE_PARAM}: {engine} needs {' and '.join(missing)}, which is not installed: "
+            f"pip install {' '.join(missing)}, or set {ENGINE_PARAM}: tensorflow"
         )
 
 
@@ -134,7 +130,7 @@ def compile_forward(
 
     """
     if engine not in ENGINES:
-        raise EngineError(f"{PARAM} must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise EngineError(f"{ENGINE_PARAM} must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "tensorflow":
         return TensorFlowForward(model, batch_size, jit_compile)
     _check_installed(engine)
@@ -143,9 +139,9 @@ def compile_forward(
             forward = _CONVERTED.get(model, {}).get(_INT8_KEY)
         if forward is None:
             raise EngineError(
-                f"{PARAM}: {INT8_ENGINE} runs an INT8 model quantized from {model.name} by the "
-                f"featurize or train stage, and none was made for it: run the stage, or set "
-                f"{PARAM}: openvino"
+                f"{ENGINE_PARAM}: {INT8_ENGINE} runs an INT8 model quantized from {model.name} by "
+                f"the featurize or train stage, and none was made for it: run the stage, or set "
+                f"{ENGINE_PARAM}: openvino"
             )
         return forward
     key = (engine, str(cache_dir or default_cache_dir()))
@@ -165,8 +161,8 @@ def _convert(model: keras.Model, engine: str, cache_dir: Path) -> Forward:
     except Exception as exc:  # converters raise many kinds; the user's fix is the same
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EngineError(
-            f"{PARAM}: {engine} could not convert {model.name} ({type(exc).__name__}: "
-            f"{first[:300]}); set {PARAM}: tensorflow"
+            f"{ENGINE_PARAM}: {engine} could not convert {model.name} ({type(exc).__name__}: "
+            f"{first[:300]}); set {ENGINE_PARAM}: tensorflow"
         ) from exc
 
 
@@ -218,7 +214,7 @@ def on_engine(predictor: Any, engine: str, **options: Any) -> Any:
             logger.warning(
                 "%s: this model has no INT8 model (train kept FP32, or its features were FP32): "
                 "serving it on openvino in FP32",
-                PARAM,
+                ENGINE_PARAM,
             )
             engine = "openvino"
         else:

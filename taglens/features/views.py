@@ -21,14 +21,16 @@ flip average with the same function.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
+
+from taglens.params.features import View
 
 if TYPE_CHECKING:
     import keras
 
     from taglens.params import ModelParams
 
-VIEWS = ("flip", "colour", "crops")
+VIEWS: tuple[str, ...] = get_args(View)
 IMAGE = "vectors"  # the output of views_model that holds the image's own backbone vector
 COLOUR_BINS = 4  # per channel: 4 x 4 x 4 joint bins, coarse enough for a 64-row histogram
 COLOUR_DIM = 2 * COLOUR_BINS**3  # whole image, then its centre (where the subject usually is)

@@ -15,7 +15,17 @@ from taglens.params.data import (
     InstagramSourceParams,
     ScrapeParams,
 )
-from taglens.params.features import CleanParams, FeaturizeParams, Int8Params, ModelParams
+from taglens.params.features import (
+    BACKBONES,
+    ENGINES,
+    BackboneSpec,
+    CleanParams,
+    EngineSpec,
+    FeaturizeParams,
+    Int8Params,
+    ModelParams,
+    View,
+)
 from taglens.params.loader import Params, flatten, load_params, parse_params
 from taglens.params.section import ParamsError, Probability, Section
 from taglens.params.serving import DriftParams, PredictParams, RegisterParams, ServeParams
@@ -32,6 +42,11 @@ from taglens.params.training import (
 )
 
 __all__ = [
+    "BACKBONES",
+    "ENGINES",
+    "BackboneSpec",
+    "EngineSpec",
+    "View",
     "PAPER_CLASSES",
     "BaseParams",
     "CleanParams",

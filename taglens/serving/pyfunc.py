@@ -36,7 +36,7 @@ import mlflow.pyfunc
 import numpy as np
 
 from taglens.artifacts import HASHTAGS, read_json_object, read_model_info
-from taglens.features.engines import precision_of
+from taglens.features.engines import ENGINE_PARAM, precision_of
 from taglens.params import IngestParams
 from taglens.serving.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
 from taglens.serving.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
@@ -49,7 +49,6 @@ ARTIFACT_KEY = "models"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole taglens package
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
 ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recorded engine
-ENGINE_KEY = "featurize.engine"  # the model_config key (MLflow also shows it as a run param)
 PRECISION_KEY = "featurize.precision"  # model_config: int8 (openvino-int8) or fp32
 PRECISION_TAG = "precision"  # the same, as a tag on the run that logged the model
 VIEWS_KEY = "train.views"  # the model_config key naming the views the model averages
@@ -74,7 +73,7 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
         (`taglens.serving.pyfunc_inputs`).
         """
         folder = Path(context.artifacts[ARTIFACT_KEY])
-        recorded = (context.model_config or {}).get(ENGINE_KEY)
+        recorded = (context.model_config or {}).get(ENGINE_PARAM)
         self.predictor = on_served_engine(HashtagPredictor.from_dir(folder), recorded)
         ingest = LEGACY_INGEST
         if (folder / INGEST_FILE).is_file():
@@ -161,7 +160,7 @@ def served_config(engine: str | None, info: dict[str, Any]) -> dict[str, str] | 
     The views (`image`, `flip`, `crops`) are model_info.json's; the Keras model computes them
     itself, so batch predict, the web page and `mlflow models serve` average the same ones.
     """
-    config = {ENGINE_KEY: engine, PRECISION_KEY: precision_of(engine)} if engine else {}
+    config = {ENGINE_PARAM: engine, PRECISION_KEY: precision_of(engine)} if engine else {}
     if info.get("views"):
         config[VIEWS_KEY] = ",".join(info["views"])
     return config or None

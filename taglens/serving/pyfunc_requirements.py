@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from taglens.params import ENGINES
+
 # The distributions a served taglens model imports (the taglens package itself travels as code).
 SERVING_PACKAGES = (
     "mlflow",
@@ -23,29 +25,20 @@ SERVING_PACKAGES = (
 )
 
 
-# What each `featurize.engine` needs beyond SERVING_PACKAGES (TensorFlow builds the Keras model
-# for every engine). Without them an environment MLflow builds from the requirements serves on
-# TensorFlow with only a warning. ONNX Runtime runs what tf2onnx converts, which needs onnx.
-ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
-    "tensorflow": (),
-    "openvino": ("openvino",),
-    "onnxruntime": ("onnxruntime", "tf2onnx", "onnx"),
-    "openvino-int8": ("openvino",),  # runs the INT8 model train wrote: no NNCF needed to serve
-}
-
-
 def serving_packages(engine: str | None = None) -> tuple[str, ...]:
     """SERVING_PACKAGES plus what `engine` runs on (None: a model that serves on tensorflow).
+
+    What each engine needs is `taglens.params.ENGINES[engine].distributions`.
 
     Raises:
         ValueError: an engine this table does not know.
     """
     if engine is None:
         return SERVING_PACKAGES
-    if engine not in ENGINE_PACKAGES:
-        known = ", ".join(ENGINE_PACKAGES)
+    if engine not in ENGINES:
+        known = ", ".join(ENGINES)
         raise ValueError(f"featurize.engine must be one of {known}, got {engine!r}")
-    return SERVING_PACKAGES + ENGINE_PACKAGES[engine]
+    return SERVING_PACKAGES + ENGINES[engine].distributions
 
 
 def pip_requirements(engine: str | None = None) -> list[str]:

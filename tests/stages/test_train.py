@@ -70,11 +70,11 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     assert {"lineage.data.features", "lineage.data.clean"} <= set(tags)
     assert "lineage.git_commit" not in tags  # MLflow records mlflow.source.git.commit itself
     # the logged model carries the engine it serves on (`mlflow models serve` reads it)
+    from taglens.features.engines import ENGINE_PARAM
     from taglens.serving.model_ref import logged_model_uri
-    from taglens.serving.pyfunc import ENGINE_KEY
 
     flavor = mlflow.models.get_model_info(logged_model_uri(summary["run_id"])).flavors
-    assert flavor["python_function"]["config"][ENGINE_KEY] == params.featurize.engine
+    assert flavor["python_function"]["config"][ENGINE_PARAM] == params.featurize.engine
     # ... and the views its model averages, as model_info.json and train.json name them
     written = json.loads((paths["reports"] / "train.json").read_text())
     assert list(predictor.views) == info["views"] == written["views"]["served"]

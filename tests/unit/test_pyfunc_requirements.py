@@ -11,8 +11,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from taglens.features import engines
+from taglens.params import ENGINES
 from taglens.serving.pyfunc_requirements import (
-    ENGINE_PACKAGES,
     SERVING_PACKAGES,
     pip_requirements,
     serving_packages,
@@ -52,13 +52,13 @@ def test_a_pin_outside_the_range_would_be_caught():
 
 
 def test_each_engine_pins_what_it_imports_and_tensorflow_always():
-    assert set(ENGINE_PACKAGES) == set(engines.ENGINES)
+    assert set(ENGINES) == set(engines.ENGINES)
     for engine in engines.ENGINES:
         packages = serving_packages(engine)
         assert packages[: len(SERVING_PACKAGES)] == SERVING_PACKAGES
         assert "tensorflow-cpu" in packages
         # the modules the engine checks for before it runs are among its pinned distributions
-        assert set(engines._PACKAGES.get(engine, ())) <= set(ENGINE_PACKAGES[engine])
+        assert set(ENGINES[engine].modules) <= set(ENGINES[engine].distributions)
     assert serving_packages("tensorflow") == serving_packages(None) == SERVING_PACKAGES
     assert "openvino" in serving_packages("openvino")
     assert {"onnxruntime", "tf2onnx", "onnx"} <= set(serving_packages("onnxruntime"))
