@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from taglens.errors import TaglensError
-from taglens.lifecycle.lineage import repo_data_tags
+from taglens.lineage import repo_data_tags
 from taglens.params import ParamsError, TeamParams
 
 logger = logging.getLogger(__name__)

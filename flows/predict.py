@@ -193,7 +193,7 @@ def batch_predict_flow(
     Returns:
         Counts (total, scored, skipped, errors), seconds, images_per_second, model and output.
     """
-    from taglens.lifecycle.tracking import configure_tracking
+    from taglens.tracking import configure_tracking
 
     if task_runner not in TASK_RUNNERS:
         raise TaglensError(f"task_runner must be one of {TASK_RUNNERS}, got {task_runner!r}")

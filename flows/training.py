@@ -29,7 +29,7 @@ from flows.stagerun import StageError, StageResult, check_repo, push, run_stage
 from flows.training_report import read_json, render_markdown, tag_run
 from taglens.artifacts import DECISION, METRICS, MODEL_INFO
 from taglens.errors import TaglensError
-from taglens.lifecycle.lineage import DATA_VERSION, TAG_PREFIX, repo_data_tags
+from taglens.lineage import DATA_VERSION, TAG_PREFIX, repo_data_tags
 
 logger = logging.getLogger(__name__)
 

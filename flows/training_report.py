@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from taglens.artifacts import DECISION, METRICS, MODEL_INFO
-from taglens.lifecycle.lineage import DATA_VERSION, TAG_PREFIX
+from taglens.lineage import DATA_VERSION, TAG_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def tag_run(repo: Path, run_id: str, tags: dict[str, str]) -> dict[str, str]:
 
     The train stage tags its run itself; this fills them in for a run that predates them.
     """
-    from taglens.lifecycle.tracking import configure_tracking
+    from taglens.tracking import configure_tracking
 
     info = read_json(repo / MODEL_INFO.default) or {}
     configure_tracking(info.get("experiment") or "taglens", store=repo / "mlruns")

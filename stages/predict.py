@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score(args: argparse.Namespace, params: Params) -> int:
-    from taglens.lifecycle.tracking import configure_tracking
+    from taglens.tracking import configure_tracking
 
     if model_ref.local_models_dir(args.model_uri) is None:  # a models/ dir needs no MLflow
         configure_tracking(params.base.experiment)

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace, params: Params) -> int:
-    from taglens.lifecycle.tracking import configure_tracking
+    from taglens.tracking import configure_tracking
 
     configure_tracking(params.base.experiment)
     if args.command is None:

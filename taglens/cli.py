@@ -119,7 +119,7 @@ def run_stage(
 
     def body(params: Params) -> int:
         if tracked:
-            from taglens.lifecycle.tracking import configure_tracking
+            from taglens.tracking import configure_tracking
 
             configure_tracking(params.base.experiment)
         print(text(call(params)))

@@ -19,8 +19,8 @@ from taglens.artifacts import MODEL_INFO, PER_CLASS, PER_IMAGE, read_model_info
 from taglens.atomic import atomic_write_json
 from taglens.errors import TaglensError
 from taglens.lifecycle.gate import Evaluation, check_metrics_run, read_evaluation
-from taglens.lifecycle.lineage import run_record
 from taglens.lifecycle.registry import Registry
+from taglens.lineage import run_record
 from taglens.params import RegisterParams
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from taglens.errors import TaglensError
-from taglens.lifecycle.tracking import redact_uri
+from taglens.tracking import redact_uri
 
 LOCK_TIMEOUT_S = 300.0
 LOCK_DB_ENV = "TAGLENS_LOCK_DB"

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taglens.lifecycle.gate import PAIRED_KEYS, Decision, Evaluation, PairedTest
-from taglens.lifecycle.lineage import TAG_PREFIX
+from taglens.lineage import TAG_PREFIX
 
 METRIC_TAG = "metric."
 RECALL_TAG = "recall."

@@ -82,8 +82,8 @@ def log_data(
     """
     import mlflow
 
-    from taglens.lifecycle import lineage
-    from taglens.lifecycle.tracking import log_split_datasets
+    from taglens import lineage
+    from taglens.tracking import log_split_datasets
 
     record = lineage.record(
         Path.cwd(),

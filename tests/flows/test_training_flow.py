@@ -22,7 +22,7 @@ import yaml
 from flows.stagerun import StageError, check_repo, run_stage
 from flows.training import STAGES, training_flow
 from flows.training_report import render_markdown
-from taglens.lifecycle.lineage import repo_data_tags
+from taglens.lineage import repo_data_tags
 from tests.helpers.paths import ROOT
 
 STUB = textwrap.dedent('''
@@ -50,7 +50,7 @@ STUB = textwrap.dedent('''
         Path(outs[stage], "x.txt").write_text(f"{stage} {params['version']}")
     if stage == "train":
         import mlflow
-        from taglens.lifecycle.tracking import configure_tracking
+        from taglens.tracking import configure_tracking
         configure_tracking("taglens")
         with mlflow.start_run(run_name="train") as run:
             mlflow.log_param("version", params["version"])

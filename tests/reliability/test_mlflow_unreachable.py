@@ -16,7 +16,7 @@ from reliability_kit import (
     write_params,
 )
 
-from taglens.lifecycle.tracking import TrackingServerUnreachable, check_server, redact_uri
+from taglens.tracking import TrackingServerUnreachable, check_server, redact_uri
 from tests.helpers.servers import free_port
 
 

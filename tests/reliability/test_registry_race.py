@@ -48,7 +48,7 @@ def test_racing_registrations_leave_the_better_model_champion(
 ):
     import mlflow
 
-    from taglens.lifecycle.tracking import configure_tracking
+    from taglens.tracking import configure_tracking
 
     # Given two evaluated train runs, one clearly better, and no champion yet
     repo = copy_repo(tmp_path / "repo")

@@ -120,12 +120,12 @@ def test_bad_input_and_output_are_user_errors(tmp_path, tiny_models_dir, capsys)
 
 @pytest.mark.slow
 def test_a_local_models_dir_needs_no_tracking_store(tmp_path, tiny_models_dir, monkeypatch):
-    import taglens.lifecycle.tracking
+    import taglens.tracking
 
     def no_tracking(*_):
         raise AssertionError("a local models/ directory must not open the MLflow store")
 
-    monkeypatch.setattr(taglens.lifecycle.tracking, "configure_tracking", no_tracking)
+    monkeypatch.setattr(taglens.tracking, "configure_tracking", no_tracking)
     _photos(tmp_path / "photos", 2)
     out = tmp_path / "out.csv"
     assert (

@@ -12,13 +12,13 @@ import mlflow
 import pytest
 
 from stages import register
-from taglens.lifecycle import lineage
+from taglens import lineage
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.registry import Registry
 from taglens.lifecycle.registry_admin import promote
-from taglens.lifecycle.tracking import configure_tracking
 from taglens.serving.model_ref import logged_model_uri
 from taglens.serving.pyfunc import log_taglens_model
+from taglens.tracking import configure_tracking
 from taglens.training.metrics import split_fingerprint
 from tests.helpers.params import tiny_params, tiny_params_path
 from tests.helpers.tinymodels import build_tiny_models

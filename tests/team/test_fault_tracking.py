@@ -4,7 +4,7 @@ These tests restart services, so they run on a PostgreSQL and an MLflow server o
 own (`own_services`); the session's services (`team_services`) only lend the Prefect server.
 
 - **The MLflow server restarted between train and register.** While it is down, register stops
-  within seconds with one line and registers nothing (taglens.lifecycle.tracking pings the
+  within seconds with one line and registers nothing (taglens.tracking pings the
   server before any work). Once it is back on the same port and database, register registers
   the run, and a second run finds it registered: one version, one history event.
 - **PostgreSQL restarted during a batch-scoring run.** Scoring itself reads no database (the
@@ -85,7 +85,7 @@ def test_mlflow_server_restarted_between_train_and_register(
     import mlflow
 
     from taglens.lifecycle.registry import Registry
-    from taglens.lifecycle.tracking import configure_tracking
+    from taglens.tracking import configure_tracking
 
     # Given a train run logged to the server, with the evidence evaluate writes
     services, _ = tracking

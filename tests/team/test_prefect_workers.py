@@ -58,8 +58,8 @@ def _registered_champion(name: str, models: Path, params) -> str:
 
     from taglens.lifecycle.gate import Evaluation
     from taglens.lifecycle.registry import Registry
-    from taglens.lifecycle.tracking import configure_tracking
     from taglens.serving.pyfunc import log_taglens_model
+    from taglens.tracking import configure_tracking
 
     configure_tracking(params.base.experiment)
     with mlflow.start_run() as run:

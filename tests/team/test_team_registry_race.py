@@ -28,7 +28,7 @@ def test_two_clones_racing_leave_the_better_model_champion_each_version_once(
     import mlflow
 
     from taglens.lifecycle.registry import Registry
-    from taglens.lifecycle.tracking import configure_tracking
+    from taglens.tracking import configure_tracking
 
     # Given two clones, each with an evaluated train run logged to the server, one better
     configure_tracking(tiny_params.base.experiment)

@@ -28,11 +28,11 @@ def test_the_served_model_records_and_runs_its_int8_precision(
     import mlflow
 
     from taglens.features.engines import on_engine
-    from taglens.lifecycle.tracking import configure_tracking
     from taglens.serving import model_ref
     from taglens.serving.model_ref import load_predictor
     from taglens.serving.predictor import HashtagPredictor
     from taglens.serving.pyfunc import PRECISION_KEY, PRECISION_TAG, log_taglens_model
+    from taglens.tracking import configure_tracking
     from taglens.training.int8_model import quantize_served
 
     # Given the tiny served model, labelled photos, and INT8 settings that keep any INT8 model

@@ -6,7 +6,7 @@ import hashlib
 
 import yaml
 
-from taglens.lifecycle import lineage
+from taglens import lineage
 
 
 def _lock(tmp_path):

@@ -55,7 +55,7 @@ def test_a_left_lock_times_out_naming_its_holder_until_unlocked(fresh_mlflow):
 def test_runs_name_their_entry_point_and_sources_relative_to_the_checkout(tmp_path, monkeypatch):
     import sys
 
-    from taglens.lifecycle import tracking
+    from taglens import tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "stages" / "train.py"), "--x"])

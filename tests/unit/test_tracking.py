@@ -4,7 +4,7 @@ from pathlib import Path
 
 import mlflow
 
-from taglens.lifecycle.tracking import _artifact_location, configure_tracking, local_tracking_uri
+from taglens.tracking import _artifact_location, configure_tracking, local_tracking_uri
 
 
 def test_artifacts_go_beside_the_sqlite_database(tmp_path):

@@ -62,7 +62,7 @@ def test_registered_uris_are_labelled_with_name_and_version(
 ):
     name, version, _ = tiny_champion
     loaded = []
-    monkeypatch.setattr("taglens.lifecycle.tracking.configure_tracking", lambda experiment: "uri")
+    monkeypatch.setattr("taglens.tracking.configure_tracking", lambda experiment: "uri")
     monkeypatch.setattr(
         model_ref,
         "load_predictor",

@@ -54,7 +54,7 @@ def load_model(params: Params, model_uri: str | None) -> tuple[Predictor, ModelR
     from taglens.serving import model_ref
 
     if model_ref.local_models_dir(model_uri) is None:  # a local models/ dir needs no MLflow
-        from taglens.lifecycle.tracking import configure_tracking
+        from taglens.tracking import configure_tracking
 
         configure_tracking(params.base.experiment)
     resolved = model_ref.resolve(model_uri, params.register.model_name)
