@@ -32,6 +32,7 @@ from flows.runners import (
     retry_unless_user_error,
 )
 from taglens import artifacts
+from taglens.data.posts import read_raw_posts
 from taglens.errors import TaglensError
 from taglens.features.engines import INT8_ENGINE
 from taglens.features.views import IMAGE
@@ -128,14 +129,15 @@ def _missing(
         model.backbone, model.image_size, weights_identity(model, seed), precision_of(params.engine)
     )
     stores = features.feature_stores(out / features.STORE_DIR, key, params.views)
-    items = [(post.sha256, raw / post.image) for post in artifacts.read_posts(raw)]
+    items = [(post.sha256, raw / post.image) for post in read_raw_posts(raw)]
     cached = {name: store.load() for name, store in stores.items()}
     plan = features.plan_fill(stores, items, cached)
     absent = [str(path) for _, path in plan.items if not Path(path).is_file()]
     if absent:
         raise FileNotFoundError(
             f"{len(absent)} image file(s) are missing, for example {absent[0]}: re-run the "
-            "scrape stage (dvc repro scrape) so posts.jsonl and data/raw/images agree"
+            f"scrape stage (dvc repro scrape) so {artifacts.POSTS.name} and "
+            f"{artifacts.RAW_DIR / artifacts.RAW_IMAGES} agree"
         )
     return stores, plan
 

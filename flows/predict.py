@@ -35,6 +35,7 @@ from flows.runners import (
     dask_runner,
     retry_unless_user_error,
 )
+from taglens import artifacts
 from taglens.errors import TaglensError
 from taglens.lifecycle.drift import DriftReference, DriftReport, compare
 from taglens.params import DriftParams, load_params
@@ -308,7 +309,10 @@ def drift_task(
         reference = cached_model(model_uri, tracking_uri, engine).drift_reference
         reason = None
         if reference is None:
-            reason = "the model has no drift_reference.json (trained before it, or fine-tuned)"
+            reason = (
+                f"the model has no {artifacts.DRIFT_REFERENCE.name} (trained before it, "
+                "or fine-tuned)"
+            )
     if reason is not None:
         log.info("drift not checked: %s", reason)
         return {"judged": False, "drifted": False, "reason": reason}

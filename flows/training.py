@@ -26,14 +26,13 @@ from prefect.tasks import exponential_backoff
 
 from flows.handoff import commit_and_push, team_settings
 from flows.stagerun import StageError, StageResult, check_repo, push, run_stage
-from flows.training_report import read_json, render_markdown, tag_run
-from taglens.artifacts import DECISION, METRICS, MODEL_INFO
+from flows.training_report import render_markdown, tag_run
+from taglens.artifacts import DECISION, METRICS, MODEL_INFO, STAGES, read_optional
 from taglens.errors import TaglensError
 from taglens.lineage import DATA_VERSION, TAG_PREFIX, repo_data_tags
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("scrape", "featurize", "clean", "train", "evaluate", "register")
 # A weekly retrain still going after this long is stuck: on 2 cores a full real-photo run is
 # 1-2 hours (featurize dominates) and Instagram may impose 30-minute waits; fail it so the next
 # week's run is not blocked behind it (the deployment runs one at a time).
@@ -90,9 +89,9 @@ def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
     """Tag the MLflow run with the DVC data version and publish the markdown run report."""
     log = get_run_logger()
     root = Path(repo)
-    metrics = read_json(root / METRICS.default)
-    decision = read_json(root / DECISION.default)
-    model_info = read_json(root / MODEL_INFO.default)
+    metrics = read_optional(METRICS, root / METRICS.default)
+    decision = read_optional(DECISION, root / DECISION.default)
+    model_info = read_optional(MODEL_INFO, root / MODEL_INFO.default)
     data_tags = repo_data_tags(root)
     run_id = (model_info or {}).get("run_id")
     if run_id and data_tags:

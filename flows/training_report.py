@@ -10,20 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from taglens.artifacts import DECISION, METRICS, MODEL_INFO
+from taglens.artifacts import DECISION, METRICS, MODEL_INFO, read_optional
 from taglens.lineage import DATA_VERSION, TAG_PREFIX
 
 logger = logging.getLogger(__name__)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from a report file, or None when the file is missing or unreadable."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        logger.warning("cannot read %s: %s", path, exc)
-        return None
-    return value if isinstance(value, dict) else {"value": value}
 
 
 def _cell(value: Any) -> str:
@@ -89,7 +79,7 @@ def tag_run(repo: Path, run_id: str, tags: dict[str, str]) -> dict[str, str]:
     """
     from taglens.tracking import configure_tracking
 
-    info = read_json(repo / MODEL_INFO.default) or {}
+    info = read_optional(MODEL_INFO, repo / MODEL_INFO.default) or {}
     configure_tracking(info.get("experiment") or "taglens", store=repo / "mlruns")
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

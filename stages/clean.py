@@ -9,6 +9,7 @@ from pathlib import Path
 from taglens import artifacts
 from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_stage
+from taglens.data.posts import read_raw_posts
 from taglens.errors import TaglensError
 from taglens.features import clean_outputs
 from taglens.features.clean_outputs import CleanResult
@@ -43,7 +44,7 @@ def run(
     raw = Path(raw)
     out = Path(out)
     reports = Path(reports)
-    posts = artifacts.read_posts(raw)
+    posts = read_raw_posts(raw)
     artifacts.FEATURES.require(features)  # a missing file fails like every other upstream file
     shas, vectors = read_features(features)
     if shas.tolist() != [post.sha256 for post in posts]:
@@ -88,12 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=artifacts.CLEAN_DIR,
-        help="where manifest.csv and dropped.csv go (default %(default)s)",
+        help=(
+            f"where {artifacts.MANIFEST.name} and {artifacts.DROPPED.name} go (default %(default)s)"
+        ),
     )
     parser.add_argument(
         "--reports",
         type=Path,
-        default=artifacts.REPORTS_DIR / "clean",
+        default=artifacts.CLEAN_PLOTS_DIR,
         help="histogram and contact sheets go here (default %(default)s)",
     )
     parser.add_argument(

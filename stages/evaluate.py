@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=artifacts.REPORTS_DIR,
-        help="metrics.json, confusion.csv, evaluate/ plots (default %(default)s)",
+        help=(
+            f"{artifacts.METRICS.name}, {artifacts.CONFUSION.name}, "
+            f"{eval_outputs.PLOTS_DIR}/ plots (default %(default)s)"
+        ),
     )
     args = parser.parse_args(argv)
     return run_stage(

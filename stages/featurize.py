@@ -10,6 +10,7 @@ import numpy as np
 
 from taglens import artifacts
 from taglens.cli import add_stage_inputs, run_stage
+from taglens.data.posts import read_raw_posts
 from taglens.features import int8_backbone
 from taglens.features import store as features
 from taglens.features.backbones import BACKBONES, weights_identity
@@ -49,7 +50,7 @@ def run(
     """
     raw = Path(raw)
     out = Path(out)
-    posts = artifacts.read_posts(raw)
+    posts = read_raw_posts(raw)
     if params.jit_compile and BACKBONES[model.backbone].xla_slow:
         logger.warning(
             "featurize.jit_compile is true, but XLA runs %s's depthwise convolutions about 10x "

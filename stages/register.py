@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from taglens import artifacts
 from taglens.artifacts import MANIFEST
 from taglens.cli import run_with_params
 from taglens.lifecycle.gate import Evaluation, NotComparableError
@@ -29,7 +30,9 @@ from taglens.serving import model_ref
 
 logger = logging.getLogger(__name__)
 
-HISTORY = "promotions.jsonl"
+# where per_class.json and per_image.json sit relative to metrics.json's folder (for help texts)
+PER_CLASS_BESIDE = artifacts.PER_CLASS.at(artifacts.evaluated_beside("")).as_posix()
+PER_IMAGE_BESIDE = artifacts.PER_IMAGE.at(artifacts.evaluated_beside("")).as_posix()
 
 
 def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionRescorer | None:
@@ -100,7 +103,7 @@ def run(
         out=out,
         per_class=per_class,
         per_image=per_image,
-        history=history or Path(out).parent / HISTORY,
+        history=history or artifacts.PROMOTIONS.at(Path(out).parent),
         rescorer=rescorer,
     )
 
@@ -123,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--history",
         type=Path,
         default=argparse.SUPPRESS,
-        help=f"promotion history (default reports/{HISTORY})",
+        help=f"promotion history (default {artifacts.PROMOTIONS.default})",
     )
     parser.add_argument(
         "--params",
@@ -135,36 +138,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--history",
         type=Path,
         default=None,
-        help=f"promotion history (default: {HISTORY} beside --out)",
+        help=f"promotion history (default: {artifacts.PROMOTIONS.name} beside --out)",
     )
     parser.add_argument(
         "--models",
         type=Path,
-        default=Path("models"),
+        default=artifacts.MODELS_DIR,
         help="the trained model folder (default %(default)s)",
     )
     parser.add_argument(
         "--metrics",
         type=Path,
-        default=Path("reports/metrics.json"),
+        default=artifacts.METRICS.default,
         help="the evaluation metrics (default %(default)s)",
     )
     parser.add_argument(
         "--per-class",
         type=Path,
         default=None,
-        help="per-class recall (default: <metrics dir>/evaluate/per_class.json)",
+        help=f"per-class recall (default: <metrics dir>/{PER_CLASS_BESIDE})",
     )
     parser.add_argument(
         "--per-image",
         type=Path,
         default=None,
-        help="each test image right or wrong (default: <metrics dir>/evaluate/per_image.json)",
+        help=f"each test image right or wrong (default: <metrics dir>/{PER_IMAGE_BESIDE})",
     )
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("reports/register.json"),
+        default=artifacts.DECISION.default,
         help="where the decision is written (default %(default)s)",
     )
     parser.add_argument(
@@ -221,7 +224,7 @@ def _command(args: argparse.Namespace, params: Params) -> int:
         )
         print(result.summary())
         return 0
-    registry = Registry(params.register.model_name, args.history or Path("reports") / HISTORY)
+    registry = Registry(params.register.model_name, args.history or artifacts.PROMOTIONS.default)
     if args.command == "list":
         print(format_table(version_table(registry, params.register.primary_metric)))
     elif args.command == "history":

@@ -91,10 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=artifacts.RAW_DIR,
-        help="images, posts.jsonl, rejected.jsonl (default %(default)s)",
+        help=(
+            f"{artifacts.RAW_IMAGES}, {artifacts.POSTS.name}, {artifacts.REJECTED.name} "
+            "(default %(default)s)"
+        ),
     )
     parser.add_argument(
-        "--reports", type=Path, default=artifacts.REPORTS_DIR, help="directory for ingest.json"
+        "--reports",
+        type=Path,
+        default=artifacts.REPORTS_DIR,
+        help=f"directory for {artifacts.INGEST_REPORT.name}",
     )
     parser.add_argument(
         "--session-file",

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from taglens.artifacts import CLEAN_DIR, DECISION, METRICS, RAW_DIR, read_manifest
+from taglens.artifacts import CLEAN_DIR, DECISION, METRICS, RAW_DIR, read_optional
 from taglens.atomic import atomic_write_text
+from taglens.features.split import read_manifest
 
 
 def summarize(root: Path) -> str:
     """A short human summary of the outputs under `root`."""
     lines = ["", "taglens: pipeline finished."]
     metrics_path = root / METRICS.default
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
+    metrics = read_optional(METRICS, metrics_path) if metrics_path.is_file() else None
+    if metrics is not None:
         shown = ", ".join(
             f"{key} {metrics[key]:.3f}"
             if isinstance(metrics[key], float)
@@ -26,8 +26,8 @@ def summarize(root: Path) -> str:
         )
         lines.append(f"  metrics      {metrics_path}  ({shown})")
     decision_path = root / DECISION.default
-    if decision_path.is_file():
-        decision = json.loads(decision_path.read_text())
+    decision = read_optional(DECISION, decision_path) if decision_path.is_file() else None
+    if decision is not None:
         # an experiment that was not registered has no version (register.on_experiment: skip)
         version = decision.get("version", "?")
         where = "not registered" if version is None else f"version {version}"

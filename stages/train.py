@@ -12,6 +12,7 @@ import numpy as np
 from taglens import artifacts
 from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_stage
+from taglens.data.posts import read_raw_posts
 from taglens.lifecycle.drift import DriftReference
 from taglens.params import (
     BaseParams,
@@ -70,7 +71,7 @@ def run(
     splits = train_data.load_splits(features, train_data.read_manifest(clean, classes), classes)
     train = splits["train"]
     val = splits["val"]
-    posts = artifacts.read_posts(raw)
+    posts = read_raw_posts(raw)
 
     def fit_one(train_params: TrainParams, on_epoch) -> HeadFit:
         return fit_head(
@@ -222,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         "--reports",
         type=Path,
         default=artifacts.REPORTS_DIR,
-        help="folder for train.json and history.csv/png (default %(default)s)",
+        help=(
+            f"folder for {artifacts.TRAIN_REPORT.name}, {artifacts.HISTORY.name} and "
+            f"{artifacts.HISTORY_PLOT.name} (default %(default)s)"
+        ),
     )
     parser.add_argument(
         "--sweep",

@@ -53,7 +53,10 @@ REGISTRY_ADMIN = frozenset({"list", "history", "promote", "rollback", "unlock"})
 # The inputs several stages read, with the dvc.yaml layout as defaults: one wording for every stage.
 STAGE_INPUTS: dict[str, tuple[Path, str]] = {
     "params": (Path("params.yaml"), "the params file"),
-    "raw": (artifacts.RAW_DIR, "scrape's output: images and posts.jsonl"),
+    "raw": (
+        artifacts.RAW_DIR,
+        f"scrape's output: {artifacts.RAW_IMAGES} and {artifacts.POSTS.name}",
+    ),
     "features": (artifacts.FEATURES_DIR, "featurize's feature store"),
     "clean": (artifacts.CLEAN_DIR, "the manifest of kept images and their split"),
     "models": (artifacts.MODELS_DIR, "train's model folder"),

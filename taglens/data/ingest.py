@@ -20,12 +20,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from taglens import artifacts
 from taglens.atomic import atomic_write_bytes, atomic_write_jsonl
 from taglens.data.normalize import NormalizedImage, RejectedImage, normalize_image
 from taglens.data.posts import (
-    IMAGES_DIR,
-    POSTS_FILE,
-    REJECTED_FILE,
     Post,
     hashtags_in,
     normalize_hashtag,
@@ -77,7 +75,7 @@ def _post(item: SourceItem, image: NormalizedImage, source: str) -> Post:
     return Post(
         id=item.id,
         label=item.label,
-        image=f"{IMAGES_DIR}/{image.sha256}.jpg",
+        image=f"{artifacts.RAW_IMAGES}/{image.sha256}.jpg",
         sha256=image.sha256,
         width=image.width,
         height=image.height,
@@ -100,7 +98,7 @@ def ingest(
     after an interruption only does the work that is left. Files that are not in the final
     posts are removed at the end so `out/` holds exactly what posts.jsonl lists.
     """
-    images = out / IMAGES_DIR
+    images = out / artifacts.RAW_IMAGES
     images.mkdir(parents=True, exist_ok=True)
     report = IngestReport()
     posts: list[Post] = []
@@ -148,8 +146,8 @@ def ingest(
         posts.append(post)
         report.accepted += 1
         report.per_class[item.label] += 1
-    write_posts(out / POSTS_FILE, posts)
-    atomic_write_jsonl(out / REJECTED_FILE, rejected)
+    write_posts(artifacts.POSTS.at(out), posts)
+    atomic_write_jsonl(artifacts.REJECTED.at(out), rejected)
     # Only now, with the new posts.jsonl in place: until here the old one still finds its images.
     for stale in images.glob("*.jpg"):
         if stale.stem not in kept:

@@ -1,4 +1,4 @@
-"""The post record every source writes to `data/raw/posts.jsonl`.
+"""What a post record holds, how a hashtag is normalised, and how data/raw/posts.jsonl is read.
 
 Later stages read only this record, so they never care where the data came from.
 """
@@ -12,12 +12,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from taglens import artifacts
 from taglens.atomic import atomic_write_jsonl, read_jsonl
 from taglens.errors import TaglensError
 
-POSTS_FILE = "posts.jsonl"
-REJECTED_FILE = "rejected.jsonl"
-IMAGES_DIR = "images"
+POSTS_FILE = artifacts.POSTS.name  # data/raw's posts file (artifacts names it)
 _HASHTAG = re.compile(r"#(\w+)", re.UNICODE)
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
@@ -124,4 +123,18 @@ def read_posts(path: Path) -> list[Post]:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "record"
             raise TaglensError(f"{path}:{number}: {field}: {first['msg']}") from None
+    return posts
+
+
+def read_raw_posts(raw: Path | str) -> list[Post]:
+    """data/raw/posts.jsonl: the accepted posts, in the order featurize stacked them.
+
+    Raises:
+        MissingArtifactError: scrape has not run.
+        TaglensError: the file holds no post (scrape accepted no image).
+    """
+    path = artifacts.POSTS.require(raw)
+    posts = read_posts(path)
+    if not posts:
+        raise TaglensError(f"{path} holds no posts: scrape accepted no images")
     return posts

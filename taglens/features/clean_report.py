@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.atomic import atomic_open
 from taglens.features.outliers import OutlierResult
 
 logger = logging.getLogger(__name__)
 
-HISTOGRAM_FILE = "distances.png"
+HISTOGRAM_FILE = artifacts.DISTANCES.name
 THUMB = 96
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Required, TypedDict, Unpack
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.data.images import image_dataset
 from taglens.errors import TaglensError
 from taglens.features.engines import Outputs, compile_forward
@@ -47,7 +48,8 @@ def check_files(paths: Sequence[Path | str]) -> None:
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} image file(s) are missing, for example {missing[0]}: re-run the "
-            "scrape stage (dvc repro scrape) so posts.jsonl and data/raw/images agree"
+            f"scrape stage (dvc repro scrape) so {artifacts.POSTS.name} and "
+            f"{artifacts.RAW_DIR / artifacts.RAW_IMAGES} agree"
         )
 
 

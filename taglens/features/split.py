@@ -13,8 +13,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from taglens import artifacts
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPLITS = ("train", "val", "test")
 # data/clean/manifest.csv: the images train and evaluate read and the split each one is in.
@@ -87,3 +94,15 @@ def content_split(
         for sha, key in key_of.items()
     }
     return np.array([side[sha] for sha in shas], dtype="<U5")
+
+
+def read_manifest(clean: Path | str) -> pd.DataFrame:
+    """data/clean/manifest.csv as written (train_data.read_manifest checks its contents).
+
+    Raises:
+        MissingArtifactError: clean has not run.
+    """
+    import pandas as pd
+
+    path = artifacts.MANIFEST.require(clean)
+    return pd.read_csv(path, dtype={"id": str, "sha256": str, "image": str, "label": str})

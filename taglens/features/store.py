@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 FEATURES_FILE = artifacts.FEATURES.name
 META_FILE = artifacts.FEATURE_META.name
-STORE_DIR = "store"
+STORE_DIR = artifacts.FEATURE_STORE_DIR
 SHARED_PASS = (IMAGE, "flip")  # outputs computed by one backbone call (views.image_and_mirror)
 
 

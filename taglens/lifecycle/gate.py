@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from taglens.artifacts import METRICS, PER_IMAGE, MissingArtifactError
+from taglens.artifacts import METRICS, MODEL_INFO, PER_IMAGE, MissingArtifactError, read_json
 from taglens.errors import TaglensError
 from taglens.params import RegisterParams
 
@@ -168,7 +168,7 @@ def paired_test(candidate: Evaluation, champion: Evaluation) -> PairedTest:
         raise EvidenceError(
             f"no per-image correctness for {side}: the gate pairs both models image by image; "
             "run the evaluate stage (`dvc repro evaluate`), which writes "
-            "reports/evaluate/per_image.json"
+            f"{PER_IMAGE.default}"
         )
     if set(ours) != set(theirs):
         raise EvidenceError(
@@ -366,13 +366,7 @@ def read_metrics(path: Path | str) -> dict[str, Any]:
         MissingArtifactError: evaluate has not run.
         ValueError: the file is not a JSON object.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingArtifactError(path, METRICS.stage)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise TaglensError(f"{path} must hold a JSON object of metrics")
-    return data
+    return read_json(METRICS, path)
 
 
 def read_recall(path: Path | str) -> dict[str, float]:
@@ -421,7 +415,7 @@ def check_metrics_run(metrics: Path | str, run_id: str) -> None:
         )
     if stated != run_id:
         raise EvidenceError(
-            f"{metrics} holds the metrics of train run {stated}, but model_info.json is run "
+            f"{metrics} holds the metrics of train run {stated}, but {MODEL_INFO.name} is run "
             f"{run_id}: run the evaluate stage for this model (`dvc repro evaluate`) first"
         )
 

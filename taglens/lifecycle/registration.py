@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taglens.artifacts import MODEL_INFO, PER_CLASS, PER_IMAGE, read_model_info
+from taglens.artifacts import MODEL_INFO, PER_CLASS, PER_IMAGE, evaluated_beside, read_model_info
 from taglens.atomic import atomic_write_json
 from taglens.errors import TaglensError
 from taglens.lifecycle.gate import Evaluation, check_metrics_run, read_evaluation
@@ -162,7 +162,7 @@ def register_run(
         logger.info("%s", record["reason"])
         atomic_write_json(out, record)
         return Registered.of(record)
-    evaluated = Path(metrics).parent / PER_CLASS.folder.name
+    evaluated = evaluated_beside(metrics)
     evaluation = read_evaluation(
         metrics,
         per_class or PER_CLASS.at(evaluated),

@@ -89,7 +89,7 @@ class HashtagPredictor:
         stats = HashtagStats.load(models_dir / HASHTAGS_FILE)
         if list(stats.classes) != list(info["classes"]):
             raise TaglensError(
-                f"{models_dir}: hashtags.json classes {stats.classes} differ from the model's "
+                f"{models_dir}: {HASHTAGS_FILE} classes {stats.classes} differ from the model's "
                 f"{info['classes']}; re-run the train stage so both come from the same run"
             )
         import keras

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.data.normalize import RejectedImage, normalize_image
 from taglens.errors import TaglensError
 from taglens.params import IngestParams
@@ -37,7 +38,9 @@ MAX_ROWS_ENV = "TAGLENS_PYFUNC_MAX_ROWS"
 # Serving-side defaults: a served model travels without params.yaml, so they live here.
 DEFAULT_MAX_MB = 20.0
 DEFAULT_MAX_ROWS = 64
-INGEST_FILE = "ingest.json"  # the ingest params logged with the model (see log_taglens_model)
+INGEST_FILE = (
+    artifacts.LOGGED_INGEST
+)  # the ingest params logged with the model (see log_taglens_model)
 # For models logged before ingest.json existed: Pillow's decompression-bomb threshold, no minimum
 # side, first frames only, quality as ingest stores.
 LEGACY_INGEST = IngestParams(

@@ -19,8 +19,9 @@ from taglens.training.evaluation import Scored
 
 logger = logging.getLogger(__name__)
 
-PLOTS_DIR = artifacts.PER_CLASS.folder.name  # reports/evaluate: plots and per_class.json
-MISCLASSIFIED_FILE = "misclassified.png"
+# evaluate's plots and per_class.json, inside --out
+PLOTS_DIR = artifacts.EVALUATE_DIR.relative_to(artifacts.REPORTS_DIR).as_posix()
+MISCLASSIFIED_FILE = artifacts.MISCLASSIFIED.name
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from taglens import artifacts
 from taglens.data.images import image_dataset
-from taglens.data.posts import Post, hashtags_in, normalize_hashtag
+from taglens.data.posts import Post, hashtags_in, normalize_hashtag, read_raw_posts
 from taglens.errors import TaglensError
 from taglens.params import HashtagParams
 from taglens.progress import progress_bar
@@ -74,7 +74,7 @@ def score_test_split(predictor, top_k: int, *, raw: Path, clean: Path) -> Scored
     y_true = np.array([classes.index(label) for label in test["label"]])
     scores = metrics.classification_metrics(y_true, probs, classes, top_k)
 
-    truth = _post_hashtags(artifacts.read_posts(raw), test)
+    truth = _post_hashtags(read_raw_posts(raw), test)
     scores.update(hashtag_scores(predictor, outputs, truth))
     scores["test_fingerprint"] = metrics.split_fingerprint(test["sha256"], test["label"])
     return Scored(scores, test, paths, probs, y_true, per_image_rows(test, probs, classes))

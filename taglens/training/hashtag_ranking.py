@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.data.posts import normalize_hashtag
 from taglens.errors import TaglensError
 from taglens.params import HashtagParams
@@ -101,7 +102,8 @@ class HashtagRanking:
         if probs.ndim != 2 or probs.shape[1] != len(self.classes):
             raise TaglensError(
                 f"expected class probabilities of shape (N, {len(self.classes)}) for classes "
-                f"{self.classes}, got {probs.shape}: the model and hashtags.json do not match"
+                f"{self.classes}, got {probs.shape}: the model and {artifacts.HASHTAGS.name} "
+                "do not match"
             )
         return self.finish(self.mixture(probs, params), params)
 

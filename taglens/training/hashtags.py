@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.atomic import atomic_write_json
 from taglens.data.posts import Post, hashtags_in, normalize_hashtag
 from taglens.errors import TaglensError
@@ -111,7 +112,8 @@ class HashtagStats(HashtagRanking):
         if data.get("format_version") != FORMAT_VERSION:
             raise TaglensError(
                 f"hashtag statistics format {data.get('format_version')!r} is not supported "
-                f"(expected {FORMAT_VERSION}); re-run the train stage to rebuild hashtags.json"
+                f"(expected {FORMAT_VERSION}); re-run the train stage to rebuild "
+                f"{artifacts.HASHTAGS.name}"
             )
         classes = list(data["classes"])
         position = {name: c for c, name in enumerate(classes)}

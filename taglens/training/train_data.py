@@ -11,6 +11,7 @@ import pandas as pd
 
 from taglens import artifacts
 from taglens.errors import TaglensError
+from taglens.features import split
 from taglens.features.backbones import weights_identity
 from taglens.features.split import MANIFEST_COLUMNS, SPLITS
 from taglens.features.store import view_array
@@ -32,7 +33,7 @@ class Split:
 
 def manifest_classes(clean: Path) -> tuple[str, ...]:
     """The sorted labels of data/clean/manifest.csv: the classes when base.classes is null."""
-    return tuple(sorted(artifacts.read_manifest(clean)["label"].unique()))
+    return tuple(sorted(split.read_manifest(clean)["label"].unique()))
 
 
 def read_manifest(clean: Path, classes: tuple[str, ...] | list[str]) -> pd.DataFrame:
@@ -43,7 +44,7 @@ def read_manifest(clean: Path, classes: tuple[str, ...] | list[str]) -> pd.DataF
         TaglensError: missing columns, unknown splits or labels outside `classes`.
     """
     path = artifacts.MANIFEST.at(clean)
-    table = artifacts.read_manifest(clean)
+    table = split.read_manifest(clean)
     missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
     if missing:
         raise TaglensError(f"{path} lacks columns {missing}: re-run the clean stage")

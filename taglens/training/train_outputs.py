@@ -412,7 +412,7 @@ def write_model_dir(
         },
     )
     csv_path = atomic_write_csv(artifacts.HISTORY.at(reports), history, HISTORY_COLUMNS)
-    png = eval_plots.plot_history(history, reports / "history.png")
+    png = eval_plots.plot_history(history, artifacts.HISTORY_PLOT.at(reports))
     for path in (csv_path, png, info):
         mlflow.log_artifact(str(path), artifact_path="train")
     log_taglens_model(out, ingest=config.ingest, engine=served.engine)

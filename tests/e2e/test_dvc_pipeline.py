@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from taglens.artifacts import STAGES
 from tests.helpers.params import write_tiny_params
 from tests.helpers.repocopy import copy_source_tree
 from tests.helpers.stages import dvc_ok as _dvc
 from tests.helpers.stages import run_ok as _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-STAGES = ("scrape", "featurize", "clean", "train", "evaluate", "register")
 
 
 @pytest.fixture(scope="module")

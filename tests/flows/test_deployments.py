@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from flows.deploy import PREDICT, PREDICT_CRON, RETRAIN, RETRAIN_CRON, DeploySettings, deploy_all
-from flows.training import STAGES
+from taglens.artifacts import STAGES
 from tests.helpers.params import write_tiny_params
 from tests.helpers.repocopy import copy_source_tree
 

@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from flows.stagerun import StageError, check_repo, run_stage
-from flows.training import STAGES, training_flow
+from flows.training import training_flow
 from flows.training_report import render_markdown
+from taglens.artifacts import STAGES
 from taglens.lineage import repo_data_tags
 from tests.helpers.paths import ROOT
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import pytest
 
 from taglens import artifacts
+from taglens.data.posts import read_raw_posts
 from taglens.errors import TaglensError
+from taglens.features import split
 from taglens.lifecycle.gate import read_metrics as gate_read_metrics
 from taglens.training import train_data
 
 # (reader, the artifact it reads): each called on an empty folder
 READERS = [
-    (artifacts.read_posts, artifacts.POSTS),
+    (read_raw_posts, artifacts.POSTS),
     (artifacts.read_feature_meta, artifacts.FEATURE_META),
-    (artifacts.read_manifest, artifacts.MANIFEST),
+    (split.read_manifest, artifacts.MANIFEST),
     (lambda folder: train_data.read_manifest(folder, ("cat",)), artifacts.MANIFEST),
     (train_data.manifest_classes, artifacts.MANIFEST),
     (lambda folder: train_data.load_splits(folder, None, ()), artifacts.FEATURES),
@@ -49,7 +51,7 @@ def test_each_artifact_sits_in_the_dvc_yaml_layout():
 def test_empty_posts_and_non_object_json_are_refused_with_the_stage_to_rerun(tmp_path):
     (tmp_path / "posts.jsonl").write_text("")
     with pytest.raises(TaglensError, match="holds no posts: scrape accepted no images"):
-        artifacts.read_posts(tmp_path)
+        read_raw_posts(tmp_path)
     (tmp_path / "model_info.json").write_text("[1, 2]")
     with pytest.raises(TaglensError, match="must hold a JSON object: re-run the train stage"):
         artifacts.read_model_info(tmp_path)

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from taglens import cli
+from taglens import artifacts, cli
 from taglens.cli import run_main
 from taglens.errors import TaglensError
 from taglens.features.backbones import BackboneWeightsError
@@ -160,3 +160,7 @@ def test_every_option_of_every_command_says_what_it_is(command, capsys):
     text = capsys.readouterr().out
     assert text.startswith("usage: ")
     assert _options_without_help(text) == []
+
+
+def test_every_pipeline_stage_is_a_command():
+    assert set(artifacts.STAGES) <= set(cli.COMMANDS)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from taglens import artifacts
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PACKAGES = ("taglens", "stages")
 
@@ -77,3 +79,7 @@ def test_the_closure_follows_lazy_and_relative_imports():
         "taglens/lifecycle/registry.py",
     }
     assert needed <= files
+
+
+def test_dvc_yaml_runs_the_stages_in_the_one_order():
+    assert list(STAGES) == list(artifacts.STAGES)
