@@ -21,10 +21,16 @@ from taglens import artifacts
 from taglens.artifacts import MANIFEST
 from taglens.cli import run_with_params
 from taglens.lifecycle.gate import Evaluation, NotComparableError
-from taglens.lifecycle.registration import ChampionRescorer, Registered, register_run
-from taglens.lifecycle.registry import Registry
-from taglens.lifecycle.registry_admin import format_table, promote, rollback, version_table
-from taglens.lifecycle.registry_lock import unlock
+from taglens.lifecycle.promotion import (
+    ChampionRescorer,
+    Registered,
+    format_table,
+    promote,
+    register_run,
+    rollback,
+    version_table,
+)
+from taglens.lifecycle.registry import Registry, unlock
 from taglens.params import Params, RegisterParams
 from taglens.serving import model_ref
 

@@ -111,6 +111,7 @@ def tiny_champion(fresh_mlflow, tiny_models_dir, tiny_params):
     import mlflow
 
     from taglens.lifecycle.gate import Evaluation
+    from taglens.lifecycle.promotion import register_model
     from taglens.lifecycle.registry import Registry
     from taglens.serving.pyfunc import log_taglens_model
     from taglens.tracking import configure_tracking
@@ -124,7 +125,11 @@ def tiny_champion(fresh_mlflow, tiny_models_dir, tiny_params):
     info_path.write_text(json.dumps(info))
     # the first model: the gate needs only its score and the test split it was scored on
     evaluation = Evaluation({"accuracy": 0.5, "n_test": 30, "test_fingerprint": 1})
-    result = Registry(name, fresh_mlflow / "promotions.jsonl").register(
-        logged.model_uri, run.info.run_id, evaluation, tiny_params.register
+    result = register_model(
+        Registry(name, fresh_mlflow / "promotions.jsonl"),
+        logged.model_uri,
+        run.info.run_id,
+        evaluation,
+        tiny_params.register,
     )
     return name, result["version"], f"models:/{name}@champion"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stages import register
-from taglens.lifecycle import registration
+from taglens.lifecycle import promotion
 from taglens.lifecycle.gate import EvidenceError, check_metrics_run
 
 
@@ -29,7 +29,7 @@ def test_metrics_of_another_run_stop_register_before_the_registry(
     # Given models/ of run aaaa... and a stale metrics.json left by the previous model, bbbb...
     models, reports = _reports(tmp_path, "b" * 32)
     touched = []
-    monkeypatch.setattr(registration, "Registry", lambda *a, **k: touched.append(a))
+    monkeypatch.setattr(promotion, "Registry", lambda *a, **k: touched.append(a))
 
     # When register runs, Then it stops with what to do, and the registry is never touched
     with pytest.raises(
@@ -56,7 +56,7 @@ def test_matching_runs_pass_and_unrecorded_runs_are_refused(tmp_path, tiny_param
     with pytest.raises(EvidenceError, match=unrecorded):
         check_metrics_run(older / "metrics.json", "a" * 32)
     touched = []
-    monkeypatch.setattr(registration, "Registry", lambda *a, **k: touched.append(a))
+    monkeypatch.setattr(promotion, "Registry", lambda *a, **k: touched.append(a))
     with pytest.raises(EvidenceError, match="names no model_run_id"):
         register.run(
             tiny_params.register,

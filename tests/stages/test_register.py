@@ -14,8 +14,8 @@ import pytest
 from stages import register
 from taglens import lineage
 from taglens.lifecycle.gate import Evaluation, NotComparableError
+from taglens.lifecycle.promotion import promote, register_model
 from taglens.lifecycle.registry import Registry
-from taglens.lifecycle.registry_admin import promote
 from taglens.serving.model_ref import logged_model_uri
 from taglens.serving.pyfunc import log_taglens_model
 from taglens.tracking import configure_tracking
@@ -422,7 +422,9 @@ def _rescoring(params, make_run, tmp_path, rescore):
     )
     registry = Registry(params.register.model_name, history)
     uri = logged_model_uri(info["run_id"])
-    return registry.register(uri, info["run_id"], candidate, params.register, rescore=rescore)
+    return register_model(
+        registry, uri, info["run_id"], candidate, params.register, rescore=rescore
+    )
 
 
 def test_the_champion_is_rescored_on_this_test_set_and_paired(params, make_run, tmp_path):

@@ -57,6 +57,7 @@ def _registered_champion(name: str, models: Path, params) -> str:
     import mlflow
 
     from taglens.lifecycle.gate import Evaluation
+    from taglens.lifecycle.promotion import register_model
     from taglens.lifecycle.registry import Registry
     from taglens.serving.pyfunc import log_taglens_model
     from taglens.tracking import configure_tracking
@@ -64,7 +65,8 @@ def _registered_champion(name: str, models: Path, params) -> str:
     configure_tracking(params.base.experiment)
     with mlflow.start_run() as run:
         logged = log_taglens_model(models)
-    Registry(name, models / "promotions.jsonl").register(
+    register_model(
+        Registry(name, models / "promotions.jsonl"),
         logged.model_uri,
         run.info.run_id,
         Evaluation({"accuracy": 0.5, "n_test": 30, "test_fingerprint": 1}),

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from taglens.lifecycle.registry_lock import LOCK_DB_ENV, lock_model_name
+from taglens.lifecycle.registry import LOCK_DB_ENV, lock_model_name
 from tests.helpers.evidence import clone_with_trained_run
 from tests.helpers.stages import stage_env
 

@@ -21,7 +21,7 @@ from taglens.lifecycle.gate import (
     read_evaluation,
     read_recall,
 )
-from taglens.lifecycle.registry_tags import decision_record, decision_tags, pending_decision
+from taglens.lifecycle.registry import decision_record, decision_tags, pending_decision
 from taglens.params import RegisterParams
 from taglens.training.metrics import split_fingerprint
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taglens.lifecycle import registry_lock as rl
+from taglens.lifecycle import registry as rl
 
 
 def test_the_lock_follows_where_the_registry_lives(tmp_path):
