@@ -8,10 +8,9 @@ from pathlib import Path
 
 from taglens import artifacts
 from taglens.cli import add_stage_inputs, run_stage
+from taglens.lifecycle import evaluation
+from taglens.lifecycle.evaluation import EvaluateResult, hashtag_params, score_test_split
 from taglens.params import BaseParams, EvaluateParams, HashtagParams
-from taglens.training import eval_outputs
-from taglens.training.eval_outputs import EvaluateResult
-from taglens.training.evaluation import hashtag_params, score_test_split
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def run(
     if predictor.info.get("precision") == "int8":
         predictor = on_engine(predictor, INT8_ENGINE)
     scored = score_test_split(predictor, params.top_k, raw=Path(raw), clean=Path(clean))
-    scores, per_class = eval_outputs.write_reports(
+    scores, per_class = evaluation.write_reports(
         scored,
         predictor.classes,
         predictor.image_size,
@@ -50,11 +49,11 @@ def run(
         misclassified_max=params.misclassified_max,
         model_run_id=str(predictor.info.get("run_id") or ""),
     )
-    eval_outputs.log_to_run(
+    evaluation.log_to_run(
         predictor.info,
         scores,
         per_class,
-        Path(out) / eval_outputs.PLOTS_DIR,
+        Path(out) / evaluation.PLOTS_DIR,
         log_photos=base.log_photos,
     )
     logger.info("evaluate: %s", {k: v for k, v in scores.items() if not k.startswith("top")})
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         default=artifacts.REPORTS_DIR,
         help=(
             f"{artifacts.METRICS.name}, {artifacts.CONFUSION.name}, "
-            f"{eval_outputs.PLOTS_DIR}/ plots (default %(default)s)"
+            f"{evaluation.PLOTS_DIR}/ plots (default %(default)s)"
         ),
     )
     args = parser.parse_args(argv)

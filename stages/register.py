@@ -50,7 +50,7 @@ def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionResc
         return None
 
     def rescore(version: Any, classes: list[str]) -> Evaluation:
-        from taglens.training.evaluation import hashtag_params, score_test_split
+        from taglens.lifecycle.evaluation import hashtag_params, score_test_split
 
         uri = f"models:/{params.register.model_name}/{version.version}"
         try:

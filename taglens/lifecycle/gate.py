@@ -1,16 +1,18 @@
-"""The promotion gate: does a newly evaluated model replace the champion? Pure logic, no MLflow."""
+"""Whether a candidate replaces the champion: McNemar's paired test and the evidence checks.
+
+Pure logic on plain values: no files, no MLflow (`taglens.lifecycle.evaluation` reads the
+evidence evaluate wrote).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from taglens.artifacts import METRICS, MODEL_INFO, PER_IMAGE, MissingArtifactError, read_json
+from taglens.artifacts import PER_IMAGE
 from taglens.errors import TaglensError
 from taglens.params import RegisterParams
 
@@ -359,91 +361,30 @@ def paired_decision(
     )
 
 
-def read_metrics(path: Path | str) -> dict[str, Any]:
-    """Read evaluate's metrics.json.
+def check_evidence(data: Any, metrics: dict[str, Any], source: str) -> dict[str, bool]:
+    """Per-image correctness from evaluate's per-image record, checked against its metrics.
 
-    Raises:
-        MissingArtifactError: evaluate has not run.
-        ValueError: the file is not a JSON object.
-    """
-    return read_json(METRICS, path)
-
-
-def read_recall(path: Path | str) -> dict[str, float]:
-    """Per-class recall from evaluate's per_class.json; {} when the file does not exist.
-
-    Accepts `{class: {"recall": r, ...}}`, `{"classes": {...}}` or `[{"class": c, "recall": r}]`.
-
-    Raises:
-        ValueError: the file exists but has none of these shapes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and isinstance(data.get("classes"), dict | list):
-        data = data["classes"]
-    rows = data.items() if isinstance(data, dict) else [(r.get("class"), r) for r in data]
-    recall = {
-        str(name): float(row["recall"])
-        for name, row in rows
-        if name is not None and isinstance(row, dict) and "recall" in row
-    }
-    if not recall and data:
-        raise TaglensError(f"{path}: no per-class recall found (expected {{class: {{recall: r}}}})")
-    return recall
-
-
-def check_metrics_run(metrics: Path | str, run_id: str) -> None:
-    """Refuse a metrics.json that does not say it scores the model of train run `run_id`.
-
-    After a failed or skipped evaluate, metrics.json can be the previous model's; one written by
-    hand or by an older evaluate names no run at all. Registering the new model with either
-    would promote (or keep out) a model on numbers it never earned, so both are refused.
-
-    Raises:
-        MissingArtifactError: metrics.json is missing.
-        EvidenceError: metrics.json names no run or another run (the message says how to fix it).
-    """
-    metrics = Path(metrics)
-    stated = read_metrics(metrics).get(RUN_KEY)
-    if not stated:
-        raise EvidenceError(
-            f"{metrics} names no {RUN_KEY}, so nothing ties it to train run {run_id} (written "
-            "by hand or by an older evaluate?): run the evaluate stage for this model "
-            "(`dvc repro evaluate`)"
-        )
-    if stated != run_id:
-        raise EvidenceError(
-            f"{metrics} holds the metrics of train run {stated}, but {MODEL_INFO.name} is run "
-            f"{run_id}: run the evaluate stage for this model (`dvc repro evaluate`) first"
-        )
-
-
-def read_correct(path: Path | str, metrics: dict[str, Any]) -> dict[str, bool]:
-    """Per-image correctness from evaluate's per_image.json, checked against its metrics.json.
-
-    The file must name the same train run and test split as the metrics, list each image once
+    The record must name the same train run and test split as the metrics, list each image once
     with its label (the labels and sha256s must give the metrics' fingerprint), and agree with
     `n_test` and `accuracy`: otherwise it is another model's or another split's evidence.
 
+    Args:
+        data: the parsed per_image.json.
+        metrics: the parsed metrics.json it should belong to.
+        source: where `data` came from, for the messages.
+
     Raises:
-        MissingArtifactError: evaluate has not written it.
         EvidenceError: it is malformed or does not belong to these metrics.
     """
     from taglens.training.metrics import split_fingerprint
 
-    path = Path(path)
-    if not path.is_file():
-        raise MissingArtifactError(path, PER_IMAGE.stage)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         rows = data["images"]
         correct = {str(row["sha256"]): row["correct"] for row in rows}
         labels = [str(row["label"]) for row in rows]
     except (ValueError, TypeError, KeyError) as exc:
         raise EvidenceError(
-            f"{path} is not evaluate's per-image record ({type(exc).__name__}: {exc}): re-run "
+            f"{source} is not evaluate's per-image record ({type(exc).__name__}: {exc}): re-run "
             "the evaluate stage"
         ) from None
     problems = []
@@ -462,28 +403,7 @@ def read_correct(path: Path | str, metrics: dict[str, Any]) -> dict[str, bool]:
         problems.append(f"{sum(correct.values())} of {len(rows)} right but accuracy is {accuracy}")
     if problems:
         raise EvidenceError(
-            f"{path} does not belong to these metrics ({'; '.join(problems)}): re-run the "
+            f"{source} does not belong to these metrics ({'; '.join(problems)}): re-run the "
             "evaluate stage (`dvc repro evaluate`)"
         )
     return correct
-
-
-def read_evaluation(
-    metrics: Path | str, per_class: Path | str, per_image: Path | str
-) -> Evaluation:
-    """The candidate's evaluation as evaluate wrote it, refused when evidence is missing.
-
-    Raises:
-        MissingArtifactError: metrics.json or per_image.json is missing.
-        EvidenceError: no test fingerprint or train run id, or per_image.json is not the
-            metrics' own (see `read_correct`).
-    """
-    scores = read_metrics(metrics)
-    needed = {FINGERPRINT: "which test images they are on", RUN_KEY: "which model they score"}
-    for key, what in needed.items():
-        if scores.get(key) in (None, ""):
-            raise EvidenceError(
-                f"{metrics} has no {key}, so nothing says {what} (written by hand or by an "
-                "older evaluate?): re-run the evaluate stage (`dvc repro evaluate`)"
-            )
-    return Evaluation(scores, read_recall(per_class), read_correct(per_image, scores))

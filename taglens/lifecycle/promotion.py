@@ -31,15 +31,8 @@ from typing import Any
 from taglens.artifacts import MODEL_INFO, PER_CLASS, PER_IMAGE, evaluated_beside, read_model_info
 from taglens.atomic import atomic_write_json
 from taglens.errors import TaglensError
-from taglens.lifecycle.gate import (
-    CHALLENGER,
-    CHAMPION,
-    Decision,
-    Evaluation,
-    check_metrics_run,
-    paired_decision,
-    read_evaluation,
-)
+from taglens.lifecycle.evaluation import check_metrics_run, read_evaluation
+from taglens.lifecycle.gate import CHALLENGER, CHAMPION, Decision, Evaluation, paired_decision
 from taglens.lifecycle.registry import (
     LINEAGE_TAG,
     METRIC_TAG,

@@ -8,7 +8,8 @@ import pytest
 
 from stages import register
 from taglens.lifecycle import promotion
-from taglens.lifecycle.gate import EvidenceError, check_metrics_run
+from taglens.lifecycle.evaluation import check_metrics_run
+from taglens.lifecycle.gate import EvidenceError
 
 
 def _reports(tmp_path, run_in_metrics: str | None):

@@ -87,7 +87,7 @@ def test_accuracy_is_what_the_served_model_computes(evaluated):
 
 @pytest.mark.slow
 def test_per_image_results_are_the_gates_evidence(evaluated):
-    from taglens.lifecycle.gate import read_evaluation
+    from taglens.lifecycle.evaluation import read_evaluation
 
     _, paths, _, scores = evaluated
     plots = paths["reports"] / "evaluate"

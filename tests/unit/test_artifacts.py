@@ -8,7 +8,7 @@ from taglens import artifacts
 from taglens.data.posts import read_raw_posts
 from taglens.errors import TaglensError
 from taglens.features import split
-from taglens.lifecycle.gate import read_metrics as gate_read_metrics
+from taglens.lifecycle.evaluation import read_metrics as gate_read_metrics
 from taglens.training import train_data
 
 # (reader, the artifact it reads): each called on an empty folder

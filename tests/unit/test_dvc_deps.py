@@ -74,7 +74,7 @@ def test_the_closure_follows_lazy_and_relative_imports():
     files = {str(p.relative_to(ROOT)) for p in import_closure("stages.register")}
     # register imports the test-split scoring inside a function, which reads the manifest
     needed = {
-        "taglens/training/evaluation.py",
+        "taglens/lifecycle/evaluation.py",
         "taglens/training/train_data.py",
         "taglens/lifecycle/registry.py",
     }

@@ -7,19 +7,21 @@ import math
 
 import pytest
 
+from taglens.lifecycle.evaluation import (
+    check_metrics_run,
+    read_correct,
+    read_evaluation,
+    read_recall,
+)
 from taglens.lifecycle.gate import (
     CHALLENGER,
     CHAMPION,
     Evaluation,
     EvidenceError,
     NotComparableError,
-    check_metrics_run,
     decide,
     paired_decision,
     paired_test,
-    read_correct,
-    read_evaluation,
-    read_recall,
 )
 from taglens.lifecycle.registry import decision_record, decision_tags, pending_decision
 from taglens.params import RegisterParams

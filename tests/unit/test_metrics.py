@@ -158,7 +158,7 @@ def test_per_image_rows_are_ordered_by_sha256_and_refuse_a_photo_twice():
     import pandas as pd
 
     from taglens.errors import TaglensError
-    from taglens.training.evaluation import per_image_rows
+    from taglens.lifecycle.evaluation import per_image_rows
 
     test = pd.DataFrame({"sha256": ["c" * 64, "a" * 64, "b" * 64], "label": ["cat", "dog", "fox"]})
     probabilities = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.1, 0.8]])

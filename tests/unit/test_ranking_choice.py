@@ -119,9 +119,9 @@ def test_tag_weights_are_candidates_that_start_from_none(generic):
 
 
 def test_evaluation_reports_every_ranker_and_warns_below_popularity(caplog):
+    from taglens.lifecycle.evaluation import hashtag_scores
     from taglens.serving.predictor import HashtagPredictor
     from taglens.training.blend import HashtagBlend
-    from taglens.training.evaluation import hashtag_scores
 
     # Given a served ranking that is the class mixture alone, on posts that only use the common
     # tags (the class tags of training never come back)
