@@ -7,7 +7,7 @@ Writes bench/results/fine_tune-last-block.json (or fine_tune-last-N-layers.json)
 Flowers at 128 px with MobileNet 1.0 ImageNet weights (../shared/weights; the only pretrained
 backbone available offline here), split 60/20/20 per class. Fits params.yaml's head on the cached
 features (bench.search's cache), scores the test photos through the assembled model, then runs
-`training.full_model.fine_tune` (the last block, or the last --layers layers) and scores again.
+`model.full_model.fine_tune` (the last block, or the last --layers layers) and scores again.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.search import FLOWERS, WEIGHTS, flowers_features
     from taglens.data.images import image_dataset
     from taglens.features.backbones import build_feature_extractor
+    from taglens.model.full_model import assemble, fine_tune
     from taglens.params import FineTuneParams, ModelParams, load_params
-    from taglens.training.full_model import assemble, fine_tune
     from taglens.training.head_fit import fit_head
 
     params = load_params(ROOT / "params.yaml")

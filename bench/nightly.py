@@ -55,8 +55,8 @@ def build_tiny_models(dest: Path, size: int) -> Path:
 
     from taglens.data.posts import Post
     from taglens.features.backbones import preprocess_layer
+    from taglens.model.hashtags import fit_hashtag_stats
     from taglens.params import load_params
-    from taglens.training.hashtags import fit_hashtag_stats
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((size, size, 3), name="image")
@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> dict:
     import pandas as pd
 
     from taglens.features.engines import on_engine
+    from taglens.model.predictor import HashtagPredictor
     from taglens.serving.batch_rows import run_parts
-    from taglens.serving.predictor import HashtagPredictor
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-nightly-"))
     try:

@@ -73,7 +73,7 @@ def build_models(
 ) -> Path:
     """A models/ dir: the backbone with its preprocessing + a softmax over the 5 flower classes.
 
-    Assembled as train assembles the served model (`taglens.training.full_model.assemble`). The
+    Assembled as train assembles the served model (`taglens.model.full_model.assemble`). The
     defaults give the costliest shape train writes with the default params: the image and its
     mirror image averaged (when validation picks a flip setting) and the colour view.
     """
@@ -81,9 +81,9 @@ def build_models(
 
     from taglens.data.posts import Post
     from taglens.features.backbones import BACKBONES, preprocess_layer
+    from taglens.model.full_model import assemble
+    from taglens.model.hashtags import fit_hashtag_stats
     from taglens.params import load_params
-    from taglens.training.full_model import assemble
-    from taglens.training.hashtags import fit_hashtag_stats
 
     classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
     backbone = _backbone(backbone_name, size, alpha)

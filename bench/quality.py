@@ -124,11 +124,10 @@ def test_rankings(repo: Path, k: int = 10) -> dict[str, Any]:
 
     from taglens.data.images import image_dataset
     from taglens.data.posts import read_posts
-    from taglens.serving.predictor import HashtagPredictor
-    from taglens.training.blend import post_scores
-    from taglens.training.hashtags import own_tags
+    from taglens.model.hashtags import own_tags
+    from taglens.model.predictor import HashtagPredictor
+    from taglens.model.rankers import post_scores, tag_matrix
     from taglens.training.selection import mean_se
-    from taglens.training.tag_rankers import tag_matrix
 
     predictor = HashtagPredictor.from_dir(repo / "models")
     manifest = pd.read_csv(repo / "data" / "clean" / "manifest.csv")

@@ -231,7 +231,7 @@ def predict_section(results: Results) -> str:
         hashtags, Parquet) against the whole `python -m stages.featurize` command into an empty
         feature store, on the same photos with the same backbone (MobileNet 1.0, shared ImageNet
         weights, 224 px) and engine (params.yaml's `featurize.engine`). The served model is
-        assembled as `train` assembles it (`taglens.training.full_model.assemble`) in its
+        assembled as `train` assembles it (`taglens.model.full_model.assemble`) in its
         costliest default shape: the image and its mirror image both go through the backbone
         and are averaged (when validation picks a flip setting), plus the colour view;
         featurize computes the same views (`featurize.views: [flip, colour]`). The photos are

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.features.backbones import build_feature_extractor
     from taglens.features.extract import featurize_paths
     from taglens.features.store import write_features
+    from taglens.model.full_model import assemble, image_label_dataset
     from taglens.params import ModelParams, load_params
-    from taglens.training.full_model import assemble, image_label_dataset
     from taglens.training.head import build_head
     from taglens.training.head_fit import class_weights, compile_for_training, fit_head
 

@@ -44,8 +44,8 @@ def run(images: int, size: int, engine: str) -> dict:
     from taglens.features.backbones import build_feature_extractor
     from taglens.features.engines import compile_forward
     from taglens.features.views import IMAGE, views_model
+    from taglens.model.full_model import assemble
     from taglens.params import ModelParams
-    from taglens.training.full_model import assemble
 
     weights = str(WEIGHTS) if WEIGHTS.is_file() else None
     extractor = build_feature_extractor(

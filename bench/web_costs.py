@@ -33,8 +33,8 @@ def cpu_breakdown(models: Path, params_path: Path, images: list[bytes], batch: i
     import numpy as np
 
     from taglens.features.engines import on_engine
+    from taglens.model.predictor import HashtagPredictor
     from taglens.params import load_params
-    from taglens.serving.predictor import HashtagPredictor
     from taglens.serving.web.upload import prepare_image
 
     params = load_params(params_path)

@@ -9,7 +9,7 @@ merge. The model alias is pinned to one version before any shard starts, and eac
 loads that model once. Run by hand with `python -m flows.predict --input ... --output ...`.
 
 Into a Parquet output (the nightly default) a run adds one part; its rows are then compared with
-the model's validation outputs (`taglens.lifecycle.drift`, `predict.drift` in params.yaml). Each
+the model's validation outputs (`taglens.model.drift`, `predict.drift` in params.yaml). Each
 run is an MLflow run (`batch-predict`: counts and drift figures) and a Prefect artifact; with
 `predict.drift.retrain: true` a flagged run starts the weekly-retrain deployment at once.
 """
@@ -37,7 +37,7 @@ from flows.runners import (
 )
 from taglens import artifacts
 from taglens.errors import TaglensError
-from taglens.lifecycle.drift import DriftReference, DriftReport, compare
+from taglens.model.drift import DriftReference, DriftReport, compare
 from taglens.params import DriftParams, load_params
 from taglens.serving import model_ref
 from taglens.serving.batch_dataset import migrate_single_file

@@ -35,7 +35,7 @@ def run(
         TaglensError: the model's classes differ from the manifest's, or the test split is empty.
     """
     from taglens.features.engines import INT8_ENGINE, on_engine
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(models, params=hashtag_params(hashtags))
     if predictor.info.get("precision") == "int8":

@@ -13,7 +13,7 @@ from taglens import artifacts
 from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_stage
 from taglens.data.posts import read_raw_posts
-from taglens.lifecycle.drift import DriftReference
+from taglens.model.drift import DriftReference
 from taglens.params import (
     BaseParams,
     HashtagParams,
@@ -58,7 +58,7 @@ def run(
     with it. The run logs these five sections only. `engine` (`featurize.engine`) is recorded
     with the logged model, which `mlflow models serve` then runs on. When featurize's vectors
     are INT8 (meta.json's `precision`), the served model is quantized too (`int8`,
-    `featurize.int8`; taglens.training.int8_model) and serves on openvino-int8 if it keeps
+    `featurize.int8`; taglens.model.int8_model) and serves on openvino-int8 if it keeps
     accuracy, on openvino otherwise.
     """
     import mlflow

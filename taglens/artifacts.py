@@ -84,7 +84,7 @@ MODEL = Artifact("train", MODELS_DIR, "model.keras")
 MODEL_INFO = Artifact("train", MODELS_DIR, "model_info.json")
 HASHTAGS = Artifact("train", MODELS_DIR, "hashtags.json")
 RANKERS = Artifact("train", MODELS_DIR, "image_rankers.npz")  # optional: see predictor
-DRIFT_REFERENCE = Artifact("train", MODELS_DIR, "drift_reference.json")  # optional: lifecycle.drift
+DRIFT_REFERENCE = Artifact("train", MODELS_DIR, "drift_reference.json")  # optional: model.drift
 # optional: the served model quantized to INT8 (OpenVINO IR), with featurize.engine: openvino-int8
 INT8_MODEL = Artifact("train", MODELS_DIR, "model-int8.xml")
 INT8_WEIGHTS = Artifact("train", MODELS_DIR, "model-int8.bin")
@@ -101,7 +101,7 @@ DISTANCES = Artifact("clean", CLEAN_PLOTS_DIR, "distances.png")
 DECISION = Artifact("register", REPORTS_DIR, "register.json")
 # one line per registration and by-hand promotion (appended; registry.py reads it back)
 PROMOTIONS = Artifact("register", REPORTS_DIR, "promotions.jsonl")
-# the files every models/ folder holds, and those it may hold (see serving.predictor)
+# the files every models/ folder holds, and those it may hold (see model.predictor)
 MODEL_FILES = (MODEL, MODEL_INFO, HASHTAGS)
 OPTIONAL_MODEL_FILES = (RANKERS, DRIFT_REFERENCE, INT8_MODEL, INT8_WEIGHTS)
 

@@ -15,7 +15,7 @@
 `views_model` puts the image's own vector and every view into one model with one output per
 view, so featurize runs them all in one forward call per batch on `featurize.engine`. With the
 mirror, the image and its mirror go through the backbone as one batch of 2B images
-(`image_and_mirror`); the served model (`taglens.training.full_model.assemble`) builds its
+(`image_and_mirror`); the served model (`taglens.model.full_model.assemble`) builds its
 flip average with the same function.
 """
 

@@ -173,7 +173,7 @@ def _outputs(predictor, paths: list[Path]) -> dict[str, np.ndarray]:
 
 def _rankers(predictor, outputs: dict[str, np.ndarray]) -> list[tuple[str, list[list[str]]]]:
     """Each ranker's tag lists on its own (no tag weights), and the served blend's."""
-    from taglens.training.blend import HashtagBlend
+    from taglens.model.rankers import HashtagBlend
 
     stats = predictor.stats
     params = predictor.params

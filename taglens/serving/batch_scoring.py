@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 class PixelPredictor(Protocol):
-    """What the job needs from a model (taglens.serving.predictor.HashtagPredictor provides it)."""
+    """What the job needs from a model (taglens.model.predictor.HashtagPredictor provides it)."""
 
     image_size: int
 

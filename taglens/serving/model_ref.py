@@ -32,7 +32,7 @@ from typing import Any
 from taglens.errors import TaglensError
 from taglens.features.engines import INT8_ENGINE, on_engine
 from taglens.lifecycle.gate import CHAMPION
-from taglens.serving.predictor import MODEL_FILE, HashtagPredictor
+from taglens.model.predictor import MODEL_FILE, HashtagPredictor
 
 logger = logging.getLogger(__name__)
 

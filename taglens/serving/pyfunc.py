@@ -37,8 +37,8 @@ import numpy as np
 
 from taglens.artifacts import HASHTAGS, read_json_object, read_model_info
 from taglens.features.engines import ENGINE_PARAM, precision_of
+from taglens.model.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
 from taglens.params import IngestParams
-from taglens.serving.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
 from taglens.serving.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
 from taglens.serving.pyfunc_requirements import pip_requirements
 

@@ -1,7 +1,7 @@
 """Fitting the head on cached vectors: compile, class weights, the epoch loop, validation.
 
 Kept apart from the model (`taglens.training.head`) because the same compile and label helpers
-serve the fine-tuned full model (`taglens.training.full_model`), and because this is where
+serve the fine-tuned full model (`taglens.model.full_model`), and because this is where
 training choices live: early stopping on validation loss, the flip view as extra rows, and the
 validation score averaged over views that picks among fits.
 """

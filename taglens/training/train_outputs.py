@@ -14,19 +14,19 @@ from taglens import artifacts
 from taglens.atomic import atomic_write_csv, atomic_write_json
 from taglens.data.images import load_batch
 from taglens.features.backbones import build_feature_extractor, weights_identity
-from taglens.params import TrainParams
-from taglens.training import eval_plots
-from taglens.training.baseline import fit_baseline
-from taglens.training.fine_tune_choice import FineTuneChoice
-from taglens.training.full_model import (
+from taglens.model.full_model import (
     assemble,
     fine_tune,
     probabilities_model,
     save_model,
     verify_extractor,
 )
+from taglens.model.int8_model import ServedPrecision, quantize_served, served_engine
+from taglens.params import TrainParams
+from taglens.training import eval_plots
+from taglens.training.baseline import fit_baseline
+from taglens.training.fine_tune_choice import FineTuneChoice
 from taglens.training.head_fit import HISTORY_COLUMNS, HeadFit
-from taglens.training.int8_model import ServedPrecision, quantize_served, served_engine
 from taglens.training.selection import binomial_se
 from taglens.training.sweep import run_sweep, setting_name
 from taglens.training.train_config import TrainConfig
@@ -305,8 +305,8 @@ def fit_hashtags_logged(
     """
     import mlflow
 
-    from taglens.training.fit_rankers import RankingInputs, fit_ranking
-    from taglens.training.hashtags import fit_hashtag_stats, own_tags
+    from taglens.model.hashtags import fit_hashtag_stats, own_tags
+    from taglens.model.rankers import RankingInputs, fit_ranking
 
     train_shas = set(splits["train"].rows["sha256"])
     stats = fit_hashtag_stats(

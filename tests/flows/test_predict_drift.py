@@ -10,7 +10,7 @@ import pytest
 
 from flows.deploy import RETRAIN
 from flows.predict import ARTIFACT_KEY, RUN_NAME, batch_predict_flow
-from taglens.lifecycle.drift import DriftReference
+from taglens.model.drift import DriftReference
 from tests.helpers.params import tiny_params, write_tiny_params
 from tests.stages.train_fixtures import run_train, small_params, write_inputs
 

@@ -39,7 +39,7 @@ def build_tiny_models(dest: Path, params: Params, seed: int = 0) -> Path:
     import keras
 
     from taglens.features.backbones import preprocess_layer
-    from taglens.training.hashtags import fit_hashtag_stats
+    from taglens.model.hashtags import fit_hashtag_stats
 
     classes = list(params.base.classes)
     keras.utils.set_random_seed(seed)

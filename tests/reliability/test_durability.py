@@ -38,7 +38,7 @@ def test_an_atomic_write_fsyncs_the_file_and_then_its_directory(tmp_path, fsyncs
 def test_saved_model_file_and_its_directory_are_fsynced(tmp_path, fsyncs):
     import keras
 
-    from taglens.training.full_model import save_model
+    from taglens.model.full_model import save_model
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))

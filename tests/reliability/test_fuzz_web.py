@@ -29,7 +29,7 @@ SETTINGS = settings(
 @pytest.fixture
 def app(tiny_models_dir, tiny_params):
     """The real app around a tiny real model."""
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
     from taglens.serving.web import create_app
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)

@@ -34,7 +34,7 @@ _WORKER = (
     from taglens.serving.batch_inputs import list_inputs
     from taglens.serving.batch_predict import predict_to_file
     from taglens.serving.model_ref import ModelRef
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     photos, output, models, kill_at = sys.argv[1:5]
     if kill_at == "finalize":

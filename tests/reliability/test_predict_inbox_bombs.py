@@ -32,7 +32,7 @@ def png_bomb(path, width: int, height: int) -> None:
 
 @pytest.mark.slow
 def test_a_bomb_in_the_inbox_is_one_error_row(tiny_models_dir, tiny_params, tmp_path):
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     # Given an inbox: three photos, a 400 MP PNG bomb (5 KB on disk; 1.2 GB as RGB), an image
     # just over the pixel cap, and a Targa image (a format Pillow reads but the project does not)

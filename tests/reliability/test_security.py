@@ -228,7 +228,7 @@ def test_model_with_code_is_not_loaded(tiny_models_dir, tmp_path):
 
     import keras
 
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     marker = tmp_path / "code-ran"
     evil = tmp_path / "untrusted_models"

@@ -11,7 +11,7 @@ import pytest
 
 from stages import evaluate as evaluate_stage
 from taglens.data.images import load_batch
-from taglens.serving.predictor import HashtagPredictor
+from taglens.model.predictor import HashtagPredictor
 from tests.helpers.params import tiny_params, tiny_params_path
 from tests.stages.train_fixtures import run_evaluate, run_train, small_params, write_inputs
 

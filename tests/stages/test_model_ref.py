@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from taglens.features.engines import EngineModel
+from taglens.model.predictor import HashtagPredictor
 from taglens.serving import model_ref
 from taglens.serving.model_ref import ModelNotFoundError, ModelRef, ResolvedModel
-from taglens.serving.predictor import HashtagPredictor
 
 
 def test_a_local_models_dir_is_used_as_is_and_reported_unregistered(tiny_models_dir, monkeypatch):

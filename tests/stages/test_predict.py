@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 from stages import predict
+from taglens.model.predictor import HashtagPredictor
 from taglens.serving import model_ref
 from taglens.serving.batch_rows import read_rows
 from taglens.serving.model_ref import ModelRef
-from taglens.serving.predictor import HashtagPredictor
 from tests.helpers.params import tiny_params_path
 
 PARAMS = str(tiny_params_path())

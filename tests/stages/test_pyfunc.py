@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from taglens.data.normalize import normalize_image
+from taglens.model.predictor import HashtagPredictor
 from taglens.serving import model_ref
 from taglens.serving.model_ref import ModelNotFoundError
-from taglens.serving.predictor import HashtagPredictor
 from taglens.serving.pyfunc import example_image
 from taglens.serving.pyfunc_inputs import LEGACY_INGEST, ROOT_ENV
 from tests.helpers.servers import free_port, wait_until_healthy

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from taglens.features.engines import EngineModel
-from taglens.serving.predictor import HashtagPredictor
+from taglens.model.predictor import HashtagPredictor
 from taglens.serving.pyfunc import ENGINE_ENV, log_taglens_model, on_served_engine
 from tests.helpers.servers import free_port, wait_until_healthy
 

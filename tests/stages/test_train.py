@@ -12,7 +12,7 @@ import pytest
 
 from stages import train as train_stage
 from taglens.features.store import write_features
-from taglens.serving.predictor import HashtagPredictor
+from taglens.model.predictor import HashtagPredictor
 from tests.stages.train_fixtures import run_train, small_params, write_inputs
 
 
@@ -178,7 +178,7 @@ def test_fine_tune_trains_the_last_block_and_extends_the_history(inputs):
     import keras
 
     from taglens.features.backbones import build_feature_extractor, preprocess_layer
-    from taglens.training.full_model import unfreeze_last_block
+    from taglens.model.full_model import unfreeze_last_block
 
     preprocess_layer("none")
     saved = keras.saving.load_model(paths["out"] / "model.keras", compile=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from taglens.errors import TaglensError
-from taglens.lifecycle.drift import BINS, DriftReference, compare, psi
+from taglens.model.drift import BINS, DriftReference, compare, psi
 
 CLASSES = ("cat", "dog", "fish")
 

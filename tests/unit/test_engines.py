@@ -163,7 +163,7 @@ def test_a_failed_conversion_names_the_param(vgg19_32px, monkeypatch):
 def test_a_predictor_on_an_engine_gives_the_same_probabilities(
     engine, tiny_models_dir, tmp_path, monkeypatch
 ):
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     monkeypatch.setenv("TAGLENS_CACHE_DIR", str(tmp_path / "cache"))
     plain = HashtagPredictor.from_dir(tiny_models_dir)
@@ -184,7 +184,7 @@ def served_model(vgg19_32px):
     """The model train writes: a dict of outputs, with the flip view averaged and colour kept."""
     import keras
 
-    from taglens.training.full_model import assemble
+    from taglens.model.full_model import assemble
 
     keras.utils.set_random_seed(5)
     vectors = keras.Input((512,))

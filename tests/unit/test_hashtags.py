@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from taglens.data.posts import Post
+from taglens.model.hashtags import HashtagStats, fit_hashtag_stats
 from taglens.params import HashtagParams
-from taglens.training.hashtags import HashtagStats, fit_hashtag_stats
 
 CLASSES = ["food", "art"]
 # (label, caption, likes): food posts mostly say #pizza, art posts #paint; #yum is on both. The

@@ -122,8 +122,8 @@ def test_baseline_separates_clusters_and_one_hot_is_exact():
 )
 def test_every_backbone_can_unfreeze_its_last_block_or_last_layers(backbone):
     from taglens.features.backbones import build_feature_extractor
+    from taglens.model.full_model import assemble, unfreeze_last_block
     from taglens.params import ModelParams
-    from taglens.training.full_model import assemble, unfreeze_last_block
 
     extractor = build_feature_extractor(
         ModelParams(backbone=backbone, image_size=32, weights=None), seed=0

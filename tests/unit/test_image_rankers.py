@@ -5,24 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.training.blend import (
+from taglens.model.rankers import (
     HashtagBlend,
+    NeighbourTags,
+    TagModel,
     choose_blend,
+    class_lift,
+    fit_tag_model,
+    image_lift,
     post_scores,
     ranking_scores,
     reaches,
     simplex,
-)
-from taglens.training.metrics import hashtag_metrics
-from taglens.training.tag_rankers import (
-    NeighbourTags,
-    TagModel,
-    class_lift,
-    fit_tag_model,
-    image_lift,
     tag_matrix,
     unit_rows,
 )
+from taglens.training.metrics import hashtag_metrics
 
 VOCAB = ["cat", "dog", "red", "blue", "follow"]
 
@@ -240,8 +238,8 @@ def test_not_a_blend_file_is_refused(tmp_path):
 
 
 def test_low_lift_tags_are_found_from_counts_and_image_scores():
-    from taglens.training.fit_rankers import low_lift_tags
-    from taglens.training.hashtags import HashtagStats
+    from taglens.model.hashtags import HashtagStats
+    from taglens.model.rankers import low_lift_tags
     from tests.helpers.params import tiny_params
 
     params = tiny_params().hashtags

@@ -28,12 +28,12 @@ def test_the_served_model_records_and_runs_its_int8_precision(
     import mlflow
 
     from taglens.features.engines import on_engine
+    from taglens.model.int8_model import quantize_served
+    from taglens.model.predictor import HashtagPredictor
     from taglens.serving import model_ref
     from taglens.serving.model_ref import load_predictor
-    from taglens.serving.predictor import HashtagPredictor
     from taglens.serving.pyfunc import PRECISION_KEY, PRECISION_TAG, log_taglens_model
     from taglens.tracking import configure_tracking
-    from taglens.training.int8_model import quantize_served
 
     # Given the tiny served model, labelled photos, and INT8 settings that keep any INT8 model
     rng = np.random.default_rng(1)
@@ -88,7 +88,7 @@ def test_the_served_model_records_and_runs_its_int8_precision(
 
 def test_a_model_without_an_int8_model_serves_fp32_with_a_warning(tiny_models_dir, caplog):
     from taglens.features.engines import on_engine, precision_of
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     assert predictor.int8_model is None

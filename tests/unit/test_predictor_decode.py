@@ -8,7 +8,7 @@ import pytest
 from bench.web_load_kit import photo
 from taglens.data.images import decode_and_resize
 from taglens.errors import TaglensError
-from taglens.serving.predictor import HashtagPredictor
+from taglens.model.predictor import HashtagPredictor
 from taglens.serving.web.upload import prepare_image
 from tests.helpers.params import tiny_params
 

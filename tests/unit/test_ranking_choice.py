@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from taglens.data.posts import Post
-from taglens.training import fit_rankers
-from taglens.training.fit_rankers import RankingInputs, fit_ranking
-from taglens.training.hashtags import fit_hashtag_stats, own_tags
+from taglens.model import rankers as fit_rankers
+from taglens.model.hashtags import fit_hashtag_stats, own_tags
+from taglens.model.rankers import RankingInputs, fit_ranking
 from tests.unit.test_hashtags import params
 
 CLASSES = ["food", "art"]
@@ -120,8 +120,8 @@ def test_tag_weights_are_candidates_that_start_from_none(generic):
 
 def test_evaluation_reports_every_ranker_and_warns_below_popularity(caplog):
     from taglens.lifecycle.evaluation import hashtag_scores
-    from taglens.serving.predictor import HashtagPredictor
-    from taglens.training.blend import HashtagBlend
+    from taglens.model.predictor import HashtagPredictor
+    from taglens.model.rankers import HashtagBlend
 
     # Given a served ranking that is the class mixture alone, on posts that only use the common
     # tags (the class tags of training never come back)
@@ -169,7 +169,7 @@ def test_evaluation_reports_every_ranker_and_warns_below_popularity(caplog):
 
 
 def test_head_then_tail_ranks_the_heads_best_tags_first_then_the_tails():
-    from taglens.training.blend import head_then_tail
+    from taglens.model.rankers import head_then_tail
 
     head = np.array([[0.9, 0.8, 0.1, 0.2, 0.0], [0.1, 0.2, 0.3, -np.inf, 0.5]])
     tail = np.array([[0.1, 0.2, 0.9, 0.3, 0.8], [0.9, 0.8, 0.1, -np.inf, 0.2]])
@@ -188,7 +188,7 @@ def test_the_tail_prefers_the_image_rankers_when_recall_cannot_tell_them_apart()
     """Tags 0-4 are every post's head; the tail's last slot (top_k 6) goes to tag 5 or 6.
     The class mixture and the colour model find as many tags there (tag 5 on half the posts,
     tag 6 on the other half): the colour model is served. A tail that finds fewer is not."""
-    from taglens.training.blend import choose_tail
+    from taglens.model.rankers import choose_tail
 
     n, tags = 40, 8
     truth = np.zeros((n, tags))
@@ -227,7 +227,7 @@ def test_the_tail_prefers_the_image_rankers_when_recall_cannot_tell_them_apart()
 
 
 def test_a_blend_with_a_tail_saves_loads_and_serves_head_then_tail(tmp_path):
-    from taglens.training.blend import HashtagBlend
+    from taglens.model.rankers import HashtagBlend
 
     class Stats:  # finish: no eligibility rule, no tag weights
         def finish(self, raw, params, multiplier=None):

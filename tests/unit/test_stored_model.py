@@ -44,11 +44,10 @@ def write_stored_model(dest: Path) -> Path:
     import keras
 
     from taglens.features.backbones import preprocess_layer
-    from taglens.lifecycle.drift import DriftReference
-    from taglens.serving.predictor import HashtagPredictor
-    from taglens.training.blend import HashtagBlend
-    from taglens.training.hashtags import HashtagStats
-    from taglens.training.tag_rankers import NeighbourTags, TagModel, unit_rows
+    from taglens.model.drift import DriftReference
+    from taglens.model.hashtags import HashtagStats
+    from taglens.model.predictor import HashtagPredictor
+    from taglens.model.rankers import HashtagBlend, NeighbourTags, TagModel, unit_rows
     from tests.helpers.params import tiny_params
     from tests.helpers.tinymodels import IMAGE_SIZE, build_tiny_models
 
@@ -129,7 +128,7 @@ def test_the_pyfunc_entry_imports_the_model_class_from_its_stored_path():
 
 
 def test_the_stored_models_folder_predicts_as_when_it_was_written():
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     # given the folder written by the code of the day the anchor was made
     expected = json.loads((STORED / "expected.json").read_text(encoding="utf-8"))

@@ -95,7 +95,7 @@ def test_served_model_averages_image_mirror_and_crops_probabilities():
     import keras
 
     from taglens.features.views import IMAGE, views_model
-    from taglens.training.full_model import assemble
+    from taglens.model.full_model import assemble
 
     inputs = keras.Input((12, 12, 3))
     extractor = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs) / 255.0)

@@ -47,7 +47,7 @@ def _post(client, data: bytes, name: str = "photo.jpg", field: str = "file"):
 @pytest.mark.slow
 def test_predict_with_tiny_model_gives_ranked_hashtags(tiny_models_dir, tiny_params, jpeg):
     # given the tiny trained model, loaded once
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     app = _app(predictor, tiny_params, {"name": "taglens", "version": "3"})

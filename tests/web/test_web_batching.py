@@ -166,7 +166,7 @@ def test_bad_settings_are_refused():
 @pytest.mark.slow
 def test_batched_answers_equal_single_image_answers(tiny_models_dir, tiny_params):
     """Given the real tiny model, uploads sent together equal each photo predicted alone."""
-    from taglens.serving.predictor import HashtagPredictor
+    from taglens.model.predictor import HashtagPredictor
 
     predictor = HashtagPredictor.from_dir(tiny_models_dir)
     serve = tiny_params.serve.model_copy(update={"batch_max_wait_ms": 200.0})

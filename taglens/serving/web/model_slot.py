@@ -42,7 +42,7 @@ _USER_INFO = re.compile(r"//[^/@\s]+@")  # the user-info part of a URL (user:pas
 
 
 class Predictor(Protocol):
-    """What the app needs from a model (taglens.serving.predictor.HashtagPredictor provides it)."""
+    """What the app needs from a model (taglens.model.predictor.HashtagPredictor provides it)."""
 
     classes: Any
     image_size: int

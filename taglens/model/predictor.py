@@ -15,9 +15,9 @@ import numpy as np
 
 from taglens import artifacts
 from taglens.errors import TaglensError
+from taglens.model.hashtags import HashtagStats
+from taglens.model.rankers import HashtagBlend
 from taglens.params import HashtagParams
-from taglens.training.blend import HashtagBlend
-from taglens.training.hashtags import HashtagStats
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class HashtagPredictor:
         info: the whole model_info.json.
         rankers: the served hashtag ranking chosen at train time (None: the class mixture).
         drift_reference: drift_reference.json's contents (the validation outputs), when train
-            wrote one (see `taglens.lifecycle.drift`).
+            wrote one (see `taglens.model.drift`).
     """
 
     model: Any

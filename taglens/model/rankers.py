@@ -1,4 +1,12 @@
-"""The served hashtag ranking: rankers, their blend, and how both are chosen on validation posts.
+"""Which hashtag ranking is served: image rankers, their blend, tag weights, chosen on validation.
+
+The image rankers look at the photo itself, where the class mixture (`taglens.model.hashtags`)
+gives every photo of a class the same tags:
+- a tag model: one sigmoid per frequent tag over the standardised features (a multi-label
+  logistic regression fitted jointly), one on the backbone features and one on the colour view;
+- neighbour transfer: the tags of the k most similar training photos (cosine similarity of the
+  features), each weighted by its similarity raised to a power (higher: the closest count more).
+Each scores P(tag | image) on the vocabulary of `HashtagStats`.
 
 score(tag | image) = w_pop * popularity + w_mix * class mixture + w_tag * tag model
                      + w_colour * colour tag model + w_nn * neighbours,
@@ -30,6 +38,11 @@ chosen by `hashtags.search.rule`, by default the one-standard-error rule of
 metrics, `objective`) is within one standard error of the best, the error of their paired
 per-post difference. The blend is held by its floors instead; `choose_blend` can apply either
 rule (complexity: no tag weights before tag weights, then the fewest image rankers).
+
+`fit_ranking` fits the rankers on training posts and chooses in this order: each ranker's own
+settings first (one ranker at a time, so a few dozen candidates compete instead of their
+product), then the tag weights and the blend together, with popularity and the class mixture as
+floors. The served choice is saved as image_rankers.npz (`HashtagBlend.save` and `load`).
 """
 
 from __future__ import annotations
@@ -45,11 +58,166 @@ from typing import Any
 import numpy as np
 
 from taglens.atomic import atomic_open
+from taglens.data.posts import normalize_hashtag
 from taglens.errors import TaglensError
+from taglens.model.hashtags import HashtagStats
+from taglens.params import HashtagParams
 from taglens.training.selection import mean_se, pick_paired
-from taglens.training.tag_rankers import NeighbourTags, TagModel
 
 logger = logging.getLogger(__name__)
+
+TAG_MODEL_EPOCHS = 200  # upper bound; early stopping on validation loss ends far sooner
+TAG_MODEL_PATIENCE = 5
+TAG_MODEL_L2 = 1e-4  # a little ridge keeps rare tags' weights from growing without bound
+SCORE_CHUNK = 256  # query rows per similarity block: 256 x 7,000 floats is 7 MB
+
+
+def tag_matrix(tag_lists: list[set[str]], vocabulary: list[str]) -> np.ndarray:
+    """(N, T) float32 0/1: which vocabulary tags each post carries."""
+    position = {tag: i for i, tag in enumerate(vocabulary)}
+    matrix = np.zeros((len(tag_lists), len(vocabulary)), dtype="float32")
+    for row, tags in enumerate(tag_lists):
+        matrix[row, [position[t] for t in tags if t in position]] = 1.0
+    return matrix
+
+
+@dataclass
+class TagModel:
+    """Sigmoid(standardise(x) @ kernel + bias) over the tags in `columns` (vocabulary indices)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    kernel: np.ndarray
+    bias: np.ndarray
+    columns: np.ndarray
+
+    def predict(self, x: np.ndarray, n_tags: int) -> np.ndarray:
+        """(N, n_tags) probabilities; tags the model does not cover score 0."""
+        logits = ((np.asarray(x, "float32") - self.mean) / self.scale) @ self.kernel + self.bias
+        out = np.zeros((len(x), n_tags), dtype="float32")
+        out[:, self.columns] = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        return out
+
+
+def fit_tag_model(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    max_tags: int,
+    seed: int,
+) -> TagModel:
+    """Fit one sigmoid per tag (the `max_tags` most used in training) with early stopping.
+
+    Args:
+        train: features (N, D) and tag matrix (N, T) of the training posts.
+        val: the same for validation posts (early stopping on their binary cross-entropy).
+        max_tags: the tag model covers at most this many of the most frequent tags.
+        seed: seeds initialisation and shuffling.
+    """
+    import keras
+
+    x_train, y_train = train
+    x_val, y_val = val
+    counts = y_train.sum(axis=0)
+    columns = np.sort(np.argsort(-counts, kind="stable")[:max_tags])
+    columns = columns[counts[columns] > 0]
+    mean = x_train.mean(axis=0).astype("float32")
+    scale = (x_train.std(axis=0) + 1e-6).astype("float32")
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((x_train.shape[1],))
+    dense = keras.layers.Dense(
+        len(columns), activation="sigmoid", kernel_regularizer=keras.regularizers.l2(TAG_MODEL_L2)
+    )
+    model = keras.Model(inputs, dense(inputs))
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
+    model.fit(
+        (x_train - mean) / scale,
+        y_train[:, columns],
+        validation_data=((x_val - mean) / scale, y_val[:, columns]),
+        epochs=TAG_MODEL_EPOCHS,
+        batch_size=64,
+        verbose=0,
+        shuffle=True,
+        callbacks=[
+            keras.callbacks.EarlyStopping(patience=TAG_MODEL_PATIENCE, restore_best_weights=True)
+        ],
+    )
+    kernel, bias = dense.get_weights()
+    return TagModel(mean, scale, kernel, bias, columns.astype("int64"))
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, "float32")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+@dataclass
+class NeighbourTags:
+    """Tags of the `k` nearest training photos, weighted by max(cosine, 0) ** power."""
+
+    reference: np.ndarray  # (M, D) unit rows
+    tags: np.ndarray  # (M, T) 0/1
+    k: int
+    power: float
+
+    def nearest(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The similarities (N, k) and reference rows (N, k) of each query's k nearest photos."""
+        queries = unit_rows(x)
+        k = min(k, len(self.reference))
+        sims = np.zeros((len(queries), k), dtype="float32")
+        rows = np.zeros((len(queries), k), dtype="int64")
+        for start in range(0, len(queries), SCORE_CHUNK):
+            sim = queries[start : start + SCORE_CHUNK] @ self.reference.T
+            picks = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(sim, picks, axis=1)
+            order = np.argsort(-top, axis=1, kind="stable")  # most similar first
+            sims[start : start + len(sim)] = np.take_along_axis(top, order, axis=1)
+            rows[start : start + len(sim)] = np.take_along_axis(picks, order, axis=1)
+        return sims, rows
+
+    def transfer(self, sims: np.ndarray, rows: np.ndarray, k: int, power: float) -> np.ndarray:
+        """(N, T) tag scores from the first `k` of `nearest`'s neighbours, weighted by power."""
+        weights = np.power(np.clip(sims[:, :k], 0.0, None), power).astype("float32")
+        totals = weights.sum(axis=1, keepdims=True)
+        # photos no reference resembles at all (every similarity <= 0) share the neighbours evenly
+        weights = np.where(totals > 0, weights / np.where(totals > 0, totals, 1.0), 1.0 / k)
+        out = np.zeros((len(sims), self.tags.shape[1]), dtype="float32")
+        for start in range(0, len(sims), SCORE_CHUNK):
+            block = slice(start, start + SCORE_CHUNK)
+            out[block] = np.einsum("nk,nkt->nt", weights[block], self.tags[rows[block, :k]])
+        return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N, T) tag scores with the fitted `k` and `power`."""
+        if len(self.reference) == 0 or len(x) == 0:
+            return np.zeros((len(x), self.tags.shape[1]), dtype="float32")
+        sims, rows = self.nearest(x, self.k)
+        return self.transfer(sims, rows, min(self.k, sims.shape[1]), self.power)
+
+
+def class_lift(counts: np.ndarray, class_posts: np.ndarray, min_posts: int = 20) -> np.ndarray:
+    """Per tag, the largest P(tag | class) / P(tag) over classes with at least `min_posts` posts.
+
+    1 means the tag is as common in every class as overall: its rate says nothing of the class.
+    """
+    class_posts = np.asarray(class_posts, "float64")
+    overall = counts.sum(axis=1) / max(class_posts.sum(), 1.0)
+    big = class_posts >= min(min_posts, class_posts.max(initial=0))
+    rates = counts[:, big] / np.maximum(class_posts[big], 1.0)
+    return np.max(rates, axis=1, initial=0.0) / np.where(overall > 0, overall, 1.0)
+
+
+def image_lift(scores: np.ndarray, carried: np.ndarray) -> np.ndarray:
+    """Per tag, mean score on posts carrying it / mean score on all posts (1 if unseen)."""
+    mean_all = scores.mean(axis=0)
+    n = carried.sum(axis=0)
+    mean_carriers = np.divide(
+        (scores * carried).sum(axis=0), n, out=np.zeros_like(mean_all), where=n > 0
+    )
+    lift = np.divide(mean_carriers, mean_all, out=np.ones_like(mean_all), where=mean_all > 0)
+    return np.where(n > 0, lift, 1.0)
+
 
 RANKERS = ("popularity", "class_mixture", "tag_model", "colour_tags", "neighbours")
 FLOORS = ("popularity", "class_mixture")  # the rankers every blend must reach
@@ -443,3 +611,255 @@ def choose_blend(
         tried,
     )
     return weights, index, got, summary
+
+
+# The blend is held by its floors (it must match popularity and the class mixture on all four
+# metrics), so among the blends that do, the one whose whole list recalls the most is served.
+# On the flowers photos with clean captions the one-standard-error rule at this step kept the
+# image rankers out, and with them the colour tags only the photo shows.
+BLEND_RULE = "best"
+
+
+@dataclass(frozen=True)
+class RankingInputs:
+    """What the rankers read of one split: features, colour view, tag sets, probabilities.
+
+    `features` and `colour` are None when the model has no such output (or the image rankers are
+    off); `probabilities` (N, C) is needed for validation posts only.
+    """
+
+    features: np.ndarray | None
+    colour: np.ndarray | None
+    tags: Sequence[set[str]]
+    probabilities: np.ndarray | None = None
+
+
+def low_lift_tags(
+    stats: HashtagStats, image_scores: list[np.ndarray], val_truth: np.ndarray, min_lift: float
+) -> np.ndarray:
+    """(T,) bool: tags whose rate barely depends on class or image (lift below `min_lift`).
+
+    Class lift comes from the training counts, image lift from the image rankers' validation
+    scores (how much higher they score a tag on posts that carry it). Class tags are never
+    low-lift.
+    """
+    lift = class_lift(stats.counts, np.asarray(stats.captioned_posts))
+    for scores in image_scores:
+        lift = np.maximum(lift, image_lift(scores, val_truth))
+    class_tags = {normalize_hashtag(c) for c in stats.classes}
+    return (lift < min_lift) & np.array([t not in class_tags for t in stats.tags])
+
+
+class _Validation:
+    """Validation posts with tags, and the scoring every choice below shares."""
+
+    def __init__(self, stats: HashtagStats, params: HashtagParams, tags: Sequence[set[str]]):
+        self.stats = stats
+        self.params = params
+        self.truth = tag_matrix(list(tags), stats.tags)
+        self.n_truth = np.array([len(t) for t in tags])
+
+    def per_post(self, raw: np.ndarray, multiplier: np.ndarray | None = None) -> dict:
+        final = self.stats.finish(raw, self.params, multiplier)
+        return post_scores(final, self.truth, self.n_truth, self.params.top_k)
+
+    def metrics_of(self, final: np.ndarray) -> dict[str, float]:
+        """The metrics of final scores (already finished, as `HashtagBlend.final` gives)."""
+        per_post = post_scores(final, self.truth, self.n_truth, self.params.top_k)
+        return {key: float(v.mean()) for key, v in per_post.items()}
+
+    def metrics(self, raw: np.ndarray, multiplier: np.ndarray | None = None) -> dict[str, float]:
+        return {key: float(v.mean()) for key, v in self.per_post(raw, multiplier).items()}
+
+    def choose(self, candidates: list[tuple[dict, np.ndarray]]) -> int:
+        """Pick among (setting, raw scores) candidates listed simplest first."""
+        per_post = [objective(self.per_post(raw)) for _, raw in candidates]
+        return pick_paired(per_post, list(range(len(candidates))), self.params.search.rule)
+
+
+def _class_mixture(val: _Validation, probabilities: np.ndarray) -> tuple[str, float, np.ndarray]:
+    """The estimator and sharpening of the class mixture, chosen on validation."""
+    search = val.params.search
+    candidates = []
+    # simplest first: the first sharpening (1: as the classifier says) with each estimator
+    for sharpen in search.sharpen:
+        for estimator in search.estimators:
+            raw = val.stats.mixture(probabilities, val.params, estimator, sharpen)
+            candidates.append(({"estimator": estimator, "sharpen": sharpen}, raw))
+    chosen = val.choose(candidates)
+    setting, raw = candidates[chosen]
+    logger.info("class mixture: %s chosen of %d settings", setting, len(candidates))
+    return setting["estimator"], setting["sharpen"], raw
+
+
+def _neighbours(
+    val: _Validation, reference: NeighbourTags, features: np.ndarray
+) -> tuple[NeighbourTags, np.ndarray]:
+    """The neighbours' k and similarity power, chosen on validation."""
+    search = val.params.search
+    sims, rows = reference.nearest(features, max(search.neighbours_k))
+    candidates = []
+    for power in search.neighbours_power:
+        for k in search.neighbours_k:
+            k = min(k, sims.shape[1])
+            raw = reference.transfer(sims, rows, k, power)
+            candidates.append(({"k": k, "power": power}, raw))
+    chosen = val.choose(candidates)
+    setting, raw = candidates[chosen]
+    logger.info("neighbours: %s chosen of %d settings", setting, len(candidates))
+    return NeighbourTags(reference.reference, reference.tags, setting["k"], setting["power"]), raw
+
+
+def _tag_weightings(
+    stats: HashtagStats, params: HashtagParams, low_lift: np.ndarray
+) -> list[tuple[str, np.ndarray | None]]:
+    """Candidate per-tag weights, simplest (none) first."""
+    weightings: list[tuple[str, np.ndarray | None]] = [("none", None)]
+    generic = stats.tag_weights(params.generic, params.generic_weight)
+    low = np.where(low_lift, params.low_lift_weight, 1.0)
+    if params.generic and params.generic_weight < 1 and np.any(generic < 1):
+        weightings.append(("generic", generic))
+    if params.low_lift_weight < 1 and np.any(low_lift):
+        weightings.append(("low_lift", low))
+    if len(weightings) == 3:
+        weightings.append(("generic+low_lift", generic * low))
+    return weightings
+
+
+def fit_ranking(
+    stats: HashtagStats, train: RankingInputs, val: RankingInputs, seed: int
+) -> tuple[HashtagBlend, dict]:
+    """Fit the rankers on training posts and choose the served ranking on validation posts.
+
+    Only captioned posts (with tags of their own) train the image rankers and score a choice.
+
+    Args:
+        stats: the hashtag statistics of the training posts (vocabulary, class mixture).
+        train: the training posts' features, colour view and own tag sets.
+        val: the same for validation posts, with their class probabilities.
+        seed: seeds the tag models.
+
+    Returns:
+        The blend and a report: every ranker's validation metrics, the blend's, the floor and
+        the choice (what is served and why).
+    """
+    params = stats.params
+    check = _Validation(stats, params, val.tags)
+    if not check.n_truth.any():  # nothing to choose on: the class's usual tags, as they are
+        logger.warning("no validation post carries hashtags: the class mixture ranks them")
+        blend = HashtagBlend(weights={name: float(name == "class_mixture") for name in RANKERS})
+        blend.choice = {
+            "served": "single",
+            "rankers": ["class_mixture"],
+            "tag_weights": "none",
+            "why": "no validation post carries hashtags to choose a ranking on",
+        }
+        return blend, {"rankers": {}, "choice": blend.choice}
+    mix_estimator, mix_sharpen, mixture = _class_mixture(check, val.probabilities)
+    n_val = len(val.tags)
+    scores = {
+        "popularity": np.broadcast_to(stats.popularity(), (n_val, len(stats.tags))),
+        "class_mixture": mixture,
+    }
+    blend = HashtagBlend(estimator=mix_estimator, sharpen=mix_sharpen)
+    settings: dict = {"class_mixture": {"estimator": mix_estimator, "sharpen": mix_sharpen}}
+    if params.image_rankers and train.features is not None and val.features is not None:
+        captioned = np.array([bool(tags) for tags in train.tags])
+        y_train = tag_matrix(
+            [t for t, c in zip(train.tags, captioned, strict=True) if c], stats.tags
+        )
+        val_captioned = check.n_truth > 0
+        if captioned.sum() and val_captioned.sum():
+            y_val = check.truth[val_captioned]
+            blend.tag_model = fit_tag_model(
+                (train.features[captioned], y_train),
+                (val.features[val_captioned], y_val),
+                params.max_image_tags,
+                seed,
+            )
+            scores["tag_model"] = blend.tag_model.predict(val.features, len(stats.tags))
+            if train.colour is not None and val.colour is not None:
+                blend.colour_model = fit_tag_model(
+                    (train.colour[captioned], y_train),
+                    (val.colour[val_captioned], y_val),
+                    params.max_image_tags,
+                    seed,
+                )
+                scores["colour_tags"] = blend.colour_model.predict(val.colour, len(stats.tags))
+            reference = NeighbourTags(unit_rows(train.features[captioned]), y_train, 1, 1.0)
+            blend.neighbours, scores["neighbours"] = _neighbours(check, reference, val.features)
+            settings["neighbours"] = {"k": blend.neighbours.k, "power": blend.neighbours.power}
+        else:
+            logger.warning("image rankers skipped: no captioned training or validation posts")
+
+    image_scores = [
+        s for name, s in scores.items() if name in ("tag_model", "colour_tags", "neighbours")
+    ]
+    low = low_lift_tags(stats, image_scores, check.truth, params.min_lift)
+    weightings = _tag_weightings(stats, params, low)
+    # every ranker on its own, as it is (no tag weights): popularity and the class mixture are
+    # the floors
+    report: dict = {name: check.metrics(s) for name, s in scores.items()}
+    floor = {key: max(report[name][key] for name in FLOORS) for key in report["popularity"]}
+    floor_posts = {name: check.per_post(scores[name]) for name in FLOORS}
+    floor_by_post = {
+        key: floor_posts[max(FLOORS, key=lambda name: report[name][key])][key] for key in floor
+    }
+    found = choose_blend(
+        scores,
+        [lambda raw, m=m: stats.finish(raw, params, m) for _, m in weightings],
+        check.truth,
+        check.n_truth,
+        params.top_k,
+        params.blend_step,
+        BLEND_RULE,
+        floor_by_post,
+    )
+    if found is not None:
+        weights, index, got, search = found
+        blend.weights = weights
+        blend.tag_multiplier = weightings[index][1]
+        tail, search["tail"] = choose_tail(
+            scores,
+            lambda raw, m=blend.tag_multiplier: stats.finish(raw, params, m),
+            weights,
+            check.truth,
+            check.n_truth,
+            params.top_k,
+            params.blend_step,
+            floor_by_post[f"recall_at_{params.top_k}"],
+        )
+        blend.tail_weights = tail
+        if tail is not None:
+            search["tail"]["weights"] = tail
+            got = check.metrics_of(blend.final(stats, params, scores))
+        used = [name for name, w in weights.items() if w]
+        choice = {
+            "served": "blend",
+            "rankers": used,
+            "tag_weights": weightings[index][0],
+            "why": "of the blends that reach popularity's and the class mixture's validation "
+            "scores, the one whose served list finds the most of each post's tags",
+            "search": search,
+        }
+        report["blend"] = got
+    else:  # nothing reaches both floors: the best single ranker on validation, as it is
+        names = list(scores)
+        best = names[check.choose([({}, scores[name]) for name in names])]
+        blend.weights = {best: 1.0}
+        blend.tag_multiplier = None
+        choice = {
+            "served": "single",
+            "rankers": [best],
+            "tag_weights": "none",
+            "why": f"no blend reached both popularity's and the class mixture's "
+            f"validation scores {floor}; {best} scores best alone",
+        }
+        report["blend"] = report[best]
+    choice.update(settings=settings, floor=floor)
+    if params.image_rankers and low.any():
+        choice["low_lift_tags"] = [t for t, flag in zip(stats.tags, low, strict=True) if flag]
+    blend.choice = choice
+    blend.weights = {name: float(blend.weights.get(name, 0.0)) for name in RANKERS}
+    logger.info("served ranking: %s", {k: v for k, v in choice.items() if k != "low_lift_tags"})
+    return blend, {"rankers": report, "choice": choice}
