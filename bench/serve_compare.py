@@ -180,8 +180,8 @@ def register_champion(models: Path, params_path: Path, store: Path) -> str:
     import mlflow
     from mlflow import MlflowClient
 
+    from taglens.model.pyfunc import log_taglens_model
     from taglens.params import load_params
-    from taglens.serving.pyfunc import log_taglens_model
     from taglens.tracking import configure_tracking
 
     params = load_params(params_path)

@@ -113,7 +113,7 @@ def tiny_champion(fresh_mlflow, tiny_models_dir, tiny_params):
     from taglens.lifecycle.gate import Evaluation
     from taglens.lifecycle.promotion import register_model
     from taglens.lifecycle.registry import Registry
-    from taglens.serving.pyfunc import log_taglens_model
+    from taglens.model.pyfunc import log_taglens_model
     from taglens.tracking import configure_tracking
 
     configure_tracking(tiny_params.base.experiment, store=fresh_mlflow)

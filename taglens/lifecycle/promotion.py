@@ -297,7 +297,7 @@ def register_run(
     """
     import os
 
-    from taglens.serving.model_ref import logged_model_uri
+    from taglens.model.pyfunc import logged_model_uri
 
     info = read_model_info(models)
     run_id = info.get("run_id")

@@ -29,23 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taglens.errors import TaglensError
 from taglens.features.engines import INT8_ENGINE, on_engine
 from taglens.lifecycle.gate import CHAMPION
 from taglens.model.predictor import MODEL_FILE, HashtagPredictor
+from taglens.model.pyfunc import ModelNotFoundError, load_logged
 
 logger = logging.getLogger(__name__)
 
 UNREGISTERED = "unregistered"  # the version reported for a model outside the registry
 _REGISTERED = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/@]+))")
-
-
-class ModelNotFoundError(LookupError, TaglensError):
-    """No model answers to the requested URI, name, version or alias.
-
-    A TaglensError too: like every error a user fixes by a command or a setting, entry points
-    print it as one line (taglens.cli.run_main).
-    """
 
 
 @dataclass(frozen=True)
@@ -149,7 +141,7 @@ def load(uri: str, engine: str) -> HashtagPredictor:
         EngineError: the engine is not installed or cannot run the model.
     """
     local = local_models_dir(uri)
-    predictor = HashtagPredictor.from_dir(local) if local is not None else load_predictor(uri)
+    predictor = HashtagPredictor.from_dir(local) if local is not None else load_logged(uri)
     if predictor.info.get("precision") == "int8" and engine != INT8_ENGINE:
         logger.info(
             "%s was trained on INT8 vectors: serving it on %s, not %s", uri, INT8_ENGINE, engine
@@ -157,62 +149,3 @@ def load(uri: str, engine: str) -> HashtagPredictor:
         engine = INT8_ENGINE
     logger.info("loaded %s on %s", uri, engine)
     return on_engine(predictor, engine)
-
-
-def load_predictor(model_uri: str) -> HashtagPredictor:
-    """Load a logged or registered taglens pyfunc back as an in-process HashtagPredictor.
-
-    Its model runs on the engine the pyfunc chose when loaded (see `pyfunc.TaglensModel`).
-
-    Args:
-        model_uri: any MLflow model URI, e.g. `models:/taglens/3` or `runs:/ID/model`.
-
-    Raises:
-        ModelNotFoundError: the model, version or alias does not exist.
-    """
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
-    from taglens.serving.pyfunc import TaglensModel
-
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as exc:
-        raise ModelNotFoundError(
-            f"cannot load {model_uri}: {exc.message.splitlines()[0]}. If there is no champion "
-            "yet: run `dvc repro` or `python -m stages.register ...`"
-        ) from None
-    wrapped = model.unwrap_python_model()
-    if not isinstance(wrapped, TaglensModel) or wrapped.predictor is None:
-        raise ModelNotFoundError(f"{model_uri} is not a taglens model")
-    return wrapped.predictor
-
-
-def logged_model_uri(run_id: str, name: str = "model") -> str:
-    """Return the URI of the model `name` logged in run `run_id` (`models:/m-...`).
-
-    Raises:
-        ModelNotFoundError: the run does not exist or logged no such model.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = mlflow.get_run(run_id)
-    except MlflowException:
-        raise ModelNotFoundError(
-            f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}: "
-            "was the train stage run against this tracking store?"
-        ) from None
-    models = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'",
-        output_format="list",
-    )
-    for model in models:
-        if model.name == name:
-            return f"models:/{model.model_id}"
-    raise ModelNotFoundError(
-        f"run {run_id} logged no model named {name!r}: the train stage must call "
-        "taglens.serving.pyfunc.log_taglens_model inside its run"
-    )

@@ -1,11 +1,11 @@
-"""The registered model: an MLflow pyfunc wrapping HashtagPredictor.
+"""What the registered pyfunc does when served: which request values it accepts, limits, engine.
 
 `mlflow models predict` and `mlflow models serve` then suggest hashtags with no user code.
 
 Request format: a DataFrame with one string column `image`; each value is the base64 encoding of
 the image file's bytes (in-process callers may also pass raw `bytes`), or a file path when the
-serving side allows paths under a folder (see `pyfunc_inputs`, which also caps sizes and
-rows and validates each image as ingest does). An optional `top_k` param (1..30)
+serving side allows paths under a folder (`InputPolicy`, which also caps sizes and rows and
+validates each image as ingest does). An optional `top_k` param (1..30)
 overrides how many hashtags come back. The output is one dict per image, the same as
 `HashtagPredictor.predict_bytes` plus `engine`, the runtime the model ran on, and `precision`
 (int8 on openvino-int8, else fp32).
@@ -17,41 +17,200 @@ environment MLflow builds from them has it. An engine that is not installed ther
 back to tensorflow with a warning (and `engine` in every answer), so a model always serves.
 A model train quantized (its features were INT8) records `openvino-int8` and carries its INT8
 model (model-int8.xml/.bin) among its artifacts, so it serves in INT8 wherever it is served.
+
+Request values: base64 image bytes by default, file paths only on opt-in.
+
+A caller of `mlflow models serve` is a stranger to the serving machine. By default a request
+value is decoded as base64 (in-process callers may pass raw `bytes`); a value is read as a file
+path only when the serving process sets `TAGLENS_PYFUNC_IMAGE_ROOT` to a folder, and then only
+for regular files that resolve (symlinks followed) inside that folder and are no larger than the
+byte cap. Missing, outside and oversized paths get the same refusal, so a caller cannot probe
+which files exist. Every image then goes through `data.normalize.normalize_image`, the checks and
+normalisation uploads and training images get (pixel cap, formats, minimum side).
+
+Serving-side settings (environment of the process that loads the model):
+
+- `TAGLENS_PYFUNC_IMAGE_ROOT`: the folder paths may name (unset: paths are refused).
+- `TAGLENS_PYFUNC_MAX_MB`: the largest image accepted, base64 or file (default 20).
+- `TAGLENS_PYFUNC_MAX_ROWS`: the most images in one request (default 64).
+
+How the model is logged, and loaded back in-process: `taglens.model.pyfunc`. This module's
+path and `TaglensModel`'s name are stored in every logged model (`pyfunc_entry.py`): never move
+them.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
-import io
 import json
 import logging
 import os
-import shutil
-import tempfile
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 
-from taglens.artifacts import HASHTAGS, read_json_object, read_model_info
+from taglens import artifacts
+from taglens.data.normalize import RejectedImage, normalize_image
+from taglens.errors import TaglensError
 from taglens.features.engines import ENGINE_PARAM, precision_of
-from taglens.model.predictor import MODEL_FILES, OPTIONAL_FILES, HashtagPredictor
+from taglens.model.predictor import HashtagPredictor
+from taglens.model.pyfunc import ARTIFACT_KEY, INPUT_COLUMN
 from taglens.params import IngestParams
-from taglens.serving.pyfunc_inputs import INGEST_FILE, LEGACY_INGEST, InputPolicy
-from taglens.serving.pyfunc_requirements import pip_requirements
 
 logger = logging.getLogger(__name__)
 
-INPUT_COLUMN = "image"
-ARTIFACT_KEY = "models"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole taglens package
-ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")  # see log_taglens_model
+ROOT_ENV = "TAGLENS_PYFUNC_IMAGE_ROOT"
+MAX_MB_ENV = "TAGLENS_PYFUNC_MAX_MB"
+MAX_ROWS_ENV = "TAGLENS_PYFUNC_MAX_ROWS"
+# Serving-side defaults: a served model travels without params.yaml, so they live here.
+DEFAULT_MAX_MB = 20.0
+DEFAULT_MAX_ROWS = 64
+# the ingest params logged with the model (see taglens.model.pyfunc.log_taglens_model)
+INGEST_FILE = artifacts.LOGGED_INGEST
+# For models logged before ingest.json existed: Pillow's decompression-bomb threshold, no minimum
+# side, first frames only, quality as ingest stores.
+LEGACY_INGEST = IngestParams(
+    max_pixels=89_478_485, min_side=1, max_side=2048, animated="first_frame", jpeg_quality=95
+)
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """The limits one serving process applies to request values."""
+
+    ingest: IngestParams
+    root: Path | None = None
+    max_bytes: int = int(DEFAULT_MAX_MB * 1_000_000)
+    max_rows: int = DEFAULT_MAX_ROWS
+
+    @classmethod
+    def from_env(cls, ingest: IngestParams, environ: dict[str, str] | None = None) -> InputPolicy:
+        """The policy the serving process's environment asks for.
+
+        Raises:
+            TaglensError: a setting is not a number, or the root is not a folder.
+        """
+        env = os.environ if environ is None else environ
+        root = env.get(ROOT_ENV, "").strip()
+        if root and not Path(root).is_dir():
+            raise TaglensError(
+                f"{ROOT_ENV}={root} is not a folder: set it to the folder of the "
+                "images clients may name, or unset it to accept base64 only"
+            )
+        try:
+            max_mb = float(env.get(MAX_MB_ENV) or DEFAULT_MAX_MB)
+            max_rows = int(env.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
+        except ValueError:
+            raise TaglensError(f"{MAX_MB_ENV} and {MAX_ROWS_ENV} must be numbers") from None
+        if max_mb <= 0 or max_rows < 1:
+            raise TaglensError(f"{MAX_MB_ENV} must be > 0 and {MAX_ROWS_ENV} >= 1")
+        return cls(
+            ingest, Path(root).resolve() if root else None, int(max_mb * 1_000_000), max_rows
+        )
+
+    def images(self, values: list[Any]) -> list[bytes]:
+        """Validate a request's values and return each image normalized as ingest stores it.
+
+        Raises:
+            ValueError: too many rows, or a value is refused (its index and the reason named).
+        """
+        if len(values) > self.max_rows:
+            raise ValueError(
+                f"{len(values)} images in one request; at most {self.max_rows} "
+                f"({MAX_ROWS_ENV}): split the request"
+            )
+        out = []
+        for index, value in enumerate(values):
+            data = self.image_bytes(value, index)
+            try:
+                out.append(normalize_image(data, self.ingest).jpeg)
+            except RejectedImage as exc:
+                raise ValueError(f"image {index} refused: {exc}") from None
+        return out
+
+    def image_bytes(self, value: Any, index: int = 0) -> bytes:
+        """Turn one request value (bytes, base64 text, or an allowed path) into encoded bytes.
+
+        Raises:
+            ValueError: the value is refused; the message names its index and what to send.
+        """
+        if isinstance(value, bytes | bytearray | np.bytes_):
+            return self._capped(bytes(value), index)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"image {index}: expected base64 text, got {value!r:.60}")
+        text = value.strip()
+        if self.root is not None and _looks_like_path(text):
+            return self._read_path(text, index)
+        if len(text) * 3 // 4 > self.max_bytes + 3:
+            raise ValueError(self._too_large(index))
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            where = f"a file under {ROOT_ENV} or " if self.root else ""
+            raise ValueError(
+                f"image {index}: {text[:40]!r} is not {where}base64-encoded image bytes: send the "
+                "base64 of the image file"
+                + (
+                    ""
+                    if self.root
+                    else f" (file paths are read only when the server sets {ROOT_ENV})"
+                )
+            ) from None
+
+    def _capped(self, data: bytes, index: int) -> bytes:
+        if len(data) > self.max_bytes:
+            raise ValueError(self._too_large(index))
+        return data
+
+    def _too_large(self, index: int) -> str:
+        return (
+            f"image {index} is larger than {self.max_bytes / 1e6:g} MB ({MAX_MB_ENV}): "
+            "send a smaller image"
+        )
+
+    def _read_path(self, text: str, index: int) -> bytes:
+        """Read a file that resolves inside the root, refusing anything else the same way."""
+        refusal = (
+            f"image {index}: {text[:60]!r} is not a readable image file under the "
+            f"server's {ROOT_ENV} of at most {self.max_bytes / 1e6:g} MB"
+        )
+        assert self.root is not None
+        try:
+            resolved = (self.root / text).resolve(strict=True)  # an absolute text replaces root
+            if not resolved.is_relative_to(self.root):
+                raise ValueError(refusal)  # outside, directly or through a symlink
+            fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (OSError, RuntimeError):  # missing, unreadable, a symlink loop
+            raise ValueError(refusal) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_bytes:
+                raise ValueError(refusal)  # a folder, a device, a FIFO, or too large
+            with os.fdopen(fd, "rb") as handle:
+                fd = -1
+                data = handle.read(self.max_bytes + 1)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return self._capped(data, index)
+
+
+def _looks_like_path(text: str) -> bool:
+    """A value holding a `.` (a file suffix) is a path: the base64 alphabet has no `.`.
+
+    A value that fails as a path is refused rather than decoded, so a caller learns nothing about
+    which paths exist.
+    """
+    return len(text) < 4096 and "." in text
+
+
 ENGINE_ENV = "TAGLENS_ENGINE"  # set by the serving process: overrides the recorded engine
-PRECISION_KEY = "featurize.precision"  # model_config: int8 (openvino-int8) or fp32
-PRECISION_TAG = "precision"  # the same, as a tag on the run that logged the model
-VIEWS_KEY = "train.views"  # the model_config key naming the views the model averages
 
 
 class TaglensModel(mlflow.pyfunc.PythonModel):
@@ -70,7 +229,7 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
 
         The model runs on the engine `on_served_engine` picks. The input limits are the ingest
         params logged with the model plus the serving process's own settings
-        (`taglens.serving.pyfunc_inputs`).
+        (`InputPolicy`).
         """
         folder = Path(context.artifacts[ARTIFACT_KEY])
         recorded = (context.model_config or {}).get(ENGINE_PARAM)
@@ -131,103 +290,3 @@ def on_served_engine(
             raise
         logger.warning("%s: serving on tensorflow instead", exc)
         return on_engine(predictor, "tensorflow")
-
-
-def example_image(size: int) -> bytes:
-    """Return a small PNG (a gradient) used as the logged input example."""
-    from PIL import Image
-
-    ramp = np.linspace(0, 255, size, dtype=np.uint8)
-    pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], ramp[::-1][None, :]), -1)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _signature(top_k: int):
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
-        params=ParamSchema([ParamSpec("top_k", "long", top_k)]),
-    )
-
-
-def served_config(engine: str | None, info: dict[str, Any]) -> dict[str, str] | None:
-    """The pyfunc's model_config: the engine it runs on, its precision, and the views averaged.
-
-    The views (`image`, `flip`, `crops`) are model_info.json's; the Keras model computes them
-    itself, so batch predict, the web page and `mlflow models serve` average the same ones.
-    """
-    config = {ENGINE_PARAM: engine, PRECISION_KEY: precision_of(engine)} if engine else {}
-    if info.get("views"):
-        config[VIEWS_KEY] = ",".join(info["views"])
-    return config or None
-
-
-def log_taglens_model(
-    models_dir: Path,
-    *,
-    name: str = "model",
-    ingest: IngestParams | None = None,
-    engine: str | None = None,
-):
-    """Log `models_dir` as a taglens pyfunc into the active MLflow run.
-
-    The Keras model, model_info.json and hashtags.json are the artifacts; the taglens package
-    travels as code, so the logged model needs no taglens install to be served. `ingest`, the
-    params training images were checked with, is logged as ingest.json: the served model checks
-    request images with the same limits (without it, `LEGACY_INGEST`). `engine` (the train
-    run's `featurize.engine`, or what train made of it: openvino-int8 when it quantized the
-    model, openvino when INT8 was not kept) is recorded as the one the served model runs on,
-    with its precision (model_config and the run's `precision` tag); without it the model
-    serves on tensorflow.
-
-    Returns:
-        mlflow.models.model.ModelInfo of the logged model.
-
-    Raises:
-        FileNotFoundError: a model file is missing.
-        RuntimeError: no MLflow run is active.
-    """
-    import pandas as pd
-
-    models_dir = Path(models_dir)
-    if mlflow.active_run() is None:
-        raise RuntimeError("log_taglens_model logs into the active run: call mlflow.start_run()")
-    missing = [f for f in MODEL_FILES if not (models_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{models_dir} lacks {', '.join(missing)}: run the train stage")
-    info = read_model_info(models_dir)
-    top_k = read_json_object(HASHTAGS, models_dir)["params"]
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / ARTIFACT_KEY
-        staged.mkdir()
-        for file in MODEL_FILES:  # only these: models/ may hold other, unrelated outputs
-            shutil.copy2(models_dir / file, staged / file)
-        if ingest is not None:
-            (staged / INGEST_FILE).write_text(ingest.model_dump_json(), encoding="utf-8")
-        for file in OPTIONAL_FILES:
-            if (models_dir / file).is_file():
-                shutil.copy2(models_dir / file, staged / file)
-        example = pd.DataFrame(
-            {INPUT_COLUMN: [base64.b64encode(example_image(int(info["image_size"]))).decode()]}
-        )
-        model_info = mlflow.pyfunc.log_model(
-            name=name,
-            # Models from code: MLflow stores this file instead of a cloudpickle of the object.
-            python_model=str(ENTRY_FILE),
-            artifacts={ARTIFACT_KEY: str(staged)},
-            code_paths=[str(PACKAGE_DIR)],
-            signature=_signature(int(top_k["top_k"])),
-            input_example=example,
-            # Explicit requirements: letting MLflow infer them costs 8-13 s (NOTES.md).
-            # The engine's own package too: the model must run on it where it is served.
-            pip_requirements=pip_requirements(engine),
-            model_config=served_config(engine, info),
-        )
-    if engine:
-        mlflow.set_tag(PRECISION_TAG, precision_of(engine))
-    logger.info("logged taglens pyfunc %s", model_info.model_uri)
-    return model_info

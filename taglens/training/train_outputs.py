@@ -391,7 +391,7 @@ def write_model_dir(
     """
     import mlflow
 
-    from taglens.serving.pyfunc import log_taglens_model
+    from taglens.model.pyfunc import log_taglens_model
 
     save_model(model, artifacts.MODEL.at(out))
     info = artifacts.MODEL_INFO.at(out)

@@ -42,7 +42,7 @@ def _listing(folder, name, photos):
 
 
 def test_train_writes_the_validation_outputs_and_the_logged_model_carries_them(trained):
-    from taglens.serving.model_ref import load_predictor, logged_model_uri
+    from taglens.model.pyfunc import load_logged, logged_model_uri
 
     reference = DriftReference.load(trained["models"] / "drift_reference.json")
     assert reference.classes == ("animals", "food", "sports")
@@ -52,7 +52,7 @@ def test_train_writes_the_validation_outputs_and_the_logged_model_carries_them(t
     assert len(reference.confidences) == 36 and list(reference.confidences) == sorted(
         reference.confidences
     )
-    logged = load_predictor(logged_model_uri(trained["run_id"]))
+    logged = load_logged(logged_model_uri(trained["run_id"]))
     assert logged.drift_reference == reference.to_dict()
 
 

@@ -76,7 +76,7 @@ def clone_with_trained_run(root, name, model_name, models_src, right, classes):
     """
     import mlflow
 
-    from taglens.serving.pyfunc import log_taglens_model
+    from taglens.model.pyfunc import log_taglens_model
 
     clone = copy_source_tree(root / name)
     write_tiny_params(clone / "params.yaml", {"register.model_name": model_name})

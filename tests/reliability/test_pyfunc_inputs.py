@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from test_predict_inbox_bombs import png_bomb
 
-from taglens.serving.pyfunc_inputs import MAX_MB_ENV, MAX_ROWS_ENV, ROOT_ENV, InputPolicy
+from taglens.serving.pyfunc import MAX_MB_ENV, MAX_ROWS_ENV, ROOT_ENV, InputPolicy
 from tests.helpers.params import tiny_params
 
 INGEST = tiny_params().ingest
@@ -120,7 +120,7 @@ def test_the_logged_model_applies_its_ingest_params_and_the_server_settings(
 ):
     import mlflow
 
-    from taglens.serving.pyfunc import log_taglens_model
+    from taglens.model.pyfunc import log_taglens_model
 
     # Given a model logged with a stricter min_side than the tiny params, served without opt-in
     strict = tiny_params.ingest.model_copy(update={"min_side": 45})

@@ -27,7 +27,7 @@ def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
     right on every test photo (`right`) or on none."""
     import mlflow
 
-    from taglens.serving.pyfunc import log_taglens_model
+    from taglens.model.pyfunc import log_taglens_model
 
     with mlflow.start_run(run_name=f"train-{name}") as run:
         log_taglens_model(models_src)

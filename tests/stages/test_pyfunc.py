@@ -17,10 +17,10 @@ import pytest
 
 from taglens.data.normalize import normalize_image
 from taglens.model.predictor import HashtagPredictor
+from taglens.model.pyfunc import example_image
 from taglens.serving import model_ref
 from taglens.serving.model_ref import ModelNotFoundError
-from taglens.serving.pyfunc import example_image
-from taglens.serving.pyfunc_inputs import LEGACY_INGEST, ROOT_ENV
+from taglens.serving.pyfunc import LEGACY_INGEST, ROOT_ENV
 from tests.helpers.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -114,7 +114,7 @@ def test_missing_champion_says_what_to_do():
     with pytest.raises(ModelNotFoundError, match=r"no champion yet .*run `dvc repro`"):
         model_ref.resolve(None, "no_such_model")
     with pytest.raises(ModelNotFoundError, match="python -m stages.register"):
-        model_ref.load_predictor("models:/no_such_model/7")
+        model_ref.load_logged("models:/no_such_model/7")
 
 
 @pytest.mark.slow

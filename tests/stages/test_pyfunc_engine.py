@@ -18,7 +18,8 @@ import pytest
 
 from taglens.features.engines import EngineModel
 from taglens.model.predictor import HashtagPredictor
-from taglens.serving.pyfunc import ENGINE_ENV, log_taglens_model, on_served_engine
+from taglens.model.pyfunc import log_taglens_model
+from taglens.serving.pyfunc import ENGINE_ENV, on_served_engine
 from tests.helpers.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -116,7 +117,7 @@ def test_mlflow_models_serve_answers_on_the_recorded_engine(
 def _png() -> str:
     import base64
 
-    from taglens.serving.pyfunc import example_image
+    from taglens.model.pyfunc import example_image
 
     return base64.b64encode(example_image(32)).decode()
 

@@ -16,8 +16,7 @@ from taglens import lineage
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.promotion import promote, register_model
 from taglens.lifecycle.registry import Registry
-from taglens.serving.model_ref import logged_model_uri
-from taglens.serving.pyfunc import log_taglens_model
+from taglens.model.pyfunc import log_taglens_model, logged_model_uri
 from taglens.tracking import configure_tracking
 from taglens.training.metrics import split_fingerprint
 from tests.helpers.params import tiny_params, tiny_params_path

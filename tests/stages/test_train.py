@@ -71,7 +71,7 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     assert "lineage.git_commit" not in tags  # MLflow records mlflow.source.git.commit itself
     # the logged model carries the engine it serves on (`mlflow models serve` reads it)
     from taglens.features.engines import ENGINE_PARAM
-    from taglens.serving.model_ref import logged_model_uri
+    from taglens.model.pyfunc import logged_model_uri
 
     flavor = mlflow.models.get_model_info(logged_model_uri(summary["run_id"])).flavors
     assert flavor["python_function"]["config"][ENGINE_PARAM] == params.featurize.engine

@@ -59,7 +59,7 @@ def _registered_champion(name: str, models: Path, params) -> str:
     from taglens.lifecycle.gate import Evaluation
     from taglens.lifecycle.promotion import register_model
     from taglens.lifecycle.registry import Registry
-    from taglens.serving.pyfunc import log_taglens_model
+    from taglens.model.pyfunc import log_taglens_model
     from taglens.tracking import configure_tracking
 
     configure_tracking(params.base.experiment)

@@ -44,8 +44,7 @@ KNOWN_UPWARD: set[str] = {
     "taglens.training.train_outputs -> taglens.model.hashtags",
     "taglens.training.train_outputs -> taglens.model.int8_model",
     "taglens.training.train_outputs -> taglens.model.rankers",
-    "taglens.training.train_outputs -> taglens.serving.pyfunc",
-    "taglens.lifecycle.promotion -> taglens.serving.model_ref",
+    "taglens.training.train_outputs -> taglens.model.pyfunc",
 }
 KNOWN_CYCLES: list[list[str]] = []
 

@@ -30,9 +30,8 @@ def test_the_served_model_records_and_runs_its_int8_precision(
     from taglens.features.engines import on_engine
     from taglens.model.int8_model import quantize_served
     from taglens.model.predictor import HashtagPredictor
+    from taglens.model.pyfunc import PRECISION_KEY, PRECISION_TAG, load_logged, log_taglens_model
     from taglens.serving import model_ref
-    from taglens.serving.model_ref import load_predictor
-    from taglens.serving.pyfunc import PRECISION_KEY, PRECISION_TAG, log_taglens_model
     from taglens.tracking import configure_tracking
 
     # Given the tiny served model, labelled photos, and INT8 settings that keep any INT8 model
@@ -69,7 +68,7 @@ def test_the_served_model_records_and_runs_its_int8_precision(
     image = base64.b64encode((tmp_path / "raw" / posts[0].image).read_bytes()).decode()
     answer = pyfunc.predict(pd.DataFrame({"image": [image]}))[0]
     assert (answer["engine"], answer["precision"]) == ("openvino-int8", "int8")
-    loaded = load_predictor(logged.model_uri)
+    loaded = load_logged(logged.model_uri)
     assert loaded.model.engine == "openvino-int8" and loaded.int8_model is not None
     pixels = np.random.default_rng(2).uniform(0, 255, (4, IMAGE_SIZE, IMAGE_SIZE, 3))
     on_fp32 = on_engine(HashtagPredictor.from_dir(tiny_models_dir), "openvino")

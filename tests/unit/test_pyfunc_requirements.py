@@ -11,12 +11,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from taglens.features import engines
-from taglens.params import ENGINES
-from taglens.serving.pyfunc_requirements import (
+from taglens.model.pyfunc import (
     SERVING_PACKAGES,
     pip_requirements,
     serving_packages,
 )
+from taglens.params import ENGINES
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

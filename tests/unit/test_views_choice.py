@@ -124,7 +124,7 @@ def test_served_model_averages_image_mirror_and_crops_probabilities():
 
 def test_the_pyfunc_records_the_views_its_model_averages():
     from taglens.features.engines import ENGINE_PARAM
-    from taglens.serving.pyfunc import PRECISION_KEY, VIEWS_KEY, served_config
+    from taglens.model.pyfunc import PRECISION_KEY, VIEWS_KEY, served_config
 
     info = {"views": ["image", "flip", "crops"]}
     assert served_config("openvino", info) == {

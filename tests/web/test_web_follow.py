@@ -212,7 +212,7 @@ def _register_second_version(name: str, models_dir) -> str:
     """Log `models_dir` as a taglens pyfunc, register it under `name`, return its version."""
     import mlflow
 
-    from taglens.serving.pyfunc import log_taglens_model
+    from taglens.model.pyfunc import log_taglens_model
 
     with mlflow.start_run():
         logged = log_taglens_model(models_dir)

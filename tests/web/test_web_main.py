@@ -65,7 +65,7 @@ def test_registered_uris_are_labelled_with_name_and_version(
     monkeypatch.setattr("taglens.tracking.configure_tracking", lambda experiment: "uri")
     monkeypatch.setattr(
         model_ref,
-        "load_predictor",
+        "load_logged",
         lambda uri: loaded.append(uri) or SimpleNamespace(uri=uri, info={}),
     )
     monkeypatch.setattr(model_ref, "on_engine", lambda predictor, engine: (predictor.uri, engine))
