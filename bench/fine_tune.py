@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.features.backbones import build_feature_extractor
     from taglens.model.full_model import assemble, fine_tune
     from taglens.params import FineTuneParams, ModelParams, load_params
-    from taglens.training.head_fit import fit_head
+    from taglens.training.head import fit_head
 
     params = load_params(ROOT / "params.yaml")
     model_params = ModelParams(backbone="mobilenet", image_size=128, weights=str(WEIGHTS))

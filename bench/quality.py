@@ -127,7 +127,7 @@ def test_rankings(repo: Path, k: int = 10) -> dict[str, Any]:
     from taglens.model.hashtags import own_tags
     from taglens.model.predictor import HashtagPredictor
     from taglens.model.rankers import post_scores, tag_matrix
-    from taglens.training.selection import mean_se
+    from taglens.training.search import mean_se
 
     predictor = HashtagPredictor.from_dir(repo / "models")
     manifest = pd.read_csv(repo / "data" / "clean" / "manifest.csv")

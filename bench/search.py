@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.results_io import save_results
     from taglens.params import ModelParams, flatten, load_params
-    from taglens.training.head_fit import fit_head
-    from taglens.training.sweep import default_search, run_sweep, setting_name
+    from taglens.training.head import fit_head
+    from taglens.training.search import default_search, run_sweep, setting_name
 
     params = load_params(ROOT / "params.yaml")
     model = ModelParams(backbone="mobilenet", image_size=128, weights=str(WEIGHTS))

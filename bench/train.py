@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from taglens.features.store import write_features
     from taglens.model.full_model import assemble, image_label_dataset
     from taglens.params import ModelParams, load_params
-    from taglens.training.head import build_head
-    from taglens.training.head_fit import class_weights, compile_for_training, fit_head
+    from taglens.training.head import build_head, class_weights, compile_for_training, fit_head
 
     params = load_params(ROOT / "params.yaml")
     model = ModelParams(backbone=args.backbone, image_size=args.size, weights=None)

@@ -14,6 +14,16 @@ from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_stage
 from taglens.data.posts import read_raw_posts
 from taglens.model.drift import DriftReference
+from taglens.model.full_model import (
+    fine_tune_logged,
+    probabilities_on_images,
+    served_model,
+    tuned_candidate,
+    write_model_folder,
+)
+from taglens.model.int8_model import served_precision
+from taglens.model.pyfunc import log_taglens_model
+from taglens.model.rankers import fit_served_ranking
 from taglens.params import (
     BaseParams,
     HashtagParams,
@@ -23,15 +33,26 @@ from taglens.params import (
     Params,
     TrainParams,
 )
-from taglens.training import train_data
-from taglens.training import train_outputs as outputs
-from taglens.training.fine_tune_choice import choose_fine_tuned
-from taglens.training.head_fit import HeadFit, fit_head
-from taglens.training.sweep import default_search, grid, parse_sweep_arg
-from taglens.training.train_config import TrainConfig
-from taglens.training.train_data import Split
-from taglens.training.train_outputs import TrainResult
-from taglens.training.views_choice import choose_crops
+from taglens.training.baseline import baseline_run
+from taglens.training.fine_tune_choice import choose_fine_tuned, log_fine_tune_choice
+from taglens.training.head import HeadFit, fit_head
+from taglens.training.run import TrainConfig, TrainResult, log_data, write_history
+from taglens.training.search import (
+    default_search,
+    grid,
+    parse_sweep_arg,
+    search_note,
+    setting_report,
+    sweep_logged,
+)
+from taglens.training.splits import (
+    Split,
+    check_feature_meta,
+    load_splits,
+    manifest_classes,
+    read_manifest,
+)
+from taglens.training.views_choice import choose_crops, log_views
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +85,11 @@ def run(
     import mlflow
 
     if base.classes is None:  # the classes the source found, as clean kept them
-        base = base.model_copy(update={"classes": train_data.manifest_classes(clean)})
+        base = base.model_copy(update={"classes": manifest_classes(clean)})
     config = TrainConfig(base, model, params, hashtags, ingest, engine, int8)
     classes = list(base.classes)
-    meta = train_data.check_feature_meta(features, model, base.seed)
-    splits = train_data.load_splits(features, train_data.read_manifest(clean, classes), classes)
+    meta = check_feature_meta(features, model, base.seed)
+    splits = load_splits(features, read_manifest(clean, classes), classes)
     train = splits["train"]
     val = splits["val"]
     posts = read_raw_posts(raw)
@@ -93,25 +114,23 @@ def run(
     # best is known.
     swept = {f"train.{key}" for setting in settings for key in setting}
     if settings:
-        logger.info("%s", outputs.search_note(space, swept))
+        logger.info("%s", search_note(space, swept))
     with mlflow.start_run(run_name=config.run_name(len(settings))) as active:
         run_id = active.info.run_id
         mlflow.log_params({key: value for key, value in config.flat().items() if key not in swept})
-        outputs.log_data(config, meta, splits, {"raw": raw, "features": features, "clean": clean})
+        log_data(config, meta, splits, {"raw": raw, "features": features, "clean": clean})
         if settings:
-            fit, best = outputs.sweep_logged(
-                config, settings, fit_one, swept, space, len(val.labels)
-            )
+            fit, best = sweep_logged(config, settings, fit_one, swept, space, len(val.labels))
         else:
             fit = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e))
             best = params
         fit, views = choose_crops(
             fit, val.vectors, val.views, val.labels, params.crops, params.search.rule
         )
-        outputs.log_views(views)
+        log_views(views)
         history = list(fit.history)
         precision = meta.get("precision", "fp32")  # older features files are FP32
-        served = outputs.served_model(config, fit, train, raw, precision)
+        served = served_model(config, fit, train, raw, precision)
         head_fit = fit
         tuned_val = None
         tuning = None
@@ -128,23 +147,21 @@ def run(
             "n_train": len(train.labels),
             "n_val": len(val.labels),
         }
-        summary.update(outputs.setting_report(best, space if settings else None, swept, head_fit))
+        summary.update(setting_report(best, space if settings else None, swept, head_fit))
         summary["views"] = {"served": list(fit.views), **views.report()}
         if tuning is not None:
             summary["fine_tune"] = tuning.report()
             summary["fine_tune_val_accuracy"] = tuning.val_accuracy["fine_tuned"]
         mlflow.log_metrics({"best_val_accuracy": fit.val_accuracy, "best_val_loss": fit.val_loss})
-        summary["hashtags_val"] = outputs.fit_hashtags_logged(
-            config, fit, splits, posts, out, tuned_val
-        )
+        summary["hashtags_val"] = fit_served_ranking(config, fit, splits, posts, out, tuned_val)
         write_drift_reference(fit, val, classes, fine_tuned=tuned_val is not None, out=out)
-        served_as = outputs.served_precision(config, served, precision, splits, raw, out)
+        served_as = served_precision(config, served, precision, splits, raw, out)
         summary["precision"] = served_as.precision
-        outputs.write_model_dir(
-            config.with_train(best), served, history, out, reports, run_id, served_as, fit.views
-        )
+        write_history(history, reports)
+        write_model_folder(config.with_train(best), served, out, run_id, served_as, fit.views)
+        log_taglens_model(out, ingest=config.ingest, engine=served_as.engine)
     if params.baseline:
-        summary.update(outputs.baseline_run(config, splits, run_id))
+        summary.update(baseline_run(config, splits, run_id))
     atomic_write_json(artifacts.TRAIN_REPORT.at(reports), summary)
     return TrainResult(summary, Path(out))
 
@@ -169,16 +186,16 @@ def fine_tune_step(
     train = splits["train"]
     val = splits["val"]
     params = config.train
-    candidate = outputs.tuned_candidate(fit)
-    tuned = outputs.served_model(config, candidate, train, raw, precision)
-    rows = outputs.fine_tune_logged(tuned, config, train, val, raw, len(history))
-    tuned_val = outputs.probabilities_on_images(tuned, val, raw, config.model.image_size)
+    candidate = tuned_candidate(fit)
+    tuned = served_model(config, candidate, train, raw, precision)
+    rows = fine_tune_logged(tuned, config, train, val, raw, len(history))
+    tuned_val = probabilities_on_images(tuned, val, raw, config.model.image_size)
     labels = np.asarray(val.labels, int)
     head_right = fit.predict(val.vectors, val.views).argmax(axis=1) == labels
     tuning = choose_fine_tuned(
         head_right, tuned_val.argmax(axis=1) == labels, params.fine_tune.enabled, params.search.rule
     )
-    outputs.log_fine_tune_choice(tuning)
+    log_fine_tune_choice(tuning)
     logger.info("fine-tuning: %s", tuning.why)
     if not tuning.tuned:
         return served, fit, history, None, tuning

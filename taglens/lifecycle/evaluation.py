@@ -28,7 +28,8 @@ from taglens.errors import TaglensError
 from taglens.lifecycle.gate import FINGERPRINT, RUN_KEY, Evaluation, EvidenceError, check_evidence
 from taglens.params import HashtagParams
 from taglens.progress import progress_bar
-from taglens.training import eval_plots, metrics, train_data
+from taglens.training import metrics, splits
+from taglens.training.plots import plot_confusion, plot_history, plot_misclassified
 
 HASHTAG_K = 5  # HARRISON reports recall and accuracy at 5
 FORWARD_BATCH = 32
@@ -70,7 +71,7 @@ def score_test_split(predictor, top_k: int, *, raw: Path, clean: Path) -> Scored
         TaglensError: the model's classes differ from the manifest's, or the test split is empty.
     """
     classes = predictor.classes
-    test = train_data.read_manifest(clean, classes)
+    test = splits.read_manifest(clean, classes)
     test = test[test["split"] == "test"].reset_index(drop=True)
     if test.empty:
         raise TaglensError(
@@ -266,17 +267,17 @@ def write_reports(
         ),
         ("actual", "predicted"),
     )
-    eval_plots.plot_confusion(matrix, classes, plots / "confusion.png")
-    eval_plots.plot_confusion(
+    plot_confusion(matrix, classes, plots / "confusion.png")
+    plot_confusion(
         metrics.normalize_rows(matrix), classes, plots / "confusion_normalized.png", normalized=True
     )
     history = artifacts.HISTORY.at(out)
     if history.is_file():
         with open(history, encoding="utf-8") as handle:
             rows = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(handle)]
-        eval_plots.plot_history(rows, plots / "curves.png")
+        plot_history(rows, plots / "curves.png")
     wrong = np.flatnonzero(y_pred != y_true)[:misclassified_max]
-    eval_plots.plot_misclassified(
+    plot_misclassified(
         list(load_batch([scored.paths[i] for i in wrong], image_size).numpy())
         if len(wrong)
         else [],

@@ -9,19 +9,26 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from taglens.atomic import fsync_dir, fsync_tree
+from taglens import artifacts
+from taglens.atomic import atomic_write_json, fsync_dir, fsync_tree
 from taglens.errors import TaglensError
-from taglens.features.backbones import BACKBONES
+from taglens.features.backbones import BACKBONES, build_feature_extractor, weights_identity
 from taglens.params import FineTuneParams, ModelParams
-from taglens.training.head_fit import compile_for_training, one_hot
+from taglens.training.head import compile_for_training, one_hot
 
 if TYPE_CHECKING:
     import keras
+
+    from taglens.model.int8_model import ServedPrecision
+    from taglens.training.head import HeadFit
+    from taglens.training.run import TrainConfig
+    from taglens.training.splits import Split
 
 logger = logging.getLogger(__name__)
 
@@ -241,3 +248,120 @@ def save_model(model: keras.Model, path: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+VERIFY_IMAGES = 4  # training images re-run through the extractor to check the cached vectors
+
+
+def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path, precision: str) -> Any:
+    """The backbone and the fitted head as one model, checked against the cached vectors.
+
+    INT8 vectors (`precision`) differ from the FP32 backbone's by design: their check is the
+    accuracy control of the INT8 model, so the FP32 extractor is not compared with them.
+    """
+    from taglens.data.images import load_batch
+
+    extractor = build_feature_extractor(config.model, config.base.seed)
+    if precision == "fp32":
+        probe = train.rows["image"].head(VERIFY_IMAGES).map(lambda image: raw / image).tolist()
+        verify_extractor(
+            extractor,
+            load_batch(probe, config.model.image_size).numpy(),
+            train.vectors[:VERIFY_IMAGES],
+        )
+    return assemble(
+        extractor,
+        fit.model,
+        flip=fit.augmented,
+        crops=fit.crops,
+        colour=config.hashtags.image_rankers and "colour" in train.views,
+    )
+
+
+def fine_tune_logged(
+    model, config: TrainConfig, train: Split, val: Split, raw: Path, start: int
+) -> list[dict]:
+    """Fine-tune the served model on images, logging `fine_tune_*` metrics after the head's."""
+    import mlflow
+
+    def paths(split: Split) -> list[Path]:
+        return [raw / image for image in split.rows["image"]]
+
+    rows = fine_tune(
+        model,
+        config.model,
+        config.train.fine_tune,
+        (paths(train), train.labels),
+        (paths(val), val.labels),
+        label_smoothing=config.train.label_smoothing,
+        seed=config.base.seed,
+        on_epoch=lambda epoch, m: mlflow.log_metrics(
+            {f"fine_tune_{k}": v for k, v in m.items()}, step=start + epoch
+        ),
+    )
+    for row in rows:
+        row["epoch"] += start
+    return rows
+
+
+def tuned_candidate(fit: HeadFit) -> HeadFit:
+    """A copy of the fit with a head of its own, for fine-tuning beside the head it came from.
+
+    Fine-tuning changes the head's weights in place; `train.fine_tune.enabled: auto` must still
+    be able to serve the untouched head. The candidate averages the image and mirror only:
+    the crops view, five more passes per training step, is left to the head.
+    """
+    import keras
+
+    head = keras.models.clone_model(fit.model)
+    head.set_weights(fit.model.get_weights())
+    return replace(fit, model=head, crops=False)
+
+
+def probabilities_on_images(model, split: Split, raw: Path, image_size: int) -> np.ndarray:
+    """The served model's class probabilities for a split's photos, read from their files."""
+    from taglens.data.images import image_dataset
+
+    probabilities = probabilities_model(model)
+    paths = [raw / image for image in split.rows["image"]]
+    batches = [
+        probabilities.predict(batch, verbose=0) for batch in image_dataset(paths, image_size, 32)
+    ]
+    return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
+
+
+def write_model_folder(
+    config: TrainConfig,
+    model,
+    out: Path,
+    run_id: str,
+    served: ServedPrecision,
+    views: tuple[str, ...],
+) -> None:
+    """Save model.keras and model_info.json into models/; log model_info.json on the run.
+
+    `served` is the engine and precision the model serves on (model_info.json records both,
+    and the INT8 decision when there was one). `views` (model_info.json's `views`) names the
+    views whose probabilities the model averages.
+    """
+    import mlflow
+
+    save_model(model, artifacts.MODEL.at(out))
+    info = artifacts.MODEL_INFO.at(out)
+    atomic_write_json(
+        info,
+        {
+            "classes": list(config.base.classes),
+            "image_size": config.model.image_size,
+            "backbone": config.model.backbone,
+            "weights_identity": weights_identity(config.model, config.base.seed),
+            "run_id": run_id,
+            "experiment": config.base.experiment,
+            "params": config.flat(),
+            "engine": served.engine,
+            "precision": served.precision,
+            "int8": asdict(served.decision) if served.decision else None,
+            "views": list(views),
+        },
+    )
+    mlflow.log_artifact(str(info), artifact_path="train")

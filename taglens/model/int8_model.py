@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import keras
 
     from taglens.params import Int8Params
-    from taglens.training.train_data import Split
+    from taglens.training.run import TrainConfig
+    from taglens.training.splits import Split
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +96,19 @@ def quantize_served(
             quantize.load_int8(Path(tmp)), artifacts.INT8_MODEL.at(out), compress_to_fp16=False
         )
     return ServedPrecision(INT8_ENGINE, quantize.INT8, decision)
+
+
+def served_precision(
+    config: TrainConfig,
+    model: Any,
+    precision: str,
+    splits: dict[str, Split],
+    raw: Path,
+    out: Path,
+) -> ServedPrecision:
+    """The engine the served model records: quantized to INT8 when its features were INT8."""
+    if precision != "int8":
+        for stale in (artifacts.INT8_MODEL.at(out), artifacts.INT8_WEIGHTS.at(out)):
+            stale.unlink(missing_ok=True)
+        return ServedPrecision(served_engine(config.engine, precision), precision, None)
+    return quantize_served(model, config.int8, splits["train"], splits["val"], raw, out)

@@ -34,7 +34,7 @@ of the list, and the tail is where tags only the photo shows (a colour) find roo
 
 Picking among many candidates on a few hundred posts rewards noise. A ranker's own settings are
 chosen by `hashtags.search.rule`, by default the one-standard-error rule of
-`taglens.training.selection`: the simplest setting whose score (the per-post mean of the four
+`taglens.training.search`: the simplest setting whose score (the per-post mean of the four
 metrics, `objective`) is within one standard error of the best, the error of their paired
 per-post difference. The blend is held by its floors instead; `choose_blend` can apply either
 rule (complexity: no tag weights before tag weights, then the fewest image rankers).
@@ -53,16 +53,22 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from taglens import artifacts
 from taglens.atomic import atomic_open
 from taglens.data.posts import normalize_hashtag
 from taglens.errors import TaglensError
-from taglens.model.hashtags import HashtagStats
+from taglens.model.hashtags import HashtagStats, fit_hashtag_stats, own_tags
 from taglens.params import HashtagParams
-from taglens.training.selection import mean_se, pick_paired
+from taglens.training.search import mean_se, pick_paired
+
+if TYPE_CHECKING:
+    from taglens.training.head import HeadFit
+    from taglens.training.run import TrainConfig
+    from taglens.training.splits import Split
 
 logger = logging.getLogger(__name__)
 
@@ -563,7 +569,7 @@ def choose_blend(
         n_truth: (N,) how many tags each post carries in all.
         top_k: the k of the served recall.
         step: the grid step of every weight (0.1: weights 0, 0.1, ..., 1).
-        rule: `best` or `one_se` (see `taglens.training.selection.pick`).
+        rule: `best` or `one_se` (see `taglens.training.search.pick`).
         floor: per metric, the per-post scores (on the posts with tags) a blend must reach:
             its mean on that metric may fall short of the floor's by no more than the standard
             error of their paired per-post difference, so that a blend is turned away for being
@@ -863,3 +869,71 @@ def fit_ranking(
     blend.weights = {name: float(blend.weights.get(name, 0.0)) for name in RANKERS}
     logger.info("served ranking: %s", {k: v for k, v in choice.items() if k != "low_lift_tags"})
     return blend, {"rankers": report, "choice": choice}
+
+
+def fit_served_ranking(
+    config: TrainConfig,
+    fit: HeadFit,
+    splits: dict[str, Split],
+    posts: list,
+    out: Path,
+    tuned_val: np.ndarray | None = None,
+) -> dict:
+    """Fit hashtags.json on the training posts and choose the served ranking; log the choice.
+
+    A served fine-tuned model (`tuned_val`: its validation probabilities, read from the
+    images) changes the features the image rankers would read, so with it only popularity and
+    the class mixture compete.
+
+    Returns:
+        Every ranker's validation metrics, the blend's and the choice (what is served, why).
+    """
+    import mlflow
+
+    train_shas = set(splits["train"].rows["sha256"])
+    stats = fit_hashtag_stats(
+        [post for post in posts if post.sha256 in train_shas], config.base.classes, config.hashtags
+    )
+    stats.save(artifacts.HASHTAGS.at(out))
+    by_sha = {post.sha256: post for post in posts}
+    image = config.hashtags.image_rankers and tuned_val is None
+    if config.hashtags.image_rankers and not image:
+        logger.warning(
+            "image rankers skipped: they read cached features, which fine-tuning "
+            "changes; popularity and the class mixture rank hashtags"
+        )
+
+    def inputs(split: Split, probabilities=None) -> RankingInputs:
+        flip = split.views.get("flip") if fit.augmented else None
+        features = split.vectors if flip is None else (split.vectors + flip) / 2
+        return RankingInputs(
+            features=features if image else None,
+            colour=split.views.get("colour") if image else None,
+            tags=[own_tags(by_sha[sha]) for sha in split.rows["sha256"]],
+            probabilities=probabilities,
+        )
+
+    val = splits["val"]
+    probs_val = fit.predict(val.vectors, val.views) if tuned_val is None else tuned_val
+    blend, report = fit_ranking(
+        stats, inputs(splits["train"]), inputs(val, probs_val), config.base.seed
+    )
+    blend.save(artifacts.RANKERS.at(out))
+    mlflow.log_metrics(
+        {
+            f"val_hashtag_{name}_{key}": value
+            for name, scores in report["rankers"].items()
+            for key, value in scores.items()
+        }
+    )
+    mlflow.log_params({f"hashtags.blend.{name}": weight for name, weight in blend.weights.items()})
+    mlflow.log_params(
+        {
+            "hashtags.served": blend.choice["served"],
+            "hashtags.tag_weights": blend.choice["tag_weights"],
+            "hashtags.class_mixture.estimator": blend.estimator,
+            "hashtags.class_mixture.sharpen": blend.sharpen,
+        }
+    )
+    mlflow.log_dict(blend.choice, "train/hashtag_ranking.json")
+    return {"blend_weights": blend.weights, **report}

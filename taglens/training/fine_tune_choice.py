@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from taglens.training.selection import mean_se, pick_paired
+from taglens.training.search import mean_se, pick_paired
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,12 @@ def choose_fine_tuned(
             "so the head is served (and the image rankers keep their features)"
         )
     return FineTuneChoice(tuned, why, accuracy, se)
+
+
+def log_fine_tune_choice(choice: FineTuneChoice) -> None:
+    """Log which model is served (`train.fine_tune.served`), both val accuracies and why."""
+    import mlflow
+
+    mlflow.log_param("train.fine_tune.served", choice.report()["served"])
+    mlflow.set_tag("fine_tune_why", choice.why)
+    mlflow.log_metrics({f"val_accuracy_{name}": v for name, v in choice.val_accuracy.items()})

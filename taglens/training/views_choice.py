@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from taglens.errors import TaglensError
-from taglens.training.head_fit import HeadFit
-from taglens.training.selection import mean_se, pick_paired
+from taglens.training.head import HeadFit
+from taglens.training.search import mean_se, pick_paired
 
 logger = logging.getLogger(__name__)
 
@@ -102,3 +102,16 @@ def choose_crops(
     logger.info("test-time views: %s", why)
     chosen = cropped if keep else plain
     return chosen, ViewsChoice(keep, why, accuracy, se)
+
+
+def log_views(choice: ViewsChoice) -> None:
+    """Log the test-time views chosen (`train.views_crops`), their val accuracies and why."""
+    import mlflow
+
+    mlflow.log_param("train.views_crops", choice.crops)
+    mlflow.set_tag("views_why", choice.why)
+    metrics = {
+        f"val_accuracy_views_{name.replace('+', '_')}": value
+        for name, value in choice.val_accuracy.items()
+    }
+    mlflow.log_metrics(metrics)

@@ -9,16 +9,16 @@ from taglens.data.posts import read_raw_posts
 from taglens.errors import TaglensError
 from taglens.features import split
 from taglens.lifecycle.evaluation import read_metrics as gate_read_metrics
-from taglens.training import train_data
+from taglens.training import splits
 
 # (reader, the artifact it reads): each called on an empty folder
 READERS = [
     (read_raw_posts, artifacts.POSTS),
     (artifacts.read_feature_meta, artifacts.FEATURE_META),
     (split.read_manifest, artifacts.MANIFEST),
-    (lambda folder: train_data.read_manifest(folder, ("cat",)), artifacts.MANIFEST),
-    (train_data.manifest_classes, artifacts.MANIFEST),
-    (lambda folder: train_data.load_splits(folder, None, ()), artifacts.FEATURES),
+    (lambda folder: splits.read_manifest(folder, ("cat",)), artifacts.MANIFEST),
+    (splits.manifest_classes, artifacts.MANIFEST),
+    (lambda folder: splits.load_splits(folder, None, ()), artifacts.FEATURES),
     (artifacts.read_model_info, artifacts.MODEL_INFO),
     (lambda folder: gate_read_metrics(folder / "metrics.json"), artifacts.METRICS),
 ]

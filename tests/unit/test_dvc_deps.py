@@ -75,7 +75,7 @@ def test_the_closure_follows_lazy_and_relative_imports():
     # register imports the test-split scoring inside a function, which reads the manifest
     needed = {
         "taglens/lifecycle/evaluation.py",
-        "taglens/training/train_data.py",
+        "taglens/training/splits.py",
         "taglens/lifecycle/registry.py",
     }
     assert needed <= files

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from taglens.training.baseline import fit_baseline
-from taglens.training.head import build_head, feature_scale
-from taglens.training.head_fit import class_weights, fit_head, one_hot
+from taglens.training.head import build_head, class_weights, feature_scale, fit_head, one_hot
 from tests.helpers.params import tiny_params
 
 

@@ -15,7 +15,7 @@ from tests.helpers.tinymodels import IMAGE_SIZE
 
 
 def _split(posts, labels):
-    from taglens.training.train_data import Split
+    from taglens.training.splits import Split
 
     rows = pd.DataFrame({"image": [post.image for post in posts]})
     return Split(rows, np.zeros((len(posts), 1), "float32"), np.asarray(labels))

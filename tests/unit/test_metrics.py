@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.training import eval_plots
+from taglens.training import plots
 from taglens.training.metrics import (
     classification_metrics,
     confusion,
@@ -84,27 +84,25 @@ def test_hashtag_metrics_without_any_hashtags_are_none():
 def test_plots_are_written_and_not_empty(tmp_path):
     matrix = confusion(Y_TRUE, Y_PRED, 3)
     paths = [
-        eval_plots.plot_confusion(matrix, CLASSES, tmp_path / "c.png"),
-        eval_plots.plot_confusion(
-            normalize_rows(matrix), CLASSES, tmp_path / "n.png", normalized=True
-        ),
-        eval_plots.plot_history(
+        plots.plot_confusion(matrix, CLASSES, tmp_path / "c.png"),
+        plots.plot_confusion(normalize_rows(matrix), CLASSES, tmp_path / "n.png", normalized=True),
+        plots.plot_history(
             [
                 {"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.2, "val_accuracy": 0.4},
                 {"epoch": 2, "loss": 0.8, "accuracy": 0.6, "val_loss": 1.0, "val_accuracy": 0.5},
             ],
             tmp_path / "h.png",
         ),
-        eval_plots.plot_misclassified(
+        plots.plot_misclassified(
             [np.zeros((8, 8, 3))] * 3, ["a"] * 3, ["b"] * 3, tmp_path / "m.png"
         ),
-        eval_plots.plot_misclassified([], [], [], tmp_path / "none.png"),
+        plots.plot_misclassified([], [], [], tmp_path / "none.png"),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="no training history"):
-        eval_plots.plot_history([], tmp_path / "x.png")
+        plots.plot_history([], tmp_path / "x.png")
 
 
 def test_split_fingerprint_names_the_images_and_labels_not_their_order():

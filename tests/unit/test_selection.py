@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.training.selection import binomial_se, mean_se, pick, pick_paired
+from taglens.training.search import binomial_se, mean_se, pick, pick_paired
 
 
 def test_standard_errors():

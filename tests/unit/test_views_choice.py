@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from taglens.errors import TaglensError
-from taglens.training.head_fit import HeadFit
+from taglens.training.head import HeadFit
 from taglens.training.views_choice import choose_crops
 
 

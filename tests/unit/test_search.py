@@ -6,8 +6,8 @@ import mlflow
 import pytest
 
 from taglens.params import ParamsError, SweepParams
-from taglens.training.head_fit import HeadFit
-from taglens.training.sweep import apply_setting, grid, parse_sweep_arg, run_sweep, setting_name
+from taglens.training.head import HeadFit
+from taglens.training.search import apply_setting, grid, parse_sweep_arg, run_sweep, setting_name
 from tests.helpers.params import tiny_params
 
 
@@ -85,7 +85,7 @@ def test_each_setting_gets_a_child_run_and_the_best_is_picked(train_params):
 
 
 def test_default_search_draws_both_families_reproducibly(train_params):
-    from taglens.training.sweep import default_search
+    from taglens.training.search import default_search
 
     search = train_params.search.model_copy(update={"logreg_candidates": 3, "dense_candidates": 4})
     settings = default_search(search, seed=1)
@@ -106,8 +106,7 @@ def test_default_search_draws_both_families_reproducibly(train_params):
 
 
 def test_train_json_shows_every_key_the_default_search_sets(train_params):
-    from taglens.training.sweep import default_search
-    from taglens.training.train_outputs import CHOSEN_KEYS, search_note, setting_report
+    from taglens.training.search import CHOSEN_KEYS, default_search, search_note, setting_report
 
     counts = {"logreg_candidates": 4, "dense_candidates": 6}
     search = train_params.search.model_copy(update=counts)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taglens.training.train_data import load_splits, read_manifest
+from taglens.training.splits import load_splits, read_manifest
 
 CLASSES = ("cat", "dog")
 

@@ -1,17 +1,105 @@
-"""Hyperparameter sweeps over the head: a grid of settings, one nested MLflow run each."""
+"""Which head setting is trained: sweep grids, the default search, and the best or 1-SE choice.
+
+Every setting is fitted in a nested MLflow run; the train run logs the chosen one's params and
+curves (`sweep_logged`) and train.json says what made the model (`setting_report`).
+
+A few hundred validation photos make a search's best score partly luck: one photo in 500 is 0.2
+points. The one-standard-error rule (Breiman et al., 1984; Hastie et al., *The Elements of
+Statistical Learning*, 7.10) takes the simplest candidate whose score is within one standard
+error of the best, which picks noise far less often and costs little when it is wrong. The head
+search chooses through `pick` (one accuracy per candidate, a binomial error); the hashtag ranking
+search through `pick_paired`, which has every candidate's per-post scores on the same posts and
+so measures the error of each candidate's difference from the best: candidates that rank almost
+alike are told apart by the posts where they differ, not by the spread of all posts.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from taglens.params import ParamsError, SearchParams, SweepParams, TrainParams
 from taglens.progress import progress_bar
-from taglens.training.head_fit import HeadFit
-from taglens.training.selection import binomial_se, pick
+from taglens.training.head import HeadFit
+from taglens.training.run import TrainConfig
+
+RULES = ("best", "one_se")
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """The standard error of an accuracy measured on `n` samples."""
+    return float(np.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / max(n, 1)))
+
+
+def mean_se(per_sample: np.ndarray) -> float:
+    """The standard error of the mean of per-sample scores."""
+    values = np.asarray(per_sample, np.float64)
+    if len(values) < 2:
+        return 0.0
+    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+def pick(scores: Sequence[float], best_se: float, complexity: Sequence[Hashable], rule: str) -> int:
+    """The index of the chosen candidate.
+
+    Args:
+        scores: each candidate's validation score (higher is better).
+        best_se: the standard error of the best candidate's score.
+        complexity: each candidate's sort key, lower is simpler (compared only among themselves).
+        rule: `best`: the highest score (the simpler on ties); `one_se`: the simplest candidate
+            within `best_se` of the highest score (the higher score among equally simple ones).
+
+    Raises:
+        ValueError: no candidates, or an unknown rule.
+    """
+    _check(len(scores), rule)
+    values = np.asarray(scores, np.float64)
+    top = float(values.max())
+    margin = best_se if rule == "one_se" else 0.0
+    near = [i for i in range(len(values)) if values[i] >= top - margin - 1e-12]
+    return _simplest(near, complexity, values)
+
+
+def pick_paired(per_sample: Sequence[np.ndarray], complexity: Sequence[Hashable], rule: str) -> int:
+    """`pick` for candidates scored on the same samples: the error of a paired difference.
+
+    Under `one_se` a candidate qualifies when its mean is below the best's by at most the
+    standard error of their per-sample difference.
+
+    Raises:
+        ValueError: no candidates, or an unknown rule.
+    """
+    _check(len(per_sample), rule)
+    values = [np.asarray(v, np.float64) for v in per_sample]
+    means = np.array([float(v.mean()) if len(v) else 0.0 for v in values])
+    best = int(np.argmax(means))
+
+    def qualifies(i: int) -> bool:
+        gap = means[best] - means[i]
+        if rule == "best" or i == best:
+            return gap <= 1e-12
+        return gap <= mean_se(values[best] - values[i]) + 1e-12
+
+    near = [i for i in range(len(values)) if qualifies(i)]
+    return _simplest(near, complexity, means)
+
+
+def _check(candidates: int, rule: str) -> None:
+    if not candidates:
+        raise ValueError("a choice needs at least one candidate")
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {RULES}")
+
+
+def _simplest(near: list[int], complexity: Sequence[Hashable], scores: np.ndarray) -> int:
+    """The simplest of the qualifying candidates; the higher score, then the first, on ties."""
+    return min(near, key=lambda i: (complexity[i], -scores[i], i))
+
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +307,104 @@ def run_sweep(
         max(trial.fit.val_accuracy for trial in trials),
     )
     return trials, chosen
+
+
+# The train keys that shape each head: train.json's `chosen` shows them for the model's head.
+CHOSEN_KEYS = {
+    "logreg": ("head", "logreg_c", "normalise", "augment"),
+    "dense": (
+        "head",
+        "hidden_units",
+        "dropout",
+        "learning_rate",
+        "weight_decay",
+        "normalise",
+        "augment",
+    ),
+}
+
+
+def sweep_logged(
+    config: TrainConfig,
+    settings: list[dict],
+    fit_one: Callable,
+    swept: set[str],
+    space: str,
+    n_val: int,
+) -> tuple[HeadFit, TrainParams]:
+    """Fit every setting in a child run; log the chosen one's params and curves on this run.
+
+    The default search chooses by `train.search.rule`; a sweep the user asked for takes the best.
+    """
+    import mlflow
+
+    rule = config.train.search.rule if space == "default" else "best"
+    trials, best = run_sweep(config.train, settings, fit_one, config.flat(), rule, n_val)
+    fit = trials[best].fit
+    best_params = trials[best].params
+    best_flat = config.with_train(best_params).flat()
+    mlflow.log_params({key: best_flat[key] for key in sorted(swept)})
+    accuracies = [trial.fit.val_accuracy for trial in trials]
+    mlflow.set_tags(
+        {
+            "sweep_size": str(len(trials)),
+            "search_space": space,
+            "selection_rule": rule,
+            "best_child_run_id": trials[best].run_id,
+            "best_setting": setting_name(trials[best].setting),
+        }
+    )
+    # how far apart the candidates were, beside the error of one val accuracy
+    mlflow.log_metrics(
+        {
+            "search_val_accuracy_max": max(accuracies),
+            "search_val_accuracy_min": min(accuracies),
+            "search_val_accuracy_se": binomial_se(max(accuracies), n_val),
+        }
+    )
+    for row in fit.history:
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    return fit, best_params
+
+
+def search_note(space: str, searched: set[str]) -> str:
+    """The log line saying which train keys a search (or sweep) sets, so params.yaml's are unused.
+
+    Args:
+        space: "default" (train.search) or "sweep" (train.sweep or --sweep).
+        searched: the `train.*` keys its settings vary.
+    """
+    keys = ", ".join(sorted(searched))
+    if space == "default":
+        return (
+            f"train.search is on: it varies {keys}, so their params.yaml values (and any "
+            "`dvc exp run -S` of them) are not used; set train.search.enabled=false to "
+            "train the values in params.yaml"
+        )
+    return f"the sweep varies {keys}: their params.yaml values are not used"
+
+
+def setting_report(
+    best: TrainParams, space: str | None, searched: set[str], fit: HeadFit
+) -> dict[str, Any]:
+    """What train.json says about the setting that made the model (`dvc exp show` lists it).
+
+    Args:
+        best: the train params the model was fitted with (the best setting of a search).
+        space: "default" or "sweep" when settings were searched, None for one setting.
+        searched: the `train.*` keys the search varied (empty for one setting).
+        fit: the model's fit.
+
+    Returns:
+        `search` and `sweep` (which ran), `searched_keys` (comma-separated: DVC's metrics drop
+        lists), `chosen` (the head's own keys) and, after a search, `search_val_accuracy`.
+    """
+    report: dict[str, Any] = {
+        "search": space == "default",
+        "sweep": space == "sweep",
+        "searched_keys": ",".join(sorted(searched)),
+        "chosen": {key: getattr(best, key) for key in CHOSEN_KEYS[best.head]},
+    }
+    if space is not None:
+        report["search_val_accuracy"] = fit.val_accuracy
+    return report
