@@ -151,7 +151,7 @@ def run(
     """All measurements; returns a JSON-ready dict."""
     from taglens.data.images import load_batch
     from taglens.features.backbones import build_feature_extractor
-    from taglens.features.extract import iter_feature_batches
+    from taglens.features.featurize import iter_feature_batches
     from taglens.params import ModelParams, load_params
 
     default = load_params(ROOT / "params.yaml").featurize.engine

@@ -104,7 +104,7 @@ def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 def speed_one(backbone: str, images: int, batch: int, posts: list, overrides: dict) -> dict:
     """FP32 and INT8 featurize rates on one backbone at 224 px, taking turns batch by batch."""
-    from taglens.features.extract import iter_feature_batches
+    from taglens.features.featurize import iter_feature_batches
     from taglens.params import load_params
 
     views = list(load_params(ROOT / "params.yaml").featurize.views)
@@ -236,7 +236,7 @@ def accuracy(size: int, settings: dict) -> dict:
 
 def image_vectors(paths: list[Path], model, size: int, engine: str) -> np.ndarray:
     """The image's own vectors of a views model, every photo, on `engine`."""
-    from taglens.features.extract import iter_feature_batches
+    from taglens.features.featurize import iter_feature_batches
 
     return np.concatenate(
         [

@@ -150,7 +150,7 @@ def featurize_section(results: Results) -> str:
         also=" and `.md`",
         about="""One process, VGG-19 without its top at 224 px with the same random weights,
         batch 16, the same flowers photos through the same tf.data decode pipeline. Contenders:
-        taglens's featurize pipeline (`taglens.features.extract.iter_feature_batches`) on the
+        taglens's featurize pipeline (`taglens.features.featurize.iter_feature_batches`) on the
         default `featurize.engine` and on the other engine named by `--taglens`, and a plain
         loop per engine as its documentation shows it (a `tf.function`; OpenVINO converted from
         the Keras model with `PERFORMANCE_HINT: LATENCY` in float32; ONNX Runtime on tf2onnx's

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from taglens.features.backbones import build_feature_extractor
-    from taglens.features.extract import featurize_paths
+    from taglens.features.featurize import featurize_paths
     from taglens.features.store import write_features
     from taglens.model.full_model import assemble, image_label_dataset
     from taglens.params import ModelParams, load_params

@@ -39,7 +39,7 @@ from taglens.features.views import IMAGE
 from taglens.params import ModelParams, load_params
 
 if TYPE_CHECKING:
-    from taglens.features.featurize_outputs import FeaturizeResult
+    from taglens.features.store import FeaturizeResult
 
 TASK_RUNNERS = ("local", "dask")
 _VIEW_MODELS: dict[str, Any] = {}

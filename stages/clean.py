@@ -11,9 +11,8 @@ from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_stage
 from taglens.data.posts import read_raw_posts
 from taglens.errors import TaglensError
-from taglens.features import clean_outputs
-from taglens.features.clean_outputs import CleanResult
-from taglens.features.outliers import find_outliers
+from taglens.features import cleaning
+from taglens.features.cleaning import CleanResult, find_outliers
 from taglens.features.split import content_split
 from taglens.features.store import read_features
 from taglens.params import BaseParams, CleanParams
@@ -71,13 +70,13 @@ def run(
         enabled=params.enabled,
         fit=splits == "train",
     )
-    manifest, dropped = clean_outputs.write_tables(posts, labels, splits, result, out)
-    report = clean_outputs.build_report(params, result, labels, splits)
+    manifest, dropped = cleaning.write_tables(posts, labels, splits, result, out)
+    report = cleaning.build_report(params, result, labels, splits)
     atomic_write_json(metrics, report)
-    pngs = clean_outputs.write_plots(
+    pngs = cleaning.write_plots(
         result, labels, [raw / post.image for post in posts], reports, params.contact_sheet_max
     )
-    clean_outputs.log_clean_run(base, params, report, [Path(metrics), *pngs])
+    cleaning.log_clean_run(base, params, report, [Path(metrics), *pngs])
     return CleanResult(report, manifest, dropped)
 
 

@@ -15,7 +15,7 @@ from taglens.features import int8_backbone
 from taglens.features import store as features
 from taglens.features.backbones import BACKBONES, weights_identity
 from taglens.features.engines import INT8_ENGINE, precision_of
-from taglens.features.featurize_outputs import FeaturizeResult, feature_meta
+from taglens.features.store import FeaturizeResult, feature_meta
 from taglens.features.views import IMAGE, build_views_model
 from taglens.params import CleanParams, FeaturizeParams, ModelParams
 

@@ -12,8 +12,7 @@ from typing import Any
 from taglens import artifacts
 from taglens.atomic import atomic_write_json
 from taglens.cli import add_stage_inputs, run_main, setup_logging
-from taglens.data.ingest import ingest
-from taglens.data.source_select import open_source
+from taglens.data.ingest import ingest, open_source
 from taglens.errors import TaglensError
 from taglens.params import BaseParams, IngestParams, ScrapeParams, load_params
 from taglens.progress import progress_bar

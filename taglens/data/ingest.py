@@ -1,6 +1,10 @@
-"""Ingest for every source: decode, validate and normalize images, dedupe, and write data/raw.
+"""Which source scrape reads (`scrape.source`), and which of its items enter data/raw.
 
-Each candidate image is decoded with Pillow before it is accepted (`taglens.data.normalize`,
+The configured source as items for ingest: generated demo photos, a folder, or Instagram.
+
+Ingest for every source: decode, validate and normalize images, dedupe, and write data/raw.
+
+Each candidate image is decoded with Pillow before it is accepted (`taglens.data.images`,
 the same checks the servers apply). Accepted images are stored as normalized RGB JPEGs named
 by the sha256 of the stored bytes; refused files are listed with a one-line reason; exact
 duplicates (same stored sha256) are kept once: the first one seen wins, and sources yield in a
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +27,7 @@ from pydantic import ValidationError
 
 from taglens import artifacts
 from taglens.atomic import atomic_write_bytes, atomic_write_jsonl
-from taglens.data.normalize import NormalizedImage, RejectedImage, normalize_image
+from taglens.data.images import NormalizedImage, RejectedImage, normalize_image
 from taglens.data.posts import (
     Post,
     hashtags_in,
@@ -30,7 +35,89 @@ from taglens.data.posts import (
     write_posts,
 )
 from taglens.data.sources.base import SourceItem
-from taglens.params import IngestParams
+from taglens.errors import TaglensError
+from taglens.params import PAPER_CLASSES, BaseParams, IngestParams, ScrapeParams
+
+
+@dataclass(frozen=True)
+class OpenedSource:
+    """The items a source yields, how many when known (for the progress bar), and its notes.
+
+    `notes` may grow while `items` is iterated (the folder source notes what it skips).
+    """
+
+    items: Iterable[SourceItem]
+    total: int | None
+    notes: list[str]
+
+
+def open_source(
+    base: BaseParams,
+    scrape: ScrapeParams,
+    *,
+    out: Path,
+    session_file: Path | None = None,
+    cache: Path | None = None,
+) -> OpenedSource:
+    """Open `scrape.source` for ingest into `out`.
+
+    Args:
+        base: the classes (each a hashtag searched, for instagram) and the seed (demo).
+        scrape: the source and its settings.
+        out: the raw data directory; the instagram collection defaults to `instagram` beside it.
+        session_file: Instaloader session file; defaults to TAGLENS_INSTAGRAM_SESSION.
+        cache: the instagram collection directory, kept between runs so they resume.
+
+    Raises:
+        TaglensError: unusable source settings or a missing login.
+    """
+    if scrape.source == "demo":
+        from taglens.data.sources.demo import generate_demo
+
+        classes = base.classes or PAPER_CLASSES
+        return OpenedSource(
+            generate_demo(scrape.demo, classes, base.seed),
+            scrape.demo.images_per_class * len(classes),
+            [],
+        )
+    if scrape.source == "folder":
+        from taglens.data.sources.folder import FolderSource
+
+        folder = FolderSource(Path(scrape.folder or ""), base.classes)
+        return OpenedSource(folder, len(folder), folder.notes)  # the same list: notes grow
+    return _instagram(
+        base, scrape, session_file=session_file, cache=cache or Path(out).parent / "instagram"
+    )
+
+
+def _instagram(
+    base: BaseParams, scrape: ScrapeParams, *, session_file: Path | None, cache: Path
+) -> OpenedSource:
+    # imports instaloader only when it is used
+    from taglens.data.sources import instagram
+
+    settings = scrape.instagram
+    unknown = [
+        t for t in settings.hashtags if base.classes and normalize_hashtag(t) not in base.classes
+    ]
+    if unknown:
+        raise TaglensError(
+            f"scrape.instagram.hashtags {unknown} are not in base.classes: each hashtag searched "
+            "is a class, so add them to base.classes or remove them"
+        )
+    salt = instagram.owner_salt(settings)
+    session_env = os.environ.get(instagram.SESSION_ENV)
+    session = session_file or (Path(session_env) if session_env else None)
+    loader = instagram.make_loader(session, settings.max_wait_seconds)
+    collection = instagram.collect(loader, settings, cache=cache, salt=salt)
+    notes = list(collection.notes)
+    notes.append(
+        f"instagram: {sum(collection.per_tag.values())} posts collected in {cache} "
+        f"({collection.downloaded} images downloaded now, {collection.failed} failed, "
+        f"{collection.videos_skipped} videos skipped)"
+    )
+    return OpenedSource(instagram.collected_items(cache, settings), None, notes)
+
 
 logger = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ def cached_decision(folder: Path) -> Decision | None:
 
 def _ov_forward(compiled: Any, keys: tuple[str, ...] | None) -> Callable[[np.ndarray], Any]:
     """A compiled OpenVINO model as a callable on float32 batches (a dict for dict outputs)."""
-    from taglens.features.engine_runtimes import output_names
+    from taglens.features.engines import output_names
 
     names = output_names(compiled.outputs, keys)
 
@@ -168,7 +168,7 @@ def quantize(
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    from taglens.features.engine_runtimes import no_usage_reports, output_keys, traced
+    from taglens.features.engines import no_usage_reports, output_keys, traced
 
     no_usage_reports()
     keys = output_keys(model)

@@ -7,7 +7,7 @@ FP32's: they have a store of their own), so adding images computes only the new 
 killed run loses at most the shard in progress.
 Each view (`flip`, `colour`) has a store of its own beside it (`...-flip/`); one model computes
 every output the stores lack in one forward call per batch. The store only decides what to
-compute and keeps it; `taglens.features.extract` turns the image files into vectors.
+compute and keeps it; `taglens.features.featurize` turns the image files into vectors.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from taglens import artifacts
 from taglens.atomic import atomic_open, atomic_write_json
-from taglens.features.extract import check_files, iter_feature_batches
+from taglens.features.featurize import check_files, iter_feature_batches
+from taglens.features.quantize import Decision
 from taglens.features.views import IMAGE
 from taglens.progress import progress_bar
 
@@ -322,3 +323,45 @@ def read_features(features_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     path = artifacts.FEATURES.require(features_dir)
     with np.load(path, allow_pickle=False) as data:
         return data["sha256"], data["vectors"].astype("float32", copy=False)
+
+
+@dataclass(frozen=True)
+class FeaturizeResult:
+    """meta.json's contents, and how many images this run computed or found in the store."""
+
+    meta: dict[str, Any]
+    computed: int
+    cached: int
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        return (
+            f"featurize: {self.meta['count']} posts, {self.computed} images computed, "
+            f"{self.cached} cached, dim {self.meta['dim']}"
+        )
+
+
+def feature_meta(
+    key: FeatureKey,
+    matrix: np.ndarray,
+    views: dict,
+    engine: str,
+    int8: Decision | None,
+) -> dict[str, Any]:
+    """meta.json: which backbone, size, weights and precision made the vectors, and their shape.
+
+    `engine` is the engine that ran (openvino when openvino-int8 fell back to FP32), and `int8`
+    the INT8 decision (both accuracies and why) when `featurize.engine` was openvino-int8.
+    """
+    return {
+        "backbone": key.backbone,
+        "image_size": key.image_size,
+        "weights_identity": key.weights_identity,
+        "dim": int(matrix.shape[1]),
+        "count": int(matrix.shape[0]),
+        "store": key.dirname,
+        "views": list(views),
+        "precision": key.precision,
+        "engine": engine,
+        "int8": asdict(int8) if int8 is not None else None,
+    }

@@ -56,7 +56,7 @@ import mlflow.pyfunc
 import numpy as np
 
 from taglens import artifacts
-from taglens.data.normalize import RejectedImage, normalize_image
+from taglens.data.images import RejectedImage, normalize_image
 from taglens.errors import TaglensError
 from taglens.features.engines import ENGINE_PARAM, precision_of
 from taglens.model.predictor import HashtagPredictor

@@ -155,7 +155,7 @@ _INGEST_PARAMS = None
 def _ingest_image(data: bytes) -> object:
     """Raw bytes as a candidate image through ingest's decoder and normalizer."""
     global _INGEST_PARAMS
-    from taglens.data.normalize import normalize_image
+    from taglens.data.images import normalize_image
     from taglens.params import parse_params
 
     if _INGEST_PARAMS is None:
@@ -184,7 +184,7 @@ def _predict_list(data: bytes) -> object:
 
 
 def _ingest_rejection() -> tuple[type[BaseException], ...]:
-    from taglens.data.normalize import RejectedImage
+    from taglens.data.images import RejectedImage
 
     return (RejectedImage,)
 

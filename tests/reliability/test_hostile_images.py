@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taglens.data.images import ALLOWED_FORMATS, header_pixels
-from taglens.data.normalize import RejectedImage, normalize_image
+from taglens.data.images import ALLOWED_FORMATS, RejectedImage, header_pixels, normalize_image
 from taglens.serving.web.upload import UploadError, prepare_image
 from tests.helpers.params import tiny_params, tiny_params_path
 from tests.helpers.paths import ROOT
@@ -63,7 +62,7 @@ _PEAK = textwrap.dedent(
     """
     import json, resource, sys
     from pathlib import Path
-    from taglens.data.normalize import normalize_image
+    from taglens.data.images import normalize_image
     from taglens.params import load_params
     params = load_params(Path(sys.argv[2])).ingest
     data = Path(sys.argv[1]).read_bytes()

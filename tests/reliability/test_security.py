@@ -101,7 +101,7 @@ def _fixture_shortcodes() -> set[str]:
 
 def test_scrape_stores_no_shortcode_and_no_mention(instagram_scrape):
     """SECURITY.md: post ids and file names are keyed hashes; captions keep no @mention."""
-    from taglens.data.sources.instagram_posts import post_id
+    from taglens.data.sources.instagram import post_id
 
     tmp = instagram_scrape["tmp"]
     codes = _fixture_shortcodes()

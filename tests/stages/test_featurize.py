@@ -266,11 +266,11 @@ def test_openvino_engine_writes_the_tensorflow_vectors(tiny_params, raw, tmp_pat
 def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(
     tiny_params, raw, tmp_path, monkeypatch
 ):
-    from taglens.features import engine_runtimes
+    from taglens.features import engines
 
     # Given featurize.engine: openvino, a spy on OpenVINO's forward pass and no TensorFlow one
     calls = []
-    real = engine_runtimes.OpenVinoForward.__call__
+    real = engines.OpenVinoForward.__call__
 
     def spy(self, images):
         outputs = real(self, images)
@@ -280,8 +280,8 @@ def test_every_view_runs_on_the_configured_engine_in_one_call_per_batch(
     def no_tensorflow(self, images):
         raise AssertionError("a view ran on tensorflow, not on featurize.engine")
 
-    monkeypatch.setattr(engine_runtimes.OpenVinoForward, "__call__", spy)
-    monkeypatch.setattr(engine_runtimes.TensorFlowForward, "__call__", no_tensorflow)
+    monkeypatch.setattr(engines.OpenVinoForward, "__call__", spy)
+    monkeypatch.setattr(engines.TensorFlowForward, "__call__", no_tensorflow)
     on_openvino = tiny_params.featurize.model_copy(
         update={"engine": "openvino", "batch_size": 4, "views": ("flip", "colour", "crops")}
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taglens.data.normalize import normalize_image
+from taglens.data.images import normalize_image
 from taglens.model.predictor import HashtagPredictor
 from taglens.model.pyfunc import example_image
 from taglens.serving import model_ref

@@ -9,7 +9,7 @@ import responses
 
 from stages import scrape
 from taglens.data.posts import read_posts
-from taglens.data.sources import instagram, instagram_loader, instagram_posts
+from taglens.data.sources import instagram
 from tests.fixtures.instagram.fake import SESSION_ID, FakeInstagram, write_session
 
 
@@ -28,11 +28,11 @@ def fake():
 def instagram_params(tiny_params, tmp_path, monkeypatch):
     monkeypatch.setenv("TAGLENS_OWNER_SALT", "stage-salt")
     session = write_session(tmp_path / "session-tester")
-    monkeypatch.setenv(instagram_loader.SESSION_ENV, str(session))
+    monkeypatch.setenv(instagram.SESSION_ENV, str(session))
     # Keep the real pacing code but skip its random pauses between requests.
-    real = instagram_loader.make_loader
+    real = instagram.make_loader
     monkeypatch.setattr(
-        instagram_loader,
+        instagram,
         "make_loader",
         lambda session, wait, **kw: real(session, wait, polite=False),
     )
@@ -51,7 +51,7 @@ def test_instagram_posts_reach_posts_jsonl(fake, instagram_params, tmp_path):
 
     posts = read_posts(out / "posts.jsonl")
     stored = {
-        instagram_posts.post_id(code, "stage-salt"): code
+        instagram.post_id(code, "stage-salt"): code
         for code in ("C7RcFood1AA", "C7RcFood3AA", "C7RcFood4AA", "C7RcArt01AA")
     }
     assert [(stored.get(p.id), p.label) for p in posts] == [
@@ -64,7 +64,7 @@ def test_instagram_posts_reach_posts_jsonl(fake, instagram_params, tmp_path):
     assert first.source == "instagram"
     assert first.hashtags == ("food", "brunch", "yummy")
     assert (first.likes, first.comments, first.date) == (321, 14, "2024-06-03T07:33:20")
-    assert first.owner == instagram_posts.owner_hash("1234567890", "stage-salt")
+    assert first.owner == instagram.owner_hash("1234567890", "stage-salt")
     assert (first.width, first.height) == (64, 80)
     # The brunch photo was also posted under #art: kept once, under the first hashtag listed.
     assert [

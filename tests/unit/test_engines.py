@@ -83,16 +83,14 @@ def test_a_model_is_converted_once_per_process_and_forgotten_with_it(pixels, mon
 
     import keras
 
-    from taglens.features import engine_runtimes
-
     conversions = []
-    real = engine_runtimes.OpenVinoForward.__init__
+    real = engines.OpenVinoForward.__init__
 
     def counted(self, model):
         conversions.append(model.name)
         real(self, model)
 
-    monkeypatch.setattr(engine_runtimes.OpenVinoForward, "__init__", counted)
+    monkeypatch.setattr(engines.OpenVinoForward, "__init__", counted)
 
     def small(name):
         inputs = keras.Input((32, 32, 3), name="image")

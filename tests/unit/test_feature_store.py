@@ -9,7 +9,7 @@ import pytest
 
 from taglens.features import store as features
 from taglens.features.engines import TensorFlowForward
-from taglens.features.extract import featurize_paths
+from taglens.features.featurize import featurize_paths
 from taglens.features.store import FeatureKey, FeatureStore, feature_stores, fill_stores
 from taglens.features.views import IMAGE, views_model
 from tests.helpers.rawdata import solid_raw

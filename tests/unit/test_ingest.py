@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from taglens.atomic import read_jsonl
+from taglens.data.images import RejectedImage, normalize_image
 from taglens.data.ingest import ingest
-from taglens.data.normalize import RejectedImage, normalize_image
 from taglens.data.posts import read_posts
 from taglens.data.sources.base import SourceItem
 from taglens.data.sources.folder import FolderSource

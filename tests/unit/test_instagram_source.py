@@ -11,7 +11,7 @@ import requests
 import responses
 
 from taglens.atomic import read_jsonl
-from taglens.data.sources import instagram, instagram_loader, instagram_posts
+from taglens.data.sources import instagram
 from taglens.params import InstagramSourceParams
 from tests.fixtures.instagram.fake import SESSION_ID, FakeInstagram, write_session
 
@@ -51,7 +51,7 @@ class Sleeps(list):
 
 def loader_for(session, max_wait=1800.0, sleeps=None):
     sleeps = Sleeps() if sleeps is None else sleeps
-    return instagram_loader.make_loader(session, max_wait, polite=False, sleep=sleeps)
+    return instagram.make_loader(session, max_wait, polite=False, sleep=sleeps)
 
 
 # The shortcodes the fixture responses hold: stored post ids are keyed hashes of them.
@@ -68,7 +68,7 @@ FIXTURE_CODES = set(
 
 def shortcode_of(post_id: str, salt: str = SALT) -> str:
     """The fixture shortcode a stored post id was hashed from."""
-    return {instagram_posts.post_id(code, salt): code for code in FIXTURE_CODES}[post_id]
+    return {instagram.post_id(code, salt): code for code in FIXTURE_CODES}[post_id]
 
 
 def shortcodes(cache, tag=None):
@@ -91,7 +91,7 @@ def test_two_pages_video_skipped_and_no_caption(fake, session, tmp_path):
     assert first["caption"] == "Sunday brunch #food #brunch #Yummy"
     assert (first["likes"], first["comments"]) == (321, 14)
     assert first["date"] == "2024-06-03T07:33:20"
-    assert first["owner"] == instagram_posts.owner_hash("1234567890", SALT) != "1234567890"
+    assert first["owner"] == instagram.owner_hash("1234567890", SALT) != "1234567890"
     assert rows["C7RcFood5AA"]["owner"] == first["owner"]  # same owner, same hash
     assert rows["C7RcFood3AA"]["caption"] == ""
 
@@ -110,7 +110,7 @@ def test_top_posts_use_the_section_pages(fake, session, tmp_path):
     assert (fake.calls["image:C7TopFd5CAR_1"], fake.calls["image:C7TopFd5CAR_2"]) == (1, 0)
     rows = {shortcode_of(r["post_id"]): r for r in read_jsonl(cache / instagram.COLLECTED_FILE)}
     assert (rows["C7TopFd1AAA"]["likes"], rows["C7TopFd1AAA"]["comments"]) == (880, 31)
-    assert rows["C7TopFd1AAA"]["owner"] == instagram_posts.owner_hash("7001", SALT)
+    assert rows["C7TopFd1AAA"]["owner"] == instagram.owner_hash("7001", SALT)
     assert rows["C7TopFd3AAA"]["caption"] == ""
 
 
@@ -252,9 +252,7 @@ def test_keep_days_keeps_a_rolling_window(fake, session, tmp_path):
     items = list(instagram.collected_items(cache, window))
     kept = ["C7RcFood1AA", "C7RcFood3AA", "C7RcFood6AA", "C7RcFood7AA"]
     assert [shortcode_of(i.id) for i in items] == kept
-    media = {
-        code: cache / f"media/{instagram_posts.post_id(code, SALT)}.jpg" for code in FIXTURE_CODES
-    }
+    media = {code: cache / f"media/{instagram.post_id(code, SALT)}.jpg" for code in FIXTURE_CODES}
     assert not media["C7RcFood4AA"].exists()
     assert media["C7RcFood3AA"].is_file()
     with pytest.raises(ValueError, match="keep_days"):
@@ -291,19 +289,19 @@ def test_unknown_hashtag_is_skipped_with_a_note(fake, session, tmp_path):
 
 
 def test_login_missing_or_unreadable(tmp_path, monkeypatch):
-    with pytest.raises(instagram_loader.InstagramLoginError, match="instaloader --login USER"):
-        instagram_loader.make_loader(None, 10)
-    with pytest.raises(instagram_loader.InstagramLoginError, match="does not exist"):
-        instagram_loader.make_loader(tmp_path / "session-x", 10)
+    with pytest.raises(instagram.InstagramLoginError, match="instaloader --login USER"):
+        instagram.make_loader(None, 10)
+    with pytest.raises(instagram.InstagramLoginError, match="does not exist"):
+        instagram.make_loader(tmp_path / "session-x", 10)
     (tmp_path / "session-bad").write_text("not a pickle")
     not_a_session = "not an instaloader session file"
-    with pytest.raises(instagram_loader.InstagramLoginError, match=not_a_session):
-        instagram_loader.make_loader(tmp_path / "session-bad", 10)
-    loader = instagram_loader.make_loader(write_session(tmp_path / "session-tester"), 10)
+    with pytest.raises(instagram.InstagramLoginError, match=not_a_session):
+        instagram.make_loader(tmp_path / "session-bad", 10)
+    loader = instagram.make_loader(write_session(tmp_path / "session-tester"), 10)
     assert loader.context.is_logged_in and loader.context.username == "tester"
     monkeypatch.delenv("TAGLENS_OWNER_SALT", raising=False)
     with pytest.raises(ValueError, match="set TAGLENS_OWNER_SALT"):
-        instagram_posts.owner_salt(settings())
+        instagram.owner_salt(settings())
 
 
 def test_session_secret_is_never_written(fake, session, tmp_path):
@@ -340,4 +338,4 @@ def test_a_cache_from_before_hashed_ids_is_read_with_hashed_ids(tmp_path, monkey
         list(instagram.collected_items(cache, settings()))
     monkeypatch.setenv("TAGLENS_OWNER_SALT", SALT)
     (item,) = instagram.collected_items(cache, settings())
-    assert item.id == instagram_posts.post_id("C7Old", SALT) and item.caption == "hi #food"
+    assert item.id == instagram.post_id("C7Old", SALT) and item.caption == "hi #food"

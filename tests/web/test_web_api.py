@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from web_helpers import RecordingPredictor, photo_bytes, png_header_only, real_bomb_png
 
-from taglens.data.normalize import normalize_image
+from taglens.data.images import normalize_image
 from taglens.serving.web import create_app
 from taglens.serving.web.app import MULTIPART_SLACK_BYTES, STATIC_DIR
 

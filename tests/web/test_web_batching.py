@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from web_helpers import photo_bytes
 
-from taglens.data.normalize import normalize_image
+from taglens.data.images import normalize_image
 from taglens.serving.web import create_app
 from taglens.serving.web.batching import MicroBatcher, Overloaded
 

@@ -1,4 +1,22 @@
-"""The `instagram` source: collect posts by hashtag with Instaloader into a resumable collection.
+"""Which Instagram posts are collected (login, rate limits, resumable listing) and what is kept.
+
+The logged-in Instaloader that the `instagram` source collects with.
+
+Kept apart from the collection because it is the one place that touches the login: the session
+comes only from an Instaloader session file (`instaloader --login USER` writes one) and no
+password is ever read. The loader's rate controller refuses waits longer than the params allow,
+so a rate-limited run stops (and later resumes) instead of sleeping for half an hour.
+
+What the `instagram` source reads of a post, what it keeps, and how that is de-identified.
+
+A post's shortcode names its page (instagram.com/p/SHORTCODE) and so its account: it is never
+stored. The post id and the image's file name are a keyed hash of it (`post_id`, keyed with the
+owner-hash salt), the owner is a keyed hash of the owner id (`owner_hash`), and @mentions are
+removed from stored captions (`strip_mentions`). Every rule that decides what of a post reaches
+the cache is here, so a privacy review reads one module; the collection that walks the listings
+is in `instagram`.
+
+The `instagram` source: collect posts by hashtag with Instaloader into a resumable collection.
 
 Collected posts are appended one by one to `<cache>/collected.jsonl` and their images kept under
 `<cache>/media/`, so a killed or rate-limited run resumes where it stopped: Instaloader's
@@ -18,10 +36,15 @@ is decided in `instagram_posts`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
+import re
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,18 +58,180 @@ from instaloader.nodeiterator import FrozenNodeIterator, resumable_iteration
 from taglens.atomic import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from taglens.data.posts import hashtags_in, naive_utc, normalize_hashtag
 from taglens.data.sources.base import SourceItem
-from taglens.data.sources.instagram_loader import HOW_TO_LOGIN, InstagramLoginError, RateLimitStop
-from taglens.data.sources.instagram_posts import (
-    image_url,
-    media_path,
-    owner_salt,
-    post_id,
-    post_row,
-    row_id,
-    strip_mentions,
-)
+from taglens.errors import TaglensError
 from taglens.params import InstagramSourceParams
 from taglens.progress import progress_bar
+
+SESSION_ENV = "TAGLENS_INSTAGRAM_SESSION"
+HOW_TO_LOGIN = (
+    "create a session once with `instaloader --login USER` (it asks for the password itself and "
+    "saves ~/.config/instaloader/session-USER), then pass that file with --session-file or the "
+    f"{SESSION_ENV} environment variable"
+)
+
+
+class InstagramLoginError(TaglensError):
+    """No usable Instaloader session: the message says how to create one."""
+
+
+class RateLimitStop(Exception):  # noqa: N818 - a stop signal, not a failure
+    """Instagram asked for a longer wait than scrape.instagram.max_wait_seconds allows."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"Instagram asked to wait {seconds:.0f} s")
+        self.seconds = seconds
+
+
+class BoundedRateController(instaloader.RateController):
+    """Instaloader's rate controller, refusing any single wait longer than `max_wait` seconds."""
+
+    def __init__(self, context: Any, max_wait: float, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(context)
+        self.max_wait = max_wait
+        self._sleep = sleep
+        self.waited = 0.0
+
+    def sleep(self, secs: float) -> None:
+        """Wait as instaloader asks, or stop the collection if the wait is too long."""
+        if secs > self.max_wait:
+            raise RateLimitStop(secs)
+        self.waited += secs
+        self._sleep(secs)
+
+
+def make_loader(
+    session_file: Path | None,
+    max_wait: float,
+    *,
+    polite: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> instaloader.Instaloader:
+    """An Instaloader logged in from a session file, with the bounded rate controller.
+
+    Args:
+        session_file: the file `instaloader --login USER` wrote (named `session-USER`).
+        max_wait: longest single rate-limit wait honoured, in seconds.
+        polite: keep instaloader's short random pause before each request.
+        sleep: how to wait (tests pass a fake).
+
+    Raises:
+        InstagramLoginError: no session file, or not one instaloader can read.
+    """
+    if session_file is None:
+        raise InstagramLoginError(f"the instagram source needs a login session: {HOW_TO_LOGIN}")
+    session_file = Path(session_file).expanduser()
+    if not session_file.is_file():
+        raise InstagramLoginError(f"session file {session_file} does not exist: {HOW_TO_LOGIN}")
+    loader = instaloader.Instaloader(
+        sleep=polite,
+        quiet=True,
+        iphone_support=False,
+        save_metadata=False,
+        rate_controller=lambda context: BoundedRateController(context, max_wait, sleep),
+    )
+    username = session_file.name.removeprefix("session-")
+    try:
+        loader.load_session_from_file(username, str(session_file))
+    except Exception as exc:  # a pickle of the wrong shape can raise almost anything
+        raise InstagramLoginError(
+            f"{session_file} is not an instaloader session file ({type(exc).__name__}): "
+            f"{HOW_TO_LOGIN}"
+        ) from None
+    return loader
+
+
+def owner_salt(params: InstagramSourceParams) -> str:
+    """The salt for owner hashes, from the environment variable the params name.
+
+    Raises:
+        ValueError: the variable is unset or empty.
+    """
+    salt = os.environ.get(params.owner_salt_env, "")
+    if not salt:
+        raise TaglensError(
+            f"set {params.owner_salt_env} to a secret random string (for example the output of "
+            "`python -c 'import secrets; print(secrets.token_hex(16))'`) and keep it: owner ids "
+            "are stored only as hashes salted with it (scrape.instagram.owner_salt_env)"
+        )
+    return salt
+
+
+def owner_hash(owner_id: Any, salt: str) -> str:
+    """De-identify an owner id: a keyed hash that cannot be reversed without the salt."""
+    return hmac.new(salt.encode(), str(owner_id).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def post_id(shortcode: str, salt: str) -> str:
+    """The stored id of a post: a keyed hash of its shortcode (which would name its account)."""
+    return hmac.new(salt.encode(), f"post:{shortcode}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def media_path(post: instaloader.Post, salt: str) -> str:
+    """Where the post's image is cached, relative to the cache: named by the hashed post id."""
+    return f"media/{post_id(post.shortcode, salt)}.jpg"
+
+
+# An Instagram handle: letters, digits, `_` and inner `.`; not preceded by a word character, so
+# e-mail addresses stay as they are.
+_MENTION = re.compile(r"(?<![\w.@])@[A-Za-z0-9_](?:[A-Za-z0-9_.]*[A-Za-z0-9_])?")
+
+
+def strip_mentions(caption: str) -> str:
+    """A caption without @mentions (other people's accounts), spacing tidied where they were."""
+    stripped = _MENTION.sub("", caption or "")
+    return re.sub(r"[ \t]{2,}", " ", stripped).strip() if stripped != caption else stripped
+
+
+def row_id(row: dict[str, Any], salt: str | None) -> str:
+    """The post id of a collected row; rows from before ids were hashed hold the shortcode."""
+    if "post_id" in row:
+        return row["post_id"]
+    if not salt:
+        raise TaglensError(
+            "the Instagram cache holds rows from an older taglens (raw shortcodes): "
+            "set the owner-hash salt so they can be hashed, or delete the cache"
+        )
+    return post_id(row["shortcode"], salt)
+
+
+def _comments(post: instaloader.Post) -> int | None:
+    # Read the listing's own fields: `Post.comments` fetches the whole post when they are absent.
+    node = post._node  # noqa: SLF001
+    for key in ("edge_media_to_comment", "edge_media_to_parent_comment"):
+        if isinstance(node.get(key), dict) and isinstance(node[key].get("count"), int):
+            return node[key]["count"]
+    return node["comments"] if isinstance(node.get("comments"), int) else None
+
+
+def image_url(post: instaloader.Post) -> str:
+    """The listing's image URL; carousels from the `top` listing carry it on their first slide."""
+    try:
+        return post.url
+    except KeyError:
+        return next(post.get_sidecar_nodes(0, 0)).display_url
+
+
+def post_row(post: instaloader.Post, tag: str, salt: str, media: str) -> dict[str, Any]:
+    """The de-identified row of a post as the collection stores it (one line of its JSONL)."""
+    try:
+        owner = owner_hash(post.owner_id, salt)
+    except (ie.InstaloaderException, KeyError):
+        owner = None
+    try:
+        likes = int(post.likes)
+    except (ie.InstaloaderException, KeyError, TypeError):
+        likes = None
+    return {
+        "post_id": post_id(post.shortcode, salt),
+        "label": tag,
+        "caption": strip_mentions(post.caption or ""),
+        "likes": likes,
+        "comments": _comments(post),
+        "date": post.date_utc.isoformat(),
+        "owner": owner,
+        "media": media,
+    }
+
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from taglens.data.normalize import NormalizedImage
+from taglens.data.images import NormalizedImage
 from taglens.params import IngestParams, ServeParams
 from taglens.serving.model_ref import ModelRef
 from taglens.serving.web.batching import Overloaded

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import BinaryIO
 
-from taglens.data.normalize import NormalizedImage, RejectedImage, normalize_image
+from taglens.data.images import NormalizedImage, RejectedImage, normalize_image
 from taglens.params import IngestParams
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taglens.features.outliers import centroid_distances, find_outliers
+from taglens.features.cleaning import centroid_distances, find_outliers
 
 
 def ring(n: int, radius: float, centre=(0.0, 0.0)) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""Feature vectors for a list of image files: batched decoding overlapped with the forward pass.
+"""How image files become feature vectors: batched decoding overlapped with the forward pass.
 
 The feature store (so the featurize stage) and the Dask featurize flow turn image files into
 vectors with these functions, so both decode, resize and batch the same way; missing files are
 refused before the (slow) model build. The forward pass itself (`featurize.engine`) is in
-`taglens.features.engines`.
+`taglens.features.engines`; what the stage writes from the vectors (features.npz, meta.json) is
+`taglens.features.store`.
 """
 
 from __future__ import annotations
