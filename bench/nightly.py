@@ -102,8 +102,8 @@ def nightly_run(folder: Path, output: Path, predictor, batch: int) -> tuple[floa
     Returns:
         Wall seconds, and the counts with the process's CPU seconds (every thread).
     """
-    from taglens.serving.batch_inputs import list_inputs
-    from taglens.serving.batch_predict import predict_to_file
+    from taglens.serving.batch.inputs import list_inputs
+    from taglens.serving.batch.scoring import predict_to_file
     from taglens.serving.model_ref import ModelRef
 
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from taglens.features.engines import on_engine
     from taglens.model.predictor import HashtagPredictor
-    from taglens.serving.batch_rows import run_parts
+    from taglens.serving.batch.outputs import run_parts
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-nightly-"))
     try:

@@ -145,7 +145,7 @@ def _rates(count: int, batch: int, start: float, end: float, stamps: list[float]
 
 
 def predict_rate(paths, predictor, out: Path, batch: int) -> dict:
-    from taglens.serving.batch_predict import predict_to_file
+    from taglens.serving.batch.scoring import predict_to_file
     from taglens.serving.model_ref import ModelRef
 
     out.unlink(missing_ok=True)

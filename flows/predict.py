@@ -40,11 +40,9 @@ from taglens.errors import TaglensError
 from taglens.model.drift import DriftReference, DriftReport, compare
 from taglens.params import DriftParams, load_params
 from taglens.serving import model_ref
-from taglens.serving.batch_dataset import migrate_single_file
-from taglens.serving.batch_inputs import list_inputs, shard
-from taglens.serving.batch_predict import PredictResult, merge_outputs
-from taglens.serving.batch_rows import read_rows, run_parts
-from taglens.serving.batch_scoring import ScoreReport
+from taglens.serving.batch.inputs import list_inputs, shard
+from taglens.serving.batch.outputs import migrate_single_file, read_rows, run_parts
+from taglens.serving.batch.scoring import PredictResult, ScoreReport, merge_outputs
 from taglens.serving.model_ref import ModelRef
 
 TASK_RUNNERS = ("local", "dask")
@@ -94,7 +92,7 @@ def score_task(
 
     Images over `max_pixels` (`ingest.max_pixels`) become error rows before they are decoded.
     """
-    from taglens.serving.batch_predict import predict_to_file
+    from taglens.serving.batch.scoring import predict_to_file
 
     predictor = cached_model(model_uri, tracking_uri, engine)
     rehashed: dict = {}

@@ -14,8 +14,8 @@ from pathlib import Path
 from taglens.cli import add_stage_inputs, run_with_params
 from taglens.params import FeaturizeParams, IngestParams, Params, PredictParams
 from taglens.serving import model_ref
-from taglens.serving.batch_inputs import list_inputs
-from taglens.serving.batch_predict import PredictResult, predict_to_file
+from taglens.serving.batch.inputs import list_inputs
+from taglens.serving.batch.scoring import PredictResult, predict_to_file
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The trained model at work.
 
-The `predictor` that turns images into hashtags, the MLflow `pyfunc` that is registered, the
-`batch_predict` job with its inputs and resumable outputs, and the `web` page and API.
+Which model a job or server uses (`model_ref`), the registered MLflow `pyfunc` as it serves, the
+`batch` job with its inputs and resumable outputs, and the `web` page and API.
 """

@@ -184,7 +184,7 @@ def test_a_worker_runs_the_training_deployment(worker, checkout, prefect_api):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_the_nightly_deployment_scores_with_the_new_champion(worker, checkout, prefect_api):
-    from taglens.serving.batch_rows import read_rows
+    from taglens.serving.batch.outputs import read_rows
 
     images = sorted((checkout / "data/raw/images").glob("*.jpg"))[:5]
     assert images, "the training deployment test must run first (it builds the champion)"

@@ -136,7 +136,7 @@ def test_a_retrain_that_cannot_start_fails_the_run_after_recording_it(
 ):
     import flows.predict as predict_flow
     from taglens.errors import TaglensError
-    from taglens.serving.batch_rows import read_rows
+    from taglens.serving.batch.outputs import read_rows
 
     # Given retrain on drift, but no such deployment on the server
     monkeypatch.setattr(predict_flow, "RETRAIN_DEPLOYMENT", "training/not-registered")

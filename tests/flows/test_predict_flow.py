@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from flows.predict import ARTIFACT_KEY, TIMEOUT_S, batch_predict_flow, cached_model, score_task
-from taglens.serving.batch_rows import read_rows
+from taglens.serving.batch.outputs import read_rows
 from tests.helpers.params import tiny_params_path, write_tiny_params
 
 PARAMS = str(tiny_params_path())

@@ -176,7 +176,7 @@ def _upload_image(data: bytes) -> object:
 
 def _predict_list(data: bytes) -> object:
     """Raw bytes as a batch-predict list file (one path per line)."""
-    from taglens.serving.batch_inputs import list_inputs
+    from taglens.serving.batch.inputs import list_inputs
 
     path = _scratch() / "inputs.txt"
     path.write_bytes(data)

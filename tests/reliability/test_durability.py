@@ -50,7 +50,7 @@ def test_saved_model_file_and_its_directory_are_fsynced(tmp_path, fsyncs):
 
 
 def test_a_sealed_parquet_part_is_fsynced_in_its_folder(tmp_path, fsyncs):
-    from taglens.serving.batch_outputs import OutputWriter
+    from taglens.serving.batch.outputs import OutputWriter
 
     writer = OutputWriter(tmp_path / "out.parquet", part_rows=1)
     writer.write(

@@ -39,8 +39,8 @@ def _complete_lines(path) -> int:
 
 def test_killed_predict_resumes_without_rescoring_or_duplicates(tiny_models_dir, tmp_path):
     from taglens.model.predictor import HashtagPredictor
-    from taglens.serving.batch_inputs import list_inputs
-    from taglens.serving.batch_predict import predict_to_file
+    from taglens.serving.batch.inputs import list_inputs
+    from taglens.serving.batch.scoring import predict_to_file
     from taglens.serving.model_ref import ModelRef
 
     # Given a folder of photos and a batch predict run killed after a seeded number of rows

@@ -30,9 +30,9 @@ _WORKER = (
         """
     import os, signal, sys
     from pathlib import Path
-    from taglens.serving import batch_outputs
-    from taglens.serving.batch_inputs import list_inputs
-    from taglens.serving.batch_predict import predict_to_file
+    from taglens.serving.batch import outputs as batch_outputs
+    from taglens.serving.batch.inputs import list_inputs
+    from taglens.serving.batch.scoring import predict_to_file
     from taglens.serving.model_ref import ModelRef
     from taglens.model.predictor import HashtagPredictor
 
@@ -74,7 +74,7 @@ def _start(tmp_path, photos, output, models, kill_at: str) -> subprocess.Popen:
 
 
 def _rows(output) -> list[dict]:
-    from taglens.serving.batch_rows import read_rows
+    from taglens.serving.batch.outputs import read_rows
 
     return list(read_rows(output))
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taglens.serving.batch_predict import predict_to_file
-from taglens.serving.batch_rows import read_rows
+from taglens.serving.batch.outputs import read_rows
+from taglens.serving.batch.scoring import predict_to_file
 from taglens.serving.model_ref import ModelRef
 
 

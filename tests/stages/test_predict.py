@@ -8,7 +8,7 @@ from PIL import Image
 from stages import predict
 from taglens.model.predictor import HashtagPredictor
 from taglens.serving import model_ref
-from taglens.serving.batch_rows import read_rows
+from taglens.serving.batch.outputs import read_rows
 from taglens.serving.model_ref import ModelRef
 from tests.helpers.params import tiny_params_path
 

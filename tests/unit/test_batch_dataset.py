@@ -9,9 +9,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from taglens.serving import batch_scoring
-from taglens.serving.batch_dataset import INDEX_FILE, resume_state, write_index
-from taglens.serving.batch_rows import parquet_schema, read_rows, run_parts
+from taglens.serving.batch import scoring as batch_scoring
+from taglens.serving.batch.outputs import (
+    INDEX_FILE,
+    parquet_schema,
+    read_rows,
+    resume_state,
+    run_parts,
+    write_index,
+)
 from tests.unit.test_batch_predict import MODEL, FakePredictor, _images, _score
 
 
@@ -145,8 +151,8 @@ def test_a_migration_killed_half_way_is_finished(tmp_path):
 
 
 def test_rows_merged_from_shards_keep_their_stats(tmp_path, counting):
-    from taglens.serving.batch_inputs import shard
-    from taglens.serving.batch_predict import merge_outputs, predict_to_file
+    from taglens.serving.batch.inputs import shard
+    from taglens.serving.batch.scoring import merge_outputs, predict_to_file
 
     # Given photos scored in shards (the Dask path: JSON lines keeping each file's stat)
     paths = _images(tmp_path / "in", 7)

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taglens.serving.batch_inputs import list_inputs, shard
-from taglens.serving.batch_outputs import OutputWriter
-from taglens.serving.batch_predict import merge_outputs, predict_to_file
-from taglens.serving.batch_rows import read_rows
+from taglens.serving.batch.inputs import list_inputs, shard
+from taglens.serving.batch.outputs import OutputWriter, read_rows
+from taglens.serving.batch.scoring import merge_outputs, predict_to_file
 from taglens.serving.model_ref import ModelRef
 
 MODEL = ModelRef("taglens", "3")
