@@ -39,6 +39,7 @@ from taglens import artifacts
 from taglens.errors import TaglensError
 from taglens.model.drift import DriftReference, DriftReport, compare
 from taglens.params import DriftParams, load_params
+from taglens.run_reports import batch_markdown
 from taglens.serving import model_ref
 from taglens.serving.batch.inputs import list_inputs, shard
 from taglens.serving.batch.outputs import migrate_single_file, read_rows, run_parts
@@ -382,69 +383,11 @@ def _log_run(summary: dict[str, Any], input: str, task_runner: str) -> str:  # n
     return run.info.run_id
 
 
-def render_markdown(summary: dict[str, Any], input: str, task_runner: str) -> str:  # noqa: A002
-    """The batch run as a Prefect artifact: what was scored, with which model, where it went."""
-    rows = {
-        "input": input,
-        "output": summary["output"],
-        "task runner": task_runner,
-        "model": f"{summary['model_name']} version {summary['model_version']}",
-        "images": summary["total"],
-        "scored": summary["scored"],
-        "skipped (already scored)": summary["skipped"],
-        "errors": summary["errors"],
-        "seconds": f"{summary['seconds']:.1f}",
-        "images per second": f"{summary['images_per_second']:.2f}",
-    }
-    lines = ["# Batch predict", "", "| | |", "|---|---|"]
-    pipe = "\\|"  # a | inside a cell would end it
-    lines += [f"| {key} | {str(value).replace('|', pipe)} |" for key, value in rows.items()]
-    if summary["errors"]:
-        lines += [
-            "",
-            f"{summary['errors']} images could not be scored: their rows in the "
-            "output carry the reason in `error`.",
-        ]
-    drift = summary.get("drift")
-    if drift is not None:
-        lines += ["", "## Drift against the model's validation photos", ""]
-        lines += [drift_markdown(drift)]
-    retrain = summary.get("retrain_flow_run_id")
-    if retrain:
-        lines += ["", f"Started `{RETRAIN_DEPLOYMENT}` (flow run {retrain})."]
-    if summary.get("retrain_error"):
-        lines += ["", f"Could not start the retrain: {summary['retrain_error']}"]
-    return "\n".join(lines) + "\n"
-
-
-def drift_markdown(drift: dict[str, Any]) -> str:
-    """The drift check as a markdown table (or the reason it was not made)."""
-    if "photos" not in drift:
-        return f"Not checked: {drift['reason']}."
-    verdict = "not judged (too few photos)"
-    if drift["judged"]:
-        verdict = "**DRIFT**" if drift["drifted"] else "no drift"
-    rows = [
-        ("verdict", verdict),
-        ("photos compared", f"{drift['photos']} (reference: {drift['reference_photos']})"),
-        ("PSI, predicted classes", f"{drift['psi_class']:.3f}"),
-        ("PSI, confidence", f"{drift['psi_confidence']:.3f}"),
-        ("threshold (predict.drift.psi_threshold)", f"{drift['psi_threshold']}"),
-        ("KS statistic, confidence", f"{drift['ks_statistic']:.3f}"),
-        ("KS p-value", f"{drift['ks_pvalue']:.3g}"),
-    ]
-    lines = ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)]
-    lines += ["", "| class | share now | share in validation |", "|---|---|---|"]
-    for name, share in drift["class_shares"].items():
-        lines.append(f"| {name} | {share:.3f} | {drift['reference_class_shares'][name]:.3f} |")
-    return "\n".join(lines)
-
-
 def _publish(summary: dict[str, Any], input: str, task_runner: str) -> None:  # noqa: A002
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
-        markdown=render_markdown(summary, input, task_runner),
+        markdown=batch_markdown(summary, input, task_runner, RETRAIN_DEPLOYMENT),
         key=ARTIFACT_KEY,
         description="Images scored, model, output",
     )

@@ -1,4 +1,4 @@
-"""The Dask task runner the scale-out flows share (batch predict, featurize)."""
+"""What the flows share: the Dask task runner of the scale-out flows, and the one retry rule."""
 
 from __future__ import annotations
 
@@ -39,15 +39,20 @@ SHARD_RETRY_DELAY_S = 10
 
 
 def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry a failed task unless the user must fix something.
+    """Prefect `retry_condition_fn`, the one retry rule: retry unless the user must fix something.
 
-    A `TaglensError` (bad input, param or model) fails the same way every time; anything else
-    (a killed worker, a full disk freed meanwhile, a flaky network store) may pass on a retry.
+    A failed DVC stage (`StageError`) is retried when its command crashed, not when it rejected a
+    param or an input or DVC itself failed (`may_be_transient`). A `TaglensError` (bad input,
+    param or model) fails the same way every time. Anything else (a killed worker, a full disk
+    freed meanwhile, a flaky network store, an unreadable result) may pass on a retry.
     """
+    from flows.stagerun import StageError
     from taglens.errors import TaglensError
 
     try:
         state.result(raise_on_failure=True)
+    except StageError as error:
+        return error.may_be_transient
     except TaglensError:
         return False
     except BaseException:  # noqa: BLE001 - any other failure is worth another attempt

@@ -25,11 +25,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from flows.handoff import commit_and_push, team_settings
+from flows.runners import retry_unless_user_error
 from flows.stagerun import StageError, StageResult, check_repo, push, run_stage
-from flows.training_report import render_markdown, tag_run
 from taglens.artifacts import DECISION, METRICS, MODEL_INFO, STAGES, read_optional
 from taglens.errors import TaglensError
 from taglens.lineage import DATA_VERSION, TAG_PREFIX, repo_data_tags
+from taglens.run_reports import training_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +39,6 @@ logger = logging.getLogger(__name__)
 # week's run is not blocked behind it (the deployment runs one at a time).
 TIMEOUT_S = 12 * 3600
 ARTIFACT_KEY = "training-report"
-
-
-def _retry_if_transient(task_, task_run, state) -> bool:
-    """Retry scrape when its command crashed, not for a rejected param or input or a DVC error."""
-    error = state.data if isinstance(state.data, BaseException) else None
-    if error is None:
-        try:
-            error = state.result(raise_on_failure=False)
-        except Exception:  # noqa: BLE001 - an unreadable result: fall back to retrying
-            return True
-    if isinstance(error, StageError):
-        return error.may_be_transient
-    return True  # an unexpected failure of the task itself (e.g. the process was killed)
 
 
 @task(name="stage", retries=0)
@@ -102,7 +90,7 @@ def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
             data_tags[TAG_PREFIX + DATA_VERSION],
             len(added),
         )
-    markdown = render_markdown(
+    markdown = training_markdown(
         metrics=metrics,
         decision=decision,
         model_info=model_info,
@@ -154,7 +142,7 @@ def training_flow(
                 retry_delay_seconds=exponential_backoff(backoff_factor=scrape_retry_delay_seconds)(
                     scrape_retries
                 ),
-                retry_condition_fn=_retry_if_transient,
+                retry_condition_fn=retry_unless_user_error,
             )
         results.append(runner(stage, str(root), force=stage in force))
     pushed_to = push_task(str(root)) if push_data else None
@@ -203,3 +191,33 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def tag_run(repo: Path, run_id: str, tags: dict[str, str]) -> dict[str, str]:
+    """Add the lineage tags the run does not already carry; return the tags added.
+
+    The train stage tags its run itself; this fills them in for a run that predates them.
+    """
+    from taglens.tracking import configure_tracking
+
+    info = read_optional(MODEL_INFO, repo / MODEL_INFO.default) or {}
+    configure_tracking(info.get("experiment") or "taglens", store=repo / "mlruns")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        existing = client.get_run(run_id).data.tags
+    except MlflowException as exc:
+        # The model is trained and registered already; a tracking mix-up must not undo that.
+        logger.warning(
+            "cannot tag MLflow run %s with the data version (%s): do the stages and the flow "
+            "use the same MLFLOW_TRACKING_URI?",
+            run_id,
+            exc,
+        )
+        return {}
+    added = {key: value for key, value in tags.items() if key not in existing}
+    for key, value in added.items():
+        client.set_tag(run_id, key, value)
+    return added

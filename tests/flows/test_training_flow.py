@@ -21,9 +21,9 @@ import yaml
 
 from flows.stagerun import StageError, check_repo, run_stage
 from flows.training import training_flow
-from flows.training_report import render_markdown
 from taglens.artifacts import STAGES
 from taglens.lineage import repo_data_tags
+from taglens.run_reports import training_markdown as render_markdown
 from tests.helpers.paths import ROOT
 
 STUB = textwrap.dedent('''

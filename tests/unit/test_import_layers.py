@@ -33,7 +33,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("taglens.model",)),
     ("lifecycle", ("taglens.lifecycle",)),
     ("serving", ("taglens.serving",)),
-    ("entry", ("taglens.cli", "taglens.services", "taglens.serving.web.__main__")),
+    (
+        "entry",
+        ("taglens.cli", "taglens.services", "taglens.run_reports", "taglens.serving.web.__main__"),
+    ),
     ("stages", ("stages",)),
     ("flows", ("flows",)),
 )
