@@ -42,7 +42,7 @@ from taglens.params import DriftParams, load_params
 from taglens.run_reports import batch_markdown
 from taglens.serving import model_ref
 from taglens.serving.batch.inputs import list_inputs, shard
-from taglens.serving.batch.outputs import migrate_single_file, read_rows, run_parts
+from taglens.serving.batch.outputs import read_rows, refuse_single_file, run_parts
 from taglens.serving.batch.scoring import PredictResult, ScoreReport, merge_outputs
 from taglens.serving.model_ref import ModelRef
 
@@ -222,7 +222,7 @@ def batch_predict_flow(
     report = ScoreReport()
     start = time.monotonic()
     if Path(output).suffix.lower() == ".parquet":
-        migrate_single_file(Path(output))  # an old one-file output's rows are not tonight's
+        refuse_single_file(Path(output))
     parts_before = {part.name for part in run_parts(Path(output))}
     if paths and task_runner == "local":
         report.add(

@@ -74,7 +74,7 @@ def handoff_task(repo: str) -> dict[str, Any] | None:
 
 @task(name="report", retries=0)
 def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
-    """Tag the MLflow run with the DVC data version and publish the markdown run report."""
+    """Publish the markdown run report: metrics, promotion decision, the DVC data version."""
     log = get_run_logger()
     root = Path(repo)
     metrics = read_optional(METRICS, root / METRICS.default)
@@ -83,13 +83,8 @@ def report_task(repo: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
     data_tags = repo_data_tags(root)
     run_id = (model_info or {}).get("run_id")
     if run_id and data_tags:
-        added = tag_run(root, run_id, data_tags)
-        log.info(
-            "MLflow run %s: data version %s (%d tags added)",
-            run_id,
-            data_tags[TAG_PREFIX + DATA_VERSION],
-            len(added),
-        )
+        # The train stage tags its run with the same record; the report only reads it.
+        log.info("MLflow run %s: data version %s", run_id, data_tags[TAG_PREFIX + DATA_VERSION])
     markdown = training_markdown(
         metrics=metrics,
         decision=decision,
@@ -191,33 +186,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def tag_run(repo: Path, run_id: str, tags: dict[str, str]) -> dict[str, str]:
-    """Add the lineage tags the run does not already carry; return the tags added.
-
-    The train stage tags its run itself; this fills them in for a run that predates them.
-    """
-    from taglens.tracking import configure_tracking
-
-    info = read_optional(MODEL_INFO, repo / MODEL_INFO.default) or {}
-    configure_tracking(info.get("experiment") or "taglens", store=repo / "mlruns")
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    try:
-        existing = client.get_run(run_id).data.tags
-    except MlflowException as exc:
-        # The model is trained and registered already; a tracking mix-up must not undo that.
-        logger.warning(
-            "cannot tag MLflow run %s with the data version (%s): do the stages and the flow "
-            "use the same MLFLOW_TRACKING_URI?",
-            run_id,
-            exc,
-        )
-        return {}
-    added = {key: value for key, value in tags.items() if key not in existing}
-    for key, value in added.items():
-        client.set_tag(run_id, key, value)
-    return added

@@ -324,25 +324,27 @@ def read_metrics(path: Path | str) -> dict[str, Any]:
 def read_recall(path: Path | str) -> dict[str, float]:
     """Per-class recall from evaluate's per_class.json; {} when the file does not exist.
 
-    Accepts `{class: {"recall": r, ...}}`, `{"classes": {...}}` or `[{"class": c, "recall": r}]`.
+    Reads `{class: {"recall": r, ...}}`, the one shape evaluate writes.
 
     Raises:
-        ValueError: the file exists but has none of these shapes.
+        TaglensError: the file exists but is not in that shape (re-run evaluate).
     """
     path = Path(path)
     if not path.is_file():
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and isinstance(data.get("classes"), dict | list):
-        data = data["classes"]
-    rows = data.items() if isinstance(data, dict) else [(r.get("class"), r) for r in data]
+    wrapped = isinstance(data, dict) and isinstance(data.get("classes"), dict | list)
+    rows = data.items() if isinstance(data, dict) and not wrapped else ()
     recall = {
         str(name): float(row["recall"])
         for name, row in rows
-        if name is not None and isinstance(row, dict) and "recall" in row
+        if isinstance(row, dict) and "recall" in row
     }
     if not recall and data:
-        raise TaglensError(f"{path}: no per-class recall found (expected {{class: {{recall: r}}}})")
+        raise TaglensError(
+            f"{path} is not evaluate's per-class record (expected {{class: {{recall: r}}}}): "
+            "re-run the evaluate stage (`dvc repro evaluate`)"
+        )
     return recall
 
 

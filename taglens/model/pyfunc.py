@@ -133,7 +133,7 @@ def log_taglens_model(
     models_dir: Path,
     *,
     name: str = "model",
-    ingest: IngestParams | None = None,
+    ingest: IngestParams,
     engine: str | None = None,
 ):
     """Log `models_dir` as a taglens pyfunc into the active MLflow run.
@@ -141,7 +141,7 @@ def log_taglens_model(
     The Keras model, model_info.json and hashtags.json are the artifacts; the taglens package
     travels as code, so the logged model needs no taglens install to be served. `ingest`, the
     params training images were checked with, is logged as ingest.json: the served model checks
-    request images with the same limits (without it, `taglens.serving.pyfunc.LEGACY_INGEST`).
+    request images with the same limits (without it, the served model refuses to load).
     `engine` (the train
     run's `featurize.engine`, or what train made of it: openvino-int8 when it quantized the
     model, openvino when INT8 was not kept) is recorded as the one the served model runs on,
@@ -171,9 +171,9 @@ def log_taglens_model(
         staged.mkdir()
         for file in MODEL_FILES:  # only these: models/ may hold other, unrelated outputs
             shutil.copy2(models_dir / file, staged / file)
-        if ingest is not None:
-            ingest_file = staged / artifacts.LOGGED_INGEST
-            ingest_file.write_text(ingest.model_dump_json(), encoding="utf-8")
+        # every logged model carries its ingest params: the served model refuses to load without
+        ingest_file = staged / artifacts.LOGGED_INGEST
+        ingest_file.write_text(ingest.model_dump_json(), encoding="utf-8")
         for file in OPTIONAL_FILES:
             if (models_dir / file).is_file():
                 shutil.copy2(models_dir / file, staged / file)

@@ -73,11 +73,6 @@ DEFAULT_MAX_MB = 20.0
 DEFAULT_MAX_ROWS = 64
 # the ingest params logged with the model (see taglens.model.pyfunc.log_taglens_model)
 INGEST_FILE = artifacts.LOGGED_INGEST
-# For models logged before ingest.json existed: Pillow's decompression-bomb threshold, no minimum
-# side, first frames only, quality as ingest stores.
-LEGACY_INGEST = IngestParams(
-    max_pixels=89_478_485, min_side=1, max_side=2048, animated="first_frame", jpeg_quality=95
-)
 
 
 @dataclass(frozen=True)
@@ -234,11 +229,13 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
         folder = Path(context.artifacts[ARTIFACT_KEY])
         recorded = (context.model_config or {}).get(ENGINE_PARAM)
         self.predictor = on_served_engine(HashtagPredictor.from_dir(folder), recorded)
-        ingest = LEGACY_INGEST
-        if (folder / INGEST_FILE).is_file():
-            raw = json.loads((folder / INGEST_FILE).read_text(encoding="utf-8"))
-            ingest = IngestParams.model_validate(raw)
-        self.inputs = InputPolicy.from_env(ingest)
+        if not (folder / INGEST_FILE).is_file():
+            raise TaglensError(
+                f"this model was logged before {INGEST_FILE} existed, so nothing says which "
+                "images it accepts: re-register it (run the train and register stages)"
+            )
+        raw = json.loads((folder / INGEST_FILE).read_text(encoding="utf-8"))
+        self.inputs = InputPolicy.from_env(IngestParams.model_validate(raw))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         """Predict for a DataFrame with an `image` column (base64 text, bytes, or allowed paths).

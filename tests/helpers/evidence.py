@@ -15,7 +15,7 @@ import pandas as pd
 
 from taglens.data.posts import Post
 from taglens.training.metrics import split_fingerprint
-from tests.helpers.params import write_tiny_params
+from tests.helpers.params import tiny_params, write_tiny_params
 from tests.helpers.rawdata import solid_raw
 from tests.helpers.repocopy import copy_source_tree
 
@@ -81,7 +81,7 @@ def clone_with_trained_run(root, name, model_name, models_src, right, classes):
     clone = copy_source_tree(root / name)
     write_tiny_params(clone / "params.yaml", {"register.model_name": model_name})
     with mlflow.start_run(run_name=f"train-{name}") as run:
-        log_taglens_model(models_src)
+        log_taglens_model(models_src, ingest=tiny_params().ingest)
     models = clone / "models"
     shutil.copytree(models_src, models)
     info = json.loads((models / "model_info.json").read_text())

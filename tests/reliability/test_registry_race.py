@@ -11,6 +11,7 @@ import pytest
 from reliability_kit import copy_repo, stage_env, write_params
 
 from tests.helpers.evidence import solid_test_split, write_evidence
+from tests.helpers.params import tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,7 @@ def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
     from taglens.model.pyfunc import log_taglens_model
 
     with mlflow.start_run(run_name=f"train-{name}") as run:
-        log_taglens_model(models_src)
+        log_taglens_model(models_src, ingest=tiny_params().ingest)
     models = tmp_path / f"models_{name}"
     shutil.copytree(models_src, models)
     info = json.loads((models / "model_info.json").read_text())

@@ -20,7 +20,8 @@ from taglens.model.predictor import HashtagPredictor
 from taglens.model.pyfunc import example_image
 from taglens.serving import model_ref
 from taglens.serving.model_ref import ModelNotFoundError
-from taglens.serving.pyfunc import LEGACY_INGEST, ROOT_ENV
+from taglens.serving.pyfunc import ROOT_ENV
+from tests.helpers.params import tiny_params
 from tests.helpers.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -42,7 +43,8 @@ def photos(tmp_path):
 
 def _as_served(*images: bytes) -> list[bytes]:
     """Request images as the pyfunc feeds them to the model: normalized as ingest stores them."""
-    return [normalize_image(data, LEGACY_INGEST).jpeg for data in images]
+    # as the served model normalises them: with the ingest params logged with it
+    return [normalize_image(data, tiny_params().ingest).jpeg for data in images]
 
 
 def _same(results, expected, atol=1e-5):

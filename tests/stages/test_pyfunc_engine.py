@@ -20,6 +20,7 @@ from taglens.features.engines import EngineModel
 from taglens.model.predictor import HashtagPredictor
 from taglens.model.pyfunc import log_taglens_model
 from taglens.serving.pyfunc import ENGINE_ENV, on_served_engine
+from tests.helpers.params import tiny_params
 from tests.helpers.servers import free_port, wait_until_healthy
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -30,7 +31,7 @@ def _log(models_dir, engine: str | None):
     # an experiment of this store: an earlier test may leave another store's experiment active
     mlflow.set_experiment("pyfunc-engine")
     with mlflow.start_run():
-        return log_taglens_model(models_dir, engine=engine).model_uri
+        return log_taglens_model(models_dir, ingest=tiny_params().ingest, engine=engine).model_uri
 
 
 def _pixels(n=4):

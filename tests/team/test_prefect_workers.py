@@ -64,7 +64,7 @@ def _registered_champion(name: str, models: Path, params) -> str:
 
     configure_tracking(params.base.experiment)
     with mlflow.start_run() as run:
-        logged = log_taglens_model(models)
+        logged = log_taglens_model(models, ingest=params.ingest)
     register_model(
         Registry(name, models / "promotions.jsonl"),
         logged.model_uri,

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from taglens.errors import TaglensError
 from taglens.serving.batch import scoring as batch_scoring
 from taglens.serving.batch.outputs import (
     INDEX_FILE,
@@ -113,41 +114,35 @@ def test_an_index_missing_a_part_is_rebuilt_from_it(tmp_path):
     assert len(pq.read_table(out / INDEX_FILE)) == 6
 
 
-def test_an_output_of_one_parquet_file_is_moved_into_a_folder_once(tmp_path):
+def test_an_output_of_one_parquet_file_is_refused_with_how_to_move_it(tmp_path):
     # Given an output written before the folder layout: one Parquet file
     paths = _images(tmp_path / "in", 5)
     reference = tmp_path / "ref.parquet"
     _score(paths[:3], reference)
     legacy = tmp_path / "legacy.parquet"
     pq.write_table(pq.read_table(run_parts(reference)[0]), legacy)
-    assert legacy.is_file()
-    # When the job runs on it with two more photos
+    # When the job runs on it, then it stops before scoring anything and says how to convert it
     predictor = FakePredictor()
-    report = _score(paths, legacy, predictor)
-    # Then the old rows become the first part, only the new photos are scored
-    assert (report.skipped, report.scored, predictor.seen) == (3, 2, 2)
-    assert legacy.is_dir() and [p.name for p in run_parts(legacy)] == [
-        "run-000000.parquet",
-        "run-000001.parquet",
-    ]
-    assert [r["path"] for r in read_rows(legacy)] == [str(p) for p in paths]
-    assert not legacy.with_name("legacy.parquet.migrating").exists()
+    with pytest.raises(TaglensError, match="single Parquet file from an older taglens"):
+        _score(paths, legacy, predictor)
+    assert predictor.seen == 0 and legacy.is_file()
 
 
-def test_a_migration_killed_half_way_is_finished(tmp_path):
+def test_the_folder_layout_is_read_after_the_move_the_message_asks_for(tmp_path):
     paths = _images(tmp_path / "in", 3)
     out = tmp_path / "out.parquet"
     _score(paths, out)
-    # Given the file moved into the migration folder but the folder not yet renamed
-    staging = tmp_path / "out.parquet.migrating"
-    staging.mkdir()
-    os.replace(run_parts(out)[0], staging / "run-000000.parquet")
+    # Given the file moved into the folder as the refusal says
+    single = tmp_path / "single.parquet"
+    os.replace(run_parts(out)[0], single)
     for leftover in out.iterdir():
         leftover.unlink()
     out.rmdir()
-    # When the job runs, it finishes the move and finds every photo done
+    out.mkdir()
+    os.replace(single, out / "run-000000.parquet")
+    # When the job runs, it finds every photo done
     assert _score(paths, out).skipped == 3
-    assert not staging.exists() and len(list(read_rows(out))) == 3
+    assert len(list(read_rows(out))) == 3
 
 
 def test_rows_merged_from_shards_keep_their_stats(tmp_path, counting):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from taglens.errors import TaglensError
 from taglens.lifecycle.evaluation import (
     check_metrics_run,
     read_correct,
@@ -370,21 +371,26 @@ def test_the_evidence_survives_the_version_tags():
 
 # ----------------------------------------------------------------- per-class recall files
 @pytest.mark.parametrize(
-    "content",
+    ("content", "read"),
     [
-        {"a": {"precision": 0.1, "recall": 0.8}, "b": {"recall": 0.7}},
-        {"classes": {"a": {"recall": 0.8}, "b": {"recall": 0.7}}, "macro": {"f1": 0.4}},
-        [{"class": "a", "recall": 0.8}, {"class": "b", "recall": 0.7}],
+        ({"a": {"precision": 0.1, "recall": 0.8}, "b": {"recall": 0.7}}, True),
+        # shapes no evaluate writes: refused, not guessed at
+        ({"classes": {"a": {"recall": 0.8}, "b": {"recall": 0.7}}, "macro": {"f1": 0.4}}, False),
+        ([{"class": "a", "recall": 0.8}, {"class": "b", "recall": 0.7}], False),
     ],
 )
-def test_read_recall_shapes(tmp_path, content):
+def test_read_recall_reads_what_evaluate_writes_and_refuses_other_shapes(tmp_path, content, read):
     path = tmp_path / "per_class.json"
     path.write_text(json.dumps(content))
-    assert read_recall(path) == {"a": 0.8, "b": 0.7}
+    if read:
+        assert read_recall(path) == {"a": 0.8, "b": 0.7}
+    else:
+        with pytest.raises(TaglensError, match="is not evaluate's per-class record"):
+            read_recall(path)
 
 
 def test_read_recall_missing_and_unusable(tmp_path):
     assert read_recall(tmp_path / "none.json") == {}
     (tmp_path / "bad.json").write_text(json.dumps({"a": 1}))
-    with pytest.raises(ValueError, match="no per-class recall"):
+    with pytest.raises(TaglensError, match="is not evaluate's per-class record"):
         read_recall(tmp_path / "bad.json")

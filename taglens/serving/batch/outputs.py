@@ -255,21 +255,17 @@ class ResumeState:
         self.hashes.update(other.hashes)
 
 
-def migrate_single_file(path: Path) -> None:
-    """Move an output written as one Parquet file into a folder, as its first run part.
+def refuse_single_file(path: Path) -> None:
+    """Refuse a `.parquet` output written as one file, the layout before one part per run.
 
-    Crash-safe: the file is renamed into `<output>.migrating/` which is then renamed to the
-    output; a run killed in between finds the `.migrating` folder and finishes the move.
+    Raises:
+        TaglensError: `path` is a file (the message says how to turn it into the folder layout).
     """
-    staging = path.with_name(path.name + ".migrating")
     if path.is_file():
-        staging.mkdir(exist_ok=True)
-        os.replace(path, staging / "run-000000.parquet")
-        fsync_dir(staging)
-        logger.warning("%s was one Parquet file: moved into a folder as its first part", path)
-    if staging.is_dir() and not path.exists():
-        os.replace(staging, path)
-        fsync_dir(path.parent)
+        raise TaglensError(
+            f"{path} is a single Parquet file from an older taglens: rename it, make {path} a "
+            f"folder and move the file into it as {path}/run-000000.parquet"
+        )
 
 
 def _index_table(dataset: Path):
@@ -362,7 +358,7 @@ def commit_run(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    migrate_single_file(output)
+    refuse_single_file(output)
     created = not output.is_dir()
     output.mkdir(parents=True, exist_ok=True)
     if created:
@@ -486,7 +482,7 @@ class OutputWriter:
         self.added_part: Path | None = None  # the run part `close()` added, if any
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.format == ".parquet":
-            migrate_single_file(self.path)  # an output of one file, from before the folder
+            refuse_single_file(self.path)
             self.parts_dir.mkdir(exist_ok=True)
             for stale in self.parts_dir.glob("*.tmp"):
                 stale.unlink()  # an unsealed part of a killed run: its rows are scored again
