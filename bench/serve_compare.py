@@ -188,7 +188,12 @@ def register_champion(models: Path, params_path: Path, store: Path) -> str:
     configure_tracking(params.base.experiment, store=store)
     name = params.register.model_name
     with mlflow.start_run(run_name="serve_compare"):
-        logged = log_taglens_model(models, ingest=params.ingest, engine=params.featurize.engine)
+        logged = log_taglens_model(
+            models,
+            ingest=params.ingest,
+            max_upload_mb=params.serve.max_upload_mb,
+            engine=params.featurize.engine,
+        )
     version = mlflow.register_model(logged.model_uri, name).version
     MlflowClient().set_registered_model_alias(name, "champion", version)
     return f"models:/{name}@champion"

@@ -72,6 +72,7 @@ def run(
     sweep: dict[str, tuple] | None = None,
     engine: str,
     int8: Int8Params,
+    max_upload_mb: float,
 ) -> TrainResult:
     """Train in an MLflow run and write models/ (model, info, hashtags) and reports/history.csv.
 
@@ -159,7 +160,9 @@ def run(
         summary["precision"] = served_as.precision
         write_history(history, reports)
         write_model_folder(config.with_train(best), served, out, run_id, served_as, fit.views)
-        log_taglens_model(out, ingest=config.ingest, engine=served_as.engine)
+        log_taglens_model(
+            out, ingest=config.ingest, max_upload_mb=max_upload_mb, engine=served_as.engine
+        )
     if params.baseline:
         summary.update(baseline_run(config, splits, run_id))
     atomic_write_json(artifacts.TRAIN_REPORT.at(reports), summary)
@@ -270,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep=sweep,
             engine=params.featurize.engine,
             int8=params.featurize.int8,
+            max_upload_mb=params.serve.max_upload_mb,
         )
 
     return run_stage(args, call, text=TrainResult.line)

@@ -119,7 +119,11 @@ def tiny_champion(fresh_mlflow, tiny_models_dir, tiny_params):
     configure_tracking(tiny_params.base.experiment, store=fresh_mlflow)
     name = tiny_params.register.model_name
     with mlflow.start_run() as run:
-        logged = log_taglens_model(tiny_models_dir, ingest=tiny_params.ingest)
+        logged = log_taglens_model(
+            tiny_models_dir,
+            ingest=tiny_params.ingest,
+            max_upload_mb=tiny_params.serve.max_upload_mb,
+        )
     info_path = tiny_models_dir / "model_info.json"
     info = {**json.loads(info_path.read_text()), "run_id": run.info.run_id}
     info_path.write_text(json.dumps(info))

@@ -46,6 +46,8 @@ ENTRY_FILE = PACKAGE_DIR / "serving" / "pyfunc_entry.py"
 PRECISION_KEY = "featurize.precision"  # model_config: int8 (openvino-int8) or fp32
 PRECISION_TAG = "precision"  # the same, as a tag on the run that logged the model
 VIEWS_KEY = "train.views"  # the model_config key naming the views the model averages
+# model_config: the largest request image the served model accepts, the web page's own limit
+MAX_UPLOAD_KEY = "serve.max_upload_mb"
 
 
 class ModelNotFoundError(LookupError, TaglensError):
@@ -134,6 +136,7 @@ def log_taglens_model(
     *,
     name: str = "model",
     ingest: IngestParams,
+    max_upload_mb: float,
     engine: str | None = None,
 ):
     """Log `models_dir` as a taglens pyfunc into the active MLflow run.
@@ -142,11 +145,12 @@ def log_taglens_model(
     travels as code, so the logged model needs no taglens install to be served. `ingest`, the
     params training images were checked with, is logged as ingest.json: the served model checks
     request images with the same limits (without it, the served model refuses to load).
-    `engine` (the train
-    run's `featurize.engine`, or what train made of it: openvino-int8 when it quantized the
-    model, openvino when INT8 was not kept) is recorded as the one the served model runs on,
-    with its precision (model_config and the run's `precision` tag); without it the model
-    serves on tensorflow.
+    `max_upload_mb` (`serve.max_upload_mb`, the web page's limit) is recorded in the model_config:
+    the served model refuses larger request images too. `engine` (the train run's
+    `featurize.engine`, or what train made of it: openvino-int8 when it quantized the model,
+    openvino when INT8 was not kept) is recorded as the one the served model runs on, with its
+    precision (model_config and the run's `precision` tag); without it the model serves on
+    tensorflow.
 
     Returns:
         mlflow.models.model.ModelInfo of the logged model.
@@ -191,7 +195,7 @@ def log_taglens_model(
             # Explicit requirements: letting MLflow infer them costs 8-13 s (NOTES.md).
             # The engine's own package too: the model must run on it where it is served.
             pip_requirements=pip_requirements(engine),
-            model_config=served_config(engine, info),
+            model_config={**(served_config(engine, info) or {}), MAX_UPLOAD_KEY: max_upload_mb},
         )
     if engine:
         mlflow.set_tag(PRECISION_TAG, precision_of(engine))

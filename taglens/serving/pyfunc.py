@@ -31,7 +31,8 @@ normalisation uploads and training images get (pixel cap, formats, minimum side)
 Serving-side settings (environment of the process that loads the model):
 
 - `TAGLENS_PYFUNC_IMAGE_ROOT`: the folder paths may name (unset: paths are refused).
-- `TAGLENS_PYFUNC_MAX_MB`: the largest image accepted, base64 or file (default 20).
+- `TAGLENS_PYFUNC_MAX_MB`: the largest image accepted, base64 or file (default: the model's
+  `serve.max_upload_mb`, the web page's limit, recorded when it was logged).
 - `TAGLENS_PYFUNC_MAX_ROWS`: the most images in one request (default 64).
 
 How the model is logged, and loaded back in-process: `taglens.model.pyfunc`. This module's
@@ -60,7 +61,7 @@ from taglens.data.images import RejectedImage, normalize_image
 from taglens.errors import TaglensError
 from taglens.features.engines import ENGINE_PARAM, precision_of
 from taglens.model.predictor import HashtagPredictor
-from taglens.model.pyfunc import ARTIFACT_KEY, INPUT_COLUMN
+from taglens.model.pyfunc import ARTIFACT_KEY, INPUT_COLUMN, MAX_UPLOAD_KEY
 from taglens.params import IngestParams
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,10 @@ logger = logging.getLogger(__name__)
 ROOT_ENV = "TAGLENS_PYFUNC_IMAGE_ROOT"
 MAX_MB_ENV = "TAGLENS_PYFUNC_MAX_MB"
 MAX_ROWS_ENV = "TAGLENS_PYFUNC_MAX_ROWS"
-# Serving-side defaults: a served model travels without params.yaml, so they live here.
-DEFAULT_MAX_MB = 20.0
+# Serving-side default: a served model travels without params.yaml, so it lives here.
 DEFAULT_MAX_ROWS = 64
+# The byte cap of a model logged before serve.max_upload_mb was recorded with it.
+UNRECORDED_MAX_MB = 20.0
 # the ingest params logged with the model (see taglens.model.pyfunc.log_taglens_model)
 INGEST_FILE = artifacts.LOGGED_INGEST
 
@@ -81,12 +83,19 @@ class InputPolicy:
 
     ingest: IngestParams
     root: Path | None = None
-    max_bytes: int = int(DEFAULT_MAX_MB * 1_000_000)
+    max_bytes: int = int(UNRECORDED_MAX_MB * 1_000_000)
     max_rows: int = DEFAULT_MAX_ROWS
 
     @classmethod
-    def from_env(cls, ingest: IngestParams, environ: dict[str, str] | None = None) -> InputPolicy:
+    def from_env(
+        cls,
+        ingest: IngestParams,
+        environ: dict[str, str] | None = None,
+        max_mb: float = UNRECORDED_MAX_MB,
+    ) -> InputPolicy:
         """The policy the serving process's environment asks for.
+
+        `max_mb` is the model's recorded `serve.max_upload_mb`; TAGLENS_PYFUNC_MAX_MB overrides it.
 
         Raises:
             TaglensError: a setting is not a number, or the root is not a folder.
@@ -99,7 +108,7 @@ class InputPolicy:
                 "images clients may name, or unset it to accept base64 only"
             )
         try:
-            max_mb = float(env.get(MAX_MB_ENV) or DEFAULT_MAX_MB)
+            max_mb = float(env.get(MAX_MB_ENV) or max_mb)
             max_rows = int(env.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
         except ValueError:
             raise TaglensError(f"{MAX_MB_ENV} and {MAX_ROWS_ENV} must be numbers") from None
@@ -235,7 +244,10 @@ class TaglensModel(mlflow.pyfunc.PythonModel):
                 "images it accepts: re-register it (run the train and register stages)"
             )
         raw = json.loads((folder / INGEST_FILE).read_text(encoding="utf-8"))
-        self.inputs = InputPolicy.from_env(IngestParams.model_validate(raw))
+        recorded_mb = (context.model_config or {}).get(MAX_UPLOAD_KEY) or UNRECORDED_MAX_MB
+        self.inputs = InputPolicy.from_env(
+            IngestParams.model_validate(raw), max_mb=float(recorded_mb)
+        )
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         """Predict for a DataFrame with an `image` column (base64 text, bytes, or allowed paths).

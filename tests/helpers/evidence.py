@@ -81,7 +81,9 @@ def clone_with_trained_run(root, name, model_name, models_src, right, classes):
     clone = copy_source_tree(root / name)
     write_tiny_params(clone / "params.yaml", {"register.model_name": model_name})
     with mlflow.start_run(run_name=f"train-{name}") as run:
-        log_taglens_model(models_src, ingest=tiny_params().ingest)
+        log_taglens_model(
+            models_src, ingest=tiny_params().ingest, max_upload_mb=tiny_params().serve.max_upload_mb
+        )
     models = clone / "models"
     shutil.copytree(models_src, models)
     info = json.loads((models / "model_info.json").read_text())

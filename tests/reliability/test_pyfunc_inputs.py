@@ -126,10 +126,13 @@ def test_the_logged_model_applies_its_ingest_params_and_the_server_settings(
     strict = tiny_params.ingest.model_copy(update={"min_side": 45})
     mlflow.set_experiment("pyfunc-inputs")  # the fresh store: an earlier test's experiment is gone
     with mlflow.start_run():
-        info = log_taglens_model(tiny_models_dir, ingest=strict)
+        info = log_taglens_model(tiny_models_dir, ingest=strict, max_upload_mb=3.5)
     monkeypatch.delenv(ROOT_ENV, raising=False)
+    monkeypatch.delenv(MAX_MB_ENV, raising=False)
     model = mlflow.pyfunc.load_model(info.model_uri)
     allowed, _ = tree
+    # and its byte cap is the serve.max_upload_mb logged with it (the web page's limit)
+    assert model.unwrap_python_model().inputs.max_bytes == 3_500_000
 
     # Then its requests are checked with the logged params, and paths are refused
     ok = model.predict(pd.DataFrame({"image": [_b64(_jpeg((48, 48)))]}))

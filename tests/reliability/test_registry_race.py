@@ -31,7 +31,9 @@ def _trained(tmp_path, name: str, models_src, right: bool, posts) -> tuple:
     from taglens.model.pyfunc import log_taglens_model
 
     with mlflow.start_run(run_name=f"train-{name}") as run:
-        log_taglens_model(models_src, ingest=tiny_params().ingest)
+        log_taglens_model(
+            models_src, ingest=tiny_params().ingest, max_upload_mb=tiny_params().serve.max_upload_mb
+        )
     models = tmp_path / f"models_{name}"
     shutil.copytree(models_src, models)
     info = json.loads((models / "model_info.json").read_text())

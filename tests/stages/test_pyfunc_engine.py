@@ -31,7 +31,9 @@ def _log(models_dir, engine: str | None):
     # an experiment of this store: an earlier test may leave another store's experiment active
     mlflow.set_experiment("pyfunc-engine")
     with mlflow.start_run():
-        return log_taglens_model(models_dir, ingest=tiny_params().ingest, engine=engine).model_uri
+        return log_taglens_model(
+            models_dir, ingest=tiny_params().ingest, max_upload_mb=10, engine=engine
+        ).model_uri
 
 
 def _pixels(n=4):

@@ -112,7 +112,9 @@ def make_run(store, models_template, tmp_path):
         models = work / "models"
         shutil.copytree(models_template, models)
         with mlflow.start_run() as run:
-            log_taglens_model(models, ingest=tiny_params().ingest)
+            log_taglens_model(
+                models, ingest=tiny_params().ingest, max_upload_mb=tiny_params().serve.max_upload_mb
+            )
             # what the train stage tags its run with (stages/train.py)
             mlflow.set_tags(
                 lineage.as_tags(

@@ -56,10 +56,11 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.learning_rate"] == "0.001"
     # only the sections train reads (ingest: logged with the model, which checks images with
-    # it), and the engine and precision the logged model serves on (MLflow shows the model's
-    # config as params)
+    # it), and the engine, precision and upload limit the logged model serves with (MLflow
+    # shows the model's config as params)
     sections = {key.split(".")[0] for key in run.data.params}
-    assert sections == {"base", "model", "train", "hashtags", "ingest", "featurize"}
+    assert sections == {"base", "model", "train", "hashtags", "ingest", "featurize", "serve"}
+    assert run.data.params["serve.max_upload_mb"] == str(params.serve.max_upload_mb)
     served = sorted(k for k in run.data.params if k.startswith("featurize."))
     assert served == ["featurize.engine", "featurize.precision"]
     assert run.data.params["featurize.precision"] == "fp32"

@@ -143,6 +143,7 @@ def run_train(params: Params, paths: dict[str, Path], **kwargs) -> dict:
         reports=paths["reports"],
         engine=params.featurize.engine,
         int8=params.featurize.int8,
+        max_upload_mb=params.serve.max_upload_mb,
         **kwargs,
     ).summary
 

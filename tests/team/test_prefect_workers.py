@@ -64,7 +64,9 @@ def _registered_champion(name: str, models: Path, params) -> str:
 
     configure_tracking(params.base.experiment)
     with mlflow.start_run() as run:
-        logged = log_taglens_model(models, ingest=params.ingest)
+        logged = log_taglens_model(
+            models, ingest=params.ingest, max_upload_mb=params.serve.max_upload_mb
+        )
     register_model(
         Registry(name, models / "promotions.jsonl"),
         logged.model_uri,

@@ -59,7 +59,12 @@ def test_the_served_model_records_and_runs_its_int8_precision(
     # When it is logged as the pyfunc and loaded back
     configure_tracking(tiny_params.base.experiment, store=fresh_mlflow)
     with mlflow.start_run() as run:
-        logged = log_taglens_model(tiny_models_dir, ingest=tiny_params.ingest, engine=served.engine)
+        logged = log_taglens_model(
+            tiny_models_dir,
+            ingest=tiny_params.ingest,
+            max_upload_mb=tiny_params.serve.max_upload_mb,
+            engine=served.engine,
+        )
     # Then the run, the model's config and every answer say INT8, and it runs the INT8 model
     assert mlflow.get_run(run.info.run_id).data.tags[PRECISION_TAG] == "int8"
     pyfunc = mlflow.pyfunc.load_model(logged.model_uri)

@@ -215,7 +215,7 @@ def _register_second_version(name: str, models_dir) -> str:
     from taglens.model.pyfunc import log_taglens_model
 
     with mlflow.start_run():
-        logged = log_taglens_model(models_dir, ingest=make_params().ingest)
+        logged = log_taglens_model(models_dir, ingest=make_params().ingest, max_upload_mb=10)
     return str(mlflow.register_model(logged.model_uri, name).version)
 
 
