@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import shutil
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -37,14 +36,15 @@ from flows.runners import (
 )
 from taglens import artifacts
 from taglens.errors import TaglensError
-from taglens.model.drift import DriftReference, DriftReport, compare
+from taglens.model.drift import DriftReference, compare
 from taglens.params import DriftParams, load_params
 from taglens.run_reports import batch_markdown
 from taglens.serving import model_ref
 from taglens.serving.batch.inputs import list_inputs, shard
 from taglens.serving.batch.outputs import read_rows, refuse_single_file, run_parts
-from taglens.serving.batch.scoring import PredictResult, ScoreReport, merge_outputs
+from taglens.serving.batch.scoring import PredictResult, ScoreReport, log_batch_run, merge_outputs
 from taglens.serving.model_ref import ModelRef
+from taglens.serving.model_ref import load_cached as cached_model
 
 TASK_RUNNERS = ("local", "dask")
 # A nightly run that is still going after this long is stuck (the whole flowers set, 4,317
@@ -53,22 +53,6 @@ TIMEOUT_S = 6 * 3600
 ARTIFACT_KEY = "batch-predict-report"
 RUN_NAME = "batch-predict"  # the MLflow run each flow run logs
 RETRAIN_DEPLOYMENT = f"training/{RETRAIN}"  # <flow name>/<deployment name>, flows/deploy.py
-_MODELS: dict[tuple[str, str | None, str], Any] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def cached_model(uri: str, tracking_uri: str | None, engine: str):
-    """Load a pinned model once per process (a Dask worker keeps it for all its shards)."""
-    key = (uri, tracking_uri, engine)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            if tracking_uri:
-                import mlflow
-
-                mlflow.set_tracking_uri(tracking_uri)
-                mlflow.set_registry_uri(tracking_uri)
-            _MODELS[key] = model_ref.load(uri, engine)
-        return _MODELS[key]
 
 
 @task(
@@ -277,7 +261,7 @@ def batch_predict_flow(
                 summary["retrain_flow_run_id"] = trigger_retrain()
             except TaglensError as exc:  # the scores and figures are recorded first, then fail
                 retrain_error = summary["retrain_error"] = str(exc)
-    summary["mlflow_run_id"] = _log_run(summary, input, task_runner)
+    summary["mlflow_run_id"] = log_batch_run(summary, input, task_runner, RUN_NAME)
     _publish(summary, input, task_runner)
     if retrain_error is not None:
         raise TaglensError(retrain_error)
@@ -353,34 +337,6 @@ def trigger_retrain() -> str:
         ) from None
     get_run_logger().warning("drift: started %s (flow run %s)", RETRAIN_DEPLOYMENT, flow_run.id)
     return str(flow_run.id)
-
-
-def _log_run(summary: dict[str, Any], input: str, task_runner: str) -> str:  # noqa: A002
-    """Log the flow run as an MLflow run: what was scored with which model, and the drift."""
-    import mlflow
-
-    drift = summary.get("drift") or {}
-    verdict = "not judged"
-    if drift.get("judged"):
-        verdict = "flagged" if drift.get("drifted") else "clear"
-    tags = {
-        "stage": "predict",
-        "model_name": summary["model_name"],
-        "model_version": summary["model_version"],
-        "drift": verdict,
-    }
-    with mlflow.start_run(run_name=RUN_NAME) as run:
-        mlflow.set_tags(tags)
-        mlflow.log_params({"input": input, "output": summary["output"], "task_runner": task_runner})
-        counts = ("total", "scored", "skipped", "errors", "seconds", "images_per_second")
-        metrics = {key: float(summary[key]) for key in counts}
-        if "photos" in drift:
-            figures = {key: value for key, value in drift.items() if key != "line"}
-            metrics.update(DriftReport(**figures).metrics())
-        mlflow.log_metrics(metrics)
-        if drift:
-            mlflow.log_dict(drift, "predict/drift.json")
-    return run.info.run_id
 
 
 def _publish(summary: dict[str, Any], input: str, task_runner: str) -> None:  # noqa: A002

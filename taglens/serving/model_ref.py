@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,3 +150,26 @@ def load(uri: str, engine: str) -> HashtagPredictor:
         engine = INT8_ENGINE
     logger.info("loaded %s on %s", uri, engine)
     return on_engine(predictor, engine)
+
+
+_MODELS: dict[tuple[str, str | None, str], Any] = {}
+
+
+_MODELS_LOCK = threading.Lock()
+
+
+def load_cached(uri: str, tracking_uri: str | None, engine: str):
+    """Load a pinned model once per process (a Dask worker keeps it for all its shards).
+
+    `tracking_uri` is the store of the process that resolved the URI: a remote worker loads from it.
+    """
+    key = (uri, tracking_uri, engine)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            if tracking_uri:
+                import mlflow
+
+                mlflow.set_tracking_uri(tracking_uri)
+                mlflow.set_registry_uri(tracking_uri)
+            _MODELS[key] = load(uri, engine)
+        return _MODELS[key]

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from taglens.model.drift import DriftReport
 from taglens.progress import progress_bar
 from taglens.serving.batch.inputs import check_header, pixel_cap
 from taglens.serving.batch.outputs import (
@@ -376,3 +377,40 @@ def merge_outputs(
         raise
     writer.close()
     return added
+
+
+def log_batch_run(
+    summary: dict[str, Any],
+    input: str,  # noqa: A002 - the flow's parameter name
+    task_runner: str,
+    run_name: str,
+) -> str:
+    """Log a batch run as an MLflow run: what was scored with which model, and the drift.
+
+    Returns:
+        The MLflow run id.
+    """
+    import mlflow
+
+    drift = summary.get("drift") or {}
+    verdict = "not judged"
+    if drift.get("judged"):
+        verdict = "flagged" if drift.get("drifted") else "clear"
+    tags = {
+        "stage": "predict",
+        "model_name": summary["model_name"],
+        "model_version": summary["model_version"],
+        "drift": verdict,
+    }
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params({"input": input, "output": summary["output"], "task_runner": task_runner})
+        counts = ("total", "scored", "skipped", "errors", "seconds", "images_per_second")
+        metrics = {key: float(summary[key]) for key in counts}
+        if "photos" in drift:
+            figures = {key: value for key, value in drift.items() if key != "line"}
+            metrics.update(DriftReport(**figures).metrics())
+        mlflow.log_metrics(metrics)
+        if drift:
+            mlflow.log_dict(drift, "predict/drift.json")
+    return run.info.run_id
