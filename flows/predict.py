@@ -36,13 +36,18 @@ from flows.runners import (
 )
 from taglens import artifacts
 from taglens.errors import TaglensError
-from taglens.model.drift import DriftReference, compare
 from taglens.params import DriftParams, load_params
 from taglens.run_reports import batch_markdown
 from taglens.serving import model_ref
 from taglens.serving.batch.inputs import list_inputs, shard
-from taglens.serving.batch.outputs import read_rows, refuse_single_file, run_parts
-from taglens.serving.batch.scoring import PredictResult, ScoreReport, log_batch_run, merge_outputs
+from taglens.serving.batch.outputs import refuse_single_file, run_parts
+from taglens.serving.batch.scoring import (
+    PredictResult,
+    ScoreReport,
+    batch_drift,
+    log_batch_run,
+    merge_outputs,
+)
 from taglens.serving.model_ref import ModelRef
 from taglens.serving.model_ref import load_cached as cached_model
 
@@ -299,21 +304,7 @@ def drift_task(
     if reason is not None:
         log.info("drift not checked: %s", reason)
         return {"judged": False, "drifted": False, "reason": reason}
-    classes = []
-    confidences = []
-    columns = ["top_class", "top_probability", "model_name", "model_version"]
-    for part in parts:
-        for row in read_rows(part, columns=columns):
-            if (row["model_name"], row["model_version"]) == (model["name"], model["version"]):
-                classes.append(row["top_class"])
-                confidences.append(row["top_probability"])
-    report = compare(
-        DriftReference.from_dict(reference),
-        classes,
-        confidences,
-        psi_threshold=settings.psi_threshold,
-        min_photos=settings.min_photos,
-    )
+    report = batch_drift(parts, reference, model, settings)
     if report.drifted:
         log.warning("%s", report.line())
     else:

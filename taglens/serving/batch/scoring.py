@@ -36,7 +36,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from taglens.model.drift import DriftReport
+from taglens.model.drift import DriftReference, DriftReport, compare
+from taglens.params import DriftParams
 from taglens.progress import progress_bar
 from taglens.serving.batch.inputs import check_header, pixel_cap
 from taglens.serving.batch.outputs import (
@@ -414,3 +415,34 @@ def log_batch_run(
         if drift:
             mlflow.log_dict(drift, "predict/drift.json")
     return run.info.run_id
+
+
+def batch_drift(
+    parts: list[str],
+    reference: dict[str, Any],
+    model: dict[str, str],
+    settings: DriftParams,
+) -> DriftReport:
+    """Compare the rows `model` scored in a run's output parts with its validation outputs.
+
+    Args:
+        parts: the Parquet parts the run added.
+        reference: the model's drift_reference.json.
+        model: `name` and `version` of the model whose rows count (a part may hold others').
+        settings: `predict.drift`.
+    """
+    classes = []
+    confidences = []
+    columns = ["top_class", "top_probability", "model_name", "model_version"]
+    for part in parts:
+        for row in read_rows(part, columns=columns):
+            if (row["model_name"], row["model_version"]) == (model["name"], model["version"]):
+                classes.append(row["top_class"])
+                confidences.append(row["top_probability"])
+    return compare(
+        DriftReference.from_dict(reference),
+        classes,
+        confidences,
+        psi_threshold=settings.psi_threshold,
+        min_photos=settings.min_photos,
+    )
