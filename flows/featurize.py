@@ -15,10 +15,8 @@ keeps its finished shards; a re-run computes only the rest. Run by hand with
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,30 +30,17 @@ from flows.runners import (
     retry_unless_user_error,
 )
 from taglens import artifacts
-from taglens.data.posts import read_raw_posts
 from taglens.errors import TaglensError
 from taglens.features.engines import INT8_ENGINE
+from taglens.features.store import plan_missing
 from taglens.features.views import IMAGE
+from taglens.features.views import views_model_cached as cached_views_model
 from taglens.params import ModelParams, load_params
 
 if TYPE_CHECKING:
     from taglens.features.store import FeaturizeResult
 
 TASK_RUNNERS = ("local", "dask")
-_VIEW_MODELS: dict[str, Any] = {}
-_VIEW_MODELS_LOCK = threading.Lock()
-
-
-def cached_views_model(model: dict[str, Any], seed: int, outputs: tuple[str, ...]) -> Any:
-    """Build the views model once per process (a Dask worker keeps it for all its shards)."""
-    from taglens.features.views import build_views_model
-
-    key = json.dumps({"model": model, "seed": seed, "outputs": list(outputs)}, sort_keys=True)
-    with _VIEW_MODELS_LOCK:
-        if key not in _VIEW_MODELS:
-            # build_backbone isolates Keras' seeds from the threads Prefect and Dask run here.
-            _VIEW_MODELS[key] = build_views_model(ModelParams(**model), seed, tuple(outputs))
-        return _VIEW_MODELS[key]
 
 
 @task(
@@ -117,31 +102,6 @@ def stage_task(
     return run(model, params, clean, seed=seed, raw=Path(raw), out=Path(out), progress=progress)
 
 
-def _missing(
-    model: ModelParams, params: Any, seed: int, raw: Path, out: Path
-) -> tuple[dict[str, Any], Any]:
-    """The stores and what they lack (`FillPlan`), in the order the stage computes it."""
-    from taglens.features import store as features
-    from taglens.features.backbones import weights_identity
-    from taglens.features.engines import precision_of
-
-    key = features.FeatureKey(
-        model.backbone, model.image_size, weights_identity(model, seed), precision_of(params.engine)
-    )
-    stores = features.feature_stores(out / features.STORE_DIR, key, params.views)
-    items = [(post.sha256, raw / post.image) for post in read_raw_posts(raw)]
-    cached = {name: store.load() for name, store in stores.items()}
-    plan = features.plan_fill(stores, items, cached)
-    absent = [str(path) for _, path in plan.items if not Path(path).is_file()]
-    if absent:
-        raise FileNotFoundError(
-            f"{len(absent)} image file(s) are missing, for example {absent[0]}: re-run the "
-            f"scrape stage (dvc repro scrape) so {artifacts.POSTS.name} and "
-            f"{artifacts.RAW_DIR / artifacts.RAW_IMAGES} agree"
-        )
-    return stores, plan
-
-
 @flow(name="featurize")
 def featurize_flow(
     repo: str = ".",
@@ -188,7 +148,7 @@ def featurize_flow(
                 f"featurize.engine: {INT8_ENGINE} runs in the stage's process only: use "
                 "task_runner local (or taglens featurize), or another engine on Dask"
             )
-        stores, plan = _missing(model, fparams, seed, raw, out)
+        stores, plan = plan_missing(model, fparams, seed, raw, out)
         # whole batches per shard: each batch then holds the images it holds in the local stage
         size = math.ceil(fparams.shard_size / fparams.batch_size) * fparams.batch_size
         parts = [plan.items[i : i + size] for i in range(0, len(plan.items), size)]

@@ -32,6 +32,8 @@ from taglens.progress import progress_bar
 if TYPE_CHECKING:
     import keras
 
+    from taglens.params import FeaturizeParams, ModelParams
+
 logger = logging.getLogger(__name__)
 
 FEATURES_FILE = artifacts.FEATURES.name
@@ -365,3 +367,29 @@ def feature_meta(
         "engine": engine,
         "int8": asdict(int8) if int8 is not None else None,
     }
+
+
+def plan_missing(
+    model: ModelParams, params: FeaturizeParams, seed: int, raw: Path, out: Path
+) -> tuple[dict[str, FeatureStore], FillPlan]:
+    """The stores of data/features and what they lack for data/raw's posts (`FillPlan`).
+
+    The key is the one the featurize stage fills (an INT8 engine keys INT8 vectors).
+
+    Raises:
+        MissingArtifactError: scrape has not run.
+        FileNotFoundError: an image the stores lack is missing from data/raw.
+    """
+    from taglens.data.posts import read_raw_posts
+    from taglens.features.backbones import weights_identity
+    from taglens.features.engines import precision_of
+
+    key = FeatureKey(
+        model.backbone, model.image_size, weights_identity(model, seed), precision_of(params.engine)
+    )
+    stores = feature_stores(Path(out) / STORE_DIR, key, params.views)
+    items = [(post.sha256, Path(raw) / post.image) for post in read_raw_posts(raw)]
+    cached = {name: store.load() for name, store in stores.items()}
+    plan = plan_fill(stores, items, cached)
+    check_files([path for _, path in plan.items])
+    return stores, plan

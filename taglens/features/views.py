@@ -21,14 +21,15 @@ flip average with the same function.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, get_args
+import json
+import threading
+from typing import TYPE_CHECKING, Any, get_args
 
-from taglens.params.features import View
+from taglens.params.features import ModelParams, View
 
 if TYPE_CHECKING:
     import keras
 
-    from taglens.params import ModelParams
 
 VIEWS: tuple[str, ...] = get_args(View)
 IMAGE = "vectors"  # the output of views_model that holds the image's own backbone vector
@@ -226,3 +227,19 @@ def build_views_model(model: ModelParams, seed: int, outputs: tuple[str, ...]) -
     backbone = set(outputs) - {"colour"}
     extractor = build_feature_extractor(model, seed) if backbone else None
     return views_model(extractor, tuple(outputs), model.image_size)
+
+
+_VIEW_MODELS: dict[str, Any] = {}
+
+
+_VIEW_MODELS_LOCK = threading.Lock()
+
+
+def views_model_cached(model: dict[str, Any], seed: int, outputs: tuple[str, ...]) -> Any:
+    """Build the views model once per process (a Dask worker keeps it for all its shards)."""
+    key = json.dumps({"model": model, "seed": seed, "outputs": list(outputs)}, sort_keys=True)
+    with _VIEW_MODELS_LOCK:
+        if key not in _VIEW_MODELS:
+            # build_backbone isolates Keras' seeds from the threads Prefect and Dask run here.
+            _VIEW_MODELS[key] = build_views_model(ModelParams(**model), seed, tuple(outputs))
+        return _VIEW_MODELS[key]
