@@ -2,8 +2,8 @@
 
 Training on cached vectors instead of images is what makes re-training and sweeps cheap: the
 backbone's forward pass (minutes to hours on a CPU) is paid once by featurize. This module is the
-model alone (`train.head`: a dense network or multinomial logistic regression); fitting it is in
-`taglens.training.head_fit`.
+model alone (`train.head`: a dense network, multinomial logistic regression, or logistic
+regression on RBF-kernel features); fitting it is in `taglens.training.head_fit`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,63 @@ def normalise_layers(kind: str, x_train: np.ndarray, name: str = "normalise") ->
     raise ValueError(f"train.normalise must be none, l2 or standardise, got {kind!r}")
 
 
+def kernel_map(
+    x_train: np.ndarray, gamma_scale: float, landmarks: int, seed: int
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """A Nystroem approximation of the RBF kernel on unit-length rows (Williams and Seeger, 2001).
+
+    The kernel exp(-gamma ||x - l||^2) to `landmarks` training rows drawn at random, times the
+    inverse square root of the landmarks' own kernel matrix, gives features whose inner products
+    approximate the kernel between any two photos: a linear model on them is a kernel machine,
+    whose nonlinearity comes from the training photos themselves rather than from a network
+    fitted with early stopping on a few hundred validation photos.
+
+    Args:
+        x_train: (N, D) training rows (normalised to unit length here).
+        gamma_scale: the width, times scikit-learn's `scale` heuristic 1 / (D * var(x)).
+        landmarks: how many training rows to draw (at most N).
+        seed: seeds the draw.
+
+    Returns:
+        The (M, D) unit-length landmarks, gamma, and the (M, M) map applied after the kernel.
+    """
+    x = np.asarray(x_train, "float64")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    picks = np.random.default_rng(seed).permutation(len(x))[: min(landmarks, len(x))]
+    points = x[np.sort(picks)]
+    variance = float(x.var())
+    gamma = gamma_scale / (x.shape[1] * variance) if variance > 0 else gamma_scale
+    # unit rows: ||a - b||^2 = 2 - 2 a.b, the form the served layers compute
+    gram = np.exp(-gamma * np.clip(2.0 - 2.0 * points @ points.T, 0.0, None))
+    u, singular, vt = np.linalg.svd(gram)
+    inverse_root = (u / np.sqrt(np.maximum(singular, 1e-12))) @ vt
+    return points.astype("float32"), gamma, inverse_root.T.astype("float32")
+
+
+def kernel_layers(x_train: np.ndarray, params: TrainParams, seed: int) -> list:
+    """Keras layers for `kernel_map`: unit length, the kernel to each landmark, the map.
+
+    Only stock layers with fixed weights (a dense layer with an exponential activation computes
+    exp(2 gamma x.l - 2 gamma) = exp(-gamma ||x - l||^2) on unit rows), so the served model
+    needs no custom code and converts to every engine as it is.
+    """
+    import keras
+
+    points, gamma, inverse_root = kernel_map(
+        x_train, params.kernel_gamma, params.kernel_landmarks, seed
+    )
+    to_landmarks = keras.layers.Dense(
+        len(points), activation="exponential", trainable=False, name="kernel_rbf"
+    )
+    to_landmarks.build((None, points.shape[1]))
+    bias = np.full(len(points), -2.0 * gamma, "float32")
+    to_landmarks.set_weights([(2.0 * gamma * points.T).astype("float32"), bias])
+    mapped = keras.layers.Dense(len(points), use_bias=False, trainable=False, name="kernel_map")
+    mapped.build((None, len(points)))
+    mapped.set_weights([inverse_root])
+    return [keras.layers.UnitNormalization(name="kernel_unit"), to_landmarks, mapped]
+
+
 def build_head(
     input_dim: int, n_classes: int, params: TrainParams, seed: int,
     x_train: np.ndarray | None = None,
@@ -60,7 +117,9 @@ def build_head(
     The normalisation (`params.normalise`, fitted on `x_train`) lives in the model, so serving
     scales exactly as training did. `head: logreg` is multinomial logistic regression: no hidden
     layer, no dropout, and scikit-learn's penalty ||w||^2 / (2 C n) on the softmax weights
-    (the same objective as its `LogisticRegression(C)` on n rows, with the mean loss).
+    (the same objective as its `LogisticRegression(C)` on n rows, with the mean loss). `head:
+    kernel` is the same on `kernel_layers`' features (`kernel_c`), which bring their own
+    normalisation (unit rows), so `normalise` does not apply to it.
     """
     import keras
 
@@ -68,12 +127,17 @@ def build_head(
     inputs = keras.Input((input_dim,), name="features")
     x = inputs
     fitted_on = x_train if x_train is not None else np.full((1, input_dim), 1.0, "float32")
-    for layer in normalise_layers(params.normalise, fitted_on):
+    if params.head == "kernel":
+        before = kernel_layers(fitted_on, params, seed)
+    else:
+        before = normalise_layers(params.normalise, fitted_on)
+    for layer in before:
         x = layer(x)
     penalty = None
-    if params.head == "logreg":
+    if params.head in ("logreg", "kernel"):
         rows = len(x_train) if x_train is not None else 1
-        penalty = keras.regularizers.L2(1.0 / (2.0 * params.logreg_c * rows))
+        c = params.logreg_c if params.head == "logreg" else params.kernel_c
+        penalty = keras.regularizers.L2(1.0 / (2.0 * c * rows))
     else:
         if params.hidden_units > 0:
             x = keras.layers.Dense(params.hidden_units, activation="relu", name="hidden")(x)

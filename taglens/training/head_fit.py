@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+KERNEL_MAX_ITER = 2000  # L-BFGS steps for the kernel head; it converges in a few hundred
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -203,12 +204,61 @@ def fit_head(
     augment = params.augment and flips[0] is not None and flips[1] is not None
     rows = _rows(x_train, flips[0], augment)
     labels = np.concatenate([y_train, y_train]) if augment else y_train
-    model, history = _fit_dense(rows, labels, (x_val, y_val), n_classes, params, seed, on_epoch)
+    if params.head == "kernel":
+        model, history = _fit_kernel(rows, labels, (x_val, y_val), n_classes, params, seed)
+        if on_epoch is not None:
+            on_epoch(1, {k: v for k, v in history[0].items() if k != "epoch"})
+    else:
+        model, history = _fit_dense(
+            rows, labels, (x_val, y_val), n_classes, params, seed, on_epoch
+        )
     val_loss, val_accuracy = score_views(model, x_val, flips[1] if augment else None, y_val,
                                          n_classes)  # fmt: skip
     logger.info("head fitted (%s, augment %s) for %d epochs: val_loss %.4f, val_accuracy %.4f",
                 params.head, augment, len(history), val_loss, val_accuracy)  # fmt: skip
     return HeadFit(model, history, val_loss, val_accuracy, augment)
+
+
+def _fit_kernel(
+    x_train, y_train, val, n_classes, params: TrainParams, seed: int
+) -> tuple[keras.Model, list[dict[str, float]]]:
+    """The kernel head: its fixed kernel map, then the softmax layer fitted to convergence.
+
+    The softmax layer on fixed features is a convex problem, which L-BFGS (scikit-learn's
+    `LogisticRegression`, the objective `build_head`'s penalty states) solves in seconds, where
+    gradient steps with early stopping stop short of it (measured on the flowers: 0.727 against
+    0.744 validation accuracy). So the history is that one fit: a single row.
+    """
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    x_val, y_val = val
+    model = build_head(x_train.shape[1], n_classes, params, seed, x_train)
+    mapped = keras.Model(model.inputs, model.get_layer("kernel_map").output)
+    z_train = mapped.predict(np.asarray(x_train, "float32"), batch_size=1024, verbose=0)
+    weights = class_weights(y_train, n_classes, params.class_weight)
+    if weights is not None:
+        weights = {c: w for c, w in weights.items() if w > 0}  # classes present in y_train
+    fit = LogisticRegression(C=params.kernel_c, class_weight=weights, max_iter=KERNEL_MAX_ITER)
+    fit.fit(z_train, y_train)
+    kernel = np.zeros((z_train.shape[1], n_classes), "float32")
+    # a class absent from the training rows is never predicted
+    bias = np.full(n_classes, -30.0, "float32")
+    classes = fit.classes_.astype(int)
+    if len(classes) == 2:  # one row of coefficients: the second class's logit minus the first's
+        kernel[:, classes] = np.stack([-fit.coef_[0], fit.coef_[0]], axis=1) / 2.0
+        bias[classes] = np.array([-fit.intercept_[0], fit.intercept_[0]]) / 2.0
+    else:
+        kernel[:, classes] = fit.coef_.T
+        bias[classes] = fit.intercept_
+    model.get_layer("probabilities").set_weights([kernel, bias])
+    row = {"epoch": 1.0}
+    for prefix, (x, y) in (("", (x_train, y_train)), ("val_", (x_val, y_val))):
+        probs = model.predict(np.asarray(x, "float32"), batch_size=1024, verbose=0)
+        picked = np.clip(probs[np.arange(len(y)), np.asarray(y, int)], 1e-7, 1.0)
+        row[f"{prefix}loss"] = float(-np.mean(np.log(picked)))
+        row[f"{prefix}accuracy"] = float(np.mean(probs.argmax(axis=1) == y))
+    return model, [row]
 
 
 def _fit_dense(
@@ -218,7 +268,8 @@ def _fit_dense(
 
     x_val, y_val = val
     model = build_head(x_train.shape[1], n_classes, params, seed, x_train)
-    decay = params.weight_decay if params.head == "dense" else 0.0  # logreg has its own penalty
+    # logistic heads (logreg, kernel) carry their own penalty
+    decay = params.weight_decay if params.head == "dense" else 0.0
     compile_for_training(model, params.optimizer, params.learning_rate, params.label_smoothing,
                          weight_decay=decay)  # fmt: skip
     epoch_logger = _EpochLogger(on_epoch)

@@ -40,6 +40,7 @@ BASELINE_RUN = "baseline-logreg"
 # The train keys that shape each head: train.json's `chosen` shows them for the model's head.
 CHOSEN_KEYS = {
     "logreg": ("head", "logreg_c", "normalise", "augment"),
+    "kernel": ("head", "kernel_c", "kernel_gamma", "kernel_landmarks", "augment"),
     "dense": (
         "head",
         "hidden_units",
