@@ -221,3 +221,16 @@ def test_kernel_head_serves_sklearns_probabilities_and_survives_saving(n_classes
     fit.model.save(tmp_path / "head.keras")
     loaded = keras.saving.load_model(tmp_path / "head.keras")
     np.testing.assert_allclose(loaded.predict(xv, verbose=0), probs, atol=1e-6)
+
+
+def test_kernel_head_gives_the_same_probabilities_on_openvino():
+    from taglens.features.engines import EngineModel
+
+    x, y = _clusters(30)
+    xv, yv = _clusters(10, seed=1)
+    params = _train_params(head="kernel", kernel_c=10.0, kernel_landmarks=50)
+    fit = fit_head((x, y), (xv, yv), 3, params, seed=0)
+    reference = fit.model.predict(xv, verbose=0)
+    served = np.asarray(EngineModel(fit.model, "openvino")(xv))
+    assert served.shape == (30, 3)
+    np.testing.assert_allclose(served, reference, atol=1e-4)
