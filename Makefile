@@ -73,7 +73,7 @@ serve: setup ## the web page on http://127.0.0.1:8000 (upload a photo, get hasht
 	$(VENV)/bin/taglens serve
 
 test: setup-dev browser-deps team-deps ## the whole test suite, as CI runs it
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 
 # The edit-test loop: every test not marked slow (no real servers, pipelines or fuzzing).
 test-fast: setup-dev ## the tests not marked slow (no servers, pipelines, browsers, fuzzing)

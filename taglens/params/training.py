@@ -40,13 +40,16 @@ SelectionRule = Literal["best", "one_se"]
 
 
 class SearchParams(Section):
-    """The default search on validation: random draws from a logistic and a dense grid."""
+    """The default search on validation: random draws from a logistic, a kernel and a dense grid."""
 
     enabled: bool
     rule: SelectionRule
     logreg_candidates: int = Field(ge=0)
+    kernel_candidates: int = Field(ge=0)
     dense_candidates: int = Field(ge=0)
     logreg_c: tuple[Annotated[float, Field(gt=0)], ...]
+    kernel_c: tuple[Annotated[float, Field(gt=0)], ...] = Field(min_length=1)
+    kernel_gamma: tuple[Annotated[float, Field(gt=0, le=100)], ...] = Field(min_length=1)
     normalise: tuple[Normalise, ...] = Field(min_length=1)
     augment: tuple[bool, ...] = Field(min_length=1)
     hidden_units: tuple[Annotated[int, Field(ge=0)], ...] = Field(min_length=1)
@@ -58,7 +61,7 @@ class SearchParams(Section):
 class TrainParams(Section):
     """The classification head and how it is fitted."""
 
-    head: Literal["dense", "logreg"]
+    head: Literal["dense", "logreg", "kernel"]
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=65_536)
     learning_rate: float = Field(gt=0, le=10)
@@ -67,6 +70,9 @@ class TrainParams(Section):
     dropout: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0, lt=1)
     logreg_c: float = Field(gt=0)
+    kernel_c: float = Field(gt=0)
+    kernel_gamma: float = Field(gt=0, le=100)
+    kernel_landmarks: int = Field(ge=1, le=20_000)
     normalise: Normalise
     augment: bool
     crops: Auto | bool  # average the crops view at prediction (when featurize made it)

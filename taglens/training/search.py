@@ -160,15 +160,16 @@ def grid(sweep: SweepParams, extra: Mapping[str, Sequence[Any]] | None = None) -
 
 
 def default_search(search: SearchParams, seed: int) -> list[dict[str, Any]]:
-    """The settings the default search tries: random draws (seeded) from two grids.
+    """The settings the default search tries: random draws (seeded) from three grids.
 
     Random search covers a grid's important axes with far fewer fits than the full product
     (Bergstra and Bengio, 2012). Logistic regression draws from `logreg_c` x `normalise` x
-    `augment`; the dense head from `hidden_units` x `dropout` x `learning_rate` x
-    `weight_decay` x `normalise` x `augment`.
+    `augment`; the kernel head from `kernel_c` x `kernel_gamma` x `augment`; the dense head from
+    `hidden_units` x `dropout` x `learning_rate` x `weight_decay` x `normalise` x `augment`.
 
     Returns:
-        Up to `logreg_candidates` logistic and `dense_candidates` dense settings, logistic first.
+        Up to `logreg_candidates` logistic, `kernel_candidates` kernel and `dense_candidates`
+        dense settings, in that order.
     """
     import numpy as np
 
@@ -197,11 +198,19 @@ def default_search(search: SearchParams, seed: int) -> list[dict[str, Any]]:
         )
     ]
 
+    kernel = [
+        {"head": "kernel", "kernel_c": c, "kernel_gamma": gamma, "augment": aug}
+        for c, gamma, aug in itertools.product(search.kernel_c, search.kernel_gamma, search.augment)
+    ]
+
     def draw(settings: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
         picks = rng.permutation(len(settings))[: min(count, len(settings))]
         return [settings[i] for i in sorted(picks)]
 
-    return draw(logreg, search.logreg_candidates) + draw(dense, search.dense_candidates)
+    # logistic and dense draw before the kernel grid, so their draws do not depend on it
+    logreg_draws = draw(logreg, search.logreg_candidates)
+    dense_draws = draw(dense, search.dense_candidates)
+    return logreg_draws + draw(kernel, search.kernel_candidates) + dense_draws
 
 
 def apply_setting(train: TrainParams, setting: Mapping[str, Any]) -> TrainParams:
@@ -231,14 +240,16 @@ def setting_name(setting: Mapping[str, Any]) -> str:
 def simplicity(params: TrainParams) -> tuple:
     """A head setting's sort key for the one-standard-error rule: lower is simpler.
 
-    A linear model before a network; then the stronger regularisation (smaller C, fewer hidden
-    units, more dropout and weight decay), raw features before a normalisation, no flip rows
-    before them.
+    A linear model before a kernel machine (a convex fit on fixed features) before a network;
+    then the stronger regularisation (smaller C, wider kernel, fewer hidden units, more dropout
+    and weight decay), raw features before a normalisation, no flip rows before them.
     """
     if params.head == "logreg":
         size: tuple = (0, params.logreg_c)
+    elif params.head == "kernel":
+        size = (1, params.kernel_c, params.kernel_gamma)
     else:
-        size = (1, params.hidden_units, -params.dropout, -params.weight_decay)
+        size = (2, params.hidden_units, -params.dropout, -params.weight_decay)
     return (*size, params.normalise != "none", params.augment)
 
 
@@ -312,6 +323,7 @@ def run_sweep(
 # The train keys that shape each head: train.json's `chosen` shows them for the model's head.
 CHOSEN_KEYS = {
     "logreg": ("head", "logreg_c", "normalise", "augment"),
+    "kernel": ("head", "kernel_c", "kernel_gamma", "kernel_landmarks", "augment"),
     "dense": (
         "head",
         "hidden_units",

@@ -31,6 +31,7 @@ BASELINE = {
     "train.normalise": "standardise",
     "train.search.enabled": True,
     "train.search.logreg_candidates": 0,
+    "train.search.kernel_candidates": 0,
     "train.search.dense_candidates": 1,
     "train.search.learning_rate": [1e-7],
     "train.search.hidden_units": [32],

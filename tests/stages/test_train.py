@@ -294,11 +294,10 @@ def _fixture_params():
 def test_default_search_picks_on_validation_and_the_served_model_blends_image_rankers(
     inputs, caplog
 ):
-    # Given the default search turned on, one logistic and one dense setting
+    # Given the default search turned on, one logistic, one kernel and one dense setting
     params, paths = inputs
-    search = params.train.search.model_copy(
-        update={"enabled": True, "logreg_candidates": 1, "dense_candidates": 1}
-    )
+    counts = {"logreg_candidates": 1, "kernel_candidates": 1, "dense_candidates": 1}
+    search = params.train.search.model_copy(update={"enabled": True, **counts})
     params = params.model_copy(
         update={"train": params.train.model_copy(update={"search": search, "epochs": 5})}
     )
@@ -306,17 +305,21 @@ def test_default_search_picks_on_validation_and_the_served_model_blends_image_ra
         summary = _run(params, paths)
 
     # Then the log says plainly which train keys the search sets instead of params.yaml
-    keys = "augment dropout head hidden_units learning_rate logreg_c normalise weight_decay"
+    keys = (
+        "augment dropout head hidden_units kernel_c kernel_gamma learning_rate logreg_c "
+        "normalise weight_decay"
+    )
     searched = ",".join(f"train.{key}" for key in keys.split())
     [note] = [r.getMessage() for r in caplog.records if "train.search is on" in r.getMessage()]
     assert searched.replace(",", ", ") in note and "train.search.enabled=false" in note
 
     # Then each setting is a child run, and the parent names the one the one-SE rule chose:
-    # the simplest (logistic before dense) within one standard error of the best accuracy
+    # the simplest (logistic, then kernel, then dense) within one standard error of the best
     children = mlflow.search_runs(
         filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'", output_format="list"
     )
-    assert sorted(c.data.params["train.head"] for c in children) == ["dense", "logreg"]
+    heads = sorted(c.data.params["train.head"] for c in children)
+    assert heads == ["dense", "kernel", "logreg"]
     parent = mlflow.get_run(summary["run_id"])
     assert parent.data.tags["search_space"] == "default"
     assert parent.data.tags["selection_rule"] == "one_se"
@@ -328,8 +331,9 @@ def test_default_search_picks_on_validation_and_the_served_model_blends_image_ra
     chosen = next(c for c in children if c.info.run_id == parent.data.tags["best_child_run_id"])
     assert accuracy[chosen.info.run_id] >= top - se - 1e-9
     near = [c for c in children if accuracy[c.info.run_id] >= top - se - 1e-9]
-    if any(c.data.params["train.head"] == "logreg" for c in near):
-        assert chosen.data.params["train.head"] == "logreg"
+    near_heads = {c.data.params["train.head"] for c in near}
+    simplest = next(head for head in ("logreg", "kernel", "dense") if head in near_heads)
+    assert chosen.data.params["train.head"] == simplest
     info = json.loads((paths["out"] / "model_info.json").read_text())
     assert info["params"]["train.head"] == chosen.data.params["train.head"]
     # And train.json says the search ran, over which keys, what it chose and its val score

@@ -167,3 +167,87 @@ def test_augmented_head_trains_on_both_views_and_scores_their_average(normalise)
     assert fit.augmented and fit.val_accuracy > 0.95
     without = fit_head((x, y), (xv, yv), 3, params, seed=0)  # no flip view: no augmentation
     assert not without.augmented
+
+
+def _xor_on_sphere(n: int, seed: int):
+    """Unit rows whose class is the sign of x0 * x1: no linear model gets far past chance."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, 6)).astype("float32")
+    x[:, :2] = rng.choice([-1.0, 1.0], (n, 2)) * rng.uniform(0.6, 1.0, (n, 2))
+    x[:, 2:] *= 0.2
+    labels = (x[:, 0] * x[:, 1] > 0).astype(int)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def test_kernel_map_reproduces_the_rbf_kernel_and_its_layers_compute_it():
+    from taglens.training.head import kernel_layers, kernel_map
+
+    x, _ = _clusters(20, dim=8)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    points, gamma, inverse_root = kernel_map(x, 1.0, landmarks=len(x), seed=0)
+    assert points.shape == (60, 8) and inverse_root.shape == (60, 60)
+    assert gamma == pytest.approx(1.0 / (8 * unit.astype("float64").var()))
+    exact = np.exp(-gamma * ((unit[:, None, :] - unit[None, :, :]) ** 2).sum(-1))
+    features = np.exp(-gamma * ((unit[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+    features = features @ inverse_root
+    # with every row a landmark the map is exact: inner products are the kernel itself
+    np.testing.assert_allclose(features @ features.T, exact, atol=2e-3)
+    params = _train_params(head="kernel", kernel_gamma=1.0, kernel_landmarks=len(x))
+    layers = kernel_layers(x, params, seed=0)
+    out = x * 3.0  # the layers normalise rows to unit length first
+    for layer in layers:
+        out = layer(out)
+    np.testing.assert_allclose(np.asarray(out), features, atol=2e-3)
+    fewer, _, _ = kernel_map(x, 1.0, landmarks=10, seed=0)
+    assert fewer.shape == (10, 8) and {tuple(row) for row in fewer} <= {tuple(r) for r in points}
+
+
+def test_kernel_head_separates_what_a_linear_head_cannot():
+    x, y = _xor_on_sphere(400, seed=0)
+    xv, yv = _xor_on_sphere(200, seed=1)
+    kernel_params = _train_params(
+        head="kernel", kernel_c=10.0, kernel_gamma=1.0, kernel_landmarks=200
+    )
+    kernel = fit_head((x, y), (xv, yv), 2, kernel_params, seed=0)
+    linear_params = _train_params(head="logreg", logreg_c=10.0, epochs=60, normalise="l2")
+    linear = fit_head((x, y), (xv, yv), 2, linear_params, seed=0)
+    assert kernel.val_accuracy > 0.9 and linear.val_accuracy < 0.7
+    assert len(kernel.history) == 1 and kernel.history[0]["val_accuracy"] == pytest.approx(
+        kernel.val_accuracy
+    )
+    names = [layer.name for layer in kernel.model.layers]
+    assert names == ["features", "kernel_unit", "kernel_rbf", "kernel_map", "probabilities"]
+    assert [layer.trainable for layer in kernel.model.layers[2:4]] == [False, False]
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_kernel_head_serves_sklearns_probabilities_and_survives_saving(n_classes, tmp_path):
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _clusters(30, n_classes=n_classes)
+    xv, yv = _clusters(10, n_classes=n_classes, seed=1)
+    params = _train_params(head="kernel", kernel_c=1.0, kernel_landmarks=40, class_weight="none")
+    fit = fit_head((x, y), (xv, yv), n_classes, params, seed=0)
+    mapped = keras.Model(fit.model.inputs, fit.model.get_layer("kernel_map").output)
+    z = mapped.predict(x, verbose=0)
+    reference = LogisticRegression(C=1.0, max_iter=2000).fit(z, y)
+    probs = fit.model.predict(xv, verbose=0)
+    expected = reference.predict_proba(mapped.predict(xv, verbose=0))
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    fit.model.save(tmp_path / "head.keras")
+    loaded = keras.saving.load_model(tmp_path / "head.keras")
+    np.testing.assert_allclose(loaded.predict(xv, verbose=0), probs, atol=1e-6)
+
+
+def test_kernel_head_gives_the_same_probabilities_on_openvino():
+    from taglens.features.engines import EngineModel
+
+    x, y = _clusters(30)
+    xv, yv = _clusters(10, seed=1)
+    params = _train_params(head="kernel", kernel_c=10.0, kernel_landmarks=50)
+    fit = fit_head((x, y), (xv, yv), 3, params, seed=0)
+    reference = fit.model.predict(xv, verbose=0)
+    served = np.asarray(EngineModel(fit.model, "openvino")(xv))
+    assert served.shape == (30, 3)
+    np.testing.assert_allclose(served, reference, atol=1e-4)

@@ -87,19 +87,28 @@ def test_each_setting_gets_a_child_run_and_the_best_is_picked(train_params):
 def test_default_search_draws_both_families_reproducibly(train_params):
     from taglens.training.search import default_search
 
-    search = train_params.search.model_copy(update={"logreg_candidates": 3, "dense_candidates": 4})
+    counts = {"logreg_candidates": 3, "kernel_candidates": 2, "dense_candidates": 4}
+    search = train_params.search.model_copy(update=counts)
     settings = default_search(search, seed=1)
-    assert [s["head"] for s in settings] == ["logreg"] * 3 + ["dense"] * 4
+    assert [s["head"] for s in settings] == ["logreg"] * 3 + ["kernel"] * 2 + ["dense"] * 4
     assert settings == default_search(search, seed=1)
+    # the kernel grid draws after the others: turning it off leaves their draws as they are
+    no_kernel = default_search(search.model_copy(update={"kernel_candidates": 0}), seed=1)
+    assert no_kernel == [s for s in settings if s["head"] != "kernel"]
     for setting in settings:
         params = apply_setting(train_params, setting)
         assert params.normalise in search.normalise and params.augment in search.augment
         if setting["head"] == "logreg":
             assert params.logreg_c in search.logreg_c
+        elif setting["head"] == "kernel":
+            assert params.kernel_c in search.kernel_c
+            assert params.kernel_gamma in search.kernel_gamma
         else:
             assert params.hidden_units in search.hidden_units
             assert params.weight_decay in search.weight_decay
-    everything = search.model_copy(update={"logreg_candidates": 1000, "dense_candidates": 0})
+    everything = search.model_copy(
+        update={"logreg_candidates": 1000, "kernel_candidates": 0, "dense_candidates": 0}
+    )
     assert len(default_search(everything, seed=0)) == (
         len(search.logreg_c) * len(search.normalise) * len(search.augment)
     )
@@ -108,7 +117,7 @@ def test_default_search_draws_both_families_reproducibly(train_params):
 def test_train_json_shows_every_key_the_default_search_sets(train_params):
     from taglens.training.search import CHOSEN_KEYS, default_search, search_note, setting_report
 
-    counts = {"logreg_candidates": 4, "dense_candidates": 6}
+    counts = {"logreg_candidates": 4, "kernel_candidates": 4, "dense_candidates": 6}
     search = train_params.search.model_copy(update=counts)
     settings = default_search(search, seed=0)
     for setting in settings:  # `chosen` in train.json covers what the search set for that head
@@ -133,3 +142,17 @@ def test_train_json_shows_every_key_the_default_search_sets(train_params):
     assert (single["search"], single["sweep"], single["searched_keys"]) == (False, False, "")
     assert single["chosen"]["learning_rate"] == train_params.learning_rate
     assert "search_val_accuracy" not in single
+
+
+def test_one_se_rule_orders_logistic_then_kernel_then_dense(train_params):
+    from taglens.training.search import simplicity
+
+    settings = [
+        {"head": "logreg", "logreg_c": 10.0},
+        {"head": "kernel", "kernel_c": 1.0, "kernel_gamma": 0.5},  # wide kernel, strong penalty
+        {"head": "kernel", "kernel_c": 1.0, "kernel_gamma": 2.0},
+        {"head": "kernel", "kernel_c": 10.0, "kernel_gamma": 0.5},
+        {"head": "dense", "hidden_units": 32},
+    ]
+    ordered = [apply_setting(train_params, setting) for setting in settings]
+    assert sorted(ordered, key=simplicity) == ordered
