@@ -2,7 +2,7 @@
 
 One process, one network (VGG-19 without its top, 224 px, random weights drawn from one seed),
 the same flowers photos through the same tf.data decode pipeline (`taglens.data.images`), batch 16:
-- taglens's featurize pipeline (`features.extract.iter_feature_batches`, what `featurize_paths`
+- taglens's featurize pipeline (`features.featurize.iter_feature_batches`, what `featurize_paths`
   and the featurize stage run) on `featurize.engine` (the default, or each of `--taglens`);
 - a plain loop over the decoded batches with each engine as its documentation shows it: a
   `tf.function` (as featurize ran before it had engines), OpenVINO converted from the Keras

@@ -5,7 +5,7 @@
 MobileNet 1.0 (ImageNet weights from ../shared, as bench/quality.py) on the flowers photos,
 batch 32, on one engine. Featurize: `views_model` with the image, mirror and colour (the
 default views before the crops) against the same plus `crops`, through taglens's forward pass
-(`features.extract.iter_feature_batches`). Predict: the served model (`full_model.assemble`,
+(`features.featurize.iter_feature_batches`). Predict: the served model (`full_model.assemble`,
 a 5-class head) averaging the image and mirror against image, mirror and crops, on the same
 decoded batches. The contenders take turns batch by batch, so both see the same load on the
 shared machine; each one's first batch (conversion, compilation) is left out. Images per

@@ -33,8 +33,7 @@ from taglens import artifacts
 from taglens.errors import TaglensError
 from taglens.features.engines import INT8_ENGINE
 from taglens.features.store import plan_missing
-from taglens.features.views import IMAGE
-from taglens.features.views import views_model_cached as cached_views_model
+from taglens.features.views import IMAGE, views_model_cached
 from taglens.params import ModelParams, load_params
 
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ def shard_task(
     targets = feature_stores(Path(stores["root"]), FeatureKey(**stores["key"]), stores["views"])
     paths = [(sha, Path(path)) for sha, path in items]
     plan = FillPlan(tuple(lacking), paths, {name: set(shas) for name, shas in lacking.items()})
-    forward = cached_views_model(model, seed, plan.outputs)
+    forward = views_model_cached(model, seed, plan.outputs)
     _, written = compute_into(
         targets, plan, forward, shard_size=len(items), progress=False, **options
     )

@@ -119,7 +119,7 @@ def read_json(artifact: Artifact, path: Path | str) -> dict[str, Any]:
         TaglensError: it is not a JSON object (the message names the stage to re-run).
     """
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise MissingArtifactError(path, artifact.stage)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

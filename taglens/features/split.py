@@ -97,7 +97,7 @@ def content_split(
 
 
 def read_manifest(clean: Path | str) -> pd.DataFrame:
-    """data/clean/manifest.csv as written (train_data.read_manifest checks its contents).
+    """data/clean/manifest.csv as written (training.splits.read_manifest checks its contents).
 
     Raises:
         MissingArtifactError: clean has not run.

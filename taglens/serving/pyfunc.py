@@ -25,7 +25,7 @@ value is decoded as base64 (in-process callers may pass raw `bytes`); a value is
 path only when the serving process sets `TAGLENS_PYFUNC_IMAGE_ROOT` to a folder, and then only
 for regular files that resolve (symlinks followed) inside that folder and are no larger than the
 byte cap. Missing, outside and oversized paths get the same refusal, so a caller cannot probe
-which files exist. Every image then goes through `data.normalize.normalize_image`, the checks and
+which files exist. Every image then goes through `data.images.normalize_image`, the checks and
 normalisation uploads and training images get (pixel cap, formats, minimum side).
 
 Serving-side settings (environment of the process that loads the model):

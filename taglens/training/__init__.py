@@ -1,7 +1,8 @@
-"""Learning from the cached vectors, and judging what was learnt.
+"""Learning from the cached vectors: fitting the head and judging settings on validation.
 
-The classification `head`, fitted by `head_fit` and compared with the logistic `baseline`, and
-its `sweep`/search; the `train_data` both train and evaluate read; the `hashtags` statistics,
-their `hashtag_ranking` and the image rankers blended into the served ranking; the `full_model`
-that runs from raw pixels, and the `metrics` and `eval_plots` of a run.
+The classification `head` (what it is and how it is fitted), compared with the logistic
+`baseline`; the `search` over head settings and the selection rules it shares; the `splits`
+both train and evaluate read; the test-time `views_choice` and `fine_tune_choice`; the `run`
+that composes them for the train stage; the `metrics` and `plots` of a run. The trained
+artefact itself (full model, hashtag statistics, rankers, pyfunc) is `taglens.model`.
 """

@@ -3,7 +3,7 @@
 Fine-tuning costs minutes per epoch on a CPU and, once served, the image rankers lose the cached
 features they read (the backbone changed). So with `auto` the fine-tuned model must earn it:
 both models classify the validation photos, and `train.search.rule` picks on the per-photo
-correctness (`selection.pick_paired`, the head first as the simpler): under `one_se` the
+correctness (`search.pick_paired`, the head first as the simpler): under `one_se` the
 fine-tuned model is served only when its validation accuracy beats the head's by more than one
 paired standard error.
 """

@@ -4,9 +4,9 @@ Training on cached vectors instead of images is what makes re-training and sweep
 backbone's forward pass (minutes to hours on a CPU) is paid once by featurize. The head
 (`train.head`) is a dense network, multinomial logistic regression over normalised vectors, or
 logistic regression on RBF-kernel features, with a softmax. Fitting it: compile, class weights,
-the epoch loop with early stopping on validation loss, the flip view as extra rows, and the
-validation score averaged over views that picks among fits. The compile and label helpers also
-serve the fine-tuned full model (`taglens.model.full_model`).
+the epoch loop with early stopping on validation loss (the kernel head: one L-BFGS fit), the
+flip view as extra rows, and the validation score averaged over views that picks among fits.
+The compile and label helpers also serve the fine-tuned full model (`taglens.model.full_model`).
 """
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ def fit_head(
     on_epoch: EpochCallback | None = None,
     flips: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> HeadFit:
-    """Fit a head (`params.head`: dense network or logistic regression) on cached vectors.
+    """Fit a head (`params.head`: dense network, logistic regression or kernel) on cached vectors.
 
     Training stops early on validation loss and keeps its best epoch's weights.
 

@@ -3,7 +3,7 @@
 The crops view (`taglens.features.views`) costs five more forward passes per photo at
 prediction, so it is served only when it earns them. With `train.crops: auto` both candidates
 are scored on the validation photos by the chosen head and picked with `train.search.rule`
-on the per-photo correctness (`selection.pick_paired`): under `one_se` the crops are kept only
+on the per-photo correctness (`search.pick_paired`): under `one_se` the crops are kept only
 when the image (and mirror) alone falls more than one paired standard error below them.
 """
 

@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from flows.featurize import cached_views_model, featurize_flow
+from flows.featurize import featurize_flow
 from stages.featurize import run as run_stage
 from taglens.errors import TaglensError
 from taglens.features.store import FEATURES_FILE, META_FILE, STORE_DIR
+from taglens.features.views import views_model_cached
 from taglens.params import load_params
 from tests.helpers.params import write_tiny_params
 from tests.helpers.rawdata import solid_raw
@@ -112,13 +113,13 @@ def test_bad_runner_and_missing_images_are_refused(tmp_path):
 
 def test_a_process_builds_each_views_model_once(tiny_params):
     model = tiny_params.model.model_dump()
-    first = cached_views_model(model, 42, ("vectors", "flip"))
-    assert cached_views_model(model, 42, ("vectors", "flip")) is first
+    first = views_model_cached(model, 42, ("vectors", "flip"))
+    assert views_model_cached(model, 42, ("vectors", "flip")) is first
     assert {name: tuple(out.shape) for name, out in first.output.items()} == {
         "vectors": (None, 512),
         "flip": (None, 512),
     }
-    assert cached_views_model(model, 42, ("colour",)) is not first
+    assert views_model_cached(model, 42, ("colour",)) is not first
 
 
 def test_the_dask_path_refuses_the_int8_engine(tmp_path):

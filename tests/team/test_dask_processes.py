@@ -93,6 +93,6 @@ def test_featurize_on_separate_worker_processes_equals_the_local_stage(tmp_path,
 
 
 def _extractors_built() -> int:
-    """Views models this process built for featurize shards (flows.featurize's cache)."""
-    module = sys.modules.get("flows.featurize")
+    """Views models this process built for featurize shards (taglens.features.views' cache)."""
+    module = sys.modules.get("taglens.features.views")
     return len(module._VIEW_MODELS) if module is not None else 0

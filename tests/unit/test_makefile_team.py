@@ -45,5 +45,5 @@ def test_services_targets_install_the_team_extra_and_postgres_then_run_the_modul
 def test_make_test_installs_postgres_before_running_the_suite():
     lines = _dry_run("test").splitlines()
     postgres = next(i for i, line in enumerate(lines) if "postgresql" in line)
-    pytest_run = next(i for i, line in enumerate(lines) if line.endswith("-m pytest"))
+    pytest_run = next(i for i, line in enumerate(lines) if " -m pytest" in line)
     assert postgres < pytest_run

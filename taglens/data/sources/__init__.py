@@ -2,7 +2,7 @@
 
 - `demo`: synthetic images (`taglens.data.sources.demo.generate_demo`).
 - `folder`: DIR/<class>/<images> (`taglens.data.sources.folder.FolderSource`).
-- `instagram`: posts by hashtag through Instaloader (`taglens.data.sources.instagram`, the
-  resumable collection; `instagram_loader`, the session login; `instagram_posts`, what of a
-  post is kept and how it is de-identified).
+- `instagram`: posts by hashtag through Instaloader (`taglens.data.sources.instagram`: the
+  resumable collection, the session login, and what of a post is kept and how it is
+  de-identified).
 """

@@ -30,8 +30,7 @@ resumed run keeps the cut-off it started with. `keep_days` keeps a rolling windo
 than that many days before a hashtag's newest post are left out of the data (and their images
 deleted from the cache).
 
-The logged-in loader is built by `instagram_loader`; what of a post is stored, de-identified,
-is decided in `instagram_posts`.
+The logged-in loader and what of a post is stored, de-identified, are further down this module.
 """
 
 from __future__ import annotations

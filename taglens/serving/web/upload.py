@@ -61,7 +61,7 @@ def read_limited(source: BinaryIO, max_bytes: int) -> bytes:
 def prepare_image(data: bytes, params: IngestParams) -> NormalizedImage:
     """Validate and normalize an upload exactly as ingest does for the training images.
 
-    `data.normalize.normalize_image` reads the pixel count from the header before decoding (so a
+    `data.images.normalize_image` reads the pixel count from the header before decoding (so a
     decompression bomb is refused without allocating its pixels), applies the EXIF orientation
     and re-encodes RGB JPEG: the model then sees an upload the way it saw its training photos.
 
