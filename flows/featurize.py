@@ -15,7 +15,6 @@ keeps its finished shards; a re-run computes only the rest. Run by hand with
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from flows.runners import (
 from taglens import artifacts
 from taglens.errors import TaglensError
 from taglens.features.engines import INT8_ENGINE
-from taglens.features.store import plan_missing
+from taglens.features.store import plan_missing, shard_fill
 from taglens.features.views import IMAGE, views_model_cached
 from taglens.params import ModelParams, load_params
 
@@ -61,11 +60,9 @@ def shard_task(
     `stores` names the store root, key and views (`feature_stores`); `options` are the forward
     pass's batch_size, jit_compile and engine.
     """
-    from taglens.features.store import FeatureKey, FillPlan, compute_into, feature_stores
+    from taglens.features.store import compute_into, shard_stores
 
-    targets = feature_stores(Path(stores["root"]), FeatureKey(**stores["key"]), stores["views"])
-    paths = [(sha, Path(path)) for sha, path in items]
-    plan = FillPlan(tuple(lacking), paths, {name: set(shas) for name, shas in lacking.items()})
+    targets, plan = shard_stores(stores, items, lacking)
     forward = views_model_cached(model, seed, plan.outputs)
     _, written = compute_into(
         targets, plan, forward, shard_size=len(items), progress=False, **options
@@ -148,43 +145,30 @@ def featurize_flow(
                 "task_runner local (or taglens featurize), or another engine on Dask"
             )
         stores, plan = plan_missing(model, fparams, seed, raw, out)
-        # whole batches per shard: each batch then holds the images it holds in the local stage
-        size = math.ceil(fparams.shard_size / fparams.batch_size) * fparams.batch_size
-        parts = [plan.items[i : i + size] for i in range(0, len(plan.items), size)]
+        sharded = shard_fill(stores, plan, fparams)
         get_run_logger().info(
             "featurize: %d images to compute in %d shards of %d (dask)",
             len(plan.items),
-            len(parts),
-            size,
+            len(sharded.items),
+            sharded.size,
         )
-        if parts:
+        if sharded.items:
             runner = dask_runner(scheduler_address, n_workers)
-            image = stores[IMAGE]
-            wanted = plan.lacking.items()
-            where = {
-                "root": str(image.dir.parent),
-                "key": dict(image.key.__dict__),
-                "views": list(fparams.views),
-            }
-            lacking = [
-                {name: [sha for sha, _ in part if sha in shas] for name, shas in wanted}
-                for part in parts
-            ]
             options = {
                 "batch_size": fparams.batch_size,
                 "jit_compile": fparams.jit_compile,
                 "engine": fparams.engine,
             }
             _compute_shards.with_options(task_runner=runner)(
-                [[(sha, str(path)) for sha, path in part] for part in parts],
-                lacking,
-                where,
+                sharded.items,
+                sharded.lacking,
+                sharded.stores,
                 model.model_dump(),
                 seed,
                 options,
             )
             computed = len(plan.lacking.get(IMAGE, ()))
-            shards = len(parts)
+            shards = len(sharded.items)
     # the stage finishes both paths (on dask it finds every vector in the store)
     result = stage_task(
         model, fparams, params.clean, seed, str(raw), str(out), task_runner == "local"

@@ -17,7 +17,6 @@ run is an MLflow run (`batch-predict`: counts and drift figures) and a Prefect a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 import time
@@ -39,7 +38,7 @@ from taglens.errors import TaglensError
 from taglens.params import DriftParams, load_params
 from taglens.run_reports import batch_markdown
 from taglens.serving import model_ref
-from taglens.serving.batch.inputs import list_inputs, shard
+from taglens.serving.batch.inputs import list_inputs, plan_shards
 from taglens.serving.batch.outputs import refuse_single_file, run_parts
 from taglens.serving.batch.scoring import (
     PredictResult,
@@ -125,7 +124,7 @@ def merge_task(
 @flow(name="batch-predict-shards")
 def _score_shards(
     shards: list[list[str]],
-    shard_dir: str,
+    files: list[str],
     output: str,
     model_uri: str,
     model: dict[str, str],
@@ -138,7 +137,7 @@ def _score_shards(
     futures = [
         score_task.submit(
             paths,
-            f"{shard_dir}/shard-{number:06d}.jsonl",
+            file,
             model_uri,
             model,
             batch_size,
@@ -147,7 +146,7 @@ def _score_shards(
             max_pixels,
             [output],
         )
-        for number, paths in enumerate(shards)
+        for paths, file in zip(shards, files, strict=True)
     ]
     return [future.result() for future in futures]
 
@@ -230,13 +229,11 @@ def batch_predict_flow(
             )
         )
     elif paths:
-        shards = shard(paths, params.predict.shard_size)
-        job = hashlib.sha256(f"{uri}\n{params.predict.shard_size}".encode()).hexdigest()[:12]
-        shard_dir = f"{output}.shards/{job}"
+        plan = plan_shards(paths, output, uri, params.predict.shard_size)
         runner = dask_runner(scheduler_address, n_workers)
         results = _score_shards.with_options(task_runner=runner)(
-            shards,
-            shard_dir,
+            plan.shards,
+            plan.files,
             output,
             uri,
             model,
@@ -249,8 +246,7 @@ def batch_predict_flow(
         for result in results:
             rehashed += result.pop("rehashed", [])
             report.add(ScoreReport(**result))
-        parts = [f"{shard_dir}/shard-{number:06d}.jsonl" for number in range(len(shards))]
-        merge_task(parts, output, model, rehashed)
+        merge_task(plan.files, output, model, rehashed)
     report.seconds = time.monotonic() - start  # wall time, shards ran in parallel
     summary = PredictResult(ref, Path(output), report).to_dict()
     log.info("batch predict done: %s", summary)

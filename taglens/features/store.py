@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -393,3 +394,55 @@ def plan_missing(
     plan = plan_fill(stores, items, cached)
     check_files([path for _, path in plan.items])
     return stores, plan
+
+
+@dataclass(frozen=True)
+class ShardedFill:
+    """A `FillPlan` cut into shards for workers, as plain data a task can be sent.
+
+    Attributes:
+        items: per shard, its (sha256, image path) pairs.
+        lacking: per shard, the sha256s each model output's store lacks among them.
+        stores: the store root, key and views (`shard_stores` rebuilds the stores from them).
+        size: images per shard (whole batches).
+    """
+
+    items: list[list[tuple[str, str]]]
+    lacking: list[dict[str, list[str]]]
+    stores: dict[str, Any]
+    size: int
+
+
+def shard_fill(
+    stores: dict[str, FeatureStore], plan: FillPlan, params: FeaturizeParams
+) -> ShardedFill:
+    """Cut `plan` into shards of about `params.shard_size` images (`ShardedFill`).
+
+    Shards hold whole batches of `params.batch_size`, so each batch holds the images it holds in
+    the local stage, and each shard becomes one store file per store that lacks any of them.
+    """
+    size = math.ceil(params.shard_size / params.batch_size) * params.batch_size
+    parts = [plan.items[i : i + size] for i in range(0, len(plan.items), size)]
+    lacking = [
+        {name: [sha for sha, _ in part if sha in shas] for name, shas in plan.lacking.items()}
+        for part in parts
+    ]
+    image = stores[IMAGE]
+    where = {
+        "root": str(image.dir.parent),
+        "key": dict(image.key.__dict__),
+        "views": list(params.views),
+    }
+    items = [[(sha, str(path)) for sha, path in part] for part in parts]
+    return ShardedFill(items, lacking, where, size)
+
+
+def shard_stores(
+    where: dict[str, Any], items: list[tuple[str, str]], lacking: dict[str, list[str]]
+) -> tuple[dict[str, FeatureStore], FillPlan]:
+    """On a worker: the stores and the `FillPlan` of one shard of a `ShardedFill`."""
+    stores = feature_stores(Path(where["root"]), FeatureKey(**where["key"]), where["views"])
+    paths = [(sha, Path(path)) for sha, path in items]
+    return stores, FillPlan(
+        tuple(lacking), paths, {name: set(shas) for name, shas in lacking.items()}
+    )

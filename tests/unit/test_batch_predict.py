@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taglens.serving.batch.inputs import list_inputs, shard
+from taglens.serving.batch.inputs import list_inputs, plan_shards, shard
 from taglens.serving.batch.outputs import OutputWriter, read_rows
 from taglens.serving.batch.scoring import merge_outputs, predict_to_file
 from taglens.serving.model_ref import ModelRef
@@ -98,6 +98,21 @@ def test_list_inputs_errors_are_actionable(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         list_inputs(tmp_path / "empty")
+
+
+def test_a_job_plans_its_shards_and_files_beside_the_output():
+    paths = [f"/in/{i}.jpg" for i in range(5)]
+    plan = plan_shards(paths, "/out/scores.csv", "models:/taglens/3", 2)
+    assert plan.shards == [paths[0:2], paths[2:4], paths[4:]]
+    prefix, job = plan.dir.rsplit("/", 1)
+    assert prefix == "/out/scores.csv.shards" and len(job) == 12
+    assert plan.files == [f"{plan.dir}/shard-{n:06d}.jsonl" for n in range(3)]
+    # the same job resumes in the same folder; another model or shard size does not
+    assert plan_shards(paths, "/out/scores.csv", "models:/taglens/3", 2).dir == plan.dir
+    assert plan_shards(paths, "/out/scores.csv", "models:/taglens/4", 2).dir != plan.dir
+    assert plan_shards(paths, "/out/scores.csv", "models:/taglens/3", 3).dir != plan.dir
+    with pytest.raises(ValueError, match="shard_size"):
+        plan_shards(paths, "/out/scores.csv", "models:/taglens/3", 0)
 
 
 def test_shard_keeps_every_path_once():

@@ -302,3 +302,33 @@ def test_adding_a_view_computes_only_that_view(tmp_path, raw):
     # and everything cached: no model at all
     fill_views(root, raw, factory, ["flip", "colour"])
     assert factory.calls == 2
+
+
+def test_a_fill_is_cut_into_whole_batches_and_rebuilt_on_the_worker(tmp_path):
+    from taglens.features.store import FillPlan, shard_fill, shard_stores
+    from tests.helpers.params import tiny_params
+
+    params = tiny_params().featurize.model_copy(
+        update={"shard_size": 5, "batch_size": 4, "views": ("flip",)}
+    )
+    stores = feature_stores(tmp_path / "store", KEY, params.views)
+    items = [(f"{i:064x}", tmp_path / f"{i}.jpg") for i in range(10)]
+    lacking = {IMAGE: {sha for sha, _ in items}, "flip": {items[1][0], items[9][0]}}
+    plan = FillPlan((IMAGE, "flip"), items, lacking)
+
+    sharded = shard_fill(stores, plan, params)
+
+    # 5 images a shard rounds up to 2 whole batches of 4: shards of 8 and 2, in order
+    assert sharded.size == 8 and [len(part) for part in sharded.items] == [8, 2]
+    assert [sha for part in sharded.items for sha, _ in part] == [sha for sha, _ in items]
+    assert sharded.lacking[0]["flip"] == [items[1][0]] and sharded.lacking[1]["flip"] == [
+        items[9][0]
+    ]
+    assert sharded.lacking[1][IMAGE] == [items[8][0], items[9][0]]
+    # what a worker rebuilds from the plain data: the same stores, and its shard's plan
+    rebuilt, shard_plan = shard_stores(sharded.stores, sharded.items[1], sharded.lacking[1])
+    assert {name: store.dir for name, store in rebuilt.items()} == {
+        name: store.dir for name, store in stores.items()
+    }
+    assert shard_plan.items == items[8:] and shard_plan.outputs == (IMAGE, "flip")
+    assert shard_plan.lacking == {IMAGE: {items[8][0], items[9][0]}, "flip": {items[9][0]}}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from taglens.errors import TaglensError
@@ -76,6 +78,35 @@ def shard(paths: Sequence[Path], size: int) -> list[list[Path]]:
     if size < 1:
         raise TaglensError(f"predict.shard_size must be >= 1, got {size}")
     return [list(paths[start : start + size]) for start in range(0, len(paths), size)]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The shards of one batch predict job and the file each is scored into.
+
+    `dir` is `<output>.shards/<job>`, where the job is a hash of the model URI and the shard size:
+    a re-run of the same job finds the shard files it already wrote and resumes, while another
+    model or shard size starts afresh beside it.
+    """
+
+    dir: str
+    shards: list[list[str]]
+
+    @property
+    def files(self) -> list[str]:
+        """One JSON-lines file per shard, in shard order (the order they are merged in)."""
+        return [f"{self.dir}/shard-{number:06d}.jsonl" for number in range(len(self.shards))]
+
+
+def plan_shards(paths: Sequence[str], output: str, model_uri: str, size: int) -> ShardPlan:
+    """Cut `paths` into shards of `size` under the job's folder beside `output` (`ShardPlan`).
+
+    Raises:
+        TaglensError: `size` is below 1.
+    """
+    job = hashlib.sha256(f"{model_uri}\n{size}".encode()).hexdigest()[:12]
+    shards = [[str(path) for path in part] for part in shard([Path(p) for p in paths], size)]
+    return ShardPlan(f"{output}.shards/{job}", shards)
 
 
 def pixel_cap(max_pixels: int | None) -> int:
