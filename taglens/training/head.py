@@ -402,12 +402,10 @@ def _fit_kernel(
         kernel[:, classes] = fit.coef_.T
         bias[classes] = fit.intercept_
     model.get_layer("probabilities").set_weights([kernel, bias])
-    row = {"epoch": 1.0}
-    for prefix, (x, y) in (("", (x_train, y_train)), ("val_", (x_val, y_val))):
-        probs = model.predict(np.asarray(x, "float32"), batch_size=1024, verbose=0)
-        picked = np.clip(probs[np.arange(len(y)), np.asarray(y, int)], 1e-7, 1.0)
-        row[f"{prefix}loss"] = float(-np.mean(np.log(picked)))
-        row[f"{prefix}accuracy"] = float(np.mean(probs.argmax(axis=1) == y))
+    loss, accuracy = score_views(model, x_train, None, y_train, n_classes)
+    val_loss, val_accuracy = score_views(model, x_val, None, y_val, n_classes)
+    row = {"epoch": 1.0, "loss": loss, "accuracy": accuracy}
+    row.update(val_loss=val_loss, val_accuracy=val_accuracy)
     return model, [row]
 
 
