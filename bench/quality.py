@@ -200,6 +200,8 @@ def read_quality(repo: Path) -> dict[str, Any]:
             (repo / "data" / "features" / "meta.json").read_text(encoding="utf-8")
         )["views"],
         "views": train.get("views"),
+        # whether the head reads the colour view (train.colour), chosen on validation, and why
+        "head_colour": train.get("head_colour"),
         "val_accuracy": train.get("val_accuracy"),
         "tail": ((train.get("hashtags_val") or {}).get("choice") or {})
         .get("search", {})
@@ -243,6 +245,15 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{colour['class_mixture']:.3f} ({colour['posts']} test posts with colour "
             "tags).",
         ]
+        head_colour = figures.get("head_colour")
+        if head_colour and head_colour.get("val_accuracy"):
+            accuracy = head_colour["val_accuracy"]
+            lines += [
+                f"Head input: {'vectors + colour view' if head_colour['colour'] else 'vectors'} "
+                f"(validation accuracy {accuracy['vectors']:.4f} on the vectors alone, "
+                f"{accuracy['vectors+colour']:.4f} with the colour view, paired SE "
+                f"{head_colour['difference_se']:.4f}).",
+            ]
         views = figures.get("views")
         if views and views.get("val_accuracy"):
             accuracy = views["val_accuracy"]

@@ -35,7 +35,7 @@ from taglens.params import (
 )
 from taglens.training.baseline import baseline_run
 from taglens.training.fine_tune_choice import choose_fine_tuned, log_fine_tune_choice
-from taglens.training.head import HeadFit, fit_head
+from taglens.training.head import HeadFit, fit_head, head_rows
 from taglens.training.run import TrainConfig, TrainResult, log_data, write_history
 from taglens.training.search import (
     default_search,
@@ -52,7 +52,7 @@ from taglens.training.splits import (
     manifest_classes,
     read_manifest,
 )
-from taglens.training.views_choice import choose_crops, log_views
+from taglens.training.views_choice import choose_colour, choose_crops, log_colour, log_views
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +95,19 @@ def run(
     val = splits["val"]
     posts = read_raw_posts(raw)
 
-    def fit_one(train_params: TrainParams, on_epoch) -> HeadFit:
-        return fit_head(
-            (train.vectors, train.labels),
-            (val.vectors, val.labels),
+    def fit_one(train_params: TrainParams, on_epoch, scale: float | None = None) -> HeadFit:
+        x_train, flip_train = head_rows(train.vectors, train.views, scale)
+        x_val, flip_val = head_rows(val.vectors, val.views, scale)
+        fit = fit_head(
+            (x_train, train.labels),
+            (x_val, val.labels),
             len(classes),
             train_params,
             base.seed,
             on_epoch,
-            flips=(train.views.get("flip"), val.views.get("flip")),
+            flips=(flip_train, flip_val),
         )
+        return replace(fit, colour_scale=scale)
 
     settings = grid(params.sweep, sweep)
     space = "sweep"
@@ -125,6 +128,16 @@ def run(
         else:
             fit = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e))
             best = params
+        fit, colour = choose_colour(
+            fit,
+            lambda scale: fit_one(best, None, scale),
+            train.vectors,
+            train.views,
+            (val.vectors, val.views, val.labels),
+            params.colour,
+            params.search.rule,
+        )
+        log_colour(colour)
         fit, views = choose_crops(
             fit, val.vectors, val.views, val.labels, params.crops, params.search.rule
         )
@@ -150,6 +163,7 @@ def run(
         }
         summary.update(setting_report(best, space if settings else None, swept, head_fit))
         summary["views"] = {"served": list(fit.views), **views.report()}
+        summary["head_colour"] = colour.report()
         if tuning is not None:
             summary["fine_tune"] = tuning.report()
             summary["fine_tune_val_accuracy"] = tuning.val_accuracy["fine_tuned"]

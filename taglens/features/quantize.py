@@ -41,8 +41,9 @@ MODEL_XML = "model.xml"
 _BATCH = 32  # images per inference call while validating
 # The colour view (taglens.features.views) counts pixels into bins: quantizing its arithmetic
 # moved whole pixels between bins (cosine 0.71 to the FP32 histograms on flowers photos), and it
-# costs nothing in FP32. It is left out of quantization wherever the layer appears.
-IGNORED = (r".*/colour(_\d+)?/.*",)
+# costs nothing in FP32. It is left out of quantization wherever the layer appears, and so is
+# the head's colour block computed from it (`colour_input`).
+IGNORED = (r".*/colour(_input)?(_\d+)?/.*",)
 
 
 class QuantizeError(TaglensError):

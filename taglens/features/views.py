@@ -4,7 +4,8 @@
   rows; prediction averages the two views (test-time augmentation), in evaluate and in serving.
 - `colour`: a joint RGB histogram of the whole image and of its centre. Pooled backbone features
   keep little colour (ImageNet classes rarely depend on it), yet tags such as #red or #yellow do;
-  the tag rankers read it. It costs a few microseconds per image.
+  the tag rankers read it, and the head may too (`train.colour`,
+  `taglens.training.views_choice.choose_colour`). It costs a few microseconds per image.
 - `crops`: the mean of the backbone's vectors of five crops at the backbone's input size (the
   centre and the four corners) of the image enlarged so its side is `CROP_SCALE` times the
   input: the standard multi-crop test-time views (Krizhevsky et al., 2012; Szegedy et al.,
@@ -87,6 +88,24 @@ def _layer_classes() -> dict[str, type]:
             return {**super().get_config(), "bins": self.bins}
 
     @keras.saving.register_keras_serializable(package="taglens")
+    class ColourInput(keras.layers.Layer):
+        """Colour histograms -> scale * sqrt(histogram): the head's colour block.
+
+        `taglens.training.head.head_input` computes the same on cached histograms.
+        """
+
+        def __init__(self, scale: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.scale = float(scale)
+
+        def call(self, histograms):
+            ops = keras.ops
+            return ops.sqrt(ops.maximum(ops.cast(histograms, "float32"), 0.0)) * self.scale
+
+        def get_config(self):
+            return {**super().get_config(), "scale": self.scale}
+
+    @keras.saving.register_keras_serializable(package="taglens")
     class WithMirror(keras.layers.Layer):
         """Images (N, H, W, C) -> (2N, H, W, C): the images, then their mirror images."""
 
@@ -140,6 +159,7 @@ def _layer_classes() -> dict[str, type]:
         MeanOfCrops=MeanOfCrops,
         MirrorImage=MirrorImage,
         ColourHistogram=ColourHistogram,
+        ColourInput=ColourInput,
         WithMirror=WithMirror,
         Halves=Halves,
     )
@@ -159,6 +179,11 @@ def mirror_layer(**kwargs) -> keras.layers.Layer:
 def colour_layer(**kwargs) -> keras.layers.Layer:
     """A layer that turns RGB pixels into `COLOUR_DIM` histogram values."""
     return _layer_classes()["ColourHistogram"](**kwargs)
+
+
+def colour_input_layer(scale: float, **kwargs) -> keras.layers.Layer:
+    """A layer that turns `colour_layer`'s histograms into the head's colour block."""
+    return _layer_classes()["ColourInput"](scale=scale, **kwargs)
 
 
 def image_and_mirror(extractor: keras.Model, inputs: keras.KerasTensor) -> tuple:

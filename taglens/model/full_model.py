@@ -44,6 +44,7 @@ def assemble(
     flip: bool = False,
     colour: bool = False,
     crops: bool = False,
+    colour_scale: float | None = None,
 ) -> keras.Model:
     """Compose extractor (pixels -> vectors) and head (vectors -> probabilities) into one model.
 
@@ -53,15 +54,34 @@ def assemble(
     training scored its validation split; the two go through the extractor as one batch
     (`taglens.features.views.image_and_mirror`, the code featurize runs). With `crops`, the
     probabilities of the crops view (`taglens.features.views.crops_mean`) join the average;
-    the `features` stay the image's (and mirror's), which the tag rankers were fitted on.
+    the `features` stay the image's (and mirror's), which the tag rankers were fitted on. With a
+    `colour_scale` the head reads each view's vectors followed by the image's colour block
+    (`taglens.training.head.head_input`), as it was fitted.
     """
     import keras
 
-    from taglens.features.views import colour_layer, crops_mean, image_and_mirror
+    from taglens.features.views import (
+        colour_input_layer,
+        colour_layer,
+        crops_mean,
+        image_and_mirror,
+    )
 
     inputs = keras.Input(extractor.input_shape[1:], name="image")
     # the head as an uncompiled model over the same layers: no optimizer state is saved with it
-    head = keras.Model(head.input, head.output, name=head.name)
+    head_model = keras.Model(head.input, head.output, name=head.name)
+    histograms = None
+    if colour or colour_scale is not None:
+        histograms = colour_layer(name="colour")(inputs)
+    if colour_scale is None:
+        head = head_model
+    else:
+        block = colour_input_layer(colour_scale, name="colour_input")(histograms)
+        joined = keras.layers.Concatenate(name="head_input")
+
+        def head(vectors):
+            return head_model(joined([vectors, block]))
+
     if flip:
         # one extractor call on a batch of 2N (images, then mirrors), as featurize computes them
         features, mirrored = image_and_mirror(extractor, inputs)
@@ -78,7 +98,7 @@ def assemble(
         probabilities = views[0]
     outputs = {"probabilities": probabilities, "features": features}
     if colour:
-        outputs["colour"] = colour_layer(name="colour")(inputs)
+        outputs["colour"] = histograms
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -275,6 +295,7 @@ def served_model(config: TrainConfig, fit: HeadFit, train: Split, raw: Path, pre
         flip=fit.augmented,
         crops=fit.crops,
         colour=config.hashtags.image_rankers and "colour" in train.views,
+        colour_scale=fit.colour_scale,
     )
 
 

@@ -76,6 +76,7 @@ class TrainParams(Section):
     normalise: Normalise
     augment: bool
     crops: Auto | bool  # average the crops view at prediction (when featurize made it)
+    colour: Auto | bool  # the head reads the colour view beside the vectors
     label_smoothing: float = Field(ge=0, lt=1)
     class_weight: Literal["none", "balanced"]
     early_stopping_patience: int = Field(ge=0)

@@ -181,6 +181,7 @@ class HeadFit:
     val_accuracy: float = float("nan")
     augmented: bool = False  # trained on the flip view too: predict with both views averaged
     crops: bool = False  # the crops view is averaged in at prediction (train.crops chose it)
+    colour_scale: float | None = None  # the head reads the colour view too (`head_input`)
 
     def score(self) -> tuple[float, float]:
         """Sort key for picking the best fit: higher val accuracy, then lower val loss."""
@@ -203,13 +204,57 @@ class HeadFit:
             TaglensError: a view the fit predicts with is not cached.
         """
         extra = [name for name in self.views if name != "image"]
-        missing = [name for name in extra if name not in views]
+        needed = extra + (["colour"] if self.colour_scale is not None else [])
+        missing = [name for name in needed if name not in views]
         if missing:
             raise TaglensError(
-                f"the model averages the {missing} view(s), which the cached features lack: "
+                f"the model reads the {missing} view(s), which the cached features lack: "
                 "re-run featurize with them in featurize.views"
             )
-        return predict_views(self.model, vectors, *(views[name] for name in extra))
+        rows = [vectors, *(views[name] for name in extra)]
+        if self.colour_scale is not None:
+            rows = [head_input(row, views["colour"], self.colour_scale) for row in rows]
+        return predict_views(self.model, *rows)
+
+
+def colour_scale(vectors: np.ndarray, colour: np.ndarray) -> float:
+    """The factor that gives the colour block of `head_input` the vectors' mean row length.
+
+    The kernel head, `l2` and `none` normalisation treat a row as a whole: unscaled, the colour
+    block (length at most sqrt(2)) would vanish beside backbone vectors tens of units long.
+    """
+    vectors_length = float(np.linalg.norm(vectors, axis=1).mean()) if len(vectors) else 0.0
+    colour_length = float(np.linalg.norm(np.sqrt(np.clip(colour, 0.0, None)), axis=1).mean())
+    return vectors_length / colour_length if colour_length > 0 and vectors_length > 0 else 1.0
+
+
+def head_input(vectors: np.ndarray, colour: np.ndarray, scale: float) -> np.ndarray:
+    """The head's input when it reads the colour view: the vectors, then scale * sqrt(colour).
+
+    The square root of a histogram (the Hellinger map) lets bins with few pixels, such as the
+    petals' colour in a photo of leaves, count beside the large ones. The served model computes
+    the same with `taglens.features.views.colour_input_layer`.
+    """
+    block = np.sqrt(np.clip(np.asarray(colour, "float32"), 0.0, None)) * np.float32(scale)
+    return np.concatenate([np.asarray(vectors, "float32"), block], axis=1)
+
+
+def head_rows(
+    vectors: np.ndarray, views: Mapping[str, np.ndarray], scale: float | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A split's rows for `fit_head`: its vectors and flip view, as the head reads them.
+
+    With a `scale` both carry the image's colour block (a histogram does not change when the
+    image is mirrored).
+    """
+    flip = views.get("flip")
+    if scale is None:
+        return vectors, flip
+    colour = views["colour"]
+    return (
+        head_input(vectors, colour, scale),
+        None if flip is None else head_input(flip, colour, scale),
+    )
 
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:

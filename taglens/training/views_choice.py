@@ -1,4 +1,10 @@
-"""Which test-time views the served model averages: the image (and mirror) alone, or + crops.
+"""Which cached views the head reads and the served model averages.
+
+The colour view (`taglens.features.views`) may join the head's input: with `train.colour: auto`
+the chosen head setting is fitted once more on the vectors and the colour block
+(`taglens.training.head.head_input`), and the refit is kept only when it beats the head on the
+vectors alone on validation by more than `train.search.rule` allows to ignore. The colour costs
+nothing at prediction; the refit costs one more fit.
 
 The crops view (`taglens.features.views`) costs five more forward passes per photo at
 prediction, so it is served only when it earns them. With `train.crops: auto` both candidates
@@ -10,13 +16,14 @@ when the image (and mirror) alone falls more than one paired standard error belo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from taglens.errors import TaglensError
-from taglens.training.head import HeadFit
+from taglens.training.head import HeadFit, colour_scale
 from taglens.training.search import mean_se, pick_paired
 
 logger = logging.getLogger(__name__)
@@ -115,3 +122,95 @@ def log_views(choice: ViewsChoice) -> None:
         for name, value in choice.val_accuracy.items()
     }
     mlflow.log_metrics(metrics)
+
+
+@dataclass(frozen=True)
+class ColourChoice:
+    """Whether the head reads the colour view, and the validation evidence (train.json's)."""
+
+    colour: bool
+    why: str
+    val_accuracy: dict[str, float]  # "vectors" and "vectors+colour" -> val accuracy
+    difference_se: float = float("nan")
+
+    def report(self) -> dict[str, Any]:
+        """train.json's and MLflow's record of the choice."""
+        return {
+            "colour": self.colour,
+            "why": self.why,
+            "val_accuracy": dict(self.val_accuracy),
+            "difference_se": self.difference_se,
+        }
+
+
+def choose_colour(
+    fit: HeadFit,
+    refit: Callable[[float], HeadFit],
+    train_vectors: np.ndarray,
+    train_views: dict,
+    val: tuple[np.ndarray, dict, np.ndarray],
+    mode: bool | str,
+    rule: str,
+) -> tuple[HeadFit, ColourChoice]:
+    """The head that reads the colour view or not, as `train.colour` says, and why.
+
+    Args:
+        fit: the chosen head, fitted on the vectors alone.
+        refit: fits the same setting on the vectors and the colour block of the given scale.
+        train_vectors: the training vectors (the colour block's scale is fitted on them).
+        train_views: their cached views; `colour` must be among them to try the colour.
+        val: the validation photos' vectors, cached views and class indices.
+        mode: `train.colour`: True, False or "auto" (choose on validation by `rule`).
+        rule: `train.search.rule` (`best` or `one_se`).
+
+    Raises:
+        TaglensError: `train.colour: true` without the colour view in the cached features.
+    """
+    vectors, views, labels = val
+    if mode is False:
+        return fit, ColourChoice(False, "train.colour is false", {})
+    if "colour" not in train_views or "colour" not in views:
+        if mode is True:
+            raise TaglensError(
+                "train.colour is true but the cached features have no colour view: "
+                "add colour to featurize.views and re-run featurize"
+            )
+        return fit, ColourChoice(False, "featurize.views has no colour view", {})
+    labels = np.asarray(labels, int)
+    coloured = refit(colour_scale(train_vectors, train_views["colour"]))
+    plain, without = scored(fit, vectors, views, labels)
+    coloured, with_colour = scored(coloured, vectors, views, labels)
+    scores = [without, with_colour]
+    accuracy = {"vectors": float(without.mean()), "vectors+colour": float(with_colour.mean())}
+    se = mean_se(with_colour - without)
+    if mode is True:
+        return coloured, ColourChoice(True, "train.colour is true", accuracy, se)
+    keep = pick_paired(scores, [0, 1], rule) == 1
+    if keep:
+        why = (
+            f"reading the colour view raises validation accuracy from {accuracy['vectors']:.4f} "
+            f"to {accuracy['vectors+colour']:.4f}, more than {rule} allows to ignore (paired SE "
+            f"{se:.4f})"
+        )
+    else:
+        why = (
+            f"with the colour view the head reaches {accuracy['vectors+colour']:.4f} on "
+            f"validation against {accuracy['vectors']:.4f} without it: not better beyond {rule} "
+            f"(paired SE {se:.4f}), so the head reads the vectors alone"
+        )
+    logger.info("head input: %s", why)
+    return (coloured if keep else plain), ColourChoice(keep, why, accuracy, se)
+
+
+def log_colour(choice: ColourChoice) -> None:
+    """Log whether the head reads the colour view (`train.head_colour`), the evidence and why."""
+    import mlflow
+
+    mlflow.log_param("train.head_colour", choice.colour)
+    mlflow.set_tag("colour_why", choice.why)
+    mlflow.log_metrics(
+        {
+            f"val_accuracy_head_{name.replace('+', '_')}": value
+            for name, value in choice.val_accuracy.items()
+        }
+    )

@@ -122,6 +122,40 @@ def test_train_writes_the_served_model_and_logs_the_run(inputs):
 
 
 @pytest.mark.slow
+def test_a_head_that_reads_the_colour_view_is_served_as_it_was_scored(inputs):
+    """train.colour: true: the served model computes the colour block from the pixels and feeds
+    the head what it was fitted on, so the photos' files give the validation accuracy train.json
+    reports from the cached vectors and histograms."""
+    import pandas as pd
+
+    from taglens.data.images import load_batch
+
+    params, paths = inputs
+    params = params.model_copy(update={"train": params.train.model_copy(update={"colour": True})})
+    summary = _run(params, paths)
+    written = json.loads((paths["reports"] / "train.json").read_text())
+    choice = written["head_colour"]
+    assert choice["colour"] is True and choice["why"] == "train.colour is true"
+    assert set(choice["val_accuracy"]) == {"vectors", "vectors+colour"}
+    assert written["val_accuracy"] == pytest.approx(choice["val_accuracy"]["vectors+colour"])
+    run = mlflow.get_run(summary["run_id"])
+    assert run.data.params["train.head_colour"] == "True"
+    assert run.data.tags["colour_why"] == "train.colour is true"
+    assert "val_accuracy_head_vectors_colour" in run.data.metrics
+
+    predictor = HashtagPredictor.from_dir(paths["out"])
+    names = {layer.name for layer in predictor.model.layers}
+    assert {"colour", "colour_input", "head_input"} <= names
+    manifest = pd.read_csv(paths["clean"] / "manifest.csv")
+    val = manifest[manifest["split"] == "val"]
+    classes = list(params.base.classes)
+    images = load_batch([paths["raw"] / image for image in val["image"]], 32).numpy()
+    predicted = predictor.probabilities(images).argmax(axis=1)
+    truth = np.array([classes.index(label) for label in val["label"]])
+    assert float(np.mean(predicted == truth)) == pytest.approx(written["val_accuracy"])
+
+
+@pytest.mark.slow
 def test_sweep_logs_one_child_per_setting_and_keeps_the_best(inputs):
     params, paths = inputs
     # 18 training images at batch 32 are one optimizer step an epoch: 3 steps leave lr 0.01
