@@ -220,8 +220,12 @@ def test_machine_b_pulls_and_answers_like_machine_a(machines, team_services, tmp
         body = answer.json()
         assert body["top_class"] == expected["top_class"]
         assert str(body["model"]["version"]) == expected["model_version"]
+        # the page scores the upload normalized as ingest stores photos (re-encoded JPEG), batch
+        # predict the file as it is: the champion's answer to the normalized upload is the page's
+        page_expected = _champion_on_normalized(b, image)
+        assert body["top_probability"] == pytest.approx(page_expected, abs=1e-4)
         assert body["top_probability"] == pytest.approx(
-            float(expected["top_probability"]), abs=1e-4
+            float(expected["top_probability"]), abs=0.02
         )
 
         serve_url = f"http://127.0.0.1:{serve_port}"
@@ -242,9 +246,24 @@ def test_machine_b_pulls_and_answers_like_machine_a(machines, team_services, tmp
         assert answer.status_code == 200, answer.text
         [served] = answer.json()["predictions"]
         assert served["top_class"] == expected["top_class"]
-        assert served["top_probability"] == pytest.approx(
-            float(expected["top_probability"]), abs=1e-4
-        )
+        assert served["top_probability"] == pytest.approx(page_expected, abs=1e-4)
     finally:
         for server in servers.values():
             stop_process(server)
+
+
+def _champion_on_normalized(clone: Path, image: Path) -> float:
+    """The top probability of the clone's model for `image` normalized as ingest stores it.
+
+    Re-encoding a JPEG moves a few pixels across the colour histogram's bins, which a head that
+    reads the colour view sees (a few thousandths of probability on these photos), so the
+    servers, which normalize every upload, are compared with this and not with batch predict.
+    """
+    from taglens.data.images import normalize_image
+    from taglens.model.predictor import HashtagPredictor
+    from taglens.params.loader import load_params
+
+    ingest = load_params(clone / "params.yaml").ingest
+    predictor = HashtagPredictor.from_dir(clone / "models")
+    jpeg = normalize_image(image.read_bytes(), ingest).jpeg
+    return float(predictor.probabilities(predictor.decode([jpeg])).max())
