@@ -3,8 +3,9 @@
 The colour view (`taglens.features.views`) may join the head's input: with `train.colour: auto`
 the chosen head setting is fitted once more on the vectors and the colour block
 (`taglens.training.head.head_input`), and the refit is kept only when it beats the head on the
-vectors alone on validation by more than `train.search.rule` allows to ignore. The colour costs
-nothing at prediction; the refit costs one more fit.
+vectors alone on validation by more than `train.search.rule` allows to ignore. At prediction it
+adds only the histogram, which the served model computes for the tag rankers anyway; in train
+the refit costs one more fit.
 
 The crops view (`taglens.features.views`) costs five more forward passes per photo at
 prediction, so it is served only when it earns them. With `train.crops: auto` both candidates
