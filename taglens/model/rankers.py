@@ -21,23 +21,27 @@ A blend is eligible only if it reaches popularity's and the class mixture's P@1,
 R@top_k on validation, each within one standard error of the paired per-post difference (a
 blend that ranks a handful of posts differently is not thereby worse): suggesting the most used
 tags to everyone, and the class's usual tags, are floors. Among the eligible blends the choice
-maximises the recall of the whole served list, R@top_k. When no blend reaches both floors, the
-best single ranker is served, and the choice says so and why.
+maximises what a ranker's own settings maximise, the per-post mean of the four metrics
+(`objective`): the head of the list decides three of them. When no blend reaches both floors,
+the best single ranker is served, and the choice says so and why.
 
 The served list is read in two parts. P@1, R@5 and A@5 depend on its first `HASHTAG_K` tags
-only, so those come from the blend above. The rest of the list (tags `HASHTAG_K + 1` to
-`top_k`) comes from a second blend, the tail (`choose_tail`): among the tails whose whole list
-reaches the floors' R@top_k and recalls within one paired standard error of the best tail, the
-one that weighs the image rankers most. When recall cannot tell two lists apart, the one built
-from the photo rather than from its class is served: class-level tags are already at the head
-of the list, and the tail is where tags only the photo shows (a colour) find room.
+only, so those come from the blend above (chosen for the recall of its whole list alone, the
+head would give up precision at the top for tags the tail can place). The rest of the list
+(tags `HASHTAG_K + 1` to `top_k`) comes from a second blend, the tail (`choose_tail`): among
+the tails whose whole list reaches the floors' R@top_k and recalls within one paired standard
+error of the best tail, the one that weighs the image rankers most. When recall cannot tell two
+lists apart, the one built from the photo rather than from its class is served: class-level
+tags are already at the head of the list, and the tail is where tags only the photo shows (a
+colour) find room.
 
 Picking among many candidates on a few hundred posts rewards noise. A ranker's own settings are
 chosen by `hashtags.search.rule`, by default the one-standard-error rule of
 `taglens.training.search`: the simplest setting whose score (the per-post mean of the four
 metrics, `objective`) is within one standard error of the best, the error of their paired
 per-post difference. The blend is held by its floors instead; `choose_blend` can apply either
-rule (complexity: no tag weights before tag weights, then the fewest image rankers).
+rule to the same score (complexity: no tag weights before tag weights, then the fewest image
+rankers).
 
 `fit_ranking` fits the rankers on training posts and chooses in this order: each ranker's own
 settings first (one ranker at a time, so a few dozen candidates compete instead of their
@@ -577,8 +581,8 @@ def choose_blend(
 
     Returns:
         The weights, the index of the finisher chosen, their validation metrics and a summary
-        of the search (the best and the chosen blend's R@top_k); None when no blend reaches the
-        floor.
+        of the search (the best and the chosen blend's `objective`); None when no blend reaches
+        the floor.
     """
     keep = n_truth > 0  # only posts with tags are scored: leave the others out of the search
     scores = {name: s[keep] for name, s in scores.items()}
@@ -594,7 +598,7 @@ def choose_blend(
             tried += 1
             got = {key: float(v.mean()) for key, v in per_post.items()}
             if all(reaches(per_post[key], floor[key]) for key in floor):
-                passing.append((weights, index, got, per_post[f"recall_at_{top_k}"]))
+                passing.append((weights, index, got, objective(per_post)))
     summary = {"tried": tried, "passing": len(passing)}
     if not passing:
         logger.info("no blend of %d reaches the floor", tried)
@@ -607,7 +611,7 @@ def choose_blend(
     chosen = pick_paired([p[3] for p in passing], complexity, rule)
     weights, index, got, _ = passing[chosen]
     best = max(float(p[3].mean()) for p in passing)
-    summary.update(best_recall=best, chosen_recall=float(passing[chosen][3].mean()))
+    summary.update(best_objective=best, chosen_objective=float(passing[chosen][3].mean()))
     logger.info(
         "blend %s (tag weighting %d): validation %s; %d of %d blends reach the floor",
         weights,
@@ -620,9 +624,9 @@ def choose_blend(
 
 
 # The blend is held by its floors (it must match popularity and the class mixture on all four
-# metrics), so among the blends that do, the one whose whole list recalls the most is served.
-# On the flowers photos with clean captions the one-standard-error rule at this step kept the
-# image rankers out, and with them the colour tags only the photo shows.
+# metrics), so among the blends that do, the one that scores best is served. On the flowers
+# photos with clean captions the one-standard-error rule at this step kept the image rankers
+# out, and with them the colour tags only the photo shows.
 BLEND_RULE = "best"
 
 
@@ -845,7 +849,7 @@ def fit_ranking(
             "rankers": used,
             "tag_weights": weightings[index][0],
             "why": "of the blends that reach popularity's and the class mixture's validation "
-            "scores, the one whose served list finds the most of each post's tags",
+            "scores, the one with the best per-post mean of P@1, R@5, A@5 and R@top_k",
             "search": search,
         }
         report["blend"] = got

@@ -162,6 +162,36 @@ def test_the_blend_weights_an_image_ranker_only_where_it_helps():
     )
 
 
+def test_the_blend_is_chosen_for_all_four_metrics_not_the_recall_of_the_list_alone():
+    # Given posts that carry t0 and t11; the class mixture ranks t0 first and t11 last, and a
+    # tag model that puts a wrong t1 first but lifts t11 into the list (rank 7 when blended)
+    vocab = [f"t{i}" for i in range(12)]
+    truth = tag_matrix([{"t0", "t11"}] * 40, vocab)
+    n_truth = np.full(40, 2)
+    mixture = np.tile([0.9, *np.linspace(0.5, 0.05, 10), 0.0], (40, 1))
+    tag_model = np.tile([0.0, 1.0, *[0.01] * 9, 0.28], (40, 1))
+    scores = {"class_mixture": mixture, "tag_model": tag_model}
+    half = post_scores(0.5 * mixture + 0.5 * tag_model, truth, n_truth, top_k=10)
+    alone = post_scores(mixture, truth, n_truth, top_k=10)
+    assert half["recall_at_10"].mean() == 1.0 and alone["recall_at_10"].mean() == 0.5
+    assert half["precision_at_1"].mean() == 0.0 and alone["precision_at_1"].mean() == 1.0
+    no_floor = {key: np.zeros(40) for key in alone}
+    # When the blend is chosen
+    weights, _, got, summary = choose_blend(
+        scores, [lambda raw: raw], truth, n_truth, top_k=10, step=0.5, rule="best", floor=no_floor
+    )
+    # Then the class mixture alone is served (mean of the four 0.75, against 0.625 for the
+    # half-and-half blend whose list recalls more): the head decides P@1, R@5 and A@5
+    assert weights == {"class_mixture": 1.0, "tag_model": 0.0}
+    assert got == {
+        "precision_at_1": 1.0,
+        "recall_at_5": 0.5,
+        "accuracy_at_5": 1.0,
+        "recall_at_10": 0.5,
+    }
+    assert summary["chosen_objective"] == summary["best_objective"] == pytest.approx(0.75)
+
+
 def test_one_se_prefers_fewer_rankers_when_the_gain_is_noise():
     # Given a tag model that, blended half and half with the class mixture, is right on two
     # posts the class mixture misses and wrong on one it gets: one post better in 40
