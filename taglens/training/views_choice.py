@@ -31,22 +31,62 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ViewsChoice:
-    """The views chosen and the validation evidence (train.json's `views`)."""
+class PairedChoice:
+    """Whether an addition to the head (the crops view, the colour view) is served, and why.
 
-    crops: bool
+    Attributes:
+        name: what is added, and train.json's key for the decision (`crops`, `colour`).
+        used: the addition is served.
+        why: the reason in a sentence (the rule and the evidence, or the setting that decided).
+        val_accuracy: each candidate's validation accuracy by name (empty when nothing was
+            scored).
+        difference_se: the paired standard error of the two accuracies' gap.
+    """
+
+    name: str
+    used: bool
     why: str
-    val_accuracy: dict[str, float]  # candidate name ("image", "image+crops") -> val accuracy
-    difference_se: float = float("nan")  # the paired standard error of the two accuracies' gap
+    val_accuracy: dict[str, float]
+    difference_se: float = float("nan")
 
     def report(self) -> dict[str, Any]:
         """train.json's and MLflow's record of the choice."""
         return {
-            "crops": self.crops,
+            self.name: self.used,
             "why": self.why,
             "val_accuracy": dict(self.val_accuracy),
             "difference_se": self.difference_se,
         }
+
+
+def _paired(
+    name: str,
+    candidates: tuple[str, str],
+    right: tuple[np.ndarray, np.ndarray],
+    mode: bool | str,
+    rule: str,
+    sentences: tuple[str, str],
+) -> PairedChoice:
+    """Decide between the head without and with an addition on per-photo correctness.
+
+    Args:
+        name: the addition (`PairedChoice.name`).
+        candidates: the two candidates' names in `val_accuracy`, without then with.
+        right: their 1.0-per-correct-photo arrays on the same validation photos.
+        mode: True or "auto" (False is decided before anything is scored).
+        rule: `train.search.rule`, applied by `search.pick_paired` (simpler: without).
+        sentences: why, when kept and when left out; formatted with `without`, `with_`
+            (the accuracies), `rule` and `se`.
+    """
+    accuracy = {candidates[0]: float(right[0].mean()), candidates[1]: float(right[1].mean())}
+    se = mean_se(right[1] - right[0])
+    if mode is True:
+        return PairedChoice(name, True, f"train.{name} is true", accuracy, se)
+    keep = pick_paired(list(right), [0, 1], rule) == 1
+    why = sentences[0 if keep else 1].format(
+        without=accuracy[candidates[0]], with_=accuracy[candidates[1]], rule=rule, se=se
+    )
+    return PairedChoice(name, keep, why, accuracy, se)
 
 
 def scored(
@@ -62,7 +102,7 @@ def scored(
 
 def choose_crops(
     fit: HeadFit, vectors: np.ndarray, views: dict, labels: np.ndarray, mode: bool | str, rule: str
-) -> tuple[HeadFit, ViewsChoice]:
+) -> tuple[HeadFit, PairedChoice]:
     """The fit with `crops` set as `train.crops` says, and why.
 
     Args:
@@ -78,70 +118,45 @@ def choose_crops(
     """
     plain = replace(fit, crops=False)
     if mode is False:
-        return plain, ViewsChoice(False, "train.crops is false", {})
+        return plain, PairedChoice("crops", False, "train.crops is false", {})
     if "crops" not in views:
         if mode is True:
             raise TaglensError(
                 "train.crops is true but the cached features have no crops view: "
                 "add crops to featurize.views and re-run featurize"
             )
-        return plain, ViewsChoice(False, "featurize.views has no crops view", {})
+        return plain, PairedChoice("crops", False, "featurize.views has no crops view", {})
     labels = np.asarray(labels, int)
     plain, without = scored(plain, vectors, views, labels)
     cropped, with_crops = scored(replace(fit, crops=True), vectors, views, labels)
-    scores = [without, with_crops]
-    accuracy = {"image": float(scores[0].mean()), "image+crops": float(scores[1].mean())}
-    se = mean_se(scores[1] - scores[0])
-    if mode is True:
-        return cropped, ViewsChoice(True, "train.crops is true", accuracy, se)
-    keep = pick_paired(scores, [0, 1], rule) == 1
-    if keep:
-        why = (
-            f"the crops raise validation accuracy from {accuracy['image']:.4f} to "
-            f"{accuracy['image+crops']:.4f}, more than {rule} allows to ignore (paired SE "
-            f"{se:.4f})"
-        )
-    else:
-        why = (
-            f"the crops reach {accuracy['image+crops']:.4f} on validation against "
-            f"{accuracy['image']:.4f} without them: not better beyond {rule} (paired SE "
-            f"{se:.4f}), so the cheaper views are served"
-        )
-    logger.info("test-time views: %s", why)
-    chosen = cropped if keep else plain
-    return chosen, ViewsChoice(keep, why, accuracy, se)
+    choice = _paired(
+        "crops",
+        ("image", "image+crops"),
+        (without, with_crops),
+        mode,
+        rule,
+        (
+            "the crops raise validation accuracy from {without:.4f} to {with_:.4f}, more than "
+            "{rule} allows to ignore (paired SE {se:.4f})",
+            "the crops reach {with_:.4f} on validation against {without:.4f} without them: "
+            "not better beyond {rule} (paired SE {se:.4f}), so the cheaper views are served",
+        ),
+    )
+    logger.info("test-time views: %s", choice.why)
+    return (cropped if choice.used else plain), choice
 
 
-def log_views(choice: ViewsChoice) -> None:
+def log_views(choice: PairedChoice) -> None:
     """Log the test-time views chosen (`train.views_crops`), their val accuracies and why."""
     import mlflow
 
-    mlflow.log_param("train.views_crops", choice.crops)
+    mlflow.log_param("train.views_crops", choice.used)
     mlflow.set_tag("views_why", choice.why)
     metrics = {
         f"val_accuracy_views_{name.replace('+', '_')}": value
         for name, value in choice.val_accuracy.items()
     }
     mlflow.log_metrics(metrics)
-
-
-@dataclass(frozen=True)
-class ColourChoice:
-    """Whether the head reads the colour view, and the validation evidence (train.json's)."""
-
-    colour: bool
-    why: str
-    val_accuracy: dict[str, float]  # "vectors" and "vectors+colour" -> val accuracy
-    difference_se: float = float("nan")
-
-    def report(self) -> dict[str, Any]:
-        """train.json's and MLflow's record of the choice."""
-        return {
-            "colour": self.colour,
-            "why": self.why,
-            "val_accuracy": dict(self.val_accuracy),
-            "difference_se": self.difference_se,
-        }
 
 
 def choose_colour(
@@ -152,7 +167,7 @@ def choose_colour(
     val: tuple[np.ndarray, dict, np.ndarray],
     mode: bool | str,
     rule: str,
-) -> tuple[HeadFit, ColourChoice]:
+) -> tuple[HeadFit, PairedChoice]:
     """The head that reads the colour view or not, as `train.colour` says, and why.
 
     Args:
@@ -169,45 +184,41 @@ def choose_colour(
     """
     vectors, views, labels = val
     if mode is False:
-        return fit, ColourChoice(False, "train.colour is false", {})
+        return fit, PairedChoice("colour", False, "train.colour is false", {})
     if "colour" not in train_views or "colour" not in views:
         if mode is True:
             raise TaglensError(
                 "train.colour is true but the cached features have no colour view: "
                 "add colour to featurize.views and re-run featurize"
             )
-        return fit, ColourChoice(False, "featurize.views has no colour view", {})
+        return fit, PairedChoice("colour", False, "featurize.views has no colour view", {})
     labels = np.asarray(labels, int)
     coloured = refit(colour_scale(train_vectors, train_views["colour"]))
     plain, without = scored(fit, vectors, views, labels)
     coloured, with_colour = scored(coloured, vectors, views, labels)
-    scores = [without, with_colour]
-    accuracy = {"vectors": float(without.mean()), "vectors+colour": float(with_colour.mean())}
-    se = mean_se(with_colour - without)
-    if mode is True:
-        return coloured, ColourChoice(True, "train.colour is true", accuracy, se)
-    keep = pick_paired(scores, [0, 1], rule) == 1
-    if keep:
-        why = (
-            f"reading the colour view raises validation accuracy from {accuracy['vectors']:.4f} "
-            f"to {accuracy['vectors+colour']:.4f}, more than {rule} allows to ignore (paired SE "
-            f"{se:.4f})"
-        )
-    else:
-        why = (
-            f"with the colour view the head reaches {accuracy['vectors+colour']:.4f} on "
-            f"validation against {accuracy['vectors']:.4f} without it: not better beyond {rule} "
-            f"(paired SE {se:.4f}), so the head reads the vectors alone"
-        )
-    logger.info("head input: %s", why)
-    return (coloured if keep else plain), ColourChoice(keep, why, accuracy, se)
+    choice = _paired(
+        "colour",
+        ("vectors", "vectors+colour"),
+        (without, with_colour),
+        mode,
+        rule,
+        (
+            "reading the colour view raises validation accuracy from {without:.4f} to "
+            "{with_:.4f}, more than {rule} allows to ignore (paired SE {se:.4f})",
+            "with the colour view the head reaches {with_:.4f} on validation against "
+            "{without:.4f} without it: not better beyond {rule} (paired SE {se:.4f}), so the "
+            "head reads the vectors alone",
+        ),
+    )
+    logger.info("head input: %s", choice.why)
+    return (coloured if choice.used else plain), choice
 
 
-def log_colour(choice: ColourChoice) -> None:
+def log_colour(choice: PairedChoice) -> None:
     """Log whether the head reads the colour view (`train.head_colour`), the evidence and why."""
     import mlflow
 
-    mlflow.log_param("train.head_colour", choice.colour)
+    mlflow.log_param("train.head_colour", choice.used)
     mlflow.set_tag("colour_why", choice.why)
     mlflow.log_metrics(
         {

@@ -54,7 +54,7 @@ def test_auto_keeps_the_crops_only_when_they_win_beyond_one_paired_se():
     fit, choice = choose_crops(
         HeadFit(identity_head(), augmented=True), image, views, labels, "auto", "one_se"
     )
-    assert fit.crops and choice.crops
+    assert fit.crops and choice.used
     assert choice.val_accuracy == {"image": pytest.approx(0.8), "image+crops": 1.0}
     assert choice.difference_se == pytest.approx(np.sqrt(0.2 * 0.8 / 199), rel=1e-6)
     assert fit.val_accuracy == 1.0
@@ -64,7 +64,7 @@ def test_auto_keeps_the_crops_only_when_they_win_beyond_one_paired_se():
     fit, choice = choose_crops(
         HeadFit(identity_head(), augmented=True), image, views, labels, "auto", "one_se"
     )
-    assert not fit.crops and not choice.crops
+    assert not fit.crops and not choice.used
     assert fit.val_accuracy == pytest.approx(199 / 200)
     assert choice.val_accuracy["image+crops"] == 1.0
     assert "cheaper views are served" in choice.why
@@ -240,7 +240,7 @@ def test_colour_is_kept_when_the_refit_wins_beyond_one_standard_error():
         "one_se",
     )
     assert calls == [pytest.approx(2.0)]
-    assert choice.colour is True and fit.colour_scale == 1.0
+    assert choice.used is True and fit.colour_scale == 1.0
     assert choice.val_accuracy == {"vectors": 0.5, "vectors+colour": 1.0}
     assert fit.val_accuracy == 1.0
     assert "raises validation accuracy from 0.5000 to 1.0000" in choice.why
@@ -258,7 +258,7 @@ def test_colour_is_left_out_when_it_does_not_win():
         "auto",
         "one_se",
     )
-    assert choice.colour is False and fit.colour_scale is None
+    assert choice.used is False and fit.colour_scale is None
     assert choice.val_accuracy == {"vectors": 0.975, "vectors+colour": 1.0}
     # `best` takes any gain; `true` always keeps it; `false` never fits it
     fit, choice = choose_colour(
@@ -269,7 +269,7 @@ def test_colour_is_left_out_when_it_does_not_win():
         "auto",
         "best",
     )
-    assert choice.colour is True
+    assert choice.used is True
     fit, choice = choose_colour(
         HeadFit(identity_head()),
         lambda scale: pytest.fail("train.colour: false must not refit"),
@@ -278,7 +278,7 @@ def test_colour_is_left_out_when_it_does_not_win():
         False,
         "one_se",
     )
-    assert choice.colour is False and choice.val_accuracy == {}
+    assert choice.used is False and choice.val_accuracy == {}
 
 
 def test_colour_without_the_colour_view():
@@ -292,7 +292,7 @@ def test_colour_without_the_colour_view():
         "auto",
         "one_se",
     )
-    assert choice.colour is False and choice.why == "featurize.views has no colour view"
+    assert choice.used is False and choice.why == "featurize.views has no colour view"
     with pytest.raises(TaglensError, match="add colour to featurize.views"):
         choose_colour(
             HeadFit(identity_head()),
