@@ -27,6 +27,7 @@ from flows.runners import (
     SHARD_RETRY_DELAY_S,
     dask_runner,
     retry_unless_user_error,
+    shard_results,
 )
 from taglens import artifacts
 from taglens.errors import TaglensError
@@ -85,7 +86,7 @@ def _compute_shards(
         shard_task.submit(items, need, stores, model, seed, options)
         for items, need in zip(shards, lacking, strict=True)
     ]
-    return [future.result() for future in futures]
+    return shard_results(futures)
 
 
 @task(name="featurize-stage")

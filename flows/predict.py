@@ -32,6 +32,7 @@ from flows.runners import (
     SHARD_RETRY_DELAY_S,
     dask_runner,
     retry_unless_user_error,
+    shard_results,
 )
 from taglens import artifacts
 from taglens.errors import TaglensError
@@ -148,7 +149,7 @@ def _score_shards(
         )
         for paths, file in zip(shards, files, strict=True)
     ]
-    return [future.result() for future in futures]
+    return shard_results(futures)
 
 
 @flow(name="batch-predict", timeout_seconds=TIMEOUT_S)

@@ -1,4 +1,4 @@
-"""What the flows share: the Dask task runner of the scale-out flows, and the one retry rule."""
+"""What the flows share: the Dask task runner, its shard results, the one retry rule."""
 
 from __future__ import annotations
 
@@ -30,6 +30,33 @@ def dask_runner(scheduler_address: str | None, n_workers: int) -> Any:
             "dashboard_address": "127.0.0.1:0",
         }
     )
+
+
+def shard_results(futures: list[Any]) -> list[Any]:
+    """The results of shard tasks submitted to a Dask task runner, in submission order.
+
+    Each result is collected as soon as its shard is done and its Dask future released. A result
+    the scheduler still holds lives on the worker that computed it: when that worker dies, Dask
+    computes the shard again (PrefectHQ/prefect#15442), a re-run of a task run Prefect already
+    finished, which can leave the flow waiting on it.
+
+    Raises:
+        the error of the first shard to fail (after its retries), as `PrefectFuture.result`
+            does.
+    """
+    from distributed import as_completed
+
+    if not futures:
+        return []
+    index_of = {future.wrapped_future: index for index, future in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    # the task runner's client is not the process's default one: name its loop
+    loop = futures[0].wrapped_future.client.loop
+    for done in as_completed(list(index_of), loop=loop):
+        index = index_of[done]
+        results[index] = futures[index].result()
+        done.release()
+    return results
 
 
 # Shard tasks write their result atomically and resume (finished shards and scored rows are kept),

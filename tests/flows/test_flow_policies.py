@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from prefect import flow, task
 from prefect.states import Completed, Failed
 
 from flows import training as training_module
 from flows.featurize import shard_task
-from flows.runners import SHARD_RETRIES, retry_unless_user_error
+from flows.runners import SHARD_RETRIES, retry_unless_user_error, shard_results
 from flows.stagerun import USER_ERROR_EXIT, StageError
 from flows.training import TIMEOUT_S, training_flow
 from taglens.errors import TaglensError
@@ -45,3 +47,56 @@ def test_featurize_shards_retry_and_the_weekly_retrain_has_a_timeout():
     source = Path(training_module.__file__).read_text(encoding="utf-8")
     assert source.count("retry_condition_fn=retry_unless_user_error") == 1
     assert training_flow.timeout_seconds == TIMEOUT_S == 12 * 3600
+
+
+@task
+def _shard(seconds: float, value: str) -> str:
+    time.sleep(seconds)
+    if value == "bad":
+        raise TaglensError("shard bad cannot be computed")
+    return value
+
+
+def _held_keys(client, want: int, timeout: float = 10.0) -> int:
+    """The scheduler's task count, polled until it is `want` (releases reach it asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+        if held == want or time.monotonic() > deadline:
+            return held
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_shard_results_keep_submission_order_and_leave_no_result_on_a_worker(prefect_server):
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": 1,
+            "threads_per_worker": 3,
+            "processes": False,
+            "protocol": "tcp",
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+        }
+    )
+
+    @flow(task_runner=runner)
+    def shards(values: list[tuple[float, str]]) -> tuple[list[str], int, int]:
+        futures = [_shard.submit(seconds, value) for seconds, value in values]
+        client = futures[0].wrapped_future.client
+        try:
+            results = shard_results(futures)
+        except TaglensError as error:
+            results = [str(error)]
+        # a result the scheduler still held would be computed again if its worker died
+        return results, _held_keys(client, 0), len(futures)
+
+    # Given shards that finish in the reverse of their submission order
+    results, held, submitted = shards([(0.6, "a"), (0.3, "b"), (0.0, "c")])
+    # Then their results come back in submission order, and no result stays on the cluster
+    assert (results, held, submitted) == (["a", "b", "c"], 0, 3)
+    # And a shard that fails raises its own error (a user error: not retried)
+    results, _, _ = shards([(0.0, "a"), (0.0, "bad")])
+    assert results == ["shard bad cannot be computed"]

@@ -12,6 +12,7 @@ vectors of an uninterrupted local run.
 from __future__ import annotations
 
 import os
+import pprint
 import signal
 import threading
 import time
@@ -73,6 +74,25 @@ def _kill_a_busy_worker(client, store_dir, timeout=240):
     pytest.fail("featurize never had a finished shard and a busy worker at once")
 
 
+def _cluster_state(client) -> str:
+    """What the scheduler holds and the workers run: the message of a flow that never finished."""
+
+    def task_states(dask_scheduler):
+        return {
+            str(key): (task.state, str(task.processing_on), task.suspicious)
+            for key, task in dask_scheduler.tasks.items()
+        }
+
+    try:
+        stacks = client.call_stack()
+        return (
+            f"processing {client.processing()}; tasks {client.run_on_scheduler(task_states)}; "
+            f"worker stacks {pprint.pformat(stacks)[:6000]}"
+        )
+    except Exception as exc:  # noqa: BLE001 - the state is a diagnosis, the failure stands
+        return f"the cluster did not answer: {exc!r}"
+
+
 def test_a_dask_worker_killed_mid_featurize_loses_and_doubles_no_shard(
     tmp_path, own_services, team_services
 ):
@@ -115,9 +135,11 @@ def test_a_dask_worker_killed_mid_featurize_loses_and_doubles_no_shard(
         done_at_kill = _kill_a_busy_worker(client, shared / "data" / "features" / STORE_DIR)
         flow.join(timeout=300)
         survivors = len(client.scheduler_info(n_workers=-1)["workers"])
+        hung = _cluster_state(client) if flow.is_alive() else ""
 
     # Then the job finished on the surviving worker, killed mid-way (shards were still to do)
-    assert not flow.is_alive() and "error" not in outcome, outcome.get("error")
+    assert not flow.is_alive(), f"featurize still running 300 s after the kill: {hung}"
+    assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
     assert (summary["computed"], summary["shards"]) == (IMAGES, IMAGES // SHARD)
     assert survivors == 1
