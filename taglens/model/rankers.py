@@ -21,7 +21,7 @@ A blend is eligible only if it reaches popularity's and the class mixture's P@1,
 R@top_k on validation, each within one standard error of the paired per-post difference (a
 blend that ranks a handful of posts differently is not thereby worse): suggesting the most used
 tags to everyone, and the class's usual tags, are floors. Among the eligible blends the choice
-maximises what a ranker's own settings maximise, the per-post mean of the four metrics
+is made as a ranker's own settings are (below), on the per-post mean of the four metrics
 (`objective`): the head of the list decides three of them. When no blend reaches both floors,
 the best single ranker is served, and the choice says so and why.
 
@@ -39,9 +39,9 @@ Picking among many candidates on a few hundred posts rewards noise. A ranker's o
 chosen by `hashtags.search.rule`, by default the one-standard-error rule of
 `taglens.training.search`: the simplest setting whose score (the per-post mean of the four
 metrics, `objective`) is within one standard error of the best, the error of their paired
-per-post difference. The blend is held by its floors instead; `choose_blend` can apply either
-rule to the same score (complexity: no tag weights before tag weights, then the fewest image
-rankers).
+per-post difference. The blend is chosen by the same rule and score among those that reach
+its floors (simpler: no tag weights before tag weights, then fewer image rankers; weighing
+popularity or the class mixture costs no simplicity).
 
 `fit_ranking` fits the rankers on training posts and chooses in this order: each ranker's own
 settings first (one ranker at a time, so a few dozen candidates compete instead of their
@@ -623,13 +623,6 @@ def choose_blend(
     return weights, index, got, summary
 
 
-# The blend is held by its floors (it must match popularity and the class mixture on all four
-# metrics), so among the blends that do, the one that scores best is served. On the flowers
-# photos with clean captions the one-standard-error rule at this step kept the image rankers
-# out, and with them the colour tags only the photo shows.
-BLEND_RULE = "best"
-
-
 @dataclass(frozen=True)
 class RankingInputs:
     """What the rankers read of one split: features, colour view, tag sets, probabilities.
@@ -822,7 +815,7 @@ def fit_ranking(
         check.n_truth,
         params.top_k,
         params.blend_step,
-        BLEND_RULE,
+        params.search.rule,
         floor_by_post,
     )
     if found is not None:
@@ -849,7 +842,8 @@ def fit_ranking(
             "rankers": used,
             "tag_weights": weightings[index][0],
             "why": "of the blends that reach popularity's and the class mixture's validation "
-            "scores, the one with the best per-post mean of P@1, R@5, A@5 and R@top_k",
+            f"scores, by hashtags.search.rule ({params.search.rule}) on the per-post mean of "
+            "P@1, R@5, A@5 and R@top_k",
             "search": search,
         }
         report["blend"] = got

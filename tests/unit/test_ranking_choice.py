@@ -94,6 +94,34 @@ def test_when_no_blend_reaches_the_floors_the_best_single_ranker_is_served(monke
     assert blend.weights["popularity"] == 1.0 and sum(blend.weights.values()) == 1.0
 
 
+@pytest.mark.parametrize("rule", ["best", "one_se"])
+def test_the_blend_is_chosen_by_the_hashtags_search_rule(monkeypatch, rule):
+    # Given hashtags.search.rule set to `rule`, and a record of how the blend is chosen
+    chosen_with = []
+    choose = fit_rankers.choose_blend
+
+    def recording(*args, **kwargs):
+        chosen_with.append(args[6])  # choose_blend(scores, finishers, truth, n, k, step, rule, ...)
+        return choose(*args, **kwargs)
+
+    monkeypatch.setattr(fit_rankers, "choose_blend", recording)
+    defaults = params()
+    hashtags = params(
+        top_k=3, min_support=2, generic=(), search=defaults.search.model_copy(update={"rule": rule})
+    )
+    train, val = _posts(200, 0), _posts(120, 1)
+    stats = fit_hashtag_stats(train, CLASSES, hashtags)
+    probs = np.array([[0.8, 0.2] if post.label == "food" else [0.2, 0.8] for post in val])
+
+    # When the ranking is chosen on validation
+    blend, _ = fit_ranking(stats, _inputs(train), _inputs(val, probs), seed=0)
+
+    # Then the blend was chosen by that rule, and the choice says so
+    assert chosen_with == [rule]
+    assert blend.choice["served"] == "blend"
+    assert f"hashtags.search.rule ({rule})" in blend.choice["why"]
+
+
 def test_without_tagged_validation_posts_the_class_mixture_is_served():
     hashtags = params(top_k=3, min_support=2, generic=(), image_rankers=False)
     train = _posts(50, 0)
