@@ -21,9 +21,9 @@ A blend is eligible only if it reaches popularity's and the class mixture's P@1,
 R@top_k on validation, each within one standard error of the paired per-post difference (a
 blend that ranks a handful of posts differently is not thereby worse): suggesting the most used
 tags to everyone, and the class's usual tags, are floors. Among the eligible blends the choice
-is made as a ranker's own settings are (below), on the per-post mean of the four metrics
-(`objective`): the head of the list decides three of them. When no blend reaches both floors,
-the best single ranker is served, and the choice says so and why.
+is made on what a ranker's own settings are chosen on (below), the per-post mean of the four
+metrics (`objective`): the head of the list decides three of them. When no blend reaches both
+floors, the best single ranker is served, and the choice says so and why.
 
 The served list is read in two parts. P@1, R@5 and A@5 depend on its first `HASHTAG_K` tags
 only, so those come from the blend above (chosen for the recall of its whole list alone, the
@@ -39,8 +39,9 @@ Picking among many candidates on a few hundred posts rewards noise. A ranker's o
 chosen by `hashtags.search.rule`, by default the one-standard-error rule of
 `taglens.training.search`: the simplest setting whose score (the per-post mean of the four
 metrics, `objective`) is within one standard error of the best, the error of their paired
-per-post difference. The blend is chosen by the same rule and score among those that reach
-its floors (simpler: no tag weights before tag weights, then fewer image rankers; weighing
+per-post difference. The blend is chosen on the same score among those that reach its floors,
+by `hashtags.search.blend_rule` (by default `best`: the floors already guard it; under `one_se`
+simpler means no tag weights before tag weights, then fewer image rankers, and weighing
 popularity or the class mixture costs no simplicity).
 
 `fit_ranking` fits the rankers on training posts and chooses in this order: each ranker's own
@@ -815,7 +816,7 @@ def fit_ranking(
         check.n_truth,
         params.top_k,
         params.blend_step,
-        params.search.rule,
+        params.search.blend_rule,
         floor_by_post,
     )
     if found is not None:
@@ -842,7 +843,8 @@ def fit_ranking(
             "rankers": used,
             "tag_weights": weightings[index][0],
             "why": "of the blends that reach popularity's and the class mixture's validation "
-            f"scores, by hashtags.search.rule ({params.search.rule}) on the per-post mean of "
+            f"scores, by hashtags.search.blend_rule ({params.search.blend_rule}) on the per-post "
+            "mean of "
             "P@1, R@5, A@5 and R@top_k",
             "search": search,
         }

@@ -95,8 +95,9 @@ def test_when_no_blend_reaches_the_floors_the_best_single_ranker_is_served(monke
 
 
 @pytest.mark.parametrize("rule", ["best", "one_se"])
-def test_the_blend_is_chosen_by_the_hashtags_search_rule(monkeypatch, rule):
-    # Given hashtags.search.rule set to `rule`, and a record of how the blend is chosen
+def test_the_blend_is_chosen_by_its_own_rule(monkeypatch, rule):
+    # Given hashtags.search.blend_rule set to `rule` (each ranker's rule the other one), and a
+    # record of how the blend is chosen
     chosen_with = []
     choose = fit_rankers.choose_blend
 
@@ -107,7 +108,12 @@ def test_the_blend_is_chosen_by_the_hashtags_search_rule(monkeypatch, rule):
     monkeypatch.setattr(fit_rankers, "choose_blend", recording)
     defaults = params()
     hashtags = params(
-        top_k=3, min_support=2, generic=(), search=defaults.search.model_copy(update={"rule": rule})
+        top_k=3,
+        min_support=2,
+        generic=(),
+        search=defaults.search.model_copy(
+            update={"blend_rule": rule, "rule": "best" if rule == "one_se" else "one_se"}
+        ),
     )
     train, val = _posts(200, 0), _posts(120, 1)
     stats = fit_hashtag_stats(train, CLASSES, hashtags)
@@ -119,7 +125,7 @@ def test_the_blend_is_chosen_by_the_hashtags_search_rule(monkeypatch, rule):
     # Then the blend was chosen by that rule, and the choice says so
     assert chosen_with == [rule]
     assert blend.choice["served"] == "blend"
-    assert f"hashtags.search.rule ({rule})" in blend.choice["why"]
+    assert f"hashtags.search.blend_rule ({rule})" in blend.choice["why"]
 
 
 def test_without_tagged_validation_posts_the_class_mixture_is_served():
