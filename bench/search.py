@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as store:
         mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
-        mlflow.set_experiment("bench-search")
+        # artifacts beside the throwaway database, not in the checkout's mlruns/
+        artifacts = (Path(store) / "artifacts").as_uri()
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment("bench-search", artifacts))
         wall, cpu = time.perf_counter(), time.process_time()
         with mlflow.start_run(run_name="train"):
             trials, best = run_sweep(params.train, settings, fit_one, flatten(params))

@@ -17,7 +17,9 @@ import pytest
 from taglens.params import Params
 from taglens.toolenv import TOOL_ENV
 from tests.helpers.params import tiny_params as merged_tiny_params
-from tests.helpers.paths import FLOWERS, WEIGHTS
+from tests.helpers.paths import FLOWERS, ROOT, WEIGHTS
+
+CHECKOUT_RUNS = ROOT / "mlruns"
 
 # The tools' quiet environment, forced (not only defaulted): a test runs the same whatever the
 # shell that started pytest sets.
@@ -38,12 +40,26 @@ def _loopback_only(self, address):
 socket.socket.connect = _loopback_only
 
 
+def _checkout_runs() -> set[str]:
+    """What the checkout's own MLflow folder holds: each experiment's runs and logged models."""
+    found = [*CHECKOUT_RUNS.glob("*/*"), *CHECKOUT_RUNS.glob("*/models/*")]
+    return {str(path.relative_to(CHECKOUT_RUNS)) for path in found}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_mlflow_store(tmp_path_factory):
-    """Every test logs to a session-wide throwaway store unless it asks for a fresh one."""
+    """Every test logs to a session-wide throwaway store unless it asks for a fresh one.
+
+    An experiment created without an artifact location keeps its artifacts in `./mlruns` of the
+    directory it was created from: the checkout's own, where a user's runs live. The session
+    fails if anything appeared there.
+    """
     store = tmp_path_factory.mktemp("mlruns")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    before = _checkout_runs()
     yield store
+    leaked = sorted(_checkout_runs() - before)
+    assert not leaked, f"tests wrote into the checkout's {CHECKOUT_RUNS}: {leaked[:10]}"
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from flows.deploy import RETRAIN
 from flows.predict import ARTIFACT_KEY, RUN_NAME, batch_predict_flow
 from taglens.model.drift import DriftReference
+from taglens.tracking import configure_tracking
 from tests.helpers.params import tiny_params, write_tiny_params
 from tests.stages.train_fixtures import run_train, small_params, write_inputs
 
@@ -24,7 +25,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift")
     params = small_params(tiny_params(), epochs=5)
     paths = write_inputs(root, params, per_class=60)
-    mlflow.set_experiment(params.base.experiment)
+    configure_tracking(params.base.experiment)
     summary = run_train(params, paths)
     manifest = pd.read_csv(paths["clean"] / "manifest.csv")
     photos = {

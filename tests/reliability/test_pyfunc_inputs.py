@@ -12,6 +12,7 @@ from PIL import Image
 from test_predict_inbox_bombs import png_bomb
 
 from taglens.serving.pyfunc import MAX_MB_ENV, MAX_ROWS_ENV, ROOT_ENV, InputPolicy
+from taglens.tracking import configure_tracking
 from tests.helpers.params import tiny_params
 
 INGEST = tiny_params().ingest
@@ -124,7 +125,7 @@ def test_the_logged_model_applies_its_ingest_params_and_the_server_settings(
 
     # Given a model logged with a stricter min_side than the tiny params, served without opt-in
     strict = tiny_params.ingest.model_copy(update={"min_side": 45})
-    mlflow.set_experiment("pyfunc-inputs")  # the fresh store: an earlier test's experiment is gone
+    configure_tracking("pyfunc-inputs")  # the fresh store: an earlier test's experiment is gone
     with mlflow.start_run():
         info = log_taglens_model(tiny_models_dir, ingest=strict, max_upload_mb=3.5)
     monkeypatch.delenv(ROOT_ENV, raising=False)

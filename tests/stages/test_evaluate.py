@@ -12,6 +12,7 @@ import pytest
 from stages import evaluate as evaluate_stage
 from taglens.data.images import load_batch
 from taglens.model.predictor import HashtagPredictor
+from taglens.tracking import configure_tracking
 from tests.helpers.params import tiny_params, tiny_params_path
 from tests.stages.train_fixtures import run_evaluate, run_train, small_params, write_inputs
 
@@ -33,7 +34,7 @@ def evaluated(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         paths = write_inputs(root, params, per_class=10)
-        mlflow.set_experiment(params.base.experiment)
+        configure_tracking(params.base.experiment)
         summary = run_train(params, paths)
         scores = run_evaluate(params, paths)
     return params, paths, summary, scores

@@ -20,6 +20,7 @@ from taglens.features.engines import EngineModel
 from taglens.model.predictor import HashtagPredictor
 from taglens.model.pyfunc import log_taglens_model
 from taglens.serving.pyfunc import ENGINE_ENV, on_served_engine
+from taglens.tracking import configure_tracking
 from tests.helpers.params import tiny_params
 from tests.helpers.servers import free_port, wait_until_healthy
 
@@ -29,7 +30,7 @@ MLFLOW = Path(sys.executable).with_name("mlflow")
 def _log(models_dir, engine: str | None):
     """Log `models_dir` as the train stage does, recording the run's `featurize.engine`."""
     # an experiment of this store: an earlier test may leave another store's experiment active
-    mlflow.set_experiment("pyfunc-engine")
+    configure_tracking("pyfunc-engine")
     with mlflow.start_run():
         return log_taglens_model(
             models_dir, ingest=tiny_params().ingest, max_upload_mb=10, engine=engine

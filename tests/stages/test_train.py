@@ -13,6 +13,7 @@ import pytest
 from stages import train as train_stage
 from taglens.features.store import write_features
 from taglens.model.predictor import HashtagPredictor
+from taglens.tracking import configure_tracking
 from tests.stages.train_fixtures import run_train, small_params, write_inputs
 
 
@@ -24,7 +25,7 @@ def inputs(tmp_path, tiny_params, monkeypatch):
 
 
 def _run(params, paths, **kwargs):
-    mlflow.set_experiment(params.base.experiment)
+    configure_tracking(params.base.experiment)
     return run_train(params, paths, **kwargs)
 
 

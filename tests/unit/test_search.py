@@ -6,6 +6,7 @@ import mlflow
 import pytest
 
 from taglens.params import ParamsError, SweepParams
+from taglens.tracking import configure_tracking
 from taglens.training.head import HeadFit
 from taglens.training.search import apply_setting, grid, parse_sweep_arg, run_sweep, setting_name
 from tests.helpers.params import tiny_params
@@ -69,7 +70,7 @@ def test_each_setting_gets_a_child_run_and_the_best_is_picked(train_params):
         return HeadFit(model=None, history=[], val_loss=loss, val_accuracy=accuracy)
 
     settings = grid(SweepParams(learning_rate=(0.1, 0.01, 0.001)))
-    mlflow.set_experiment("sweep-test")
+    configure_tracking("sweep-test")
     with mlflow.start_run(run_name="parent") as parent:
         trials, best = run_sweep(train_params, settings, fake_fit, {"base.seed": 42})
     assert best == 2 and trials[best].params.learning_rate == 0.001
