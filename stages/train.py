@@ -56,6 +56,9 @@ from taglens.training.views_choice import choose_colour, choose_crops, log_colou
 
 logger = logging.getLogger(__name__)
 
+# the per-epoch metrics of the head refitted on the vectors and the colour view (train.colour)
+COLOUR_REFIT_PREFIX = "colour_refit_"
+
 
 def run(
     base: BaseParams,
@@ -95,6 +98,12 @@ def run(
     val = splits["val"]
     posts = read_raw_posts(raw)
 
+    def log_epoch_as(prefix: str):
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics({f"{prefix}{name}": value for name, value in metrics.items()}, epoch)
+
+        return on_epoch
+
     def fit_one(train_params: TrainParams, on_epoch, scale: float | None = None) -> HeadFit:
         x_train, flip_train = head_rows(train.vectors, train.views, scale)
         x_val, flip_val = head_rows(val.vectors, val.views, scale)
@@ -130,7 +139,8 @@ def run(
             best = params
         fit, colour = choose_colour(
             fit,
-            lambda scale: fit_one(best, None, scale),
+            # the refit's curves beside the chosen setting's: it is the head served if it wins
+            lambda scale: fit_one(best, log_epoch_as(COLOUR_REFIT_PREFIX), scale),
             train.vectors,
             train.views,
             (val.vectors, val.views, val.labels),

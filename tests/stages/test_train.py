@@ -143,6 +143,12 @@ def test_a_head_that_reads_the_colour_view_is_served_as_it_was_scored(inputs):
     assert run.data.params["train.head_colour"] == "True"
     assert run.data.tags["colour_why"] == "train.colour is true"
     assert "val_accuracy_head_vectors_colour" in run.data.metrics
+    # the served head's curves: the refit's epochs, beside the chosen setting's
+    refit = mlflow.MlflowClient().get_metric_history(summary["run_id"], "colour_refit_val_accuracy")
+    with (paths["reports"] / "history.csv").open(newline="") as handle:
+        served_curve = [float(row["val_accuracy"]) for row in csv.DictReader(handle)]
+    assert [m.step for m in refit] == list(range(1, summary["epochs_run"] + 1))
+    assert [m.value for m in refit] == pytest.approx(served_curve)
 
     predictor = HashtagPredictor.from_dir(paths["out"])
     names = {layer.name for layer in predictor.model.layers}
