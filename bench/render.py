@@ -635,8 +635,8 @@ def quality_section(results: Results) -> str:
         parts.append(
             prose(f"""On the clean captions the served list finds {colour["served"]:.3f}
         of each post's colour tags against the class mixture's {colour["class_mixture"]:.3f}:
-        its first five tags come from the blend held by the floors (the best mean of the four
-        metrics among those that reach them), the rest from the tail
+        its first five tags come from the blend held by the floors (chosen among those that
+        reach them on the mean of the four metrics), the rest from the tail
         blend, chosen on validation for recall@10 and, among tails within one paired standard
         error of the best, for the weight it gives the image rankers (docs/registry.md).""")
         )

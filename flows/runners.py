@@ -52,10 +52,14 @@ def shard_results(futures: list[Any]) -> list[Any]:
     results: list[Any] = [None] * len(futures)
     # the task runner's client is not the process's default one: name its loop
     loop = futures[0].wrapped_future.client.loop
-    for done in as_completed(list(index_of), loop=loop):
-        index = index_of[done]
-        results[index] = futures[index].result()
-        done.release()
+    try:
+        for done in as_completed(list(index_of), loop=loop):
+            index = index_of[done]
+            results[index] = futures[index].result()
+            done.release()
+    finally:  # a failed shard leaves the others' results held on their workers otherwise
+        for pending in index_of:
+            pending.release()  # releasing twice is harmless
     return results
 
 

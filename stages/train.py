@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def run(
     val = splits["val"]
     posts = read_raw_posts(raw)
 
-    def log_epoch_as(prefix: str):
+    def log_epoch_as(prefix: str) -> Callable[[int, dict[str, float]], None]:
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({f"{prefix}{name}": value for name, value in metrics.items()}, epoch)
 
@@ -135,7 +136,7 @@ def run(
         if settings:
             fit, best = sweep_logged(config, settings, fit_one, swept, space, len(val.labels))
         else:
-            fit = fit_one(params, lambda e, m: mlflow.log_metrics(m, step=e))
+            fit = fit_one(params, log_epoch_as(""))
             best = params
         fit, colour = choose_colour(
             fit,

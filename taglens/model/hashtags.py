@@ -322,7 +322,7 @@ class HashtagStats(HashtagRanking):
             tags=[entry["tag"] for entry in data["tags"]],
             counts=counts,
             engagement=[entry.get("engagement") for entry in data["tags"]],
-            params=HashtagParams.model_validate(data["params"]),
+            params=HashtagParams.model_validate(_with_blend_rule(data["params"])),
         )
 
     def save(self, path: Path | str) -> Path:
@@ -406,3 +406,14 @@ def fit_hashtag_stats(
         sum(class_posts),
     )
     return HashtagStats(classes, class_posts, captioned_posts, tags, counts, engagement, params)
+
+
+def _with_blend_rule(params: dict[str, Any]) -> dict[str, Any]:
+    """Saved hashtag params, with `search.blend_rule` for files saved before it existed.
+
+    Those models' blends were chosen by the best score, so `best` is what they did.
+    """
+    search = params.get("search")
+    if not isinstance(search, dict) or "blend_rule" in search:
+        return params
+    return {**params, "search": {**search, "blend_rule": "best"}}

@@ -23,17 +23,18 @@ blend that ranks a handful of posts differently is not thereby worse): suggestin
 tags to everyone, and the class's usual tags, are floors. Among the eligible blends the choice
 is made on what a ranker's own settings are chosen on (below), the per-post mean of the four
 metrics (`objective`): the head of the list decides three of them. When no blend reaches both
-floors, the best single ranker is served, and the choice says so and why.
+floors, a single ranker is served (chosen by the blend's rule), and the choice says so and why.
 
 The served list is read in two parts. P@1, R@5 and A@5 depend on its first `HASHTAG_K` tags
-only, so those come from the blend above (chosen for the recall of its whole list alone, the
-head would give up precision at the top for tags the tail can place). The rest of the list
-(tags `HASHTAG_K + 1` to `top_k`) comes from a second blend, the tail (`choose_tail`): among
-the tails whose whole list reaches the floors' R@top_k and recalls within one paired standard
-error of the best tail, the one that weighs the image rankers most. When recall cannot tell two
-lists apart, the one built from the photo rather than from its class is served: class-level
-tags are already at the head of the list, and the tail is where tags only the photo shows (a
-colour) find room.
+only, so those come from the blend above (were it chosen for the recall of its whole list
+alone, the head would give up precision at the top for tags the tail can place; R@top_k stays in
+its score because, when no tail beats the head's own blend, that blend's list is served whole).
+The rest of the list (tags `HASHTAG_K + 1` to `top_k`) comes from a second blend, the tail
+(`choose_tail`): among the tails whose whole list reaches the floors' R@top_k and recalls within
+one paired standard error of the best tail, the one that weighs the image rankers most. When
+recall cannot tell two lists apart, the one built from the photo rather than from its class is
+served: class-level tags are already at the head of the list, and the tail is where tags only
+the photo shows (a colour) find room.
 
 Picking among many candidates on a few hundred posts rewards noise. A ranker's own settings are
 chosen by `hashtags.search.rule`, by default the one-standard-error rule of
@@ -470,7 +471,10 @@ def ranking_scores(
 
 
 def objective(per_post: dict[str, np.ndarray]) -> np.ndarray:
-    """Per post, the mean of the guarded metrics: what a ranker's own settings maximise."""
+    """Per post, the mean of the guarded metrics: what a ranker's settings and the blend maximise.
+
+    With `top_k` 5, R@top_k is R@5 (one key): the mean is then of three metrics, R@5 once.
+    """
     return np.mean(np.stack(list(per_post.values())), axis=0)
 
 
@@ -675,10 +679,13 @@ class _Validation:
     def metrics(self, raw: np.ndarray, multiplier: np.ndarray | None = None) -> dict[str, float]:
         return {key: float(v.mean()) for key, v in self.per_post(raw, multiplier).items()}
 
-    def choose(self, candidates: list[tuple[dict, np.ndarray]]) -> int:
-        """Pick among (setting, raw scores) candidates listed simplest first."""
+    def choose(self, candidates: list[tuple[dict, np.ndarray]], rule: str | None = None) -> int:
+        """Pick among (setting, raw scores) candidates listed simplest first.
+
+        `rule` defaults to the rankers' own, `hashtags.search.rule`.
+        """
         per_post = [objective(self.per_post(raw)) for _, raw in candidates]
-        return pick_paired(per_post, list(range(len(candidates))), self.params.search.rule)
+        return pick_paired(per_post, list(range(len(candidates))), rule or self.params.search.rule)
 
 
 def _class_mixture(val: _Validation, probabilities: np.ndarray) -> tuple[str, float, np.ndarray]:
@@ -843,15 +850,15 @@ def fit_ranking(
             "rankers": used,
             "tag_weights": weightings[index][0],
             "why": "of the blends that reach popularity's and the class mixture's validation "
-            f"scores, by hashtags.search.blend_rule ({params.search.blend_rule}) on the per-post "
-            "mean of "
-            "P@1, R@5, A@5 and R@top_k",
+            f"scores, by hashtags.search.blend_rule ({params.search.blend_rule}) on the "
+            "per-post mean of P@1, R@5, A@5 and R@top_k",
             "search": search,
         }
         report["blend"] = got
     else:  # nothing reaches both floors: the best single ranker on validation, as it is
         names = list(scores)
-        best = names[check.choose([({}, scores[name]) for name in names])]
+        # what is served in the blend's place is chosen by the blend's rule
+        best = names[check.choose([({}, scores[name]) for name in names], params.search.blend_rule)]
         blend.weights = {best: 1.0}
         blend.tag_multiplier = None
         choice = {
@@ -859,7 +866,8 @@ def fit_ranking(
             "rankers": [best],
             "tag_weights": "none",
             "why": f"no blend reached both popularity's and the class mixture's "
-            f"validation scores {floor}; {best} scores best alone",
+            f"validation scores {floor}; {best} is chosen alone by hashtags.search.blend_rule "
+            f"({params.search.blend_rule})",
         }
         report["blend"] = report[best]
     choice.update(settings=settings, floor=floor)

@@ -97,8 +97,7 @@ class RankingSearchParams(Section):
     """The ranking settings tried on validation posts (each ranker's, then the blend's)."""
 
     rule: SelectionRule
-    # a default for the hashtags.json of models saved before the blend had its own rule
-    blend_rule: SelectionRule = "best"
+    blend_rule: SelectionRule
     estimators: tuple[Literal["posts", "uses"], ...] = Field(min_length=1)
     sharpen: tuple[Annotated[float, Field(gt=0, le=20)], ...] = Field(min_length=1)
     neighbours_k: tuple[Annotated[int, Field(ge=1)], ...] = Field(min_length=1)

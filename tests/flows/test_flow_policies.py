@@ -57,6 +57,24 @@ def _shard(seconds: float, value: str) -> str:
     return value
 
 
+@task
+def _last_shard(others: int) -> int:
+    """A shard still running while the `others` finish: how many tasks the scheduler then holds.
+
+    Waits until the others' results are released (only this shard's task left) or 20 s pass.
+    """
+    from distributed import get_client
+
+    client = get_client()
+    deadline = time.monotonic() + 20
+    time.sleep(0.5)  # the others are done by now
+    while True:
+        held = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+        if held == 1 or time.monotonic() > deadline:
+            return held
+        time.sleep(0.1)
+
+
 def _held_keys(client, want: int, timeout: float = 10.0) -> int:
     """The scheduler's task count, polled until it is `want` (releases reach it asynchronously)."""
     deadline = time.monotonic() + timeout
@@ -68,7 +86,9 @@ def _held_keys(client, want: int, timeout: float = 10.0) -> int:
 
 
 @pytest.mark.slow
-def test_shard_results_keep_submission_order_and_leave_no_result_on_a_worker(prefect_server):
+def test_shard_results_are_collected_as_shards_finish_and_leave_nothing_on_a_worker(
+    prefect_server,
+):
     from prefect_dask import DaskTaskRunner
 
     runner = DaskTaskRunner(
@@ -83,7 +103,7 @@ def test_shard_results_keep_submission_order_and_leave_no_result_on_a_worker(pre
     )
 
     @flow(task_runner=runner)
-    def shards(values: list[tuple[float, str]]) -> tuple[list[str], int, int]:
+    def ordered(values: list[tuple[float, str]]) -> tuple[list, int]:
         futures = [_shard.submit(seconds, value) for seconds, value in values]
         client = futures[0].wrapped_future.client
         try:
@@ -91,12 +111,17 @@ def test_shard_results_keep_submission_order_and_leave_no_result_on_a_worker(pre
         except TaglensError as error:
             results = [str(error)]
         # a result the scheduler still held would be computed again if its worker died
-        return results, _held_keys(client, 0), len(futures)
+        return results, _held_keys(client, 0)
+
+    @flow(task_runner=runner)
+    def first_submitted_finishes_last() -> list:
+        last = _last_shard.submit(2)
+        return shard_results([last, _shard.submit(0.0, "a"), _shard.submit(0.0, "b")])
 
     # Given shards that finish in the reverse of their submission order
-    results, held, submitted = shards([(0.6, "a"), (0.3, "b"), (0.0, "c")])
     # Then their results come back in submission order, and no result stays on the cluster
-    assert (results, held, submitted) == (["a", "b", "c"], 0, 3)
-    # And a shard that fails raises its own error (a user error: not retried)
-    results, _, _ = shards([(0.0, "a"), (0.0, "bad")])
-    assert results == ["shard bad cannot be computed"]
+    assert ordered([(0.6, "a"), (0.3, "b"), (0.0, "c")]) == (["a", "b", "c"], 0)
+    # And a shard that fails raises its own error, and the others' results are released too
+    assert ordered([(0.0, "bad"), (0.5, "a")]) == (["shard bad cannot be computed"], 0)
+    # And the shards that finish early are collected (released) while the first one still runs
+    assert first_submitted_finishes_last() == [1, "a", "b"]
