@@ -625,7 +625,7 @@ def quality_section(results: Results) -> str:
         class tag only, generic tags, missing class tags, colour tags on some posts, a long
         tail, and two classes without captions). Each row is one ranker alone on the same test
         posts with its settings chosen on validation; `served` is what the model answers
-        (load average {r["load_average_1m"]} at the start).""",
+        (load average {r["load_average_1m"]} when it finished).""",
     )
     noisy = runs.get("noisy", {}).get("rankers", {})
     parts = [table]
