@@ -53,7 +53,7 @@ from taglens.training.splits import (
     manifest_classes,
     read_manifest,
 )
-from taglens.training.views_choice import choose_colour, choose_crops, log_colour, log_views
+from taglens.training.views_choice import choose_colour, choose_crops, log_choice
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +148,11 @@ def run(
             params.colour,
             params.search.rule,
         )
-        log_colour(colour)
+        log_choice(colour, "train.head_colour", "colour_why", "val_accuracy_head_")
         fit, views = choose_crops(
             fit, val.vectors, val.views, val.labels, params.crops, params.search.rule
         )
-        log_views(views)
+        log_choice(views, "train.views_crops", "views_why", "val_accuracy_views_")
         history = list(fit.history)
         precision = meta.get("precision", "fp32")  # older features files are FP32
         served = served_model(config, fit, train, raw, precision)

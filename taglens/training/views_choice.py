@@ -146,19 +146,6 @@ def choose_crops(
     return (cropped if choice.used else plain), choice
 
 
-def log_views(choice: PairedChoice) -> None:
-    """Log the test-time views chosen (`train.views_crops`), their val accuracies and why."""
-    import mlflow
-
-    mlflow.log_param("train.views_crops", choice.used)
-    mlflow.set_tag("views_why", choice.why)
-    metrics = {
-        f"val_accuracy_views_{name.replace('+', '_')}": value
-        for name, value in choice.val_accuracy.items()
-    }
-    mlflow.log_metrics(metrics)
-
-
 def choose_colour(
     fit: HeadFit,
     refit: Callable[[float], HeadFit],
@@ -214,15 +201,19 @@ def choose_colour(
     return (coloured if choice.used else plain), choice
 
 
-def log_colour(choice: PairedChoice) -> None:
-    """Log whether the head reads the colour view (`train.head_colour`), the evidence and why."""
+def log_choice(choice: PairedChoice, param: str, why_tag: str, metric_prefix: str) -> None:
+    """Log a paired choice on the active MLflow run.
+
+    The decision goes in as `param`, the reason as the tag `why_tag`, and each candidate's
+    validation accuracy as the metric `metric_prefix` + its name (`+` written `_`).
+    """
     import mlflow
 
-    mlflow.log_param("train.head_colour", choice.used)
-    mlflow.set_tag("colour_why", choice.why)
+    mlflow.log_param(param, choice.used)
+    mlflow.set_tag(why_tag, choice.why)
     mlflow.log_metrics(
         {
-            f"val_accuracy_head_{name.replace('+', '_')}": value
+            f"{metric_prefix}{name.replace('+', '_')}": value
             for name, value in choice.val_accuracy.items()
         }
     )

@@ -7,7 +7,7 @@ import pytest
 
 from taglens.errors import TaglensError
 from taglens.training.head import HeadFit
-from taglens.training.views_choice import choose_colour, choose_crops
+from taglens.training.views_choice import PairedChoice, choose_colour, choose_crops, log_choice
 
 
 def identity_head(dim: int = 2):
@@ -326,3 +326,27 @@ def test_a_colour_reading_model_gives_the_same_outputs_on_every_engine(engine):
     assert set(got) == set(want)
     for key, value in want.items():
         np.testing.assert_allclose(np.asarray(got[key]), value, atol=1e-4)
+
+
+def test_a_paired_choice_is_logged_under_the_names_it_is_given(fresh_mlflow):
+    import mlflow
+
+    from taglens.tracking import configure_tracking
+
+    choice = PairedChoice("crops", True, "the crops win", {"image": 0.5, "image+crops": 0.75}, 0.1)
+    configure_tracking("paired-choice")
+    with mlflow.start_run() as run:
+        log_choice(choice, "train.views_crops", "views_why", "val_accuracy_views_")
+    logged = mlflow.get_run(run.info.run_id).data
+    assert logged.params == {"train.views_crops": "True"}
+    assert logged.tags["views_why"] == "the crops win"
+    assert logged.metrics == {
+        "val_accuracy_views_image": 0.5,
+        "val_accuracy_views_image_crops": 0.75,
+    }
+    assert choice.report() == {
+        "crops": True,
+        "why": "the crops win",
+        "val_accuracy": {"image": 0.5, "image+crops": 0.75},
+        "difference_se": 0.1,
+    }
