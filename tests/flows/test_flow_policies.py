@@ -58,21 +58,13 @@ def _shard(seconds: float, value: str) -> str:
 
 
 @task
-def _last_shard(others: int) -> int:
-    """A shard still running while the `others` finish: how many tasks the scheduler then holds.
-
-    Waits until the others' results are released (only this shard's task left) or 20 s pass.
-    """
+def _last_shard() -> int:
+    """A shard still running while the others finish: how many tasks the scheduler then holds
+    (its own only, once the others' results are released; polled for up to 20 s)."""
     from distributed import get_client
 
-    client = get_client()
-    deadline = time.monotonic() + 20
     time.sleep(0.5)  # the others are done by now
-    while True:
-        held = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
-        if held == 1 or time.monotonic() > deadline:
-            return held
-        time.sleep(0.1)
+    return _held_keys(get_client(), 1, timeout=20)
 
 
 def _held_keys(client, want: int, timeout: float = 10.0) -> int:
@@ -115,7 +107,7 @@ def test_shard_results_are_collected_as_shards_finish_and_leave_nothing_on_a_wor
 
     @flow(task_runner=runner)
     def first_submitted_finishes_last() -> list:
-        last = _last_shard.submit(2)
+        last = _last_shard.submit()
         return shard_results([last, _shard.submit(0.0, "a"), _shard.submit(0.0, "b")])
 
     # Given shards that finish in the reverse of their submission order
