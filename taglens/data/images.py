@@ -23,24 +23,54 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from taglens.params import IngestParams
 
 
-def decode_and_resize(data, image_size: int):
+def decode_and_resize(data, image_size: int, orientation=None):
     """Decode encoded image bytes (a scalar string tensor) to float32 RGB `image_size` squared.
 
     The first frame of an animation is used; resizing is bilinear with antialiasing.
+    `orientation`, if given (an int32 scalar tensor, `read_header`'s), turns the photo upright
+    first: TensorFlow's decoders ignore EXIF, and normalized photos (what ingest stores and the
+    page scores) carry none, so only a file read as it was sent needs it.
     """
     import tensorflow as tf
 
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    if orientation is not None:
+        image = upright(image, orientation)
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     return tf.cast(image, tf.float32)
+
+
+def upright(image, orientation):
+    """An (H, W, C) image tensor turned as its EXIF `orientation` (1-8) says, in TensorFlow ops.
+
+    The same pixels as Pillow's `ImageOps.exif_transpose`, which `normalize_image` applies: a phone
+    photo stored sideways is scored upright whichever way it was read.
+    """
+    import tensorflow as tf
+
+    def transposed():
+        return tf.transpose(image, [1, 0, 2])
+
+    branches = [  # Pillow's transpose for each orientation, in order
+        lambda: image,  # 1: as stored
+        lambda: tf.reverse(image, [1]),  # 2: FLIP_LEFT_RIGHT
+        lambda: tf.image.rot90(image, 2),  # 3: ROTATE_180
+        lambda: tf.reverse(image, [0]),  # 4: FLIP_TOP_BOTTOM
+        transposed,  # 5: TRANSPOSE
+        lambda: tf.image.rot90(image, 3),  # 6: ROTATE_270 (rot90 turns counter-clockwise)
+        lambda: tf.image.rot90(transposed(), 2),  # 7: TRANSVERSE
+        lambda: tf.image.rot90(image, 1),  # 8: ROTATE_90
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, len(branches) - 1)
+    return tf.switch_case(index, branches)
 
 
 def load_batch(paths: Sequence[Path | str], image_size: int):
@@ -88,8 +118,16 @@ def open_image(source: bytes | BinaryIO | Path | str):
     return Image.open(source, formats=ALLOWED_FORMATS)
 
 
-def header_pixels(path: Path | str) -> tuple[int, int]:
-    """Width and height of an image file read from its header only (no pixels decoded).
+class ImageHeader(NamedTuple):
+    """What an image file's header says: its stored size and its EXIF orientation."""
+
+    width: int
+    height: int
+    orientation: int  # EXIF orientation 1-8 (1: upright as stored, also when absent or invalid)
+
+
+def read_header(path: Path | str) -> ImageHeader:
+    """Size and EXIF orientation of an image file, read from its header only (no pixels decoded).
 
     Raises:
         ValueError: the file is not an image of an allowed format or cannot be read.
@@ -102,13 +140,23 @@ def header_pixels(path: Path | str) -> tuple[int, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with open_image(Path(path)) as image:
-                return image.size
+                return ImageHeader(*image.size, exif_orientation(image))
     except Image.DecompressionBombError as exc:
         raise ValueError(str(exc).split(" could")[0]) from None
     except Image.UnidentifiedImageError:
         raise ValueError(f"not an image in an allowed format ({FORMATS_TEXT})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's header parsers raise these
         raise ValueError(f"unreadable image header: {exc}") from None
+
+
+def exif_orientation(image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when it has none or an invalid one."""
+    try:
+        value = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception as exc:  # a broken EXIF block should not cost the photo
+        logger.debug("ignoring unreadable EXIF orientation: %s", exc)
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def reduction_factor(size: tuple[int, int], max_side: int, min_side: int = 1) -> int:

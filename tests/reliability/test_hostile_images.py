@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taglens.data.images import ALLOWED_FORMATS, RejectedImage, header_pixels, normalize_image
+from taglens.data.images import ALLOWED_FORMATS, RejectedImage, normalize_image, read_header
 from taglens.serving.web.upload import UploadError, prepare_image
 from tests.helpers.params import tiny_params, tiny_params_path
 from tests.helpers.paths import ROOT
@@ -42,7 +42,7 @@ def test_a_format_outside_the_list_is_refused_before_decoding(fmt, tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(data)
     with pytest.raises(ValueError, match="allowed format"):
-        header_pixels(path)
+        read_header(path)
 
     # Then it is refused as not an image of a supported format (a web upload: 415)
     assert refused.value.kind == "not_image"

@@ -116,17 +116,21 @@ def pixel_cap(max_pixels: int | None) -> int:
     return int(max_pixels or Image.MAX_IMAGE_PIXELS or 2**31)
 
 
-def check_header(path: Path | str, max_pixels: int) -> None:
+def check_header(path: Path | str, max_pixels: int) -> int:
     """Refuse, from its header alone, a file that is not an allowed image or has too many pixels.
+
+    Returns:
+        The photo's EXIF orientation (1-8), for the decode to turn it upright.
 
     Raises:
         ValueError: the reason, for the error row.
     """
-    from taglens.data.images import header_pixels
+    from taglens.data.images import read_header
 
-    width, height = header_pixels(path)
-    if width * height > max_pixels:
+    header = read_header(path)
+    if header.width * header.height > max_pixels:
         raise ValueError(
-            f"{width}x{height} = {width * height} pixels > the limit of "
-            f"{max_pixels} (ingest.max_pixels; possible decompression bomb)"
+            f"{header.width}x{header.height} = {header.width * header.height} pixels > the "
+            f"limit of {max_pixels} (ingest.max_pixels; possible decompression bomb)"
         )
+    return header.orientation

@@ -9,11 +9,12 @@ index: a file that cannot be read or decoded is dropped by `ignore_errors()` and
 gap in the indices, which keeps every row aligned with its path and turns the bad file into an
 error row instead of a crash. Before any pixel is decoded, the file's header is read with Pillow
 (limited to `data.images.ALLOWED_FORMATS`) and an image over `max_pixels` is refused the same
-way: a decompression bomb in an inbox costs one error row, never the run. On resume, only files
-whose path is already in the output are looked at up front to decide whether they can be
-skipped, and of those only the ones whose size or mtime changed since they were hashed (or
-whose stat the output does not hold) are read and hashed again. Every input is stat'ed before
-it is read, and its rows carry that size and mtime_ns for the output's index.
+way: a decompression bomb in an inbox costs one error row, never the run. The header's EXIF
+orientation turns the decoded photo upright (`data.images.upright`), as ingest and the page do.
+On resume, only files whose path is already in the output are looked at up front to decide
+whether they can be skipped, and of those only the ones whose size or mtime changed since they
+were hashed (or whose stat the output does not hold) are read and hashed again. Every input is
+stat'ed before it is read, and its rows carry that size and mtime_ns for the output's index.
 
 The batch predict job: score a list of images into a resumable output file, or merge shards.
 
@@ -186,15 +187,16 @@ def score_paths(
     size = predictor.image_size
     cap = pixel_cap(max_pixels)
 
-    def header_ok(path) -> bool:
-        check_header(path.numpy().decode(), cap)  # raising drops the element: an error row
-        return True
+    def checked_orientation(path) -> int:
+        # raising drops the element: an error row
+        return check_header(path.numpy().decode(), cap)
 
     def load(index, path):
-        checked = tf.py_function(header_ok, [path], tf.bool)
-        with tf.control_dependencies([checked]):
+        orientation = tf.py_function(checked_orientation, [path], tf.int32)
+        orientation.set_shape([])
+        with tf.control_dependencies([orientation]):
             data = tf.io.read_file(path)
-        return index, data, decode_and_resize(data, size)
+        return index, data, decode_and_resize(data, size, orientation)
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(todo, tf.int64), tf.constant([str(paths[i]) for i in todo], tf.string))

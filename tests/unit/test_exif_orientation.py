@@ -1,0 +1,107 @@
+"""A photo stored sideways (an EXIF orientation) is scored upright by batch predict, as ingest
+and the web page turn it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from taglens.data.images import read_header, upright
+from taglens.serving.batch.scoring import score_paths
+from taglens.serving.model_ref import ModelRef
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def _asymmetric(height: int = 5, width: int = 3) -> np.ndarray:
+    """An RGB array no flip or turn maps onto itself: every pixel differs."""
+    values = np.arange(height * width * 3, dtype=np.int64).reshape(height, width, 3)
+    return (values * 7 % 256).astype(np.uint8)
+
+
+def _save(path: Path, pixels: np.ndarray, orientation: int | None) -> Path:
+    image = Image.fromarray(pixels)
+    if orientation is None:
+        image.save(path)
+    else:
+        exif = Image.Exif()
+        exif[ORIENTATION] = orientation
+        image.save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_gives_the_pixels_of_pillows_exif_transpose(orientation, tmp_path):
+    import tensorflow as tf
+
+    # Given a photo file stored with this orientation
+    stored = _asymmetric()
+    path = _save(tmp_path / "photo.png", stored, orientation)
+
+    # When TensorFlow turns the stored pixels as the header says
+    turned = upright(tf.constant(stored), tf.constant(read_header(path).orientation)).numpy()
+
+    # Then they are Pillow's upright photo, pixel for pixel (what ingest and the page score)
+    with Image.open(path) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image))
+    assert turned.shape == expected.shape
+    assert np.array_equal(turned, expected)
+    assert (orientation == 1) == np.array_equal(turned, stored)
+
+
+def test_the_header_reads_the_orientation_and_treats_a_missing_or_invalid_one_as_upright(
+    tmp_path,
+):
+    pixels = _asymmetric()
+    assert read_header(_save(tmp_path / "a.jpg", pixels, 6)) == (3, 5, 6)
+    assert read_header(_save(tmp_path / "b.jpg", pixels, None)) == (3, 5, 1)
+    assert read_header(_save(tmp_path / "c.jpg", pixels, 9)) == (3, 5, 1)
+
+
+class _RecordingPredictor:
+    """Keeps the pixels batch predict hands the model."""
+
+    image_size = 8
+
+    def __init__(self):
+        self.pixels: list[np.ndarray] = []
+
+    def predict_pixels(self, batch):
+        self.pixels.extend(batch)
+        return [
+            {"top_class": "x", "top_probability": 1.0, "probabilities": {}, "hashtags": []}
+            for _ in batch
+        ]
+
+
+def test_batch_predict_scores_a_sideways_photo_as_the_upright_one(tmp_path):
+    # Given a photo saved upright, the same photo stored turned with the orientation that shows
+    # it upright, and the turned pixels without that orientation
+    photo = np.kron(_asymmetric(6, 4), np.ones((4, 4, 1), np.uint8))  # 24 x 16, lossless PNG
+    turned = np.rot90(photo, 1).copy()  # stored 90 degrees counter-clockwise: orientation 6
+    paths = [
+        _save(tmp_path / "upright.png", photo, None),
+        _save(tmp_path / "sideways.png", turned, 6),
+        _save(tmp_path / "sideways-no-exif.png", turned, None),
+    ]
+
+    # When batch predict scores the three
+    predictor = _RecordingPredictor()
+    rows = [
+        row
+        for batch in score_paths(
+            paths, predictor, ModelRef("taglens", "1"), batch_size=2, progress=False
+        )
+        for row in batch
+    ]
+
+    # Then the sideways photo gets the upright photo's pixels, and without its orientation it
+    # would not
+    assert [row["error"] for row in rows] == [None, None, None]
+    upright_pixels, sideways, unturned = predictor.pixels
+    assert upright_pixels.shape == (8, 8, 3)
+    assert np.array_equal(sideways, upright_pixels)
+    assert np.abs(unturned - upright_pixels).max() > 50
