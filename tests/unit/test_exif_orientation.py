@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from taglens.data.images import read_header, upright
+from taglens.data.images import decode_and_resize, read_header, upright
 from taglens.serving.batch.scoring import score_paths
 from taglens.serving.model_ref import ModelRef
+from taglens.serving.web.upload import prepare_image
+from tests.helpers.params import tiny_params
 
 ORIENTATION = 0x0112  # the EXIF tag
 
@@ -78,9 +80,11 @@ class _RecordingPredictor:
 
 
 def test_batch_predict_scores_a_sideways_photo_as_the_upright_one(tmp_path):
+    import tensorflow as tf
+
     # Given a photo saved upright, the same photo stored turned with the orientation that shows
     # it upright, and the turned pixels without that orientation
-    photo = np.kron(_asymmetric(6, 4), np.ones((4, 4, 1), np.uint8))  # 24 x 16, lossless PNG
+    photo = np.kron(_asymmetric(6, 4), np.ones((8, 8, 1), np.uint8))  # 48 x 32, lossless PNG
     turned = np.rot90(photo, 1).copy()  # stored 90 degrees counter-clockwise: orientation 6
     paths = [
         _save(tmp_path / "upright.png", photo, None),
@@ -105,3 +109,10 @@ def test_batch_predict_scores_a_sideways_photo_as_the_upright_one(tmp_path):
     assert upright_pixels.shape == (8, 8, 3)
     assert np.array_equal(sideways, upright_pixels)
     assert np.abs(unturned - upright_pixels).max() > 50
+
+    # And the page, which normalizes the same upload as ingest does, sees that photo too (up to
+    # its JPEG re-encoding)
+    upload = prepare_image(paths[1].read_bytes(), tiny_params().ingest).jpeg
+    page = decode_and_resize(tf.constant(upload), predictor.image_size).numpy()
+    assert np.abs(page - sideways).max() < 12
+    assert np.abs(page - unturned).max() > 50
