@@ -38,7 +38,6 @@ SHARED = ROOT.parent / "shared"
 FLOWERS = SHARED / "datasets" / "flowers"
 WEIGHTS = SHARED / "weights" / "mobilenet_v1_1.0_imagenet_no_top.weights.h5"
 CAPTIONS = {"clean": "posts.jsonl", "noisy": "posts-noisy.jsonl"}
-RANKERS = ("popularity", "class_mixture", "tag_model", "colour_tags", "neighbours")
 METRICS = (
     "hashtag_precision_at_1",
     "hashtag_recall_at_5",
@@ -182,6 +181,8 @@ def test_rankings(repo: Path, k: int = 10) -> dict[str, Any]:
 
 def read_quality(repo: Path) -> dict[str, Any]:
     """The figures of one run: accuracy, every ranker's row, the choice and colour recall."""
+    from taglens.model.rankers import RANKERS
+
     metrics = json.loads((repo / "reports" / "metrics.json").read_text(encoding="utf-8"))
     train = json.loads((repo / "reports" / "train.json").read_text(encoding="utf-8"))
     rows = {"served": {key: metrics.get(key) for key in METRICS}}
@@ -222,6 +223,17 @@ def measure(work: Path, captions: tuple[str, ...] = ("clean", "noisy")) -> dict[
     return results
 
 
+def _row_order(ranker: str) -> tuple[int, str]:
+    """Served first, then the floors and the image rankers in the rankers module's order.
+
+    The saved JSON sorts its keys; the table must read the same from it as from the run.
+    """
+    from taglens.model.rankers import RANKERS
+
+    order = ("served", *RANKERS)
+    return (order.index(ranker) if ranker in order else len(order), ranker)
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The markdown tables of a saved result: every ranker side by side per caption set."""
     lines = []
@@ -235,7 +247,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             "| ranking (test) | P@1 | R@5 | A@5 | R@10 |",
             "|---|---|---|---|---|",
         ]
-        for ranker, row in figures["rankers"].items():
+        for ranker, row in sorted(figures["rankers"].items(), key=lambda item: _row_order(item[0])):
             cells = " | ".join("" if row[key] is None else f"{row[key]:.3f}" for key in METRICS)
             lines.append(f"| {ranker.replace('_', ' ')} | {cells} |")
         colour = figures["colour_recall_at_10"]

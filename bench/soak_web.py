@@ -53,6 +53,15 @@ REQUEST_TIMEOUT_S = 120.0
 DRAIN_S = 180.0
 GOOD = "good_photo"
 START_TIMEOUT_S = 900.0
+CHECKS = (  # what the verdict checks, in the order its table states them
+    "no_unexpected_5xx",
+    "every_request_answered",
+    "every_good_photo_answered",
+    "every_hostile_upload_documented_4xx",
+    "rss_flat",
+    "no_traceback_in_server_log",
+    "healthy_after",
+)
 
 
 @dataclass
@@ -300,6 +309,11 @@ def judge(
     }
 
 
+def _check_order(name: str) -> tuple[int, str]:
+    """The verdict's checks in the order `verdict` makes them (the saved JSON sorts its keys)."""
+    return (CHECKS.index(name) if name in CHECKS else len(CHECKS), name)
+
+
 def to_markdown(result: dict) -> str:
     """The per-kind table, the verdict and the RSS series (one sample every ~30 s)."""
     verdict = result["verdict"]
@@ -329,7 +343,9 @@ def to_markdown(result: dict) -> str:
         f"Verdict: **{'passed' if verdict['passed'] else 'FAILED'}**. "
         + "; ".join(
             f"{name.replace('_', ' ')}: {'yes' if ok else 'NO'}"
-            for name, ok in verdict["checks"].items()
+            for name, ok in sorted(
+                verdict["checks"].items(), key=lambda item: _check_order(item[0])
+            )
         )
         + ".",
         "",

@@ -81,3 +81,31 @@ def test_make_bench_runs_exactly_the_commands_benchmarks_md_shows():
     text = " ".join(render.render().split())  # commands may be wrapped over lines
     shown = re.findall(r"`(\.venv/bin/python -m bench\.(?!render)[^`]*)`", text)
     assert sorted(command(name, args) for name, args in BENCHMARKS) == sorted(set(shown))
+
+
+def _tables_with_a_renderer() -> list[tuple[str, object]]:
+    """Each results file whose run also wrote a markdown table, with its module's to_markdown."""
+    import importlib
+
+    found = []
+    for saved in sorted(render.RESULTS.glob("*.json")):
+        if not saved.with_suffix(".md").exists():
+            continue
+        try:
+            module = importlib.import_module(f"bench.{saved.stem.split('-')[0]}")
+        except ModuleNotFoundError:  # written by a tool outside bench/
+            continue
+        if hasattr(module, "to_markdown"):
+            found.append((saved.stem, module.to_markdown))
+    return found
+
+
+def test_a_table_reads_the_same_from_the_saved_json_as_the_run_wrote_it():
+    # The saved JSON sorts its keys; BENCHMARKS.md is rendered from it, the .md beside it by the
+    # run, from the figures in the order it measured them: both must list rows alike.
+    tables = _tables_with_a_renderer()
+    assert {"quality", "soak_web", "predict", "nightly"} <= {stem for stem, _ in tables}
+    for stem, to_markdown in tables:
+        saved = json.loads((render.RESULTS / f"{stem}.json").read_text())
+        written = (render.RESULTS / f"{stem}.md").read_text()
+        assert to_markdown(saved).strip() == written.strip(), stem
