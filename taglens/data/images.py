@@ -23,15 +23,20 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from taglens.params import IngestParams
 
+if TYPE_CHECKING:
+    import tensorflow as tf
 
-def decode_and_resize(data, image_size: int, orientation=None):
+
+def decode_and_resize(
+    data: tf.Tensor, image_size: int, orientation: tf.Tensor | None = None
+) -> tf.Tensor:
     """Decode encoded image bytes (a scalar string tensor) to float32 RGB `image_size` squared.
 
     The first frame of an animation is used; resizing is bilinear with antialiasing.
@@ -48,7 +53,7 @@ def decode_and_resize(data, image_size: int, orientation=None):
     return tf.cast(image, tf.float32)
 
 
-def upright(image, orientation):
+def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     """An (H, W, C) image tensor turned as its EXIF `orientation` (1-8) says, in TensorFlow ops.
 
     The same pixels as Pillow's `ImageOps.exif_transpose`, which `normalize_image` applies: a phone
@@ -100,6 +105,9 @@ def image_dataset(paths: Sequence[Path | str], image_size: int, batch_size: int)
 # every plugin it has (PSD, ICNS, FITS, PCX, SGI, ...): more parsers for a stranger's bytes to hit.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 FORMATS_TEXT = "JPEG, PNG, GIF, BMP, WebP or TIFF"
+# What TensorFlow's decode_image reads; the other allowed formats (TIFF) are decoded with Pillow
+# (`pillow_png`) where TensorFlow decodes the rest (batch predict).
+TENSORFLOW_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP"})
 # Modes Image.reduce refuses: they are converted (cheaply, per pixel) before reducing.
 _NO_REDUCE = ("1", "P")
 
@@ -119,11 +127,12 @@ def open_image(source: bytes | BinaryIO | Path | str):
 
 
 class ImageHeader(NamedTuple):
-    """What an image file's header says: its stored size and its EXIF orientation."""
+    """What an image file's header says: its size, its EXIF orientation and its format."""
 
     width: int
     height: int
     orientation: int  # EXIF orientation 1-8 (1: upright as stored, also when absent or invalid)
+    format: str  # one of ALLOWED_FORMATS
 
 
 def read_header(path: Path | str) -> ImageHeader:
@@ -140,7 +149,7 @@ def read_header(path: Path | str) -> ImageHeader:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with open_image(Path(path)) as image:
-                return ImageHeader(*image.size, exif_orientation(image))
+                return ImageHeader(*image.size, exif_orientation(image), image.format)
     except Image.DecompressionBombError as exc:
         raise ValueError(str(exc).split(" could")[0]) from None
     except Image.UnidentifiedImageError:
@@ -149,14 +158,35 @@ def read_header(path: Path | str) -> ImageHeader:
         raise ValueError(f"unreadable image header: {exc}") from None
 
 
-def exif_orientation(image) -> int:
-    """The EXIF orientation (1-8) of an opened image; 1 when it has none or an invalid one."""
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when it has none or an invalid one.
+
+    Reads only what was parsed with the header: a PNG's own `getexif` decodes every pixel to
+    look for an EXIF chunk after the image data (rare; ingest's `exif_transpose` still sees it).
+    """
     try:
-        value = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+        # The base class's method, not the PNG plugin's: no pixel is decoded before the
+        # caller has compared the size with its pixel limit.
+        value = int(Image.Image.getexif(image).get(ExifTags.Base.Orientation, 1))
     except Exception as exc:  # a broken EXIF block should not cost the photo
         logger.debug("ignoring unreadable EXIF orientation: %s", exc)
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+def pillow_png(path: Path | str) -> bytes:
+    """An image TensorFlow cannot decode (a TIFF), upright, in 8-bit RGB, as a lossless PNG.
+
+    Its first frame, as `decode_and_resize` takes; decoded whole, so the caller checks its size
+    first (`read_header`). Raises what Pillow raises for a damaged file.
+    """
+    with open_image(Path(path)) as image:
+        image.seek(0)
+        image.load()
+        rgb = _to_rgb(ImageOps.exif_transpose(image))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG", compress_level=1)  # read back at once: speed over size
+    return buffer.getvalue()
 
 
 def reduction_factor(size: tuple[int, int], max_side: int, min_side: int = 1) -> int:

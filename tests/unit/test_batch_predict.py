@@ -245,3 +245,46 @@ def test_merge_of_shards_loses_and_duplicates_nothing(tmp_path, fmt):
     assert merge_outputs(parts, out, MODEL) == 10
     assert merge_outputs(parts, out, MODEL) == 0  # a re-run merge adds nothing twice
     assert list(read_rows(out)) == list(read_rows(reference))
+
+
+class _PixelRecorder(FakePredictor):
+    """The fake model, keeping the pixels it was handed."""
+
+    def __init__(self):
+        super().__init__()
+        self.pixels: list[np.ndarray] = []
+
+    def predict_pixels(self, batch):
+        self.pixels.extend(batch)
+        return super().predict_pixels(batch)
+
+
+def test_a_tiff_which_tensorflow_cannot_decode_is_scored_like_the_same_photo_as_png(tmp_path):
+    # Given one photo as PNG, as a TIFF stored sideways (its orientation tag shows it upright),
+    # a TIFF whose pixels are cut short, and the folder they are in
+    rng = np.random.default_rng(0)
+    photo = (rng.random((24, 16, 3)) * 255).astype(np.uint8)
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    Image.fromarray(photo).save(folder / "a.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to show it
+    Image.fromarray(np.rot90(photo, 1).copy()).save(folder / "b.tiff", exif=exif)
+    whole = (folder / "b.tiff").read_bytes()
+    Image.fromarray(photo).save(folder / "c.tif")
+    (folder / "c.tif").write_bytes((folder / "c.tif").read_bytes()[:400])
+
+    # When batch predict scores the folder
+    paths = list_inputs(folder)
+    predictor = _PixelRecorder()
+    _score(paths, tmp_path / "out.jsonl", predictor)
+    rows = list(read_rows(tmp_path / "out.jsonl"))
+
+    # Then both TIFFs are listed; the whole one is scored with the PNG's very pixels and its
+    # own file's hash, and the cut one is an error row that says why
+    assert [p.name for p in paths] == ["a.png", "b.tiff", "c.tif"]
+    assert [r["error"] or "" for r in rows[:2]] == ["", ""]
+    assert rows[1]["sha256"] == hashlib.sha256(whole).hexdigest()
+    assert np.array_equal(predictor.pixels[1], predictor.pixels[0])
+    assert rows[2]["error"].startswith("not a decodable image: ") and rows[2]["top_class"] is None
+    assert len(predictor.pixels) == 2

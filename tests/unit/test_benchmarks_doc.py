@@ -91,10 +91,13 @@ def _tables_with_a_renderer() -> list[tuple[str, object]]:
     for saved in sorted(render.RESULTS.glob("*.json")):
         if not saved.with_suffix(".md").exists():
             continue
+        name = f"bench.{saved.stem.split('-')[0]}"
         try:
-            module = importlib.import_module(f"bench.{saved.stem.split('-')[0]}")
-        except ModuleNotFoundError:  # written by a tool outside bench/
-            continue
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # the module exists but cannot be imported: say so
+                raise
+            continue  # written by a tool outside bench/
         if hasattr(module, "to_markdown"):
             found.append((saved.stem, module.to_markdown))
     return found

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from taglens.data.images import decode_and_resize, read_header, upright
 from taglens.serving.batch.scoring import score_paths
@@ -15,7 +15,7 @@ from taglens.serving.model_ref import ModelRef
 from taglens.serving.web.upload import prepare_image
 from tests.helpers.params import tiny_params
 
-ORIENTATION = 0x0112  # the EXIF tag
+ORIENTATION = ExifTags.Base.Orientation
 
 
 def _asymmetric(height: int = 5, width: int = 3) -> np.ndarray:
@@ -58,9 +58,27 @@ def test_the_header_reads_the_orientation_and_treats_a_missing_or_invalid_one_as
     tmp_path,
 ):
     pixels = _asymmetric()
-    assert read_header(_save(tmp_path / "a.jpg", pixels, 6)) == (3, 5, 6)
-    assert read_header(_save(tmp_path / "b.jpg", pixels, None)) == (3, 5, 1)
-    assert read_header(_save(tmp_path / "c.jpg", pixels, 9)) == (3, 5, 1)
+    assert read_header(_save(tmp_path / "a.jpg", pixels, 6)) == (3, 5, 6, "JPEG")
+    assert read_header(_save(tmp_path / "b.jpg", pixels, None)) == (3, 5, 1, "JPEG")
+    assert read_header(_save(tmp_path / "c.png", pixels, 9)) == (3, 5, 1, "PNG")
+
+
+@pytest.mark.parametrize("orientation", [6, None])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tiff"])
+def test_the_orientation_is_read_without_decoding_a_pixel(
+    suffix, orientation, tmp_path, monkeypatch
+):
+    # A PNG's own getexif decodes the whole image when no EXIF came before the pixels (most
+    # PNGs): the header read must not, or an image over the pixel limit would be decoded before
+    # it is refused.
+    path = _save(tmp_path / f"photo{suffix}", _asymmetric(), orientation)
+
+    decoded = []
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda image, *args, **kwargs: decoded.append(image.format)
+    )
+    assert read_header(path).orientation == (orientation or 1)
+    assert decoded == []
 
 
 class _RecordingPredictor:
@@ -92,7 +110,13 @@ def test_batch_predict_scores_a_sideways_photo_as_the_upright_one(tmp_path):
         _save(tmp_path / "sideways-no-exif.png", turned, None),
     ]
 
-    # When batch predict scores the three
+    # (and a phone's JPEG stored the same way, beside its upright twin)
+    paths += [
+        _save(tmp_path / "upright.jpg", photo, None),
+        _save(tmp_path / "sideways.jpg", turned, 6),
+    ]
+
+    # When batch predict scores them
     predictor = _RecordingPredictor()
     rows = [
         row
@@ -104,8 +128,10 @@ def test_batch_predict_scores_a_sideways_photo_as_the_upright_one(tmp_path):
 
     # Then the sideways photo gets the upright photo's pixels, and without its orientation it
     # would not
-    assert [row["error"] for row in rows] == [None, None, None]
-    upright_pixels, sideways, unturned = predictor.pixels
+    assert [row["error"] for row in rows] == [None] * 5
+    upright_pixels, sideways, unturned, upright_jpeg, sideways_jpeg = predictor.pixels
+    assert np.abs(sideways_jpeg - upright_jpeg).max() < 12  # JPEG's loss, not a turn
+    assert np.abs(sideways_jpeg - unturned).max() > 50
     assert upright_pixels.shape == (8, 8, 3)
     assert np.array_equal(sideways, upright_pixels)
     assert np.abs(unturned - upright_pixels).max() > 50

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench.hostile_uploads import Hostile, hostile_uploads
-from bench.soak_web import GOOD, documented, judge, to_markdown
+from bench.soak_web import CHECKS, GOOD, documented, judge, to_markdown
 
 WARMUP = 60.0
 WINDOW = 60.0
@@ -46,6 +46,7 @@ def _judge(uploads=None, samples=None, **kwargs) -> dict:
 def test_a_clean_soak_with_flat_memory_passes():
     verdict = _judge()
     assert verdict["passed"] and all(verdict["checks"].values())
+    assert tuple(verdict["checks"]) == CHECKS  # the order the table states them in
     assert verdict["rss_first_window_mb"] == 800.0 and verdict["rss_last_window_mb"] == 812.0
     assert verdict["rss_change"] == pytest.approx(0.015)
     assert (verdict["good_sent"], verdict["good_answered"]) == (100, 100)

@@ -8,10 +8,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taglens.errors import TaglensError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+if TYPE_CHECKING:
+    from taglens.data.images import ImageHeader
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 _GLOB_CHARS = "*?["
 
 
@@ -116,11 +120,12 @@ def pixel_cap(max_pixels: int | None) -> int:
     return int(max_pixels or Image.MAX_IMAGE_PIXELS or 2**31)
 
 
-def check_header(path: Path | str, max_pixels: int) -> int:
+def check_header(path: Path | str, max_pixels: int) -> ImageHeader:
     """Refuse, from its header alone, a file that is not an allowed image or has too many pixels.
 
     Returns:
-        The photo's EXIF orientation (1-8), for the decode to turn it upright.
+        What the header says (the EXIF orientation turns the photo upright; the format says
+        which decoder reads it).
 
     Raises:
         ValueError: the reason, for the error row.
@@ -133,4 +138,4 @@ def check_header(path: Path | str, max_pixels: int) -> int:
             f"{header.width}x{header.height} = {header.width * header.height} pixels > the "
             f"limit of {max_pixels} (ingest.max_pixels; possible decompression bomb)"
         )
-    return header.orientation
+    return header

@@ -10,7 +10,8 @@ gap in the indices, which keeps every row aligned with its path and turns the ba
 error row instead of a crash. Before any pixel is decoded, the file's header is read with Pillow
 (limited to `data.images.ALLOWED_FORMATS`) and an image over `max_pixels` is refused the same
 way: a decompression bomb in an inbox costs one error row, never the run. The header's EXIF
-orientation turns the decoded photo upright (`data.images.upright`), as ingest and the page do.
+orientation turns the decoded photo upright (`data.images.upright`), as ingest and the page do;
+a format TensorFlow cannot decode (TIFF) is decoded by Pillow into a PNG first.
 On resume, only files whose path is already in the output are looked at up front to decide
 whether they can be skipped, and of those only the ones whose size or mtime changed since they
 were hashed (or whose stat the output does not hold) are read and hashed again. Every input is
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from taglens.data.images import TENSORFLOW_FORMATS, ImageHeader, decode_and_resize, pillow_png
 from taglens.model.drift import DriftReference, DriftReport, compare
 from taglens.params import DriftParams
 from taglens.progress import progress_bar
@@ -90,25 +92,34 @@ def _failure(path: Path, image_size: int, max_pixels: int) -> tuple[str, str]:
     """(sha256, reason) for a file the pipeline dropped: re-tried eagerly, which is rare."""
     import tensorflow as tf
 
-    from taglens.data.images import decode_and_resize
-
     try:
         with open(path, "rb") as handle:
             sha = hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError as exc:
         return "", f"cannot read file: {exc.strerror or exc}"
     try:
-        check_header(path, max_pixels)
+        header = check_header(path, max_pixels)
     except ValueError as exc:
         return sha, f"refused before decoding: {exc}"
-    data = path.read_bytes()
     try:
-        decode_and_resize(tf.constant(data), image_size)
+        converted = _converted(path, header)[1]
+        decode_and_resize(tf.constant(converted or path.read_bytes()), image_size)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is reported in the row
         message = (getattr(exc, "message", None) or str(exc) or "unknown error").splitlines()[0]
         message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", message)
         return sha, f"not a decodable image: {message.strip()}"
     return sha, "not a decodable image"
+
+
+def _converted(path: Path | str, header: ImageHeader) -> tuple[int, bytes]:
+    """(EXIF orientation still to apply, bytes to decode instead of the file's) of a checked file.
+
+    TensorFlow decodes the file itself (no bytes returned) unless it cannot (a TIFF): Pillow
+    then decodes it, already upright, into a PNG.
+    """
+    if header.format in TENSORFLOW_FORMATS:
+        return header.orientation, b""
+    return 1, pillow_png(path)
 
 
 def _stat(path: Path | str) -> tuple[int, int] | None:
@@ -178,8 +189,6 @@ def score_paths(
     """
     import tensorflow as tf
 
-    from taglens.data.images import decode_and_resize
-
     report = report if report is not None else ScoreReport()
     report.total = len(paths)
     skip, stats = _already_done(paths, done, hashes or {}, {} if rehashed is None else rehashed)
@@ -187,16 +196,18 @@ def score_paths(
     size = predictor.image_size
     cap = pixel_cap(max_pixels)
 
-    def checked_orientation(path) -> int:
-        # raising drops the element: an error row
-        return check_header(path.numpy().decode(), cap)
+    def checked(path) -> tuple[int, bytes]:
+        name = path.numpy().decode()
+        return _converted(name, check_header(name, cap))  # raising drops it: an error row
 
     def load(index, path):
-        orientation = tf.py_function(checked_orientation, [path], tf.int32)
+        orientation, converted = tf.py_function(checked, [path], (tf.int32, tf.string))
         orientation.set_shape([])
+        converted.set_shape([])
         with tf.control_dependencies([orientation]):
-            data = tf.io.read_file(path)
-        return index, data, decode_and_resize(data, size, orientation)
+            data = tf.io.read_file(path)  # the file's own bytes: their sha256 is the resume key
+        pixels = tf.cond(tf.strings.length(converted) > 0, lambda: converted, lambda: data)
+        return index, data, decode_and_resize(pixels, size, orientation)
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(todo, tf.int64), tf.constant([str(paths[i]) for i in todo], tf.string))
