@@ -10,8 +10,8 @@ gap in the indices, which keeps every row aligned with its path and turns the ba
 error row instead of a crash. Before any pixel is decoded, the file's header is read with Pillow
 (limited to `data.images.ALLOWED_FORMATS`) and an image over `max_pixels` is refused the same
 way: a decompression bomb in an inbox costs one error row, never the run. The header's EXIF
-orientation turns the decoded photo upright (`data.images.upright`), as ingest and the page do;
-a format TensorFlow cannot decode (TIFF) is decoded by Pillow into a PNG first.
+orientation turns the decoded, resized photo upright (`data.images.upright`), as ingest and the
+page turn theirs; a format TensorFlow cannot decode (TIFF) is decoded by Pillow into a PNG first.
 On resume, only files whose path is already in the output are looked at up front to decide
 whether they can be skipped, and of those only the ones whose size or mtime changed since they
 were hashed (or whose stat the output does not hold) are read and hashed again. Every input is
@@ -38,7 +38,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from taglens.data.images import TENSORFLOW_FORMATS, ImageHeader, decode_and_resize, pillow_png
+from taglens.data.images import (
+    TENSORFLOW_FORMATS,
+    ImageHeader,
+    decode_and_resize,
+    pillow_png,
+    upright,
+)
 from taglens.model.drift import DriftReference, DriftReport, compare
 from taglens.params import DriftParams
 from taglens.progress import progress_bar
@@ -207,7 +213,7 @@ def score_paths(
         with tf.control_dependencies([orientation]):
             data = tf.io.read_file(path)  # the file's own bytes: their sha256 is the resume key
         pixels = tf.cond(tf.strings.length(converted) > 0, lambda: converted, lambda: data)
-        return index, data, decode_and_resize(pixels, size, orientation)
+        return index, data, decode_and_resize(pixels, size), orientation
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(todo, tf.int64), tf.constant([str(paths[i]) for i in todo], tf.string))
@@ -244,10 +250,13 @@ def score_paths(
         return rows
 
     try:
-        for indices, data, pixels in dataset:
+        for indices, data, pixels, orientations in dataset:
             ids = indices.numpy().tolist()
             shas = [hashlib.sha256(item).hexdigest() for item in data.numpy()]
-            predictions = predictor.predict_pixels(pixels.numpy())
+            batch = pixels.numpy()
+            for row, orientation in enumerate(orientations.numpy()):
+                batch[row] = upright(batch[row], orientation)  # square: the shape holds
+            predictions = predictor.predict_pixels(batch)
             scored = dict(zip(ids, zip(shas, predictions, strict=True), strict=True))
             yield flush(ids[-1] + 1, scored)
         tail = flush(len(paths), {})
