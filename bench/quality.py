@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from bench.results_io import in_order
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,19 +225,13 @@ def measure(work: Path, captions: tuple[str, ...] = ("clean", "noisy")) -> dict[
     return results
 
 
-def _row_order(ranker: str) -> tuple[int, str]:
-    """Served first, then the floors and the image rankers in the rankers module's order.
+def to_markdown(result: dict[str, Any]) -> str:
+    """The markdown tables of a saved result: every ranker side by side per caption set.
 
-    The saved JSON sorts its keys; the table must read the same from it as from the run.
+    Served first, then the rankers in the rankers module's order, as `read_quality` reads them.
     """
     from taglens.model.rankers import RANKERS
 
-    order = ("served", *RANKERS)
-    return (order.index(ranker) if ranker in order else len(order), ranker)
-
-
-def to_markdown(result: dict[str, Any]) -> str:
-    """The markdown tables of a saved result: every ranker side by side per caption set."""
     lines = []
     for name, figures in result["results"].items():
         choice = figures.get("choice") or {}
@@ -247,7 +243,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             "| ranking (test) | P@1 | R@5 | A@5 | R@10 |",
             "|---|---|---|---|---|",
         ]
-        for ranker, row in sorted(figures["rankers"].items(), key=lambda item: _row_order(item[0])):
+        for ranker, row in in_order(figures["rankers"].items(), ("served", *RANKERS)):
             cells = " | ".join("" if row[key] is None else f"{row[key]:.3f}" for key in METRICS)
             lines.append(f"| {ranker.replace('_', ' ')} | {cells} |")
         colour = figures["colour_recall_at_10"]

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.hostile_uploads import Hostile, hostile_uploads
+from bench.results_io import in_order
 from bench.web_load_kit import ROOT, free_port, rss_mb, start_server
 
 # How many times one upload is sent again after a 503 (each after its Retry-After).
@@ -309,11 +310,6 @@ def judge(
     }
 
 
-def _check_order(name: str) -> tuple[int, str]:
-    """The verdict's checks in the order `verdict` makes them (the saved JSON sorts its keys)."""
-    return (CHECKS.index(name) if name in CHECKS else len(CHECKS), name)
-
-
 def to_markdown(result: dict) -> str:
     """The per-kind table, the verdict and the RSS series (one sample every ~30 s)."""
     verdict = result["verdict"]
@@ -343,9 +339,7 @@ def to_markdown(result: dict) -> str:
         f"Verdict: **{'passed' if verdict['passed'] else 'FAILED'}**. "
         + "; ".join(
             f"{name.replace('_', ' ')}: {'yes' if ok else 'NO'}"
-            for name, ok in sorted(
-                verdict["checks"].items(), key=lambda item: _check_order(item[0])
-            )
+            for name, ok in in_order(verdict["checks"].items(), CHECKS)
         )
         + ".",
         "",

@@ -2,9 +2,12 @@
 
 Image decoding shared by every consumer, so all feed the model the same pixels.
 
-Featurize, training, batch predict and the web page call the TensorFlow functions. The Pillow
-functions are the one way any code opens an image with Pillow: only the documented formats, the
-size from the header before any pixel is decoded, and large images decoded reduced.
+Featurize, training, batch predict and the web page call the TensorFlow functions; batch predict,
+which reads files as they were sent, also turns them upright (`upright`, from the header's EXIF
+orientation) and has Pillow decode the formats TensorFlow reads wrongly or not at all
+(`upright_png`: TIFF, BMP). The Pillow functions are the one way any code opens an image with
+Pillow: only the documented formats, the size from the header before any pixel is decoded, and
+large images decoded reduced where they are stored (`normalize_image`).
 
 One image decoded, checked and re-encoded as the normalized JPEG that taglens stores and serves.
 
@@ -34,7 +37,8 @@ from taglens.params import IngestParams
 def decode_and_resize(data, image_size: int):
     """Decode encoded image bytes (a scalar string tensor) to float32 RGB `image_size` squared.
 
-    The first frame of an animation is used; resizing is bilinear with antialiasing.
+    The first frame of an animation is used; resizing is bilinear with antialiasing. The EXIF
+    orientation is not applied (`upright` does) and TIFF cannot be read (`upright_png` can).
     """
     import tensorflow as tf
 
@@ -93,9 +97,10 @@ def image_dataset(paths: Sequence[Path | str], image_size: int, batch_size: int)
 # every plugin it has (PSD, ICNS, FITS, PCX, SGI, ...): more parsers for a stranger's bytes to hit.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 FORMATS_TEXT = "JPEG, PNG, GIF, BMP, WebP or TIFF"
-# What TensorFlow's decode_image reads; the other allowed formats (TIFF) are decoded with Pillow
-# (`pillow_png`) where TensorFlow decodes the rest (batch predict).
-TENSORFLOW_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP"})
+# What TensorFlow's decode_image reads as Pillow does. Batch predict has Pillow decode the other
+# allowed formats (`upright_png`): TIFF, which TensorFlow cannot read, and BMP, whose paletted and
+# 1-bit variants it reads with wrong colours or refuses.
+TENSORFLOW_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP"})
 # Modes Image.reduce refuses: they are converted (cheaply, per pixel) before reducing.
 _NO_REDUCE = ("1", "P")
 
@@ -136,6 +141,7 @@ def read_header(path: Path | str) -> ImageHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # corrupt EXIF: read as upright
             with open_image(Path(path)) as image:
                 return ImageHeader(*image.size, exif_orientation(image), image.format)
     except Image.DecompressionBombError as exc:
@@ -162,16 +168,21 @@ def exif_orientation(image: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def pillow_png(path: Path | str) -> bytes:
-    """An image TensorFlow cannot decode (a TIFF), upright, in 8-bit RGB, as a lossless PNG.
+def upright_png(path: Path | str) -> bytes:
+    """An image TensorFlow cannot decode faithfully (TIFF, BMP), upright, 8-bit RGB, lossless PNG.
 
     Its first frame, as `decode_and_resize` takes; decoded whole, so the caller checks its size
     first (`read_header`). Raises what Pillow raises for a damaged file.
     """
-    with open_image(Path(path)) as image:
-        image.seek(0)
-        image.load()
-        rgb = _to_rgb(ImageOps.exif_transpose(image))
+    with warnings.catch_warnings():
+        # the caller has held the pixel count to its own limit; Pillow's UserWarnings (corrupt
+        # EXIF, odd TIFF tags) describe a file that is then decoded or refused anyway
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        with open_image(Path(path)) as image:
+            image.seek(0)
+            image.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG", compress_level=1)  # read back at once: speed over size
     return buffer.getvalue()

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from taglens.serving.batch.inputs import list_inputs, plan_shards, shard
 from taglens.serving.batch.outputs import OutputWriter, read_rows
 from taglens.serving.batch.scoring import merge_outputs, predict_to_file
 from taglens.serving.model_ref import ModelRef
+from tests.helpers.pixel_recorder import PixelRecorder
 
 MODEL = ModelRef("taglens", "3")
 FORMATS = ["csv", "jsonl", "parquet"]
@@ -247,44 +248,38 @@ def test_merge_of_shards_loses_and_duplicates_nothing(tmp_path, fmt):
     assert list(read_rows(out)) == list(read_rows(reference))
 
 
-class _PixelRecorder(FakePredictor):
-    """The fake model, keeping the pixels it was handed."""
-
-    def __init__(self):
-        super().__init__()
-        self.pixels: list[np.ndarray] = []
-
-    def predict_pixels(self, batch):
-        self.pixels.extend(batch)
-        return super().predict_pixels(batch)
-
-
-def test_a_tiff_which_tensorflow_cannot_decode_is_scored_like_the_same_photo_as_png(tmp_path):
-    # Given one photo as PNG, as a TIFF stored sideways (its orientation tag shows it upright),
-    # a TIFF whose pixels are cut short, and the folder they are in
+def test_a_tiff_and_a_paletted_bmp_are_scored_with_the_pixels_pillow_reads(tmp_path):
+    # Given one photo as PNG; as a TIFF stored sideways (its orientation tag shows it upright),
+    # which TensorFlow cannot read; as a paletted BMP, whose colours TensorFlow reads wrongly; a
+    # TIFF whose pixels are cut short; and the folder they are in
     rng = np.random.default_rng(0)
-    photo = (rng.random((24, 16, 3)) * 255).astype(np.uint8)
+    photo = Image.fromarray((rng.random((24, 16, 3)) * 255).astype(np.uint8)).quantize(64)
+    photo = photo.convert("RGB")  # 64 colours: the BMP's palette holds them exactly
     folder = tmp_path / "inbox"
     folder.mkdir()
-    Image.fromarray(photo).save(folder / "a.png")
+    photo.save(folder / "a.png")
     exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to show it
-    Image.fromarray(np.rot90(photo, 1).copy()).save(folder / "b.tiff", exif=exif)
-    whole = (folder / "b.tiff").read_bytes()
-    Image.fromarray(photo).save(folder / "c.tif")
-    (folder / "c.tif").write_bytes((folder / "c.tif").read_bytes()[:400])
+    exif[ExifTags.Base.Orientation] = 6  # turn 90 degrees clockwise to show it
+    photo.transpose(Image.Transpose.ROTATE_90).save(folder / "b.tiff", exif=exif)
+    photo.quantize(64).save(folder / "c.bmp")
+    photo.save(folder / "d.tif")
+    (folder / "d.tif").write_bytes((folder / "d.tif").read_bytes()[:400])
 
     # When batch predict scores the folder
     paths = list_inputs(folder)
-    predictor = _PixelRecorder()
+    predictor = PixelRecorder()
     _score(paths, tmp_path / "out.jsonl", predictor)
     rows = list(read_rows(tmp_path / "out.jsonl"))
 
-    # Then both TIFFs are listed; the whole one is scored with the PNG's very pixels and its
-    # own file's hash, and the cut one is an error row that says why
-    assert [p.name for p in paths] == ["a.png", "b.tiff", "c.tif"]
-    assert [r["error"] or "" for r in rows[:2]] == ["", ""]
-    assert rows[1]["sha256"] == hashlib.sha256(whole).hexdigest()
+    # Then all are listed; the TIFF and the BMP are scored with the PNG's very pixels and their
+    # own files' hashes, and the cut TIFF is an error row that says why
+    assert [p.name for p in paths] == ["a.png", "b.tiff", "c.bmp", "d.tif"]
+    assert [r["error"] or "" for r in rows[:3]] == ["", "", ""]
+    assert rows[1]["sha256"] == hashlib.sha256((folder / "b.tiff").read_bytes()).hexdigest()
+    assert len(predictor.pixels) == 3
     assert np.array_equal(predictor.pixels[1], predictor.pixels[0])
-    assert rows[2]["error"].startswith("not a decodable image: ") and rows[2]["top_class"] is None
-    assert len(predictor.pixels) == 2
+    assert np.array_equal(predictor.pixels[2], predictor.pixels[0])
+    assert (
+        rows[3]["error"].startswith("not a decodable image: ") and "truncated" in rows[3]["error"]
+    )
+    assert rows[3]["top_class"] is None

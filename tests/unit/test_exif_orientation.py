@@ -1,5 +1,4 @@
-"""A photo stored sideways (an EXIF orientation) is scored upright by batch predict, as ingest
-and the web page turn it."""
+"""Batch predict scores a photo stored sideways (an EXIF orientation) upright, as the page does."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from taglens.serving.batch.scoring import score_paths
 from taglens.serving.model_ref import ModelRef
 from taglens.serving.web.upload import prepare_image
 from tests.helpers.params import tiny_params
+from tests.helpers.pixel_recorder import PixelRecorder
 
 ORIENTATION = ExifTags.Base.Orientation
 
@@ -79,43 +79,39 @@ def test_the_orientation_is_read_without_decoding_a_pixel(
     assert decoded == []
 
 
-class _RecordingPredictor:
-    """Keeps the pixels batch predict hands the model."""
-
-    image_size = 8
-
-    def __init__(self):
-        self.pixels: list[np.ndarray] = []
-
-    def predict_pixels(self, batch):
-        self.pixels.extend(batch)
-        return [
-            {"top_class": "x", "top_probability": 1.0, "probabilities": {}, "hashtags": []}
-            for _ in batch
-        ]
+# The stored pixels that each orientation shows as the photo (Pillow checks it in the test).
+_STORED_AS = {
+    5: lambda photo: photo.transpose(1, 0, 2),
+    6: lambda photo: np.rot90(photo, 1),
+    7: lambda photo: np.rot90(photo.transpose(1, 0, 2), 2),
+    8: lambda photo: np.rot90(photo, 3),
+}
 
 
-def test_batch_predict_scores_a_sideways_photo_as_the_upright_one(tmp_path):
+@pytest.mark.parametrize("orientation", sorted(_STORED_AS))
+def test_batch_predict_scores_a_sideways_photo_as_the_upright_one(orientation, tmp_path):
     import tensorflow as tf
 
     # Given a photo saved upright, the same photo stored turned with the orientation that shows
     # it upright, and the turned pixels without that orientation
     photo = np.kron(_asymmetric(6, 4), np.ones((8, 8, 1), np.uint8))  # 48 x 32, lossless PNG
-    turned = np.rot90(photo, 1).copy()  # stored 90 degrees counter-clockwise: orientation 6
+    turned = np.ascontiguousarray(_STORED_AS[orientation](photo))
     paths = [
         _save(tmp_path / "upright.png", photo, None),
-        _save(tmp_path / "sideways.png", turned, 6),
+        _save(tmp_path / "sideways.png", turned, orientation),
         _save(tmp_path / "sideways-no-exif.png", turned, None),
     ]
+    with Image.open(paths[1]) as image:  # what ingest and the page see
+        assert np.array_equal(np.asarray(ImageOps.exif_transpose(image)), photo)
 
     # (and a phone's JPEG stored the same way, beside its upright twin)
     paths += [
         _save(tmp_path / "upright.jpg", photo, None),
-        _save(tmp_path / "sideways.jpg", turned, 6),
+        _save(tmp_path / "sideways.jpg", turned, orientation),
     ]
 
     # When batch predict scores them
-    predictor = _RecordingPredictor()
+    predictor = PixelRecorder()
     rows = [
         row
         for batch in score_paths(

@@ -8,12 +8,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from taglens.data.images import ImageHeader, read_header
 from taglens.errors import TaglensError
-
-if TYPE_CHECKING:
-    from taglens.data.images import ImageHeader
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 _GLOB_CHARS = "*?["
@@ -130,8 +127,6 @@ def check_header(path: Path | str, max_pixels: int) -> ImageHeader:
     Raises:
         ValueError: the reason, for the error row.
     """
-    from taglens.data.images import read_header
-
     header = read_header(path)
     if header.width * header.height > max_pixels:
         raise ValueError(

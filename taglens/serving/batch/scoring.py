@@ -11,7 +11,8 @@ error row instead of a crash. Before any pixel is decoded, the file's header is 
 (limited to `data.images.ALLOWED_FORMATS`) and an image over `max_pixels` is refused the same
 way: a decompression bomb in an inbox costs one error row, never the run. The header's EXIF
 orientation turns the decoded, resized photo upright (`data.images.upright`), as ingest and the
-page turn theirs; a format TensorFlow cannot decode (TIFF) is decoded by Pillow into a PNG first.
+page turn theirs; a format TensorFlow cannot decode faithfully (TIFF, BMP) is decoded by Pillow
+into a PNG first.
 On resume, only files whose path is already in the output are looked at up front to decide
 whether they can be skipped, and of those only the ones whose size or mtime changed since they
 were hashed (or whose stat the output does not hold) are read and hashed again. Every input is
@@ -42,8 +43,8 @@ from taglens.data.images import (
     TENSORFLOW_FORMATS,
     ImageHeader,
     decode_and_resize,
-    pillow_png,
     upright,
+    upright_png,
 )
 from taglens.model.drift import DriftReference, DriftReport, compare
 from taglens.params import DriftParams
@@ -108,7 +109,7 @@ def _failure(path: Path, image_size: int, max_pixels: int) -> tuple[str, str]:
     except ValueError as exc:
         return sha, f"refused before decoding: {exc}"
     try:
-        converted = _converted(path, header)[1]
+        converted = _decode_plan(path, header)[1]
         decode_and_resize(tf.constant(converted or path.read_bytes()), image_size)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is reported in the row
         message = (getattr(exc, "message", None) or str(exc) or "unknown error").splitlines()[0]
@@ -117,15 +118,15 @@ def _failure(path: Path, image_size: int, max_pixels: int) -> tuple[str, str]:
     return sha, "not a decodable image"
 
 
-def _converted(path: Path | str, header: ImageHeader) -> tuple[int, bytes]:
-    """(EXIF orientation still to apply, bytes to decode instead of the file's) of a checked file.
+def _decode_plan(path: Path | str, header: ImageHeader) -> tuple[int, bytes]:
+    """How a checked file is decoded: (EXIF orientation still to apply, bytes to decode instead).
 
-    TensorFlow decodes the file itself (no bytes returned) unless it cannot (a TIFF): Pillow
-    then decodes it, already upright, into a PNG.
+    TensorFlow decodes the file itself (no bytes returned) unless it cannot do it faithfully
+    (TIFF, BMP): Pillow then decodes it, already upright, into a PNG.
     """
     if header.format in TENSORFLOW_FORMATS:
         return header.orientation, b""
-    return 1, pillow_png(path)
+    return 1, upright_png(path)
 
 
 def _stat(path: Path | str) -> tuple[int, int] | None:
@@ -202,17 +203,17 @@ def score_paths(
     size = predictor.image_size
     cap = pixel_cap(max_pixels)
 
-    def checked(path) -> tuple[int, bytes]:
+    def decode_plan(path) -> tuple[int, bytes]:
         name = path.numpy().decode()
-        return _converted(name, check_header(name, cap))  # raising drops it: an error row
+        return _decode_plan(name, check_header(name, cap))  # raising drops it: an error row
 
     def load(index, path):
-        orientation, converted = tf.py_function(checked, [path], (tf.int32, tf.string))
+        orientation, converted = tf.py_function(decode_plan, [path], (tf.int32, tf.string))
         orientation.set_shape([])
         converted.set_shape([])
         with tf.control_dependencies([orientation]):
             data = tf.io.read_file(path)  # the file's own bytes: their sha256 is the resume key
-        pixels = tf.cond(tf.strings.length(converted) > 0, lambda: converted, lambda: data)
+        pixels = tf.where(tf.strings.length(converted) > 0, converted, data)
         return index, data, decode_and_resize(pixels, size), orientation
 
     dataset = tf.data.Dataset.from_tensor_slices(
