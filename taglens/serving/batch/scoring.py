@@ -12,11 +12,11 @@ error row instead of a crash. Before any pixel is decoded, the file's header is 
 way: a decompression bomb in an inbox costs one error row, never the run. The header's EXIF
 orientation turns the decoded, resized photo upright (`data.images.upright`), as ingest and the
 page turn theirs; a format TensorFlow cannot decode faithfully (TIFF, BMP) is decoded by Pillow
-into a PNG first.
-On resume, only files whose path is already in the output are looked at up front to decide
-whether they can be skipped, and of those only the ones whose size or mtime changed since they
-were hashed (or whose stat the output does not hold) are read and hashed again. Every input is
-stat'ed before it is read, and its rows carry that size and mtime_ns for the output's index.
+into a PNG first. On resume, only files whose path is already in the output are looked at up
+front to decide whether they can be skipped, and of those only the ones whose size or mtime
+changed since they were hashed (or whose stat the output does not hold) are read and hashed
+again. Every input is stat'ed before it is read, and its rows carry that size and mtime_ns for
+the output's index.
 
 The batch predict job: score a list of images into a resumable output file, or merge shards.
 
@@ -254,9 +254,9 @@ def score_paths(
         for indices, data, pixels, orientations in dataset:
             ids = indices.numpy().tolist()
             shas = [hashlib.sha256(item).hexdigest() for item in data.numpy()]
-            batch = pixels.numpy()
-            for row, orientation in enumerate(orientations.numpy()):
-                batch[row] = upright(batch[row], orientation)  # square: the shape holds
+            batch, turns = pixels.numpy(), orientations.numpy()
+            for row in np.flatnonzero(turns != 1):  # most photos are upright: nothing to copy
+                batch[row] = upright(batch[row], turns[row])  # square: the shape holds
             predictions = predictor.predict_pixels(batch)
             scored = dict(zip(ids, zip(shas, predictions, strict=True), strict=True))
             yield flush(ids[-1] + 1, scored)
