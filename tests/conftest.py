@@ -46,6 +46,16 @@ def _checkout_runs() -> set[str]:
     return {str(path.relative_to(CHECKOUT_RUNS)) for path in found}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `make test` (pytest-xdist, --dist loadgroup): group and queue the tests for the
+    workers (tests/helpers/workers.py). A run without workers keeps pytest's own order."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup":
+        from tests.helpers.workers import assign_worker_groups
+
+        assign_worker_groups(items)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_mlflow_store(tmp_path_factory):
     """Every test logs to a session-wide throwaway store unless it asks for a fresh one.
@@ -60,6 +70,13 @@ def _session_mlflow_store(tmp_path_factory):
     yield store
     leaked = sorted(_checkout_runs() - before)
     assert not leaked, f"tests wrote into the checkout's {CHECKOUT_RUNS}: {leaked[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_engine_cache(tmp_path_factory):
+    """Converted models (featurize.engine) go to a session-wide throwaway cache, never the
+    user's: a test that expects a conversion must not find one a user's run left behind."""
+    os.environ["TAGLENS_CACHE_DIR"] = str(tmp_path_factory.mktemp("engine-cache"))
 
 
 @pytest.fixture

@@ -129,19 +129,19 @@ def test_unknown_engine_names_the_param(vgg19_32px):
         compile_forward(vgg19_32px, "tensorrt", jit_compile=False)
 
 
-def test_a_missing_package_names_the_param_and_the_fix(vgg19_32px, monkeypatch):
+def test_a_missing_package_names_the_param_and_the_fix(vgg19_32px, monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
     )
     with pytest.raises(EngineError) as caught:
-        compile_forward(vgg19_32px, "openvino", jit_compile=False)
+        compile_forward(vgg19_32px, "openvino", jit_compile=False, cache_dir=tmp_path)
     message = str(caught.value)
     assert "featurize.engine: openvino needs openvino" in message
     assert "pip install openvino" in message and "featurize.engine: tensorflow" in message
 
 
-def test_a_failed_conversion_names_the_param(vgg19_32px, monkeypatch):
+def test_a_failed_conversion_names_the_param(vgg19_32px, monkeypatch, tmp_path):
     import openvino
 
     def broken(*_, **__):
@@ -154,7 +154,7 @@ def test_a_failed_conversion_names_the_param(vgg19_32px, monkeypatch):
         r"vgg19_features \(RuntimeError: Cannot create Foo layer\); set "
         r"featurize\.engine: tensorflow$",
     ):
-        compile_forward(vgg19_32px, "openvino", jit_compile=False)
+        compile_forward(vgg19_32px, "openvino", jit_compile=False, cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
