@@ -50,7 +50,8 @@ def _checkout_runs() -> set[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `make test` (pytest-xdist, --dist loadgroup): group and queue the tests for the
     workers (tests/helpers/workers.py). A run without workers keeps pytest's own order."""
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup":
+    # a worker holds `--dist loadgroup` as its loadgroup option (xdist sets its dist to "no")
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("loadgroup", False):
         from tests.helpers.workers import assign_worker_groups
 
         assign_worker_groups(items)

@@ -1,10 +1,11 @@
-"""How `make test` shares the suite between pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`).
+"""How `make test` shares the suite between two pytest-xdist workers (`--dist loadgroup`).
 
 A worker takes a group of tests at a time. A group is one test module (its module fixtures, a
 repository after `dvc repro` among them, are built once), joined with every other module that
 uses the same slow session fixture of a test folder's conftest (the team's services, the Prefect
 server, reliability's reference pipeline), which then starts once in the whole run. Groups are
-queued longest first, so that neither worker sits idle at the end while the other runs a long one.
+queued longest first (`--no-loadscope-reorder` keeps that order), so that neither worker sits idle
+at the end while the other runs a long one.
 """
 
 from __future__ import annotations
