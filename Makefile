@@ -72,12 +72,13 @@ team-deps:
 serve: setup ## the web page on http://127.0.0.1:8000 (upload a photo, get hashtags)
 	$(VENV)/bin/taglens serve
 
-# Two pytest-xdist workers, one a core: much of the suite waits on servers and subprocesses.
-# Tests that share a module's or a slow session fixture's set-up stay on one worker
-# (tests/helpers/workers.py); TEST_WORKERS=0 runs everything in this one process.
+# Two pytest-xdist workers, one a core: much of the suite waits on servers and subprocesses. A test
+# module stays on one worker (--dist loadscope), so its module fixtures (a repository after
+# `dvc repro`, the flowers pipeline) are built once. Modules are handed out in pytest's order, the
+# pipelines of tests/e2e first, so no long one starts last. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: setup-dev browser-deps team-deps ## the whole test suite, as CI runs it
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=30
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=30
 
 # The edit-test loop: every test not marked slow (no real servers, pipelines or fuzzing).
 test-fast: setup-dev ## the tests not marked slow (no servers, pipelines, browsers, fuzzing)

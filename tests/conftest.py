@@ -46,17 +46,6 @@ def _checkout_runs() -> set[str]:
     return {str(path.relative_to(CHECKOUT_RUNS)) for path in found}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `make test` (pytest-xdist, --dist loadgroup): group and queue the tests for the
-    workers (tests/helpers/workers.py). A run without workers keeps pytest's own order."""
-    # a worker holds `--dist loadgroup` as its loadgroup option (xdist sets its dist to "no")
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("loadgroup", False):
-        from tests.helpers.workers import assign_worker_groups
-
-        assign_worker_groups(items)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _session_mlflow_store(tmp_path_factory):
     """Every test logs to a session-wide throwaway store unless it asks for a fresh one.
