@@ -81,9 +81,6 @@ logger = logging.getLogger(__name__)
 TAG_MODEL_EPOCHS = 200  # upper bound; early stopping on validation loss ends far sooner
 TAG_MODEL_PATIENCE = 5
 TAG_MODEL_L2 = 1e-4  # a little ridge keeps rare tags' weights from growing without bound
-# Batches per call of the compiled step: the same updates, with less of Python's per-batch overhead
-# (a tag model of 40 tags on 3,000 posts: 37 s at 1, 27 s at 32, to the same weights).
-TAG_MODEL_STEPS_PER_EXECUTION = 32
 SCORE_CHUNK = 256  # query rows per similarity block: 256 x 7,000 floats is 7 MB
 
 
@@ -143,11 +140,7 @@ def fit_tag_model(
         len(columns), activation="sigmoid", kernel_regularizer=keras.regularizers.l2(TAG_MODEL_L2)
     )
     model = keras.Model(inputs, dense(inputs))
-    model.compile(
-        keras.optimizers.Adam(1e-3),
-        "binary_crossentropy",
-        steps_per_execution=TAG_MODEL_STEPS_PER_EXECUTION,
-    )
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
     model.fit(
         (x_train - mean) / scale,
         y_train[:, columns],
