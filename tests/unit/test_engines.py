@@ -129,6 +129,13 @@ def test_unknown_engine_names_the_param(vgg19_32px):
         compile_forward(vgg19_32px, "tensorrt", jit_compile=False)
 
 
+def test_the_suite_converts_into_a_throwaway_cache_not_the_users(tmp_path_factory):
+    # tests/conftest.py: a conversion a user's run left in ~/.cache/taglens must not be found
+    cache = engines.default_cache_dir()
+    assert cache.is_relative_to(tmp_path_factory.getbasetemp())
+    assert cache.name.startswith("engine-cache")
+
+
 def test_a_missing_package_names_the_param_and_the_fix(vgg19_32px, monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(
