@@ -11,11 +11,13 @@ from taglens.model.rankers import (
     TagModel,
     choose_blend,
     class_lift,
+    fit_sigmoids,
     fit_tag_model,
     image_lift,
     post_scores,
     ranking_scores,
     reaches,
+    sigmoid_loss,
     simplex,
     tag_matrix,
     unit_rows,
@@ -74,6 +76,52 @@ def test_tag_model_and_neighbours_learn_an_image_specific_tag():
     near = neighbours.predict(x_val)
     assert np.mean((near[:, 2] > near[:, 3]) == is_red) > 0.9
     np.testing.assert_allclose(near[:, 0], 1.0, rtol=1e-5)  # every neighbour carries "cat"
+
+
+def _sigmoid_world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised features and the 0/1 tags a fixed logistic model draws from them."""
+    rng = np.random.default_rng(seed)
+    truth = np.random.default_rng(99).normal(size=(16, 6))
+    x = rng.normal(size=(n, 16)).astype("float32")
+    probs = 1.0 / (1.0 + np.exp(-(x @ truth * 0.5 - 1.5)))
+    return x, (rng.uniform(size=probs.shape) < probs).astype("float32")
+
+
+@pytest.mark.slow
+def test_the_tag_models_fit_reaches_what_keras_fit_reaches():
+    import keras
+
+    train, val, test = (_sigmoid_world(n, seed) for n, seed in ((300, 0), (100, 1), (2000, 2)))
+    kernel, bias = fit_sigmoids(train, val, seed=0)
+    # the same model, loss, optimizer and early stopping through Keras' fit
+    keras.utils.set_random_seed(0)
+    dense = keras.layers.Dense(
+        6, activation="sigmoid", kernel_regularizer=keras.regularizers.l2(1e-4)
+    )
+    model = keras.Sequential([keras.Input((16,)), dense])
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
+    stop = keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
+    model.fit(*train, validation_data=val, epochs=200, batch_size=64, verbose=0, callbacks=[stop])
+    reference = sigmoid_loss(*test, *dense.get_weights())
+    start = sigmoid_loss(*test, np.zeros_like(kernel), np.zeros_like(bias))  # log 2
+    assert sigmoid_loss(*test, kernel, bias) == pytest.approx(reference, abs=0.01)
+    assert sigmoid_loss(*test, kernel, bias) < start - 0.1
+
+
+def test_the_tag_model_keeps_its_best_validation_epoch(monkeypatch):
+    from taglens.model import rankers
+
+    train = _sigmoid_world(200, 0)
+    # the training tags flipped as validation: its loss rises as the fit learns, from epoch 1 on
+    flipped = (train[0][:60], 1 - train[1][:60])
+    monkeypatch.setattr(rankers, "TAG_MODEL_PATIENCE", 1000)  # never stop: run every epoch
+    monkeypatch.setattr(rankers, "TAG_MODEL_EPOCHS", 1)
+    first = sigmoid_loss(*flipped, *fit_sigmoids(train, flipped, seed=0))
+    monkeypatch.setattr(rankers, "TAG_MODEL_EPOCHS", 60)
+    learned = sigmoid_loss(*flipped, *fit_sigmoids(train, train, seed=0))
+    kept = sigmoid_loss(*flipped, *fit_sigmoids(train, flipped, seed=0))
+    assert learned > first + 0.05  # 60 epochs' weights are far worse on it than the first's
+    assert kept == pytest.approx(first)  # the same first epoch (same seed) is the one kept
 
 
 def test_neighbours_weigh_similarity_by_power():
