@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from taglens.toolenv import TOOL_ENV
-from tests.helpers.servers import free_port, stop_process, wait_until_healthy
+from tests.helpers.servers import free_port, stop_process, stop_when_leaving, wait_until_healthy
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 SERVER_START_TIMEOUT = 150  # a fresh server database takes 20-60 s on a busy 2-core machine
@@ -176,3 +176,9 @@ class PrefectApi:
 def prefect_api(prefect_server) -> PrefectApi:
     """Read logs and artifacts of flow runs back from the session's Prefect server."""
     return PrefectApi()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the prefect_server fixture's servers when this worker leaves the folder's tests."""
+    stop_when_leaving(item, nextitem, "prefect_server")

@@ -73,3 +73,24 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def stop_when_leaving(item: pytest.Item, nextitem: pytest.Item | None, fixture: str) -> None:
+    """Tear the session fixture `fixture` down once this process's next test is in another folder.
+
+    The servers of a folder's session fixture (the team's services, the flows' Prefect server)
+    otherwise idle until the session ends, at about half a core together, on a worker that
+    has moved on to other folders: pytest-xdist hands each worker whole modules in collection
+    order, so a folder's modules run one after another and a later test never needs them again.
+    Should one do so anyway, the fixture starts afresh. Pytest has no public call for this;
+    without the internals used here the fixture simply lasts the session, as before.
+    """
+    if nextitem is None or Path(nextitem.path).parent == Path(item.path).parent:
+        return  # the session's own teardown stops it / the folder's tests go on
+    manager = getattr(item.session, "_fixturemanager", None)
+    request = getattr(item, "_request", None)
+    if manager is None or request is None:
+        return
+    for definition in manager.getfixturedefs(fixture, item) or ():
+        if definition.cached_result is not None:
+            definition.finish(request)

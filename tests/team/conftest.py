@@ -16,7 +16,7 @@ import pytest
 
 from taglens.services import POSTGRES_BIN, Endpoints, Services
 from tests.helpers.paths import ROOT
-from tests.helpers.servers import team_params
+from tests.helpers.servers import stop_when_leaving, team_params
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +86,9 @@ def own_services(tmp_path_factory) -> Iterator:
     finally:
         for services in reversed(started):
             services.stop()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the team_services fixture's servers when this worker leaves the folder's tests."""
+    stop_when_leaving(item, nextitem, "team_services")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
+import pytest
 import yaml
 
 from taglens.toolenv import TOOL_ENV
@@ -53,3 +56,58 @@ def test_no_test_module_imports_a_conftest():
         )
     )
     assert importers == []
+
+
+LEAVING_CONFTEST = """
+import os
+import pytest
+from tests.helpers.servers import stop_when_leaving
+
+def note(step):
+    with open(os.environ["STEPS"], "a") as f:
+        f.write(step + "\\n")
+
+@pytest.fixture(scope="session")
+def server():
+    note("start")
+    yield
+    note("stop")
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    stop_when_leaving(item, nextitem, "server")
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["one process", "xdist"])
+def test_a_session_server_stops_when_its_folder_is_done_and_restarts_if_asked(tmp_path, workers):
+    # Given a session fixture that folders a and c use, and folder b between them does not
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "conftest.py").write_text(LEAVING_CONFTEST)
+    for folder, uses in (("a", True), ("b", False), ("c", True)):
+        (project / folder).mkdir()
+        tests = [
+            f"def test_{folder}{i}({'server' if uses else ''}):\n"
+            f"    with open(os.environ['STEPS'], 'a') as f:\n"
+            f"        f.write('{folder}{i}\\n')\n"
+            for i in (1, 2)
+        ]
+        (project / folder / f"test_{folder}.py").write_text("import os\n\n\n" + "\n\n".join(tests))
+    # When pytest runs them in order
+    steps = tmp_path / "steps"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *workers],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "STEPS": str(steps)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Then the server stopped before folder b ran, and started again for folder c
+    assert steps.read_text().split() == [
+        *("start", "a1", "a2", "stop"),
+        *("b1", "b2"),
+        *("start", "c1", "c2", "stop"),
+    ]
