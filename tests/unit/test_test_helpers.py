@@ -79,6 +79,11 @@ def pytest_runtest_teardown(item, nextitem):
 """
 
 
+def outer_pytest_removed() -> dict[str, str]:
+    """This environment without the running pytest's own variables (PYTEST_ADDOPTS, xdist's)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+
+
 @pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["one process", "xdist"])
 def test_a_session_server_stops_when_its_folder_is_done_and_restarts_if_asked(tmp_path, workers):
     # Given a session fixture that folders a and c use, and folder b between them does not
@@ -99,7 +104,7 @@ def test_a_session_server_stops_when_its_folder_is_done_and_restarts_if_asked(tm
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *workers],
         cwd=project,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "STEPS": str(steps)},
+        env={**outer_pytest_removed(), "PYTHONPATH": str(ROOT), "STEPS": str(steps)},
         capture_output=True,
         text=True,
         timeout=120,
