@@ -79,9 +79,9 @@ def stop_when_leaving(item: pytest.Item, nextitem: pytest.Item | None, fixture: 
     """Tear the session fixture `fixture` down once this process's next test is in another folder.
 
     The servers of a folder's session fixture (the team's services, the flows' Prefect server)
-    otherwise idle until the session ends, at about half a core together, on a worker that
-    has moved on to other folders: pytest-xdist hands each worker whole modules in collection
-    order, so a folder's modules run one after another and a later test never needs them again.
+    otherwise stay up, polling and holding memory, until the session ends, on a worker that has
+    moved on to other folders: pytest-xdist hands each worker whole modules in collection order,
+    so a folder's modules run one after another and a later test never needs them again.
     Should one do so anyway, the fixture starts afresh. Pytest has no public call for this;
     without the internals used here the fixture simply lasts the session, as before.
     """
