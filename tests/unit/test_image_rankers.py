@@ -91,17 +91,28 @@ def _sigmoid_world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_the_tag_models_fit_reaches_what_keras_fit_reaches():
     import keras
 
+    from taglens.model import rankers
+
     train, val, test = (_sigmoid_world(n, seed) for n, seed in ((300, 0), (100, 1), (2000, 2)))
     kernel, bias = fit_sigmoids(train, val, seed=0)
     # the same model, loss, optimizer and early stopping through Keras' fit
     keras.utils.set_random_seed(0)
-    dense = keras.layers.Dense(
-        6, activation="sigmoid", kernel_regularizer=keras.regularizers.l2(1e-4)
-    )
+    penalty = keras.regularizers.l2(rankers.TAG_MODEL_L2)
+    dense = keras.layers.Dense(6, activation="sigmoid", kernel_regularizer=penalty)
     model = keras.Sequential([keras.Input((16,)), dense])
-    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
-    stop = keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
-    model.fit(*train, validation_data=val, epochs=200, batch_size=64, verbose=0, callbacks=[stop])
+    rate, beta1, beta2, epsilon = rankers.TAG_MODEL_ADAM
+    model.compile(keras.optimizers.Adam(rate, beta1, beta2, epsilon), "binary_crossentropy")
+    stop = keras.callbacks.EarlyStopping(
+        patience=rankers.TAG_MODEL_PATIENCE, restore_best_weights=True
+    )
+    model.fit(
+        *train,
+        validation_data=val,
+        epochs=rankers.TAG_MODEL_EPOCHS,
+        batch_size=rankers.TAG_MODEL_BATCH,
+        verbose=0,
+        callbacks=[stop],
+    )
     reference = sigmoid_loss(*test, *dense.get_weights())
     start = sigmoid_loss(*test, np.zeros_like(kernel), np.zeros_like(bias))  # log 2
     assert sigmoid_loss(*test, kernel, bias) == pytest.approx(reference, abs=0.01)
