@@ -168,6 +168,10 @@ logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 KERNEL_MAX_ITER = 2000  # L-BFGS steps for the kernel head; it converges in a few hundred
+# Batches per call of the compiled training step. A head's batch is a few milliseconds of work,
+# less than Keras' Python overhead per call; more per call fit the same weights with less CPU
+# (bench/search.py measures the default search both ways).
+HEAD_STEPS_PER_EXECUTION = 32
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -297,11 +301,14 @@ def compile_for_training(
     label_smoothing: float,
     jit_compile: bool | str = False,
     weight_decay: float = 0.0,
+    steps_per_execution: int = 1,
 ) -> None:
     """Compile with categorical cross-entropy (one-hot labels, so label smoothing applies).
 
     XLA is off by default: for a small dense head, compiling costs far more (measured 12-18 s
     per fit) than the few milliseconds per epoch it could save. Fine-tuning passes "auto".
+    `steps_per_execution` runs that many batches in one call of the compiled step: the same
+    updates in the same order, with Python's per-batch overhead paid once per call.
     """
     import keras
 
@@ -310,6 +317,7 @@ def compile_for_training(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -464,7 +472,12 @@ def _fit_dense(
     # logistic heads (logreg, kernel) carry their own penalty
     decay = params.weight_decay if params.head == "dense" else 0.0
     compile_for_training(
-        model, params.optimizer, params.learning_rate, params.label_smoothing, weight_decay=decay
+        model,
+        params.optimizer,
+        params.learning_rate,
+        params.label_smoothing,
+        weight_decay=decay,
+        steps_per_execution=HEAD_STEPS_PER_EXECUTION,
     )
     epoch_logger = _EpochLogger(on_epoch)
     callbacks: list[keras.callbacks.Callback] = [

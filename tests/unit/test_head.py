@@ -44,6 +44,33 @@ def test_head_reaches_near_perfect_accuracy_on_separable_features():
     assert np.mean(predicted == yv) == pytest.approx(fit.val_accuracy)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["dense", "logreg"])
+def test_batches_per_call_fit_the_same_head_as_one_batch_per_call(head, monkeypatch):
+    # HEAD_STEPS_PER_EXECUTION only saves Python overhead: the updates, their order, dropout and
+    # early stopping must be those of one batch per call. 150 rows of batch 32 is 5 batches an
+    # epoch, fewer than one call holds, so an epoch's last, short call is covered too.
+    import taglens.training.head as head_module
+
+    x, y = _clusters(50)
+    xv, yv = _clusters(10, seed=1)
+    params = _train_params(
+        head=head, epochs=8, batch_size=32, learning_rate=0.01, hidden_units=8, dropout=0.3
+    )
+    fits = {}
+    for steps in (1, head_module.HEAD_STEPS_PER_EXECUTION):
+        monkeypatch.setattr(head_module, "HEAD_STEPS_PER_EXECUTION", steps)
+        fits[steps] = fit_head((x, y), (xv, yv), 3, params, seed=0)
+    one, batched = fits.values()
+    assert head_module.HEAD_STEPS_PER_EXECUTION > len(x) // params.batch_size
+    assert batched.model.steps_per_execution == head_module.HEAD_STEPS_PER_EXECUTION
+    assert len(one.history) == len(batched.history) == 8
+    for a, b in zip(one.history, batched.history, strict=True):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    for a, b in zip(one.model.get_weights(), batched.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_feature_scale_brings_vectors_to_unit_std():
     x, _ = _clusters(20)
     assert np.std(x * 0.01 * feature_scale(x * 0.01)) == pytest.approx(1.0, rel=1e-5)
