@@ -172,6 +172,7 @@ KERNEL_MAX_ITER = 2000  # L-BFGS steps for the kernel head; it converges in a fe
 # less than Keras' Python overhead per call; more per call fit the same weights with less CPU
 # (bench/search.py measures the default search both ways).
 HEAD_STEPS_PER_EXECUTION = 32
+PREDICT_CHUNK = 1024  # rows per eager call of a head: bounds its activations' memory
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -347,12 +348,27 @@ def _rows(x: np.ndarray, flip: np.ndarray | None, augment: bool) -> np.ndarray:
     return np.concatenate([x, flip]) if augment and flip is not None else x
 
 
+def call_in_chunks(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The model's outputs for the rows of `x`, called eagerly `PREDICT_CHUNK` rows at a time.
+
+    A head is a few matrix products. `model.predict` traces a new graph for every model it
+    sees, and a search fits dozens of heads: the tracing cost more than the products (and
+    TensorFlow warned of retracing in every train log). The eager call computes the same.
+    """
+    import keras
+
+    x = np.asarray(x, "float32")
+    starts = range(0, max(len(x), 1), PREDICT_CHUNK)
+    chunks = [
+        keras.ops.convert_to_numpy(model(x[s : s + PREDICT_CHUNK], training=False)) for s in starts
+    ]
+    return np.concatenate(chunks)
+
+
 def predict_views(model: keras.Model, x: np.ndarray, *views: np.ndarray | None) -> np.ndarray:
     """Class probabilities averaged over the image's views (x, and each other view given)."""
     rows = [x, *(view for view in views if view is not None)]
-    return np.mean(
-        [model.predict(np.asarray(v, "float32"), batch_size=1024, verbose=0) for v in rows], axis=0
-    )
+    return np.mean([call_in_chunks(model, v) for v in rows], axis=0)
 
 
 def score_views(
@@ -438,7 +454,7 @@ def _fit_kernel(
     x_val, y_val = val
     model = build_head(x_train.shape[1], n_classes, params, seed, x_train)
     mapped = keras.Model(model.inputs, model.get_layer("kernel_map").output)
-    z_train = mapped.predict(np.asarray(x_train, "float32"), batch_size=1024, verbose=0)
+    z_train = call_in_chunks(mapped, x_train)
     weights = class_weights(y_train, n_classes, params.class_weight)
     if weights is not None:
         weights = {c: w for c, w in weights.items() if w > 0}  # classes present in y_train

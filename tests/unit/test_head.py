@@ -71,6 +71,20 @@ def test_batches_per_call_fit_the_same_head_as_one_batch_per_call(head, monkeypa
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_head_called_in_chunks_gives_what_predict_gives(monkeypatch):
+    import taglens.training.head as head_module
+
+    x, _ = _clusters(7)  # 21 rows: three chunks of 8, the last one short
+    model = build_head(x.shape[1], 3, _train_params(hidden_units=8, dropout=0.5), seed=0, x_train=x)
+    monkeypatch.setattr(head_module, "PREDICT_CHUNK", 8)
+    got = head_module.call_in_chunks(model, x)
+    assert got.shape == (21, 3)
+    # dropout is off: the same rows give the same outputs, and they are predict's
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(got, head_module.call_in_chunks(model, x))
+    assert head_module.call_in_chunks(model, x[:0]).shape == (0, 3)
+
+
 def test_feature_scale_brings_vectors_to_unit_std():
     x, _ = _clusters(20)
     assert np.std(x * 0.01 * feature_scale(x * 0.01)) == pytest.approx(1.0, rel=1e-5)
