@@ -206,8 +206,9 @@ def mlflow_lock(model_name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[No
             break
         except MlflowException as exc:
             if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                where = redact_uri(mlflow.get_registry_uri())
                 raise RegistryError(
-                    f"cannot take the registry lock {name} on {mlflow.get_registry_uri()}: "
+                    f"cannot take the registry lock {name} on {where}: "
                     f"{str(exc.message).splitlines()[0]}; nothing was registered or promoted"
                 ) from None
         if time.monotonic() > deadline:
@@ -413,8 +414,9 @@ class Registry:
     def _unreadable(what: str, exc: Exception) -> RegistryError:
         import mlflow
 
+        where = redact_uri(mlflow.get_registry_uri())
         return RegistryError(
-            f"cannot read {what} from the MLflow registry at {mlflow.get_registry_uri()} "
+            f"cannot read {what} from the MLflow registry at {where} "
             f"({type(exc).__name__}: {_one_line(exc)}); nothing was registered or promoted: fix "
             "the store or server and run register again"
         )

@@ -242,11 +242,13 @@ def logged_model_uri(run_id: str, name: str = "model") -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from taglens.tracking import redact_uri
+
     try:
         run = mlflow.get_run(run_id)
     except MlflowException:
         raise ModelNotFoundError(
-            f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}: "
+            f"MLflow run {run_id} not found in {redact_uri(mlflow.get_tracking_uri())}: "
             "was the train stage run against this tracking store?"
         ) from None
     models = mlflow.search_logged_models(

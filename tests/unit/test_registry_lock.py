@@ -69,3 +69,29 @@ def test_runs_name_their_entry_point_and_sources_relative_to_the_checkout(tmp_pa
     )
     assert tracking.source_path("data/clean/manifest.csv") == "data/clean/manifest.csv"
     assert tracking.source_path("/elsewhere/manifest.csv") == "manifest.csv"
+
+
+def test_registry_errors_name_the_store_without_its_password(monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    # Given a registry reached with a password in its URI, which the stage's stderr and the
+    # training flow's run log would show
+    monkeypatch.setattr(
+        mlflow, "get_registry_uri", lambda: "postgresql://taglens:s3cret@db.team:5432/mlflow"
+    )
+    # When a read fails, or taking the lock fails for another reason than a holder
+    unreadable = rl.Registry._unreadable("taglens@champion", RuntimeError("connection refused"))
+
+    class Refusing:
+        def create_registered_model(self, *args, **kwargs):
+            raise MlflowException("permission denied", error_code="PERMISSION_DENIED")
+
+    monkeypatch.setattr(mlflow, "MlflowClient", Refusing)
+    with pytest.raises(rl.RegistryError) as refused:
+        with rl.mlflow_lock("taglens", timeout=1.0):
+            pass
+    # Then both name the store, and neither its password
+    for message in (str(unreadable), str(refused.value)):
+        assert "postgresql://***@db.team:5432/mlflow" in message
+        assert "s3cret" not in message
