@@ -201,6 +201,19 @@ def test_another_primary_metric_decides_the_margin_and_is_named():
         decide(candidate, champion, params(primary_metric="top3_accuracy"))
 
 
+def test_significance_one_turns_the_test_off_even_when_the_classes_are_the_same():
+    # The same per-image correctness (no image only the challenger gets right: p = 1) with a
+    # better hashtag metric: a gain of the ranking alone, which only significance 1 may promote.
+    candidate, champion = pair(500, 350, 0, 0)
+    candidate.metrics["hashtag_recall_at_5"] = 0.45
+    champion.metrics["hashtag_recall_at_5"] = 0.30
+    gate = {"primary_metric": "hashtag_recall_at_5"}
+    refused = decide(candidate, champion, params(**gate))
+    assert not refused.promoted and "p = 1 is not below significance 0.05" in refused.reason
+    off = decide(candidate, champion, params(**gate, significance=1.0))
+    assert off.promoted and off.paired.p_value == 1.0
+
+
 # ----------------------------------------------------------------- pairing with a champion
 def test_the_champion_is_always_rescored_and_paired_on_the_current_images():
     candidate, champion = pair(500, 350, 42, 2, fingerprint=8)
