@@ -20,6 +20,8 @@ from typing import Any
 from taglens import artifacts
 from taglens.artifacts import MANIFEST
 from taglens.cli import run_with_params
+from taglens.errors import TaglensError
+from taglens.features.engines import EngineError
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.promotion import (
     ChampionRescorer,
@@ -30,7 +32,7 @@ from taglens.lifecycle.promotion import (
     rollback,
     version_table,
 )
-from taglens.lifecycle.registry import Registry, unlock
+from taglens.lifecycle.registry import Registry, RegistryError, unlock
 from taglens.params import Params, RegisterParams
 from taglens.serving import model_ref
 
@@ -39,6 +41,11 @@ logger = logging.getLogger(__name__)
 # where per_class.json and per_image.json sit relative to metrics.json's folder (for help texts)
 PER_CLASS_BESIDE = artifacts.PER_CLASS.at(artifacts.evaluated_beside("")).as_posix()
 PER_IMAGE_BESIDE = artifacts.PER_IMAGE.at(artifacts.evaluated_beside("")).as_posix()
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception's first line, at most 200 characters, for a one-line reason."""
+    return str(exc).splitlines()[0][:200] if str(exc) else ""
 
 
 def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionRescorer | None:
@@ -55,10 +62,25 @@ def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionResc
         uri = f"models:/{params.register.model_name}/{version.version}"
         try:
             predictor = model_ref.load(uri, params.featurize.engine)
-        except Exception as exc:  # noqa: BLE001 - whatever stops loading makes it incomparable
+        except EngineError as exc:
+            raise RegistryError(
+                f"cannot load champion version {version.version} to pair it with this model: "
+                f"{exc}; nothing was registered or promoted: run register again once the engine "
+                "is installed (or with another featurize.engine)"
+            ) from None
+        except TaglensError as exc:  # the version itself: not a taglens model, another format
             raise NotComparableError(
                 f"champion version {version.version} cannot be loaded from {uri} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the store, the network, memory: they may pass
+            # A decision is final once tagged: a failure that may pass must not become one.
+            raise RegistryError(
+                f"cannot load champion version {version.version} from {uri} "
+                f"({type(exc).__name__}: {_first_line(exc)}); nothing was registered or "
+                "promoted: fix the tracking store or server and run register again (if that "
+                "version cannot be loaded any more, promote another by hand: `python -m "
+                "stages.register promote VERSION`)"
             ) from None
         if list(predictor.classes) != list(classes):
             raise NotComparableError(

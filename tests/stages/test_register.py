@@ -496,6 +496,54 @@ def test_a_champion_that_cannot_be_scored_is_not_comparable(params, make_run, tm
     assert result["p_value"] is None
 
 
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (ConnectionError("the artifact store reset the connection"), "RegistryError"),
+        (MemoryError(), "RegistryError"),
+        ("engine", "RegistryError"),
+        ("format", "NotComparableError"),
+    ],
+    ids=["network", "memory", "engine missing", "not a taglens model"],
+)
+def test_only_the_champion_itself_makes_it_not_comparable(
+    failure, expected, params, make_run, tmp_path, monkeypatch
+):
+    from taglens.errors import TaglensError
+    from taglens.features.engines import EngineError
+    from taglens.lifecycle.registry import RegistryError
+
+    failures = {
+        "engine": EngineError("featurize.engine openvino needs the openvino package"),
+        "format": TaglensError("image_rankers.npz is a hashtag blend of an older version"),
+    }
+
+    def load(uri, engine):
+        raise failures.get(failure, failure)
+
+    monkeypatch.setattr(register.model_ref, "load", load)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "manifest.csv").write_text("image,sha256,label,split\n")
+    rescore = register.champion_rescorer(params, raw=tmp_path / "raw", clean=clean)
+    version = type("Version", (), {"version": "1"})()
+    errors = {"RegistryError": RegistryError, "NotComparableError": NotComparableError}
+    with pytest.raises(errors[expected]) as raised:
+        rescore(version, list(CLASSES))
+    assert type(raised.value) is errors[expected]
+    if expected == "RegistryError":  # may pass: nothing decided, register runs again
+        assert "nothing was registered or promoted" in str(raised.value)
+        # and in the registry: the champion is added, the candidate is not (nor any decision
+        # on it), so the next run decides on the pair
+        registry = Registry(params.register.model_name, tmp_path / "promotions.jsonl")
+        before = len(registry.versions())
+        with pytest.raises(RegistryError):
+            _rescoring(params, make_run, tmp_path, lambda v: rescore(v, list(CLASSES)))
+        versions = registry.versions()
+        # (the store is the module's: an earlier case's champion may rank the first run lower)
+        assert len(versions) == before + 1 and "decision" in versions[-1].tags
+
+
 def test_without_test_images_a_champion_is_not_comparable(params, make_run, tmp_path):
     result = _rescoring(params, make_run, tmp_path, None)
     assert result["decision"] == "challenger"
