@@ -99,8 +99,9 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 FORMATS_TEXT = "JPEG, PNG, GIF, BMP, WebP or TIFF"
 # What TensorFlow's decode_image reads as Pillow does. Batch predict has Pillow decode the other
 # allowed formats (`upright_png`): TIFF, which TensorFlow cannot read, and BMP, whose paletted and
-# 1-bit variants it reads with wrong colours or refuses.
+# 1-bit variants it reads with wrong colours or refuses; and any image with transparency.
 TENSORFLOW_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})  # Pillow modes with an alpha channel
 # Modes Image.reduce refuses: they are converted (cheaply, per pixel) before reducing.
 _NO_REDUCE = ("1", "P")
 
@@ -126,6 +127,7 @@ class ImageHeader(NamedTuple):
     height: int
     orientation: int  # EXIF orientation 1-8 (1: upright as stored, also when absent or invalid)
     format: str  # one of ALLOWED_FORMATS
+    transparent: bool = False  # has pixels `_to_rgb` puts on white (an alpha channel or key)
 
 
 def read_header(path: Path | str) -> ImageHeader:
@@ -143,7 +145,10 @@ def read_header(path: Path | str) -> ImageHeader:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # corrupt EXIF: read as upright
             with open_image(Path(path)) as image:
-                return ImageHeader(*image.size, exif_orientation(image), image.format)
+                transparent = image.mode in ALPHA_MODES or (
+                    image.mode == "P" and "transparency" in image.info
+                )
+                return ImageHeader(*image.size, exif_orientation(image), image.format, transparent)
     except Image.DecompressionBombError as exc:
         raise ValueError(str(exc).split(" could")[0]) from None
     except Image.UnidentifiedImageError:
@@ -169,9 +174,10 @@ def exif_orientation(image: Image.Image) -> int:
 
 
 def upright_png(path: Path | str) -> bytes:
-    """An image TensorFlow cannot decode faithfully (TIFF, BMP), upright, 8-bit RGB, lossless PNG.
+    """An image TensorFlow cannot decode faithfully, upright, 8-bit RGB, lossless PNG.
 
-    Its first frame, as `decode_and_resize` takes; decoded whole, so the caller checks its size
+    TIFF and BMP, and any transparency: TensorFlow drops it where ingest puts it on white. Its
+    first frame, as `decode_and_resize` takes; decoded whole, so the caller checks its size
     first (`read_header`). Raises what Pillow raises for a damaged file.
     """
     with warnings.catch_warnings():
@@ -275,7 +281,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, _BACKGROUND)
         background.paste(rgba, mask=rgba.getchannel("A"))

@@ -283,3 +283,76 @@ def test_a_tiff_and_a_paletted_bmp_are_scored_with_the_pixels_pillow_reads(tmp_p
         rows[3]["error"].startswith("not a decodable image: ") and "truncated" in rows[3]["error"]
     )
     assert rows[3]["top_class"] is None
+
+
+def test_transparent_pixels_are_scored_on_white_as_the_page_and_training_see_them(tmp_path):
+    # Given photos whose lower half is transparent, storing black there (as editors often do):
+    # an RGBA PNG, an RGBA WebP (lossless) and a GIF with a transparent palette entry; and the
+    # same photos put on white, as ingest, the page and the pyfunc decode them, saved as RGB PNG
+    rng = np.random.default_rng(1)
+    colours = (rng.random((16, 16, 3)) * 200 + 40).astype(np.uint8)
+    colours[8:] = 0
+    alpha = np.full((16, 16), 255, np.uint8)
+    alpha[8:] = 0
+    rgba = Image.fromarray(np.dstack([colours, alpha]), "RGBA")
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    rgba.save(folder / "a.png")
+    rgba.save(folder / "b.webp", lossless=True)
+    paletted = Image.fromarray(colours).quantize(32)
+    key = int(np.asarray(paletted)[15, 0])  # the palette entry of the black half
+    paletted.save(folder / "c.gif", transparency=key)
+    on_white = tmp_path / "on_white"
+    on_white.mkdir()
+    white = colours.copy()
+    white[8:] = 255
+    Image.fromarray(white).save(on_white / "a.png")
+    gif_on_white = np.asarray(Image.open(folder / "c.gif").convert("RGBA")).copy()
+    gif_on_white[gif_on_white[..., 3] == 0, :3] = 255
+    Image.fromarray(gif_on_white[..., :3]).save(on_white / "c.png")
+
+    # When batch predict scores both folders
+    seen = PixelRecorder()
+    _score(list_inputs(folder), tmp_path / "out.jsonl", seen)
+    reference = PixelRecorder()
+    _score(list_inputs(on_white), tmp_path / "reference.jsonl", reference)
+
+    # Then every transparent photo is scored with the pixels of its version on white
+    assert [row["error"] for row in read_rows(tmp_path / "out.jsonl")] == [None] * 3
+    assert len(seen.pixels) == 3 and len(reference.pixels) == 2
+    assert np.array_equal(seen.pixels[0], reference.pixels[0])  # PNG
+    assert np.array_equal(seen.pixels[1], reference.pixels[0])  # WebP, lossless
+    assert np.array_equal(seen.pixels[2], reference.pixels[1])  # GIF
+    assert seen.pixels[0][-1].min() > 254  # the transparent half is white, not black
+
+
+def test_a_photo_that_fails_only_while_it_is_read_is_scored_by_the_next_run(tmp_path, monkeypatch):
+    from taglens.serving.batch import scoring
+
+    # Given three photos, one of which fails in the pipeline once (still being copied in: its
+    # header unreadable then) and reads well when the job looks at it again
+    paths = _images(tmp_path / "inbox", 3)
+    flaky = {str(paths[1])}
+    real_check = scoring.check_header
+
+    def check_once_failing(path, max_pixels):
+        if str(path) in flaky:
+            flaky.discard(str(path))
+            raise ValueError("unreadable image header: truncated")
+        return real_check(path, max_pixels)
+
+    monkeypatch.setattr(scoring, "check_header", check_once_failing)
+    out = tmp_path / "out.jsonl"
+    # When the job runs, and runs again
+    first = _score(paths, out)
+    first_rows = list(read_rows(out))
+    second = _score(paths, out)
+    rows = list(read_rows(out))
+    # Then the first run says why, without the file's hash (a hash would mark it done) ...
+    assert (first.scored, first.errors) == (2, 1)
+    [failed] = [row for row in first_rows if row["error"]]
+    assert failed["path"] == str(paths[1]) and failed["sha256"] == ""
+    assert "the next run retries it" in failed["error"]
+    # ... and the second scores that photo and skips the two scored ones
+    assert (second.scored, second.skipped, second.errors) == (1, 2, 0)
+    assert sorted(row["path"] for row in rows if not row["error"]) == sorted(map(str, paths))

@@ -56,9 +56,9 @@ def test_the_header_reads_the_orientation_and_treats_a_missing_or_invalid_one_as
     tmp_path,
 ):
     pixels = _asymmetric()
-    assert read_header(_save(tmp_path / "a.jpg", pixels, 6)) == (3, 5, 6, "JPEG")
-    assert read_header(_save(tmp_path / "b.jpg", pixels, None)) == (3, 5, 1, "JPEG")
-    assert read_header(_save(tmp_path / "c.png", pixels, 9)) == (3, 5, 1, "PNG")
+    assert read_header(_save(tmp_path / "a.jpg", pixels, 6)) == (3, 5, 6, "JPEG", False)
+    assert read_header(_save(tmp_path / "b.jpg", pixels, None)) == (3, 5, 1, "JPEG", False)
+    assert read_header(_save(tmp_path / "c.png", pixels, 9)) == (3, 5, 1, "PNG", False)
 
 
 @pytest.mark.parametrize("orientation", [6, None])

@@ -115,16 +115,19 @@ def _failure(path: Path, image_size: int, max_pixels: int) -> tuple[str, str]:
         message = (getattr(exc, "message", None) or str(exc) or "unknown error").splitlines()[0]
         message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", message)
         return sha, f"not a decodable image: {message.strip()}"
-    return sha, "not a decodable image"
+    # Read again, the file decodes: it changed meanwhile (still being copied in) or the first
+    # read failed. No hash in the row, so the next run scores it instead of skipping it.
+    return "", "failed while it was read (the file may have been changing); the next run retries it"
 
 
 def _decode_plan(path: Path | str, header: ImageHeader) -> tuple[int, bytes]:
     """How a checked file is decoded: (EXIF orientation still to apply, bytes to decode instead).
 
     TensorFlow decodes the file itself (no bytes returned) unless it cannot do it faithfully
-    (TIFF, BMP): Pillow then decodes it, already upright, into a PNG.
+    (TIFF, BMP, and transparency, which it drops where the page and training put it on white):
+    Pillow then decodes it, already upright, into a PNG.
     """
-    if header.format in TENSORFLOW_FORMATS:
+    if header.format in TENSORFLOW_FORMATS and not header.transparent:
         return header.orientation, b""
     return 1, upright_png(path)
 
