@@ -133,12 +133,17 @@ def fit_tag_model(
     columns = np.sort(np.argsort(-counts, kind="stable")[:max_tags])
     columns = columns[counts[columns] > 0]
     mean = x_train.mean(axis=0).astype("float32")
-    scale = (x_train.std(axis=0) + 1e-6).astype("float32")
+    std = x_train.std(axis=0)
+    # A feature no training post varies in (a colour bin no photo fills) teaches nothing: it
+    # keeps its random starting weight, which a photo that does fill it would multiply by 1/std.
+    constant = std <= 1e-6
+    scale = np.where(constant, 1.0, std).astype("float32")
     kernel, bias = fit_sigmoids(
         ((x_train - mean) / scale, y_train[:, columns]),
         ((x_val - mean) / scale, y_val[:, columns]),
         seed,
     )
+    kernel[constant] = 0.0
     return TagModel(mean, scale, kernel, bias, columns.astype("int64"))
 
 

@@ -135,6 +135,24 @@ def test_the_tag_model_keeps_its_best_validation_epoch(monkeypatch):
     assert kept == pytest.approx(first)  # the same first epoch (same seed) is the one kept
 
 
+def test_a_feature_no_training_post_varies_in_does_not_move_the_tags():
+    # Given training and validation posts whose feature 5 is always 0 (a colour bin no photo
+    # fills), fitted for a few epochs only (weights near their random start, as an early stop
+    # on noisy tags leaves them)
+    x, y = _sigmoid_world(120, 0)
+    x[:, 5] = 0.0
+    xv, yv = _sigmoid_world(60, 1)
+    xv[:, 5] = 0.0
+    model = fit_tag_model((x, y), (xv, yv), max_tags=6, seed=0)
+    # When a new photo fills it
+    filled = xv.copy()
+    filled[:, 5] = 0.3
+    # Then its tags score as without it: the feature's weight is 0, not its starting value
+    assert np.all(model.kernel[5] == 0.0) and model.scale[5] == 1.0
+    np.testing.assert_array_equal(model.predict(filled, 6), model.predict(xv, 6))
+    assert np.all(model.kernel[[0, 1, 2]] != 0.0)  # the features that vary keep theirs
+
+
 def test_neighbours_weigh_similarity_by_power():
     # two references: one at cosine 1 (tag "cat"), one at cosine 0.6 (tag "dog")
     reference = unit_rows(np.array([[1.0, 0.0], [0.6, 0.8]], "float32"))
