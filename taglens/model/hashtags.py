@@ -161,11 +161,19 @@ class HashtagRanking:
         return np.where(self._eligible(params), weighted, -np.inf)
 
     def rank_scores(
-        self, final: np.ndarray, params: HashtagParams | None = None
+        self,
+        final: np.ndarray,
+        params: HashtagParams | None = None,
+        shown: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
-        """Ranked items for each row of final scores (from `finish`), best first."""
+        """Ranked items for each row of final scores (from `finish`), best first.
+
+        `shown`, if given, holds the scores the items carry (the final scores may only order).
+        """
         params = params or self.params
-        return [self._top(np.asarray(row, np.float64), params) for row in final]
+        final = np.asarray(final, np.float64)
+        shown = final if shown is None else np.asarray(shown, np.float64)
+        return [self._top(row, params, label) for row, label in zip(final, shown, strict=True)]
 
     def rank(
         self, probabilities: np.ndarray, params: HashtagParams | None = None
@@ -192,7 +200,10 @@ class HashtagRanking:
             ranked.extend(self._top(row, params) for row in scores)
         return ranked
 
-    def _top(self, row: np.ndarray, params: HashtagParams) -> list[dict[str, Any]]:
+    def _top(
+        self, row: np.ndarray, params: HashtagParams, shown: np.ndarray | None = None
+    ) -> list[dict[str, Any]]:
+        shown = row if shown is None else shown
         k = min(params.top_k, INSTAGRAM_MAX_TAGS)
         candidates = np.arange(len(row))
         if len(row) > k:  # only tags scoring at least the k-th best (ties included) can make it
@@ -204,7 +215,7 @@ class HashtagRanking:
         for i in candidates[np.lexsort(keys)]:
             if len(ranked) == k or not np.isfinite(row[i]):
                 break
-            ranked.append(self._item(int(i), float(row[i])))
+            ranked.append(self._item(int(i), float(shown[i])))
         return ranked
 
     def _item(self, i: int, score: float) -> dict[str, Any]:

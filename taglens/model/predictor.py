@@ -167,8 +167,9 @@ class HashtagPredictor:
     def rank(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
         """Ranked hashtags per image from `outputs`: the ranking chosen at train time.
 
-        Each item also says `why`: `class` when popularity and the class mixture give the larger
-        share of its score, else `image`.
+        Each item's `score` is the score of the blend that placed it (the head's for the first
+        tags, the tail's after them), and its `why` says `class` when popularity and the class
+        mixture give the larger share of that score, else `image`.
         """
         probs = outputs["probabilities"]
         ranked: list[list[dict[str, Any]]] = []
@@ -177,8 +178,15 @@ class HashtagPredictor:
             ranked.extend(self._rank_chunk(part))
         return ranked
 
-    def final_scores(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(N, T) final scores of the served ranking, and the class-level part of the blend."""
+    def final_scores(
+        self, outputs: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, T) final scores of the served ranking, the scores shown and where they come from.
+
+        The final scores order the list (`HashtagBlend.final`); each tag is shown with the
+        score of the blend that placed it, head or tail (`HashtagBlend.placed`), and comes
+        `from_class` when popularity and the class mixture give the larger share of that score.
+        """
         blend = self.rankers or HashtagBlend()
         scores = blend.ranker_scores(
             self.stats,
@@ -187,16 +195,23 @@ class HashtagPredictor:
             outputs.get("features"),
             outputs.get("colour"),
         )
-        blended = blend.blend(scores)
-        class_level = sum(
-            blend.weights.get(name, 0.0) * scores[name] for name in ("popularity", "class_mixture")
-        )
         final = blend.final(self.stats, self.params, scores)
-        return final, np.where(np.isfinite(final), class_level >= blended / 2, True)
+        by_head, shown, (head_weights, tail_weights) = blend.placed(self.stats, self.params, scores)
+
+        def class_level_leads(weights: dict[str, float]) -> np.ndarray:
+            class_level = sum(
+                weights.get(name, 0.0) * scores[name] for name in ("popularity", "class_mixture")
+            )
+            return class_level >= blend.blend(scores, weights) / 2
+
+        from_class = np.where(
+            by_head, class_level_leads(head_weights), class_level_leads(tail_weights)
+        )
+        return final, shown, np.where(np.isfinite(final), from_class, True)
 
     def _rank_chunk(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
-        final, from_class = self.final_scores(outputs)
-        ranked = self.stats.rank_scores(final, self.params)
+        final, shown, from_class = self.final_scores(outputs)
+        ranked = self.stats.rank_scores(final, self.params, shown)
         position = {tag: i for i, tag in enumerate(self.stats.tags)}
         for row, items in enumerate(ranked):
             for item in items:

@@ -370,6 +370,28 @@ class HashtagBlend:
         tail = stats.finish(self.blend(scores, self.tail_weights), params, self.tag_multiplier)
         return head_then_tail(head, tail, HASHTAG_K)
 
+    def placed(
+        self, stats, params, scores: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per tag, the blend that places it in the served list and that blend's own score.
+
+        `final` ranks a row's head tags by lifting them above the tail: its values order the
+        list but are not scores (they can pass 1, by a different amount in every row). A tag
+        is shown with the finished score of the blend that placed it.
+
+        Returns:
+            (N, T) bool, True where the head blend places the tag; (N, T) the placing blend's
+            finished score (-inf: ineligible); and the weights of each: (head, tail).
+        """
+        head = stats.finish(self.blend(scores), params, self.tag_multiplier)
+        if not self.tail_weights:
+            return np.ones(head.shape, bool), head, (self.weights, self.weights)
+        tail = stats.finish(self.blend(scores, self.tail_weights), params, self.tag_multiplier)
+        by_head = np.zeros(head.shape, bool)
+        np.put_along_axis(by_head, head_top(head, HASHTAG_K), True, axis=1)
+        by_head &= np.isfinite(head)
+        return by_head, np.where(by_head, head, tail), (self.weights, self.tail_weights)
+
     def save(self, path: Path) -> Path:
         """Write every array and the settings to one .npz, atomically."""
         arrays: dict[str, np.ndarray] = {
@@ -448,6 +470,14 @@ class HashtagBlend:
         )
 
 
+def head_top(head: np.ndarray, n: int) -> np.ndarray:
+    """(N, n) indices of each row's `n` best tags by `head` (in no particular order)."""
+    n = min(n, head.shape[1])
+    if n == 0:
+        return np.zeros((len(head), 0), dtype=np.int64)
+    return np.argpartition(-np.asarray(head, np.float64), n - 1, axis=1)[:, :n]
+
+
 def head_then_tail(head: np.ndarray, tail: np.ndarray, n: int) -> np.ndarray:
     """Scores that rank each row's `n` best tags by `head` first, then the rest by `tail`.
 
@@ -460,7 +490,7 @@ def head_then_tail(head: np.ndarray, tail: np.ndarray, n: int) -> np.ndarray:
     n = min(n, head.shape[1])
     if n == 0 or not len(head):
         return out
-    top = np.argpartition(-head, n - 1, axis=1)[:, :n]
+    top = head_top(head, n)
     top_scores = np.take_along_axis(head, top, axis=1)
     finite = np.isfinite(top_scores)
     rest = out.copy()

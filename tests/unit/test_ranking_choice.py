@@ -284,6 +284,12 @@ def test_a_blend_with_a_tail_saves_loads_and_serves_head_then_tail(tmp_path):
     }
     final = loaded.final(Stats(), None, scores)
     assert list(np.argsort(-final[0])) == [0, 1, 2, 3, 4, 6, 5]  # the tail lifts tag 6
+    # the head's five keep the head's own scores, lifted only to order the list; the others
+    # show the tail's (what the page and batch predict print: never above 1)
+    by_head, shown, (head, tail) = loaded.placed(Stats(), None, scores)
+    assert by_head[0].tolist() == [True] * 5 + [False] * 2
+    np.testing.assert_allclose(shown[0], [0.9, 0.8, 0.7, 0.6, 0.5, 0.25, 0.5])
+    assert (head, tail) == (loaded.weights, loaded.tail_weights)
     plain = HashtagBlend(weights={"class_mixture": 1.0})
     assert HashtagBlend.load(plain.save(tmp_path / "plain.npz")).tail_weights is None
     np.testing.assert_array_equal(plain.final(Stats(), None, scores), scores["class_mixture"])
