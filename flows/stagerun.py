@@ -204,12 +204,35 @@ def _stream(
                 tail.append(line)
         return proc.wait()
     finally:
-        if proc.poll() is None:  # cancelled or crashed while streaming: do not leave DVC running
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if proc.poll() is None:  # cancelled or crashed while streaming: leave nothing running
+            _stop_tree(proc)
+
+
+def _stop_tree(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stop DVC and what it started: SIGTERM to all, SIGKILL to what is left after `timeout`.
+
+    DVC does not pass a SIGTERM on: stopped alone, it leaves `run.sh` and the stage running,
+    still writing the outputs the next run writes. (A Prefect worker cancelling the flow run
+    stops the whole process group, which this process shares with DVC.)
+    """
+    import psutil
+
+    try:
+        processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        processes = []
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    proc.wait()
 
 
 def default_remote(repo: Path, env: dict[str, str] | None = None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,39 @@ def test_shard_results_are_collected_as_shards_finish_and_leave_nothing_on_a_wor
     assert ordered([(0.0, "bad"), (0.5, "a")]) == (["shard bad cannot be computed"], 0)
     # And the shards that finish early are collected (released) while the first one still runs
     assert first_submitted_finishes_last() == [1, "a", "b"]
+
+
+def test_a_stage_stopped_mid_run_leaves_nothing_running(tmp_path):
+    # Given a command that starts a child and does not pass signals on (as `dvc repro` starts
+    # run.sh and the stage), streamed by the flow until its log gives up (a timeout, a crash)
+    import logging
+
+    import psutil
+
+    from flows.stagerun import _stream
+
+    started = tmp_path / "child.pid"
+    command = ["sh", "-c", f"sleep 120 & echo $! > {started}; echo started; wait"]
+
+    class GivingUp(logging.Logger):
+        def info(self, message, *args, **kwargs):
+            if "started" in str(args):
+                raise RuntimeError("the flow run timed out")
+
+    # When the streaming stops with an error
+    with pytest.raises(RuntimeError, match="timed out"):
+        _stream(command, tmp_path, {"PATH": "/usr/bin:/bin"}, "x", deque(maxlen=5), GivingUp("x"))
+
+    # Then the command's child is stopped too, not left running as an orphan
+    child = int(started.read_text())
+
+    def running() -> bool:
+        try:
+            return psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 10
+    while running():
+        assert time.monotonic() < deadline, "the child of the stopped command still runs"
+        time.sleep(0.1)
