@@ -48,6 +48,7 @@ class SearchParams(Section):
     kernel_candidates: int = Field(ge=0)
     dense_candidates: int = Field(ge=0)
     logreg_c: tuple[Annotated[float, Field(gt=0)], ...]
+    logreg_learning_rate: float = Field(gt=0, le=10)  # Adam's step for the logistic settings
     kernel_c: tuple[Annotated[float, Field(gt=0)], ...] = Field(min_length=1)
     kernel_gamma: tuple[Annotated[float, Field(gt=0, le=100)], ...] = Field(min_length=1)
     normalise: tuple[Normalise, ...] = Field(min_length=1)

@@ -164,8 +164,9 @@ def default_search(search: SearchParams, seed: int) -> list[dict[str, Any]]:
 
     Random search covers a grid's important axes with far fewer fits than the full product
     (Bergstra and Bengio, 2012). Logistic regression draws from `logreg_c` x `normalise` x
-    `augment`; the kernel head from `kernel_c` x `kernel_gamma` x `augment`; the dense head from
-    `hidden_units` x `dropout` x `learning_rate` x `weight_decay` x `normalise` x `augment`.
+    `augment` (each fitted at `logreg_learning_rate`); the kernel head from `kernel_c` x
+    `kernel_gamma` x `augment`; the dense head from `hidden_units` x `dropout` x
+    `learning_rate` x `weight_decay` x `normalise` x `augment`.
 
     Returns:
         Up to `logreg_candidates` logistic, `kernel_candidates` kernel and `dense_candidates`
@@ -175,7 +176,13 @@ def default_search(search: SearchParams, seed: int) -> list[dict[str, Any]]:
 
     rng = np.random.default_rng(seed)
     logreg = [
-        {"head": "logreg", "logreg_c": c, "normalise": norm, "augment": aug}
+        {
+            "head": "logreg",
+            "logreg_c": c,
+            "learning_rate": search.logreg_learning_rate,
+            "normalise": norm,
+            "augment": aug,
+        }
         for c, norm, aug in itertools.product(search.logreg_c, search.normalise, search.augment)
     ]
     dense = [
@@ -322,7 +329,7 @@ def run_sweep(
 
 # The train keys that shape each head: train.json's `chosen` shows them for the model's head.
 CHOSEN_KEYS = {
-    "logreg": ("head", "logreg_c", "normalise", "augment"),
+    "logreg": ("head", "logreg_c", "learning_rate", "normalise", "augment"),
     "kernel": ("head", "kernel_c", "kernel_gamma", "kernel_landmarks", "augment"),
     "dense": (
         "head",

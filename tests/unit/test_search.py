@@ -127,14 +127,20 @@ def test_train_json_shows_every_key_the_default_search_sets(train_params):
     note = search_note("default", searched)
     assert "train.learning_rate" in note and "train.search.enabled=false" in note
 
+    # every setting sets the learning rate it is fitted at: train.learning_rate (which a
+    # `dvc exp run -S` may change) reaches no fit while the search is on, as the note says
+    assert all("learning_rate" in setting for setting in settings if setting["head"] != "kernel")
+    logreg_rates = {s["learning_rate"] for s in settings if s["head"] == "logreg"}
+    assert logreg_rates == {search.logreg_learning_rate}
+
     fit = HeadFit(model=None, val_loss=0.5, val_accuracy=0.75)
-    logreg = apply_setting(train_params, {"head": "logreg", "logreg_c": 10.0})
+    chosen = {"head": "logreg", "logreg_c": 10.0, "learning_rate": 0.002}
+    logreg = apply_setting(train_params.model_copy(update={"learning_rate": 0.5}), chosen)
     report = setting_report(logreg, "default", searched, fit)
     assert report["search"] is True and report["sweep"] is False
     assert report["searched_keys"] == ",".join(sorted(searched))
     assert report["chosen"] == {
-        "head": "logreg",
-        "logreg_c": 10.0,
+        **chosen,
         "normalise": train_params.normalise,
         "augment": train_params.augment,
     }
