@@ -155,3 +155,25 @@ def test_the_readme_path_promotes_the_winning_experiment(repo):
     # and the new dvc.lock, committed, leaves nothing to do
     _commit(repo, "register lr-fast")
     assert "Running stage" not in _dvc(repo, "repro").stdout
+
+
+def test_params_set_by_hand_to_an_experiments_register_the_model_it_made(repo):
+    # Given the other experiment's params typed into params.yaml by hand (not `dvc exp apply`):
+    # every stage up to evaluate can come back from DVC's run-cache, as that experiment made it
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["search"]["enabled"] = False
+    params["train"]["learning_rate"] = EXPERIMENTS["lr-slow"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _commit(repo, "lr-slow by hand")
+    versions = _versions(repo)
+
+    # When plain `dvc repro` runs
+    _dvc(repo, "repro")
+
+    # Then register ran on that model: a new version with a decision, not the experiment's
+    # "skipped" record brought back from the run-cache (register.json is a persisted output)
+    decision = _json(repo, "reports/register.json")
+    assert decision["decision"] in ("champion", "challenger"), decision
+    assert "experiment" not in decision or not decision["experiment"]
+    assert _versions(repo) == [*versions, str(len(versions) + 1)]
+    assert decision["run_id"] == _json(repo, "models/model_info.json")["run_id"]
