@@ -356,3 +356,27 @@ def test_a_photo_that_fails_only_while_it_is_read_is_scored_by_the_next_run(tmp_
     # ... and the second scores that photo and skips the two scored ones
     assert (second.scored, second.skipped, second.errors) == (1, 2, 0)
     assert sorted(row["path"] for row in rows if not row["error"]) == sorted(map(str, paths))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_file_name_that_is_not_utf8_is_scored_and_resumed_like_any(tmp_path, suffix):
+    import os
+
+    # Given a folder with a photo whose name is Latin-1 bytes (a Windows share, an old camera)
+    folder = tmp_path / "inbox"
+    paths = _images(folder, 2)
+    latin1 = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")
+    Image.new("RGB", (20, 16), (90, 30, 200)).save(latin1, format="PNG")
+    listed = list_inputs(folder)
+    assert len(listed) == 3
+    out = tmp_path / f"out{suffix}"
+    # When the job scores it, and runs again
+    first = _score(listed, out)
+    again = _score(listed, out)
+    # Then every photo is scored, the odd name is held with its byte escaped, and the re-run
+    # recognises all three
+    rows = list(read_rows(out))
+    assert (first.scored, first.errors) == (3, 0) and (again.scored, again.skipped) == (0, 3)
+    names = sorted(Path(row["path"]).name for row in rows)
+    assert names == sorted([paths[0].name, paths[1].name, "caf\\xe9.png"])
+    assert all(not row["error"] for row in rows)

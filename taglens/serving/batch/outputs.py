@@ -199,6 +199,16 @@ def done_keys(path: Path | str, model_name: str, model_version: str) -> set[Key]
     }
 
 
+def path_text(path: Path | str) -> str:
+    """A path as the output's `path` column holds it: its text, and the resume key.
+
+    A name that is not UTF-8 (a Latin-1 file name from an old camera or a Windows share) is
+    held with each odd byte written as a backslash escape (Python's `backslashreplace`): no
+    output format can store the raw bytes as text.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def scored_row(
     path: Path,
     sha: str,
@@ -209,7 +219,7 @@ def scored_row(
     """The output row of one input: its prediction, or the error that kept it from one."""
     prediction = prediction or {}
     return {
-        "path": str(path),
+        "path": path_text(path),
         "sha256": sha,
         "hashtags": [
             {"tag": h["tag"], "score": float(h["score"])} for h in prediction.get("hashtags", [])

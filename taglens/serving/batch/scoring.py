@@ -53,6 +53,7 @@ from taglens.serving.batch.inputs import check_header, pixel_cap
 from taglens.serving.batch.outputs import (
     Key,
     OutputWriter,
+    path_text,
     read_rows,
     resume_state,
     row_key,
@@ -157,7 +158,7 @@ def _already_done(
     stats = [_stat(path) for path in paths]
     done_paths = {path for path, _ in done}
     for index, path in enumerate(paths):
-        key = str(path)
+        key = path_text(path)
         if key not in done_paths:
             continue
         stat = stats[index]
@@ -207,7 +208,7 @@ def score_paths(
     cap = pixel_cap(max_pixels)
 
     def decode_plan(path) -> tuple[int, bytes]:
-        name = path.numpy().decode()
+        name = os.fsdecode(path.numpy())
         return _decode_plan(name, check_header(name, cap))  # raising drops it: an error row
 
     def load(index, path):
@@ -220,7 +221,8 @@ def score_paths(
         return index, data, decode_and_resize(pixels, size), orientation
 
     dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(todo, tf.int64), tf.constant([str(paths[i]) for i in todo], tf.string))
+        # the file system's bytes: a name that is not UTF-8 cannot be a text tensor
+        (tf.constant(todo, tf.int64), tf.constant([os.fsencode(paths[i]) for i in todo], tf.string))
     )
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors().batch(batch_size).prefetch(2)
