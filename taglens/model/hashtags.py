@@ -204,6 +204,9 @@ class HashtagRanking:
         self, row: np.ndarray, params: HashtagParams, shown: np.ndarray | None = None
     ) -> list[dict[str, Any]]:
         shown = row if shown is None else shown
+        # a NaN (a broken engine's output) would sort above every score in np.partition's
+        # order and push finite tags out: it is no score, so it ranks as ineligible
+        row = np.where(np.isnan(row), -np.inf, row)
         k = min(params.top_k, INSTAGRAM_MAX_TAGS)
         candidates = np.arange(len(row))
         if len(row) > k:  # only tags scoring at least the k-th best (ties included) can make it

@@ -108,7 +108,16 @@ class HashtagPredictor:
             rankers = HashtagBlend.load(models_dir / RANKERS_FILE)
         drift_reference = None
         if (models_dir / DRIFT_FILE).is_file():
-            drift_reference = json.loads((models_dir / DRIFT_FILE).read_text(encoding="utf-8"))
+            try:
+                drift_reference = json.loads((models_dir / DRIFT_FILE).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                # only the nightly drift check reads it: the model still serves without one
+                logger.warning(
+                    "%s is unreadable (%s): no drift check with this model; re-run train to "
+                    "write it again",
+                    models_dir / DRIFT_FILE,
+                    exc,
+                )
         return cls(
             model=model,
             classes=list(info["classes"]),

@@ -56,6 +56,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,7 +432,7 @@ class HashtagBlend:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # damaged or cut short
             message = f"{path} is not a valid hashtag blend ({exc}): re-run train"
             raise TaglensError(message) from None
         if "weights" not in arrays or "settings" not in arrays:

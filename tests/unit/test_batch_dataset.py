@@ -175,3 +175,19 @@ def test_rows_merged_from_shards_keep_their_stats(tmp_path, counting):
     }
     counting.sha256_calls = 0
     assert _score(paths, out).skipped == 7 and counting.sha256_calls == 0
+
+
+def test_an_output_whose_every_run_part_was_removed_by_hand_starts_over(tmp_path):
+    # Given a Parquet output whose run parts were all deleted ("start over"), its hidden index
+    # left behind
+    paths = _images(tmp_path / "in", 3)
+    out = tmp_path / "out.parquet"
+    _score(paths, out)
+    for part in run_parts(out):
+        part.unlink()
+    # When the job runs into it again
+    report = _score(paths, out)
+    # Then it scores every photo again into a new part, which is the whole output
+    assert (report.scored, report.skipped) == (3, 0)
+    assert len(run_parts(out)) == 1
+    assert sorted(row["path"] for row in read_rows(out)) == sorted(map(str, paths))

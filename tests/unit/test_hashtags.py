@@ -189,3 +189,16 @@ def test_bad_inputs_say_what_to_do(stats, tmp_path):
 def test_labels_outside_classes_are_ignored():
     stats = fit_hashtag_stats(posts([*TABLE, ("cats", "#cat #cat2", 1)]), CLASSES, params())
     assert "cat" not in stats.tags and sum(stats.class_posts) == 9
+
+
+def test_a_nan_score_is_no_score_and_keeps_the_finite_tags(stats):
+    # Given final scores where a broken engine left NaN for two tags
+    finished = stats.finish(stats.mixture(np.array([[0.9, 0.1]]), params(smoothing=0.0)), params())
+    clean = stats.rank_scores(finished, params(top_k=3))[0]
+    broken = finished.copy()
+    broken[0, [stats.tags.index("paint"), stats.tags.index("art")]] = np.nan
+    # When they are ranked, Then the list holds the same finite tags as without the NaNs
+    ranked = stats.rank_scores(broken, params(top_k=3))[0]
+    assert [r["tag"] for r in ranked] == [r["tag"] for r in clean] == ["pizza", "yum", "food"]
+    everything_nan = np.full_like(finished, np.nan)
+    assert stats.rank_scores(everything_nan, params(top_k=3)) == [[]]

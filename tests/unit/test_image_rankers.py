@@ -336,9 +336,17 @@ def test_a_hashtag_blend_round_trips(tmp_path):
 
 
 def test_not_a_blend_file_is_refused(tmp_path):
+    from taglens.errors import TaglensError
+
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(ValueError, match="re-run"):
         HashtagBlend.load(tmp_path / "bad.npz")
+    # a blend file cut short, or emptied, says the same (not a zipfile or EOF traceback)
+    whole = HashtagBlend().save(tmp_path / "whole.npz").read_bytes()
+    for name, content in (("cut.npz", whole[: len(whole) // 2]), ("empty.npz", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(TaglensError, match="not a valid hashtag blend.*re-run train"):
+            HashtagBlend.load(tmp_path / name)
     np.savez(tmp_path / "old.npz", weights=np.ones(4))
     with pytest.raises(ValueError, match="older version: re-run train"):
         HashtagBlend.load(tmp_path / "old.npz")

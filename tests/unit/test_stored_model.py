@@ -144,3 +144,21 @@ def test_the_stored_models_folder_predicts_as_when_it_was_written():
 
 if __name__ == "__main__":
     print(write_stored_model(Path(sys.argv[1])))
+
+
+def test_a_damaged_drift_reference_leaves_the_model_serving(tmp_path, caplog):
+    import shutil
+
+    from taglens.model.predictor import HashtagPredictor
+
+    # Given the stored folder whose drift reference (only the nightly drift check reads it)
+    # was cut short
+    models = shutil.copytree(STORED / "models", tmp_path / "models")
+    reference = models / "drift_reference.json"
+    reference.write_text(reference.read_text(encoding="utf-8")[:40], encoding="utf-8")
+    # When it is loaded, Then it predicts as ever, without a drift reference, and says why
+    predictor = HashtagPredictor.from_dir(models)
+    assert predictor.drift_reference is None
+    assert "drift_reference.json is unreadable" in caplog.text
+    expected = json.loads((STORED / "expected.json").read_text(encoding="utf-8"))
+    assert_close(predictor.predict_bytes(fixed_images()), expected["predictions"], "predictions")

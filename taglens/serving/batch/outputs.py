@@ -290,7 +290,9 @@ def _index_table(dataset: Path):
     parts = {part.name for part in run_parts(dataset)}
     listed = set(table.column("part").unique().to_pylist())
     if listed - parts:  # a part removed by hand: its rows are no longer in the output
-        table = table.filter(pc.is_in(table.column("part"), value_set=pa.array(sorted(parts))))
+        table = table.filter(
+            pc.is_in(table.column("part"), value_set=pa.array(sorted(parts), pa.string()))
+        )
     missing = []
     for name in sorted(parts - listed):  # written by a run killed before its index update
         keys = pq.read_table(dataset / name, columns=list(KEY_COLUMNS))
