@@ -104,7 +104,8 @@ deploy: setup ## register both scheduled deployments on the server (for workers)
 	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m flows.deploy --repo .
 
 worker: setup ## a process worker that runs the deployments' scheduled runs
-	PREFECT_API_URL=$(PREFECT_URL) $(VENV)/bin/prefect worker start --pool taglens
+	PREFECT_API_URL=$(PREFECT_URL) $(VENV)/bin/prefect worker start --pool \
+		"$$($(PY) -c 'from taglens.params import load_params; print(load_params("params.yaml").team.pool)')"
 
 # A team on one machine (docs/team.md): PostgreSQL, an MLflow server on it, a Prefect server with
 # the work pool's workers, a Dask scheduler with workers, on params.yaml's team: ports; pids and

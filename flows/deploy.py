@@ -284,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_schedule_options(parser)
-    parser.add_argument("--pool", default=POOL, help=f"process work pool name (default {POOL})")
+    parser.add_argument(
+        "--pool", default=None, help="process work pool name (default: params.yaml's team.pool)"
+    )
     parser.add_argument(
         "--params",
         type=Path,
@@ -298,8 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         from taglens.params import load_params
 
         team = load_params(args.params or args.repo / "params.yaml").team
+        # the pool `taglens services start` starts its workers on, unless told another
         settings = settings_from(
-            args, pool=args.pool, heartbeat_s=team.heartbeat_s, crashed_after_s=team.crashed_after_s
+            args,
+            pool=args.pool or team.pool,
+            heartbeat_s=team.heartbeat_s,
+            crashed_after_s=team.crashed_after_s,
         )
         for name, deployment_id in deploy_all(settings).items():
             print(f"{name}: {deployment_id}")

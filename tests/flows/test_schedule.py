@@ -95,3 +95,19 @@ def test_one_process_serves_both_schedules_and_runs_them(
     finally:
         stop_process_group(proc)
         print(log_path.read_text()[-3000:])
+
+
+def test_deploy_targets_the_pool_params_yaml_names_unless_told_another(tmp_path, monkeypatch):
+    # Given params.yaml naming another work pool (the one `taglens services start` serves)
+    from flows import deploy
+    from tests.helpers.params import write_tiny_params
+
+    params = tmp_path / "params.yaml"
+    write_tiny_params(params, {"team.pool": "gpu-pool"})
+    seen = []
+    monkeypatch.setattr(deploy, "deploy_all", lambda settings: seen.append(settings) or {})
+    # When the deployments are made without --pool, then with it
+    assert deploy.main(["--repo", str(tmp_path), "--params", str(params)]) == 0
+    assert deploy.main(["--repo", str(tmp_path), "--params", str(params), "--pool", "x"]) == 0
+    # Then they go to params.yaml's pool, then to the one asked for
+    assert [settings.pool for settings in seen] == ["gpu-pool", "x"]
