@@ -58,15 +58,24 @@ def push_task(repo: str) -> str | None:
 
 
 @task(name="handoff", retries=2, retry_delay_seconds=60)
-def handoff_task(repo: str) -> dict[str, Any] | None:
+def handoff_task(repo: str, pushed_to: str | None) -> dict[str, Any] | None:
     """Commit dvc.lock and params.yaml and push them to `team.git_branch` (when it is set).
 
-    Runs after `dvc push`, so a clone that pulls the commit finds its data in the remote.
+    Runs after `dvc push` (`pushed_to`: the remote it pushed to), so a clone that pulls the
+    commit finds its data in the remote; with no remote there is nothing to hand off.
     """
     root = Path(repo)
     team = team_settings(root / "params.yaml")
     if team is None or team.git_branch is None:
         get_run_logger().info("team.git_branch is null: dvc.lock is not committed")
+        return None
+    if pushed_to is None:
+        get_run_logger().warning(
+            "team.git_branch is %s, but no DVC remote received this run's data: dvc.lock is not "
+            "committed (a clone that pulled it could not `dvc pull` its data). Set a default "
+            "remote (`dvc remote add -d NAME URL`) to hand runs off",
+            team.git_branch,
+        )
         return None
     done = commit_and_push(root, team.git_branch, team.git_remote, log=get_run_logger())
     return {"commit": done.commit, "branch": done.branch, "remote": done.remote}
@@ -141,7 +150,7 @@ def training_flow(
             )
         results.append(runner(stage, str(root), force=stage in force))
     pushed_to = push_task(str(root)) if push_data else None
-    handoff = handoff_task(str(root)) if push_data else None
+    handoff = handoff_task(str(root), pushed_to) if push_data else None
     report = report_task(str(root), results)
     return {"stages": results, "pushed_to": pushed_to, "handoff": handoff, **report}
 

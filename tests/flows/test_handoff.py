@@ -69,3 +69,24 @@ def test_team_settings_are_read_and_checked(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"team": {"git_branch": ""}}))
     with pytest.raises(ParamsError, match="invalid team section"):
         team_settings(tmp_path / "bad.yaml")
+
+
+def test_without_a_dvc_remote_the_lock_is_not_handed_off(checkout):
+    from flows.training import handoff_task
+
+    # Given a checkout whose params name a hand-off branch, and a run whose data no remote got
+    repo, origin = checkout
+    write_tiny_params(repo / "params.yaml", {"team.git_branch": "retrain"})
+    (repo / "dvc.lock").write_text("stages: {}\n")
+    # When the hand-off runs after a push that pushed nothing, Then nothing is committed or
+    # pushed: a clone could not pull the data that lock names
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():
+        assert handoff_task.fn(str(repo), None) is None
+        assert "?? dvc.lock" in _git(repo, "status", "--porcelain")
+        assert _git(origin, "branch", "--list", "retrain").strip() == ""
+        # and with the data pushed, it is handed off
+        done = handoff_task.fn(str(repo), "storage")
+    assert done["branch"] == "retrain" and done["commit"]
+    assert _git(origin, "rev-parse", "retrain").strip() == done["commit"]
