@@ -165,12 +165,29 @@ def register_model(
             )
             return registry.result(existing, created=False)
         decision = pending_decision(existing.tags) if existing is not None else None
+        champion = registry.alias(CHAMPION)
+        crowned = (
+            existing is not None
+            and champion is not None
+            and (str(champion.version) == str(existing.version))
+        )
+        if decision is not None and decision.promoted and not crowned:
+            now = str(champion.version) if champion is not None else None
+            if now != decision.compared_with:  # a later registration moved the champion
+                logger.info(
+                    "version %s was decided champion against %s, but the champion is now %s: "
+                    "deciding again",
+                    existing.version,
+                    decision.compared_with,
+                    now,
+                )
+                decision = None
         if decision is None:
             mine = str(existing.version) if existing is not None else None
             decision = decide(registry, evaluation, params, rescore, mine)
-            if hold and decision.promoted:
-                reason = f"{hold} (the gate said: {decision.reason})"
-                decision = replace(decision, alias=CHALLENGER, reason=reason)
+        if hold and decision.promoted and not crowned:
+            reason = f"{hold} (the gate said: {decision.reason})"
+            decision = replace(decision, alias=CHALLENGER, reason=reason)
         version = existing or registry.create(model_uri, run_id, evaluation, lineage or {})
         commit(registry, version, decision, params)
         return registry.result(registry.version(version.version), created=existing is None)

@@ -361,6 +361,37 @@ def test_crash_after_moving_the_alias_is_finished_by_the_rerun(
     assert [(r["version"], r["compared_with"]) for r in rows] == [("1", None), ("2", "1")]
 
 
+def test_a_decision_left_pending_is_made_again_once_a_later_model_took_the_champion(
+    params, make_run, tmp_path, monkeypatch
+):
+    # Given version 2 decided champion against version 1, killed before the alias moved
+    history = tmp_path / "promotions.jsonl"
+    _register(params, *make_run(0.5), history)
+    second = make_run(0.7)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Registry, "crown", crash)
+        with pytest.raises(KeyboardInterrupt):
+            _register(params, *second, history)
+    name = params.register.model_name
+    tags = mlflow.MlflowClient().get_model_version(name, "2").tags
+    assert tags["decision.alias"] == "champion" and "decision" not in tags
+    # and version 3, better than both, crowned meanwhile
+    assert _register(params, *make_run(0.95), history).decision == "champion"
+    assert _alias("champion", name) == "3"
+
+    # When version 2's register runs again
+    result = _register(params, *second, history)
+
+    # Then it is gated against the champion of now, not replayed against version 1
+    assert result.version == "2" and result.decision == "challenger"
+    assert result.record["compared_with"] == "3"
+    assert _alias("champion", name) == "3"
+
+
 @pytest.mark.parametrize("failing", ["get_model_version_by_alias", "search_model_versions"])
 def test_registry_error_promotes_nothing(failing, params, make_run, tmp_path, monkeypatch, capsys):
     """An MLflow error during register (here the store failing) promotes nothing."""
