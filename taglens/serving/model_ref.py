@@ -5,7 +5,8 @@ with one set of rules:
 
 - no URI means the champion, `models:/<register.model_name>@champion`;
 - a directory holding the train stage's `model.keras` is loaded from disk as is, with no MLflow
-  store, and reported as `ModelRef(<its absolute path>, "unregistered")`;
+  store, and reported as `ModelRef(<its absolute path>, "unregistered@<train run id>")`: the
+  folder a retrain rewrites holds another model, which the resume key and the page tell apart;
 - `models:/NAME@ALIAS` is pinned once, when resolved, to the version the alias points at, so a
   promotion made while a job or server runs cannot change its model half-way;
   `models:/NAME/VERSION` is checked to exist; both report `ModelRef(NAME, VERSION)`;
@@ -22,6 +23,8 @@ whatever FP32 engine is asked for, since its head learned INT8 vectors; a log li
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
@@ -32,7 +35,7 @@ from typing import Any
 
 from taglens.features.engines import INT8_ENGINE, on_engine
 from taglens.lifecycle.gate import CHAMPION
-from taglens.model.predictor import MODEL_FILE, HashtagPredictor
+from taglens.model.predictor import INFO_FILE, MODEL_FILE, HashtagPredictor
 from taglens.model.pyfunc import ModelNotFoundError, load_logged
 
 logger = logging.getLogger(__name__)
@@ -86,6 +89,20 @@ def local_models_dir(uri: str | None) -> Path | None:
     return local.resolve() if (local / MODEL_FILE).is_file() else None
 
 
+def local_version(models_dir: Path) -> str:
+    """The version a models/ directory is reported with: its train run, which a retrain changes.
+
+    `unregistered@` and the first 12 characters of model_info.json's `run_id` (of its sha256
+    when it names none).
+    """
+    try:
+        info = (models_dir / INFO_FILE).read_bytes()
+        run_id = json.loads(info).get("run_id")
+    except (OSError, ValueError):
+        return UNREGISTERED
+    return f"{UNREGISTERED}@{(run_id or hashlib.sha256(info).hexdigest())[:12]}"
+
+
 def follows_alias(model_uri: str | None) -> bool:
     """Whether `model_uri` (None: the champion) names an alias, which may come to name another."""
     if model_uri is None:
@@ -106,7 +123,7 @@ def resolve(model_uri: str | None, model_name: str) -> ResolvedModel:
     uri = model_uri or champion_uri(model_name)
     local = local_models_dir(uri)
     if local is not None:
-        return ResolvedModel(str(local), ModelRef(str(local), UNREGISTERED))
+        return ResolvedModel(str(local), ModelRef(str(local), local_version(local)))
     registered = _REGISTERED.fullmatch(uri)
     if registered is None:
         return ResolvedModel(uri, ModelRef(uri, UNREGISTERED))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pytest
@@ -19,8 +21,26 @@ def test_a_local_models_dir_is_used_as_is_and_reported_unregistered(tiny_models_
     resolved = model_ref.resolve("models", "taglens")
     # then it is that directory, absolute, outside the registry
     local = str(tiny_models_dir.resolve())
-    assert resolved == ResolvedModel(local, ModelRef(local, "unregistered"))
-    assert resolved.is_local
+    version = model_ref.local_version(tiny_models_dir)
+    assert resolved == ResolvedModel(local, ModelRef(local, version))
+    assert resolved.is_local and version.startswith("unregistered@") and len(version) == 25
+
+
+def test_a_retrained_models_dir_is_another_version(tiny_models_dir, tmp_path):
+    # given a models/ directory as train writes it, and the same folder after a retrain
+    import shutil
+
+    folder = shutil.copytree(tiny_models_dir, tmp_path / "retrained")
+    before = model_ref.resolve(str(folder), "taglens").ref
+    info = json.loads((folder / "model_info.json").read_text())
+    (folder / "model_info.json").write_text(json.dumps({**info, "run_id": "f" * 32}))
+    # then batch predict's resume key and the page see another version
+    after = model_ref.resolve(str(folder), "taglens").ref
+    assert after == ModelRef(str(folder.resolve()), "unregistered@ffffffffffff") != before
+    # and a folder whose model_info.json names no run is told apart by its content
+    del info["run_id"]
+    (folder / "model_info.json").write_text(json.dumps(info))
+    assert model_ref.resolve(str(folder), "taglens").ref.version.startswith("unregistered@")
 
 
 def test_a_folder_without_a_model_or_another_uri_is_not_local(tmp_path):

@@ -47,7 +47,8 @@ def test_rows_match_the_predictor_on_the_same_pixels(
     rows = list(read_rows(out))
     report = result.report
     assert (report.scored, report.errors, len(rows)) == (5, 1, 6)
-    assert result.model == ModelRef(str(tiny_models_dir.resolve()), "unregistered")
+    version = model_ref.local_version(tiny_models_dir)
+    assert result.model == ModelRef(str(tiny_models_dir.resolve()), version)
     assert rows[0]["path"].endswith("broken.jpg") and rows[0]["error"]
     # the same photos as the web page and the pyfunc predict them, from their bytes
     expected = HashtagPredictor.from_dir(tiny_models_dir).predict_bytes(
@@ -58,7 +59,7 @@ def test_rows_match_the_predictor_on_the_same_pixels(
         assert row["top_probability"] == pytest.approx(want["top_probability"], abs=1e-5)
         assert [h["tag"] for h in row["hashtags"]] == [h["tag"] for h in want["hashtags"]]
         assert row["error"] is None
-        assert (row["model_name"], row["model_version"]) == (result.model.name, "unregistered")
+        assert (row["model_name"], row["model_version"]) == (result.model.name, version)
 
 
 @pytest.mark.slow

@@ -46,7 +46,10 @@ def test_main_serves_a_local_models_dir(tiny_models_dir, served):
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
     with TestClient(served["app"]) as client:
         health = client.get("/health").json()
-    local = {"name": str(tiny_models_dir.resolve()), "version": "unregistered"}
+    local = {
+        "name": str(tiny_models_dir.resolve()),
+        "version": model_ref.local_version(tiny_models_dir),
+    }
     assert health == {"status": "ok", "model": local, "max_upload_bytes": 10_000_000}
     # and uvicorn gets serve's concurrency limit and timeouts
     options = served["options"]
