@@ -32,6 +32,7 @@ from taglens.errors import TaglensError
 BINS = 10  # confidence bins: deciles of the validation confidences, the usual PSI layout
 MAX_SAMPLE = 2000  # validation confidences kept for the KS test (quantiles beyond that)
 SHARE_FLOOR = 1e-4  # an empty bin counts as this share: ln(0) would make any PSI infinite
+EDGE_TOLERANCE = 1e-5  # a confidence this close below a bin edge is binned as on the edge
 FORMAT = 1
 
 
@@ -184,7 +185,11 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
 
 
 def _bin_counts(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    bins = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")
+    # A value a hair below an edge counts as on it: a confident model gives many photos a
+    # confidence of exactly 1.0, which becomes a decile edge, and another engine's 0.99999994
+    # for the same photos would put them all in the bin below, a PSI cliff out of rounding.
+    edges = np.asarray(edges, dtype=np.float64)
+    bins = np.searchsorted(edges, np.asarray(values, np.float64) + EDGE_TOLERANCE, side="right")
     return np.bincount(bins, minlength=len(edges) + 1)
 
 

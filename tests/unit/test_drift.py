@@ -85,3 +85,23 @@ def test_photos_of_another_model_are_refused():
     )
     with pytest.raises(TaglensError, match="not the reference model's"):
         compare(reference, ["horse"], [0.9], psi_threshold=0.2, min_photos=1)
+
+
+def test_confidences_that_differ_by_an_engine_rounding_are_not_drift():
+    # Given a confident model: a third of the validation photos at a confidence of exactly 1.0,
+    # which is then a decile edge
+    rng = np.random.default_rng(3)
+    probabilities = _probabilities(rng, 600, sharpness=6.0)
+    probabilities[:200] = np.eye(len(CLASSES))[rng.integers(0, len(CLASSES), 200)]
+    reference = DriftReference.from_probabilities(probabilities, CLASSES)
+    assert max(reference.confidence_edges) == 1.0
+    top, confidence = _batch(probabilities)
+    # When the same photos come back from another engine, one float32 step below 1.0
+    lower = [
+        float(np.nextafter(np.float32(c), np.float32(0))) if c == 1.0 else c for c in confidence
+    ]
+    judge = {"psi_threshold": 0.2, "min_photos": 200}
+    # Then neither is drift: the saturated photos stay in their bin
+    assert compare(reference, top, confidence, **judge).psi_confidence == pytest.approx(0.0)
+    assert compare(reference, top, lower, **judge).psi_confidence < 0.01
+    assert not compare(reference, top, lower, **judge).drifted
