@@ -288,14 +288,23 @@ def on_served_engine(
     An engine that is not installed here, or cannot run this model, is logged as a warning and
     tensorflow serves instead (same outputs within 1e-4).
     """
-    from taglens.features.engines import EngineError, on_engine
+    from taglens.features.engines import INT8_ENGINE, EngineError, on_engine
 
     engine = (environ if environ is not None else os.environ).get(ENGINE_ENV) or recorded
     engine = engine or "tensorflow"
     try:
-        return on_engine(predictor, engine)
+        served = on_engine(predictor, engine)
     except EngineError as exc:
         if engine == "tensorflow":
             raise
         logger.warning("%s: serving on tensorflow instead", exc)
-        return on_engine(predictor, "tensorflow")
+        served, engine = on_engine(predictor, "tensorflow"), "tensorflow"
+    if predictor.info.get("precision") == "int8" and engine != INT8_ENGINE:
+        # batch predict and the page serve such a model on its INT8 model (model_ref.load)
+        logger.warning(
+            "this model's head was trained on INT8 vectors but serves on %s: its answers differ "
+            "from batch predict's and the page's; serve it on %s",
+            engine,
+            INT8_ENGINE,
+        )
+    return served

@@ -144,3 +144,21 @@ def test_an_engine_missing_where_the_model_is_served_falls_back_to_tensorflow(
     assert np.allclose(
         served.probabilities(_pixels()), predictor.probabilities(_pixels()), atol=1e-4
     )
+
+
+def test_an_int8_trained_model_served_on_another_engine_says_its_answers_differ(
+    tiny_models_dir, caplog
+):
+    import dataclasses
+
+    # given a model whose head learned INT8 vectors, and one trained on FP32 ones
+    fp32 = HashtagPredictor.from_dir(tiny_models_dir)
+    int8 = dataclasses.replace(fp32, info={**fp32.info, "precision": "int8"})
+    # when TAGLENS_ENGINE asks for tensorflow
+    with caplog.at_level(logging.WARNING, logger="taglens.serving.pyfunc"):
+        on_served_engine(fp32, None, environ={ENGINE_ENV: "tensorflow"})
+        assert caplog.text == ""
+        served = on_served_engine(int8, "openvino-int8", environ={ENGINE_ENV: "tensorflow"})
+    # then it serves as asked, and warns that batch predict and the page answer otherwise
+    assert served.model.engine == "tensorflow"
+    assert "trained on INT8 vectors but serves on tensorflow" in caplog.text
