@@ -48,6 +48,8 @@ class TrainConfig:
         flat: dict[str, Any] = {}
         for name in ("base", "model", "train", "hashtags", "ingest"):
             flat.update(flatten(getattr(self, name), prefix=f"{name}."))
+        # what clean and evaluate upload, not what the model is (dvc.yaml: train skips it)
+        flat.pop("base.log_photos", None)
         return flat
 
     def with_train(self, train: TrainParams) -> TrainConfig:

@@ -115,6 +115,21 @@ def test_learning_rate_change_reruns_only_train_evaluate_register(pipeline_repo)
     assert ran == {"train", "evaluate", "register"}, result.stdout
 
 
+def test_log_photos_leaves_the_model_alone(pipeline_repo):
+    # base.log_photos only decides which photo sheets clean and evaluate upload: turning it on
+    # must not retrain (minutes, or hours with fine-tuning) nor register a new version.
+    # `dvc status` says which stages a repro would run, without running them.
+    params_path = pipeline_repo / "params.yaml"
+    text = params_path.read_text()
+    params_path.write_text(text.replace("  log_photos: false", "  log_photos: true", 1))
+    try:
+        assert params_path.read_text() != text
+        status = json.loads(_dvc(pipeline_repo, "status", "--json").stdout)
+    finally:
+        params_path.write_text(text)
+    assert set(status) == {"clean", "evaluate"}, status
+
+
 def _bare_env(repo: Path) -> dict[str, str]:
     """A shell where the virtual environment is not activated: only the system's PATH."""
     env = {
