@@ -335,20 +335,27 @@ def test_unproven_metrics_refused(change, words, params, make_run, tmp_path, mon
     assert len(registry.history()) == 1 and not (reports / "register.json").exists()
 
 
-def test_crash_after_moving_the_alias_is_finished_by_the_rerun(
-    params, make_run, tmp_path, monkeypatch
-):
-    history = tmp_path / "promotions.jsonl"
-    _register(params, *make_run(0.5), history)
-    better = make_run(0.7)
+def _second_killed_in(method: str, params, make_run, history, monkeypatch):
+    """A champion scoring 0.5, then a run scoring 0.7 registered until the registry's `method`
+    is called, where the process is killed; returns that run."""
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
+    _register(params, *make_run(0.5), history)
+    second = make_run(0.7)
     with monkeypatch.context() as patch:
-        patch.setattr(Registry, "record", crash)
+        patch.setattr(Registry, method, crash)
         with pytest.raises(KeyboardInterrupt):
-            _register(params, *better, history)
+            _register(params, *second, history)
+    return second
+
+
+def test_crash_after_moving_the_alias_is_finished_by_the_rerun(
+    params, make_run, tmp_path, monkeypatch
+):
+    history = tmp_path / "promotions.jsonl"
+    better = _second_killed_in("record", params, make_run, history, monkeypatch)
     name = params.register.model_name
     assert _alias("champion", name) == "2"  # the alias moved, the decision is not committed
     assert "decision" not in mlflow.MlflowClient().get_model_version(name, "2").tags
@@ -366,16 +373,7 @@ def test_a_decision_left_pending_is_made_again_once_a_later_model_took_the_champ
 ):
     # Given version 2 decided champion against version 1, killed before the alias moved
     history = tmp_path / "promotions.jsonl"
-    _register(params, *make_run(0.5), history)
-    second = make_run(0.7)
-
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt("killed")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Registry, "crown", crash)
-        with pytest.raises(KeyboardInterrupt):
-            _register(params, *second, history)
+    second = _second_killed_in("crown", params, make_run, history, monkeypatch)
     name = params.register.model_name
     tags = mlflow.MlflowClient().get_model_version(name, "2").tags
     assert tags["decision.alias"] == "champion" and "decision" not in tags
