@@ -21,7 +21,7 @@ from taglens import artifacts
 from taglens.artifacts import MANIFEST
 from taglens.cli import run_with_params
 from taglens.errors import TaglensError
-from taglens.features.engines import EngineError
+from taglens.features.engines import EngineMissingError
 from taglens.lifecycle.gate import Evaluation, NotComparableError
 from taglens.lifecycle.promotion import (
     ChampionRescorer,
@@ -33,6 +33,7 @@ from taglens.lifecycle.promotion import (
     version_table,
 )
 from taglens.lifecycle.registry import Registry, RegistryError, unlock
+from taglens.model.pyfunc import ModelStoreError
 from taglens.params import Params, RegisterParams
 from taglens.serving import model_ref
 
@@ -62,13 +63,13 @@ def champion_rescorer(params: Params, *, raw: Path, clean: Path) -> ChampionResc
         uri = f"models:/{params.register.model_name}/{version.version}"
         try:
             predictor = model_ref.load(uri, params.featurize.engine)
-        except EngineError as exc:
+        except (EngineMissingError, ModelStoreError) as exc:  # this machine, the store: fixable
             raise RegistryError(
                 f"cannot load champion version {version.version} to pair it with this model: "
-                f"{exc}; nothing was registered or promoted: run register again once the engine "
-                "is installed (or with another featurize.engine)"
+                f"{exc}; nothing was registered or promoted: run register again once that is "
+                "fixed"
             ) from None
-        except TaglensError as exc:  # the version itself: not a taglens model, another format
+        except TaglensError as exc:  # the version itself: another format, unconvertible
             raise NotComparableError(
                 f"champion version {version.version} cannot be loaded from {uri} "
                 f"({type(exc).__name__}: {_first_line(exc)})"

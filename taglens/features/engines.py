@@ -64,6 +64,10 @@ class EngineError(TaglensError):
     """The chosen engine is not installed or cannot run this model (a setting the user fixes)."""
 
 
+class EngineMissingError(EngineError):
+    """The chosen engine's packages are not installed here (another machine may have them)."""
+
+
 def default_cache_dir() -> Path:
     """Where converted models are kept: `$TAGLENS_CACHE_DIR`, else the user's cache directory."""
     root = os.environ.get("TAGLENS_CACHE_DIR")
@@ -295,7 +299,7 @@ def _check_installed(engine: str) -> None:
     modules = ENGINE_SPECS[engine].modules if engine in ENGINE_SPECS else ()
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
-        raise EngineError(
+        raise EngineMissingError(
             f"{ENGINE_PARAM}: {engine} needs {' and '.join(missing)}, which is not installed: "
             f"pip install {' '.join(missing)}, or set {ENGINE_PARAM}: tensorflow"
         )

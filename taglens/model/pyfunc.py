@@ -58,6 +58,10 @@ class ModelNotFoundError(LookupError, TaglensError):
     """
 
 
+class ModelStoreError(TaglensError):
+    """The MLflow store could not be read while loading a model (it may pass: retry later)."""
+
+
 # The distributions a served taglens model imports (the taglens package itself travels as code).
 SERVING_PACKAGES = (
     "mlflow",
@@ -203,6 +207,11 @@ def log_taglens_model(
     return model_info
 
 
+# MLflow error codes that mean the model, version or alias is not there (others, such as
+# TEMPORARILY_UNAVAILABLE or an HTTP failure, say the store could not be read)
+ABSENT_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
 def load_logged(model_uri: str) -> HashtagPredictor:
     """Load a logged or registered taglens pyfunc back as an in-process HashtagPredictor.
 
@@ -214,6 +223,8 @@ def load_logged(model_uri: str) -> HashtagPredictor:
 
     Raises:
         ModelNotFoundError: the model, version or alias does not exist.
+        ModelStoreError: the store or server failed otherwise (unavailable, a timeout): it may
+            pass.
     """
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
@@ -221,8 +232,14 @@ def load_logged(model_uri: str) -> HashtagPredictor:
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
+        first = exc.message.splitlines()[0] if exc.message else exc.error_code
+        if exc.error_code not in ABSENT_CODES:
+            raise ModelStoreError(
+                f"cannot load {model_uri}: the MLflow store failed ({exc.error_code}: {first}); "
+                "check that the tracking server or database is up, then run again"
+            ) from None
         raise ModelNotFoundError(
-            f"cannot load {model_uri}: {exc.message.splitlines()[0]}. If there is no champion "
+            f"cannot load {model_uri}: {first}. If there is no champion "
             "yet: run `dvc repro` or `python -m stages.register ...`"
         ) from None
     # The served wrapper (taglens.serving.pyfunc.TaglensModel) holds the loaded predictor; its

@@ -528,28 +528,47 @@ def test_a_champion_that_cannot_be_scored_is_not_comparable(params, make_run, tm
 @pytest.mark.parametrize(
     ("failure", "expected"),
     [
+        ("store down", "RegistryError"),
         (ConnectionError("the artifact store reset the connection"), "RegistryError"),
         (MemoryError(), "RegistryError"),
-        ("engine", "RegistryError"),
+        ("engine missing", "RegistryError"),
+        ("engine cannot convert", "NotComparableError"),
         ("format", "NotComparableError"),
     ],
-    ids=["network", "memory", "engine missing", "not a taglens model"],
+    ids=["store down", "network", "memory", "engine missing", "unconvertible", "not taglens"],
 )
 def test_only_the_champion_itself_makes_it_not_comparable(
     failure, expected, params, make_run, tmp_path, monkeypatch
 ):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
     from taglens.errors import TaglensError
-    from taglens.features.engines import EngineError
+    from taglens.features.engines import EngineError, EngineMissingError
     from taglens.lifecycle.registry import RegistryError
+    from taglens.model import pyfunc
+
+    def store_down(uri, *args, **kwargs):  # what MLflow raises when its store is unavailable
+        raise MlflowException(
+            "API request failed: Max retries exceeded", error_code=TEMPORARILY_UNAVAILABLE
+        )
 
     failures = {
-        "engine": EngineError("featurize.engine openvino needs the openvino package"),
+        "engine missing": EngineMissingError("featurize.engine openvino needs openvino"),
+        "engine cannot convert": EngineError("featurize.engine openvino could not convert it"),
         "format": TaglensError("image_rankers.npz is a hashtag blend of an older version"),
     }
 
     def load(uri, engine):
+        if failure == "store down":  # through the real loader, as register meets it
+            return pyfunc.load_logged(uri)
         raise failures.get(failure, failure)
 
+    import sys
+
+    import mlflow.pyfunc  # noqa: F401 - the module itself, not mlflow's lazy attribute
+
+    monkeypatch.setattr(sys.modules["mlflow.pyfunc"], "load_model", store_down)
     monkeypatch.setattr(register.model_ref, "load", load)
     clean = tmp_path / "clean"
     clean.mkdir()
