@@ -32,7 +32,7 @@ from taglens.errors import TaglensError
 BINS = 10  # confidence bins: deciles of the validation confidences, the usual PSI layout
 MAX_SAMPLE = 2000  # validation confidences kept for the KS test (quantiles beyond that)
 SHARE_FLOOR = 1e-4  # an empty bin counts as this share: ln(0) would make any PSI infinite
-EDGE_TOLERANCE = 1e-5  # a confidence this close below a bin edge is binned as on the edge
+CONFIDENCE_DECIMALS = 6  # confidences are kept (the reference's sample) and binned at this
 FORMAT = 1
 
 
@@ -84,7 +84,7 @@ class DriftReference:
             class_counts=tuple(int(c) for c in counts),
             confidence_edges=edges,
             confidence_counts=tuple(int(c) for c in _bin_counts(confidence, edges)),
-            confidences=tuple(round(float(c), 6) for c in sample),
+            confidences=tuple(round(float(c), CONFIDENCE_DECIMALS) for c in sample),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,11 +185,11 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
 
 
 def _bin_counts(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    # A value a hair below an edge counts as on it: a confident model gives many photos a
+    # Rounded as the reference's sample is kept: a confident model gives many photos a
     # confidence of exactly 1.0, which becomes a decile edge, and another engine's 0.99999994
-    # for the same photos would put them all in the bin below, a PSI cliff out of rounding.
-    edges = np.asarray(edges, dtype=np.float64)
-    bins = np.searchsorted(edges, np.asarray(values, np.float64) + EDGE_TOLERANCE, side="right")
+    # for the same photos would otherwise put them all in the bin below (a PSI cliff).
+    values = np.round(np.asarray(values, dtype=np.float64), CONFIDENCE_DECIMALS)
+    bins = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")
     return np.bincount(bins, minlength=len(edges) + 1)
 
 
@@ -232,7 +232,15 @@ def compare(
     psi_conf = float("nan")
     ks_stat = ks_p = float("nan")
     if len(pairs) and reference.n:
-        psi_conf = psi(reference.confidence_counts, _bin_counts(values, reference.confidence_edges))
+        # the reference's own sample binned as the new photos are: its stored counts may come
+        # from code that binned otherwise (unrounded)
+        sample = np.asarray(reference.confidences, dtype=np.float64)
+        expected = (
+            _bin_counts(sample, reference.confidence_edges)
+            if len(sample)
+            else reference.confidence_counts
+        )
+        psi_conf = psi(expected, _bin_counts(values, reference.confidence_edges))
         with warnings.catch_warnings():  # ties make scipy fall back to the asymptotic p-value
             warnings.filterwarnings("ignore", "ks_2samp: Exact calculation", RuntimeWarning)
             result = ks_2samp(np.asarray(reference.confidences), values)

@@ -105,3 +105,30 @@ def test_confidences_that_differ_by_an_engine_rounding_are_not_drift():
     assert compare(reference, top, confidence, **judge).psi_confidence == pytest.approx(0.0)
     assert compare(reference, top, lower, **judge).psi_confidence < 0.01
     assert not compare(reference, top, lower, **judge).drifted
+
+
+@pytest.mark.parametrize("margin", [12.0, 14.0])
+def test_a_reference_binned_by_earlier_code_still_sees_the_same_photos_as_no_drift(margin):
+    import dataclasses
+
+    # Given a confident model's validation outputs (float32 softmax: many near 1.0) and the
+    # drift reference earlier code wrote of them, binned unrounded
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (1000, 10))
+    logits[np.arange(1000), rng.integers(0, 10, 1000)] += rng.normal(margin, 3, 1000)
+    p = np.exp(logits - logits.max(1, keepdims=True)).astype(np.float32)
+    p = (p / p.sum(1, keepdims=True)).astype(np.float64)
+    classes = [f"c{i}" for i in range(10)]
+    current = DriftReference.from_probabilities(p, classes)
+    edges = np.asarray(current.confidence_edges)
+    unrounded = np.searchsorted(edges, p.max(1), side="right")
+    old = dataclasses.replace(
+        current, confidence_counts=tuple(np.bincount(unrounded, minlength=len(edges) + 1))
+    )
+    assert old.confidence_counts != current.confidence_counts  # the binning did differ
+    # When the same photos are compared with it
+    report = compare(
+        old, [classes[i] for i in p.argmax(1)], p.max(1).tolist(), psi_threshold=0.2, min_photos=1
+    )
+    # Then they are no drift
+    assert report.psi_confidence < 0.05 and not report.drifted
