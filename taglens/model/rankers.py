@@ -365,11 +365,19 @@ class HashtagBlend:
             params: hashtag params.
             scores: `ranker_scores`.
         """
-        head = stats.finish(self.blend(scores), params, self.tag_multiplier)
+        head = self._finished(stats, params, scores, self.weights)
         if not self.tail_weights:
             return head
-        tail = stats.finish(self.blend(scores, self.tail_weights), params, self.tag_multiplier)
-        return head_then_tail(head, tail, HASHTAG_K)
+        return head_then_tail(head, self._finished(stats, params, scores), HASHTAG_K)
+
+    def _finished(self, stats, params, scores, weights=None) -> np.ndarray:
+        """A blend's finished scores (`weights`: the head's; None: the tail's); NaN is no score.
+
+        A NaN (a broken engine's output) would win every max and comparison it meets.
+        """
+        weights = weights or self.tail_weights or self.weights
+        final = stats.finish(self.blend(scores, weights), params, self.tag_multiplier)
+        return np.where(np.isnan(final), -np.inf, final)
 
     def placed(
         self, stats, params, scores: dict[str, np.ndarray]
@@ -384,10 +392,10 @@ class HashtagBlend:
             (N, T) bool, True where the head blend places the tag; (N, T) the placing blend's
             finished score (-inf: ineligible); and the weights of each: (head, tail).
         """
-        head = stats.finish(self.blend(scores), params, self.tag_multiplier)
+        head = self._finished(stats, params, scores, self.weights)
         if not self.tail_weights:
             return np.ones(head.shape, bool), head, (self.weights, self.weights)
-        tail = stats.finish(self.blend(scores, self.tail_weights), params, self.tag_multiplier)
+        tail = self._finished(stats, params, scores)
         by_head = np.zeros(head.shape, bool)
         np.put_along_axis(by_head, head_top(head, HASHTAG_K), True, axis=1)
         by_head &= np.isfinite(head)
