@@ -125,6 +125,10 @@ def run(
         ValueError: the run id is missing, the metric is unknown, or MLflow lacks the run.
         RegistryError: the registry cannot be read or written; nothing was promoted.
     """
+    # register.json is a persisted DVC output (never restored from the run-cache), which DVC
+    # leaves in place when the stage runs: a failed run must not leave the last one's decision
+    # looking like this model's
+    Path(out).unlink(missing_ok=True)
     return register_run(
         register,
         models=models,

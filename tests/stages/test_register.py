@@ -324,6 +324,8 @@ def test_unproven_metrics_refused(change, words, params, make_run, tmp_path, mon
     args = ["--params", str(tiny_params_path()), "--models", str(models)]
     args += ["--metrics", str(reports / "metrics.json"), "--out", str(reports / "register.json")]
     args += ["--history", str(history)]
+    # the last run's decision, which DVC leaves in place (a persisted output)
+    (reports / "register.json").write_text('{"decision": "champion", "version": "1"}')
     capsys.readouterr()
 
     assert register.main(args) == 2
