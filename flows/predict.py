@@ -39,7 +39,7 @@ from taglens.errors import TaglensError
 from taglens.params import DriftParams, load_params
 from taglens.run_reports import batch_markdown
 from taglens.serving import model_ref
-from taglens.serving.batch.inputs import list_inputs, plan_shards
+from taglens.serving.batch.inputs import list_inputs, param_path, path_param, plan_shards
 from taglens.serving.batch.outputs import refuse_single_file, run_parts
 from taglens.serving.batch.scoring import (
     PredictResult,
@@ -134,10 +134,14 @@ def _score_shards(
     engine: str,
     max_pixels: int,
 ) -> list[dict[str, Any]]:
-    """Score every shard in parallel on the flow's task runner (Dask)."""
+    """Score every shard in parallel on the flow's task runner (Dask).
+
+    `shards` holds each path as `path_param` quoted it: a flow's parameters go to the Prefect
+    API as JSON, which a name that is not UTF-8 could not be.
+    """
     futures = [
         score_task.submit(
-            paths,
+            [param_path(path) for path in paths],
             file,
             model_uri,
             model,
@@ -233,7 +237,7 @@ def batch_predict_flow(
         plan = plan_shards(paths, output, uri, params.predict.shard_size)
         runner = dask_runner(scheduler_address, n_workers)
         results = _score_shards.with_options(task_runner=runner)(
-            plan.shards,
+            [[path_param(path) for path in part] for part in plan.shards],
             plan.files,
             output,
             uri,

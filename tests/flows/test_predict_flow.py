@@ -43,10 +43,15 @@ def _assert_same_rows(got, expected):
 
 
 def _photos(folder, count):
+    import os
+
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
+        # p08's name is Latin-1 bytes, not UTF-8 (a Windows share): it must reach the Dask
+        # subflow through the Prefect API's JSON too
+        name = os.fsdecode(b"p08-caf\xe9.png") if i == 8 else f"p{i:02d}.png"
         Image.new("RGB", (36 + i, 33), ((29 * i) % 256, 90, (200 - 13 * i) % 256)).save(
-            folder / f"p{i:02d}.png"
+            folder / name, format="PNG"
         )
     (folder / "p05.png").write_bytes(b"GIF89a but not really")  # a bad file mid-way
 

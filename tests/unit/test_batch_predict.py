@@ -380,3 +380,25 @@ def test_a_file_name_that_is_not_utf8_is_scored_and_resumed_like_any(tmp_path, s
     names = sorted(Path(row["path"]).name for row in rows)
     assert names == sorted([paths[0].name, paths[1].name, "caf\\xe9.png"])
     assert all(not row["error"] for row in rows)
+
+
+def test_shard_paths_reach_the_dask_subflow_as_json_and_come_back_exactly():
+    import os
+
+    from flows.predict import _score_shards
+    from taglens.serving.batch.inputs import param_path, path_param
+
+    # Given shards holding a Latin-1 name (a str with a lone surrogate), a space and a '%'
+    odd = os.fsdecode(b"/in/caf\xe9 100%.png")
+    shards = [["/in/a.jpg", odd], ["/in/ü.png"]]
+
+    def sent(parts):  # as the Prefect client sends a flow run's parameters to its API
+        body = _score_shards.serialize_parameters({"shards": parts})
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+    # Then the raw names cannot be sent, the quoted ones can, and each comes back exactly
+    with pytest.raises(UnicodeEncodeError):
+        sent(shards)
+    quoted = [[path_param(path) for path in part] for part in shards]
+    assert json.loads(sent(quoted))["shards"] == quoted
+    assert [[param_path(text) for text in part] for part in quoted] == shards

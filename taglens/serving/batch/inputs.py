@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,20 @@ class ShardPlan:
     def files(self) -> list[str]:
         """One JSON-lines file per shard, in shard order (the order they are merged in)."""
         return [f"{self.dir}/shard-{number:06d}.jsonl" for number in range(len(self.shards))]
+
+
+def path_param(path: str | Path) -> str:
+    """A path as ASCII text that survives JSON (a flow's parameters): its bytes, %-quoted.
+
+    A name that is not UTF-8 is a str Python holds with lone surrogates, which no JSON encoder
+    takes; `param_path` gives the path back exactly.
+    """
+    return urllib.parse.quote_from_bytes(os.fsencode(path), safe="/")
+
+
+def param_path(text: str) -> str:
+    """The path `path_param` quoted."""
+    return os.fsdecode(urllib.parse.unquote_to_bytes(text))
 
 
 def plan_shards(paths: Sequence[str], output: str, model_uri: str, size: int) -> ShardPlan:
