@@ -192,7 +192,7 @@ class HashtagPredictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, T) final scores of the served ranking, the scores shown and where they come from.
 
-        The final scores order the list (`HashtagBlend.final`); each tag is shown with the
+        The final scores order the list (`Placement.final`); each tag is shown with the
         score of the blend that placed it, head or tail (`HashtagBlend.placed`), and comes
         `from_class` when popularity and the class mixture give the larger share of that score.
         """
@@ -204,8 +204,7 @@ class HashtagPredictor:
             outputs.get("features"),
             outputs.get("colour"),
         )
-        final = blend.final(self.stats, self.params, scores)
-        by_head, shown, (head_weights, tail_weights) = blend.placed(self.stats, self.params, scores)
+        placement = blend.placed(self.stats, self.params, scores)
 
         def class_level_leads(weights: dict[str, float]) -> np.ndarray:
             class_level = sum(
@@ -214,9 +213,12 @@ class HashtagPredictor:
             return class_level >= blend.blend(scores, weights) / 2
 
         from_class = np.where(
-            by_head, class_level_leads(head_weights), class_level_leads(tail_weights)
+            placement.by_head,
+            class_level_leads(placement.head_weights),
+            class_level_leads(placement.tail_weights),
         )
-        return final, shown, np.where(np.isfinite(final), from_class, True)
+        final = placement.final
+        return final, placement.shown, np.where(np.isfinite(final), from_class, True)
 
     def _rank_chunk(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
         final, shown, from_class = self.final_scores(outputs)

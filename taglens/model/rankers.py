@@ -60,7 +60,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -287,6 +287,21 @@ IMAGE_RANKERS = ("tag_model", "colour_tags", "neighbours")
 HASHTAG_K = 5  # the k of HARRISON's recall and accuracy, as in evaluate
 
 
+class Placement(NamedTuple):
+    """The served list of a blend with a tail (`HashtagBlend.placed`), all (N, T).
+
+    `final` orders the list; `by_head` is True where the head blend places the tag, and
+    `shown` is the placing blend's finished score (-inf: ineligible); `head_weights` and
+    `tail_weights` are the two blends.
+    """
+
+    final: np.ndarray
+    by_head: np.ndarray
+    shown: np.ndarray
+    head_weights: dict[str, float]
+    tail_weights: dict[str, float]
+
+
 @dataclass
 class HashtagBlend:
     """The fitted rankers, their settings, the blend weights and the per-tag weights.
@@ -365,10 +380,7 @@ class HashtagBlend:
             params: hashtag params.
             scores: `ranker_scores`.
         """
-        head = self._finished(stats, params, scores, self.weights)
-        if not self.tail_weights:
-            return head
-        return head_then_tail(head, self._finished(stats, params, scores), HASHTAG_K)
+        return self.placed(stats, params, scores).final
 
     def _finished(self, stats, params, scores, weights=None) -> np.ndarray:
         """A blend's finished scores (`weights`: the head's; None: the tail's); NaN is no score.
@@ -379,27 +391,25 @@ class HashtagBlend:
         final = stats.finish(self.blend(scores, weights), params, self.tag_multiplier)
         return np.where(np.isnan(final), -np.inf, final)
 
-    def placed(
-        self, stats, params, scores: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per tag, the blend that places it in the served list and that blend's own score.
+    def placed(self, stats, params, scores: dict[str, np.ndarray]) -> Placement:
+        """The served list's order, and per tag the blend that places it and that blend's score.
 
         `final` ranks a row's head tags by lifting them above the tail: its values order the
         list but are not scores (they can pass 1, by a different amount in every row). A tag
         is shown with the finished score of the blend that placed it.
-
-        Returns:
-            (N, T) bool, True where the head blend places the tag; (N, T) the placing blend's
-            finished score (-inf: ineligible); and the weights of each: (head, tail).
         """
         head = self._finished(stats, params, scores, self.weights)
         if not self.tail_weights:
-            return np.ones(head.shape, bool), head, (self.weights, self.weights)
+            by_head = np.ones(head.shape, bool)
+            return Placement(head, by_head, head, self.weights, self.weights)
         tail = self._finished(stats, params, scores)
         by_head = np.zeros(head.shape, bool)
         np.put_along_axis(by_head, head_top(head, HASHTAG_K), True, axis=1)
         by_head &= np.isfinite(head)
-        return by_head, np.where(by_head, head, tail), (self.weights, self.tail_weights)
+        final = head_then_tail(head, tail, HASHTAG_K)
+        return Placement(
+            final, by_head, np.where(by_head, head, tail), self.weights, self.tail_weights
+        )
 
     def save(self, path: Path) -> Path:
         """Write every array and the settings to one .npz, atomically."""

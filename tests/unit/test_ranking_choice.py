@@ -286,17 +286,20 @@ def test_a_blend_with_a_tail_saves_loads_and_serves_head_then_tail(tmp_path):
     assert list(np.argsort(-final[0])) == [0, 1, 2, 3, 4, 6, 5]  # the tail lifts tag 6
     # the head's five keep the head's own scores, lifted only to order the list; the others
     # show the tail's (what the page and batch predict print: never above 1)
-    by_head, shown, (head, tail) = loaded.placed(Stats(), None, scores)
-    assert by_head[0].tolist() == [True] * 5 + [False] * 2
-    np.testing.assert_allclose(shown[0], [0.9, 0.8, 0.7, 0.6, 0.5, 0.25, 0.5])
-    assert (head, tail) == (loaded.weights, loaded.tail_weights)
+    placement = loaded.placed(Stats(), None, scores)
+    np.testing.assert_array_equal(placement.final, final)
+    assert placement.by_head[0].tolist() == [True] * 5 + [False] * 2
+    np.testing.assert_allclose(placement.shown[0], [0.9, 0.8, 0.7, 0.6, 0.5, 0.25, 0.5])
+    assert placement.head_weights == loaded.weights
+    assert placement.tail_weights == loaded.tail_weights
     # a NaN (a broken engine's score) is no score: the head's five still come first
     broken = {name: value.copy() for name, value in scores.items()}
     broken["colour_tags"][0, 5] = np.nan
     final = loaded.final(Stats(), None, broken)
     assert list(np.argsort(-final[0]))[:5] == [0, 1, 2, 3, 4] and final[0, 5] == -np.inf
-    by_head, shown, _ = loaded.placed(Stats(), None, broken)
-    assert by_head[0].tolist() == [True] * 5 + [False] * 2 and shown[0, 5] == -np.inf
+    placement = loaded.placed(Stats(), None, broken)
+    assert placement.by_head[0].tolist() == [True] * 5 + [False] * 2
+    assert placement.shown[0, 5] == -np.inf
     plain = HashtagBlend(weights={"class_mixture": 1.0})
     assert HashtagBlend.load(plain.save(tmp_path / "plain.npz")).tail_weights is None
     np.testing.assert_array_equal(plain.final(Stats(), None, scores), scores["class_mixture"])
