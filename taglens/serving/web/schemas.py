@@ -20,7 +20,9 @@ class Hashtag(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     tag: str
-    score: float = Field(description="ranking score; higher is better")
+    score: float = Field(
+        description="the score of the blend that placed the tag (head or tail of the list)"
+    )
     posts: int | None = Field(default=None, description="training posts that carried the tag")
     engagement: float | None = Field(default=None, description="mean engagement of those posts")
     why: Literal["class", "image"] | None = Field(
